@@ -1,0 +1,1 @@
+//! cstor-api (see ARCHITECTURE.md §3).

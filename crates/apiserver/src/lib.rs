@@ -1,0 +1,1 @@
+//! cstor-apiserver (see ARCHITECTURE.md §3).

@@ -1,0 +1,1 @@
+//! One module per subcommand family; each exposes an `Args` (clap) and `run`.

@@ -1,0 +1,46 @@
+//! The `cstor` binary: one subcommand per daemon and tool (ARCHITECTURE.md decision 4).
+//!
+//! Owns: command-line parsing, logging set-up and the wiring of library crates into
+//! processes. Never: storage, protocol or API logic of its own; each lives in its crate and
+//! this binary only maps their typed errors to messages and exit codes (`anyhow`).
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Debug, Parser)]
+#[command(name = "cstor", version, about = "Replicated block storage for Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    // Each subcommand lives in its own module under src/cmd/.
+}
+
+fn main() -> std::process::ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result: anyhow::Result<()> = match cli.command {};
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // One line for the user; the causes chained with ": " like `anyhow`'s {:#}.
+            eprintln!("cstor: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings), so command output on
+/// stdout stays machine-readable.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

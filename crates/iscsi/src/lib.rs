@@ -1,0 +1,1 @@
+//! cstor-iscsi (see ARCHITECTURE.md §3).

@@ -1,0 +1,16 @@
+//! cstor-pool: the storage engine a cStor pool instance runs on each node
+//! (ARCHITECTURE.md decision 5).
+//!
+//! Layers, bottom up:
+//! - `spa` (storage pool allocator): devices (vdevs), raid groups (stripe, mirror, raidz,
+//!   raidz2), labels, allocation, the uberblock ring, device health. It stores opaque blocks
+//!   at [`store::Dva`] addresses and knows nothing of volumes.
+//! - the block-tree layer: volumes, snapshots, clones, transaction groups (txg), intent log,
+//!   compression, checksums in block pointers, io numbers, send/recv, scrub.
+//!
+//! The seam between them is the [`store::BlockStore`] trait.
+//!
+//! Never: this crate knows nothing of iSCSI, replication or Kubernetes. It is blocking
+//! code (threads, pread/pwrite); async callers run it on blocking threads.
+
+pub mod store;

@@ -1,0 +1,38 @@
+# Shared helpers for the set-up scripts (sourced, not run).
+
+# apt-get install the packages whose command is missing. Args: "command:package" pairs.
+ensure_commands() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q "${missing[@]}" >/dev/null
+  fi
+}
+
+ensure_rust_tools() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    ensure_commands curl:curl
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    . "$HOME/.cargo/env"
+  fi
+}
+
+# Real clients the tests drive: libiscsi's conformance suite and tools, qemu with its
+# iscsi:// driver (qemu-block-extra), ext4 tools, loop devices.
+ensure_test_packages() {
+  ensure_commands iscsi-test-cu:libiscsi-bin iscsi-inq:libiscsi-bin mkfs.ext4:e2fsprogs \
+    losetup:mount
+  # qemu-block-extra (bookworm 7.2) replaces a backported qemu-utils; install both from
+  # bookworm so qemu-img has the iscsi driver (../shared/reference/harness.md §0).
+  if [ ! -e /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q qemu-block-extra >/dev/null
+    apt-get install -y -q qemu-utils >/dev/null
+  fi
+}
