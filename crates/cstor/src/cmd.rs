@@ -1,1 +1,3 @@
 //! One module per subcommand family; each exposes an `Args` (clap) and `run`.
+
+pub mod pool;

@@ -7,6 +7,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod units;
 
 #[derive(Debug, Parser)]
 #[command(name = "cstor", version, about = "Replicated block storage for Kubernetes")]
@@ -18,12 +19,19 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     // Each subcommand lives in its own module under src/cmd/.
+    /// Pools: create, import, status, scrub, replace, add, export, destroy.
+    Pool(cmd::pool::PoolArgs),
+    /// Volumes of a pool: create, read, write, snapshot, clone, send, recv...
+    Volume(cmd::pool::VolumeArgs),
 }
 
 fn main() -> std::process::ExitCode {
     init_logging();
     let cli = Cli::parse();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Pool(args) => cmd::pool::run_pool(args),
+        Command::Volume(args) => cmd::pool::run_volume(args),
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -1,0 +1,239 @@
+//! Pools open in this process: the device layer ([`Spa`]) and the block-tree engine
+//! ([`Pool`]) of each, opened and closed together, plus the scan (scrub/resilver) state.
+//!
+//! Invariants: an [`OpenPool`] is the only opener of its devices (the device layer's
+//! locks); its `$CSTOR_HOME` record lists the devices it was last opened with.
+//! Never: closes the device layer before the engine has committed its last txg.
+
+use std::sync::Arc;
+
+use cstor_pool::spa::pool::{GroupSpec, Spa, SpaOptions};
+use cstor_pool::store::BlockStore;
+use cstor_pool::{Compression, Pool, PoolOptions};
+use parking_lot::Mutex;
+
+use crate::error::{NodeError, Result};
+use crate::registry::{PoolRecord, Registry, ScanStatus};
+
+/// What `cstor pool create` asks for.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// Default compression of the pool's volumes.
+    pub compression: Compression,
+    /// Fill percentage at which the pool turns read-only.
+    pub ro_threshold_pct: u8,
+    /// Overwrite devices holding a pool, a filesystem or a partition table.
+    pub force: bool,
+}
+
+/// One pool open in this process.
+#[derive(Debug)]
+pub struct OpenPool {
+    name: String,
+    spa: Arc<Spa>,
+    engine: Pool,
+    registry: Registry,
+    scan: Mutex<Option<ScanStatus>>,
+}
+
+fn engine_options() -> PoolOptions {
+    PoolOptions::default()
+}
+
+fn all_paths(groups: &[GroupSpec<String>]) -> Vec<String> {
+    groups.iter().flat_map(|g| g.devices.iter().cloned()).collect()
+}
+
+impl OpenPool {
+    /// Create a pool on `groups` and remember it in `registry`.
+    pub fn create(
+        registry: &Registry,
+        name: &str,
+        groups: &[GroupSpec<String>],
+        opts: &CreateOptions,
+    ) -> Result<OpenPool> {
+        if registry.load(name)?.is_some() {
+            return Err(NodeError::PoolExists(name.to_owned()));
+        }
+        let spa = Arc::new(Spa::create(
+            name,
+            groups,
+            SpaOptions {
+                force: opts.force,
+                ..SpaOptions::default()
+            },
+        )?);
+        let store: Arc<dyn BlockStore> = spa.clone();
+        let engine = Pool::create(
+            store,
+            PoolOptions {
+                compression: opts.compression,
+                ro_threshold_pct: opts.ro_threshold_pct,
+                ..engine_options()
+            },
+        )?;
+        let open = OpenPool {
+            name: name.to_owned(),
+            spa,
+            engine,
+            registry: registry.clone(),
+            scan: Mutex::new(None),
+        };
+        open.remember(all_paths(groups))?;
+        Ok(open)
+    }
+
+    /// Import the pool `name` from `paths` (any order, any names) and remember it.
+    pub fn import(registry: &Registry, name: &str, paths: &[String]) -> Result<OpenPool> {
+        let spa = Arc::new(Spa::import(name, paths, SpaOptions::default())?);
+        let store: Arc<dyn BlockStore> = spa.clone();
+        let engine = Pool::open(store, engine_options())?;
+        let last_scan = registry.load(name)?.and_then(|r| r.last_scan);
+        let open = OpenPool {
+            name: name.to_owned(),
+            spa,
+            engine,
+            registry: registry.clone(),
+            scan: Mutex::new(last_scan),
+        };
+        open.remember(paths.to_vec())?;
+        Ok(open)
+    }
+
+    /// Open a pool `registry` knows, from the devices it remembers.
+    pub fn open(registry: &Registry, name: &str) -> Result<OpenPool> {
+        let rec = registry
+            .load(name)?
+            .ok_or_else(|| NodeError::UnknownPool(name.to_owned()))?;
+        OpenPool::import(registry, name, &rec.devices)
+    }
+
+    fn remember(&self, devices: Vec<String>) -> Result<()> {
+        let last_scan = self.scan.lock().clone();
+        self.registry.save(&PoolRecord {
+            version: 1,
+            name: self.name.clone(),
+            guid: self.spa.guid(),
+            devices,
+            last_scan,
+        })
+    }
+
+    /// Pool name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The device layer.
+    pub fn spa(&self) -> &Spa {
+        &self.spa
+    }
+
+    /// The block-tree engine.
+    pub fn engine(&self) -> &Pool {
+        &self.engine
+    }
+
+    /// The `$CSTOR_HOME` this pool is recorded in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The running or last scan.
+    pub fn scan(&self) -> Option<ScanStatus> {
+        self.scan.lock().clone()
+    }
+
+    /// Record scan progress; the finished state is also written to `$CSTOR_HOME`.
+    pub(crate) fn set_scan(&self, scan: ScanStatus) -> Result<()> {
+        let finished = scan.state != "scanning";
+        *self.scan.lock() = Some(scan);
+        if finished {
+            self.remember(self.device_paths())?;
+        }
+        Ok(())
+    }
+
+    /// Paths of every device, as the device layer knows them now.
+    pub fn device_paths(&self) -> Vec<String> {
+        self.spa
+            .status()
+            .groups
+            .iter()
+            .flat_map(|g| g.devices.iter().map(|d| d.path.clone()))
+            .collect()
+    }
+
+    /// Rewrite the record after the devices changed (add, replace).
+    pub(crate) fn remember_devices(&self) -> Result<()> {
+        self.remember(self.device_paths())
+    }
+
+    /// Commit and release the devices (`cstor pool export`, end of a command).
+    pub fn close(self) -> Result<()> {
+        self.engine.close()?;
+        match Arc::try_unwrap(self.spa) {
+            Ok(spa) => spa.export()?,
+            // A clone still lives (a store handle kept by the engine): the locks go when
+            // the last handle drops; the txg is committed already.
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Destroy the pool: wipe its labels and forget it.
+    pub fn destroy(self) -> Result<()> {
+        let registry = self.registry.clone();
+        let name = self.name.clone();
+        self.engine.close()?;
+        let spa = Arc::try_unwrap(self.spa).map_err(|_| {
+            NodeError::Invalid(format!("pool '{name}' is still in use in this process"))
+        })?;
+        spa.destroy()?;
+        registry.remove(&name)
+    }
+}
+
+/// Process-wide list of open pools, for daemons serving many (the target, the node agent).
+#[derive(Debug, Default)]
+pub struct PoolHost {
+    pools: Mutex<Vec<Arc<OpenPool>>>,
+}
+
+impl PoolHost {
+    /// The pool `name`, opening it from `registry` if it is not open yet.
+    pub fn get_or_open(&self, registry: &Registry, name: &str) -> Result<(Arc<OpenPool>, bool)> {
+        let mut pools = self.pools.lock();
+        if let Some(p) = pools.iter().find(|p| p.name() == name) {
+            return Ok((p.clone(), false));
+        }
+        let p = Arc::new(OpenPool::open(registry, name)?);
+        pools.push(p.clone());
+        Ok((p, true))
+    }
+
+    /// Every open pool.
+    pub fn pools(&self) -> Vec<Arc<OpenPool>> {
+        self.pools.lock().clone()
+    }
+
+    /// Close every pool no one else holds; commit the others.
+    pub fn close_all(&self) -> Vec<NodeError> {
+        let mut errors = Vec::new();
+        for p in std::mem::take(&mut *self.pools.lock()) {
+            match Arc::try_unwrap(p) {
+                Ok(p) => {
+                    if let Err(e) = p.close() {
+                        errors.push(e);
+                    }
+                }
+                Err(p) => {
+                    if let Err(e) = p.engine().sync() {
+                        errors.push(e.into());
+                    }
+                }
+            }
+        }
+        errors
+    }
+}

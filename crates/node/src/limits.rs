@@ -1,0 +1,15 @@
+//! Bounds of the node agent, one line each on why.
+
+/// Largest frame on the admin socket: volume data moves in 1 MiB frames, big enough to keep
+/// a copy loop efficient, small enough that a peer cannot make us allocate much.
+pub const ADMIN_FRAME_MAX_BYTES: u32 = 1 << 20;
+
+/// Connections served at once on one pool's admin socket; more wait in the listen backlog.
+pub const ADMIN_CONNECTIONS_MAX: usize = 64;
+
+/// How long a client waits to connect to a pool's admin socket before deciding the
+/// holder is gone (a live holder accepts at once; a stale socket refuses at once).
+pub const ADMIN_CONNECT_TIMEOUT_MS: u64 = 2_000;
+
+/// Progress reports of long operations (scrub, resilver) at most this often.
+pub const PROGRESS_INTERVAL_MS: u64 = 500;
