@@ -45,8 +45,9 @@ pub const UBERBLOCK_SLOT_BYTES: u64 = SECTOR_BYTES;
 /// Offset of the uberblock ring inside a label.
 pub const UBERBLOCK_RING_OFFSET: u64 = LABEL_BYTES - UBERBLOCK_SLOTS * UBERBLOCK_SLOT_BYTES;
 
-/// Smallest usable device: labels plus room for a few space map and data blocks.
-pub const MIN_DEVICE_BYTES: u64 = 64 * 1024 * 1024;
+/// Smallest usable device: 4 MiB of labels plus 12 MiB of data; small enough for
+/// in-memory crash tests, large enough that labels are a minor share.
+pub const MIN_DEVICE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Most top-level vdevs in one pool: bounds the config size and per-txg work.
 pub const MAX_VDEVS: usize = 256;

@@ -118,6 +118,35 @@ impl Device for MemDevice {
     }
 }
 
+/// A power switch shared by several [`PowerCutDevice`]s: after a set number of device
+/// operations (writes and flushes, over all devices) the power is off and every further
+/// operation is silently lost, as if the machine died at that instant.
+#[derive(Debug)]
+pub struct PowerSwitch {
+    remaining: std::sync::atomic::AtomicI64,
+}
+
+impl PowerSwitch {
+    /// A switch that never cuts.
+    pub fn never() -> Arc<Self> {
+        Arc::new(PowerSwitch {
+            remaining: std::sync::atomic::AtomicI64::new(i64::MAX),
+        })
+    }
+    /// Cut the power after `ops` more operations.
+    pub fn cut_after(&self, ops: u64) {
+        self.remaining
+            .store(ops.min(i64::MAX as u64) as i64, Ordering::SeqCst);
+    }
+    /// True once the power is off.
+    pub fn is_off(&self) -> bool {
+        self.remaining.load(Ordering::SeqCst) <= 0
+    }
+    fn tick(&self) -> bool {
+        self.remaining.fetch_sub(1, Ordering::SeqCst) > 0
+    }
+}
+
 #[derive(Debug)]
 struct PowerCutState {
     live: Vec<u8>,
@@ -132,6 +161,7 @@ struct PowerCutState {
 pub struct PowerCutDevice {
     name: String,
     state: Mutex<PowerCutState>,
+    switch: Arc<PowerSwitch>,
 }
 
 impl PowerCutDevice {
@@ -144,6 +174,10 @@ impl PowerCutDevice {
     }
     /// A device whose durable content is `image`.
     pub fn from_image(name: &str, image: Vec<u8>) -> Arc<Self> {
+        Self::with_switch(name, image, PowerSwitch::never())
+    }
+    /// A device on a shared power switch.
+    pub fn with_switch(name: &str, image: Vec<u8>, switch: Arc<PowerSwitch>) -> Arc<Self> {
         Arc::new(PowerCutDevice {
             name: name.to_owned(),
             state: Mutex::new(PowerCutState {
@@ -151,6 +185,7 @@ impl PowerCutDevice {
                 durable: image,
                 pending: Vec::new(),
             }),
+            switch,
         })
     }
     /// Writes not yet flushed.
@@ -204,12 +239,18 @@ impl Device for PowerCutDevice {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut st = self.state.lock();
         let o = range_check(buf.len(), offset, st.live.len())?;
+        if !self.switch.tick() {
+            return Ok(());
+        }
         st.live[o..o + buf.len()].copy_from_slice(buf);
         st.pending.push((offset, buf.to_vec()));
         Ok(())
     }
     fn flush(&self) -> io::Result<()> {
         let mut st = self.state.lock();
+        if !self.switch.tick() {
+            return Ok(());
+        }
         let pending = std::mem::take(&mut st.pending);
         for (off, data) in pending {
             let o = off as usize;
