@@ -10,7 +10,11 @@ mod cmd;
 mod units;
 
 #[derive(Debug, Parser)]
-#[command(name = "cstor", version, about = "Replicated block storage for Kubernetes")]
+#[command(
+    name = "cstor",
+    version,
+    about = "Replicated block storage for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

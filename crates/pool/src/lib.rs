@@ -13,4 +13,5 @@
 //! Never: this crate knows nothing of iSCSI, replication or Kubernetes. It is blocking
 //! code (threads, pread/pwrite); async callers run it on blocking threads.
 
+pub mod spa;
 pub mod store;

@@ -1,0 +1,294 @@
+//! Free-space bookkeeping of one top-level vdev: free extents, allocations and frees
+//! waiting for their txg to be synced, and the committed (on-disk) allocated set that
+//! space maps describe.
+//!
+//! Owns: the vdev's [`VdevAlloc`], under the vdev's own mutex (no pool-wide lock on the
+//! allocation path).
+//! Invariants: `free` and `committed` never overlap a pending allocation; a range freed in
+//! txg T returns to `free` only after T is durable ([`VdevAlloc::release`] is called after
+//! the uberblock of T is flushed), so a crash always falls back to an intact tree.
+//! Never: does I/O.
+
+use std::collections::BTreeMap;
+
+/// Non-overlapping, merged byte ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeSet {
+    map: BTreeMap<u64, u64>,
+    total: u64,
+}
+
+impl RangeSet {
+    /// Empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sum of lengths.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+    /// Number of extents.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    /// Extents as (start, len).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.map.iter().map(|(&s, &e)| (s, e - s))
+    }
+    /// True if any byte of [start, start+len) is in the set.
+    pub fn overlaps(&self, start: u64, len: u64) -> bool {
+        let end = start + len;
+        if let Some((_, &e)) = self.map.range(..=start).next_back() {
+            if e > start {
+                return true;
+            }
+        }
+        self.map.range(start..end).next().is_some()
+    }
+    /// True if all of [start, start+len) is in the set.
+    pub fn contains(&self, start: u64, len: u64) -> bool {
+        matches!(self.map.range(..=start).next_back(), Some((_, &e)) if e >= start + len)
+    }
+    /// Add a range; false (and no change) if it overlaps the set.
+    pub fn insert(&mut self, start: u64, len: u64) -> bool {
+        if len == 0 || self.overlaps(start, len) {
+            return len == 0;
+        }
+        let mut s = start;
+        let mut e = start + len;
+        if let Some((&ps, &pe)) = self.map.range(..s).next_back() {
+            if pe == s {
+                s = ps;
+                self.map.remove(&ps);
+            }
+        }
+        if let Some(&ne) = self.map.get(&e) {
+            self.map.remove(&e);
+            e = ne;
+        }
+        self.map.insert(s, e);
+        self.total += len;
+        true
+    }
+    /// Remove a range; false (and no change) unless it is wholly in the set.
+    pub fn remove(&mut self, start: u64, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let Some((&s, &e)) = self.map.range(..=start).next_back() else {
+            return false;
+        };
+        let end = start + len;
+        if e < end {
+            return false;
+        }
+        self.map.remove(&s);
+        if s < start {
+            self.map.insert(s, start);
+        }
+        if end < e {
+            self.map.insert(end, e);
+        }
+        self.total -= len;
+        true
+    }
+    /// First extent of at least `len` bytes at or after `cursor`, wrapping; its start.
+    pub fn find(&self, len: u64, cursor: u64) -> Option<u64> {
+        if let Some((_, &e)) = self.map.range(..=cursor).next_back() {
+            if e > cursor && e - cursor >= len {
+                return Some(cursor);
+            }
+        }
+        let fits = |(&s, &e): (&u64, &u64)| (e - s >= len).then_some(s);
+        self.map
+            .range(cursor.saturating_add(1)..)
+            .find_map(fits)
+            .or_else(|| self.map.iter().find_map(fits))
+    }
+}
+
+/// Changes of one txg not yet synced.
+#[derive(Clone, Debug, Default)]
+pub struct TxgDelta {
+    /// Allocations (offset, len).
+    pub allocs: Vec<(u64, u64)>,
+    /// Frees (offset, len).
+    pub frees: Vec<(u64, u64)>,
+}
+
+/// Allocator state of one top-level vdev.
+#[derive(Debug)]
+pub struct VdevAlloc {
+    /// Allocatable bytes.
+    pub asize: u64,
+    /// Free now.
+    pub free: RangeSet,
+    /// Allocated as of the last synced txg (what the on-disk space maps say).
+    pub committed: RangeSet,
+    /// Changes per open txg.
+    pub pending: BTreeMap<u64, TxgDelta>,
+    /// Frees taken by a sync in progress, released when it is durable.
+    pub releasing: Vec<(u64, u64)>,
+    cursor: u64,
+}
+
+impl VdevAlloc {
+    /// A vdev with everything free.
+    pub fn new(asize: u64) -> Self {
+        let mut free = RangeSet::new();
+        free.insert(0, asize);
+        VdevAlloc {
+            asize,
+            free,
+            committed: RangeSet::new(),
+            pending: BTreeMap::new(),
+            releasing: Vec::new(),
+            cursor: 0,
+        }
+    }
+
+    /// A vdev whose committed allocations are `committed`.
+    pub fn from_committed(asize: u64, committed: RangeSet) -> Self {
+        let mut free = RangeSet::new();
+        let mut pos = 0;
+        for (s, l) in committed.iter() {
+            free.insert(pos, s - pos);
+            pos = s + l;
+        }
+        free.insert(pos, asize - pos);
+        VdevAlloc {
+            asize,
+            free,
+            committed,
+            pending: BTreeMap::new(),
+            releasing: Vec::new(),
+            cursor: 0,
+        }
+    }
+
+    /// Bytes allocated (pending frees still count as allocated).
+    pub fn allocated(&self) -> u64 {
+        self.asize - self.free.total()
+    }
+
+    /// Take `len` bytes for txg `txg`, keeping `reserve` bytes free.
+    pub fn alloc(&mut self, len: u64, txg: u64, reserve: u64) -> Option<u64> {
+        if self.free.total() < len + reserve {
+            return None;
+        }
+        let off = self.free.find(len, self.cursor)?;
+        let removed = self.free.remove(off, len);
+        assert!(removed, "found extent must be free");
+        self.cursor = off + len;
+        if self.cursor >= self.asize {
+            self.cursor = 0;
+        }
+        self.pending.entry(txg).or_default().allocs.push((off, len));
+        Some(off)
+    }
+
+    /// Claim a specific range (log replay after import) in txg `txg`; false if not free.
+    pub fn claim(&mut self, off: u64, len: u64, txg: u64) -> bool {
+        if !self.free.remove(off, len) {
+            return false;
+        }
+        self.pending.entry(txg).or_default().allocs.push((off, len));
+        true
+    }
+
+    /// Record a free in txg `txg`; false if the range is free already (a double free).
+    pub fn free(&mut self, off: u64, len: u64, txg: u64) -> bool {
+        if off.checked_add(len).is_none_or(|e| e > self.asize) || self.free.overlaps(off, len) {
+            return false;
+        }
+        self.pending.entry(txg).or_default().frees.push((off, len));
+        true
+    }
+
+    /// Take every change of txgs `<= txg` for a sync; frees are held until
+    /// [`VdevAlloc::release`].
+    pub fn take_through(&mut self, txg: u64) -> TxgDelta {
+        let later = self.pending.split_off(&(txg + 1));
+        let taken = std::mem::replace(&mut self.pending, later);
+        let mut d = TxgDelta::default();
+        for (_, t) in taken {
+            d.allocs.extend(t.allocs);
+            d.frees.extend(t.frees);
+        }
+        d
+    }
+
+    /// Apply a synced delta to `committed`; false if it is inconsistent.
+    pub fn commit(&mut self, d: &TxgDelta) -> bool {
+        let mut ok = true;
+        for &(o, l) in &d.allocs {
+            ok &= self.committed.insert(o, l);
+        }
+        for &(o, l) in &d.frees {
+            ok &= self.committed.remove(o, l);
+        }
+        self.releasing.extend(d.frees.iter().copied());
+        ok
+    }
+
+    /// The sync that took the frees is durable: make them allocatable.
+    pub fn release(&mut self) {
+        for (o, l) in std::mem::take(&mut self.releasing) {
+            let inserted = self.free.insert(o, l);
+            debug_assert!(inserted, "released range was free already");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rangeset_merges_and_splits() {
+        let mut r = RangeSet::new();
+        assert!(r.insert(0, 10));
+        assert!(r.insert(20, 10));
+        assert!(r.insert(10, 10));
+        assert_eq!(r.len(), 1);
+        assert!(!r.insert(5, 1));
+        assert!(r.remove(5, 5));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.total(), 25);
+        assert!(!r.remove(4, 2));
+        assert!(r.contains(10, 20));
+        assert!(!r.contains(4, 2));
+    }
+
+    #[test]
+    fn find_wraps_and_respects_size() {
+        let mut r = RangeSet::new();
+        r.insert(0, 100);
+        r.insert(200, 50);
+        assert_eq!(r.find(60, 150), Some(0));
+        assert_eq!(r.find(40, 150), Some(200));
+        assert_eq!(r.find(20, 50), Some(50));
+        assert_eq!(r.find(200, 0), None);
+    }
+
+    #[test]
+    fn frees_wait_for_release() {
+        let mut a = VdevAlloc::new(1000);
+        let o = a.alloc(100, 1, 0).unwrap();
+        let d = a.take_through(1);
+        assert!(a.commit(&d));
+        a.release();
+        assert!(a.free(o, 100, 2));
+        assert_eq!(a.allocated(), 100);
+        let d = a.take_through(2);
+        assert!(a.commit(&d));
+        assert_eq!(a.allocated(), 100, "not free before the sync is durable");
+        a.release();
+        assert_eq!(a.allocated(), 0);
+        assert!(!a.free(o, 100, 3), "double free refused");
+    }
+}

@@ -1,0 +1,154 @@
+//! Device I/O: the small [`Device`] trait every vdev leaf sits on, and its file/block
+//! device implementation.
+//!
+//! Owns: one open file descriptor per device, locked with `flock(LOCK_EX|LOCK_NB)` for as
+//! long as the pool holds it, so a second process (whatever its config dir) cannot open a
+//! pool that is in use.
+//! Invariants: every offset and length passed down is a multiple of [`SECTOR_BYTES`]
+//! (asserted); `flush` is `fdatasync`, never retried after a failure (the caller latches
+//! the device faulted).
+//! Never: no caching, no retries, no interpretation of bytes.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+
+use super::error::SpaError;
+use super::limits::SECTOR_BYTES;
+
+/// Sector-granular blocking storage: a file, a loop device, a disk, or a test device.
+pub trait Device: Send + Sync + fmt::Debug {
+    /// Read exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at `offset` (not durable until [`Device::flush`]).
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make every completed write durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Path (or test name) for messages and labels.
+    fn path(&self) -> &str;
+}
+
+/// A regular or sparse file, loop device or whole disk, opened with pread/pwrite.
+#[derive(Debug)]
+pub struct FileDevice {
+    file: File,
+    path: String,
+    size_bytes: u64,
+}
+
+impl FileDevice {
+    /// Open `path` read-write and lock it exclusively. Fails with [`SpaError::DeviceBusy`]
+    /// if another open holds the lock.
+    pub fn open(path: &str) -> Result<Self, SpaError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| SpaError::io(path, "open", 0, e))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Err(SpaError::DeviceBusy {
+                    path: path.to_owned(),
+                })
+            }
+            Err(e) => return Err(SpaError::io(path, "lock", 0, e.into())),
+        }
+        let meta = file
+            .metadata()
+            .map_err(|e| SpaError::io(path, "stat", 0, e))?;
+        let size_bytes = if meta.file_type().is_block_device() {
+            // Seeking to the end of a block device yields its size (as BLKGETSIZE64).
+            file.seek(SeekFrom::End(0))
+                .map_err(|e| SpaError::io(path, "size", 0, e))?
+        } else if meta.is_file() {
+            meta.len()
+        } else {
+            return Err(SpaError::InvalidLayout(format!(
+                "{path}: not a regular file or block device"
+            )));
+        };
+        Ok(FileDevice {
+            file,
+            path: path.to_owned(),
+            size_bytes: size_bytes / SECTOR_BYTES * SECTOR_BYTES,
+        })
+    }
+}
+
+fn check_aligned(len: usize, offset: u64) {
+    assert!(
+        offset.is_multiple_of(SECTOR_BYTES),
+        "device offset {offset} not sector aligned"
+    );
+    assert!(
+        (len as u64).is_multiple_of(SECTOR_BYTES),
+        "device I/O length {len} not sector aligned"
+    );
+}
+
+impl Device for FileDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        check_aligned(buf.len(), offset);
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        check_aligned(buf.len(), offset);
+        if offset + buf.len() as u64 > self.size_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write beyond device end",
+            ));
+        }
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn size(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// Identify what a device holds that `create` must not destroy without `force`: a pool
+/// label, a filesystem, swap, or a partition table. `None` if it looks unused.
+pub fn probe_existing_data(dev: &dyn Device) -> Option<String> {
+    let mut head = vec![0u8; 128 * 1024];
+    let len = head.len().min(dev.size() as usize) / SECTOR_BYTES as usize * SECTOR_BYTES as usize;
+    if dev.read_at(&mut head[..len], 0).is_err() {
+        return None;
+    }
+    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
+    if at(0, super::format::LABEL_MAGIC) {
+        return Some("a cstor pool label".into());
+    }
+    if at(1080, &[0x53, 0xEF]) {
+        return Some("an ext2/3/4 filesystem".into());
+    }
+    if at(0, b"XFSB") {
+        return Some("an XFS filesystem".into());
+    }
+    if at(65600, b"_BHRfS_M") {
+        return Some("a btrfs filesystem".into());
+    }
+    if at(4096 - 10, b"SWAPSPACE2") || at(4096 - 10, b"SWAP-SPACE") {
+        return Some("a swap area".into());
+    }
+    if at(512, b"EFI PART") {
+        return Some("a GPT partition table".into());
+    }
+    if at(510, &[0x55, 0xAA]) {
+        return Some("an MBR partition table or boot sector".into());
+    }
+    None
+}

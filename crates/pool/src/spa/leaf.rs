@@ -1,0 +1,385 @@
+//! A leaf vdev: one device, its worker threads, its health and error counters.
+//!
+//! Owns: the device handle (shared with its workers), a bounded request queue, the state
+//! (ONLINE / FAULTED / UNAVAIL / REMOVED) and read/write/checksum error counters.
+//! Invariants: every request waits at most the I/O timeout; a device that does not answer
+//! in time, or whose write or flush fails, is latched FAULTED and gets no further I/O
+//! (fail-stop: a flush is never retried) until the pool is imported again. Reads that fail
+//! only count errors.
+//! Never: blocks a caller past the timeout; retries a write or flush.
+//! Shutdown: [`Leaf::close`] asks workers to stop and joins them with a deadline; a worker
+//! stuck in a hung device is left detached (it exits when the device returns).
+
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use parking_lot::Mutex;
+
+use super::device::Device;
+use super::error::SpaError;
+use super::limits::{DEVICE_QUEUE_DEPTH, WORKERS_PER_DEVICE};
+
+/// Health of one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeafState {
+    /// Serving I/O.
+    Online,
+    /// Latched off after a failed write/flush or a hang.
+    Faulted(String),
+    /// Not found at import.
+    Unavail,
+    /// Taken out by a replace.
+    Removed,
+}
+
+impl LeafState {
+    /// cStor/ZFS spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LeafState::Online => "ONLINE",
+            LeafState::Faulted(_) => "FAULTED",
+            LeafState::Unavail => "UNAVAIL",
+            LeafState::Removed => "REMOVED",
+        }
+    }
+}
+
+enum Job {
+    Read {
+        offset: u64,
+        len: usize,
+        reply: Sender<io::Result<Vec<u8>>>,
+    },
+    Write {
+        buf: Arc<Vec<u8>>,
+        range: Range<usize>,
+        offset: u64,
+        reply: Sender<io::Result<()>>,
+    },
+    Flush {
+        reply: Sender<io::Result<()>>,
+    },
+    Stop,
+}
+
+/// A request in flight.
+pub(crate) struct Pending<T> {
+    rx: Receiver<io::Result<T>>,
+    deadline: Instant,
+    op: &'static str,
+    offset: u64,
+}
+
+/// One device of a raid group.
+#[derive(Debug)]
+pub struct Leaf {
+    guid: AtomicU64,
+    /// Path at open (or the last known path when unavailable).
+    pub path: String,
+    dev: Option<Arc<dyn Device>>,
+    tx: Option<Sender<Job>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    state: Mutex<LeafState>,
+    untrusted: AtomicBool,
+    timeout: Duration,
+    read_errors: AtomicU64,
+    write_errors: AtomicU64,
+    checksum_errors: AtomicU64,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+fn worker(dev: Arc<dyn Device>, rx: Receiver<Job>) {
+    // Runs until Stop or until every sender is gone (loop meant to run for the pool's life).
+    for job in rx.iter() {
+        match job {
+            Job::Read { offset, len, reply } => {
+                let mut buf = vec![0u8; len];
+                let r = dev.read_at(&mut buf, offset).map(|()| buf);
+                let _ = reply.send(r);
+            }
+            Job::Write {
+                buf,
+                range,
+                offset,
+                reply,
+            } => {
+                let _ = reply.send(dev.write_at(&buf[range], offset));
+            }
+            Job::Flush { reply } => {
+                let _ = reply.send(dev.flush());
+            }
+            Job::Stop => break,
+        }
+    }
+}
+
+impl Leaf {
+    /// Start workers for an open device.
+    pub fn open(dev: Arc<dyn Device>, guid: u64, timeout: Duration) -> Arc<Leaf> {
+        let (tx, rx) = bounded(DEVICE_QUEUE_DEPTH);
+        let mut workers = Vec::new();
+        for i in 0..WORKERS_PER_DEVICE {
+            let (d, r) = (dev.clone(), rx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("vdev-io-{i}"))
+                .spawn(move || worker(d, r));
+            if let Ok(h) = spawned {
+                workers.push(h);
+            }
+        }
+        let state = if workers.is_empty() {
+            LeafState::Faulted("cannot start I/O threads".into())
+        } else {
+            LeafState::Online
+        };
+        Arc::new(Leaf {
+            guid: AtomicU64::new(guid),
+            path: dev.path().to_owned(),
+            dev: Some(dev),
+            tx: Some(tx),
+            workers: Mutex::new(workers),
+            state: Mutex::new(state),
+            untrusted: AtomicBool::new(false),
+            timeout,
+            read_errors: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            checksum_errors: AtomicU64::new(0),
+        })
+    }
+
+    /// A placeholder for a device missing at import.
+    pub fn missing(guid: u64, path: &str, state: LeafState) -> Arc<Leaf> {
+        Arc::new(Leaf {
+            guid: AtomicU64::new(guid),
+            path: path.to_owned(),
+            dev: None,
+            tx: None,
+            workers: Mutex::new(Vec::new()),
+            state: Mutex::new(state),
+            untrusted: AtomicBool::new(false),
+            timeout: Duration::ZERO,
+            read_errors: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            checksum_errors: AtomicU64::new(0),
+        })
+    }
+
+    /// Device guid.
+    pub fn guid(&self) -> u64 {
+        self.guid.load(Ordering::SeqCst)
+    }
+    /// Set the guid once the label is known (import) or assigned (create).
+    pub fn set_guid(&self, guid: u64) {
+        self.guid.store(guid, Ordering::SeqCst);
+    }
+    /// Current state.
+    pub fn state(&self) -> LeafState {
+        self.state.lock().clone()
+    }
+    /// True if I/O may be sent.
+    pub fn is_online(&self) -> bool {
+        *self.state.lock() == LeafState::Online
+    }
+    /// True while resilvering: its columns are not trusted for reads.
+    pub fn is_untrusted(&self) -> bool {
+        self.untrusted.load(Ordering::SeqCst)
+    }
+    /// Mark (un)trusted.
+    pub fn set_untrusted(&self, on: bool) {
+        self.untrusted.store(on, Ordering::SeqCst);
+    }
+    /// Size of the device (0 when missing).
+    pub fn size(&self) -> u64 {
+        self.dev.as_ref().map_or(0, |d| d.size())
+    }
+    /// (read, write, checksum) error counts.
+    pub fn errors(&self) -> (u64, u64, u64) {
+        (
+            self.read_errors.load(Ordering::Relaxed),
+            self.write_errors.load(Ordering::Relaxed),
+            self.checksum_errors.load(Ordering::Relaxed),
+        )
+    }
+    /// Count a block copy or column that failed verification.
+    pub fn count_checksum_error(&self) {
+        self.checksum_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Latch FAULTED with a reason (first reason wins).
+    pub fn fault(&self, reason: String) {
+        let mut st = self.state.lock();
+        if *st == LeafState::Online {
+            *st = LeafState::Faulted(reason);
+        }
+    }
+    /// Mark removed.
+    pub fn set_removed(&self) {
+        *self.state.lock() = LeafState::Removed;
+    }
+
+    fn not_online(&self) -> SpaError {
+        let reason = match self.state() {
+            LeafState::Faulted(r) => r,
+            other => other.as_str().to_lowercase(),
+        };
+        SpaError::DeviceFaulted {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    fn submit<T>(
+        &self,
+        op: &'static str,
+        offset: u64,
+        make: impl FnOnce(Sender<io::Result<T>>) -> Job,
+    ) -> Result<Pending<T>, SpaError> {
+        let Some(tx) = self.tx.as_ref().filter(|_| self.is_online()) else {
+            return Err(self.not_online());
+        };
+        let deadline = Instant::now() + self.timeout;
+        let (rtx, rrx) = bounded(1);
+        match tx.send_timeout(make(rtx), self.timeout) {
+            Ok(()) => Ok(Pending {
+                rx: rrx,
+                deadline,
+                op,
+                offset,
+            }),
+            Err(SendTimeoutError::Timeout(_)) => {
+                self.fault(format!(
+                    "{op} queue stalled for {} ms (device hung)",
+                    self.timeout.as_millis()
+                ));
+                Err(self.timeout_error(op, offset))
+            }
+            Err(SendTimeoutError::Disconnected(_)) => Err(self.not_online()),
+        }
+    }
+
+    fn timeout_error(&self, op: &'static str, offset: u64) -> SpaError {
+        SpaError::DeviceTimeout {
+            path: self.path.clone(),
+            op,
+            offset,
+            timeout_ms: self.timeout.as_millis() as u64,
+        }
+    }
+
+    /// Queue a read of `len` bytes at device `offset`.
+    pub(crate) fn submit_read(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Result<Pending<Vec<u8>>, SpaError> {
+        self.submit("read", offset, |reply| Job::Read { offset, len, reply })
+    }
+    /// Queue a write of `buf[range]` at device `offset`.
+    pub(crate) fn submit_write(
+        &self,
+        buf: Arc<Vec<u8>>,
+        range: Range<usize>,
+        offset: u64,
+    ) -> Result<Pending<()>, SpaError> {
+        self.submit("write", offset, |reply| Job::Write {
+            buf,
+            range,
+            offset,
+            reply,
+        })
+    }
+    /// Queue a flush.
+    pub(crate) fn submit_flush(&self) -> Result<Pending<()>, SpaError> {
+        self.submit("flush", 0, |reply| Job::Flush { reply })
+    }
+
+    /// Wait for a request; counts errors and latches faults.
+    pub(crate) fn wait<T>(&self, p: Pending<T>) -> Result<T, SpaError> {
+        let is_read = p.op == "read";
+        match p.rx.recv_deadline(p.deadline) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if is_read {
+                    self.read_errors.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.write_errors.fetch_add(1, Ordering::Relaxed);
+                    self.fault(format!("{} failed: {e}", p.op));
+                }
+                Err(SpaError::io(&self.path, p.op, p.offset, e))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if is_read {
+                    self.read_errors.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                self.fault(format!(
+                    "{} did not answer within {} ms (device hung)",
+                    p.op,
+                    self.timeout.as_millis()
+                ));
+                Err(self.timeout_error(p.op, p.offset))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(self.not_online()),
+        }
+    }
+
+    /// Read synchronously.
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, SpaError> {
+        let p = self.submit_read(offset, len)?;
+        self.wait(p)
+    }
+    /// Write synchronously.
+    pub fn write(&self, buf: &[u8], offset: u64) -> Result<(), SpaError> {
+        let len = buf.len();
+        let p = self.submit_write(Arc::new(buf.to_vec()), 0..len, offset)?;
+        self.wait(p)
+    }
+    /// Flush synchronously.
+    pub fn flush(&self) -> Result<(), SpaError> {
+        let p = self.submit_flush()?;
+        self.wait(p)
+    }
+
+    /// Stop workers, waiting up to `deadline` for them.
+    pub fn close(&self, deadline: Duration) {
+        let Some(tx) = self.tx.as_ref() else { return };
+        // A faulted device may be hung: do not wait for its workers at all.
+        let deadline = if self.is_online() {
+            deadline
+        } else {
+            Duration::ZERO
+        };
+        let end = Instant::now() + deadline;
+        let mut workers = self.workers.lock();
+        for _ in 0..workers.len() {
+            if tx.send_deadline(Job::Stop, end).is_err() {
+                break;
+            }
+        }
+        for h in workers.drain(..) {
+            // A worker stuck in a hung device cannot be joined; leave it detached.
+            while !h.is_finished() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Drop for Leaf {
+    fn drop(&mut self) {
+        self.close(super::limits::CLOSE_TIMEOUT);
+    }
+}

@@ -1,0 +1,79 @@
+//! Every bound the storage pool allocator keeps, with why each value.
+
+use std::time::Duration;
+
+use crate::store::SECTOR_SIZE;
+
+/// Sector size as u64, for offset arithmetic.
+pub const SECTOR_BYTES: u64 = SECTOR_SIZE as u64;
+
+/// Default bound on one device I/O: a device that has not answered by then is treated as
+/// hung and faulted so that redundancy serves; long enough for a busy spinning disk.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Worker threads per device: enough to keep a disk's queue busy while a mirror or raidz
+/// writes all its columns at once, few enough for 2-core machines.
+pub const WORKERS_PER_DEVICE: usize = 4;
+
+/// Requests queued per device before submitters wait: bounds memory held by in-flight
+/// buffers (a request holds at most one block).
+pub const DEVICE_QUEUE_DEPTH: usize = 64;
+
+/// Largest block the pool stores (psize): ZFS's 16 MiB cap, far above the 128 KiB volume
+/// block maximum, so space map blocks fit too.
+pub const MAX_BLOCK_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Bytes reserved at the start of each device before the data region: two labels.
+pub const FRONT_RESERVE_BYTES: u64 = 2 * LABEL_BYTES;
+
+/// Bytes reserved at the end of each device: two labels.
+pub const BACK_RESERVE_BYTES: u64 = 2 * LABEL_BYTES;
+
+/// One label: a config area and an uberblock ring (docs/format/pool-label.md).
+pub const LABEL_BYTES: u64 = 1024 * 1024;
+
+/// Config area at the start of each label; the JSON config is far smaller even for
+/// pools of hundreds of disks.
+pub const CONFIG_AREA_BYTES: u64 = 256 * 1024;
+
+/// Uberblock slots per ring: 128 as ZFS, so a damaged recent slot still leaves many older.
+pub const UBERBLOCK_SLOTS: u64 = 128;
+
+/// One uberblock slot: a whole sector so that writing one never tears a neighbour.
+pub const UBERBLOCK_SLOT_BYTES: u64 = SECTOR_BYTES;
+
+/// Offset of the uberblock ring inside a label.
+pub const UBERBLOCK_RING_OFFSET: u64 = LABEL_BYTES - UBERBLOCK_SLOTS * UBERBLOCK_SLOT_BYTES;
+
+/// Smallest usable device: 4 MiB of labels plus 12 MiB of data; small enough for
+/// in-memory crash tests, large enough that labels are a minor share.
+pub const MIN_DEVICE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Most top-level vdevs in one pool: bounds the config size and per-txg work.
+pub const MAX_VDEVS: usize = 256;
+
+/// Most devices in one raid group (mirror width or raidz columns).
+pub const MAX_GROUP_DEVICES: usize = 32;
+
+/// Space map chain blocks before the allocator state is condensed into a new base: bounds
+/// import time (each block is one read) while a txg writes only its own changes.
+pub const SPACE_MAP_CHAIN_MAX: u32 = 64;
+
+/// Largest space map block written at once.
+pub const SPACE_MAP_BLOCK_BYTES: u32 = 1024 * 1024;
+
+/// Space map blocks one condensed base may span: bounds import memory and time (about
+/// 2.8 million extents).
+pub const SPACE_MAP_BASE_BLOCKS_MAX: u32 = 64;
+
+/// Fraction (1/N) of each vdev kept back from Data/Metadata/Log allocations, so that sync
+/// can always write the allocator state on a nearly full pool.
+pub const SLOP_SHIFT: u32 = 6;
+
+/// Deadline for devices' worker threads to finish when a pool closes.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const _: () = assert!(UBERBLOCK_RING_OFFSET >= CONFIG_AREA_BYTES);
+const _: () = assert!(LABEL_BYTES.is_multiple_of(SECTOR_BYTES));
+const _: () = assert!(MIN_DEVICE_BYTES > FRONT_RESERVE_BYTES + BACK_RESERVE_BYTES);
+const _: () = assert!(SPACE_MAP_BLOCK_BYTES <= MAX_BLOCK_BYTES);

@@ -1,0 +1,1477 @@
+//! The pool: create, import, export, destroy, config and labels, the uberblock ring, the
+//! allocator's persistence (space map chain), status, add, replace/resilver, scrub, and
+//! the [`BlockStore`] implementation the block-tree layer uses.
+//!
+//! Owns: the config (under `config`), the top-level vdevs (read-mostly lock, written only
+//! by add), the sync state (one sync at a time, under `sync`).
+//! Invariants:
+//! - sync(T) flushes every data write, then writes T's space map blocks and flushes, then
+//!   writes the uberblock of T into slot T % 128 of every label of every device and
+//!   flushes; only then do T's frees become allocatable.
+//! - labels are rewritten in two phases (labels 0 and 2, flush, then 1 and 3, flush), so a
+//!   power cut leaves at least one whole copy of the old or new config.
+//! - a failed sync latches the pool read-only for commits (re-import to recover): the
+//!   in-memory allocator no longer matches any durable state.
+//!
+//! Never: interprets block contents; reuses space freed in an unsynced txg.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::alloc::{RangeSet, VdevAlloc};
+use super::device::{probe_existing_data, Device, FileDevice};
+use super::error::SpaError;
+use super::format::{
+    self, ChildConfig, Label, PoolConfig, SmBlock, SmPtr, SmRecord, Uberblock, VdevConfig,
+    VdevKindConfig,
+};
+use super::leaf::{Leaf, LeafState};
+use super::limits::*;
+use super::vdev::{Health, TopVdev, VdevKind};
+use crate::store::{
+    AllocClass, BlockStore, Dva, SpaceStats, StoreError, Verify, MAX_ROOT_BYTES, SECTOR_SIZE,
+};
+
+/// How a raid group protects data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupKind {
+    /// Each disk its own top-level vdev, no redundancy.
+    Stripe,
+    /// n-way mirror (>= 2 disks).
+    Mirror,
+    /// Single parity (>= 3 disks).
+    Raidz,
+    /// Double parity (>= 4 disks).
+    Raidz2,
+}
+
+impl GroupKind {
+    /// The CLI word.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GroupKind::Stripe => "stripe",
+            GroupKind::Mirror => "mirror",
+            GroupKind::Raidz => "raidz",
+            GroupKind::Raidz2 => "raidz2",
+        }
+    }
+    /// Parse the CLI word.
+    pub fn parse(s: &str) -> Option<GroupKind> {
+        Some(match s {
+            "stripe" => GroupKind::Stripe,
+            "mirror" => GroupKind::Mirror,
+            "raidz" | "raidz1" => GroupKind::Raidz,
+            "raidz2" => GroupKind::Raidz2,
+            _ => return None,
+        })
+    }
+    fn min_devices(&self) -> usize {
+        match self {
+            GroupKind::Stripe => 1,
+            GroupKind::Mirror => 2,
+            GroupKind::Raidz => 3,
+            GroupKind::Raidz2 => 4,
+        }
+    }
+}
+
+/// One raid group to create or add.
+#[derive(Clone, Debug)]
+pub struct GroupSpec<D> {
+    /// Redundancy.
+    pub kind: GroupKind,
+    /// Devices (paths or open devices).
+    pub devices: Vec<D>,
+    /// True for the write-cache (intent log) group.
+    pub log: bool,
+}
+
+/// Options for create and import.
+#[derive(Clone, Debug)]
+pub struct SpaOptions {
+    /// Overwrite devices that hold a pool label, filesystem or partition table.
+    pub force: bool,
+    /// Bound on every device I/O.
+    pub io_timeout: Duration,
+}
+
+impl Default for SpaOptions {
+    fn default() -> Self {
+        SpaOptions {
+            force: false,
+            io_timeout: DEFAULT_IO_TIMEOUT,
+        }
+    }
+}
+
+/// One device in [`PoolStatus`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// Path.
+    pub path: String,
+    /// Guid.
+    pub guid: u64,
+    /// ONLINE, FAULTED, UNAVAIL, REMOVED.
+    pub state: String,
+    /// Why it is not online.
+    pub reason: Option<String>,
+    /// Being resilvered after a replace.
+    pub resilvering: bool,
+    /// Read errors since import.
+    pub read_errors: u64,
+    /// Write errors since import.
+    pub write_errors: u64,
+    /// Checksum errors since import.
+    pub checksum_errors: u64,
+}
+
+/// One raid group in [`PoolStatus`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// stripe, mirror, raidz, raidz2.
+    pub kind: String,
+    /// Write-cache group.
+    pub log: bool,
+    /// ONLINE, DEGRADED, FAULTED.
+    pub health: String,
+    /// Devices.
+    pub devices: Vec<DeviceStatus>,
+}
+
+/// The pool as `cstor pool status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Name.
+    pub name: String,
+    /// Guid.
+    pub guid: u64,
+    /// ONLINE, DEGRADED, FAULTED.
+    pub health: Health,
+    /// Names the devices behind a non-ONLINE health.
+    pub message: Option<String>,
+    /// Raid groups.
+    pub groups: Vec<GroupStatus>,
+    /// Usable bytes.
+    pub size_bytes: u64,
+    /// Allocated (usable terms).
+    pub allocated_bytes: u64,
+    /// Free (usable terms).
+    pub free_bytes: u64,
+    /// Last synced txg.
+    pub txg: Option<u64>,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    last_txg: Option<u64>,
+    /// Space map chain, oldest first.
+    chain: Vec<SmPtr>,
+    failed: Option<String>,
+}
+
+/// A storage pool allocator: an open pool.
+#[derive(Debug)]
+pub struct Spa {
+    name: String,
+    guid: u64,
+    opts: SpaOptions,
+    config: Mutex<PoolConfig>,
+    vdevs: RwLock<Vec<Arc<TopVdev>>>,
+    sync: Mutex<SyncState>,
+    last_root: Mutex<Option<(u64, Vec<u8>)>>,
+    rotor: AtomicU64,
+    bad_frees: AtomicU64,
+}
+
+fn new_guid() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn child_data_bytes(v: &VdevConfig) -> u64 {
+    match v.kind {
+        VdevKindConfig::Disk | VdevKindConfig::Mirror => v.asize,
+        VdevKindConfig::Raidz1 | VdevKindConfig::Raidz2 => v.asize / v.children.len() as u64,
+    }
+}
+
+fn kind_config(kind: GroupKind) -> VdevKindConfig {
+    match kind {
+        GroupKind::Stripe => VdevKindConfig::Disk,
+        GroupKind::Mirror => VdevKindConfig::Mirror,
+        GroupKind::Raidz => VdevKindConfig::Raidz1,
+        GroupKind::Raidz2 => VdevKindConfig::Raidz2,
+    }
+}
+
+/// Open devices by path (each locked exclusively).
+pub fn open_paths(paths: &[String]) -> Result<Vec<Arc<dyn Device>>, SpaError> {
+    paths
+        .iter()
+        .map(|p| FileDevice::open(p).map(|d| Arc::new(d) as Arc<dyn Device>))
+        .collect()
+}
+
+impl Spa {
+    /// Create a pool on device paths.
+    pub fn create(
+        name: &str,
+        groups: &[GroupSpec<String>],
+        opts: SpaOptions,
+    ) -> Result<Spa, SpaError> {
+        let mut seen = std::collections::HashSet::new();
+        for p in groups.iter().flat_map(|g| &g.devices) {
+            let canon = std::fs::canonicalize(p).map_err(|e| SpaError::io(p, "open", 0, e))?;
+            if !seen.insert(canon) {
+                return Err(SpaError::InvalidLayout(format!(
+                    "device {p} is given twice"
+                )));
+            }
+        }
+        let mut opened = Vec::new();
+        for g in groups {
+            opened.push(GroupSpec {
+                kind: g.kind,
+                devices: open_paths(&g.devices)?,
+                log: g.log,
+            });
+        }
+        Self::create_on(name, opened, opts)
+    }
+
+    /// Create a pool on open devices (tests use memory and fault-injecting devices).
+    pub fn create_on(
+        name: &str,
+        groups: Vec<GroupSpec<Arc<dyn Device>>>,
+        opts: SpaOptions,
+    ) -> Result<Spa, SpaError> {
+        validate_name(name)?;
+        validate_groups(&groups, true)?;
+        let guid = new_guid();
+        let mut config = PoolConfig {
+            name: name.to_owned(),
+            guid,
+            generation: 1,
+            created_unix_secs: now_secs(),
+            created_host: hostname(),
+            vdevs: Vec::new(),
+        };
+        let vdevs = build_vdevs(&mut config, groups, &opts)?;
+        let spa = Spa::assemble(name, guid, opts, config, vdevs);
+        let leaves: Vec<Arc<Leaf>> = spa.all_leaves();
+        spa.clear_rings(&leaves)?;
+        spa.write_labels()?;
+        Ok(spa)
+    }
+
+    fn assemble(
+        name: &str,
+        guid: u64,
+        opts: SpaOptions,
+        config: PoolConfig,
+        vdevs: Vec<Arc<TopVdev>>,
+    ) -> Spa {
+        Spa {
+            name: name.to_owned(),
+            guid,
+            opts,
+            config: Mutex::new(config),
+            vdevs: RwLock::new(vdevs),
+            sync: Mutex::new(SyncState {
+                last_txg: None,
+                chain: Vec::new(),
+                failed: None,
+            }),
+            last_root: Mutex::new(None),
+            rotor: AtomicU64::new(0),
+            bad_frees: AtomicU64::new(0),
+        }
+    }
+
+    /// Import a pool from device paths (any order, after renames).
+    pub fn import(name: &str, paths: &[String], opts: SpaOptions) -> Result<Spa, SpaError> {
+        Self::import_devices(name, open_paths(paths)?, opts)
+    }
+
+    /// Import a pool from open devices.
+    pub fn import_devices(
+        name: &str,
+        devices: Vec<Arc<dyn Device>>,
+        opts: SpaOptions,
+    ) -> Result<Spa, SpaError> {
+        let mut found: Vec<(Arc<Leaf>, Label)> = Vec::new();
+        let mut others: Vec<String> = Vec::new();
+        for dev in devices {
+            let leaf = Leaf::open(dev, 0, opts.io_timeout);
+            match read_best_label(&leaf) {
+                LabelRead::Found(l) => found.push((leaf, l)),
+                LabelRead::Invalid => {
+                    others.push(format!("{} has no valid cstor label", leaf.path))
+                }
+                // An unreadable or hung device is left out: it shows as UNAVAIL if the
+                // config names it, and redundancy serves.
+                LabelRead::Unreadable => {}
+            }
+        }
+        let mut pool_guid = None;
+        for (leaf, l) in &found {
+            if l.config.name != name {
+                return Err(SpaError::ForeignDevice {
+                    path: leaf.path.clone(),
+                    name: name.to_owned(),
+                    other_pool: l.config.name.clone(),
+                    other_guid: l.pool_guid,
+                });
+            }
+            match pool_guid {
+                None => pool_guid = Some(l.pool_guid),
+                Some(g) if g != l.pool_guid => {
+                    return Err(SpaError::ForeignDevice {
+                        path: leaf.path.clone(),
+                        name: name.to_owned(),
+                        other_pool: l.config.name.clone(),
+                        other_guid: l.pool_guid,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        if !others.is_empty() {
+            return Err(SpaError::PoolNotFound {
+                name: name.to_owned(),
+                detail: format!(": {}", others.join("; ")),
+            });
+        }
+        let Some(guid) = pool_guid else {
+            return Err(SpaError::PoolNotFound {
+                name: name.to_owned(),
+                detail: String::new(),
+            });
+        };
+        let mut config = found
+            .iter()
+            .max_by_key(|(_, l)| l.generation)
+            .map(|(_, l)| l.config.clone())
+            .ok_or_else(|| SpaError::PoolNotFound {
+                name: name.to_owned(),
+                detail: String::new(),
+            })?;
+        let mut by_guid: HashMap<u64, Arc<Leaf>> = HashMap::new();
+        for (leaf, l) in found {
+            leaf.set_guid(l.device_guid);
+            by_guid.insert(l.device_guid, leaf);
+        }
+        let mut paths_changed = false;
+        let mut vdevs = Vec::new();
+        for vc in config.vdevs.iter_mut() {
+            let mut children = Vec::new();
+            for ch in vc.children.iter_mut() {
+                let leaf = match by_guid.remove(&ch.guid) {
+                    Some(l) => {
+                        if l.path != ch.path {
+                            ch.path = l.path.clone();
+                            paths_changed = true;
+                        }
+                        l
+                    }
+                    None => Leaf::missing(ch.guid, &ch.path, LeafState::Unavail),
+                };
+                leaf.set_untrusted(ch.resilvering);
+                children.push(leaf);
+            }
+            vdevs.push(Arc::new(TopVdev {
+                id: vc.id,
+                kind: VdevKind::from_config(vc.kind),
+                group: vc.group,
+                log: vc.log,
+                asize: vc.asize,
+                children: RwLock::new(children),
+                alloc: Mutex::new(VdevAlloc::new(vc.asize)),
+            }));
+        }
+        // Devices labelled for this pool but no longer in its config (replaced out) are
+        // left alone and closed.
+        drop(by_guid);
+        let spa = Spa::assemble(name, guid, opts, config, vdevs);
+        spa.check_not_faulted()?;
+        spa.load_newest_state()?;
+        if paths_changed {
+            spa.config.lock().generation += 1;
+            spa.write_labels()?;
+        }
+        Ok(spa)
+    }
+
+    fn check_not_faulted(&self) -> Result<(), SpaError> {
+        let st = self.status();
+        if st.health == Health::Faulted {
+            return Err(SpaError::PoolFaulted {
+                name: self.name.clone(),
+                reason: st.message.unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Pool name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Pool guid.
+    pub fn guid(&self) -> u64 {
+        self.guid
+    }
+    /// A copy of the config.
+    pub fn config(&self) -> PoolConfig {
+        self.config.lock().clone()
+    }
+
+    fn all_leaves(&self) -> Vec<Arc<Leaf>> {
+        self.vdevs
+            .read()
+            .iter()
+            .flat_map(|v| v.children.read().clone())
+            .collect()
+    }
+
+    fn vdev(&self, id: u32) -> Option<Arc<TopVdev>> {
+        self.vdevs.read().get(id as usize).cloned()
+    }
+
+    /// Zero the uberblock rings of new devices so stale uberblocks never resurface.
+    fn clear_rings(&self, leaves: &[Arc<Leaf>]) -> Result<(), SpaError> {
+        let zeros = Arc::new(vec![0u8; (UBERBLOCK_SLOTS * UBERBLOCK_SLOT_BYTES) as usize]);
+        let mut subs = Vec::new();
+        for leaf in leaves.iter().filter(|l| l.is_online()) {
+            for lo in format::label_offsets(leaf.size()) {
+                subs.push((
+                    leaf.clone(),
+                    leaf.submit_write(zeros.clone(), 0..zeros.len(), lo + UBERBLOCK_RING_OFFSET),
+                ));
+            }
+        }
+        for (leaf, s) in subs {
+            s.and_then(|p| leaf.wait(p))?;
+        }
+        Ok(())
+    }
+
+    /// Write the current config into every online device's labels, in two phases.
+    fn write_labels(&self) -> Result<(), SpaError> {
+        let config = self.config.lock().clone();
+        let vdevs = self.vdevs.read().clone();
+        let mut per_leaf = Vec::new();
+        for v in &vdevs {
+            for (ci, leaf) in v.children.read().iter().enumerate() {
+                if !leaf.is_online() {
+                    continue;
+                }
+                let label = Label {
+                    pool_guid: self.guid,
+                    device_guid: leaf.guid(),
+                    generation: config.generation,
+                    vdev: v.id,
+                    child: ci as u32,
+                    config: config.clone(),
+                };
+                per_leaf.push((leaf.clone(), Arc::new(format::encode_label(&label)?)));
+            }
+        }
+        let mut ok_leaves = per_leaf.len();
+        for phase in [[0usize, 2], [1, 3]] {
+            let mut subs = Vec::new();
+            for (leaf, bytes) in &per_leaf {
+                let offs = format::label_offsets(leaf.size());
+                for i in phase {
+                    subs.push((
+                        leaf.clone(),
+                        leaf.submit_write(bytes.clone(), 0..bytes.len(), offs[i]),
+                    ));
+                }
+            }
+            for (leaf, s) in subs {
+                if s.and_then(|p| leaf.wait(p)).is_err() {
+                    ok_leaves = ok_leaves.saturating_sub(1);
+                }
+            }
+            self.flush_all()?;
+        }
+        if ok_leaves == 0 {
+            return Err(SpaError::PoolFaulted {
+                name: self.name.clone(),
+                reason: "no device took the new labels".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Flush every device of every vdev at once; fails if any group lost too many.
+    fn flush_all(&self) -> Result<(), SpaError> {
+        let vdevs = self.vdevs.read().clone();
+        let mut subs = Vec::new();
+        for v in &vdevs {
+            for leaf in v.children.read().iter() {
+                if leaf.is_online() {
+                    subs.push((v.id, leaf.clone(), leaf.submit_flush()));
+                }
+            }
+        }
+        for (_, leaf, s) in subs {
+            let _ = s.and_then(|p| leaf.wait(p));
+        }
+        self.require_writable(&vdevs)
+    }
+
+    fn require_writable(&self, vdevs: &[Arc<TopVdev>]) -> Result<(), SpaError> {
+        let bad: Vec<String> = vdevs
+            .iter()
+            .filter_map(|v| {
+                let (h, devs) = v.health();
+                (h == Health::Faulted && !v.log)
+                    .then(|| format!("vdev {}: {}", v.id, devs.join(", ")))
+            })
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(SpaError::PoolFaulted {
+                name: self.name.clone(),
+                reason: bad.join("; "),
+            })
+        }
+    }
+
+    /// Read every uberblock ring; try the newest uberblocks in turn until one whose space
+    /// map chain loads.
+    fn load_newest_state(&self) -> Result<(), SpaError> {
+        let mut ubs: BTreeMap<u64, Uberblock> = BTreeMap::new();
+        for leaf in self.all_leaves().iter().filter(|l| l.is_online()) {
+            for lo in format::label_offsets(leaf.size()) {
+                let ring_off = lo + UBERBLOCK_RING_OFFSET;
+                let Ok(ring) =
+                    leaf.read(ring_off, (UBERBLOCK_SLOTS * UBERBLOCK_SLOT_BYTES) as usize)
+                else {
+                    continue;
+                };
+                for (i, slot) in ring.chunks(UBERBLOCK_SLOT_BYTES as usize).enumerate() {
+                    if let Ok(Some(ub)) = format::decode_uberblock(
+                        slot,
+                        &leaf.path,
+                        ring_off + i as u64 * UBERBLOCK_SLOT_BYTES,
+                    ) {
+                        if ub.pool_guid == self.guid {
+                            ubs.entry(ub.txg).or_insert(ub);
+                        }
+                    }
+                }
+            }
+        }
+        let mut last_err = None;
+        for (txg, ub) in ubs.into_iter().rev() {
+            match self.load_space_maps(&ub) {
+                Ok((allocs, chain)) => {
+                    for (v, committed) in self.vdevs.read().iter().zip(allocs) {
+                        *v.alloc.lock() = VdevAlloc::from_committed(v.asize, committed);
+                    }
+                    let mut st = self.sync.lock();
+                    st.last_txg = Some(txg);
+                    st.chain = chain;
+                    *self.last_root.lock() = Some((txg, ub.root.clone()));
+                    return Ok(());
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        match last_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    fn read_sm(&self, ptr: &SmPtr) -> Result<SmBlock, SpaError> {
+        let v = self
+            .vdev(ptr.dva.vdev)
+            .ok_or(SpaError::InvalidAddress { dva: ptr.dva })?;
+        let want = ptr.checksum;
+        let data = v.read(ptr.dva, ptr.psize as u64, &|b: &[u8]| xxh3_64(b) == want)?;
+        format::decode_sm_block(&data, ptr.dva.offset)
+    }
+
+    fn load_space_maps(&self, ub: &Uberblock) -> Result<(Vec<RangeSet>, Vec<SmPtr>), SpaError> {
+        let nvdevs = self.vdevs.read().len();
+        let mut sets = vec![RangeSet::new(); nvdevs];
+        let mut blocks = Vec::new();
+        let mut ptr = ub.space_map;
+        let max = (SPACE_MAP_CHAIN_MAX + SPACE_MAP_BASE_BLOCKS_MAX + 2) as usize;
+        while !ptr.is_null() {
+            if blocks.len() >= max {
+                return Err(SpaError::Corrupt {
+                    path: "pool".into(),
+                    what: "space map",
+                    offset: ptr.dva.offset,
+                    reason: format!("chain longer than {max}"),
+                });
+            }
+            let blk = self.read_sm(&ptr)?;
+            let base = blk.flags & format::SM_FLAG_BASE_START != 0;
+            let prev = blk.prev;
+            blocks.push((ptr, blk));
+            if base {
+                break;
+            }
+            ptr = prev;
+        }
+        let asizes: Vec<u64> = self.vdevs.read().iter().map(|v| v.asize).collect();
+        let mut chain = Vec::new();
+        for (ptr, blk) in blocks.into_iter().rev() {
+            chain.push(ptr);
+            for r in &blk.records {
+                let bad = || SpaError::Corrupt {
+                    path: "pool".into(),
+                    what: "space map",
+                    offset: ptr.dva.offset,
+                    reason: format!("record {r:?} does not apply"),
+                };
+                let set = sets.get_mut(r.vdev as usize).ok_or_else(bad)?;
+                if r.offset
+                    .checked_add(r.len)
+                    .is_none_or(|e| e > asizes[r.vdev as usize])
+                {
+                    return Err(bad());
+                }
+                let ok = if r.alloc {
+                    set.insert(r.offset, r.len)
+                } else {
+                    set.remove(r.offset, r.len)
+                };
+                if !ok {
+                    return Err(bad());
+                }
+            }
+        }
+        Ok((sets, chain))
+    }
+
+    fn normal_vdevs(&self, class: AllocClass) -> Vec<Arc<TopVdev>> {
+        let vdevs = self.vdevs.read();
+        if class == AllocClass::Log && vdevs.iter().any(|v| v.log) {
+            let mut out: Vec<_> = vdevs.iter().filter(|v| v.log).cloned().collect();
+            out.extend(vdevs.iter().filter(|v| !v.log).cloned());
+            return out;
+        }
+        vdevs.iter().filter(|v| !v.log).cloned().collect()
+    }
+
+    fn alloc_inner(
+        &self,
+        psize: u32,
+        class: AllocClass,
+        txg: u64,
+        use_reserve: bool,
+    ) -> Result<Dva, SpaError> {
+        if psize == 0 || !psize.is_multiple_of(SECTOR_SIZE) || psize > MAX_BLOCK_BYTES {
+            return Err(SpaError::InvalidState(format!("allocation of {psize} bytes is not a positive multiple of {SECTOR_SIZE} up to {MAX_BLOCK_BYTES}")));
+        }
+        let cands: Vec<Arc<TopVdev>> = self
+            .normal_vdevs(class)
+            .into_iter()
+            .filter(|v| v.health().0 != Health::Faulted)
+            .collect();
+        if cands.is_empty() {
+            return Err(SpaError::PoolFaulted {
+                name: self.name.clone(),
+                reason: "no writable raid group".into(),
+            });
+        }
+        let n = cands.len();
+        let start = self.rotor.fetch_add(1, Ordering::Relaxed) as usize % n;
+        let log_first = class == AllocClass::Log && cands[0].log;
+        // Weight by free space: a vdev far fuller than the emptiest is skipped on the
+        // first pass, so a newly added group fills up first.
+        let ratio = |v: &TopVdev| {
+            let a = v.alloc.lock();
+            a.free.total() as f64 / a.asize as f64
+        };
+        let best = cands
+            .iter()
+            .filter(|v| !v.log)
+            .map(|v| ratio(v))
+            .fold(0.0, f64::max);
+        for pass in 0..2 {
+            for i in 0..n {
+                let v = if log_first {
+                    &cands[i]
+                } else {
+                    &cands[(start + i) % n]
+                };
+                if pass == 0 && !v.log && ratio(v) < best * 0.5 {
+                    continue;
+                }
+                let asize = v.asize_of(psize as u64);
+                let reserve = if use_reserve {
+                    v.asize >> SLOP_SHIFT
+                } else {
+                    0
+                };
+                if let Some(off) = v.alloc.lock().alloc(asize, txg, reserve) {
+                    return Ok(Dva {
+                        vdev: v.id,
+                        offset: off,
+                        asize,
+                    });
+                }
+            }
+        }
+        Err(SpaError::NoSpace {
+            wanted_bytes: psize as u64,
+        })
+    }
+
+    /// Mark a block allocated in `txg` (intent-log replay after import claims the log
+    /// blocks it will read). False if any of it is already allocated.
+    pub fn claim(&self, dva: Dva, txg: u64) -> bool {
+        self.vdev(dva.vdev)
+            .is_some_and(|v| v.alloc.lock().claim(dva.offset, dva.asize, txg))
+    }
+
+    /// Frees refused as double frees or bad addresses since open (a bug or corruption).
+    pub fn bad_frees(&self) -> u64 {
+        self.bad_frees.load(Ordering::Relaxed)
+    }
+
+    fn sync_inner(&self, st: &mut SyncState, txg: u64, root: &[u8]) -> Result<(), SpaError> {
+        self.flush_all()?;
+        let vdevs = self.vdevs.read().clone();
+        let condense = !st.chain.is_empty() && st.chain.len() as u32 + 1 > SPACE_MAP_CHAIN_MAX;
+        if condense {
+            for p in &st.chain {
+                let ok = self
+                    .vdev(p.dva.vdev)
+                    .is_some_and(|v| v.alloc.lock().free(p.dva.offset, p.dva.asize, txg));
+                assert!(ok, "space map block {p:?} must be allocated");
+            }
+        }
+        let mut est: usize = 64;
+        for v in &vdevs {
+            let a = v.alloc.lock();
+            est += a
+                .pending
+                .range(..=txg)
+                .map(|(_, d)| d.allocs.len() + d.frees.len())
+                .sum::<usize>();
+            if condense {
+                est += a.committed.len();
+            }
+        }
+        let psize = (format::SM_HEADER_BYTES + est * format::SM_RECORD_BYTES)
+            .div_ceil(SECTOR_SIZE as usize)
+            * SECTOR_SIZE as usize;
+        let psize = psize.min(SPACE_MAP_BLOCK_BYTES as usize) as u32;
+        let cap = format::sm_capacity(psize);
+        let nblocks = est.div_ceil(cap);
+        if nblocks > SPACE_MAP_BASE_BLOCKS_MAX as usize {
+            return Err(SpaError::InvalidState(format!("allocator state of {est} records exceeds {SPACE_MAP_BASE_BLOCKS_MAX} space map blocks")));
+        }
+        let mut dvas = Vec::new();
+        for _ in 0..nblocks {
+            dvas.push(self.alloc_inner(psize, AllocClass::Metadata, txg, false)?);
+        }
+        let deltas: Vec<_> = vdevs
+            .iter()
+            .map(|v| v.alloc.lock().take_through(txg))
+            .collect();
+        let mut records = Vec::new();
+        if condense {
+            for (v, d) in vdevs.iter().zip(&deltas) {
+                let mut c = v.alloc.lock().committed.clone();
+                let ok = d.allocs.iter().all(|&(o, l)| c.insert(o, l))
+                    && d.frees.iter().all(|&(o, l)| c.remove(o, l));
+                assert!(
+                    ok,
+                    "allocator delta of vdev {} does not apply to its committed state",
+                    v.id
+                );
+                records.extend(c.iter().map(|(o, l)| SmRecord {
+                    vdev: v.id,
+                    alloc: true,
+                    offset: o,
+                    len: l,
+                }));
+            }
+        } else {
+            for (v, d) in vdevs.iter().zip(&deltas) {
+                records.extend(d.allocs.iter().map(|&(o, l)| SmRecord {
+                    vdev: v.id,
+                    alloc: true,
+                    offset: o,
+                    len: l,
+                }));
+                records.extend(d.frees.iter().map(|&(o, l)| SmRecord {
+                    vdev: v.id,
+                    alloc: false,
+                    offset: o,
+                    len: l,
+                }));
+            }
+        }
+        assert!(
+            records.len() <= nblocks * cap,
+            "space map estimate too small"
+        );
+        let mut prev = if condense {
+            SmPtr::default()
+        } else {
+            st.chain.last().copied().unwrap_or_default()
+        };
+        let mut new_chain = Vec::new();
+        let mut chunks = records.chunks(cap);
+        for (i, dva) in dvas.iter().enumerate() {
+            let recs = chunks.next().map(|c| c.to_vec()).unwrap_or_default();
+            let flags = if condense && i == 0 {
+                format::SM_FLAG_BASE_START
+            } else {
+                0
+            };
+            let bytes = format::encode_sm_block(
+                &SmBlock {
+                    flags,
+                    txg,
+                    prev,
+                    records: recs,
+                },
+                psize,
+            );
+            let v = self
+                .vdev(dva.vdev)
+                .ok_or(SpaError::InvalidAddress { dva: *dva })?;
+            v.write(*dva, &bytes)?;
+            prev = SmPtr {
+                dva: *dva,
+                psize,
+                checksum: xxh3_64(&bytes),
+            };
+            new_chain.push(prev);
+        }
+        self.flush_all()?;
+        let chain_len = if condense {
+            new_chain.len()
+        } else {
+            st.chain.len() + new_chain.len()
+        };
+        let ub = Uberblock {
+            txg,
+            pool_guid: self.guid,
+            timestamp: now_secs(),
+            config_generation: self.config.lock().generation,
+            space_map: prev,
+            chain_len: chain_len as u32,
+            root: root.to_vec(),
+        };
+        self.write_uberblock(&ub)?;
+        for (v, d) in vdevs.iter().zip(&deltas) {
+            let mut a = v.alloc.lock();
+            let ok = a.commit(d);
+            assert!(ok, "allocator delta of vdev {} does not apply", v.id);
+            a.release();
+        }
+        if condense {
+            st.chain = new_chain;
+        } else {
+            st.chain.extend(new_chain);
+        }
+        st.last_txg = Some(txg);
+        *self.last_root.lock() = Some((txg, root.to_vec()));
+        Ok(())
+    }
+
+    fn write_uberblock(&self, ub: &Uberblock) -> Result<(), SpaError> {
+        let bytes = Arc::new(format::encode_uberblock(ub));
+        let mut subs = Vec::new();
+        for leaf in self.all_leaves().into_iter().filter(|l| l.is_online()) {
+            for lo in format::label_offsets(leaf.size()) {
+                let s = leaf.submit_write(
+                    bytes.clone(),
+                    0..bytes.len(),
+                    format::uberblock_offset(lo, ub.txg),
+                );
+                subs.push((leaf.clone(), s));
+            }
+        }
+        let mut written = 0;
+        for (leaf, s) in subs {
+            if s.and_then(|p| leaf.wait(p)).is_ok() {
+                written += 1;
+            }
+        }
+        if written == 0 {
+            return Err(SpaError::PoolFaulted {
+                name: self.name.clone(),
+                reason: "no device took the uberblock".into(),
+            });
+        }
+        self.flush_all()
+    }
+
+    /// Pool status: health, groups, devices with error counters, space.
+    pub fn status(&self) -> PoolStatus {
+        let vdevs = self.vdevs.read().clone();
+        let config = self.config.lock().clone();
+        let mut groups: Vec<(u32, GroupStatus, Health)> = Vec::new();
+        let mut worst = Health::Online;
+        let mut msgs = Vec::new();
+        for v in &vdevs {
+            let (h, bad) = v.health();
+            let pool_h = if v.log && h == Health::Faulted {
+                Health::Degraded
+            } else {
+                h
+            };
+            worst = worst.max(pool_h);
+            if h != Health::Online {
+                msgs.push(format!(
+                    "{} vdev {} {}: {}",
+                    if v.log { "log" } else { "data" },
+                    v.id,
+                    h.as_str(),
+                    bad.join(", ")
+                ));
+            }
+            let kind = match v.kind {
+                VdevKind::Disk => "stripe",
+                VdevKind::Mirror => "mirror",
+                VdevKind::Raidz(1) => "raidz",
+                VdevKind::Raidz(_) => "raidz2",
+            };
+            let devices: Vec<DeviceStatus> = v
+                .children
+                .read()
+                .iter()
+                .map(|l| {
+                    let (r, w, c) = l.errors();
+                    let state = l.state();
+                    DeviceStatus {
+                        path: l.path.clone(),
+                        guid: l.guid(),
+                        state: state.as_str().into(),
+                        reason: if let LeafState::Faulted(r) = state {
+                            Some(r)
+                        } else {
+                            None
+                        },
+                        resilvering: l.is_untrusted(),
+                        read_errors: r,
+                        write_errors: w,
+                        checksum_errors: c,
+                    }
+                })
+                .collect();
+            match groups
+                .iter_mut()
+                .find(|(g, gs, _)| *g == v.group && gs.kind == "stripe" && kind == "stripe")
+            {
+                Some((_, gs, gh)) => {
+                    *gh = (*gh).max(h);
+                    gs.health = gh.as_str().into();
+                    gs.devices.extend(devices);
+                }
+                None => groups.push((
+                    v.group,
+                    GroupStatus {
+                        kind: kind.into(),
+                        log: v.log,
+                        health: h.as_str().into(),
+                        devices,
+                    },
+                    h,
+                )),
+            }
+        }
+        let space = self.space_stats();
+        PoolStatus {
+            name: config.name,
+            guid: self.guid,
+            health: worst,
+            message: (!msgs.is_empty()).then(|| msgs.join("; ")),
+            groups: groups.into_iter().map(|(_, g, _)| g).collect(),
+            size_bytes: space.size_bytes,
+            allocated_bytes: space.allocated_bytes,
+            free_bytes: space.free_bytes,
+            txg: self.sync.lock().last_txg,
+        }
+    }
+
+    fn space_stats(&self) -> SpaceStats {
+        let mut s = SpaceStats::default();
+        for v in self.vdevs.read().iter().filter(|v| !v.log) {
+            let allocated = v.alloc.lock().allocated();
+            s.size_bytes += v.usable(v.asize);
+            s.allocated_bytes += v.usable(allocated);
+        }
+        s.free_bytes = s.size_bytes.saturating_sub(s.allocated_bytes);
+        s
+    }
+
+    /// Add a raid group (or disks to a stripe pool: a `Stripe` spec) and rewrite labels.
+    pub fn add_group(&self, group: GroupSpec<Arc<dyn Device>>) -> Result<(), SpaError> {
+        validate_groups(std::slice::from_ref(&group), false)?;
+        let mut config = self.config.lock().clone();
+        if config.vdevs.len() + group.devices.len() > MAX_VDEVS {
+            return Err(SpaError::InvalidLayout(format!(
+                "a pool has at most {MAX_VDEVS} vdevs"
+            )));
+        }
+        let new = build_vdevs(&mut config, vec![group], &self.opts)?;
+        let new_leaves: Vec<Arc<Leaf>> =
+            new.iter().flat_map(|v| v.children.read().clone()).collect();
+        self.clear_rings(&new_leaves)?;
+        config.generation += 1;
+        *self.config.lock() = config;
+        self.vdevs.write().extend(new);
+        self.write_labels()
+    }
+
+    /// Add a raid group given device paths.
+    pub fn add_group_paths(&self, group: &GroupSpec<String>) -> Result<(), SpaError> {
+        self.add_group(GroupSpec {
+            kind: group.kind,
+            devices: open_paths(&group.devices)?,
+            log: group.log,
+        })
+    }
+
+    /// Replace the device at `old_path` (or with that guid in hex) by `new`; the new device
+    /// is untrusted for reads until [`Spa::finish_replace`]. The caller resilvers every live
+    /// block with [`Spa::resilver_block`] in between.
+    pub fn replace_device(&self, old: &str, new: Arc<dyn Device>) -> Result<(), SpaError> {
+        let vdevs = self.vdevs.read().clone();
+        let mut config = self.config.lock().clone();
+        for v in &vdevs {
+            let mut children = v.children.write();
+            let Some(ci) = children
+                .iter()
+                .position(|l| l.path == old || format!("{:x}", l.guid()) == old)
+            else {
+                continue;
+            };
+            if v.kind == VdevKind::Disk {
+                return Err(SpaError::InvalidState(format!("{old} is in a stripe group without redundancy; replace needs a mirror or raidz group")));
+            }
+            if children.iter().any(|l| l.path == new.path()) {
+                return Err(SpaError::InvalidLayout(format!(
+                    "{} is already in the group",
+                    new.path()
+                )));
+            }
+            let vc = &mut config.vdevs[v.id as usize];
+            let need = child_data_bytes(vc);
+            let have = format::data_region_bytes(new.size());
+            if have < need {
+                return Err(SpaError::DeviceTooSmall {
+                    path: new.path().to_owned(),
+                    size_bytes: new.size(),
+                    min_bytes: need + 4 * LABEL_BYTES,
+                });
+            }
+            if !self.opts.force {
+                if let Some(what) = probe_existing_data(new.as_ref()) {
+                    return Err(SpaError::DeviceHasData {
+                        path: new.path().to_owned(),
+                        what,
+                    });
+                }
+            }
+            let guid = new_guid();
+            let leaf = Leaf::open(new, guid, self.opts.io_timeout);
+            leaf.set_untrusted(true);
+            self.clear_rings(std::slice::from_ref(&leaf))?;
+            vc.children[ci] = ChildConfig {
+                guid,
+                path: leaf.path.clone(),
+                resilvering: true,
+            };
+            let old_leaf = std::mem::replace(&mut children[ci], leaf);
+            old_leaf.set_removed();
+            drop(children);
+            config.generation += 1;
+            *self.config.lock() = config;
+            return self.write_labels();
+        }
+        Err(SpaError::NoSuchDevice(old.to_owned()))
+    }
+
+    /// Rebuild the resilvering devices' share of one live block; returns bytes written.
+    pub fn resilver_block(
+        &self,
+        dva: Dva,
+        psize: u32,
+        verify: Verify<'_>,
+    ) -> Result<u64, SpaError> {
+        let v = self
+            .vdev(dva.vdev)
+            .ok_or(SpaError::InvalidAddress { dva })?;
+        v.resilver(dva, psize as u64, verify)
+    }
+
+    /// True while any device is resilvering.
+    pub fn is_resilvering(&self) -> bool {
+        self.all_leaves().iter().any(|l| l.is_untrusted())
+    }
+
+    /// Resilver the allocator's own blocks (the space map chain), which the block-tree
+    /// layer's traversal does not know; returns bytes written.
+    pub fn resilver_internal(&self) -> Result<u64, SpaError> {
+        let chain = self.sync.lock().chain.clone();
+        let mut written = 0;
+        for p in chain {
+            let v = self
+                .vdev(p.dva.vdev)
+                .ok_or(SpaError::InvalidAddress { dva: p.dva })?;
+            let want = p.checksum;
+            written += v.resilver(p.dva, p.psize as u64, &|b: &[u8]| xxh3_64(b) == want)?;
+        }
+        Ok(written)
+    }
+
+    /// Scrub the allocator's own blocks (the space map chain); returns bytes repaired.
+    pub fn scrub_internal(&self) -> Result<u64, SpaError> {
+        let chain = self.sync.lock().chain.clone();
+        let mut repaired = 0;
+        for p in chain {
+            let v = self
+                .vdev(p.dva.vdev)
+                .ok_or(SpaError::InvalidAddress { dva: p.dva })?;
+            let want = p.checksum;
+            repaired += v.scrub(p.dva, p.psize as u64, &|b: &[u8]| xxh3_64(b) == want)?;
+        }
+        Ok(repaired)
+    }
+
+    /// Mark resilvered devices trusted and persist it (after every live block was
+    /// resilvered and a sync made those writes durable). Resilvers the space map chain
+    /// first. Holds the sync lock so no sync changes the chain meanwhile.
+    pub fn finish_replace(&self) -> Result<(), SpaError> {
+        let _sync = self.sync.lock();
+        let chain = _sync.chain.clone();
+        for p in chain {
+            let v = self
+                .vdev(p.dva.vdev)
+                .ok_or(SpaError::InvalidAddress { dva: p.dva })?;
+            let want = p.checksum;
+            v.resilver(p.dva, p.psize as u64, &|b: &[u8]| xxh3_64(b) == want)?;
+        }
+        self.flush_all()?;
+        let mut config = self.config.lock().clone();
+        for v in self.vdevs.read().iter() {
+            for (ci, leaf) in v.children.read().iter().enumerate() {
+                leaf.set_untrusted(false);
+                config.vdevs[v.id as usize].children[ci].resilvering = false;
+            }
+        }
+        config.generation += 1;
+        *self.config.lock() = config;
+        self.write_labels()
+    }
+
+    /// Check every copy or column of one block and repair bad ones; returns bytes repaired.
+    pub fn scrub_block(&self, dva: Dva, psize: u32, verify: Verify<'_>) -> Result<u64, SpaError> {
+        let v = self
+            .vdev(dva.vdev)
+            .ok_or(SpaError::InvalidAddress { dva })?;
+        v.scrub(dva, psize as u64, verify)
+    }
+
+    /// The space map blocks of the last sync (the upper layer's scrub covers them too).
+    pub fn space_map_blocks(&self) -> Vec<(Dva, u32, u64)> {
+        self.sync
+            .lock()
+            .chain
+            .iter()
+            .map(|p| (p.dva, p.psize, p.checksum))
+            .collect()
+    }
+
+    /// Flush and close the pool, releasing the device locks.
+    pub fn export(self) -> Result<(), SpaError> {
+        let r = self.flush_all();
+        drop(self);
+        r
+    }
+
+    /// Wipe every device's labels and close the pool.
+    pub fn destroy(self) -> Result<(), SpaError> {
+        let zeros = Arc::new(vec![0u8; LABEL_BYTES as usize]);
+        for leaf in self.all_leaves().iter().filter(|l| l.is_online()) {
+            for lo in format::label_offsets(leaf.size()) {
+                let p = leaf.submit_write(zeros.clone(), 0..zeros.len(), lo)?;
+                leaf.wait(p)?;
+            }
+            leaf.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), SpaError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name.as_bytes()[0].is_ascii_alphabetic();
+    if ok {
+        Ok(())
+    } else {
+        Err(SpaError::InvalidLayout(format!("pool name {name:?} must start with a letter and use letters, digits, - _ . (at most 64)")))
+    }
+}
+
+fn validate_groups(groups: &[GroupSpec<Arc<dyn Device>>], creating: bool) -> Result<(), SpaError> {
+    if creating && !groups.iter().any(|g| !g.log) {
+        return Err(SpaError::InvalidLayout(
+            "a pool needs at least one data raid group".into(),
+        ));
+    }
+    if groups.iter().filter(|g| g.log).count() > 1 {
+        return Err(SpaError::InvalidLayout("at most one log group".into()));
+    }
+    let mut paths = std::collections::HashSet::new();
+    for g in groups {
+        let n = g.devices.len();
+        if n < g.kind.min_devices() {
+            return Err(SpaError::InvalidLayout(format!(
+                "{} needs at least {} devices, got {n}",
+                g.kind.as_str(),
+                g.kind.min_devices()
+            )));
+        }
+        if n > MAX_GROUP_DEVICES {
+            return Err(SpaError::InvalidLayout(format!(
+                "{} has {n} devices, at most {MAX_GROUP_DEVICES}",
+                g.kind.as_str()
+            )));
+        }
+        if g.log && matches!(g.kind, GroupKind::Raidz | GroupKind::Raidz2) {
+            return Err(SpaError::InvalidLayout(
+                "a log group is a stripe or a mirror".into(),
+            ));
+        }
+        for d in &g.devices {
+            if !paths.insert(d.path().to_owned()) {
+                return Err(SpaError::InvalidLayout(format!(
+                    "device {} is given twice",
+                    d.path()
+                )));
+            }
+            if d.size() < MIN_DEVICE_BYTES {
+                return Err(SpaError::DeviceTooSmall {
+                    path: d.path().to_owned(),
+                    size_bytes: d.size(),
+                    min_bytes: MIN_DEVICE_BYTES,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build_vdevs(
+    config: &mut PoolConfig,
+    groups: Vec<GroupSpec<Arc<dyn Device>>>,
+    opts: &SpaOptions,
+) -> Result<Vec<Arc<TopVdev>>, SpaError> {
+    if !opts.force {
+        for d in groups.iter().flat_map(|g| &g.devices) {
+            if let Some(what) = probe_existing_data(d.as_ref()) {
+                return Err(SpaError::DeviceHasData {
+                    path: d.path().to_owned(),
+                    what,
+                });
+            }
+        }
+    }
+    let first_group = config.vdevs.iter().map(|v| v.group + 1).max().unwrap_or(0);
+    let mut out = Vec::new();
+    for (group_id, g) in (first_group..).zip(groups) {
+        let members: Vec<Vec<Arc<dyn Device>>> = match g.kind {
+            GroupKind::Stripe => g.devices.into_iter().map(|d| vec![d]).collect(),
+            _ => vec![g.devices],
+        };
+        for devs in members {
+            let id = config.vdevs.len() as u32;
+            let min = devs
+                .iter()
+                .map(|d| format::data_region_bytes(d.size()))
+                .min()
+                .unwrap_or(0);
+            let asize = match g.kind {
+                GroupKind::Stripe | GroupKind::Mirror => min,
+                GroupKind::Raidz | GroupKind::Raidz2 => min * devs.len() as u64,
+            };
+            let mut children = Vec::new();
+            let mut leaves = Vec::new();
+            for d in devs {
+                let guid = new_guid();
+                children.push(ChildConfig {
+                    guid,
+                    path: d.path().to_owned(),
+                    resilvering: false,
+                });
+                leaves.push(Leaf::open(d, guid, opts.io_timeout));
+            }
+            config.vdevs.push(VdevConfig {
+                id,
+                kind: kind_config(g.kind),
+                group: group_id,
+                log: g.log,
+                asize,
+                children,
+            });
+            out.push(Arc::new(TopVdev {
+                id,
+                kind: VdevKind::from_config(kind_config(g.kind)),
+                group: group_id,
+                log: g.log,
+                asize,
+                children: RwLock::new(leaves),
+                alloc: Mutex::new(VdevAlloc::new(asize)),
+            }));
+        }
+    }
+    Ok(out)
+}
+
+enum LabelRead {
+    Found(Label),
+    Invalid,
+    Unreadable,
+}
+
+fn read_best_label(leaf: &Leaf) -> LabelRead {
+    let mut best: Option<Label> = None;
+    if leaf.size() < MIN_DEVICE_BYTES {
+        return LabelRead::Invalid;
+    }
+    let mut readable = false;
+    for lo in format::label_offsets(leaf.size()) {
+        if !leaf.is_online() {
+            break;
+        }
+        let Ok(bytes) = leaf.read(lo, CONFIG_AREA_BYTES as usize) else {
+            continue;
+        };
+        readable = true;
+        if let Ok(l) = format::decode_label(&bytes, &leaf.path, lo) {
+            if best.as_ref().is_none_or(|b| l.generation > b.generation) {
+                best = Some(l);
+            }
+        }
+    }
+    match best {
+        Some(l) => LabelRead::Found(l),
+        None if readable => LabelRead::Invalid,
+        None => LabelRead::Unreadable,
+    }
+}
+
+impl BlockStore for Spa {
+    fn space(&self) -> SpaceStats {
+        self.space_stats()
+    }
+
+    fn asize(&self, vdev: u32, psize_bytes: u32) -> u64 {
+        self.vdev(vdev)
+            .map_or(psize_bytes as u64, |v| v.asize_of(psize_bytes as u64))
+    }
+
+    fn alloc(&self, psize_bytes: u32, class: AllocClass, txg: u64) -> Result<Dva, StoreError> {
+        Ok(self.alloc_inner(psize_bytes, class, txg, true)?)
+    }
+
+    fn free(&self, dva: Dva, txg: u64) {
+        let ok = self
+            .vdev(dva.vdev)
+            .is_some_and(|v| v.alloc.lock().free(dva.offset, dva.asize, txg));
+        if !ok {
+            self.bad_frees.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn write(&self, dva: Dva, data: &[u8]) -> Result<(), StoreError> {
+        if data.is_empty() || !data.len().is_multiple_of(SECTOR_SIZE as usize) {
+            return Err(SpaError::InvalidAddress { dva }.into());
+        }
+        let v = self
+            .vdev(dva.vdev)
+            .ok_or(SpaError::InvalidAddress { dva })?;
+        Ok(v.write(dva, data)?)
+    }
+
+    fn read(&self, dva: Dva, psize_bytes: u32, verify: Verify<'_>) -> Result<Vec<u8>, StoreError> {
+        if psize_bytes == 0 || !psize_bytes.is_multiple_of(SECTOR_SIZE) {
+            return Err(SpaError::InvalidAddress { dva }.into());
+        }
+        let v = self
+            .vdev(dva.vdev)
+            .ok_or(SpaError::InvalidAddress { dva })?;
+        Ok(v.read(dva, psize_bytes as u64, verify)?)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(self.flush_all()?)
+    }
+
+    fn sync(&self, txg: u64, root: &[u8]) -> Result<(), StoreError> {
+        if root.len() > MAX_ROOT_BYTES {
+            return Err(SpaError::RootTooLarge {
+                len: root.len(),
+                max: MAX_ROOT_BYTES,
+            }
+            .into());
+        }
+        let mut st = self.sync.lock();
+        if let Some(f) = &st.failed {
+            return Err(SpaError::InvalidState(format!(
+                "an earlier sync failed ({f}); export and import the pool"
+            ))
+            .into());
+        }
+        if let Some(last) = st.last_txg {
+            if txg <= last {
+                return Err(SpaError::TxgOrder { txg, last }.into());
+            }
+        }
+        let r = self.sync_inner(&mut st, txg, root);
+        if let Err(e) = &r {
+            st.failed = Some(e.to_string());
+        }
+        Ok(r?)
+    }
+
+    fn last_root(&self) -> Option<(u64, Vec<u8>)> {
+        self.last_root.lock().clone()
+    }
+}

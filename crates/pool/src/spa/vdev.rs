@@ -1,0 +1,502 @@
+//! Top-level vdevs: a single disk (one disk of a stripe group), an n-way mirror, or a
+//! raidz/raidz2 group; block I/O with redundancy, reconstruction, healing, scrub and
+//! resilver of one block.
+//!
+//! Owns: the group's leaves (behind a read-mostly lock, swapped only by replace) and its
+//! allocator state (own mutex: no pool-wide lock on the I/O path).
+//! Invariants: a write is issued to every online column or copy at once and succeeds while
+//! no more than the group's tolerance failed; a read returns only bytes `verify` accepted;
+//! a copy or column found bad is rewritten from the good reconstruction and counted as a
+//! checksum error; resilvering (untrusted) leaves are read only as a last resort.
+//! Never: writes a block's bytes anywhere but its own columns (no read-modify-write of
+//! another block's parity).
+
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::alloc::VdevAlloc;
+use super::error::SpaError;
+use super::format::VdevKindConfig;
+use super::leaf::Leaf;
+use super::limits::FRONT_RESERVE_BYTES;
+use super::raidz::{generate_parity, raidz_asize, reconstruct, RaidzMap};
+use crate::store::{Dva, Verify};
+
+/// The redundancy of a top-level vdev.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VdevKind {
+    /// One disk, no redundancy.
+    Disk,
+    /// Same bytes at the same offset on every child.
+    Mirror,
+    /// RAID-Z with this many parity columns.
+    Raidz(usize),
+}
+
+impl VdevKind {
+    /// From the config kind.
+    pub fn from_config(k: VdevKindConfig) -> Self {
+        match k {
+            VdevKindConfig::Disk => VdevKind::Disk,
+            VdevKindConfig::Mirror => VdevKind::Mirror,
+            VdevKindConfig::Raidz1 => VdevKind::Raidz(1),
+            VdevKindConfig::Raidz2 => VdevKind::Raidz(2),
+        }
+    }
+}
+
+/// Health of a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Health {
+    /// All devices serve.
+    Online,
+    /// Some devices lost, redundancy still covers.
+    Degraded,
+    /// More lost than redundancy covers.
+    Faulted,
+}
+
+impl Health {
+    /// cStor/ZFS spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Online => "ONLINE",
+            Health::Degraded => "DEGRADED",
+            Health::Faulted => "FAULTED",
+        }
+    }
+}
+
+/// A top-level vdev.
+#[derive(Debug)]
+pub struct TopVdev {
+    /// Index in the pool ([`Dva::vdev`]).
+    pub id: u32,
+    /// Redundancy.
+    pub kind: VdevKind,
+    /// Display group.
+    pub group: u32,
+    /// Write-cache group member.
+    pub log: bool,
+    /// Allocatable bytes (raw, parity included).
+    pub asize: u64,
+    /// Devices in column order.
+    pub children: RwLock<Vec<Arc<Leaf>>>,
+    /// Free space.
+    pub alloc: Mutex<VdevAlloc>,
+}
+
+fn dev_off(off: u64) -> u64 {
+    FRONT_RESERVE_BYTES + off
+}
+
+impl TopVdev {
+    /// Devices that may be lost without losing data.
+    pub fn tolerance(&self) -> usize {
+        match self.kind {
+            VdevKind::Disk => 0,
+            VdevKind::Mirror => self.children.read().len() - 1,
+            VdevKind::Raidz(p) => p,
+        }
+    }
+
+    /// Allocated size of a `psize` block.
+    pub fn asize_of(&self, psize: u64) -> u64 {
+        match self.kind {
+            VdevKind::Disk | VdevKind::Mirror => psize,
+            VdevKind::Raidz(p) => raidz_asize(psize, self.children.read().len(), p),
+        }
+    }
+
+    /// Usable bytes for `raw` bytes of this vdev's address space.
+    pub fn usable(&self, raw: u64) -> u64 {
+        match self.kind {
+            VdevKind::Disk | VdevKind::Mirror => raw,
+            VdevKind::Raidz(p) => {
+                let n = self.children.read().len() as u128;
+                (raw as u128 * (n - p as u128) / n) as u64
+            }
+        }
+    }
+
+    /// Group health and the devices not serving.
+    pub fn health(&self) -> (Health, Vec<String>) {
+        let ch = self.children.read();
+        let bad: Vec<String> = ch
+            .iter()
+            .filter(|l| !l.is_online() || l.is_untrusted())
+            .map(|l| format!("{} ({})", l.path, l.state().as_str()))
+            .collect();
+        let h = if bad.is_empty() {
+            Health::Online
+        } else if bad.len() <= self.tolerance() && bad.len() < ch.len() {
+            Health::Degraded
+        } else {
+            Health::Faulted
+        };
+        (h, bad)
+    }
+
+    fn check(&self, dva: Dva, psize: u64) -> Result<(), SpaError> {
+        let ok = dva
+            .offset
+            .checked_add(dva.asize)
+            .is_some_and(|e| e <= self.asize)
+            && self.asize_of(psize) <= dva.asize
+            && psize > 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(SpaError::InvalidAddress { dva })
+        }
+    }
+
+    /// Write a block with its redundancy.
+    pub fn write(&self, dva: Dva, data: &[u8]) -> Result<(), SpaError> {
+        self.check(dva, data.len() as u64)?;
+        let children = self.children.read().clone();
+        let buf = Arc::new(data.to_vec());
+        let mut jobs = Vec::new();
+        match self.kind {
+            VdevKind::Disk | VdevKind::Mirror => {
+                for leaf in &children {
+                    jobs.push((
+                        leaf.clone(),
+                        leaf.submit_write(buf.clone(), 0..data.len(), dev_off(dva.offset)),
+                    ));
+                }
+            }
+            VdevKind::Raidz(p) => {
+                let map = RaidzMap::new(dva.offset, data.len() as u64, children.len(), p);
+                let slices: Vec<&[u8]> = (p..map.cols.len())
+                    .map(|c| &data[map.data_range(c)])
+                    .collect();
+                let mut parity = vec![vec![0u8; map.cols[0].size as usize]; p];
+                generate_parity(&slices, &mut parity);
+                for (c, col) in map.cols.iter().enumerate() {
+                    let leaf = &children[col.child];
+                    let sub = if c < p {
+                        let pb = Arc::new(std::mem::take(&mut parity[c]));
+                        let len = pb.len();
+                        leaf.submit_write(pb, 0..len, dev_off(col.offset))
+                    } else {
+                        leaf.submit_write(buf.clone(), map.data_range(c), dev_off(col.offset))
+                    };
+                    jobs.push((leaf.clone(), sub));
+                }
+            }
+        }
+        let mut errors = Vec::new();
+        for (leaf, sub) in jobs {
+            if let Err(e) = sub.and_then(|p| leaf.wait(p)) {
+                errors.push(e.to_string());
+            }
+        }
+        let written_everywhere_needed = match self.kind {
+            VdevKind::Mirror => errors.len() < children.len(),
+            _ => errors.len() <= self.tolerance(),
+        };
+        if written_everywhere_needed {
+            Ok(())
+        } else {
+            Err(SpaError::WriteFailed {
+                dva,
+                reason: errors.join("; "),
+            })
+        }
+    }
+
+    /// Flush every online device; fails when more devices failed than the group tolerates.
+    pub fn flush(&self) -> Result<(), SpaError> {
+        let children = self.children.read().clone();
+        let subs: Vec<_> = children
+            .iter()
+            .map(|l| (l.clone(), l.submit_flush()))
+            .collect();
+        let mut errors = Vec::new();
+        for (leaf, sub) in subs {
+            if let Err(e) = sub.and_then(|p| leaf.wait(p)) {
+                errors.push(e.to_string());
+            }
+        }
+        let ok = match self.kind {
+            VdevKind::Mirror => errors.len() < children.len(),
+            _ => errors.len() <= self.tolerance(),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(SpaError::PoolFaulted {
+                name: format!("vdev {}", self.id),
+                reason: errors.join("; "),
+            })
+        }
+    }
+
+    /// Read a block, healing bad copies or columns.
+    pub fn read(&self, dva: Dva, psize: u64, verify: Verify<'_>) -> Result<Vec<u8>, SpaError> {
+        self.check(dva, psize)?;
+        match self.kind {
+            VdevKind::Disk | VdevKind::Mirror => {
+                self.mirror_read(dva, psize, verify, false).map(|(d, _)| d)
+            }
+            VdevKind::Raidz(p) => self
+                .raidz_read(dva, psize, p, verify, false)
+                .map(|(d, _)| d),
+        }
+    }
+
+    /// Read and check every copy or column, repair bad ones; returns bytes repaired.
+    pub fn scrub(&self, dva: Dva, psize: u64, verify: Verify<'_>) -> Result<u64, SpaError> {
+        self.check(dva, psize)?;
+        match self.kind {
+            VdevKind::Disk | VdevKind::Mirror => {
+                self.mirror_read(dva, psize, verify, true).map(|(_, r)| r)
+            }
+            VdevKind::Raidz(p) => self.raidz_read(dva, psize, p, verify, true).map(|(_, r)| r),
+        }
+    }
+
+    /// Rewrite the untrusted (resilvering) devices' share of one live block; returns bytes
+    /// written.
+    pub fn resilver(&self, dva: Dva, psize: u64, verify: Verify<'_>) -> Result<u64, SpaError> {
+        self.check(dva, psize)?;
+        let children = self.children.read().clone();
+        if !children.iter().any(|l| l.is_untrusted()) {
+            return Ok(0);
+        }
+        let data = self.read(dva, psize, verify)?;
+        let mut written = 0;
+        match self.kind {
+            VdevKind::Disk | VdevKind::Mirror => {
+                for leaf in children.iter().filter(|l| l.is_untrusted()) {
+                    leaf.write(&data, dev_off(dva.offset))?;
+                    written += psize;
+                }
+            }
+            VdevKind::Raidz(p) => {
+                let map = RaidzMap::new(dva.offset, psize, children.len(), p);
+                let cols = full_columns(&map, &data);
+                for (c, col) in map.cols.iter().enumerate() {
+                    let leaf = &children[col.child];
+                    if leaf.is_untrusted() {
+                        leaf.write(&cols[c], dev_off(col.offset))?;
+                        written += col.size;
+                    }
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    fn mirror_read(
+        &self,
+        dva: Dva,
+        psize: u64,
+        verify: Verify<'_>,
+        all: bool,
+    ) -> Result<(Vec<u8>, u64), SpaError> {
+        let mut children = self.children.read().clone();
+        children.sort_by_key(|l| l.is_untrusted());
+        let mut good: Option<Vec<u8>> = None;
+        let mut bad: Vec<Arc<Leaf>> = Vec::new();
+        let mut errors = Vec::new();
+        for leaf in &children {
+            if good.is_some() && !all {
+                break;
+            }
+            match leaf.read(dev_off(dva.offset), psize as usize) {
+                Ok(d) if verify(&d) => {
+                    if good.is_none() {
+                        good = Some(d);
+                    }
+                }
+                Ok(_) => {
+                    if !leaf.is_untrusted() {
+                        leaf.count_checksum_error();
+                    }
+                    errors.push(format!("{}: checksum mismatch", leaf.path));
+                    bad.push(leaf.clone());
+                }
+                Err(e) => {
+                    errors.push(e.to_string());
+                    if leaf.is_online() {
+                        bad.push(leaf.clone());
+                    }
+                }
+            }
+        }
+        let Some(data) = good else {
+            return Err(SpaError::Unrecoverable {
+                dva,
+                reason: errors.join("; "),
+            });
+        };
+        let mut repaired = 0;
+        for leaf in bad {
+            if leaf.write(&data, dev_off(dva.offset)).is_ok() {
+                repaired += psize;
+            }
+        }
+        Ok((data, repaired))
+    }
+
+    fn raidz_read(
+        &self,
+        dva: Dva,
+        psize: u64,
+        p: usize,
+        verify: Verify<'_>,
+        all: bool,
+    ) -> Result<(Vec<u8>, u64), SpaError> {
+        let children = self.children.read().clone();
+        let map = RaidzMap::new(dva.offset, psize, children.len(), p);
+        let ncols = map.cols.len();
+        let mut cols: Vec<Option<Vec<u8>>> = vec![None; ncols];
+        let mut errors = Vec::new();
+        let read_cols = |cols: &mut Vec<Option<Vec<u8>>>,
+                         which: &dyn Fn(usize) -> bool,
+                         errors: &mut Vec<String>| {
+            let subs: Vec<_> = (0..ncols)
+                .filter(|&c| cols[c].is_none() && which(c))
+                .map(|c| {
+                    let col = map.cols[c];
+                    (
+                        c,
+                        children[col.child].submit_read(dev_off(col.offset), col.size as usize),
+                    )
+                })
+                .collect();
+            for (c, sub) in subs {
+                match sub.and_then(|pd| children[map.cols[c].child].wait(pd)) {
+                    Ok(d) => cols[c] = Some(d),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+        };
+        let trusted = |c: usize| !children[map.cols[c].child].is_untrusted();
+        // Fast path: data columns only, from trusted devices.
+        read_cols(&mut cols, &|c| (c >= p || all) && trusted(c), &mut errors);
+        if !all && (p..ncols).all(|c| cols[c].is_some()) {
+            let data = assemble(&map, &cols);
+            if verify(&data) {
+                return Ok((data, 0));
+            }
+        }
+        read_cols(&mut cols, &|_| true, &mut errors);
+        let untrusted: Vec<usize> = (0..ncols).filter(|&c| !trusted(c)).collect();
+        let absent: Vec<usize> = (0..ncols).filter(|&c| cols[c].is_none()).collect();
+        // Attempts in order: untrusted and absent columns missing; then absent only; then
+        // additionally each combination of present columns as silently bad.
+        let mut attempts: Vec<Vec<usize>> = Vec::new();
+        let mut first: Vec<usize> = absent.clone();
+        first.extend(untrusted.iter().filter(|c| !absent.contains(c)));
+        first.sort_unstable();
+        attempts.push(first);
+        if !untrusted.is_empty() {
+            attempts.push(absent.clone());
+        }
+        if absent.len() < p {
+            let present: Vec<usize> = (0..ncols).filter(|c| !absent.contains(c)).collect();
+            for k in 1..=(p - absent.len()) {
+                for combo in combinations(&present, k) {
+                    let mut m = absent.clone();
+                    m.extend(combo);
+                    m.sort_unstable();
+                    attempts.push(m);
+                }
+            }
+        }
+        let sizes: Vec<u64> = map.cols.iter().map(|c| c.size).collect();
+        for missing in attempts {
+            if missing.len() > p {
+                continue;
+            }
+            let mut work: Vec<Vec<u8>> =
+                cols.iter().map(|c| c.clone().unwrap_or_default()).collect();
+            if !reconstruct(&mut work, &sizes, p, &missing) {
+                continue;
+            }
+            let data = assemble_full(&map, &work);
+            if !verify(&data) {
+                continue;
+            }
+            // Columns to heal: the missing ones, plus (scrub) any whose bytes differ from
+            // the reconstruction, e.g. stale parity.
+            let mut heal: Vec<usize> = missing.clone();
+            if all {
+                let full = full_columns(&map, &data);
+                for c in 0..ncols {
+                    if !heal.contains(&c)
+                        && cols[c].as_deref().is_some_and(|b| b != full[c].as_slice())
+                    {
+                        heal.push(c);
+                    }
+                }
+                work = full;
+            }
+            let mut repaired = 0;
+            for c in heal {
+                let leaf = &children[map.cols[c].child];
+                if cols[c].is_some() && !leaf.is_untrusted() {
+                    leaf.count_checksum_error();
+                }
+                if leaf.is_online() && leaf.write(&work[c], dev_off(map.cols[c].offset)).is_ok() {
+                    repaired += map.cols[c].size;
+                }
+            }
+            return Ok((data, repaired));
+        }
+        Err(SpaError::Unrecoverable {
+            dva,
+            reason: if errors.is_empty() {
+                "every reconstruction failed verification".into()
+            } else {
+                errors.join("; ")
+            },
+        })
+    }
+}
+
+fn assemble(map: &RaidzMap, cols: &[Option<Vec<u8>>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(map.cols[map.parity..].iter().map(|c| c.size as usize).sum());
+    for c in cols.iter().skip(map.parity) {
+        out.extend_from_slice(c.as_deref().unwrap_or_default());
+    }
+    out
+}
+
+fn assemble_full(map: &RaidzMap, cols: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in &cols[map.parity..] {
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+fn full_columns(map: &RaidzMap, data: &[u8]) -> Vec<Vec<u8>> {
+    let p = map.parity;
+    let slices: Vec<&[u8]> = (p..map.cols.len())
+        .map(|c| &data[map.data_range(c)])
+        .collect();
+    let mut parity = vec![vec![0u8; map.cols[0].size as usize]; p];
+    generate_parity(&slices, &mut parity);
+    let mut out = parity;
+    out.extend(slices.iter().map(|s| s.to_vec()));
+    out
+}
+
+fn combinations(items: &[usize], k: usize) -> Vec<Vec<usize>> {
+    if k == 0 {
+        return vec![Vec::new()];
+    }
+    let mut out = Vec::new();
+    for (i, &x) in items.iter().enumerate() {
+        for mut rest in combinations(&items[i + 1..], k - 1) {
+            rest.insert(0, x);
+            out.push(rest);
+        }
+    }
+    out
+}
