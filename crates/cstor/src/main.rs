@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Debug, Parser)]
-#[command(name = "cstor", version, about = "Replicated block storage for Kubernetes")]
+#[command(
+    name = "cstor",
+    version,
+    about = "Replicated block storage for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
