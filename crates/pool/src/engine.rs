@@ -553,6 +553,55 @@ impl Pool {
         Ok(out)
     }
 
+    /// Read from a snapshot (offset and length multiples of 512, within its size).
+    pub fn read_snapshot(
+        &self,
+        volume: &str,
+        snap: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let p = &self.inner;
+        p.check_usable()?;
+        let v = p.vol(volume)?;
+        let s = p.find_snap(&v, snap)?;
+        let len = buf.len() as u64;
+        if !offset.is_multiple_of(IO_ALIGN_BYTES) || !len.is_multiple_of(IO_ALIGN_BYTES) {
+            return Err(PoolError::Unaligned {
+                offset,
+                len,
+                align: IO_ALIGN_BYTES,
+            });
+        }
+        if offset.checked_add(len).is_none_or(|e| e > s.size) {
+            return Err(PoolError::OutOfRange {
+                volume: format!("{volume}@{snap}"),
+                offset,
+                len,
+                size: s.size,
+            });
+        }
+        let bs = u64::from(v.block_size);
+        let mut pos = 0u64;
+        while pos < len {
+            let abs = offset + pos;
+            let (blk, in_blk) = (abs / bs, abs % bs);
+            let n = (bs - in_blk).min(len - pos);
+            let dst = &mut buf[pos as usize..(pos + n) as usize];
+            // Snapshot blocks are never freed while the snapshot exists, and a destroy
+            // needs the commit lock, which readers of the directory do not block.
+            let bp = p.lookup(&s.root, v.levels, blk)?;
+            if bp.is_hole() {
+                dst.fill(0);
+            } else {
+                let d = p.read_data(&bp)?;
+                dst.copy_from_slice(&d[in_blk as usize..(in_blk + n) as usize]);
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
     /// Take a snapshot of a volume (instant: one txg commit).
     pub fn snapshot(&self, volume: &str, snap: &str) -> Result<()> {
         check_name(snap, "snapshot")?;
@@ -1391,7 +1440,7 @@ impl PoolInner {
         let mut dropped = 0u64;
         log.records.retain(|r| {
             if r.txg <= txg {
-                dropped += r.len();
+                dropped += r.mem_bytes();
                 false
             } else {
                 true

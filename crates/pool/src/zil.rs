@@ -40,6 +40,10 @@ impl LogRecord {
             .as_ref()
             .map_or(self.unmap_len, |d| d.len() as u64)
     }
+    /// Bytes of data the record holds in memory (counted as dirty data).
+    pub(crate) fn mem_bytes(&self) -> u64 {
+        self.data.as_ref().map_or(0, |d| d.len() as u64)
+    }
     pub(crate) fn encoded_len(&self) -> usize {
         REC_HEADER_BYTES + self.data.as_ref().map_or(0, |d| d.len())
     }
