@@ -1,0 +1,2363 @@
+//! The pool engine: volumes, snapshots, clones, transaction groups and the intent log over
+//! a [`BlockStore`] (spec: docs/format/block-tree.md, docs/format/intent-log.md).
+//!
+//! Owns: all live block-tree state. Locks, always taken in this order:
+//! `commit` (one txg commit or directory change at a time) → `txg` (writers hold it shared
+//! while dirtying, a commit takes it exclusively to close the open txg) → a volume's `meta`
+//! → its `state` (dirty blocks, size) → its `tree` (root pointer; readers hold it shared
+//! for the whole lookup, so blocks a commit frees cannot be reused under them) → `logw`
+//! (the log chain) → `log` (pending records).
+//! Invariants:
+//! - A write lands in the open txg's dirty map of its volume before it returns; a commit
+//!   writes dirty data bottom-up, then the directory, then hands the root to
+//!   `BlockStore::sync`: nothing is reachable from a durable root before it is written.
+//! - `flush` returns only after every earlier write is in a durable log block or a durable
+//!   root; log records are replayed in order on open, only those of txgs after the root.
+//! - A block killed in txg T is freed only if born after the newest snapshot (or a clone's
+//!   origin); otherwise a snapshot still holds it. Snapshot destroy frees exactly the
+//!   blocks born after the previous snapshot that the next one does not share.
+//! - A failed store write or sync latches the pool failed (fail-stop): later calls get
+//!   [`PoolError::Closed`] until it is reopened, so memory never diverges silently from disk.
+//!
+//! Never: overwrite a block in place; return bytes whose checksum did not match.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::bp::{
+    self, checksum, decode_indirect, decode_payload, encode_indirect, encode_payload, BlockKind,
+    Bp, Compression, BPS_PER_INDIRECT,
+};
+use crate::cache::{BlockCache, Cached, Key};
+use crate::dir::{DirRec, LogHead, Root, SnapRec, VolRec, DIR_VERSION};
+use crate::error::{PoolError, Result};
+use crate::limits::*;
+use crate::store::{AllocClass, BlockStore, Dva, Verify, SECTOR_SIZE};
+use crate::zil::{self, LogRecord};
+
+/// The callback of [`Pool::visit_live_blocks`]: address, stored size, and a check of the
+/// block's bytes.
+pub type BlockVisitor<'a> = &'a mut dyn FnMut(Dva, u32, Verify<'_>) -> Result<()>;
+
+/// A directory change run inside a commit, after the data phase, with the txg.
+type DirOp<'a> = &'a mut dyn FnMut(&PoolInner, u64) -> Result<()>;
+
+/// Options of an open pool.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// Bytes of decompressed blocks kept in memory.
+    pub cache_bytes: u64,
+    /// Dirty data above which writers wait for a txg commit.
+    pub dirty_max_bytes: u64,
+    /// Time between background txg commits.
+    pub txg_interval: Duration,
+    /// Start a background commit thread (tests may drive commits by hand).
+    pub background_commit: bool,
+    /// Fill percentage at which the pool turns read-only (used at create; stored).
+    pub ro_threshold_pct: u8,
+    /// Default compression of new volumes (used at create; stored).
+    pub compression: Compression,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            dirty_max_bytes: DEFAULT_DIRTY_MAX_BYTES,
+            txg_interval: Duration::from_millis(DEFAULT_TXG_INTERVAL_MS),
+            background_commit: true,
+            ro_threshold_pct: DEFAULT_RO_THRESHOLD_PCT,
+            compression: Compression::Lz4,
+        }
+    }
+}
+
+/// A volume as listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VolumeInfo {
+    /// Name.
+    pub name: String,
+    /// Guid.
+    pub guid: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Compression of new blocks.
+    pub compression: Compression,
+    /// Bytes freed if the volume and its snapshots were destroyed.
+    pub used: u64,
+    /// Bytes stored for the volume's current contents (shared or not).
+    pub referenced: u64,
+    /// Logical / stored bytes of the current data.
+    pub compression_ratio: f64,
+    /// Snapshot names, oldest first.
+    pub snapshots: Vec<String>,
+    /// `volume@snapshot` this volume was cloned from.
+    pub origin: Option<String>,
+    /// Largest io number in the committed tree.
+    pub io_number_max: u64,
+}
+
+/// A snapshot as listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotInfo {
+    /// Snapshot name (without the volume).
+    pub name: String,
+    /// Guid (kept by send/recv).
+    pub guid: u64,
+    /// Txg it was taken in.
+    pub txg: u64,
+    /// Volume size when taken.
+    pub size: u64,
+    /// Bytes its contents reference.
+    pub referenced: u64,
+    /// Bytes only it holds (freed by destroying it).
+    pub used: u64,
+    /// Bytes written between the previous snapshot and it.
+    pub written: u64,
+    /// Volumes cloned from it.
+    pub clones: Vec<String>,
+}
+
+/// Pool space in user terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSpace {
+    /// Usable capacity.
+    pub size: u64,
+    /// Allocated.
+    pub allocated: u64,
+    /// Free.
+    pub free: u64,
+    /// Writes refused (fill threshold).
+    pub read_only: bool,
+    /// Fill threshold in percent.
+    pub ro_threshold_pct: u8,
+}
+
+/// A byte range whose blocks carry io numbers above the asked one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangedRange {
+    /// Byte offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Largest io number in the range.
+    pub io_number_max: u64,
+}
+
+/// What a traversal visited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraverseStats {
+    /// Blocks visited.
+    pub blocks: u64,
+    /// Allocated bytes of the visited blocks.
+    pub bytes_visited: u64,
+    /// Allocated bytes of the pool (the 100 % mark for progress).
+    pub allocated_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Dirty {
+    Data { data: Arc<Vec<u8>>, io: u64 },
+    Hole { io: u64 },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct VolState {
+    open: BTreeMap<u64, Dirty>,
+    syncing: Arc<BTreeMap<u64, Dirty>>,
+    size: u64,
+    destroyed: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Volume {
+    pub(crate) guid: u64,
+    pub(crate) name: String,
+    pub(crate) block_size: u32,
+    pub(crate) levels: u8,
+    pub(crate) compression: Compression,
+    pub(crate) meta: Mutex<VolRec>,
+    pub(crate) state: Mutex<VolState>,
+    pub(crate) tree: RwLock<Bp>,
+}
+
+impl Volume {
+    fn from_rec(rec: VolRec) -> Arc<Volume> {
+        Arc::new(Volume {
+            guid: rec.guid,
+            name: rec.name.clone(),
+            block_size: rec.block_size,
+            levels: rec.levels,
+            compression: rec.compression,
+            state: Mutex::new(VolState {
+                size: rec.size,
+                ..VolState::default()
+            }),
+            tree: RwLock::new(rec.root),
+            meta: Mutex::new(rec),
+        })
+    }
+}
+
+fn prev_snap_txg(rec: &VolRec) -> u64 {
+    rec.snapshots
+        .last()
+        .map_or(rec.origin_txg, |s| s.txg.max(rec.origin_txg))
+}
+
+/// Tree height for a block size: enough levels of 256-way indirects for the largest volume.
+pub(crate) fn levels_for(block_size: u32) -> u8 {
+    let blocks = MAX_VOLUME_BYTES / u64::from(block_size);
+    let mut levels = 1u8;
+    let mut span = BPS_PER_INDIRECT as u64;
+    while span < blocks {
+        span *= BPS_PER_INDIRECT as u64;
+        levels += 1;
+    }
+    levels
+}
+
+/// Data blocks under one pointer at `level` (level 0 is a data block).
+pub(crate) fn span_blocks(level: u8) -> u64 {
+    (BPS_PER_INDIRECT as u64).pow(u32::from(level))
+}
+
+#[derive(Debug, Default)]
+struct LogPending {
+    records: Vec<LogRecord>,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct LogBlockInfo {
+    dva: Dva,
+    psize: u32,
+    max_txg: u64,
+}
+
+#[derive(Debug, Default)]
+struct LogWriter {
+    chain_id: u64,
+    seq: u64,
+    blocks: VecDeque<LogBlockInfo>,
+    /// Pre-allocated address (and psize) of the next block; the last written block (or
+    /// the root, when the chain is empty) points at it.
+    next: Option<(Dva, u32)>,
+    head_seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct CommitState {
+    dir_blocks: Vec<Bp>,
+    dir_bp: Bp,
+    last_txg: u64,
+}
+
+#[derive(Debug, Default)]
+struct Background {
+    stop: bool,
+    kick: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct PoolInner {
+    pub(crate) store: Arc<dyn BlockStore>,
+    opts: PoolOptions,
+    cache: BlockCache,
+    pool_guid: u64,
+    ro_threshold_pct: AtomicU64,
+    default_compression: Mutex<Compression>,
+    commit: Mutex<CommitState>,
+    txg: RwLock<u64>,
+    vols: RwLock<BTreeMap<String, Arc<Volume>>>,
+    dirty_bytes: AtomicU64,
+    log: Mutex<LogPending>,
+    logw: Mutex<LogWriter>,
+    failed: Mutex<Option<String>>,
+    closed: AtomicBool,
+    bg: Mutex<Background>,
+    bg_cv: Condvar,
+}
+
+/// A pool: the engine the CLI, the iSCSI adapter and the replica layer use. Thread-safe
+/// and blocking; clone [`VolumeHandle`]s freely across threads.
+#[derive(Debug)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// One volume of an open pool.
+#[derive(Clone, Debug)]
+pub struct VolumeHandle {
+    pool: Arc<PoolInner>,
+    vol: Arc<Volume>,
+}
+
+fn random_u64() -> u64 {
+    let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+    (a ^ b).max(1)
+}
+
+fn check_name(name: &str, what: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(PoolError::Invalid(format!(
+            "{what} name must be 1 to {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+    {
+        return Err(PoolError::Invalid(format!(
+            "{what} name '{name}' has the character '{c}' (allowed: letters, digits, - _ . :)"
+        )));
+    }
+    Ok(())
+}
+
+fn check_block_size(bs: u32) -> Result<()> {
+    if !bs.is_power_of_two() || !(MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&bs) {
+        return Err(PoolError::Invalid(format!(
+            "block size {bs} must be a power of two from {MIN_BLOCK_BYTES} to {MAX_BLOCK_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_size(size: u64) -> Result<()> {
+    if size == 0 || !size.is_multiple_of(IO_ALIGN_BYTES) || size > MAX_VOLUME_BYTES {
+        return Err(PoolError::Invalid(format!(
+            "volume size {size} must be a non-zero multiple of {IO_ALIGN_BYTES} up to {MAX_VOLUME_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+fn ratio(lsize: u64, psize: u64) -> f64 {
+    if psize == 0 {
+        1.0
+    } else {
+        lsize as f64 / psize as f64
+    }
+}
+
+impl Pool {
+    /// Create a new pool's block tree on an empty store and commit its first txg.
+    pub fn create(store: Arc<dyn BlockStore>, opts: PoolOptions) -> Result<Pool> {
+        if store.last_root().is_some() {
+            return Err(PoolError::Exists {
+                name: "pool root (the store already holds a pool)".into(),
+            });
+        }
+        if opts.ro_threshold_pct == 0 || opts.ro_threshold_pct > 100 {
+            return Err(PoolError::Invalid(format!(
+                "read-only threshold {} must be 1..=100 %",
+                opts.ro_threshold_pct
+            )));
+        }
+        let inner = Arc::new(PoolInner::new(store, opts.clone(), random_u64(), 1));
+        {
+            let mut cs = inner.commit.lock();
+            inner.commit_locked(&mut cs, None)?;
+        }
+        Ok(Pool::start(inner))
+    }
+
+    /// Open a pool's block tree from the store's newest root and replay its intent log.
+    pub fn open(store: Arc<dyn BlockStore>, opts: PoolOptions) -> Result<Pool> {
+        let (txg, bytes) = store.last_root().ok_or_else(|| PoolError::Corrupt {
+            what: "pool root",
+            reason: "the store holds no root (not a created pool)".into(),
+        })?;
+        let root = Root::decode(&bytes)?;
+        if root.txg != txg {
+            return Err(PoolError::Corrupt {
+                what: "pool root",
+                reason: format!("root txg {} in uberblock of txg {txg}", root.txg),
+            });
+        }
+        let inner = Arc::new(PoolInner::new(store, opts, root.pool_guid, txg + 1));
+        let dir = inner.read_directory(&root.dir)?;
+        inner
+            .ro_threshold_pct
+            .store(u64::from(dir.ro_threshold_pct), Ordering::Relaxed);
+        *inner.default_compression.lock() = dir.compression;
+        {
+            let mut vols = inner.vols.write();
+            for v in dir.volumes {
+                vols.insert(v.name.clone(), Volume::from_rec(v));
+            }
+        }
+        {
+            let mut cs = inner.commit.lock();
+            cs.dir_bp = root.dir;
+            cs.dir_blocks = inner.dir_blocks_of(&root.dir)?;
+            cs.last_txg = txg;
+        }
+        inner.replay(&root)?;
+        inner.cleanup_receiving()?;
+        Ok(Pool::start(inner))
+    }
+
+    fn start(inner: Arc<PoolInner>) -> Pool {
+        let thread = if inner.opts.background_commit {
+            let p = inner.clone();
+            Some(std::thread::spawn(move || p.background()))
+        } else {
+            None
+        };
+        Pool {
+            inner,
+            thread: Mutex::new(thread),
+        }
+    }
+
+    /// Pool guid.
+    pub fn guid(&self) -> u64 {
+        self.inner.pool_guid
+    }
+
+    /// Create a thin volume. `block_size` defaults to [`DEFAULT_BLOCK_BYTES`],
+    /// `compression` to the pool's.
+    pub fn create_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        block_size: Option<u32>,
+        compression: Option<Compression>,
+    ) -> Result<VolumeHandle> {
+        check_name(name, "volume")?;
+        check_size(size_bytes)?;
+        let bs = block_size.unwrap_or(DEFAULT_BLOCK_BYTES);
+        check_block_size(bs)?;
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        {
+            let vols = p.vols.read();
+            if vols.contains_key(name) {
+                return Err(PoolError::Exists { name: name.into() });
+            }
+            if vols.len() >= MAX_VOLUMES {
+                return Err(PoolError::Invalid(format!(
+                    "pool holds the maximum of {MAX_VOLUMES} volumes"
+                )));
+            }
+        }
+        let comp = compression.unwrap_or(*p.default_compression.lock());
+        let rec = VolRec {
+            name: name.into(),
+            guid: random_u64(),
+            size: size_bytes,
+            block_size: bs,
+            levels: levels_for(bs),
+            compression: comp,
+            root: Bp::default(),
+            origin_snap: None,
+            origin_txg: 0,
+            referenced: 0,
+            unique: 0,
+            snap_held: 0,
+            ref_lsize: 0,
+            ref_psize_data: 0,
+            created_txg: 0,
+            receiving: false,
+            properties: BTreeMap::new(),
+            snapshots: Vec::new(),
+        };
+        self.add_volume(&mut cs, rec)
+    }
+
+    fn add_volume(&self, cs: &mut CommitState, mut rec: VolRec) -> Result<VolumeHandle> {
+        let p = &self.inner;
+        rec.created_txg = *p.txg.read();
+        let vol = Volume::from_rec(rec);
+        p.vols.write().insert(vol.name.clone(), vol.clone());
+        p.commit_locked(cs, None)?;
+        Ok(VolumeHandle {
+            pool: p.clone(),
+            vol,
+        })
+    }
+
+    /// A handle to a volume.
+    pub fn volume(&self, name: &str) -> Result<VolumeHandle> {
+        let vol = self.inner.vol(name)?;
+        Ok(VolumeHandle {
+            pool: self.inner.clone(),
+            vol,
+        })
+    }
+
+    /// Every volume (hidden receive temporaries excluded), by name.
+    pub fn list_volumes(&self) -> Vec<VolumeInfo> {
+        let vols: Vec<Arc<Volume>> = self.inner.vols.read().values().cloned().collect();
+        vols.iter()
+            .filter(|v| !v.name.contains('%'))
+            .map(|v| self.inner.volume_info(v))
+            .collect()
+    }
+
+    /// One volume's info.
+    pub fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
+        let v = self.inner.vol(name)?;
+        Ok(self.inner.volume_info(&v))
+    }
+
+    /// A volume's snapshots, oldest first, with the space each alone holds.
+    pub fn list_snapshots(&self, volume: &str) -> Result<Vec<SnapshotInfo>> {
+        let p = &self.inner;
+        let _cs = p.commit.lock();
+        let v = p.vol(volume)?;
+        let meta = v.meta.lock().clone();
+        let head = *v.tree.read();
+        let mut out = Vec::with_capacity(meta.snapshots.len());
+        for (i, s) in meta.snapshots.iter().enumerate() {
+            let prev_txg = if i == 0 {
+                meta.origin_txg
+            } else {
+                meta.snapshots[i - 1].txg
+            };
+            let next_root = meta.snapshots.get(i + 1).map_or(head, |n| n.root);
+            let used = p.diff_free(&v, s.root, next_root, v.levels, prev_txg, None)?;
+            let mut written = 0;
+            p.walk(
+                &s.root,
+                v.levels,
+                0,
+                &mut |bp| bp.birth > prev_txg,
+                &mut |_, bp| {
+                    written += u64::from(bp.psize);
+                    Ok(())
+                },
+            )?;
+            out.push(SnapshotInfo {
+                name: s.name.clone(),
+                guid: s.guid,
+                txg: s.txg,
+                size: s.size,
+                referenced: s.referenced,
+                used,
+                written,
+                clones: p.clones_of(s.guid),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Read from a snapshot (offset and length multiples of 512, within its size).
+    pub fn read_snapshot(
+        &self,
+        volume: &str,
+        snap: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let p = &self.inner;
+        p.check_usable()?;
+        let v = p.vol(volume)?;
+        let s = p.find_snap(&v, snap)?;
+        let len = buf.len() as u64;
+        if !offset.is_multiple_of(IO_ALIGN_BYTES) || !len.is_multiple_of(IO_ALIGN_BYTES) {
+            return Err(PoolError::Unaligned {
+                offset,
+                len,
+                align: IO_ALIGN_BYTES,
+            });
+        }
+        if offset.checked_add(len).is_none_or(|e| e > s.size) {
+            return Err(PoolError::OutOfRange {
+                volume: format!("{volume}@{snap}"),
+                offset,
+                len,
+                size: s.size,
+            });
+        }
+        let bs = u64::from(v.block_size);
+        let mut pos = 0u64;
+        while pos < len {
+            let abs = offset + pos;
+            let (blk, in_blk) = (abs / bs, abs % bs);
+            let n = (bs - in_blk).min(len - pos);
+            let dst = &mut buf[pos as usize..(pos + n) as usize];
+            // Snapshot blocks are never freed while the snapshot exists, and a destroy
+            // needs the commit lock, which readers of the directory do not block.
+            let bp = p.lookup(&s.root, v.levels, blk)?;
+            if bp.is_hole() {
+                dst.fill(0);
+            } else {
+                let d = p.read_data(&bp)?;
+                dst.copy_from_slice(&d[in_blk as usize..(in_blk + n) as usize]);
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Take a snapshot of a volume (instant: one txg commit).
+    pub fn snapshot(&self, volume: &str, snap: &str) -> Result<()> {
+        check_name(snap, "snapshot")?;
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        let v = p.vol(volume)?;
+        {
+            let meta = v.meta.lock();
+            if meta.snapshots.iter().any(|s| s.name == snap) {
+                return Err(PoolError::Exists {
+                    name: format!("{volume}@{snap}"),
+                });
+            }
+        }
+        if p.snapshot_count() >= MAX_SNAPSHOTS {
+            return Err(PoolError::Invalid(format!(
+                "pool holds the maximum of {MAX_SNAPSHOTS} snapshots"
+            )));
+        }
+        let snap = snap.to_string();
+        p.commit_locked(
+            &mut cs,
+            Some(&mut |_p: &PoolInner, txg: u64| {
+                let mut meta = v.meta.lock();
+                let rec = SnapRec {
+                    name: snap.clone(),
+                    guid: random_u64(),
+                    txg,
+                    root: meta.root,
+                    size: meta.size,
+                    referenced: meta.referenced,
+                    unique_at: meta.unique,
+                    ref_lsize: meta.ref_lsize,
+                    ref_psize_data: meta.ref_psize_data,
+                };
+                meta.snapshots.push(rec);
+                Ok(())
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// Create a writable clone `new_volume` of `volume@snap`.
+    pub fn clone_snapshot(
+        &self,
+        volume: &str,
+        snap: &str,
+        new_volume: &str,
+    ) -> Result<VolumeHandle> {
+        check_name(new_volume, "volume")?;
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        let v = p.vol(volume)?;
+        if p.vols.read().contains_key(new_volume) {
+            return Err(PoolError::Exists {
+                name: new_volume.into(),
+            });
+        }
+        let s = p.find_snap(&v, snap)?;
+        let meta = v.meta.lock().clone();
+        let rec = VolRec {
+            name: new_volume.into(),
+            guid: random_u64(),
+            size: s.size,
+            block_size: meta.block_size,
+            levels: meta.levels,
+            compression: meta.compression,
+            root: s.root,
+            origin_snap: Some(s.guid),
+            origin_txg: s.txg,
+            referenced: s.referenced,
+            unique: 0,
+            snap_held: 0,
+            ref_lsize: s.ref_lsize,
+            ref_psize_data: s.ref_psize_data,
+            created_txg: 0,
+            receiving: false,
+            properties: BTreeMap::new(),
+            snapshots: Vec::new(),
+        };
+        self.add_volume(&mut cs, rec)
+    }
+
+    /// Roll a volume back to its newest snapshot (newer snapshots must be destroyed first).
+    pub fn rollback(&self, volume: &str, snap: &str) -> Result<()> {
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        let v = p.vol(volume)?;
+        let s = p.find_snap(&v, snap)?;
+        {
+            let meta = v.meta.lock();
+            let newer: Vec<&str> = meta
+                .snapshots
+                .iter()
+                .filter(|x| x.txg > s.txg)
+                .map(|x| x.name.as_str())
+                .collect();
+            if !newer.is_empty() {
+                return Err(PoolError::Busy(format!(
+                    "cannot roll back {volume} to @{snap}: newer snapshots exist: {} (destroy them first)",
+                    newer.join(", ")
+                )));
+            }
+        }
+        p.commit_locked(
+            &mut cs,
+            Some(&mut |p: &PoolInner, txg: u64| p.rollback_op(&v, &s, txg)),
+        )?;
+        Ok(())
+    }
+
+    /// Destroy a volume and its snapshots (refused when a snapshot has clones).
+    pub fn destroy_volume(&self, name: &str) -> Result<()> {
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        let v = p.vol(name)?;
+        self.destroy_volume_locked(&mut cs, &v)
+    }
+
+    fn destroy_volume_locked(&self, cs: &mut CommitState, v: &Arc<Volume>) -> Result<()> {
+        let p = &self.inner;
+        let snaps = v.meta.lock().snapshots.clone();
+        for s in &snaps {
+            let clones = p.clones_of(s.guid);
+            if !clones.is_empty() {
+                return Err(PoolError::Busy(format!(
+                    "cannot destroy {}: snapshot @{} has clones: {} (destroy them first)",
+                    v.name,
+                    s.name,
+                    clones.join(", ")
+                )));
+            }
+        }
+        p.commit_locked(
+            cs,
+            Some(&mut |p: &PoolInner, txg: u64| p.destroy_volume_op(v, txg)),
+        )?;
+        Ok(())
+    }
+
+    /// Destroy one snapshot, freeing the space only it held (refused when it has clones).
+    pub fn destroy_snapshot(&self, volume: &str, snap: &str) -> Result<()> {
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        let v = p.vol(volume)?;
+        let s = p.find_snap(&v, snap)?;
+        let clones = p.clones_of(s.guid);
+        if !clones.is_empty() {
+            return Err(PoolError::Busy(format!(
+                "cannot destroy {volume}@{snap}: it has clones: {} (destroy them first)",
+                clones.join(", ")
+            )));
+        }
+        p.commit_locked(
+            &mut cs,
+            Some(&mut |p: &PoolInner, txg: u64| p.destroy_snapshot_op(&v, s.guid, txg)),
+        )?;
+        Ok(())
+    }
+
+    /// Grow a volume online (shrinking is refused).
+    pub fn resize(&self, volume: &str, new_size: u64) -> Result<()> {
+        check_size(new_size)?;
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        let v = p.vol(volume)?;
+        let size = v.state.lock().size;
+        if new_size < size {
+            return Err(PoolError::Invalid(format!(
+                "cannot shrink {volume} from {size} to {new_size} bytes (shrinking loses data)"
+            )));
+        }
+        v.state.lock().size = new_size;
+        v.meta.lock().size = new_size;
+        p.commit_locked(&mut cs, None)?;
+        Ok(())
+    }
+
+    /// Set a small property stored with a volume (committed with the next txg).
+    pub fn set_property(&self, volume: &str, key: &str, value: &str) -> Result<()> {
+        if key.is_empty() || key.len() > MAX_PROPERTY_BYTES || value.len() > MAX_PROPERTY_BYTES {
+            return Err(PoolError::Invalid(format!(
+                "property key must be 1..={MAX_PROPERTY_BYTES} bytes, value at most {MAX_PROPERTY_BYTES}"
+            )));
+        }
+        let v = self.inner.vol(volume)?;
+        let mut meta = v.meta.lock();
+        if meta.properties.len() >= MAX_PROPERTIES && !meta.properties.contains_key(key) {
+            return Err(PoolError::Invalid(format!(
+                "volume holds the maximum of {MAX_PROPERTIES} properties"
+            )));
+        }
+        meta.properties.insert(key.into(), value.into());
+        Ok(())
+    }
+
+    /// A property of a volume.
+    pub fn property(&self, volume: &str, key: &str) -> Result<Option<String>> {
+        let v = self.inner.vol(volume)?;
+        let meta = v.meta.lock();
+        Ok(meta.properties.get(key).cloned())
+    }
+
+    /// Ranges of `target` (`vol` or `vol@snap`) whose io number is above `since`, in
+    /// offset order, merged; subtrees whose max io number is not above are skipped.
+    pub fn changed_since(
+        &self,
+        target: &str,
+        since: u64,
+        f: &mut dyn FnMut(ChangedRange) -> Result<()>,
+    ) -> Result<()> {
+        let p = &self.inner;
+        let (v, root, size) = match target.split_once('@') {
+            Some((vol, snap)) => {
+                let v = p.vol(vol)?;
+                let s = p.find_snap(&v, snap)?;
+                (v, s.root, s.size)
+            }
+            None => {
+                let v = p.vol(target)?;
+                if p.has_dirty(&v) {
+                    self.sync()?;
+                }
+                let root = *v.tree.read();
+                let size = v.state.lock().size;
+                (v, root, size)
+            }
+        };
+        let bs = u64::from(v.block_size);
+        let mut cur: Option<ChangedRange> = None;
+        p.walk(
+            &root,
+            v.levels,
+            0,
+            &mut |bp| bp.io_max > since,
+            &mut |blk, bp| {
+                let offset = blk * bs;
+                if offset >= size {
+                    return Ok(());
+                }
+                let len = (span_blocks(bp.level) * bs).min(size - offset);
+                match cur.as_mut() {
+                    Some(c) if c.offset + c.len == offset => {
+                        c.len += len;
+                        c.io_number_max = c.io_number_max.max(bp.io_max);
+                    }
+                    _ => {
+                        if let Some(c) = cur.take() {
+                            f(c)?;
+                        }
+                        cur = Some(ChangedRange {
+                            offset,
+                            len,
+                            io_number_max: bp.io_max,
+                        });
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        if let Some(c) = cur {
+            f(c)?;
+        }
+        Ok(())
+    }
+
+    /// [`Pool::changed_since`] collected.
+    pub fn changed_since_vec(&self, target: &str, since: u64) -> Result<Vec<ChangedRange>> {
+        let mut out = Vec::new();
+        self.changed_since(target, since, &mut |r| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Commit a txg now; returns its number.
+    pub fn sync(&self) -> Result<u64> {
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        p.commit_locked(&mut cs, None)
+    }
+
+    /// Make every earlier write of every volume durable (intent log, no txg commit).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// Pool space and read-only state.
+    pub fn space(&self) -> PoolSpace {
+        let s = self.inner.store.space();
+        PoolSpace {
+            size: s.size_bytes,
+            allocated: s.allocated_bytes,
+            free: s.free_bytes,
+            read_only: self.inner.over_threshold(),
+            ro_threshold_pct: self.inner.ro_threshold_pct.load(Ordering::Relaxed) as u8,
+        }
+    }
+
+    /// Change the read-only threshold (committed with the next txg).
+    pub fn set_ro_threshold(&self, pct: u8) -> Result<()> {
+        if pct == 0 || pct > 100 {
+            return Err(PoolError::Invalid(format!(
+                "read-only threshold {pct} must be 1..=100 %"
+            )));
+        }
+        self.inner
+            .ro_threshold_pct
+            .store(u64::from(pct), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Bytes held by the block cache now.
+    pub fn cache_bytes(&self) -> u64 {
+        self.inner.cache.bytes()
+    }
+
+    /// Visit every live block pointer (directory, every volume head and snapshot, intent
+    /// log) once, with a check of the block's bytes, for scrub and resilver.
+    pub fn visit_live_blocks(&self, f: BlockVisitor<'_>) -> Result<TraverseStats> {
+        self.inner.visit_live_blocks(f)
+    }
+
+    /// Commit, stop the background thread and close the pool.
+    pub fn close(self) -> Result<()> {
+        self.stop_thread();
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        p.commit_locked(&mut cs, None)?;
+        p.closed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn stop_thread(&self) {
+        {
+            let mut bg = self.inner.bg.lock();
+            bg.stop = true;
+        }
+        self.inner.bg_cv.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            // A panicked commit thread already latched nothing more we could do here.
+            let _ = t.join();
+        }
+    }
+
+    /// Send a snapshot (full, or incremental from `from`) as a stream.
+    pub fn send(
+        &self,
+        volume: &str,
+        snap: &str,
+        from: Option<&str>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<crate::send::StreamStats> {
+        crate::send::send(&self.inner, volume, snap, from, out)
+    }
+
+    /// Receive a stream into `volume` (new for a full stream; existing, at the `from`
+    /// snapshot and unchanged since, for an incremental one). A bad stream changes nothing.
+    pub fn recv(
+        &self,
+        volume: &str,
+        input: &mut dyn std::io::Read,
+    ) -> Result<crate::send::StreamStats> {
+        crate::send::recv(self, volume, input)
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<PoolInner> {
+        &self.inner
+    }
+
+    /// True when the volume's head differs from its newest snapshot (commits first).
+    pub(crate) fn volume_changed_since_snapshot(&self, h: &VolumeHandle) -> Result<bool> {
+        if self.inner.has_dirty(&h.vol) {
+            self.sync()?;
+        }
+        let meta = h.vol.meta.lock();
+        Ok(meta.snapshots.last().is_none_or(|s| s.root != meta.root))
+    }
+
+    /// Create a receive temporary (hidden name) or a received volume.
+    pub(crate) fn create_recv_volume(&self, rec: VolRec) -> Result<VolumeHandle> {
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        if p.vols.read().contains_key(&rec.name) {
+            return Err(PoolError::Exists { name: rec.name });
+        }
+        self.add_volume(&mut cs, rec)
+    }
+
+    /// Finish a full receive: snapshot it and clear the receiving flag.
+    pub(crate) fn finish_recv(
+        &self,
+        tmp: &VolumeHandle,
+        target: Option<&VolumeHandle>,
+        snap_name: &str,
+        snap_guid: u64,
+    ) -> Result<()> {
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        let tv = tmp.vol.clone();
+        let target = target.map(|t| t.vol.clone());
+        let snap_name = snap_name.to_string();
+        p.commit_locked(
+            &mut cs,
+            Some(&mut |p: &PoolInner, txg: u64| {
+                let dst = match &target {
+                    Some(t) => {
+                        p.promote_recv(&tv, t)?;
+                        t.clone()
+                    }
+                    None => tv.clone(),
+                };
+                let mut meta = dst.meta.lock();
+                meta.receiving = false;
+                let rec = SnapRec {
+                    name: snap_name.clone(),
+                    guid: snap_guid,
+                    txg,
+                    root: meta.root,
+                    size: meta.size,
+                    referenced: meta.referenced,
+                    unique_at: meta.unique,
+                    ref_lsize: meta.ref_lsize,
+                    ref_psize_data: meta.ref_psize_data,
+                };
+                meta.snapshots.push(rec);
+                Ok(())
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// Drop a failed receive's temporary volume.
+    pub(crate) fn abort_recv(&self, tmp: &VolumeHandle) -> Result<()> {
+        let p = &self.inner;
+        let mut cs = p.commit.lock();
+        p.check_usable()?;
+        self.destroy_volume_locked(&mut cs, &tmp.vol)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+impl PoolInner {
+    fn new(store: Arc<dyn BlockStore>, opts: PoolOptions, pool_guid: u64, txg: u64) -> Self {
+        PoolInner {
+            store,
+            cache: BlockCache::new(opts.cache_bytes),
+            pool_guid,
+            ro_threshold_pct: AtomicU64::new(u64::from(opts.ro_threshold_pct)),
+            default_compression: Mutex::new(opts.compression),
+            opts,
+            commit: Mutex::new(CommitState::default()),
+            txg: RwLock::new(txg),
+            vols: RwLock::new(BTreeMap::new()),
+            dirty_bytes: AtomicU64::new(0),
+            log: Mutex::new(LogPending::default()),
+            logw: Mutex::new(LogWriter {
+                chain_id: random_u64(),
+                ..LogWriter::default()
+            }),
+            failed: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            bg: Mutex::new(Background::default()),
+            bg_cv: Condvar::new(),
+        }
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(PoolError::Closed("pool was closed".into()));
+        }
+        if let Some(f) = self.failed.lock().as_ref() {
+            return Err(PoolError::Closed(format!(
+                "a previous commit failed ({f}); reopen the pool"
+            )));
+        }
+        Ok(())
+    }
+
+    fn fail(&self, e: &PoolError) {
+        let mut f = self.failed.lock();
+        if f.is_none() {
+            *f = Some(e.to_string());
+        }
+    }
+
+    pub(crate) fn vol(&self, name: &str) -> Result<Arc<Volume>> {
+        self.vols
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| PoolError::UnknownVolume { name: name.into() })
+    }
+
+    fn find_snap(&self, v: &Volume, snap: &str) -> Result<SnapRec> {
+        v.meta
+            .lock()
+            .snapshots
+            .iter()
+            .find(|s| s.name == snap)
+            .cloned()
+            .ok_or_else(|| PoolError::UnknownSnapshot {
+                volume: v.name.clone(),
+                snapshot: snap.into(),
+            })
+    }
+
+    pub(crate) fn volume_exists(&self, name: &str) -> bool {
+        self.vols.read().contains_key(name)
+    }
+
+    fn clones_of(&self, snap_guid: u64) -> Vec<String> {
+        let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
+        vols.iter()
+            .filter(|v| v.meta.lock().origin_snap == Some(snap_guid))
+            .map(|v| v.name.clone())
+            .collect()
+    }
+
+    fn snapshot_count(&self) -> usize {
+        let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
+        vols.iter().map(|v| v.meta.lock().snapshots.len()).sum()
+    }
+
+    fn has_dirty(&self, v: &Volume) -> bool {
+        let st = v.state.lock();
+        !st.open.is_empty() || !st.syncing.is_empty()
+    }
+
+    fn volume_info(&self, v: &Volume) -> VolumeInfo {
+        let meta = v.meta.lock().clone();
+        let origin = meta.origin_snap.and_then(|g| {
+            let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
+            vols.iter().find_map(|o| {
+                let m = o.meta.lock();
+                m.snapshots
+                    .iter()
+                    .find(|s| s.guid == g)
+                    .map(|s| format!("{}@{}", m.name, s.name))
+            })
+        });
+        let io_number_max = v.tree.read().io_max;
+        VolumeInfo {
+            name: meta.name.clone(),
+            guid: meta.guid,
+            size: v.state.lock().size,
+            block_size: meta.block_size,
+            compression: meta.compression,
+            used: meta.unique + meta.snap_held,
+            referenced: meta.referenced,
+            compression_ratio: ratio(meta.ref_lsize, meta.ref_psize_data),
+            snapshots: meta.snapshots.iter().map(|s| s.name.clone()).collect(),
+            origin,
+            io_number_max,
+        }
+    }
+
+    fn over_threshold(&self) -> bool {
+        let s = self.store.space();
+        if s.size_bytes == 0 {
+            return true;
+        }
+        let pct = self.ro_threshold_pct.load(Ordering::Relaxed);
+        let reserve = s.size_bytes / 1000 * RESERVED_PER_MILLE;
+        u128::from(s.allocated_bytes) * 100 >= u128::from(s.size_bytes) * u128::from(pct)
+            || s.free_bytes <= reserve
+    }
+
+    // ---- block I/O ----
+
+    fn verify_fn(bp: &Bp) -> impl Fn(&[u8]) -> bool + Sync + '_ {
+        move |b: &[u8]| checksum(b) == bp.cksum
+    }
+
+    fn read_stored(&self, bp: &Bp) -> Result<Vec<u8>> {
+        let verify = Self::verify_fn(bp);
+        let stored = self.store.read(bp.dva, bp.psize, &verify)?;
+        // Paired with the store's check: never decode bytes the pointer does not vouch for.
+        if checksum(&stored) != bp.cksum {
+            return Err(PoolError::Corrupt {
+                what: "block",
+                reason: format!(
+                    "store returned bytes failing the checksum at vdev {} offset {}",
+                    bp.dva.vdev, bp.dva.offset
+                ),
+            });
+        }
+        decode_payload(bp, &stored)
+    }
+
+    pub(crate) fn read_data(&self, bp: &Bp) -> Result<Arc<Vec<u8>>> {
+        debug_assert!(!bp.is_hole());
+        let key = Key::of(bp);
+        if let Some(Cached::Bytes(b)) = self.cache.get(&key) {
+            return Ok(b);
+        }
+        let data = Arc::new(self.read_stored(bp)?);
+        self.cache.insert(key, Cached::Bytes(data.clone()));
+        Ok(data)
+    }
+
+    pub(crate) fn read_indirect(&self, bp: &Bp) -> Result<Arc<Vec<Bp>>> {
+        debug_assert!(!bp.is_hole());
+        let key = Key::of(bp);
+        if let Some(Cached::Bps(b)) = self.cache.get(&key) {
+            return Ok(b);
+        }
+        if bp.kind != Some(BlockKind::Indirect) && bp.kind != Some(BlockKind::DirIndex) {
+            return Err(PoolError::Corrupt {
+                what: "block pointer",
+                reason: format!("expected an indirect block, found {:?}", bp.kind),
+            });
+        }
+        let bps = Arc::new(decode_indirect(&self.read_stored(bp)?)?);
+        self.cache.insert(key, Cached::Bps(bps.clone()));
+        Ok(bps)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_block(
+        &self,
+        logical: &[u8],
+        comp: Compression,
+        kind: BlockKind,
+        level: u8,
+        class: AllocClass,
+        txg: u64,
+        io_max: u64,
+    ) -> Result<Bp> {
+        let enc = encode_payload(logical, comp);
+        let psize = enc.bytes.len() as u32;
+        let dva = self.store.alloc(psize, class, txg)?;
+        self.store.write(dva, &enc.bytes)?;
+        Ok(Bp {
+            dva,
+            lsize: logical.len() as u32,
+            psize,
+            comp: Some(enc.comp),
+            kind: Some(kind),
+            level,
+            birth: txg,
+            io_max,
+            cksum: enc.cksum,
+        })
+    }
+
+    fn free_block(&self, bp: &Bp, txg: u64) {
+        if bp.is_hole() {
+            return;
+        }
+        self.cache.remove(&Key::of(bp));
+        self.store.free(bp.dva, txg);
+    }
+
+    /// The data pointer of block `blk` in a tree (a hole if never written).
+    fn lookup(&self, root: &Bp, levels: u8, blk: u64) -> Result<Bp> {
+        let mut bp = *root;
+        let mut level = levels;
+        while level > 0 {
+            if bp.is_hole() {
+                return Ok(Bp::hole(bp.birth, 0, 0));
+            }
+            let bps = self.read_indirect(&bp)?;
+            let idx = ((blk / span_blocks(level - 1)) % BPS_PER_INDIRECT as u64) as usize;
+            bp = bps[idx];
+            level -= 1;
+        }
+        Ok(bp)
+    }
+
+    /// Current contents of block `blk` (None: zeros). Caller holds `state`.
+    fn current_block(&self, v: &Volume, st: &VolState, blk: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        if let Some(d) = st.open.get(&blk).or_else(|| st.syncing.get(&blk)) {
+            return Ok(match d {
+                Dirty::Data { data, .. } => Some(data.clone()),
+                Dirty::Hole { .. } => None,
+            });
+        }
+        let tree = v.tree.read();
+        let bp = self.lookup(&tree, v.levels, blk)?;
+        if bp.is_hole() {
+            return Ok(None);
+        }
+        Ok(Some(self.read_data(&bp)?))
+    }
+
+    // ---- walks ----
+
+    /// Depth-first walk: `descend(bp)` decides whether a pointer is visited; `visit(blk,
+    /// bp)` gets every visited data pointer and every visited hole (at any level).
+    pub(crate) fn walk(
+        &self,
+        bp: &Bp,
+        level: u8,
+        first_blk: u64,
+        descend: &mut dyn FnMut(&Bp) -> bool,
+        visit: &mut dyn FnMut(u64, &Bp) -> Result<()>,
+    ) -> Result<()> {
+        if !descend(bp) {
+            return Ok(());
+        }
+        if level == 0 || bp.is_hole() {
+            let mut b = *bp;
+            b.level = level;
+            return visit(first_blk, &b);
+        }
+        let bps = self.read_indirect(bp)?;
+        let span = span_blocks(level - 1);
+        for (i, child) in bps.iter().enumerate() {
+            self.walk(
+                child,
+                level - 1,
+                first_blk + i as u64 * span,
+                descend,
+                visit,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Walk every stored block (data and indirect) of a tree born after `after_txg`.
+    fn walk_blocks(
+        &self,
+        bp: &Bp,
+        level: u8,
+        after_txg: u64,
+        f: &mut dyn FnMut(&Bp) -> Result<()>,
+    ) -> Result<()> {
+        if bp.is_hole() || bp.birth <= after_txg {
+            return Ok(());
+        }
+        if level > 0 {
+            let bps = self.read_indirect(bp)?;
+            for child in bps.iter() {
+                self.walk_blocks(child, level - 1, after_txg, f)?;
+            }
+        }
+        f(bp)
+    }
+
+    /// Blocks of tree `a` born after `after_txg` that tree `b` does not share at the same
+    /// position: freed in `free_txg` when given, else only counted. Returns their bytes.
+    fn diff_free(
+        &self,
+        v: &Volume,
+        a: Bp,
+        b: Bp,
+        level: u8,
+        after_txg: u64,
+        free_txg: Option<u64>,
+    ) -> Result<u64> {
+        let _ = v;
+        if a.is_hole() || a.birth <= after_txg || (a.dva == b.dva && a.cksum == b.cksum) {
+            return Ok(0);
+        }
+        let mut bytes = u64::from(a.psize);
+        if level > 0 {
+            let ac = self.read_indirect(&a)?;
+            let bc = if b.is_hole() {
+                None
+            } else {
+                Some(self.read_indirect(&b)?)
+            };
+            for (i, child) in ac.iter().enumerate() {
+                let other = bc.as_ref().map_or(Bp::default(), |c| c[i]);
+                bytes += self.diff_free(v, *child, other, level - 1, after_txg, free_txg)?;
+            }
+        }
+        if let Some(txg) = free_txg {
+            self.free_block(&a, txg);
+        }
+        Ok(bytes)
+    }
+
+    // ---- commit ----
+
+    fn commit_locked(&self, cs: &mut CommitState, op: Option<DirOp<'_>>) -> Result<u64> {
+        let r = self.commit_inner(cs, op);
+        if let Err(e) = &r {
+            self.fail(e);
+        }
+        r
+    }
+
+    fn commit_inner(&self, cs: &mut CommitState, op: Option<DirOp<'_>>) -> Result<u64> {
+        self.check_usable()?;
+        let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
+        let mut synced_bytes = 0u64;
+        let txg = {
+            let mut t = self.txg.write();
+            let txg = *t;
+            *t += 1;
+            for v in &vols {
+                let mut st = v.state.lock();
+                let open = std::mem::take(&mut st.open);
+                synced_bytes += open.len() as u64 * u64::from(v.block_size);
+                st.syncing = Arc::new(open);
+            }
+            txg
+        };
+        assert!(txg > cs.last_txg, "txg {txg} not after {}", cs.last_txg);
+        for v in &vols {
+            self.sync_volume(v, txg)?;
+        }
+        if let Some(op) = op {
+            op(self, txg)?;
+        }
+        let dir = self.write_directory(cs, txg)?;
+        let log = self.log_commit(txg)?;
+        let root = Root {
+            pool_guid: self.pool_guid,
+            txg,
+            dir,
+            log,
+        };
+        self.store.sync(txg, &root.encode())?;
+        cs.last_txg = txg;
+        self.dirty_bytes.fetch_sub(synced_bytes, Ordering::SeqCst);
+        let mut log = self.log.lock();
+        let mut dropped = 0u64;
+        log.records.retain(|r| {
+            if r.txg <= txg {
+                dropped += r.mem_bytes();
+                false
+            } else {
+                true
+            }
+        });
+        log.bytes -= dropped;
+        self.dirty_bytes.fetch_sub(dropped, Ordering::SeqCst);
+        Ok(txg)
+    }
+
+    fn sync_volume(&self, v: &Volume, txg: u64) -> Result<()> {
+        let syncing = v.state.lock().syncing.clone();
+        if syncing.is_empty() {
+            return Ok(());
+        }
+        let mut meta = v.meta.lock();
+        let old_root = *v.tree.read();
+        let dirty: Vec<(u64, &Dirty)> = syncing.iter().map(|(k, d)| (*k, d)).collect();
+        let new_root = self.apply(v, &mut meta, old_root, v.levels, 0, &dirty, txg)?;
+        meta.root = new_root;
+        *v.tree.write() = new_root;
+        drop(meta);
+        v.state.lock().syncing = Arc::new(BTreeMap::new());
+        Ok(())
+    }
+
+    fn born(meta: &mut VolRec, bp: &Bp) {
+        if bp.is_hole() {
+            return;
+        }
+        meta.referenced += u64::from(bp.psize);
+        meta.unique += u64::from(bp.psize);
+        if bp.level == 0 {
+            meta.ref_lsize += u64::from(bp.lsize);
+            meta.ref_psize_data += u64::from(bp.psize);
+        }
+    }
+
+    fn kill(&self, meta: &mut VolRec, bp: &Bp, txg: u64) {
+        if bp.is_hole() {
+            return;
+        }
+        let psize = u64::from(bp.psize);
+        meta.referenced -= psize;
+        if bp.level == 0 {
+            meta.ref_lsize -= u64::from(bp.lsize);
+            meta.ref_psize_data -= psize;
+        }
+        if bp.birth > meta.origin_txg {
+            meta.unique -= psize;
+        }
+        if bp.birth > prev_snap_txg(meta) {
+            self.free_block(bp, txg);
+        } else if bp.birth > meta.origin_txg {
+            meta.snap_held += psize;
+        }
+    }
+
+    /// Copy-on-write the dirty blocks `dirty` (sorted, all under `bp`) into a new subtree.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        v: &Volume,
+        meta: &mut VolRec,
+        bp: Bp,
+        level: u8,
+        first_blk: u64,
+        dirty: &[(u64, &Dirty)],
+        txg: u64,
+    ) -> Result<Bp> {
+        assert!(level > 0, "apply is called on indirect levels");
+        let mut children: Vec<Bp> = if bp.is_hole() {
+            vec![Bp::default(); BPS_PER_INDIRECT]
+        } else {
+            self.read_indirect(&bp)?.to_vec()
+        };
+        let span = span_blocks(level - 1);
+        let mut i = 0;
+        while i < dirty.len() {
+            let idx = ((dirty[i].0 - first_blk) / span) as usize;
+            assert!(idx < BPS_PER_INDIRECT, "dirty block outside its subtree");
+            let mut j = i + 1;
+            while j < dirty.len() && ((dirty[j].0 - first_blk) / span) as usize == idx {
+                j += 1;
+            }
+            let old = children[idx];
+            children[idx] = if level == 1 {
+                debug_assert_eq!(j, i + 1);
+                self.kill(meta, &old, txg);
+                let new = match dirty[i].1 {
+                    Dirty::Hole { io } => Bp::hole(txg, *io, 0),
+                    Dirty::Data { data, io } => self.write_block(
+                        data,
+                        v.compression,
+                        BlockKind::Data,
+                        0,
+                        AllocClass::Data,
+                        txg,
+                        *io,
+                    )?,
+                };
+                Self::born(meta, &new);
+                new
+            } else {
+                self.apply(
+                    v,
+                    meta,
+                    old,
+                    level - 1,
+                    first_blk + idx as u64 * span,
+                    &dirty[i..j],
+                    txg,
+                )?
+            };
+            i = j;
+        }
+        self.kill(meta, &bp, txg);
+        let io_max = children.iter().map(|c| c.io_max).max().unwrap_or(0);
+        if children.iter().all(Bp::is_hole) {
+            let birth = children.iter().map(|c| c.birth).max().unwrap_or(0);
+            return Ok(Bp::hole(birth, io_max, level));
+        }
+        let new = self.write_block(
+            &encode_indirect(&children),
+            Compression::Lz4,
+            BlockKind::Indirect,
+            level,
+            AllocClass::Metadata,
+            txg,
+            io_max,
+        )?;
+        self.cache
+            .insert(Key::of(&new), Cached::Bps(Arc::new(children)));
+        Self::born(meta, &new);
+        Ok(new)
+    }
+
+    fn write_directory(&self, cs: &mut CommitState, txg: u64) -> Result<Bp> {
+        let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
+        let dir = DirRec {
+            version: DIR_VERSION,
+            pool_guid: self.pool_guid,
+            ro_threshold_pct: self.ro_threshold_pct.load(Ordering::Relaxed) as u8,
+            compression: *self.default_compression.lock(),
+            volumes: vols.iter().map(|v| v.meta.lock().clone()).collect(),
+        };
+        let bytes = dir.to_bytes();
+        let chunks: Vec<&[u8]> = bytes.chunks(DIR_CHUNK_BYTES).collect();
+        if chunks.len() > MAX_DIR_CHUNKS {
+            return Err(PoolError::Invalid(format!(
+                "object directory of {} bytes exceeds {} chunks",
+                bytes.len(),
+                MAX_DIR_CHUNKS
+            )));
+        }
+        let mut bps = vec![Bp::default(); BPS_PER_INDIRECT];
+        let mut new_blocks = Vec::with_capacity(chunks.len() + 1);
+        for (i, c) in chunks.iter().enumerate() {
+            let bp = self.write_block(
+                c,
+                Compression::Lz4,
+                BlockKind::DirChunk,
+                0,
+                AllocClass::Metadata,
+                txg,
+                0,
+            )?;
+            bps[i] = bp;
+            new_blocks.push(bp);
+        }
+        let index = self.write_block(
+            &encode_indirect(&bps),
+            Compression::Lz4,
+            BlockKind::DirIndex,
+            1,
+            AllocClass::Metadata,
+            txg,
+            0,
+        )?;
+        new_blocks.push(index);
+        for old in std::mem::replace(&mut cs.dir_blocks, new_blocks) {
+            self.free_block(&old, txg);
+        }
+        cs.dir_bp = index;
+        Ok(index)
+    }
+
+    fn dir_blocks_of(&self, index: &Bp) -> Result<Vec<Bp>> {
+        let bps = self.read_indirect(index)?;
+        let mut out: Vec<Bp> = bps.iter().filter(|b| !b.is_hole()).copied().collect();
+        out.push(*index);
+        Ok(out)
+    }
+
+    fn read_directory(&self, index: &Bp) -> Result<DirRec> {
+        if index.kind != Some(BlockKind::DirIndex) {
+            return Err(PoolError::Corrupt {
+                what: "pool root",
+                reason: "directory pointer is not a directory index".into(),
+            });
+        }
+        let bps = self.read_indirect(index)?;
+        let mut bytes = Vec::new();
+        for bp in bps.iter().take_while(|b| !b.is_hole()) {
+            if bp.kind != Some(BlockKind::DirChunk) {
+                return Err(PoolError::Corrupt {
+                    what: "object directory",
+                    reason: "chunk pointer of the wrong kind".into(),
+                });
+            }
+            bytes.extend_from_slice(&self.read_stored(bp)?);
+        }
+        let dir = DirRec::from_bytes(&bytes)?;
+        for v in &dir.volumes {
+            check_block_size(v.block_size).map_err(|e| PoolError::Corrupt {
+                what: "object directory",
+                reason: format!("volume {}: {e}", v.name),
+            })?;
+            if v.levels != levels_for(v.block_size) || v.size > MAX_VOLUME_BYTES {
+                return Err(PoolError::Corrupt {
+                    what: "object directory",
+                    reason: format!("volume {}: bad geometry", v.name),
+                });
+            }
+        }
+        Ok(dir)
+    }
+
+    // ---- directory operations (run inside a commit, after the data phase) ----
+
+    fn rollback_op(&self, v: &Volume, s: &SnapRec, txg: u64) -> Result<()> {
+        let mut meta = v.meta.lock();
+        let head = meta.root;
+        let mut freed = Vec::new();
+        self.walk_blocks(&head, v.levels, s.txg, &mut |bp| {
+            freed.push(*bp);
+            Ok(())
+        })?;
+        for bp in &freed {
+            self.free_block(bp, txg);
+        }
+        let back = self.diff_free(v, s.root, head, v.levels, meta.origin_txg, None)?;
+        meta.snap_held = meta.snap_held.saturating_sub(back);
+        meta.root = s.root;
+        meta.referenced = s.referenced;
+        meta.unique = s.unique_at;
+        meta.ref_lsize = s.ref_lsize;
+        meta.ref_psize_data = s.ref_psize_data;
+        *v.tree.write() = s.root;
+        Ok(())
+    }
+
+    fn destroy_snapshot_op(&self, v: &Volume, guid: u64, txg: u64) -> Result<()> {
+        let mut meta = v.meta.lock();
+        let Some(i) = meta.snapshots.iter().position(|s| s.guid == guid) else {
+            return Ok(());
+        };
+        let s = meta.snapshots[i].clone();
+        let prev_txg = if i == 0 {
+            meta.origin_txg
+        } else {
+            meta.snapshots[i - 1].txg
+        };
+        let next_root = meta.snapshots.get(i + 1).map_or(meta.root, |n| n.root);
+        let freed = self.diff_free(v, s.root, next_root, v.levels, prev_txg, Some(txg))?;
+        meta.snap_held = meta.snap_held.saturating_sub(freed);
+        meta.snapshots.remove(i);
+        Ok(())
+    }
+
+    fn destroy_volume_op(&self, v: &Volume, txg: u64) -> Result<()> {
+        {
+            let mut st = v.state.lock();
+            st.destroyed = true;
+            let dropped = st.open.len() as u64 * u64::from(v.block_size);
+            st.open.clear();
+            self.dirty_bytes.fetch_sub(dropped, Ordering::SeqCst);
+        }
+        let meta = v.meta.lock().clone();
+        let mut after = meta.origin_txg;
+        let mut roots: Vec<Bp> = meta.snapshots.iter().map(|s| s.root).collect();
+        roots.push(meta.root);
+        let mut txgs: Vec<u64> = meta.snapshots.iter().map(|s| s.txg).collect();
+        txgs.push(u64::MAX);
+        for (root, t) in roots.iter().zip(txgs) {
+            let mut freed = Vec::new();
+            self.walk_blocks(root, v.levels, after, &mut |bp| {
+                freed.push(*bp);
+                Ok(())
+            })?;
+            for bp in &freed {
+                self.free_block(bp, txg);
+            }
+            after = t;
+        }
+        self.vols.write().remove(&v.name);
+        Ok(())
+    }
+
+    /// Move a receive temporary's tree (a clone of the target's newest snapshot) to the
+    /// target's head, without freeing: the blocks change owner.
+    fn promote_recv(&self, tmp: &Volume, target: &Volume) -> Result<()> {
+        let t = tmp.meta.lock().clone();
+        {
+            let mut m = target.meta.lock();
+            m.root = t.root;
+            m.size = t.size;
+            m.referenced = t.referenced;
+            m.unique += t.unique;
+            m.ref_lsize = t.ref_lsize;
+            m.ref_psize_data = t.ref_psize_data;
+            *target.tree.write() = t.root;
+            target.state.lock().size = t.size;
+        }
+        tmp.state.lock().destroyed = true;
+        self.vols.write().remove(&tmp.name);
+        Ok(())
+    }
+
+    fn cleanup_receiving(self: &Arc<Self>) -> Result<()> {
+        let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
+        let leftovers: Vec<Arc<Volume>> = vols
+            .into_iter()
+            .filter(|v| v.meta.lock().receiving)
+            .collect();
+        if leftovers.is_empty() {
+            return Ok(());
+        }
+        let mut cs = self.commit.lock();
+        self.commit_locked(
+            &mut cs,
+            Some(&mut |p: &PoolInner, txg: u64| {
+                for v in &leftovers {
+                    p.destroy_volume_op(v, txg)?;
+                }
+                Ok(())
+            }),
+        )?;
+        Ok(())
+    }
+
+    // ---- intent log ----
+
+    fn log_commit(&self, txg: u64) -> Result<LogHead> {
+        let mut w = self.logw.lock();
+        while let Some(front) = w.blocks.front() {
+            if front.max_txg > txg {
+                break;
+            }
+            let dva = front.dva;
+            w.blocks.pop_front();
+            w.head_seq += 1;
+            self.store.free(dva, txg);
+        }
+        if w.next.is_none() {
+            let psize = SECTOR_SIZE;
+            let dva = self.store.alloc(psize, AllocClass::Log, txg)?;
+            w.next = Some((dva, psize));
+            w.head_seq = w.seq;
+        }
+        let (dva, psize) = match w.blocks.front() {
+            Some(b) => (b.dva, b.psize),
+            None => w.next.unwrap_or_default(),
+        };
+        Ok(LogHead {
+            chain_id: w.chain_id,
+            seq: w.head_seq,
+            dva,
+            psize,
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.check_usable()?;
+        let r = self.flush_inner();
+        if let Err(e) = &r {
+            self.fail(e);
+        }
+        r
+    }
+
+    fn flush_inner(&self) -> Result<()> {
+        let mut w = self.logw.lock();
+        let (records, bytes) = {
+            let mut l = self.log.lock();
+            let b = l.bytes;
+            l.bytes = 0;
+            (std::mem::take(&mut l.records), b)
+        };
+        if !records.is_empty() {
+            self.write_log(&mut w, records)?;
+        }
+        self.store.flush()?;
+        self.dirty_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        if w.blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS {
+            self.kick();
+        }
+        Ok(())
+    }
+
+    fn write_log(&self, w: &mut LogWriter, records: Vec<LogRecord>) -> Result<()> {
+        let open_txg = *self.txg.read();
+        let mut queue: VecDeque<LogRecord> = records.into();
+        while !queue.is_empty() {
+            let (dva, psize) = match w.next {
+                Some(n) => n,
+                None => {
+                    return Err(PoolError::Corrupt {
+                        what: "intent log",
+                        reason: "no pre-allocated log block (pool not committed)".into(),
+                    })
+                }
+            };
+            let cap = psize as usize - zil::LOG_HEADER_BYTES;
+            let mut used = 0usize;
+            let mut batch = Vec::new();
+            while let Some(r) = queue.pop_front() {
+                let need = r.encoded_len();
+                if used + need <= cap {
+                    used += need;
+                    batch.push(r);
+                    continue;
+                }
+                let room = cap - used;
+                if let (Some(d), true) = (&r.data, room >= zil::REC_HEADER_BYTES + 512) {
+                    let take = (room - zil::REC_HEADER_BYTES) / 512 * 512;
+                    let head = LogRecord {
+                        data: Some(Arc::new(d[..take].to_vec())),
+                        ..r.clone()
+                    };
+                    let tail = LogRecord {
+                        offset: r.offset + take as u64,
+                        data: Some(Arc::new(d[take..].to_vec())),
+                        ..r
+                    };
+                    used += head.encoded_len();
+                    batch.push(head);
+                    queue.push_front(tail);
+                } else {
+                    queue.push_front(r);
+                }
+                break;
+            }
+            assert!(!batch.is_empty() || used == 0, "log packing");
+            let remaining: usize = queue.iter().map(LogRecord::encoded_len).sum();
+            let want = if remaining > 0 { remaining } else { used } + zil::LOG_HEADER_BYTES;
+            let next_psize = (want.div_ceil(SECTOR_SIZE as usize) * SECTOR_SIZE as usize)
+                .clamp(SECTOR_SIZE as usize, MAX_LOG_BLOCK_BYTES as usize)
+                as u32;
+            let next = self.store.alloc(next_psize, AllocClass::Log, open_txg)?;
+            let max_txg = batch.iter().map(|r| r.txg).max().unwrap_or(0);
+            let block = zil::encode_block(w.chain_id, w.seq, next, next_psize, &batch, psize);
+            self.store.write(dva, &block)?;
+            w.blocks.push_back(LogBlockInfo {
+                dva,
+                psize,
+                max_txg,
+            });
+            w.seq += 1;
+            w.next = Some((next, next_psize));
+        }
+        Ok(())
+    }
+
+    fn replay(self: &Arc<Self>, root: &Root) -> Result<()> {
+        let head = root.log;
+        let mut records = Vec::new();
+        let mut found: Vec<(Dva, u32)> = Vec::new();
+        if head.dva.asize != 0 {
+            let (mut dva, mut psize, mut seq) = (head.dva, head.psize, head.seq);
+            for _ in 0..MAX_LOG_CHAIN_BLOCKS {
+                if psize == 0 || psize % SECTOR_SIZE != 0 || psize > MAX_LOG_BLOCK_BYTES {
+                    break;
+                }
+                let chain = head.chain_id;
+                let s = seq;
+                let verify = move |b: &[u8]| zil::block_valid(b, chain, s);
+                match self.store.read(dva, psize, &verify) {
+                    Ok(b) => {
+                        let blk = zil::decode_block(&b)?;
+                        found.push((dva, psize));
+                        records.extend(blk.records);
+                        dva = blk.next;
+                        psize = blk.next_psize;
+                        seq += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // The pre-allocated block after the last valid one, if it is a plausible
+            // address: claimed too, so it is freed with the rest.
+            let txg = *self.txg.read();
+            let mut w = self.logw.lock();
+            for (dva, psize) in &found {
+                self.store.claim(*dva, txg)?;
+                w.blocks.push_back(LogBlockInfo {
+                    dva: *dva,
+                    psize: *psize,
+                    max_txg: txg,
+                });
+            }
+            if dva.asize != 0 && self.store.claim(dva, txg).is_ok() {
+                w.blocks.push_back(LogBlockInfo {
+                    dva,
+                    psize,
+                    max_txg: txg,
+                });
+            }
+        }
+        let by_guid: BTreeMap<u64, Arc<Volume>> = self
+            .vols
+            .read()
+            .values()
+            .map(|v| (v.guid, v.clone()))
+            .collect();
+        for r in records.iter().filter(|r| r.txg > root.txg) {
+            let Some(v) = by_guid.get(&r.vol_guid) else {
+                continue;
+            };
+            let h = VolumeHandle {
+                pool: self.clone(),
+                vol: v.clone(),
+            };
+            let res = match &r.data {
+                Some(d) => h.write_inner(r.offset, d, r.io_number, false),
+                None => h.unmap_inner(r.offset, r.unmap_len, r.io_number, false),
+            };
+            match res {
+                Ok(()) | Err(PoolError::OutOfRange { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut cs = self.commit.lock();
+        self.commit_locked(&mut cs, None)?;
+        Ok(())
+    }
+
+    fn kick(&self) {
+        self.bg.lock().kick = true;
+        self.bg_cv.notify_all();
+    }
+
+    fn background(self: Arc<Self>) {
+        // Runs until `stop`; each round waits at most one txg interval.
+        loop {
+            {
+                let mut bg = self.bg.lock();
+                if !bg.stop && !bg.kick {
+                    self.bg_cv.wait_for(&mut bg, self.opts.txg_interval);
+                }
+                if bg.stop {
+                    return;
+                }
+                bg.kick = false;
+            }
+            let dirty = self.dirty_bytes.load(Ordering::SeqCst) > 0
+                || self.logw.lock().blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS;
+            if !dirty {
+                continue;
+            }
+            let mut cs = self.commit.lock();
+            if self.check_usable().is_err() {
+                return;
+            }
+            if self.commit_locked(&mut cs, None).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Wait (by committing) while dirty data is over the limit.
+    fn throttle(&self, incoming: u64) -> Result<()> {
+        let max = self.opts.dirty_max_bytes;
+        if self.dirty_bytes.load(Ordering::SeqCst) > max / 2 {
+            self.kick();
+        }
+        for _ in 0..8 {
+            let dirty = self.dirty_bytes.load(Ordering::SeqCst);
+            if dirty + incoming <= max || dirty == 0 {
+                return Ok(());
+            }
+            let mut cs = self.commit.lock();
+            self.check_usable()?;
+            if self.dirty_bytes.load(Ordering::SeqCst) + incoming > max {
+                self.commit_locked(&mut cs, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_live_blocks(&self, f: BlockVisitor<'_>) -> Result<TraverseStats> {
+        let cs = self.commit.lock();
+        let mut stats = TraverseStats {
+            allocated_bytes: self.store.space().allocated_bytes,
+            ..TraverseStats::default()
+        };
+        let mut visit = |bp: &Bp, stats: &mut TraverseStats| -> Result<()> {
+            let verify = Self::verify_fn(bp);
+            stats.blocks += 1;
+            stats.bytes_visited += bp.dva.asize;
+            f(bp.dva, bp.psize, &verify)
+        };
+        for bp in &cs.dir_blocks {
+            visit(bp, &mut stats)?;
+        }
+        let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
+        for v in &vols {
+            let meta = v.meta.lock().clone();
+            let mut after = meta.origin_txg;
+            let mut roots: Vec<(Bp, u64)> =
+                meta.snapshots.iter().map(|s| (s.root, s.txg)).collect();
+            roots.push((*v.tree.read(), u64::MAX));
+            for (root, t) in roots {
+                self.walk_blocks(&root, v.levels, after, &mut |bp| visit(bp, &mut stats))?;
+                after = t;
+            }
+        }
+        let w = self.logw.lock();
+        for (i, b) in w.blocks.iter().enumerate() {
+            let (chain, seq) = (w.chain_id, w.head_seq + i as u64);
+            stats.blocks += 1;
+            stats.bytes_visited += b.dva.asize;
+            f(b.dva, b.psize, &move |x: &[u8]| {
+                zil::block_valid(x, chain, seq)
+            })?;
+        }
+        drop(w);
+        drop(cs);
+        Ok(stats)
+    }
+}
+
+impl VolumeHandle {
+    /// Volume name.
+    pub fn name(&self) -> &str {
+        &self.vol.name
+    }
+
+    /// Volume guid.
+    pub fn guid(&self) -> u64 {
+        self.vol.guid
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.vol.block_size
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.vol.state.lock().size
+    }
+
+    fn check_range(&self, st: &VolState, offset: u64, len: u64) -> Result<()> {
+        if st.destroyed {
+            return Err(PoolError::UnknownVolume {
+                name: self.vol.name.clone(),
+            });
+        }
+        if !offset.is_multiple_of(IO_ALIGN_BYTES) || !len.is_multiple_of(IO_ALIGN_BYTES) {
+            return Err(PoolError::Unaligned {
+                offset,
+                len,
+                align: IO_ALIGN_BYTES,
+            });
+        }
+        if len > MAX_IO_BYTES {
+            return Err(PoolError::Invalid(format!(
+                "I/O of {len} bytes exceeds the {MAX_IO_BYTES}-byte limit"
+            )));
+        }
+        if offset.checked_add(len).is_none_or(|end| end > st.size) {
+            return Err(PoolError::OutOfRange {
+                volume: self.vol.name.clone(),
+                offset,
+                len,
+                size: st.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Read `buf.len()` bytes at `offset` (both multiples of 512). Never-written ranges
+    /// read as zeros; a block failing its checksum on every copy fails the read.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let p = &self.pool;
+        p.check_usable()?;
+        let len = buf.len() as u64;
+        let bs = u64::from(self.vol.block_size);
+        {
+            let st = self.vol.state.lock();
+            self.check_range(&st, offset, len)?;
+        }
+        let mut pos = 0u64;
+        while pos < len {
+            let abs = offset + pos;
+            let blk = abs / bs;
+            let in_blk = abs % bs;
+            let n = (bs - in_blk).min(len - pos);
+            let dst = &mut buf[pos as usize..(pos + n) as usize];
+            let data = {
+                let st = self.vol.state.lock();
+                match st.open.get(&blk).or_else(|| st.syncing.get(&blk)) {
+                    Some(Dirty::Data { data, .. }) => Some(data.clone()),
+                    Some(Dirty::Hole { .. }) => None,
+                    None => {
+                        drop(st);
+                        let tree = self.vol.tree.read();
+                        let bp = p.lookup(&tree, self.vol.levels, blk)?;
+                        if bp.is_hole() {
+                            None
+                        } else {
+                            Some(p.read_data(&bp)?)
+                        }
+                    }
+                }
+            };
+            match data {
+                Some(d) => dst.copy_from_slice(&d[in_blk as usize..(in_blk + n) as usize]),
+                None => dst.fill(0),
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `offset` (both multiples of 512), tagging its blocks with
+    /// `io_number`. Durable after the next [`VolumeHandle::flush`] or txg commit.
+    pub fn write(&self, offset: u64, data: &[u8], io_number: Option<u64>) -> Result<()> {
+        self.pool.check_usable()?;
+        if self.pool.over_threshold() {
+            return Err(PoolError::ReadOnly {
+                reason: format!(
+                    "pool is above its {} % fill threshold; destroy snapshots or volumes, or UNMAP",
+                    self.pool.ro_threshold_pct.load(Ordering::Relaxed)
+                ),
+            });
+        }
+        self.write_inner(offset, data, io_number, true)
+    }
+
+    fn write_inner(&self, offset: u64, data: &[u8], io: Option<u64>, log: bool) -> Result<()> {
+        let p = &self.pool;
+        let len = data.len() as u64;
+        {
+            let st = self.vol.state.lock();
+            self.check_range(&st, offset, len)?;
+        }
+        let bs = u64::from(self.vol.block_size);
+        p.throttle(len + bs)?;
+        let txg_guard = p.txg.read();
+        let txg = *txg_guard;
+        let mut st = self.vol.state.lock();
+        self.check_range(&st, offset, len)?;
+        let zero_detect = self.vol.compression != Compression::Off;
+        let mut added = 0u64;
+        let mut pos = 0u64;
+        while pos < len {
+            let abs = offset + pos;
+            let blk = abs / bs;
+            let in_blk = abs % bs;
+            let n = (bs - in_blk).min(len - pos);
+            let src = &data[pos as usize..(pos + n) as usize];
+            let block = if n == bs {
+                src.to_vec()
+            } else {
+                let mut b = match p.current_block(&self.vol, &st, blk)? {
+                    Some(d) => d.to_vec(),
+                    None => vec![0u8; bs as usize],
+                };
+                b[in_blk as usize..(in_blk + n) as usize].copy_from_slice(src);
+                b
+            };
+            let io = io.unwrap_or(0);
+            let entry = if zero_detect && block.iter().all(|&x| x == 0) {
+                Dirty::Hole { io }
+            } else {
+                Dirty::Data {
+                    data: Arc::new(block),
+                    io,
+                }
+            };
+            if st.open.insert(blk, entry).is_none() {
+                added += bs;
+            }
+            pos += n;
+        }
+        p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
+        if log {
+            let mut l = p.log.lock();
+            l.records.push(LogRecord {
+                vol_guid: self.vol.guid,
+                txg,
+                offset,
+                data: Some(Arc::new(data.to_vec())),
+                unmap_len: 0,
+                io_number: io,
+            });
+            l.bytes += len;
+            p.dirty_bytes.fetch_add(len, Ordering::SeqCst);
+        }
+        drop(st);
+        drop(txg_guard);
+        Ok(())
+    }
+
+    /// Free a range (multiples of 512): whole blocks become holes (their space is freed
+    /// unless a snapshot holds them), partial blocks are zeroed.
+    pub fn unmap(&self, offset: u64, len: u64, io_number: Option<u64>) -> Result<()> {
+        self.pool.check_usable()?;
+        self.unmap_inner(offset, len, io_number, true)
+    }
+
+    fn unmap_inner(&self, offset: u64, len: u64, io: Option<u64>, log: bool) -> Result<()> {
+        let p = &self.pool;
+        let bs = u64::from(self.vol.block_size);
+        {
+            let st = self.vol.state.lock();
+            if !offset.is_multiple_of(IO_ALIGN_BYTES) || !len.is_multiple_of(IO_ALIGN_BYTES) {
+                return Err(PoolError::Unaligned {
+                    offset,
+                    len,
+                    align: IO_ALIGN_BYTES,
+                });
+            }
+            if offset.checked_add(len).is_none_or(|e| e > st.size) || st.destroyed {
+                return Err(PoolError::OutOfRange {
+                    volume: self.vol.name.clone(),
+                    offset,
+                    len,
+                    size: st.size,
+                });
+            }
+        }
+        // Bounded per call in blocks dirtied, so a huge UNMAP does not pin memory.
+        let chunk = (MAX_IO_BYTES / bs).max(1) * bs;
+        let mut done = 0u64;
+        while done < len {
+            let n = chunk.min(len - done);
+            p.throttle(bs * 2)?;
+            let txg_guard = p.txg.read();
+            let txg = *txg_guard;
+            let mut st = self.vol.state.lock();
+            let start = offset + done;
+            let mut pos = 0u64;
+            let mut added = 0;
+            while pos < n {
+                let abs = start + pos;
+                let blk = abs / bs;
+                let in_blk = abs % bs;
+                let m = (bs - in_blk).min(n - pos);
+                let io = io.unwrap_or(0);
+                let entry = if m == bs {
+                    Dirty::Hole { io }
+                } else {
+                    match p.current_block(&self.vol, &st, blk)? {
+                        None => Dirty::Hole { io },
+                        Some(d) => {
+                            let mut b = d.to_vec();
+                            b[in_blk as usize..(in_blk + m) as usize].fill(0);
+                            if b.iter().all(|&x| x == 0) {
+                                Dirty::Hole { io }
+                            } else {
+                                Dirty::Data {
+                                    data: Arc::new(b),
+                                    io,
+                                }
+                            }
+                        }
+                    }
+                };
+                if st.open.insert(blk, entry).is_none() {
+                    added += bs;
+                }
+                pos += m;
+            }
+            p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
+            if log {
+                let mut l = p.log.lock();
+                l.records.push(LogRecord {
+                    vol_guid: self.vol.guid,
+                    txg,
+                    offset: start,
+                    data: None,
+                    unmap_len: n,
+                    io_number: io,
+                });
+            }
+            drop(st);
+            drop(txg_guard);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Make every earlier write durable (the whole pool's log is flushed).
+    pub fn flush(&self) -> Result<()> {
+        self.pool.flush()
+    }
+
+    pub(crate) fn write_recv(&self, offset: u64, data: &[u8], io: u64) -> Result<()> {
+        self.write_inner(offset, data, Some(io), false)
+    }
+
+    pub(crate) fn unmap_recv(&self, offset: u64, len: u64, io: u64) -> Result<()> {
+        self.unmap_inner(offset, len, Some(io), false)
+    }
+
+    pub(crate) fn volume(&self) -> &Arc<Volume> {
+        &self.vol
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Pool>();
+    is::<VolumeHandle>();
+    let _ = bp::BP_BYTES;
+}

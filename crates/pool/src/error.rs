@@ -1,0 +1,106 @@
+//! Errors of the block-tree layer (volumes, snapshots, txgs, intent log, streams).
+//!
+//! Never: flatten a store error into a string; it is kept as the `#[source]`.
+
+use crate::store::StoreError;
+
+/// Errors of [`crate::Pool`] operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// No volume of that name.
+    #[error("volume '{name}' does not exist")]
+    UnknownVolume {
+        /// Volume name.
+        name: String,
+    },
+    /// No snapshot of that name on the volume.
+    #[error("snapshot '{volume}@{snapshot}' does not exist")]
+    UnknownSnapshot {
+        /// Volume name.
+        volume: String,
+        /// Snapshot name.
+        snapshot: String,
+    },
+    /// A volume or snapshot of that name exists already.
+    #[error("'{name}' already exists")]
+    Exists {
+        /// Full name.
+        name: String,
+    },
+    /// Range beyond the end of the volume.
+    #[error("range {offset}+{len} is beyond the end of volume '{volume}' ({size} bytes)")]
+    OutOfRange {
+        /// Volume name.
+        volume: String,
+        /// Byte offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: u64,
+        /// Volume size.
+        size: u64,
+    },
+    /// Offset or length not a multiple of 512 bytes.
+    #[error("offset {offset} or length {len} is not a multiple of {align} bytes")]
+    Unaligned {
+        /// Byte offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Required alignment.
+        align: u64,
+    },
+    /// Invalid argument (name, size, block size, option).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The pool is read-only (fill threshold reached, or opened read-only).
+    #[error("pool is read-only: {reason}")]
+    ReadOnly {
+        /// Why.
+        reason: String,
+    },
+    /// The pool has no room for the operation.
+    #[error("pool is out of space")]
+    NoSpace,
+    /// Refused because other objects depend on the target.
+    #[error("{0}")]
+    Busy(String),
+    /// On-disk bytes that fail validation (bad magic, version, checksum or geometry).
+    #[error("corrupt {what}: {reason}")]
+    Corrupt {
+        /// Which structure.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An unknown on-disk or stream format version.
+    #[error("unsupported {what} version {version}")]
+    UnsupportedVersion {
+        /// Which structure.
+        what: &'static str,
+        /// Version found.
+        version: u32,
+    },
+    /// A block could not be read or written (every copy failed verification, device
+    /// error). Reads never return wrong data: they fail with this.
+    #[error("I/O error: {0}")]
+    Io(#[source] StoreError),
+    /// Reading or writing a send stream failed.
+    #[error("stream I/O: {0}")]
+    StreamIo(#[source] std::io::Error),
+    /// The pool was closed, or a previous commit failed (fail-stop until reopen).
+    #[error("pool is closed or failed: {0}")]
+    Closed(String),
+}
+
+impl From<StoreError> for PoolError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoSpace { .. } => PoolError::NoSpace,
+            other => PoolError::Io(other),
+        }
+    }
+}
+
+/// Result of pool operations.
+pub type Result<T, E = PoolError> = std::result::Result<T, E>;

@@ -1,0 +1,58 @@
+//! Limits of the block-tree layer, one line each on why the value was chosen.
+//!
+//! Never: scatter a bound elsewhere; every queue, buffer and size of this layer is here.
+
+/// Smallest volume block size: one device sector, so no block is smaller than an I/O.
+pub const MIN_BLOCK_BYTES: u32 = 4096;
+/// Largest volume block size: as ZFS's default record cap; bigger blocks make 4 KiB
+/// random writes rewrite too much.
+pub const MAX_BLOCK_BYTES: u32 = 128 * 1024;
+/// Default volume block size: 16 KiB keeps random 4 KiB writes at 4x amplification while a
+/// raidz group of up to 5 disks still stores a block as whole data columns plus parity.
+pub const DEFAULT_BLOCK_BYTES: u32 = 16 * 1024;
+/// Largest volume: 64 TiB, the issue's promise; fixes the tree height per block size.
+pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
+/// Volume offsets and lengths must be multiples of a SCSI logical block.
+pub const IO_ALIGN_BYTES: u64 = 512;
+/// Logical size of an indirect block: 256 block pointers, so 4 levels cover 64 TiB of
+/// 16 KiB blocks and a sparse indirect compresses to almost nothing.
+pub const INDIRECT_BYTES: u32 = 16 * 1024;
+/// Largest single read or write call: bounds the memory one request pins.
+pub const MAX_IO_BYTES: u64 = 64 << 20;
+/// Longest volume or snapshot name: fits a Kubernetes PV name plus a suffix.
+pub const MAX_NAME_BYTES: usize = 255;
+/// Most volumes in one pool: 10x the 1,000 the issue asks for, and the directory stays a
+/// few MiB.
+pub const MAX_VOLUMES: usize = 10_000;
+/// Most snapshots per pool.
+pub const MAX_SNAPSHOTS: usize = 50_000;
+/// Largest logical chunk of the serialized object directory.
+pub const DIR_CHUNK_BYTES: usize = 128 * 1024;
+/// Most directory chunks (the chunk index is one indirect-sized block): 32 MiB directory.
+pub const MAX_DIR_CHUNKS: usize = (INDIRECT_BYTES as usize) / crate::bp::BP_BYTES;
+/// Default cache of decompressed blocks: enough for the top indirect levels of many
+/// volumes and a working set, small enough for a pod.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+/// Default bound on dirty (not yet committed) data: writers wait above it, so memory stays
+/// bounded whatever the write rate.
+pub const DEFAULT_DIRTY_MAX_BYTES: u64 = 64 << 20;
+/// Default time between background txg commits: bounds the work a crash loses to the log
+/// and how long freed space waits.
+pub const DEFAULT_TXG_INTERVAL_MS: u64 = 5_000;
+/// Largest intent-log block: one flush of many writes takes few blocks, and a torn block
+/// loses at most this much unacknowledged data.
+pub const MAX_LOG_BLOCK_BYTES: u32 = 128 * 1024;
+/// Most log blocks in one chain: above this a txg commit is forced, so replay is bounded.
+pub const MAX_LOG_CHAIN_BLOCKS: u64 = 4096;
+/// Default fill threshold above which the pool turns read-only (as cStor's
+/// roThresholdLimit).
+pub const DEFAULT_RO_THRESHOLD_PCT: u8 = 85;
+/// Share of the pool (per mille) kept back for destroy and UNMAP on a full pool: they
+/// allocate metadata to free data.
+pub const RESERVED_PER_MILLE: u64 = 16;
+/// Longest property key/value stored with a volume.
+pub const MAX_PROPERTY_BYTES: usize = 1024;
+/// Most properties per volume.
+pub const MAX_PROPERTIES: usize = 64;
+/// Largest send-stream record payload: one block.
+pub const MAX_STREAM_RECORD_BYTES: u32 = MAX_BLOCK_BYTES;

@@ -1,0 +1,91 @@
+//! Guards volume reads and writes: partial blocks, holes, commits, reopen, intent-log
+//! replay, and the typed errors of bad input.
+
+mod common;
+
+use common::*;
+use cstor_pool::{Compression, PoolError};
+
+#[test]
+fn write_read_partial_blocks_commit_and_reopen() {
+    let (store, pool) = new_pool(1 << 30);
+    let v = pool.create_volume("v1", 1 << 30, None, None).unwrap();
+    let a = pattern(1, 70 * 512);
+    v.write(3 * 512, &a, Some(5)).unwrap();
+    let mut buf = vec![0u8; 80 * 512];
+    v.read(0, &mut buf).unwrap();
+    assert!(buf[..3 * 512].iter().all(|&b| b == 0));
+    assert_eq!(&buf[3 * 512..73 * 512], &a[..]);
+    pool.sync().unwrap();
+    let mut buf2 = vec![0u8; 80 * 512];
+    v.read(0, &mut buf2).unwrap();
+    assert_eq!(buf, buf2);
+    drop(v);
+    pool.close().unwrap();
+    let pool = reopen(&store);
+    let v = pool.volume("v1").unwrap();
+    let mut buf3 = vec![0u8; 80 * 512];
+    v.read(0, &mut buf3).unwrap();
+    assert_eq!(buf, buf3);
+}
+
+#[test]
+fn flushed_writes_survive_without_commit() {
+    let (store, pool) = new_pool(1 << 30);
+    let v = pool
+        .create_volume("v", 64 << 20, None, Some(Compression::Zstd))
+        .unwrap();
+    let a = pattern(2, 100_000 / 512 * 512);
+    v.write(1 << 20, &a, Some(7)).unwrap();
+    v.unmap(1 << 20, 4096, Some(8)).unwrap();
+    v.flush().unwrap();
+    let image = store.crash_image(1);
+    drop(v);
+    drop(pool);
+    let store2 = std::sync::Arc::new(image);
+    let pool = reopen(&store2);
+    let v = pool.volume("v").unwrap();
+    let mut buf = vec![0u8; a.len()];
+    v.read(1 << 20, &mut buf).unwrap();
+    assert!(buf[..4096].iter().all(|&b| b == 0));
+    assert_eq!(&buf[4096..], &a[4096..]);
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let (_s, pool) = new_pool(1 << 30);
+    let v = pool.create_volume("v", 1 << 20, None, None).unwrap();
+    assert!(matches!(
+        v.write(1, &[0u8; 512], None),
+        Err(PoolError::Unaligned { .. })
+    ));
+    assert!(matches!(
+        v.write(1 << 20, &[0u8; 512], None),
+        Err(PoolError::OutOfRange { .. })
+    ));
+    let mut b = [0u8; 512];
+    assert!(matches!(
+        v.read((1 << 20) - 256, &mut b),
+        Err(PoolError::Unaligned { .. })
+    ));
+    assert!(matches!(
+        pool.create_volume("v", 1 << 20, None, None),
+        Err(PoolError::Exists { .. })
+    ));
+    assert!(matches!(
+        pool.create_volume("a@b", 1 << 20, None, None),
+        Err(PoolError::Invalid(_))
+    ));
+    assert!(matches!(
+        pool.create_volume("x", 1 << 20, Some(3000), None),
+        Err(PoolError::Invalid(_))
+    ));
+    assert!(matches!(
+        pool.volume("nope"),
+        Err(PoolError::UnknownVolume { .. })
+    ));
+    assert!(matches!(
+        pool.resize("v", 1 << 19),
+        Err(PoolError::Invalid(_))
+    ));
+}
