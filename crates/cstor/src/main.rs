@@ -27,6 +27,8 @@ enum Command {
     Pool(cmd::pool::PoolArgs),
     /// Volumes of a pool: create, read, write, snapshot, clone, send, recv...
     Volume(cmd::pool::VolumeArgs),
+    /// Serve iSCSI targets and manage a running target server.
+    Target(cmd::target::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +37,7 @@ fn main() -> std::process::ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Pool(args) => cmd::pool::run_pool(args),
         Command::Volume(args) => cmd::pool::run_volume(args),
+        Command::Target(args) => cmd::target::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,369 @@
+//! `cstor target`: serve iSCSI targets (`serve`) and edit a running server through its
+//! control socket (`add`, `remove`, `list`).
+//!
+//! Owns: turning command-line target specs into `TargetConfig`s, and the control socket
+//! protocol (docs/format/target-control.md). Never: protocol or SCSI logic (cstor-iscsi).
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use cstor_iscsi::{BlockBackend, ChapConfig, FileBackend, Server, TargetConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `cstor target ...`
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    #[command(subcommand)]
+    command: TargetCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TargetCommand {
+    /// Serve one or more targets until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Add a target to a running server.
+    Add {
+        /// Control socket of the running server.
+        #[arg(long)]
+        control: PathBuf,
+        /// Target spec: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR...] or IQN,volume=POOL/VOL.
+        spec: String,
+    },
+    /// Remove a target from a running server (its sessions end first).
+    Remove {
+        /// Control socket of the running server.
+        #[arg(long)]
+        control: PathBuf,
+        /// Target name.
+        iqn: String,
+    },
+    /// List the targets of a running server with their counters.
+    List {
+        /// Control socket of the running server.
+        #[arg(long)]
+        control: PathBuf,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+struct ServeArgs {
+    /// Portal address.
+    #[arg(long, default_value = "127.0.0.1:3260")]
+    listen: String,
+    /// Name of the single target (with --file or --volume).
+    #[arg(long)]
+    iqn: Option<String>,
+    /// File (or block device) to serve as LUN 0; created sparse at --size if missing.
+    #[arg(long, conflicts_with = "volume")]
+    file: Option<PathBuf>,
+    /// Pool volume POOL/VOL to serve as LUN 0.
+    #[arg(long)]
+    volume: Option<String>,
+    /// Size for a new file (e.g. 1G, 512M, 4096); an existing file is never truncated.
+    #[arg(long)]
+    size: Option<String>,
+    /// CHAP secret file for the single target: `user:secret`, optional second line for mutual CHAP.
+    #[arg(long)]
+    chap: Option<PathBuf>,
+    /// Initiator name allowed on the single target (repeatable; default: all).
+    #[arg(long = "allow")]
+    allow: Vec<String>,
+    /// More targets: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR]... or IQN,volume=POOL/VOL (repeatable).
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// Control socket for add/remove/list while running.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Bound on each backend call, in milliseconds.
+    #[arg(long, default_value_t = 25_000)]
+    io_timeout_ms: u64,
+}
+
+/// Parses a size with an optional K/M/G/T suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: u64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow!("size {s:?} too large"))
+}
+
+/// Opens the backend of a pool volume. The pool engine adapter is wired here.
+pub fn open_volume_backend(volume: &str) -> Result<Arc<dyn BlockBackend>> {
+    bail!("serving pool volume {volume}: the pool volume backend is not wired into the target yet")
+}
+
+/// A parsed target spec.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Spec {
+    iqn: String,
+    file: Option<PathBuf>,
+    volume: Option<String>,
+    size: Option<u64>,
+    chap: Option<PathBuf>,
+    allow: Vec<String>,
+}
+
+fn parse_spec(s: &str) -> Result<Spec> {
+    let mut parts = s.split(',');
+    let iqn = parts.next().unwrap_or_default().to_owned();
+    if iqn.is_empty() || iqn.contains('=') {
+        bail!("target spec {s:?} must start with the target name");
+    }
+    let mut spec = Spec {
+        iqn,
+        ..Spec::default()
+    };
+    for p in parts {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| anyhow!("target spec item {p:?} is not key=value"))?;
+        match k {
+            "file" => spec.file = Some(PathBuf::from(v)),
+            "volume" => spec.volume = Some(v.to_owned()),
+            "size" => spec.size = Some(parse_size(v)?),
+            "chap" => spec.chap = Some(PathBuf::from(v)),
+            "allow" => spec.allow.push(v.to_owned()),
+            _ => bail!("unknown target spec key {k:?} (file, volume, size, chap, allow)"),
+        }
+    }
+    match (&spec.file, &spec.volume) {
+        (Some(_), None) | (None, Some(_)) => Ok(spec),
+        _ => bail!("target {} needs exactly one of file= or volume=", spec.iqn),
+    }
+}
+
+fn config_of(spec: &Spec, io_timeout: Duration) -> Result<TargetConfig> {
+    let (backend, aptpl): (Arc<dyn BlockBackend>, Option<PathBuf>) =
+        match (&spec.file, &spec.volume) {
+            (Some(f), _) => {
+                let b = FileBackend::open(f, spec.size, false)?;
+                (Arc::new(b), Some(aptpl_path(f)))
+            }
+            (None, Some(v)) => (open_volume_backend(v)?, None),
+            (None, None) => bail!("target {} has no storage", spec.iqn),
+        };
+    let mut cfg = TargetConfig::new(&spec.iqn, backend);
+    if let Some(c) = &spec.chap {
+        cfg.chap = Some(ChapConfig::from_file(c)?);
+    }
+    if !spec.allow.is_empty() {
+        cfg.allowed_initiators = Some(spec.allow.clone());
+    }
+    cfg.aptpl_path = aptpl;
+    cfg.io_timeout = io_timeout;
+    Ok(cfg)
+}
+
+/// Persistent reservations of a file-backed LUN live next to the file.
+fn aptpl_path(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_owned();
+    name.push(".aptpl");
+    file.with_file_name(name)
+}
+
+/// Runs `cstor target`.
+pub fn run(args: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        match args.command {
+            TargetCommand::Serve(a) => serve(a).await,
+            TargetCommand::Add { control, spec } => {
+                let reply = control::request(&control, &format!("add {spec}")).await?;
+                println!("{reply}");
+                Ok(())
+            }
+            TargetCommand::Remove { control, iqn } => {
+                let reply = control::request(&control, &format!("remove {iqn}")).await?;
+                println!("{reply}");
+                Ok(())
+            }
+            TargetCommand::List { control } => {
+                let reply = control::request(&control, "list").await?;
+                print!("{reply}");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let io_timeout = Duration::from_millis(a.io_timeout_ms);
+    let mut specs = Vec::new();
+    match (&a.iqn, &a.file, &a.volume) {
+        (Some(iqn), file, volume) if file.is_some() || volume.is_some() => specs.push(Spec {
+            iqn: iqn.clone(),
+            file: file.clone(),
+            volume: volume.clone(),
+            size: a.size.as_deref().map(parse_size).transpose()?,
+            chap: a.chap.clone(),
+            allow: a.allow.clone(),
+        }),
+        (Some(_), None, None) => bail!("--iqn needs --file or --volume"),
+        (None, Some(_), _) | (None, _, Some(_)) => bail!("--file/--volume need --iqn"),
+        _ => {}
+    }
+    for t in &a.targets {
+        specs.push(parse_spec(t)?);
+    }
+    if specs.is_empty() && a.control.is_none() {
+        bail!("nothing to serve: give --iqn with --file/--volume, --target, or --control");
+    }
+    let server = Server::new();
+    for s in &specs {
+        server
+            .add_target(config_of(s, io_timeout).with_context(|| format!("target {}", s.iqn))?)
+            .with_context(|| format!("target {}", s.iqn))?;
+    }
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    // The bound address on stdout lets scripts and tests use port 0.
+    println!("listening on {}", listener.local_addr()?);
+    let control_task = a
+        .control
+        .as_ref()
+        .map(|path| tokio::spawn(control::serve(path.clone(), server.clone(), io_timeout)));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = server.clone().serve(listener) => r.context("serving"),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+    };
+    server.close_all().await;
+    if let Some(t) = control_task {
+        t.abort();
+    }
+    if let Some(p) = &a.control {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
+/// The control socket: one request line, one reply, then the connection closes
+/// (docs/format/target-control.md).
+mod control {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{UnixListener, UnixStream};
+
+    /// Longest request line accepted.
+    const MAX_REQUEST_BYTES: u64 = 8192;
+    /// Longest reply read by the client.
+    const MAX_REPLY_BYTES: u64 = 4 << 20;
+    /// A control client must send its request within this time.
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+    pub(super) async fn serve(
+        path: PathBuf,
+        server: Arc<Server>,
+        io_timeout: Duration,
+    ) -> Result<()> {
+        let _ = std::fs::remove_file(&path);
+        let listener =
+            UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let server = server.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(stream, &server, io_timeout).await {
+                    tracing::warn!(error = %e, "control request failed");
+                }
+            });
+        }
+    }
+
+    async fn handle(stream: UnixStream, server: &Arc<Server>, io_timeout: Duration) -> Result<()> {
+        let (rd, mut wr) = stream.into_split();
+        let mut line = String::new();
+        let mut rd = BufReader::new(rd.take(MAX_REQUEST_BYTES));
+        tokio::time::timeout(REQUEST_TIMEOUT, rd.read_line(&mut line))
+            .await
+            .context("request timed out")??;
+        let reply = match execute(line.trim(), server, io_timeout).await {
+            Ok(text) => format!("ok\n{text}"),
+            Err(e) => format!("error {e:#}\n"),
+        };
+        wr.write_all(reply.as_bytes()).await?;
+        wr.shutdown().await?;
+        Ok(())
+    }
+
+    async fn execute(req: &str, server: &Arc<Server>, io_timeout: Duration) -> Result<String> {
+        let (verb, rest) = req.split_once(' ').unwrap_or((req, ""));
+        match verb {
+            "add" => {
+                let spec = parse_spec(rest)?;
+                let cfg = tokio::task::block_in_place(|| config_of(&spec, io_timeout))?;
+                server.add_target(cfg)?;
+                Ok(format!("added {}\n", spec.iqn))
+            }
+            "remove" => {
+                server.remove_target(rest).await?;
+                Ok(format!("removed {rest}\n"))
+            }
+            "list" => {
+                let mut out = String::new();
+                for t in server.targets() {
+                    let c = t.counters;
+                    out.push_str(&format!(
+                        "{} size_bytes={} sessions={} chap={} read_ops={} write_ops={} read_bytes={} write_bytes={} busy_ns={}\n",
+                        t.iqn, t.size_bytes, t.sessions, t.chap, c.read_ops, c.write_ops, c.read_bytes, c.write_bytes, c.busy_ns
+                    ));
+                }
+                Ok(out)
+            }
+            _ => bail!("unknown request {verb:?} (add, remove, list)"),
+        }
+    }
+
+    pub(super) async fn request(path: &Path, req: &str) -> Result<String> {
+        let mut s = UnixStream::connect(path)
+            .await
+            .with_context(|| format!("connecting to {}", path.display()))?;
+        s.write_all(format!("{req}\n").as_bytes()).await?;
+        let mut reply = String::new();
+        s.take(MAX_REPLY_BYTES).read_to_string(&mut reply).await?;
+        match reply.strip_prefix("ok\n") {
+            Some(rest) => Ok(rest.trim_end().to_owned() + if rest.is_empty() { "" } else { "\n" }),
+            None => bail!(
+                "{}",
+                reply.trim().strip_prefix("error ").unwrap_or(reply.trim())
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_specs() {
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("x").is_err());
+        let s = parse_spec("iqn.2024-01.x:a,file=/tmp/a.img,size=1G,allow=iqn.i1,allow=iqn.i2")
+            .unwrap();
+        assert_eq!(s.iqn, "iqn.2024-01.x:a");
+        assert_eq!(s.size, Some(1 << 30));
+        assert_eq!(s.allow.len(), 2);
+        assert!(parse_spec("iqn.x:a,volume=p/v").unwrap().volume.is_some());
+        assert!(parse_spec("iqn.x:a").is_err());
+        assert!(parse_spec("iqn.x:a,file=/a,volume=p/v").is_err());
+        let err = open_volume_backend("p/v").unwrap_err().to_string();
+        assert!(err.contains("not wired"), "{err}");
+    }
+}

@@ -1,0 +1,962 @@
+//! One iSCSI connection (and, with one connection per session, its session) in full
+//! feature phase: CmdSN window, concurrent command execution, R2T/Data-Out, Data-In,
+//! task management, NOP-In keep-alive, text (SendTargets) and logout.
+//!
+//! Owns: the socket. One reader loop (this task) decodes PDUs and spawns a task per SCSI
+//! command; one writer task owns the write half and stamps StatSN/ExpCmdSN/MaxCmdSN in
+//! send order. Invariants: at most `limits::CMD_WINDOW` commands in flight (MaxCmdSN only
+//! advances when a command completes); a command's data-out buffer is at most
+//! `limits::MAX_TRANSFER_BYTES`; an aborted command sends nothing and issues no backend
+//! write after its abort was seen; when the session ends, every command task has finished
+//! (bounded by `limits::TASK_DRAIN_TIMEOUT`) before the session is reported done.
+//! Never: let one session's bad input affect another; block the reader on a backend call.
+
+use crate::be;
+use crate::limits;
+use crate::login::{self, LoginOutcome, Negotiated, SessionKind};
+use crate::pdu::{self, op, reject, OutPdu, Pdu, StatSn, NO_TAG};
+use crate::scsi::{self, nexus_id, NexusId, ScsiReply};
+use crate::sense::{self, ScsiError};
+use crate::target::{self, Server, SessionHandle, Target};
+use crate::text;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Serial number comparison (RFC 1982), as CmdSN uses.
+fn sn_lt(a: u32, b: u32) -> bool {
+    a != b && b.wrapping_sub(a) < 1 << 31
+}
+
+#[derive(Debug)]
+struct TaskCtl {
+    aborted: AtomicBool,
+    abort: Notify,
+    done: watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct TaskEntry {
+    ctl: Arc<TaskCtl>,
+    data_tx: Option<mpsc::Sender<Pdu>>,
+}
+
+/// The CmdSN window, shared with the writer which stamps it into every PDU.
+#[derive(Debug)]
+struct Window {
+    exp_cmd_sn: AtomicU32,
+    max_cmd_sn: AtomicU32,
+}
+
+/// State shared by the reader and command tasks.
+#[derive(Debug)]
+struct Session {
+    target: Option<Arc<Target>>,
+    nexus: NexusId,
+    params: Negotiated,
+    out: mpsc::Sender<Vec<OutPdu>>,
+    win: Arc<Window>,
+    tasks: Mutex<HashMap<u32, TaskEntry>>,
+    next_ttt: AtomicU32,
+    portal: SocketAddr,
+    server: Arc<Server>,
+    tsih: u16,
+    shutdown: Arc<Notify>,
+}
+
+impl Session {
+    async fn send(&self, pdus: Vec<OutPdu>) {
+        // A closed writer means the connection is going away; the reader notices.
+        let _ = self.out.send(pdus).await;
+    }
+
+    fn ttt(&self) -> u32 {
+        loop {
+            let t = self.next_ttt.fetch_add(1, Ordering::Relaxed);
+            if t != NO_TAG {
+                return t;
+            }
+        }
+    }
+
+    /// A non-immediate command finished: open the window by one.
+    fn complete_cmd(&self) {
+        self.win.max_cmd_sn.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn reject(&self, req: &Pdu, reason: u8) -> OutPdu {
+        let mut r = OutPdu::new(op::REJECT, 0x80, StatSn::Advance);
+        r.bhs[2] = reason;
+        r.set_u32(16, NO_TAG);
+        r.data = Bytes::copy_from_slice(&req.bhs);
+        r
+    }
+
+    /// Aborts tasks matching `pred` and waits until they have ended.
+    async fn abort_tasks(&self, pred: impl Fn(u32) -> bool) -> usize {
+        let waits: Vec<watch::Receiver<bool>> = {
+            let tasks = self.tasks.lock();
+            tasks
+                .iter()
+                .filter(|(itt, _)| pred(**itt))
+                .map(|(_, e)| {
+                    e.ctl.aborted.store(true, Ordering::Release);
+                    e.ctl.abort.notify_one();
+                    e.ctl.done.subscribe()
+                })
+                .collect()
+        };
+        let n = waits.len();
+        for mut w in waits {
+            let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, w.wait_for(|d| *d)).await;
+        }
+        n
+    }
+
+    /// Waits (bounded) for every running task to finish on its own.
+    async fn drain_tasks(&self) {
+        let waits: Vec<watch::Receiver<bool>> = self
+            .tasks
+            .lock()
+            .values()
+            .map(|e| e.ctl.done.subscribe())
+            .collect();
+        for mut w in waits {
+            let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, w.wait_for(|d| *d)).await;
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(stream: TcpStream, server: Arc<Server>) {
+    let peer = stream.peer_addr().ok();
+    let Ok(portal) = stream.local_addr() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let mut wr = BufWriter::with_capacity(64 * 1024, wr);
+    let outcome = match tokio::time::timeout(
+        limits::LOGIN_TIMEOUT,
+        login::login(&mut rd, &mut wr, &server),
+    )
+    .await
+    {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            tracing::info!(?peer, error = %e, "login failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(?peer, "login timed out");
+            return;
+        }
+    };
+    full_feature(rd, wr, server, portal, outcome).await;
+}
+
+async fn full_feature(
+    mut rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: BufWriter<OwnedWriteHalf>,
+    server: Arc<Server>,
+    portal: SocketAddr,
+    o: LoginOutcome,
+) {
+    let nexus = nexus_id(&o.initiator, &o.isid);
+    let target = match &o.kind {
+        SessionKind::Normal(t) => Some(t.clone()),
+        SessionKind::Discovery => None,
+    };
+    let shutdown = Arc::new(Notify::new());
+    let (done_tx, done_rx) = watch::channel(false);
+    if let Some(t) = &target {
+        let handle = SessionHandle {
+            tsih: o.tsih,
+            shutdown: shutdown.clone(),
+            done: done_rx,
+        };
+        let old = t
+            .sessions
+            .lock()
+            .insert((o.initiator.clone(), o.isid), handle);
+        if let Some(old) = old {
+            // Session reinstatement: the old session and all its commands end first, so
+            // none of them can write after the new session starts.
+            tracing::info!(nexus = %nexus, "reinstating session");
+            target::wait_session_end(old).await;
+        }
+        t.lu.attach_nexus(&nexus);
+    }
+    let (out_tx, out_rx) = mpsc::channel(limits::WRITER_QUEUE);
+    let win = Arc::new(Window {
+        exp_cmd_sn: AtomicU32::new(o.cmd_sn),
+        max_cmd_sn: AtomicU32::new(o.cmd_sn.wrapping_add(limits::CMD_WINDOW - 1)),
+    });
+    let sess = Arc::new(Session {
+        target: target.clone(),
+        nexus: nexus.clone(),
+        params: o.params,
+        out: out_tx,
+        win: win.clone(),
+        tasks: Mutex::new(HashMap::new()),
+        next_ttt: AtomicU32::new(1),
+        portal,
+        server,
+        tsih: o.tsih,
+        shutdown: shutdown.clone(),
+    });
+    let mut writer = tokio::spawn(writer(wr, out_rx, win, o.params.digests, o.stat_sn));
+    let reason = reader_loop(&mut rd, &sess, &shutdown, &mut writer).await;
+    tracing::debug!(nexus = %nexus, reason, "connection ending");
+    sess.abort_tasks(|_| true).await;
+    if let Some(t) = &target {
+        t.lu.detach_nexus(&nexus);
+        let mut sessions = t.sessions.lock();
+        let key = (o.initiator.clone(), o.isid);
+        if sessions.get(&key).is_some_and(|h| h.tsih == o.tsih) {
+            sessions.remove(&key);
+        }
+    }
+    drop(sess);
+    let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, &mut writer).await;
+    writer.abort();
+    let _ = done_tx.send(true);
+}
+
+async fn writer(
+    mut w: BufWriter<OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<Vec<OutPdu>>,
+    win: Arc<Window>,
+    digests: pdu::Digests,
+    mut stat_sn: u32,
+) {
+    'outer: while let Some(batch) = rx.recv().await {
+        let mut next = Some(batch);
+        while let Some(batch) = next.take() {
+            for mut p in batch {
+                let sn = match p.stat_sn {
+                    StatSn::None => None,
+                    StatSn::Peek => Some(stat_sn),
+                    StatSn::Advance => {
+                        let s = stat_sn;
+                        stat_sn = stat_sn.wrapping_add(1);
+                        Some(s)
+                    }
+                };
+                let exp = win.exp_cmd_sn.load(Ordering::Acquire);
+                let max = win.max_cmd_sn.load(Ordering::Acquire);
+                pdu::stamp(&mut p, sn, exp, max);
+                let last = p.bhs[0] == op::LOGOUT_RSP;
+                if pdu::write_pdu(&mut w, &mut p, digests).await.is_err() {
+                    break 'outer;
+                }
+                if last {
+                    let _ = w.flush().await;
+                    let _ = w.shutdown().await;
+                    break 'outer;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if w.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Reads and dispatches PDUs until the connection must end; returns why.
+async fn reader_loop(
+    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    sess: &Arc<Session>,
+    shutdown: &Notify,
+    writer: &mut tokio::task::JoinHandle<()>,
+) -> &'static str {
+    let mut ping: Option<(u32, Instant)> = None;
+    let mut last_rx = Instant::now();
+    let mut ticker = tokio::time::interval(limits::NOP_IN_INTERVAL / 2);
+    loop {
+        let read = pdu::read_pdu(rd, sess.params.max_recv_data, sess.params.digests);
+        tokio::pin!(read);
+        let res = loop {
+            tokio::select! {
+                r = &mut read => break r,
+                _ = shutdown.notified() => return "session shut down",
+                _ = &mut *writer => return "writer ended",
+                _ = ticker.tick() => {
+                    if let Some((_, sent)) = ping {
+                        if sent.elapsed() > limits::NOP_IN_TIMEOUT {
+                            return "NOP-In ping unanswered";
+                        }
+                    } else if last_rx.elapsed() >= limits::NOP_IN_INTERVAL {
+                        let ttt = sess.ttt();
+                        let mut p = OutPdu::new(op::NOP_IN, 0x80, StatSn::Peek);
+                        p.set_u32(16, NO_TAG).set_u32(20, ttt);
+                        sess.send(vec![p]).await;
+                        ping = Some((ttt, Instant::now()));
+                    }
+                }
+            }
+        };
+        let pdu = match res {
+            Ok(p) => p,
+            Err(pdu::PduError::Closed) => return "closed by initiator",
+            Err(e) => {
+                tracing::info!(nexus = %sess.nexus, error = %e, "dropping connection");
+                return "bad PDU";
+            }
+        };
+        last_rx = Instant::now();
+        if let Some((ttt, _)) = ping {
+            if pdu.opcode() == op::NOP_OUT && pdu.u32_at(20) == ttt {
+                ping = None;
+                continue;
+            }
+        }
+        if let Some(reason) = dispatch(sess, pdu).await {
+            return reason;
+        }
+    }
+}
+
+/// Checks a non-immediate PDU's CmdSN; false means: outside the window, ignore it.
+fn accept_cmd_sn(sess: &Session, p: &Pdu) -> bool {
+    if p.immediate() {
+        return true;
+    }
+    let sn = p.u32_at(24);
+    let exp = sess.win.exp_cmd_sn.load(Ordering::Acquire);
+    let max = sess.win.max_cmd_sn.load(Ordering::Acquire);
+    if sn_lt(sn, exp) || sn_lt(max, sn) {
+        tracing::debug!(sn, exp, max, "CmdSN outside the window, ignored");
+        return false;
+    }
+    sess.win
+        .exp_cmd_sn
+        .store(sn.wrapping_add(1), Ordering::Release);
+    true
+}
+
+async fn dispatch(sess: &Arc<Session>, p: Pdu) -> Option<&'static str> {
+    match p.opcode() {
+        op::SCSI_CMD => {
+            if !accept_cmd_sn(sess, &p) {
+                return None;
+            }
+            scsi_command(sess, p).await;
+        }
+        op::DATA_OUT => {
+            let tx = sess
+                .tasks
+                .lock()
+                .get(&p.itt())
+                .and_then(|e| e.data_tx.clone());
+            if let Some(tx) = tx {
+                let _ = tx.send(p).await;
+            }
+        }
+        op::NOP_OUT => {
+            if !accept_cmd_sn(sess, &p) {
+                return None;
+            }
+            if !p.immediate() {
+                sess.complete_cmd();
+            }
+            if p.itt() != NO_TAG {
+                let mut r = OutPdu::new(op::NOP_IN, 0x80, StatSn::Advance);
+                r.set_lun(p.lun()).set_u32(16, p.itt()).set_u32(20, NO_TAG);
+                r.data = p.data.clone();
+                sess.send(vec![r]).await;
+            }
+        }
+        op::TASK_MGMT => {
+            if !accept_cmd_sn(sess, &p) {
+                return None;
+            }
+            let s = sess.clone();
+            tokio::spawn(async move { task_management(&s, p).await });
+        }
+        op::TEXT => {
+            if !accept_cmd_sn(sess, &p) {
+                return None;
+            }
+            if !p.immediate() {
+                sess.complete_cmd();
+            }
+            text_request(sess, &p).await;
+        }
+        op::LOGOUT => {
+            if !accept_cmd_sn(sess, &p) {
+                return None;
+            }
+            sess.drain_tasks().await;
+            if !p.immediate() {
+                sess.complete_cmd();
+            }
+            let mut r = OutPdu::new(op::LOGOUT_RSP, 0x80, StatSn::Advance);
+            r.set_u32(16, p.itt());
+            // Only closing the session or this connection is offered (ERL 0).
+            r.bhs[2] = if p.bhs[1] & 0x7f <= 1 { 0 } else { 2 };
+            sess.send(vec![r]).await;
+            return Some("logout");
+        }
+        op::SNACK => {
+            let r = sess.reject(&p, reject::SNACK);
+            sess.send(vec![r]).await;
+        }
+        _ => {
+            let r = sess.reject(&p, reject::CMD_NOT_SUPPORTED);
+            sess.send(vec![r]).await;
+        }
+    }
+    None
+}
+
+/// The command fields the reader needs.
+#[derive(Debug, Clone)]
+struct CmdHeader {
+    itt: u32,
+    lun: u64,
+    edtl: u32,
+    read: bool,
+    write: bool,
+    final_bit: bool,
+    immediate: bool,
+    cdb: Vec<u8>,
+}
+
+async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
+    let hdr = CmdHeader {
+        itt: p.itt(),
+        lun: p.lun(),
+        edtl: p.u32_at(20),
+        read: p.bhs[1] & 0x40 != 0,
+        write: p.bhs[1] & 0x20 != 0,
+        final_bit: p.final_bit(),
+        immediate: p.immediate(),
+        cdb: {
+            let mut c = p.bhs[32..48].to_vec();
+            // Extended CDB AHS (type 1): its bytes follow the first 16.
+            if p.ahs.len() >= 4 && p.ahs[2] == 0x01 {
+                let len = usize::from(be::u16_at(&p.ahs, 0)).saturating_sub(1);
+                c.extend_from_slice(&p.ahs[4..(4 + len).min(p.ahs.len())]);
+            }
+            c
+        },
+    };
+    let Some(target) = sess.target.clone() else {
+        let r = sess.reject(&p, reject::PROTOCOL_ERROR);
+        sess.send(vec![r]).await;
+        if !hdr.immediate {
+            sess.complete_cmd();
+        }
+        return;
+    };
+    let immediate_data = p.data.clone();
+    let bad_immediate = !immediate_data.is_empty()
+        && (!hdr.write
+            || !sess.params.immediate_data
+            || immediate_data.len() as u64 > u64::from(hdr.edtl));
+    if bad_immediate || (hdr.write && hdr.edtl > limits::MAX_TRANSFER_BYTES.saturating_mul(2)) {
+        let r = sess.reject(&p, reject::PROTOCOL_ERROR);
+        sess.send(vec![r]).await;
+        if !hdr.immediate {
+            sess.complete_cmd();
+        }
+        return;
+    }
+    let needs_data = hdr.write && (immediate_data.len() as u32) < hdr.edtl;
+    let (data_tx, data_rx) = if needs_data {
+        let (tx, rx) = mpsc::channel(limits::DATA_OUT_QUEUE);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let ctl = Arc::new(TaskCtl {
+        aborted: AtomicBool::new(false),
+        abort: Notify::new(),
+        done: watch::channel(false).0,
+    });
+    let duplicate = {
+        let mut tasks = sess.tasks.lock();
+        let dup = tasks.contains_key(&hdr.itt);
+        if !dup {
+            tasks.insert(
+                hdr.itt,
+                TaskEntry {
+                    ctl: ctl.clone(),
+                    data_tx,
+                },
+            );
+        }
+        dup
+    };
+    if duplicate {
+        let r = sess.reject(&p, reject::PROTOCOL_ERROR);
+        sess.send(vec![r]).await;
+        if !hdr.immediate {
+            sess.complete_cmd();
+        }
+        return;
+    }
+    let s = sess.clone();
+    tokio::spawn(async move {
+        let pdus = run_command(&s, &target, &hdr, immediate_data, data_rx, &ctl).await;
+        s.tasks.lock().remove(&hdr.itt);
+        if !hdr.immediate {
+            s.complete_cmd();
+        }
+        if let Some(pdus) = pdus {
+            if !ctl.aborted.load(Ordering::Acquire) {
+                s.send(pdus).await;
+            }
+        }
+        let _ = ctl.done.send(true);
+    });
+}
+
+enum DataError {
+    Aborted,
+    Timeout,
+    Protocol(&'static str),
+}
+
+/// Runs one command; `None` means send nothing (aborted).
+async fn run_command(
+    sess: &Session,
+    target: &Target,
+    hdr: &CmdHeader,
+    immediate: Bytes,
+    data_rx: Option<mpsc::Receiver<Pdu>>,
+    ctl: &TaskCtl,
+) -> Option<Vec<OutPdu>> {
+    let mut r2t_count = 0u32;
+    let data_out = match data_rx {
+        None => immediate,
+        Some(rx) => {
+            let collected = tokio::select! {
+                r = collect_data(sess, hdr, immediate, rx, &mut r2t_count) => r,
+                _ = ctl.abort.notified() => Err(DataError::Aborted),
+            };
+            match collected {
+                Ok(d) => d,
+                Err(DataError::Aborted) => return None,
+                Err(DataError::Timeout) => {
+                    let e = ScsiError::timeout();
+                    return Some(vec![response_pdu(hdr, e.status, e.sense, 0, 0, r2t_count)]);
+                }
+                Err(DataError::Protocol(why)) => {
+                    tracing::info!(nexus = %sess.nexus, why, "bad Data-Out");
+                    let e = ScsiError::invalid_param_field(0);
+                    return Some(vec![response_pdu(hdr, e.status, e.sense, 0, 0, r2t_count)]);
+                }
+            }
+        }
+    };
+    if ctl.aborted.load(Ordering::Acquire) {
+        return None;
+    }
+    let reply = if lun_index(hdr.lun) != Some(0) {
+        other_lun(&hdr.cdb)
+    } else {
+        let cdb = scsi::Cdb {
+            bytes: &hdr.cdb,
+            data_out,
+            nexus: &sess.nexus,
+        };
+        target.lu.execute(cdb).await
+    };
+    if ctl.aborted.load(Ordering::Acquire) {
+        return None;
+    }
+    Some(build_reply(sess, hdr, reply, r2t_count))
+}
+
+/// LUN number of a single-level SAM LUN field, `None` for other forms.
+fn lun_index(lun: u64) -> Option<u16> {
+    let top = (lun >> 48) as u16;
+    if lun & 0x0000_ffff_ffff_ffff != 0 {
+        return None;
+    }
+    match top >> 14 {
+        0 | 1 => Some(top & 0x3fff),
+        _ => None,
+    }
+}
+
+/// Commands to a LUN that does not exist: INQUIRY says so, REPORT LUNS works, the rest fail.
+fn other_lun(cdb: &[u8]) -> ScsiReply {
+    let (status, sense, data) = match cdb[0] {
+        0x12 => {
+            let mut v = vec![0u8; 36];
+            v[0] = 0x7f;
+            v[4] = 31;
+            let alloc = usize::from(be::u16_at(cdb, 3));
+            v.truncate(alloc);
+            (sense::status::GOOD, None, Bytes::from(v))
+        }
+        0xa0 => {
+            let mut v = vec![0u8; 16];
+            be::put_u32(&mut v, 0, 8);
+            v.truncate(be::u32_at(cdb, 6) as usize);
+            (sense::status::GOOD, None, Bytes::from(v))
+        }
+        _ => {
+            let e = ScsiError::lun_not_supported();
+            (e.status, e.sense, Bytes::new())
+        }
+    };
+    ScsiReply {
+        status,
+        sense,
+        data,
+        data_out_wanted: None,
+    }
+}
+
+/// Gathers a write's data-out: immediate data, unsolicited Data-Out, then R2T bursts.
+async fn collect_data(
+    sess: &Session,
+    hdr: &CmdHeader,
+    immediate: Bytes,
+    mut rx: mpsc::Receiver<Pdu>,
+    r2t_count: &mut u32,
+) -> Result<Bytes, DataError> {
+    let p = &sess.params;
+    let edtl = hdr.edtl.min(limits::MAX_TRANSFER_BYTES * 2) as usize;
+    let mut buf = BytesMut::zeroed(edtl);
+    buf[..immediate.len()].copy_from_slice(&immediate);
+    let mut received = immediate.len();
+    // Unsolicited Data-Out follows when InitialR2T=No and the command's F bit is clear.
+    if !p.initial_r2t && !hdr.final_bit {
+        let limit = (p.first_burst as usize).min(edtl);
+        let mut data_sn = 0u32;
+        loop {
+            let d = recv(&mut rx).await?;
+            if d.u32_at(20) != NO_TAG {
+                return Err(DataError::Protocol("solicited data before R2T"));
+            }
+            place(&mut buf, &d, &mut received, &mut data_sn, limit)?;
+            if d.final_bit() || received >= limit {
+                break;
+            }
+        }
+    }
+    // Solicited bursts, up to MaxOutstandingR2T at a time, in order.
+    let mut next = received;
+    let mut r2tsn = 0u32;
+    let mut outstanding: Vec<(u32, usize, usize, u32)> = Vec::new(); // ttt, start, end, data_sn
+    let mut cursor: HashMap<u32, usize> = HashMap::new();
+    while received < edtl {
+        let mut batch = Vec::new();
+        while outstanding.len() < p.max_outstanding_r2t as usize && next < edtl {
+            let len = (edtl - next).min(p.max_burst as usize);
+            let ttt = sess.ttt();
+            let mut r = OutPdu::new(op::R2T, 0x80, StatSn::Peek);
+            r.set_lun(hdr.lun)
+                .set_u32(16, hdr.itt)
+                .set_u32(20, ttt)
+                .set_u32(36, r2tsn);
+            r.set_u32(40, next as u32).set_u32(44, len as u32);
+            batch.push(r);
+            outstanding.push((ttt, next, next + len, 0));
+            cursor.insert(ttt, next);
+            next += len;
+            r2tsn += 1;
+        }
+        if !batch.is_empty() {
+            *r2t_count += batch.len() as u32;
+            sess.send(batch).await;
+        }
+        let d = recv(&mut rx).await?;
+        let ttt = d.u32_at(20);
+        let Some(i) = outstanding.iter().position(|o| o.0 == ttt) else {
+            return Err(DataError::Protocol("Data-Out for an unknown R2T"));
+        };
+        let (_, _, end, ref mut data_sn) = outstanding[i];
+        let at = cursor
+            .get_mut(&ttt)
+            .ok_or(DataError::Protocol("no cursor"))?;
+        let mut got = *at;
+        place(&mut buf, &d, &mut got, data_sn, end)?;
+        received += got - *at;
+        *at = got;
+        if got >= end {
+            outstanding.remove(i);
+            cursor.remove(&ttt);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+async fn recv(rx: &mut mpsc::Receiver<Pdu>) -> Result<Pdu, DataError> {
+    match tokio::time::timeout(limits::DATA_OUT_TIMEOUT, rx.recv()).await {
+        Ok(Some(pdu)) => Ok(pdu),
+        Ok(None) => Err(DataError::Aborted),
+        Err(_) => Err(DataError::Timeout),
+    }
+}
+
+/// Copies one Data-Out into place, checking DataSN and offset order and bounds.
+fn place(
+    buf: &mut [u8],
+    d: &Pdu,
+    at: &mut usize,
+    data_sn: &mut u32,
+    end: usize,
+) -> Result<(), DataError> {
+    if d.u32_at(36) != *data_sn {
+        return Err(DataError::Protocol("DataSN out of order"));
+    }
+    let off = d.u32_at(40) as usize;
+    if off != *at {
+        return Err(DataError::Protocol("buffer offset out of order"));
+    }
+    let stop = off + d.data.len();
+    if stop > end || stop > buf.len() {
+        return Err(DataError::Protocol("data beyond the burst"));
+    }
+    buf[off..stop].copy_from_slice(&d.data);
+    *at = stop;
+    *data_sn += 1;
+    Ok(())
+}
+
+fn response_pdu(
+    hdr: &CmdHeader,
+    status: u8,
+    sense: Option<sense::Sense>,
+    resid_flags: u8,
+    resid: u32,
+    exp_data_sn: u32,
+) -> OutPdu {
+    let mut r = OutPdu::new(op::SCSI_RSP, 0x80 | resid_flags, StatSn::Advance);
+    r.bhs[3] = status;
+    r.set_u32(16, hdr.itt)
+        .set_u32(36, exp_data_sn)
+        .set_u32(44, resid);
+    if let Some(s) = sense {
+        let b = s.to_bytes();
+        let mut d = Vec::with_capacity(2 + b.len());
+        d.extend_from_slice(&[0, b.len() as u8]);
+        d.extend_from_slice(&b);
+        r.data = Bytes::from(d);
+    }
+    r
+}
+
+/// Data-In PDUs and/or the SCSI response for a completed command.
+fn build_reply(sess: &Session, hdr: &CmdHeader, reply: ScsiReply, r2t_count: u32) -> Vec<OutPdu> {
+    let p = &sess.params;
+    let read_len = if hdr.read { hdr.edtl as usize } else { 0 };
+    let data = reply.data;
+    let send_len = data.len().min(read_len);
+    // Residuals against what the command wanted to move in its direction.
+    let (flags, resid) = if hdr.read || (!hdr.write && !data.is_empty()) {
+        match data.len().cmp(&read_len) {
+            std::cmp::Ordering::Greater => (0x04, (data.len() - read_len) as u32),
+            std::cmp::Ordering::Less if hdr.read => (0x02, (read_len - data.len()) as u32),
+            _ => (0, 0),
+        }
+    } else if let Some(wanted) = reply.data_out_wanted {
+        let edtl = if hdr.write { hdr.edtl } else { 0 };
+        match wanted.cmp(&edtl) {
+            std::cmp::Ordering::Greater => (0x04, wanted - edtl),
+            std::cmp::Ordering::Less => (0x02, edtl - wanted),
+            _ => (0, 0),
+        }
+    } else if hdr.write && hdr.edtl > 0 {
+        (0x02, hdr.edtl)
+    } else {
+        (0, 0)
+    };
+    let good = reply.status == sense::status::GOOD && reply.sense.is_none();
+    let mut out = Vec::new();
+    if send_len > 0 {
+        let seg = p.max_xmit_data.max(512) as usize;
+        let burst = p.max_burst.max(512) as usize;
+        let mut off = 0usize;
+        let mut data_sn = 0u32;
+        while off < send_len {
+            let len = (send_len - off).min(seg).min(burst - off % burst);
+            let last = off + len == send_len;
+            let end_of_burst = last || (off + len).is_multiple_of(burst);
+            let mut d = OutPdu::new(op::DATA_IN, 0, StatSn::None);
+            if end_of_burst {
+                d.bhs[1] |= 0x80;
+            }
+            if last && good {
+                d.bhs[1] |= 0x01 | flags;
+                d.bhs[3] = reply.status;
+                d.stat_sn = StatSn::Advance;
+                d.set_u32(44, resid);
+            }
+            d.set_lun(hdr.lun)
+                .set_u32(16, hdr.itt)
+                .set_u32(20, NO_TAG)
+                .set_u32(36, data_sn)
+                .set_u32(40, off as u32);
+            d.data = data.slice(off..off + len);
+            out.push(d);
+            off += len;
+            data_sn += 1;
+        }
+        if good {
+            return out;
+        }
+        let n = out.len() as u32;
+        out.push(response_pdu(
+            hdr,
+            reply.status,
+            reply.sense,
+            flags,
+            resid,
+            n,
+        ));
+        return out;
+    }
+    out.push(response_pdu(
+        hdr,
+        reply.status,
+        reply.sense,
+        flags,
+        resid,
+        r2t_count,
+    ));
+    out
+}
+
+async fn task_management(sess: &Session, p: Pdu) {
+    let function = p.bhs[1] & 0x7f;
+    let rtt = p.u32_at(20);
+    let ref_cmd_sn = p.u32_at(32);
+    let my_itt = p.itt();
+    let lun_ok = lun_index(p.lun()) == Some(0);
+    let response: u8 = match function {
+        1 => {
+            let found = sess.tasks.lock().contains_key(&rtt);
+            if found {
+                sess.abort_tasks(|itt| itt == rtt).await;
+                0
+            } else if sn_lt(ref_cmd_sn, sess.win.exp_cmd_sn.load(Ordering::Acquire)) {
+                // Already completed: the abort has nothing left to do.
+                0
+            } else {
+                1
+            }
+        }
+        2 | 4 => {
+            if lun_ok {
+                sess.abort_tasks(|itt| itt != my_itt).await;
+                0
+            } else {
+                2
+            }
+        }
+        3 => 0, // CLEAR ACA: NACA is never set, so there is no ACA to clear.
+        5..=7 => {
+            if function == 5 && !lun_ok {
+                2
+            } else {
+                sess.abort_tasks(|itt| itt != my_itt).await;
+                if let Some(t) = &sess.target {
+                    t.lu.reset(&sess.nexus);
+                    if function == 7 {
+                        end_other_sessions(sess, t).await;
+                    }
+                }
+                0
+            }
+        }
+        8 => 4, // TASK REASSIGN needs error recovery level 2.
+        _ => 5,
+    };
+    if !p.immediate() {
+        sess.complete_cmd();
+    }
+    let mut r = OutPdu::new(op::TASK_MGMT_RSP, 0x80, StatSn::Advance);
+    r.bhs[2] = response;
+    r.set_u32(16, my_itt);
+    sess.send(vec![r]).await;
+    if function == 7 && response == 0 {
+        // Cold reset closes this connection too, after the response went out.
+        sess.shutdown.notify_one();
+    }
+}
+
+/// TARGET COLD RESET ends every other session of the target (RFC 7143 §11.5.1: all
+/// connections are closed); each ends only after its commands have finished.
+async fn end_other_sessions(sess: &Session, t: &Target) {
+    let others: Vec<SessionHandle> = t
+        .sessions
+        .lock()
+        .values()
+        .filter(|h| h.tsih != sess.tsih)
+        .cloned()
+        .collect();
+    for h in others {
+        target::wait_session_end(h).await;
+    }
+}
+
+async fn text_request(sess: &Session, p: &Pdu) {
+    let pairs = text::parse(&p.data).unwrap_or_default();
+    let mut out = Vec::new();
+    for (k, v) in &pairs {
+        if k == "SendTargets" {
+            let targets: Vec<Arc<Target>> = match &sess.target {
+                Some(t) => vec![t.clone()],
+                None => sess.server.all_targets(),
+            };
+            let initiator = sess.nexus.split(",i,").next().unwrap_or("");
+            for t in targets {
+                if v != "All" && v != &t.iqn && !(v.is_empty() && sess.target.is_some()) {
+                    continue;
+                }
+                if let Some(allowed) = &t.allowed {
+                    if !allowed.iter().any(|a| a == initiator) {
+                        continue;
+                    }
+                }
+                out.push(("TargetName".to_owned(), t.iqn.clone()));
+                out.push(("TargetAddress".to_owned(), format!("{},1", sess.portal)));
+            }
+        } else {
+            out.push((k.clone(), "NotUnderstood".to_owned()));
+        }
+    }
+    let mut data = text::encode(&out);
+    data.truncate(sess.params.max_xmit_data as usize);
+    let mut r = OutPdu::new(op::TEXT_RSP, 0x80, StatSn::Advance);
+    r.set_lun(p.lun()).set_u32(16, p.itt()).set_u32(20, NO_TAG);
+    r.data = Bytes::from(data);
+    sess.send(vec![r]).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_arithmetic() {
+        assert!(sn_lt(1, 2));
+        assert!(sn_lt(u32::MAX, 0));
+        assert!(!sn_lt(2, 2));
+        assert!(!sn_lt(5, 1));
+    }
+
+    #[test]
+    fn lun_numbers() {
+        assert_eq!(lun_index(0), Some(0));
+        assert_eq!(lun_index(0x0001_0000_0000_0000), Some(1));
+        assert_eq!(lun_index(0x0000_0000_0000_0001), None);
+    }
+}

@@ -1,0 +1,360 @@
+//! A LUN stored in a plain file (or block device node): pread/pwrite on blocking threads,
+//! fdatasync for FUA and SYNCHRONIZE CACHE, hole punching for UNMAP, SEEK_DATA/SEEK_HOLE
+//! for GET LBA STATUS.
+//!
+//! Invariants: an existing file is never truncated; the size exposed is the file size
+//! rounded down to 512 bytes and only grows (`grow`). Never: run file I/O on the async
+//! runtime's worker threads.
+
+use crate::backend::{
+    BackendError, BackendFuture, BackendIdentity, BlockBackend, Extent, Provisioning,
+};
+use bytes::{Bytes, BytesMut};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Errors opening a file backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileOpenError {
+    /// The file is missing and no size was given to create it.
+    #[error("{path}: file does not exist and no size was given to create it")]
+    MissingSize {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Opening, creating or sizing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Smaller than one logical block.
+    #[error("{path}: size {size_bytes} is smaller than one 512-byte block")]
+    TooSmall {
+        /// The path.
+        path: PathBuf,
+        /// Its size.
+        size_bytes: u64,
+    },
+}
+
+/// A file-backed LUN.
+#[derive(Debug)]
+pub struct FileBackend {
+    file: Arc<File>,
+    path: PathBuf,
+    size_bytes: AtomicU64,
+    read_only: bool,
+    identity: BackendIdentity,
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> FileOpenError + '_ {
+    move |source| FileOpenError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl FileBackend {
+    /// Opens `path`, creating it sparse at `size_bytes` if missing. An existing smaller
+    /// file grows to `size_bytes`; an existing file is never shrunk.
+    pub fn open(
+        path: &Path,
+        size_bytes: Option<u64>,
+        read_only: bool,
+    ) -> Result<Self, FileOpenError> {
+        let exists = path.exists();
+        if !exists && size_bytes.is_none() {
+            return Err(FileOpenError::MissingSize {
+                path: path.to_owned(),
+            });
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .create(!read_only)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(path))?;
+        let current = file.metadata().map_err(io_err(path))?.len();
+        let current = if current == 0 && is_block_device(&file) {
+            block_device_size(&file)
+        } else {
+            current
+        };
+        let mut size = current;
+        if let Some(want) = size_bytes {
+            if want > current && !read_only {
+                file.set_len(want).map_err(io_err(path))?;
+                size = want;
+            }
+        }
+        let size = size / 512 * 512;
+        if size == 0 {
+            return Err(FileOpenError::TooSmall {
+                path: path.to_owned(),
+                size_bytes: current,
+            });
+        }
+        let canonical = path.canonicalize().map_err(io_err(path))?;
+        let id =
+            xxhash_rust::xxh3::xxh3_128(canonical.as_os_str().as_encoded_bytes()).to_le_bytes();
+        let serial = id[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(FileBackend {
+            file: Arc::new(file),
+            path: canonical,
+            size_bytes: AtomicU64::new(size),
+            read_only,
+            identity: BackendIdentity { id, serial },
+        })
+    }
+
+    /// Grows the file and the LUN to `size_bytes` (rounded down to 512); initiators see a
+    /// UNIT ATTENTION (capacity data has changed) on their next command.
+    pub fn grow(&self, size_bytes: u64) -> Result<(), FileOpenError> {
+        let size = size_bytes / 512 * 512;
+        if size <= self.size_bytes.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.file.set_len(size).map_err(io_err(&self.path))?;
+        self.size_bytes.store(size, Ordering::Release);
+        Ok(())
+    }
+
+    /// Canonical path of the file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn is_block_device(file: &File) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    file.metadata()
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false)
+}
+
+fn block_device_size(file: &File) -> u64 {
+    // Seeking to the end is the portable way to size a block device node.
+    // SAFETY: lseek on a valid, owned descriptor has no memory effects.
+    let end = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
+    u64::try_from(end).unwrap_or(0)
+}
+
+fn map_io(offset: u64, e: io::Error) -> BackendError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => BackendError::NoSpace,
+        Some(libc::EROFS) => BackendError::ReadOnly,
+        Some(libc::EIO) => BackendError::Medium { offset, source: e },
+        _ => BackendError::Other(e),
+    }
+}
+
+/// Runs blocking file work off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BackendError::Other(io::Error::other(e.to_string())))?
+}
+
+impl BlockBackend for FileBackend {
+    fn identity(&self) -> &BackendIdentity {
+        &self.identity
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes.load(Ordering::Acquire)
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read(&self, offset: u64, len: u32) -> BackendFuture<'_, Bytes> {
+        let file = self.file.clone();
+        Box::pin(blocking(move || {
+            let mut buf = BytesMut::zeroed(len as usize);
+            let mut done = 0usize;
+            while done < buf.len() {
+                match file.read_at(&mut buf[done..], offset + done as u64) {
+                    // Past the end of a file that is shorter than the LUN: zeros.
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(map_io(offset + done as u64, e)),
+                }
+            }
+            Ok(buf.freeze())
+        }))
+    }
+
+    fn write(&self, offset: u64, data: Bytes, fua: bool) -> BackendFuture<'_, ()> {
+        if self.read_only {
+            return Box::pin(async { Err(BackendError::ReadOnly) });
+        }
+        let file = self.file.clone();
+        Box::pin(blocking(move || {
+            file.write_all_at(&data, offset)
+                .map_err(|e| map_io(offset, e))?;
+            if fua {
+                file.sync_data().map_err(|e| map_io(offset, e))?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn flush(&self) -> BackendFuture<'_, ()> {
+        let file = self.file.clone();
+        Box::pin(blocking(move || file.sync_data().map_err(|e| map_io(0, e))))
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> BackendFuture<'_, ()> {
+        if self.read_only {
+            return Box::pin(async { Err(BackendError::ReadOnly) });
+        }
+        let file = self.file.clone();
+        Box::pin(blocking(move || {
+            let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+            else {
+                return Err(BackendError::OutOfRange {
+                    offset,
+                    len,
+                    size_bytes: 0,
+                });
+            };
+            // SAFETY: fallocate on an owned descriptor; no memory is passed.
+            let rc = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    l,
+                )
+            };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                    // The filesystem cannot punch holes: write zeros so reads still return
+                    // zeros as UNMAP with LBPRZ promises.
+                    return write_zeros(&file, offset, len);
+                }
+                return Err(map_io(offset, e));
+            }
+            Ok(())
+        }))
+    }
+
+    fn lba_status(&self, offset: u64, len: u64) -> BackendFuture<'_, Option<Vec<Extent>>> {
+        let file = self.file.clone();
+        let size = self.size_bytes();
+        Box::pin(blocking(move || {
+            Ok(Some(seek_extents(&file, offset, len, size)))
+        }))
+    }
+}
+
+fn write_zeros(file: &File, offset: u64, len: u64) -> Result<(), BackendError> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], offset + done)
+            .map_err(|e| map_io(offset + done, e))?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> Option<u64> {
+    let off = libc::off_t::try_from(offset).ok()?;
+    // SAFETY: lseek on an owned descriptor; the file position is unused (pread/pwrite only).
+    let r = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
+    u64::try_from(r).ok()
+}
+
+/// Extents from `offset` for at most `len` bytes, using SEEK_DATA/SEEK_HOLE; any failure
+/// reports the rest as mapped, which is always safe.
+fn seek_extents(file: &File, offset: u64, len: u64, size: u64) -> Vec<Extent> {
+    let end = offset.saturating_add(len).min(size);
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end && out.len() < crate::limits::MAX_LBA_STATUS_DESCRIPTORS {
+        let data = seek(file, pos, libc::SEEK_DATA).unwrap_or(size).min(end);
+        if data > pos {
+            // Holes are reported in whole blocks.
+            let hole_end = data / 512 * 512;
+            if hole_end > pos {
+                out.push(Extent {
+                    offset: pos,
+                    len: hole_end - pos,
+                    state: Provisioning::Deallocated,
+                });
+                pos = hole_end;
+                continue;
+            }
+        }
+        let hole = seek(file, pos.max(data), libc::SEEK_HOLE)
+            .unwrap_or(size)
+            .min(end);
+        let hole = hole.div_ceil(512) * 512;
+        let stop = hole.max(pos + 512).min(end);
+        out.push(Extent {
+            offset: pos,
+            len: stop - pos,
+            state: Provisioning::Mapped,
+        });
+        pos = stop;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn create_write_read_unmap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lun.img");
+        let b = FileBackend::open(&path, Some(1 << 20), false).unwrap();
+        assert_eq!(b.size_bytes(), 1 << 20);
+        b.write(4096, Bytes::from(vec![7u8; 8192]), true)
+            .await
+            .unwrap();
+        assert_eq!(&b.read(4096, 512).await.unwrap()[..], &[7u8; 512][..]);
+        let st = b.lba_status(0, 1 << 20).await.unwrap().unwrap();
+        assert_eq!(
+            st[0],
+            Extent {
+                offset: 0,
+                len: 4096,
+                state: Provisioning::Deallocated
+            }
+        );
+        assert_eq!(st[1].state, Provisioning::Mapped);
+        b.unmap(4096, 8192).await.unwrap();
+        assert_eq!(&b.read(4096, 512).await.unwrap()[..], &[0u8; 512][..]);
+        // Reopening never truncates and keeps the identity.
+        let again = FileBackend::open(&path, Some(4096), false).unwrap();
+        assert_eq!(again.size_bytes(), 1 << 20);
+        assert_eq!(again.identity(), b.identity());
+    }
+
+    #[test]
+    fn missing_without_size_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = FileBackend::open(&dir.path().join("nope"), None, false).unwrap_err();
+        assert!(matches!(err, FileOpenError::MissingSize { .. }));
+    }
+}

@@ -1,0 +1,90 @@
+//! Every bound of the iSCSI target in one place, each with the reason for its value.
+
+use std::time::Duration;
+
+/// Largest data segment we accept in one PDU (our MaxRecvDataSegmentLength). 256 KiB keeps
+/// per-connection buffering small while letting a 128 KiB I/O arrive in one PDU.
+pub const MAX_RECV_DATA_SEGMENT_BYTES: u32 = 256 * 1024;
+
+/// Largest data segment we ever send, whatever the initiator declares (RFC 7143 allows up
+/// to 2^24-1); bounds the size of one outgoing PDU.
+pub const MAX_SEND_DATA_SEGMENT_BYTES: u32 = 256 * 1024;
+
+/// Largest MaxBurstLength and FirstBurstLength we agree to: one R2T never asks for more.
+pub const MAX_BURST_BYTES: u32 = 1024 * 1024;
+
+/// Largest transfer of one SCSI command (reported in VPD 0xB0). Bounds the buffer a single
+/// command may hold: 8 MiB times the queue depth is the worst case per session.
+pub const MAX_TRANSFER_BYTES: u32 = 8 * 1024 * 1024;
+
+/// Commands a session may have in flight (the CmdSN window). Deep enough for queue depth
+/// 64 initiators; each in-flight command may hold up to MAX_TRANSFER_BYTES.
+pub const CMD_WINDOW: u32 = 64;
+
+/// R2Ts outstanding per command that we offer (MaxOutstandingR2T).
+pub const MAX_OUTSTANDING_R2T: u32 = 4;
+
+/// Login and text key=value payload across continuation PDUs. RFC 7143 requires at least
+/// 8 KiB support; 64 KiB is ample and bounds a hostile login.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// Key=value pairs in one login or text exchange.
+pub const MAX_TEXT_KEYS: usize = 256;
+
+/// Login PDUs exchanged before the connection must reach full feature phase.
+pub const MAX_LOGIN_PDUS: u32 = 32;
+
+/// A login must complete within this time or the connection is closed, so idle or hostile
+/// connections cannot hold a slot forever.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An idle full-feature connection gets a NOP-In ping after this long.
+pub const NOP_IN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A NOP-In ping unanswered for this long drops the connection (dead initiator).
+pub const NOP_IN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A backend call that takes longer fails the command with a SCSI error instead of hanging
+/// the initiator; below typical initiator command timeouts (30 s) so the target answers first.
+pub const BACKEND_IO_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// How long a write waits for the Data-Out PDUs it solicited before the command fails.
+pub const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long task management and session reinstatement wait for running commands to end.
+pub const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Outgoing PDU batches queued to the connection writer; commands block (backpressure)
+/// when the socket is slower than the backend.
+pub const WRITER_QUEUE: usize = 256;
+
+/// Data-Out PDUs queued to one command before the reader blocks on it.
+pub const DATA_OUT_QUEUE: usize = 16;
+
+/// Concurrent connections per portal; beyond this new connections are closed at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Persistent reservation registrations per logical unit (PR IN READ KEYS must fit).
+pub const MAX_PR_REGISTRATIONS: usize = 256;
+
+/// UNMAP block descriptors per command (VPD 0xB0 MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT).
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+
+/// Blocks one UNMAP or WRITE SAME may cover (VPD 0xB0); bounds the time one command takes.
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+
+/// Blocks for WRITE SAME without UNMAP, which writes every block (VPD 0xB0).
+pub const MAX_WRITE_SAME_BLOCKS: u32 = 1 << 16;
+
+/// Blocks for COMPARE AND WRITE (VPD 0xB0 MAXIMUM COMPARE AND WRITE LENGTH).
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u32 = 255;
+
+/// Targets one process serves.
+pub const MAX_TARGETS: usize = 4096;
+
+/// Descriptors returned by one GET LBA STATUS.
+pub const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
+
+const _: () = assert!(MAX_BURST_BYTES <= MAX_TRANSFER_BYTES);
+const _: () = assert!(MAX_RECV_DATA_SEGMENT_BYTES < 1 << 24);
+const _: () = assert!(MAX_SEND_DATA_SEGMENT_BYTES < 1 << 24);

@@ -1,0 +1,659 @@
+//! Persistent reservations (SPC-4 §5.13, PERSISTENT RESERVE IN/OUT), SPC-2 RESERVE and
+//! RELEASE, and the APTPL file that keeps persistent reservations across restarts.
+//!
+//! Owns: `PrState` inside the LU state mutex. Invariants: the generation grows on every
+//! registration change; a reservation of an all-registrants type exists only while at
+//! least one registration does; with APTPL set, the file (docs/format/aptpl.md) is
+//! rewritten atomically after each change and before the command completes.
+//! Never: do file I/O while holding the LU state mutex.
+
+use super::{Access, Cdb, CmdResult, LogicalUnit, LuState, NexusId};
+use crate::be;
+use crate::limits;
+use crate::sense::ScsiError;
+use bytes::Bytes;
+use std::path::Path;
+use std::sync::Arc;
+
+const WE: u8 = 1;
+const EA: u8 = 3;
+const WE_RO: u8 = 5;
+const EA_RO: u8 = 6;
+const WE_AR: u8 = 7;
+const EA_AR: u8 = 8;
+
+fn valid_type(t: u8) -> bool {
+    matches!(t, WE | EA | WE_RO | EA_RO | WE_AR | EA_AR)
+}
+
+fn all_registrants(t: u8) -> bool {
+    matches!(t, WE_AR | EA_AR)
+}
+
+/// One registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Registration {
+    pub nexus: NexusId,
+    pub key: u64,
+}
+
+/// The persistent reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reservation {
+    pub holder: NexusId,
+    pub kind: u8,
+}
+
+/// Registrations and reservation of one LU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PrState {
+    pub generation: u32,
+    pub regs: Vec<Registration>,
+    pub res: Option<Reservation>,
+    pub aptpl: bool,
+}
+
+impl PrState {
+    fn key_of(&self, n: &NexusId) -> Option<u64> {
+        self.regs.iter().find(|r| &r.nexus == n).map(|r| r.key)
+    }
+
+    fn is_holder(&self, n: &NexusId) -> bool {
+        match &self.res {
+            Some(r) if all_registrants(r.kind) => self.key_of(n).is_some(),
+            Some(r) => &r.holder == n,
+            None => false,
+        }
+    }
+
+    /// Whether a command of class `access` from `n` conflicts with the reservation.
+    pub(crate) fn conflicts(&self, n: &NexusId, access: Access) -> bool {
+        let Some(res) = &self.res else { return false };
+        if access == Access::Always || self.is_holder(n) {
+            return false;
+        }
+        let registered = self.key_of(n).is_some();
+        match (res.kind, access) {
+            (WE, Access::Read) => false,
+            (WE, _) => true,
+            (EA, _) => true,
+            (WE_RO | WE_AR, Access::Read) => false,
+            (WE_RO | WE_AR, _) => !registered,
+            _ => !registered,
+        }
+    }
+}
+
+/// Errors loading the APTPL file; the target refuses to start rather than silently
+/// forgetting reservations that fence other hosts.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AptplError {
+    /// Reading the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid APTPL file.
+    #[error("{path}: corrupt APTPL file: {reason}")]
+    Corrupt {
+        /// File.
+        path: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+const MAGIC: &[u8; 8] = b"CSTORPR\0";
+const VERSION: u32 = 1;
+
+/// Encodes the state (docs/format/aptpl.md).
+fn encode(pr: &PrState) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&pr.generation.to_le_bytes());
+    let (kind, holder) = match &pr.res {
+        Some(r) => (
+            r.kind,
+            pr.regs
+                .iter()
+                .position(|g| g.nexus == r.holder)
+                .map_or(u32::MAX, |i| i as u32),
+        ),
+        None => (0, u32::MAX),
+    };
+    p.push(kind);
+    p.extend_from_slice(&holder.to_le_bytes());
+    p.extend_from_slice(&(pr.regs.len() as u32).to_le_bytes());
+    for r in &pr.regs {
+        p.extend_from_slice(&r.key.to_le_bytes());
+        p.extend_from_slice(&(r.nexus.len() as u16).to_le_bytes());
+        p.extend_from_slice(r.nexus.as_bytes());
+    }
+    let mut out = Vec::with_capacity(p.len() + 20);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+    out.extend_from_slice(&p);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|s| s[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|s| u16::from_le_bytes([s[0], s[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let s = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Some(u64::from_le_bytes(a))
+    }
+}
+
+fn decode(b: &[u8]) -> Result<PrState, &'static str> {
+    if b.len() < 20 || &b[..8] != MAGIC {
+        return Err("bad magic");
+    }
+    let mut r = Reader { b, at: 8 };
+    let version = r.u32().ok_or("short")?;
+    if version != VERSION {
+        return Err("unknown version");
+    }
+    let len = r.u32().ok_or("short")? as usize;
+    if b.len() != 16 + len + 4 {
+        return Err("length mismatch");
+    }
+    let crc = u32::from_le_bytes([b[16 + len], b[17 + len], b[18 + len], b[19 + len]]);
+    if crc != crc32c::crc32c(&b[..16 + len]) {
+        return Err("checksum mismatch");
+    }
+    let generation = r.u32().ok_or("short")?;
+    let kind = r.u8().ok_or("short")?;
+    let holder = r.u32().ok_or("short")?;
+    let count = r.u32().ok_or("short")? as usize;
+    if count > limits::MAX_PR_REGISTRATIONS {
+        return Err("too many registrations");
+    }
+    let mut regs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let key = r.u64().ok_or("short")?;
+        let n = usize::from(r.u16().ok_or("short")?);
+        let name = std::str::from_utf8(r.take(n).ok_or("short")?).map_err(|_| "name not UTF-8")?;
+        regs.push(Registration {
+            nexus: Arc::from(name),
+            key,
+        });
+    }
+    let res = match kind {
+        0 => None,
+        k if valid_type(k) => {
+            let holder = regs
+                .get(holder as usize)
+                .ok_or("holder index out of range")?;
+            Some(Reservation {
+                holder: holder.nexus.clone(),
+                kind: k,
+            })
+        }
+        _ => return Err("bad reservation type"),
+    };
+    Ok(PrState {
+        generation,
+        regs,
+        res,
+        aptpl: true,
+    })
+}
+
+/// Loads persisted reservations; a missing file means none.
+pub(crate) fn load_aptpl(path: &Path) -> Result<PrState, AptplError> {
+    match std::fs::read(path) {
+        Ok(b) => decode(&b).map_err(|reason| AptplError::Corrupt {
+            path: path.display().to_string(),
+            reason,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PrState::default()),
+        Err(source) => Err(AptplError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+fn save_aptpl(path: &Path, pr: &PrState) -> std::io::Result<()> {
+    if !pr.aptpl {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&encode(pr))?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// iSCSI TransportID (SPC-4 §7.6.4.6) of a nexus id, padded to a multiple of 4.
+fn transport_id(n: &str) -> Vec<u8> {
+    let mut name = n.as_bytes().to_vec();
+    name.push(0);
+    while !name.len().is_multiple_of(4) {
+        name.push(0);
+    }
+    let mut v = vec![0x45, 0, 0, 0]; // format 01b, protocol iSCSI (5)
+    be::put_u16(&mut v, 2, name.len() as u16);
+    v.extend_from_slice(&name);
+    v
+}
+
+impl LogicalUnit {
+    pub(super) fn persistent_reserve_in(&self, cmd: &Cdb<'_>) -> CmdResult {
+        let c = cmd.bytes;
+        let alloc = usize::from(be::u16_at(c, 7));
+        let st = self.state.lock();
+        let pr = &st.pr;
+        let mut v = vec![0u8; 8];
+        match c[1] & 0x1f {
+            0 => {
+                be::put_u32(&mut v, 0, pr.generation);
+                for r in &pr.regs {
+                    v.extend_from_slice(&r.key.to_be_bytes_wire());
+                }
+                let len = (v.len() - 8) as u32;
+                be::put_u32(&mut v, 4, len);
+            }
+            1 => {
+                be::put_u32(&mut v, 0, pr.generation);
+                if let Some(res) = &pr.res {
+                    let mut d = [0u8; 16];
+                    let key = if all_registrants(res.kind) {
+                        0
+                    } else {
+                        pr.key_of(&res.holder).unwrap_or(0)
+                    };
+                    be::put_u64(&mut d, 0, key);
+                    d[13] = res.kind;
+                    v.extend_from_slice(&d);
+                }
+                let len = (v.len() - 8) as u32;
+                be::put_u32(&mut v, 4, len);
+            }
+            2 => {
+                v = vec![0u8; 8];
+                be::put_u16(&mut v, 0, 8);
+                v[2] = 0x10 | 0x04 | 0x01; // CRH, ATP_C, PTPL_C
+                v[3] = 0x80 | u8::from(pr.aptpl); // TMV, PTPL_A
+                v[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02; // WE_AR EA_RO WE_RO EA WE
+                v[5] = 0x01; // EA_AR
+            }
+            3 => {
+                be::put_u32(&mut v, 0, pr.generation);
+                for r in &pr.regs {
+                    let mut d = vec![0u8; 24];
+                    be::put_u64(&mut d, 0, r.key);
+                    d[12] = 0x02; // ALL_TG_PT: one target port
+                    if let Some(res) = &pr.res {
+                        if all_registrants(res.kind) || res.holder == r.nexus {
+                            d[12] |= 0x01;
+                            d[13] = res.kind;
+                        }
+                    }
+                    be::put_u16(&mut d, 18, 1);
+                    let tid = transport_id(&r.nexus);
+                    be::put_u32(&mut d, 20, tid.len() as u32);
+                    d.extend_from_slice(&tid);
+                    v.extend_from_slice(&d);
+                }
+                let len = (v.len() - 8) as u32;
+                be::put_u32(&mut v, 4, len);
+            }
+            _ => return Err(ScsiError::invalid_cdb_field(1)),
+        }
+        v.truncate(alloc);
+        Ok(Bytes::from(v))
+    }
+
+    pub(super) async fn persistent_reserve_out(&self, cmd: &Cdb<'_>) -> CmdResult {
+        let persist = {
+            let mut st = self.state.lock();
+            let before_aptpl = st.pr.aptpl;
+            let before = st.pr.clone();
+            pr_out(&mut st, cmd)?;
+            st.pr.aptpl != before_aptpl || (st.pr.aptpl && st.pr != before)
+        };
+        if persist {
+            if let Some(path) = self.aptpl_path.clone() {
+                let snapshot = self.state.lock().pr.clone();
+                let r = tokio::task::spawn_blocking(move || save_aptpl(&path, &snapshot)).await;
+                if !matches!(r, Ok(Ok(()))) {
+                    tracing::error!(target_name = %self.target_name, "saving APTPL state failed");
+                    return Err(ScsiError::internal());
+                }
+            }
+        }
+        Ok(Bytes::new())
+    }
+
+    pub(super) fn reserve_spc2(&self, cmd: &Cdb<'_>) -> CmdResult {
+        let c = cmd.bytes;
+        if c[0] == 0x56 && c[1] & 0x12 != 0 {
+            return Err(ScsiError::invalid_cdb_field(1)); // 3RDPTY / LONGID
+        }
+        let mut st = self.state.lock();
+        if !st.pr.regs.is_empty() || st.pr.res.is_some() {
+            return Err(ScsiError::reservation_conflict());
+        }
+        match &st.spc2_holder {
+            Some(h) if h != cmd.nexus => Err(ScsiError::reservation_conflict()),
+            _ => {
+                st.spc2_holder = Some(cmd.nexus.clone());
+                Ok(Bytes::new())
+            }
+        }
+    }
+
+    pub(super) fn release_spc2(&self, cmd: &Cdb<'_>) -> CmdResult {
+        let mut st = self.state.lock();
+        if st.pr.res.is_some() {
+            return Err(ScsiError::reservation_conflict());
+        }
+        if st.spc2_holder.as_ref() == Some(cmd.nexus) {
+            st.spc2_holder = None;
+        }
+        Ok(Bytes::new())
+    }
+}
+
+/// Big-endian bytes of a key for the wire (PR keys are 8-byte big-endian fields).
+trait WireKey {
+    fn to_be_bytes_wire(&self) -> [u8; 8];
+}
+impl WireKey for u64 {
+    fn to_be_bytes_wire(&self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        be::put_u64(&mut b, 0, *self);
+        b
+    }
+}
+
+fn pr_out(st: &mut LuState, cmd: &Cdb<'_>) -> Result<(), ScsiError> {
+    let c = cmd.bytes;
+    let sa = c[1] & 0x1f;
+    let scope = c[2] >> 4;
+    let kind = c[2] & 0x0f;
+    let len = be::u32_at(c, 5) as usize;
+    if sa > 6 {
+        // REGISTER AND MOVE is not supported (one target port, nothing to move to).
+        return Err(ScsiError::invalid_cdb_field(1));
+    }
+    if len != 24 {
+        return Err(ScsiError::param_list_length());
+    }
+    if cmd.data_out.len() < 24 {
+        return Err(ScsiError::param_list_length());
+    }
+    let p = &cmd.data_out[..24];
+    let key = be::u64_at(p, 0);
+    let sa_key = be::u64_at(p, 8);
+    let spec_i_pt = p[20] & 0x08 != 0;
+    let aptpl = p[20] & 0x01 != 0;
+    if spec_i_pt {
+        return Err(ScsiError::invalid_param_field(20));
+    }
+    let n = cmd.nexus;
+    let pr = &mut st.pr;
+    let mine = pr.key_of(n);
+    match sa {
+        0 | 6 => {
+            if sa == 0 && mine.unwrap_or(0) != key {
+                return Err(ScsiError::reservation_conflict());
+            }
+            match mine {
+                None if sa_key == 0 => {}
+                None => {
+                    if pr.regs.len() >= limits::MAX_PR_REGISTRATIONS {
+                        return Err(ScsiError::insufficient_registration_resources());
+                    }
+                    pr.regs.push(Registration {
+                        nexus: n.clone(),
+                        key: sa_key,
+                    });
+                    pr.generation = pr.generation.wrapping_add(1);
+                }
+                Some(_) if sa_key == 0 => unregister(st, n),
+                Some(_) => {
+                    if let Some(r) = pr.regs.iter_mut().find(|r| &r.nexus == n) {
+                        r.key = sa_key;
+                    }
+                    pr.generation = pr.generation.wrapping_add(1);
+                }
+            }
+            st.pr.aptpl = aptpl;
+            Ok(())
+        }
+        1 => {
+            if mine != Some(key) {
+                return Err(ScsiError::reservation_conflict());
+            }
+            if scope != 0 || !valid_type(kind) {
+                return Err(ScsiError::invalid_cdb_field(2));
+            }
+            match &pr.res {
+                Some(r) if pr.is_holder(n) && r.kind == kind => Ok(()),
+                Some(_) => Err(ScsiError::reservation_conflict()),
+                None => {
+                    pr.res = Some(Reservation {
+                        holder: n.clone(),
+                        kind,
+                    });
+                    Ok(())
+                }
+            }
+        }
+        2 => {
+            if mine != Some(key) {
+                return Err(ScsiError::reservation_conflict());
+            }
+            let Some(res) = pr.res.clone() else {
+                return Ok(());
+            };
+            if !pr.is_holder(n) {
+                return Ok(());
+            }
+            if scope != 0 || res.kind != kind {
+                return Err(ScsiError::invalid_release());
+            }
+            pr.res = None;
+            if matches!(res.kind, WE_RO | EA_RO | WE_AR | EA_AR) {
+                release_ua(st, n);
+            }
+            Ok(())
+        }
+        3 => {
+            if mine != Some(key) {
+                return Err(ScsiError::reservation_conflict());
+            }
+            let others: Vec<NexusId> = pr
+                .regs
+                .iter()
+                .map(|r| r.nexus.clone())
+                .filter(|x| x != n)
+                .collect();
+            pr.regs.clear();
+            pr.res = None;
+            pr.generation = pr.generation.wrapping_add(1);
+            for o in others {
+                LogicalUnit::raise_ua_for(st, &o, 0x2a, 0x03);
+            }
+            Ok(())
+        }
+        _ => preempt(st, n, mine, key, sa_key, scope, kind),
+    }
+}
+
+fn release_ua(st: &mut LuState, n: &NexusId) {
+    let others: Vec<NexusId> = st
+        .pr
+        .regs
+        .iter()
+        .map(|r| r.nexus.clone())
+        .filter(|x| x != n)
+        .collect();
+    for o in others {
+        LogicalUnit::raise_ua_for(st, &o, 0x2a, 0x04);
+    }
+}
+
+fn unregister(st: &mut LuState, n: &NexusId) {
+    let pr = &mut st.pr;
+    let was_holder = pr.is_holder(n);
+    pr.regs.retain(|r| &r.nexus != n);
+    pr.generation = pr.generation.wrapping_add(1);
+    if let Some(res) = pr.res.clone() {
+        let release = if all_registrants(res.kind) {
+            pr.regs.is_empty()
+        } else {
+            was_holder
+        };
+        if release {
+            pr.res = None;
+            if matches!(res.kind, WE_RO | EA_RO) {
+                release_ua(st, n);
+            }
+        }
+    }
+}
+
+fn preempt(
+    st: &mut LuState,
+    n: &NexusId,
+    mine: Option<u64>,
+    key: u64,
+    sa_key: u64,
+    scope: u8,
+    kind: u8,
+) -> Result<(), ScsiError> {
+    if mine != Some(key) {
+        return Err(ScsiError::reservation_conflict());
+    }
+    let pr = &mut st.pr;
+    let res = pr.res.clone();
+    let take_over = match &res {
+        Some(r) if all_registrants(r.kind) => sa_key == 0,
+        Some(r) => pr.key_of(&r.holder) == Some(sa_key),
+        None => false,
+    };
+    if take_over {
+        if scope != 0 || !valid_type(kind) {
+            return Err(ScsiError::invalid_cdb_field(2));
+        }
+    } else if sa_key == 0 {
+        return Err(ScsiError::invalid_param_field(8));
+    }
+    let removed: Vec<NexusId> = pr
+        .regs
+        .iter()
+        .filter(|r| &r.nexus != n && (r.key == sa_key || (take_over && sa_key == 0)))
+        .map(|r| r.nexus.clone())
+        .collect();
+    if removed.is_empty() && !take_over {
+        return Err(ScsiError::reservation_conflict());
+    }
+    pr.regs.retain(|r| !removed.contains(&r.nexus));
+    if take_over {
+        pr.res = Some(Reservation {
+            holder: n.clone(),
+            kind,
+        });
+    }
+    pr.generation = pr.generation.wrapping_add(1);
+    for r in removed {
+        LogicalUnit::raise_ua_for(st, &r, 0x2a, 0x05);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aptpl_round_trip_and_corruption() {
+        let a: NexusId = Arc::from("iqn.a,i,0x000000000001");
+        let b: NexusId = Arc::from("iqn.b,i,0x000000000002");
+        let pr = PrState {
+            generation: 7,
+            regs: vec![
+                Registration {
+                    nexus: a.clone(),
+                    key: 1,
+                },
+                Registration { nexus: b, key: 2 },
+            ],
+            res: Some(Reservation {
+                holder: a,
+                kind: WE,
+            }),
+            aptpl: true,
+        };
+        let bytes = encode(&pr);
+        assert_eq!(decode(&bytes).unwrap(), pr);
+        let mut bad = bytes.clone();
+        bad[25] ^= 0xff;
+        assert_eq!(decode(&bad), Err("checksum mismatch"));
+        let mut newer = bytes;
+        newer[8] = 2;
+        assert_eq!(decode(&newer), Err("unknown version"));
+    }
+
+    #[test]
+    fn write_exclusive_lets_others_read_only() {
+        let a: NexusId = Arc::from("a");
+        let b: NexusId = Arc::from("b");
+        let pr = PrState {
+            generation: 1,
+            regs: vec![Registration {
+                nexus: a.clone(),
+                key: 1,
+            }],
+            res: Some(Reservation {
+                holder: a.clone(),
+                kind: WE,
+            }),
+            aptpl: false,
+        };
+        assert!(!pr.conflicts(&b, Access::Read));
+        assert!(pr.conflicts(&b, Access::Write));
+        assert!(!pr.conflicts(&a, Access::Write));
+    }
+}

@@ -1,0 +1,227 @@
+//! SCSI status and sense data, and the one mapping from backend errors to them.
+//!
+//! Owns: every status/sense key/ASC/ASCQ the target returns; no other module builds sense
+//! bytes. Fixed-format sense (SPC-4 §4.5.3), 18 bytes.
+
+use crate::backend::BackendError;
+
+/// SCSI status codes (SAM-5).
+pub mod status {
+    #![allow(missing_docs)]
+    pub const GOOD: u8 = 0x00;
+    pub const CHECK_CONDITION: u8 = 0x02;
+    pub const CONDITION_MET: u8 = 0x04;
+    pub const BUSY: u8 = 0x08;
+    pub const RESERVATION_CONFLICT: u8 = 0x18;
+    pub const TASK_SET_FULL: u8 = 0x28;
+}
+
+/// Sense keys.
+pub mod key {
+    #![allow(missing_docs)]
+    pub const NO_SENSE: u8 = 0x0;
+    pub const NOT_READY: u8 = 0x2;
+    pub const MEDIUM_ERROR: u8 = 0x3;
+    pub const HARDWARE_ERROR: u8 = 0x4;
+    pub const ILLEGAL_REQUEST: u8 = 0x5;
+    pub const UNIT_ATTENTION: u8 = 0x6;
+    pub const DATA_PROTECT: u8 = 0x7;
+    pub const ABORTED_COMMAND: u8 = 0xb;
+    pub const MISCOMPARE: u8 = 0xe;
+}
+
+/// Sense data: key, additional sense code and qualifier, optional information field and
+/// sense-key specific field pointer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sense {
+    /// Sense key.
+    pub key: u8,
+    /// Additional sense code.
+    pub asc: u8,
+    /// Additional sense code qualifier.
+    pub ascq: u8,
+    /// INFORMATION field (e.g. the offset of a miscompare).
+    pub info: Option<u32>,
+    /// Field pointer: (in CDB rather than parameter list, byte, bit).
+    pub field: Option<(bool, u16, Option<u8>)>,
+}
+
+impl Sense {
+    /// A sense without information or field pointer.
+    pub const fn new(key: u8, asc: u8, ascq: u8) -> Self {
+        Sense {
+            key,
+            asc,
+            ascq,
+            info: None,
+            field: None,
+        }
+    }
+
+    /// Fixed-format sense bytes.
+    pub fn to_bytes(&self) -> [u8; 18] {
+        let mut b = [0u8; 18];
+        b[0] = 0x70;
+        b[2] = self.key;
+        if let Some(info) = self.info {
+            b[0] |= 0x80;
+            crate::be::put_u32(&mut b, 3, info);
+        }
+        b[7] = 10;
+        b[12] = self.asc;
+        b[13] = self.ascq;
+        if let Some((cdb, byte, bit)) = self.field {
+            b[15] = 0x80 | if cdb { 0x40 } else { 0 };
+            if let Some(bit) = bit {
+                b[15] |= 0x08 | (bit & 7);
+            }
+            crate::be::put_u16(&mut b, 16, byte);
+        }
+        b
+    }
+}
+
+/// A failed command: its status and, for CHECK CONDITION, the sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScsiError {
+    /// SCSI status.
+    pub status: u8,
+    /// Sense data for CHECK CONDITION.
+    pub sense: Option<Sense>,
+}
+
+impl ScsiError {
+    const fn check(key: u8, asc: u8, ascq: u8) -> Self {
+        ScsiError {
+            status: status::CHECK_CONDITION,
+            sense: Some(Sense::new(key, asc, ascq)),
+        }
+    }
+    /// LBA OUT OF RANGE.
+    pub const fn lba_out_of_range() -> Self {
+        Self::check(key::ILLEGAL_REQUEST, 0x21, 0x00)
+    }
+    /// INVALID COMMAND OPERATION CODE.
+    pub const fn invalid_opcode() -> Self {
+        Self::check(key::ILLEGAL_REQUEST, 0x20, 0x00)
+    }
+    /// INVALID FIELD IN CDB, pointing at `byte`.
+    pub fn invalid_cdb_field(byte: u16) -> Self {
+        let mut e = Self::check(key::ILLEGAL_REQUEST, 0x24, 0x00);
+        if let Some(s) = e.sense.as_mut() {
+            s.field = Some((true, byte, None));
+        }
+        e
+    }
+    /// INVALID FIELD IN PARAMETER LIST.
+    pub fn invalid_param_field(byte: u16) -> Self {
+        let mut e = Self::check(key::ILLEGAL_REQUEST, 0x26, 0x00);
+        if let Some(s) = e.sense.as_mut() {
+            s.field = Some((false, byte, None));
+        }
+        e
+    }
+    /// PARAMETER LIST LENGTH ERROR.
+    pub const fn param_list_length() -> Self {
+        Self::check(key::ILLEGAL_REQUEST, 0x1a, 0x00)
+    }
+    /// LOGICAL UNIT NOT SUPPORTED.
+    pub const fn lun_not_supported() -> Self {
+        Self::check(key::ILLEGAL_REQUEST, 0x25, 0x00)
+    }
+    /// WRITE PROTECTED (DATA PROTECT).
+    pub const fn write_protected() -> Self {
+        Self::check(key::DATA_PROTECT, 0x27, 0x00)
+    }
+    /// SPACE ALLOCATION FAILED WRITE PROTECT (thin provisioning exhausted).
+    pub const fn space_allocation_failed() -> Self {
+        Self::check(key::DATA_PROTECT, 0x27, 0x07)
+    }
+    /// MISCOMPARE DURING VERIFY OPERATION at byte `offset` of the compared data.
+    pub fn miscompare(offset: u32) -> Self {
+        let mut e = Self::check(key::MISCOMPARE, 0x1d, 0x00);
+        if let Some(s) = e.sense.as_mut() {
+            s.info = Some(offset);
+        }
+        e
+    }
+    /// UNRECOVERED READ ERROR.
+    pub const fn medium_error() -> Self {
+        Self::check(key::MEDIUM_ERROR, 0x11, 0x00)
+    }
+    /// WRITE ERROR.
+    pub const fn write_error() -> Self {
+        Self::check(key::MEDIUM_ERROR, 0x0c, 0x00)
+    }
+    /// INTERNAL TARGET FAILURE.
+    pub const fn internal() -> Self {
+        Self::check(key::HARDWARE_ERROR, 0x44, 0x00)
+    }
+    /// LOGICAL UNIT COMMUNICATION TIME-OUT (the backend stalled past its bound).
+    pub const fn timeout() -> Self {
+        Self::check(key::ABORTED_COMMAND, 0x08, 0x01)
+    }
+    /// A unit attention with the given code.
+    pub const fn unit_attention(asc: u8, ascq: u8) -> Self {
+        Self::check(key::UNIT_ATTENTION, asc, ascq)
+    }
+    /// INVALID RELEASE OF PERSISTENT RESERVATION.
+    pub const fn invalid_release() -> Self {
+        Self::check(key::ILLEGAL_REQUEST, 0x26, 0x04)
+    }
+    /// MEDIUM NOT PRESENT is never used; SAVING PARAMETERS NOT SUPPORTED is.
+    pub const fn saving_not_supported() -> Self {
+        Self::check(key::ILLEGAL_REQUEST, 0x39, 0x00)
+    }
+    /// INSUFFICIENT REGISTRATION RESOURCES.
+    pub const fn insufficient_registration_resources() -> Self {
+        Self::check(key::ILLEGAL_REQUEST, 0x55, 0x04)
+    }
+    /// RESERVATION CONFLICT status.
+    pub const fn reservation_conflict() -> Self {
+        ScsiError {
+            status: status::RESERVATION_CONFLICT,
+            sense: None,
+        }
+    }
+    /// BUSY status.
+    pub const fn busy() -> Self {
+        ScsiError {
+            status: status::BUSY,
+            sense: None,
+        }
+    }
+}
+
+/// The one mapping from backend errors to SCSI (style.md §4); `writing` picks between
+/// read and write medium errors.
+pub fn from_backend(e: &BackendError, writing: bool) -> ScsiError {
+    match e {
+        BackendError::OutOfRange { .. } => ScsiError::lba_out_of_range(),
+        BackendError::Medium { .. } if writing => ScsiError::write_error(),
+        BackendError::Medium { .. } => ScsiError::medium_error(),
+        BackendError::ReadOnly => ScsiError::write_protected(),
+        BackendError::NoSpace => ScsiError::space_allocation_failed(),
+        BackendError::Busy => ScsiError::busy(),
+        BackendError::Timeout => ScsiError::timeout(),
+        BackendError::Unsupported => ScsiError::invalid_opcode(),
+        BackendError::Other(_) => ScsiError::internal(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sense_layout() {
+        let b = ScsiError::miscompare(513).sense.unwrap().to_bytes();
+        assert_eq!(b[0], 0xf0);
+        assert_eq!(b[2], key::MISCOMPARE);
+        assert_eq!(&b[3..7], &[0, 0, 2, 1]);
+        assert_eq!((b[12], b[13]), (0x1d, 0));
+        let e = from_backend(&BackendError::NoSpace, true);
+        assert_eq!(e.sense.unwrap().key, key::DATA_PROTECT);
+        assert_eq!(from_backend(&BackendError::Busy, true).status, status::BUSY);
+    }
+}

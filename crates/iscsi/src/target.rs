@@ -1,0 +1,257 @@
+//! Targets and the server that hosts them: the registry of targets (added and removed
+//! while running), their sessions, and per-target counters.
+//!
+//! Owns: the target map (a mutex held only for lookups and edits) and, per target, the
+//! session map keyed by (initiator name, ISID) used for session reinstatement.
+//! Invariants: target names are unique; removing a target ends its sessions before
+//! `remove_target` returns; at most one live session per (initiator, ISID) and target.
+
+use crate::backend::BlockBackend;
+use crate::chap::ChapConfig;
+use crate::counters::{CounterSnapshot, Counters};
+use crate::limits;
+use crate::scsi::{pr::AptplError, LogicalUnit};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// How to serve one target.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// iSCSI qualified name, e.g. `iqn.2016-09.com.openebs.cstor:vol1`.
+    pub iqn: String,
+    /// The LUN 0 storage.
+    pub backend: Arc<dyn BlockBackend>,
+    /// CHAP secrets; `None` means no authentication.
+    pub chap: Option<ChapConfig>,
+    /// Initiator names allowed to log in; `None` allows all.
+    pub allowed_initiators: Option<Vec<String>>,
+    /// Where persistent reservations are kept when an initiator sets APTPL.
+    pub aptpl_path: Option<PathBuf>,
+    /// Bound on each backend call.
+    pub io_timeout: Duration,
+}
+
+impl TargetConfig {
+    /// A config with defaults: no CHAP, all initiators, no APTPL file, default timeout.
+    pub fn new(iqn: &str, backend: Arc<dyn BlockBackend>) -> Self {
+        TargetConfig {
+            iqn: iqn.to_owned(),
+            backend,
+            chap: None,
+            allowed_initiators: None,
+            aptpl_path: None,
+            io_timeout: limits::BACKEND_IO_TIMEOUT,
+        }
+    }
+}
+
+/// Errors editing the target registry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetError {
+    /// A target with this name exists.
+    #[error("target {0} already exists")]
+    Exists(String),
+    /// No such target.
+    #[error("target {0} not found")]
+    NotFound(String),
+    /// Not a valid iSCSI name.
+    #[error("invalid target name {0:?}: expected iqn.YYYY-MM.domain[:name], eui. or naa.")]
+    BadName(String),
+    /// Too many targets.
+    #[error("too many targets (limit {})", limits::MAX_TARGETS)]
+    TooMany,
+    /// The persisted reservation file could not be loaded.
+    #[error(transparent)]
+    Aptpl(#[from] AptplError),
+}
+
+/// A handle to a live session, for reinstatement and removal.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionHandle {
+    pub tsih: u16,
+    pub shutdown: Arc<Notify>,
+    pub done: watch::Receiver<bool>,
+}
+
+/// One target: its LU, access control and sessions.
+#[derive(Debug)]
+pub struct Target {
+    pub(crate) iqn: String,
+    pub(crate) lu: LogicalUnit,
+    pub(crate) chap: Option<ChapConfig>,
+    pub(crate) allowed: Option<Vec<String>>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) sessions: Mutex<HashMap<(String, [u8; 6]), SessionHandle>>,
+}
+
+impl Target {
+    /// Ends every session and waits (bounded) for their commands to finish.
+    async fn close_sessions(&self) {
+        let handles: Vec<SessionHandle> = self.sessions.lock().drain().map(|(_, h)| h).collect();
+        for h in handles {
+            wait_session_end(h).await;
+        }
+    }
+}
+
+/// Signals a session to end and waits for it, bounded by the drain timeout.
+pub(crate) async fn wait_session_end(h: SessionHandle) {
+    h.shutdown.notify_one();
+    let mut done = h.done;
+    let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, done.wait_for(|d| *d)).await;
+}
+
+/// What `targets()` reports about one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetInfo {
+    /// Name.
+    pub iqn: String,
+    /// Size of LUN 0, bytes.
+    pub size_bytes: u64,
+    /// Live sessions.
+    pub sessions: usize,
+    /// Whether CHAP is required.
+    pub chap: bool,
+    /// Counters.
+    pub counters: CounterSnapshot,
+}
+
+/// Checks the RFC 7143 §4.2.7 name forms loosely: a type prefix and allowed characters.
+pub fn valid_iscsi_name(name: &str) -> bool {
+    let ok_prefix =
+        name.starts_with("iqn.") || name.starts_with("eui.") || name.starts_with("naa.");
+    ok_prefix
+        && name.len() <= 223
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b))
+}
+
+/// The set of targets one process serves on its portals.
+#[derive(Debug)]
+pub struct Server {
+    targets: Mutex<BTreeMap<String, Arc<Target>>>,
+    next_tsih: AtomicU16,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            targets: Mutex::new(BTreeMap::new()),
+            next_tsih: AtomicU16::new(1),
+        }
+    }
+}
+
+impl Server {
+    /// An empty server.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Adds a target; fails if the name is taken.
+    pub fn add_target(&self, cfg: TargetConfig) -> Result<(), TargetError> {
+        if !valid_iscsi_name(&cfg.iqn) {
+            return Err(TargetError::BadName(cfg.iqn));
+        }
+        let mut targets = self.targets.lock();
+        if targets.contains_key(&cfg.iqn) {
+            return Err(TargetError::Exists(cfg.iqn));
+        }
+        if targets.len() >= limits::MAX_TARGETS {
+            return Err(TargetError::TooMany);
+        }
+        let counters = Arc::new(Counters::default());
+        let lu = LogicalUnit::new(
+            cfg.backend,
+            &cfg.iqn,
+            cfg.io_timeout,
+            counters.clone(),
+            cfg.aptpl_path,
+        )?;
+        let t = Target {
+            iqn: cfg.iqn.clone(),
+            lu,
+            chap: cfg.chap,
+            allowed: cfg.allowed_initiators,
+            counters,
+            sessions: Mutex::new(HashMap::new()),
+        };
+        targets.insert(cfg.iqn, Arc::new(t));
+        Ok(())
+    }
+
+    /// Removes a target, ending its sessions first.
+    pub async fn remove_target(&self, iqn: &str) -> Result<(), TargetError> {
+        let t = self
+            .targets
+            .lock()
+            .remove(iqn)
+            .ok_or_else(|| TargetError::NotFound(iqn.to_owned()))?;
+        t.close_sessions().await;
+        Ok(())
+    }
+
+    /// Ends every session of every target (shutdown).
+    pub async fn close_all(&self) {
+        let all: Vec<Arc<Target>> = self.targets.lock().values().cloned().collect();
+        for t in all {
+            t.close_sessions().await;
+        }
+    }
+
+    /// Lists the targets.
+    pub fn targets(&self) -> Vec<TargetInfo> {
+        self.targets
+            .lock()
+            .values()
+            .map(|t| TargetInfo {
+                iqn: t.iqn.clone(),
+                size_bytes: t.lu.backend.size_bytes(),
+                sessions: t.sessions.lock().len(),
+                chap: t.chap.is_some(),
+                counters: t.counters.snapshot(),
+            })
+            .collect()
+    }
+
+    /// Counters of one target.
+    pub fn counters(&self, iqn: &str) -> Option<CounterSnapshot> {
+        self.targets.lock().get(iqn).map(|t| t.counters.snapshot())
+    }
+
+    pub(crate) fn target(&self, iqn: &str) -> Option<Arc<Target>> {
+        self.targets.lock().get(iqn).cloned()
+    }
+
+    pub(crate) fn all_targets(&self) -> Vec<Arc<Target>> {
+        self.targets.lock().values().cloned().collect()
+    }
+
+    pub(crate) fn new_tsih(&self) -> u16 {
+        loop {
+            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
+            if t != 0 {
+                return t;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_iscsi_name("iqn.2016-09.com.openebs.cstor:vol1"));
+        assert!(!valid_iscsi_name("IQN.bad"));
+        assert!(!valid_iscsi_name("vol1"));
+    }
+}
