@@ -19,11 +19,15 @@
 //! Everything here is data and pure functions so the API server, the controllers and the
 //! tests share one definition.
 
+pub mod conversion;
 mod crds;
+pub mod field;
 pub mod limits;
 pub mod names;
+pub mod schema;
 pub mod v1;
 pub mod v1alpha1;
+pub mod validation;
 
 pub use crds::{crd_files, crds, CrdFile};
 pub use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

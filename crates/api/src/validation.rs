@@ -1,0 +1,592 @@
+//! Semantic validation of cstor resources: the rules cStor's admission webhook enforced
+//! (`cstor-internals.md` §5) plus cstor's bounds ([`crate::limits`]), as pure functions
+//! returning [`FieldError`]s with the field paths a 422 names. The structural checks
+//! (types, enums, required fields) are the schema's job ([`crate::schema`]);
+//! [`validate_custom_resource`] runs both in the order kube-apiserver does.
+//!
+//! Raid group widths: stripe takes any number of devices; mirror a multiple of 2; raidz
+//! 2^n+1 and raidz2 2^n+2 devices (n ≥ 1), so the data columns are a power of two and a
+//! block splits evenly without padding. cStor required n ≥ 2 for raidz2; cstor accepts the
+//! 4-device raidz2 the seed's capacity table lists, which the pool engine handles.
+
+use crate::field::{render_value, FieldError, FieldPath};
+use crate::limits::{
+    BLOCK_DEVICES_PER_RAID_GROUP_MAX, CSPC_POOLS_MAX, DNS_SUBDOMAIN_LEN_MAX,
+    RAID_GROUPS_PER_POOL_MAX, REPLICAS_PER_VOLUME_MAX, REPLICA_ID_LEN_MAX,
+};
+use crate::v1::{self, RaidGroup, RaidGroupType};
+use crate::v1alpha1;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Checks the width of one raid group of `group_type`; `path` names the group's
+/// `blockDevices`.
+pub fn validate_raid_group_width(
+    group_type: RaidGroupType,
+    count: usize,
+    path: &FieldPath,
+) -> Option<FieldError> {
+    let ok = match group_type {
+        RaidGroupType::Stripe => count >= 1,
+        RaidGroupType::Mirror => count >= 2 && count.is_multiple_of(2),
+        RaidGroupType::Raidz => count >= 3 && (count - 1).is_power_of_two(),
+        RaidGroupType::Raidz2 => count >= 4 && (count - 2).is_power_of_two(),
+    };
+    if ok {
+        return None;
+    }
+    let rule = match group_type {
+        RaidGroupType::Stripe => "a stripe raid group needs at least 1 block device",
+        RaidGroupType::Mirror => {
+            "a mirror raid group needs a multiple of 2 block devices (2, 4, 6, ...)"
+        }
+        RaidGroupType::Raidz => "a raidz raid group needs 2^n+1 block devices (3, 5, 9, 17, ...)",
+        RaidGroupType::Raidz2 => {
+            "a raidz2 raid group needs 2^n+2 block devices (4, 6, 10, 18, ...)"
+        }
+    };
+    Some(FieldError::invalid(path.clone(), count.to_string(), rule))
+}
+
+/// Validates a `cstor.openebs.io/v1` CStorPoolCluster's spec.
+pub fn validate_cspc(cspc: &v1::CStorPoolCluster) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let pools_path = FieldPath::new("spec.pools");
+    let pools = &cspc.spec.pools;
+    if pools.is_empty() {
+        errors.push(FieldError::required(
+            pools_path.clone(),
+            "a CStorPoolCluster needs at least one pool",
+        ));
+    }
+    if pools.len() > CSPC_POOLS_MAX {
+        errors.push(FieldError::too_many(
+            pools_path.clone(),
+            pools.len(),
+            CSPC_POOLS_MAX,
+        ));
+        return errors;
+    }
+    let mut seen_selectors: BTreeMap<&BTreeMap<String, String>, usize> = BTreeMap::new();
+    let mut seen_devices: BTreeSet<&str> = BTreeSet::new();
+    for (i, pool) in pools.iter().enumerate() {
+        let path = pools_path.index(i);
+        let selector_path = path.child("nodeSelector");
+        if pool.node_selector.is_empty() {
+            errors.push(FieldError::required(
+                selector_path,
+                "a pool needs a nodeSelector naming its node",
+            ));
+        } else if let Some(first) = seen_selectors.insert(&pool.node_selector, i) {
+            errors.push(FieldError::invalid(
+                selector_path,
+                render_selector(&pool.node_selector),
+                format!("same node as spec.pools[{first}]: one pool per node"),
+            ));
+        }
+        let config = &pool.pool_config;
+        errors.extend(validate_groups(
+            &pool.data_raid_groups,
+            Some(config.data_raid_group_type),
+            &path.child("dataRaidGroups"),
+            true,
+            &mut seen_devices,
+        ));
+        if let Some(groups) = &pool.write_cache_raid_groups {
+            let groups_path = path.child("writeCacheRaidGroups");
+            if !groups.is_empty() && config.write_cache_group_type.is_none() {
+                errors.push(FieldError::required(
+                    path.child("poolConfig").child("writeCacheGroupType"),
+                    "write cache raid groups need a writeCacheGroupType",
+                ));
+            }
+            errors.extend(validate_groups(
+                groups,
+                config.write_cache_group_type,
+                &groups_path,
+                false,
+                &mut seen_devices,
+            ));
+        }
+        if let Some(limit) = config.ro_threshold_limit {
+            if !(0..=100).contains(&limit) {
+                errors.push(FieldError::invalid(
+                    path.child("poolConfig").child("roThresholdLimit"),
+                    limit.to_string(),
+                    "must be a percentage between 0 and 100",
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// Validates the raid groups of one role; device names are checked for uniqueness across
+/// the whole CSPC through `seen_devices`.
+fn validate_groups<'a>(
+    groups: &'a [RaidGroup],
+    group_type: Option<RaidGroupType>,
+    path: &FieldPath,
+    required: bool,
+    seen_devices: &mut BTreeSet<&'a str>,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if groups.is_empty() && required {
+        errors.push(FieldError::required(
+            path.clone(),
+            "a pool needs at least one data raid group",
+        ));
+    }
+    if groups.len() > RAID_GROUPS_PER_POOL_MAX {
+        errors.push(FieldError::too_many(
+            path.clone(),
+            groups.len(),
+            RAID_GROUPS_PER_POOL_MAX,
+        ));
+        return errors;
+    }
+    if group_type == Some(RaidGroupType::Stripe) && groups.len() > 1 {
+        errors.push(FieldError::invalid(
+            path.clone(),
+            groups.len().to_string(),
+            "a stripe pool has exactly one raid group of each role: add block devices to it instead",
+        ));
+    }
+    for (j, group) in groups.iter().enumerate() {
+        let devices_path = path.index(j).child("blockDevices");
+        let devices = &group.block_devices;
+        if devices.len() > BLOCK_DEVICES_PER_RAID_GROUP_MAX {
+            errors.push(FieldError::too_many(
+                devices_path,
+                devices.len(),
+                BLOCK_DEVICES_PER_RAID_GROUP_MAX,
+            ));
+            continue;
+        }
+        if devices.is_empty() {
+            errors.push(FieldError::required(
+                devices_path.clone(),
+                "a raid group needs block devices",
+            ));
+        } else if let Some(t) = group_type {
+            errors.extend(validate_raid_group_width(t, devices.len(), &devices_path));
+        }
+        for (k, device) in devices.iter().enumerate() {
+            let name_path = devices_path.index(k).child("blockDeviceName");
+            let name = device.block_device_name.as_str();
+            if let Some(e) = validate_object_name(name, &name_path) {
+                errors.push(e);
+            } else if !seen_devices.insert(name) {
+                errors.push(FieldError::duplicate(
+                    name_path,
+                    render_value(&Value::String(name.to_owned())),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// Validates a change of a CSPC (admission on update): pools are matched by node
+/// selector; on a kept pool the raid group types cannot change, raid groups cannot be
+/// removed, a stripe group may only grow by appended devices, and a redundant group may
+/// only have one device replaced at a time (`cstor-internals.md` §5, expansion and disk
+/// replacement). Also runs [`validate_cspc`] on the new object.
+pub fn validate_cspc_update(
+    old: &v1::CStorPoolCluster,
+    new: &v1::CStorPoolCluster,
+) -> Vec<FieldError> {
+    let mut errors = validate_cspc(new);
+    let old_pools: BTreeMap<&BTreeMap<String, String>, &v1::PoolSpec> = old
+        .spec
+        .pools
+        .iter()
+        .map(|p| (&p.node_selector, p))
+        .collect();
+    for (i, pool) in new.spec.pools.iter().enumerate() {
+        let Some(before) = old_pools.get(&pool.node_selector) else {
+            continue;
+        };
+        let path = FieldPath::new("spec.pools").index(i);
+        let config_path = path.child("poolConfig");
+        if before.pool_config.data_raid_group_type != pool.pool_config.data_raid_group_type {
+            errors.push(FieldError::forbidden(
+                config_path.child("dataRaidGroupType"),
+                format!(
+                    "the raid group type of an existing pool cannot change (was {})",
+                    before.pool_config.data_raid_group_type
+                ),
+            ));
+            continue;
+        }
+        let before_cache = before
+            .write_cache_raid_groups
+            .as_deref()
+            .unwrap_or_default();
+        if !before_cache.is_empty()
+            && before.pool_config.write_cache_group_type != pool.pool_config.write_cache_group_type
+        {
+            errors.push(FieldError::forbidden(
+                config_path.child("writeCacheGroupType"),
+                "the write cache raid group type of an existing pool cannot change",
+            ));
+            continue;
+        }
+        errors.extend(validate_group_changes(
+            &before.data_raid_groups,
+            &pool.data_raid_groups,
+            pool.pool_config.data_raid_group_type,
+            &path.child("dataRaidGroups"),
+        ));
+        if let Some(t) = pool.pool_config.write_cache_group_type {
+            errors.extend(validate_group_changes(
+                before_cache,
+                pool.write_cache_raid_groups.as_deref().unwrap_or_default(),
+                t,
+                &path.child("writeCacheRaidGroups"),
+            ));
+        }
+    }
+    errors
+}
+
+fn validate_group_changes(
+    before: &[RaidGroup],
+    after: &[RaidGroup],
+    group_type: RaidGroupType,
+    path: &FieldPath,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if after.len() < before.len() {
+        errors.push(FieldError::forbidden(
+            path.clone(),
+            "raid groups cannot be removed from an existing pool",
+        ));
+        return errors;
+    }
+    for (j, (old_group, new_group)) in before.iter().zip(after).enumerate() {
+        let devices_path = path.index(j).child("blockDevices");
+        let old_names: Vec<&str> = old_group
+            .block_devices
+            .iter()
+            .map(|d| d.block_device_name.as_str())
+            .collect();
+        let new_names: Vec<&str> = new_group
+            .block_devices
+            .iter()
+            .map(|d| d.block_device_name.as_str())
+            .collect();
+        if group_type == RaidGroupType::Stripe {
+            if new_names.len() < old_names.len() || new_names[..old_names.len()] != old_names[..] {
+                errors.push(FieldError::forbidden(
+                    devices_path,
+                    "block devices of a stripe raid group cannot be removed or replaced, only appended",
+                ));
+            }
+            continue;
+        }
+        if new_names.len() != old_names.len() {
+            errors.push(FieldError::forbidden(
+                devices_path,
+                format!("a {group_type} raid group cannot grow or shrink: add a new raid group to expand the pool"),
+            ));
+            continue;
+        }
+        let replaced = old_names
+            .iter()
+            .zip(&new_names)
+            .filter(|(a, b)| a != b)
+            .count();
+        if replaced > 1 {
+            errors.push(FieldError::forbidden(
+                devices_path,
+                format!("{replaced} block devices replaced at once: replace one block device per raid group at a time"),
+            ));
+        }
+    }
+    errors
+}
+
+/// Validates an alpha (`openebs.io/v1alpha1`) CStorPoolCluster: the rules of the v1 CSPC
+/// it converts to, with the alpha field paths.
+pub fn validate_alpha_cspc(cspc: &v1alpha1::CStorPoolCluster) -> Vec<FieldError> {
+    match crate::conversion::alpha_to_v1(cspc) {
+        Err(errors) => errors,
+        Ok(converted) => validate_cspc(&converted)
+            .into_iter()
+            .map(|mut e| {
+                e.field = crate::conversion::v1_path_to_alpha(cspc, &e.field);
+                e
+            })
+            .collect(),
+    }
+}
+
+/// Validates a CStorVolumeConfig's spec: replica count within 1..=5.
+pub fn validate_cvc(cvc: &v1::CStorVolumeConfig) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(count) = cvc.spec.provision.as_ref().and_then(|p| p.replica_count) {
+        if count < 1 || u32::try_from(count).map_or(true, |c| c > REPLICAS_PER_VOLUME_MAX) {
+            errors.push(FieldError::invalid(
+                FieldPath::new("spec.provision.replicaCount"),
+                count.to_string(),
+                format!("must be between 1 and {REPLICAS_PER_VOLUME_MAX}"),
+            ));
+        }
+    }
+    if let Some(source) = &cvc.spec.cstor_volume_source {
+        let ok = source
+            .split_once('@')
+            .is_some_and(|(vol, snap)| !vol.is_empty() && !snap.is_empty());
+        if !ok {
+            errors.push(FieldError::invalid(
+                FieldPath::new("spec.cstorVolumeSource"),
+                render_value(&Value::String(source.clone())),
+                "must be <source volume>@<snapshot>",
+            ));
+        }
+    }
+    errors
+}
+
+/// Validates a change of a CVC: `spec.provision.replicaCount` never changes once set
+/// (cStor's webhook rule; replicas are added through `spec.policy.replicaPoolInfo`).
+pub fn validate_cvc_update(
+    old: &v1::CStorVolumeConfig,
+    new: &v1::CStorVolumeConfig,
+) -> Vec<FieldError> {
+    let mut errors = validate_cvc(new);
+    let before = old.spec.provision.as_ref().and_then(|p| p.replica_count);
+    let after = new.spec.provision.as_ref().and_then(|p| p.replica_count);
+    if before.is_some() && before != after {
+        errors.push(FieldError::forbidden(
+            FieldPath::new("spec.provision.replicaCount"),
+            "field is immutable: scale replicas through spec.policy.replicaPoolInfo",
+        ));
+    }
+    errors
+}
+
+/// Validates a CStorVolume: replication factors within 1..=5 with CF ≤ RF, and the
+/// known-replica lists well-formed (ids ≤ 32 characters, guids decimal u64, at most 5).
+pub fn validate_cv(cv: &v1::CStorVolume) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let spec = &cv.spec;
+    let spec_path = FieldPath::new("spec");
+    let factor = |name: &str, value: Option<i32>, errors: &mut Vec<FieldError>| {
+        if let Some(v) = value {
+            if v < 1 || u32::try_from(v).map_or(true, |v| v > REPLICAS_PER_VOLUME_MAX) {
+                errors.push(FieldError::invalid(
+                    spec_path.child(name),
+                    v.to_string(),
+                    format!("must be between 1 and {REPLICAS_PER_VOLUME_MAX}"),
+                ));
+            }
+        }
+    };
+    factor("replicationFactor", spec.replication_factor, &mut errors);
+    factor("consistencyFactor", spec.consistency_factor, &mut errors);
+    factor(
+        "desiredReplicationFactor",
+        spec.desired_replication_factor,
+        &mut errors,
+    );
+    if let (Some(rf), Some(cf)) = (spec.replication_factor, spec.consistency_factor) {
+        if cf > rf {
+            errors.push(FieldError::invalid(
+                spec_path.child("consistencyFactor"),
+                cf.to_string(),
+                format!("must not exceed replicationFactor ({rf})"),
+            ));
+        }
+    }
+    if let Some(details) = &spec.replica_details {
+        errors.extend(validate_known_replicas(
+            details,
+            &spec_path.child("replicaDetails").child("knownReplicas"),
+        ));
+    }
+    if let Some(details) = cv.status.as_ref().and_then(|s| s.replica_details.as_ref()) {
+        errors.extend(validate_known_replicas(
+            details,
+            &FieldPath::new("status.replicaDetails.knownReplicas"),
+        ));
+    }
+    errors
+}
+
+fn validate_known_replicas(
+    details: &v1::CStorVolumeReplicaDetails,
+    path: &FieldPath,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let Some(known) = &details.known_replicas else {
+        return errors;
+    };
+    let max = usize::try_from(REPLICAS_PER_VOLUME_MAX).unwrap_or(usize::MAX);
+    if known.len() > max {
+        errors.push(FieldError::too_many(path.clone(), known.len(), max));
+    }
+    for (id, guid) in known {
+        if let Some(e) = validate_replica_id(id, &path.key(id)) {
+            errors.push(e);
+        }
+        if guid.parse::<u64>().is_err() {
+            errors.push(FieldError::invalid(
+                path.key(id),
+                render_value(&Value::String(guid.clone())),
+                "a replica guid is a decimal 64-bit number",
+            ));
+        }
+    }
+    errors
+}
+
+/// Validates a CStorVolumeReplica: its replica id fits the wire format.
+pub fn validate_cvr(cvr: &v1::CStorVolumeReplica) -> Vec<FieldError> {
+    cvr.spec
+        .replica_id
+        .as_deref()
+        .and_then(|id| validate_replica_id(id, &FieldPath::new("spec.replicaid")))
+        .into_iter()
+        .collect()
+}
+
+fn validate_replica_id(id: &str, path: &FieldPath) -> Option<FieldError> {
+    if id.is_empty() || id.len() > REPLICA_ID_LEN_MAX || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Some(FieldError::invalid(
+            path.clone(),
+            render_value(&Value::String(id.to_owned())),
+            format!("a replica id is 1 to {REPLICA_ID_LEN_MAX} printable ASCII characters"),
+        ));
+    }
+    None
+}
+
+/// Validates a CStorVolumePolicy: explicit placements name each pool once.
+pub fn validate_cvp_spec(spec: &v1::CStorVolumePolicySpec, path: &FieldPath) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let Some(pools) = &spec.replica_pool_info else {
+        return errors;
+    };
+    let pools_path = path.child("replicaPoolInfo");
+    let max = usize::try_from(REPLICAS_PER_VOLUME_MAX).unwrap_or(usize::MAX);
+    if pools.len() > max {
+        errors.push(FieldError::too_many(pools_path.clone(), pools.len(), max));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, p) in pools.iter().enumerate() {
+        let name_path = pools_path.index(i).child("poolName");
+        if let Some(e) = validate_object_name(&p.pool_name, &name_path) {
+            errors.push(e);
+        } else if !seen.insert(p.pool_name.as_str()) {
+            errors.push(FieldError::duplicate(
+                name_path,
+                render_value(&Value::String(p.pool_name.clone())),
+            ));
+        }
+    }
+    errors
+}
+
+/// Checks that `name` is a valid object name (RFC 1123 subdomain).
+pub fn validate_object_name(name: &str, path: &FieldPath) -> Option<FieldError> {
+    if name.is_empty() {
+        return Some(FieldError::required(path.clone(), ""));
+    }
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let valid_ends = name
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphanumeric)
+        && name
+            .as_bytes()
+            .last()
+            .is_some_and(u8::is_ascii_alphanumeric);
+    if name.len() > DNS_SUBDOMAIN_LEN_MAX || !valid_chars || !valid_ends {
+        return Some(FieldError::invalid(
+            path.clone(),
+            render_value(&Value::String(name.to_owned())),
+            format!(
+                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (at most {DNS_SUBDOMAIN_LEN_MAX} characters)"
+            ),
+        ));
+    }
+    None
+}
+
+fn render_selector(selector: &BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{:?}", pairs.join(","))
+}
+
+/// Validates a cstor custom resource given as JSON, as the API server does on create
+/// (`old` = None) and update: first against its CRD's schema (types, enums, required
+/// fields; unknown fields are reported too), then, if that passed, the semantic rules of
+/// its kind. Returns `None` when `api_version`/`kind` is not a cstor kind.
+pub fn validate_custom_resource(
+    api_version: &str,
+    kind: &str,
+    new: &Value,
+    old: Option<&Value>,
+) -> Option<Vec<FieldError>> {
+    let crd = crate::crds().into_iter().find(|c| {
+        c.spec.names.kind == kind
+            && c.spec
+                .versions
+                .iter()
+                .any(|v| format!("{}/{}", c.spec.group, v.name) == api_version)
+    })?;
+    let version = api_version.rsplit('/').next().unwrap_or_default();
+    let schema = crate::schema::version_schema(&crd, version)?;
+    let errors = crate::schema::validate_object(schema, new);
+    if !errors.is_empty() {
+        return Some(errors);
+    }
+    Some(semantic(&crd.spec.group, kind, new, old))
+}
+
+fn semantic(group: &str, kind: &str, new: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Vec<FieldError>> {
+        serde_json::from_value(v.clone()).map_err(|e| {
+            vec![FieldError::invalid(
+                FieldPath::root(),
+                "(object)",
+                e.to_string(),
+            )]
+        })
+    }
+    let result = (|| -> Result<Vec<FieldError>, Vec<FieldError>> {
+        Ok(match (group, kind) {
+            (crate::names::CSTOR_GROUP, "CStorPoolCluster") => {
+                let new: v1::CStorPoolCluster = parse(new)?;
+                match old.map(parse::<v1::CStorPoolCluster>).transpose()? {
+                    Some(old) => validate_cspc_update(&old, &new),
+                    None => validate_cspc(&new),
+                }
+            }
+            (_, "CStorPoolCluster") => validate_alpha_cspc(&parse(new)?),
+            (_, "CStorVolumeConfig") => {
+                let new: v1::CStorVolumeConfig = parse(new)?;
+                let mut errors = match old.map(parse::<v1::CStorVolumeConfig>).transpose()? {
+                    Some(old) => validate_cvc_update(&old, &new),
+                    None => validate_cvc(&new),
+                };
+                if let Some(policy) = &new.spec.policy {
+                    errors.extend(validate_cvp_spec(policy, &FieldPath::new("spec.policy")));
+                }
+                errors
+            }
+            (_, "CStorVolume") => validate_cv(&parse(new)?),
+            (_, "CStorVolumeReplica") => validate_cvr(&parse(new)?),
+            (_, "CStorVolumePolicy") => {
+                let new: v1::CStorVolumePolicy = parse(new)?;
+                validate_cvp_spec(&new.spec, &FieldPath::new("spec"))
+            }
+            _ => Vec::new(),
+        })
+    })();
+    result.unwrap_or_else(|e| e)
+}
