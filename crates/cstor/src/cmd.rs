@@ -1,1 +1,2 @@
 //! One module per subcommand family; each exposes an `Args` (clap) and `run`.
+pub mod apiserver;

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Debug, Parser)]
-#[command(name = "cstor", version, about = "Replicated block storage for Kubernetes")]
+#[command(
+    name = "cstor",
+    version,
+    about = "Replicated block storage for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,12 +22,16 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     // Each subcommand lives in its own module under src/cmd/.
+    /// Run the embedded Kubernetes API server.
+    Apiserver(cmd::apiserver::Args),
 }
 
 fn main() -> std::process::ExitCode {
     init_logging();
     let cli = Cli::parse();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Apiserver(args) => cmd::apiserver::run(args),
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
