@@ -1,1 +1,286 @@
-//! cstor-apiserver (see ARCHITECTURE.md §3).
+//! cstor-apiserver: the embedded Kubernetes API server (ARCHITECTURE.md decisions 1-2),
+//! so kubectl and kube-rs controllers run unchanged against one machine.
+//!
+//! Owns: the HTTPS listener, the credentials in the data directory, and (through
+//! `core::Core`) every object in one redb file (docs/format/apiserver-store.md).
+//! Invariants: every request without the bearer token gets 401; every acknowledged
+//! change is durable (kill -9 loses nothing acknowledged); the global resourceVersion
+//! only grows, across restarts too; a watch resumed from any resourceVersion still in the
+//! bounded history receives every later change.
+//! Never: runs workloads (pods and statefulsets are stored only, with a warning), talks
+//! to other machines, or depends on higher layers (it serves whatever CRDs it is given).
+//! Shutdown: dropping the `Server` aborts its tasks; a write in flight either committed
+//! (and is kept) or did not (and was not acknowledged).
+
+mod core;
+mod discovery;
+mod error;
+mod fields;
+mod http;
+mod jsonpath;
+mod limits;
+mod patch;
+mod quantity;
+mod registry;
+mod schema;
+mod select;
+mod store;
+mod table;
+mod time;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use error::{ApiError, FieldCause};
+pub use store::StoreError;
+
+/// Name of the store file inside the data directory.
+pub const STORE_FILE: &str = "store.redb";
+/// Name of the kubeconfig written into the data directory.
+pub const KUBECONFIG_FILE: &str = "kubeconfig";
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Filesystem error on a data-directory file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Could not listen.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// Requested address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificate or TLS setup failed.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The store could not be opened or an initial object not written.
+    #[error("store: {0}")]
+    Api(#[from] ApiError),
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port; see `Server::local_addr`).
+    pub listen: SocketAddr,
+    /// Directory for the store, credentials and kubeconfig (created if missing).
+    pub data_dir: PathBuf,
+    /// CustomResourceDefinitions (apiextensions.k8s.io/v1 JSON) served from the start;
+    /// created when missing and updated when their spec changed.
+    pub crds: Vec<Value>,
+}
+
+/// A running server; dropping it stops it.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    kubeconfig: PathBuf,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Server {
+    /// Opens the store, ensures the initial namespaces and CRDs, binds, writes the
+    /// kubeconfig (mode 0600) and starts serving.
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Io {
+            path: config.data_dir.clone(),
+            source: e,
+        })?;
+        let core = Arc::new(tokio::task::block_in_place(|| {
+            core::Core::open(&config.data_dir.join(STORE_FILE))
+        })?);
+        tokio::task::block_in_place(|| bootstrap(&core, &config.crds))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ServerError::Listen {
+                addr: config.listen,
+                source: e,
+            })?;
+        let addr = listener.local_addr().map_err(|e| ServerError::Listen {
+            addr: config.listen,
+            source: e,
+        })?;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        let creds = tls::load_or_create(&config.data_dir, std::slice::from_ref(&host))?;
+        let url_host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let server_url = format!("https://{url_host}:{}", addr.port());
+        let kubeconfig = config.data_dir.join(KUBECONFIG_FILE);
+        tls::write_private(
+            &kubeconfig,
+            kubeconfig_text(&server_url, &creds.ca_pem, &creds.token).as_bytes(),
+            0o600,
+        )?;
+        let app = Arc::new(http::App {
+            core: core.clone(),
+            token: creds.token.clone(),
+            address: format!("{url_host}:{}", addr.port()),
+        });
+        let router = axum::Router::new().fallback(http::handle).with_state(app);
+        let acceptor = tokio_rustls::TlsAcceptor::from(creds.tls.clone());
+        let serve = tokio::spawn(accept_loop(listener, acceptor, router));
+        let gc = tokio::spawn(gc_loop(core.clone()));
+        let sweep = tokio::spawn(event_sweep_loop(core));
+        tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "cstor apiserver serving");
+        Ok(Server {
+            addr,
+            kubeconfig,
+            tasks: vec![serve, gc, sweep],
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Path of the kubeconfig written at start.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Serves until the process ends.
+    pub async fn wait(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn bootstrap(core: &core::Core, crds: &[Value]) -> Result<(), ApiError> {
+    let reg = core.registry();
+    if let Some(rt) = reg.find("", "v1", "namespaces") {
+        let ctx = core::WriteCtx {
+            rt,
+            version: "v1".into(),
+            namespace: String::new(),
+            manager: "cstor-apiserver".into(),
+            dry_run: false,
+            validation: core::FieldValidation::Ignore,
+        };
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            if core.get(&ctx.rt, "", ns).is_err() {
+                core.create(
+                    &ctx,
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                )?;
+            }
+        }
+    }
+    core.ensure_crds(crds)
+}
+
+fn kubeconfig_text(server: &str, ca_pem: &str, token: &str) -> String {
+    let cfg = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cstor", "cluster": {"server": server, "certificate-authority-data": tls::base64_encode(ca_pem.as_bytes())}}],
+        "users": [{"name": "cstor-admin", "user": {"token": token}}],
+        "contexts": [{"name": "cstor", "context": {"cluster": "cstor", "user": "cstor-admin", "namespace": "default"}}],
+        "current-context": "cstor",
+        "preferences": {},
+    });
+    serde_json::to_string_pretty(&cfg).unwrap_or_default()
+}
+
+/// Accepts connections forever (this loop is meant to run until the server is dropped).
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(limits::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "tls handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let service = TowerToHyperService::new(router);
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+/// Runs garbage collection whenever a deletion may have left work (runs forever).
+async fn gc_loop(core: Arc<core::Core>) {
+    loop {
+        core.gc_wakeup.notified().await;
+        for _ in 0..1000 {
+            match tokio::task::block_in_place(|| core.collect_garbage()) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "garbage collection failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Expires events older than the TTL (runs forever).
+async fn event_sweep_loop(core: Arc<core::Core>) {
+    let mut tick = tokio::time::interval(limits::EVENT_SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        core.gc_wakeup.notify_one();
+    }
+}

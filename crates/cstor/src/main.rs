@@ -29,6 +29,8 @@ enum Command {
     Volume(cmd::pool::VolumeArgs),
     /// Serve iSCSI targets and manage a running target server.
     Target(cmd::target::Args),
+    /// Run the embedded Kubernetes API server.
+    Apiserver(cmd::apiserver::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +40,7 @@ fn main() -> std::process::ExitCode {
         Command::Pool(args) => cmd::pool::run_pool(args),
         Command::Volume(args) => cmd::pool::run_volume(args),
         Command::Target(args) => cmd::target::run(args),
+        Command::Apiserver(args) => cmd::apiserver::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,642 @@
+//! The HTTP edge: bearer-token check, routing of Kubernetes API paths, request parsing
+//! (query, content types, bodies with a size bound) and response encoding (objects,
+//! lists, Tables, watch streams, `Status` errors, `Warning` headers).
+//!
+//! Never: holds the core lock across an await, or answers before a write is durable
+//! (writes run in `block_in_place` and return after the commit).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::core::{
+    change_matches, to_external, Core, DeleteOpts, FieldValidation, Filter, PatchKind, WriteCtx,
+};
+use crate::error::ApiError;
+use crate::fields::Part;
+use crate::registry::{ResourceType, Special};
+use crate::select::{FieldSelector, LabelSelector};
+use crate::{discovery, limits, table, time};
+
+/// Shared state of the HTTP layer.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub(crate) core: Arc<Core>,
+    pub(crate) token: String,
+    pub(crate) address: String,
+}
+
+fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    let mut resp = (code, serde_json::to_vec(body).unwrap_or_default()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let code = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(code, &e.status(), &[])
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(given) = v.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // Constant-time comparison: the token is the only credential.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The single entry point for every request.
+pub(crate) async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    if !authorized(req.headers(), &app.token) {
+        return error_response(&ApiError::Unauthorized);
+    }
+    match route(&app, req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+type Query = HashMap<String, String>;
+
+fn parse_query(q: Option<&str>) -> Query {
+    q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(req.into_body(), limits::REQUEST_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| ApiError::TooLarge)
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::BadRequest(format!("the body of the request could not be decoded as JSON: {e} (cstor accepts JSON bodies only)"))
+    })
+}
+
+async fn route(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_string();
+    let query = parse_query(req.uri().query());
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let reg = app.core.registry();
+    let get_only = |r: Result<Response, ApiError>| {
+        if req.method() == Method::GET {
+            r
+        } else {
+            Err(ApiError::MethodNotAllowed)
+        }
+    };
+    match segs.as_slice() {
+        ["version"] => get_only(Ok(json_response(StatusCode::OK, &version(), &[]))),
+        ["healthz"] | ["readyz"] | ["livez"] => {
+            get_only(Ok((StatusCode::OK, "ok").into_response()))
+        }
+        ["api"] => {
+            if let Some(v) = aggregated_accept(&accept) {
+                return Ok(aggregated_response(discovery::aggregated(&reg, true, v), v));
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &discovery::api_versions(&app.address),
+                &[],
+            ))
+        }
+        ["apis"] => {
+            if let Some(v) = aggregated_accept(&accept) {
+                return Ok(aggregated_response(
+                    discovery::aggregated(&reg, false, v),
+                    v,
+                ));
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &discovery::api_group_list(&reg),
+                &[],
+            ))
+        }
+        ["apis", g] => discovery::api_group(&reg, g)
+            .map(|v| json_response(StatusCode::OK, &v, &[]))
+            .ok_or(ApiError::NoRoute),
+        ["api", v] => discovery::resource_list(&reg, "", v)
+            .map(|v| json_response(StatusCode::OK, &v, &[]))
+            .ok_or(ApiError::NoRoute),
+        ["apis", g, v] => discovery::resource_list(&reg, g, v)
+            .map(|v| json_response(StatusCode::OK, &v, &[]))
+            .ok_or(ApiError::NoRoute),
+        ["openapi", "v2"] => {
+            if accept.contains("protobuf") && !accept.contains("json") {
+                return Ok((
+                    StatusCode::NOT_ACCEPTABLE,
+                    "only application/json is served",
+                )
+                    .into_response());
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &discovery::openapi_v2(&reg),
+                &[],
+            ))
+        }
+        ["openapi", "v3"] => Ok(json_response(
+            StatusCode::OK,
+            &discovery::openapi_v3_root(&reg, &app.core.resource_version().to_string()),
+            &[],
+        )),
+        ["openapi", "v3", "api", v] => discovery::openapi_v3_gv(&reg, "", v)
+            .map(|d| json_response(StatusCode::OK, &d, &[]))
+            .ok_or(ApiError::NoRoute),
+        ["openapi", "v3", "apis", g, v] => discovery::openapi_v3_gv(&reg, g, v)
+            .map(|d| json_response(StatusCode::OK, &d, &[]))
+            .ok_or(ApiError::NoRoute),
+        ["api", v, rest @ ..] => {
+            let (v, rest) = (
+                v.to_string(),
+                rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            );
+            resource(app, req, "", &v, &rest, query, &accept).await
+        }
+        ["apis", g, v, rest @ ..] => {
+            let (g, v, rest) = (
+                g.to_string(),
+                v.to_string(),
+                rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            );
+            resource(app, req, &g, &v, &rest, query, &accept).await
+        }
+        _ => Err(ApiError::NoRoute),
+    }
+}
+
+fn version() -> Value {
+    json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0-cstor", "gitCommit": "", "gitTreeState": "clean",
+           "buildDate": "2026-01-01T00:00:00Z", "goVersion": "rust", "compiler": "rustc", "platform": "linux/amd64",
+           "emulationMajor": "1", "emulationMinor": "32"})
+}
+
+fn aggregated_accept(accept: &str) -> Option<&'static str> {
+    if !accept.contains("as=APIGroupDiscoveryList") {
+        return None;
+    }
+    if accept.contains("v=v2;")
+        || accept.contains("v=v2,")
+        || accept.ends_with("v=v2")
+        || accept.contains("v=v2;as")
+    {
+        Some("apidiscovery.k8s.io/v2")
+    } else if accept.contains("v=v2beta1") {
+        Some("apidiscovery.k8s.io/v2beta1")
+    } else {
+        None
+    }
+}
+
+fn aggregated_response(body: Value, api_version: &str) -> Response {
+    let mut r = json_response(StatusCode::OK, &body, &[]);
+    let v = api_version.trim_start_matches("apidiscovery.k8s.io/");
+    if let Ok(ct) = HeaderValue::from_str(&format!(
+        "application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList"
+    )) {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    r
+}
+
+/// Where a resource path points.
+struct Target {
+    rt: Arc<ResourceType>,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn resolve(app: &App, group: &str, version: &str, rest: &[String]) -> Result<Target, ApiError> {
+    let reg = app.core.registry();
+    let (namespace, rest): (Option<String>, &[String]) = match rest {
+        [ns_kw, ns, plural, tail @ ..]
+            if ns_kw == "namespaces" && plural != "status" && plural != "finalize" =>
+        {
+            let _ = tail;
+            (Some(ns.clone()), &rest[2..])
+        }
+        _ => (None, rest),
+    };
+    let (plural, name, status) = match rest {
+        [p] => (p.clone(), None, false),
+        [p, n] => (p.clone(), Some(n.clone()), false),
+        [p, n, s] if s == "status" => (p.clone(), Some(n.clone()), true),
+        [p, n, s] if s == "finalize" && p == "namespaces" => (p.clone(), Some(n.clone()), false),
+        _ => return Err(ApiError::NoRoute),
+    };
+    let rt = reg.find(group, version, &plural).ok_or(ApiError::NoRoute)?;
+    if namespace.is_some() && !rt.namespaced {
+        return Err(ApiError::NoRoute);
+    }
+    if status && !rt.has_status {
+        return Err(ApiError::NoRoute);
+    }
+    if rt.namespaced && name.is_some() && namespace.is_none() {
+        return Err(ApiError::NoRoute);
+    }
+    Ok(Target {
+        rt,
+        namespace,
+        name,
+        status,
+    })
+}
+
+fn manager(query: &Query, headers: &HeaderMap) -> String {
+    if let Some(m) = query.get("fieldManager").filter(|m| !m.is_empty()) {
+        return m.chars().take(128).collect();
+    }
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown");
+    ua.split('/')
+        .next()
+        .unwrap_or("unknown")
+        .chars()
+        .take(128)
+        .collect()
+}
+
+fn validation(query: &Query) -> FieldValidation {
+    match query.get("fieldValidation").map(String::as_str) {
+        Some("Strict") => FieldValidation::Strict,
+        Some("Ignore") => FieldValidation::Ignore,
+        _ => FieldValidation::Warn,
+    }
+}
+
+fn filter(query: &Query, namespace: Option<String>) -> Result<Filter, ApiError> {
+    Ok(Filter {
+        namespace,
+        labels: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?,
+        fields: FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))?,
+    })
+}
+
+async fn resource(
+    app: &Arc<App>,
+    req: Request,
+    group: &str,
+    version: &str,
+    rest: &[String],
+    query: Query,
+    accept: &str,
+) -> Result<Response, ApiError> {
+    let t = resolve(app, group, version, rest)?;
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let ctx = WriteCtx {
+        rt: t.rt.clone(),
+        version: version.to_string(),
+        namespace: t.namespace.clone().unwrap_or_default(),
+        manager: manager(&query, &headers),
+        dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
+        validation: validation(&query),
+    };
+    let want_table = accept.contains("as=Table");
+    let include = query
+        .get("includeObject")
+        .cloned()
+        .unwrap_or_else(|| "Metadata".into());
+    let core = app.core.clone();
+    let part = if t.status {
+        Part::Status
+    } else {
+        Part::Main {
+            has_status: t.rt.has_status,
+        }
+    };
+    match (&method, &t.name) {
+        (&Method::GET, None) => {
+            let f = filter(&query, t.namespace.clone())?;
+            let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+            if watching {
+                return watch(
+                    core,
+                    t.rt.clone(),
+                    version.to_string(),
+                    f,
+                    &query,
+                    want_table,
+                );
+            }
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|l| *l > 0);
+            let page = core.list(&t.rt, &f, limit, query.get("continue").map(String::as_str))?;
+            let items: Vec<Value> = page
+                .items
+                .iter()
+                .map(|o| to_external(&t.rt, version, o))
+                .collect();
+            if want_table {
+                let tb = table::table(
+                    &t.rt,
+                    version,
+                    &items,
+                    &include,
+                    page.resource_version,
+                    page.continue_token.as_deref(),
+                );
+                return Ok(json_response(StatusCode::OK, &tb, &[]));
+            }
+            let mut meta = json!({"resourceVersion": page.resource_version.to_string()});
+            if let Some(c) = &page.continue_token {
+                meta["continue"] = json!(c);
+            }
+            if let Some(r) = page.remaining {
+                meta["remainingItemCount"] = json!(r);
+            }
+            let list = json!({"kind": t.rt.list_kind, "apiVersion": t.rt.api_version(version), "metadata": meta, "items": items});
+            Ok(json_response(StatusCode::OK, &list, &[]))
+        }
+        (&Method::POST, None) => {
+            let body = parse_json(&read_body(req).await?)?;
+            let w = tokio::task::block_in_place(|| core.create(&ctx, body))?;
+            Ok(json_response(StatusCode::CREATED, &w.object, &w.warnings))
+        }
+        (&Method::DELETE, None) => {
+            let f = filter(&query, t.namespace.clone())?;
+            let page = core.list(&t.rt, &f, None, None)?;
+            let mut deleted = Vec::new();
+            for o in &page.items {
+                let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let mut c = ctx.clone();
+                c.namespace = o["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                match tokio::task::block_in_place(|| core.delete(&c, &name, &DeleteOpts::default()))
+                {
+                    Ok(v) => deleted.push(v),
+                    Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let list = json!({"kind": t.rt.list_kind, "apiVersion": t.rt.api_version(version),
+                              "metadata": {"resourceVersion": core.resource_version().to_string()}, "items": deleted});
+            Ok(json_response(StatusCode::OK, &list, &[]))
+        }
+        (&Method::GET, Some(name)) => {
+            let o = core.get(&t.rt, &ctx.namespace, name)?;
+            let ext = to_external(&t.rt, version, &o);
+            if want_table && !t.status {
+                let tb = table::table(
+                    &t.rt,
+                    version,
+                    std::slice::from_ref(&ext),
+                    &include,
+                    core.resource_version(),
+                    None,
+                );
+                return Ok(json_response(StatusCode::OK, &tb, &[]));
+            }
+            Ok(json_response(StatusCode::OK, &ext, &[]))
+        }
+        (&Method::PUT, Some(name)) => {
+            let body = parse_json(&read_body(req).await?)?;
+            let w = tokio::task::block_in_place(|| core.update(&ctx, name, body, part))?;
+            Ok(json_response(StatusCode::OK, &w.object, &w.warnings))
+        }
+        (&Method::PATCH, Some(name)) => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let kind = match ct.split(';').next().unwrap_or("").trim() {
+                "application/json-patch+json" => PatchKind::Json,
+                "application/merge-patch+json" => PatchKind::Merge,
+                "application/strategic-merge-patch+json" => PatchKind::Strategic,
+                "application/apply-patch+yaml" | "application/apply-patch+json" => {
+                    if query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+                        return Err(ApiError::Invalid {
+                            kind: "PatchOptions".into(),
+                            group: "meta.k8s.io".into(),
+                            name: String::new(),
+                            causes: vec![crate::error::FieldCause {
+                                reason: "FieldValueRequired",
+                                field: "fieldManager".into(),
+                                message: "Required value: is required for apply patch".into(),
+                            }],
+                        });
+                    }
+                    PatchKind::Apply { force: query.get("force").is_some_and(|f| f == "true") }
+                }
+                other => {
+                    return Err(ApiError::UnsupportedMediaType(format!(
+                        "{other} is not supported; use application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
+                    )))
+                }
+            };
+            let body = parse_json(&read_body(req).await?)?;
+            let w = tokio::task::block_in_place(|| core.patch(&ctx, name, kind, body, part))?;
+            let code = if w.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(code, &w.object, &w.warnings))
+        }
+        (&Method::DELETE, Some(name)) => {
+            let bytes = read_body(req).await?;
+            let body = if bytes.is_empty() {
+                json!({})
+            } else {
+                parse_json(&bytes)?
+            };
+            let policy = query
+                .get("propagationPolicy")
+                .cloned()
+                .or_else(|| body["propagationPolicy"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let opts = DeleteOpts {
+                precondition_rv: body["preconditions"]["resourceVersion"]
+                    .as_str()
+                    .map(str::to_string),
+                precondition_uid: body["preconditions"]["uid"].as_str().map(str::to_string),
+                orphan: policy == "Orphan" || body["orphanDependents"].as_bool() == Some(true),
+            };
+            let o = tokio::task::block_in_place(|| core.delete(&ctx, name, &opts))?;
+            Ok(json_response(StatusCode::OK, &o, &[]))
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// Serialises one watch event as a JSON line.
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut v = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn watch(
+    core: Arc<Core>,
+    rt: Arc<ResourceType>,
+    version: String,
+    f: Filter,
+    query: &Query,
+    want_table: bool,
+) -> Result<Response, ApiError> {
+    let initial = query.get("sendInitialEvents").is_some_and(|s| s == "true");
+    let from: Option<u64> = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) if initial => {
+            let _ = rv;
+            None
+        }
+        Some(rv) => Some(
+            rv.parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv}")))?,
+        ),
+    };
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(limits::WATCH_DURATION_MAX, |s| {
+            Duration::from_secs(s).min(limits::WATCH_DURATION_MAX)
+        });
+    let include = query
+        .get("includeObject")
+        .cloned()
+        .unwrap_or_else(|| "Metadata".into());
+    let (tx, rx) =
+        mpsc::channel::<Result<Bytes, Infallible>>(limits::WATCH_CONNECTION_BUFFER_EVENTS);
+    let started = core.watch(&rt, &f, from);
+    tokio::spawn(async move {
+        let (replay, mut live, mut last_rv) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = tx.send(Ok(event_line("ERROR", &e.status()))).await;
+                return;
+            }
+        };
+        let mut first_table = true;
+        let render = |obj: &Value, first: &mut bool| -> Value {
+            let ext = to_external(&rt, &version, obj);
+            if want_table {
+                let now = time::now_secs();
+                let mut tb = table::table(&rt, &version, &[], &include, 0, None);
+                tb["rows"] = json!([table::row(&rt, &rt.columns(&version), &ext, &include, now)]);
+                tb["metadata"] =
+                    json!({"resourceVersion": ext["metadata"]["resourceVersion"].clone()});
+                if !*first {
+                    tb["columnDefinitions"] = json!([]);
+                }
+                *first = false;
+                tb
+            } else {
+                ext
+            }
+        };
+        for c in &replay {
+            if from.is_some() && !change_matches(&rt, &f, c) {
+                continue;
+            }
+            let line = event_line(c.kind.as_str(), &render(&c.object, &mut first_table));
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+        if initial {
+            let bm = json!({"kind": rt.kind, "apiVersion": rt.api_version(&version),
+                            "metadata": {"resourceVersion": last_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+            if tx.send(Ok(event_line("BOOKMARK", &bm))).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(limits::WATCH_BOOKMARK_INTERVAL);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                ev = live.recv() => match ev {
+                    Ok(c) => {
+                        if c.rv <= last_rv {
+                            continue;
+                        }
+                        last_rv = c.rv;
+                        if !change_matches(&rt, &f, &c) {
+                            continue;
+                        }
+                        let line = event_line(c.kind.as_str(), &render(&c.object, &mut first_table));
+                        if tx.send(Ok(line)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Too far behind: end the stream; the client resumes from its last
+                    // resourceVersion and is replayed from history.
+                    Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = ticker.tick(), if bookmarks => {
+                    let bm = json!({"kind": rt.kind, "apiVersion": rt.api_version(&version), "metadata": {"resourceVersion": last_rv.to_string()}});
+                    if tx.send(Ok(event_line("BOOKMARK", &bm))).await.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    let _ = Special::None;
+    Ok(resp)
+}

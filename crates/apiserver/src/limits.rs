@@ -1,0 +1,60 @@
+//! Every bound of the API server in one place, each with the reason for its value.
+
+use std::time::Duration;
+
+/// Largest request body accepted: etcd's default request limit is 1.5 MiB, so no object
+/// a real cluster would hold is refused, and a runaway client cannot exhaust memory.
+pub(crate) const REQUEST_BODY_BYTES_MAX: usize = 3 * 1024 * 1024;
+
+/// Watch events kept (in memory and in the store) for resuming watches; older
+/// resourceVersions get 410 Gone. Enough for minutes of controller churn on one machine
+/// while keeping restart replay and the store small.
+pub(crate) const WATCH_HISTORY_EVENTS_MAX: usize = 20_000;
+
+/// Events a watcher may fall behind the live broadcast before its stream is closed; the
+/// client then re-watches from its last resourceVersion and is replayed from history.
+pub(crate) const WATCH_BROADCAST_EVENTS_MAX: usize = 8_192;
+
+/// Events buffered per watch connection between the fan-out task and the HTTP body.
+pub(crate) const WATCH_CONNECTION_BUFFER_EVENTS: usize = 256;
+
+/// How often a watch that asked for bookmarks gets one; kube-rs and client-go use them
+/// to move their resume point forward on quiet resources.
+pub(crate) const WATCH_BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Longest a single watch stays open (the client asks for less with timeoutSeconds);
+/// kube-apiserver's default min-request-timeout is 30 minutes.
+pub(crate) const WATCH_DURATION_MAX: Duration = Duration::from_secs(30 * 60);
+
+/// Largest page a list returns even when the client asks for more or for no limit is
+/// not bounded (a list without limit returns everything, like the real server); this
+/// caps `limit=` values only.
+pub(crate) const LIST_PAGE_ITEMS_MAX: usize = 10_000;
+
+/// Events (core/v1 and events.k8s.io/v1) expire after this, like kube-apiserver's
+/// default --event-ttl.
+pub(crate) const EVENT_TTL: Duration = Duration::from_secs(3600);
+
+/// How often expired events are swept.
+pub(crate) const EVENT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Objects removed per garbage-collection pass; a pass repeats until nothing is left,
+/// so this only bounds the time the store lock is held at once.
+pub(crate) const GC_BATCH_OBJECTS_MAX: usize = 1_000;
+
+/// Time a TLS handshake may take before the connection is dropped.
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Validity of the generated CA and serving certificate (days).
+pub(crate) const CERT_VALIDITY_DAYS: i64 = 3650;
+
+/// Deepest JSON nesting walked by validation, patching and field tracking; a deeper
+/// document is refused instead of risking stack exhaustion.
+pub(crate) const OBJECT_DEPTH_MAX: usize = 64;
+
+/// Managed-field entries kept per object (one per manager and operation).
+pub(crate) const MANAGERS_PER_OBJECT_MAX: usize = 32;
+
+/// Internal retries of a write without a client resourceVersion that lost a race with
+/// another writer; a handful suffices because each retry sees the newer object.
+pub(crate) const UPDATE_RETRIES_MAX: u32 = 8;

@@ -1,0 +1,756 @@
+//! The resource types the server serves: the built-in kinds (a fixed table) and every
+//! CustomResourceDefinition in the store, rebuilt whenever a CRD changes.
+//!
+//! Invariants: (group, plural) is unique; every served version of a type shares one
+//! storage key space (`{group}/{plural}/{namespace}/{name}`), so an object written through
+//! one version is read through any other. Never: does IO.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+/// Group name used in storage keys for the core ("") group.
+pub(crate) const CORE_KEY_GROUP: &str = "core";
+
+/// One printer column of a type's Table output.
+#[derive(Debug, Clone)]
+pub(crate) struct Column {
+    pub(crate) name: String,
+    pub(crate) type_: String,
+    pub(crate) format: String,
+    pub(crate) description: String,
+    pub(crate) priority: i64,
+    /// JSONPath (`.status.phase`) or a built-in computed column (`#name`).
+    pub(crate) path: String,
+}
+
+/// Special server behaviour attached to a built-in kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Special {
+    None,
+    Namespace,
+    Crd,
+    Pvc,
+    Pv,
+    ResourceQuota,
+    /// Stored only; a warning says no workload runs.
+    Workload,
+    CoreEvent,
+    /// events.k8s.io/v1 view of the core events storage.
+    EventsV1,
+}
+
+/// A served resource type.
+#[derive(Debug, Clone)]
+pub(crate) struct ResourceType {
+    pub(crate) group: String,
+    /// Served versions, storage version first.
+    pub(crate) versions: Vec<String>,
+    pub(crate) kind: String,
+    pub(crate) list_kind: String,
+    pub(crate) plural: String,
+    pub(crate) singular: String,
+    pub(crate) short_names: Vec<String>,
+    pub(crate) categories: Vec<String>,
+    pub(crate) namespaced: bool,
+    pub(crate) has_status: bool,
+    /// OpenAPI v3 schema per version (None: anything goes).
+    pub(crate) schemas: BTreeMap<String, Value>,
+    /// Printer columns per version (without NAME, which is always first).
+    pub(crate) columns: BTreeMap<String, Vec<Column>>,
+    pub(crate) special: Special,
+    /// Group and plural whose storage this type uses (differs only for events.k8s.io).
+    pub(crate) storage_group: String,
+    pub(crate) storage_plural: String,
+    pub(crate) is_crd: bool,
+}
+
+impl ResourceType {
+    /// `plural.group` as the real server names resources in messages.
+    pub(crate) fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    pub(crate) fn api_version(&self, version: &str) -> String {
+        if self.group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{}/{}", self.group, version)
+        }
+    }
+
+    /// Storage key prefix of the whole type.
+    pub(crate) fn key_prefix(&self) -> String {
+        let g = if self.storage_group.is_empty() {
+            CORE_KEY_GROUP
+        } else {
+            &self.storage_group
+        };
+        format!("{g}/{}/", self.storage_plural)
+    }
+
+    pub(crate) fn key(&self, namespace: &str, name: &str) -> String {
+        format!("{}{namespace}/{name}", self.key_prefix())
+    }
+
+    pub(crate) fn schema(&self, version: &str) -> Option<&Value> {
+        self.schemas.get(version)
+    }
+
+    pub(crate) fn columns(&self, version: &str) -> Vec<Column> {
+        self.columns
+            .get(version)
+            .cloned()
+            .unwrap_or_else(|| vec![age_column()])
+    }
+}
+
+/// All served types.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    pub(crate) types: Vec<Arc<ResourceType>>,
+}
+
+impl Registry {
+    /// Built-ins plus the given CRD objects (invalid CRDs are skipped; they were
+    /// validated when written).
+    pub(crate) fn build(crds: &[Arc<Value>]) -> Registry {
+        let mut types: Vec<Arc<ResourceType>> = builtins().into_iter().map(Arc::new).collect();
+        for crd in crds {
+            if let Ok(rt) = crd_to_type(crd) {
+                if !types
+                    .iter()
+                    .any(|t| t.group == rt.group && t.plural == rt.plural)
+                {
+                    types.push(Arc::new(rt));
+                }
+            }
+        }
+        Registry { types }
+    }
+
+    pub(crate) fn find(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Option<Arc<ResourceType>> {
+        self.types
+            .iter()
+            .find(|t| {
+                t.group == group && t.plural == plural && t.versions.iter().any(|v| v == version)
+            })
+            .cloned()
+    }
+
+    /// Groups with their versions, in a stable order (core first, then by name).
+    pub(crate) fn groups(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for t in &self.types {
+            let vs = out.entry(t.group.clone()).or_default();
+            for v in &t.versions {
+                if !vs.contains(v) {
+                    vs.push(v.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+fn col(name: &str, type_: &str, path: &str, priority: i64) -> Column {
+    Column {
+        name: name.into(),
+        type_: type_.into(),
+        format: if name == "Name" {
+            "name".into()
+        } else {
+            String::new()
+        },
+        description: String::new(),
+        priority,
+        path: path.into(),
+    }
+}
+
+pub(crate) fn age_column() -> Column {
+    Column {
+        name: "Age".into(),
+        type_: "date".into(),
+        format: String::new(),
+        description: "CreationTimestamp is a timestamp representing the server time when this object was created.".into(),
+        priority: 0,
+        path: ".metadata.creationTimestamp".into(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn builtin(
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+    short: &[&str],
+    namespaced: bool,
+    has_status: bool,
+    columns: Vec<Column>,
+    special: Special,
+) -> ResourceType {
+    ResourceType {
+        group: group.into(),
+        versions: vec![version.into()],
+        kind: kind.into(),
+        list_kind: format!("{kind}List"),
+        plural: plural.into(),
+        singular: kind.to_lowercase(),
+        short_names: short.iter().map(|s| s.to_string()).collect(),
+        categories: Vec::new(),
+        namespaced,
+        has_status,
+        schemas: BTreeMap::new(),
+        columns: BTreeMap::from([(version.to_string(), columns)]),
+        special,
+        storage_group: group.into(),
+        storage_plural: plural.into(),
+        is_crd: false,
+    }
+}
+
+fn builtins() -> Vec<ResourceType> {
+    let age = age_column;
+    let mut v = vec![
+        builtin(
+            "",
+            "v1",
+            "Namespace",
+            "namespaces",
+            &["ns"],
+            false,
+            true,
+            vec![col("Status", "string", ".status.phase", 0), age()],
+            Special::Namespace,
+        ),
+        builtin(
+            "",
+            "v1",
+            "Node",
+            "nodes",
+            &["no"],
+            false,
+            true,
+            vec![
+                col("Status", "string", "#node-status", 0),
+                col("Roles", "string", "#node-roles", 0),
+                age(),
+                col("Version", "string", ".status.nodeInfo.kubeletVersion", 0),
+                col("Internal-IP", "string", "#node-internal-ip", 1),
+            ],
+            Special::None,
+        ),
+        builtin(
+            "",
+            "v1",
+            "Secret",
+            "secrets",
+            &[],
+            true,
+            false,
+            vec![
+                col("Type", "string", ".type", 0),
+                col("Data", "integer", "#data-count", 0),
+                age(),
+            ],
+            Special::None,
+        ),
+        builtin(
+            "",
+            "v1",
+            "ConfigMap",
+            "configmaps",
+            &["cm"],
+            true,
+            false,
+            vec![col("Data", "integer", "#data-count", 0), age()],
+            Special::None,
+        ),
+        builtin(
+            "",
+            "v1",
+            "Event",
+            "events",
+            &["ev"],
+            true,
+            false,
+            vec![
+                col("Last Seen", "string", "#event-last-seen", 0),
+                col("Type", "string", ".type", 0),
+                col("Reason", "string", ".reason", 0),
+                col("Object", "string", "#event-object", 0),
+                col("Message", "string", ".message", 0),
+            ],
+            Special::CoreEvent,
+        ),
+        builtin(
+            "",
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            &["pvc"],
+            true,
+            true,
+            vec![
+                col("Status", "string", ".status.phase", 0),
+                col("Volume", "string", ".spec.volumeName", 0),
+                col("Capacity", "string", ".status.capacity.storage", 0),
+                col("Access Modes", "string", "#access-modes-status", 0),
+                col("StorageClass", "string", ".spec.storageClassName", 0),
+                col("VolumeAttributesClass", "string", "#vac", 0),
+                age(),
+                col("VolumeMode", "string", ".spec.volumeMode", 1),
+            ],
+            Special::Pvc,
+        ),
+        builtin(
+            "",
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            &["pv"],
+            false,
+            true,
+            vec![
+                col("Capacity", "string", ".spec.capacity.storage", 0),
+                col("Access Modes", "string", "#access-modes-spec", 0),
+                col(
+                    "Reclaim Policy",
+                    "string",
+                    ".spec.persistentVolumeReclaimPolicy",
+                    0,
+                ),
+                col("Status", "string", ".status.phase", 0),
+                col("Claim", "string", "#pv-claim", 0),
+                col("StorageClass", "string", ".spec.storageClassName", 0),
+                col("VolumeAttributesClass", "string", "#vac", 0),
+                col("Reason", "string", ".status.reason", 0),
+                age(),
+                col("VolumeMode", "string", ".spec.volumeMode", 1),
+            ],
+            Special::Pv,
+        ),
+        builtin(
+            "",
+            "v1",
+            "ResourceQuota",
+            "resourcequotas",
+            &["quota"],
+            true,
+            true,
+            vec![
+                age(),
+                col("Request", "string", "#quota-request", 0),
+                col("Limit", "string", "#quota-limit", 0),
+            ],
+            Special::ResourceQuota,
+        ),
+        builtin(
+            "",
+            "v1",
+            "Pod",
+            "pods",
+            &["po"],
+            true,
+            true,
+            vec![
+                col("Ready", "string", "#pod-ready", 0),
+                col("Status", "string", "#pod-status", 0),
+                col("Restarts", "string", "#pod-restarts", 0),
+                age(),
+                col("IP", "string", ".status.podIP", 1),
+                col("Node", "string", ".spec.nodeName", 1),
+            ],
+            Special::Workload,
+        ),
+        builtin(
+            "",
+            "v1",
+            "ServiceAccount",
+            "serviceaccounts",
+            &["sa"],
+            true,
+            false,
+            vec![col("Secrets", "integer", "#secrets-count", 0), age()],
+            Special::None,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "StatefulSet",
+            "statefulsets",
+            &["sts"],
+            true,
+            true,
+            vec![
+                col("Ready", "string", "#sts-ready", 0),
+                age(),
+                col("Containers", "string", "#containers", 1),
+                col("Images", "string", "#images", 1),
+            ],
+            Special::Workload,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "Deployment",
+            "deployments",
+            &["deploy"],
+            true,
+            true,
+            vec![
+                col("Ready", "string", "#sts-ready", 0),
+                age(),
+                col("Containers", "string", "#containers", 1),
+                col("Images", "string", "#images", 1),
+            ],
+            Special::Workload,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "DaemonSet",
+            "daemonsets",
+            &["ds"],
+            true,
+            true,
+            vec![
+                age(),
+                col("Containers", "string", "#containers", 1),
+                col("Images", "string", "#images", 1),
+            ],
+            Special::Workload,
+        ),
+        builtin(
+            "storage.k8s.io",
+            "v1",
+            "StorageClass",
+            "storageclasses",
+            &["sc"],
+            false,
+            false,
+            vec![
+                col("Provisioner", "string", ".provisioner", 0),
+                col("ReclaimPolicy", "string", "#sc-reclaim", 0),
+                col("VolumeBindingMode", "string", "#sc-binding", 0),
+                col("AllowVolumeExpansion", "string", "#sc-expansion", 0),
+                age(),
+            ],
+            Special::None,
+        ),
+        builtin(
+            "snapshot.storage.k8s.io",
+            "v1",
+            "VolumeSnapshotClass",
+            "volumesnapshotclasses",
+            &["vsclass", "vsclasses"],
+            false,
+            false,
+            vec![
+                col("Driver", "string", ".driver", 0),
+                col("DeletionPolicy", "string", ".deletionPolicy", 0),
+                age(),
+            ],
+            Special::None,
+        ),
+        builtin(
+            "snapshot.storage.k8s.io",
+            "v1",
+            "VolumeSnapshot",
+            "volumesnapshots",
+            &["vs"],
+            true,
+            true,
+            vec![
+                col("ReadyToUse", "boolean", ".status.readyToUse", 0),
+                col(
+                    "SourcePVC",
+                    "string",
+                    ".spec.source.persistentVolumeClaimName",
+                    0,
+                ),
+                col(
+                    "SourceSnapshotContent",
+                    "string",
+                    ".spec.source.volumeSnapshotContentName",
+                    0,
+                ),
+                col("RestoreSize", "string", ".status.restoreSize", 0),
+                col(
+                    "SnapshotClass",
+                    "string",
+                    ".spec.volumeSnapshotClassName",
+                    0,
+                ),
+                col(
+                    "SnapshotContent",
+                    "string",
+                    ".status.boundVolumeSnapshotContentName",
+                    0,
+                ),
+                col("CreationTime", "date", ".status.creationTime", 0),
+                age(),
+            ],
+            Special::None,
+        ),
+        builtin(
+            "snapshot.storage.k8s.io",
+            "v1",
+            "VolumeSnapshotContent",
+            "volumesnapshotcontents",
+            &["vsc", "vscs"],
+            false,
+            true,
+            vec![
+                col("ReadyToUse", "boolean", ".status.readyToUse", 0),
+                col("RestoreSize", "integer", ".status.restoreSize", 0),
+                col("DeletionPolicy", "string", ".spec.deletionPolicy", 0),
+                col("Driver", "string", ".spec.driver", 0),
+                col(
+                    "VolumeSnapshotClass",
+                    "string",
+                    ".spec.volumeSnapshotClassName",
+                    0,
+                ),
+                col(
+                    "VolumeSnapshot",
+                    "string",
+                    ".spec.volumeSnapshotRef.name",
+                    0,
+                ),
+                col(
+                    "VolumeSnapshotNamespace",
+                    "string",
+                    ".spec.volumeSnapshotRef.namespace",
+                    0,
+                ),
+                age(),
+            ],
+            Special::None,
+        ),
+        builtin(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            &["crd", "crds"],
+            false,
+            true,
+            vec![col("Created At", "date", "#created-at", 0)],
+            Special::Crd,
+        ),
+        builtin(
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+            "leases",
+            &[],
+            true,
+            false,
+            vec![col("Holder", "string", ".spec.holderIdentity", 0), age()],
+            Special::None,
+        ),
+    ];
+    let mut ev = builtin(
+        "events.k8s.io",
+        "v1",
+        "Event",
+        "events",
+        &["ev"],
+        true,
+        false,
+        vec![
+            col("Last Seen", "string", "#event-last-seen", 0),
+            col("Type", "string", ".type", 0),
+            col("Reason", "string", ".reason", 0),
+            col("Object", "string", "#event-object", 0),
+            col("Message", "string", ".note", 0),
+        ],
+        Special::EventsV1,
+    );
+    ev.storage_group = String::new();
+    v.push(ev);
+    for t in &mut v {
+        if t.group == "snapshot.storage.k8s.io" {
+            let schema = snapshot_schema(&t.kind);
+            t.schemas.insert("v1".into(), schema);
+        }
+        if t.special == Special::Workload {
+            t.categories = vec!["all".into()];
+        }
+    }
+    v
+}
+
+/// The parts of the external-snapshotter CRD schemas that reject bad objects.
+fn snapshot_schema(kind: &str) -> Value {
+    let deletion = json!({"type": "string", "enum": ["Delete", "Retain"]});
+    let props = match kind {
+        "VolumeSnapshotClass" => json!({
+            "required": ["deletionPolicy", "driver"],
+            "properties": {"driver": {"type": "string"}, "deletionPolicy": deletion,
+                           "parameters": {"type": "object", "additionalProperties": {"type": "string"}}}}),
+        "VolumeSnapshot" => json!({
+            "required": ["spec"],
+            "properties": {"spec": {"type": "object", "required": ["source"], "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {"source": {"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                    "properties": {"persistentVolumeClaimName": {"type": "string"}, "volumeSnapshotContentName": {"type": "string"}}},
+                    "volumeSnapshotClassName": {"type": "string"}}}}}),
+        _ => json!({
+            "required": ["spec"],
+            "properties": {"spec": {"type": "object", "required": ["deletionPolicy", "driver", "source", "volumeSnapshotRef"],
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {"deletionPolicy": deletion, "driver": {"type": "string"}}}}}),
+    };
+    let mut s = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    if let (Some(obj), Some(extra)) = (s.as_object_mut(), props.as_object()) {
+        for (k, v) in extra {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    s
+}
+
+/// Why a CRD object cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CrdError {
+    pub(crate) field: String,
+    pub(crate) message: String,
+}
+
+fn crd_err(field: &str, message: &str) -> CrdError {
+    CrdError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Turns a CustomResourceDefinition object into a served type.
+pub(crate) fn crd_to_type(crd: &Value) -> Result<ResourceType, CrdError> {
+    let spec = &crd["spec"];
+    let group = spec["group"]
+        .as_str()
+        .filter(|g| !g.is_empty())
+        .ok_or_else(|| crd_err("spec.group", "Required value"))?;
+    let names = &spec["names"];
+    let plural = names["plural"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| crd_err("spec.names.plural", "Required value"))?;
+    let kind = names["kind"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| crd_err("spec.names.kind", "Required value"))?;
+    let expected = format!("{plural}.{group}");
+    if crd["metadata"]["name"].as_str() != Some(expected.as_str()) {
+        return Err(crd_err(
+            "metadata.name",
+            &format!(
+                "Invalid value: {}: must be spec.names.plural+\".\"+spec.group",
+                crd["metadata"]["name"]
+            ),
+        ));
+    }
+    let scope = spec["scope"].as_str().unwrap_or("");
+    let namespaced = match scope {
+        "Namespaced" => true,
+        "Cluster" => false,
+        _ => {
+            return Err(crd_err(
+                "spec.scope",
+                "Unsupported value: must be Namespaced or Cluster",
+            ))
+        }
+    };
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let versions = spec["versions"]
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| crd_err("spec.versions", "Required value"))?;
+    let mut served = Vec::new();
+    let mut schemas = BTreeMap::new();
+    let mut columns = BTreeMap::new();
+    let mut has_status = false;
+    let mut storage_count = 0;
+    for (i, v) in versions.iter().enumerate() {
+        let name = v["name"]
+            .as_str()
+            .ok_or_else(|| crd_err(&format!("spec.versions[{i}].name"), "Required value"))?;
+        if v["storage"].as_bool() == Some(true) {
+            storage_count += 1;
+            served.insert(0, name.to_string());
+        } else if v["served"].as_bool() != Some(false) {
+            served.push(name.to_string());
+        }
+        if let Some(schema) = v["schema"].get("openAPIV3Schema") {
+            schemas.insert(name.to_string(), schema.clone());
+        }
+        if v["subresources"].get("status").is_some() {
+            has_status = true;
+        }
+        let cols: Vec<Column> = v["additionalPrinterColumns"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| Column {
+                        name: c["name"].as_str().unwrap_or("").to_string(),
+                        type_: c["type"].as_str().unwrap_or("string").to_string(),
+                        format: c["format"].as_str().unwrap_or("").to_string(),
+                        description: c["description"].as_str().unwrap_or("").to_string(),
+                        priority: c["priority"].as_i64().unwrap_or(0),
+                        path: c["jsonPath"].as_str().unwrap_or("").to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![age_column()]);
+        columns.insert(name.to_string(), cols);
+    }
+    if storage_count != 1 {
+        return Err(crd_err(
+            "spec.versions",
+            "Invalid value: must have exactly one version marked as storage version",
+        ));
+    }
+    Ok(ResourceType {
+        group: group.into(),
+        versions: served,
+        kind: kind.into(),
+        list_kind: names["listKind"]
+            .as_str()
+            .map_or_else(|| format!("{kind}List"), str::to_string),
+        plural: plural.into(),
+        singular: names["singular"]
+            .as_str()
+            .map_or_else(|| kind.to_lowercase(), str::to_string),
+        short_names: strs(&names["shortNames"]),
+        categories: strs(&names["categories"]),
+        namespaced,
+        has_status,
+        schemas,
+        columns,
+        special: Special::None,
+        storage_group: group.into(),
+        storage_plural: plural.into(),
+        is_crd: true,
+    })
+}

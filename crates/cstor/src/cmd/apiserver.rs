@@ -1,0 +1,49 @@
+//! `cstor apiserver`: the embedded Kubernetes API server (crates/apiserver) as a process.
+//!
+//! Owns: argument parsing and the process lifetime. Never: API logic of its own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Arguments of `cstor apiserver`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to serve HTTPS on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// Directory for the store (store.redb), the CA, the token and the kubeconfig.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+/// The CustomResourceDefinitions served from the start, as apiextensions.k8s.io/v1 JSON.
+/// The cStor kinds (`cstor_api::crds()`) are wired in here.
+pub fn initial_crds() -> Vec<serde_json::Value> {
+    Vec::new()
+}
+
+/// Runs the server until the process is killed.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let server = cstor_apiserver::Server::start(cstor_apiserver::Config {
+            listen: args.listen,
+            data_dir: args.data_dir.clone(),
+            crds: initial_crds(),
+        })
+        .await
+        .with_context(|| format!("starting the API server in {}", args.data_dir.display()))?;
+        eprintln!(
+            "cstor apiserver: serving https://{} (kubeconfig {})",
+            server.local_addr(),
+            server.kubeconfig_path().display()
+        );
+        server.wait().await;
+        Ok(())
+    })
+}
