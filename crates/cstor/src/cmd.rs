@@ -1,5 +1,5 @@
 //! One module per subcommand family; each exposes an `Args` (clap) and `run`.
 
+pub mod apiserver;
 pub mod pool;
 pub mod target;
-pub mod apiserver;

@@ -21,7 +21,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "G" | "GB" | "GI" | "GIB" => 30,
         "T" | "TB" | "TI" | "TIB" => 40,
         "P" | "PB" | "PI" | "PIB" => 50,
-        other => return Err(format!("size {text:?}: unknown suffix {other:?} (use K, M, G, T)")),
+        other => {
+            return Err(format!(
+                "size {text:?}: unknown suffix {other:?} (use K, M, G, T)"
+            ))
+        }
     };
     let unit: u128 = 1u128 << shift;
     let bytes: u128 = match number.split_once('.') {

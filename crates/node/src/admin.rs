@@ -202,7 +202,8 @@ pub fn execute(
         Request::PoolAdd { kind, devices, log } => {
             let kind = GroupKind::parse(&kind)
                 .ok_or_else(|| NodeError::Invalid(format!("unknown raid group kind {kind:?}")))?;
-            pool.spa().add_group_paths(&GroupSpec { kind, devices, log })?;
+            pool.spa()
+                .add_group_paths(&GroupSpec { kind, devices, log })?;
             pool.remember_devices()?;
             Ok(pool_status(pool))
         }
@@ -439,19 +440,13 @@ fn volume_read(
     length: Option<u64>,
     output: &mut dyn Write,
 ) -> Result<Value> {
-    let engine = pool.engine();
-    let (h, size) = match target.split_once('@') {
-        None => {
-            let h = engine.volume(target)?;
-            let size = h.size();
-            (h, size)
-        }
-        Some((vol, snap)) => {
-            let h = engine.snapshot_handle(vol, snap)?;
-            let size = h.size();
-            (h, size)
-        }
-    };
+    if let Some((vol, snap)) = target.split_once('@') {
+        return Err(NodeError::Invalid(format!(
+            "reading snapshot {vol}@{snap} directly is not supported yet; clone it and read the clone"
+        )));
+    }
+    let h = pool.engine().volume(target)?;
+    let size = h.size();
     let length = length.unwrap_or(size.saturating_sub(offset));
     check_range(offset, length, size, target)?;
     let mut buf = vec![0u8; IO_CHUNK_BYTES];

@@ -41,7 +41,10 @@ fn engine_options() -> PoolOptions {
 }
 
 fn all_paths(groups: &[GroupSpec<String>]) -> Vec<String> {
-    groups.iter().flat_map(|g| g.devices.iter().cloned()).collect()
+    groups
+        .iter()
+        .flat_map(|g| g.devices.iter().cloned())
+        .collect()
 }
 
 impl OpenPool {

@@ -18,6 +18,7 @@ pub mod host;
 pub mod limits;
 pub mod registry;
 pub mod socket;
+pub mod volume_backend;
 
 pub use error::{NodeError, Result};
 pub use host::{OpenPool, PoolHost};

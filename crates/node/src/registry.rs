@@ -86,10 +86,10 @@ impl Registry {
 
     /// `$CSTOR_HOME`, or /var/lib/cstor.
     pub fn from_env() -> Registry {
-        Registry::new(std::env::var_os("CSTOR_HOME").map_or_else(
-            || PathBuf::from("/var/lib/cstor"),
-            PathBuf::from,
-        ))
+        Registry::new(
+            std::env::var_os("CSTOR_HOME")
+                .map_or_else(|| PathBuf::from("/var/lib/cstor"), PathBuf::from),
+        )
     }
 
     /// The directory.

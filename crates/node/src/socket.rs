@@ -146,7 +146,8 @@ impl AdminServer {
     pub fn start(path: &Path, pool: Arc<OpenPool>) -> Result<AdminServer> {
         let home_err = |context: String| move |source| NodeError::Home { context, source };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(home_err(format!("creating {}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(home_err(format!("creating {}", dir.display())))?;
         }
         // The caller holds the pool's device locks, so any socket left here belongs to a
         // process that is gone.
@@ -267,9 +268,7 @@ fn serve_connection(stream: UnixStream, pool: &OpenPool) -> io::Result<()> {
                 let _ = write_frame(&mut **w, KIND_PROGRESS, &body).and_then(|()| w.flush());
             }
         };
-        let mut out = ProgressSafeWriter {
-            cell: &writer_cell,
-        };
+        let mut out = ProgressSafeWriter { cell: &writer_cell };
         admin::execute(pool, env.request, &mut input, &mut out, &mut progress)
     };
     // Drain unread input so the client's writes never block on a full socket.
@@ -356,10 +355,12 @@ pub fn call(
             }
         };
         match kind {
-            KIND_DATA => output.write_all(&payload).map_err(|source| NodeError::Stream {
-                context: "writing output".into(),
-                source,
-            })?,
+            KIND_DATA => output
+                .write_all(&payload)
+                .map_err(|source| NodeError::Stream {
+                    context: "writing output".into(),
+                    source,
+                })?,
             KIND_PROGRESS => {
                 if let Ok(p) = serde_json::from_slice::<Progress>(&payload) {
                     progress(&p);

@@ -51,7 +51,9 @@ impl PoolVolumeBackend {
 
 fn map_err(offset: u64, e: PoolError) -> BackendError {
     match e {
-        PoolError::OutOfRange { offset, len, size, .. } => BackendError::OutOfRange {
+        PoolError::OutOfRange {
+            offset, len, size, ..
+        } => BackendError::OutOfRange {
             offset,
             len,
             size_bytes: size,

@@ -418,12 +418,16 @@ pub fn run_pool(args: PoolArgs) -> Result<()> {
             );
         }
         PoolCommand::Import { pool, devices } => {
-            let devices: Vec<String> = devices.iter().map(|d| absolute(d)).collect::<Result<_>>()?;
+            let devices: Vec<String> =
+                devices.iter().map(|d| absolute(d)).collect::<Result<_>>()?;
             refuse_if_served(&registry, &pool, "import")?;
             let open = OpenPool::import(&registry, &pool, &devices)?;
             let status = admin::pool_status(&open);
             open.close()?;
-            println!("pool '{pool}' imported: {}", status["health"].as_str().unwrap_or("?"));
+            println!(
+                "pool '{pool}' imported: {}",
+                status["health"].as_str().unwrap_or("?")
+            );
         }
         PoolCommand::Export { pool } => {
             refuse_if_served(&registry, &pool, "export")?;
@@ -433,7 +437,13 @@ pub fn run_pool(args: PoolArgs) -> Result<()> {
             println!("pool '{pool}' exported");
         }
         PoolCommand::Status { pool, output } => {
-            let v = run_request(&registry, &pool, Request::PoolStatus, &mut io::empty(), &mut io::sink())?;
+            let v = run_request(
+                &registry,
+                &pool,
+                Request::PoolStatus,
+                &mut io::empty(),
+                &mut io::sink(),
+            )?;
             match output {
                 Output::Json => print_json(&v)?,
                 Output::Table => print_status(&v),
@@ -442,16 +452,27 @@ pub fn run_pool(args: PoolArgs) -> Result<()> {
         PoolCommand::List { output } => {
             let mut rows = Vec::new();
             for name in registry.list()? {
-                let row = match run_request(&registry, &name, Request::PoolStatus, &mut io::empty(), &mut io::sink()) {
+                let row = match run_request(
+                    &registry,
+                    &name,
+                    Request::PoolStatus,
+                    &mut io::empty(),
+                    &mut io::sink(),
+                ) {
                     Ok(v) => v,
-                    Err(e) => serde_json::json!({"name": name, "health": "UNAVAIL", "message": format!("{e:#}")}),
+                    Err(e) => {
+                        serde_json::json!({"name": name, "health": "UNAVAIL", "message": format!("{e:#}")})
+                    }
                 };
                 rows.push(row);
             }
             match output {
                 Output::Json => print_json(&Value::Array(rows))?,
                 Output::Table => {
-                    println!("{:<20} {:>8} {:>8} {:>8} {:>4} {:<9} {}", "NAME", "SIZE", "ALLOC", "FREE", "CAP", "HEALTH", "READONLY");
+                    println!(
+                        "{:<20} {:>8} {:>8} {:>8} {:>4} {:<9} {}",
+                        "NAME", "SIZE", "ALLOC", "FREE", "CAP", "HEALTH", "READONLY"
+                    );
                     for r in rows {
                         let size = r["size"].as_u64().unwrap_or(0);
                         let alloc = r["allocated"].as_u64().unwrap_or(0);
@@ -472,17 +493,36 @@ pub fn run_pool(args: PoolArgs) -> Result<()> {
         }
         PoolCommand::Scrub { pool, wait } => {
             if !wait {
-                bail!("background scrubs are not supported yet: use `cstor pool scrub {pool} --wait`");
+                bail!(
+                    "background scrubs are not supported yet: use `cstor pool scrub {pool} --wait`"
+                );
             }
-            let v = run_request(&registry, &pool, Request::PoolScrub, &mut io::empty(), &mut io::sink())?;
+            let v = run_request(
+                &registry,
+                &pool,
+                Request::PoolScrub,
+                &mut io::empty(),
+                &mut io::sink(),
+            )?;
             print_scan(&v);
         }
-        PoolCommand::Replace { pool, old, new, wait } => {
+        PoolCommand::Replace {
+            pool,
+            old,
+            new,
+            wait,
+        } => {
             if !wait {
                 bail!("background resilvers are not supported yet: add --wait");
             }
             let new = absolute(&new)?;
-            let v = run_request(&registry, &pool, Request::PoolReplace { old, new }, &mut io::empty(), &mut io::sink())?;
+            let v = run_request(
+                &registry,
+                &pool,
+                Request::PoolReplace { old, new },
+                &mut io::empty(),
+                &mut io::sink(),
+            )?;
             print_scan(&v);
         }
         PoolCommand::Add { pool, group } => {
@@ -494,11 +534,18 @@ pub fn run_pool(args: PoolArgs) -> Result<()> {
             let v = run_request(
                 &registry,
                 &pool,
-                Request::PoolAdd { kind: g.kind.as_str().into(), devices: g.devices, log: g.log },
+                Request::PoolAdd {
+                    kind: g.kind.as_str().into(),
+                    devices: g.devices,
+                    log: g.log,
+                },
                 &mut io::empty(),
                 &mut io::sink(),
             )?;
-            println!("pool '{pool}' grown: {} usable", format_size(v["size"].as_u64().unwrap_or(0)));
+            println!(
+                "pool '{pool}' grown: {} usable",
+                format_size(v["size"].as_u64().unwrap_or(0))
+            );
         }
         PoolCommand::Destroy { pool } => {
             refuse_if_served(&registry, &pool, "destroy")?;
@@ -517,7 +564,10 @@ fn print_scan(v: &Value) {
         v["state"].as_str().unwrap_or("?"),
         format_size(v["repaired_bytes"].as_u64().unwrap_or(0)),
         v["unrecoverable_blocks"].as_u64().unwrap_or(0),
-        v["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default(),
+        v["error"]
+            .as_str()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default(),
     );
 }
 
@@ -543,24 +593,51 @@ fn print_status(v: &Value) {
         format_size(v["size"].as_u64().unwrap_or(0)),
         format_size(v["allocated"].as_u64().unwrap_or(0)),
         format_size(v["free"].as_u64().unwrap_or(0)),
-        if v["read_only"].as_bool().unwrap_or(false) { ", READ-ONLY" } else { "" }
+        if v["read_only"].as_bool().unwrap_or(false) {
+            ", READ-ONLY"
+        } else {
+            ""
+        }
     );
     println!("config:\n");
-    println!("\t{:<40} {:<9} {:>5} {:>5} {:>5}", "NAME", "STATE", "READ", "WRITE", "CKSUM");
+    println!(
+        "\t{:<40} {:<9} {:>5} {:>5} {:>5}",
+        "NAME", "STATE", "READ", "WRITE", "CKSUM"
+    );
     let devices = v["devices"].as_array().cloned().unwrap_or_default();
-    for (i, g) in v["groups"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+    for (i, g) in v["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         let kind = g["kind"].as_str().unwrap_or("?");
-        let label = if g["log"].as_bool().unwrap_or(false) { format!("log {kind}-{i}") } else { format!("{kind}-{i}") };
-        println!("\t  {:<38} {:<9}", label, g["health"].as_str().unwrap_or("?"));
-        for d in devices.iter().filter(|d| d["group"].as_u64() == Some(i as u64)) {
+        let label = if g["log"].as_bool().unwrap_or(false) {
+            format!("log {kind}-{i}")
+        } else {
+            format!("{kind}-{i}")
+        };
+        println!(
+            "\t  {:<38} {:<9}",
+            label,
+            g["health"].as_str().unwrap_or("?")
+        );
+        for d in devices
+            .iter()
+            .filter(|d| d["group"].as_u64() == Some(i as u64))
+        {
             println!(
                 "\t    {:<36} {:<9} {:>5} {:>5} {:>5}{}",
                 d["path"].as_str().unwrap_or("?"),
                 d["state"].as_str().unwrap_or("?"),
-                d["read_errors"],
-                d["write_errors"],
-                d["checksum_errors"],
-                d["reason"].as_str().map(|r| format!("  ({r})")).unwrap_or_default(),
+                d["read_errors"].as_u64().unwrap_or(0),
+                d["write_errors"].as_u64().unwrap_or(0),
+                d["checksum_errors"].as_u64().unwrap_or(0),
+                d["reason"]
+                    .as_str()
+                    .map(|r| format!("  ({r})"))
+                    .unwrap_or_default(),
             );
         }
     }
@@ -590,20 +667,43 @@ pub fn run_volume(args: VolumeArgs) -> Result<()> {
         run_request(registry, pool, req, &mut io::empty(), &mut io::sink())
     };
     match args.command {
-        VolumeCommand::Create { name, size, block_size, compression } => {
+        VolumeCommand::Create {
+            name,
+            size,
+            block_size,
+            compression,
+        } => {
             let n = split_name(&name, SnapPart::Forbidden)?;
             let block_size = block_size
-                .map(|b| u32::try_from(b).map_err(|_| anyhow::anyhow!("block size {b} is too large")))
+                .map(|b| {
+                    u32::try_from(b).map_err(|_| anyhow::anyhow!("block size {b} is too large"))
+                })
                 .transpose()?;
-            let v = none(&registry, &n.pool, Request::VolumeCreate { volume: n.volume, size, block_size, compression })?;
-            println!("volume '{name}' created: {} thin, block size {}", format_size(v["size"].as_u64().unwrap_or(0)), format_size(v["block_size"].as_u64().unwrap_or(0)));
+            let v = none(
+                &registry,
+                &n.pool,
+                Request::VolumeCreate {
+                    volume: n.volume,
+                    size,
+                    block_size,
+                    compression,
+                },
+            )?;
+            println!(
+                "volume '{name}' created: {} thin, block size {}",
+                format_size(v["size"].as_u64().unwrap_or(0)),
+                format_size(v["block_size"].as_u64().unwrap_or(0))
+            );
         }
         VolumeCommand::List { pool, output } => {
             let v = none(&registry, &pool, Request::VolumeList)?;
             match output {
                 Output::Json => print_json(&v)?,
                 Output::Table => {
-                    println!("{:<32} {:>8} {:>8} {:>8} {:>6} {:>6} {}", "NAME", "SIZE", "USED", "REFER", "RATIO", "BLOCK", "SNAPSHOTS");
+                    println!(
+                        "{:<32} {:>8} {:>8} {:>8} {:>6} {:>6} {}",
+                        "NAME", "SIZE", "USED", "REFER", "RATIO", "BLOCK", "SNAPSHOTS"
+                    );
                     for vol in v.as_array().cloned().unwrap_or_default() {
                         println!(
                             "{:<32} {:>8} {:>8} {:>8} {:>5.2}x {:>6} {}",
@@ -619,27 +719,74 @@ pub fn run_volume(args: VolumeArgs) -> Result<()> {
                 }
             }
         }
-        VolumeCommand::Write { name, input, offset, io_number } => {
+        VolumeCommand::Write {
+            name,
+            input,
+            offset,
+            io_number,
+        } => {
             let n = split_name(&name, SnapPart::Forbidden)?;
             let (mut reader, length) = open_input(&input)?;
-            let v = run_request(&registry, &n.pool, Request::VolumeWrite { volume: n.volume, offset, length, io_number }, &mut reader, &mut io::sink())?;
+            let v = run_request(
+                &registry,
+                &n.pool,
+                Request::VolumeWrite {
+                    volume: n.volume,
+                    offset,
+                    length,
+                    io_number,
+                },
+                &mut reader,
+                &mut io::sink(),
+            )?;
             eprintln!("wrote {} bytes", v["written_bytes"].as_u64().unwrap_or(0));
         }
-        VolumeCommand::Read { name, output, offset, length } => {
+        VolumeCommand::Read {
+            name,
+            output,
+            offset,
+            length,
+        } => {
             let n = split_name(&name, SnapPart::Optional)?;
             let target = match &n.snapshot {
                 Some(s) => format!("{}@{s}", n.volume),
                 None => n.volume.clone(),
             };
             let mut writer = open_output(&output)?;
-            run_request(&registry, &n.pool, Request::VolumeRead { volume: target, offset, length }, &mut io::empty(), &mut writer)?;
+            run_request(
+                &registry,
+                &n.pool,
+                Request::VolumeRead {
+                    volume: target,
+                    offset,
+                    length,
+                },
+                &mut io::empty(),
+                &mut writer,
+            )?;
             writer.flush().context("writing the output")?;
         }
-        VolumeCommand::Unmap { name, offset, length } => {
+        VolumeCommand::Unmap {
+            name,
+            offset,
+            length,
+        } => {
             let n = split_name(&name, SnapPart::Forbidden)?;
-            none(&registry, &n.pool, Request::VolumeUnmap { volume: n.volume, offset, length })?;
+            none(
+                &registry,
+                &n.pool,
+                Request::VolumeUnmap {
+                    volume: n.volume,
+                    offset,
+                    length,
+                },
+            )?;
         }
-        VolumeCommand::Changed { name, since, output } => {
+        VolumeCommand::Changed {
+            name,
+            since,
+            output,
+        } => {
             let n = split_name(&name, SnapPart::Optional)?;
             let target = match &n.snapshot {
                 Some(s) => format!("{}@{s}", n.volume),
@@ -651,7 +798,10 @@ pub fn run_volume(args: VolumeArgs) -> Result<()> {
                 Output::Table => {
                     println!("{:>16} {:>12} {:>12}", "OFFSET", "LENGTH", "IO_NUMBER");
                     for r in v.as_array().cloned().unwrap_or_default() {
-                        println!("{:>16} {:>12} {:>12}", r["offset"], r["length"], r["io_number_max"]);
+                        println!(
+                            "{:>16} {:>12} {:>12}",
+                            r["offset"], r["length"], r["io_number_max"]
+                        );
                     }
                 }
             }
@@ -659,49 +809,119 @@ pub fn run_volume(args: VolumeArgs) -> Result<()> {
         VolumeCommand::Snapshot { name } => {
             let n = split_name(&name, SnapPart::Required)?;
             let snapshot = n.snapshot.unwrap_or_default();
-            none(&registry, &n.pool, Request::VolumeSnapshot { volume: n.volume, snapshot })?;
+            none(
+                &registry,
+                &n.pool,
+                Request::VolumeSnapshot {
+                    volume: n.volume,
+                    snapshot,
+                },
+            )?;
             println!("snapshot '{name}' taken");
         }
-        VolumeCommand::Clone { snapshot, new_volume } => {
+        VolumeCommand::Clone {
+            snapshot,
+            new_volume,
+        } => {
             let s = split_name(&snapshot, SnapPart::Required)?;
             let nv = split_name(&new_volume, SnapPart::Forbidden)?;
             if nv.pool != s.pool {
-                bail!("a clone lives in its origin's pool '{}', not '{}'", s.pool, nv.pool);
+                bail!(
+                    "a clone lives in its origin's pool '{}', not '{}'",
+                    s.pool,
+                    nv.pool
+                );
             }
-            none(&registry, &s.pool, Request::VolumeClone { volume: s.volume, snapshot: s.snapshot.unwrap_or_default(), new_volume: nv.volume })?;
+            none(
+                &registry,
+                &s.pool,
+                Request::VolumeClone {
+                    volume: s.volume,
+                    snapshot: s.snapshot.unwrap_or_default(),
+                    new_volume: nv.volume,
+                },
+            )?;
             println!("clone '{new_volume}' created from '{snapshot}'");
         }
         VolumeCommand::Rollback { snapshot } => {
             let s = split_name(&snapshot, SnapPart::Required)?;
-            none(&registry, &s.pool, Request::VolumeRollback { volume: s.volume, snapshot: s.snapshot.unwrap_or_default() })?;
+            none(
+                &registry,
+                &s.pool,
+                Request::VolumeRollback {
+                    volume: s.volume,
+                    snapshot: s.snapshot.unwrap_or_default(),
+                },
+            )?;
             println!("rolled back to '{snapshot}'");
         }
         VolumeCommand::Resize { name, size } => {
             let n = split_name(&name, SnapPart::Forbidden)?;
-            none(&registry, &n.pool, Request::VolumeResize { volume: n.volume, size })?;
+            none(
+                &registry,
+                &n.pool,
+                Request::VolumeResize {
+                    volume: n.volume,
+                    size,
+                },
+            )?;
             println!("volume '{name}' is now {}", format_size(size));
         }
         VolumeCommand::Destroy { name } => {
             let n = split_name(&name, SnapPart::Optional)?;
-            none(&registry, &n.pool, Request::VolumeDestroy { volume: n.volume, snapshot: n.snapshot })?;
+            none(
+                &registry,
+                &n.pool,
+                Request::VolumeDestroy {
+                    volume: n.volume,
+                    snapshot: n.snapshot,
+                },
+            )?;
             println!("'{name}' destroyed");
         }
         VolumeCommand::Send { snapshot, from } => {
             let s = split_name(&snapshot, SnapPart::Required)?;
-            let from = from.map(|f| f.rsplit_once('@').map_or(f.clone(), |(_, snap)| snap.to_owned()));
+            let from = from.map(|f| {
+                f.rsplit_once('@')
+                    .map_or(f.clone(), |(_, snap)| snap.to_owned())
+            });
             if io::stdout().is_terminal() {
                 bail!("refusing to write a binary stream to a terminal: redirect standard output");
             }
             let mut out = BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            let v = run_request(&registry, &s.pool, Request::VolumeSend { volume: s.volume, snapshot: s.snapshot.unwrap_or_default(), from }, &mut io::empty(), &mut out)?;
+            let v = run_request(
+                &registry,
+                &s.pool,
+                Request::VolumeSend {
+                    volume: s.volume,
+                    snapshot: s.snapshot.unwrap_or_default(),
+                    from,
+                },
+                &mut io::empty(),
+                &mut out,
+            )?;
             out.flush().context("writing the stream")?;
-            eprintln!("sent {} records, {} of data", v["records"], format_size(v["data_bytes"].as_u64().unwrap_or(0)));
+            eprintln!(
+                "sent {} records, {} of data",
+                v["records"],
+                format_size(v["data_bytes"].as_u64().unwrap_or(0))
+            );
         }
         VolumeCommand::Recv { name } => {
             let n = split_name(&name, SnapPart::Forbidden)?;
             let mut input = io::BufReader::with_capacity(1 << 20, io::stdin().lock());
-            let v = run_request(&registry, &n.pool, Request::VolumeRecv { volume: n.volume }, &mut input, &mut io::sink())?;
-            eprintln!("received {} records, {} of data", v["records"], format_size(v["data_bytes"].as_u64().unwrap_or(0)));
+            let v = run_request(
+                &registry,
+                &n.pool,
+                Request::VolumeRecv { volume: n.volume },
+                &mut input,
+                &mut io::sink(),
+            )?;
+            eprintln!(
+                "received {} records, {} of data",
+                v["records"],
+                format_size(v["data_bytes"].as_u64().unwrap_or(0))
+            );
         }
     }
     Ok(())
@@ -726,7 +946,13 @@ mod tests {
 
     #[test]
     fn bad_groups_are_refused() {
-        for bad in ["/a mirror /b", "mirror", "mirror /a log", "log log mirror /a", "stripe /a log stripe /b log stripe /c"] {
+        for bad in [
+            "/a mirror /b",
+            "mirror",
+            "mirror /a log",
+            "log log mirror /a",
+            "stripe /a log stripe /b log stripe /c",
+        ] {
             assert!(parse_groups(&words(bad)).is_err(), "{bad}");
         }
     }
@@ -734,7 +960,10 @@ mod tests {
     #[test]
     fn names_split() {
         let n = split_name("tank/vol@s1", SnapPart::Optional).unwrap();
-        assert_eq!((n.pool.as_str(), n.volume.as_str(), n.snapshot.as_deref()), ("tank", "vol", Some("s1")));
+        assert_eq!(
+            (n.pool.as_str(), n.volume.as_str(), n.snapshot.as_deref()),
+            ("tank", "vol", Some("s1"))
+        );
         assert!(split_name("tank", SnapPart::Optional).is_err());
         assert!(split_name("tank/vol@s", SnapPart::Forbidden).is_err());
         assert!(split_name("tank/vol", SnapPart::Required).is_err());

@@ -7,8 +7,12 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use cstor_iscsi::{BlockBackend, ChapConfig, FileBackend, Server, TargetConfig};
+use cstor_node::registry::Registry;
+use cstor_node::socket::AdminServer;
+use cstor_node::volume_backend::PoolVolumeBackend;
+use cstor_node::PoolHost;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// `cstor target ...`
@@ -80,24 +84,56 @@ struct ServeArgs {
     io_timeout_ms: u64,
 }
 
-/// Parses a size with an optional K/M/G/T suffix (powers of 1024).
 fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
-    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M') => (&t[..t.len() - 1], 1 << 20),
-        Some('G') => (&t[..t.len() - 1], 1 << 30),
-        Some('T') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let n: u64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| anyhow!("size {s:?} too large"))
+    crate::units::parse_size(s).map_err(|e| anyhow!(e))
 }
 
-/// Opens the backend of a pool volume. The pool engine adapter is wired here.
-pub fn open_volume_backend(volume: &str) -> Result<Arc<dyn BlockBackend>> {
-    bail!("serving pool volume {volume}: the pool volume backend is not wired into the target yet")
+/// Pools this process holds open for the volumes it serves, and their admin sockets (so
+/// `cstor pool`/`cstor volume` commands reach this process while it serves them).
+#[derive(Debug)]
+pub struct ServeCtx {
+    io_timeout: Duration,
+    registry: Registry,
+    host: PoolHost,
+    admin: Mutex<Vec<AdminServer>>,
+}
+
+impl ServeCtx {
+    fn new(io_timeout: Duration) -> Arc<ServeCtx> {
+        Arc::new(ServeCtx {
+            io_timeout,
+            registry: Registry::from_env(),
+            host: PoolHost::default(),
+            admin: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Stop the admin sockets, then commit and close every pool.
+    fn close(&self) {
+        self.admin.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for e in self.host.close_all() {
+            tracing::error!(error = %e, "closing pool");
+        }
+    }
+}
+
+/// Opens the backend of a pool volume `POOL/VOL`, opening the pool (and its admin
+/// socket) on first use.
+pub fn open_volume_backend(ctx: &ServeCtx, volume: &str) -> Result<Arc<dyn BlockBackend>> {
+    let (pool, vol) = volume
+        .split_once('/')
+        .filter(|(p, v)| !p.is_empty() && !v.is_empty() && !v.contains('@'))
+        .ok_or_else(|| anyhow!("{volume:?}: expected POOL/VOLUME"))?;
+    let (open, fresh) = ctx.host.get_or_open(&ctx.registry, pool)?;
+    if fresh {
+        let sock = ctx.registry.socket_path(pool)?;
+        let server = AdminServer::start(&sock, open.clone())?;
+        ctx.admin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(server);
+    }
+    Ok(Arc::new(PoolVolumeBackend::new(open, vol)?))
 }
 
 /// A parsed target spec.
@@ -140,14 +176,15 @@ fn parse_spec(s: &str) -> Result<Spec> {
     }
 }
 
-fn config_of(spec: &Spec, io_timeout: Duration) -> Result<TargetConfig> {
+fn config_of(spec: &Spec, ctx: &ServeCtx) -> Result<TargetConfig> {
+    let io_timeout = ctx.io_timeout;
     let (backend, aptpl): (Arc<dyn BlockBackend>, Option<PathBuf>) =
         match (&spec.file, &spec.volume) {
             (Some(f), _) => {
                 let b = FileBackend::open(f, spec.size, false)?;
                 (Arc::new(b), Some(aptpl_path(f)))
             }
-            (None, Some(v)) => (open_volume_backend(v)?, None),
+            (None, Some(v)) => (open_volume_backend(ctx, v)?, None),
             (None, None) => bail!("target {} has no storage", spec.iqn),
         };
     let mut cfg = TargetConfig::new(&spec.iqn, backend);
@@ -199,7 +236,14 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let io_timeout = Duration::from_millis(a.io_timeout_ms);
+    let ctx = ServeCtx::new(Duration::from_millis(a.io_timeout_ms));
+    let result = serve_with(a, &ctx).await;
+    // Pools commit and release their devices even when serving failed.
+    tokio::task::block_in_place(|| ctx.close());
+    result
+}
+
+async fn serve_with(a: ServeArgs, ctx: &Arc<ServeCtx>) -> Result<()> {
     let mut specs = Vec::new();
     match (&a.iqn, &a.file, &a.volume) {
         (Some(iqn), file, volume) if file.is_some() || volume.is_some() => specs.push(Spec {
@@ -223,7 +267,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let server = Server::new();
     for s in &specs {
         server
-            .add_target(config_of(s, io_timeout).with_context(|| format!("target {}", s.iqn))?)
+            .add_target(
+                tokio::task::block_in_place(|| config_of(s, ctx))
+                    .with_context(|| format!("target {}", s.iqn))?,
+            )
             .with_context(|| format!("target {}", s.iqn))?;
     }
     let listener = tokio::net::TcpListener::bind(&a.listen)
@@ -234,7 +281,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let control_task = a
         .control
         .as_ref()
-        .map(|path| tokio::spawn(control::serve(path.clone(), server.clone(), io_timeout)));
+        .map(|path| tokio::spawn(control::serve(path.clone(), server.clone(), ctx.clone())));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = server.clone().serve(listener) => r.context("serving"),
@@ -268,7 +315,7 @@ mod control {
     pub(super) async fn serve(
         path: PathBuf,
         server: Arc<Server>,
-        io_timeout: Duration,
+        ctx: Arc<ServeCtx>,
     ) -> Result<()> {
         let _ = std::fs::remove_file(&path);
         let listener =
@@ -276,22 +323,23 @@ mod control {
         loop {
             let (stream, _) = listener.accept().await?;
             let server = server.clone();
+            let ctx = ctx.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &server, io_timeout).await {
+                if let Err(e) = handle(stream, &server, &ctx).await {
                     tracing::warn!(error = %e, "control request failed");
                 }
             });
         }
     }
 
-    async fn handle(stream: UnixStream, server: &Arc<Server>, io_timeout: Duration) -> Result<()> {
+    async fn handle(stream: UnixStream, server: &Arc<Server>, ctx: &ServeCtx) -> Result<()> {
         let (rd, mut wr) = stream.into_split();
         let mut line = String::new();
         let mut rd = BufReader::new(rd.take(MAX_REQUEST_BYTES));
         tokio::time::timeout(REQUEST_TIMEOUT, rd.read_line(&mut line))
             .await
             .context("request timed out")??;
-        let reply = match execute(line.trim(), server, io_timeout).await {
+        let reply = match execute(line.trim(), server, ctx).await {
             Ok(text) => format!("ok\n{text}"),
             Err(e) => format!("error {e:#}\n"),
         };
@@ -300,12 +348,12 @@ mod control {
         Ok(())
     }
 
-    async fn execute(req: &str, server: &Arc<Server>, io_timeout: Duration) -> Result<String> {
+    async fn execute(req: &str, server: &Arc<Server>, ctx: &ServeCtx) -> Result<String> {
         let (verb, rest) = req.split_once(' ').unwrap_or((req, ""));
         match verb {
             "add" => {
                 let spec = parse_spec(rest)?;
-                let cfg = tokio::task::block_in_place(|| config_of(&spec, io_timeout))?;
+                let cfg = tokio::task::block_in_place(|| config_of(&spec, ctx))?;
                 server.add_target(cfg)?;
                 Ok(format!("added {}\n", spec.iqn))
             }
@@ -363,7 +411,16 @@ mod tests {
         assert!(parse_spec("iqn.x:a,volume=p/v").unwrap().volume.is_some());
         assert!(parse_spec("iqn.x:a").is_err());
         assert!(parse_spec("iqn.x:a,file=/a,volume=p/v").is_err());
-        let err = open_volume_backend("p/v").unwrap_err().to_string();
-        assert!(err.contains("not wired"), "{err}");
+        let home = tempfile::tempdir().unwrap();
+        let ctx = ServeCtx {
+            io_timeout: Duration::from_secs(1),
+            registry: Registry::new(home.path()),
+            host: PoolHost::default(),
+            admin: Mutex::new(Vec::new()),
+        };
+        let err = open_volume_backend(&ctx, "p/v").unwrap_err().to_string();
+        assert!(err.contains("not known"), "{err}");
+        let err = open_volume_backend(&ctx, "p").unwrap_err().to_string();
+        assert!(err.contains("POOL/VOLUME"), "{err}");
     }
 }
