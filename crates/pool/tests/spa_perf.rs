@@ -16,7 +16,13 @@ const THREADS: u64 = 4;
 
 fn mk(dir: &std::path::Path, name: &str, size: u64) -> String {
     let p = dir.join(name);
-    let f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
     f.set_len(size).unwrap();
     p.to_string_lossy().into_owned()
 }
@@ -53,8 +59,21 @@ fn pool(dir: &std::path::Path, kind: GroupKind, n: usize, bs: usize) -> (f64, f6
         GroupKind::Raidz2 => n as f64 / (n as f64 - 2.0),
     };
     let per_dev = ((TOTAL as f64 * amp / n as f64) as u64) * 5 / 4 + (64 << 20);
-    let paths: Vec<String> = (0..n).map(|i| mk(dir, &format!("{kind:?}{i}.img"), per_dev)).collect();
-    let spa = Arc::new(Spa::create("bench", &[GroupSpec { kind, devices: paths.clone(), log: false }], SpaOptions::default()).unwrap());
+    let paths: Vec<String> = (0..n)
+        .map(|i| mk(dir, &format!("{kind:?}{i}.img"), per_dev))
+        .collect();
+    let spa = Arc::new(
+        Spa::create(
+            "bench",
+            &[GroupSpec {
+                kind,
+                devices: paths.clone(),
+                log: false,
+            }],
+            SpaOptions::default(),
+        )
+        .unwrap(),
+    );
     let t = Instant::now();
     let dvas = std::thread::scope(|s| {
         let hs: Vec<_> = (0..THREADS)
@@ -72,7 +91,9 @@ fn pool(dir: &std::path::Path, kind: GroupKind, n: usize, bs: usize) -> (f64, f6
                 })
             })
             .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        hs.into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
     });
     spa.sync(1, b"bench").unwrap();
     let w = TOTAL as f64 / t.elapsed().as_secs_f64() / 1e6;
@@ -96,17 +117,28 @@ fn bench_write_throughput_against_raw_file() {
         return;
     }
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    for bs in [1024 * 1024, 128 * 1024, 4096] {
+    let sizes: Vec<usize> = match std::env::var("CSTOR_SPA_BENCH_BS") {
+        Ok(v) => v.split(',').filter_map(|x| x.parse().ok()).collect(),
+        Err(_) => vec![1024 * 1024, 128 * 1024, 4096],
+    };
+    for bs in sizes {
         let raw_mbs = raw(dir.path(), bs);
         println!("bs {bs}: raw file write {raw_mbs:.0} MB/s");
-        for (kind, n) in [(GroupKind::Stripe, 1), (GroupKind::Mirror, 2), (GroupKind::Raidz, 3)] {
+        for (kind, n) in [
+            (GroupKind::Stripe, 1),
+            (GroupKind::Mirror, 2),
+            (GroupKind::Raidz, 3),
+        ] {
             let amp = match kind {
                 GroupKind::Mirror => n as f64,
                 GroupKind::Raidz => n as f64 / (n as f64 - 1.0),
                 _ => 1.0,
             };
             let (w, r) = pool(dir.path(), kind, n, bs);
-            println!("bs {bs}: {kind:?} x{n}: write {w:.0} MB/s ({:.2} of raw/amp), read {r:.0} MB/s", w / (raw_mbs / amp));
+            println!(
+                "bs {bs}: {kind:?} x{n}: write {w:.0} MB/s ({:.2} of raw/amp), read {r:.0} MB/s",
+                w / (raw_mbs / amp)
+            );
         }
     }
 }

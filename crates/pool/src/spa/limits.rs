@@ -15,6 +15,10 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// writes all its columns at once, few enough for 2-core machines.
 pub const WORKERS_PER_DEVICE: usize = 4;
 
+/// Polls of a reply slot before the waiter parks: covers a page-cache hit (a few
+/// microseconds) without burning a core on a slow disk.
+pub const SPIN_POLLS: u32 = 256;
+
 /// Requests queued per device before submitters wait: bounds memory held by in-flight
 /// buffers (a request holds at most one block).
 pub const DEVICE_QUEUE_DEPTH: usize = 64;
