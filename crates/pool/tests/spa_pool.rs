@@ -578,3 +578,34 @@ fn sync_rejects_old_txgs_and_large_roots() {
     assert!(spa.sync(6, &vec![0u8; 2000]).is_err());
     spa.sync(6, b"y").unwrap();
 }
+
+#[test]
+fn device_lost_while_running_comes_back_resilvering_and_is_rebuilt() {
+    let (_m, f) = faulty("w", 3);
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Raidz, dyns(&f))], opts()).unwrap();
+    let old = write_blocks(&spa, 1, 10, 61);
+    spa.sync(1, b"1").unwrap();
+    f[0].set_fail_writes(true);
+    let missed = write_blocks(&spa, 2, 10, 62);
+    spa.sync(2, b"2").unwrap();
+    drop(spa);
+    f[0].set_fail_writes(false);
+    let spa = Spa::import_devices("tank", dyns(&f), opts()).unwrap();
+    assert!(spa.is_resilvering(), "the returning device is marked");
+    let st = spa.status();
+    assert_eq!(st.health, Health::Degraded);
+    assert!(st.groups[0].devices[0].resilvering);
+    read_back(&spa, &old);
+    read_back(&spa, &missed);
+    for (dva, d) in old.iter().chain(&missed) {
+        spa.resilver_block(*dva, d.len() as u32, &check(xxh3_64(d)))
+            .unwrap();
+    }
+    spa.sync(3, b"3").unwrap();
+    spa.finish_resilver().unwrap();
+    assert_eq!(spa.status().health, Health::Online);
+    // Now the rebuilt device carries its share: lose another and all blocks are there.
+    f[1].set_fail_reads(true);
+    read_back(&spa, &old);
+    read_back(&spa, &missed);
+}

@@ -211,15 +211,33 @@ impl VdevAlloc {
 
     /// Take every change of txgs `<= txg` for a sync; frees are held until
     /// [`VdevAlloc::release`].
-    pub fn take_through(&mut self, txg: u64) -> TxgDelta {
+    pub fn take_through(&mut self, txg: u64) -> (TxgDelta, u64) {
         let later = self.pending.split_off(&(txg + 1));
         let taken = std::mem::replace(&mut self.pending, later);
         let mut d = TxgDelta::default();
+        let mut frees = Vec::new();
         for (_, t) in taken {
             d.allocs.extend(t.allocs);
-            d.frees.extend(t.frees);
+            frees.extend(t.frees);
         }
-        d
+        // A free must cover space that is allocated (committed, or allocated in this
+        // delta) and must not repeat another free: drop the rest here, before anything
+        // reaches disk, so a caller's double free can never make the space map unreplayable.
+        let mut allocated_now = RangeSet::new();
+        for &(o, l) in &d.allocs {
+            allocated_now.insert(o, l);
+        }
+        let mut accepted = RangeSet::new();
+        let mut dropped = 0;
+        for (o, l) in frees {
+            let owned = self.committed.contains(o, l) || allocated_now.contains(o, l);
+            if owned && accepted.insert(o, l) {
+                d.frees.push((o, l));
+            } else {
+                dropped += 1;
+            }
+        }
+        (d, dropped)
     }
 
     /// Apply a synced delta to `committed`; false if it is inconsistent.
@@ -279,12 +297,17 @@ mod tests {
     fn frees_wait_for_release() {
         let mut a = VdevAlloc::new(1000);
         let o = a.alloc(100, 1, 0).unwrap();
-        let d = a.take_through(1);
+        let (d, _) = a.take_through(1);
         assert!(a.commit(&d));
         a.release();
         assert!(a.free(o, 100, 2));
+        assert!(
+            a.free(o, 100, 2),
+            "a repeated free in the open txg is taken ..."
+        );
         assert_eq!(a.allocated(), 100);
-        let d = a.take_through(2);
+        let (d, dropped) = a.take_through(2);
+        assert_eq!(dropped, 1, "... and dropped at sync");
         assert!(a.commit(&d));
         assert_eq!(a.allocated(), 100, "not free before the sync is durable");
         a.release();

@@ -74,6 +74,14 @@ pub const SPACE_MAP_BASE_BLOCKS_MAX: u32 = 64;
 /// can always write the allocator state on a nearly full pool.
 pub const SLOP_SHIFT: u32 = 6;
 
+/// How long opening a device waits for another holder of its lock to let go before
+/// reporting it busy: covers a spawned child that still shares our descriptors until it
+/// execs, yet a real second opener is refused within a second.
+pub const LOCK_WAIT: Duration = Duration::from_millis(750);
+
+/// Poll interval while waiting for a device lock.
+pub const LOCK_POLL: Duration = Duration::from_millis(10);
+
 /// Deadline for devices' worker threads to finish when a pool closes.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -800,10 +800,12 @@ impl Spa {
         for _ in 0..nblocks {
             dvas.push(self.alloc_inner(psize, AllocClass::Metadata, txg, false)?);
         }
-        let deltas: Vec<_> = vdevs
-            .iter()
-            .map(|v| v.alloc.lock().take_through(txg))
-            .collect();
+        let mut deltas = Vec::with_capacity(vdevs.len());
+        for v in &vdevs {
+            let (d, dropped) = v.alloc.lock().take_through(txg);
+            self.bad_frees.fetch_add(dropped, Ordering::Relaxed);
+            deltas.push(d);
+        }
         let mut records = Vec::new();
         if condense {
             for (v, d) in vdevs.iter().zip(&deltas) {
@@ -905,6 +907,9 @@ impl Spa {
         }
         st.last_txg = Some(txg);
         *self.last_root.lock() = Some((txg, root.to_vec()));
+        // The txg is durable whatever happens here; a device that cannot take the mark
+        // fails its label write, is faulted, and status reports it.
+        let _ = self.mark_lost_devices();
         Ok(())
     }
 
@@ -1138,7 +1143,39 @@ impl Spa {
 
     /// True while any device is resilvering.
     pub fn is_resilvering(&self) -> bool {
-        self.all_leaves().iter().any(|l| l.is_untrusted())
+        self.all_leaves()
+            .iter()
+            .any(|l| l.is_untrusted() && l.is_online())
+    }
+
+    /// Same as [`Spa::finish_replace`]: used after resilvering a device that came back
+    /// after missing writes.
+    pub fn finish_resilver(&self) -> Result<(), SpaError> {
+        self.finish_replace()
+    }
+
+    /// Persist that devices lost while the pool runs missed writes: they come back
+    /// untrusted (resilvering) at the next import, so their stale blocks are never read
+    /// in place of good ones while redundancy can serve.
+    fn mark_lost_devices(&self) -> Result<(), SpaError> {
+        let mut config = self.config.lock().clone();
+        let mut changed = false;
+        for v in self.vdevs.read().iter() {
+            for (ci, leaf) in v.children.read().iter().enumerate() {
+                let child = &mut config.vdevs[v.id as usize].children[ci];
+                if !leaf.is_online() && leaf.state() != LeafState::Removed && !child.resilvering {
+                    child.resilvering = true;
+                    leaf.set_untrusted(true);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+        config.generation += 1;
+        *self.config.lock() = config;
+        self.write_labels()
     }
 
     /// Resilver the allocator's own blocks (the space map chain), which the block-tree
@@ -1187,8 +1224,11 @@ impl Spa {
         let mut config = self.config.lock().clone();
         for v in self.vdevs.read().iter() {
             for (ci, leaf) in v.children.read().iter().enumerate() {
-                leaf.set_untrusted(false);
-                config.vdevs[v.id as usize].children[ci].resilvering = false;
+                // A device still lost keeps its mark: it missed writes.
+                if leaf.is_online() {
+                    leaf.set_untrusted(false);
+                    config.vdevs[v.id as usize].children[ci].resilvering = false;
+                }
             }
         }
         config.generation += 1;
@@ -1475,3 +1515,9 @@ impl BlockStore for Spa {
         self.last_root.lock().clone()
     }
 }
+
+// Volumes' threads share one pool.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Spa>();
+};

@@ -123,14 +123,24 @@ impl TopVdev {
     /// Group health and the devices not serving.
     pub fn health(&self) -> (Health, Vec<String>) {
         let ch = self.children.read();
+        let lost = ch.iter().filter(|l| !l.is_online()).count();
         let bad: Vec<String> = ch
             .iter()
             .filter(|l| !l.is_online() || l.is_untrusted())
-            .map(|l| format!("{} ({})", l.path, l.state().as_str()))
+            .map(|l| {
+                let what = if l.is_online() {
+                    "RESILVERING"
+                } else {
+                    l.state().as_str()
+                };
+                format!("{} ({what})", l.path)
+            })
             .collect();
+        // Untrusted (resilvering) devices still hold most blocks and are read as a last
+        // resort, so only lost devices can fault a group.
         let h = if bad.is_empty() {
             Health::Online
-        } else if bad.len() <= self.tolerance() && bad.len() < ch.len() {
+        } else if lost <= self.tolerance() && lost < ch.len() {
             Health::Degraded
         } else {
             Health::Faulted
