@@ -9,12 +9,17 @@
 //! the uberblock of T is flushed), so a crash always falls back to an intact tree.
 //! Never: does I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Non-overlapping, merged byte ranges.
+/// Extents the first-fit search looks at after the cursor before falling back to the
+/// size index: keeps allocation O(log n) on a fragmented vdev.
+const FIND_SCAN_MAX: usize = 32;
+
+/// Non-overlapping, merged byte ranges, indexed by start and by length.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RangeSet {
     map: BTreeMap<u64, u64>,
+    by_size: BTreeSet<(u64, u64)>,
     total: u64,
 }
 
@@ -38,6 +43,14 @@ impl RangeSet {
     /// Extents as (start, len).
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.map.iter().map(|(&s, &e)| (s, e - s))
+    }
+    fn add_extent(&mut self, s: u64, e: u64) {
+        self.map.insert(s, e);
+        self.by_size.insert((e - s, s));
+    }
+    fn del_extent(&mut self, s: u64, e: u64) {
+        self.map.remove(&s);
+        self.by_size.remove(&(e - s, s));
     }
     /// True if any byte of [start, start+len) is in the set.
     pub fn overlaps(&self, start: u64, len: u64) -> bool {
@@ -63,14 +76,14 @@ impl RangeSet {
         if let Some((&ps, &pe)) = self.map.range(..s).next_back() {
             if pe == s {
                 s = ps;
-                self.map.remove(&ps);
+                self.del_extent(ps, pe);
             }
         }
         if let Some(&ne) = self.map.get(&e) {
-            self.map.remove(&e);
+            self.del_extent(e, ne);
             e = ne;
         }
-        self.map.insert(s, e);
+        self.add_extent(s, e);
         self.total += len;
         true
     }
@@ -86,17 +99,18 @@ impl RangeSet {
         if e < end {
             return false;
         }
-        self.map.remove(&s);
+        self.del_extent(s, e);
         if s < start {
-            self.map.insert(s, start);
+            self.add_extent(s, start);
         }
         if end < e {
-            self.map.insert(end, e);
+            self.add_extent(end, e);
         }
         self.total -= len;
         true
     }
-    /// First extent of at least `len` bytes at or after `cursor`, wrapping; its start.
+    /// Where to put `len` bytes: at `cursor` if it fits, else the first extent that fits
+    /// among the next few, else the smallest extent that fits anywhere (best fit).
     pub fn find(&self, len: u64, cursor: u64) -> Option<u64> {
         if let Some((_, &e)) = self.map.range(..=cursor).next_back() {
             if e > cursor && e - cursor >= len {
@@ -104,10 +118,15 @@ impl RangeSet {
             }
         }
         let fits = |(&s, &e): (&u64, &u64)| (e - s >= len).then_some(s);
-        self.map
+        if let Some(s) = self
+            .map
             .range(cursor.saturating_add(1)..)
+            .take(FIND_SCAN_MAX)
             .find_map(fits)
-            .or_else(|| self.map.iter().find_map(fits))
+        {
+            return Some(s);
+        }
+        self.by_size.range((len, 0)..).next().map(|&(_, s)| s)
     }
 }
 
@@ -294,6 +313,19 @@ mod tests {
     }
 
     #[test]
+    fn size_index_finds_a_fit_beyond_the_scan_window() {
+        let mut r = RangeSet::new();
+        for i in 0..1000u64 {
+            r.insert(i * 10, 5);
+        }
+        r.insert(20_000, 100);
+        assert_eq!(r.find(50, 0), Some(20_000));
+        assert!(r.remove(20_000, 60));
+        assert_eq!(r.find(50, 0), None);
+        assert_eq!(r.find(40, 0), Some(20_060));
+    }
+
+    #[test]
     fn frees_wait_for_release() {
         let mut a = VdevAlloc::new(1000);
         let o = a.alloc(100, 1, 0).unwrap();
@@ -313,5 +345,38 @@ mod tests {
         a.release();
         assert_eq!(a.allocated(), 0);
         assert!(!a.free(o, 100, 3), "double free refused");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rangeset_matches_a_bitmap_model(ops in proptest::collection::vec((0u8..3, 0u64..200, 1u64..40), 1..200)) {
+            let mut r = RangeSet::new();
+            let mut model = vec![false; 240];
+            for (op, start, len) in ops {
+                let span = start as usize..(start + len) as usize;
+                match op {
+                    0 => {
+                        let free = model[span.clone()].iter().all(|b| !b);
+                        proptest::prop_assert_eq!(r.insert(start, len), free);
+                        if free { model[span].iter_mut().for_each(|b| *b = true); }
+                    }
+                    1 => {
+                        let all = model[span.clone()].iter().all(|b| *b);
+                        proptest::prop_assert_eq!(r.remove(start, len), all);
+                        if all { model[span].iter_mut().for_each(|b| *b = false); }
+                    }
+                    _ => {
+                        if let Some(s) = r.find(len, start) {
+                            let s = s as usize;
+                            proptest::prop_assert!(model[s..s + len as usize].iter().all(|b| *b));
+                        } else {
+                            let run = model.iter().fold((0usize, 0usize), |(best, cur), &b| if b { (best.max(cur + 1), cur + 1) } else { (best, 0) }).0;
+                            proptest::prop_assert!((run as u64) < len);
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(r.total(), model.iter().filter(|b| **b).count() as u64);
+            }
+        }
     }
 }
