@@ -609,3 +609,64 @@ fn device_lost_while_running_comes_back_resilvering_and_is_rebuilt() {
     read_back(&spa, &old);
     read_back(&spa, &missed);
 }
+
+#[test]
+fn replacing_a_healthy_device_keeps_redundancy_until_finished_even_across_import() {
+    let (m, f) = faulty("k", 3);
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Raidz, dyns(&f))], opts()).unwrap();
+    let blocks = write_blocks(&spa, 1, 20, 71);
+    spa.sync(1, b"1").unwrap();
+    let newdev = FaultyDevice::new(MemDevice::new("knew", DEV) as Arc<dyn Device>);
+    spa.replace_device("k0", newdev.clone()).unwrap();
+    assert!(
+        spa.replace_device("k1", MemDevice::new("other", DEV))
+            .is_err(),
+        "one replace per group"
+    );
+    let st = spa.status();
+    assert_eq!(
+        st.health,
+        Health::Online,
+        "old device still serves: {:?}",
+        st.message
+    );
+    assert!(st.groups[0]
+        .devices
+        .iter()
+        .any(|d| d.being_replaced && d.path == "k0"));
+    // Blocks written during the replace reach old and new.
+    let during = write_blocks(&spa, 2, 10, 72);
+    spa.sync(2, b"2").unwrap();
+    drop(spa);
+    // Across import, the pair is remembered; losing another device is still survivable.
+    let mut all = dyns(&f);
+    all.push(newdev.clone());
+    let spa = Spa::import_devices("tank", all, opts()).unwrap();
+    assert!(spa.is_resilvering());
+    f[1].set_fail_reads(true);
+    read_back(&spa, &blocks);
+    read_back(&spa, &during);
+    f[1].set_fail_reads(false);
+    for (dva, d) in blocks.iter().chain(&during) {
+        spa.resilver_block(*dva, d.len() as u32, &check(xxh3_64(d)))
+            .unwrap();
+    }
+    spa.sync(3, b"3").unwrap();
+    spa.finish_replace().unwrap();
+    let st = spa.status();
+    assert_eq!(st.health, Health::Online);
+    assert!(!st.groups[0].devices.iter().any(|d| d.path == "k0"));
+    drop(spa);
+    // The retired device no longer carries a label; the pool imports without it.
+    let err = Spa::import_devices("tank", vec![m[0].clone()], opts()).unwrap_err();
+    assert!(matches!(err, SpaError::PoolNotFound { .. }), "{err}");
+    let spa = Spa::import_devices(
+        "tank",
+        vec![newdev.clone(), f[1].clone(), f[2].clone()],
+        opts(),
+    )
+    .unwrap();
+    f[2].set_fail_reads(true);
+    read_back(&spa, &blocks);
+    read_back(&spa, &during);
+}

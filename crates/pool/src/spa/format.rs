@@ -131,6 +131,18 @@ pub struct ChildConfig {
     /// True while the device is being resilvered after a replace (untrusted for reads).
     #[serde(default)]
     pub resilvering: bool,
+    /// The device this one replaces, kept (read in its place) until the replace finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacing: Option<ReplacedDevice>,
+}
+
+/// A device being replaced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplacedDevice {
+    /// Its guid.
+    pub guid: u64,
+    /// Its last known path.
+    pub path: String,
 }
 
 /// One top-level vdev in the config.
@@ -568,11 +580,13 @@ mod tests {
                         guid: 11,
                         path: "/a".into(),
                         resilvering: false,
+                        replacing: None,
                     },
                     ChildConfig {
                         guid: 12,
                         path: "/b".into(),
                         resilvering: false,
+                        replacing: None,
                     },
                 ],
             }],

@@ -28,8 +28,8 @@ use super::alloc::{RangeSet, VdevAlloc};
 use super::device::{probe_existing_data, Device, FileDevice};
 use super::error::SpaError;
 use super::format::{
-    self, ChildConfig, Label, PoolConfig, SmBlock, SmPtr, SmRecord, Uberblock, VdevConfig,
-    VdevKindConfig,
+    self, ChildConfig, Label, PoolConfig, ReplacedDevice, SmBlock, SmPtr, SmRecord, Uberblock,
+    VdevConfig, VdevKindConfig,
 };
 use super::leaf::{Leaf, LeafState};
 use super::limits::*;
@@ -121,8 +121,10 @@ pub struct DeviceStatus {
     pub state: String,
     /// Why it is not online.
     pub reason: Option<String>,
-    /// Being resilvered after a replace.
+    /// Being resilvered (after a replace, or after missing writes while lost).
     pub resilvering: bool,
+    /// The old device of a replace in progress (still read until it finishes).
+    pub being_replaced: bool,
     /// Read errors since import.
     pub read_errors: u64,
     /// Write errors since import.
@@ -389,7 +391,9 @@ impl Spa {
         let mut vdevs = Vec::new();
         for vc in config.vdevs.iter_mut() {
             let mut children = Vec::new();
+            let mut replacing = Vec::new();
             for ch in vc.children.iter_mut() {
+                replacing.push(ch.replacing.as_ref().and_then(|r| by_guid.remove(&r.guid)));
                 let leaf = match by_guid.remove(&ch.guid) {
                     Some(l) => {
                         if l.path != ch.path {
@@ -410,6 +414,7 @@ impl Spa {
                 log: vc.log,
                 asize: vc.asize,
                 children: RwLock::new(children),
+                replacing: RwLock::new(replacing),
                 alloc: Mutex::new(VdevAlloc::new(vc.asize)),
             }));
         }
@@ -971,29 +976,28 @@ impl Spa {
                 VdevKind::Raidz(1) => "raidz",
                 VdevKind::Raidz(_) => "raidz2",
             };
-            let devices: Vec<DeviceStatus> = v
-                .children
-                .read()
-                .iter()
-                .map(|l| {
-                    let (r, w, c) = l.errors();
-                    let state = l.state();
-                    DeviceStatus {
-                        path: l.path.clone(),
-                        guid: l.guid(),
-                        state: state.as_str().into(),
-                        reason: if let LeafState::Faulted(r) = state {
-                            Some(r)
-                        } else {
-                            None
-                        },
-                        resilvering: l.is_untrusted(),
-                        read_errors: r,
-                        write_errors: w,
-                        checksum_errors: c,
-                    }
-                })
-                .collect();
+            let device = |l: &Arc<Leaf>, being_replaced: bool| {
+                let (r, w, c) = l.errors();
+                let state = l.state();
+                DeviceStatus {
+                    path: l.path.clone(),
+                    guid: l.guid(),
+                    state: state.as_str().into(),
+                    reason: if let LeafState::Faulted(r) = state {
+                        Some(r)
+                    } else {
+                        None
+                    },
+                    resilvering: l.is_untrusted(),
+                    being_replaced,
+                    read_errors: r,
+                    write_errors: w,
+                    checksum_errors: c,
+                }
+            };
+            let mut devices: Vec<DeviceStatus> =
+                v.children.read().iter().map(|l| device(l, false)).collect();
+            devices.extend(v.replacing_leaves().iter().map(|l| device(l, true)));
             match groups
                 .iter_mut()
                 .find(|(g, gs, _)| *g == v.group && gs.kind == "stripe" && kind == "stripe")
@@ -1085,6 +1089,11 @@ impl Spa {
             if v.kind == VdevKind::Disk {
                 return Err(SpaError::InvalidState(format!("{old} is in a stripe group without redundancy; replace needs a mirror or raidz group")));
             }
+            if v.replacing.read().iter().any(|o| o.is_some()) {
+                return Err(SpaError::InvalidState(format!(
+                    "a replace is already in progress in the group of {old}; finish it first"
+                )));
+            }
             if children.iter().any(|l| l.path == new.path()) {
                 return Err(SpaError::InvalidLayout(format!(
                     "{} is already in the group",
@@ -1113,13 +1122,24 @@ impl Spa {
             let leaf = Leaf::open(new, guid, self.opts.io_timeout);
             leaf.set_untrusted(true);
             self.clear_rings(std::slice::from_ref(&leaf))?;
+            let old_leaf = std::mem::replace(&mut children[ci], leaf.clone());
+            // A device that still serves stays readable (and written) until the replace
+            // finishes, so the group keeps its redundancy meanwhile.
+            let keep = old_leaf.is_online();
             vc.children[ci] = ChildConfig {
                 guid,
                 path: leaf.path.clone(),
                 resilvering: true,
+                replacing: keep.then(|| ReplacedDevice {
+                    guid: old_leaf.guid(),
+                    path: old_leaf.path.clone(),
+                }),
             };
-            let old_leaf = std::mem::replace(&mut children[ci], leaf);
-            old_leaf.set_removed();
+            if keep {
+                v.replacing.write()[ci] = Some(old_leaf);
+            } else {
+                old_leaf.set_removed();
+            }
             drop(children);
             config.generation += 1;
             *self.config.lock() = config;
@@ -1227,7 +1247,12 @@ impl Spa {
                 // A device still lost keeps its mark: it missed writes.
                 if leaf.is_online() {
                     leaf.set_untrusted(false);
-                    config.vdevs[v.id as usize].children[ci].resilvering = false;
+                    let child = &mut config.vdevs[v.id as usize].children[ci];
+                    child.resilvering = false;
+                    child.replacing = None;
+                    if let Some(old) = v.replacing.write()[ci].take() {
+                        retire_device(&old);
+                    }
                 }
             }
         }
@@ -1273,6 +1298,21 @@ impl Spa {
         }
         Ok(())
     }
+}
+
+/// Wipe a replaced device's label config areas (best effort: it may be failing) so it is
+/// never mistaken for a member again, and stop using it.
+fn retire_device(leaf: &Arc<Leaf>) {
+    if leaf.is_online() {
+        let zeros = Arc::new(vec![0u8; CONFIG_AREA_BYTES as usize]);
+        for lo in format::label_offsets(leaf.size()) {
+            if let Ok(p) = leaf.submit_write(zeros.clone(), 0..zeros.len(), lo) {
+                let _ = leaf.wait(p);
+            }
+        }
+        let _ = leaf.flush();
+    }
+    leaf.set_removed();
 }
 
 fn validate_name(name: &str) -> Result<(), SpaError> {
@@ -1373,12 +1413,14 @@ fn build_vdevs(
             };
             let mut children = Vec::new();
             let mut leaves = Vec::new();
+            let replacing = RwLock::new(vec![None; devs.len()]);
             for d in devs {
                 let guid = new_guid();
                 children.push(ChildConfig {
                     guid,
                     path: d.path().to_owned(),
                     resilvering: false,
+                    replacing: None,
                 });
                 leaves.push(Leaf::open(d, guid, opts.io_timeout));
             }
@@ -1397,6 +1439,7 @@ fn build_vdevs(
                 log: g.log,
                 asize,
                 children: RwLock::new(leaves),
+                replacing,
                 alloc: Mutex::new(VdevAlloc::new(asize)),
             }));
         }
