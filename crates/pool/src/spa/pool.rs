@@ -539,7 +539,11 @@ impl Spa {
         let vdevs = self.vdevs.read().clone();
         let mut subs = Vec::new();
         for v in &vdevs {
-            for leaf in v.children.read().iter() {
+            // Devices being replaced are flushed too: they are read in place of the new
+            // device after a power cut.
+            let mut leaves = v.children.read().clone();
+            leaves.extend(v.replacing_leaves());
+            for leaf in leaves {
                 if leaf.is_online() {
                     subs.push((v.id, leaf.clone(), leaf.submit_flush()));
                 }
