@@ -689,4 +689,28 @@ mod tests {
         let b = encode_sm_block(&blk, 4096);
         assert_eq!(decode_sm_block(&b, 0).unwrap(), blk);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic_on_random_or_mutated_bytes(
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..9000),
+            flips in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 1..8),
+        ) {
+            let _ = decode_label(&junk, "x", 0);
+            let _ = decode_uberblock(&junk, "x", 0);
+            let _ = decode_sm_block(&junk, 0);
+            let mut l = encode_label(&sample_label()).unwrap();
+            let mut u = encode_uberblock(&Uberblock { txg: 1, pool_guid: 2, timestamp: 3, config_generation: 4, space_map: SmPtr::default(), chain_len: 0, root: vec![9; 40] });
+            let mut m = encode_sm_block(&SmBlock { flags: 0, txg: 1, prev: SmPtr::default(), records: vec![SmRecord { vdev: 0, alloc: true, offset: 0, len: 4096 }] }, 4096);
+            for (i, v) in flips {
+                let (li, ui, mi) = (i % l.len(), i % u.len(), i % m.len());
+                l[li] ^= v;
+                u[ui] ^= v;
+                m[mi] ^= v;
+            }
+            let _ = decode_label(&l, "x", 0);
+            let _ = decode_uberblock(&u, "x", 0);
+            let _ = decode_sm_block(&m, 0);
+        }
+    }
 }

@@ -1033,7 +1033,7 @@ impl Spa {
             size_bytes: space.size_bytes,
             allocated_bytes: space.allocated_bytes,
             free_bytes: space.free_bytes,
-            txg: self.sync.lock().last_txg,
+            txg: self.last_root.lock().as_ref().map(|r| r.0),
         }
     }
 
@@ -1288,6 +1288,12 @@ impl Spa {
         let r = self.flush_all();
         drop(self);
         r
+    }
+
+    /// Close the pool (same as [`Spa::export`]: labels need no export mark, a pool is
+    /// importable whether or not it was closed cleanly).
+    pub fn close(self) -> Result<(), SpaError> {
+        self.export()
     }
 
     /// Wipe every device's labels and close the pool.
