@@ -196,6 +196,14 @@ impl VdevAlloc {
 
     /// Take `len` bytes for txg `txg`, keeping `reserve` bytes free.
     pub fn alloc(&mut self, len: u64, txg: u64, reserve: u64) -> Option<u64> {
+        let off = self.alloc_untracked(len, reserve)?;
+        self.pending.entry(txg).or_default().allocs.push((off, len));
+        Some(off)
+    }
+
+    /// Take `len` bytes without recording them in a txg (the sync records its own space
+    /// map blocks itself).
+    pub fn alloc_untracked(&mut self, len: u64, reserve: u64) -> Option<u64> {
         if self.free.total() < len + reserve {
             return None;
         }
@@ -206,7 +214,6 @@ impl VdevAlloc {
         if self.cursor >= self.asize {
             self.cursor = 0;
         }
-        self.pending.entry(txg).or_default().allocs.push((off, len));
         Some(off)
     }
 

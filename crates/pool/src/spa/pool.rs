@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, RwLock};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::alloc::{RangeSet, VdevAlloc};
+use super::alloc::{RangeSet, TxgDelta, VdevAlloc};
 use super::device::{probe_existing_data, Device, FileDevice};
 use super::error::SpaError;
 use super::format::{
@@ -701,6 +701,7 @@ impl Spa {
         class: AllocClass,
         txg: u64,
         use_reserve: bool,
+        track: bool,
     ) -> Result<Dva, SpaError> {
         if psize == 0 || !psize.is_multiple_of(SECTOR_SIZE) || psize > MAX_BLOCK_BYTES {
             return Err(SpaError::InvalidState(format!("allocation of {psize} bytes is not a positive multiple of {SECTOR_SIZE} up to {MAX_BLOCK_BYTES}")));
@@ -746,7 +747,13 @@ impl Spa {
                 } else {
                     0
                 };
-                if let Some(off) = v.alloc.lock().alloc(asize, txg, reserve) {
+                let mut a = v.alloc.lock();
+                let got = if track {
+                    a.alloc(asize, txg, reserve)
+                } else {
+                    a.alloc_untracked(asize, reserve)
+                };
+                if let Some(off) = got {
                     return Ok(Dva {
                         vdev: v.id,
                         offset: off,
@@ -784,36 +791,51 @@ impl Spa {
                 assert!(ok, "space map block {p:?} must be allocated");
             }
         }
-        let mut est: usize = 64;
+        let mut deltas = Vec::with_capacity(vdevs.len());
+        let mut est: usize = 0;
         for v in &vdevs {
-            let a = v.alloc.lock();
-            est += a
-                .pending
-                .range(..=txg)
-                .map(|(_, d)| d.allocs.len() + d.frees.len())
-                .sum::<usize>();
+            let mut a = v.alloc.lock();
+            let (d, dropped) = a.take_through(txg);
+            self.bad_frees.fetch_add(dropped, Ordering::Relaxed);
+            est += d.allocs.len() + d.frees.len();
             if condense {
+                // Frees may split extents, so the base has at most this many records.
                 est += a.committed.len();
             }
+            deltas.push(d);
         }
-        let psize = (format::SM_HEADER_BYTES + est * format::SM_RECORD_BYTES)
-            .div_ceil(SECTOR_SIZE as usize)
-            * SECTOR_SIZE as usize;
-        let psize = psize.min(SPACE_MAP_BLOCK_BYTES as usize) as u32;
+        if est == 0 && !condense {
+            // Nothing changed: the uberblock keeps pointing at the same chain.
+            return self.commit_txg(st, txg, root, &vdevs, &deltas, Vec::new(), false);
+        }
+        // Each space map block adds its own allocation record.
+        let mut nblocks = 1;
+        let mut psize;
+        loop {
+            let want = est + nblocks;
+            psize = ((format::SM_HEADER_BYTES + want * format::SM_RECORD_BYTES)
+                .div_ceil(SECTOR_SIZE as usize)
+                * SECTOR_SIZE as usize)
+                .min(SPACE_MAP_BLOCK_BYTES as usize) as u32;
+            let need = want.div_ceil(format::sm_capacity(psize));
+            if need <= nblocks {
+                break;
+            }
+            nblocks = need;
+        }
         let cap = format::sm_capacity(psize);
-        let nblocks = est.div_ceil(cap);
         if nblocks > SPACE_MAP_BASE_BLOCKS_MAX as usize {
             return Err(SpaError::InvalidState(format!("allocator state of {est} records exceeds {SPACE_MAP_BASE_BLOCKS_MAX} space map blocks")));
         }
         let mut dvas = Vec::new();
         for _ in 0..nblocks {
-            dvas.push(self.alloc_inner(psize, AllocClass::Metadata, txg, false)?);
-        }
-        let mut deltas = Vec::with_capacity(vdevs.len());
-        for v in &vdevs {
-            let (d, dropped) = v.alloc.lock().take_through(txg);
-            self.bad_frees.fetch_add(dropped, Ordering::Relaxed);
-            deltas.push(d);
+            let dva = self.alloc_inner(psize, AllocClass::Metadata, txg, false, false)?;
+            let i = vdevs
+                .iter()
+                .position(|v| v.id == dva.vdev)
+                .ok_or(SpaError::InvalidAddress { dva })?;
+            deltas[i].allocs.push((dva.offset, dva.asize));
+            dvas.push(dva);
         }
         let mut records = Vec::new();
         if condense {
@@ -888,22 +910,43 @@ impl Spa {
             new_chain.push(prev);
         }
         self.flush_all()?;
+        self.commit_txg(st, txg, root, &vdevs, &deltas, new_chain, condense)
+    }
+
+    /// Write the uberblock of `txg` pointing at the chain (extended by `new_chain`, or
+    /// replaced by it when `condense`), then apply the deltas in memory and release frees.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_txg(
+        &self,
+        st: &mut SyncState,
+        txg: u64,
+        root: &[u8],
+        vdevs: &[Arc<TopVdev>],
+        deltas: &[TxgDelta],
+        new_chain: Vec<SmPtr>,
+        condense: bool,
+    ) -> Result<(), SpaError> {
         let chain_len = if condense {
             new_chain.len()
         } else {
             st.chain.len() + new_chain.len()
         };
+        let head = new_chain
+            .last()
+            .or(st.chain.last())
+            .copied()
+            .unwrap_or_default();
         let ub = Uberblock {
             txg,
             pool_guid: self.guid,
             timestamp: now_secs(),
             config_generation: self.config.lock().generation,
-            space_map: prev,
+            space_map: head,
             chain_len: chain_len as u32,
             root: root.to_vec(),
         };
         self.write_uberblock(&ub)?;
-        for (v, d) in vdevs.iter().zip(&deltas) {
+        for (v, d) in vdevs.iter().zip(deltas) {
             let mut a = v.alloc.lock();
             let ok = a.commit(d);
             assert!(ok, "allocator delta of vdev {} does not apply", v.id);
@@ -1501,7 +1544,7 @@ impl BlockStore for Spa {
     }
 
     fn alloc(&self, psize_bytes: u32, class: AllocClass, txg: u64) -> Result<Dva, StoreError> {
-        Ok(self.alloc_inner(psize_bytes, class, txg, true)?)
+        Ok(self.alloc_inner(psize_bytes, class, txg, true, true)?)
     }
 
     fn free(&self, dva: Dva, txg: u64) {

@@ -382,6 +382,12 @@ impl TopVdev {
             .iter()
             .position(|l| l.is_untrusted())
             .unwrap_or(children.len());
+        // Spread reads over the trusted copies by 1 MiB region, so sequential reads stay
+        // on one device per region and a mirror reads at the speed of all its devices.
+        if first_untrusted > 1 {
+            let k = ((dva.offset >> 20) % first_untrusted as u64) as usize;
+            children[..first_untrusted].rotate_left(k);
+        }
         let old: Vec<Arc<Leaf>> = self
             .replacing_leaves()
             .into_iter()
