@@ -136,6 +136,17 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
 
     /// The txg and root of the newest valid uberblock found at open (None for a new pool).
     fn last_root(&self) -> Option<(u64, Vec<u8>)>;
+
+    /// Mark a block as allocated in open txg `txg` although the allocation that made it
+    /// was never made durable: the intent log's replay claims the log blocks it found
+    /// after a crash so that no allocation overwrites them before the replayed data is
+    /// committed (they are freed again in the same txg). Must succeed when the block is
+    /// allocated already. The default does nothing: a store that keeps it risks handing
+    /// out a log block during replay, so real stores should implement it.
+    fn claim(&self, dva: Dva, txg: u64) -> Result<(), StoreError> {
+        let _ = (dva, txg);
+        Ok(())
+    }
 }
 
 /// Largest root the uberblock carries (a few block pointers).

@@ -767,11 +767,15 @@ impl Spa {
         })
     }
 
-    /// Mark a block allocated in `txg` (intent-log replay after import claims the log
-    /// blocks it will read). False if any of it is already allocated.
-    pub fn claim(&self, dva: Dva, txg: u64) -> bool {
-        self.vdev(dva.vdev)
-            .is_some_and(|v| v.alloc.lock().claim(dva.offset, dva.asize, txg))
+    /// True if no byte of the block is free in the allocator (allocated, or freed in a
+    /// txg not yet durable).
+    pub fn is_allocated(&self, dva: Dva) -> bool {
+        self.vdev(dva.vdev).is_some_and(|v| {
+            dva.offset
+                .checked_add(dva.asize)
+                .is_some_and(|e| e <= v.asize)
+                && !v.alloc.lock().free.overlaps(dva.offset, dva.asize)
+        })
     }
 
     /// Frees refused as double frees or bad addresses since open (a bug or corruption).
@@ -1609,6 +1613,28 @@ impl BlockStore for Spa {
 
     fn last_root(&self) -> Option<(u64, Vec<u8>)> {
         self.last_root.lock().clone()
+    }
+
+    fn claim(&self, dva: Dva, txg: u64) -> Result<(), StoreError> {
+        let v = self
+            .vdev(dva.vdev)
+            .ok_or(SpaError::InvalidAddress { dva })?;
+        if dva.asize == 0
+            || dva
+                .offset
+                .checked_add(dva.asize)
+                .is_none_or(|e| e > v.asize)
+        {
+            return Err(SpaError::InvalidAddress { dva }.into());
+        }
+        let mut a = v.alloc.lock();
+        if a.claim(dva.offset, dva.asize, txg) || !a.free.overlaps(dva.offset, dva.asize) {
+            // Claimed now, or allocated already: both leave the block safe from reuse.
+            Ok(())
+        } else {
+            // Partly free: not a block this pool ever allocated whole.
+            Err(SpaError::InvalidAddress { dva }.into())
+        }
     }
 }
 
