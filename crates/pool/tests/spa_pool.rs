@@ -761,3 +761,27 @@ fn claim_protects_unsynced_log_blocks_after_import() {
     };
     assert!(spa.claim(bad, 2).is_err());
 }
+
+#[test]
+fn a_device_that_shrank_is_faulted_at_import() {
+    let devs = mems("sh", 3);
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Raidz, dyns(&devs))], opts()).unwrap();
+    let blocks = write_blocks(&spa, 1, 10, 91);
+    spa.sync(1, b"1").unwrap();
+    drop(spa);
+    let img = devs[1].image();
+    let mut small = img[..(DEV / 2) as usize].to_vec();
+    // Keep its front labels; the back ones are gone with the truncation.
+    small.truncate((DEV / 2) as usize);
+    let shrunk = MemDevice::from_image("sh1", small);
+    let spa = Spa::import_devices(
+        "tank",
+        vec![devs[0].clone(), shrunk, devs[2].clone()],
+        opts(),
+    )
+    .unwrap();
+    let st = spa.status();
+    assert_eq!(st.health, Health::Degraded);
+    assert_eq!(st.groups[0].devices[1].state, "FAULTED");
+    read_back(&spa, &blocks);
+}

@@ -390,6 +390,7 @@ impl Spa {
         let mut paths_changed = false;
         let mut vdevs = Vec::new();
         for vc in config.vdevs.iter_mut() {
+            let need = child_data_bytes(vc);
             let mut children = Vec::new();
             let mut replacing = Vec::new();
             for ch in vc.children.iter_mut() {
@@ -404,6 +405,13 @@ impl Spa {
                     }
                     None => Leaf::missing(ch.guid, &ch.path, LeafState::Unavail),
                 };
+                if leaf.is_online() && format::data_region_bytes(leaf.size()) < need {
+                    // A device that shrank would fail I/O near its end: take it out now.
+                    leaf.fault(format!(
+                        "device has {} data bytes, its raid group needs {need}",
+                        format::data_region_bytes(leaf.size())
+                    ));
+                }
                 leaf.set_untrusted(ch.resilvering);
                 children.push(leaf);
             }
