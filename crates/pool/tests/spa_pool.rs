@@ -408,6 +408,15 @@ fn create_refuses_existing_data_and_bad_layouts_unless_forced() {
         )
         .unwrap(),
     );
+    // Front labels overwritten, back labels left: still recognised.
+    devs[0].poke(0, &vec![0u8; 2 * 1024 * 1024]);
+    let err = Spa::create_on(
+        "t3",
+        vec![group(GroupKind::Stripe, vec![devs[0].clone()])],
+        opts(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("pool label"), "{err}");
     let ext4 = MemDevice::new("ext4", DEV);
     ext4.poke(0, &[0u8; 4096]);
     let mut sb = vec![0u8; 4096];

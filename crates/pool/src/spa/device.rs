@@ -142,7 +142,7 @@ pub fn probe_existing_data(dev: &dyn Device) -> Option<String> {
         return None;
     }
     let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
-    if at(0, super::format::LABEL_MAGIC) {
+    if at(0, super::format::LABEL_MAGIC) || has_back_label(dev) {
         return Some("a cstor pool label".into());
     }
     if at(1080, &[0x53, 0xEF]) {
@@ -164,4 +164,17 @@ pub fn probe_existing_data(dev: &dyn Device) -> Option<String> {
         return Some("an MBR partition table or boot sector".into());
     }
     None
+}
+
+/// True if either back label of a pool sits at the end of the device (its front labels
+/// may have been overwritten).
+fn has_back_label(dev: &dyn Device) -> bool {
+    if dev.size() < 4 * super::limits::LABEL_BYTES {
+        return false;
+    }
+    let offs = super::format::label_offsets(dev.size());
+    offs[2..].iter().any(|&o| {
+        let mut sector = vec![0u8; SECTOR_BYTES as usize];
+        dev.read_at(&mut sector, o).is_ok() && sector.starts_with(super::format::LABEL_MAGIC)
+    })
 }
