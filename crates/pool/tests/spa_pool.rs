@@ -794,3 +794,46 @@ fn a_device_that_shrank_is_faulted_at_import() {
     assert_eq!(st.groups[0].devices[1].state, "FAULTED");
     read_back(&spa, &blocks);
 }
+
+#[test]
+fn failed_flush_latches_the_device_and_sync_goes_on_with_redundancy() {
+    let (_m, f) = faulty("fl", 2);
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Mirror, dyns(&f))], opts()).unwrap();
+    let a = write_blocks(&spa, 1, 5, 101);
+    f[0].set_fail_flush(true);
+    spa.sync(1, b"1").unwrap();
+    let st = spa.status();
+    assert_eq!(st.groups[0].devices[0].state, "FAULTED");
+    assert!(st.groups[0].devices[0]
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("flush"));
+    // Fail-stop: no further I/O reaches the device even once it would work again.
+    f[0].set_fail_flush(false);
+    let writes = f[0].write_count();
+    let b = write_blocks(&spa, 2, 5, 102);
+    spa.sync(2, b"2").unwrap();
+    assert_eq!(f[0].write_count(), writes);
+    read_back(&spa, &a);
+    read_back(&spa, &b);
+}
+
+#[test]
+fn stripe_pool_faults_when_a_disk_fails_and_names_it() {
+    let (_m, f) = faulty("sp", 2);
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Stripe, dyns(&f))], opts()).unwrap();
+    write_blocks(&spa, 1, 5, 111);
+    spa.sync(1, b"1").unwrap();
+    f[1].set_fail_writes(true);
+    let r = (0..20).try_for_each(|_| {
+        let dva = spa.alloc(4096, AllocClass::Data, 2)?;
+        spa.write(dva, &[7u8; 4096])
+    });
+    assert!(r.is_err());
+    let st = spa.status();
+    assert_eq!(st.health, Health::Faulted);
+    assert!(st.message.unwrap().contains("sp1"));
+    let err = spa.sync(2, b"2").unwrap_err();
+    assert!(err.to_string().contains("sp1"), "{err}");
+}

@@ -1353,15 +1353,26 @@ impl Spa {
 
     /// Wipe every device's labels and close the pool.
     pub fn destroy(self) -> Result<(), SpaError> {
+        // Every device is wiped even if one fails; the first failure is reported after.
         let zeros = Arc::new(vec![0u8; LABEL_BYTES as usize]);
-        for leaf in self.all_leaves().iter().filter(|l| l.is_online()) {
-            for lo in format::label_offsets(leaf.size()) {
-                let p = leaf.submit_write(zeros.clone(), 0..zeros.len(), lo)?;
-                leaf.wait(p)?;
-            }
-            leaf.flush()?;
+        let mut first_err = None;
+        let mut leaves = self.all_leaves();
+        for v in self.vdevs.read().iter() {
+            leaves.extend(v.replacing_leaves());
         }
-        Ok(())
+        for leaf in leaves.iter().filter(|l| l.is_online()) {
+            let wipe = || -> Result<(), SpaError> {
+                for lo in format::label_offsets(leaf.size()) {
+                    let p = leaf.submit_write(zeros.clone(), 0..zeros.len(), lo)?;
+                    leaf.wait(p)?;
+                }
+                leaf.flush()
+            };
+            if let Err(e) = wipe() {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 }
 
