@@ -5,7 +5,7 @@
 //! Invariants: every request waits at most the I/O timeout; a device that does not answer
 //! in time, or whose write or flush fails, is latched FAULTED and gets no further I/O
 //! (fail-stop: a flush is never retried) until the pool is imported again. Reads that fail
-//! only count errors.
+//! count errors; [`READ_ERRORS_MAX`] of them fault the device too.
 //! Never: blocks a caller past the timeout; retries a write or flush.
 //! Shutdown: [`Leaf::close`] asks workers to stop and joins them with a deadline; a worker
 //! stuck in a hung device is left detached (it exits when the device returns).
@@ -23,7 +23,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::device::Device;
 use super::error::SpaError;
-use super::limits::{DEVICE_QUEUE_DEPTH, SPIN_POLLS, WORKERS_PER_DEVICE};
+use super::limits::{DEVICE_QUEUE_DEPTH, READ_ERRORS_MAX, SPIN_POLLS, WORKERS_PER_DEVICE};
 
 /// Health of one device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -415,7 +415,10 @@ impl Leaf {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => {
                 if is_read {
-                    self.read_errors.fetch_add(1, Ordering::Relaxed);
+                    let n = self.read_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n >= READ_ERRORS_MAX {
+                        self.fault(format!("too many read errors ({n}), last: {e}"));
+                    }
                 } else {
                     self.write_errors.fetch_add(1, Ordering::Relaxed);
                     self.fault(format!("{} failed: {e}", p.op));

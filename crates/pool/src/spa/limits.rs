@@ -19,6 +19,10 @@ pub const WORKERS_PER_DEVICE: usize = 4;
 /// microseconds) without burning a core on a slow disk.
 pub const SPIN_POLLS: u32 = 256;
 
+/// Read errors after which a device is faulted: a few bad sectors are repaired from
+/// redundancy, a dying device stops slowing every read down.
+pub const READ_ERRORS_MAX: u64 = 64;
+
 /// Requests queued per device before submitters wait: bounds memory held by in-flight
 /// buffers (a request holds at most one block).
 pub const DEVICE_QUEUE_DEPTH: usize = 64;
