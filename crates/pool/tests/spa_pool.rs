@@ -837,3 +837,34 @@ fn stripe_pool_faults_when_a_disk_fails_and_names_it() {
     let err = spa.sync(2, b"2").unwrap_err();
     assert!(err.to_string().contains("sp1"), "{err}");
 }
+
+#[test]
+fn raidz2_serves_with_two_hung_devices_and_imports_around_them() {
+    let (_m, f) = faulty("h2", 5);
+    let o = SpaOptions {
+        force: false,
+        io_timeout: Duration::from_millis(300),
+    };
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Raidz2, dyns(&f))], o.clone()).unwrap();
+    let blocks = write_blocks(&spa, 1, 10, 121);
+    spa.sync(1, b"1").unwrap();
+    f[0].set_hang(Duration::from_secs(30));
+    f[3].set_hang(Duration::from_secs(30));
+    let t = std::time::Instant::now();
+    read_back(&spa, &blocks);
+    let more = write_blocks(&spa, 2, 10, 122);
+    spa.sync(2, b"2").unwrap();
+    read_back(&spa, &more);
+    assert_eq!(spa.status().health, Health::Degraded);
+    drop(spa);
+    let spa = Spa::import_devices("tank", dyns(&f), o).unwrap();
+    read_back(&spa, &blocks);
+    read_back(&spa, &more);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    f[0].release_hang();
+    f[3].release_hang();
+}

@@ -327,9 +327,22 @@ impl Spa {
     ) -> Result<Spa, SpaError> {
         let mut found: Vec<(Arc<Leaf>, Label)> = Vec::new();
         let mut others: Vec<String> = Vec::new();
-        for dev in devices {
-            let leaf = Leaf::open(dev, 0, opts.io_timeout);
-            match read_best_label(&leaf) {
+        let leaves: Vec<Arc<Leaf>> = devices
+            .into_iter()
+            .map(|d| Leaf::open(d, 0, opts.io_timeout))
+            .collect();
+        // Labels of all devices are read at once, so hung devices cost one timeout in all.
+        let reads: Vec<LabelRead> = std::thread::scope(|s| {
+            let hs: Vec<_> = leaves
+                .iter()
+                .map(|l| s.spawn(|| read_best_label(l)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(LabelRead::Unreadable))
+                .collect()
+        });
+        for (leaf, read) in leaves.into_iter().zip(reads) {
+            match read {
                 LabelRead::Found(l) => found.push((leaf, l)),
                 LabelRead::Invalid => {
                     others.push(format!("{} has no valid cstor label", leaf.path))
