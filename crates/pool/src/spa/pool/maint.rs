@@ -109,6 +109,16 @@ impl Spa {
     /// Add a raid group (or disks to a stripe pool: a `Stripe` spec) and rewrite labels.
     pub fn add_group(&self, group: GroupSpec<Arc<dyn Device>>) -> Result<(), SpaError> {
         validate_groups(std::slice::from_ref(&group), false)?;
+        for d in &group.devices {
+            if self.all_leaves().iter().any(|l| l.path == d.path()) {
+                return Err(SpaError::InvalidLayout(format!(
+                    "device {} is already in the pool",
+                    d.path()
+                )));
+            }
+        }
+        // No sync may commit blocks on the new group before every label names it.
+        let _sync = self.sync.lock();
         let mut config = self.config.lock().clone();
         if config.vdevs.len() + group.devices.len() > MAX_VDEVS {
             return Err(SpaError::InvalidLayout(format!(
@@ -121,8 +131,9 @@ impl Spa {
         self.clear_rings(&new_leaves)?;
         config.generation += 1;
         *self.config.lock() = config;
+        let new_guids: Vec<u64> = new_leaves.iter().map(|l| l.guid()).collect();
         self.vdevs.write().extend(new);
-        self.write_labels()
+        self.write_labels_new_first(&new_guids)
     }
 
     /// Add a raid group given device paths.
@@ -138,6 +149,8 @@ impl Spa {
     /// is untrusted for reads until [`Spa::finish_replace`]. The caller resilvers every live
     /// block with [`Spa::resilver_block`] in between.
     pub fn replace_device(&self, old: &str, new: Arc<dyn Device>) -> Result<(), SpaError> {
+        // No sync may commit while the config is between old and new device.
+        let _sync = self.sync.lock();
         let vdevs = self.vdevs.read().clone();
         let mut config = self.config.lock().clone();
         for v in &vdevs {
@@ -205,7 +218,7 @@ impl Spa {
             drop(children);
             config.generation += 1;
             *self.config.lock() = config;
-            return self.write_labels();
+            return self.write_labels_new_first(&[guid]);
         }
         Err(SpaError::NoSuchDevice(old.to_owned()))
     }

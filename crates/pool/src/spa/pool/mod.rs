@@ -513,9 +513,17 @@ impl Spa {
 
     /// Write the current config into every online device's labels, in two phases.
     fn write_labels(&self) -> Result<(), SpaError> {
+        self.write_labels_new_first(&[])
+    }
+
+    /// Write the config into every online device's labels; the devices in `new_first`
+    /// (just added or put in by a replace) get both phases before any other device, so a
+    /// config naming them never reaches an old device while they still lack labels.
+    fn write_labels_new_first(&self, new_first: &[u64]) -> Result<(), SpaError> {
         let config = self.config.lock().clone();
         let vdevs = self.vdevs.read().clone();
-        let mut per_leaf = Vec::new();
+        let mut first = Vec::new();
+        let mut rest = Vec::new();
         for v in &vdevs {
             for (ci, leaf) in v.children.read().iter().enumerate() {
                 if !leaf.is_online() {
@@ -529,29 +537,37 @@ impl Spa {
                     child: ci as u32,
                     config: config.clone(),
                 };
-                per_leaf.push((leaf.clone(), Arc::new(format::encode_label(&label)?)));
-            }
-        }
-        let mut ok_leaves = per_leaf.len();
-        for phase in [[0usize, 2], [1, 3]] {
-            let mut subs = Vec::new();
-            for (leaf, bytes) in &per_leaf {
-                let offs = format::label_offsets(leaf.size());
-                for i in phase {
-                    subs.push((
-                        leaf.clone(),
-                        leaf.submit_write(bytes.clone(), 0..bytes.len(), offs[i]),
-                    ));
+                let entry = (leaf.clone(), Arc::new(format::encode_label(&label)?));
+                if new_first.contains(&leaf.guid()) {
+                    first.push(entry);
+                } else {
+                    rest.push(entry);
                 }
             }
-            for (leaf, s) in subs {
-                if s.and_then(|p| leaf.wait(p)).is_err() {
-                    ok_leaves = ok_leaves.saturating_sub(1);
-                }
-            }
-            self.flush_all()?;
         }
-        if ok_leaves == 0 {
+        let total = first.len() + rest.len();
+        let mut failed = 0;
+        for set in [first, rest] {
+            for phase in [[0usize, 2], [1, 3]] {
+                let mut subs = Vec::new();
+                for (leaf, bytes) in &set {
+                    let offs = format::label_offsets(leaf.size());
+                    for i in phase {
+                        subs.push((
+                            leaf.clone(),
+                            leaf.submit_write(bytes.clone(), 0..bytes.len(), offs[i]),
+                        ));
+                    }
+                }
+                for (leaf, s) in subs {
+                    if s.and_then(|p| leaf.wait(p)).is_err() {
+                        failed += 1;
+                    }
+                }
+                self.flush_all()?;
+            }
+        }
+        if failed >= 4 * total {
             return Err(SpaError::PoolFaulted {
                 name: self.name.clone(),
                 reason: "no device took the new labels".into(),
