@@ -293,6 +293,7 @@ impl Spa {
         }
         self.flush_all()?;
         let mut config = self.config.lock().clone();
+        let mut retired = Vec::new();
         for v in self.vdevs.read().iter() {
             for (ci, leaf) in v.children.read().iter().enumerate() {
                 // A device still lost keeps its mark: it missed writes.
@@ -301,15 +302,18 @@ impl Spa {
                     let child = &mut config.vdevs[v.id as usize].children[ci];
                     child.resilvering = false;
                     child.replacing = None;
-                    if let Some(old) = v.replacing.write()[ci].take() {
-                        retire_device(&old);
-                    }
+                    retired.extend(v.replacing.write()[ci].take());
                 }
             }
         }
         config.generation += 1;
         *self.config.lock() = config;
-        self.write_labels()
+        // Old devices are wiped only once every label stops naming them.
+        self.write_labels()?;
+        for old in retired {
+            retire_device(&old);
+        }
+        Ok(())
     }
 
     /// Check every copy or column of one block and repair bad ones; returns bytes repaired.
