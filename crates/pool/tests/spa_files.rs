@@ -136,6 +136,9 @@ fn open_pool_devices_are_locked_against_second_openers() {
         Err(e) => println!("SKIP cross-process lock check: flock(1) not runnable: {e}"),
     }
     spa.export().unwrap();
+    let twice = vec![paths[0].clone(), paths[0].clone()];
+    let err = Spa::import("tank", &twice, SpaOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
     assert!(Spa::import("tank", &paths, SpaOptions::default()).is_ok());
 }
 

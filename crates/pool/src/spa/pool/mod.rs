@@ -233,6 +233,20 @@ fn kind_config(kind: GroupKind) -> VdevKindConfig {
     }
 }
 
+/// Refuse a device named twice (also through different paths to the same file).
+fn check_distinct(paths: &[String]) -> Result<(), SpaError> {
+    let mut seen = std::collections::HashSet::new();
+    for p in paths {
+        let canon = std::fs::canonicalize(p).map_err(|e| SpaError::io(p, "open", 0, e))?;
+        if !seen.insert(canon) {
+            return Err(SpaError::InvalidLayout(format!(
+                "device {p} is given twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Open devices by path (each locked exclusively).
 pub fn open_paths(paths: &[String]) -> Result<Vec<Arc<dyn Device>>, SpaError> {
     paths
@@ -248,15 +262,8 @@ impl Spa {
         groups: &[GroupSpec<String>],
         opts: SpaOptions,
     ) -> Result<Spa, SpaError> {
-        let mut seen = std::collections::HashSet::new();
-        for p in groups.iter().flat_map(|g| &g.devices) {
-            let canon = std::fs::canonicalize(p).map_err(|e| SpaError::io(p, "open", 0, e))?;
-            if !seen.insert(canon) {
-                return Err(SpaError::InvalidLayout(format!(
-                    "device {p} is given twice"
-                )));
-            }
-        }
+        let all: Vec<String> = groups.iter().flat_map(|g| g.devices.clone()).collect();
+        check_distinct(&all)?;
         let mut opened = Vec::new();
         for g in groups {
             opened.push(GroupSpec {
@@ -319,6 +326,7 @@ impl Spa {
 
     /// Import a pool from device paths (any order, after renames).
     pub fn import(name: &str, paths: &[String], opts: SpaOptions) -> Result<Spa, SpaError> {
+        check_distinct(paths)?;
         Self::import_devices(name, open_paths(paths)?, opts)
     }
 
