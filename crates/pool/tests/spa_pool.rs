@@ -868,3 +868,59 @@ fn raidz2_serves_with_two_hung_devices_and_imports_around_them() {
     f[0].release_hang();
     f[3].release_hang();
 }
+
+#[test]
+fn corrupt_addresses_are_errors_never_panics() {
+    for (kind, n) in every_kind() {
+        let spa = Spa::create_on("tank", vec![group(kind, dyns(&mems("ca", n)))], opts()).unwrap();
+        let ok = |_: &[u8]| true;
+        let bad = [
+            Dva {
+                vdev: 0,
+                offset: 1,
+                asize: 4096,
+            },
+            Dva {
+                vdev: 0,
+                offset: 4096,
+                asize: 100,
+            },
+            Dva {
+                vdev: 0,
+                offset: u64::MAX - 4095,
+                asize: 8192,
+            },
+            Dva {
+                vdev: 0,
+                offset: 0,
+                asize: 0,
+            },
+            Dva {
+                vdev: 99,
+                offset: 0,
+                asize: 4096,
+            },
+            Dva {
+                vdev: 0,
+                offset: 1 << 50,
+                asize: 4096,
+            },
+        ];
+        for dva in bad {
+            assert!(spa.read(dva, 4096, &ok).is_err(), "{kind:?} {dva:?}");
+            assert!(spa.write(dva, &[0u8; 4096]).is_err(), "{kind:?} {dva:?}");
+            assert!(spa.scrub_block(dva, 4096, &ok).is_err(), "{kind:?} {dva:?}");
+            assert!(
+                spa.resilver_block(dva, 4096, &ok).is_err(),
+                "{kind:?} {dva:?}"
+            );
+            spa.free(dva, 1);
+        }
+        let good = spa.alloc(8192, AllocClass::Data, 1).unwrap();
+        assert!(spa.read(good, 4095, &ok).is_err());
+        assert!(spa.scrub_block(good, 1, &ok).is_err());
+        assert!(spa.read(good, 1 << 30, &ok).is_err());
+        assert!(spa.alloc(100, AllocClass::Data, 1).is_err());
+        assert_eq!(spa.bad_frees(), 6);
+    }
+}

@@ -11,6 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::limits::SECTOR_BYTES;
+
 /// Extents the first-fit search looks at after the cursor before falling back to the
 /// size index: keeps allocation O(log n) on a fragmented vdev.
 const FIND_SCAN_MAX: usize = 32;
@@ -219,7 +221,8 @@ impl VdevAlloc {
 
     /// Claim a specific range (log replay after import) in txg `txg`; false if not free.
     pub fn claim(&mut self, off: u64, len: u64, txg: u64) -> bool {
-        if !self.free.remove(off, len) {
+        let aligned = off.is_multiple_of(SECTOR_BYTES) && len.is_multiple_of(SECTOR_BYTES);
+        if !aligned || !self.free.remove(off, len) {
             return false;
         }
         self.pending.entry(txg).or_default().allocs.push((off, len));
@@ -228,7 +231,12 @@ impl VdevAlloc {
 
     /// Record a free in txg `txg`; false if the range is free already (a double free).
     pub fn free(&mut self, off: u64, len: u64, txg: u64) -> bool {
-        if off.checked_add(len).is_none_or(|e| e > self.asize) || self.free.overlaps(off, len) {
+        let aligned = off.is_multiple_of(SECTOR_BYTES) && len.is_multiple_of(SECTOR_BYTES);
+        if !aligned
+            || len == 0
+            || off.checked_add(len).is_none_or(|e| e > self.asize)
+            || self.free.overlaps(off, len)
+        {
             return false;
         }
         self.pending.entry(txg).or_default().frees.push((off, len));
@@ -334,24 +342,28 @@ mod tests {
 
     #[test]
     fn frees_wait_for_release() {
-        let mut a = VdevAlloc::new(1000);
-        let o = a.alloc(100, 1, 0).unwrap();
+        let mut a = VdevAlloc::new(1000 * 4096);
+        let o = a.alloc(100 * 4096, 1, 0).unwrap();
         let (d, _) = a.take_through(1);
         assert!(a.commit(&d));
         a.release();
-        assert!(a.free(o, 100, 2));
+        assert!(a.free(o, 100 * 4096, 2));
         assert!(
-            a.free(o, 100, 2),
+            a.free(o, 100 * 4096, 2),
             "a repeated free in the open txg is taken ..."
         );
-        assert_eq!(a.allocated(), 100);
+        assert_eq!(a.allocated(), 100 * 4096);
         let (d, dropped) = a.take_through(2);
         assert_eq!(dropped, 1, "... and dropped at sync");
         assert!(a.commit(&d));
-        assert_eq!(a.allocated(), 100, "not free before the sync is durable");
+        assert_eq!(
+            a.allocated(),
+            100 * 4096,
+            "not free before the sync is durable"
+        );
         a.release();
         assert_eq!(a.allocated(), 0);
-        assert!(!a.free(o, 100, 3), "double free refused");
+        assert!(!a.free(o, 100 * 4096, 3), "double free refused");
     }
 
     proptest::proptest! {

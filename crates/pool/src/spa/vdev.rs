@@ -19,7 +19,7 @@ use super::alloc::VdevAlloc;
 use super::error::SpaError;
 use super::format::VdevKindConfig;
 use super::leaf::Leaf;
-use super::limits::FRONT_RESERVE_BYTES;
+use super::limits::{FRONT_RESERVE_BYTES, MAX_BLOCK_BYTES, SECTOR_BYTES};
 use super::raidz::{generate_parity, raidz_asize, reconstruct, RaidzMap};
 use crate::store::{Dva, Verify};
 
@@ -181,13 +181,20 @@ impl TopVdev {
         self.replacing.read().iter().flatten().cloned().collect()
     }
 
+    /// Validate an address (it may come from a corrupt block pointer) before any
+    /// arithmetic or device I/O uses it.
     fn check(&self, dva: Dva, psize: u64) -> Result<(), SpaError> {
-        let ok = dva
-            .offset
-            .checked_add(dva.asize)
-            .is_some_and(|e| e <= self.asize)
-            && self.asize_of(psize) <= dva.asize
-            && psize > 0;
+        let aligned = dva.offset.is_multiple_of(SECTOR_BYTES)
+            && dva.asize.is_multiple_of(SECTOR_BYTES)
+            && psize.is_multiple_of(SECTOR_BYTES);
+        let ok = aligned
+            && psize > 0
+            && psize <= MAX_BLOCK_BYTES as u64
+            && dva
+                .offset
+                .checked_add(dva.asize)
+                .is_some_and(|e| e <= self.asize)
+            && self.asize_of(psize) <= dva.asize;
         if ok {
             Ok(())
         } else {

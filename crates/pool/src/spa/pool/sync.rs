@@ -100,9 +100,12 @@ impl Spa {
                     reason: format!("record {r:?} does not apply"),
                 };
                 let set = sets.get_mut(r.vdev as usize).ok_or_else(bad)?;
-                if r.offset
-                    .checked_add(r.len)
-                    .is_none_or(|e| e > asizes[r.vdev as usize])
+                let aligned =
+                    r.offset.is_multiple_of(SECTOR_BYTES) && r.len.is_multiple_of(SECTOR_BYTES);
+                if !aligned
+                    || r.offset
+                        .checked_add(r.len)
+                        .is_none_or(|e| e > asizes[r.vdev as usize])
                 {
                     return Err(bad());
                 }
