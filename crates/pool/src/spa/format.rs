@@ -75,7 +75,9 @@ pub const SM_FLAG_BASE_START: u32 = 1;
 
 /// Byte offsets of the four labels on a device of `size_bytes`.
 pub fn label_offsets(size_bytes: u64) -> [u64; 4] {
-    let base = size_bytes / LABEL_BYTES * LABEL_BYTES;
+    // Callers only pass devices of at least MIN_DEVICE_BYTES; saturate anyway so a tiny
+    // device can never underflow (its back labels then alias the front ones).
+    let base = (size_bytes / LABEL_BYTES * LABEL_BYTES).max(4 * LABEL_BYTES);
     [0, LABEL_BYTES, base - 2 * LABEL_BYTES, base - LABEL_BYTES]
 }
 
