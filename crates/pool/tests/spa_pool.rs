@@ -924,3 +924,47 @@ fn corrupt_addresses_are_errors_never_panics() {
         assert_eq!(spa.bad_frees(), 6);
     }
 }
+
+#[test]
+fn an_old_copy_of_a_device_put_back_reads_correctly_and_scrub_repairs_it() {
+    for (kind, n) in [
+        (GroupKind::Mirror, 2),
+        (GroupKind::Raidz, 3),
+        (GroupKind::Raidz2, 4),
+    ] {
+        let devs = mems("old", n);
+        let spa = Spa::create_on("tank", vec![group(kind, dyns(&devs))], opts()).unwrap();
+        let first = write_blocks(&spa, 1, 10, 131);
+        spa.sync(1, b"1").unwrap();
+        let stale = devs[0].image();
+        let second = write_blocks(&spa, 2, 20, 132);
+        spa.sync(2, b"2").unwrap();
+        drop(spa);
+        let mut back = dyns(&devs);
+        back[0] = MemDevice::from_image("old0", stale);
+        let spa = Spa::import_devices("tank", back, opts()).unwrap();
+        assert_eq!(
+            spa.last_root().unwrap().0,
+            2,
+            "{kind:?}: newest uberblock wins"
+        );
+        read_back(&spa, &first);
+        read_back(&spa, &second);
+        let mut repaired = 0;
+        for (dva, d) in first.iter().chain(&second) {
+            repaired += spa
+                .scrub_block(*dva, d.len() as u32, &check(xxh3_64(d)))
+                .unwrap();
+        }
+        spa.scrub_internal().unwrap();
+        assert!(repaired > 0 || kind == GroupKind::Mirror, "{kind:?}");
+        for (dva, d) in first.iter().chain(&second) {
+            assert_eq!(
+                spa.scrub_block(*dva, d.len() as u32, &check(xxh3_64(d)))
+                    .unwrap(),
+                0,
+                "{kind:?}"
+            );
+        }
+    }
+}
