@@ -136,6 +136,9 @@ fn open_pool_devices_are_locked_against_second_openers() {
         Err(e) => println!("SKIP cross-process lock check: flock(1) not runnable: {e}"),
     }
     spa.export().unwrap();
+    let twice = vec![paths[0].clone(), paths[0].clone()];
+    let err = Spa::import("tank", &twice, SpaOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
     assert!(Spa::import("tank", &paths, SpaOptions::default()).is_ok());
 }
 
@@ -251,4 +254,44 @@ fn loop_device_pool_roundtrip() {
     spa.export().unwrap();
     let spa = Spa::import("lp", &[dev], SpaOptions::default()).unwrap();
     get(&spa, &b);
+}
+
+#[test]
+fn large_allocator_state_spans_several_space_map_blocks_and_condenses() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.img");
+    std::fs::File::create(&p).unwrap().set_len(1 << 30).unwrap();
+    let paths = vec![p.to_string_lossy().into_owned()];
+    let spa = Spa::create(
+        "big",
+        &[spec(GroupKind::Stripe, &paths)],
+        SpaOptions::default(),
+    )
+    .unwrap();
+    // 120k allocations in one txg: the delta needs several 1 MiB space map blocks.
+    let dvas: Vec<Dva> = (0..120_000)
+        .map(|_| spa.alloc(4096, AllocClass::Data, 1).unwrap())
+        .collect();
+    spa.sync(1, b"1").unwrap();
+    assert!(spa.space_map_blocks().len() >= 3);
+    // Every other block freed: ~60k extents, so the condensed base spans blocks too.
+    for d in dvas.iter().step_by(2) {
+        spa.free(*d, 2);
+    }
+    spa.sync(2, b"2").unwrap();
+    for txg in 3..80u64 {
+        spa.alloc(4096, AllocClass::Data, txg).unwrap();
+        spa.sync(txg, b"n").unwrap();
+    }
+    let chain = spa.space_map_blocks().len();
+    assert!(chain < 64, "chain of {chain} blocks was condensed");
+    let allocated = spa.space().allocated_bytes;
+    spa.export().unwrap();
+    let spa = Spa::import("big", &paths, SpaOptions::default()).unwrap();
+    assert_eq!(spa.space().allocated_bytes, allocated);
+    for (i, d) in dvas.iter().enumerate().step_by(997) {
+        // Odd blocks are live, even ones were freed.
+        assert_eq!(spa.is_allocated(*d), i % 2 == 1, "block {i}");
+    }
+    assert_eq!(spa.bad_frees(), 0);
 }

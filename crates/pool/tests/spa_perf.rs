@@ -117,7 +117,11 @@ fn bench_write_throughput_against_raw_file() {
         return;
     }
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    for bs in [1024 * 1024, 128 * 1024, 4096] {
+    let sizes: Vec<usize> = match std::env::var("CSTOR_SPA_BENCH_BS") {
+        Ok(v) => v.split(',').filter_map(|x| x.parse().ok()).collect(),
+        Err(_) => vec![1024 * 1024, 128 * 1024, 4096],
+    };
+    for bs in sizes {
         let raw_mbs = raw(dir.path(), bs);
         println!("bs {bs}: raw file write {raw_mbs:.0} MB/s");
         for (kind, n) in [

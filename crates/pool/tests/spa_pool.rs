@@ -408,6 +408,15 @@ fn create_refuses_existing_data_and_bad_layouts_unless_forced() {
         )
         .unwrap(),
     );
+    // Front labels overwritten, back labels left: still recognised.
+    devs[0].poke(0, &vec![0u8; 2 * 1024 * 1024]);
+    let err = Spa::create_on(
+        "t3",
+        vec![group(GroupKind::Stripe, vec![devs[0].clone()])],
+        opts(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("pool label"), "{err}");
     let ext4 = MemDevice::new("ext4", DEV);
     ext4.poke(0, &[0u8; 4096]);
     let mut sb = vec![0u8; 4096];
@@ -577,4 +586,385 @@ fn sync_rejects_old_txgs_and_large_roots() {
     assert!(spa.sync(5, b"x").is_err());
     assert!(spa.sync(6, &vec![0u8; 2000]).is_err());
     spa.sync(6, b"y").unwrap();
+}
+
+#[test]
+fn device_lost_while_running_comes_back_resilvering_and_is_rebuilt() {
+    let (_m, f) = faulty("w", 3);
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Raidz, dyns(&f))], opts()).unwrap();
+    let old = write_blocks(&spa, 1, 10, 61);
+    spa.sync(1, b"1").unwrap();
+    f[0].set_fail_writes(true);
+    let missed = write_blocks(&spa, 2, 10, 62);
+    spa.sync(2, b"2").unwrap();
+    drop(spa);
+    f[0].set_fail_writes(false);
+    let spa = Spa::import_devices("tank", dyns(&f), opts()).unwrap();
+    assert!(spa.is_resilvering(), "the returning device is marked");
+    let st = spa.status();
+    assert_eq!(st.health, Health::Degraded);
+    assert!(st.groups[0].devices[0].resilvering);
+    read_back(&spa, &old);
+    read_back(&spa, &missed);
+    for (dva, d) in old.iter().chain(&missed) {
+        spa.resilver_block(*dva, d.len() as u32, &check(xxh3_64(d)))
+            .unwrap();
+    }
+    spa.sync(3, b"3").unwrap();
+    spa.finish_resilver().unwrap();
+    assert_eq!(spa.status().health, Health::Online);
+    // Now the rebuilt device carries its share: lose another and all blocks are there.
+    f[1].set_fail_reads(true);
+    read_back(&spa, &old);
+    read_back(&spa, &missed);
+}
+
+#[test]
+fn replacing_a_healthy_device_keeps_redundancy_until_finished_even_across_import() {
+    let (m, f) = faulty("k", 3);
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Raidz, dyns(&f))], opts()).unwrap();
+    let blocks = write_blocks(&spa, 1, 20, 71);
+    spa.sync(1, b"1").unwrap();
+    let newdev = FaultyDevice::new(MemDevice::new("knew", DEV) as Arc<dyn Device>);
+    spa.replace_device("k0", newdev.clone()).unwrap();
+    assert!(
+        spa.replace_device("k1", MemDevice::new("other", DEV))
+            .is_err(),
+        "one replace per group"
+    );
+    let st = spa.status();
+    assert_eq!(
+        st.health,
+        Health::Online,
+        "old device still serves: {:?}",
+        st.message
+    );
+    assert!(st.groups[0]
+        .devices
+        .iter()
+        .any(|d| d.being_replaced && d.path == "k0"));
+    // Blocks written during the replace reach old and new.
+    let during = write_blocks(&spa, 2, 10, 72);
+    spa.sync(2, b"2").unwrap();
+    drop(spa);
+    // Across import, the pair is remembered; losing another device is still survivable.
+    let mut all = dyns(&f);
+    all.push(newdev.clone());
+    let spa = Spa::import_devices("tank", all, opts()).unwrap();
+    assert!(spa.is_resilvering());
+    f[1].set_fail_reads(true);
+    read_back(&spa, &blocks);
+    read_back(&spa, &during);
+    f[1].set_fail_reads(false);
+    for (dva, d) in blocks.iter().chain(&during) {
+        spa.resilver_block(*dva, d.len() as u32, &check(xxh3_64(d)))
+            .unwrap();
+    }
+    spa.sync(3, b"3").unwrap();
+    spa.finish_replace().unwrap();
+    let st = spa.status();
+    assert_eq!(st.health, Health::Online);
+    assert!(!st.groups[0].devices.iter().any(|d| d.path == "k0"));
+    drop(spa);
+    // The retired device no longer carries a label; the pool imports without it.
+    let err = Spa::import_devices("tank", vec![m[0].clone()], opts()).unwrap_err();
+    assert!(matches!(err, SpaError::PoolNotFound { .. }), "{err}");
+    let spa = Spa::import_devices(
+        "tank",
+        vec![newdev.clone(), f[1].clone(), f[2].clone()],
+        opts(),
+    )
+    .unwrap();
+    f[2].set_fail_reads(true);
+    read_back(&spa, &blocks);
+    read_back(&spa, &during);
+}
+
+#[test]
+fn concurrent_writers_with_pipelined_syncs_stay_consistent() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let devs = mems("cc", 3);
+    let spa = Arc::new(
+        Spa::create_on("tank", vec![group(GroupKind::Raidz, dyns(&devs))], opts()).unwrap(),
+    );
+    let open_txg = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let written: Vec<Vec<(Dva, Vec<u8>)>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (spa, open_txg, stop) = (spa.clone(), open_txg.clone(), stop.clone());
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let txg = open_txg.load(Ordering::SeqCst);
+                        let d = data(t * 100_000 + i, 4096 * (1 + (i as usize % 4)));
+                        let dva = spa.alloc(d.len() as u32, AllocClass::Data, txg).unwrap();
+                        spa.write(dva, &d).unwrap();
+                        let sum = xxh3_64(&d);
+                        assert_eq!(spa.read(dva, d.len() as u32, &check(sum)).unwrap(), d);
+                        if i.is_multiple_of(3) {
+                            spa.free(dva, txg);
+                        } else {
+                            mine.push((dva, d));
+                        }
+                        i += 1;
+                    }
+                    mine
+                })
+            })
+            .collect();
+        for _ in 0..30 {
+            let t = open_txg.fetch_add(1, Ordering::SeqCst);
+            spa.sync(t, &t.to_le_bytes()).unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let t = open_txg.load(Ordering::SeqCst);
+    spa.sync(t, b"final").unwrap();
+    let all: Vec<(Dva, Vec<u8>)> = written.into_iter().flatten().collect();
+    read_back(&spa, &all);
+    assert_eq!(spa.bad_frees(), 0);
+    let allocated = spa.space().allocated_bytes;
+    drop(spa);
+    let spa = Spa::import_devices("tank", dyns(&devs), opts()).unwrap();
+    assert_eq!(spa.space().allocated_bytes, allocated);
+    read_back(&spa, &all);
+    for (dva, _) in &all {
+        assert!(
+            spa.is_allocated(*dva),
+            "live block {dva:?} free after reopen"
+        );
+    }
+}
+
+#[test]
+fn claim_protects_unsynced_log_blocks_after_import() {
+    let devs = mems("cl", 2);
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Mirror, dyns(&devs))], opts()).unwrap();
+    spa.sync(1, b"1").unwrap();
+    // An intent-log block written and flushed but never synced.
+    let d = data(81, 8192);
+    let dva = spa.alloc(8192, AllocClass::Log, 2).unwrap();
+    spa.write(dva, &d).unwrap();
+    BlockStore::flush(&spa).unwrap();
+    drop(spa);
+    let spa = Spa::import_devices("tank", dyns(&devs), opts()).unwrap();
+    assert!(
+        !spa.is_allocated(dva),
+        "unsynced allocation is free after import"
+    );
+    spa.claim(dva, 2).unwrap();
+    assert!(spa.is_allocated(dva));
+    spa.claim(dva, 2).unwrap();
+    for _ in 0..50 {
+        let other = spa.alloc(8192, AllocClass::Data, 2).unwrap();
+        assert!(other.offset + other.asize <= dva.offset || dva.offset + dva.asize <= other.offset);
+    }
+    read_back(&spa, &[(dva, d)]);
+    let bad = Dva {
+        vdev: 0,
+        offset: dva.offset + 4096,
+        asize: 1 << 40,
+    };
+    assert!(spa.claim(bad, 2).is_err());
+}
+
+#[test]
+fn a_device_that_shrank_is_faulted_at_import() {
+    let devs = mems("sh", 3);
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Raidz, dyns(&devs))], opts()).unwrap();
+    let blocks = write_blocks(&spa, 1, 10, 91);
+    spa.sync(1, b"1").unwrap();
+    drop(spa);
+    let img = devs[1].image();
+    let mut small = img[..(DEV / 2) as usize].to_vec();
+    // Keep its front labels; the back ones are gone with the truncation.
+    small.truncate((DEV / 2) as usize);
+    let shrunk = MemDevice::from_image("sh1", small);
+    let spa = Spa::import_devices(
+        "tank",
+        vec![devs[0].clone(), shrunk, devs[2].clone()],
+        opts(),
+    )
+    .unwrap();
+    let st = spa.status();
+    assert_eq!(st.health, Health::Degraded);
+    assert_eq!(st.groups[0].devices[1].state, "FAULTED");
+    read_back(&spa, &blocks);
+}
+
+#[test]
+fn failed_flush_latches_the_device_and_sync_goes_on_with_redundancy() {
+    let (_m, f) = faulty("fl", 2);
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Mirror, dyns(&f))], opts()).unwrap();
+    let a = write_blocks(&spa, 1, 5, 101);
+    f[0].set_fail_flush(true);
+    spa.sync(1, b"1").unwrap();
+    let st = spa.status();
+    assert_eq!(st.groups[0].devices[0].state, "FAULTED");
+    assert!(st.groups[0].devices[0]
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("flush"));
+    // Fail-stop: no further I/O reaches the device even once it would work again.
+    f[0].set_fail_flush(false);
+    let writes = f[0].write_count();
+    let b = write_blocks(&spa, 2, 5, 102);
+    spa.sync(2, b"2").unwrap();
+    assert_eq!(f[0].write_count(), writes);
+    read_back(&spa, &a);
+    read_back(&spa, &b);
+}
+
+#[test]
+fn stripe_pool_faults_when_a_disk_fails_and_names_it() {
+    let (_m, f) = faulty("sp", 2);
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Stripe, dyns(&f))], opts()).unwrap();
+    write_blocks(&spa, 1, 5, 111);
+    spa.sync(1, b"1").unwrap();
+    f[1].set_fail_writes(true);
+    let r = (0..20).try_for_each(|_| {
+        let dva = spa.alloc(4096, AllocClass::Data, 2)?;
+        spa.write(dva, &[7u8; 4096])
+    });
+    assert!(r.is_err());
+    let st = spa.status();
+    assert_eq!(st.health, Health::Faulted);
+    assert!(st.message.unwrap().contains("sp1"));
+    let err = spa.sync(2, b"2").unwrap_err();
+    assert!(err.to_string().contains("sp1"), "{err}");
+}
+
+#[test]
+fn raidz2_serves_with_two_hung_devices_and_imports_around_them() {
+    let (_m, f) = faulty("h2", 5);
+    let o = SpaOptions {
+        force: false,
+        io_timeout: Duration::from_millis(300),
+    };
+    let spa = Spa::create_on("tank", vec![group(GroupKind::Raidz2, dyns(&f))], o.clone()).unwrap();
+    let blocks = write_blocks(&spa, 1, 10, 121);
+    spa.sync(1, b"1").unwrap();
+    f[0].set_hang(Duration::from_secs(30));
+    f[3].set_hang(Duration::from_secs(30));
+    let t = std::time::Instant::now();
+    read_back(&spa, &blocks);
+    let more = write_blocks(&spa, 2, 10, 122);
+    spa.sync(2, b"2").unwrap();
+    read_back(&spa, &more);
+    assert_eq!(spa.status().health, Health::Degraded);
+    drop(spa);
+    let spa = Spa::import_devices("tank", dyns(&f), o).unwrap();
+    read_back(&spa, &blocks);
+    read_back(&spa, &more);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    f[0].release_hang();
+    f[3].release_hang();
+}
+
+#[test]
+fn corrupt_addresses_are_errors_never_panics() {
+    for (kind, n) in every_kind() {
+        let spa = Spa::create_on("tank", vec![group(kind, dyns(&mems("ca", n)))], opts()).unwrap();
+        let ok = |_: &[u8]| true;
+        let bad = [
+            Dva {
+                vdev: 0,
+                offset: 1,
+                asize: 4096,
+            },
+            Dva {
+                vdev: 0,
+                offset: 4096,
+                asize: 100,
+            },
+            Dva {
+                vdev: 0,
+                offset: u64::MAX - 4095,
+                asize: 8192,
+            },
+            Dva {
+                vdev: 0,
+                offset: 0,
+                asize: 0,
+            },
+            Dva {
+                vdev: 99,
+                offset: 0,
+                asize: 4096,
+            },
+            Dva {
+                vdev: 0,
+                offset: 1 << 50,
+                asize: 4096,
+            },
+        ];
+        for dva in bad {
+            assert!(spa.read(dva, 4096, &ok).is_err(), "{kind:?} {dva:?}");
+            assert!(spa.write(dva, &[0u8; 4096]).is_err(), "{kind:?} {dva:?}");
+            assert!(spa.scrub_block(dva, 4096, &ok).is_err(), "{kind:?} {dva:?}");
+            assert!(
+                spa.resilver_block(dva, 4096, &ok).is_err(),
+                "{kind:?} {dva:?}"
+            );
+            spa.free(dva, 1);
+        }
+        let good = spa.alloc(8192, AllocClass::Data, 1).unwrap();
+        assert!(spa.read(good, 4095, &ok).is_err());
+        assert!(spa.scrub_block(good, 1, &ok).is_err());
+        assert!(spa.read(good, 1 << 30, &ok).is_err());
+        assert!(spa.alloc(100, AllocClass::Data, 1).is_err());
+        assert_eq!(spa.bad_frees(), 6);
+    }
+}
+
+#[test]
+fn an_old_copy_of_a_device_put_back_reads_correctly_and_scrub_repairs_it() {
+    for (kind, n) in [
+        (GroupKind::Mirror, 2),
+        (GroupKind::Raidz, 3),
+        (GroupKind::Raidz2, 4),
+    ] {
+        let devs = mems("old", n);
+        let spa = Spa::create_on("tank", vec![group(kind, dyns(&devs))], opts()).unwrap();
+        let first = write_blocks(&spa, 1, 10, 131);
+        spa.sync(1, b"1").unwrap();
+        let stale = devs[0].image();
+        let second = write_blocks(&spa, 2, 20, 132);
+        spa.sync(2, b"2").unwrap();
+        drop(spa);
+        let mut back = dyns(&devs);
+        back[0] = MemDevice::from_image("old0", stale);
+        let spa = Spa::import_devices("tank", back, opts()).unwrap();
+        assert_eq!(
+            spa.last_root().unwrap().0,
+            2,
+            "{kind:?}: newest uberblock wins"
+        );
+        read_back(&spa, &first);
+        read_back(&spa, &second);
+        let mut repaired = 0;
+        for (dva, d) in first.iter().chain(&second) {
+            repaired += spa
+                .scrub_block(*dva, d.len() as u32, &check(xxh3_64(d)))
+                .unwrap();
+        }
+        spa.scrub_internal().unwrap();
+        assert!(repaired > 0 || kind == GroupKind::Mirror, "{kind:?}");
+        for (dva, d) in first.iter().chain(&second) {
+            assert_eq!(
+                spa.scrub_block(*dva, d.len() as u32, &check(xxh3_64(d)))
+                    .unwrap(),
+                0,
+                "{kind:?}"
+            );
+        }
+    }
 }

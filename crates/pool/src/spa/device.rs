@@ -15,7 +15,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 
 use super::error::SpaError;
-use super::limits::SECTOR_BYTES;
+use super::limits::{LOCK_POLL, LOCK_WAIT, SECTOR_BYTES};
 
 /// Sector-granular blocking storage: a file, a loop device, a disk, or a test device.
 pub trait Device: Send + Sync + fmt::Debug {
@@ -48,15 +48,7 @@ impl FileDevice {
             .write(true)
             .open(path)
             .map_err(|e| SpaError::io(path, "open", 0, e))?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                return Err(SpaError::DeviceBusy {
-                    path: path.to_owned(),
-                })
-            }
-            Err(e) => return Err(SpaError::io(path, "lock", 0, e.into())),
-        }
+        lock_exclusive(&file, path)?;
         let meta = file
             .metadata()
             .map_err(|e| SpaError::io(path, "stat", 0, e))?;
@@ -76,6 +68,27 @@ impl FileDevice {
             path: path.to_owned(),
             size_bytes: size_bytes / SECTOR_BYTES * SECTOR_BYTES,
         })
+    }
+}
+
+/// Take the device's exclusive lock. A holder that lets go within [`LOCK_WAIT`] is waited
+/// for: a child process spawned elsewhere in this process keeps our descriptors (and so
+/// the lock of a just-closed pool) until it execs.
+fn lock_exclusive(file: &File, path: &str) -> Result<(), SpaError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(SpaError::DeviceBusy {
+                        path: path.to_owned(),
+                    });
+                }
+                std::thread::sleep(LOCK_POLL);
+            }
+            Err(e) => return Err(SpaError::io(path, "lock", 0, e.into())),
+        }
     }
 }
 
@@ -129,7 +142,7 @@ pub fn probe_existing_data(dev: &dyn Device) -> Option<String> {
         return None;
     }
     let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
-    if at(0, super::format::LABEL_MAGIC) {
+    if at(0, super::format::LABEL_MAGIC) || has_back_label(dev) {
         return Some("a cstor pool label".into());
     }
     if at(1080, &[0x53, 0xEF]) {
@@ -151,4 +164,17 @@ pub fn probe_existing_data(dev: &dyn Device) -> Option<String> {
         return Some("an MBR partition table or boot sector".into());
     }
     None
+}
+
+/// True if either back label of a pool sits at the end of the device (its front labels
+/// may have been overwritten).
+fn has_back_label(dev: &dyn Device) -> bool {
+    if dev.size() < 4 * super::limits::LABEL_BYTES {
+        return false;
+    }
+    let offs = super::format::label_offsets(dev.size());
+    offs[2..].iter().any(|&o| {
+        let mut sector = vec![0u8; SECTOR_BYTES as usize];
+        dev.read_at(&mut sector, o).is_ok() && sector.starts_with(super::format::LABEL_MAGIC)
+    })
 }

@@ -75,7 +75,9 @@ pub const SM_FLAG_BASE_START: u32 = 1;
 
 /// Byte offsets of the four labels on a device of `size_bytes`.
 pub fn label_offsets(size_bytes: u64) -> [u64; 4] {
-    let base = size_bytes / LABEL_BYTES * LABEL_BYTES;
+    // Callers only pass devices of at least MIN_DEVICE_BYTES; saturate anyway so a tiny
+    // device can never underflow (its back labels then alias the front ones).
+    let base = (size_bytes / LABEL_BYTES * LABEL_BYTES).max(4 * LABEL_BYTES);
     [0, LABEL_BYTES, base - 2 * LABEL_BYTES, base - LABEL_BYTES]
 }
 
@@ -131,6 +133,18 @@ pub struct ChildConfig {
     /// True while the device is being resilvered after a replace (untrusted for reads).
     #[serde(default)]
     pub resilvering: bool,
+    /// The device this one replaces, kept (read in its place) until the replace finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacing: Option<ReplacedDevice>,
+}
+
+/// A device being replaced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplacedDevice {
+    /// Its guid.
+    pub guid: u64,
+    /// Its last known path.
+    pub path: String,
 }
 
 /// One top-level vdev in the config.
@@ -568,11 +582,13 @@ mod tests {
                         guid: 11,
                         path: "/a".into(),
                         resilvering: false,
+                        replacing: None,
                     },
                     ChildConfig {
                         guid: 12,
                         path: "/b".into(),
                         resilvering: false,
+                        replacing: None,
                     },
                 ],
             }],
@@ -674,5 +690,29 @@ mod tests {
         };
         let b = encode_sm_block(&blk, 4096);
         assert_eq!(decode_sm_block(&b, 0).unwrap(), blk);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic_on_random_or_mutated_bytes(
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..9000),
+            flips in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 1..8),
+        ) {
+            let _ = decode_label(&junk, "x", 0);
+            let _ = decode_uberblock(&junk, "x", 0);
+            let _ = decode_sm_block(&junk, 0);
+            let mut l = encode_label(&sample_label()).unwrap();
+            let mut u = encode_uberblock(&Uberblock { txg: 1, pool_guid: 2, timestamp: 3, config_generation: 4, space_map: SmPtr::default(), chain_len: 0, root: vec![9; 40] });
+            let mut m = encode_sm_block(&SmBlock { flags: 0, txg: 1, prev: SmPtr::default(), records: vec![SmRecord { vdev: 0, alloc: true, offset: 0, len: 4096 }] }, 4096);
+            for (i, v) in flips {
+                let (li, ui, mi) = (i % l.len(), i % u.len(), i % m.len());
+                l[li] ^= v;
+                u[ui] ^= v;
+                m[mi] ^= v;
+            }
+            let _ = decode_label(&l, "x", 0);
+            let _ = decode_uberblock(&u, "x", 0);
+            let _ = decode_sm_block(&m, 0);
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! Invariants: every request waits at most the I/O timeout; a device that does not answer
 //! in time, or whose write or flush fails, is latched FAULTED and gets no further I/O
 //! (fail-stop: a flush is never retried) until the pool is imported again. Reads that fail
-//! only count errors.
+//! count errors; [`READ_ERRORS_MAX`] of them fault the device too.
 //! Never: blocks a caller past the timeout; retries a write or flush.
 //! Shutdown: [`Leaf::close`] asks workers to stop and joins them with a deadline; a worker
 //! stuck in a hung device is left detached (it exits when the device returns).
@@ -17,12 +17,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
-use parking_lot::Mutex;
+use std::collections::VecDeque;
+
+use parking_lot::{Condvar, Mutex};
 
 use super::device::Device;
 use super::error::SpaError;
-use super::limits::{DEVICE_QUEUE_DEPTH, WORKERS_PER_DEVICE};
+use super::limits::{DEVICE_QUEUE_DEPTH, READ_ERRORS_MAX, SPIN_POLLS, WORKERS_PER_DEVICE};
 
 /// Health of one device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,27 +50,133 @@ impl LeafState {
     }
 }
 
+/// A one-shot reply slot. A mutex and condvar rather than a channel: channels spin
+/// before parking, which on small machines costs more than the I/O itself.
+struct Slot<T> {
+    value: Mutex<Option<io::Result<T>>>,
+    done: AtomicBool,
+    ready: Condvar,
+}
+
+impl<T> Slot<T> {
+    fn new() -> Arc<Self> {
+        Arc::new(Slot {
+            value: Mutex::new(None),
+            done: AtomicBool::new(false),
+            ready: Condvar::new(),
+        })
+    }
+    fn put(&self, v: io::Result<T>) {
+        *self.value.lock() = Some(v);
+        self.done.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+    /// The reply, or None at the deadline.
+    fn take_until(&self, deadline: Instant) -> Option<io::Result<T>> {
+        // A cached read answers in microseconds: poll briefly before parking, which
+        // would cost two scheduler round trips.
+        for i in 0..SPIN_POLLS {
+            if self.done.load(Ordering::Acquire) {
+                break;
+            }
+            if i % 16 == 15 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        let mut g = self.value.lock();
+        while g.is_none() {
+            if self.ready.wait_until(&mut g, deadline).timed_out() {
+                break;
+            }
+        }
+        g.take()
+    }
+}
+
+type Reply<T> = Arc<Slot<T>>;
+
 enum Job {
     Read {
         offset: u64,
         len: usize,
-        reply: Sender<io::Result<Vec<u8>>>,
+        reply: Reply<Vec<u8>>,
     },
     Write {
         buf: Arc<Vec<u8>>,
         range: Range<usize>,
         offset: u64,
-        reply: Sender<io::Result<()>>,
+        reply: Reply<()>,
     },
     Flush {
-        reply: Sender<io::Result<()>>,
+        reply: Reply<()>,
     },
     Stop,
 }
 
+/// Bounded job queue shared by a device's workers.
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    queued: std::sync::atomic::AtomicUsize,
+    not_empty: Condvar,
+    not_full: Condvar,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Queue({} jobs)", self.jobs.lock().len())
+    }
+}
+
+impl Queue {
+    fn push_until(&self, job: Job, deadline: Instant) -> bool {
+        let mut q = self.jobs.lock();
+        while q.len() >= DEVICE_QUEUE_DEPTH {
+            if self.not_full.wait_until(&mut q, deadline).timed_out()
+                && q.len() >= DEVICE_QUEUE_DEPTH
+            {
+                return false;
+            }
+        }
+        q.push_back(job);
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.not_empty.notify_one();
+        true
+    }
+    fn pop(&self) -> Job {
+        loop {
+            {
+                let mut q = self.jobs.lock();
+                if let Some(j) = q.pop_front() {
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.not_full.notify_one();
+                    return j;
+                }
+            }
+            // Back-to-back requests are common; poll briefly before parking so the next
+            // one does not pay a wake-up.
+            for i in 0..SPIN_POLLS {
+                if self.queued.load(Ordering::Relaxed) > 0 {
+                    break;
+                }
+                if i % 16 == 15 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            let mut q = self.jobs.lock();
+            if q.is_empty() {
+                self.not_empty.wait(&mut q);
+            }
+        }
+    }
+}
+
 /// A request in flight.
 pub(crate) struct Pending<T> {
-    rx: Receiver<io::Result<T>>,
+    slot: Reply<T>,
     deadline: Instant,
     op: &'static str,
     offset: u64,
@@ -82,7 +189,7 @@ pub struct Leaf {
     /// Path at open (or the last known path when unavailable).
     pub path: String,
     dev: Option<Arc<dyn Device>>,
-    tx: Option<Sender<Job>>,
+    tx: Option<Arc<Queue>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     state: Mutex<LeafState>,
     untrusted: AtomicBool,
@@ -98,26 +205,22 @@ impl std::fmt::Debug for Job {
     }
 }
 
-fn worker(dev: Arc<dyn Device>, rx: Receiver<Job>) {
-    // Runs until Stop or until every sender is gone (loop meant to run for the pool's life).
-    for job in rx.iter() {
-        match job {
+fn worker(dev: Arc<dyn Device>, queue: Arc<Queue>) {
+    // Runs until a Stop job (loop meant to run for the pool's life).
+    loop {
+        match queue.pop() {
             Job::Read { offset, len, reply } => {
                 let mut buf = vec![0u8; len];
                 let r = dev.read_at(&mut buf, offset).map(|()| buf);
-                let _ = reply.send(r);
+                reply.put(r);
             }
             Job::Write {
                 buf,
                 range,
                 offset,
                 reply,
-            } => {
-                let _ = reply.send(dev.write_at(&buf[range], offset));
-            }
-            Job::Flush { reply } => {
-                let _ = reply.send(dev.flush());
-            }
+            } => reply.put(dev.write_at(&buf[range], offset)),
+            Job::Flush { reply } => reply.put(dev.flush()),
             Job::Stop => break,
         }
     }
@@ -126,10 +229,15 @@ fn worker(dev: Arc<dyn Device>, rx: Receiver<Job>) {
 impl Leaf {
     /// Start workers for an open device.
     pub fn open(dev: Arc<dyn Device>, guid: u64, timeout: Duration) -> Arc<Leaf> {
-        let (tx, rx) = bounded(DEVICE_QUEUE_DEPTH);
+        let tx = Arc::new(Queue {
+            jobs: Mutex::new(VecDeque::new()),
+            queued: std::sync::atomic::AtomicUsize::new(0),
+            not_empty: Condvar::new(),
+            not_full: Condvar::new(),
+        });
         let mut workers = Vec::new();
         for i in 0..WORKERS_PER_DEVICE {
-            let (d, r) = (dev.clone(), rx.clone());
+            let (d, r) = (dev.clone(), tx.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("vdev-io-{i}"))
                 .spawn(move || worker(d, r));
@@ -241,28 +349,26 @@ impl Leaf {
         &self,
         op: &'static str,
         offset: u64,
-        make: impl FnOnce(Sender<io::Result<T>>) -> Job,
+        make: impl FnOnce(Reply<T>) -> Job,
     ) -> Result<Pending<T>, SpaError> {
         let Some(tx) = self.tx.as_ref().filter(|_| self.is_online()) else {
             return Err(self.not_online());
         };
         let deadline = Instant::now() + self.timeout;
-        let (rtx, rrx) = bounded(1);
-        match tx.send_timeout(make(rtx), self.timeout) {
-            Ok(()) => Ok(Pending {
-                rx: rrx,
+        let slot = Slot::new();
+        if tx.push_until(make(slot.clone()), deadline) {
+            Ok(Pending {
+                slot,
                 deadline,
                 op,
                 offset,
-            }),
-            Err(SendTimeoutError::Timeout(_)) => {
-                self.fault(format!(
-                    "{op} queue stalled for {} ms (device hung)",
-                    self.timeout.as_millis()
-                ));
-                Err(self.timeout_error(op, offset))
-            }
-            Err(SendTimeoutError::Disconnected(_)) => Err(self.not_online()),
+            })
+        } else {
+            self.fault(format!(
+                "{op} queue stalled for {} ms (device hung)",
+                self.timeout.as_millis()
+            ));
+            Err(self.timeout_error(op, offset))
         }
     }
 
@@ -305,18 +411,21 @@ impl Leaf {
     /// Wait for a request; counts errors and latches faults.
     pub(crate) fn wait<T>(&self, p: Pending<T>) -> Result<T, SpaError> {
         let is_read = p.op == "read";
-        match p.rx.recv_deadline(p.deadline) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
+        match p.slot.take_until(p.deadline) {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => {
                 if is_read {
-                    self.read_errors.fetch_add(1, Ordering::Relaxed);
+                    let n = self.read_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n >= READ_ERRORS_MAX {
+                        self.fault(format!("too many read errors ({n}), last: {e}"));
+                    }
                 } else {
                     self.write_errors.fetch_add(1, Ordering::Relaxed);
                     self.fault(format!("{} failed: {e}", p.op));
                 }
                 Err(SpaError::io(&self.path, p.op, p.offset, e))
             }
-            Err(RecvTimeoutError::Timeout) => {
+            None => {
                 if is_read {
                     self.read_errors.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -329,7 +438,6 @@ impl Leaf {
                 ));
                 Err(self.timeout_error(p.op, p.offset))
             }
-            Err(RecvTimeoutError::Disconnected) => Err(self.not_online()),
         }
     }
 
@@ -362,7 +470,7 @@ impl Leaf {
         let end = Instant::now() + deadline;
         let mut workers = self.workers.lock();
         for _ in 0..workers.len() {
-            if tx.send_deadline(Job::Stop, end).is_err() {
+            if !tx.push_until(Job::Stop, end) {
                 break;
             }
         }

@@ -15,6 +15,14 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// writes all its columns at once, few enough for 2-core machines.
 pub const WORKERS_PER_DEVICE: usize = 4;
 
+/// Polls of a reply slot before the waiter parks: covers a page-cache hit (a few
+/// microseconds) without burning a core on a slow disk.
+pub const SPIN_POLLS: u32 = 256;
+
+/// Read errors after which a device is faulted: a few bad sectors are repaired from
+/// redundancy, a dying device stops slowing every read down.
+pub const READ_ERRORS_MAX: u64 = 64;
+
 /// Requests queued per device before submitters wait: bounds memory held by in-flight
 /// buffers (a request holds at most one block).
 pub const DEVICE_QUEUE_DEPTH: usize = 64;
@@ -69,6 +77,14 @@ pub const SPACE_MAP_BASE_BLOCKS_MAX: u32 = 64;
 /// Fraction (1/N) of each vdev kept back from Data/Metadata/Log allocations, so that sync
 /// can always write the allocator state on a nearly full pool.
 pub const SLOP_SHIFT: u32 = 6;
+
+/// How long opening a device waits for another holder of its lock to let go before
+/// reporting it busy: covers a spawned child that still shares our descriptors until it
+/// execs, yet a real second opener is refused within a second.
+pub const LOCK_WAIT: Duration = Duration::from_millis(750);
+
+/// Poll interval while waiting for a device lock.
+pub const LOCK_POLL: Duration = Duration::from_millis(10);
 
 /// Deadline for devices' worker threads to finish when a pool closes.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

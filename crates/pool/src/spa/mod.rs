@@ -22,5 +22,7 @@ pub mod vdev;
 
 pub use device::{Device, FileDevice};
 pub use error::SpaError;
-pub use pool::{DeviceStatus, GroupKind, GroupSpec, GroupStatus, PoolStatus, Spa, SpaOptions};
+pub use pool::{
+    open_paths, DeviceStatus, GroupKind, GroupSpec, GroupStatus, PoolStatus, Spa, SpaOptions,
+};
 pub use vdev::Health;

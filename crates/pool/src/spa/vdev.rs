@@ -19,7 +19,7 @@ use super::alloc::VdevAlloc;
 use super::error::SpaError;
 use super::format::VdevKindConfig;
 use super::leaf::Leaf;
-use super::limits::FRONT_RESERVE_BYTES;
+use super::limits::{FRONT_RESERVE_BYTES, MAX_BLOCK_BYTES, SECTOR_BYTES};
 use super::raidz::{generate_parity, raidz_asize, reconstruct, RaidzMap};
 use crate::store::{Dva, Verify};
 
@@ -83,6 +83,9 @@ pub struct TopVdev {
     pub asize: u64,
     /// Devices in column order.
     pub children: RwLock<Vec<Arc<Leaf>>>,
+    /// Per column, the device being replaced while it still serves: read in place of the
+    /// untrusted new device and written along with it until the replace finishes.
+    pub replacing: RwLock<Vec<Option<Arc<Leaf>>>>,
     /// Free space.
     pub alloc: Mutex<VdevAlloc>,
 }
@@ -123,14 +126,36 @@ impl TopVdev {
     /// Group health and the devices not serving.
     pub fn health(&self) -> (Health, Vec<String>) {
         let ch = self.children.read();
+        let old = self.replacing.read();
+        let old_serves = |i: usize| {
+            old.get(i)
+                .and_then(|o| o.as_ref())
+                .is_some_and(|o| o.is_online())
+        };
+        let lost = ch
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| !l.is_online() && !old_serves(*i))
+            .count();
         let bad: Vec<String> = ch
             .iter()
-            .filter(|l| !l.is_online() || l.is_untrusted())
-            .map(|l| format!("{} ({})", l.path, l.state().as_str()))
+            .enumerate()
+            .filter(|(i, l)| !l.is_online() || (l.is_untrusted() && !old_serves(*i)))
+            .map(|(_, l)| l)
+            .map(|l| {
+                let what = if l.is_online() {
+                    "RESILVERING"
+                } else {
+                    l.state().as_str()
+                };
+                format!("{} ({what})", l.path)
+            })
             .collect();
+        // Untrusted (resilvering) devices still hold most blocks and are read as a last
+        // resort, so only lost devices can fault a group.
         let h = if bad.is_empty() {
             Health::Online
-        } else if bad.len() <= self.tolerance() && bad.len() < ch.len() {
+        } else if lost <= self.tolerance() && lost < ch.len() {
             Health::Degraded
         } else {
             Health::Faulted
@@ -138,13 +163,38 @@ impl TopVdev {
         (h, bad)
     }
 
+    /// Per child: the leaf to read and whether its bytes are trusted.
+    fn sources(&self, children: &[Arc<Leaf>]) -> Vec<(Arc<Leaf>, bool)> {
+        let old = self.replacing.read();
+        children
+            .iter()
+            .enumerate()
+            .map(|(i, l)| match old.get(i).and_then(|o| o.as_ref()) {
+                Some(o) if l.is_untrusted() && o.is_online() => (o.clone(), true),
+                _ => (l.clone(), !l.is_untrusted()),
+            })
+            .collect()
+    }
+
+    /// Devices being replaced that still serve.
+    pub fn replacing_leaves(&self) -> Vec<Arc<Leaf>> {
+        self.replacing.read().iter().flatten().cloned().collect()
+    }
+
+    /// Validate an address (it may come from a corrupt block pointer) before any
+    /// arithmetic or device I/O uses it.
     fn check(&self, dva: Dva, psize: u64) -> Result<(), SpaError> {
-        let ok = dva
-            .offset
-            .checked_add(dva.asize)
-            .is_some_and(|e| e <= self.asize)
-            && self.asize_of(psize) <= dva.asize
-            && psize > 0;
+        let aligned = dva.offset.is_multiple_of(SECTOR_BYTES)
+            && dva.asize.is_multiple_of(SECTOR_BYTES)
+            && psize.is_multiple_of(SECTOR_BYTES);
+        let ok = aligned
+            && psize > 0
+            && psize <= MAX_BLOCK_BYTES as u64
+            && dva
+                .offset
+                .checked_add(dva.asize)
+                .is_some_and(|e| e <= self.asize)
+            && self.asize_of(psize) <= dva.asize;
         if ok {
             Ok(())
         } else {
@@ -187,11 +237,47 @@ impl TopVdev {
                 }
             }
         }
+        // The device being replaced gets the block too (best effort): it stays a valid
+        // source for every block until the replace finishes.
+        let mut old_jobs = Vec::new();
+        {
+            let old = self.replacing.read();
+            for (i, o) in old.iter().enumerate() {
+                let Some(o) = o.as_ref().filter(|o| o.is_online()) else {
+                    continue;
+                };
+                match self.kind {
+                    VdevKind::Disk | VdevKind::Mirror => old_jobs.push((
+                        o.clone(),
+                        o.submit_write(buf.clone(), 0..data.len(), dev_off(dva.offset)),
+                    )),
+                    VdevKind::Raidz(p) => {
+                        let map = RaidzMap::new(dva.offset, data.len() as u64, children.len(), p);
+                        if let Some(c) = map.cols.iter().position(|col| col.child == i) {
+                            let col = map.cols[c];
+                            let bytes = if c < p {
+                                full_columns(&map, data).swap_remove(c)
+                            } else {
+                                data[map.data_range(c)].to_vec()
+                            };
+                            let len = bytes.len();
+                            old_jobs.push((
+                                o.clone(),
+                                o.submit_write(Arc::new(bytes), 0..len, dev_off(col.offset)),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
         let mut errors = Vec::new();
         for (leaf, sub) in jobs {
             if let Err(e) = sub.and_then(|p| leaf.wait(p)) {
                 errors.push(e.to_string());
             }
+        }
+        for (leaf, sub) in old_jobs {
+            let _ = sub.and_then(|p| leaf.wait(p));
         }
         let written_everywhere_needed = match self.kind {
             VdevKind::Mirror => errors.len() < children.len(),
@@ -299,6 +385,22 @@ impl TopVdev {
     ) -> Result<(Vec<u8>, u64), SpaError> {
         let mut children = self.children.read().clone();
         children.sort_by_key(|l| l.is_untrusted());
+        let first_untrusted = children
+            .iter()
+            .position(|l| l.is_untrusted())
+            .unwrap_or(children.len());
+        // Spread reads over the trusted copies by 1 MiB region, so sequential reads stay
+        // on one device per region and a mirror reads at the speed of all its devices.
+        if first_untrusted > 1 {
+            let k = ((dva.offset >> 20) % first_untrusted as u64) as usize;
+            children[..first_untrusted].rotate_left(k);
+        }
+        let old: Vec<Arc<Leaf>> = self
+            .replacing_leaves()
+            .into_iter()
+            .filter(|l| l.is_online())
+            .collect();
+        children.splice(first_untrusted..first_untrusted, old);
         let mut good: Option<Vec<u8>> = None;
         let mut bad: Vec<Arc<Leaf>> = Vec::new();
         let mut errors = Vec::new();
@@ -351,6 +453,7 @@ impl TopVdev {
         all: bool,
     ) -> Result<(Vec<u8>, u64), SpaError> {
         let children = self.children.read().clone();
+        let src = self.sources(&children);
         let map = RaidzMap::new(dva.offset, psize, children.len(), p);
         let ncols = map.cols.len();
         let mut cols: Vec<Option<Vec<u8>>> = vec![None; ncols];
@@ -364,18 +467,20 @@ impl TopVdev {
                     let col = map.cols[c];
                     (
                         c,
-                        children[col.child].submit_read(dev_off(col.offset), col.size as usize),
+                        src[col.child]
+                            .0
+                            .submit_read(dev_off(col.offset), col.size as usize),
                     )
                 })
                 .collect();
             for (c, sub) in subs {
-                match sub.and_then(|pd| children[map.cols[c].child].wait(pd)) {
+                match sub.and_then(|pd| src[map.cols[c].child].0.wait(pd)) {
                     Ok(d) => cols[c] = Some(d),
                     Err(e) => errors.push(e.to_string()),
                 }
             }
         };
-        let trusted = |c: usize| !children[map.cols[c].child].is_untrusted();
+        let trusted = |c: usize| src[map.cols[c].child].1;
         // Fast path: data columns only, from trusted devices.
         read_cols(&mut cols, &|c| (c >= p || all) && trusted(c), &mut errors);
         if !all && (p..ncols).all(|c| cols[c].is_some()) {
@@ -439,8 +544,9 @@ impl TopVdev {
             let mut repaired = 0;
             for c in heal {
                 let leaf = &children[map.cols[c].child];
-                if cols[c].is_some() && !leaf.is_untrusted() {
-                    leaf.count_checksum_error();
+                let (read_from, was_trusted) = &src[map.cols[c].child];
+                if cols[c].is_some() && *was_trusted {
+                    read_from.count_checksum_error();
                 }
                 if leaf.is_online() && leaf.write(&work[c], dev_off(map.cols[c].offset)).is_ok() {
                     repaired += map.cols[c].size;

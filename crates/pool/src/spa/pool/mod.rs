@@ -24,12 +24,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, RwLock};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::alloc::{RangeSet, VdevAlloc};
+mod maint;
+mod sync;
+
+use super::alloc::{RangeSet, TxgDelta, VdevAlloc};
 use super::device::{probe_existing_data, Device, FileDevice};
 use super::error::SpaError;
 use super::format::{
-    self, ChildConfig, Label, PoolConfig, SmBlock, SmPtr, SmRecord, Uberblock, VdevConfig,
-    VdevKindConfig,
+    self, ChildConfig, Label, PoolConfig, ReplacedDevice, SmBlock, SmPtr, SmRecord, Uberblock,
+    VdevConfig, VdevKindConfig,
 };
 use super::leaf::{Leaf, LeafState};
 use super::limits::*;
@@ -121,8 +124,10 @@ pub struct DeviceStatus {
     pub state: String,
     /// Why it is not online.
     pub reason: Option<String>,
-    /// Being resilvered after a replace.
+    /// Being resilvered (after a replace, or after missing writes while lost).
     pub resilvering: bool,
+    /// The old device of a replace in progress (still read until it finishes).
+    pub being_replaced: bool,
     /// Read errors since import.
     pub read_errors: u64,
     /// Write errors since import.
@@ -228,6 +233,20 @@ fn kind_config(kind: GroupKind) -> VdevKindConfig {
     }
 }
 
+/// Refuse a device named twice (also through different paths to the same file).
+fn check_distinct(paths: &[String]) -> Result<(), SpaError> {
+    let mut seen = std::collections::HashSet::new();
+    for p in paths {
+        let canon = std::fs::canonicalize(p).map_err(|e| SpaError::io(p, "open", 0, e))?;
+        if !seen.insert(canon) {
+            return Err(SpaError::InvalidLayout(format!(
+                "device {p} is given twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Open devices by path (each locked exclusively).
 pub fn open_paths(paths: &[String]) -> Result<Vec<Arc<dyn Device>>, SpaError> {
     paths
@@ -243,15 +262,8 @@ impl Spa {
         groups: &[GroupSpec<String>],
         opts: SpaOptions,
     ) -> Result<Spa, SpaError> {
-        let mut seen = std::collections::HashSet::new();
-        for p in groups.iter().flat_map(|g| &g.devices) {
-            let canon = std::fs::canonicalize(p).map_err(|e| SpaError::io(p, "open", 0, e))?;
-            if !seen.insert(canon) {
-                return Err(SpaError::InvalidLayout(format!(
-                    "device {p} is given twice"
-                )));
-            }
-        }
+        let all: Vec<String> = groups.iter().flat_map(|g| g.devices.clone()).collect();
+        check_distinct(&all)?;
         let mut opened = Vec::new();
         for g in groups {
             opened.push(GroupSpec {
@@ -314,6 +326,7 @@ impl Spa {
 
     /// Import a pool from device paths (any order, after renames).
     pub fn import(name: &str, paths: &[String], opts: SpaOptions) -> Result<Spa, SpaError> {
+        check_distinct(paths)?;
         Self::import_devices(name, open_paths(paths)?, opts)
     }
 
@@ -325,9 +338,22 @@ impl Spa {
     ) -> Result<Spa, SpaError> {
         let mut found: Vec<(Arc<Leaf>, Label)> = Vec::new();
         let mut others: Vec<String> = Vec::new();
-        for dev in devices {
-            let leaf = Leaf::open(dev, 0, opts.io_timeout);
-            match read_best_label(&leaf) {
+        let leaves: Vec<Arc<Leaf>> = devices
+            .into_iter()
+            .map(|d| Leaf::open(d, 0, opts.io_timeout))
+            .collect();
+        // Labels of all devices are read at once, so hung devices cost one timeout in all.
+        let reads: Vec<LabelRead> = std::thread::scope(|s| {
+            let hs: Vec<_> = leaves
+                .iter()
+                .map(|l| s.spawn(|| read_best_label(l)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(LabelRead::Unreadable))
+                .collect()
+        });
+        for (leaf, read) in leaves.into_iter().zip(reads) {
+            match read {
                 LabelRead::Found(l) => found.push((leaf, l)),
                 LabelRead::Invalid => {
                     others.push(format!("{} has no valid cstor label", leaf.path))
@@ -388,8 +414,11 @@ impl Spa {
         let mut paths_changed = false;
         let mut vdevs = Vec::new();
         for vc in config.vdevs.iter_mut() {
+            let need = child_data_bytes(vc);
             let mut children = Vec::new();
+            let mut replacing = Vec::new();
             for ch in vc.children.iter_mut() {
+                replacing.push(ch.replacing.as_ref().and_then(|r| by_guid.remove(&r.guid)));
                 let leaf = match by_guid.remove(&ch.guid) {
                     Some(l) => {
                         if l.path != ch.path {
@@ -400,6 +429,13 @@ impl Spa {
                     }
                     None => Leaf::missing(ch.guid, &ch.path, LeafState::Unavail),
                 };
+                if leaf.is_online() && format::data_region_bytes(leaf.size()) < need {
+                    // A device that shrank would fail I/O near its end: take it out now.
+                    leaf.fault(format!(
+                        "device has {} data bytes, its raid group needs {need}",
+                        format::data_region_bytes(leaf.size())
+                    ));
+                }
                 leaf.set_untrusted(ch.resilvering);
                 children.push(leaf);
             }
@@ -410,6 +446,7 @@ impl Spa {
                 log: vc.log,
                 asize: vc.asize,
                 children: RwLock::new(children),
+                replacing: RwLock::new(replacing),
                 alloc: Mutex::new(VdevAlloc::new(vc.asize)),
             }));
         }
@@ -441,10 +478,12 @@ impl Spa {
     pub fn name(&self) -> &str {
         &self.name
     }
+
     /// Pool guid.
     pub fn guid(&self) -> u64 {
         self.guid
     }
+
     /// A copy of the config.
     pub fn config(&self) -> PoolConfig {
         self.config.lock().clone()
@@ -482,9 +521,17 @@ impl Spa {
 
     /// Write the current config into every online device's labels, in two phases.
     fn write_labels(&self) -> Result<(), SpaError> {
+        self.write_labels_new_first(&[])
+    }
+
+    /// Write the config into every online device's labels; the devices in `new_first`
+    /// (just added or put in by a replace) get both phases before any other device, so a
+    /// config naming them never reaches an old device while they still lack labels.
+    fn write_labels_new_first(&self, new_first: &[u64]) -> Result<(), SpaError> {
         let config = self.config.lock().clone();
         let vdevs = self.vdevs.read().clone();
-        let mut per_leaf = Vec::new();
+        let mut first = Vec::new();
+        let mut rest = Vec::new();
         for v in &vdevs {
             for (ci, leaf) in v.children.read().iter().enumerate() {
                 if !leaf.is_online() {
@@ -498,29 +545,37 @@ impl Spa {
                     child: ci as u32,
                     config: config.clone(),
                 };
-                per_leaf.push((leaf.clone(), Arc::new(format::encode_label(&label)?)));
-            }
-        }
-        let mut ok_leaves = per_leaf.len();
-        for phase in [[0usize, 2], [1, 3]] {
-            let mut subs = Vec::new();
-            for (leaf, bytes) in &per_leaf {
-                let offs = format::label_offsets(leaf.size());
-                for i in phase {
-                    subs.push((
-                        leaf.clone(),
-                        leaf.submit_write(bytes.clone(), 0..bytes.len(), offs[i]),
-                    ));
+                let entry = (leaf.clone(), Arc::new(format::encode_label(&label)?));
+                if new_first.contains(&leaf.guid()) {
+                    first.push(entry);
+                } else {
+                    rest.push(entry);
                 }
             }
-            for (leaf, s) in subs {
-                if s.and_then(|p| leaf.wait(p)).is_err() {
-                    ok_leaves = ok_leaves.saturating_sub(1);
-                }
-            }
-            self.flush_all()?;
         }
-        if ok_leaves == 0 {
+        let total = first.len() + rest.len();
+        let mut failed = 0;
+        for set in [first, rest] {
+            for phase in [[0usize, 2], [1, 3]] {
+                let mut subs = Vec::new();
+                for (leaf, bytes) in &set {
+                    let offs = format::label_offsets(leaf.size());
+                    for i in phase {
+                        subs.push((
+                            leaf.clone(),
+                            leaf.submit_write(bytes.clone(), 0..bytes.len(), offs[i]),
+                        ));
+                    }
+                }
+                for (leaf, s) in subs {
+                    if s.and_then(|p| leaf.wait(p)).is_err() {
+                        failed += 1;
+                    }
+                }
+                self.flush_all()?;
+            }
+        }
+        if failed >= 4 * total {
             return Err(SpaError::PoolFaulted {
                 name: self.name.clone(),
                 reason: "no device took the new labels".into(),
@@ -534,7 +589,11 @@ impl Spa {
         let vdevs = self.vdevs.read().clone();
         let mut subs = Vec::new();
         for v in &vdevs {
-            for leaf in v.children.read().iter() {
+            // Devices being replaced are flushed too: they are read in place of the new
+            // device after a power cut.
+            let mut leaves = v.children.read().clone();
+            leaves.extend(v.replacing_leaves());
+            for leaf in leaves {
                 if leaf.is_online() {
                     subs.push((v.id, leaf.clone(), leaf.submit_flush()));
                 }
@@ -565,117 +624,6 @@ impl Spa {
         }
     }
 
-    /// Read every uberblock ring; try the newest uberblocks in turn until one whose space
-    /// map chain loads.
-    fn load_newest_state(&self) -> Result<(), SpaError> {
-        let mut ubs: BTreeMap<u64, Uberblock> = BTreeMap::new();
-        for leaf in self.all_leaves().iter().filter(|l| l.is_online()) {
-            for lo in format::label_offsets(leaf.size()) {
-                let ring_off = lo + UBERBLOCK_RING_OFFSET;
-                let Ok(ring) =
-                    leaf.read(ring_off, (UBERBLOCK_SLOTS * UBERBLOCK_SLOT_BYTES) as usize)
-                else {
-                    continue;
-                };
-                for (i, slot) in ring.chunks(UBERBLOCK_SLOT_BYTES as usize).enumerate() {
-                    if let Ok(Some(ub)) = format::decode_uberblock(
-                        slot,
-                        &leaf.path,
-                        ring_off + i as u64 * UBERBLOCK_SLOT_BYTES,
-                    ) {
-                        if ub.pool_guid == self.guid {
-                            ubs.entry(ub.txg).or_insert(ub);
-                        }
-                    }
-                }
-            }
-        }
-        let mut last_err = None;
-        for (txg, ub) in ubs.into_iter().rev() {
-            match self.load_space_maps(&ub) {
-                Ok((allocs, chain)) => {
-                    for (v, committed) in self.vdevs.read().iter().zip(allocs) {
-                        *v.alloc.lock() = VdevAlloc::from_committed(v.asize, committed);
-                    }
-                    let mut st = self.sync.lock();
-                    st.last_txg = Some(txg);
-                    st.chain = chain;
-                    *self.last_root.lock() = Some((txg, ub.root.clone()));
-                    return Ok(());
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        match last_err {
-            None => Ok(()),
-            Some(e) => Err(e),
-        }
-    }
-
-    fn read_sm(&self, ptr: &SmPtr) -> Result<SmBlock, SpaError> {
-        let v = self
-            .vdev(ptr.dva.vdev)
-            .ok_or(SpaError::InvalidAddress { dva: ptr.dva })?;
-        let want = ptr.checksum;
-        let data = v.read(ptr.dva, ptr.psize as u64, &|b: &[u8]| xxh3_64(b) == want)?;
-        format::decode_sm_block(&data, ptr.dva.offset)
-    }
-
-    fn load_space_maps(&self, ub: &Uberblock) -> Result<(Vec<RangeSet>, Vec<SmPtr>), SpaError> {
-        let nvdevs = self.vdevs.read().len();
-        let mut sets = vec![RangeSet::new(); nvdevs];
-        let mut blocks = Vec::new();
-        let mut ptr = ub.space_map;
-        let max = (SPACE_MAP_CHAIN_MAX + SPACE_MAP_BASE_BLOCKS_MAX + 2) as usize;
-        while !ptr.is_null() {
-            if blocks.len() >= max {
-                return Err(SpaError::Corrupt {
-                    path: "pool".into(),
-                    what: "space map",
-                    offset: ptr.dva.offset,
-                    reason: format!("chain longer than {max}"),
-                });
-            }
-            let blk = self.read_sm(&ptr)?;
-            let base = blk.flags & format::SM_FLAG_BASE_START != 0;
-            let prev = blk.prev;
-            blocks.push((ptr, blk));
-            if base {
-                break;
-            }
-            ptr = prev;
-        }
-        let asizes: Vec<u64> = self.vdevs.read().iter().map(|v| v.asize).collect();
-        let mut chain = Vec::new();
-        for (ptr, blk) in blocks.into_iter().rev() {
-            chain.push(ptr);
-            for r in &blk.records {
-                let bad = || SpaError::Corrupt {
-                    path: "pool".into(),
-                    what: "space map",
-                    offset: ptr.dva.offset,
-                    reason: format!("record {r:?} does not apply"),
-                };
-                let set = sets.get_mut(r.vdev as usize).ok_or_else(bad)?;
-                if r.offset
-                    .checked_add(r.len)
-                    .is_none_or(|e| e > asizes[r.vdev as usize])
-                {
-                    return Err(bad());
-                }
-                let ok = if r.alloc {
-                    set.insert(r.offset, r.len)
-                } else {
-                    set.remove(r.offset, r.len)
-                };
-                if !ok {
-                    return Err(bad());
-                }
-            }
-        }
-        Ok((sets, chain))
-    }
-
     fn normal_vdevs(&self, class: AllocClass) -> Vec<Arc<TopVdev>> {
         let vdevs = self.vdevs.read();
         if class == AllocClass::Log && vdevs.iter().any(|v| v.log) {
@@ -692,6 +640,7 @@ impl Spa {
         class: AllocClass,
         txg: u64,
         use_reserve: bool,
+        track: bool,
     ) -> Result<Dva, SpaError> {
         if psize == 0 || !psize.is_multiple_of(SECTOR_SIZE) || psize > MAX_BLOCK_BYTES {
             return Err(SpaError::InvalidState(format!("allocation of {psize} bytes is not a positive multiple of {SECTOR_SIZE} up to {MAX_BLOCK_BYTES}")));
@@ -737,7 +686,13 @@ impl Spa {
                 } else {
                     0
                 };
-                if let Some(off) = v.alloc.lock().alloc(asize, txg, reserve) {
+                let mut a = v.alloc.lock();
+                let got = if track {
+                    a.alloc(asize, txg, reserve)
+                } else {
+                    a.alloc_untracked(asize, reserve)
+                };
+                if let Some(off) = got {
                     return Ok(Dva {
                         vdev: v.id,
                         offset: off,
@@ -751,467 +706,20 @@ impl Spa {
         })
     }
 
-    /// Mark a block allocated in `txg` (intent-log replay after import claims the log
-    /// blocks it will read). False if any of it is already allocated.
-    pub fn claim(&self, dva: Dva, txg: u64) -> bool {
-        self.vdev(dva.vdev)
-            .is_some_and(|v| v.alloc.lock().claim(dva.offset, dva.asize, txg))
+    /// True if no byte of the block is free in the allocator (allocated, or freed in a
+    /// txg not yet durable).
+    pub fn is_allocated(&self, dva: Dva) -> bool {
+        self.vdev(dva.vdev).is_some_and(|v| {
+            dva.offset
+                .checked_add(dva.asize)
+                .is_some_and(|e| e <= v.asize)
+                && !v.alloc.lock().free.overlaps(dva.offset, dva.asize)
+        })
     }
 
     /// Frees refused as double frees or bad addresses since open (a bug or corruption).
     pub fn bad_frees(&self) -> u64 {
         self.bad_frees.load(Ordering::Relaxed)
-    }
-
-    fn sync_inner(&self, st: &mut SyncState, txg: u64, root: &[u8]) -> Result<(), SpaError> {
-        self.flush_all()?;
-        let vdevs = self.vdevs.read().clone();
-        let condense = !st.chain.is_empty() && st.chain.len() as u32 + 1 > SPACE_MAP_CHAIN_MAX;
-        if condense {
-            for p in &st.chain {
-                let ok = self
-                    .vdev(p.dva.vdev)
-                    .is_some_and(|v| v.alloc.lock().free(p.dva.offset, p.dva.asize, txg));
-                assert!(ok, "space map block {p:?} must be allocated");
-            }
-        }
-        let mut est: usize = 64;
-        for v in &vdevs {
-            let a = v.alloc.lock();
-            est += a
-                .pending
-                .range(..=txg)
-                .map(|(_, d)| d.allocs.len() + d.frees.len())
-                .sum::<usize>();
-            if condense {
-                est += a.committed.len();
-            }
-        }
-        let psize = (format::SM_HEADER_BYTES + est * format::SM_RECORD_BYTES)
-            .div_ceil(SECTOR_SIZE as usize)
-            * SECTOR_SIZE as usize;
-        let psize = psize.min(SPACE_MAP_BLOCK_BYTES as usize) as u32;
-        let cap = format::sm_capacity(psize);
-        let nblocks = est.div_ceil(cap);
-        if nblocks > SPACE_MAP_BASE_BLOCKS_MAX as usize {
-            return Err(SpaError::InvalidState(format!("allocator state of {est} records exceeds {SPACE_MAP_BASE_BLOCKS_MAX} space map blocks")));
-        }
-        let mut dvas = Vec::new();
-        for _ in 0..nblocks {
-            dvas.push(self.alloc_inner(psize, AllocClass::Metadata, txg, false)?);
-        }
-        let deltas: Vec<_> = vdevs
-            .iter()
-            .map(|v| v.alloc.lock().take_through(txg))
-            .collect();
-        let mut records = Vec::new();
-        if condense {
-            for (v, d) in vdevs.iter().zip(&deltas) {
-                let mut c = v.alloc.lock().committed.clone();
-                let ok = d.allocs.iter().all(|&(o, l)| c.insert(o, l))
-                    && d.frees.iter().all(|&(o, l)| c.remove(o, l));
-                assert!(
-                    ok,
-                    "allocator delta of vdev {} does not apply to its committed state",
-                    v.id
-                );
-                records.extend(c.iter().map(|(o, l)| SmRecord {
-                    vdev: v.id,
-                    alloc: true,
-                    offset: o,
-                    len: l,
-                }));
-            }
-        } else {
-            for (v, d) in vdevs.iter().zip(&deltas) {
-                records.extend(d.allocs.iter().map(|&(o, l)| SmRecord {
-                    vdev: v.id,
-                    alloc: true,
-                    offset: o,
-                    len: l,
-                }));
-                records.extend(d.frees.iter().map(|&(o, l)| SmRecord {
-                    vdev: v.id,
-                    alloc: false,
-                    offset: o,
-                    len: l,
-                }));
-            }
-        }
-        assert!(
-            records.len() <= nblocks * cap,
-            "space map estimate too small"
-        );
-        let mut prev = if condense {
-            SmPtr::default()
-        } else {
-            st.chain.last().copied().unwrap_or_default()
-        };
-        let mut new_chain = Vec::new();
-        let mut chunks = records.chunks(cap);
-        for (i, dva) in dvas.iter().enumerate() {
-            let recs = chunks.next().map(|c| c.to_vec()).unwrap_or_default();
-            let flags = if condense && i == 0 {
-                format::SM_FLAG_BASE_START
-            } else {
-                0
-            };
-            let bytes = format::encode_sm_block(
-                &SmBlock {
-                    flags,
-                    txg,
-                    prev,
-                    records: recs,
-                },
-                psize,
-            );
-            let v = self
-                .vdev(dva.vdev)
-                .ok_or(SpaError::InvalidAddress { dva: *dva })?;
-            v.write(*dva, &bytes)?;
-            prev = SmPtr {
-                dva: *dva,
-                psize,
-                checksum: xxh3_64(&bytes),
-            };
-            new_chain.push(prev);
-        }
-        self.flush_all()?;
-        let chain_len = if condense {
-            new_chain.len()
-        } else {
-            st.chain.len() + new_chain.len()
-        };
-        let ub = Uberblock {
-            txg,
-            pool_guid: self.guid,
-            timestamp: now_secs(),
-            config_generation: self.config.lock().generation,
-            space_map: prev,
-            chain_len: chain_len as u32,
-            root: root.to_vec(),
-        };
-        self.write_uberblock(&ub)?;
-        for (v, d) in vdevs.iter().zip(&deltas) {
-            let mut a = v.alloc.lock();
-            let ok = a.commit(d);
-            assert!(ok, "allocator delta of vdev {} does not apply", v.id);
-            a.release();
-        }
-        if condense {
-            st.chain = new_chain;
-        } else {
-            st.chain.extend(new_chain);
-        }
-        st.last_txg = Some(txg);
-        *self.last_root.lock() = Some((txg, root.to_vec()));
-        Ok(())
-    }
-
-    fn write_uberblock(&self, ub: &Uberblock) -> Result<(), SpaError> {
-        let bytes = Arc::new(format::encode_uberblock(ub));
-        let mut subs = Vec::new();
-        for leaf in self.all_leaves().into_iter().filter(|l| l.is_online()) {
-            for lo in format::label_offsets(leaf.size()) {
-                let s = leaf.submit_write(
-                    bytes.clone(),
-                    0..bytes.len(),
-                    format::uberblock_offset(lo, ub.txg),
-                );
-                subs.push((leaf.clone(), s));
-            }
-        }
-        let mut written = 0;
-        for (leaf, s) in subs {
-            if s.and_then(|p| leaf.wait(p)).is_ok() {
-                written += 1;
-            }
-        }
-        if written == 0 {
-            return Err(SpaError::PoolFaulted {
-                name: self.name.clone(),
-                reason: "no device took the uberblock".into(),
-            });
-        }
-        self.flush_all()
-    }
-
-    /// Pool status: health, groups, devices with error counters, space.
-    pub fn status(&self) -> PoolStatus {
-        let vdevs = self.vdevs.read().clone();
-        let config = self.config.lock().clone();
-        let mut groups: Vec<(u32, GroupStatus, Health)> = Vec::new();
-        let mut worst = Health::Online;
-        let mut msgs = Vec::new();
-        for v in &vdevs {
-            let (h, bad) = v.health();
-            let pool_h = if v.log && h == Health::Faulted {
-                Health::Degraded
-            } else {
-                h
-            };
-            worst = worst.max(pool_h);
-            if h != Health::Online {
-                msgs.push(format!(
-                    "{} vdev {} {}: {}",
-                    if v.log { "log" } else { "data" },
-                    v.id,
-                    h.as_str(),
-                    bad.join(", ")
-                ));
-            }
-            let kind = match v.kind {
-                VdevKind::Disk => "stripe",
-                VdevKind::Mirror => "mirror",
-                VdevKind::Raidz(1) => "raidz",
-                VdevKind::Raidz(_) => "raidz2",
-            };
-            let devices: Vec<DeviceStatus> = v
-                .children
-                .read()
-                .iter()
-                .map(|l| {
-                    let (r, w, c) = l.errors();
-                    let state = l.state();
-                    DeviceStatus {
-                        path: l.path.clone(),
-                        guid: l.guid(),
-                        state: state.as_str().into(),
-                        reason: if let LeafState::Faulted(r) = state {
-                            Some(r)
-                        } else {
-                            None
-                        },
-                        resilvering: l.is_untrusted(),
-                        read_errors: r,
-                        write_errors: w,
-                        checksum_errors: c,
-                    }
-                })
-                .collect();
-            match groups
-                .iter_mut()
-                .find(|(g, gs, _)| *g == v.group && gs.kind == "stripe" && kind == "stripe")
-            {
-                Some((_, gs, gh)) => {
-                    *gh = (*gh).max(h);
-                    gs.health = gh.as_str().into();
-                    gs.devices.extend(devices);
-                }
-                None => groups.push((
-                    v.group,
-                    GroupStatus {
-                        kind: kind.into(),
-                        log: v.log,
-                        health: h.as_str().into(),
-                        devices,
-                    },
-                    h,
-                )),
-            }
-        }
-        let space = self.space_stats();
-        PoolStatus {
-            name: config.name,
-            guid: self.guid,
-            health: worst,
-            message: (!msgs.is_empty()).then(|| msgs.join("; ")),
-            groups: groups.into_iter().map(|(_, g, _)| g).collect(),
-            size_bytes: space.size_bytes,
-            allocated_bytes: space.allocated_bytes,
-            free_bytes: space.free_bytes,
-            txg: self.sync.lock().last_txg,
-        }
-    }
-
-    fn space_stats(&self) -> SpaceStats {
-        let mut s = SpaceStats::default();
-        for v in self.vdevs.read().iter().filter(|v| !v.log) {
-            let allocated = v.alloc.lock().allocated();
-            s.size_bytes += v.usable(v.asize);
-            s.allocated_bytes += v.usable(allocated);
-        }
-        s.free_bytes = s.size_bytes.saturating_sub(s.allocated_bytes);
-        s
-    }
-
-    /// Add a raid group (or disks to a stripe pool: a `Stripe` spec) and rewrite labels.
-    pub fn add_group(&self, group: GroupSpec<Arc<dyn Device>>) -> Result<(), SpaError> {
-        validate_groups(std::slice::from_ref(&group), false)?;
-        let mut config = self.config.lock().clone();
-        if config.vdevs.len() + group.devices.len() > MAX_VDEVS {
-            return Err(SpaError::InvalidLayout(format!(
-                "a pool has at most {MAX_VDEVS} vdevs"
-            )));
-        }
-        let new = build_vdevs(&mut config, vec![group], &self.opts)?;
-        let new_leaves: Vec<Arc<Leaf>> =
-            new.iter().flat_map(|v| v.children.read().clone()).collect();
-        self.clear_rings(&new_leaves)?;
-        config.generation += 1;
-        *self.config.lock() = config;
-        self.vdevs.write().extend(new);
-        self.write_labels()
-    }
-
-    /// Add a raid group given device paths.
-    pub fn add_group_paths(&self, group: &GroupSpec<String>) -> Result<(), SpaError> {
-        self.add_group(GroupSpec {
-            kind: group.kind,
-            devices: open_paths(&group.devices)?,
-            log: group.log,
-        })
-    }
-
-    /// Replace the device at `old_path` (or with that guid in hex) by `new`; the new device
-    /// is untrusted for reads until [`Spa::finish_replace`]. The caller resilvers every live
-    /// block with [`Spa::resilver_block`] in between.
-    pub fn replace_device(&self, old: &str, new: Arc<dyn Device>) -> Result<(), SpaError> {
-        let vdevs = self.vdevs.read().clone();
-        let mut config = self.config.lock().clone();
-        for v in &vdevs {
-            let mut children = v.children.write();
-            let Some(ci) = children
-                .iter()
-                .position(|l| l.path == old || format!("{:x}", l.guid()) == old)
-            else {
-                continue;
-            };
-            if v.kind == VdevKind::Disk {
-                return Err(SpaError::InvalidState(format!("{old} is in a stripe group without redundancy; replace needs a mirror or raidz group")));
-            }
-            if children.iter().any(|l| l.path == new.path()) {
-                return Err(SpaError::InvalidLayout(format!(
-                    "{} is already in the group",
-                    new.path()
-                )));
-            }
-            let vc = &mut config.vdevs[v.id as usize];
-            let need = child_data_bytes(vc);
-            let have = format::data_region_bytes(new.size());
-            if have < need {
-                return Err(SpaError::DeviceTooSmall {
-                    path: new.path().to_owned(),
-                    size_bytes: new.size(),
-                    min_bytes: need + 4 * LABEL_BYTES,
-                });
-            }
-            if !self.opts.force {
-                if let Some(what) = probe_existing_data(new.as_ref()) {
-                    return Err(SpaError::DeviceHasData {
-                        path: new.path().to_owned(),
-                        what,
-                    });
-                }
-            }
-            let guid = new_guid();
-            let leaf = Leaf::open(new, guid, self.opts.io_timeout);
-            leaf.set_untrusted(true);
-            self.clear_rings(std::slice::from_ref(&leaf))?;
-            vc.children[ci] = ChildConfig {
-                guid,
-                path: leaf.path.clone(),
-                resilvering: true,
-            };
-            let old_leaf = std::mem::replace(&mut children[ci], leaf);
-            old_leaf.set_removed();
-            drop(children);
-            config.generation += 1;
-            *self.config.lock() = config;
-            return self.write_labels();
-        }
-        Err(SpaError::NoSuchDevice(old.to_owned()))
-    }
-
-    /// Rebuild the resilvering devices' share of one live block; returns bytes written.
-    pub fn resilver_block(
-        &self,
-        dva: Dva,
-        psize: u32,
-        verify: Verify<'_>,
-    ) -> Result<u64, SpaError> {
-        let v = self
-            .vdev(dva.vdev)
-            .ok_or(SpaError::InvalidAddress { dva })?;
-        v.resilver(dva, psize as u64, verify)
-    }
-
-    /// True while any device is resilvering.
-    pub fn is_resilvering(&self) -> bool {
-        self.all_leaves().iter().any(|l| l.is_untrusted())
-    }
-
-    /// Resilver the allocator's own blocks (the space map chain), which the block-tree
-    /// layer's traversal does not know; returns bytes written.
-    pub fn resilver_internal(&self) -> Result<u64, SpaError> {
-        let chain = self.sync.lock().chain.clone();
-        let mut written = 0;
-        for p in chain {
-            let v = self
-                .vdev(p.dva.vdev)
-                .ok_or(SpaError::InvalidAddress { dva: p.dva })?;
-            let want = p.checksum;
-            written += v.resilver(p.dva, p.psize as u64, &|b: &[u8]| xxh3_64(b) == want)?;
-        }
-        Ok(written)
-    }
-
-    /// Scrub the allocator's own blocks (the space map chain); returns bytes repaired.
-    pub fn scrub_internal(&self) -> Result<u64, SpaError> {
-        let chain = self.sync.lock().chain.clone();
-        let mut repaired = 0;
-        for p in chain {
-            let v = self
-                .vdev(p.dva.vdev)
-                .ok_or(SpaError::InvalidAddress { dva: p.dva })?;
-            let want = p.checksum;
-            repaired += v.scrub(p.dva, p.psize as u64, &|b: &[u8]| xxh3_64(b) == want)?;
-        }
-        Ok(repaired)
-    }
-
-    /// Mark resilvered devices trusted and persist it (after every live block was
-    /// resilvered and a sync made those writes durable). Resilvers the space map chain
-    /// first. Holds the sync lock so no sync changes the chain meanwhile.
-    pub fn finish_replace(&self) -> Result<(), SpaError> {
-        let _sync = self.sync.lock();
-        let chain = _sync.chain.clone();
-        for p in chain {
-            let v = self
-                .vdev(p.dva.vdev)
-                .ok_or(SpaError::InvalidAddress { dva: p.dva })?;
-            let want = p.checksum;
-            v.resilver(p.dva, p.psize as u64, &|b: &[u8]| xxh3_64(b) == want)?;
-        }
-        self.flush_all()?;
-        let mut config = self.config.lock().clone();
-        for v in self.vdevs.read().iter() {
-            for (ci, leaf) in v.children.read().iter().enumerate() {
-                leaf.set_untrusted(false);
-                config.vdevs[v.id as usize].children[ci].resilvering = false;
-            }
-        }
-        config.generation += 1;
-        *self.config.lock() = config;
-        self.write_labels()
-    }
-
-    /// Check every copy or column of one block and repair bad ones; returns bytes repaired.
-    pub fn scrub_block(&self, dva: Dva, psize: u32, verify: Verify<'_>) -> Result<u64, SpaError> {
-        let v = self
-            .vdev(dva.vdev)
-            .ok_or(SpaError::InvalidAddress { dva })?;
-        v.scrub(dva, psize as u64, verify)
-    }
-
-    /// The space map blocks of the last sync (the upper layer's scrub covers them too).
-    pub fn space_map_blocks(&self) -> Vec<(Dva, u32, u64)> {
-        self.sync
-            .lock()
-            .chain
-            .iter()
-            .map(|p| (p.dva, p.psize, p.checksum))
-            .collect()
     }
 
     /// Flush and close the pool, releasing the device locks.
@@ -1221,17 +729,34 @@ impl Spa {
         r
     }
 
+    /// Close the pool (same as [`Spa::export`]: labels need no export mark, a pool is
+    /// importable whether or not it was closed cleanly).
+    pub fn close(self) -> Result<(), SpaError> {
+        self.export()
+    }
+
     /// Wipe every device's labels and close the pool.
     pub fn destroy(self) -> Result<(), SpaError> {
+        // Every device is wiped even if one fails; the first failure is reported after.
         let zeros = Arc::new(vec![0u8; LABEL_BYTES as usize]);
-        for leaf in self.all_leaves().iter().filter(|l| l.is_online()) {
-            for lo in format::label_offsets(leaf.size()) {
-                let p = leaf.submit_write(zeros.clone(), 0..zeros.len(), lo)?;
-                leaf.wait(p)?;
-            }
-            leaf.flush()?;
+        let mut first_err = None;
+        let mut leaves = self.all_leaves();
+        for v in self.vdevs.read().iter() {
+            leaves.extend(v.replacing_leaves());
         }
-        Ok(())
+        for leaf in leaves.iter().filter(|l| l.is_online()) {
+            let wipe = || -> Result<(), SpaError> {
+                for lo in format::label_offsets(leaf.size()) {
+                    let p = leaf.submit_write(zeros.clone(), 0..zeros.len(), lo)?;
+                    leaf.wait(p)?;
+                }
+                leaf.flush()
+            };
+            if let Err(e) = wipe() {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 }
 
@@ -1333,12 +858,14 @@ fn build_vdevs(
             };
             let mut children = Vec::new();
             let mut leaves = Vec::new();
+            let replacing = RwLock::new(vec![None; devs.len()]);
             for d in devs {
                 let guid = new_guid();
                 children.push(ChildConfig {
                     guid,
                     path: d.path().to_owned(),
                     resilvering: false,
+                    replacing: None,
                 });
                 leaves.push(Leaf::open(d, guid, opts.io_timeout));
             }
@@ -1357,6 +884,7 @@ fn build_vdevs(
                 log: g.log,
                 asize,
                 children: RwLock::new(leaves),
+                replacing,
                 alloc: Mutex::new(VdevAlloc::new(asize)),
             }));
         }
@@ -1408,7 +936,7 @@ impl BlockStore for Spa {
     }
 
     fn alloc(&self, psize_bytes: u32, class: AllocClass, txg: u64) -> Result<Dva, StoreError> {
-        Ok(self.alloc_inner(psize_bytes, class, txg, true)?)
+        Ok(self.alloc_inner(psize_bytes, class, txg, true, true)?)
     }
 
     fn free(&self, dva: Dva, txg: u64) {
@@ -1474,4 +1002,32 @@ impl BlockStore for Spa {
     fn last_root(&self) -> Option<(u64, Vec<u8>)> {
         self.last_root.lock().clone()
     }
+
+    fn claim(&self, dva: Dva, txg: u64) -> Result<(), StoreError> {
+        let v = self
+            .vdev(dva.vdev)
+            .ok_or(SpaError::InvalidAddress { dva })?;
+        if dva.asize == 0
+            || dva
+                .offset
+                .checked_add(dva.asize)
+                .is_none_or(|e| e > v.asize)
+        {
+            return Err(SpaError::InvalidAddress { dva }.into());
+        }
+        let mut a = v.alloc.lock();
+        if a.claim(dva.offset, dva.asize, txg) || !a.free.overlaps(dva.offset, dva.asize) {
+            // Claimed now, or allocated already: both leave the block safe from reuse.
+            Ok(())
+        } else {
+            // Partly free: not a block this pool ever allocated whole.
+            Err(SpaError::InvalidAddress { dva }.into())
+        }
+    }
 }
+
+// Volumes' threads share one pool.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Spa>();
+};
