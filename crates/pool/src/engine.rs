@@ -1796,7 +1796,8 @@ impl PoolInner {
             self.store.free(dva, txg);
         }
         if w.next.is_none() {
-            let psize = SECTOR_SIZE;
+            // Two sectors: room for one 4 KiB write record with its headers.
+            let psize = 2 * SECTOR_SIZE;
             let dva = self.store.alloc(psize, AllocClass::Log, txg)?;
             w.next = Some((dva, psize));
             w.head_seq = w.seq;
@@ -1830,9 +1831,12 @@ impl PoolInner {
             l.bytes = 0;
             (std::mem::take(&mut l.records), b)
         };
-        if !records.is_empty() {
-            self.write_log(&mut w, records)?;
+        if records.is_empty() {
+            // Every earlier write is covered: by a durable root, or by a log block whose
+            // flush completed before it released `logw`.
+            return Ok(());
         }
+        self.write_log(&mut w, records)?;
         self.store.flush()?;
         self.dirty_bytes.fetch_sub(bytes, Ordering::SeqCst);
         if w.blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS {
