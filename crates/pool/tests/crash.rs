@@ -45,6 +45,17 @@ fn torn_next(model: &[Vec<u8>], got: &[Vec<u8>], next: Option<&Io>) -> bool {
     })
 }
 
+fn read_volumes(pool: &Pool, names: &[&str]) -> Vec<Vec<u8>> {
+    names
+        .iter()
+        .map(|n| {
+            let mut buf = vec![0u8; VOL_BYTES as usize];
+            pool.volume(n).unwrap().read(0, &mut buf).unwrap();
+            buf
+        })
+        .collect()
+}
+
 fn round(seed: u64) {
     let mut rng = XorShift::new(seed);
     let store = Arc::new(MemStore::new(1 << 30));
@@ -63,6 +74,7 @@ fn round(seed: u64) {
     }
     // Some committed history first, so the crash hits a tree with depth.
     let mut issued: Vec<Io> = Vec::new();
+    let mut snaps: Vec<(usize, String, usize)> = Vec::new();
     let mut durable = 0usize;
     store.fail_after(rng.below(400));
     for _ in 0..120 {
@@ -88,25 +100,52 @@ fn round(seed: u64) {
         if r.is_err() {
             break;
         }
-        let call = rng.below(10);
+        let call = rng.below(12);
         let r = match call {
             0..=2 => pool.flush(),
             3 => pool.sync().map(|_| ()),
+            4 => {
+                let name = format!("s{}", issued.len());
+                let r = pool.snapshot(names[vol], &name);
+                if r.is_ok() {
+                    snaps.push((vol, name, issued.len()));
+                }
+                r
+            }
             _ => Ok(()),
         };
         if r.is_err() {
             break;
         }
-        // The floor: everything issued before a flush or commit that returned.
-        if call <= 3 {
+        // The floor: everything issued before a flush, commit or snapshot that returned.
+        if call <= 4 {
             durable = issued.len();
         }
     }
     store.cut_power();
     drop(pool);
-    let image = Arc::new(store.crash_image(seed ^ 0xdead));
+    let mut image = Arc::new(store.crash_image(seed ^ 0xdead));
+    if seed % 2 == 0 {
+        // A second power cut during recovery (log replay, its commit): the log chain
+        // must still be there for the next open.
+        let clean = Arc::new(image.crash_image(0));
+        let first = read_volumes(&Pool::open(clean, opts()).unwrap(), &names);
+        image.fail_after(rng.below(12));
+        let _ = Pool::open(image.clone(), opts());
+        image = Arc::new(image.crash_image(seed));
+        let second = read_volumes(&Pool::open(image.clone(), opts()).unwrap(), &names);
+        assert!(first == second, "seed {seed}: a crash during recovery changed the data");
+    }
     let pool = Pool::open(image.clone(), opts())
         .unwrap_or_else(|e| panic!("seed {seed}: reopen after crash failed: {e}"));
+    for (vol, name, k) in &snaps {
+        let mut want = vec![vec![0u8; VOL_BYTES as usize]; 2];
+        issued[..*k].iter().for_each(|io| apply(&mut want, io));
+        let mut buf = vec![0u8; VOL_BYTES as usize];
+        pool.read_snapshot(names[*vol], name, 0, &mut buf)
+            .unwrap_or_else(|e| panic!("seed {seed}: snapshot {name} lost: {e}"));
+        assert!(buf == want[*vol], "seed {seed}: snapshot {name} differs");
+    }
     let mut got = Vec::new();
     for n in names {
         let v = pool.volume(n).unwrap();
