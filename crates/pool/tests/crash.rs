@@ -134,7 +134,10 @@ fn round(seed: u64) {
         let _ = Pool::open(image.clone(), opts());
         image = Arc::new(image.crash_image(seed));
         let second = read_volumes(&Pool::open(image.clone(), opts()).unwrap(), &names);
-        assert!(first == second, "seed {seed}: a crash during recovery changed the data");
+        assert!(
+            first == second,
+            "seed {seed}: a crash during recovery changed the data"
+        );
     }
     let pool = Pool::open(image.clone(), opts())
         .unwrap_or_else(|e| panic!("seed {seed}: reopen after crash failed: {e}"));

@@ -340,3 +340,62 @@ fn partial_writes_to_one_block_from_many_threads_are_not_lost() {
         assert!(chunk.iter().all(|&b| b == (s / 16) as u8 + 1), "sector {s}");
     }
 }
+
+#[test]
+fn scan_is_time_sliced_and_complete() {
+    let (store, pool) = new_pool(1 << 30);
+    let pool = Arc::new(pool);
+    for i in 0..3 {
+        let v = pool
+            .create_volume(&format!("v{i}"), 64 << 20, None, Some(Compression::Off))
+            .unwrap();
+        v.write(0, &pattern(i, 2 << 20), None).unwrap();
+        pool.snapshot(&format!("v{i}"), "s").unwrap();
+        v.write(1 << 20, &pattern(i + 9, 1 << 20), None).unwrap();
+    }
+    pool.sync().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    // Each block "takes" 1 ms, as a device read would: the scan outlasts several slices.
+    let stats = pool
+        .visit_live_blocks(&mut |dva, _psize, _verify| {
+            assert!(seen.insert(dva.offset), "visited twice: {dva:?}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            Ok(())
+        })
+        .unwrap();
+    assert!(stats.blocks >= 3 * 192, "{stats:?}");
+    assert_eq!(
+        stats.bytes_visited,
+        stats.allocated_bytes - 8192,
+        "all but the log's spare"
+    );
+    let allocated: std::collections::BTreeSet<u64> =
+        store.allocated_blocks().into_iter().map(|b| b.0).collect();
+    assert_eq!(allocated.difference(&seen).count(), 1);
+
+    // A commit is not held up for the whole scan.
+    let p2 = pool.clone();
+    let scanner = std::thread::spawn(move || {
+        p2.visit_live_blocks(&mut |_, _, _| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            Ok(())
+        })
+        .unwrap()
+    });
+    while !scanner.is_finished() {
+        let t = std::time::Instant::now();
+        pool.volume("v0")
+            .unwrap()
+            .write(0, &pattern(77, 4096), None)
+            .unwrap();
+        pool.sync().unwrap();
+        if !scanner.is_finished() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_millis(800),
+                "commit waited {:?}",
+                t.elapsed()
+            );
+        }
+    }
+    scanner.join().unwrap();
+}
