@@ -125,7 +125,7 @@ fn round(seed: u64) {
     store.cut_power();
     drop(pool);
     let mut image = Arc::new(store.crash_image(seed ^ 0xdead));
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         // A second power cut during recovery (log replay, its commit): the log chain
         // must still be there for the next open.
         let clean = Arc::new(image.crash_image(0));
