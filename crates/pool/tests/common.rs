@@ -63,4 +63,12 @@ pub fn check_no_leaks(store: &MemStore, pool: &Pool) {
     }
     let extra: Vec<_> = allocated.keys().filter(|o| !live.contains_key(o)).collect();
     assert!(extra.len() <= 1, "leaked blocks: {extra:?}");
+    // Space accounting: every allocated byte is metadata or some volume's `used`.
+    let used: u64 = pool.list_volumes().iter().map(|v| v.used).sum();
+    let total: u64 = allocated.values().sum();
+    assert_eq!(
+        used + pool.metadata_bytes(),
+        total,
+        "volume used {used} + metadata != allocated"
+    );
 }

@@ -120,3 +120,36 @@ fn background_thread_commits_dirty_data() {
     pool.volume("v").unwrap().read(0, &mut buf).unwrap();
     assert_eq!(buf, pattern(1, 4096));
 }
+
+#[test]
+fn refusals_name_what_is_in_the_way() {
+    let (_s, pool) = new_pool(1 << 30);
+    let v = pool.create_volume("v", 1 << 20, None, None).unwrap();
+    v.write(0, &pattern(1, 4096), None).unwrap();
+    pool.snapshot("v", "a").unwrap();
+    pool.snapshot("v", "b").unwrap();
+    let e = pool.rollback("v", "a").unwrap_err().to_string();
+    assert!(e.contains("newer snapshots exist: b"), "{e}");
+    pool.clone_snapshot("v", "a", "c1").unwrap();
+    let e = pool.destroy_snapshot("v", "a").unwrap_err().to_string();
+    assert!(e.contains("has clones: c1"), "{e}");
+    let e = pool.destroy_volume("v").unwrap_err().to_string();
+    assert!(e.contains("clones: c1"), "{e}");
+    assert!(matches!(
+        pool.snapshot("v", "a"),
+        Err(PoolError::Exists { .. })
+    ));
+    assert!(matches!(
+        pool.rollback("v", "zz"),
+        Err(PoolError::UnknownSnapshot { .. })
+    ));
+    assert_eq!(
+        pool.volume_info("c1").unwrap().origin.as_deref(),
+        Some("v@a")
+    );
+    pool.destroy_volume("c1").unwrap();
+    pool.destroy_snapshot("v", "b").unwrap();
+    pool.rollback("v", "a").unwrap();
+    pool.destroy_volume("v").unwrap();
+    assert!(pool.list_volumes().is_empty());
+}
