@@ -500,11 +500,12 @@ impl Pool {
         })
     }
 
-    /// Every volume (hidden receive temporaries excluded), by name.
+    /// Every volume (receives in progress excluded), by name.
     pub fn list_volumes(&self) -> Vec<VolumeInfo> {
         let vols: Vec<Arc<Volume>> = self.inner.vols.read().values().cloned().collect();
+        // Receives in progress are not volumes yet: a bad stream must leave no trace.
         vols.iter()
-            .filter(|v| !v.name.contains('%'))
+            .filter(|v| !v.name.contains('%') && !v.meta.lock().receiving)
             .map(|v| self.inner.volume_info(v))
             .collect()
     }
