@@ -165,10 +165,45 @@ pub struct TraverseStats {
     pub allocated_bytes: u64,
 }
 
+/// Sectors (512 bytes) per block at most: 128 KiB / 512.
+const MAX_SECTORS: usize = (MAX_BLOCK_BYTES as usize) / (IO_ALIGN_BYTES as usize);
+const _: () = assert!(MAX_SECTORS == 256);
+
+/// A dirty block of the open or syncing txg.
 #[derive(Clone, Debug)]
 pub(crate) enum Dirty {
+    /// The whole block.
     Data { data: Arc<Vec<u8>>, io: u64 },
+    /// All zeros (UNMAP, or a zero write).
     Hole { io: u64 },
+    /// Some 512-byte sectors (bit set in `valid`) over the block's older contents, which
+    /// are read only when the block is read or committed: a partial write never waits for
+    /// a device read.
+    Partial {
+        data: Arc<Vec<u8>>,
+        valid: [u64; MAX_SECTORS / 64],
+        io: u64,
+    },
+}
+
+fn sectors_set(valid: &mut [u64; MAX_SECTORS / 64], first: usize, count: usize) {
+    for s in first..first + count {
+        valid[s / 64] |= 1 << (s % 64);
+    }
+}
+
+fn all_sectors(valid: &[u64; MAX_SECTORS / 64], sectors: usize) -> bool {
+    (0..sectors).all(|s| valid[s / 64] & (1 << (s % 64)) != 0)
+}
+
+/// Lay the valid sectors of an overlay over `base`.
+fn overlay(base: &mut [u8], data: &[u8], valid: &[u64; MAX_SECTORS / 64]) {
+    let sec = IO_ALIGN_BYTES as usize;
+    for (i, chunk) in base.chunks_mut(sec).enumerate() {
+        if valid[i / 64] & (1 << (i % 64)) != 0 {
+            chunk.copy_from_slice(&data[i * sec..(i + 1) * sec]);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -1303,20 +1338,65 @@ impl PoolInner {
         Ok(bp)
     }
 
-    /// Current contents of block `blk` (None: zeros). Caller holds `state`.
-    fn current_block(&self, v: &Volume, st: &VolState, blk: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        if let Some(d) = st.open.get(&blk).or_else(|| st.syncing.get(&blk)) {
-            return Ok(match d {
-                Dirty::Data { data, .. } => Some(data.clone()),
-                Dirty::Hole { .. } => None,
-            });
+    /// Current contents of block `blk` of a volume (None: zeros): the open txg's dirty
+    /// block, over the syncing txg's, over the committed tree.
+    fn block_contents(&self, v: &Volume, blk: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        let mut overlays: Vec<(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])> = Vec::new();
+        {
+            let st = v.state.lock();
+            for d in [st.open.get(&blk), st.syncing.get(&blk)]
+                .into_iter()
+                .flatten()
+            {
+                match d {
+                    Dirty::Data { data, .. } => {
+                        return Ok(Some(Self::merge(Some(data.clone()), &overlays)))
+                    }
+                    Dirty::Hole { .. } => {
+                        return Ok(if overlays.is_empty() {
+                            None
+                        } else {
+                            Some(Self::merge(None, &overlays))
+                        })
+                    }
+                    Dirty::Partial { data, valid, .. } => overlays.push((data.clone(), *valid)),
+                }
+            }
         }
-        let tree = v.tree.read();
-        let bp = self.lookup(&tree, v.levels, blk)?;
-        if bp.is_hole() {
-            return Ok(None);
+        // The syncing overlay may be committed meanwhile; laying it over the new tree
+        // gives the same bytes.
+        let base = {
+            let tree = v.tree.read();
+            let bp = self.lookup(&tree, v.levels, blk)?;
+            if bp.is_hole() {
+                None
+            } else {
+                Some(self.read_data(&bp)?)
+            }
+        };
+        if overlays.is_empty() {
+            return Ok(base);
         }
-        Ok(Some(self.read_data(&bp)?))
+        let bs = v.block_size as usize;
+        let base = base.unwrap_or_else(|| Arc::new(vec![0u8; bs]));
+        Ok(Some(Self::merge(Some(base), &overlays)))
+    }
+
+    /// `base` (None: zeros of the overlays' size) with overlays laid on, the last in the
+    /// list first (it is the oldest).
+    fn merge(
+        base: Option<Arc<Vec<u8>>>,
+        overlays: &[(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])],
+    ) -> Arc<Vec<u8>> {
+        if overlays.is_empty() {
+            return base.unwrap_or_default();
+        }
+        let len = overlays[0].0.len();
+        let mut out = base.map_or_else(|| vec![0u8; len], |b| b.to_vec());
+        for (data, valid) in overlays.iter().rev() {
+            overlay(&mut out, data, valid);
+        }
+        Arc::new(out)
     }
 
     // ---- walks ----
@@ -1544,18 +1624,33 @@ impl PoolInner {
             let old = children[idx];
             children[idx] = if level == 1 {
                 debug_assert_eq!(j, i + 1);
+                let (data, io) = match dirty[i].1 {
+                    Dirty::Hole { io } => (None, *io),
+                    Dirty::Data { data, io } => (Some(data.clone()), *io),
+                    Dirty::Partial { data, valid, io } => {
+                        // The old block is read here, in the commit, not in the write.
+                        let mut base = if old.is_hole() {
+                            vec![0u8; v.block_size as usize]
+                        } else {
+                            self.read_data(&old)?.to_vec()
+                        };
+                        overlay(&mut base, data, valid);
+                        (Some(Arc::new(base)), *io)
+                    }
+                };
                 self.kill(meta, &old, txg);
-                let new = match dirty[i].1 {
-                    Dirty::Hole { io } => Bp::hole(txg, *io, 0),
-                    Dirty::Data { data, io } => self.write_block(
-                        data,
+                let new = match data {
+                    // A block of zeros is stored as a hole: thin, and UNMAP-equivalent.
+                    Some(d) if d.iter().any(|&b| b != 0) => self.write_block(
+                        &d,
                         v.compression,
                         BlockKind::Data,
                         0,
                         AllocClass::Data,
                         txg,
-                        *io,
+                        io,
                     )?,
+                    _ => Bp::hole(txg, io, 0),
                 };
                 Self::born(meta, &new);
                 new
@@ -2258,23 +2353,7 @@ impl VolumeHandle {
             let in_blk = abs % bs;
             let n = (bs - in_blk).min(len - pos);
             let dst = &mut buf[pos as usize..(pos + n) as usize];
-            let data = {
-                let st = self.vol.state.lock();
-                match st.open.get(&blk).or_else(|| st.syncing.get(&blk)) {
-                    Some(Dirty::Data { data, .. }) => Some(data.clone()),
-                    Some(Dirty::Hole { .. }) => None,
-                    None => {
-                        drop(st);
-                        let tree = self.vol.tree.read();
-                        let bp = p.lookup(&tree, self.vol.levels, blk)?;
-                        if bp.is_hole() {
-                            None
-                        } else {
-                            Some(p.read_data(&bp)?)
-                        }
-                    }
-                }
-            };
+            let data = p.block_contents(&self.vol, blk)?;
             match data {
                 Some(d) => dst.copy_from_slice(&d[in_blk as usize..(in_blk + n) as usize]),
                 None => dst.fill(0),
@@ -2299,6 +2378,84 @@ impl VolumeHandle {
         self.write_inner(offset, data, io_number, true)
     }
 
+    /// Dirty the part of one block at volume offset `abs` with `src` (within the block).
+    /// Returns the dirty bytes added (a block newly dirty in the open txg). Never reads
+    /// the device: a partial write to a block not yet dirty becomes a sector overlay.
+    fn dirty_range(&self, st: &mut VolState, abs: u64, src: Option<&[u8]>, io: u64) -> u64 {
+        let bs = self.vol.block_size as usize;
+        let blk = abs / bs as u64;
+        let in_blk = (abs % bs as u64) as usize;
+        let src = src.unwrap_or_default();
+        let n = src.len();
+        let zero = src.iter().all(|&b| b == 0);
+        let sec = IO_ALIGN_BYTES as usize;
+        if n == bs {
+            let entry = if zero {
+                Dirty::Hole { io }
+            } else {
+                Dirty::Data {
+                    data: Arc::new(src.to_vec()),
+                    io,
+                }
+            };
+            return if st.open.insert(blk, entry).is_none() {
+                bs as u64
+            } else {
+                0
+            };
+        }
+        let (entry, added) = match st.open.remove(&blk) {
+            Some(Dirty::Data { mut data, .. }) => {
+                Arc::make_mut(&mut data)[in_blk..in_blk + n].copy_from_slice(src);
+                (Dirty::Data { data, io }, 0)
+            }
+            Some(Dirty::Hole { .. }) => {
+                if zero {
+                    (Dirty::Hole { io }, 0)
+                } else {
+                    let mut data = vec![0u8; bs];
+                    data[in_blk..in_blk + n].copy_from_slice(src);
+                    (
+                        Dirty::Data {
+                            data: Arc::new(data),
+                            io,
+                        },
+                        0,
+                    )
+                }
+            }
+            Some(Dirty::Partial {
+                mut data,
+                mut valid,
+                ..
+            }) => {
+                Arc::make_mut(&mut data)[in_blk..in_blk + n].copy_from_slice(src);
+                sectors_set(&mut valid, in_blk / sec, n / sec);
+                if all_sectors(&valid, bs / sec) {
+                    (Dirty::Data { data, io }, 0)
+                } else {
+                    (Dirty::Partial { data, valid, io }, 0)
+                }
+            }
+            None => {
+                let mut data = vec![0u8; bs];
+                data[in_blk..in_blk + n].copy_from_slice(src);
+                let mut valid = [0u64; MAX_SECTORS / 64];
+                sectors_set(&mut valid, in_blk / sec, n / sec);
+                (
+                    Dirty::Partial {
+                        data: Arc::new(data),
+                        valid,
+                        io,
+                    },
+                    bs as u64,
+                )
+            }
+        };
+        st.open.insert(blk, entry);
+        added
+    }
+
     fn write_inner(&self, offset: u64, data: &[u8], io: Option<u64>, log: bool) -> Result<()> {
         let p = &self.pool;
         let len = data.len() as u64;
@@ -2312,37 +2469,13 @@ impl VolumeHandle {
         let txg = *txg_guard;
         let mut st = self.vol.state.lock();
         self.check_range(&st, offset, len)?;
-        let zero_detect = self.vol.compression != Compression::Off;
         let mut added = 0u64;
         let mut pos = 0u64;
         while pos < len {
             let abs = offset + pos;
-            let blk = abs / bs;
-            let in_blk = abs % bs;
-            let n = (bs - in_blk).min(len - pos);
+            let n = (bs - abs % bs).min(len - pos);
             let src = &data[pos as usize..(pos + n) as usize];
-            let block = if n == bs {
-                src.to_vec()
-            } else {
-                let mut b = match p.current_block(&self.vol, &st, blk)? {
-                    Some(d) => d.to_vec(),
-                    None => vec![0u8; bs as usize],
-                };
-                b[in_blk as usize..(in_blk + n) as usize].copy_from_slice(src);
-                b
-            };
-            let io = io.unwrap_or(0);
-            let entry = if zero_detect && block.iter().all(|&x| x == 0) {
-                Dirty::Hole { io }
-            } else {
-                Dirty::Data {
-                    data: Arc::new(block),
-                    io,
-                }
-            };
-            if st.open.insert(blk, entry).is_none() {
-                added += bs;
-            }
+            added += self.dirty_range(&mut st, abs, Some(src), io.unwrap_or(0));
             pos += n;
         }
         p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
@@ -2406,32 +2539,9 @@ impl VolumeHandle {
             let mut added = 0;
             while pos < n {
                 let abs = start + pos;
-                let blk = abs / bs;
-                let in_blk = abs % bs;
-                let m = (bs - in_blk).min(n - pos);
-                let io = io.unwrap_or(0);
-                let entry = if m == bs {
-                    Dirty::Hole { io }
-                } else {
-                    match p.current_block(&self.vol, &st, blk)? {
-                        None => Dirty::Hole { io },
-                        Some(d) => {
-                            let mut b = d.to_vec();
-                            b[in_blk as usize..(in_blk + m) as usize].fill(0);
-                            if b.iter().all(|&x| x == 0) {
-                                Dirty::Hole { io }
-                            } else {
-                                Dirty::Data {
-                                    data: Arc::new(b),
-                                    io,
-                                }
-                            }
-                        }
-                    }
-                };
-                if st.open.insert(blk, entry).is_none() {
-                    added += bs;
-                }
+                let m = (bs - abs % bs).min(n - pos);
+                let zeros = vec![0u8; m as usize];
+                added += self.dirty_range(&mut st, abs, Some(&zeros), io.unwrap_or(0));
                 pos += m;
             }
             p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
