@@ -1225,15 +1225,44 @@ impl PoolInner {
         }
     }
 
+    /// Writes are refused: the threshold counts dirty data twice (data plus worst-case
+    /// indirect blocks), so acknowledged writes always fit in their commit.
     fn over_threshold(&self) -> bool {
+        self.over_threshold_with(self.dirty_bytes.load(Ordering::SeqCst).saturating_mul(2))
+    }
+
+    /// True when `pending_bytes` more allocation would cross the fill threshold or eat
+    /// into the reserve kept for destroy and UNMAP.
+    fn over_threshold_with(&self, pending_bytes: u64) -> bool {
         let s = self.store.space();
         if s.size_bytes == 0 {
             return true;
         }
         let pct = self.ro_threshold_pct.load(Ordering::Relaxed);
         let reserve = s.size_bytes / 1000 * RESERVED_PER_MILLE;
-        u128::from(s.allocated_bytes) * 100 >= u128::from(s.size_bytes) * u128::from(pct)
-            || s.free_bytes <= reserve
+        let allocated = s.allocated_bytes.saturating_add(pending_bytes);
+        u128::from(allocated) * 100 >= u128::from(s.size_bytes) * u128::from(pct)
+            || s.free_bytes.saturating_sub(pending_bytes) <= reserve
+    }
+
+    /// Refuse a write on a full pool; near the line a commit settles the real figure
+    /// (dirty data turns into allocated bytes) first.
+    fn admit_write(&self) -> Result<()> {
+        if self.over_threshold() {
+            let mut cs = self.commit.lock();
+            self.check_usable()?;
+            self.commit_locked(&mut cs, None)?;
+            drop(cs);
+            if self.over_threshold() {
+                return Err(PoolError::ReadOnly {
+                    reason: format!(
+                        "pool is at its {} % fill threshold; destroy snapshots or volumes, or UNMAP",
+                        self.ro_threshold_pct.load(Ordering::Relaxed)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     // ---- block I/O ----
@@ -2367,14 +2396,7 @@ impl VolumeHandle {
     /// `io_number`. Durable after the next [`VolumeHandle::flush`] or txg commit.
     pub fn write(&self, offset: u64, data: &[u8], io_number: Option<u64>) -> Result<()> {
         self.pool.check_usable()?;
-        if self.pool.over_threshold() {
-            return Err(PoolError::ReadOnly {
-                reason: format!(
-                    "pool is above its {} % fill threshold; destroy snapshots or volumes, or UNMAP",
-                    self.pool.ro_threshold_pct.load(Ordering::Relaxed)
-                ),
-            });
-        }
+        self.pool.admit_write()?;
         self.write_inner(offset, data, io_number, true)
     }
 

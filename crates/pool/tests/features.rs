@@ -399,3 +399,42 @@ fn scan_is_time_sliced_and_complete() {
     }
     scanner.join().unwrap();
 }
+
+#[test]
+fn filling_a_small_pool_never_fails_a_commit() {
+    // 100 % threshold: only the reserve and the dirty-data estimate stand between
+    // acknowledged writes and a commit with no space.
+    let store = Arc::new(MemStore::new(48 << 20));
+    let pool = Pool::create(
+        store.clone(),
+        cstor_pool::PoolOptions {
+            ro_threshold_pct: 100,
+            dirty_max_bytes: 16 << 20,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let v = pool
+        .create_volume("v", 1 << 30, Some(4096), Some(Compression::Off))
+        .unwrap();
+    let mut off = 0u64;
+    let mut refused = false;
+    while off < (1 << 30) {
+        // Scattered writes: worst case for indirect blocks.
+        let pos = (off * 97) % (1 << 30) / 4096 * 4096;
+        match v.write(pos, &pattern(off, 4096), None) {
+            Ok(()) => off += 4096,
+            Err(PoolError::ReadOnly { .. }) => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("write failed with {e}"),
+        }
+    }
+    assert!(refused);
+    pool.sync().unwrap();
+    v.unmap(0, 1 << 30, None).unwrap();
+    pool.sync().unwrap();
+    pool.destroy_volume("v").unwrap();
+    check_no_leaks(&store, &pool);
+}
