@@ -47,6 +47,12 @@ pub type BlockVisitor<'a> = &'a mut dyn FnMut(Dva, u32, Verify<'_>) -> Result<()
 /// A directory change run inside a commit, after the data phase, with the txg.
 type DirOp<'a> = &'a mut dyn FnMut(&PoolInner, u64) -> Result<()>;
 
+/// A directory segment ends after a volume whose guid is a multiple of this (about 64
+/// volumes per segment), so boundaries do not move when other volumes change.
+const DIR_SEGMENT_GUID_MOD: u64 = 64;
+/// A directory segment also ends once this large.
+const DIR_SEGMENT_BYTES: usize = 96 * 1024;
+
 /// Longest time a scan holds the commit lock before letting a commit run.
 const SCAN_SLICE: Duration = Duration::from_millis(50);
 
@@ -293,8 +299,11 @@ struct LogWriter {
 
 #[derive(Debug, Default)]
 struct CommitState {
+    /// Directory blocks of the last commit (chunks, then the index).
     dir_blocks: Vec<Bp>,
-    dir_bp: Bp,
+    /// Chunks of each directory segment of the last commit, by xxh3-128 of the
+    /// segment's bytes: an unchanged segment keeps its blocks.
+    dir_segments: std::collections::HashMap<u128, Vec<Bp>>,
     last_txg: u64,
 }
 
@@ -436,8 +445,9 @@ impl Pool {
         }
         {
             let mut cs = inner.commit.lock();
-            cs.dir_bp = root.dir;
-            cs.dir_blocks = inner.dir_blocks_of(&root.dir)?;
+            let (blocks, segments) = inner.dir_layout(&root.dir)?;
+            cs.dir_blocks = blocks;
+            cs.dir_segments = segments;
             cs.last_txg = txg;
         }
         inner.replay(&root)?;
@@ -1717,41 +1727,76 @@ impl PoolInner {
         Ok(new)
     }
 
+    /// Write the object directory: a header line, then segments of volumes (JSON lines,
+    /// docs/format/block-tree.md "Directory"). Segment boundaries depend on volume guids
+    /// only, so a change to one volume rewrites its segment, not the whole directory.
     fn write_directory(&self, cs: &mut CommitState, txg: u64) -> Result<Bp> {
         let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
-        let dir = DirRec {
+        let header = DirRec {
             version: DIR_VERSION,
             pool_guid: self.pool_guid,
             ro_threshold_pct: self.ro_threshold_pct.load(Ordering::Relaxed) as u8,
             compression: *self.default_compression.lock(),
-            volumes: vols.iter().map(|v| v.meta.lock().clone()).collect(),
+            volumes: Vec::new(),
         };
-        let bytes = dir.to_bytes();
-        let chunks: Vec<&[u8]> = bytes.chunks(DIR_CHUNK_BYTES).collect();
+        let mut segments: Vec<Vec<u8>> = Vec::new();
+        let mut line = header.to_bytes();
+        line.push(b'\n');
+        segments.push(line);
+        let mut seg: Vec<u8> = Vec::new();
+        for v in &vols {
+            let rec = v.meta.lock().clone();
+            seg.push(if seg.is_empty() { b'[' } else { b',' });
+            seg.extend_from_slice(&serde_json::to_vec(&rec).unwrap_or_default());
+            if rec.guid % DIR_SEGMENT_GUID_MOD == 0 || seg.len() >= DIR_SEGMENT_BYTES {
+                seg.extend_from_slice(b"]\n");
+                segments.push(std::mem::take(&mut seg));
+            }
+        }
+        if !seg.is_empty() {
+            seg.extend_from_slice(b"]\n");
+            segments.push(seg);
+        }
+        let mut old = std::mem::take(&mut cs.dir_segments);
+        let mut chunks: Vec<Bp> = Vec::new();
+        for seg in &segments {
+            let h = xxhash_rust::xxh3::xxh3_128(seg);
+            let bps = match old.remove(&h) {
+                Some(bps) => bps,
+                None => {
+                    let mut bps = Vec::new();
+                    for c in seg.chunks(DIR_CHUNK_BYTES) {
+                        bps.push(self.write_block(
+                            c,
+                            Compression::Lz4,
+                            BlockKind::DirChunk,
+                            0,
+                            AllocClass::Metadata,
+                            txg,
+                            0,
+                        )?);
+                    }
+                    bps
+                }
+            };
+            chunks.extend_from_slice(&bps);
+            cs.dir_segments.insert(h, bps);
+        }
         if chunks.len() > MAX_DIR_CHUNKS {
             return Err(PoolError::Invalid(format!(
-                "object directory of {} bytes exceeds {} chunks",
-                bytes.len(),
-                MAX_DIR_CHUNKS
+                "object directory of {} chunks exceeds {MAX_DIR_CHUNKS}",
+                chunks.len()
             )));
         }
-        let mut bps = vec![Bp::default(); BPS_PER_INDIRECT];
-        let mut new_blocks = Vec::with_capacity(chunks.len() + 1);
-        for (i, c) in chunks.iter().enumerate() {
-            let bp = self.write_block(
-                c,
-                Compression::Lz4,
-                BlockKind::DirChunk,
-                0,
-                AllocClass::Metadata,
-                txg,
-                0,
-            )?;
-            bps[i] = bp;
-            new_blocks.push(bp);
+        let mut index_bytes = vec![0u8; chunks.len() * bp::BP_BYTES];
+        for (bp, slot) in chunks
+            .iter()
+            .zip(index_bytes.chunks_exact_mut(bp::BP_BYTES))
+        {
+            bp.encode(slot);
         }
         let index = self.write_block(
-            &encode_indirect(&bps),
+            &index_bytes,
             Compression::Lz4,
             BlockKind::DirIndex,
             1,
@@ -1759,50 +1804,98 @@ impl PoolInner {
             txg,
             0,
         )?;
-        new_blocks.push(index);
-        for old in std::mem::replace(&mut cs.dir_blocks, new_blocks) {
-            self.free_block(&old, txg);
+        for bps in old.into_values() {
+            for b in bps {
+                self.free_block(&b, txg);
+            }
         }
-        cs.dir_bp = index;
+        if let Some(old_index) = cs.dir_blocks.last() {
+            self.free_block(old_index, txg);
+        }
+        chunks.push(index);
+        cs.dir_blocks = chunks;
         Ok(index)
     }
 
-    fn dir_blocks_of(&self, index: &Bp) -> Result<Vec<Bp>> {
-        let bps = self.read_indirect(index)?;
-        let mut out: Vec<Bp> = bps.iter().filter(|b| !b.is_hole()).copied().collect();
-        out.push(*index);
-        Ok(out)
-    }
-
-    fn read_directory(&self, index: &Bp) -> Result<DirRec> {
+    /// Chunk pointers of a directory index, in order.
+    fn dir_chunks(&self, index: &Bp) -> Result<Vec<Bp>> {
         if index.kind != Some(BlockKind::DirIndex) {
             return Err(PoolError::Corrupt {
                 what: "pool root",
                 reason: "directory pointer is not a directory index".into(),
             });
         }
-        let bps = self.read_indirect(index)?;
-        let mut bytes = Vec::new();
-        for bp in bps.iter().take_while(|b| !b.is_hole()) {
-            if bp.kind != Some(BlockKind::DirChunk) {
-                return Err(PoolError::Corrupt {
-                    what: "object directory",
-                    reason: "chunk pointer of the wrong kind".into(),
-                });
-            }
-            bytes.extend_from_slice(&self.read_stored(bp)?);
-        }
-        let dir = DirRec::from_bytes(&bytes)?;
-        for v in &dir.volumes {
-            check_block_size(v.block_size).map_err(|e| PoolError::Corrupt {
+        let bytes = self.read_stored(index)?;
+        if bytes.len() % bp::BP_BYTES != 0 || bytes.len() / bp::BP_BYTES > MAX_DIR_CHUNKS {
+            return Err(PoolError::Corrupt {
                 what: "object directory",
-                reason: format!("volume {}: {e}", v.name),
-            })?;
+                reason: format!("index of {} bytes", bytes.len()),
+            });
+        }
+        let bps: Vec<Bp> = bytes
+            .chunks_exact(bp::BP_BYTES)
+            .map(Bp::decode)
+            .collect::<Result<_>>()?;
+        if bps.iter().any(|b| b.kind != Some(BlockKind::DirChunk)) {
+            return Err(PoolError::Corrupt {
+                what: "object directory",
+                reason: "chunk pointer of the wrong kind".into(),
+            });
+        }
+        Ok(bps)
+    }
+
+    /// The directory's blocks and its segments (for reuse by the next commit).
+    fn dir_layout(
+        &self,
+        index: &Bp,
+    ) -> Result<(Vec<Bp>, std::collections::HashMap<u128, Vec<Bp>>)> {
+        let chunks = self.dir_chunks(index)?;
+        let mut segments = std::collections::HashMap::new();
+        let mut seg_bytes = Vec::new();
+        let mut seg_bps = Vec::new();
+        for bp in &chunks {
+            let b = self.read_stored(bp)?;
+            seg_bytes.extend_from_slice(&b);
+            seg_bps.push(*bp);
+            if b.last() == Some(&b'\n') {
+                segments.insert(
+                    xxhash_rust::xxh3::xxh3_128(&seg_bytes),
+                    std::mem::take(&mut seg_bps),
+                );
+                seg_bytes.clear();
+            }
+        }
+        let mut blocks = chunks;
+        blocks.push(*index);
+        Ok((blocks, segments))
+    }
+
+    fn read_directory(&self, index: &Bp) -> Result<DirRec> {
+        let corrupt = |reason: String| PoolError::Corrupt {
+            what: "object directory",
+            reason,
+        };
+        let mut bytes = Vec::new();
+        for bp in self.dir_chunks(index)? {
+            bytes.extend_from_slice(&self.read_stored(&bp)?);
+        }
+        let mut lines = bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+        let header = lines.next().ok_or_else(|| corrupt("empty".into()))?;
+        let mut dir = DirRec::from_bytes(header)?;
+        for line in lines {
+            let vols: Vec<VolRec> =
+                serde_json::from_slice(line).map_err(|e| corrupt(e.to_string()))?;
+            dir.volumes.extend(vols);
+        }
+        if dir.volumes.len() > MAX_VOLUMES {
+            return Err(corrupt(format!("{} volumes", dir.volumes.len())));
+        }
+        for v in &dir.volumes {
+            check_block_size(v.block_size)
+                .map_err(|e| corrupt(format!("volume {}: {e}", v.name)))?;
             if v.levels != levels_for(v.block_size) || v.size > MAX_VOLUME_BYTES {
-                return Err(PoolError::Corrupt {
-                    what: "object directory",
-                    reason: format!("volume {}: bad geometry", v.name),
-                });
+                return Err(corrupt(format!("volume {}: bad geometry", v.name)));
             }
         }
         Ok(dir)

@@ -28,8 +28,8 @@ pub const MAX_VOLUMES: usize = 10_000;
 pub const MAX_SNAPSHOTS: usize = 50_000;
 /// Largest logical chunk of the serialized object directory.
 pub const DIR_CHUNK_BYTES: usize = 128 * 1024;
-/// Most directory chunks (the chunk index is one indirect-sized block): 32 MiB directory.
-pub const MAX_DIR_CHUNKS: usize = (INDIRECT_BYTES as usize) / crate::bp::BP_BYTES;
+/// Most directory chunks (the chunk index is one block of pointers): 256 MiB directory.
+pub const MAX_DIR_CHUNKS: usize = (MAX_BLOCK_BYTES as usize) / crate::bp::BP_BYTES;
 /// Default cache of decompressed blocks: enough for the top indirect levels of many
 /// volumes and a working set, small enough for a pod.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
