@@ -47,6 +47,9 @@ pub type BlockVisitor<'a> = &'a mut dyn FnMut(Dva, u32, Verify<'_>) -> Result<()
 /// A directory change run inside a commit, after the data phase, with the txg.
 type DirOp<'a> = &'a mut dyn FnMut(&PoolInner, u64) -> Result<()>;
 
+/// Chunks of each directory segment by the xxh3-128 of its bytes.
+type DirSegments = std::collections::HashMap<u128, Vec<Bp>>;
+
 /// A directory segment ends after a volume whose guid is a multiple of this (about 64
 /// volumes per segment), so boundaries do not move when other volumes change.
 const DIR_SEGMENT_GUID_MOD: u64 = 64;
@@ -303,7 +306,7 @@ struct CommitState {
     dir_blocks: Vec<Bp>,
     /// Chunks of each directory segment of the last commit, by xxh3-128 of the
     /// segment's bytes: an unchanged segment keeps its blocks.
-    dir_segments: std::collections::HashMap<u128, Vec<Bp>>,
+    dir_segments: DirSegments,
     last_txg: u64,
 }
 
@@ -1846,10 +1849,7 @@ impl PoolInner {
     }
 
     /// The directory's blocks and its segments (for reuse by the next commit).
-    fn dir_layout(
-        &self,
-        index: &Bp,
-    ) -> Result<(Vec<Bp>, std::collections::HashMap<u128, Vec<Bp>>)> {
+    fn dir_layout(&self, index: &Bp) -> Result<(Vec<Bp>, DirSegments)> {
         let chunks = self.dir_chunks(index)?;
         let mut segments = std::collections::HashMap::new();
         let mut seg_bytes = Vec::new();
