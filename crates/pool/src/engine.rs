@@ -332,6 +332,8 @@ pub(crate) struct PoolInner {
     logw: Mutex<LogWriter>,
     failed: Mutex<Option<String>>,
     closed: AtomicBool,
+    /// Directory changes (properties, threshold) not yet committed.
+    meta_dirty: AtomicBool,
     bg: Mutex<Background>,
     bg_cv: Condvar,
 }
@@ -838,7 +840,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Set a small property stored with a volume (committed with the next txg).
+    /// Set a small property stored with a volume (replica id, volume guid, checkpoint io
+    /// number...). Durable with the next txg commit (background, or [`Pool::sync`]); a
+    /// commit holds it together with all data written before the call.
     pub fn set_property(&self, volume: &str, key: &str, value: &str) -> Result<()> {
         if key.is_empty() || key.len() > MAX_PROPERTY_BYTES || value.len() > MAX_PROPERTY_BYTES {
             return Err(PoolError::Invalid(format!(
@@ -853,6 +857,7 @@ impl Pool {
             )));
         }
         meta.properties.insert(key.into(), value.into());
+        self.inner.meta_dirty.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -971,6 +976,7 @@ impl Pool {
         self.inner
             .ro_threshold_pct
             .store(u64::from(pct), Ordering::Relaxed);
+        self.inner.meta_dirty.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -1118,8 +1124,16 @@ impl Pool {
 }
 
 impl Drop for Pool {
+    /// Stops the commit thread and commits what is dirty (best effort: a pool whose
+    /// device is gone just stops; flushed writes are in the log either way).
     fn drop(&mut self) {
         self.stop_thread();
+        let p = &self.inner;
+        if p.check_usable().is_ok() {
+            let mut cs = p.commit.lock();
+            let _ = p.commit_locked(&mut cs, None);
+            p.closed.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -1143,6 +1157,7 @@ impl PoolInner {
             }),
             failed: Mutex::new(None),
             closed: AtomicBool::new(false),
+            meta_dirty: AtomicBool::new(false),
             bg: Mutex::new(Background::default()),
             bg_cv: Condvar::new(),
         }
@@ -1734,6 +1749,7 @@ impl PoolInner {
     /// docs/format/block-tree.md "Directory"). Segment boundaries depend on volume guids
     /// only, so a change to one volume rewrites its segment, not the whole directory.
     fn write_directory(&self, cs: &mut CommitState, txg: u64) -> Result<Bp> {
+        self.meta_dirty.store(false, Ordering::SeqCst);
         let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
         let header = DirRec {
             version: DIR_VERSION,
@@ -2235,6 +2251,7 @@ impl PoolInner {
                 bg.kick = false;
             }
             let dirty = self.dirty_bytes.load(Ordering::SeqCst) > 0
+                || self.meta_dirty.load(Ordering::SeqCst)
                 || self.logw.lock().blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS;
             if !dirty {
                 continue;

@@ -153,3 +153,29 @@ fn refusals_name_what_is_in_the_way() {
     pool.destroy_volume("v").unwrap();
     assert!(pool.list_volumes().is_empty());
 }
+
+#[test]
+fn properties_persist_and_drop_commits() {
+    let (store, pool) = new_pool(1 << 30);
+    let v = pool.create_volume("v", 1 << 20, None, None).unwrap();
+    v.write(0, &pattern(4, 8192), Some(9)).unwrap();
+    pool.set_property("v", "cstor.replica_id", "r-1").unwrap();
+    pool.set_property("v", "cstor.checkpoint", "9").unwrap();
+    assert!(pool.set_property("v", "", "x").is_err());
+    drop(v);
+    // Dropping the pool commits (no flush, no close was called).
+    drop(pool);
+    let pool = reopen(&store);
+    assert_eq!(
+        pool.property("v", "cstor.replica_id").unwrap().as_deref(),
+        Some("r-1")
+    );
+    assert_eq!(
+        pool.property("v", "cstor.checkpoint").unwrap().as_deref(),
+        Some("9")
+    );
+    assert_eq!(pool.property("v", "nope").unwrap(), None);
+    let mut buf = vec![0u8; 8192];
+    pool.volume("v").unwrap().read(0, &mut buf).unwrap();
+    assert_eq!(buf, pattern(4, 8192));
+}
