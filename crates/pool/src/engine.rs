@@ -219,6 +219,10 @@ fn overlay(base: &mut [u8], data: &[u8], valid: &[u64; MAX_SECTORS / 64]) {
 pub(crate) struct VolState {
     open: BTreeMap<u64, Dirty>,
     syncing: Arc<BTreeMap<u64, Dirty>>,
+    /// Property changes of the open txg, then of the syncing one: committed in the txg
+    /// they were made in, with that txg's data.
+    open_props: Vec<(String, String)>,
+    syncing_props: Vec<(String, String)>,
     size: u64,
     destroyed: bool,
 }
@@ -850,13 +854,17 @@ impl Pool {
             )));
         }
         let v = self.inner.vol(volume)?;
-        let mut meta = v.meta.lock();
-        if meta.properties.len() >= MAX_PROPERTIES && !meta.properties.contains_key(key) {
+        let _txg = self.inner.txg.read();
+        let count = {
+            let meta = v.meta.lock();
+            meta.properties.len() + usize::from(!meta.properties.contains_key(key))
+        };
+        if count > MAX_PROPERTIES {
             return Err(PoolError::Invalid(format!(
                 "volume holds the maximum of {MAX_PROPERTIES} properties"
             )));
         }
-        meta.properties.insert(key.into(), value.into());
+        v.state.lock().open_props.push((key.into(), value.into()));
         self.inner.meta_dirty.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -864,6 +872,17 @@ impl Pool {
     /// A property of a volume.
     pub fn property(&self, volume: &str, key: &str) -> Result<Option<String>> {
         let v = self.inner.vol(volume)?;
+        {
+            let st = v.state.lock();
+            let pending = st
+                .open_props
+                .iter()
+                .rev()
+                .chain(st.syncing_props.iter().rev());
+            if let Some((_, val)) = pending.into_iter().find(|(k, _)| k == key) {
+                return Ok(Some(val.clone()));
+            }
+        }
         let meta = v.meta.lock();
         Ok(meta.properties.get(key).cloned())
     }
@@ -1567,6 +1586,8 @@ impl PoolInner {
                 let open = std::mem::take(&mut st.open);
                 synced_bytes += open.len() as u64 * u64::from(v.block_size);
                 st.syncing = Arc::new(open);
+                let props = std::mem::take(&mut st.open_props);
+                st.syncing_props.extend(props);
             }
             txg
         };
@@ -1604,6 +1625,13 @@ impl PoolInner {
     }
 
     fn sync_volume(&self, v: &Volume, txg: u64) -> Result<()> {
+        let props = std::mem::take(&mut v.state.lock().syncing_props);
+        if !props.is_empty() {
+            let mut meta = v.meta.lock();
+            for (k, val) in props {
+                meta.properties.insert(k, val);
+            }
+        }
         let syncing = v.state.lock().syncing.clone();
         if syncing.is_empty() {
             return Ok(());
