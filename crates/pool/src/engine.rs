@@ -1625,9 +1625,10 @@ impl PoolInner {
     }
 
     fn sync_volume(&self, v: &Volume, txg: u64) -> Result<()> {
-        let props = std::mem::take(&mut v.state.lock().syncing_props);
-        if !props.is_empty() {
+        {
+            // Meta before state (lock order), so a reader never sees neither copy.
             let mut meta = v.meta.lock();
+            let props = std::mem::take(&mut v.state.lock().syncing_props);
             for (k, val) in props {
                 meta.properties.insert(k, val);
             }
