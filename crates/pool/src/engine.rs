@@ -301,6 +301,8 @@ struct LogWriter {
     /// Pre-allocated address (and psize) of the next block; the last written block (or
     /// the root, when the chain is empty) points at it.
     next: Option<(Dva, u32)>,
+    /// Txg the next block was allocated in: it is freed no earlier than that.
+    next_alloc_txg: u64,
     head_seq: u64,
 }
 
@@ -2077,6 +2079,7 @@ impl PoolInner {
             let psize = 2 * SECTOR_SIZE;
             let dva = self.store.alloc(psize, AllocClass::Log, txg)?;
             w.next = Some((dva, psize));
+            w.next_alloc_txg = txg;
             w.head_seq = w.seq;
         }
         let (dva, psize) = match w.blocks.front() {
@@ -2172,7 +2175,13 @@ impl PoolInner {
                 .clamp(SECTOR_SIZE as usize, MAX_LOG_BLOCK_BYTES as usize)
                 as u32;
             let next = self.store.alloc(next_psize, AllocClass::Log, open_txg)?;
-            let max_txg = batch.iter().map(|r| r.txg).max().unwrap_or(0);
+            // Freed by the commit of the newest txg among its records and its allocation.
+            let max_txg = batch
+                .iter()
+                .map(|r| r.txg)
+                .max()
+                .unwrap_or(0)
+                .max(w.next_alloc_txg);
             let block = zil::encode_block(w.chain_id, w.seq, next, next_psize, &batch, psize);
             self.store.write(dva, &block)?;
             w.blocks.push_back(LogBlockInfo {
@@ -2182,6 +2191,7 @@ impl PoolInner {
             });
             w.seq += 1;
             w.next = Some((next, next_psize));
+            w.next_alloc_txg = open_txg;
         }
         Ok(())
     }
