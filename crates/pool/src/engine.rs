@@ -174,6 +174,25 @@ pub struct TraverseStats {
     pub allocated_bytes: u64,
 }
 
+/// Blocks `first..end` freed with io number `io`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FreeRange {
+    first: u64,
+    end: u64,
+    io: u64,
+}
+
+fn range_covers(frees: &[FreeRange], blk: u64) -> Option<u64> {
+    frees
+        .iter()
+        .rev()
+        .find(|f| f.first <= blk && blk < f.end)
+        .map(|f| f.io)
+}
+
+/// Dirty-data charge of one free range (its memory and commit work).
+const FREE_RANGE_CHARGE_BYTES: u64 = 4096;
+
 /// Sectors (512 bytes) per block at most: 128 KiB / 512.
 const MAX_SECTORS: usize = (MAX_BLOCK_BYTES as usize) / (IO_ALIGN_BYTES as usize);
 const _: () = assert!(MAX_SECTORS == 256);
@@ -223,6 +242,12 @@ pub(crate) struct VolState {
     /// they were made in, with that txg's data.
     open_props: Vec<(String, String)>,
     syncing_props: Vec<(String, String)>,
+    /// Whole-block ranges UNMAPped in the open txg, then in the syncing one: applied
+    /// to the tree per subtree at commit, so freeing a huge range costs what it frees.
+    /// A dirty block of the same txg is newer than any range (an UNMAP drops the dirty
+    /// blocks it covers).
+    open_frees: Vec<FreeRange>,
+    syncing_frees: Arc<Vec<FreeRange>>,
     size: u64,
     destroyed: bool,
 }
@@ -1422,22 +1447,31 @@ impl PoolInner {
         let mut overlays: Vec<(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])> = Vec::new();
         {
             let st = v.state.lock();
-            for d in [st.open.get(&blk), st.syncing.get(&blk)]
-                .into_iter()
-                .flatten()
-            {
+            let zeros = |overlays: &[(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])]| {
+                if overlays.is_empty() {
+                    None
+                } else {
+                    Some(Self::merge(None, overlays))
+                }
+            };
+            let layers = [
+                (st.open.get(&blk), &st.open_frees[..]),
+                (st.syncing.get(&blk), &st.syncing_frees[..]),
+            ];
+            for (d, frees) in layers {
                 match d {
-                    Dirty::Data { data, .. } => {
+                    Some(Dirty::Data { data, .. }) => {
                         return Ok(Some(Self::merge(Some(data.clone()), &overlays)))
                     }
-                    Dirty::Hole { .. } => {
-                        return Ok(if overlays.is_empty() {
-                            None
-                        } else {
-                            Some(Self::merge(None, &overlays))
-                        })
+                    Some(Dirty::Hole { .. }) => return Ok(zeros(&overlays)),
+                    Some(Dirty::Partial { data, valid, .. }) => {
+                        overlays.push((data.clone(), *valid))
                     }
-                    Dirty::Partial { data, valid, .. } => overlays.push((data.clone(), *valid)),
+                    None => {}
+                }
+                // A range freed in this txg lies under this txg's dirty blocks.
+                if range_covers(frees, blk).is_some() {
+                    return Ok(zeros(&overlays));
                 }
             }
         }
@@ -1590,6 +1624,9 @@ impl PoolInner {
                 st.syncing = Arc::new(open);
                 let props = std::mem::take(&mut st.open_props);
                 st.syncing_props.extend(props);
+                let frees = std::mem::take(&mut st.open_frees);
+                synced_bytes += frees.len() as u64 * FREE_RANGE_CHARGE_BYTES;
+                st.syncing_frees = Arc::new(frees);
             }
             txg
         };
@@ -1635,18 +1672,23 @@ impl PoolInner {
                 meta.properties.insert(k, val);
             }
         }
-        let syncing = v.state.lock().syncing.clone();
-        if syncing.is_empty() {
+        let (syncing, frees) = {
+            let st = v.state.lock();
+            (st.syncing.clone(), st.syncing_frees.clone())
+        };
+        if syncing.is_empty() && frees.is_empty() {
             return Ok(());
         }
         let mut meta = v.meta.lock();
         let old_root = *v.tree.read();
         let dirty: Vec<(u64, &Dirty)> = syncing.iter().map(|(k, d)| (*k, d)).collect();
-        let new_root = self.apply(v, &mut meta, old_root, v.levels, 0, &dirty, txg)?;
+        let new_root = self.apply(v, &mut meta, old_root, v.levels, 0, &dirty, &frees, txg)?;
         meta.root = new_root;
         *v.tree.write() = new_root;
         drop(meta);
-        v.state.lock().syncing = Arc::new(BTreeMap::new());
+        let mut st = v.state.lock();
+        st.syncing = Arc::new(BTreeMap::new());
+        st.syncing_frees = Arc::new(Vec::new());
         Ok(())
     }
 
@@ -1692,68 +1734,63 @@ impl PoolInner {
         level: u8,
         first_blk: u64,
         dirty: &[(u64, &Dirty)],
+        frees: &[FreeRange],
         txg: u64,
     ) -> Result<Bp> {
         assert!(level > 0, "apply is called on indirect levels");
         let mut children: Vec<Bp> = if bp.is_hole() {
-            vec![Bp::default(); BPS_PER_INDIRECT]
+            // Children inherit a hole's birth and io number: an UNMAP recorded in a
+            // collapsed hole must stay visible to incremental sends and `changed_since`.
+            vec![Bp::hole(bp.birth, bp.io_max, level - 1); BPS_PER_INDIRECT]
         } else {
             self.read_indirect(&bp)?.to_vec()
         };
         let span = span_blocks(level - 1);
-        let mut i = 0;
-        while i < dirty.len() {
-            let idx = ((dirty[i].0 - first_blk) / span) as usize;
+        let node_end = first_blk.saturating_add(span * BPS_PER_INDIRECT as u64);
+        // Children touched by a dirty block or a free range, in order.
+        let mut touched = std::collections::BTreeSet::new();
+        for (blk, _) in dirty {
+            let idx = ((blk - first_blk) / span) as usize;
             assert!(idx < BPS_PER_INDIRECT, "dirty block outside its subtree");
-            let mut j = i + 1;
-            while j < dirty.len() && ((dirty[j].0 - first_blk) / span) as usize == idx {
-                j += 1;
-            }
+            touched.insert(idx);
+        }
+        let frees: Vec<FreeRange> = frees
+            .iter()
+            .filter(|f| f.first < node_end && f.end > first_blk)
+            .copied()
+            .collect();
+        for f in &frees {
+            let a = (f.first.max(first_blk) - first_blk) / span;
+            let b = (f.end.min(node_end) - 1 - first_blk) / span;
+            touched.extend(a as usize..=b as usize);
+        }
+        for idx in touched {
+            let c0 = first_blk + idx as u64 * span;
+            let c1 = c0 + span;
+            let lo = dirty.partition_point(|(b, _)| *b < c0);
+            let hi = dirty.partition_point(|(b, _)| *b < c1);
+            let child_dirty = &dirty[lo..hi];
             let old = children[idx];
             children[idx] = if level == 1 {
-                debug_assert_eq!(j, i + 1);
-                let (data, io) = match dirty[i].1 {
-                    Dirty::Hole { io } => (None, *io),
-                    Dirty::Data { data, io } => (Some(data.clone()), *io),
-                    Dirty::Partial { data, valid, io } => {
-                        // The old block is read here, in the commit, not in the write.
-                        let mut base = if old.is_hole() {
-                            vec![0u8; v.block_size as usize]
-                        } else {
-                            self.read_data(&old)?.to_vec()
-                        };
-                        overlay(&mut base, data, valid);
-                        (Some(Arc::new(base)), *io)
+                let freed = range_covers(&frees, c0);
+                match child_dirty.first() {
+                    Some((_, d)) => self.apply_data(v, meta, old, d, freed.is_some(), txg)?,
+                    None => {
+                        let io = freed.unwrap_or(0);
+                        self.kill(meta, &old, txg);
+                        Bp::hole(txg, io, 0)
                     }
-                };
-                self.kill(meta, &old, txg);
-                let new = match data {
-                    // A block of zeros is stored as a hole: thin, and UNMAP-equivalent.
-                    Some(d) if d.iter().any(|&b| b != 0) => self.write_block(
-                        &d,
-                        v.compression,
-                        BlockKind::Data,
-                        0,
-                        AllocClass::Data,
-                        txg,
-                        io,
-                    )?,
-                    _ => Bp::hole(txg, io, 0),
-                };
-                Self::born(meta, &new);
-                new
+                }
             } else {
-                self.apply(
-                    v,
-                    meta,
-                    old,
-                    level - 1,
-                    first_blk + idx as u64 * span,
-                    &dirty[i..j],
-                    txg,
-                )?
+                let whole = frees.iter().rev().find(|f| f.first <= c0 && c1 <= f.end);
+                match (child_dirty.is_empty(), whole) {
+                    (true, Some(f)) => {
+                        self.kill_subtree(meta, &old, level - 1, txg)?;
+                        Bp::hole(txg, f.io, level - 1)
+                    }
+                    _ => self.apply(v, meta, old, level - 1, c0, child_dirty, &frees, txg)?,
+                }
             };
-            i = j;
         }
         self.kill(meta, &bp, txg);
         let io_max = children.iter().map(|c| c.io_max).max().unwrap_or(0);
@@ -1774,6 +1811,64 @@ impl PoolInner {
             .insert(Key::of(&new), Cached::Bps(Arc::new(children)));
         Self::born(meta, &new);
         Ok(new)
+    }
+
+    /// New pointer for one dirty data block; `freed`: an UNMAP of this txg covered it
+    /// before the dirty write, so an overlay lies over zeros, not the old block.
+    fn apply_data(
+        &self,
+        v: &Volume,
+        meta: &mut VolRec,
+        old: Bp,
+        d: &Dirty,
+        freed: bool,
+        txg: u64,
+    ) -> Result<Bp> {
+        let (data, io) = match d {
+            Dirty::Hole { io } => (None, *io),
+            Dirty::Data { data, io } => (Some(data.clone()), *io),
+            Dirty::Partial { data, valid, io } => {
+                // The old block is read here, in the commit, not in the write.
+                let mut base = if old.is_hole() || freed {
+                    vec![0u8; v.block_size as usize]
+                } else {
+                    self.read_data(&old)?.to_vec()
+                };
+                overlay(&mut base, data, valid);
+                (Some(Arc::new(base)), *io)
+            }
+        };
+        self.kill(meta, &old, txg);
+        let new = match data {
+            // A block of zeros is stored as a hole: thin, and UNMAP-equivalent.
+            Some(d) if d.iter().any(|&b| b != 0) => self.write_block(
+                &d,
+                v.compression,
+                BlockKind::Data,
+                0,
+                AllocClass::Data,
+                txg,
+                io,
+            )?,
+            _ => Bp::hole(txg, io, 0),
+        };
+        Self::born(meta, &new);
+        Ok(new)
+    }
+
+    /// Kill every block of a subtree (freeing those no snapshot holds).
+    fn kill_subtree(&self, meta: &mut VolRec, bp: &Bp, level: u8, txg: u64) -> Result<()> {
+        if bp.is_hole() {
+            return Ok(());
+        }
+        if level > 0 {
+            let bps = self.read_indirect(bp)?;
+            for c in bps.iter() {
+                self.kill_subtree(meta, c, level - 1, txg)?;
+            }
+        }
+        self.kill(meta, bp, txg);
+        Ok(())
     }
 
     /// Write the object directory: a header line, then segments of volumes (JSON lines,
@@ -2696,8 +2791,9 @@ impl VolumeHandle {
                 });
             }
         }
-        // Bounded per call in blocks dirtied, so a huge UNMAP does not pin memory.
-        let chunk = (MAX_IO_BYTES / bs).max(1) * bs;
+        // Whole blocks become one free range per chunk; chunks keep each log record and
+        // free range bounded.
+        let chunk = MAX_UNMAP_CHUNK_BYTES / bs * bs;
         let mut done = 0u64;
         while done < len {
             let n = chunk.min(len - done);
@@ -2706,14 +2802,42 @@ impl VolumeHandle {
             let txg = *txg_guard;
             let mut st = self.vol.state.lock();
             let start = offset + done;
-            let mut pos = 0u64;
-            let mut added = 0;
-            while pos < n {
-                let abs = start + pos;
-                let m = (bs - abs % bs).min(n - pos);
-                let zeros = vec![0u8; m as usize];
-                added += self.dirty_range(&mut st, abs, Some(&zeros), io.unwrap_or(0));
-                pos += m;
+            let io_n = io.unwrap_or(0);
+            let first = start.div_ceil(bs);
+            let end = (start + n) / bs;
+            let mut added = 0u64;
+            if end > first {
+                // Partial blocks at either end are zeroed like a write of zeros.
+                if start < first * bs {
+                    let zeros = vec![0u8; (first * bs - start) as usize];
+                    added += self.dirty_range(&mut st, start, Some(&zeros), io_n);
+                }
+                if end * bs < start + n {
+                    let zeros = vec![0u8; (start + n - end * bs) as usize];
+                    added += self.dirty_range(&mut st, end * bs, Some(&zeros), io_n);
+                }
+                let dropped: Vec<u64> = st.open.range(first..end).map(|(k, _)| *k).collect();
+                for k in &dropped {
+                    st.open.remove(k);
+                }
+                p.dirty_bytes
+                    .fetch_sub(dropped.len() as u64 * bs, Ordering::SeqCst);
+                st.open_frees.push(FreeRange {
+                    first,
+                    end,
+                    io: io_n,
+                });
+                added += FREE_RANGE_CHARGE_BYTES;
+            } else {
+                // Within one block (or across one boundary without a whole block).
+                let mut pos = 0u64;
+                while pos < n {
+                    let abs = start + pos;
+                    let m = (bs - abs % bs).min(n - pos);
+                    let zeros = vec![0u8; m as usize];
+                    added += self.dirty_range(&mut st, abs, Some(&zeros), io_n);
+                    pos += m;
+                }
             }
             p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
             if log {

@@ -56,3 +56,6 @@ pub const MAX_PROPERTY_BYTES: usize = 1024;
 pub const MAX_PROPERTIES: usize = 64;
 /// Largest send-stream record payload: one block.
 pub const MAX_STREAM_RECORD_BYTES: u32 = MAX_BLOCK_BYTES;
+/// Largest UNMAP range handled as one free range (and one log record): big enough that
+/// discarding a whole 64 TiB volume is a few thousand ranges, small enough per commit.
+pub const MAX_UNMAP_CHUNK_BYTES: u64 = 16 << 30;

@@ -438,3 +438,65 @@ fn filling_a_small_pool_never_fails_a_commit() {
     pool.destroy_volume("v").unwrap();
     check_no_leaks(&store, &pool);
 }
+
+#[test]
+fn huge_unmap_is_cheap_and_stays_visible_to_replication() {
+    let (store, pool) = new_pool(1 << 30);
+    let size = 10u64 << 40;
+    let v = pool.create_volume("v", size, None, None).unwrap();
+    v.write(size - (1 << 20), &pattern(1, 1 << 20), Some(1))
+        .unwrap();
+    v.write(5 << 30, &pattern(2, 1 << 20), Some(2)).unwrap();
+    pool.sync().unwrap();
+    pool.snapshot("v", "a").unwrap();
+    let t = std::time::Instant::now();
+    // mkfs-style discard of the whole device, not block aligned at the end.
+    v.unmap(0, size - 512, Some(3)).unwrap();
+    // A commit in between: the tree collapses to holes, then a write expands one path.
+    pool.sync().unwrap();
+    v.write(512, &pattern(3, 512), Some(4)).unwrap();
+    pool.sync().unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
+    );
+    let mut buf = vec![0u8; 1 << 20];
+    v.read(size - (1 << 20), &mut buf).unwrap();
+    assert!(buf[..buf.len() - 512].iter().all(|&b| b == 0));
+    assert_eq!(
+        &buf[buf.len() - 512..],
+        &pattern(1, 1 << 20)[(1 << 20) - 512..]
+    );
+    let mut s = vec![0u8; 1024];
+    v.read(0, &mut s).unwrap();
+    assert!(s[..512].iter().all(|&b| b == 0));
+    assert_eq!(&s[512..], &pattern(3, 512)[..]);
+    // The whole discarded range is reported changed (io 3), not only the written block.
+    let changed = pool.changed_since_vec("v", 2).unwrap();
+    let covered: u64 = changed.iter().map(|r| r.len).sum();
+    assert!(covered >= size - (1 << 20), "{changed:?}");
+    // An incremental stream carries the FREE: a receiver ends up equal.
+    pool.snapshot("v", "b").unwrap();
+    let (_s2, dst) = new_pool(1 << 30);
+    let mut full = Vec::new();
+    pool.send("v", "a", None, &mut full).unwrap();
+    dst.recv("r", &mut full.as_slice()).unwrap();
+    let mut inc = Vec::new();
+    pool.send("v", "b", Some("a"), &mut inc).unwrap();
+    dst.recv("r", &mut inc.as_slice()).unwrap();
+    let r = dst.volume("r").unwrap();
+    for off in [0, 5 << 30, size - (1 << 20)] {
+        let mut a = vec![0u8; 1 << 20];
+        let mut b = vec![0u8; 1 << 20];
+        v.read(off, &mut a).unwrap();
+        r.read(off, &mut b).unwrap();
+        assert!(a == b, "offset {off}");
+    }
+    // The snapshot still holds the discarded data; destroying it frees it.
+    let mut old = vec![0u8; 1 << 20];
+    pool.read_snapshot("v", "a", 5 << 30, &mut old).unwrap();
+    assert_eq!(old, pattern(2, 1 << 20));
+    pool.destroy_snapshot("v", "a").unwrap();
+    check_no_leaks(&store, &pool);
+}
