@@ -50,15 +50,6 @@ type DirOp<'a> = &'a mut dyn FnMut(&PoolInner, u64) -> Result<()>;
 /// Chunks of each directory segment by the xxh3-128 of its bytes.
 type DirSegments = std::collections::HashMap<u128, Vec<Bp>>;
 
-/// A directory segment ends after a volume whose guid is a multiple of this (about 64
-/// volumes per segment), so boundaries do not move when other volumes change.
-const DIR_SEGMENT_GUID_MOD: u64 = 64;
-/// A directory segment also ends once this large.
-const DIR_SEGMENT_BYTES: usize = 96 * 1024;
-
-/// Longest time a scan holds the commit lock before letting a commit run.
-const SCAN_SLICE: Duration = Duration::from_millis(50);
-
 /// Options of an open pool.
 #[derive(Clone, Debug)]
 pub struct PoolOptions {
@@ -189,9 +180,6 @@ fn range_covers(frees: &[FreeRange], blk: u64) -> Option<u64> {
         .find(|f| f.first <= blk && blk < f.end)
         .map(|f| f.io)
 }
-
-/// Dirty-data charge of one free range (its memory and commit work).
-const FREE_RANGE_CHARGE_BYTES: u64 = 4096;
 
 /// Sectors (512 bytes) per block at most: 128 KiB / 512.
 const MAX_SECTORS: usize = (MAX_BLOCK_BYTES as usize) / (IO_ALIGN_BYTES as usize);
