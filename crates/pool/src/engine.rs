@@ -16,6 +16,11 @@
 //! - A block killed in txg T is freed only if born after the newest snapshot (or a clone's
 //!   origin); otherwise a snapshot still holds it. Snapshot destroy frees exactly the
 //!   blocks born after the previous snapshot that the next one does not share.
+//! - Writes never read the device: a partial write to a block not yet dirty is a sector
+//!   overlay resolved at commit; an UNMAP of whole blocks is a free range applied per
+//!   subtree at commit (a dirty block of the same txg is always newer than a range).
+//! - Writes are refused (read-only) once allocated plus twice the dirty data reaches the
+//!   fill threshold, so every acknowledged write fits in its commit.
 //! - A failed store write or sync latches the pool failed (fail-stop): later calls get
 //!   [`PoolError::Closed`] until it is reopened, so memory never diverges silently from disk.
 //!
