@@ -42,7 +42,7 @@ use crate::cache::{BlockCache, Cached, Key};
 use crate::dir::{DirRec, LogHead, Root, SnapRec, VolRec, DIR_VERSION};
 use crate::error::{PoolError, Result};
 use crate::limits::*;
-use crate::store::{AllocClass, BlockStore, Dva, Verify, SECTOR_SIZE};
+use crate::store::{AllocClass, BlockStore, Dva, StoreError, Verify, SECTOR_SIZE};
 use crate::zil::{self, LogRecord};
 
 /// The callback of [`Pool::visit_live_blocks`]: address, stored size, and a check of the
@@ -2309,21 +2309,26 @@ impl PoolInner {
                     Err(_) => break,
                 }
             }
-            // The pre-allocated block after the last valid one, if it is a plausible
-            // address: claimed too, so it is freed with the rest.
+            // Blocks found are claimed (their allocation may belong to a txg that never
+            // became durable) and freed in the replay txg.
             let txg = *self.txg.read();
             let mut w = self.logw.lock();
-            for (dva, psize) in &found {
-                // An error here means "allocated already" for stores whose claim only
-                // takes free space: the block's allocation was durable, nothing to do.
-                let _ = self.store.claim(*dva, txg);
-                w.blocks.push_back(LogBlockInfo {
-                    dva: *dva,
-                    psize: *psize,
-                    max_txg: txg,
-                });
-            }
-            if dva.asize != 0 && self.store.claim(dva, txg).is_ok() {
+            // The pre-allocated block after the last valid one is ours too, whether or not
+            // its allocation was durable (its address came from a checksummed block or
+            // the root): claimed and freed with the rest.
+            let trailing = (dva.asize != 0).then_some((dva, psize));
+            for (dva, psize) in found.iter().copied().chain(trailing) {
+                match self.store.claim(dva, txg) {
+                    // Ok: claimed now; another error: allocated already (durable).
+                    Ok(()) => {}
+                    Err(StoreError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::Unsupported =>
+                    {
+                        // The store cannot claim: never free what might be in use.
+                        continue;
+                    }
+                    Err(_) => {}
+                }
                 w.blocks.push_back(LogBlockInfo {
                     dva,
                     psize,
