@@ -9,7 +9,7 @@
 #![cfg(feature = "engine-on-spa")]
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cstor_pool::spa::testdev::{PowerCutDevice, PowerSwitch, SeededRng};
 use cstor_pool::spa::{Device, GroupKind, GroupSpec, Spa, SpaOptions};
@@ -217,5 +217,81 @@ fn engine_on_raidz_survives_power_cuts() {
         .unwrap_or(6);
     for seed in 1..=rounds {
         round(seed);
+    }
+}
+
+/// Throughput of the engine over spa on sparse files (stripe, mirror, raidz; compression
+/// off): `cargo test -p cstor-pool --release --features engine-on-spa --test
+/// engine_on_spa -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn engine_on_spa_files() {
+    for (kind, n) in [
+        (GroupKind::Stripe, 1usize),
+        (GroupKind::Mirror, 2),
+        (GroupKind::Raidz, 3),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<String> = (0..n)
+            .map(|i| {
+                let p = dir.path().join(format!("d{i}"));
+                std::fs::File::create(&p).unwrap().set_len(4 << 30).unwrap();
+                p.to_string_lossy().into_owned()
+            })
+            .collect();
+        let spa = Arc::new(
+            Spa::create(
+                "t",
+                &[GroupSpec {
+                    kind,
+                    devices: paths,
+                    log: false,
+                }],
+                SpaOptions::default(),
+            )
+            .unwrap(),
+        );
+        let pool = Pool::create(spa, PoolOptions::default()).unwrap();
+        let v = pool
+            .create_volume("v", 2 << 30, None, Some(Compression::Off))
+            .unwrap();
+        let mut data = vec![0u8; 1 << 20];
+        let mut x = 1u64;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let total = 512u64;
+        let t = Instant::now();
+        for i in 0..total {
+            v.write(i << 20, &data, None).unwrap();
+        }
+        pool.sync().unwrap();
+        let w = total as f64 / t.elapsed().as_secs_f64();
+        let mut buf = vec![0u8; 1 << 20];
+        let t = Instant::now();
+        for i in 0..total {
+            v.read(i << 20, &mut buf).unwrap();
+        }
+        let r = total as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let m = 2000u64;
+        for i in 0..m {
+            let off = (i * 7919 % (total * 256)) * 4096;
+            v.write(off, &data[..4096], None).unwrap();
+        }
+        pool.sync().unwrap();
+        let rw = (m * 4096) as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let k = 300u64;
+        for i in 0..k {
+            v.write(i * 4096, &data[..4096], None).unwrap();
+            v.flush().unwrap();
+        }
+        let lat = t.elapsed().as_secs_f64() * 1e6 / k as f64;
+        eprintln!("spa {kind:?} x{n} on files: seq 1MiB write {w:.0} MiB/s read {r:.0} MiB/s; random 4KiB write {rw:.1} MiB/s; 4KiB write+flush {lat:.0} us");
+        pool.close().unwrap();
     }
 }
