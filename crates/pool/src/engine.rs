@@ -2082,8 +2082,11 @@ impl PoolInner {
         {
             let mut st = v.state.lock();
             st.destroyed = true;
-            let dropped = st.open.len() as u64 * u64::from(v.block_size);
+            let dropped = st.open.len() as u64 * u64::from(v.block_size)
+                + st.open_frees.len() as u64 * FREE_RANGE_CHARGE_BYTES;
             st.open.clear();
+            st.open_frees.clear();
+            st.open_props.clear();
             self.dirty_bytes.fetch_sub(dropped, Ordering::SeqCst);
         }
         let meta = v.meta.lock().clone();
