@@ -1030,6 +1030,11 @@ impl Pool {
         dir + log + w.next.map_or(0, |n| n.0.asize)
     }
 
+    /// Dirty (not yet committed) bytes now: data blocks, log copies, free ranges.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.inner.dirty_bytes.load(Ordering::SeqCst)
+    }
+
     /// Bytes held by the block cache now.
     pub fn cache_bytes(&self) -> u64 {
         self.inner.cache.bytes()

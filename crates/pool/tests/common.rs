@@ -44,6 +44,7 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 /// one allowed extra.
 pub fn check_no_leaks(store: &MemStore, pool: &Pool) {
     pool.sync().unwrap();
+    assert_eq!(pool.dirty_bytes(), 0, "dirty accounting after a commit");
     let mut live = std::collections::BTreeMap::new();
     pool.visit_live_blocks(&mut |dva, psize, verify| {
         assert_eq!(dva.vdev, 0);
