@@ -1219,6 +1219,18 @@ impl PoolInner {
         Ok(())
     }
 
+    /// Release dirty-data charge. Saturating: an accounting bug must not wrap the counter
+    /// and leave the pool throttled or read-only forever (tests assert it returns to 0).
+    fn undirty(&self, n: u64) {
+        let prev = self
+            .dirty_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| {
+                Some(x.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        debug_assert!(prev >= n, "dirty accounting underflow: {prev} - {n}");
+    }
+
     fn fail(&self, e: &PoolError) {
         let mut f = self.failed.lock();
         if f.is_none() {
@@ -1645,7 +1657,7 @@ impl PoolInner {
         };
         self.store.sync(txg, &root.encode())?;
         cs.last_txg = txg;
-        self.dirty_bytes.fetch_sub(synced_bytes, Ordering::SeqCst);
+        self.undirty(synced_bytes);
         let mut log = self.log.lock();
         let mut dropped = 0u64;
         log.records.retain(|r| {
@@ -1657,7 +1669,7 @@ impl PoolInner {
             }
         });
         log.bytes -= dropped;
-        self.dirty_bytes.fetch_sub(dropped, Ordering::SeqCst);
+        self.undirty(dropped);
         Ok(txg)
     }
 
@@ -2092,7 +2104,7 @@ impl PoolInner {
             st.open.clear();
             st.open_frees.clear();
             st.open_props.clear();
-            self.dirty_bytes.fetch_sub(dropped, Ordering::SeqCst);
+            self.undirty(dropped);
         }
         let meta = v.meta.lock().clone();
         let mut after = meta.origin_txg;
@@ -2214,7 +2226,7 @@ impl PoolInner {
         }
         self.write_log(&mut w, records)?;
         self.store.flush()?;
-        self.dirty_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        self.undirty(bytes);
         if w.blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS {
             self.kick();
         }
@@ -2826,8 +2838,7 @@ impl VolumeHandle {
                 for k in &dropped {
                     st.open.remove(k);
                 }
-                p.dirty_bytes
-                    .fetch_sub(dropped.len() as u64 * bs, Ordering::SeqCst);
+                p.undirty(dropped.len() as u64 * bs);
                 st.open_frees.push(FreeRange {
                     first,
                     end,
