@@ -70,12 +70,15 @@ pub(crate) struct DirRec {
 mod bp_hex {
     use super::*;
     pub(super) fn serialize<S: serde::Serializer>(bp: &Bp, s: S) -> Result<S::Ok, S::Error> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let b = bp.to_bytes();
-        let mut out = String::with_capacity(BP_BYTES * 2);
-        for x in b {
-            out.push_str(&format!("{x:02x}"));
+        let mut out = [0u8; BP_BYTES * 2];
+        for (i, x) in b.iter().enumerate() {
+            out[2 * i] = HEX[usize::from(x >> 4)];
+            out[2 * i + 1] = HEX[usize::from(x & 0xf)];
         }
-        s.serialize_str(&out)
+        // Only ASCII hex digits were written.
+        s.serialize_str(std::str::from_utf8(&out).unwrap_or_default())
     }
     pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Bp, D::Error> {
         let s = String::deserialize(d)?;

@@ -16,6 +16,11 @@
 //! - A block killed in txg T is freed only if born after the newest snapshot (or a clone's
 //!   origin); otherwise a snapshot still holds it. Snapshot destroy frees exactly the
 //!   blocks born after the previous snapshot that the next one does not share.
+//! - Writes never read the device: a partial write to a block not yet dirty is a sector
+//!   overlay resolved at commit; an UNMAP of whole blocks is a free range applied per
+//!   subtree at commit (a dirty block of the same txg is always newer than a range).
+//! - Writes are refused (read-only) once allocated plus twice the dirty data reaches the
+//!   fill threshold, so every acknowledged write fits in its commit.
 //! - A failed store write or sync latches the pool failed (fail-stop): later calls get
 //!   [`PoolError::Closed`] until it is reopened, so memory never diverges silently from disk.
 //!
@@ -37,7 +42,7 @@ use crate::cache::{BlockCache, Cached, Key};
 use crate::dir::{DirRec, LogHead, Root, SnapRec, VolRec, DIR_VERSION};
 use crate::error::{PoolError, Result};
 use crate::limits::*;
-use crate::store::{AllocClass, BlockStore, Dva, Verify, SECTOR_SIZE};
+use crate::store::{AllocClass, BlockStore, Dva, StoreError, Verify, SECTOR_SIZE};
 use crate::zil::{self, LogRecord};
 
 /// The callback of [`Pool::visit_live_blocks`]: address, stored size, and a check of the
@@ -46,6 +51,9 @@ pub type BlockVisitor<'a> = &'a mut dyn FnMut(Dva, u32, Verify<'_>) -> Result<()
 
 /// A directory change run inside a commit, after the data phase, with the txg.
 type DirOp<'a> = &'a mut dyn FnMut(&PoolInner, u64) -> Result<()>;
+
+/// Chunks of each directory segment by the xxh3-128 of its bytes.
+type DirSegments = std::collections::HashMap<u128, Vec<Bp>>;
 
 /// Options of an open pool.
 #[derive(Clone, Debug)]
@@ -162,16 +170,77 @@ pub struct TraverseStats {
     pub allocated_bytes: u64,
 }
 
+/// Blocks `first..end` freed with io number `io`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FreeRange {
+    first: u64,
+    end: u64,
+    io: u64,
+}
+
+fn range_covers(frees: &[FreeRange], blk: u64) -> Option<u64> {
+    frees
+        .iter()
+        .rev()
+        .find(|f| f.first <= blk && blk < f.end)
+        .map(|f| f.io)
+}
+
+/// Sectors (512 bytes) per block at most: 128 KiB / 512.
+const MAX_SECTORS: usize = (MAX_BLOCK_BYTES as usize) / (IO_ALIGN_BYTES as usize);
+const _: () = assert!(MAX_SECTORS == 256);
+
+/// A dirty block of the open or syncing txg.
 #[derive(Clone, Debug)]
 pub(crate) enum Dirty {
+    /// The whole block.
     Data { data: Arc<Vec<u8>>, io: u64 },
+    /// All zeros (UNMAP, or a zero write).
     Hole { io: u64 },
+    /// Some 512-byte sectors (bit set in `valid`) over the block's older contents, which
+    /// are read only when the block is read or committed: a partial write never waits for
+    /// a device read.
+    Partial {
+        data: Arc<Vec<u8>>,
+        valid: [u64; MAX_SECTORS / 64],
+        io: u64,
+    },
+}
+
+fn sectors_set(valid: &mut [u64; MAX_SECTORS / 64], first: usize, count: usize) {
+    for s in first..first + count {
+        valid[s / 64] |= 1 << (s % 64);
+    }
+}
+
+fn all_sectors(valid: &[u64; MAX_SECTORS / 64], sectors: usize) -> bool {
+    (0..sectors).all(|s| valid[s / 64] & (1 << (s % 64)) != 0)
+}
+
+/// Lay the valid sectors of an overlay over `base`.
+fn overlay(base: &mut [u8], data: &[u8], valid: &[u64; MAX_SECTORS / 64]) {
+    let sec = IO_ALIGN_BYTES as usize;
+    for (i, chunk) in base.chunks_mut(sec).enumerate() {
+        if valid[i / 64] & (1 << (i % 64)) != 0 {
+            chunk.copy_from_slice(&data[i * sec..(i + 1) * sec]);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct VolState {
     open: BTreeMap<u64, Dirty>,
     syncing: Arc<BTreeMap<u64, Dirty>>,
+    /// Property changes of the open txg, then of the syncing one: committed in the txg
+    /// they were made in, with that txg's data.
+    open_props: Vec<(String, String)>,
+    syncing_props: Vec<(String, String)>,
+    /// Whole-block ranges UNMAPped in the open txg, then in the syncing one: applied
+    /// to the tree per subtree at commit, so freeing a huge range costs what it frees.
+    /// A dirty block of the same txg is newer than any range (an UNMAP drops the dirty
+    /// blocks it covers).
+    open_frees: Vec<FreeRange>,
+    syncing_frees: Arc<Vec<FreeRange>>,
     size: u64,
     destroyed: bool,
 }
@@ -250,13 +319,18 @@ struct LogWriter {
     /// Pre-allocated address (and psize) of the next block; the last written block (or
     /// the root, when the chain is empty) points at it.
     next: Option<(Dva, u32)>,
+    /// Txg the next block was allocated in: it is freed no earlier than that.
+    next_alloc_txg: u64,
     head_seq: u64,
 }
 
 #[derive(Debug, Default)]
 struct CommitState {
+    /// Directory blocks of the last commit (chunks, then the index).
     dir_blocks: Vec<Bp>,
-    dir_bp: Bp,
+    /// Chunks of each directory segment of the last commit, by xxh3-128 of the
+    /// segment's bytes: an unchanged segment keeps its blocks.
+    dir_segments: DirSegments,
     last_txg: u64,
 }
 
@@ -282,6 +356,8 @@ pub(crate) struct PoolInner {
     logw: Mutex<LogWriter>,
     failed: Mutex<Option<String>>,
     closed: AtomicBool,
+    /// Directory changes (properties, threshold) not yet committed.
+    meta_dirty: AtomicBool,
     bg: Mutex<Background>,
     bg_cv: Condvar,
 }
@@ -398,8 +474,9 @@ impl Pool {
         }
         {
             let mut cs = inner.commit.lock();
-            cs.dir_bp = root.dir;
-            cs.dir_blocks = inner.dir_blocks_of(&root.dir)?;
+            let (blocks, segments) = inner.dir_layout(&root.dir)?;
+            cs.dir_blocks = blocks;
+            cs.dir_segments = segments;
             cs.last_txg = txg;
         }
         inner.replay(&root)?;
@@ -497,11 +574,12 @@ impl Pool {
         })
     }
 
-    /// Every volume (hidden receive temporaries excluded), by name.
+    /// Every volume (receives in progress excluded), by name.
     pub fn list_volumes(&self) -> Vec<VolumeInfo> {
         let vols: Vec<Arc<Volume>> = self.inner.vols.read().values().cloned().collect();
+        // Receives in progress are not volumes yet: a bad stream must leave no trace.
         vols.iter()
-            .filter(|v| !v.name.contains('%'))
+            .filter(|v| !v.name.contains('%') && !v.meta.lock().receiving)
             .map(|v| self.inner.volume_info(v))
             .collect()
     }
@@ -786,7 +864,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Set a small property stored with a volume (committed with the next txg).
+    /// Set a small property stored with a volume (replica id, volume guid, checkpoint io
+    /// number...). Durable with the next txg commit (background, or [`Pool::sync`]); a
+    /// commit holds it together with all data written before the call.
     pub fn set_property(&self, volume: &str, key: &str, value: &str) -> Result<()> {
         if key.is_empty() || key.len() > MAX_PROPERTY_BYTES || value.len() > MAX_PROPERTY_BYTES {
             return Err(PoolError::Invalid(format!(
@@ -794,19 +874,35 @@ impl Pool {
             )));
         }
         let v = self.inner.vol(volume)?;
-        let mut meta = v.meta.lock();
-        if meta.properties.len() >= MAX_PROPERTIES && !meta.properties.contains_key(key) {
+        let _txg = self.inner.txg.read();
+        let count = {
+            let meta = v.meta.lock();
+            meta.properties.len() + usize::from(!meta.properties.contains_key(key))
+        };
+        if count > MAX_PROPERTIES {
             return Err(PoolError::Invalid(format!(
                 "volume holds the maximum of {MAX_PROPERTIES} properties"
             )));
         }
-        meta.properties.insert(key.into(), value.into());
+        v.state.lock().open_props.push((key.into(), value.into()));
+        self.inner.meta_dirty.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// A property of a volume.
     pub fn property(&self, volume: &str, key: &str) -> Result<Option<String>> {
         let v = self.inner.vol(volume)?;
+        {
+            let st = v.state.lock();
+            let pending = st
+                .open_props
+                .iter()
+                .rev()
+                .chain(st.syncing_props.iter().rev());
+            if let Some((_, val)) = pending.into_iter().find(|(k, _)| k == key) {
+                return Ok(Some(val.clone()));
+            }
+        }
         let meta = v.meta.lock();
         Ok(meta.properties.get(key).cloned())
     }
@@ -919,7 +1015,24 @@ impl Pool {
         self.inner
             .ro_threshold_pct
             .store(u64::from(pct), Ordering::Relaxed);
+        self.inner.meta_dirty.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Allocated bytes outside volume trees: the object directory and the intent log
+    /// (with its pre-allocated next block). With the volumes' `used`, this adds up to the
+    /// pool's allocated bytes after a commit; tests check that.
+    pub fn metadata_bytes(&self) -> u64 {
+        let cs = self.inner.commit.lock();
+        let dir: u64 = cs.dir_blocks.iter().map(|b| b.dva.asize).sum();
+        let w = self.inner.logw.lock();
+        let log: u64 = w.blocks.iter().map(|b| b.dva.asize).sum();
+        dir + log + w.next.map_or(0, |n| n.0.asize)
+    }
+
+    /// Dirty (not yet committed) bytes now: data blocks, log copies, free ranges.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.inner.dirty_bytes.load(Ordering::SeqCst)
     }
 
     /// Bytes held by the block cache now.
@@ -1055,8 +1168,16 @@ impl Pool {
 }
 
 impl Drop for Pool {
+    /// Stops the commit thread and commits what is dirty (best effort: a pool whose
+    /// device is gone just stops; flushed writes are in the log either way).
     fn drop(&mut self) {
         self.stop_thread();
+        let p = &self.inner;
+        if p.check_usable().is_ok() {
+            let mut cs = p.commit.lock();
+            let _ = p.commit_locked(&mut cs, None);
+            p.closed.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -1080,6 +1201,7 @@ impl PoolInner {
             }),
             failed: Mutex::new(None),
             closed: AtomicBool::new(false),
+            meta_dirty: AtomicBool::new(false),
             bg: Mutex::new(Background::default()),
             bg_cv: Condvar::new(),
         }
@@ -1095,6 +1217,18 @@ impl PoolInner {
             )));
         }
         Ok(())
+    }
+
+    /// Release dirty-data charge. Saturating: an accounting bug must not wrap the counter
+    /// and leave the pool throttled or read-only forever (tests assert it returns to 0).
+    fn undirty(&self, n: u64) {
+        let prev = self
+            .dirty_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| {
+                Some(x.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        debug_assert!(prev >= n, "dirty accounting underflow: {prev} - {n}");
     }
 
     fn fail(&self, e: &PoolError) {
@@ -1175,15 +1309,44 @@ impl PoolInner {
         }
     }
 
+    /// Writes are refused: the threshold counts dirty data twice (data plus worst-case
+    /// indirect blocks), so acknowledged writes always fit in their commit.
     fn over_threshold(&self) -> bool {
+        self.over_threshold_with(self.dirty_bytes.load(Ordering::SeqCst).saturating_mul(2))
+    }
+
+    /// True when `pending_bytes` more allocation would cross the fill threshold or eat
+    /// into the reserve kept for destroy and UNMAP.
+    fn over_threshold_with(&self, pending_bytes: u64) -> bool {
         let s = self.store.space();
         if s.size_bytes == 0 {
             return true;
         }
         let pct = self.ro_threshold_pct.load(Ordering::Relaxed);
         let reserve = s.size_bytes / 1000 * RESERVED_PER_MILLE;
-        u128::from(s.allocated_bytes) * 100 >= u128::from(s.size_bytes) * u128::from(pct)
-            || s.free_bytes <= reserve
+        let allocated = s.allocated_bytes.saturating_add(pending_bytes);
+        u128::from(allocated) * 100 >= u128::from(s.size_bytes) * u128::from(pct)
+            || s.free_bytes.saturating_sub(pending_bytes) <= reserve
+    }
+
+    /// Refuse a write on a full pool; near the line a commit settles the real figure
+    /// (dirty data turns into allocated bytes) first.
+    fn admit_write(&self) -> Result<()> {
+        if self.over_threshold() {
+            let mut cs = self.commit.lock();
+            self.check_usable()?;
+            self.commit_locked(&mut cs, None)?;
+            drop(cs);
+            if self.over_threshold() {
+                return Err(PoolError::ReadOnly {
+                    reason: format!(
+                        "pool is at its {} % fill threshold; destroy snapshots or volumes, or UNMAP",
+                        self.ro_threshold_pct.load(Ordering::Relaxed)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     // ---- block I/O ----
@@ -1288,20 +1451,74 @@ impl PoolInner {
         Ok(bp)
     }
 
-    /// Current contents of block `blk` (None: zeros). Caller holds `state`.
-    fn current_block(&self, v: &Volume, st: &VolState, blk: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        if let Some(d) = st.open.get(&blk).or_else(|| st.syncing.get(&blk)) {
-            return Ok(match d {
-                Dirty::Data { data, .. } => Some(data.clone()),
-                Dirty::Hole { .. } => None,
-            });
+    /// Current contents of block `blk` of a volume (None: zeros): the open txg's dirty
+    /// block, over the syncing txg's, over the committed tree.
+    fn block_contents(&self, v: &Volume, blk: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        let mut overlays: Vec<(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])> = Vec::new();
+        {
+            let st = v.state.lock();
+            let zeros = |overlays: &[(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])]| {
+                if overlays.is_empty() {
+                    None
+                } else {
+                    Some(Self::merge(None, overlays))
+                }
+            };
+            let layers = [
+                (st.open.get(&blk), &st.open_frees[..]),
+                (st.syncing.get(&blk), &st.syncing_frees[..]),
+            ];
+            for (d, frees) in layers {
+                match d {
+                    Some(Dirty::Data { data, .. }) => {
+                        return Ok(Some(Self::merge(Some(data.clone()), &overlays)))
+                    }
+                    Some(Dirty::Hole { .. }) => return Ok(zeros(&overlays)),
+                    Some(Dirty::Partial { data, valid, .. }) => {
+                        overlays.push((data.clone(), *valid))
+                    }
+                    None => {}
+                }
+                // A range freed in this txg lies under this txg's dirty blocks.
+                if range_covers(frees, blk).is_some() {
+                    return Ok(zeros(&overlays));
+                }
+            }
         }
-        let tree = v.tree.read();
-        let bp = self.lookup(&tree, v.levels, blk)?;
-        if bp.is_hole() {
-            return Ok(None);
+        // The syncing overlay may be committed meanwhile; laying it over the new tree
+        // gives the same bytes.
+        let base = {
+            let tree = v.tree.read();
+            let bp = self.lookup(&tree, v.levels, blk)?;
+            if bp.is_hole() {
+                None
+            } else {
+                Some(self.read_data(&bp)?)
+            }
+        };
+        if overlays.is_empty() {
+            return Ok(base);
         }
-        Ok(Some(self.read_data(&bp)?))
+        let bs = v.block_size as usize;
+        let base = base.unwrap_or_else(|| Arc::new(vec![0u8; bs]));
+        Ok(Some(Self::merge(Some(base), &overlays)))
+    }
+
+    /// `base` (None: zeros of the overlays' size) with overlays laid on, the last in the
+    /// list first (it is the oldest).
+    fn merge(
+        base: Option<Arc<Vec<u8>>>,
+        overlays: &[(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])],
+    ) -> Arc<Vec<u8>> {
+        if overlays.is_empty() {
+            return base.unwrap_or_default();
+        }
+        let len = overlays[0].0.len();
+        let mut out = base.map_or_else(|| vec![0u8; len], |b| b.to_vec());
+        for (data, valid) in overlays.iter().rev() {
+            overlay(&mut out, data, valid);
+        }
+        Arc::new(out)
     }
 
     // ---- walks ----
@@ -1415,6 +1632,11 @@ impl PoolInner {
                 let open = std::mem::take(&mut st.open);
                 synced_bytes += open.len() as u64 * u64::from(v.block_size);
                 st.syncing = Arc::new(open);
+                let props = std::mem::take(&mut st.open_props);
+                st.syncing_props.extend(props);
+                let frees = std::mem::take(&mut st.open_frees);
+                synced_bytes += frees.len() as u64 * FREE_RANGE_CHARGE_BYTES;
+                st.syncing_frees = Arc::new(frees);
             }
             txg
         };
@@ -1435,7 +1657,7 @@ impl PoolInner {
         };
         self.store.sync(txg, &root.encode())?;
         cs.last_txg = txg;
-        self.dirty_bytes.fetch_sub(synced_bytes, Ordering::SeqCst);
+        self.undirty(synced_bytes);
         let mut log = self.log.lock();
         let mut dropped = 0u64;
         log.records.retain(|r| {
@@ -1447,23 +1669,36 @@ impl PoolInner {
             }
         });
         log.bytes -= dropped;
-        self.dirty_bytes.fetch_sub(dropped, Ordering::SeqCst);
+        self.undirty(dropped);
         Ok(txg)
     }
 
     fn sync_volume(&self, v: &Volume, txg: u64) -> Result<()> {
-        let syncing = v.state.lock().syncing.clone();
-        if syncing.is_empty() {
+        {
+            // Meta before state (lock order), so a reader never sees neither copy.
+            let mut meta = v.meta.lock();
+            let props = std::mem::take(&mut v.state.lock().syncing_props);
+            for (k, val) in props {
+                meta.properties.insert(k, val);
+            }
+        }
+        let (syncing, frees) = {
+            let st = v.state.lock();
+            (st.syncing.clone(), st.syncing_frees.clone())
+        };
+        if syncing.is_empty() && frees.is_empty() {
             return Ok(());
         }
         let mut meta = v.meta.lock();
         let old_root = *v.tree.read();
         let dirty: Vec<(u64, &Dirty)> = syncing.iter().map(|(k, d)| (*k, d)).collect();
-        let new_root = self.apply(v, &mut meta, old_root, v.levels, 0, &dirty, txg)?;
+        let new_root = self.apply(v, &mut meta, old_root, v.levels, 0, &dirty, &frees, txg)?;
         meta.root = new_root;
         *v.tree.write() = new_root;
         drop(meta);
-        v.state.lock().syncing = Arc::new(BTreeMap::new());
+        let mut st = v.state.lock();
+        st.syncing = Arc::new(BTreeMap::new());
+        st.syncing_frees = Arc::new(Vec::new());
         Ok(())
     }
 
@@ -1509,53 +1744,63 @@ impl PoolInner {
         level: u8,
         first_blk: u64,
         dirty: &[(u64, &Dirty)],
+        frees: &[FreeRange],
         txg: u64,
     ) -> Result<Bp> {
         assert!(level > 0, "apply is called on indirect levels");
         let mut children: Vec<Bp> = if bp.is_hole() {
-            vec![Bp::default(); BPS_PER_INDIRECT]
+            // Children inherit a hole's birth and io number: an UNMAP recorded in a
+            // collapsed hole must stay visible to incremental sends and `changed_since`.
+            vec![Bp::hole(bp.birth, bp.io_max, level - 1); BPS_PER_INDIRECT]
         } else {
             self.read_indirect(&bp)?.to_vec()
         };
         let span = span_blocks(level - 1);
-        let mut i = 0;
-        while i < dirty.len() {
-            let idx = ((dirty[i].0 - first_blk) / span) as usize;
+        let node_end = first_blk.saturating_add(span * BPS_PER_INDIRECT as u64);
+        // Children touched by a dirty block or a free range, in order.
+        let mut touched = std::collections::BTreeSet::new();
+        for (blk, _) in dirty {
+            let idx = ((blk - first_blk) / span) as usize;
             assert!(idx < BPS_PER_INDIRECT, "dirty block outside its subtree");
-            let mut j = i + 1;
-            while j < dirty.len() && ((dirty[j].0 - first_blk) / span) as usize == idx {
-                j += 1;
-            }
+            touched.insert(idx);
+        }
+        let frees: Vec<FreeRange> = frees
+            .iter()
+            .filter(|f| f.first < node_end && f.end > first_blk)
+            .copied()
+            .collect();
+        for f in &frees {
+            let a = (f.first.max(first_blk) - first_blk) / span;
+            let b = (f.end.min(node_end) - 1 - first_blk) / span;
+            touched.extend(a as usize..=b as usize);
+        }
+        for idx in touched {
+            let c0 = first_blk + idx as u64 * span;
+            let c1 = c0 + span;
+            let lo = dirty.partition_point(|(b, _)| *b < c0);
+            let hi = dirty.partition_point(|(b, _)| *b < c1);
+            let child_dirty = &dirty[lo..hi];
             let old = children[idx];
             children[idx] = if level == 1 {
-                debug_assert_eq!(j, i + 1);
-                self.kill(meta, &old, txg);
-                let new = match dirty[i].1 {
-                    Dirty::Hole { io } => Bp::hole(txg, *io, 0),
-                    Dirty::Data { data, io } => self.write_block(
-                        data,
-                        v.compression,
-                        BlockKind::Data,
-                        0,
-                        AllocClass::Data,
-                        txg,
-                        *io,
-                    )?,
-                };
-                Self::born(meta, &new);
-                new
+                let freed = range_covers(&frees, c0);
+                match child_dirty.first() {
+                    Some((_, d)) => self.apply_data(v, meta, old, d, freed.is_some(), txg)?,
+                    None => {
+                        let io = freed.unwrap_or(0);
+                        self.kill(meta, &old, txg);
+                        Bp::hole(txg, io, 0)
+                    }
+                }
             } else {
-                self.apply(
-                    v,
-                    meta,
-                    old,
-                    level - 1,
-                    first_blk + idx as u64 * span,
-                    &dirty[i..j],
-                    txg,
-                )?
+                let whole = frees.iter().rev().find(|f| f.first <= c0 && c1 <= f.end);
+                match (child_dirty.is_empty(), whole) {
+                    (true, Some(f)) => {
+                        self.kill_subtree(meta, &old, level - 1, txg)?;
+                        Bp::hole(txg, f.io, level - 1)
+                    }
+                    _ => self.apply(v, meta, old, level - 1, c0, child_dirty, &frees, txg)?,
+                }
             };
-            i = j;
         }
         self.kill(meta, &bp, txg);
         let io_max = children.iter().map(|c| c.io_max).max().unwrap_or(0);
@@ -1578,41 +1823,135 @@ impl PoolInner {
         Ok(new)
     }
 
+    /// New pointer for one dirty data block; `freed`: an UNMAP of this txg covered it
+    /// before the dirty write, so an overlay lies over zeros, not the old block.
+    fn apply_data(
+        &self,
+        v: &Volume,
+        meta: &mut VolRec,
+        old: Bp,
+        d: &Dirty,
+        freed: bool,
+        txg: u64,
+    ) -> Result<Bp> {
+        let (data, io) = match d {
+            Dirty::Hole { io } => (None, *io),
+            Dirty::Data { data, io } => (Some(data.clone()), *io),
+            Dirty::Partial { data, valid, io } => {
+                // The old block is read here, in the commit, not in the write.
+                let mut base = if old.is_hole() || freed {
+                    vec![0u8; v.block_size as usize]
+                } else {
+                    self.read_data(&old)?.to_vec()
+                };
+                overlay(&mut base, data, valid);
+                (Some(Arc::new(base)), *io)
+            }
+        };
+        self.kill(meta, &old, txg);
+        let new = match data {
+            // A block of zeros is stored as a hole: thin, and UNMAP-equivalent.
+            Some(d) if d.iter().any(|&b| b != 0) => self.write_block(
+                &d,
+                v.compression,
+                BlockKind::Data,
+                0,
+                AllocClass::Data,
+                txg,
+                io,
+            )?,
+            _ => Bp::hole(txg, io, 0),
+        };
+        Self::born(meta, &new);
+        Ok(new)
+    }
+
+    /// Kill every block of a subtree (freeing those no snapshot holds).
+    fn kill_subtree(&self, meta: &mut VolRec, bp: &Bp, level: u8, txg: u64) -> Result<()> {
+        if bp.is_hole() {
+            return Ok(());
+        }
+        if level > 0 {
+            let bps = self.read_indirect(bp)?;
+            for c in bps.iter() {
+                self.kill_subtree(meta, c, level - 1, txg)?;
+            }
+        }
+        self.kill(meta, bp, txg);
+        Ok(())
+    }
+
+    /// Write the object directory: a header line, then segments of volumes (JSON lines,
+    /// docs/format/block-tree.md "Directory"). Segment boundaries depend on volume guids
+    /// only, so a change to one volume rewrites its segment, not the whole directory.
     fn write_directory(&self, cs: &mut CommitState, txg: u64) -> Result<Bp> {
+        self.meta_dirty.store(false, Ordering::SeqCst);
         let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
-        let dir = DirRec {
+        let header = DirRec {
             version: DIR_VERSION,
             pool_guid: self.pool_guid,
             ro_threshold_pct: self.ro_threshold_pct.load(Ordering::Relaxed) as u8,
             compression: *self.default_compression.lock(),
-            volumes: vols.iter().map(|v| v.meta.lock().clone()).collect(),
+            volumes: Vec::new(),
         };
-        let bytes = dir.to_bytes();
-        let chunks: Vec<&[u8]> = bytes.chunks(DIR_CHUNK_BYTES).collect();
+        let mut segments: Vec<Vec<u8>> = Vec::new();
+        let mut line = header.to_bytes();
+        line.push(b'\n');
+        segments.push(line);
+        let mut seg: Vec<u8> = Vec::new();
+        for v in &vols {
+            let rec = v.meta.lock().clone();
+            seg.push(if seg.is_empty() { b'[' } else { b',' });
+            seg.extend_from_slice(&serde_json::to_vec(&rec).unwrap_or_default());
+            if rec.guid % DIR_SEGMENT_GUID_MOD == 0 || seg.len() >= DIR_SEGMENT_BYTES {
+                seg.extend_from_slice(b"]\n");
+                segments.push(std::mem::take(&mut seg));
+            }
+        }
+        if !seg.is_empty() {
+            seg.extend_from_slice(b"]\n");
+            segments.push(seg);
+        }
+        let mut old = std::mem::take(&mut cs.dir_segments);
+        let mut chunks: Vec<Bp> = Vec::new();
+        for seg in &segments {
+            let h = xxhash_rust::xxh3::xxh3_128(seg);
+            let bps = match old.remove(&h) {
+                Some(bps) => bps,
+                None => {
+                    let mut bps = Vec::new();
+                    for c in seg.chunks(DIR_CHUNK_BYTES) {
+                        bps.push(self.write_block(
+                            c,
+                            Compression::Lz4,
+                            BlockKind::DirChunk,
+                            0,
+                            AllocClass::Metadata,
+                            txg,
+                            0,
+                        )?);
+                    }
+                    bps
+                }
+            };
+            chunks.extend_from_slice(&bps);
+            cs.dir_segments.insert(h, bps);
+        }
         if chunks.len() > MAX_DIR_CHUNKS {
             return Err(PoolError::Invalid(format!(
-                "object directory of {} bytes exceeds {} chunks",
-                bytes.len(),
-                MAX_DIR_CHUNKS
+                "object directory of {} chunks exceeds {MAX_DIR_CHUNKS}",
+                chunks.len()
             )));
         }
-        let mut bps = vec![Bp::default(); BPS_PER_INDIRECT];
-        let mut new_blocks = Vec::with_capacity(chunks.len() + 1);
-        for (i, c) in chunks.iter().enumerate() {
-            let bp = self.write_block(
-                c,
-                Compression::Lz4,
-                BlockKind::DirChunk,
-                0,
-                AllocClass::Metadata,
-                txg,
-                0,
-            )?;
-            bps[i] = bp;
-            new_blocks.push(bp);
+        let mut index_bytes = vec![0u8; chunks.len() * bp::BP_BYTES];
+        for (bp, slot) in chunks
+            .iter()
+            .zip(index_bytes.chunks_exact_mut(bp::BP_BYTES))
+        {
+            bp.encode(slot);
         }
         let index = self.write_block(
-            &encode_indirect(&bps),
+            &index_bytes,
             Compression::Lz4,
             BlockKind::DirIndex,
             1,
@@ -1620,50 +1959,95 @@ impl PoolInner {
             txg,
             0,
         )?;
-        new_blocks.push(index);
-        for old in std::mem::replace(&mut cs.dir_blocks, new_blocks) {
-            self.free_block(&old, txg);
+        for bps in old.into_values() {
+            for b in bps {
+                self.free_block(&b, txg);
+            }
         }
-        cs.dir_bp = index;
+        if let Some(old_index) = cs.dir_blocks.last() {
+            self.free_block(old_index, txg);
+        }
+        chunks.push(index);
+        cs.dir_blocks = chunks;
         Ok(index)
     }
 
-    fn dir_blocks_of(&self, index: &Bp) -> Result<Vec<Bp>> {
-        let bps = self.read_indirect(index)?;
-        let mut out: Vec<Bp> = bps.iter().filter(|b| !b.is_hole()).copied().collect();
-        out.push(*index);
-        Ok(out)
-    }
-
-    fn read_directory(&self, index: &Bp) -> Result<DirRec> {
+    /// Chunk pointers of a directory index, in order.
+    fn dir_chunks(&self, index: &Bp) -> Result<Vec<Bp>> {
         if index.kind != Some(BlockKind::DirIndex) {
             return Err(PoolError::Corrupt {
                 what: "pool root",
                 reason: "directory pointer is not a directory index".into(),
             });
         }
-        let bps = self.read_indirect(index)?;
-        let mut bytes = Vec::new();
-        for bp in bps.iter().take_while(|b| !b.is_hole()) {
-            if bp.kind != Some(BlockKind::DirChunk) {
-                return Err(PoolError::Corrupt {
-                    what: "object directory",
-                    reason: "chunk pointer of the wrong kind".into(),
-                });
-            }
-            bytes.extend_from_slice(&self.read_stored(bp)?);
-        }
-        let dir = DirRec::from_bytes(&bytes)?;
-        for v in &dir.volumes {
-            check_block_size(v.block_size).map_err(|e| PoolError::Corrupt {
+        let bytes = self.read_stored(index)?;
+        if bytes.len() % bp::BP_BYTES != 0 || bytes.len() / bp::BP_BYTES > MAX_DIR_CHUNKS {
+            return Err(PoolError::Corrupt {
                 what: "object directory",
-                reason: format!("volume {}: {e}", v.name),
-            })?;
+                reason: format!("index of {} bytes", bytes.len()),
+            });
+        }
+        let bps: Vec<Bp> = bytes
+            .chunks_exact(bp::BP_BYTES)
+            .map(Bp::decode)
+            .collect::<Result<_>>()?;
+        if bps.iter().any(|b| b.kind != Some(BlockKind::DirChunk)) {
+            return Err(PoolError::Corrupt {
+                what: "object directory",
+                reason: "chunk pointer of the wrong kind".into(),
+            });
+        }
+        Ok(bps)
+    }
+
+    /// The directory's blocks and its segments (for reuse by the next commit).
+    fn dir_layout(&self, index: &Bp) -> Result<(Vec<Bp>, DirSegments)> {
+        let chunks = self.dir_chunks(index)?;
+        let mut segments = std::collections::HashMap::new();
+        let mut seg_bytes = Vec::new();
+        let mut seg_bps = Vec::new();
+        for bp in &chunks {
+            let b = self.read_stored(bp)?;
+            seg_bytes.extend_from_slice(&b);
+            seg_bps.push(*bp);
+            if b.last() == Some(&b'\n') {
+                segments.insert(
+                    xxhash_rust::xxh3::xxh3_128(&seg_bytes),
+                    std::mem::take(&mut seg_bps),
+                );
+                seg_bytes.clear();
+            }
+        }
+        let mut blocks = chunks;
+        blocks.push(*index);
+        Ok((blocks, segments))
+    }
+
+    fn read_directory(&self, index: &Bp) -> Result<DirRec> {
+        let corrupt = |reason: String| PoolError::Corrupt {
+            what: "object directory",
+            reason,
+        };
+        let mut bytes = Vec::new();
+        for bp in self.dir_chunks(index)? {
+            bytes.extend_from_slice(&self.read_stored(&bp)?);
+        }
+        let mut lines = bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+        let header = lines.next().ok_or_else(|| corrupt("empty".into()))?;
+        let mut dir = DirRec::from_bytes(header)?;
+        for line in lines {
+            let vols: Vec<VolRec> =
+                serde_json::from_slice(line).map_err(|e| corrupt(e.to_string()))?;
+            dir.volumes.extend(vols);
+        }
+        if dir.volumes.len() > MAX_VOLUMES {
+            return Err(corrupt(format!("{} volumes", dir.volumes.len())));
+        }
+        for v in &dir.volumes {
+            check_block_size(v.block_size)
+                .map_err(|e| corrupt(format!("volume {}: {e}", v.name)))?;
             if v.levels != levels_for(v.block_size) || v.size > MAX_VOLUME_BYTES {
-                return Err(PoolError::Corrupt {
-                    what: "object directory",
-                    reason: format!("volume {}: bad geometry", v.name),
-                });
+                return Err(corrupt(format!("volume {}: bad geometry", v.name)));
             }
         }
         Ok(dir)
@@ -1715,9 +2099,12 @@ impl PoolInner {
         {
             let mut st = v.state.lock();
             st.destroyed = true;
-            let dropped = st.open.len() as u64 * u64::from(v.block_size);
+            let dropped = st.open.len() as u64 * u64::from(v.block_size)
+                + st.open_frees.len() as u64 * FREE_RANGE_CHARGE_BYTES;
             st.open.clear();
-            self.dirty_bytes.fetch_sub(dropped, Ordering::SeqCst);
+            st.open_frees.clear();
+            st.open_props.clear();
+            self.undirty(dropped);
         }
         let meta = v.meta.lock().clone();
         let mut after = meta.origin_txg;
@@ -1796,9 +2183,11 @@ impl PoolInner {
             self.store.free(dva, txg);
         }
         if w.next.is_none() {
-            let psize = SECTOR_SIZE;
+            // Two sectors: room for one 4 KiB write record with its headers.
+            let psize = 2 * SECTOR_SIZE;
             let dva = self.store.alloc(psize, AllocClass::Log, txg)?;
             w.next = Some((dva, psize));
+            w.next_alloc_txg = txg;
             w.head_seq = w.seq;
         }
         let (dva, psize) = match w.blocks.front() {
@@ -1830,11 +2219,14 @@ impl PoolInner {
             l.bytes = 0;
             (std::mem::take(&mut l.records), b)
         };
-        if !records.is_empty() {
-            self.write_log(&mut w, records)?;
+        if records.is_empty() {
+            // Every earlier write is covered: by a durable root, or by a log block whose
+            // flush completed before it released `logw`.
+            return Ok(());
         }
+        self.write_log(&mut w, records)?;
         self.store.flush()?;
-        self.dirty_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        self.undirty(bytes);
         if w.blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS {
             self.kick();
         }
@@ -1891,7 +2283,13 @@ impl PoolInner {
                 .clamp(SECTOR_SIZE as usize, MAX_LOG_BLOCK_BYTES as usize)
                 as u32;
             let next = self.store.alloc(next_psize, AllocClass::Log, open_txg)?;
-            let max_txg = batch.iter().map(|r| r.txg).max().unwrap_or(0);
+            // Freed by the commit of the newest txg among its records and its allocation.
+            let max_txg = batch
+                .iter()
+                .map(|r| r.txg)
+                .max()
+                .unwrap_or(0)
+                .max(w.next_alloc_txg);
             let block = zil::encode_block(w.chain_id, w.seq, next, next_psize, &batch, psize);
             self.store.write(dva, &block)?;
             w.blocks.push_back(LogBlockInfo {
@@ -1901,6 +2299,7 @@ impl PoolInner {
             });
             w.seq += 1;
             w.next = Some((next, next_psize));
+            w.next_alloc_txg = open_txg;
         }
         Ok(())
     }
@@ -1930,19 +2329,26 @@ impl PoolInner {
                     Err(_) => break,
                 }
             }
-            // The pre-allocated block after the last valid one, if it is a plausible
-            // address: claimed too, so it is freed with the rest.
+            // Blocks found are claimed (their allocation may belong to a txg that never
+            // became durable) and freed in the replay txg.
             let txg = *self.txg.read();
             let mut w = self.logw.lock();
-            for (dva, psize) in &found {
-                self.store.claim(*dva, txg)?;
-                w.blocks.push_back(LogBlockInfo {
-                    dva: *dva,
-                    psize: *psize,
-                    max_txg: txg,
-                });
-            }
-            if dva.asize != 0 && self.store.claim(dva, txg).is_ok() {
+            // The pre-allocated block after the last valid one is ours too, whether or not
+            // its allocation was durable (its address came from a checksummed block or
+            // the root): claimed and freed with the rest.
+            let trailing = (dva.asize != 0).then_some((dva, psize));
+            for (dva, psize) in found.iter().copied().chain(trailing) {
+                match self.store.claim(dva, txg) {
+                    // Ok: claimed now; another error: allocated already (durable).
+                    Ok(()) => {}
+                    Err(StoreError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::Unsupported =>
+                    {
+                        // The store cannot claim: never free what might be in use.
+                        continue;
+                    }
+                    Err(_) => {}
+                }
                 w.blocks.push_back(LogBlockInfo {
                     dva,
                     psize,
@@ -1997,6 +2403,7 @@ impl PoolInner {
                 bg.kick = false;
             }
             let dirty = self.dirty_bytes.load(Ordering::SeqCst) > 0
+                || self.meta_dirty.load(Ordering::SeqCst)
                 || self.logw.lock().blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS;
             if !dirty {
                 continue;
@@ -2031,45 +2438,141 @@ impl PoolInner {
         Ok(())
     }
 
+    /// Time-sliced traversal: the commit lock is held for at most [`SCAN_SLICE`] at a
+    /// time, so commits (and the writers they unblock) go on during a long scrub. A
+    /// cursor (volume name, tree txg, block id) resumes on the current trees: snapshots
+    /// are immutable, and a head's blocks before the cursor that changed meanwhile are new
+    /// writes, which need no scrub.
     fn visit_live_blocks(&self, f: BlockVisitor<'_>) -> Result<TraverseStats> {
-        let cs = self.commit.lock();
         let mut stats = TraverseStats {
             allocated_bytes: self.store.space().allocated_bytes,
             ..TraverseStats::default()
         };
+        {
+            let cs = self.commit.lock();
+            for bp in &cs.dir_blocks {
+                stats.blocks += 1;
+                stats.bytes_visited += bp.dva.asize;
+                f(bp.dva, bp.psize, &Self::verify_fn(bp))?;
+            }
+            let w = self.logw.lock();
+            for (i, b) in w.blocks.iter().enumerate() {
+                let (chain, seq) = (w.chain_id, w.head_seq + i as u64);
+                stats.blocks += 1;
+                stats.bytes_visited += b.dva.asize;
+                f(b.dva, b.psize, &move |x: &[u8]| {
+                    zil::block_valid(x, chain, seq)
+                })?;
+            }
+        }
         let mut visit = |bp: &Bp, stats: &mut TraverseStats| -> Result<()> {
             let verify = Self::verify_fn(bp);
             stats.blocks += 1;
             stats.bytes_visited += bp.dva.asize;
             f(bp.dva, bp.psize, &verify)
         };
-        for bp in &cs.dir_blocks {
-            visit(bp, &mut stats)?;
+        // Cursor: volume name, txg of the tree (u64::MAX for the head), first block id.
+        let mut cursor: (String, u64, u64) = (String::new(), 0, 0);
+        loop {
+            let mut cs = self.commit.lock();
+            let slice_end = std::time::Instant::now() + SCAN_SLICE;
+            let vols: Vec<Arc<Volume>> = self
+                .vols
+                .read()
+                .range(cursor.0.clone()..)
+                .map(|(_, v)| v.clone())
+                .collect();
+            let mut paused = false;
+            'vols: for v in &vols {
+                if v.name != cursor.0 {
+                    cursor = (v.name.clone(), 0, 0);
+                }
+                let meta = v.meta.lock().clone();
+                let mut trees: Vec<(Bp, u64)> =
+                    meta.snapshots.iter().map(|s| (s.root, s.txg)).collect();
+                trees.push((*v.tree.read(), u64::MAX));
+                let mut after = meta.origin_txg;
+                for (root, t) in trees {
+                    if t < cursor.1 {
+                        after = t;
+                        continue;
+                    }
+                    if t > cursor.1 {
+                        cursor.1 = t;
+                        cursor.2 = 0;
+                    }
+                    let mut pause_at = None;
+                    self.scan_tree(
+                        &root,
+                        v.levels,
+                        0,
+                        after,
+                        cursor.2,
+                        &mut |blk| {
+                            if std::time::Instant::now() >= slice_end {
+                                pause_at = Some(blk);
+                                true
+                            } else {
+                                false
+                            }
+                        },
+                        &mut |bp| visit(bp, &mut stats),
+                    )?;
+                    if let Some(blk) = pause_at {
+                        cursor.2 = blk;
+                        paused = true;
+                        break 'vols;
+                    }
+                    after = t;
+                }
+                // Next volume: past every tree of this one.
+                cursor.1 = u64::MAX;
+                cursor.2 = u64::MAX;
+            }
+            if !paused {
+                return Ok(stats);
+            }
+            // Hand the lock to a waiting commit before the next slice.
+            parking_lot::MutexGuard::unlock_fair(cs);
+            cs = self.commit.lock();
+            drop(cs);
         }
-        let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
-        for v in &vols {
-            let meta = v.meta.lock().clone();
-            let mut after = meta.origin_txg;
-            let mut roots: Vec<(Bp, u64)> =
-                meta.snapshots.iter().map(|s| (s.root, s.txg)).collect();
-            roots.push((*v.tree.read(), u64::MAX));
-            for (root, t) in roots {
-                self.walk_blocks(&root, v.levels, after, &mut |bp| visit(bp, &mut stats))?;
-                after = t;
+    }
+
+    /// Post-order walk of the blocks of a tree born after `after_txg` whose position is at
+    /// or after `start_blk`. `pause(blk)` is asked before each data block; when it says
+    /// yes the walk stops there (that block and its ancestors not visited yet).
+    #[allow(clippy::too_many_arguments)]
+    fn scan_tree(
+        &self,
+        bp: &Bp,
+        level: u8,
+        first_blk: u64,
+        after_txg: u64,
+        start_blk: u64,
+        pause: &mut dyn FnMut(u64) -> bool,
+        f: &mut dyn FnMut(&Bp) -> Result<()>,
+    ) -> Result<bool> {
+        let end = first_blk.saturating_add(span_blocks(level));
+        if bp.is_hole() || bp.birth <= after_txg || end <= start_blk {
+            return Ok(false);
+        }
+        if level == 0 {
+            if pause(first_blk) {
+                return Ok(true);
+            }
+        } else {
+            let bps = self.read_indirect(bp)?;
+            let span = span_blocks(level - 1);
+            for (i, child) in bps.iter().enumerate() {
+                let first = first_blk + i as u64 * span;
+                if self.scan_tree(child, level - 1, first, after_txg, start_blk, pause, f)? {
+                    return Ok(true);
+                }
             }
         }
-        let w = self.logw.lock();
-        for (i, b) in w.blocks.iter().enumerate() {
-            let (chain, seq) = (w.chain_id, w.head_seq + i as u64);
-            stats.blocks += 1;
-            stats.bytes_visited += b.dva.asize;
-            f(b.dva, b.psize, &move |x: &[u8]| {
-                zil::block_valid(x, chain, seq)
-            })?;
-        }
-        drop(w);
-        drop(cs);
-        Ok(stats)
+        f(bp)?;
+        Ok(false)
     }
 }
 
@@ -2141,23 +2644,7 @@ impl VolumeHandle {
             let in_blk = abs % bs;
             let n = (bs - in_blk).min(len - pos);
             let dst = &mut buf[pos as usize..(pos + n) as usize];
-            let data = {
-                let st = self.vol.state.lock();
-                match st.open.get(&blk).or_else(|| st.syncing.get(&blk)) {
-                    Some(Dirty::Data { data, .. }) => Some(data.clone()),
-                    Some(Dirty::Hole { .. }) => None,
-                    None => {
-                        drop(st);
-                        let tree = self.vol.tree.read();
-                        let bp = p.lookup(&tree, self.vol.levels, blk)?;
-                        if bp.is_hole() {
-                            None
-                        } else {
-                            Some(p.read_data(&bp)?)
-                        }
-                    }
-                }
-            };
+            let data = p.block_contents(&self.vol, blk)?;
             match data {
                 Some(d) => dst.copy_from_slice(&d[in_blk as usize..(in_blk + n) as usize]),
                 None => dst.fill(0),
@@ -2171,15 +2658,86 @@ impl VolumeHandle {
     /// `io_number`. Durable after the next [`VolumeHandle::flush`] or txg commit.
     pub fn write(&self, offset: u64, data: &[u8], io_number: Option<u64>) -> Result<()> {
         self.pool.check_usable()?;
-        if self.pool.over_threshold() {
-            return Err(PoolError::ReadOnly {
-                reason: format!(
-                    "pool is above its {} % fill threshold; destroy snapshots or volumes, or UNMAP",
-                    self.pool.ro_threshold_pct.load(Ordering::Relaxed)
-                ),
-            });
-        }
+        self.pool.admit_write()?;
         self.write_inner(offset, data, io_number, true)
+    }
+
+    /// Dirty the part of one block at volume offset `abs` with `src` (within the block).
+    /// Returns the dirty bytes added (a block newly dirty in the open txg). Never reads
+    /// the device: a partial write to a block not yet dirty becomes a sector overlay.
+    fn dirty_range(&self, st: &mut VolState, abs: u64, src: Option<&[u8]>, io: u64) -> u64 {
+        let bs = self.vol.block_size as usize;
+        let blk = abs / bs as u64;
+        let in_blk = (abs % bs as u64) as usize;
+        let src = src.unwrap_or_default();
+        let n = src.len();
+        let zero = src.iter().all(|&b| b == 0);
+        let sec = IO_ALIGN_BYTES as usize;
+        if n == bs {
+            let entry = if zero {
+                Dirty::Hole { io }
+            } else {
+                Dirty::Data {
+                    data: Arc::new(src.to_vec()),
+                    io,
+                }
+            };
+            return if st.open.insert(blk, entry).is_none() {
+                bs as u64
+            } else {
+                0
+            };
+        }
+        let (entry, added) = match st.open.remove(&blk) {
+            Some(Dirty::Data { mut data, .. }) => {
+                Arc::make_mut(&mut data)[in_blk..in_blk + n].copy_from_slice(src);
+                (Dirty::Data { data, io }, 0)
+            }
+            Some(Dirty::Hole { .. }) => {
+                if zero {
+                    (Dirty::Hole { io }, 0)
+                } else {
+                    let mut data = vec![0u8; bs];
+                    data[in_blk..in_blk + n].copy_from_slice(src);
+                    (
+                        Dirty::Data {
+                            data: Arc::new(data),
+                            io,
+                        },
+                        0,
+                    )
+                }
+            }
+            Some(Dirty::Partial {
+                mut data,
+                mut valid,
+                ..
+            }) => {
+                Arc::make_mut(&mut data)[in_blk..in_blk + n].copy_from_slice(src);
+                sectors_set(&mut valid, in_blk / sec, n / sec);
+                if all_sectors(&valid, bs / sec) {
+                    (Dirty::Data { data, io }, 0)
+                } else {
+                    (Dirty::Partial { data, valid, io }, 0)
+                }
+            }
+            None => {
+                let mut data = vec![0u8; bs];
+                data[in_blk..in_blk + n].copy_from_slice(src);
+                let mut valid = [0u64; MAX_SECTORS / 64];
+                sectors_set(&mut valid, in_blk / sec, n / sec);
+                (
+                    Dirty::Partial {
+                        data: Arc::new(data),
+                        valid,
+                        io,
+                    },
+                    bs as u64,
+                )
+            }
+        };
+        st.open.insert(blk, entry);
+        added
     }
 
     fn write_inner(&self, offset: u64, data: &[u8], io: Option<u64>, log: bool) -> Result<()> {
@@ -2195,37 +2753,13 @@ impl VolumeHandle {
         let txg = *txg_guard;
         let mut st = self.vol.state.lock();
         self.check_range(&st, offset, len)?;
-        let zero_detect = self.vol.compression != Compression::Off;
         let mut added = 0u64;
         let mut pos = 0u64;
         while pos < len {
             let abs = offset + pos;
-            let blk = abs / bs;
-            let in_blk = abs % bs;
-            let n = (bs - in_blk).min(len - pos);
+            let n = (bs - abs % bs).min(len - pos);
             let src = &data[pos as usize..(pos + n) as usize];
-            let block = if n == bs {
-                src.to_vec()
-            } else {
-                let mut b = match p.current_block(&self.vol, &st, blk)? {
-                    Some(d) => d.to_vec(),
-                    None => vec![0u8; bs as usize],
-                };
-                b[in_blk as usize..(in_blk + n) as usize].copy_from_slice(src);
-                b
-            };
-            let io = io.unwrap_or(0);
-            let entry = if zero_detect && block.iter().all(|&x| x == 0) {
-                Dirty::Hole { io }
-            } else {
-                Dirty::Data {
-                    data: Arc::new(block),
-                    io,
-                }
-            };
-            if st.open.insert(blk, entry).is_none() {
-                added += bs;
-            }
+            added += self.dirty_range(&mut st, abs, Some(src), io.unwrap_or(0));
             pos += n;
         }
         p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
@@ -2275,8 +2809,9 @@ impl VolumeHandle {
                 });
             }
         }
-        // Bounded per call in blocks dirtied, so a huge UNMAP does not pin memory.
-        let chunk = (MAX_IO_BYTES / bs).max(1) * bs;
+        // Whole blocks become one free range per chunk; chunks keep each log record and
+        // free range bounded.
+        let chunk = MAX_UNMAP_CHUNK_BYTES / bs * bs;
         let mut done = 0u64;
         while done < len {
             let n = chunk.min(len - done);
@@ -2285,37 +2820,41 @@ impl VolumeHandle {
             let txg = *txg_guard;
             let mut st = self.vol.state.lock();
             let start = offset + done;
-            let mut pos = 0u64;
-            let mut added = 0;
-            while pos < n {
-                let abs = start + pos;
-                let blk = abs / bs;
-                let in_blk = abs % bs;
-                let m = (bs - in_blk).min(n - pos);
-                let io = io.unwrap_or(0);
-                let entry = if m == bs {
-                    Dirty::Hole { io }
-                } else {
-                    match p.current_block(&self.vol, &st, blk)? {
-                        None => Dirty::Hole { io },
-                        Some(d) => {
-                            let mut b = d.to_vec();
-                            b[in_blk as usize..(in_blk + m) as usize].fill(0);
-                            if b.iter().all(|&x| x == 0) {
-                                Dirty::Hole { io }
-                            } else {
-                                Dirty::Data {
-                                    data: Arc::new(b),
-                                    io,
-                                }
-                            }
-                        }
-                    }
-                };
-                if st.open.insert(blk, entry).is_none() {
-                    added += bs;
+            let io_n = io.unwrap_or(0);
+            let first = start.div_ceil(bs);
+            let end = (start + n) / bs;
+            let mut added = 0u64;
+            if end > first {
+                // Partial blocks at either end are zeroed like a write of zeros.
+                if start < first * bs {
+                    let zeros = vec![0u8; (first * bs - start) as usize];
+                    added += self.dirty_range(&mut st, start, Some(&zeros), io_n);
                 }
-                pos += m;
+                if end * bs < start + n {
+                    let zeros = vec![0u8; (start + n - end * bs) as usize];
+                    added += self.dirty_range(&mut st, end * bs, Some(&zeros), io_n);
+                }
+                let dropped: Vec<u64> = st.open.range(first..end).map(|(k, _)| *k).collect();
+                for k in &dropped {
+                    st.open.remove(k);
+                }
+                p.undirty(dropped.len() as u64 * bs);
+                st.open_frees.push(FreeRange {
+                    first,
+                    end,
+                    io: io_n,
+                });
+                added += FREE_RANGE_CHARGE_BYTES;
+            } else {
+                // Within one block (or across one boundary without a whole block).
+                let mut pos = 0u64;
+                while pos < n {
+                    let abs = start + pos;
+                    let m = (bs - abs % bs).min(n - pos);
+                    let zeros = vec![0u8; m as usize];
+                    added += self.dirty_range(&mut st, abs, Some(&zeros), io_n);
+                    pos += m;
+                }
             }
             p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
             if log {

@@ -28,8 +28,8 @@ pub const MAX_VOLUMES: usize = 10_000;
 pub const MAX_SNAPSHOTS: usize = 50_000;
 /// Largest logical chunk of the serialized object directory.
 pub const DIR_CHUNK_BYTES: usize = 128 * 1024;
-/// Most directory chunks (the chunk index is one indirect-sized block): 32 MiB directory.
-pub const MAX_DIR_CHUNKS: usize = (INDIRECT_BYTES as usize) / crate::bp::BP_BYTES;
+/// Most directory chunks (the chunk index is one block of pointers): 256 MiB directory.
+pub const MAX_DIR_CHUNKS: usize = (MAX_BLOCK_BYTES as usize) / crate::bp::BP_BYTES;
 /// Default cache of decompressed blocks: enough for the top indirect levels of many
 /// volumes and a working set, small enough for a pod.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
@@ -56,3 +56,18 @@ pub const MAX_PROPERTY_BYTES: usize = 1024;
 pub const MAX_PROPERTIES: usize = 64;
 /// Largest send-stream record payload: one block.
 pub const MAX_STREAM_RECORD_BYTES: u32 = MAX_BLOCK_BYTES;
+/// Largest UNMAP range handled as one free range (and one log record): big enough that
+/// discarding a whole 64 TiB volume is a few thousand ranges, small enough per commit.
+pub const MAX_UNMAP_CHUNK_BYTES: u64 = 16 << 30;
+/// A directory segment ends after a volume whose guid is a multiple of this (about 64
+/// volumes per segment), so segment boundaries do not move when other volumes change and
+/// a commit rewrites only the segments that did.
+pub const DIR_SEGMENT_GUID_MOD: u64 = 64;
+/// A directory segment also ends once this large (a chunk is at most 128 KiB).
+pub const DIR_SEGMENT_BYTES: usize = 96 * 1024;
+/// Longest time a live-block scan (scrub, resilver) holds the commit lock before letting a
+/// commit run: writers never wait on a scrub for longer.
+pub const SCAN_SLICE: std::time::Duration = std::time::Duration::from_millis(50);
+/// Dirty-data charge of one UNMAP free range (its memory and commit work), so a storm of
+/// small UNMAPs still triggers commits.
+pub const FREE_RANGE_CHARGE_BYTES: u64 = 4096;

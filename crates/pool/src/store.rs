@@ -138,14 +138,18 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
     fn last_root(&self) -> Option<(u64, Vec<u8>)>;
 
     /// Mark a block as allocated in open txg `txg` although the allocation that made it
-    /// was never made durable: the intent log's replay claims the log blocks it found
-    /// after a crash so that no allocation overwrites them before the replayed data is
-    /// committed (they are freed again in the same txg). Must succeed when the block is
-    /// allocated already. The default does nothing: a store that keeps it risks handing
-    /// out a log block during replay, so real stores should implement it.
+    /// may never have been made durable: the intent log's replay claims the log blocks it
+    /// finds after a crash so that no allocation overwrites them before the replayed data
+    /// is committed; they are freed again in that txg. An error other than the default's
+    /// means "allocated already" (a durable allocation) and the caller frees it too.
+    /// The default returns an `Io` error of kind `Unsupported`: the caller then never
+    /// frees the blocks (a possible leak, never a block in use twice).
     fn claim(&self, dva: Dva, txg: u64) -> Result<(), StoreError> {
-        let _ = (dva, txg);
-        Ok(())
+        let _ = txg;
+        Err(StoreError::Io {
+            context: format!("claim of vdev {} offset {}", dva.vdev, dva.offset),
+            source: std::io::Error::from(std::io::ErrorKind::Unsupported),
+        })
     }
 }
 

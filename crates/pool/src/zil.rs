@@ -233,4 +233,28 @@ mod tests {
         torn[4000] ^= 1;
         assert!(!block_valid(&torn, 11, 3));
     }
+
+    #[test]
+    fn decode_of_checksummed_garbage_never_panics() {
+        let mut x: u64 = 0x1234_5678;
+        for round in 0..2000 {
+            let mut b = vec![0u8; 4096];
+            for byte in b.iter_mut().skip(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *byte = if round % 2 == 0 {
+                    x as u8
+                } else {
+                    (x % 3) as u8
+                };
+            }
+            b[0..8].copy_from_slice(&LOG_MAGIC.to_le_bytes());
+            b[8..12].copy_from_slice(&LOG_VERSION.to_le_bytes());
+            // Small counts and lengths so the record loop is exercised, not just refused.
+            b[56..60].copy_from_slice(&((x % 9) as u32).to_le_bytes());
+            b[60..64].copy_from_slice(&((x % 5000) as u32).to_le_bytes());
+            let _ = decode_block(&b);
+        }
+    }
 }

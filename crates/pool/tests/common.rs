@@ -44,6 +44,7 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 /// one allowed extra.
 pub fn check_no_leaks(store: &MemStore, pool: &Pool) {
     pool.sync().unwrap();
+    assert_eq!(pool.dirty_bytes(), 0, "dirty accounting after a commit");
     let mut live = std::collections::BTreeMap::new();
     pool.visit_live_blocks(&mut |dva, psize, verify| {
         assert_eq!(dva.vdev, 0);
@@ -63,4 +64,12 @@ pub fn check_no_leaks(store: &MemStore, pool: &Pool) {
     }
     let extra: Vec<_> = allocated.keys().filter(|o| !live.contains_key(o)).collect();
     assert!(extra.len() <= 1, "leaked blocks: {extra:?}");
+    // Space accounting: every allocated byte is metadata or some volume's `used`.
+    let used: u64 = pool.list_volumes().iter().map(|v| v.used).sum();
+    let total: u64 = allocated.values().sum();
+    assert_eq!(
+        used + pool.metadata_bytes(),
+        total,
+        "volume used {used} + metadata != allocated"
+    );
 }

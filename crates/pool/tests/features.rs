@@ -340,3 +340,163 @@ fn partial_writes_to_one_block_from_many_threads_are_not_lost() {
         assert!(chunk.iter().all(|&b| b == (s / 16) as u8 + 1), "sector {s}");
     }
 }
+
+#[test]
+fn scan_is_time_sliced_and_complete() {
+    let (store, pool) = new_pool(1 << 30);
+    let pool = Arc::new(pool);
+    for i in 0..3 {
+        let v = pool
+            .create_volume(&format!("v{i}"), 64 << 20, None, Some(Compression::Off))
+            .unwrap();
+        v.write(0, &pattern(i, 2 << 20), None).unwrap();
+        pool.snapshot(&format!("v{i}"), "s").unwrap();
+        v.write(1 << 20, &pattern(i + 9, 1 << 20), None).unwrap();
+    }
+    pool.sync().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    // Each block "takes" 1 ms, as a device read would: the scan outlasts several slices.
+    let stats = pool
+        .visit_live_blocks(&mut |dva, _psize, _verify| {
+            assert!(seen.insert(dva.offset), "visited twice: {dva:?}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            Ok(())
+        })
+        .unwrap();
+    assert!(stats.blocks >= 3 * 192, "{stats:?}");
+    assert_eq!(
+        stats.bytes_visited,
+        stats.allocated_bytes - 8192,
+        "all but the log's spare"
+    );
+    let allocated: std::collections::BTreeSet<u64> =
+        store.allocated_blocks().into_iter().map(|b| b.0).collect();
+    assert_eq!(allocated.difference(&seen).count(), 1);
+
+    // A commit is not held up for the whole scan.
+    let p2 = pool.clone();
+    let scanner = std::thread::spawn(move || {
+        p2.visit_live_blocks(&mut |_, _, _| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            Ok(())
+        })
+        .unwrap()
+    });
+    while !scanner.is_finished() {
+        let t = std::time::Instant::now();
+        pool.volume("v0")
+            .unwrap()
+            .write(0, &pattern(77, 4096), None)
+            .unwrap();
+        pool.sync().unwrap();
+        if !scanner.is_finished() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_millis(800),
+                "commit waited {:?}",
+                t.elapsed()
+            );
+        }
+    }
+    scanner.join().unwrap();
+}
+
+#[test]
+fn filling_a_small_pool_never_fails_a_commit() {
+    // 100 % threshold: only the reserve and the dirty-data estimate stand between
+    // acknowledged writes and a commit with no space.
+    let store = Arc::new(MemStore::new(48 << 20));
+    let pool = Pool::create(
+        store.clone(),
+        cstor_pool::PoolOptions {
+            ro_threshold_pct: 100,
+            dirty_max_bytes: 16 << 20,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let v = pool
+        .create_volume("v", 1 << 30, Some(4096), Some(Compression::Off))
+        .unwrap();
+    let mut off = 0u64;
+    let mut refused = false;
+    while off < (1 << 30) {
+        // Scattered writes: worst case for indirect blocks.
+        let pos = (off * 97) % (1 << 30) / 4096 * 4096;
+        match v.write(pos, &pattern(off, 4096), None) {
+            Ok(()) => off += 4096,
+            Err(PoolError::ReadOnly { .. }) => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("write failed with {e}"),
+        }
+    }
+    assert!(refused);
+    pool.sync().unwrap();
+    v.unmap(0, 1 << 30, None).unwrap();
+    pool.sync().unwrap();
+    pool.destroy_volume("v").unwrap();
+    check_no_leaks(&store, &pool);
+}
+
+#[test]
+fn huge_unmap_is_cheap_and_stays_visible_to_replication() {
+    let (store, pool) = new_pool(1 << 30);
+    let size = 10u64 << 40;
+    let v = pool.create_volume("v", size, None, None).unwrap();
+    v.write(size - (1 << 20), &pattern(1, 1 << 20), Some(1))
+        .unwrap();
+    v.write(5 << 30, &pattern(2, 1 << 20), Some(2)).unwrap();
+    pool.sync().unwrap();
+    pool.snapshot("v", "a").unwrap();
+    let t = std::time::Instant::now();
+    // mkfs-style discard of the whole device, not block aligned at the end.
+    v.unmap(0, size - 512, Some(3)).unwrap();
+    // A commit in between: the tree collapses to holes, then a write expands one path.
+    pool.sync().unwrap();
+    v.write(512, &pattern(3, 512), Some(4)).unwrap();
+    pool.sync().unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
+    );
+    let mut buf = vec![0u8; 1 << 20];
+    v.read(size - (1 << 20), &mut buf).unwrap();
+    assert!(buf[..buf.len() - 512].iter().all(|&b| b == 0));
+    assert_eq!(
+        &buf[buf.len() - 512..],
+        &pattern(1, 1 << 20)[(1 << 20) - 512..]
+    );
+    let mut s = vec![0u8; 1024];
+    v.read(0, &mut s).unwrap();
+    assert!(s[..512].iter().all(|&b| b == 0));
+    assert_eq!(&s[512..], &pattern(3, 512)[..]);
+    // The whole discarded range is reported changed (io 3), not only the written block.
+    let changed = pool.changed_since_vec("v", 2).unwrap();
+    let covered: u64 = changed.iter().map(|r| r.len).sum();
+    assert!(covered >= size - (1 << 20), "{changed:?}");
+    // An incremental stream carries the FREE: a receiver ends up equal.
+    pool.snapshot("v", "b").unwrap();
+    let (_s2, dst) = new_pool(1 << 30);
+    let mut full = Vec::new();
+    pool.send("v", "a", None, &mut full).unwrap();
+    dst.recv("r", &mut full.as_slice()).unwrap();
+    let mut inc = Vec::new();
+    pool.send("v", "b", Some("a"), &mut inc).unwrap();
+    dst.recv("r", &mut inc.as_slice()).unwrap();
+    let r = dst.volume("r").unwrap();
+    for off in [0, 5 << 30, size - (1 << 20)] {
+        let mut a = vec![0u8; 1 << 20];
+        let mut b = vec![0u8; 1 << 20];
+        v.read(off, &mut a).unwrap();
+        r.read(off, &mut b).unwrap();
+        assert!(a == b, "offset {off}");
+    }
+    // The snapshot still holds the discarded data; destroying it frees it.
+    let mut old = vec![0u8; 1 << 20];
+    pool.read_snapshot("v", "a", 5 << 30, &mut old).unwrap();
+    assert_eq!(old, pattern(2, 1 << 20));
+    pool.destroy_snapshot("v", "a").unwrap();
+    check_no_leaks(&store, &pool);
+}
