@@ -255,6 +255,37 @@ impl BlockBackend for FileBackend {
         }))
     }
 
+    fn write_zeros(&self, offset: u64, len: u64) -> BackendFuture<'_, ()> {
+        if self.read_only {
+            return Box::pin(async { Err(BackendError::ReadOnly) });
+        }
+        let file = self.file.clone();
+        Box::pin(blocking(move || {
+            let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+            else {
+                return Err(BackendError::OutOfRange {
+                    offset,
+                    len,
+                    size_bytes: 0,
+                });
+            };
+            // SAFETY: fallocate on an owned descriptor; no memory is passed.
+            let rc = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    l,
+                )
+            };
+            if rc != 0 {
+                // Filesystems without ZERO_RANGE: write the zeros.
+                return write_zeros(&file, offset, len);
+            }
+            Ok(())
+        }))
+    }
+
     fn lba_status(&self, offset: u64, len: u64) -> BackendFuture<'_, Option<Vec<Extent>>> {
         let file = self.file.clone();
         let size = self.size_bytes();

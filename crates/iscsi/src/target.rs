@@ -34,6 +34,8 @@ pub struct TargetConfig {
     pub aptpl_path: Option<PathBuf>,
     /// Bound on each backend call.
     pub io_timeout: Duration,
+    /// Logical (512-byte) blocks per physical block as a power of two; 3 means 4 KiB.
+    pub phys_block_exponent: u8,
 }
 
 impl TargetConfig {
@@ -46,6 +48,7 @@ impl TargetConfig {
             allowed_initiators: None,
             aptpl_path: None,
             io_timeout: limits::BACKEND_IO_TIMEOUT,
+            phys_block_exponent: crate::scsi::PHYS_EXPONENT,
         }
     }
 }
@@ -174,6 +177,7 @@ impl Server {
             cfg.io_timeout,
             counters.clone(),
             cfg.aptpl_path,
+            cfg.phys_block_exponent,
         )?;
         let t = Target {
             iqn: cfg.iqn.clone(),

@@ -78,6 +78,9 @@ struct ServeArgs {
     /// Bound on each backend call, in milliseconds.
     #[arg(long, default_value_t = 25_000)]
     io_timeout_ms: u64,
+    /// Physical block size reported to initiators (power of two, 512 to 131072 bytes).
+    #[arg(long, default_value_t = 4096)]
+    physical_block_size: u32,
 }
 
 /// Parses a size with an optional K/M/G/T suffix (powers of 1024).
@@ -140,7 +143,21 @@ fn parse_spec(s: &str) -> Result<Spec> {
     }
 }
 
-fn config_of(spec: &Spec, io_timeout: Duration) -> Result<TargetConfig> {
+/// Per-server settings applied to every target.
+#[derive(Debug, Clone, Copy)]
+struct Common {
+    io_timeout: Duration,
+    phys_block_exponent: u8,
+}
+
+fn phys_exponent(bytes: u32) -> Result<u8> {
+    if !bytes.is_power_of_two() || !(512..=131072).contains(&bytes) {
+        bail!("--physical-block-size {bytes} must be a power of two from 512 to 131072");
+    }
+    Ok((bytes / 512).trailing_zeros() as u8)
+}
+
+fn config_of(spec: &Spec, common: Common) -> Result<TargetConfig> {
     let (backend, aptpl): (Arc<dyn BlockBackend>, Option<PathBuf>) =
         match (&spec.file, &spec.volume) {
             (Some(f), _) => {
@@ -158,7 +175,8 @@ fn config_of(spec: &Spec, io_timeout: Duration) -> Result<TargetConfig> {
         cfg.allowed_initiators = Some(spec.allow.clone());
     }
     cfg.aptpl_path = aptpl;
-    cfg.io_timeout = io_timeout;
+    cfg.io_timeout = common.io_timeout;
+    cfg.phys_block_exponent = common.phys_block_exponent;
     Ok(cfg)
 }
 
@@ -199,7 +217,10 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let io_timeout = Duration::from_millis(a.io_timeout_ms);
+    let common = Common {
+        io_timeout: Duration::from_millis(a.io_timeout_ms),
+        phys_block_exponent: phys_exponent(a.physical_block_size)?,
+    };
     let mut specs = Vec::new();
     match (&a.iqn, &a.file, &a.volume) {
         (Some(iqn), file, volume) if file.is_some() || volume.is_some() => specs.push(Spec {
@@ -223,7 +244,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let server = Server::new();
     for s in &specs {
         server
-            .add_target(config_of(s, io_timeout).with_context(|| format!("target {}", s.iqn))?)
+            .add_target(config_of(s, common).with_context(|| format!("target {}", s.iqn))?)
             .with_context(|| format!("target {}", s.iqn))?;
     }
     let listener = tokio::net::TcpListener::bind(&a.listen)
@@ -234,7 +255,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let control_task = a
         .control
         .as_ref()
-        .map(|path| tokio::spawn(control::serve(path.clone(), server.clone(), io_timeout)));
+        .map(|path| tokio::spawn(control::serve(path.clone(), server.clone(), common)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = server.clone().serve(listener) => r.context("serving"),
@@ -265,11 +286,7 @@ mod control {
     /// A control client must send its request within this time.
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-    pub(super) async fn serve(
-        path: PathBuf,
-        server: Arc<Server>,
-        io_timeout: Duration,
-    ) -> Result<()> {
+    pub(super) async fn serve(path: PathBuf, server: Arc<Server>, common: Common) -> Result<()> {
         let _ = std::fs::remove_file(&path);
         let listener =
             UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
@@ -277,21 +294,21 @@ mod control {
             let (stream, _) = listener.accept().await?;
             let server = server.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &server, io_timeout).await {
+                if let Err(e) = handle(stream, &server, common).await {
                     tracing::warn!(error = %e, "control request failed");
                 }
             });
         }
     }
 
-    async fn handle(stream: UnixStream, server: &Arc<Server>, io_timeout: Duration) -> Result<()> {
+    async fn handle(stream: UnixStream, server: &Arc<Server>, common: Common) -> Result<()> {
         let (rd, mut wr) = stream.into_split();
         let mut line = String::new();
         let mut rd = BufReader::new(rd.take(MAX_REQUEST_BYTES));
         tokio::time::timeout(REQUEST_TIMEOUT, rd.read_line(&mut line))
             .await
             .context("request timed out")??;
-        let reply = match execute(line.trim(), server, io_timeout).await {
+        let reply = match execute(line.trim(), server, common).await {
             Ok(text) => format!("ok\n{text}"),
             Err(e) => format!("error {e:#}\n"),
         };
@@ -300,12 +317,12 @@ mod control {
         Ok(())
     }
 
-    async fn execute(req: &str, server: &Arc<Server>, io_timeout: Duration) -> Result<String> {
+    async fn execute(req: &str, server: &Arc<Server>, common: Common) -> Result<String> {
         let (verb, rest) = req.split_once(' ').unwrap_or((req, ""));
         match verb {
             "add" => {
                 let spec = parse_spec(rest)?;
-                let cfg = tokio::task::block_in_place(|| config_of(&spec, io_timeout))?;
+                let cfg = tokio::task::block_in_place(|| config_of(&spec, common))?;
                 server.add_target(cfg)?;
                 Ok(format!("added {}\n", spec.iqn))
             }
