@@ -1,0 +1,231 @@
+//! Protocol behaviour seen by a raw initiator: digests, oversized PDUs, session
+//! reinstatement, capacity change UNIT ATTENTION, stalled and busy backends, APTPL
+//! persistence across a restart, and that one session's garbage never harms another.
+
+mod initiator;
+use bytes::Bytes;
+use cstor_iscsi::pdu::{op, OutPdu, StatSn};
+use cstor_iscsi::{BackendError, BackendFuture, BackendIdentity, BlockBackend};
+use initiator::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+const IQN: &str = "iqn.2024-01.io.cstor.test:session";
+const INI: &str = "iqn.2024-01.io.cstor.test:initiator";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_on_write_and_read_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, addr, _b) = start(dir.path(), IQN, |_| {}).await;
+    let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 1], true)
+        .await
+        .unwrap();
+    assert!(ini.digests.header && ini.digests.data);
+    let data: Vec<u8> = (0..128 * 1024).map(|i| (i % 251) as u8).collect();
+    let r = ini.scsi(&cdb_rw(0x2a, 8, 256), 0, &data).await;
+    assert_eq!(r.status, 0);
+    let r = ini
+        .scsi(&cdb_rw(0x28, 8, 256), data.len() as u32, &[])
+        .await;
+    assert_eq!(r.status, 0);
+    assert_eq!(r.data, data);
+    let on_disk = std::fs::read(dir.path().join("lun.img")).unwrap();
+    assert_eq!(&on_disk[4096..4096 + data.len()], &data[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_data_segment_drops_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, addr, _b) = start(dir.path(), IQN, |_| {}).await;
+    let mut good = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 2], false)
+        .await
+        .unwrap();
+    let mut bad = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 3], false)
+        .await
+        .unwrap();
+    // A SCSI command header claiming 16 MiB of immediate data, far above the 256 KiB
+    // negotiated: refused from the header, the connection closes.
+    let mut p = OutPdu::new(op::SCSI_CMD, 0xa0, StatSn::None);
+    put32(&mut p.bhs, 20, 1 << 24);
+    put32(&mut p.bhs, 24, bad.cmd_sn);
+    let mut raw = Vec::new();
+    cstor_iscsi::pdu::write_pdu(&mut raw, &mut p, Default::default())
+        .await
+        .unwrap();
+    raw[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    use tokio::io::AsyncWriteExt;
+    bad.s.write_all(&raw).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), bad.read())
+        .await
+        .unwrap();
+    assert!(r.is_err(), "the connection must be closed");
+    let r = good.scsi(&[0u8; 6], 0, &[]).await;
+    assert_eq!(r.status, 0, "the other session keeps working");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_isid_login_reinstates_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, addr, _b) = start(dir.path(), IQN, |_| {}).await;
+    let isid = [0x80, 0, 0, 0, 0, 4];
+    let mut old = login(&addr, IQN, INI, isid, false).await.unwrap();
+    assert_eq!(old.scsi(&[0u8; 6], 0, &[]).await.status, 0);
+    let mut new = login(&addr, IQN, INI, isid, false).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), old.read())
+        .await
+        .unwrap();
+    assert!(
+        closed.is_err(),
+        "the old session is closed by the reinstatement"
+    );
+    assert_eq!(new.scsi(&[0u8; 6], 0, &[]).await.status, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_change_raises_unit_attention_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, addr, backend) = start(dir.path(), IQN, |_| {}).await;
+    let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 5], false)
+        .await
+        .unwrap();
+    assert_eq!(ini.scsi(&[0u8; 6], 0, &[]).await.status, 0);
+    backend.grow(32 << 20).unwrap();
+    let r = ini.scsi(&[0u8; 6], 0, &[]).await;
+    assert_eq!((r.status, r.sense_key()), (2, (6, 0x2a, 0x09)));
+    assert_eq!(ini.scsi(&[0u8; 6], 0, &[]).await.status, 0);
+    let r = ini.scsi(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8, &[]).await;
+    assert_eq!(get32(&r.data, 0), (32 << 20) / 512 - 1);
+}
+
+/// A backend whose writes never complete or always report busy.
+#[derive(Debug)]
+struct Faulty {
+    id: BackendIdentity,
+    busy: bool,
+}
+
+impl BlockBackend for Faulty {
+    fn identity(&self) -> &BackendIdentity {
+        &self.id
+    }
+    fn size_bytes(&self) -> u64 {
+        1 << 20
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read(&self, _o: u64, len: u32) -> BackendFuture<'_, Bytes> {
+        Box::pin(async move { Ok(Bytes::from(vec![0u8; len as usize])) })
+    }
+    fn write(&self, _o: u64, _d: Bytes, _f: bool) -> BackendFuture<'_, ()> {
+        let busy = self.busy;
+        Box::pin(async move {
+            if busy {
+                return Err(BackendError::Busy);
+            }
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+    }
+    fn flush(&self) -> BackendFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn unmap(&self, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+async fn faulty_server(busy: bool) -> (Arc<cstor_iscsi::Server>, String) {
+    let b = Arc::new(Faulty {
+        id: BackendIdentity {
+            id: [7; 16],
+            serial: "faulty".into(),
+        },
+        busy,
+    });
+    let mut cfg = cstor_iscsi::TargetConfig::new(IQN, b);
+    cfg.io_timeout = Duration::from_millis(300);
+    let server = cstor_iscsi::Server::new();
+    server.add_target(cfg).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(server.clone().serve(l));
+    (server, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_backend_fails_the_command_after_the_bound() {
+    let (_s, addr) = faulty_server(false).await;
+    let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 6], false)
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        ini.scsi(&cdb_rw(0x2a, 0, 1), 0, &[1u8; 512]),
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.status, r.sense_key()), (2, (0x0b, 0x08, 0x01)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_backend_answers_busy_status() {
+    let (_s, addr) = faulty_server(true).await;
+    let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 7], false)
+        .await
+        .unwrap();
+    let r = ini.scsi(&cdb_rw(0x2a, 0, 1), 0, &[1u8; 512]).await;
+    assert_eq!(r.status, 0x08);
+}
+
+fn pr_out(sa: u8, kind: u8, key: u64, sa_key: u64, aptpl: bool) -> ([u8; 10], Vec<u8>) {
+    let mut c = [0u8; 10];
+    c[0] = 0x5f;
+    c[1] = sa;
+    c[2] = kind;
+    c[8] = 24;
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    p[20] = u8::from(aptpl);
+    (c, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aptpl_reservations_survive_a_restart_and_fence_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let aptpl = dir.path().join("lun.aptpl");
+    let isid = [0x80, 0, 0, 0, 0, 8];
+    {
+        let a = aptpl.clone();
+        let (s, addr, _b) = start(dir.path(), IQN, move |c| c.aptpl_path = Some(a)).await;
+        let mut ini = login(&addr, IQN, INI, isid, false).await.unwrap();
+        let (c, p) = pr_out(0, 0, 0, 0xabc, true);
+        assert_eq!(ini.scsi(&c, 0, &p).await.status, 0);
+        let (c, p) = pr_out(1, 1, 0xabc, 0, false); // RESERVE, write exclusive
+        assert_eq!(ini.scsi(&c, 0, &p).await.status, 0);
+        s.remove_target(IQN).await.unwrap();
+    }
+    assert!(aptpl.exists());
+    let a = aptpl.clone();
+    let (_s, addr, _b) = start(dir.path(), IQN, move |c| c.aptpl_path = Some(a)).await;
+    let mut other = login(&addr, IQN, "iqn.2024-01.io.cstor.test:other", isid, false)
+        .await
+        .unwrap();
+    let keys = other
+        .scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 0, 64, 0], 64, &[])
+        .await;
+    assert_eq!(keys.status, 0);
+    assert_eq!(get32(&keys.data, 4), 8, "one key registered");
+    assert_eq!(&keys.data[8..16], &0xabcu64.to_be_bytes());
+    let w = other.scsi(&cdb_rw(0x2a, 0, 1), 0, &[9u8; 512]).await;
+    assert_eq!(w.status, 0x18, "writes from another initiator conflict");
+    let mut holder = login(&addr, IQN, INI, isid, false).await.unwrap();
+    assert_eq!(
+        holder
+            .scsi(&cdb_rw(0x2a, 0, 1), 0, &[9u8; 512])
+            .await
+            .status,
+        0
+    );
+}
