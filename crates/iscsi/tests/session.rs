@@ -1,6 +1,7 @@
 //! Protocol behaviour seen by a raw initiator: digests, oversized PDUs, session
 //! reinstatement, capacity change UNIT ATTENTION, stalled and busy backends, APTPL
 //! persistence across a restart, and that one session's garbage never harms another.
+#![allow(clippy::big_endian_bytes)] // SCSI parameter fields are big-endian.
 
 mod initiator;
 use bytes::Bytes;

@@ -137,8 +137,7 @@ impl Ini {
                     let ttt = r.u32_at(20);
                     let off = r.u32_at(40) as usize;
                     let len = r.u32_at(44) as usize;
-                    let mut sn = 0;
-                    for chunk_off in (off..off + len).step_by(65536) {
+                    for (sn, chunk_off) in (off..off + len).step_by(65536).enumerate() {
                         let end = (chunk_off + 65536).min(off + len);
                         let mut d = OutPdu::new(
                             op::DATA_OUT,
@@ -147,11 +146,10 @@ impl Ini {
                         );
                         put32(&mut d.bhs, 16, itt);
                         put32(&mut d.bhs, 20, ttt);
-                        put32(&mut d.bhs, 36, sn);
+                        put32(&mut d.bhs, 36, sn as u32);
                         put32(&mut d.bhs, 40, chunk_off as u32);
                         d.data = Bytes::copy_from_slice(&data_out[chunk_off..end]);
                         send(&mut self.s, d, self.digests).await;
-                        sn += 1;
                     }
                 }
                 op::SCSI_RSP => {
