@@ -183,9 +183,15 @@ impl BlockBackend for FileBackend {
 
     fn read(&self, offset: u64, len: u32) -> BackendFuture<'_, Bytes> {
         let file = self.file.clone();
+        let mut buf = BytesMut::zeroed(len as usize);
+        // Page-cache hits are served inline: RWF_NOWAIT never waits for the device, so
+        // this cannot block the runtime, and it saves a blocking-pool round trip.
+        let first = nowait(&file, buf.as_mut_ptr(), buf.len(), offset, false);
+        if first == buf.len() {
+            return Box::pin(async move { Ok(buf.freeze()) });
+        }
         Box::pin(blocking(move || {
-            let mut buf = BytesMut::zeroed(len as usize);
-            let mut done = 0usize;
+            let mut done = first;
             while done < buf.len() {
                 match file.read_at(&mut buf[done..], offset + done as u64) {
                     // Past the end of a file that is shorter than the LUN: zeros.
@@ -204,6 +210,11 @@ impl BlockBackend for FileBackend {
             return Box::pin(async { Err(BackendError::ReadOnly) });
         }
         let file = self.file.clone();
+        // Buffered writes that need no allocation or writeback wait complete inline
+        // (RWF_NOWAIT); the kernel only reads from the pointer.
+        if !fua && nowait(&file, data.as_ptr().cast_mut(), data.len(), offset, true) == data.len() {
+            return Box::pin(async { Ok(()) });
+        }
         Box::pin(blocking(move || {
             file.write_all_at(&data, offset)
                 .map_err(|e| map_io(offset, e))?;
@@ -293,6 +304,29 @@ impl BlockBackend for FileBackend {
             Ok(Some(seek_extents(&file, offset, len, size)))
         }))
     }
+}
+
+/// One `preadv2`/`pwritev2` with RWF_NOWAIT over `len` bytes at `ptr`; returns the bytes
+/// done (0 when the kernel would block, the filesystem lacks support, or anything fails:
+/// the caller then takes the blocking path, which reports real errors).
+fn nowait(file: &File, ptr: *mut u8, len: usize, offset: u64, write: bool) -> usize {
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return 0;
+    };
+    let iov = libc::iovec {
+        iov_base: ptr.cast(),
+        iov_len: len,
+    };
+    // SAFETY: `iov` describes a live buffer of `len` bytes owned by the caller for the
+    // duration of the call (written only by preadv2); the descriptor is owned.
+    let n = unsafe {
+        if write {
+            libc::pwritev2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT)
+        } else {
+            libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT)
+        }
+    };
+    usize::try_from(n).unwrap_or(0)
 }
 
 fn write_zeros(file: &File, offset: u64, len: u64) -> Result<(), BackendError> {

@@ -230,3 +230,136 @@ async fn aptpl_reservations_survive_a_restart_and_fence_others() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initiators_outside_the_allow_list_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, addr, _b) = start(dir.path(), IQN, |c| {
+        c.allowed_initiators = Some(vec![INI.to_owned()])
+    })
+    .await;
+    assert!(login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 9], false)
+        .await
+        .is_ok());
+    let refused = login(
+        &addr,
+        IQN,
+        "iqn.2024-01.io.cstor.test:intruder",
+        [0x80, 0, 0, 0, 0, 9],
+        false,
+    )
+    .await;
+    assert_eq!(refused.err(), Some((2, 2)), "authorization failure");
+}
+
+/// One login request/response in the security stage; returns the response keys.
+async fn login_step(
+    s: &mut tokio::net::TcpStream,
+    flags: u8,
+    keys: &[(&str, String)],
+) -> (u8, u8, u8, Vec<(String, String)>) {
+    let mut p = OutPdu::new(op::LOGIN | 0x40, flags, StatSn::None);
+    p.bhs[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 10]);
+    put32(&mut p.bhs, 16, 1);
+    let pairs: Vec<(String, String)> = keys
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    p.data = Bytes::from(cstor_iscsi::text::encode(&pairs));
+    send(s, p, Default::default()).await;
+    let r = cstor_iscsi::pdu::read_pdu(s, 1 << 20, Default::default())
+        .await
+        .unwrap();
+    (
+        r.bhs[1],
+        r.bhs[36],
+        r.bhs[37],
+        cstor_iscsi::text::parse(&r.data).unwrap(),
+    )
+}
+
+fn md5(id: u8, secret: &[u8], challenge: &[u8]) -> Vec<u8> {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    h.update([id]);
+    h.update(secret);
+    h.update(challenge);
+    h.finalize().to_vec()
+}
+
+fn hex(b: &[u8]) -> String {
+    let mut s = String::from("0x");
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_chap_authenticates_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let chap_file = dir.path().join("chap");
+    std::fs::write(
+        &chap_file,
+        "alice:alice-secret-123\ntarget:target-secret-456\n",
+    )
+    .unwrap();
+    let chap = cstor_iscsi::ChapConfig::from_file(&chap_file).unwrap();
+    let (_s, addr, _b) = start(dir.path(), IQN, move |c| c.chap = Some(chap)).await;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let sec = 0x80 | 1; // T=1, CSG=0, NSG=1
+    let (flags, class, _, keys) = login_step(
+        &mut s,
+        sec,
+        &[
+            ("InitiatorName", INI.into()),
+            ("TargetName", IQN.into()),
+            ("SessionType", "Normal".into()),
+            ("AuthMethod", "CHAP,None".into()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (class, flags & 0x80),
+        (0, 0),
+        "target stays in the security stage"
+    );
+    assert!(keys.contains(&("AuthMethod".into(), "CHAP".into())));
+    let (_, class, _, keys) = login_step(&mut s, 1, &[("CHAP_A", "5".into())]).await;
+    assert_eq!(class, 0);
+    let get = |k: &str| {
+        keys.iter()
+            .find(|(kk, _)| kk == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let id: u8 = get("CHAP_I").parse().unwrap();
+    let c = get("CHAP_C");
+    let challenge: Vec<u8> = (2..c.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&c[i..i + 2], 16).unwrap())
+        .collect();
+    let my_challenge = [0x42u8; 16];
+    let (flags, class, _, keys) = login_step(
+        &mut s,
+        sec,
+        &[
+            ("CHAP_N", "alice".into()),
+            ("CHAP_R", hex(&md5(id, b"alice-secret-123", &challenge))),
+            ("CHAP_I", "77".into()),
+            ("CHAP_C", hex(&my_challenge)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (class, flags & 0x80),
+        (0, 0x80),
+        "authenticated, transit granted"
+    );
+    assert!(keys.contains(&("CHAP_N".into(), "target".into())));
+    let expected = hex(&md5(77, b"target-secret-456", &my_challenge));
+    assert!(
+        keys.contains(&("CHAP_R".into(), expected)),
+        "target proves its secret: {keys:?}"
+    );
+}
