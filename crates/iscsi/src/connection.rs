@@ -287,7 +287,8 @@ async fn reader_loop(
 ) -> &'static str {
     let mut ping: Option<(u32, Instant)> = None;
     let mut last_rx = Instant::now();
-    let mut ticker = tokio::time::interval(limits::NOP_IN_INTERVAL / 2);
+    let (interval, timeout) = sess.server.keepalive();
+    let mut ticker = tokio::time::interval(interval / 2);
     loop {
         let read = pdu::read_pdu(rd, sess.params.max_recv_data, sess.params.digests);
         tokio::pin!(read);
@@ -298,10 +299,10 @@ async fn reader_loop(
                 _ = &mut *writer => return "writer ended",
                 _ = ticker.tick() => {
                     if let Some((_, sent)) = ping {
-                        if sent.elapsed() > limits::NOP_IN_TIMEOUT {
+                        if sent.elapsed() > timeout {
                             return "NOP-In ping unanswered";
                         }
-                    } else if last_rx.elapsed() >= limits::NOP_IN_INTERVAL {
+                    } else if last_rx.elapsed() >= interval {
                         let ttt = sess.ttt();
                         let mut p = OutPdu::new(op::NOP_IN, 0x80, StatSn::Peek);
                         p.set_u32(16, NO_TAG).set_u32(20, ttt);

@@ -363,3 +363,55 @@ async fn mutual_chap_authenticates_both_sides() {
         "target proves its secret: {keys:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nop_in_keepalive_drops_a_dead_initiator_and_keeps_a_live_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(
+        cstor_iscsi::FileBackend::open(&dir.path().join("k.img"), Some(1 << 20), false).unwrap(),
+    );
+    let server =
+        cstor_iscsi::Server::with_keepalive(Duration::from_millis(200), Duration::from_millis(400));
+    server
+        .add_target(cstor_iscsi::TargetConfig::new(IQN, backend))
+        .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(server.clone().serve(l));
+    let mut dead = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 11], false)
+        .await
+        .unwrap();
+    let mut live = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 12], false)
+        .await
+        .unwrap();
+    // The live initiator answers pings; the dead one reads them but never answers.
+    let answer = tokio::spawn(async move {
+        for _ in 0..6 {
+            let p = live.read().await.unwrap();
+            assert_eq!(p.opcode(), op::NOP_IN);
+            let mut r = OutPdu::new(op::NOP_OUT | 0x40, 0x80, StatSn::None);
+            put32(&mut r.bhs, 16, 0xffff_ffff);
+            put32(&mut r.bhs, 20, p.u32_at(20));
+            put32(&mut r.bhs, 24, live.cmd_sn);
+            send(&mut live.s, r, Default::default()).await;
+        }
+        live
+    });
+    let first = dead.read().await.unwrap();
+    assert_eq!(first.opcode(), op::NOP_IN, "idle connection gets a ping");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if dead.read().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "unanswered pings drop the connection");
+    let mut live = answer.await.unwrap();
+    assert_eq!(
+        live.scsi(&[0u8; 6], 0, &[]).await.status,
+        0,
+        "answered pings keep the session"
+    );
+}
