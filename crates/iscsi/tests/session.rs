@@ -415,3 +415,89 @@ async fn nop_in_keepalive_drops_a_dead_initiator_and_keeps_a_live_one() {
         "answered pings keep the session"
     );
 }
+
+/// A file-like backend whose writes take a while and which records when each write
+/// finished and each read started, to check ordering across sessions.
+#[derive(Debug)]
+struct Slow {
+    id: BackendIdentity,
+    log: parking_lot::Mutex<Vec<(&'static str, std::time::Instant)>>,
+}
+
+impl BlockBackend for Slow {
+    fn identity(&self) -> &BackendIdentity {
+        &self.id
+    }
+    fn size_bytes(&self) -> u64 {
+        1 << 20
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read(&self, _o: u64, len: u32) -> BackendFuture<'_, Bytes> {
+        self.log.lock().push(("read", std::time::Instant::now()));
+        Box::pin(async move { Ok(Bytes::from(vec![0u8; len as usize])) })
+    }
+    fn write(&self, _o: u64, _d: Bytes, _f: bool) -> BackendFuture<'_, ()> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.log
+                .lock()
+                .push(("write done", std::time::Instant::now()));
+            Ok(())
+        })
+    }
+    fn flush(&self) -> BackendFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn unmap(&self, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinstated_session_runs_only_after_the_old_sessions_writes_ended() {
+    let slow = Arc::new(Slow {
+        id: BackendIdentity {
+            id: [3; 16],
+            serial: "slow".into(),
+        },
+        log: Default::default(),
+    });
+    let server = cstor_iscsi::Server::new();
+    server
+        .add_target(cstor_iscsi::TargetConfig::new(IQN, slow.clone()))
+        .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(server.clone().serve(l));
+    let isid = [0x80, 0, 0, 0, 0, 13];
+    let mut old = login(&addr, IQN, INI, isid, false).await.unwrap();
+    // Start a write on the old session and do not wait for its response.
+    let mut p = OutPdu::new(op::SCSI_CMD, 0xa0, StatSn::None);
+    put32(&mut p.bhs, 16, 1);
+    put32(&mut p.bhs, 20, 512);
+    put32(&mut p.bhs, 24, old.cmd_sn);
+    p.bhs[32..42].copy_from_slice(&cdb_rw(0x2a, 0, 1));
+    p.data = Bytes::from(vec![5u8; 512]);
+    send(&mut old.s, p, Default::default()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut new = login(&addr, IQN, INI, isid, false).await.unwrap();
+    let r = new.scsi(&cdb_rw(0x28, 0, 1), 512, &[]).await;
+    assert_eq!(r.status, 0);
+    let log = slow.log.lock().clone();
+    let write_done = log
+        .iter()
+        .find(|e| e.0 == "write done")
+        .map(|e| e.1)
+        .expect("old write finished");
+    let read = log
+        .iter()
+        .find(|e| e.0 == "read")
+        .map(|e| e.1)
+        .expect("new read ran");
+    assert!(
+        write_done <= read,
+        "the new session's command ran before the old session's write ended"
+    );
+}
