@@ -186,7 +186,7 @@ impl BlockBackend for FileBackend {
         let mut buf = BytesMut::zeroed(len as usize);
         // Page-cache hits are served inline: RWF_NOWAIT never waits for the device, so
         // this cannot block the runtime, and it saves a blocking-pool round trip.
-        let first = nowait(&file, buf.as_mut_ptr(), buf.len(), offset, false);
+        let first = nowait_read(&file, &mut buf, offset);
         if first == buf.len() {
             return Box::pin(async move { Ok(buf.freeze()) });
         }
@@ -210,11 +210,6 @@ impl BlockBackend for FileBackend {
             return Box::pin(async { Err(BackendError::ReadOnly) });
         }
         let file = self.file.clone();
-        // Buffered writes that need no allocation or writeback wait complete inline
-        // (RWF_NOWAIT); the kernel only reads from the pointer.
-        if !fua && nowait(&file, data.as_ptr().cast_mut(), data.len(), offset, true) == data.len() {
-            return Box::pin(async { Ok(()) });
-        }
         Box::pin(blocking(move || {
             file.write_all_at(&data, offset)
                 .map_err(|e| map_io(offset, e))?;
@@ -306,26 +301,21 @@ impl BlockBackend for FileBackend {
     }
 }
 
-/// One `preadv2`/`pwritev2` with RWF_NOWAIT over `len` bytes at `ptr`; returns the bytes
-/// done (0 when the kernel would block, the filesystem lacks support, or anything fails:
-/// the caller then takes the blocking path, which reports real errors).
-fn nowait(file: &File, ptr: *mut u8, len: usize, offset: u64, write: bool) -> usize {
+/// One `preadv2` with RWF_NOWAIT into `buf`; returns the bytes read (0 when the kernel
+/// would block, the filesystem lacks support, or anything fails: the caller then takes
+/// the blocking path, which reports real errors). Writes do not use it: measured, inline
+/// RWF_NOWAIT buffered writes were slower than the blocking pool (bench/iscsi.sh).
+fn nowait_read(file: &File, buf: &mut [u8], offset: u64) -> usize {
     let Ok(off) = libc::off_t::try_from(offset) else {
         return 0;
     };
     let iov = libc::iovec {
-        iov_base: ptr.cast(),
-        iov_len: len,
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
-    // SAFETY: `iov` describes a live buffer of `len` bytes owned by the caller for the
-    // duration of the call (written only by preadv2); the descriptor is owned.
-    let n = unsafe {
-        if write {
-            libc::pwritev2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT)
-        } else {
-            libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT)
-        }
-    };
+    // SAFETY: `iov` describes `buf`, live and exclusively borrowed for the call; the
+    // descriptor is owned.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
     usize::try_from(n).unwrap_or(0)
 }
 
