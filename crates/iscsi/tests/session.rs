@@ -501,3 +501,58 @@ async fn reinstated_session_runs_only_after_the_old_sessions_writes_ended() {
         "the new session's command ran before the old session's write ended"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_and_move_hands_the_reservation_to_another_initiator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, addr, _b) = start(dir.path(), IQN, |_| {}).await;
+    let other_name = "iqn.2024-01.io.cstor.test:other";
+    let mut a = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 14], false)
+        .await
+        .unwrap();
+    let mut b = login(&addr, IQN, other_name, [0x80, 0, 0, 0, 0, 15], false)
+        .await
+        .unwrap();
+    let (c, p) = pr_out(0, 0, 0, 0x1111, false);
+    assert_eq!(a.scsi(&c, 0, &p).await.status, 0);
+    let (c, p) = pr_out(1, 1, 0x1111, 0, false);
+    assert_eq!(a.scsi(&c, 0, &p).await.status, 0);
+    assert_eq!(
+        b.scsi(&cdb_rw(0x2a, 0, 1), 0, &[1u8; 512]).await.status,
+        0x18
+    );
+    // REGISTER AND MOVE to b's nexus with key 0x2222, unregistering a.
+    let mut name = format!("{other_name},i,0x80000000000f").into_bytes();
+    name.push(0);
+    while name.len() % 4 != 0 {
+        name.push(0);
+    }
+    let mut tid = vec![0x45, 0, 0, 0];
+    tid[2..4].copy_from_slice(&(name.len() as u16).to_be_bytes());
+    tid.extend_from_slice(&name);
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&0x1111u64.to_be_bytes());
+    p[8..16].copy_from_slice(&0x2222u64.to_be_bytes());
+    p[17] = 0x02; // UNREG
+    p[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
+    p.extend_from_slice(&tid);
+    let mut c = [0u8; 10];
+    c[0] = 0x5f;
+    c[1] = 7;
+    c[2] = 1;
+    c[5..9].copy_from_slice(&(p.len() as u32).to_be_bytes());
+    assert_eq!(a.scsi(&c, 0, &p).await.status, 0);
+    assert_eq!(
+        b.scsi(&cdb_rw(0x2a, 0, 1), 0, &[1u8; 512]).await.status,
+        0,
+        "b holds it now"
+    );
+    assert_eq!(
+        a.scsi(&cdb_rw(0x2a, 0, 1), 0, &[1u8; 512]).await.status,
+        0x18,
+        "a is fenced"
+    );
+    let keys = b.scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 0, 64, 0], 64, &[]).await;
+    assert_eq!(get32(&keys.data, 4), 8);
+    assert_eq!(&keys.data[8..16], &0x2222u64.to_be_bytes());
+}
