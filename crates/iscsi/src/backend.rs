@@ -110,6 +110,22 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug + 'static {
     fn flush(&self) -> BackendFuture<'_, ()>;
     /// Frees the range; later reads return zeros.
     fn unmap(&self, offset: u64, len: u64) -> BackendFuture<'_, ()>;
+    /// Writes zeros over the range, leaving it mapped (WRITE SAME of a zero block without
+    /// UNMAP). The default writes zero buffers; backends with a cheaper way override it.
+    fn write_zeros(&self, offset: u64, len: u64) -> BackendFuture<'_, ()> {
+        Box::pin(async move {
+            let chunk = 1u64 << 20;
+            let zeros = Bytes::from(vec![0u8; chunk as usize]);
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(chunk);
+                self.write(offset + done, zeros.slice(..n as usize), false)
+                    .await?;
+                done += n;
+            }
+            Ok(())
+        })
+    }
     /// Allocation state from `offset` on, at most `len` bytes covered; `None` when the
     /// backend cannot tell (everything is then reported mapped).
     fn lba_status(&self, offset: u64, len: u64) -> BackendFuture<'_, Option<Vec<Extent>>> {

@@ -70,6 +70,8 @@ struct Session {
     server: Arc<Server>,
     tsih: u16,
     shutdown: Arc<Notify>,
+    /// Data buffer budget in KiB (limits::SESSION_BUFFER_BYTES).
+    buffers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Session {
@@ -213,6 +215,9 @@ async fn full_feature(
         server,
         tsih: o.tsih,
         shutdown: shutdown.clone(),
+        buffers: Arc::new(tokio::sync::Semaphore::new(
+            (limits::SESSION_BUFFER_BYTES / 1024) as usize,
+        )),
     });
     let mut writer = tokio::spawn(writer(wr, out_rx, win, o.params.digests, o.stat_sn));
     let reason = reader_loop(&mut rd, &sess, &shutdown, &mut writer).await;
@@ -282,7 +287,8 @@ async fn reader_loop(
 ) -> &'static str {
     let mut ping: Option<(u32, Instant)> = None;
     let mut last_rx = Instant::now();
-    let mut ticker = tokio::time::interval(limits::NOP_IN_INTERVAL / 2);
+    let (interval, timeout) = sess.server.keepalive();
+    let mut ticker = tokio::time::interval(interval / 2);
     loop {
         let read = pdu::read_pdu(rd, sess.params.max_recv_data, sess.params.digests);
         tokio::pin!(read);
@@ -293,10 +299,10 @@ async fn reader_loop(
                 _ = &mut *writer => return "writer ended",
                 _ = ticker.tick() => {
                     if let Some((_, sent)) = ping {
-                        if sent.elapsed() > limits::NOP_IN_TIMEOUT {
+                        if sent.elapsed() > timeout {
                             return "NOP-In ping unanswered";
                         }
-                    } else if last_rx.elapsed() >= limits::NOP_IN_INTERVAL {
+                    } else if last_rx.elapsed() >= interval {
                         let ttt = sess.ttt();
                         let mut p = OutPdu::new(op::NOP_IN, 0x80, StatSn::Peek);
                         p.set_u32(16, NO_TAG).set_u32(20, ttt);
@@ -465,7 +471,7 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         && (!hdr.write
             || !sess.params.immediate_data
             || immediate_data.len() as u64 > u64::from(hdr.edtl));
-    if bad_immediate || (hdr.write && hdr.edtl > limits::MAX_TRANSFER_BYTES.saturating_mul(2)) {
+    if bad_immediate || hdr.edtl > limits::MAX_TRANSFER_BYTES {
         let r = sess.reject(&p, reject::PROTOCOL_ERROR);
         sess.send(vec![r]).await;
         if !hdr.immediate {
@@ -473,6 +479,21 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         }
         return;
     }
+    // The buffer budget is taken by the reader, never awaited: a full budget answers
+    // TASK SET FULL (the initiator retries) instead of stalling Data-Out of other commands.
+    let Ok(budget) = sess
+        .buffers
+        .clone()
+        .try_acquire_many_owned(hdr.edtl.div_ceil(1024).max(1))
+    else {
+        let mut r = response_pdu(&hdr, sense::status::TASK_SET_FULL, None, 0, 0, 0);
+        r.set_u32(44, 0);
+        sess.send(vec![r]).await;
+        if !hdr.immediate {
+            sess.complete_cmd();
+        }
+        return;
+    };
     let needs_data = hdr.write && (immediate_data.len() as u32) < hdr.edtl;
     let (data_tx, data_rx) = if needs_data {
         let (tx, rx) = mpsc::channel(limits::DATA_OUT_QUEUE);
@@ -519,6 +540,7 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
                 s.send(pdus).await;
             }
         }
+        drop(budget);
         let _ = ctl.done.send(true);
     });
 }
@@ -631,7 +653,7 @@ async fn collect_data(
     r2t_count: &mut u32,
 ) -> Result<Bytes, DataError> {
     let p = &sess.params;
-    let edtl = hdr.edtl.min(limits::MAX_TRANSFER_BYTES * 2) as usize;
+    let edtl = hdr.edtl.min(limits::MAX_TRANSFER_BYTES) as usize;
     let mut buf = BytesMut::zeroed(edtl);
     buf[..immediate.len()].copy_from_slice(&immediate);
     let mut received = immediate.len();
@@ -837,7 +859,6 @@ fn build_reply(sess: &Session, hdr: &CmdHeader, reply: ScsiReply, r2t_count: u32
 async fn task_management(sess: &Session, p: Pdu) {
     let function = p.bhs[1] & 0x7f;
     let rtt = p.u32_at(20);
-    let ref_cmd_sn = p.u32_at(32);
     let my_itt = p.itt();
     let lun_ok = lun_index(p.lun()) == Some(0);
     let response: u8 = match function {
@@ -846,10 +867,8 @@ async fn task_management(sess: &Session, p: Pdu) {
             if found {
                 sess.abort_tasks(|itt| itt == rtt).await;
                 0
-            } else if sn_lt(ref_cmd_sn, sess.win.exp_cmd_sn.load(Ordering::Acquire)) {
-                // Already completed: the abort has nothing left to do.
-                0
             } else {
+                // Completed already (its response is on the way) or never received.
                 1
             }
         }

@@ -13,9 +13,14 @@ pub const MAX_SEND_DATA_SEGMENT_BYTES: u32 = 256 * 1024;
 /// Largest MaxBurstLength and FirstBurstLength we agree to: one R2T never asks for more.
 pub const MAX_BURST_BYTES: u32 = 1024 * 1024;
 
-/// Largest transfer of one SCSI command (reported in VPD 0xB0). Bounds the buffer a single
-/// command may hold: 8 MiB times the queue depth is the worst case per session.
-pub const MAX_TRANSFER_BYTES: u32 = 8 * 1024 * 1024;
+/// Largest transfer of one SCSI command (reported in VPD 0xB0). 32 MiB because initiators
+/// (and libiscsi's conformance suite) send 65536-block writes.
+pub const MAX_TRANSFER_BYTES: u32 = 32 * 1024 * 1024;
+
+/// Data buffered for one session's commands at once; a command that would exceed it gets
+/// TASK SET FULL and is retried by the initiator, so memory per session stays bounded
+/// whatever the CmdSN window and transfer sizes.
+pub const SESSION_BUFFER_BYTES: u32 = 128 * 1024 * 1024;
 
 /// Commands a session may have in flight (the CmdSN window). Deep enough for queue depth
 /// 64 initiators; each in-flight command may hold up to MAX_TRANSFER_BYTES.
@@ -70,11 +75,13 @@ pub const MAX_PR_REGISTRATIONS: usize = 256;
 /// UNMAP block descriptors per command (VPD 0xB0 MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT).
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 
-/// Blocks one UNMAP or WRITE SAME may cover (VPD 0xB0); bounds the time one command takes.
-pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+/// Blocks one UNMAP descriptor may cover (VPD 0xB0 MAXIMUM UNMAP LBA COUNT); bounds the
+/// time one hole punch takes.
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
 
-/// Blocks for WRITE SAME without UNMAP, which writes every block (VPD 0xB0).
-pub const MAX_WRITE_SAME_BLOCKS: u32 = 1 << 16;
+/// Blocks WRITE ATOMIC(16) may write (128 KiB): one backend write under the exclusive
+/// write gate, so no other command's write interleaves with it.
+pub const MAX_ATOMIC_BLOCKS: u32 = 256;
 
 /// Blocks for COMPARE AND WRITE (VPD 0xB0 MAXIMUM COMPARE AND WRITE LENGTH).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u32 = 255;
@@ -86,5 +93,6 @@ pub const MAX_TARGETS: usize = 4096;
 pub const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
 
 const _: () = assert!(MAX_BURST_BYTES <= MAX_TRANSFER_BYTES);
+const _: () = assert!(MAX_TRANSFER_BYTES <= SESSION_BUFFER_BYTES);
 const _: () = assert!(MAX_RECV_DATA_SEGMENT_BYTES < 1 << 24);
 const _: () = assert!(MAX_SEND_DATA_SEGMENT_BYTES < 1 << 24);

@@ -544,14 +544,14 @@ async fn step(
         );
     }
     if csg == 0 {
-        let authed = match st.auth {
-            Auth::Done => true,
+        match st.auth {
+            Auth::Done => {}
             // No AuthMethod sent at all: acceptable only when no CHAP is required.
-            Auth::Idle => !st.chap_required(),
-            _ => false,
-        };
-        if !authed {
-            return fail(status::AUTH_FAILED, "authentication not completed");
+            Auth::Idle if !st.chap_required() => {}
+            Auth::Idle => return fail(status::AUTH_FAILED, "authentication required"),
+            // CHAP still in progress: the target declines the transit (T=0) and the
+            // exchange continues in the security stage.
+            Auth::Chosen | Auth::Challenged { .. } => return Ok((csg << 2, out, false)),
         }
     }
     Ok((0x80 | (csg << 2) | nsg, out, nsg == 3))

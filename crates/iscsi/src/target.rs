@@ -34,6 +34,8 @@ pub struct TargetConfig {
     pub aptpl_path: Option<PathBuf>,
     /// Bound on each backend call.
     pub io_timeout: Duration,
+    /// Logical (512-byte) blocks per physical block as a power of two; 3 means 4 KiB.
+    pub phys_block_exponent: u8,
 }
 
 impl TargetConfig {
@@ -46,6 +48,7 @@ impl TargetConfig {
             allowed_initiators: None,
             aptpl_path: None,
             io_timeout: limits::BACKEND_IO_TIMEOUT,
+            phys_block_exponent: crate::scsi::PHYS_EXPONENT,
         }
     }
 }
@@ -138,6 +141,8 @@ pub fn valid_iscsi_name(name: &str) -> bool {
 pub struct Server {
     targets: Mutex<BTreeMap<String, Arc<Target>>>,
     next_tsih: AtomicU16,
+    /// NOP-In ping interval on idle connections and how long a ping may go unanswered.
+    keepalive: (Duration, Duration),
 }
 
 impl Default for Server {
@@ -145,6 +150,7 @@ impl Default for Server {
         Server {
             targets: Mutex::new(BTreeMap::new()),
             next_tsih: AtomicU16::new(1),
+            keepalive: (limits::NOP_IN_INTERVAL, limits::NOP_IN_TIMEOUT),
         }
     }
 }
@@ -153,6 +159,20 @@ impl Server {
     /// An empty server.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// An empty server with its own NOP-In keep-alive: idle connections are pinged after
+    /// `interval` and dropped when a ping stays unanswered for `timeout`.
+    pub fn with_keepalive(interval: Duration, timeout: Duration) -> Arc<Self> {
+        let interval = interval.max(Duration::from_millis(10));
+        Arc::new(Server {
+            keepalive: (interval, timeout),
+            ..Self::default()
+        })
+    }
+
+    pub(crate) fn keepalive(&self) -> (Duration, Duration) {
+        self.keepalive
     }
 
     /// Adds a target; fails if the name is taken.
@@ -174,6 +194,7 @@ impl Server {
             cfg.io_timeout,
             counters.clone(),
             cfg.aptpl_path,
+            cfg.phys_block_exponent,
         )?;
         let t = Target {
             iqn: cfg.iqn.clone(),

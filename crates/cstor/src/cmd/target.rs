@@ -6,11 +6,11 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
-use cstor_iscsi::{BlockBackend, ChapConfig, FileBackend, Server, TargetConfig};
 use cstor_node::registry::Registry;
 use cstor_node::socket::AdminServer;
 use cstor_node::volume_backend::PoolVolumeBackend;
 use cstor_node::PoolHost;
+use cstor_iscsi::{BlockBackend, ChapConfig, FileBackend, Server, TargetConfig};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,6 +82,9 @@ struct ServeArgs {
     /// Bound on each backend call, in milliseconds.
     #[arg(long, default_value_t = 25_000)]
     io_timeout_ms: u64,
+    /// Physical block size reported to initiators (power of two, 512 to 131072 bytes).
+    #[arg(long, default_value_t = 4096)]
+    physical_block_size: u32,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -91,18 +94,16 @@ fn parse_size(s: &str) -> Result<u64> {
 /// Pools this process holds open for the volumes it serves, and their admin sockets (so
 /// `cstor pool`/`cstor volume` commands reach this process while it serves them).
 #[derive(Debug)]
-pub struct ServeCtx {
-    io_timeout: Duration,
+pub struct VolumeHosting {
     registry: Registry,
     host: PoolHost,
     admin: Mutex<Vec<AdminServer>>,
 }
 
-impl ServeCtx {
-    fn new(io_timeout: Duration) -> Arc<ServeCtx> {
-        Arc::new(ServeCtx {
-            io_timeout,
-            registry: Registry::from_env(),
+impl VolumeHosting {
+    fn new(registry: Registry) -> Arc<VolumeHosting> {
+        Arc::new(VolumeHosting {
+            registry,
             host: PoolHost::default(),
             admin: Mutex::new(Vec::new()),
         })
@@ -119,16 +120,17 @@ impl ServeCtx {
 
 /// Opens the backend of a pool volume `POOL/VOL`, opening the pool (and its admin
 /// socket) on first use.
-pub fn open_volume_backend(ctx: &ServeCtx, volume: &str) -> Result<Arc<dyn BlockBackend>> {
+pub fn open_volume_backend(hosting: &VolumeHosting, volume: &str) -> Result<Arc<dyn BlockBackend>> {
     let (pool, vol) = volume
         .split_once('/')
         .filter(|(p, v)| !p.is_empty() && !v.is_empty() && !v.contains('@'))
         .ok_or_else(|| anyhow!("{volume:?}: expected POOL/VOLUME"))?;
-    let (open, fresh) = ctx.host.get_or_open(&ctx.registry, pool)?;
+    let (open, fresh) = hosting.host.get_or_open(&hosting.registry, pool)?;
     if fresh {
-        let sock = ctx.registry.socket_path(pool)?;
+        let sock = hosting.registry.socket_path(pool)?;
         let server = AdminServer::start(&sock, open.clone())?;
-        ctx.admin
+        hosting
+            .admin
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(server);
@@ -176,15 +178,29 @@ fn parse_spec(s: &str) -> Result<Spec> {
     }
 }
 
-fn config_of(spec: &Spec, ctx: &ServeCtx) -> Result<TargetConfig> {
-    let io_timeout = ctx.io_timeout;
+/// Per-server settings applied to every target.
+#[derive(Debug, Clone)]
+struct Common {
+    hosting: Arc<VolumeHosting>,
+    io_timeout: Duration,
+    phys_block_exponent: u8,
+}
+
+fn phys_exponent(bytes: u32) -> Result<u8> {
+    if !bytes.is_power_of_two() || !(512..=131072).contains(&bytes) {
+        bail!("--physical-block-size {bytes} must be a power of two from 512 to 131072");
+    }
+    Ok((bytes / 512).trailing_zeros() as u8)
+}
+
+fn config_of(spec: &Spec, common: &Common) -> Result<TargetConfig> {
     let (backend, aptpl): (Arc<dyn BlockBackend>, Option<PathBuf>) =
         match (&spec.file, &spec.volume) {
             (Some(f), _) => {
                 let b = FileBackend::open(f, spec.size, false)?;
                 (Arc::new(b), Some(aptpl_path(f)))
             }
-            (None, Some(v)) => (open_volume_backend(ctx, v)?, None),
+            (None, Some(v)) => (open_volume_backend(&common.hosting, v)?, None),
             (None, None) => bail!("target {} has no storage", spec.iqn),
         };
     let mut cfg = TargetConfig::new(&spec.iqn, backend);
@@ -195,7 +211,8 @@ fn config_of(spec: &Spec, ctx: &ServeCtx) -> Result<TargetConfig> {
         cfg.allowed_initiators = Some(spec.allow.clone());
     }
     cfg.aptpl_path = aptpl;
-    cfg.io_timeout = io_timeout;
+    cfg.io_timeout = common.io_timeout;
+    cfg.phys_block_exponent = common.phys_block_exponent;
     Ok(cfg)
 }
 
@@ -236,14 +253,19 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let ctx = ServeCtx::new(Duration::from_millis(a.io_timeout_ms));
-    let result = serve_with(a, &ctx).await;
+    let hosting = VolumeHosting::new(Registry::from_env());
+    let result = serve_with(a, hosting.clone()).await;
     // Pools commit and release their devices even when serving failed.
-    tokio::task::block_in_place(|| ctx.close());
+    tokio::task::block_in_place(|| hosting.close());
     result
 }
 
-async fn serve_with(a: ServeArgs, ctx: &Arc<ServeCtx>) -> Result<()> {
+async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
+    let common = Common {
+        hosting,
+        io_timeout: Duration::from_millis(a.io_timeout_ms),
+        phys_block_exponent: phys_exponent(a.physical_block_size)?,
+    };
     let mut specs = Vec::new();
     match (&a.iqn, &a.file, &a.volume) {
         (Some(iqn), file, volume) if file.is_some() || volume.is_some() => specs.push(Spec {
@@ -267,10 +289,7 @@ async fn serve_with(a: ServeArgs, ctx: &Arc<ServeCtx>) -> Result<()> {
     let server = Server::new();
     for s in &specs {
         server
-            .add_target(
-                tokio::task::block_in_place(|| config_of(s, ctx))
-                    .with_context(|| format!("target {}", s.iqn))?,
-            )
+            .add_target(tokio::task::block_in_place(|| config_of(s, &common)).with_context(|| format!("target {}", s.iqn))?)
             .with_context(|| format!("target {}", s.iqn))?;
     }
     let listener = tokio::net::TcpListener::bind(&a.listen)
@@ -281,7 +300,7 @@ async fn serve_with(a: ServeArgs, ctx: &Arc<ServeCtx>) -> Result<()> {
     let control_task = a
         .control
         .as_ref()
-        .map(|path| tokio::spawn(control::serve(path.clone(), server.clone(), ctx.clone())));
+        .map(|path| tokio::spawn(control::serve(path.clone(), server.clone(), common.clone())));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = server.clone().serve(listener) => r.context("serving"),
@@ -312,34 +331,29 @@ mod control {
     /// A control client must send its request within this time.
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-    pub(super) async fn serve(
-        path: PathBuf,
-        server: Arc<Server>,
-        ctx: Arc<ServeCtx>,
-    ) -> Result<()> {
+    pub(super) async fn serve(path: PathBuf, server: Arc<Server>, common: Common) -> Result<()> {
         let _ = std::fs::remove_file(&path);
         let listener =
             UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
         loop {
             let (stream, _) = listener.accept().await?;
             let server = server.clone();
-            let ctx = ctx.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &server, &ctx).await {
+                if let Err(e) = handle(stream, &server, &common).await {
                     tracing::warn!(error = %e, "control request failed");
                 }
             });
         }
     }
 
-    async fn handle(stream: UnixStream, server: &Arc<Server>, ctx: &ServeCtx) -> Result<()> {
+    async fn handle(stream: UnixStream, server: &Arc<Server>, common: &Common) -> Result<()> {
         let (rd, mut wr) = stream.into_split();
         let mut line = String::new();
         let mut rd = BufReader::new(rd.take(MAX_REQUEST_BYTES));
         tokio::time::timeout(REQUEST_TIMEOUT, rd.read_line(&mut line))
             .await
             .context("request timed out")??;
-        let reply = match execute(line.trim(), server, ctx).await {
+        let reply = match execute(line.trim(), server, common).await {
             Ok(text) => format!("ok\n{text}"),
             Err(e) => format!("error {e:#}\n"),
         };
@@ -348,12 +362,12 @@ mod control {
         Ok(())
     }
 
-    async fn execute(req: &str, server: &Arc<Server>, ctx: &ServeCtx) -> Result<String> {
+    async fn execute(req: &str, server: &Arc<Server>, common: &Common) -> Result<String> {
         let (verb, rest) = req.split_once(' ').unwrap_or((req, ""));
         match verb {
             "add" => {
                 let spec = parse_spec(rest)?;
-                let cfg = tokio::task::block_in_place(|| config_of(&spec, ctx))?;
+                let cfg = tokio::task::block_in_place(|| config_of(&spec, common))?;
                 server.add_target(cfg)?;
                 Ok(format!("added {}\n", spec.iqn))
             }
@@ -412,15 +426,10 @@ mod tests {
         assert!(parse_spec("iqn.x:a").is_err());
         assert!(parse_spec("iqn.x:a,file=/a,volume=p/v").is_err());
         let home = tempfile::tempdir().unwrap();
-        let ctx = ServeCtx {
-            io_timeout: Duration::from_secs(1),
-            registry: Registry::new(home.path()),
-            host: PoolHost::default(),
-            admin: Mutex::new(Vec::new()),
-        };
-        let err = open_volume_backend(&ctx, "p/v").unwrap_err().to_string();
-        assert!(err.contains("not known"), "{err}");
-        let err = open_volume_backend(&ctx, "p").unwrap_err().to_string();
+        let hosting = VolumeHosting::new(Registry::new(home.path()));
+        let err = open_volume_backend(&hosting, "p").unwrap_err().to_string();
         assert!(err.contains("POOL/VOLUME"), "{err}");
+        let err = open_volume_backend(&hosting, "p/v").unwrap_err().to_string();
+        assert!(err.contains("not known"), "{err}");
     }
 }

@@ -6,7 +6,7 @@
 //! name, so they are stable across restarts. Never: allocate from an allocation length
 //! (responses are built at their natural size, then truncated).
 
-use super::{CmdResult, LogicalUnit, BLOCK_SIZE, PHYS_EXPONENT};
+use super::{CmdResult, LogicalUnit, BLOCK_SIZE};
 use crate::be;
 use crate::limits;
 use crate::sense::ScsiError;
@@ -43,7 +43,7 @@ impl LogicalUnit {
                 s
             }
             0x83 => self.device_identification(),
-            0xb0 => block_limits(),
+            0xb0 => block_limits(self.phys_exponent),
             0xb1 => {
                 let mut v = vec![0u8; 60];
                 be::put_u16(&mut v, 0, 1); // non-rotating medium
@@ -121,7 +121,7 @@ impl LogicalUnit {
         let mut v = vec![0u8; 32];
         be::put_u64(&mut v, 0, self.capacity_blocks().saturating_sub(1));
         be::put_u32(&mut v, 8, BLOCK_SIZE);
-        v[13] = PHYS_EXPONENT;
+        v[13] = self.phys_exponent;
         v[14] = 0x80 | 0x40; // LBPME, LBPRZ
         truncate(v, alloc)
     }
@@ -159,19 +159,22 @@ fn name_string(s: &str) -> Vec<u8> {
     v
 }
 
-fn block_limits() -> Vec<u8> {
+fn block_limits(phys_exponent: u8) -> Vec<u8> {
     let mut v = vec![0u8; 60];
-    v[0] = 0x01; // WSNZ: WRITE SAME with zero blocks is refused
+    // WSNZ clear: WRITE SAME with zero blocks covers the rest of the medium.
     v[1] = limits::MAX_COMPARE_AND_WRITE_BLOCKS as u8;
-    be::put_u16(&mut v, 2, 1 << PHYS_EXPONENT);
+    be::put_u16(&mut v, 2, 1 << phys_exponent);
     be::put_u32(&mut v, 4, limits::MAX_TRANSFER_BYTES / BLOCK_SIZE);
     be::put_u32(&mut v, 8, 128 * 1024 / BLOCK_SIZE);
     be::put_u32(&mut v, 12, limits::MAX_TRANSFER_BYTES / BLOCK_SIZE);
     be::put_u32(&mut v, 16, limits::MAX_UNMAP_BLOCKS);
     be::put_u32(&mut v, 20, limits::MAX_UNMAP_DESCRIPTORS);
-    be::put_u32(&mut v, 24, 1 << PHYS_EXPONENT);
+    be::put_u32(&mut v, 24, 1 << phys_exponent);
     be::put_u32(&mut v, 28, 0x8000_0000); // UGAVALID, alignment 0
-    be::put_u64(&mut v, 32, u64::from(limits::MAX_UNMAP_BLOCKS));
+                                          // MAXIMUM WRITE SAME LENGTH 0: no limit (written in bounded chunks).
+    be::put_u32(&mut v, 40, limits::MAX_ATOMIC_BLOCKS); // MAXIMUM ATOMIC TRANSFER LENGTH
+    be::put_u32(&mut v, 44, 1); // ATOMIC ALIGNMENT
+    be::put_u32(&mut v, 48, 1); // ATOMIC TRANSFER LENGTH GRANULARITY
     v
 }
 
@@ -230,6 +233,7 @@ const SUPPORTED: &[OpInfo] = &[
     s(0x5f, 4, 10),
     s(0x5f, 5, 10),
     s(0x5f, 6, 10),
+    s(0x5f, 7, 10),
     o(0x88, 16),
     o(0x89, 16),
     o(0x8a, 16),
@@ -239,6 +243,7 @@ const SUPPORTED: &[OpInfo] = &[
     o(0x90, 16),
     o(0x91, 16),
     o(0x93, 16),
+    o(0x9c, 16),
     s(0x9e, 0x10, 16),
     s(0x9e, 0x12, 16),
     o(0xa0, 12),

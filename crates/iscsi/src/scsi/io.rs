@@ -137,10 +137,32 @@ impl LogicalUnit {
             return Ok(Bytes::new());
         }
         self.writable()?;
+        if c[0] == 0x9c {
+            return self.write_atomic(cmd, rw).await;
+        }
         // WRITE AND VERIFY: the data is verified by making it stable before returning.
         let verify = matches!(c[0], 0x2e | 0xae | 0x8e);
         self.write_blocks(rw.lba, Self::received(cmd, rw.blocks), rw.fua || verify)
             .await?;
+        Ok(Bytes::new())
+    }
+
+    /// WRITE ATOMIC(16): one backend write under the exclusive gate, so no other write
+    /// of this LU interleaves with it.
+    async fn write_atomic(&self, cmd: &Cdb<'_>, rw: Rw) -> CmdResult {
+        if rw.blocks > u64::from(limits::MAX_ATOMIC_BLOCKS) {
+            return Err(ScsiError::invalid_cdb_field(12));
+        }
+        let data = Self::received(cmd, rw.blocks);
+        if data.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let len = data.len() as u64;
+        let fua = rw.fua || !self.state.lock().mode.wce;
+        let _g = self.write_gate.write().await;
+        self.bounded(self.backend.write(rw.lba * BS, data, fua), true)
+            .await?;
+        self.counters.add_write(len);
         Ok(Bytes::new())
     }
 
@@ -202,11 +224,13 @@ impl LogicalUnit {
             return Err(ScsiError::invalid_cdb_field(13));
         }
         check_range(rw.lba, rw.blocks, self.capacity_blocks())?;
-        if rw.blocks == 0 {
-            return Ok(Bytes::new());
-        }
+        // A data-out of another size means the CDB's block count is not what the
+        // initiator meant (e.g. 256 blocks wrapped to 0 in the one-byte field).
         if cmd.data_out.len() != 2 * len {
             return Err(ScsiError::invalid_cdb_field(13));
+        }
+        if rw.blocks == 0 {
+            return Ok(Bytes::new());
         }
         self.writable()?;
         let _g = self.write_gate.write().await;
@@ -269,36 +293,41 @@ impl LogicalUnit {
         if anchor {
             return Err(ScsiError::invalid_cdb_field(1));
         }
-        if rw.blocks == 0 {
-            // WSNZ is set in VPD 0xB0.
-            return Err(ScsiError::invalid_cdb_field(if c[0] == 0x41 {
-                7
-            } else {
-                10
-            }));
+        let cap = self.capacity_blocks();
+        check_range(rw.lba, rw.blocks, cap)?;
+        // WSNZ is clear in VPD 0xB0: zero blocks means up to the end of the medium.
+        let blocks = if rw.blocks == 0 {
+            cap - rw.lba
+        } else {
+            rw.blocks
+        };
+        if blocks == 0 {
+            return Ok(Bytes::new());
         }
-        check_range(rw.lba, rw.blocks, self.capacity_blocks())?;
-        if rw.blocks > u64::from(limits::MAX_UNMAP_BLOCKS) {
-            return Err(ScsiError::invalid_cdb_field(if c[0] == 0x41 {
-                7
-            } else {
-                10
-            }));
-        }
+        let rw = Rw { blocks, ..rw };
         let block = if ndob {
             Bytes::from(vec![0u8; BLOCK_SIZE as usize])
         } else {
-            if cmd.data_out.len() < BLOCK_SIZE as usize {
+            // Exactly one block of data-out; anything else is a malformed request.
+            if cmd.data_out.len() != BLOCK_SIZE as usize {
                 return Err(ScsiError::invalid_cdb_field(1));
             }
             cmd.data_out.slice(..BLOCK_SIZE as usize)
         };
         self.writable()?;
-        if unmap && block.iter().all(|b| *b == 0) {
+        // With UNMAP the blocks are deallocated whatever the data (LBPRZ: they read as
+        // zeros); without it a zero block is written cheaply as a zero range.
+        if unmap || block.iter().all(|b| *b == 0) {
             let _g = self.write_gate.read().await;
-            self.bounded(self.backend.unmap(rw.lba * BS, rw.blocks * BS), true)
-                .await?;
-            self.counters.add_unmap();
+            let (off, len) = (rw.lba * BS, rw.blocks * BS);
+            if unmap {
+                self.bounded(self.backend.unmap(off, len), true).await?;
+                self.counters.add_unmap();
+            } else {
+                self.bounded(self.backend.write_zeros(off, len), true)
+                    .await?;
+                self.counters.add_write(len);
+            }
             return Ok(Bytes::new());
         }
         // Written in bounded chunks so a long WRITE SAME never holds a huge buffer.

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 /// Logical block size in bytes.
 pub const BLOCK_SIZE: u32 = 512;
-/// Logical blocks per physical block, as a power of two (4 KiB physical).
+/// Default logical blocks per physical block, as a power of two (4 KiB physical).
 pub const PHYS_EXPONENT: u8 = 3;
 
 /// Identifies an I_T nexus: the initiator port name `<iqn>,i,0x<isid>` (RFC 7143 §4.4),
@@ -120,6 +120,8 @@ pub struct LogicalUnit {
     io_timeout: Duration,
     pub(crate) counters: Arc<Counters>,
     pub(crate) aptpl_path: Option<std::path::PathBuf>,
+    /// Logical blocks per physical block, as a power of two.
+    pub(crate) phys_exponent: u8,
 }
 
 /// Command classes for reservation conflict checks (SPC-4 §5.9.1 tables).
@@ -142,6 +144,7 @@ impl LogicalUnit {
         io_timeout: Duration,
         counters: Arc<Counters>,
         aptpl_path: Option<std::path::PathBuf>,
+        phys_exponent: u8,
     ) -> Result<Self, pr::AptplError> {
         let pr = match &aptpl_path {
             Some(p) => pr::load_aptpl(p)?,
@@ -165,6 +168,7 @@ impl LogicalUnit {
             io_timeout,
             counters,
             aptpl_path,
+            phys_exponent: phys_exponent.min(8),
         })
     }
 

@@ -412,8 +412,10 @@ fn pr_out(st: &mut LuState, cmd: &Cdb<'_>) -> Result<(), ScsiError> {
     let scope = c[2] >> 4;
     let kind = c[2] & 0x0f;
     let len = be::u32_at(c, 5) as usize;
-    if sa > 6 {
-        // REGISTER AND MOVE is not supported (one target port, nothing to move to).
+    if sa == 7 {
+        return register_and_move(st, cmd, len, scope, kind);
+    }
+    if sa > 7 {
         return Err(ScsiError::invalid_cdb_field(1));
     }
     if len != 24 {
@@ -519,6 +521,88 @@ fn pr_out(st: &mut LuState, cmd: &Cdb<'_>) -> Result<(), ScsiError> {
         }
         _ => preempt(st, n, mine, key, sa_key, scope, kind),
     }
+}
+
+/// REGISTER AND MOVE (SPC-4 §5.13.8): the holder hands its reservation to the I_T nexus
+/// named by an iSCSI TransportID (format 01b, `<name>,i,0x<isid>`), registering it with
+/// the service action key; with UNREG the holder's registration ends.
+fn register_and_move(
+    st: &mut LuState,
+    cmd: &Cdb<'_>,
+    len: usize,
+    scope: u8,
+    kind: u8,
+) -> Result<(), ScsiError> {
+    let n = cmd.nexus;
+    if len < 24 || cmd.data_out.len() < len {
+        return Err(ScsiError::param_list_length());
+    }
+    let p = &cmd.data_out[..len];
+    let key = be::u64_at(p, 0);
+    let sa_key = be::u64_at(p, 8);
+    let unreg = p[17] & 0x02 != 0;
+    let aptpl = p[17] & 0x01 != 0;
+    let tid_len = be::u32_at(p, 20) as usize;
+    if 24 + tid_len > p.len() || tid_len < 4 {
+        return Err(ScsiError::param_list_length());
+    }
+    let tid = &p[24..24 + tid_len];
+    if st.pr.key_of(n) != Some(key) {
+        return Err(ScsiError::reservation_conflict());
+    }
+    let Some(res) = st.pr.res.clone() else {
+        return Err(ScsiError::reservation_conflict());
+    };
+    if &res.holder != n || all_registrants(res.kind) {
+        return Err(ScsiError::reservation_conflict());
+    }
+    if scope != 0 || !valid_type(kind) {
+        return Err(ScsiError::invalid_cdb_field(2));
+    }
+    if sa_key == 0 {
+        return Err(ScsiError::invalid_param_field(8));
+    }
+    // iSCSI TransportID: byte 0 = format 01b | protocol 5, then a NUL-terminated name.
+    if tid[0] != 0x45 {
+        return Err(ScsiError::invalid_param_field(24));
+    }
+    let name_len = usize::from(be::u16_at(tid, 2)).min(tid.len() - 4);
+    let name = &tid[4..4 + name_len];
+    let name = name.split(|b| *b == 0).next().unwrap_or_default();
+    let Ok(name) = std::str::from_utf8(name) else {
+        return Err(ScsiError::invalid_param_field(28));
+    };
+    // Initiator names are case-normalised lower case (RFC 3722), ISIDs printed in hex.
+    let dest: NexusId = Arc::from(name.to_ascii_lowercase().as_str());
+    let dest = st
+        .ua
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case(&dest))
+        .cloned()
+        .unwrap_or(dest);
+    if &dest == n {
+        return Err(ScsiError::invalid_param_field(24));
+    }
+    let pr = &mut st.pr;
+    match pr.regs.iter_mut().find(|r| r.nexus == dest) {
+        Some(r) => r.key = sa_key,
+        None => {
+            if pr.regs.len() >= limits::MAX_PR_REGISTRATIONS {
+                return Err(ScsiError::insufficient_registration_resources());
+            }
+            pr.regs.push(Registration {
+                nexus: dest.clone(),
+                key: sa_key,
+            });
+        }
+    }
+    pr.res = Some(Reservation { holder: dest, kind });
+    if unreg {
+        pr.regs.retain(|r| &r.nexus != n);
+    }
+    pr.generation = pr.generation.wrapping_add(1);
+    pr.aptpl = aptpl;
+    Ok(())
 }
 
 fn release_ua(st: &mut LuState, n: &NexusId) {

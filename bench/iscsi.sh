@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Benchmark: cstor's iSCSI target against tgt on the same kind of file (sparse, buffered
+# I/O through the page cache on both), driven by fio's libiscsi engine in the same run.
+# Prints a table of IOPS, mean latency and the cstor/tgt ratio. Never runs in CI.
+#
+# Needs root (tgtd), tgt, libiscsi-dev, python3, and builds fio 3.33 with libiscsi once
+# into $CSTOR_BENCH_CACHE (default ~/.cache/cstor-bench); see
+# ../shared/reference/harness.md §2. Env: RUNTIME (seconds per job, default 10),
+# SIZE (working set, default 256m).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNTIME=${RUNTIME:-10}
+SIZE=${SIZE:-256m}
+CACHE=${CSTOR_BENCH_CACHE:-$HOME/.cache/cstor-bench}
+FIO=$CACHE/fio-3.33/fio
+
+build_fio() {
+  [ -x "$FIO" ] && return
+  command -v iscsi-ls >/dev/null || { echo "need libiscsi-bin" >&2; exit 1; }
+  dpkg -s libiscsi-dev >/dev/null 2>&1 || apt-get install -y -q libiscsi-dev >/dev/null
+  mkdir -p "$CACHE/aptsrc/lists/partial"
+  echo "deb-src http://deb.debian.org/debian bookworm main" > "$CACHE/aptsrc/src.list"
+  local O="-o Dir::Etc::SourceList=$CACHE/aptsrc/src.list -o Dir::Etc::SourceParts=/nonexistent -o Dir::State::Lists=$CACHE/aptsrc/lists"
+  # shellcheck disable=SC2086
+  apt-get $O update -q >/dev/null
+  # shellcheck disable=SC2086
+  (cd "$CACHE" && apt-get $O source --download-only fio=3.33-3 >/dev/null && tar xzf fio_3.33.orig.tar.gz)
+  (cd "$CACHE/fio-3.33" && ./configure --enable-libiscsi --disable-native >/dev/null && make -j2 >/dev/null)
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+build_fio
+cargo build --release -q -p cstor
+W=$(mktemp -d)
+CP=$(free_port); TP=$(free_port); TC=$((RANDOM % 1000 + 100))
+CIQN=iqn.2024-01.io.cstor.bench:cstor
+TIQN=iqn.2024-01.io.cstor.bench:tgt
+truncate -s 1G "$W/cstor.img" "$W/tgt.img"
+
+cleanup() {
+  [ -n "${CPID:-}" ] && kill "$CPID" 2>/dev/null || true
+  if [ -n "${TPID:-}" ]; then
+    tgtadm -C "$TC" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
+    tgtadm -C "$TC" --op delete --mode system >/dev/null 2>&1 || true
+    kill "$TPID" 2>/dev/null || true
+  fi
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+./target/release/cstor target serve --listen "127.0.0.1:$CP" --iqn "$CIQN" --file "$W/cstor.img" >"$W/cstor.log" 2>&1 &
+CPID=$!
+/usr/sbin/tgtd -f -C "$TC" --iscsi "portal=127.0.0.1:$TP" >"$W/tgt.log" 2>&1 &
+TPID=$!
+for _ in $(seq 100); do tgtadm -C "$TC" --op show --mode system >/dev/null 2>&1 && break; sleep 0.1; done
+tgtadm -C "$TC" --lld iscsi --mode target --op new --tid 1 --targetname "$TIQN"
+tgtadm -C "$TC" --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$W/tgt.img" --bstype rdwr
+tgtadm -C "$TC" --lld iscsi --mode target --op bind --tid 1 --initiator-address ALL
+for _ in $(seq 100); do iscsi-ls "iscsi://127.0.0.1:$CP" >/dev/null 2>&1 && break; sleep 0.1; done
+
+url() { # target port iqn lun
+  echo "iscsi\\://127.0.0.1\\:$1/$(echo "$2" | sed 's/:/\\:/g')/$3"
+}
+CURL=$(url "$CP" "$CIQN" 0)
+TURL=$(url "$TP" "$TIQN" 1)
+
+job() { # name url rw bs qd
+  "$FIO" --name="$1" --ioengine=libiscsi --filename="$2" --rw="$3" --bs="$4" --iodepth="$5" \
+    --size="$SIZE" --time_based --runtime="$RUNTIME" --output-format=json 2>"$W/$1.err" || {
+    echo "fio $1 failed: $(tail -3 "$W/$1.err")" >&2
+  }
+}
+
+# Map the working set on both so reads hit data, not holes.
+for u in "$CURL" "$TURL"; do
+  "$FIO" --name=fill --ioengine=libiscsi --filename="$u" --rw=write --bs=1m --iodepth=8 --size="$SIZE" >/dev/null 2>&1
+done
+
+JOBS="randread:4k:1 randread:4k:16 randwrite:4k:1 randwrite:4k:16 read:128k:16 write:128k:16"
+: > "$W/results"
+for j in $JOBS; do
+  IFS=: read -r rw bs qd <<<"$j"
+  for t in cstor tgt; do
+    u=$CURL; [ "$t" = tgt ] && u=$TURL
+    job "$t-$rw-$bs-qd$qd" "$u" "$rw" "$bs" "$qd" > "$W/$t-$rw-$bs-$qd.json"
+    echo "$rw $bs $qd $t $W/$t-$rw-$bs-$qd.json" >> "$W/results"
+  done
+done
+
+python3 - "$W/results" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    rw, bs, qd, t, path = line.split()
+    text = open(path).read()
+    # fio may print notices before the JSON document.
+    start = text.find("{")
+    if start < 0:
+        print(f"no result for {t} {rw} {bs} qd{qd}", file=sys.stderr)
+        continue
+    d = json.loads(text[start:])["jobs"][0]
+    side = d["read"] if "read" in rw else d["write"]
+    rows.setdefault((rw, bs, qd), {})[t] = (side["iops"], side["clat_ns"]["mean"] / 1000.0, side["bw"] / 1024.0)
+print(f"{'job':<22}{'cstor IOPS':>12}{'tgt IOPS':>12}{'ratio':>8}{'cstor lat us':>14}{'tgt lat us':>12}{'cstor MiB/s':>13}{'tgt MiB/s':>11}")
+for (rw, bs, qd), r in rows.items():
+    if "cstor" not in r or "tgt" not in r:
+        continue
+    c, t = r["cstor"], r["tgt"]
+    ratio = c[0] / t[0] if t[0] else float("nan")
+    print(f"{rw+' '+bs+' qd'+qd:<22}{c[0]:>12.0f}{t[0]:>12.0f}{ratio:>8.2f}{c[1]:>14.1f}{t[1]:>12.1f}{c[2]:>13.1f}{t[2]:>11.1f}")
+PY

@@ -1,0 +1,94 @@
+//! Shared helpers for the `cstor target` tests: start the binary on a free port with a
+//! Drop guard that kills it, wait for conditions with deadlines, find external tools.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `cstor target serve`; killed on drop, also when the test fails.
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cstor target serve --listen 127.0.0.1:0 ARGS...` and waits for its address.
+pub fn serve(args: &[&str]) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cstor"))
+        .args(["target", "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start cstor");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Served { child, addr }
+}
+
+/// Whether `tool` is on PATH; prints a skip message when it is not.
+pub fn have(tool: &str, package: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if !found {
+        eprintln!("SKIPPED: {tool} not installed (Debian package {package})");
+    }
+    found
+}
+
+/// Polls `cond` until it holds or `deadline` passes.
+pub fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// Runs a command with a timeout; returns (success, stdout+stderr).
+pub fn run(cmd: &mut Command, timeout: Duration) -> (bool, String) {
+    let out_path = tempfile::NamedTempFile::new().expect("temp");
+    let f = out_path.reopen().expect("reopen");
+    let f2 = f.try_clone().expect("clone");
+    let mut child = cmd.stdout(f).stderr(f2).spawn().expect("spawn");
+    let end = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(out_path.path()).unwrap_or_default();
+    (status.is_some_and(|s| s.success()), text)
+}
+
+/// Allocated bytes of a file (st_blocks * 512).
+pub fn allocated_bytes(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
+}

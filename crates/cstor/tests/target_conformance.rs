@@ -1,0 +1,143 @@
+//! libiscsi's conformance suite (`iscsi-test-cu -d --test=SCSI,iSCSI`) against `cstor
+//! target serve` on a file: every test must pass except the allowed skips (features that
+//! do not apply or are not built) and one known libiscsi 1.19 test bug.
+//!
+//! Guards: the SCSI command set, iSCSI residuals, CmdSN/DataSN handling and task
+//! management as a real, independent initiator sees them.
+
+mod target_common;
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+use target_common::*;
+
+#[derive(Debug, Default)]
+struct Outcome {
+    passed: BTreeSet<String>,
+    skipped: BTreeSet<String>,
+    failed: BTreeSet<String>,
+}
+
+/// Parses CUnit's verbose output: "Suite: S", then "  Test: T ...passed|FAILED", with
+/// "[SKIPPED]" lines printed while a test runs.
+fn parse(out: &str) -> Outcome {
+    let mut o = Outcome::default();
+    let mut suite = String::new();
+    let mut current: Option<(String, String)> = None;
+    let finish = |cur: &mut Option<(String, String)>, o: &mut Outcome| {
+        if let Some((name, text)) = cur.take() {
+            let failed = text
+                .lines()
+                .any(|l| l.trim_end().ends_with("FAILED") && !l.contains("[FAILED]"))
+                || text.trim_end().ends_with("FAILED");
+            if failed {
+                o.failed.insert(name);
+            } else if text.contains("[SKIPPED]") {
+                o.skipped.insert(name);
+            } else if text.contains("passed") {
+                o.passed.insert(name);
+            } else {
+                o.failed.insert(name);
+            }
+        }
+    };
+    for line in out.lines() {
+        if let Some(s) = line.strip_prefix("Suite: ") {
+            finish(&mut current, &mut o);
+            suite = s.trim().to_owned();
+        } else if let Some(t) = line.trim_start().strip_prefix("Test: ") {
+            finish(&mut current, &mut o);
+            let name = t.split(" ...").next().unwrap_or(t).trim().to_owned();
+            current = Some((format!("{suite}.{name}"), t.to_owned()));
+        } else if line.starts_with("Run Summary") {
+            finish(&mut current, &mut o);
+        } else if let Some((_, text)) = current.as_mut() {
+            text.push('\n');
+            text.push_str(line);
+        }
+    }
+    finish(&mut current, &mut o);
+    o
+}
+
+/// Suites whose tests may skip: one portal (MultipathIO), not removable (PreventAllow,
+/// StartStopUnit, NoMedia), sanitize not allowed, not write-protected (ReadOnly), and
+/// EXTENDED COPY / RECEIVE COPY RESULTS not built.
+const ALLOWED_SKIP_SUITES: &[&str] = &[
+    "MultipathIO",
+    "PreventAllow",
+    "StartStopUnit",
+    "NoMedia",
+    "Sanitize",
+    "ReadOnly",
+    "ExtendedCopy",
+    "ReceiveCopyResults",
+];
+
+/// libiscsi 1.19's GetLBAStatus.UnmapSingle expects the first descriptor at LBA
+/// i+lbppb after asking for LBA i+1, which only holds with 512-byte physical blocks;
+/// SBC-3 requires the requested LBA, which we return. With --physical-block-size 512 it
+/// passes (and five tests needing LBPPB > 1 skip instead).
+const KNOWN_TEST_BUGS: &[&str] = &["GetLBAStatus.UnmapSingle"];
+
+#[test]
+fn iscsi_test_cu_passes_all_but_allowed_skips() {
+    if !have("iscsi-test-cu", "libiscsi-bin") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lun0.img");
+    let iqn = "iqn.2024-01.io.cstor.test:conformance";
+    let served = serve(&[
+        "--iqn",
+        iqn,
+        "--file",
+        img.to_str().unwrap(),
+        "--size",
+        "1G",
+    ]);
+    let url = format!("iscsi://{}/{iqn}/0", served.addr);
+    let (_, out) = run(
+        Command::new("iscsi-test-cu").args(["-d", "--test=SCSI,iSCSI", &url]),
+        Duration::from_secs(600),
+    );
+    let o = parse(&out);
+    let total = o.passed.len() + o.skipped.len() + o.failed.len();
+    println!(
+        "iscsi-test-cu: {total} tests, {} passed, {} skipped, {} failed",
+        o.passed.len(),
+        o.skipped.len(),
+        o.failed.len()
+    );
+    println!("skipped: {:?}", o.skipped);
+    println!("failed: {:?}", o.failed);
+    assert_eq!(total, 230, "unexpected test count; output:\n{out}");
+    let bad_skips: Vec<&String> = o
+        .skipped
+        .iter()
+        .filter(|t| {
+            !ALLOWED_SKIP_SUITES
+                .iter()
+                .any(|s| t.starts_with(&format!("{s}.")))
+        })
+        .collect();
+    assert!(
+        bad_skips.is_empty(),
+        "tests skipped that must run: {bad_skips:?}"
+    );
+    let expected_failures: BTreeSet<String> =
+        KNOWN_TEST_BUGS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        o.failed, expected_failures,
+        "failures differ from the known libiscsi bugs"
+    );
+}
+
+#[test]
+fn parser_reads_cunit_output() {
+    let out = "Suite: A\n  Test: One ...passed\n  Test: Two ...    [SKIPPED] nope\npassed\n  Test: Three ...FAILED\n    1. x.c:1 - CU_FAIL\nSuite: B\n  Test: Four ...    [FAILED] msg\npassed\nRun Summary: x\n";
+    let o = parse(out);
+    assert!(o.passed.contains("A.One") && o.passed.contains("B.Four"));
+    assert!(o.skipped.contains("A.Two"));
+    assert!(o.failed.contains("A.Three"));
+}
