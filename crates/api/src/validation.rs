@@ -590,3 +590,236 @@ fn semantic(group: &str, kind: &str, new: &Value, old: Option<&Value>) -> Vec<Fi
     })();
     result.unwrap_or_else(|e| e)
 }
+
+#[cfg(test)]
+mod tests {
+    //! cStor's webhook rules, each with a passing and a failing case and the exact path.
+
+    use super::*;
+    use serde_json::json;
+
+    fn cspc(pools: Value) -> v1::CStorPoolCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "cstor.openebs.io/v1", "kind": "CStorPoolCluster",
+            "metadata": {"name": "p", "namespace": "openebs"},
+            "spec": {"pools": pools},
+        }))
+        .unwrap()
+    }
+
+    fn pool(node: &str, t: &str, groups: &[&[&str]]) -> Value {
+        let groups: Vec<Value> = groups
+            .iter()
+            .map(|g| json!({"blockDevices": g.iter().map(|n| json!({"blockDeviceName": n})).collect::<Vec<_>>()}))
+            .collect();
+        json!({"nodeSelector": {"kubernetes.io/hostname": node}, "dataRaidGroups": groups, "poolConfig": {"dataRaidGroupType": t}})
+    }
+
+    fn texts(errors: &[FieldError]) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn raid_group_widths_follow_the_parity_rules() {
+        let p = FieldPath::new("g");
+        let ok = |t, n| validate_raid_group_width(t, n, &p).is_none();
+        use RaidGroupType::*;
+        assert!(ok(Stripe, 1) && ok(Stripe, 7) && !ok(Stripe, 0));
+        assert!(ok(Mirror, 2) && ok(Mirror, 4) && !ok(Mirror, 1) && !ok(Mirror, 3));
+        assert!(
+            ok(Raidz, 3)
+                && ok(Raidz, 5)
+                && ok(Raidz, 9)
+                && !ok(Raidz, 2)
+                && !ok(Raidz, 4)
+                && !ok(Raidz, 6)
+        );
+        assert!(
+            ok(Raidz2, 4)
+                && ok(Raidz2, 6)
+                && ok(Raidz2, 10)
+                && !ok(Raidz2, 3)
+                && !ok(Raidz2, 5)
+                && !ok(Raidz2, 8)
+        );
+    }
+
+    #[test]
+    fn seed_layouts_are_valid() {
+        let c = cspc(json!([
+            pool("worker-01", "mirror", &[&["bd-1", "bd-2"]]),
+            pool("worker-02", "raidz", &[&["bd-3", "bd-4", "bd-5"]]),
+            pool("worker-03", "stripe", &[&["bd-6"]]),
+        ]));
+        assert!(validate_cspc(&c).is_empty(), "{:?}", validate_cspc(&c));
+    }
+
+    #[test]
+    fn wrong_width_names_the_group() {
+        let c = cspc(json!([pool(
+            "w1",
+            "mirror",
+            &[&["a", "b"], &["c", "d", "e"]]
+        )]));
+        assert_eq!(
+            texts(&validate_cspc(&c)),
+            ["spec.pools[0].dataRaidGroups[1].blockDevices: Invalid value: 3: a mirror raid group needs a multiple of 2 block devices (2, 4, 6, ...)"]
+        );
+    }
+
+    #[test]
+    fn duplicate_devices_and_nodes_are_rejected() {
+        let c = cspc(json!([
+            pool("w1", "stripe", &[&["a", "b"]]),
+            pool("w1", "stripe", &[&["b"]])
+        ]));
+        assert_eq!(
+            texts(&validate_cspc(&c)),
+            [
+                r#"spec.pools[1].nodeSelector: Invalid value: "kubernetes.io/hostname=w1": same node as spec.pools[0]: one pool per node"#,
+                r#"spec.pools[1].dataRaidGroups[0].blockDevices[0].blockDeviceName: Duplicate value: "b""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_malformed_parts_are_rejected() {
+        let mut p = pool("w1", "stripe", &[&["a"], &["Bad_Name"]]);
+        p["poolConfig"]["roThresholdLimit"] = json!(150);
+        p["writeCacheRaidGroups"] = json!([{"blockDevices": [{"blockDeviceName": "c"}]}]);
+        let c = cspc(
+            json!([p, {"nodeSelector": {}, "dataRaidGroups": [], "poolConfig": {"dataRaidGroupType": "mirror"}}]),
+        );
+        assert_eq!(
+            texts(&validate_cspc(&c)),
+            [
+                "spec.pools[0].dataRaidGroups: Invalid value: 2: a stripe pool has exactly one raid group of each role: add block devices to it instead",
+                r#"spec.pools[0].dataRaidGroups[1].blockDevices[0].blockDeviceName: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (at most 253 characters)"#,
+                "spec.pools[0].poolConfig.writeCacheGroupType: Required value: write cache raid groups need a writeCacheGroupType",
+                "spec.pools[0].poolConfig.roThresholdLimit: Invalid value: 150: must be a percentage between 0 and 100",
+                "spec.pools[1].nodeSelector: Required value: a pool needs a nodeSelector naming its node",
+                "spec.pools[1].dataRaidGroups: Required value: a pool needs at least one data raid group",
+            ]
+        );
+        assert_eq!(
+            texts(&validate_cspc(&cspc(json!([])))),
+            ["spec.pools: Required value: a CStorPoolCluster needs at least one pool"]
+        );
+    }
+
+    #[test]
+    fn too_many_devices_is_bounded() {
+        let names: Vec<String> = (0..=BLOCK_DEVICES_PER_RAID_GROUP_MAX)
+            .map(|i| format!("bd-{i}"))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let c = cspc(json!([pool("w1", "stripe", &[&refs])]));
+        assert_eq!(texts(&validate_cspc(&c)), ["spec.pools[0].dataRaidGroups[0].blockDevices: Too many: 257: must have at most 256 items"]);
+    }
+
+    #[test]
+    fn updates_follow_expansion_and_replacement_rules() {
+        let old = cspc(json!([
+            pool("w1", "stripe", &[&["a"]]),
+            pool("w2", "mirror", &[&["m1", "m2"]])
+        ]));
+        let ok = |new: Value| validate_cspc_update(&old, &cspc(new));
+        // Appending to the stripe group, replacing one mirror device, adding a mirror
+        // group and adding a pool are all allowed.
+        assert!(ok(json!([
+            pool("w1", "stripe", &[&["a", "b"]]),
+            pool("w2", "mirror", &[&["m1", "m3"], &["m4", "m5"]]),
+            pool("w3", "raidz", &[&["r1", "r2", "r3"]]),
+        ]))
+        .is_empty());
+        assert_eq!(
+            texts(&ok(json!([pool("w1", "stripe", &[&["b"]]), pool("w2", "mirror", &[&["m3", "m4"]])]))),
+            [
+                "spec.pools[0].dataRaidGroups[0].blockDevices: Forbidden: block devices of a stripe raid group cannot be removed or replaced, only appended",
+                "spec.pools[1].dataRaidGroups[0].blockDevices: Forbidden: 2 block devices replaced at once: replace one block device per raid group at a time",
+            ]
+        );
+        assert_eq!(
+            texts(&ok(json!([pool("w1", "mirror", &[&["a", "b"]]), pool("w2", "mirror", &[])]))),
+            [
+                "spec.pools[1].dataRaidGroups: Required value: a pool needs at least one data raid group",
+                "spec.pools[0].poolConfig.dataRaidGroupType: Forbidden: the raid group type of an existing pool cannot change (was stripe)",
+                "spec.pools[1].dataRaidGroups: Forbidden: raid groups cannot be removed from an existing pool",
+            ]
+        );
+        assert_eq!(
+            texts(&ok(json!([pool("w1", "stripe", &[&["a"]]), pool("w2", "mirror", &[&["m1", "m2", "m3", "m4"]])]))),
+            ["spec.pools[1].dataRaidGroups[0].blockDevices: Forbidden: a mirror raid group cannot grow or shrink: add a new raid group to expand the pool"]
+        );
+    }
+
+    #[test]
+    fn cvc_replica_count_is_bounded_and_immutable() {
+        let cvc = |count: i32| -> v1::CStorVolumeConfig {
+            serde_json::from_value(json!({
+                "apiVersion": "cstor.openebs.io/v1", "kind": "CStorVolumeConfig",
+                "metadata": {"name": "pvc-1"},
+                "spec": {"provision": {"replicaCount": count, "capacity": {"storage": "5Gi"}}, "cstorVolumeSource": "pvc-0@snap"},
+            }))
+            .unwrap()
+        };
+        assert!(validate_cvc(&cvc(3)).is_empty());
+        assert_eq!(
+            texts(&validate_cvc(&cvc(6))),
+            ["spec.provision.replicaCount: Invalid value: 6: must be between 1 and 5"]
+        );
+        assert_eq!(
+            texts(&validate_cvc_update(&cvc(3), &cvc(2))),
+            ["spec.provision.replicaCount: Forbidden: field is immutable: scale replicas through spec.policy.replicaPoolInfo"]
+        );
+    }
+
+    #[test]
+    fn cv_factors_and_known_replicas_are_checked() {
+        let cv = |rf: i32, cf: i32, guid: &str| -> v1::CStorVolume {
+            serde_json::from_value(json!({
+                "apiVersion": "cstor.openebs.io/v1", "kind": "CStorVolume", "metadata": {"name": "pvc-1"},
+                "spec": {"replicationFactor": rf, "consistencyFactor": cf, "desiredReplicationFactor": rf,
+                         "replicaDetails": {"knownReplicas": {"2E93FCD50CFA2A0502BE29FF397FA661": guid}}},
+            }))
+            .unwrap()
+        };
+        assert!(validate_cv(&cv(3, 2, "8687568470394952308")).is_empty());
+        assert_eq!(
+            texts(&validate_cv(&cv(2, 3, "x"))),
+            [
+                "spec.consistencyFactor: Invalid value: 3: must not exceed replicationFactor (2)",
+                r#"spec.replicaDetails.knownReplicas[2E93FCD50CFA2A0502BE29FF397FA661]: Invalid value: "x": a replica guid is a decimal 64-bit number"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn custom_resource_entry_point_runs_schema_then_rules() {
+        let bad_enum = json!({
+            "apiVersion": "cstor.openebs.io/v1", "kind": "CStorPoolCluster", "metadata": {"name": "p"},
+            "spec": {"pools": [{"nodeSelector": {"h": "1"}, "dataRaidGroups": [{"blockDevices": [{"blockDeviceName": "a"}]}], "poolConfig": {"dataRaidGroupType": "raid5"}}]},
+        });
+        let errors =
+            validate_custom_resource("cstor.openebs.io/v1", "CStorPoolCluster", &bad_enum, None)
+                .unwrap();
+        assert_eq!(errors[0].reason(), "FieldValueNotSupported");
+        let mut bad_width = bad_enum.clone();
+        bad_width["spec"]["pools"][0]["poolConfig"]["dataRaidGroupType"] = json!("raidz");
+        let errors =
+            validate_custom_resource("cstor.openebs.io/v1", "CStorPoolCluster", &bad_width, None)
+                .unwrap();
+        assert_eq!(texts(&errors), ["spec.pools[0].dataRaidGroups[0].blockDevices: Invalid value: 1: a raidz raid group needs 2^n+1 block devices (3, 5, 9, 17, ...)"]);
+        let alpha = json!({
+            "apiVersion": "openebs.io/v1alpha1", "kind": "CStorPoolCluster", "metadata": {"name": "p"},
+            "spec": {"pools": [{"nodeSelector": {"h": "1"}, "raidGroups": [
+                {"type": "stripe", "isWriteCache": true, "blockDevices": [{"blockDeviceName": "c"}]},
+                {"type": "mirror", "blockDevices": [{"blockDeviceName": "a"}]}]}]},
+        });
+        let errors =
+            validate_custom_resource("openebs.io/v1alpha1", "CStorPoolCluster", &alpha, None)
+                .unwrap();
+        assert_eq!(texts(&errors), ["spec.pools[0].raidGroups[1].blockDevices: Invalid value: 1: a mirror raid group needs a multiple of 2 block devices (2, 4, 6, ...)"]);
+        assert!(validate_custom_resource("v1", "Pod", &json!({}), None).is_none());
+    }
+}
