@@ -413,4 +413,54 @@ mod tests {
         let limit = &config.properties.as_ref().unwrap()["roThresholdLimit"];
         assert_eq!((limit.minimum, limit.maximum), (Some(0.0), Some(100.0)));
     }
+
+    /// kube-apiserver refuses a CRD whose schema is not structural: every node must
+    /// declare a type (or be int-or-string / preserve unknown fields), and `$ref`,
+    /// `anyOf`/`oneOf`/`allOf`/`not` may not carry the structure.
+    #[test]
+    fn schemas_are_structural() {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+            JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+        };
+        fn walk(s: &JSONSchemaProps, path: String, bad: &mut Vec<String>) {
+            let typed = s.type_.is_some()
+                || s.x_kubernetes_int_or_string == Some(true)
+                || s.x_kubernetes_preserve_unknown_fields == Some(true);
+            if !typed {
+                bad.push(format!("{path}: no type"));
+            }
+            if s.ref_path.is_some()
+                || s.any_of.is_some()
+                || s.one_of.is_some()
+                || s.all_of.is_some()
+                || s.not.is_some()
+            {
+                bad.push(format!("{path}: $ref or a combinator"));
+            }
+            if s.properties.is_some()
+                && matches!(
+                    s.additional_properties,
+                    Some(JSONSchemaPropsOrBool::Schema(_))
+                )
+            {
+                bad.push(format!("{path}: both properties and additionalProperties"));
+            }
+            for (k, v) in s.properties.iter().flatten() {
+                walk(v, format!("{path}.{k}"), bad);
+            }
+            if let Some(JSONSchemaPropsOrArray::Schema(items)) = &s.items {
+                walk(items, format!("{path}[]"), bad);
+            }
+            if let Some(JSONSchemaPropsOrBool::Schema(values)) = &s.additional_properties {
+                walk(values, format!("{path}{{}}"), bad);
+            }
+        }
+        let mut bad = Vec::new();
+        for crd in crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let schema = crate::schema::version_schema(&crd, &crd.spec.versions[0].name).unwrap();
+            walk(schema, name, &mut bad);
+        }
+        assert!(bad.is_empty(), "{bad:#?}");
+    }
 }

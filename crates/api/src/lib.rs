@@ -24,6 +24,7 @@ mod crds;
 pub mod field;
 pub mod limits;
 pub mod names;
+pub mod quantity;
 pub mod schema;
 pub mod v1;
 pub mod v1alpha1;

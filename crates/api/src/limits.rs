@@ -36,3 +36,7 @@ pub const FIELD_ERRORS_MAX: usize = 100;
 /// Nesting depth the schema validator follows; the deepest cstor schema (CVC policy
 /// affinity terms) is about 12 levels, so deeper input is refused rather than recursed.
 pub const SCHEMA_DEPTH_MAX: usize = 48;
+
+/// Longest quantity string accepted (`500Gi`): 64 characters hold any 64-bit byte count in
+/// any notation, and bound the parser's work on hostile input.
+pub const QUANTITY_LEN_MAX: usize = 64;
