@@ -1,22 +1,69 @@
 //! The CustomResourceDefinitions of every cstor kind, and their YAML files.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
 use kube::CustomResourceExt;
 
 /// Every CRD cstor serves, `cstor.openebs.io` first (so discovery lists the v1 kinds
 /// before the alpha CSPC that shares their plural), each group in kind order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut with_version_details = vec![
         crate::v1::CStorPoolCluster::crd(),
         crate::v1::CStorPoolInstance::crd(),
         crate::v1::CStorVolumeConfig::crd(),
         crate::v1::CStorVolume::crd(),
         crate::v1::CStorVolumeReplica::crd(),
+    ];
+    for crd in &mut with_version_details {
+        add_top_level_property::<crate::v1::VersionDetails>(crd, "versionDetails");
+    }
+    let mut all = with_version_details;
+    all.extend([
         crate::v1::CStorVolumePolicy::crd(),
         crate::v1alpha1::BlockDevice::crd(),
         crate::v1alpha1::BlockDeviceClaim::crd(),
         crate::v1alpha1::CStorPoolCluster::crd(),
-    ]
+    ]);
+    all
+}
+
+/// Adds an optional top-level field (beside `spec` and `status`) with `T`'s schema to
+/// every version of `crd`, generated with the settings kube's derive uses so the result
+/// is a structural schema.
+///
+/// # Panics
+/// Only if schemars produces JSON that is not a `JSONSchemaProps` for a type of this
+/// crate, a bug the CRD tests catch.
+pub(crate) fn add_top_level_property<T: schemars::JsonSchema>(
+    crd: &mut CustomResourceDefinition,
+    name: &str,
+) {
+    let generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .with_transform(schemars::transform::AddNullable::default())
+        .with_transform(kube::core::schema::StructuralSchemaRewriter)
+        .with_transform(kube::core::schema::OptionalEnum)
+        .with_transform(kube::core::schema::OptionalIntOrString)
+        .into_generator();
+    let mut schema: JSONSchemaProps = serde_json::to_value(generator.into_root_schema_for::<T>())
+        .and_then(serde_json::from_value)
+        .expect("schemars makes a valid JSONSchemaProps for this crate's types");
+    schema.nullable = Some(true);
+    schema.title = None;
+    for version in &mut crd.spec.versions {
+        let root = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut());
+        let root = root.expect("derived CRD versions carry a schema");
+        root.properties
+            .get_or_insert_with(Default::default)
+            .insert(name.to_owned(), schema.clone());
+    }
 }
 
 /// One generated CRD file.
