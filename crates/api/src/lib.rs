@@ -19,6 +19,8 @@
 //! Everything here is data and pure functions so the API server, the controllers and the
 //! tests share one definition.
 
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
 pub mod conversion;
 mod crds;
 pub mod field;

@@ -40,3 +40,7 @@ pub const SCHEMA_DEPTH_MAX: usize = 48;
 /// Longest quantity string accepted (`500Gi`): 64 characters hold any 64-bit byte count in
 /// any notation, and bound the parser's work on hostile input.
 pub const QUANTITY_LEN_MAX: usize = 64;
+
+/// Default `poolConfig.roThresholdLimit` the CSPC controller sets: cStor's 85 % leaves
+/// room for copy-on-write metadata so a full pool can still free space.
+pub const RO_THRESHOLD_LIMIT_DEFAULT: i32 = 85;
