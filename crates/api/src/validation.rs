@@ -522,30 +522,75 @@ fn render_selector(selector: &BTreeMap<String, String>) -> String {
     format!("{:?}", pairs.join(","))
 }
 
-/// Validates a cstor custom resource given as JSON, as the API server does on create
-/// (`old` = None) and update: first against its CRD's schema (types, enums, required
-/// fields; unknown fields are reported too), then, if that passed, the semantic rules of
-/// its kind. Returns `None` when `api_version`/`kind` is not a cstor kind.
+/// Validates cstor custom resources given as JSON, as the API server does on create
+/// (`old` = None) and update. Holds the generated CRDs, because generating them takes
+/// milliseconds and validation runs on every write.
+#[derive(Clone, Debug)]
+pub struct Validator {
+    crds: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
+}
+
+impl Default for Validator {
+    fn default() -> Self {
+        Validator::new()
+    }
+}
+
+impl Validator {
+    /// A validator for the CRDs of [`crate::crds`].
+    pub fn new() -> Validator {
+        Validator {
+            crds: crate::crds(),
+        }
+    }
+
+    /// Checks `new` first against its CRD's schema (types, enums, required fields;
+    /// unknown fields are reported too, as [`crate::field::FieldErrorKind::Unknown`]),
+    /// then, if that passed, by the rules of its kind ([`validate_semantics`]). Returns
+    /// `None` when `api_version`/`kind` is not a cstor kind.
+    pub fn validate(
+        &self,
+        api_version: &str,
+        kind: &str,
+        new: &Value,
+        old: Option<&Value>,
+    ) -> Option<Vec<FieldError>> {
+        let (group, version) = api_version.split_once('/')?;
+        let crd = self.crds.iter().find(|c| {
+            c.spec.names.kind == kind
+                && c.spec.group == group
+                && c.spec.versions.iter().any(|v| v.name == version)
+        })?;
+        let schema = crate::schema::version_schema(crd, version)?;
+        let errors = crate::schema::validate_object(schema, new);
+        if !errors.is_empty() {
+            return Some(errors);
+        }
+        Some(validate_semantics(group, kind, new, old))
+    }
+}
+
+/// One-off form of [`Validator::validate`]; regenerates the CRDs on every call, so hold a
+/// [`Validator`] where it runs often.
 pub fn validate_custom_resource(
     api_version: &str,
     kind: &str,
     new: &Value,
     old: Option<&Value>,
 ) -> Option<Vec<FieldError>> {
-    let crd = crate::crds().into_iter().find(|c| {
-        c.spec.names.kind == kind
-            && c.spec
-                .versions
-                .iter()
-                .any(|v| format!("{}/{}", c.spec.group, v.name) == api_version)
-    })?;
-    let version = api_version.rsplit('/').next().unwrap_or_default();
-    let schema = crate::schema::version_schema(&crd, version)?;
-    let errors = crate::schema::validate_object(schema, new);
-    if !errors.is_empty() {
-        return Some(errors);
-    }
-    Some(semantic(&crd.spec.group, kind, new, old))
+    Validator::new().validate(api_version, kind, new, old)
+}
+
+/// The rules of a cstor kind (no schema check: run [`crate::schema::validate_object`]
+/// first, as [`Validator::validate`] does). An object that does not deserialise into its
+/// Rust type gives one error at the root; other kinds give no errors.
+pub fn validate_semantics(
+    group: &str,
+    kind: &str,
+    new: &Value,
+    old: Option<&Value>,
+) -> Vec<FieldError> {
+    semantic(group, kind, new, old)
 }
 
 fn semantic(group: &str, kind: &str, new: &Value, old: Option<&Value>) -> Vec<FieldError> {

@@ -97,10 +97,11 @@ fn wrap(api_version: &str, kind: &str, fragment: &Value) -> Value {
     object
 }
 
-fn check(object: &Value, origin: &str) {
+fn check(validator: &cstor_api::validation::Validator, object: &Value, origin: &str) {
     let api_version = object["apiVersion"].as_str().unwrap();
     let kind = object["kind"].as_str().unwrap();
-    let errors = cstor_api::validation::validate_custom_resource(api_version, kind, object, None)
+    let errors = validator
+        .validate(api_version, kind, object, None)
         .unwrap_or_else(|| panic!("{origin}: {api_version} {kind} is not a cstor kind"));
     assert!(errors.is_empty(), "{origin}: {kind} rejected: {errors:?}");
     let typed_ok = match (api_version, kind) {
@@ -130,6 +131,7 @@ fn every_seed_yaml_of_a_cstor_kind_validates_and_deserialises() {
         println!("SKIP: shared/seeds not found (set CSTOR_SEEDS_DIR to the seeds folder)");
         return;
     };
+    let validator = cstor_api::validation::Validator::new();
     let mut whole = Vec::new();
     let mut fragments = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -159,7 +161,7 @@ fn every_seed_yaml_of_a_cstor_kind_validates_and_deserialises() {
                 };
                 match map.get("apiVersion").and_then(Value::as_str) {
                     Some(av) if is_ours(av) => {
-                        check(&value, &origin);
+                        check(&validator, &value, &origin);
                         whole.push(format!("{origin}: {}", map["kind"]));
                     }
                     Some(_) => {}
@@ -174,7 +176,7 @@ fn every_seed_yaml_of_a_cstor_kind_validates_and_deserialises() {
                         } else {
                             continue;
                         };
-                        check(&object, &origin);
+                        check(&validator, &object, &origin);
                         fragments.push(format!("{origin}: {}", object["kind"]));
                     }
                 }
