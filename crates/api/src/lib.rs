@@ -32,5 +32,8 @@ pub mod v1;
 pub mod v1alpha1;
 pub mod validation;
 
+#[cfg(test)]
+mod typed_schema_tests;
+
 pub use crds::{crd_files, crds, CrdFile};
 pub use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
