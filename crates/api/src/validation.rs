@@ -307,6 +307,168 @@ fn validate_group_changes(
     errors
 }
 
+/// Checks the block devices a CSPC names against the cluster's BlockDevices and
+/// BlockDeviceClaims (cStor's admission rules, `cstor-internals.md` §5): each exists, is
+/// Active, is on the pool's node (`kubernetes.io/hostname` of the node selector), carries
+/// no filesystem (or only `zfs_member`), is not claimed for another CSPC, and, if tagged
+/// with `openebs.io/block-device-tag`, has a tag the CSPC allows in
+/// `openebs.io/allowed-bd-tags`. Pure: the caller lists the objects of the CSPC's
+/// namespace.
+pub fn validate_cspc_devices(
+    cspc: &v1::CStorPoolCluster,
+    devices: &[v1alpha1::BlockDevice],
+    claims: &[v1alpha1::BlockDeviceClaim],
+) -> Vec<FieldError> {
+    use crate::names::{annotation, label};
+    let mut errors = Vec::new();
+    let cspc_name = cspc.metadata.name.as_deref().unwrap_or_default();
+    let by_name: BTreeMap<&str, &v1alpha1::BlockDevice> = devices
+        .iter()
+        .filter_map(|d| d.metadata.name.as_deref().map(|n| (n, d)))
+        .collect();
+    let claim_owner: BTreeMap<&str, Option<&str>> = claims
+        .iter()
+        .filter_map(|c| {
+            let owner = c
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(label::CSPC))
+                .map(String::as_str);
+            c.metadata.name.as_deref().map(|n| (n, owner))
+        })
+        .collect();
+    let allowed_tags: BTreeSet<&str> = cspc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotation::ALLOWED_BD_TAGS))
+        .map(|tags| {
+            tags.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    for (i, pool) in cspc.spec.pools.iter().enumerate() {
+        let pool_path = FieldPath::new("spec.pools").index(i);
+        let node = pool.node_selector.get(label::HOSTNAME).map(String::as_str);
+        let roles = [
+            ("dataRaidGroups", Some(&pool.data_raid_groups)),
+            (
+                "writeCacheRaidGroups",
+                pool.write_cache_raid_groups.as_ref(),
+            ),
+        ];
+        for (role, groups) in roles {
+            for (j, group) in groups.into_iter().flatten().enumerate() {
+                for (k, device) in group.block_devices.iter().enumerate() {
+                    let path = pool_path
+                        .child(role)
+                        .index(j)
+                        .child("blockDevices")
+                        .index(k)
+                        .child("blockDeviceName");
+                    let name = device.block_device_name.as_str();
+                    let quoted = render_value(&Value::String(name.to_owned()));
+                    let Some(bd) = by_name.get(name) else {
+                        errors.push(FieldError::not_found(path, quoted));
+                        continue;
+                    };
+                    if let Some(problem) =
+                        device_problem(bd, node, cspc_name, &claim_owner, &allowed_tags)
+                    {
+                        errors.push(FieldError::invalid(path, quoted, problem));
+                    }
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Why `bd` cannot be used by a pool on `node` of CSPC `cspc_name`, if it cannot.
+fn device_problem(
+    bd: &v1alpha1::BlockDevice,
+    node: Option<&str>,
+    cspc_name: &str,
+    claim_owner: &BTreeMap<&str, Option<&str>>,
+    allowed_tags: &BTreeSet<&str>,
+) -> Option<String> {
+    use crate::names::label;
+    let state = bd.status.as_ref().and_then(|s| s.state);
+    if state != Some(v1alpha1::BlockDeviceState::Active) {
+        let shown = state.map_or("of unknown state".to_owned(), |s| format!("{s:?}"));
+        return Some(format!("the block device is {shown}, not Active"));
+    }
+    let bd_node = bd
+        .spec
+        .node_attributes
+        .as_ref()
+        .and_then(|n| n.node_name.as_deref())
+        .or_else(|| {
+            bd.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(label::HOSTNAME))
+                .map(String::as_str)
+        });
+    if let (Some(want), Some(have)) = (node, bd_node) {
+        if want != have {
+            return Some(format!(
+                "the block device is on node {have}, the pool on node {want}"
+            ));
+        }
+    }
+    if let Some(fs) = bd
+        .spec
+        .file_system
+        .as_ref()
+        .and_then(|f| f.fs_type.as_deref())
+    {
+        if !fs.is_empty() && fs != "zfs_member" {
+            return Some(format!("the block device holds a {fs} filesystem"));
+        }
+    }
+    if bd.status.as_ref().and_then(|s| s.claim_state)
+        == Some(v1alpha1::BlockDeviceClaimState::Claimed)
+    {
+        let claim = bd
+            .spec
+            .claim_ref
+            .as_ref()
+            .and_then(|r| r.name.as_deref())
+            .unwrap_or_default();
+        match claim_owner.get(claim) {
+            Some(Some(owner)) if *owner == cspc_name => {}
+            Some(Some(owner)) => {
+                return Some(format!(
+                    "the block device is claimed by {claim:?} for CStorPoolCluster {owner:?}"
+                ))
+            }
+            _ => {
+                return Some(format!(
+                    "the block device is claimed by {claim:?}, not for this CStorPoolCluster"
+                ))
+            }
+        }
+    }
+    if let Some(tag) = bd
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(label::BLOCK_DEVICE_TAG))
+    {
+        if tag.trim().is_empty() {
+            return Some("the block device has an empty openebs.io/block-device-tag".to_owned());
+        }
+        if !allowed_tags.contains(tag.trim()) {
+            return Some(format!("the block device is tagged {tag:?}, which the CStorPoolCluster does not list in openebs.io/allowed-bd-tags"));
+        }
+    }
+    None
+}
+
 /// Validates an alpha (`openebs.io/v1alpha1`) CStorPoolCluster: the rules of the v1 CSPC
 /// it converts to, with the alpha field paths.
 pub fn validate_alpha_cspc(cspc: &v1alpha1::CStorPoolCluster) -> Vec<FieldError> {
@@ -866,5 +1028,88 @@ mod tests {
                 .unwrap();
         assert_eq!(texts(&errors), ["spec.pools[0].raidGroups[1].blockDevices: Invalid value: 1: a mirror raid group needs a multiple of 2 block devices (2, 4, 6, ...)"]);
         assert!(validate_custom_resource("v1", "Pod", &json!({}), None).is_none());
+    }
+
+    #[test]
+    fn block_devices_are_checked_against_the_cluster() {
+        let bd = |name: &str,
+                  node: &str,
+                  state: &str,
+                  fs: Option<&str>,
+                  claim: Option<&str>,
+                  tag: Option<&str>|
+         -> v1alpha1::BlockDevice {
+            let mut labels = serde_json::Map::new();
+            if let Some(t) = tag {
+                labels.insert("openebs.io/block-device-tag".into(), json!(t));
+            }
+            serde_json::from_value(json!({
+                "apiVersion": "openebs.io/v1alpha1", "kind": "BlockDevice",
+                "metadata": {"name": name, "namespace": "openebs", "labels": labels},
+                "spec": {"nodeAttributes": {"nodeName": node}, "filesystem": {"fsType": fs}, "claimRef": {"name": claim}},
+                "status": {"state": state, "claimState": if claim.is_some() { "Claimed" } else { "Unclaimed" }},
+            }))
+            .unwrap()
+        };
+        let claim = |name: &str, cspc: &str| -> v1alpha1::BlockDeviceClaim {
+            serde_json::from_value(json!({
+                "apiVersion": "openebs.io/v1alpha1", "kind": "BlockDeviceClaim",
+                "metadata": {"name": name, "labels": {"openebs.io/cstor-pool-cluster": cspc}}, "spec": {},
+            }))
+            .unwrap()
+        };
+        let devices = [
+            bd("ok", "w1", "Active", None, None, None),
+            bd(
+                "zfs",
+                "w1",
+                "Active",
+                Some("zfs_member"),
+                Some("bdc-mine"),
+                Some("fast"),
+            ),
+            bd("gone", "w1", "Inactive", None, None, None),
+            bd("far", "w2", "Active", None, None, None),
+            bd("ext4", "w1", "Active", Some("ext4"), None, None),
+            bd("taken", "w1", "Active", None, Some("bdc-other"), None),
+            bd("tagged", "w1", "Active", None, None, Some("slow")),
+        ];
+        let claims = [claim("bdc-mine", "p"), claim("bdc-other", "q")];
+        let mut c = cspc(json!([pool(
+            "w1",
+            "stripe",
+            &[&["ok", "zfs", "gone", "far", "ext4", "taken", "tagged", "missing"]]
+        )]));
+        c.metadata.annotations = Some(
+            [(
+                "openebs.io/allowed-bd-tags".to_owned(),
+                "fast, other".to_owned(),
+            )]
+            .into(),
+        );
+        let errors = validate_cspc_devices(&c, &devices, &claims);
+        let p = "spec.pools[0].dataRaidGroups[0].blockDevices";
+        assert_eq!(
+            texts(&errors),
+            [
+                format!(
+                    r#"{p}[2].blockDeviceName: Invalid value: "gone": the block device is Inactive, not Active"#
+                ),
+                format!(
+                    r#"{p}[3].blockDeviceName: Invalid value: "far": the block device is on node w2, the pool on node w1"#
+                ),
+                format!(
+                    r#"{p}[4].blockDeviceName: Invalid value: "ext4": the block device holds a ext4 filesystem"#
+                ),
+                format!(
+                    r#"{p}[5].blockDeviceName: Invalid value: "taken": the block device is claimed by "bdc-other" for CStorPoolCluster "q""#
+                ),
+                format!(
+                    r#"{p}[6].blockDeviceName: Invalid value: "tagged": the block device is tagged "slow", which the CStorPoolCluster does not list in openebs.io/allowed-bd-tags"#
+                ),
+                format!(r#"{p}[7].blockDeviceName: Not found: "missing""#),
+            ]
+        );
+        assert_eq!(errors[5].reason(), "FieldValueNotFound");
     }
 }
