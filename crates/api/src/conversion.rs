@@ -255,7 +255,10 @@ fn device_to_v1(device: &AlphaBlockDevice) -> Result<BlockDeviceRef, String> {
 }
 
 /// Converts a `cstor.openebs.io/v1` CSPC to the alpha layout. Never fails: every v1
-/// setting has an alpha field or is kept in [`V1_FIELDS_ANNOTATION`].
+/// setting has an alpha field or is kept in [`V1_FIELDS_ANNOTATION`]. A
+/// [`names::annotation::V1ALPHA1_POOL_CONFIG`] annotation that is not the JSON cstor
+/// writes (someone edited it) is dropped, so `cacheFile`/`overProvisioning` come back
+/// unset: cstor's pool engine uses neither, and refusing would block the v1 object.
 pub fn v1_to_alpha(cspc: &v1::CStorPoolCluster) -> v1alpha1::CStorPoolCluster {
     let mut metadata = cspc.metadata.clone();
     let mut annotations = metadata.annotations.take().unwrap_or_default();

@@ -474,14 +474,36 @@ fn device_problem(
 pub fn validate_alpha_cspc(cspc: &v1alpha1::CStorPoolCluster) -> Vec<FieldError> {
     match crate::conversion::alpha_to_v1(cspc) {
         Err(errors) => errors,
-        Ok(converted) => validate_cspc(&converted)
-            .into_iter()
-            .map(|mut e| {
-                e.field = crate::conversion::v1_path_to_alpha(cspc, &e.field);
-                e
-            })
-            .collect(),
+        Ok(converted) => to_alpha_paths(cspc, validate_cspc(&converted)),
     }
+}
+
+/// Validates a change of an alpha CStorPoolCluster: the update rules of the v1 CSPCs both
+/// versions convert to ([`validate_cspc_update`]), with the alpha field paths. An old
+/// object that no longer converts is not held against the new one.
+pub fn validate_alpha_cspc_update(
+    old: &v1alpha1::CStorPoolCluster,
+    new: &v1alpha1::CStorPoolCluster,
+) -> Vec<FieldError> {
+    let converted_new = match crate::conversion::alpha_to_v1(new) {
+        Err(errors) => return errors,
+        Ok(v) => v,
+    };
+    let errors = match crate::conversion::alpha_to_v1(old) {
+        Ok(converted_old) => validate_cspc_update(&converted_old, &converted_new),
+        Err(_) => validate_cspc(&converted_new),
+    };
+    to_alpha_paths(new, errors)
+}
+
+fn to_alpha_paths(alpha: &v1alpha1::CStorPoolCluster, errors: Vec<FieldError>) -> Vec<FieldError> {
+    errors
+        .into_iter()
+        .map(|mut e| {
+            e.field = crate::conversion::v1_path_to_alpha(alpha, &e.field);
+            e
+        })
+        .collect()
 }
 
 /// Validates a CStorVolumeConfig's spec: replica count within 1..=5.
@@ -774,7 +796,13 @@ fn semantic(group: &str, kind: &str, new: &Value, old: Option<&Value>) -> Vec<Fi
                     None => validate_cspc(&new),
                 }
             }
-            (_, "CStorPoolCluster") => validate_alpha_cspc(&parse(new)?),
+            (_, "CStorPoolCluster") => {
+                let new: v1alpha1::CStorPoolCluster = parse(new)?;
+                match old.map(parse::<v1alpha1::CStorPoolCluster>).transpose()? {
+                    Some(old) => validate_alpha_cspc_update(&old, &new),
+                    None => validate_alpha_cspc(&new),
+                }
+            }
             (_, "CStorVolumeConfig") => {
                 let new: v1::CStorVolumeConfig = parse(new)?;
                 let mut errors = match old.map(parse::<v1::CStorVolumeConfig>).transpose()? {
@@ -1111,5 +1139,30 @@ mod tests {
             ]
         );
         assert_eq!(errors[5].reason(), "FieldValueNotFound");
+    }
+
+    #[test]
+    fn alpha_updates_follow_the_v1_rules_with_alpha_paths() {
+        let alpha = |devices: &[&str]| {
+            json!({
+                "apiVersion": "openebs.io/v1alpha1", "kind": "CStorPoolCluster", "metadata": {"name": "p"},
+                "spec": {"pools": [{"nodeSelector": {"h": "1"}, "raidGroups": [
+                    {"type": "stripe", "isWriteCache": true, "blockDevices": [{"blockDeviceName": "c"}]},
+                    {"type": "mirror", "blockDevices": devices.iter().map(|d| json!({"blockDeviceName": d})).collect::<Vec<_>>()}]}]},
+            })
+        };
+        let validator = Validator::new();
+        let check = |old: Value, new: Value| {
+            texts(
+                &validator
+                    .validate("openebs.io/v1alpha1", "CStorPoolCluster", &new, Some(&old))
+                    .unwrap(),
+            )
+        };
+        assert!(check(alpha(&["a", "b"]), alpha(&["a", "x"])).is_empty());
+        assert_eq!(
+            check(alpha(&["a", "b"]), alpha(&["x", "y"])),
+            ["spec.pools[0].raidGroups[1].blockDevices: Forbidden: 2 block devices replaced at once: replace one block device per raid group at a time"]
+        );
     }
 }
