@@ -7,7 +7,9 @@
 //! every controller shares ([`names`]); the conversion between the alpha
 //! `openebs.io/v1alpha1` CStorPoolCluster and `cstor.openebs.io/v1` ([`conversion`]); and the
 //! validation rules the API server and the admission path apply ([`validation`],
-//! [`schema`]).
+//! [`schema`], with errors shaped as Kubernetes status causes in [`field`]); and byte
+//! counts of Kubernetes quantities ([`quantity`]). The format is specified in
+//! `docs/format/crds.md`.
 //!
 //! Invariants:
 //! - Every serialised string (phases, condition types, raid group types) is spelled exactly

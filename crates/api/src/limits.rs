@@ -22,9 +22,6 @@ pub const REPLICAS_PER_VOLUME_MAX: u32 = 5;
 /// Longest name of a Kubernetes object that is a DNS subdomain (RFC 1123).
 pub const DNS_SUBDOMAIN_LEN_MAX: usize = 253;
 
-/// Longest label value and DNS label (RFC 1123 label, 63 octets).
-pub const DNS_LABEL_LEN_MAX: usize = 63;
-
 /// Longest replica id: the target's wire format keeps it in a 32-byte field
 /// (`cstor-internals.md` §1.3, `mgmt_ack.replica_id[32]`, NUL excluded).
 pub const REPLICA_ID_LEN_MAX: usize = 32;
