@@ -255,7 +255,10 @@ fn device_to_v1(device: &AlphaBlockDevice) -> Result<BlockDeviceRef, String> {
 }
 
 /// Converts a `cstor.openebs.io/v1` CSPC to the alpha layout. Never fails: every v1
-/// setting has an alpha field or is kept in [`V1_FIELDS_ANNOTATION`].
+/// setting has an alpha field or is kept in [`V1_FIELDS_ANNOTATION`]. A
+/// [`names::annotation::V1ALPHA1_POOL_CONFIG`] annotation that is not the JSON cstor
+/// writes (someone edited it) is dropped, so `cacheFile`/`overProvisioning` come back
+/// unset: cstor's pool engine uses neither, and refusing would block the v1 object.
 pub fn v1_to_alpha(cspc: &v1::CStorPoolCluster) -> v1alpha1::CStorPoolCluster {
     let mut metadata = cspc.metadata.clone();
     let mut annotations = metadata.annotations.take().unwrap_or_default();
@@ -400,4 +403,242 @@ pub fn v1_path_to_alpha(alpha: &v1alpha1::CStorPoolCluster, path: &FieldPath) ->
         }
     }
     path.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Round trips both ways (including a property test over generated v1 CSPCs), the
+    //! alpha-only cases that must be refused, and error paths mapped back to alpha fields.
+
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn alpha(spec: serde_json::Value) -> v1alpha1::CStorPoolCluster {
+        serde_json::from_value(json!({"apiVersion": "openebs.io/v1alpha1", "kind": "CStorPoolCluster", "metadata": {"name": "c", "namespace": "openebs"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn alpha_roles_and_default_type_map_to_v1_groups() {
+        let a = alpha(
+            json!({"pools": [{"nodeSelector": {"h": "n1"}, "raidGroups": [
+            {"isWriteCache": true, "type": "mirror", "blockDevices": [{"blockDeviceName": "c1"}, {"blockDeviceName": "c2"}]},
+            {"blockDevices": [{"blockDeviceName": "d1", "capacity": "1073741824"}, {"blockDeviceName": "d2"}]}],
+            "poolConfig": {"defaultRaidGroupType": "mirror", "compression": "lz4"}}]}),
+        );
+        let v = alpha_to_v1(&a).unwrap();
+        let p = &v.spec.pools[0];
+        assert_eq!(p.pool_config.data_raid_group_type, RaidGroupType::Mirror);
+        assert_eq!(
+            p.pool_config.write_cache_group_type,
+            Some(RaidGroupType::Mirror)
+        );
+        assert_eq!(
+            p.data_raid_groups[0].block_devices[0].capacity,
+            Some(1 << 30)
+        );
+        assert_eq!(
+            p.write_cache_raid_groups.as_ref().unwrap()[0]
+                .block_devices
+                .len(),
+            2
+        );
+        assert!(
+            v.metadata.annotations.is_none(),
+            "nothing alpha-only to keep"
+        );
+        // Back: explicit types and flags, data groups first.
+        let back = v1_to_alpha(&v);
+        assert_eq!(back, normalize_alpha(&a).unwrap());
+        assert_eq!(
+            back.spec.pools[0].raid_groups[0].block_devices[0].block_device_name,
+            "d1"
+        );
+        assert_eq!(back.spec.pools[0].raid_groups[1].is_write_cache, Some(true));
+        assert_eq!(alpha_to_v1(&back).unwrap(), v);
+    }
+
+    #[test]
+    fn alpha_only_settings_survive_a_round_trip() {
+        let a = alpha(
+            json!({"pools": [{"nodeSelector": {"h": "n1"}, "raidGroups": [{"type": "stripe", "isWriteCache": false, "isSpare": false, "isReadCache": false, "blockDevices": [{"blockDeviceName": "d1"}]}],
+            "poolConfig": {"cacheFile": "/tmp/pool.cache", "defaultRaidGroupType": "stripe", "overProvisioning": true, "compression": "off"}}]}),
+        );
+        let v = alpha_to_v1(&a).unwrap();
+        assert!(v
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .contains_key(names::annotation::V1ALPHA1_POOL_CONFIG));
+        assert_eq!(v1_to_alpha(&v), a);
+    }
+
+    #[test]
+    fn unconvertible_alpha_groups_are_refused_with_their_paths() {
+        let a = alpha(
+            json!({"pools": [{"nodeSelector": {"h": "n1"}, "raidGroups": [
+            {"type": "stripe", "blockDevices": [{"blockDeviceName": "d1"}]},
+            {"type": "mirror", "blockDevices": [{"blockDeviceName": "d2"}, {"blockDeviceName": "d3"}]},
+            {"isSpare": true, "type": "stripe", "blockDevices": [{"blockDeviceName": "s1"}]},
+            {"blockDevices": [{"blockDeviceName": "d4", "capacity": "1G"}]}]}]}),
+        );
+        let errors: Vec<String> = alpha_to_v1(&a)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                r#"spec.pools[0].raidGroups[1].type: Invalid value: "mirror": all data raid groups of a pool must have one type (cstor.openebs.io/v1 has one per pool); an earlier one is stripe"#,
+                "spec.pools[0].raidGroups[2].isSpare: Forbidden: spare and read cache raid groups are not supported (cstor.openebs.io/v1 has no such role)",
+                "spec.pools[0].raidGroups[3].type: Required value: the raid group names no type and poolConfig.defaultRaidGroupType is not set",
+            ]
+        );
+    }
+
+    #[test]
+    fn v1_paths_map_to_alpha_fields() {
+        let a = alpha(
+            json!({"pools": [{"nodeSelector": {"h": "n1"}, "raidGroups": [
+            {"isWriteCache": true, "type": "stripe", "blockDevices": [{"blockDeviceName": "c1"}]},
+            {"type": "stripe", "blockDevices": [{"blockDeviceName": "d1"}]}]}]}),
+        );
+        let map = |p: &str| v1_path_to_alpha(&a, &FieldPath::new(p)).to_string();
+        assert_eq!(
+            map("spec.pools[0].dataRaidGroups[0].blockDevices[0].blockDeviceName"),
+            "spec.pools[0].raidGroups[1].blockDevices[0].blockDeviceName"
+        );
+        assert_eq!(
+            map("spec.pools[0].writeCacheRaidGroups[0].blockDevices"),
+            "spec.pools[0].raidGroups[0].blockDevices"
+        );
+        assert_eq!(
+            map("spec.pools[0].dataRaidGroups"),
+            "spec.pools[0].raidGroups"
+        );
+        assert_eq!(
+            map("spec.pools[0].poolConfig.dataRaidGroupType"),
+            "spec.pools[0].poolConfig.defaultRaidGroupType"
+        );
+        assert_eq!(
+            map("spec.pools[0].nodeSelector"),
+            "spec.pools[0].nodeSelector"
+        );
+        assert_eq!(
+            map("spec.pools[7].dataRaidGroups[0]"),
+            "spec.pools[7].dataRaidGroups[0]"
+        );
+    }
+
+    fn arb_type() -> impl Strategy<Value = RaidGroupType> {
+        prop_oneof![
+            Just(RaidGroupType::Stripe),
+            Just(RaidGroupType::Mirror),
+            Just(RaidGroupType::Raidz),
+            Just(RaidGroupType::Raidz2)
+        ]
+    }
+
+    fn arb_groups() -> impl Strategy<Value = Vec<RaidGroup>> {
+        prop::collection::vec(
+            prop::collection::vec(
+                (
+                    "[a-z]{1,6}",
+                    prop::option::of(any::<u64>()),
+                    prop::option::of("/dev/[a-z]{3}"),
+                ),
+                1..4,
+            )
+            .prop_map(|devices| RaidGroup {
+                block_devices: devices
+                    .into_iter()
+                    .map(|(name, capacity, dev_link)| BlockDeviceRef {
+                        block_device_name: name,
+                        capacity,
+                        dev_link,
+                    })
+                    .collect(),
+            }),
+            0..3,
+        )
+    }
+
+    fn arb_pool() -> impl Strategy<Value = v1::PoolSpec> {
+        (
+            prop::collection::btree_map("[a-z]{1,5}", "[a-z0-9]{0,5}", 1..3),
+            arb_groups(),
+            prop::option::of(arb_groups()),
+            arb_type(),
+            prop::option::of(arb_type()),
+            (
+                prop::option::of(any::<bool>()),
+                prop::option::of(0i32..=100),
+                prop::option::of("[a-z]{1,8}"),
+            ),
+            prop::option::of(prop_oneof![
+                Just(v1::Compression::Default),
+                Just(v1::Compression::On),
+                Just(v1::Compression::Off),
+                Just(v1::Compression::Lz4),
+                Just(v1::Compression::Zstd)
+            ]),
+        )
+            .prop_map(
+                |(
+                    node_selector,
+                    data,
+                    cache,
+                    data_type,
+                    cache_type,
+                    (thick, ro, priority),
+                    compression,
+                )| {
+                    // v1 validation requires a cache type whenever cache groups exist; the
+                    // round trip is promised for such objects.
+                    let cache_type = if cache.as_ref().is_some_and(|c| !c.is_empty()) {
+                        Some(cache_type.unwrap_or(data_type))
+                    } else {
+                        cache_type
+                    };
+                    v1::PoolSpec {
+                        node_selector,
+                        data_raid_groups: data,
+                        write_cache_raid_groups: cache,
+                        pool_config: PoolConfig {
+                            data_raid_group_type: data_type,
+                            write_cache_group_type: cache_type,
+                            thick_provision: thick,
+                            compression,
+                            resources: None,
+                            aux_resources: None,
+                            tolerations: ro.map(|_| {
+                                vec![Toleration {
+                                    key: Some("k".into()),
+                                    ..Default::default()
+                                }]
+                            }),
+                            priority_class_name: priority,
+                            ro_threshold_limit: ro,
+                        },
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn v1_to_alpha_to_v1_is_identity(pools in prop::collection::vec(arb_pool(), 0..4), priority in prop::option::of("[a-z]{1,8}")) {
+            let v = v1::CStorPoolCluster {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta { name: Some("c".into()), namespace: Some("openebs".into()), ..Default::default() },
+                spec: v1::CStorPoolClusterSpec { pools, resources: None, aux_resources: None, tolerations: None, priority_class_name: priority },
+                status: None,
+            };
+            let a = v1_to_alpha(&v);
+            prop_assert_eq!(alpha_to_v1(&a).unwrap(), v);
+            // The alpha form is already normal.
+            prop_assert_eq!(normalize_alpha(&a).unwrap(), a);
+        }
+    }
 }

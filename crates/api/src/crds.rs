@@ -1,22 +1,69 @@
 //! The CustomResourceDefinitions of every cstor kind, and their YAML files.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
 use kube::CustomResourceExt;
 
 /// Every CRD cstor serves, `cstor.openebs.io` first (so discovery lists the v1 kinds
 /// before the alpha CSPC that shares their plural), each group in kind order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut with_version_details = vec![
         crate::v1::CStorPoolCluster::crd(),
         crate::v1::CStorPoolInstance::crd(),
         crate::v1::CStorVolumeConfig::crd(),
         crate::v1::CStorVolume::crd(),
         crate::v1::CStorVolumeReplica::crd(),
+    ];
+    for crd in &mut with_version_details {
+        add_top_level_property::<crate::v1::VersionDetails>(crd, "versionDetails");
+    }
+    let mut all = with_version_details;
+    all.extend([
         crate::v1::CStorVolumePolicy::crd(),
         crate::v1alpha1::BlockDevice::crd(),
         crate::v1alpha1::BlockDeviceClaim::crd(),
         crate::v1alpha1::CStorPoolCluster::crd(),
-    ]
+    ]);
+    all
+}
+
+/// Adds an optional top-level field (beside `spec` and `status`) with `T`'s schema to
+/// every version of `crd`, generated with the settings kube's derive uses so the result
+/// is a structural schema.
+///
+/// # Panics
+/// Only if schemars produces JSON that is not a `JSONSchemaProps` for a type of this
+/// crate, a bug the CRD tests catch.
+pub(crate) fn add_top_level_property<T: schemars::JsonSchema>(
+    crd: &mut CustomResourceDefinition,
+    name: &str,
+) {
+    let generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .with_transform(schemars::transform::AddNullable::default())
+        .with_transform(kube::core::schema::StructuralSchemaRewriter)
+        .with_transform(kube::core::schema::OptionalEnum)
+        .with_transform(kube::core::schema::OptionalIntOrString)
+        .into_generator();
+    let mut schema: JSONSchemaProps = serde_json::to_value(generator.into_root_schema_for::<T>())
+        .and_then(serde_json::from_value)
+        .expect("schemars makes a valid JSONSchemaProps for this crate's types");
+    schema.nullable = Some(true);
+    schema.title = None;
+    for version in &mut crd.spec.versions {
+        let root = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut());
+        let root = root.expect("derived CRD versions carry a schema");
+        root.properties
+            .get_or_insert_with(Default::default)
+            .insert(name.to_owned(), schema.clone());
+    }
 }
 
 /// One generated CRD file.
@@ -47,4 +94,420 @@ pub fn crd_files() -> Vec<CrdFile> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Holds the generated CRDs to `cstor-internals.md` §6: names, scope, short names,
+    //! status subresource and printer columns (with `-o wide` priorities), so the seeds'
+    //! `kubectl get` columns come out right.
+
+    use super::crds;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+    struct Expected {
+        name: &'static str,
+        kind: &'static str,
+        singular: &'static str,
+        short: &'static [&'static str],
+        columns: &'static [(&'static str, &'static str, &'static str, i32)],
+    }
+
+    const AGE: (&str, &str, &str, i32) = ("Age", ".metadata.creationTimestamp", "date", 0);
+
+    const EXPECTED: &[Expected] = &[
+        Expected {
+            name: "cstorpoolclusters.cstor.openebs.io",
+            kind: "CStorPoolCluster",
+            singular: "cstorpoolcluster",
+            short: &["cspc"],
+            columns: &[
+                ("HealthyInstances", ".status.healthyInstances", "integer", 0),
+                (
+                    "ProvisionedInstances",
+                    ".status.provisionedInstances",
+                    "integer",
+                    0,
+                ),
+                ("DesiredInstances", ".status.desiredInstances", "integer", 0),
+                AGE,
+            ],
+        },
+        Expected {
+            name: "cstorpoolinstances.cstor.openebs.io",
+            kind: "CStorPoolInstance",
+            singular: "cstorpoolinstance",
+            short: &["cspi"],
+            columns: &[
+                ("HostName", ".spec.hostName", "string", 0),
+                ("Allocated", ".status.capacity.used", "string", 1),
+                ("Free", ".status.capacity.free", "string", 0),
+                ("Capacity", ".status.capacity.total", "string", 0),
+                ("ReadOnly", ".status.readOnly", "boolean", 0),
+                (
+                    "ProvisionedReplicas",
+                    ".status.provisionedReplicas",
+                    "integer",
+                    0,
+                ),
+                ("HealthyReplicas", ".status.healthyReplicas", "integer", 0),
+                ("Type", ".spec.poolConfig.dataRaidGroupType", "string", 1),
+                ("Status", ".status.phase", "string", 0),
+                AGE,
+            ],
+        },
+        Expected {
+            name: "cstorvolumeconfigs.cstor.openebs.io",
+            kind: "CStorVolumeConfig",
+            singular: "cstorvolumeconfig",
+            short: &["cvc"],
+            columns: &[
+                ("Capacity", ".status.capacity.storage", "string", 0),
+                ("Status", ".status.phase", "string", 0),
+                AGE,
+            ],
+        },
+        Expected {
+            name: "cstorvolumes.cstor.openebs.io",
+            kind: "CStorVolume",
+            singular: "cstorvolume",
+            short: &["cv"],
+            columns: &[
+                ("Capacity", ".status.capacity", "string", 0),
+                ("Status", ".status.phase", "string", 0),
+                AGE,
+            ],
+        },
+        Expected {
+            name: "cstorvolumereplicas.cstor.openebs.io",
+            kind: "CStorVolumeReplica",
+            singular: "cstorvolumereplica",
+            short: &["cvr"],
+            columns: &[
+                ("Allocated", ".status.capacity.total", "string", 0),
+                ("Used", ".status.capacity.used", "string", 0),
+                ("Status", ".status.phase", "string", 0),
+                AGE,
+            ],
+        },
+        Expected {
+            name: "cstorvolumepolicies.cstor.openebs.io",
+            kind: "CStorVolumePolicy",
+            singular: "cstorvolumepolicy",
+            short: &["cvp"],
+            columns: &[],
+        },
+        Expected {
+            name: "blockdevices.openebs.io",
+            kind: "BlockDevice",
+            singular: "blockdevice",
+            short: &["bd"],
+            columns: &[
+                ("NodeName", ".spec.nodeAttributes.nodeName", "string", 0),
+                ("Path", ".spec.path", "string", 1),
+                ("FSType", ".spec.filesystem.fsType", "string", 1),
+                ("Size", ".spec.capacity.storage", "integer", 0),
+                ("ClaimState", ".status.claimState", "string", 0),
+                ("Status", ".status.state", "string", 0),
+                AGE,
+            ],
+        },
+        Expected {
+            name: "blockdeviceclaims.openebs.io",
+            kind: "BlockDeviceClaim",
+            singular: "blockdeviceclaim",
+            short: &["bdc"],
+            columns: &[
+                ("BlockDeviceName", ".spec.blockDeviceName", "string", 0),
+                ("Phase", ".status.phase", "string", 0),
+                AGE,
+            ],
+        },
+        Expected {
+            name: "cstorpoolclusters.openebs.io",
+            kind: "CStorPoolCluster",
+            singular: "cstorpoolcluster",
+            short: &[],
+            columns: &[],
+        },
+    ];
+
+    fn find(name: &str) -> CustomResourceDefinition {
+        crds()
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no CRD {name}"))
+    }
+
+    #[test]
+    fn crds_have_cstor_names_scopes_and_printer_columns() {
+        assert_eq!(crds().len(), EXPECTED.len());
+        for e in EXPECTED {
+            let crd = find(e.name);
+            let (plural, group) = e.name.split_once('.').unwrap();
+            assert_eq!(crd.spec.group, group, "{}", e.name);
+            assert_eq!(crd.spec.scope, "Namespaced", "{}", e.name);
+            let names = &crd.spec.names;
+            assert_eq!(names.kind, e.kind);
+            assert_eq!(names.plural, plural);
+            assert_eq!(names.singular.as_deref(), Some(e.singular));
+            assert_eq!(
+                names.short_names.clone().unwrap_or_default(),
+                e.short,
+                "{}",
+                e.name
+            );
+            assert_eq!(crd.spec.versions.len(), 1);
+            let version = &crd.spec.versions[0];
+            let expected_version = if group == "cstor.openebs.io" {
+                "v1"
+            } else {
+                "v1alpha1"
+            };
+            assert_eq!(version.name, expected_version);
+            assert!(version.served && version.storage);
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some(),
+                "{} has a status subresource",
+                e.name
+            );
+            let columns: Vec<(String, String, String, i32)> = version
+                .additional_printer_columns
+                .iter()
+                .flatten()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        c.json_path.clone(),
+                        c.type_.clone(),
+                        c.priority.unwrap_or(0),
+                    )
+                })
+                .collect();
+            let expected: Vec<(String, String, String, i32)> = e
+                .columns
+                .iter()
+                .map(|(n, p, t, pr)| (n.to_string(), p.to_string(), t.to_string(), *pr))
+                .collect();
+            assert_eq!(columns, expected, "{}", e.name);
+        }
+    }
+
+    fn enum_at(crd: &str, path: &[&str]) -> Vec<String> {
+        let crd = find(crd);
+        let mut schema = crate::schema::version_schema(&crd, &crd.spec.versions[0].name)
+            .unwrap()
+            .clone();
+        for step in path {
+            schema = if *step == "[]" {
+                match schema.items.unwrap() {
+                    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(s) => *s,
+                    other => panic!("{other:?}"),
+                }
+            } else {
+                schema
+                    .properties
+                    .unwrap()
+                    .remove(*step)
+                    .unwrap_or_else(|| panic!("no {step}"))
+            };
+        }
+        schema
+            .enum_
+            .unwrap()
+            .into_iter()
+            .filter_map(|v| v.0.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn schemas_enumerate_cstor_spellings() {
+        let cspc = "cstorpoolclusters.cstor.openebs.io";
+        assert_eq!(
+            enum_at(
+                cspc,
+                &["spec", "pools", "[]", "poolConfig", "dataRaidGroupType"]
+            ),
+            ["stripe", "mirror", "raidz", "raidz2"]
+        );
+        assert_eq!(
+            enum_at(
+                cspc,
+                &["spec", "pools", "[]", "poolConfig", "writeCacheGroupType"]
+            ),
+            ["stripe", "mirror", "raidz", "raidz2"]
+        );
+        assert_eq!(
+            enum_at(cspc, &["status", "conditions", "[]", "type"]),
+            ["PoolManagerAvailable"]
+        );
+        assert_eq!(
+            enum_at("cstorpoolinstances.cstor.openebs.io", &["status", "phase"]),
+            [
+                "",
+                "ONLINE",
+                "OFFLINE",
+                "DEGRADED",
+                "FAULTED",
+                "REMOVED",
+                "UNAVAIL",
+                "Error",
+                "DeletionFailed",
+                "Invalid",
+                "ErrorDuplicate",
+                "Pending",
+                "Init",
+                "PoolCreationFailed"
+            ]
+        );
+        assert_eq!(
+            enum_at(
+                "cstorpoolinstances.cstor.openebs.io",
+                &["status", "conditions", "[]", "type"]
+            ),
+            [
+                "PoolExpansion",
+                "DiskReplacement",
+                "DiskUnavailable",
+                "PoolLost"
+            ]
+        );
+        assert_eq!(
+            enum_at("cstorvolumes.cstor.openebs.io", &["status", "phase"]),
+            ["Init", "Healthy", "Degraded", "Offline", "Error", "Invalid"]
+        );
+        assert_eq!(
+            enum_at(
+                "cstorvolumes.cstor.openebs.io",
+                &["status", "conditions", "[]", "status"]
+            ),
+            ["InProgress", "Success"]
+        );
+        assert_eq!(
+            enum_at("cstorvolumereplicas.cstor.openebs.io", &["status", "phase"]),
+            [
+                "",
+                "Init",
+                "Offline",
+                "Degraded",
+                "NewReplicaDegraded",
+                "Rebuilding",
+                "ReconstructingNewReplica",
+                "Healthy",
+                "Error",
+                "DeletionFailed",
+                "Invalid",
+                "Recreate"
+            ]
+        );
+        assert_eq!(
+            enum_at("cstorvolumeconfigs.cstor.openebs.io", &["status", "phase"]),
+            ["Pending", "Bound", "Failed"]
+        );
+        assert_eq!(
+            enum_at(
+                "cstorvolumeconfigs.cstor.openebs.io",
+                &["status", "condition", "[]", "type"]
+            ),
+            [
+                "Resizing",
+                "VolumeResizeFailed",
+                "VolumeResizeSuccessful",
+                "VolumeResizePending"
+            ]
+        );
+        assert_eq!(
+            enum_at("blockdevices.openebs.io", &["status", "claimState"]),
+            ["Unclaimed", "Released", "Claimed"]
+        );
+        assert_eq!(
+            enum_at("blockdevices.openebs.io", &["status", "state"]),
+            ["Active", "Inactive", "Unknown"]
+        );
+        assert_eq!(
+            enum_at("blockdeviceclaims.openebs.io", &["status", "phase"]),
+            ["", "Pending", "Invalid Capacity Request", "Bound"]
+        );
+        assert_eq!(
+            enum_at(
+                "cstorpoolclusters.openebs.io",
+                &["spec", "pools", "[]", "raidGroups", "[]", "type"]
+            ),
+            ["stripe", "mirror", "raidz", "raidz2"]
+        );
+    }
+
+    #[test]
+    fn cspc_schema_requires_what_cstor_requires() {
+        let crd = find("cstorpoolclusters.cstor.openebs.io");
+        let root = crate::schema::version_schema(&crd, "v1").unwrap();
+        let spec = &root.properties.as_ref().unwrap()["spec"];
+        assert_eq!(spec.required.as_deref().unwrap(), ["pools"]);
+        let pool = match spec.properties.as_ref().unwrap()["pools"].items.as_ref().unwrap() {
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(s) => s.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            pool.required.as_deref().unwrap(),
+            ["dataRaidGroups", "nodeSelector", "poolConfig"]
+        );
+        let config = &pool.properties.as_ref().unwrap()["poolConfig"];
+        assert_eq!(config.required.as_deref().unwrap(), ["dataRaidGroupType"]);
+        let limit = &config.properties.as_ref().unwrap()["roThresholdLimit"];
+        assert_eq!((limit.minimum, limit.maximum), (Some(0.0), Some(100.0)));
+    }
+
+    /// kube-apiserver refuses a CRD whose schema is not structural: every node must
+    /// declare a type (or be int-or-string / preserve unknown fields), and `$ref`,
+    /// `anyOf`/`oneOf`/`allOf`/`not` may not carry the structure.
+    #[test]
+    fn schemas_are_structural() {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+            JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+        };
+        fn walk(s: &JSONSchemaProps, path: String, bad: &mut Vec<String>) {
+            let typed = s.type_.is_some()
+                || s.x_kubernetes_int_or_string == Some(true)
+                || s.x_kubernetes_preserve_unknown_fields == Some(true);
+            if !typed {
+                bad.push(format!("{path}: no type"));
+            }
+            if s.ref_path.is_some()
+                || s.any_of.is_some()
+                || s.one_of.is_some()
+                || s.all_of.is_some()
+                || s.not.is_some()
+            {
+                bad.push(format!("{path}: $ref or a combinator"));
+            }
+            if s.properties.is_some()
+                && matches!(
+                    s.additional_properties,
+                    Some(JSONSchemaPropsOrBool::Schema(_))
+                )
+            {
+                bad.push(format!("{path}: both properties and additionalProperties"));
+            }
+            for (k, v) in s.properties.iter().flatten() {
+                walk(v, format!("{path}.{k}"), bad);
+            }
+            if let Some(JSONSchemaPropsOrArray::Schema(items)) = &s.items {
+                walk(items, format!("{path}[]"), bad);
+            }
+            if let Some(JSONSchemaPropsOrBool::Schema(values)) = &s.additional_properties {
+                walk(values, format!("{path}{{}}"), bad);
+            }
+        }
+        let mut bad = Vec::new();
+        for crd in crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let schema = crate::schema::version_schema(&crd, &crd.spec.versions[0].name).unwrap();
+            walk(schema, name, &mut bad);
+        }
+        assert!(bad.is_empty(), "{bad:#?}");
+    }
 }

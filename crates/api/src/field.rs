@@ -93,6 +93,11 @@ pub enum FieldErrorKind {
         /// Entries allowed.
         max: usize,
     },
+    /// The field names an object that does not exist.
+    NotFound {
+        /// The value given, rendered as JSON.
+        value: String,
+    },
     /// The change is not allowed (e.g. an immutable field changed).
     Forbidden {
         /// Why.
@@ -156,6 +161,16 @@ impl FieldError {
         }
     }
 
+    /// The named object does not exist.
+    pub fn not_found(field: FieldPath, value: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            kind: FieldErrorKind::NotFound {
+                value: value.into(),
+            },
+        }
+    }
+
     /// The change is not allowed.
     pub fn forbidden(field: FieldPath, detail: impl Into<String>) -> FieldError {
         FieldError {
@@ -175,6 +190,7 @@ impl FieldError {
             FieldErrorKind::TypeInvalid { .. } => "FieldValueTypeInvalid",
             FieldErrorKind::Duplicate { .. } => "FieldValueDuplicate",
             FieldErrorKind::TooMany { .. } => "FieldValueTooMany",
+            FieldErrorKind::NotFound { .. } => "FieldValueNotFound",
             FieldErrorKind::Forbidden { .. } => "FieldValueForbidden",
             FieldErrorKind::Unknown => "FieldValueUnknown",
         }
@@ -204,6 +220,7 @@ impl FieldError {
             FieldErrorKind::TooMany { count, max } => {
                 format!("Too many: {count}: must have at most {max} items")
             }
+            FieldErrorKind::NotFound { value } => format!("Not found: {value}"),
             FieldErrorKind::Forbidden { detail } => format!("Forbidden: {detail}"),
             FieldErrorKind::Unknown => format!("unknown field {:?}", self.field.as_str()),
         }

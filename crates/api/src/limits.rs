@@ -22,9 +22,6 @@ pub const REPLICAS_PER_VOLUME_MAX: u32 = 5;
 /// Longest name of a Kubernetes object that is a DNS subdomain (RFC 1123).
 pub const DNS_SUBDOMAIN_LEN_MAX: usize = 253;
 
-/// Longest label value and DNS label (RFC 1123 label, 63 octets).
-pub const DNS_LABEL_LEN_MAX: usize = 63;
-
 /// Longest replica id: the target's wire format keeps it in a 32-byte field
 /// (`cstor-internals.md` §1.3, `mgmt_ack.replica_id[32]`, NUL excluded).
 pub const REPLICA_ID_LEN_MAX: usize = 32;
@@ -36,3 +33,11 @@ pub const FIELD_ERRORS_MAX: usize = 100;
 /// Nesting depth the schema validator follows; the deepest cstor schema (CVC policy
 /// affinity terms) is about 12 levels, so deeper input is refused rather than recursed.
 pub const SCHEMA_DEPTH_MAX: usize = 48;
+
+/// Longest quantity string accepted (`500Gi`): 64 characters hold any 64-bit byte count in
+/// any notation, and bound the parser's work on hostile input.
+pub const QUANTITY_LEN_MAX: usize = 64;
+
+/// Default `poolConfig.roThresholdLimit` the CSPC controller sets: cStor's 85 % leaves
+/// room for copy-on-write metadata so a full pool can still free space.
+pub const RO_THRESHOLD_LIMIT_DEFAULT: i32 = 85;

@@ -119,3 +119,59 @@ pub mod value {
     /// CSI topology key of the node a volume may be used on.
     pub const TOPOLOGY_NODE_KEY: &str = "topology.cstor.openebs.io/nodeName";
 }
+
+/// Names cstor derives from other names, in one place so every controller derives them
+/// the same way (`cstor-internals.md` §0, §5, §6).
+pub mod derive {
+    /// IQN of a volume's target: `iqn.2016-09.com.openebs.cstor:<pv>`.
+    pub fn iqn(pv_name: &str) -> String {
+        format!("{}:{pv_name}", super::IQN_PREFIX)
+    }
+
+    /// Name of a CStorVolumeReplica: `<pv>-<cspi>`.
+    pub fn cvr_name(pv_name: &str, cspi_name: &str) -> String {
+        format!("{pv_name}-{cspi_name}")
+    }
+
+    /// Name of a CStorPoolInstance: `<cspc>-<suffix>`, where the CSPC controller picks
+    /// `suffix` as 4 random lowercase alphanumerics (randomness stays out of this crate).
+    pub fn cspi_name(cspc_name: &str, suffix: &str) -> String {
+        format!("{cspc_name}-{suffix}")
+    }
+
+    /// Name of the pool on disk of every CSPI of a CSPC: `cstor-<CSPC UID>`.
+    pub fn pool_name(cspc_uid: &str) -> String {
+        format!("cstor-{cspc_uid}")
+    }
+
+    /// Name of the BlockDeviceClaim the CSPC controller makes for a BlockDevice:
+    /// `bdc-cstor-<BlockDevice UID>` (the UID, so a recreated device gets a new claim).
+    pub fn bdc_name(block_device_uid: &str) -> String {
+        format!("bdc-cstor-{block_device_uid}")
+    }
+
+    /// CF for a replication factor: RF/2+1, the smallest majority
+    /// (`cstor-internals.md` §2.1).
+    pub fn consistency_factor(replication_factor: u32) -> u32 {
+        replication_factor / 2 + 1
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn derived_names_match_cstor() {
+            assert_eq!(iqn("pvc-1"), "iqn.2016-09.com.openebs.cstor:pvc-1");
+            assert_eq!(
+                cvr_name("pvc-1", "cstor-disk-pool-c0tw"),
+                "pvc-1-cstor-disk-pool-c0tw"
+            );
+            assert_eq!(cspi_name("cstor-disk-cspc", "7hkl"), "cstor-disk-cspc-7hkl");
+            assert_eq!(pool_name("1234"), "cstor-1234");
+            assert_eq!(bdc_name("5678"), "bdc-cstor-5678");
+            let cf: Vec<u32> = (1..=5).map(consistency_factor).collect();
+            assert_eq!(cf, [1, 2, 2, 3, 3]);
+        }
+    }
+}

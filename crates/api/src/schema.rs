@@ -480,3 +480,173 @@ fn json_type(value: &Value) -> &'static str {
         Value::Object(_) => "object",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The validator against the real cstor CRDs: each kind of error comes out with the
+    //! field path and wording kube-apiserver uses, and valid objects pass.
+
+    use super::*;
+    use crate::field::invalid_message;
+    use serde_json::json;
+
+    fn cspc_schema() -> JSONSchemaProps {
+        let crd = crate::crds()
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() == Some("cstorpoolclusters.cstor.openebs.io"))
+            .unwrap();
+        version_schema(&crd, "v1").unwrap().clone()
+    }
+
+    fn cspc(pool_config: Value) -> Value {
+        json!({
+            "apiVersion": "cstor.openebs.io/v1",
+            "kind": "CStorPoolCluster",
+            "metadata": {"name": "p", "namespace": "openebs", "labels": {"a": "b"}},
+            "spec": {"pools": [{
+                "nodeSelector": {"kubernetes.io/hostname": "worker-01"},
+                "dataRaidGroups": [{"blockDevices": [{"blockDeviceName": "bd-1"}]}],
+                "poolConfig": pool_config,
+            }]},
+        })
+    }
+
+    #[test]
+    fn valid_object_passes() {
+        let errors = validate_object(
+            &cspc_schema(),
+            &cspc(
+                json!({"dataRaidGroupType": "stripe", "compression": "lz4", "roThresholdLimit": 85}),
+            ),
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn bad_enum_value_names_field_and_supported_values() {
+        let errors = validate_object(
+            &cspc_schema(),
+            &cspc(json!({"dataRaidGroupType": "striped"})),
+        );
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].reason(), "FieldValueNotSupported");
+        assert_eq!(
+            errors[0].to_string(),
+            r#"spec.pools[0].poolConfig.dataRaidGroupType: Unsupported value: "striped": supported values: "stripe", "mirror", "raidz", "raidz2""#
+        );
+        assert_eq!(
+            invalid_message("CStorPoolCluster", "cstor.openebs.io", "p", &errors),
+            r#"CStorPoolCluster.cstor.openebs.io "p" is invalid: spec.pools[0].poolConfig.dataRaidGroupType: Unsupported value: "striped": supported values: "stripe", "mirror", "raidz", "raidz2""#
+        );
+    }
+
+    #[test]
+    fn missing_required_field_is_reported_at_its_path() {
+        let errors = validate_object(&cspc_schema(), &cspc(json!({"compression": "off"})));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].reason(), "FieldValueRequired");
+        assert_eq!(
+            errors[0].to_string(),
+            "spec.pools[0].poolConfig.dataRaidGroupType: Required value"
+        );
+        let errors = validate_object(
+            &cspc_schema(),
+            &json!({"apiVersion": "cstor.openebs.io/v1", "kind": "CStorPoolCluster", "metadata": {}}),
+        );
+        assert_eq!(errors[0].to_string(), "spec: Required value");
+    }
+
+    #[test]
+    fn wrong_type_bounds_and_unknown_fields_are_reported() {
+        let errors = validate_object(
+            &cspc_schema(),
+            &cspc(
+                json!({"dataRaidGroupType": "stripe", "roThresholdLimit": "85", "thickProvision": true, "bogus": 1}),
+            ),
+        );
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                r#"unknown field "spec.pools[0].poolConfig.bogus""#,
+                r#"spec.pools[0].poolConfig.roThresholdLimit: Invalid value: "string": spec.pools[0].poolConfig.roThresholdLimit in body must be of type integer: "string""#,
+            ]
+        );
+        let errors = validate_object(
+            &cspc_schema(),
+            &cspc(json!({"dataRaidGroupType": "stripe", "roThresholdLimit": 101})),
+        );
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].to_string(),
+            "spec.pools[0].poolConfig.roThresholdLimit: Invalid value: 101: spec.pools[0].poolConfig.roThresholdLimit in body should be less than or equal to 100"
+        );
+    }
+
+    #[test]
+    fn quantities_are_int_or_string_and_optional_fields_may_be_null() {
+        let mut object = cspc(
+            json!({"dataRaidGroupType": "stripe", "resources": {"requests": {"memory": "1Gi", "cpu": 2}}, "tolerations": null}),
+        );
+        assert!(validate_object(&cspc_schema(), &object).is_empty());
+        object["spec"]["pools"][0]["poolConfig"]["resources"]["requests"]["cpu"] = json!(true);
+        let errors = validate_object(&cspc_schema(), &object);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].field.as_str(),
+            "spec.pools[0].poolConfig.resources.requests[cpu]"
+        );
+    }
+
+    #[test]
+    fn prune_removes_only_undeclared_fields() {
+        let mut object = cspc(json!({"dataRaidGroupType": "stripe", "bogus": 1}));
+        object["spec"]["extra"] = json!({"x": 1});
+        object["status"] = json!({"healthyInstances": 1, "made": "up"});
+        let removed = prune_unknown_fields(&cspc_schema(), &mut object);
+        let removed: Vec<&str> = removed.iter().map(FieldPath::as_str).collect();
+        assert_eq!(
+            removed,
+            [
+                "spec.extra",
+                "spec.pools[0].poolConfig.bogus",
+                "status.made"
+            ]
+        );
+        assert!(validate_object(&cspc_schema(), &object).is_empty());
+        assert_eq!(object["metadata"]["labels"]["a"], "b");
+        assert_eq!(object["status"]["healthyInstances"], 1);
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused_not_recursed() {
+        // Only a user-supplied CRD can nest this deep; the walk must stop at the limit.
+        let levels = SCHEMA_DEPTH_MAX + 10;
+        let mut schema = JSONSchemaProps {
+            type_: Some("integer".into()),
+            ..Default::default()
+        };
+        let mut value = json!(1);
+        for _ in 0..levels {
+            schema = JSONSchemaProps {
+                type_: Some("object".into()),
+                properties: Some([("x".to_owned(), schema)].into()),
+                ..Default::default()
+            };
+            value = json!({ "x": value });
+        }
+        let errors = validate_value(&schema, &value, &FieldPath::new("spec"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].to_string().contains("nested deeper than"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn non_object_root_is_a_type_error() {
+        let errors = validate_object(&cspc_schema(), &json!([1, 2]));
+        assert_eq!(errors[0].reason(), "FieldValueTypeInvalid");
+    }
+}

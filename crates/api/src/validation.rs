@@ -307,19 +307,203 @@ fn validate_group_changes(
     errors
 }
 
+/// Checks the block devices a CSPC names against the cluster's BlockDevices and
+/// BlockDeviceClaims (cStor's admission rules, `cstor-internals.md` §5): each exists, is
+/// Active, is on the pool's node (`kubernetes.io/hostname` of the node selector), carries
+/// no filesystem (or only `zfs_member`), is not claimed for another CSPC, and, if tagged
+/// with `openebs.io/block-device-tag`, has a tag the CSPC allows in
+/// `openebs.io/allowed-bd-tags`. Pure: the caller lists the objects of the CSPC's
+/// namespace.
+pub fn validate_cspc_devices(
+    cspc: &v1::CStorPoolCluster,
+    devices: &[v1alpha1::BlockDevice],
+    claims: &[v1alpha1::BlockDeviceClaim],
+) -> Vec<FieldError> {
+    use crate::names::{annotation, label};
+    let mut errors = Vec::new();
+    let cspc_name = cspc.metadata.name.as_deref().unwrap_or_default();
+    let by_name: BTreeMap<&str, &v1alpha1::BlockDevice> = devices
+        .iter()
+        .filter_map(|d| d.metadata.name.as_deref().map(|n| (n, d)))
+        .collect();
+    let claim_owner: BTreeMap<&str, Option<&str>> = claims
+        .iter()
+        .filter_map(|c| {
+            let owner = c
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(label::CSPC))
+                .map(String::as_str);
+            c.metadata.name.as_deref().map(|n| (n, owner))
+        })
+        .collect();
+    let allowed_tags: BTreeSet<&str> = cspc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotation::ALLOWED_BD_TAGS))
+        .map(|tags| {
+            tags.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    for (i, pool) in cspc.spec.pools.iter().enumerate() {
+        let pool_path = FieldPath::new("spec.pools").index(i);
+        let node = pool.node_selector.get(label::HOSTNAME).map(String::as_str);
+        let roles = [
+            ("dataRaidGroups", Some(&pool.data_raid_groups)),
+            (
+                "writeCacheRaidGroups",
+                pool.write_cache_raid_groups.as_ref(),
+            ),
+        ];
+        for (role, groups) in roles {
+            for (j, group) in groups.into_iter().flatten().enumerate() {
+                for (k, device) in group.block_devices.iter().enumerate() {
+                    let path = pool_path
+                        .child(role)
+                        .index(j)
+                        .child("blockDevices")
+                        .index(k)
+                        .child("blockDeviceName");
+                    let name = device.block_device_name.as_str();
+                    let quoted = render_value(&Value::String(name.to_owned()));
+                    let Some(bd) = by_name.get(name) else {
+                        errors.push(FieldError::not_found(path, quoted));
+                        continue;
+                    };
+                    if let Some(problem) =
+                        device_problem(bd, node, cspc_name, &claim_owner, &allowed_tags)
+                    {
+                        errors.push(FieldError::invalid(path, quoted, problem));
+                    }
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Why `bd` cannot be used by a pool on `node` of CSPC `cspc_name`, if it cannot.
+fn device_problem(
+    bd: &v1alpha1::BlockDevice,
+    node: Option<&str>,
+    cspc_name: &str,
+    claim_owner: &BTreeMap<&str, Option<&str>>,
+    allowed_tags: &BTreeSet<&str>,
+) -> Option<String> {
+    use crate::names::label;
+    let state = bd.status.as_ref().and_then(|s| s.state);
+    if state != Some(v1alpha1::BlockDeviceState::Active) {
+        let shown = state.map_or("of unknown state".to_owned(), |s| format!("{s:?}"));
+        return Some(format!("the block device is {shown}, not Active"));
+    }
+    let bd_node = bd
+        .spec
+        .node_attributes
+        .as_ref()
+        .and_then(|n| n.node_name.as_deref())
+        .or_else(|| {
+            bd.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(label::HOSTNAME))
+                .map(String::as_str)
+        });
+    if let (Some(want), Some(have)) = (node, bd_node) {
+        if want != have {
+            return Some(format!(
+                "the block device is on node {have}, the pool on node {want}"
+            ));
+        }
+    }
+    if let Some(fs) = bd
+        .spec
+        .file_system
+        .as_ref()
+        .and_then(|f| f.fs_type.as_deref())
+    {
+        if !fs.is_empty() && fs != "zfs_member" {
+            return Some(format!("the block device holds a {fs} filesystem"));
+        }
+    }
+    if bd.status.as_ref().and_then(|s| s.claim_state)
+        == Some(v1alpha1::BlockDeviceClaimState::Claimed)
+    {
+        let claim = bd
+            .spec
+            .claim_ref
+            .as_ref()
+            .and_then(|r| r.name.as_deref())
+            .unwrap_or_default();
+        match claim_owner.get(claim) {
+            Some(Some(owner)) if *owner == cspc_name => {}
+            Some(Some(owner)) => {
+                return Some(format!(
+                    "the block device is claimed by {claim:?} for CStorPoolCluster {owner:?}"
+                ))
+            }
+            _ => {
+                return Some(format!(
+                    "the block device is claimed by {claim:?}, not for this CStorPoolCluster"
+                ))
+            }
+        }
+    }
+    if let Some(tag) = bd
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(label::BLOCK_DEVICE_TAG))
+    {
+        if tag.trim().is_empty() {
+            return Some("the block device has an empty openebs.io/block-device-tag".to_owned());
+        }
+        if !allowed_tags.contains(tag.trim()) {
+            return Some(format!("the block device is tagged {tag:?}, which the CStorPoolCluster does not list in openebs.io/allowed-bd-tags"));
+        }
+    }
+    None
+}
+
 /// Validates an alpha (`openebs.io/v1alpha1`) CStorPoolCluster: the rules of the v1 CSPC
 /// it converts to, with the alpha field paths.
 pub fn validate_alpha_cspc(cspc: &v1alpha1::CStorPoolCluster) -> Vec<FieldError> {
     match crate::conversion::alpha_to_v1(cspc) {
         Err(errors) => errors,
-        Ok(converted) => validate_cspc(&converted)
-            .into_iter()
-            .map(|mut e| {
-                e.field = crate::conversion::v1_path_to_alpha(cspc, &e.field);
-                e
-            })
-            .collect(),
+        Ok(converted) => to_alpha_paths(cspc, validate_cspc(&converted)),
     }
+}
+
+/// Validates a change of an alpha CStorPoolCluster: the update rules of the v1 CSPCs both
+/// versions convert to ([`validate_cspc_update`]), with the alpha field paths. An old
+/// object that no longer converts is not held against the new one.
+pub fn validate_alpha_cspc_update(
+    old: &v1alpha1::CStorPoolCluster,
+    new: &v1alpha1::CStorPoolCluster,
+) -> Vec<FieldError> {
+    let converted_new = match crate::conversion::alpha_to_v1(new) {
+        Err(errors) => return errors,
+        Ok(v) => v,
+    };
+    let errors = match crate::conversion::alpha_to_v1(old) {
+        Ok(converted_old) => validate_cspc_update(&converted_old, &converted_new),
+        Err(_) => validate_cspc(&converted_new),
+    };
+    to_alpha_paths(new, errors)
+}
+
+fn to_alpha_paths(alpha: &v1alpha1::CStorPoolCluster, errors: Vec<FieldError>) -> Vec<FieldError> {
+    errors
+        .into_iter()
+        .map(|mut e| {
+            e.field = crate::conversion::v1_path_to_alpha(alpha, &e.field);
+            e
+        })
+        .collect()
 }
 
 /// Validates a CStorVolumeConfig's spec: replica count within 1..=5.
@@ -522,30 +706,75 @@ fn render_selector(selector: &BTreeMap<String, String>) -> String {
     format!("{:?}", pairs.join(","))
 }
 
-/// Validates a cstor custom resource given as JSON, as the API server does on create
-/// (`old` = None) and update: first against its CRD's schema (types, enums, required
-/// fields; unknown fields are reported too), then, if that passed, the semantic rules of
-/// its kind. Returns `None` when `api_version`/`kind` is not a cstor kind.
+/// Validates cstor custom resources given as JSON, as the API server does on create
+/// (`old` = None) and update. Holds the generated CRDs, because generating them takes
+/// milliseconds and validation runs on every write.
+#[derive(Clone, Debug)]
+pub struct Validator {
+    crds: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
+}
+
+impl Default for Validator {
+    fn default() -> Self {
+        Validator::new()
+    }
+}
+
+impl Validator {
+    /// A validator for the CRDs of [`crate::crds`].
+    pub fn new() -> Validator {
+        Validator {
+            crds: crate::crds(),
+        }
+    }
+
+    /// Checks `new` first against its CRD's schema (types, enums, required fields;
+    /// unknown fields are reported too, as [`crate::field::FieldErrorKind::Unknown`]),
+    /// then, if that passed, by the rules of its kind ([`validate_semantics`]). Returns
+    /// `None` when `api_version`/`kind` is not a cstor kind.
+    pub fn validate(
+        &self,
+        api_version: &str,
+        kind: &str,
+        new: &Value,
+        old: Option<&Value>,
+    ) -> Option<Vec<FieldError>> {
+        let (group, version) = api_version.split_once('/')?;
+        let crd = self.crds.iter().find(|c| {
+            c.spec.names.kind == kind
+                && c.spec.group == group
+                && c.spec.versions.iter().any(|v| v.name == version)
+        })?;
+        let schema = crate::schema::version_schema(crd, version)?;
+        let errors = crate::schema::validate_object(schema, new);
+        if !errors.is_empty() {
+            return Some(errors);
+        }
+        Some(validate_semantics(group, kind, new, old))
+    }
+}
+
+/// One-off form of [`Validator::validate`]; regenerates the CRDs on every call, so hold a
+/// [`Validator`] where it runs often.
 pub fn validate_custom_resource(
     api_version: &str,
     kind: &str,
     new: &Value,
     old: Option<&Value>,
 ) -> Option<Vec<FieldError>> {
-    let crd = crate::crds().into_iter().find(|c| {
-        c.spec.names.kind == kind
-            && c.spec
-                .versions
-                .iter()
-                .any(|v| format!("{}/{}", c.spec.group, v.name) == api_version)
-    })?;
-    let version = api_version.rsplit('/').next().unwrap_or_default();
-    let schema = crate::schema::version_schema(&crd, version)?;
-    let errors = crate::schema::validate_object(schema, new);
-    if !errors.is_empty() {
-        return Some(errors);
-    }
-    Some(semantic(&crd.spec.group, kind, new, old))
+    Validator::new().validate(api_version, kind, new, old)
+}
+
+/// The rules of a cstor kind (no schema check: run [`crate::schema::validate_object`]
+/// first, as [`Validator::validate`] does). An object that does not deserialise into its
+/// Rust type gives one error at the root; other kinds give no errors.
+pub fn validate_semantics(
+    group: &str,
+    kind: &str,
+    new: &Value,
+    old: Option<&Value>,
+) -> Vec<FieldError> {
+    semantic(group, kind, new, old)
 }
 
 fn semantic(group: &str, kind: &str, new: &Value, old: Option<&Value>) -> Vec<FieldError> {
@@ -567,7 +796,13 @@ fn semantic(group: &str, kind: &str, new: &Value, old: Option<&Value>) -> Vec<Fi
                     None => validate_cspc(&new),
                 }
             }
-            (_, "CStorPoolCluster") => validate_alpha_cspc(&parse(new)?),
+            (_, "CStorPoolCluster") => {
+                let new: v1alpha1::CStorPoolCluster = parse(new)?;
+                match old.map(parse::<v1alpha1::CStorPoolCluster>).transpose()? {
+                    Some(old) => validate_alpha_cspc_update(&old, &new),
+                    None => validate_alpha_cspc(&new),
+                }
+            }
             (_, "CStorVolumeConfig") => {
                 let new: v1::CStorVolumeConfig = parse(new)?;
                 let mut errors = match old.map(parse::<v1::CStorVolumeConfig>).transpose()? {
@@ -589,4 +824,345 @@ fn semantic(group: &str, kind: &str, new: &Value, old: Option<&Value>) -> Vec<Fi
         })
     })();
     result.unwrap_or_else(|e| e)
+}
+
+#[cfg(test)]
+mod tests {
+    //! cStor's webhook rules, each with a passing and a failing case and the exact path.
+
+    use super::*;
+    use serde_json::json;
+
+    fn cspc(pools: Value) -> v1::CStorPoolCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "cstor.openebs.io/v1", "kind": "CStorPoolCluster",
+            "metadata": {"name": "p", "namespace": "openebs"},
+            "spec": {"pools": pools},
+        }))
+        .unwrap()
+    }
+
+    fn pool(node: &str, t: &str, groups: &[&[&str]]) -> Value {
+        let groups: Vec<Value> = groups
+            .iter()
+            .map(|g| json!({"blockDevices": g.iter().map(|n| json!({"blockDeviceName": n})).collect::<Vec<_>>()}))
+            .collect();
+        json!({"nodeSelector": {"kubernetes.io/hostname": node}, "dataRaidGroups": groups, "poolConfig": {"dataRaidGroupType": t}})
+    }
+
+    fn texts(errors: &[FieldError]) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn raid_group_widths_follow_the_parity_rules() {
+        let p = FieldPath::new("g");
+        let ok = |t, n| validate_raid_group_width(t, n, &p).is_none();
+        use RaidGroupType::*;
+        assert!(ok(Stripe, 1) && ok(Stripe, 7) && !ok(Stripe, 0));
+        assert!(ok(Mirror, 2) && ok(Mirror, 4) && !ok(Mirror, 1) && !ok(Mirror, 3));
+        assert!(
+            ok(Raidz, 3)
+                && ok(Raidz, 5)
+                && ok(Raidz, 9)
+                && !ok(Raidz, 2)
+                && !ok(Raidz, 4)
+                && !ok(Raidz, 6)
+        );
+        assert!(
+            ok(Raidz2, 4)
+                && ok(Raidz2, 6)
+                && ok(Raidz2, 10)
+                && !ok(Raidz2, 3)
+                && !ok(Raidz2, 5)
+                && !ok(Raidz2, 8)
+        );
+    }
+
+    #[test]
+    fn seed_layouts_are_valid() {
+        let c = cspc(json!([
+            pool("worker-01", "mirror", &[&["bd-1", "bd-2"]]),
+            pool("worker-02", "raidz", &[&["bd-3", "bd-4", "bd-5"]]),
+            pool("worker-03", "stripe", &[&["bd-6"]]),
+        ]));
+        assert!(validate_cspc(&c).is_empty(), "{:?}", validate_cspc(&c));
+    }
+
+    #[test]
+    fn wrong_width_names_the_group() {
+        let c = cspc(json!([pool(
+            "w1",
+            "mirror",
+            &[&["a", "b"], &["c", "d", "e"]]
+        )]));
+        assert_eq!(
+            texts(&validate_cspc(&c)),
+            ["spec.pools[0].dataRaidGroups[1].blockDevices: Invalid value: 3: a mirror raid group needs a multiple of 2 block devices (2, 4, 6, ...)"]
+        );
+    }
+
+    #[test]
+    fn duplicate_devices_and_nodes_are_rejected() {
+        let c = cspc(json!([
+            pool("w1", "stripe", &[&["a", "b"]]),
+            pool("w1", "stripe", &[&["b"]])
+        ]));
+        assert_eq!(
+            texts(&validate_cspc(&c)),
+            [
+                r#"spec.pools[1].nodeSelector: Invalid value: "kubernetes.io/hostname=w1": same node as spec.pools[0]: one pool per node"#,
+                r#"spec.pools[1].dataRaidGroups[0].blockDevices[0].blockDeviceName: Duplicate value: "b""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_malformed_parts_are_rejected() {
+        let mut p = pool("w1", "stripe", &[&["a"], &["Bad_Name"]]);
+        p["poolConfig"]["roThresholdLimit"] = json!(150);
+        p["writeCacheRaidGroups"] = json!([{"blockDevices": [{"blockDeviceName": "c"}]}]);
+        let c = cspc(
+            json!([p, {"nodeSelector": {}, "dataRaidGroups": [], "poolConfig": {"dataRaidGroupType": "mirror"}}]),
+        );
+        assert_eq!(
+            texts(&validate_cspc(&c)),
+            [
+                "spec.pools[0].dataRaidGroups: Invalid value: 2: a stripe pool has exactly one raid group of each role: add block devices to it instead",
+                r#"spec.pools[0].dataRaidGroups[1].blockDevices[0].blockDeviceName: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (at most 253 characters)"#,
+                "spec.pools[0].poolConfig.writeCacheGroupType: Required value: write cache raid groups need a writeCacheGroupType",
+                "spec.pools[0].poolConfig.roThresholdLimit: Invalid value: 150: must be a percentage between 0 and 100",
+                "spec.pools[1].nodeSelector: Required value: a pool needs a nodeSelector naming its node",
+                "spec.pools[1].dataRaidGroups: Required value: a pool needs at least one data raid group",
+            ]
+        );
+        assert_eq!(
+            texts(&validate_cspc(&cspc(json!([])))),
+            ["spec.pools: Required value: a CStorPoolCluster needs at least one pool"]
+        );
+    }
+
+    #[test]
+    fn too_many_devices_is_bounded() {
+        let names: Vec<String> = (0..=BLOCK_DEVICES_PER_RAID_GROUP_MAX)
+            .map(|i| format!("bd-{i}"))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let c = cspc(json!([pool("w1", "stripe", &[&refs])]));
+        assert_eq!(texts(&validate_cspc(&c)), ["spec.pools[0].dataRaidGroups[0].blockDevices: Too many: 257: must have at most 256 items"]);
+    }
+
+    #[test]
+    fn updates_follow_expansion_and_replacement_rules() {
+        let old = cspc(json!([
+            pool("w1", "stripe", &[&["a"]]),
+            pool("w2", "mirror", &[&["m1", "m2"]])
+        ]));
+        let ok = |new: Value| validate_cspc_update(&old, &cspc(new));
+        // Appending to the stripe group, replacing one mirror device, adding a mirror
+        // group and adding a pool are all allowed.
+        assert!(ok(json!([
+            pool("w1", "stripe", &[&["a", "b"]]),
+            pool("w2", "mirror", &[&["m1", "m3"], &["m4", "m5"]]),
+            pool("w3", "raidz", &[&["r1", "r2", "r3"]]),
+        ]))
+        .is_empty());
+        assert_eq!(
+            texts(&ok(json!([pool("w1", "stripe", &[&["b"]]), pool("w2", "mirror", &[&["m3", "m4"]])]))),
+            [
+                "spec.pools[0].dataRaidGroups[0].blockDevices: Forbidden: block devices of a stripe raid group cannot be removed or replaced, only appended",
+                "spec.pools[1].dataRaidGroups[0].blockDevices: Forbidden: 2 block devices replaced at once: replace one block device per raid group at a time",
+            ]
+        );
+        assert_eq!(
+            texts(&ok(json!([pool("w1", "mirror", &[&["a", "b"]]), pool("w2", "mirror", &[])]))),
+            [
+                "spec.pools[1].dataRaidGroups: Required value: a pool needs at least one data raid group",
+                "spec.pools[0].poolConfig.dataRaidGroupType: Forbidden: the raid group type of an existing pool cannot change (was stripe)",
+                "spec.pools[1].dataRaidGroups: Forbidden: raid groups cannot be removed from an existing pool",
+            ]
+        );
+        assert_eq!(
+            texts(&ok(json!([pool("w1", "stripe", &[&["a"]]), pool("w2", "mirror", &[&["m1", "m2", "m3", "m4"]])]))),
+            ["spec.pools[1].dataRaidGroups[0].blockDevices: Forbidden: a mirror raid group cannot grow or shrink: add a new raid group to expand the pool"]
+        );
+    }
+
+    #[test]
+    fn cvc_replica_count_is_bounded_and_immutable() {
+        let cvc = |count: i32| -> v1::CStorVolumeConfig {
+            serde_json::from_value(json!({
+                "apiVersion": "cstor.openebs.io/v1", "kind": "CStorVolumeConfig",
+                "metadata": {"name": "pvc-1"},
+                "spec": {"provision": {"replicaCount": count, "capacity": {"storage": "5Gi"}}, "cstorVolumeSource": "pvc-0@snap"},
+            }))
+            .unwrap()
+        };
+        assert!(validate_cvc(&cvc(3)).is_empty());
+        assert_eq!(
+            texts(&validate_cvc(&cvc(6))),
+            ["spec.provision.replicaCount: Invalid value: 6: must be between 1 and 5"]
+        );
+        assert_eq!(
+            texts(&validate_cvc_update(&cvc(3), &cvc(2))),
+            ["spec.provision.replicaCount: Forbidden: field is immutable: scale replicas through spec.policy.replicaPoolInfo"]
+        );
+    }
+
+    #[test]
+    fn cv_factors_and_known_replicas_are_checked() {
+        let cv = |rf: i32, cf: i32, guid: &str| -> v1::CStorVolume {
+            serde_json::from_value(json!({
+                "apiVersion": "cstor.openebs.io/v1", "kind": "CStorVolume", "metadata": {"name": "pvc-1"},
+                "spec": {"replicationFactor": rf, "consistencyFactor": cf, "desiredReplicationFactor": rf,
+                         "replicaDetails": {"knownReplicas": {"2E93FCD50CFA2A0502BE29FF397FA661": guid}}},
+            }))
+            .unwrap()
+        };
+        assert!(validate_cv(&cv(3, 2, "8687568470394952308")).is_empty());
+        assert_eq!(
+            texts(&validate_cv(&cv(2, 3, "x"))),
+            [
+                "spec.consistencyFactor: Invalid value: 3: must not exceed replicationFactor (2)",
+                r#"spec.replicaDetails.knownReplicas[2E93FCD50CFA2A0502BE29FF397FA661]: Invalid value: "x": a replica guid is a decimal 64-bit number"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn custom_resource_entry_point_runs_schema_then_rules() {
+        let bad_enum = json!({
+            "apiVersion": "cstor.openebs.io/v1", "kind": "CStorPoolCluster", "metadata": {"name": "p"},
+            "spec": {"pools": [{"nodeSelector": {"h": "1"}, "dataRaidGroups": [{"blockDevices": [{"blockDeviceName": "a"}]}], "poolConfig": {"dataRaidGroupType": "raid5"}}]},
+        });
+        let errors =
+            validate_custom_resource("cstor.openebs.io/v1", "CStorPoolCluster", &bad_enum, None)
+                .unwrap();
+        assert_eq!(errors[0].reason(), "FieldValueNotSupported");
+        let mut bad_width = bad_enum.clone();
+        bad_width["spec"]["pools"][0]["poolConfig"]["dataRaidGroupType"] = json!("raidz");
+        let errors =
+            validate_custom_resource("cstor.openebs.io/v1", "CStorPoolCluster", &bad_width, None)
+                .unwrap();
+        assert_eq!(texts(&errors), ["spec.pools[0].dataRaidGroups[0].blockDevices: Invalid value: 1: a raidz raid group needs 2^n+1 block devices (3, 5, 9, 17, ...)"]);
+        let alpha = json!({
+            "apiVersion": "openebs.io/v1alpha1", "kind": "CStorPoolCluster", "metadata": {"name": "p"},
+            "spec": {"pools": [{"nodeSelector": {"h": "1"}, "raidGroups": [
+                {"type": "stripe", "isWriteCache": true, "blockDevices": [{"blockDeviceName": "c"}]},
+                {"type": "mirror", "blockDevices": [{"blockDeviceName": "a"}]}]}]},
+        });
+        let errors =
+            validate_custom_resource("openebs.io/v1alpha1", "CStorPoolCluster", &alpha, None)
+                .unwrap();
+        assert_eq!(texts(&errors), ["spec.pools[0].raidGroups[1].blockDevices: Invalid value: 1: a mirror raid group needs a multiple of 2 block devices (2, 4, 6, ...)"]);
+        assert!(validate_custom_resource("v1", "Pod", &json!({}), None).is_none());
+    }
+
+    #[test]
+    fn block_devices_are_checked_against_the_cluster() {
+        let bd = |name: &str,
+                  node: &str,
+                  state: &str,
+                  fs: Option<&str>,
+                  claim: Option<&str>,
+                  tag: Option<&str>|
+         -> v1alpha1::BlockDevice {
+            let mut labels = serde_json::Map::new();
+            if let Some(t) = tag {
+                labels.insert("openebs.io/block-device-tag".into(), json!(t));
+            }
+            serde_json::from_value(json!({
+                "apiVersion": "openebs.io/v1alpha1", "kind": "BlockDevice",
+                "metadata": {"name": name, "namespace": "openebs", "labels": labels},
+                "spec": {"nodeAttributes": {"nodeName": node}, "filesystem": {"fsType": fs}, "claimRef": {"name": claim}},
+                "status": {"state": state, "claimState": if claim.is_some() { "Claimed" } else { "Unclaimed" }},
+            }))
+            .unwrap()
+        };
+        let claim = |name: &str, cspc: &str| -> v1alpha1::BlockDeviceClaim {
+            serde_json::from_value(json!({
+                "apiVersion": "openebs.io/v1alpha1", "kind": "BlockDeviceClaim",
+                "metadata": {"name": name, "labels": {"openebs.io/cstor-pool-cluster": cspc}}, "spec": {},
+            }))
+            .unwrap()
+        };
+        let devices = [
+            bd("ok", "w1", "Active", None, None, None),
+            bd(
+                "zfs",
+                "w1",
+                "Active",
+                Some("zfs_member"),
+                Some("bdc-mine"),
+                Some("fast"),
+            ),
+            bd("gone", "w1", "Inactive", None, None, None),
+            bd("far", "w2", "Active", None, None, None),
+            bd("ext4", "w1", "Active", Some("ext4"), None, None),
+            bd("taken", "w1", "Active", None, Some("bdc-other"), None),
+            bd("tagged", "w1", "Active", None, None, Some("slow")),
+        ];
+        let claims = [claim("bdc-mine", "p"), claim("bdc-other", "q")];
+        let mut c = cspc(json!([pool(
+            "w1",
+            "stripe",
+            &[&["ok", "zfs", "gone", "far", "ext4", "taken", "tagged", "missing"]]
+        )]));
+        c.metadata.annotations = Some(
+            [(
+                "openebs.io/allowed-bd-tags".to_owned(),
+                "fast, other".to_owned(),
+            )]
+            .into(),
+        );
+        let errors = validate_cspc_devices(&c, &devices, &claims);
+        let p = "spec.pools[0].dataRaidGroups[0].blockDevices";
+        assert_eq!(
+            texts(&errors),
+            [
+                format!(
+                    r#"{p}[2].blockDeviceName: Invalid value: "gone": the block device is Inactive, not Active"#
+                ),
+                format!(
+                    r#"{p}[3].blockDeviceName: Invalid value: "far": the block device is on node w2, the pool on node w1"#
+                ),
+                format!(
+                    r#"{p}[4].blockDeviceName: Invalid value: "ext4": the block device holds a ext4 filesystem"#
+                ),
+                format!(
+                    r#"{p}[5].blockDeviceName: Invalid value: "taken": the block device is claimed by "bdc-other" for CStorPoolCluster "q""#
+                ),
+                format!(
+                    r#"{p}[6].blockDeviceName: Invalid value: "tagged": the block device is tagged "slow", which the CStorPoolCluster does not list in openebs.io/allowed-bd-tags"#
+                ),
+                format!(r#"{p}[7].blockDeviceName: Not found: "missing""#),
+            ]
+        );
+        assert_eq!(errors[5].reason(), "FieldValueNotFound");
+    }
+
+    #[test]
+    fn alpha_updates_follow_the_v1_rules_with_alpha_paths() {
+        let alpha = |devices: &[&str]| {
+            json!({
+                "apiVersion": "openebs.io/v1alpha1", "kind": "CStorPoolCluster", "metadata": {"name": "p"},
+                "spec": {"pools": [{"nodeSelector": {"h": "1"}, "raidGroups": [
+                    {"type": "stripe", "isWriteCache": true, "blockDevices": [{"blockDeviceName": "c"}]},
+                    {"type": "mirror", "blockDevices": devices.iter().map(|d| json!({"blockDeviceName": d})).collect::<Vec<_>>()}]}]},
+            })
+        };
+        let validator = Validator::new();
+        let check = |old: Value, new: Value| {
+            texts(
+                &validator
+                    .validate("openebs.io/v1alpha1", "CStorPoolCluster", &new, Some(&old))
+                    .unwrap(),
+            )
+        };
+        assert!(check(alpha(&["a", "b"]), alpha(&["a", "x"])).is_empty());
+        assert_eq!(
+            check(alpha(&["a", "b"]), alpha(&["x", "y"])),
+            ["spec.pools[0].raidGroups[1].blockDevices: Forbidden: 2 block devices replaced at once: replace one block device per raid group at a time"]
+        );
+    }
 }

@@ -97,10 +97,11 @@ fn wrap(api_version: &str, kind: &str, fragment: &Value) -> Value {
     object
 }
 
-fn check(object: &Value, origin: &str) {
+fn check(validator: &cstor_api::validation::Validator, object: &Value, origin: &str) {
     let api_version = object["apiVersion"].as_str().unwrap();
     let kind = object["kind"].as_str().unwrap();
-    let errors = cstor_api::validation::validate_custom_resource(api_version, kind, object, None)
+    let errors = validator
+        .validate(api_version, kind, object, None)
         .unwrap_or_else(|| panic!("{origin}: {api_version} {kind} is not a cstor kind"));
     assert!(errors.is_empty(), "{origin}: {kind} rejected: {errors:?}");
     let typed_ok = match (api_version, kind) {
@@ -130,6 +131,7 @@ fn every_seed_yaml_of_a_cstor_kind_validates_and_deserialises() {
         println!("SKIP: shared/seeds not found (set CSTOR_SEEDS_DIR to the seeds folder)");
         return;
     };
+    let validator = cstor_api::validation::Validator::new();
     let mut whole = Vec::new();
     let mut fragments = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -159,7 +161,7 @@ fn every_seed_yaml_of_a_cstor_kind_validates_and_deserialises() {
                 };
                 match map.get("apiVersion").and_then(Value::as_str) {
                     Some(av) if is_ours(av) => {
-                        check(&value, &origin);
+                        check(&validator, &value, &origin);
                         whole.push(format!("{origin}: {}", map["kind"]));
                     }
                     Some(_) => {}
@@ -174,7 +176,7 @@ fn every_seed_yaml_of_a_cstor_kind_validates_and_deserialises() {
                         } else {
                             continue;
                         };
-                        check(&object, &origin);
+                        check(&validator, &object, &origin);
                         fragments.push(format!("{origin}: {}", object["kind"]));
                     }
                 }
@@ -226,4 +228,71 @@ spec:
         "blockdevice-936911c5c9b0218ed59e64009cc83c8f"
     );
     assert_eq!(cstor_api::conversion::v1_to_alpha(&v1), alpha);
+}
+
+/// The `kubectl get` header kube-apiserver's Table output gives for a CRD: NAME, then
+/// the printer columns (wide ones only with `-o wide`) upper-cased; AGE alone when the
+/// CRD declares none.
+fn header(crd_name: &str, wide: bool) -> String {
+    let crd = cstor_api::crds()
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some(crd_name))
+        .unwrap();
+    let columns = crd.spec.versions[0]
+        .additional_printer_columns
+        .clone()
+        .unwrap_or_default();
+    let mut names = vec!["NAME".to_owned()];
+    if columns.is_empty() {
+        names.push("AGE".to_owned());
+    }
+    for c in columns {
+        if wide || c.priority.unwrap_or(0) == 0 {
+            names.push(c.name.to_uppercase());
+        }
+    }
+    names.join(" ")
+}
+
+#[test]
+fn seed_kubectl_get_headers_match_the_printer_columns() {
+    let Some(dir) = seeds_dir() else {
+        println!("SKIP: shared/seeds not found (set CSTOR_SEEDS_DIR to the seeds folder)");
+        return;
+    };
+    let text = std::fs::read_to_string(dir.join("how-to-build-cstor-pools.md")).unwrap();
+    let seed_headers: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("# NAME"))
+        .map(|rest| {
+            format!(
+                "NAME {}",
+                rest.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        })
+        .collect();
+    let expect = |crd: &str, wide: bool| {
+        let h = header(crd, wide);
+        assert!(
+            seed_headers.contains(&h),
+            "{crd}: our header {h:?} is not among the seed's {seed_headers:#?}"
+        );
+    };
+    expect("cstorpoolclusters.cstor.openebs.io", false);
+    expect("cstorpoolinstances.cstor.openebs.io", false);
+    expect("cstorvolumes.cstor.openebs.io", false);
+    // The seed runs `kubectl get cstorvolumereplica -o wide`: no wide-only CVR columns.
+    assert_eq!(
+        header("cstorvolumereplicas.cstor.openebs.io", true),
+        header("cstorvolumereplicas.cstor.openebs.io", false)
+    );
+    expect("cstorvolumereplicas.cstor.openebs.io", true);
+    // The seed's BlockDevice listing stops before AGE.
+    let bd = header("blockdevices.openebs.io", false);
+    assert!(
+        seed_headers
+            .iter()
+            .any(|s| bd.starts_with(s.as_str()) && s.contains("CLAIMSTATE")),
+        "{bd:?} vs {seed_headers:#?}"
+    );
 }

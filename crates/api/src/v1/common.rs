@@ -2,6 +2,7 @@
 //! pool configuration, and the condition status every cStor condition uses.
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -163,4 +164,57 @@ pub struct PoolConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub ro_threshold_limit: Option<i32>,
+}
+
+/// cStor's upgrade bookkeeping, a top-level field of CSPC, CSPI, CVC, CV and CVR objects.
+/// cstor accepts and stores it so objects written by cStor's operators validate, but its
+/// own controllers neither read nor write it (the derived Rust types have no field for
+/// it; patch it with a merge patch if needed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionDetails {
+    /// Upgrade automatically to `desired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_upgrade: Option<bool>,
+    /// Version wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<String>,
+    /// Upgrade progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<VersionStatus>,
+}
+
+/// Upgrade progress of one object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionStatus {
+    /// Objects this one owns are upgraded too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependents_upgraded: Option<bool>,
+    /// Version in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    /// Reconciliation state of the upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<VersionState>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// One-word reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Last time the status was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_time: Option<Time>,
+}
+
+/// Reconciliation state of an upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum VersionState {
+    /// Current equals desired.
+    Reconciled,
+    /// The upgrade is running.
+    ReconcileInProgress,
+    /// The upgrade waits.
+    ReconcilePending,
 }

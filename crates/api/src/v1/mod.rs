@@ -18,6 +18,7 @@ mod cvr;
 
 pub use common::{
     BlockDeviceRef, Compression, ConditionStatus, PoolConfig, RaidGroup, RaidGroupType,
+    VersionDetails, VersionState, VersionStatus,
 };
 pub use cspc::{
     CStorPoolCluster, CStorPoolClusterCondition, CStorPoolClusterConditionType,
@@ -35,7 +36,8 @@ pub use cv::{
 };
 pub use cvc::{
     CStorVolumeConfig, CStorVolumeConfigCondition, CStorVolumeConfigConditionType,
-    CStorVolumeConfigPhase, CStorVolumeConfigSpec, CStorVolumeConfigStatus, VolumeProvision,
+    CStorVolumeConfigPhase, CStorVolumeConfigPublish, CStorVolumeConfigSpec,
+    CStorVolumeConfigStatus, VolumeProvision,
 };
 pub use cvp::{
     CStorVolumePolicy, CStorVolumePolicySpec, CStorVolumePolicyStatus, ProvisionPolicy,
