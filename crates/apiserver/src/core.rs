@@ -727,6 +727,9 @@ impl Core {
             }
             Special::Pvc | Special::Pv => {
                 obj["status"] = json!({"phase": "Pending"});
+                if obj["spec"].is_object() && obj["spec"]["volumeMode"].is_null() {
+                    obj["spec"]["volumeMode"] = json!("Filesystem");
+                }
             }
             Special::Crd => {
                 obj["status"] = crd_status(obj);
@@ -735,6 +738,11 @@ impl Core {
                 "{} is stored only: no workload runs on the embedded cstor control plane",
                 ctx.rt.kind
             )),
+            Special::None
+                if ctx.rt.kind == "Secret" && obj["type"].as_str().is_none_or(str::is_empty) =>
+            {
+                obj["type"] = json!("Opaque");
+            }
             Special::EventsV1 if obj["eventTime"].is_null() => {
                 obj["eventTime"] = json!(time::now_rfc3339_micro());
             }

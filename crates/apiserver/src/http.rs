@@ -92,6 +92,25 @@ fn parse_query(q: Option<&str>) -> Query {
         .unwrap_or_default()
 }
 
+/// Reads a JSON body, or the protobuf body kubectl's typed clients send for a few
+/// built-in kinds (decoded to JSON).
+async fn read_object(req: Request, rt: &ResourceType) -> Result<Value, ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = read_body(req).await?;
+    if ct.contains("protobuf") {
+        if rt.group.is_empty() && crate::pb::supported(&rt.kind) {
+            return crate::pb::decode(&bytes, &rt.kind);
+        }
+        return Err(ApiError::UnsupportedMediaType("application/json".into()));
+    }
+    parse_json(&bytes)
+}
+
 async fn read_body(req: Request) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(req.into_body(), limits::REQUEST_BODY_BYTES_MAX)
         .await
@@ -396,7 +415,7 @@ async fn resource(
             Ok(json_response(StatusCode::OK, &list, &[]))
         }
         (&Method::POST, None) => {
-            let body = parse_json(&read_body(req).await?)?;
+            let body = read_object(req, &t.rt).await?;
             let w = tokio::task::block_in_place(|| core.create(&ctx, body))?;
             Ok(json_response(StatusCode::CREATED, &w.object, &w.warnings))
         }
@@ -439,7 +458,7 @@ async fn resource(
             Ok(json_response(StatusCode::OK, &ext, &[]))
         }
         (&Method::PUT, Some(name)) => {
-            let body = parse_json(&read_body(req).await?)?;
+            let body = read_object(req, &t.rt).await?;
             let w = tokio::task::block_in_place(|| core.update(&ctx, name, body, part))?;
             Ok(json_response(StatusCode::OK, &w.object, &w.warnings))
         }

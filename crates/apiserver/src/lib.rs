@@ -20,6 +20,7 @@ mod http;
 mod jsonpath;
 mod limits;
 mod patch;
+mod pb;
 mod quantity;
 mod registry;
 mod schema;
