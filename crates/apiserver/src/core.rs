@@ -336,7 +336,7 @@ impl Core {
                 .collect();
             floor = all[drop - 1];
         }
-        inner.store.commit(&changes, rv, floor + 1)?;
+        inner.store.commit(&changes, rv, floor)?;
         assert!(rv > inner.rv, "resourceVersion must grow");
         inner.rv = rv;
         inner.floor = floor;
@@ -1536,5 +1536,173 @@ impl WriteCtx {
         } else {
             String::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &tempfile::TempDir) -> Core {
+        Core::open(&dir.path().join("s.redb")).unwrap()
+    }
+
+    fn ctx(core: &Core, group: &str, plural: &str, ns: &str) -> WriteCtx {
+        WriteCtx {
+            rt: core.registry().find(group, "v1", plural).unwrap(),
+            version: "v1".into(),
+            namespace: ns.into(),
+            manager: "test".into(),
+            dry_run: false,
+            validation: FieldValidation::Strict,
+        }
+    }
+
+    fn make_ns(core: &Core, name: &str) {
+        core.create(
+            &ctx(core, "", "namespaces", ""),
+            json!({"metadata": {"name": name}}),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn watch_from_trimmed_history_is_gone_and_the_floor_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let floor;
+        {
+            let core = open(&dir);
+            make_ns(&core, "a");
+            let c = ctx(&core, "", "configmaps", "a");
+            core.create(&c, json!({"metadata": {"name": "cm"}, "data": {"n": "0"}}))
+                .unwrap();
+            let start = core.resource_version();
+            for i in 0..40 {
+                core.patch(
+                    &c,
+                    "cm",
+                    PatchKind::Merge,
+                    json!({"data": {"n": i.to_string()}}),
+                    Part::Main { has_status: false },
+                )
+                .unwrap();
+            }
+            let rt = c.rt.clone();
+            assert!(matches!(
+                core.watch(&rt, &Filter::default(), Some(start)),
+                Err(ApiError::Gone { .. })
+            ));
+            let recent = core.resource_version() - 5;
+            let (replay, _rx, _) = core.watch(&rt, &Filter::default(), Some(recent)).unwrap();
+            assert_eq!(replay.len(), 5);
+            floor = core.inner.lock().floor;
+            assert!(floor > start);
+            assert!(core.inner.lock().history.len() <= limits::WATCH_HISTORY_EVENTS_MAX);
+        }
+        let core = open(&dir);
+        assert_eq!(core.inner.lock().floor, floor);
+        let rt = core.registry().find("", "v1", "configmaps").unwrap();
+        assert!(matches!(
+            core.watch(&rt, &Filter::default(), Some(floor - 1)),
+            Err(ApiError::Gone { .. })
+        ));
+        let (replay, _rx, _) = core.watch(&rt, &Filter::default(), Some(floor)).unwrap();
+        assert_eq!(replay.first().map(|c| c.rv), Some(floor + 1));
+    }
+
+    #[test]
+    fn dependents_go_when_their_owner_goes_unless_orphaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(&dir);
+        make_ns(&core, "a");
+        let c = ctx(&core, "", "configmaps", "a");
+        let owner = core
+            .create(&c, json!({"metadata": {"name": "owner"}}))
+            .unwrap()
+            .object;
+        let uid = owner["metadata"]["uid"].as_str().unwrap().to_string();
+        let dep = json!({"metadata": {"name": "dep", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}});
+        core.create(&c, dep.clone()).unwrap();
+        core.delete(&c, "owner", &DeleteOpts::default()).unwrap();
+        while core.collect_garbage().unwrap() {}
+        assert!(core.get(&c.rt, "a", "dep").is_err(), "dependent collected");
+        let owner = core
+            .create(&c, json!({"metadata": {"name": "owner"}}))
+            .unwrap()
+            .object;
+        let mut dep = dep;
+        dep["metadata"]["ownerReferences"][0]["uid"] = owner["metadata"]["uid"].clone();
+        core.create(&c, dep).unwrap();
+        core.delete(
+            &c,
+            "owner",
+            &DeleteOpts {
+                orphan: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        while core.collect_garbage().unwrap() {}
+        let kept = core.get(&c.rt, "a", "dep").unwrap();
+        assert_eq!(kept["metadata"]["ownerReferences"], json!([]));
+    }
+
+    #[test]
+    fn events_expire_after_the_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(&dir);
+        make_ns(&core, "a");
+        let c = ctx(&core, "", "events", "a");
+        let old = time::format_rfc3339(time::now_secs() - limits::EVENT_TTL.as_secs() as i64 - 60);
+        core.create(&c, json!({"metadata": {"name": "old"}, "lastTimestamp": old, "involvedObject": {"kind": "Pod", "name": "p"}})).unwrap();
+        core.create(&c, json!({"metadata": {"name": "new"}, "lastTimestamp": time::now_rfc3339(), "involvedObject": {"kind": "Pod", "name": "p"}})).unwrap();
+        while core.collect_garbage().unwrap() {}
+        assert!(core.get(&c.rt, "a", "old").is_err());
+        assert!(core.get(&c.rt, "a", "new").is_ok());
+        // The events.k8s.io/v1 view reads the same storage.
+        let v1 = ctx(&core, "events.k8s.io", "events", "a");
+        let stored = core.get(&v1.rt, "a", "new").unwrap();
+        assert_eq!(to_external(&v1.rt, "v1", &stored)["regarding"]["name"], "p");
+    }
+
+    #[test]
+    fn generate_name_missing_namespace_and_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(&dir);
+        let c = ctx(&core, "", "configmaps", "nowhere");
+        let err = core
+            .create(&c, json!({"metadata": {"name": "x"}}))
+            .unwrap_err();
+        assert_eq!(err.code(), 404);
+        assert!(err.to_string().contains("namespaces \"nowhere\" not found"));
+        make_ns(&core, "a");
+        let c = ctx(&core, "", "configmaps", "a");
+        let w = core
+            .create(&c, json!({"metadata": {"generateName": "cm-"}}))
+            .unwrap();
+        let name = w.object["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with("cm-") && name.len() == 8, "{name}");
+        let err = core
+            .create(&c, json!({"metadata": {"name": "Bad_Name"}}))
+            .unwrap_err();
+        assert_eq!(err.code(), 422);
+        let q = ctx(&core, "", "resourcequotas", "a");
+        core.create(&q, json!({"metadata": {"name": "q"}, "spec": {"hard": {"requests.storage": "10Gi", "persistentvolumeclaims": "2"}}})).unwrap();
+        let p = ctx(&core, "", "persistentvolumeclaims", "a");
+        let pvc = |n: &str, size: &str| json!({"metadata": {"name": n}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}});
+        core.create(&p, pvc("p1", "6Gi")).unwrap();
+        let err = core.create(&p, pvc("p2", "5Gi")).unwrap_err();
+        assert_eq!(err.code(), 403);
+        assert!(err.to_string().contains("exceeded quota: q, requested: requests.storage=5Gi, used: requests.storage=6Gi, limited: requests.storage=10Gi"), "{err}");
+        core.create(&p, pvc("p2", "4Gi")).unwrap();
+        let err = core.create(&p, pvc("p3", "1Mi")).unwrap_err();
+        assert!(
+            err.to_string().contains("persistentvolumeclaims=1"),
+            "{err}"
+        );
+        core.delete(&p, "p1", &DeleteOpts::default()).unwrap();
+        let quota = core.get(&q.rt, "a", "q").unwrap();
+        assert_eq!(quota["status"]["used"]["requests.storage"], "4Gi");
+        assert_eq!(quota["status"]["used"]["persistentvolumeclaims"], "1");
     }
 }

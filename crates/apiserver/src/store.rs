@@ -242,7 +242,8 @@ impl Store {
     }
 
     /// Durably commits `changes` (in resourceVersion order), the new resourceVersion
-    /// and the history trim: entries with rv < `floor` are removed and `floor` recorded.
+    /// and the history trim: entries with rv <= `floor` (the newest dropped
+    /// resourceVersion) are removed and `floor` recorded.
     pub(crate) fn commit(
         &self,
         changes: &[Arc<Change>],
@@ -285,7 +286,7 @@ impl Store {
             loop {
                 let first = history.first().map_err(redb_err)?.map(|(k, _)| k.value());
                 match first {
-                    Some(rv) if rv < floor => {
+                    Some(rv) if rv <= floor => {
                         history.remove(rv).map_err(redb_err)?;
                     }
                     _ => break,
