@@ -317,11 +317,13 @@ impl Core {
             if let Some(m) = obj["metadata"].as_object_mut() {
                 m.insert("resourceVersion".into(), json!(rv.to_string()));
             }
+            let prev = inner.objects.get(&key).cloned();
             changes.push(Arc::new(Change {
                 rv,
                 kind,
                 key,
                 object: Arc::new(obj),
+                prev,
             }));
         }
         let retained = inner.history.len() + changes.len();
@@ -490,6 +492,7 @@ impl Core {
                         kind: EventType::Added,
                         key: k.clone(),
                         object: v.clone(),
+                        prev: None,
                     })
                 })
                 .collect(),
@@ -575,7 +578,18 @@ impl Core {
     }
 
     /// Creates an object.
-    pub(crate) fn create(&self, ctx: &WriteCtx, mut obj: Value) -> Result<Written, ApiError> {
+    pub(crate) fn create(&self, ctx: &WriteCtx, obj: Value) -> Result<Written, ApiError> {
+        self.create_with(ctx, obj, None)
+    }
+
+    /// Creates an object; `apply_managed` carries the managedFields of a server-side
+    /// apply that creates it (otherwise the creator owns every field as an Update).
+    fn create_with(
+        &self,
+        ctx: &WriteCtx,
+        mut obj: Value,
+        apply_managed: Option<Value>,
+    ) -> Result<Written, ApiError> {
         if !obj.is_object() {
             return Err(ApiError::BadRequest(
                 "Object 'Kind' is missing in request body".into(),
@@ -634,12 +648,20 @@ impl Core {
             m.remove("managedFields");
             m.remove("selfLink");
         }
-        fields::track_update(
-            None,
-            &mut stored,
-            &ctx.manager,
-            Part::Main { has_status: false },
-        );
+        match apply_managed {
+            Some(Value::Array(mut entries)) => {
+                for e in &mut entries {
+                    e["apiVersion"] = json!(ctx.rt.api_version(&ctx.version));
+                }
+                stored["metadata"]["managedFields"] = Value::Array(entries);
+            }
+            _ => fields::track_update(
+                None,
+                &mut stored,
+                &ctx.manager,
+                Part::Main { has_status: false },
+            ),
+        }
         let key = ctx.rt.key(&ctx.namespace_for_key(), &name);
         let mut inner = self.inner.lock();
         self.check_namespace(&inner, ctx, &name)?;
@@ -925,23 +947,8 @@ impl Core {
                 )?;
                 let managed = obj["metadata"]["managedFields"].clone();
                 obj["metadata"]["name"] = json!(name);
-                let mut w = self.create(ctx, obj)?;
-                // create() recorded an Update entry; the applier owns the fields as Apply.
-                if !ctx.dry_run {
-                    let mut fixed = w.object.clone();
-                    fixed["metadata"]["managedFields"] = managed;
-                    if let Some(e) = fixed["metadata"]["managedFields"].as_array_mut() {
-                        for x in e.iter_mut() {
-                            x["apiVersion"] = json!(ctx.rt.api_version(&ctx.version));
-                        }
-                    }
-                    let key = ctx.rt.key(&ctx.namespace_for_key(), name);
-                    let mut inner = self.inner.lock();
-                    let stored = to_internal(&ctx.rt, &fixed);
-                    let changes =
-                        self.commit(&mut inner, vec![(EventType::Modified, key, stored)])?;
-                    w.object = to_external(&ctx.rt, &ctx.version, &changes[0].object);
-                }
+                let mut w = self.create_with(ctx, obj, Some(managed))?;
+                w.created = true;
                 Ok(w)
             }
             Some(_) => self.update_with(
@@ -1508,9 +1515,25 @@ fn matches(rt: &ResourceType, filter: &Filter, stored: &Value) -> bool {
     }
 }
 
-/// Whether a change is visible to a watch with this filter.
-pub(crate) fn change_matches(rt: &ResourceType, filter: &Filter, change: &Change) -> bool {
-    change.key.starts_with(&rt.key_prefix()) && matches(rt, filter, &change.object)
+/// How a change shows in a watch with this filter: an object entering the selection is
+/// ADDED, one leaving it is DELETED (like kube-apiserver's watch cache); None when the
+/// watch does not see it.
+pub(crate) fn watch_event(
+    rt: &ResourceType,
+    filter: &Filter,
+    change: &Change,
+) -> Option<EventType> {
+    if !change.key.starts_with(&rt.key_prefix()) {
+        return None;
+    }
+    let now = matches(rt, filter, &change.object);
+    let before = change.prev.as_ref().map(|p| matches(rt, filter, p));
+    match (change.kind, before, now) {
+        (EventType::Modified, Some(false), true) => Some(EventType::Added),
+        (EventType::Modified, Some(true), false) => Some(EventType::Deleted),
+        (_, _, true) => Some(change.kind),
+        _ => None,
+    }
 }
 
 fn encode_continue(key: &str) -> String {
@@ -1645,6 +1668,58 @@ mod tests {
         while core.collect_garbage().unwrap() {}
         let kept = core.get(&c.rt, "a", "dep").unwrap();
         assert_eq!(kept["metadata"]["ownerReferences"], json!([]));
+    }
+
+    #[test]
+    fn selector_watch_sees_objects_enter_and_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(&dir);
+        make_ns(&core, "a");
+        let c = ctx(&core, "", "configmaps", "a");
+        core.create(
+            &c,
+            json!({"metadata": {"name": "cm", "labels": {"tier": "gold"}}}),
+        )
+        .unwrap();
+        let f = Filter {
+            labels: LabelSelector::parse("tier=gold").unwrap(),
+            ..Default::default()
+        };
+        let (_, mut rx, _) = core
+            .watch(&c.rt, &f, Some(core.resource_version()))
+            .unwrap();
+        let main = Part::Main { has_status: false };
+        core.patch(
+            &c,
+            "cm",
+            PatchKind::Merge,
+            json!({"metadata": {"labels": {"tier": "silver"}}}),
+            main,
+        )
+        .unwrap();
+        core.patch(
+            &c,
+            "cm",
+            PatchKind::Merge,
+            json!({"data": {"x": "1"}}),
+            main,
+        )
+        .unwrap();
+        core.patch(
+            &c,
+            "cm",
+            PatchKind::Merge,
+            json!({"metadata": {"labels": {"tier": "gold"}}}),
+            main,
+        )
+        .unwrap();
+        let kinds: Vec<Option<EventType>> = (0..3)
+            .map(|_| watch_event(&c.rt, &f, &rx.try_recv().unwrap()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [Some(EventType::Deleted), None, Some(EventType::Added)]
+        );
     }
 
     #[test]

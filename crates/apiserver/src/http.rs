@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::core::{
-    change_matches, to_external, Core, DeleteOpts, FieldValidation, Filter, PatchKind, WriteCtx,
+    to_external, watch_event, Core, DeleteOpts, FieldValidation, Filter, PatchKind, WriteCtx,
 };
 use crate::error::ApiError;
 use crate::fields::Part;
@@ -597,10 +597,13 @@ fn watch(
             }
         };
         for c in &replay {
-            if from.is_some() && !change_matches(&rt, &f, c) {
-                continue;
-            }
-            let line = event_line(c.kind.as_str(), &render(&c.object, &mut first_table));
+            let kind = if from.is_some() {
+                watch_event(&rt, &f, c)
+            } else {
+                Some(c.kind)
+            };
+            let Some(kind) = kind else { continue };
+            let line = event_line(kind.as_str(), &render(&c.object, &mut first_table));
             if tx.send(Ok(line)).await.is_err() {
                 return;
             }
@@ -624,10 +627,8 @@ fn watch(
                             continue;
                         }
                         last_rv = c.rv;
-                        if !change_matches(&rt, &f, &c) {
-                            continue;
-                        }
-                        let line = event_line(c.kind.as_str(), &render(&c.object, &mut first_table));
+                        let Some(kind) = watch_event(&rt, &f, &c) else { continue };
+                        let line = event_line(kind.as_str(), &render(&c.object, &mut first_table));
                         if tx.send(Ok(line)).await.is_err() {
                             return;
                         }
