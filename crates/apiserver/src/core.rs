@@ -107,6 +107,7 @@ pub(crate) struct Core {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Change>>,
     registry: RwLock<Arc<Registry>>,
+    aliases: Vec<Arc<crate::Alias>>,
     pub(crate) gc_wakeup: Notify,
 }
 
@@ -204,20 +205,51 @@ pub(crate) fn to_external(rt: &ResourceType, version: &str, stored: &Value) -> V
     if rt.special == Special::EventsV1 {
         o = event_core_to_v1(&o);
     }
+    if let Some(alias) = &rt.alias {
+        match (alias.from_storage)(stored) {
+            Ok(mut converted) => {
+                converted["metadata"] = stored["metadata"].clone();
+                o = converted;
+            }
+            // Shown in its stored form rather than hidden: nothing is lost, and the
+            // log names the object the converter could not handle.
+            Err(e) => {
+                tracing::warn!(error = %e, key = %rt.qualified(), "conversion from storage failed")
+            }
+        }
+    }
     o["apiVersion"] = json!(rt.api_version(version));
     o["kind"] = json!(rt.kind);
     o
 }
 
-fn to_internal(rt: &ResourceType, external: &Value) -> Value {
+fn to_internal(rt: &ResourceType, external: &Value) -> Result<Value, ApiError> {
     let mut o = external.clone();
     if rt.special == Special::EventsV1 {
         o = event_v1_to_core(&o);
         o["apiVersion"] = json!("v1");
-        return o;
+        return Ok(o);
+    }
+    if let Some(alias) = &rt.alias {
+        let name = external["metadata"]["name"].as_str().unwrap_or("");
+        let mut converted = (alias.to_storage)(external).map_err(|e| {
+            invalid(
+                rt,
+                name,
+                vec![cause(
+                    "FieldValueInvalid",
+                    "",
+                    format!("conversion to {} failed: {e}", alias.storage_api_version),
+                )],
+            )
+        })?;
+        converted["metadata"] = external["metadata"].clone();
+        converted["apiVersion"] = json!(alias.storage_api_version);
+        converted["kind"] = json!(alias.storage_kind);
+        return Ok(converted);
     }
     o["apiVersion"] = json!(rt.api_version(&rt.versions[0]));
-    o
+    Ok(o)
 }
 
 const EVENT_RENAMES: [(&str, &str); 7] = [
@@ -262,7 +294,7 @@ fn event_v1_to_core(o: &Value) -> Value {
 impl Core {
     /// Opens the store at `path` and serves the built-ins, the CRDs in the store and
     /// `initial_crds` (created when missing).
-    pub(crate) fn open(path: &Path) -> Result<Core, ApiError> {
+    pub(crate) fn open(path: &Path, aliases: Vec<Arc<crate::Alias>>) -> Result<Core, ApiError> {
         let (store, loaded) = Store::open(path)?;
         let (tx, _) = broadcast::channel(limits::WATCH_BROADCAST_EVENTS_MAX);
         let core = Core {
@@ -275,6 +307,7 @@ impl Core {
             }),
             tx,
             registry: RwLock::new(Arc::new(Registry::default())),
+            aliases,
             gc_wakeup: Notify::new(),
         };
         core.rebuild_registry();
@@ -297,7 +330,7 @@ impl Core {
                 .map(|(_, v)| v.clone())
                 .collect()
         };
-        *self.registry.write() = Arc::new(Registry::build(&crds));
+        *self.registry.write() = Arc::new(Registry::build(&crds, &self.aliases));
     }
 
     /// The current global resourceVersion.
@@ -371,7 +404,7 @@ impl Core {
                 .filter(|(k, _)| k.starts_with("apiextensions.k8s.io/customresourcedefinitions/"))
                 .map(|(_, v)| v.clone())
                 .collect();
-            *self.registry.write() = Arc::new(Registry::build(&crds));
+            *self.registry.write() = Arc::new(Registry::build(&crds, &self.aliases));
         }
         if deleted
             || changes
@@ -634,7 +667,7 @@ impl Core {
         }
         let mut warnings = self.validate(ctx, &mut obj, &name)?;
         self.prepare_create(ctx, &mut obj, &mut warnings);
-        let mut stored = to_internal(&ctx.rt, &obj);
+        let mut stored = to_internal(&ctx.rt, &obj)?;
         {
             let m = stored["metadata"]
                 .as_object_mut()
@@ -1108,9 +1141,9 @@ impl Core {
             let g = current["metadata"]["generation"].as_i64().unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
         }
-        let mut new_stored = to_internal(rt, &new);
+        let mut new_stored = to_internal(rt, &new)?;
         if !managed_by_apply {
-            let old_stored_ext = to_internal(rt, &current);
+            let old_stored_ext = to_internal(rt, &current)?;
             fields::track_update(Some(&old_stored_ext), &mut new_stored, &ctx.manager, part);
         }
         if new_stored["metadata"]["managedFields"].is_null() {
@@ -1567,7 +1600,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &tempfile::TempDir) -> Core {
-        Core::open(&dir.path().join("s.redb")).unwrap()
+        Core::open(&dir.path().join("s.redb"), Vec::new()).unwrap()
     }
 
     fn ctx(core: &Core, group: &str, plural: &str, ns: &str) -> WriteCtx {
@@ -1720,6 +1753,84 @@ mod tests {
             kinds,
             [Some(EventType::Deleted), None, Some(EventType::Added)]
         );
+    }
+
+    fn crd(group: &str, version: &str) -> Value {
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": format!("cstorpoolclusters.{group}")},
+               "spec": {"group": group, "scope": "Namespaced",
+                        "names": {"kind": "CStorPoolCluster", "plural": "cstorpoolclusters", "shortNames": ["cspc"]},
+                        "versions": [{"name": version, "served": true, "storage": true,
+                                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}})
+    }
+
+    #[test]
+    fn alias_resources_convert_to_and_from_their_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        // Toy conversion: alpha raidGroups[0].type <-> v1 poolConfig.dataRaidGroupType.
+        let to: crate::ConvertFn = Arc::new(|o: &Value| {
+            let t = o["spec"]["raidGroups"][0]["type"]
+                .as_str()
+                .ok_or("raidGroups[0].type is required")?;
+            Ok(json!({"spec": {"poolConfig": {"dataRaidGroupType": t}}}))
+        });
+        let from: crate::ConvertFn = Arc::new(|o: &Value| {
+            Ok(
+                json!({"spec": {"raidGroups": [{"type": o["spec"]["poolConfig"]["dataRaidGroupType"].clone()}]}}),
+            )
+        });
+        let alias = Arc::new(crate::Alias {
+            group: "openebs.io".into(),
+            plural: "cstorpoolclusters".into(),
+            storage_group: "cstor.openebs.io".into(),
+            storage_plural: "cstorpoolclusters".into(),
+            storage_api_version: "cstor.openebs.io/v1".into(),
+            storage_kind: "CStorPoolCluster".into(),
+            to_storage: to,
+            from_storage: from,
+        });
+        let core = Core::open(&dir.path().join("s.redb"), vec![alias]).unwrap();
+        core.ensure_crds(&[crd("cstor.openebs.io", "v1"), crd("openebs.io", "v1alpha1")])
+            .unwrap();
+        make_ns(&core, "openebs");
+        let alpha = WriteCtx {
+            rt: core
+                .registry()
+                .find("openebs.io", "v1alpha1", "cstorpoolclusters")
+                .unwrap(),
+            version: "v1alpha1".into(),
+            ..ctx(&core, "cstor.openebs.io", "cstorpoolclusters", "openebs")
+        };
+        let v1 = ctx(&core, "cstor.openebs.io", "cstorpoolclusters", "openebs");
+        let w = core
+            .create(
+                &alpha,
+                json!({"metadata": {"name": "p"}, "spec": {"raidGroups": [{"type": "mirror"}]}}),
+            )
+            .unwrap();
+        assert_eq!(w.object["apiVersion"], "openebs.io/v1alpha1");
+        let stored = core.get(&v1.rt, "openebs", "p").unwrap();
+        assert_eq!(stored["apiVersion"], "cstor.openebs.io/v1");
+        assert_eq!(stored["spec"]["poolConfig"]["dataRaidGroupType"], "mirror");
+        core.patch(
+            &v1,
+            "p",
+            PatchKind::Merge,
+            json!({"spec": {"poolConfig": {"dataRaidGroupType": "raidz"}}}),
+            Part::Main { has_status: false },
+        )
+        .unwrap();
+        let seen = to_external(
+            &alpha.rt,
+            "v1alpha1",
+            &core.get(&alpha.rt, "openebs", "p").unwrap(),
+        );
+        assert_eq!(seen["spec"]["raidGroups"][0]["type"], "raidz");
+        assert_eq!(seen["metadata"]["name"], "p");
+        let err = core
+            .create(&alpha, json!({"metadata": {"name": "q"}, "spec": {}}))
+            .unwrap_err();
+        assert_eq!(err.code(), 422);
     }
 
     #[test]
