@@ -208,7 +208,7 @@ pub(crate) fn to_external(rt: &ResourceType, version: &str, stored: &Value) -> V
     if let Some(alias) = &rt.alias {
         match (alias.from_storage)(stored) {
             Ok(mut converted) => {
-                converted["metadata"] = stored["metadata"].clone();
+                converted["metadata"] = carried_metadata(stored, &converted);
                 o = converted;
             }
             // Shown in its stored form rather than hidden: nothing is lost, and the
@@ -243,13 +243,31 @@ fn to_internal(rt: &ResourceType, external: &Value) -> Result<Value, ApiError> {
                 )],
             )
         })?;
-        converted["metadata"] = external["metadata"].clone();
+        converted["metadata"] = carried_metadata(external, &converted);
         converted["apiVersion"] = json!(alias.storage_api_version);
         converted["kind"] = json!(alias.storage_kind);
         return Ok(converted);
     }
     o["apiVersion"] = json!(rt.api_version(&rt.versions[0]));
     Ok(o)
+}
+
+/// Metadata of a converted object: the source's, except that annotations come from the
+/// converter when it returns metadata (converters keep one side's extra settings in an
+/// annotation on the other side).
+fn carried_metadata(source: &Value, converted: &Value) -> Value {
+    let mut meta = source["metadata"].clone();
+    if let (Some(conv), Some(m)) = (converted["metadata"].as_object(), meta.as_object_mut()) {
+        match conv.get("annotations") {
+            Some(a) if a.as_object().is_some_and(|x| !x.is_empty()) => {
+                m.insert("annotations".into(), a.clone());
+            }
+            _ => {
+                m.remove("annotations");
+            }
+        }
+    }
+    meta
 }
 
 const EVENT_RENAMES: [(&str, &str); 7] = [
@@ -1775,8 +1793,9 @@ mod tests {
             Ok(json!({"spec": {"poolConfig": {"dataRaidGroupType": t}}}))
         });
         let from: crate::ConvertFn = Arc::new(|o: &Value| {
+            let t = o["spec"]["poolConfig"]["dataRaidGroupType"].clone();
             Ok(
-                json!({"spec": {"raidGroups": [{"type": o["spec"]["poolConfig"]["dataRaidGroupType"].clone()}]}}),
+                json!({"metadata": {"annotations": {"converted": "yes"}}, "spec": {"raidGroups": [{"type": t}]}}),
             )
         });
         let alias = Arc::new(crate::Alias {
@@ -1827,6 +1846,8 @@ mod tests {
         );
         assert_eq!(seen["spec"]["raidGroups"][0]["type"], "raidz");
         assert_eq!(seen["metadata"]["name"], "p");
+        assert_eq!(seen["metadata"]["annotations"]["converted"], "yes");
+        assert_eq!(seen["metadata"]["uid"], stored["metadata"]["uid"]);
         let err = core
             .create(&alpha, json!({"metadata": {"name": "q"}, "spec": {}}))
             .unwrap_err();
