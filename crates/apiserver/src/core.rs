@@ -1593,7 +1593,7 @@ fn encode_continue(key: &str) -> String {
 
 fn decode_continue(tok: &str) -> Result<String, ApiError> {
     let bad = || ApiError::BadRequest("continue key is not valid".into());
-    if !tok.len().is_multiple_of(2) {
+    if !tok.len().is_multiple_of(2) || !tok.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let bytes: Result<Vec<u8>, _> = (0..tok.len())
@@ -1852,6 +1852,17 @@ mod tests {
             .create(&alpha, json!({"metadata": {"name": "q"}, "spec": {}}))
             .unwrap_err();
         assert_eq!(err.code(), 422);
+    }
+
+    #[test]
+    fn bad_continue_tokens_are_bad_requests() {
+        assert!(decode_continue("zz").is_err());
+        assert!(decode_continue("éé").is_err());
+        assert!(decode_continue("abc").is_err());
+        assert_eq!(
+            decode_continue(&encode_continue("core/x//y")).unwrap(),
+            "core/x//y"
+        );
     }
 
     #[test]

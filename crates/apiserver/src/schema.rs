@@ -75,13 +75,9 @@ fn join(path: &str, k: &str) -> String {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 80 {
-        format!(
-            "{}...",
-            &s[..s.char_indices().take_while(|(i, _)| *i < 77).count()]
-        )
-    } else {
-        s
+    match s.char_indices().nth(77) {
+        Some((cut, _)) if s.len() > 80 => format!("{}...", &s[..cut]),
+        _ => s,
     }
 }
 
@@ -369,6 +365,12 @@ mod tests {
         assert_eq!(o["spec"]["pools"][0]["n"], 3);
         assert_eq!(o["spec"]["free"]["x"], 1);
         assert!(o.get("extra").is_none());
+    }
+
+    #[test]
+    fn long_multibyte_values_are_shortened_without_panicking() {
+        let v = Value::String("é".repeat(200));
+        assert!(short(&v).ends_with("..."));
     }
 
     #[test]
