@@ -109,6 +109,11 @@ fn walk(v: &mut Value, schema: &Value, path: &str, depth: usize, out: &mut Outco
         ));
         return;
     }
+    // A null is either allowed (nullable) or pruned by the parent object before it is
+    // stored, as kube-apiserver does; either way it is not a type error.
+    if v.is_null() {
+        return;
+    }
     let int_or_string = schema
         .get("x-kubernetes-int-or-string")
         .and_then(Value::as_bool)
@@ -371,6 +376,16 @@ mod tests {
     fn long_multibyte_values_are_shortened_without_panicking() {
         let v = Value::String("é".repeat(200));
         assert!(short(&v).ends_with("..."));
+    }
+
+    #[test]
+    fn nulls_are_pruned_or_kept_when_nullable() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "a": {"type": "string"}, "b": {"type": "string", "nullable": true}}}}});
+        let mut o = json!({"spec": {"a": null, "b": null}});
+        let out = apply(&mut o, &schema);
+        assert!(out.causes.is_empty(), "{:?}", out.causes);
+        assert_eq!(o, json!({"spec": {"b": null}}));
     }
 
     #[test]
