@@ -377,3 +377,51 @@ async fn watch_resumes_across_kill_9() {
     let seen = watch_counters(cms, "survivor", rv0, 25, Duration::from_secs(30)).await;
     assert_eq!(seen, (1..=25).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watch_ends_initial_events_and_sends_bookmarks() {
+    let (_dir, s) = start();
+    let c = client(&s).await;
+    let cms: Api<ConfigMap> = Api::namespaced(c, "default");
+    for i in 0..3 {
+        let mut cm = counter_cm(&format!("s-{i}"), i);
+        cm.metadata.labels = Some([("app".to_string(), "x".to_string())].into());
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    cms.create(&PostParams::default(), &counter_cm("unlabelled", 9))
+        .await
+        .unwrap();
+    let wp = WatchParams::streaming_lists().labels("app=x").timeout(60);
+    let mut stream = cms.watch(&wp, "").await.unwrap().boxed();
+    let mut added = Vec::new();
+    let mut initial_end = false;
+    let mut periodic = false;
+    // Bookmarks come every WATCH_BOOKMARK_INTERVAL (10 s) on a quiet stream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !periodic {
+        let ev = tokio::time::timeout_at(deadline, stream.try_next())
+            .await
+            .expect("no bookmark in time")
+            .unwrap()
+            .unwrap();
+        match ev {
+            WatchEvent::Added(o) => added.push(o.metadata.name.unwrap()),
+            WatchEvent::Bookmark(b)
+                if b.metadata
+                    .annotations
+                    .get("k8s.io/initial-events-end")
+                    .map(String::as_str)
+                    == Some("true") =>
+            {
+                initial_end = true
+            }
+            WatchEvent::Bookmark(b) => {
+                assert!(initial_end, "the initial-events-end bookmark comes first");
+                assert!(!b.metadata.resource_version.is_empty());
+                periodic = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(added, ["s-0", "s-1", "s-2"]);
+}
