@@ -594,8 +594,10 @@ impl Core {
                             .map(|u| format!("unknown field \"{u}\""))
                             .collect();
                         return Err(ApiError::BadRequest(format!(
-                            "strict decoding error: {}",
-                            list.join(", ")
+                            "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+                            ctx.version,
+                            list.join(", "),
+                            kind = ctx.rt.kind
                         )));
                     }
                     FieldValidation::Warn => warnings
@@ -684,6 +686,10 @@ impl Core {
             }
         }
         let mut warnings = self.validate(ctx, &mut obj, &name)?;
+        let causes = crate::builtin::validate(&ctx.rt, &obj, None);
+        if !causes.is_empty() {
+            return Err(invalid(&ctx.rt, &name, causes));
+        }
         self.prepare_create(ctx, &mut obj, &mut warnings);
         let mut stored = to_internal(&ctx.rt, &obj)?;
         {
@@ -843,9 +849,14 @@ impl Core {
         if quotas.is_empty() {
             return Ok(());
         }
-        let mut pvcs: Vec<Value> = self.namespace_pvcs(inner, &ctx.namespace);
-        pvcs.push(pvc.clone());
         let name = meta_str(pvc, "name").unwrap_or("").to_string();
+        // On a resize the claim's old size is replaced, not added to.
+        let mut pvcs: Vec<Value> = self
+            .namespace_pvcs(inner, &ctx.namespace)
+            .into_iter()
+            .filter(|p| meta_str(p, "name") != Some(name.as_str()))
+            .collect();
+        pvcs.push(pvc.clone());
         for (key, q) in quotas {
             let (used, exceeded) = quota_usage(&q, &pvcs, pvc);
             if !exceeded.is_empty() {
@@ -1152,6 +1163,12 @@ impl Core {
                 n
             }
         };
+        if part != Part::Status {
+            let causes = crate::builtin::validate(rt, &new, Some(&current));
+            if !causes.is_empty() {
+                return Err(invalid(rt, name, causes));
+            }
+        }
         if rt.special == Special::Crd && part != Part::Status {
             new["status"] = crd_status(&new);
         }
@@ -1190,6 +1207,28 @@ impl Core {
             && new_stored["metadata"]["finalizers"]
                 .as_array()
                 .is_none_or(|f| f.is_empty());
+        let mut quota_pending: Pending = Vec::new();
+        let grows = matches!(
+            (crate::builtin::pvc_request(&new_stored), crate::builtin::pvc_request(&live)),
+            (Some(n), Some(o)) if n > o
+        );
+        if rt.special == Special::Pvc && part != Part::Status && grows {
+            let sc = new_stored["spec"]["storageClassName"]
+                .as_str()
+                .unwrap_or("");
+            let expandable = inner
+                .objects
+                .get(&format!("storage.k8s.io/storageclasses//{sc}"))
+                .is_some_and(|sc| sc["allowVolumeExpansion"].as_bool() == Some(true));
+            if !expandable {
+                return Err(ApiError::Forbidden {
+                    resource: rt.qualified(),
+                    name: name.into(),
+                    message: format!("persistentvolumeclaims \"{name}\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize"),
+                });
+            }
+            self.charge_quota(&inner, ctx, &new_stored, &mut quota_pending)?;
+        }
         if *live == new_stored && !finishing {
             return Ok(Written {
                 object: to_external(rt, &ctx.version, &live),
@@ -1210,6 +1249,7 @@ impl Core {
             EventType::Modified
         };
         let mut pending = vec![(kind, key, new_stored)];
+        pending.extend(quota_pending);
         if finishing && rt.special == Special::Pvc {
             self.refresh_quotas(&inner, &ctx.namespace, name, &mut pending);
         }
@@ -1918,6 +1958,43 @@ mod tests {
             err.to_string().contains("persistentvolumeclaims=1"),
             "{err}"
         );
+        let sc = ctx(&core, "storage.k8s.io", "storageclasses", "");
+        core.create(
+            &sc,
+            json!({"metadata": {"name": "sc"}, "provisioner": "x", "allowVolumeExpansion": true}),
+        )
+        .unwrap();
+        let grow = |size: &str| json!({"spec": {"storageClassName": "sc", "resources": {"requests": {"storage": size}}}});
+        let main = Part::Main { has_status: true };
+        let err = core
+            .patch(&p, "p2", PatchKind::Merge, grow("5Gi"), main)
+            .unwrap_err();
+        assert_eq!(err.code(), 422, "storageClassName is immutable: {err}");
+        let p4 = json!({"metadata": {"name": "p4"}, "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "0"}}}});
+        assert_eq!(core.create(&p, p4).unwrap_err().code(), 422);
+        core.delete(&p, "p2", &DeleteOpts::default()).unwrap();
+        let p5 = json!({"metadata": {"name": "p5"}, "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+        core.create(&p, p5).unwrap();
+        core.patch(
+            &p,
+            "p5",
+            PatchKind::Merge,
+            json!({"spec": {"resources": {"requests": {"storage": "4Gi"}}}}),
+            main,
+        )
+        .unwrap();
+        let err = core
+            .patch(
+                &p,
+                "p5",
+                PatchKind::Merge,
+                json!({"spec": {"resources": {"requests": {"storage": "5Gi"}}}}),
+                main,
+            )
+            .unwrap_err();
+        assert_eq!(err.code(), 403, "6Gi + 5Gi exceeds 10Gi: {err}");
+        core.delete(&p, "p5", &DeleteOpts::default()).unwrap();
+        core.create(&p, pvc("p2", "4Gi")).unwrap();
         core.delete(&p, "p1", &DeleteOpts::default()).unwrap();
         let quota = core.get(&q.rt, "a", "q").unwrap();
         assert_eq!(quota["status"]["used"]["requests.storage"], "4Gi");

@@ -12,6 +12,7 @@
 //! Shutdown: dropping the `Server` aborts its tasks; a write in flight either committed
 //! (and is kept) or did not (and was not acknowledged).
 
+mod builtin;
 mod core;
 mod discovery;
 mod error;
