@@ -284,6 +284,28 @@ fn kubectl_drives_seed_workflow() {
         "-p",
         r#"{"spec":{"resources":{"requests":{"storage":"100Gi"}}}}"#,
     ]);
+    let quota = s.ok(&["describe", "quota", "storage-quota", "-n", "database"]);
+    assert!(
+        quota.contains("100Gi"),
+        "resize charged to the quota: {quota}"
+    );
+    let big = write(&dir, "big.yaml", BIG_PVC);
+    let err = s.fails(&["apply", "-f", &big]);
+    assert!(
+        err.contains("exceeded quota: storage-quota")
+            && err.contains("limited: requests.storage=500Gi"),
+        "{err}"
+    );
+    let err = s.fails(&[
+        "patch",
+        "pvc",
+        "postgres-data",
+        "-n",
+        "database",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}"#,
+    ]);
+    assert!(err.contains("can not be less than"), "{err}");
     s.ok(&[
         "patch",
         "cstorpoolclusters.cstor.openebs.io",
@@ -576,6 +598,15 @@ metadata:
 spec:
   hostName: worker-01
   poolConfig: {dataRaidGroupType: stripe}
+";
+
+const BIG_PVC: &str = "apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: too-big, namespace: database}
+spec:
+  storageClassName: cstor-csi-3-replicas
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 450Gi}}
 ";
 
 const BAD_ENUM: &str = "apiVersion: cstor.openebs.io/v1
