@@ -151,7 +151,8 @@ impl Drop for Server {
 
 impl Server {
     /// Opens the store, ensures the initial namespaces and CRDs, binds, writes the
-    /// kubeconfig (mode 0600) and starts serving.
+    /// kubeconfig (mode 0600) and starts serving. Must run on a multi-threaded tokio
+    /// runtime: durable commits run in `block_in_place`.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Io {
             path: config.data_dir.clone(),
