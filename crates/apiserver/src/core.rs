@@ -107,6 +107,7 @@ pub(crate) struct Core {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Change>>,
     registry: RwLock<Arc<Registry>>,
+    aliases: Vec<Arc<crate::Alias>>,
     pub(crate) gc_wakeup: Notify,
 }
 
@@ -204,20 +205,69 @@ pub(crate) fn to_external(rt: &ResourceType, version: &str, stored: &Value) -> V
     if rt.special == Special::EventsV1 {
         o = event_core_to_v1(&o);
     }
+    if let Some(alias) = &rt.alias {
+        match (alias.from_storage)(stored) {
+            Ok(mut converted) => {
+                converted["metadata"] = carried_metadata(stored, &converted);
+                o = converted;
+            }
+            // Shown in its stored form rather than hidden: nothing is lost, and the
+            // log names the object the converter could not handle.
+            Err(e) => {
+                tracing::warn!(error = %e, key = %rt.qualified(), "conversion from storage failed")
+            }
+        }
+    }
     o["apiVersion"] = json!(rt.api_version(version));
     o["kind"] = json!(rt.kind);
     o
 }
 
-fn to_internal(rt: &ResourceType, external: &Value) -> Value {
+fn to_internal(rt: &ResourceType, external: &Value) -> Result<Value, ApiError> {
     let mut o = external.clone();
     if rt.special == Special::EventsV1 {
         o = event_v1_to_core(&o);
         o["apiVersion"] = json!("v1");
-        return o;
+        return Ok(o);
+    }
+    if let Some(alias) = &rt.alias {
+        let name = external["metadata"]["name"].as_str().unwrap_or("");
+        let mut converted = (alias.to_storage)(external).map_err(|e| {
+            invalid(
+                rt,
+                name,
+                vec![cause(
+                    "FieldValueInvalid",
+                    "",
+                    format!("conversion to {} failed: {e}", alias.storage_api_version),
+                )],
+            )
+        })?;
+        converted["metadata"] = carried_metadata(external, &converted);
+        converted["apiVersion"] = json!(alias.storage_api_version);
+        converted["kind"] = json!(alias.storage_kind);
+        return Ok(converted);
     }
     o["apiVersion"] = json!(rt.api_version(&rt.versions[0]));
-    o
+    Ok(o)
+}
+
+/// Metadata of a converted object: the source's, except that annotations come from the
+/// converter when it returns metadata (converters keep one side's extra settings in an
+/// annotation on the other side).
+fn carried_metadata(source: &Value, converted: &Value) -> Value {
+    let mut meta = source["metadata"].clone();
+    if let (Some(conv), Some(m)) = (converted["metadata"].as_object(), meta.as_object_mut()) {
+        match conv.get("annotations") {
+            Some(a) if a.as_object().is_some_and(|x| !x.is_empty()) => {
+                m.insert("annotations".into(), a.clone());
+            }
+            _ => {
+                m.remove("annotations");
+            }
+        }
+    }
+    meta
 }
 
 const EVENT_RENAMES: [(&str, &str); 7] = [
@@ -262,7 +312,7 @@ fn event_v1_to_core(o: &Value) -> Value {
 impl Core {
     /// Opens the store at `path` and serves the built-ins, the CRDs in the store and
     /// `initial_crds` (created when missing).
-    pub(crate) fn open(path: &Path) -> Result<Core, ApiError> {
+    pub(crate) fn open(path: &Path, aliases: Vec<Arc<crate::Alias>>) -> Result<Core, ApiError> {
         let (store, loaded) = Store::open(path)?;
         let (tx, _) = broadcast::channel(limits::WATCH_BROADCAST_EVENTS_MAX);
         let core = Core {
@@ -275,6 +325,7 @@ impl Core {
             }),
             tx,
             registry: RwLock::new(Arc::new(Registry::default())),
+            aliases,
             gc_wakeup: Notify::new(),
         };
         core.rebuild_registry();
@@ -297,7 +348,7 @@ impl Core {
                 .map(|(_, v)| v.clone())
                 .collect()
         };
-        *self.registry.write() = Arc::new(Registry::build(&crds));
+        *self.registry.write() = Arc::new(Registry::build(&crds, &self.aliases));
     }
 
     /// The current global resourceVersion.
@@ -317,11 +368,13 @@ impl Core {
             if let Some(m) = obj["metadata"].as_object_mut() {
                 m.insert("resourceVersion".into(), json!(rv.to_string()));
             }
+            let prev = inner.objects.get(&key).cloned();
             changes.push(Arc::new(Change {
                 rv,
                 kind,
                 key,
                 object: Arc::new(obj),
+                prev,
             }));
         }
         let retained = inner.history.len() + changes.len();
@@ -336,7 +389,7 @@ impl Core {
                 .collect();
             floor = all[drop - 1];
         }
-        inner.store.commit(&changes, rv, floor + 1)?;
+        inner.store.commit(&changes, rv, floor)?;
         assert!(rv > inner.rv, "resourceVersion must grow");
         inner.rv = rv;
         inner.floor = floor;
@@ -369,7 +422,7 @@ impl Core {
                 .filter(|(k, _)| k.starts_with("apiextensions.k8s.io/customresourcedefinitions/"))
                 .map(|(_, v)| v.clone())
                 .collect();
-            *self.registry.write() = Arc::new(Registry::build(&crds));
+            *self.registry.write() = Arc::new(Registry::build(&crds, &self.aliases));
         }
         if deleted
             || changes
@@ -490,6 +543,7 @@ impl Core {
                         kind: EventType::Added,
                         key: k.clone(),
                         object: v.clone(),
+                        prev: None,
                     })
                 })
                 .collect(),
@@ -540,8 +594,10 @@ impl Core {
                             .map(|u| format!("unknown field \"{u}\""))
                             .collect();
                         return Err(ApiError::BadRequest(format!(
-                            "strict decoding error: {}",
-                            list.join(", ")
+                            "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+                            ctx.version,
+                            list.join(", "),
+                            kind = ctx.rt.kind
                         )));
                     }
                     FieldValidation::Warn => warnings
@@ -575,7 +631,18 @@ impl Core {
     }
 
     /// Creates an object.
-    pub(crate) fn create(&self, ctx: &WriteCtx, mut obj: Value) -> Result<Written, ApiError> {
+    pub(crate) fn create(&self, ctx: &WriteCtx, obj: Value) -> Result<Written, ApiError> {
+        self.create_with(ctx, obj, None)
+    }
+
+    /// Creates an object; `apply_managed` carries the managedFields of a server-side
+    /// apply that creates it (otherwise the creator owns every field as an Update).
+    fn create_with(
+        &self,
+        ctx: &WriteCtx,
+        mut obj: Value,
+        apply_managed: Option<Value>,
+    ) -> Result<Written, ApiError> {
         if !obj.is_object() {
             return Err(ApiError::BadRequest(
                 "Object 'Kind' is missing in request body".into(),
@@ -619,8 +686,12 @@ impl Core {
             }
         }
         let mut warnings = self.validate(ctx, &mut obj, &name)?;
+        let causes = crate::builtin::validate(&ctx.rt, &obj, None);
+        if !causes.is_empty() {
+            return Err(invalid(&ctx.rt, &name, causes));
+        }
         self.prepare_create(ctx, &mut obj, &mut warnings);
-        let mut stored = to_internal(&ctx.rt, &obj);
+        let mut stored = to_internal(&ctx.rt, &obj)?;
         {
             let m = stored["metadata"]
                 .as_object_mut()
@@ -634,12 +705,20 @@ impl Core {
             m.remove("managedFields");
             m.remove("selfLink");
         }
-        fields::track_update(
-            None,
-            &mut stored,
-            &ctx.manager,
-            Part::Main { has_status: false },
-        );
+        match apply_managed {
+            Some(Value::Array(mut entries)) => {
+                for e in &mut entries {
+                    e["apiVersion"] = json!(ctx.rt.api_version(&ctx.version));
+                }
+                stored["metadata"]["managedFields"] = Value::Array(entries);
+            }
+            _ => fields::track_update(
+                None,
+                &mut stored,
+                &ctx.manager,
+                Part::Main { has_status: false },
+            ),
+        }
         let key = ctx.rt.key(&ctx.namespace_for_key(), &name);
         let mut inner = self.inner.lock();
         self.check_namespace(&inner, ctx, &name)?;
@@ -727,6 +806,9 @@ impl Core {
             }
             Special::Pvc | Special::Pv => {
                 obj["status"] = json!({"phase": "Pending"});
+                if obj["spec"].is_object() && obj["spec"]["volumeMode"].is_null() {
+                    obj["spec"]["volumeMode"] = json!("Filesystem");
+                }
             }
             Special::Crd => {
                 obj["status"] = crd_status(obj);
@@ -735,6 +817,11 @@ impl Core {
                 "{} is stored only: no workload runs on the embedded cstor control plane",
                 ctx.rt.kind
             )),
+            Special::None
+                if ctx.rt.kind == "Secret" && obj["type"].as_str().is_none_or(str::is_empty) =>
+            {
+                obj["type"] = json!("Opaque");
+            }
             Special::EventsV1 if obj["eventTime"].is_null() => {
                 obj["eventTime"] = json!(time::now_rfc3339_micro());
             }
@@ -762,9 +849,14 @@ impl Core {
         if quotas.is_empty() {
             return Ok(());
         }
-        let mut pvcs: Vec<Value> = self.namespace_pvcs(inner, &ctx.namespace);
-        pvcs.push(pvc.clone());
         let name = meta_str(pvc, "name").unwrap_or("").to_string();
+        // On a resize the claim's old size is replaced, not added to.
+        let mut pvcs: Vec<Value> = self
+            .namespace_pvcs(inner, &ctx.namespace)
+            .into_iter()
+            .filter(|p| meta_str(p, "name") != Some(name.as_str()))
+            .collect();
+        pvcs.push(pvc.clone());
         for (key, q) in quotas {
             let (used, exceeded) = quota_usage(&q, &pvcs, pvc);
             if !exceeded.is_empty() {
@@ -917,23 +1009,8 @@ impl Core {
                 )?;
                 let managed = obj["metadata"]["managedFields"].clone();
                 obj["metadata"]["name"] = json!(name);
-                let mut w = self.create(ctx, obj)?;
-                // create() recorded an Update entry; the applier owns the fields as Apply.
-                if !ctx.dry_run {
-                    let mut fixed = w.object.clone();
-                    fixed["metadata"]["managedFields"] = managed;
-                    if let Some(e) = fixed["metadata"]["managedFields"].as_array_mut() {
-                        for x in e.iter_mut() {
-                            x["apiVersion"] = json!(ctx.rt.api_version(&ctx.version));
-                        }
-                    }
-                    let key = ctx.rt.key(&ctx.namespace_for_key(), name);
-                    let mut inner = self.inner.lock();
-                    let stored = to_internal(&ctx.rt, &fixed);
-                    let changes =
-                        self.commit(&mut inner, vec![(EventType::Modified, key, stored)])?;
-                    w.object = to_external(&ctx.rt, &ctx.version, &changes[0].object);
-                }
+                let mut w = self.create_with(ctx, obj, Some(managed))?;
+                w.created = true;
                 Ok(w)
             }
             Some(_) => self.update_with(
@@ -1086,6 +1163,12 @@ impl Core {
                 n
             }
         };
+        if part != Part::Status {
+            let causes = crate::builtin::validate(rt, &new, Some(&current));
+            if !causes.is_empty() {
+                return Err(invalid(rt, name, causes));
+            }
+        }
         if rt.special == Special::Crd && part != Part::Status {
             new["status"] = crd_status(&new);
         }
@@ -1093,9 +1176,9 @@ impl Core {
             let g = current["metadata"]["generation"].as_i64().unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
         }
-        let mut new_stored = to_internal(rt, &new);
+        let mut new_stored = to_internal(rt, &new)?;
         if !managed_by_apply {
-            let old_stored_ext = to_internal(rt, &current);
+            let old_stored_ext = to_internal(rt, &current)?;
             fields::track_update(Some(&old_stored_ext), &mut new_stored, &ctx.manager, part);
         }
         if new_stored["metadata"]["managedFields"].is_null() {
@@ -1124,6 +1207,28 @@ impl Core {
             && new_stored["metadata"]["finalizers"]
                 .as_array()
                 .is_none_or(|f| f.is_empty());
+        let mut quota_pending: Pending = Vec::new();
+        let grows = matches!(
+            (crate::builtin::pvc_request(&new_stored), crate::builtin::pvc_request(&live)),
+            (Some(n), Some(o)) if n > o
+        );
+        if rt.special == Special::Pvc && part != Part::Status && grows {
+            let sc = new_stored["spec"]["storageClassName"]
+                .as_str()
+                .unwrap_or("");
+            let expandable = inner
+                .objects
+                .get(&format!("storage.k8s.io/storageclasses//{sc}"))
+                .is_some_and(|sc| sc["allowVolumeExpansion"].as_bool() == Some(true));
+            if !expandable {
+                return Err(ApiError::Forbidden {
+                    resource: rt.qualified(),
+                    name: name.into(),
+                    message: format!("persistentvolumeclaims \"{name}\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize"),
+                });
+            }
+            self.charge_quota(&inner, ctx, &new_stored, &mut quota_pending)?;
+        }
         if *live == new_stored && !finishing {
             return Ok(Written {
                 object: to_external(rt, &ctx.version, &live),
@@ -1144,6 +1249,7 @@ impl Core {
             EventType::Modified
         };
         let mut pending = vec![(kind, key, new_stored)];
+        pending.extend(quota_pending);
         if finishing && rt.special == Special::Pvc {
             self.refresh_quotas(&inner, &ctx.namespace, name, &mut pending);
         }
@@ -1500,9 +1606,25 @@ fn matches(rt: &ResourceType, filter: &Filter, stored: &Value) -> bool {
     }
 }
 
-/// Whether a change is visible to a watch with this filter.
-pub(crate) fn change_matches(rt: &ResourceType, filter: &Filter, change: &Change) -> bool {
-    change.key.starts_with(&rt.key_prefix()) && matches(rt, filter, &change.object)
+/// How a change shows in a watch with this filter: an object entering the selection is
+/// ADDED, one leaving it is DELETED (like kube-apiserver's watch cache); None when the
+/// watch does not see it.
+pub(crate) fn watch_event(
+    rt: &ResourceType,
+    filter: &Filter,
+    change: &Change,
+) -> Option<EventType> {
+    if !change.key.starts_with(&rt.key_prefix()) {
+        return None;
+    }
+    let now = matches(rt, filter, &change.object);
+    let before = change.prev.as_ref().map(|p| matches(rt, filter, p));
+    match (change.kind, before, now) {
+        (EventType::Modified, Some(false), true) => Some(EventType::Added),
+        (EventType::Modified, Some(true), false) => Some(EventType::Deleted),
+        (_, _, true) => Some(change.kind),
+        _ => None,
+    }
 }
 
 fn encode_continue(key: &str) -> String {
@@ -1511,7 +1633,7 @@ fn encode_continue(key: &str) -> String {
 
 fn decode_continue(tok: &str) -> Result<String, ApiError> {
     let bad = || ApiError::BadRequest("continue key is not valid".into());
-    if !tok.len().is_multiple_of(2) {
+    if !tok.len().is_multiple_of(2) || !tok.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let bytes: Result<Vec<u8>, _> = (0..tok.len())
@@ -1528,5 +1650,354 @@ impl WriteCtx {
         } else {
             String::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &tempfile::TempDir) -> Core {
+        Core::open(&dir.path().join("s.redb"), Vec::new()).unwrap()
+    }
+
+    fn ctx(core: &Core, group: &str, plural: &str, ns: &str) -> WriteCtx {
+        WriteCtx {
+            rt: core.registry().find(group, "v1", plural).unwrap(),
+            version: "v1".into(),
+            namespace: ns.into(),
+            manager: "test".into(),
+            dry_run: false,
+            validation: FieldValidation::Strict,
+        }
+    }
+
+    fn make_ns(core: &Core, name: &str) {
+        core.create(
+            &ctx(core, "", "namespaces", ""),
+            json!({"metadata": {"name": name}}),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn watch_from_trimmed_history_is_gone_and_the_floor_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let floor;
+        {
+            let core = open(&dir);
+            make_ns(&core, "a");
+            let c = ctx(&core, "", "configmaps", "a");
+            core.create(&c, json!({"metadata": {"name": "cm"}, "data": {"n": "0"}}))
+                .unwrap();
+            let start = core.resource_version();
+            for i in 0..40 {
+                core.patch(
+                    &c,
+                    "cm",
+                    PatchKind::Merge,
+                    json!({"data": {"n": i.to_string()}}),
+                    Part::Main { has_status: false },
+                )
+                .unwrap();
+            }
+            let rt = c.rt.clone();
+            assert!(matches!(
+                core.watch(&rt, &Filter::default(), Some(start)),
+                Err(ApiError::Gone { .. })
+            ));
+            let recent = core.resource_version() - 5;
+            let (replay, _rx, _) = core.watch(&rt, &Filter::default(), Some(recent)).unwrap();
+            assert_eq!(replay.len(), 5);
+            floor = core.inner.lock().floor;
+            assert!(floor > start);
+            assert!(core.inner.lock().history.len() <= limits::WATCH_HISTORY_EVENTS_MAX);
+        }
+        let core = open(&dir);
+        assert_eq!(core.inner.lock().floor, floor);
+        let rt = core.registry().find("", "v1", "configmaps").unwrap();
+        assert!(matches!(
+            core.watch(&rt, &Filter::default(), Some(floor - 1)),
+            Err(ApiError::Gone { .. })
+        ));
+        let (replay, _rx, _) = core.watch(&rt, &Filter::default(), Some(floor)).unwrap();
+        assert_eq!(replay.first().map(|c| c.rv), Some(floor + 1));
+    }
+
+    #[test]
+    fn dependents_go_when_their_owner_goes_unless_orphaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(&dir);
+        make_ns(&core, "a");
+        let c = ctx(&core, "", "configmaps", "a");
+        let owner = core
+            .create(&c, json!({"metadata": {"name": "owner"}}))
+            .unwrap()
+            .object;
+        let uid = owner["metadata"]["uid"].as_str().unwrap().to_string();
+        let dep = json!({"metadata": {"name": "dep", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}});
+        core.create(&c, dep.clone()).unwrap();
+        core.delete(&c, "owner", &DeleteOpts::default()).unwrap();
+        while core.collect_garbage().unwrap() {}
+        assert!(core.get(&c.rt, "a", "dep").is_err(), "dependent collected");
+        let owner = core
+            .create(&c, json!({"metadata": {"name": "owner"}}))
+            .unwrap()
+            .object;
+        let mut dep = dep;
+        dep["metadata"]["ownerReferences"][0]["uid"] = owner["metadata"]["uid"].clone();
+        core.create(&c, dep).unwrap();
+        core.delete(
+            &c,
+            "owner",
+            &DeleteOpts {
+                orphan: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        while core.collect_garbage().unwrap() {}
+        let kept = core.get(&c.rt, "a", "dep").unwrap();
+        assert_eq!(kept["metadata"]["ownerReferences"], json!([]));
+    }
+
+    #[test]
+    fn selector_watch_sees_objects_enter_and_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(&dir);
+        make_ns(&core, "a");
+        let c = ctx(&core, "", "configmaps", "a");
+        core.create(
+            &c,
+            json!({"metadata": {"name": "cm", "labels": {"tier": "gold"}}}),
+        )
+        .unwrap();
+        let f = Filter {
+            labels: LabelSelector::parse("tier=gold").unwrap(),
+            ..Default::default()
+        };
+        let (_, mut rx, _) = core
+            .watch(&c.rt, &f, Some(core.resource_version()))
+            .unwrap();
+        let main = Part::Main { has_status: false };
+        core.patch(
+            &c,
+            "cm",
+            PatchKind::Merge,
+            json!({"metadata": {"labels": {"tier": "silver"}}}),
+            main,
+        )
+        .unwrap();
+        core.patch(
+            &c,
+            "cm",
+            PatchKind::Merge,
+            json!({"data": {"x": "1"}}),
+            main,
+        )
+        .unwrap();
+        core.patch(
+            &c,
+            "cm",
+            PatchKind::Merge,
+            json!({"metadata": {"labels": {"tier": "gold"}}}),
+            main,
+        )
+        .unwrap();
+        let kinds: Vec<Option<EventType>> = (0..3)
+            .map(|_| watch_event(&c.rt, &f, &rx.try_recv().unwrap()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [Some(EventType::Deleted), None, Some(EventType::Added)]
+        );
+    }
+
+    fn crd(group: &str, version: &str) -> Value {
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": format!("cstorpoolclusters.{group}")},
+               "spec": {"group": group, "scope": "Namespaced",
+                        "names": {"kind": "CStorPoolCluster", "plural": "cstorpoolclusters", "shortNames": ["cspc"]},
+                        "versions": [{"name": version, "served": true, "storage": true,
+                                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}})
+    }
+
+    #[test]
+    fn alias_resources_convert_to_and_from_their_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        // Toy conversion: alpha raidGroups[0].type <-> v1 poolConfig.dataRaidGroupType.
+        let to: crate::ConvertFn = Arc::new(|o: &Value| {
+            let t = o["spec"]["raidGroups"][0]["type"]
+                .as_str()
+                .ok_or("raidGroups[0].type is required")?;
+            Ok(json!({"spec": {"poolConfig": {"dataRaidGroupType": t}}}))
+        });
+        let from: crate::ConvertFn = Arc::new(|o: &Value| {
+            let t = o["spec"]["poolConfig"]["dataRaidGroupType"].clone();
+            Ok(
+                json!({"metadata": {"annotations": {"converted": "yes"}}, "spec": {"raidGroups": [{"type": t}]}}),
+            )
+        });
+        let alias = Arc::new(crate::Alias {
+            group: "openebs.io".into(),
+            plural: "cstorpoolclusters".into(),
+            storage_group: "cstor.openebs.io".into(),
+            storage_plural: "cstorpoolclusters".into(),
+            storage_api_version: "cstor.openebs.io/v1".into(),
+            storage_kind: "CStorPoolCluster".into(),
+            to_storage: to,
+            from_storage: from,
+        });
+        let core = Core::open(&dir.path().join("s.redb"), vec![alias]).unwrap();
+        core.ensure_crds(&[crd("cstor.openebs.io", "v1"), crd("openebs.io", "v1alpha1")])
+            .unwrap();
+        make_ns(&core, "openebs");
+        let alpha = WriteCtx {
+            rt: core
+                .registry()
+                .find("openebs.io", "v1alpha1", "cstorpoolclusters")
+                .unwrap(),
+            version: "v1alpha1".into(),
+            ..ctx(&core, "cstor.openebs.io", "cstorpoolclusters", "openebs")
+        };
+        let v1 = ctx(&core, "cstor.openebs.io", "cstorpoolclusters", "openebs");
+        let w = core
+            .create(
+                &alpha,
+                json!({"metadata": {"name": "p"}, "spec": {"raidGroups": [{"type": "mirror"}]}}),
+            )
+            .unwrap();
+        assert_eq!(w.object["apiVersion"], "openebs.io/v1alpha1");
+        let stored = core.get(&v1.rt, "openebs", "p").unwrap();
+        assert_eq!(stored["apiVersion"], "cstor.openebs.io/v1");
+        assert_eq!(stored["spec"]["poolConfig"]["dataRaidGroupType"], "mirror");
+        core.patch(
+            &v1,
+            "p",
+            PatchKind::Merge,
+            json!({"spec": {"poolConfig": {"dataRaidGroupType": "raidz"}}}),
+            Part::Main { has_status: false },
+        )
+        .unwrap();
+        let seen = to_external(
+            &alpha.rt,
+            "v1alpha1",
+            &core.get(&alpha.rt, "openebs", "p").unwrap(),
+        );
+        assert_eq!(seen["spec"]["raidGroups"][0]["type"], "raidz");
+        assert_eq!(seen["metadata"]["name"], "p");
+        assert_eq!(seen["metadata"]["annotations"]["converted"], "yes");
+        assert_eq!(seen["metadata"]["uid"], stored["metadata"]["uid"]);
+        let err = core
+            .create(&alpha, json!({"metadata": {"name": "q"}, "spec": {}}))
+            .unwrap_err();
+        assert_eq!(err.code(), 422);
+    }
+
+    #[test]
+    fn bad_continue_tokens_are_bad_requests() {
+        assert!(decode_continue("zz").is_err());
+        assert!(decode_continue("éé").is_err());
+        assert!(decode_continue("abc").is_err());
+        assert_eq!(
+            decode_continue(&encode_continue("core/x//y")).unwrap(),
+            "core/x//y"
+        );
+    }
+
+    #[test]
+    fn events_expire_after_the_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(&dir);
+        make_ns(&core, "a");
+        let c = ctx(&core, "", "events", "a");
+        let old = time::format_rfc3339(time::now_secs() - limits::EVENT_TTL.as_secs() as i64 - 60);
+        core.create(&c, json!({"metadata": {"name": "old"}, "lastTimestamp": old, "involvedObject": {"kind": "Pod", "name": "p"}})).unwrap();
+        core.create(&c, json!({"metadata": {"name": "new"}, "lastTimestamp": time::now_rfc3339(), "involvedObject": {"kind": "Pod", "name": "p"}})).unwrap();
+        while core.collect_garbage().unwrap() {}
+        assert!(core.get(&c.rt, "a", "old").is_err());
+        assert!(core.get(&c.rt, "a", "new").is_ok());
+        // The events.k8s.io/v1 view reads the same storage.
+        let v1 = ctx(&core, "events.k8s.io", "events", "a");
+        let stored = core.get(&v1.rt, "a", "new").unwrap();
+        assert_eq!(to_external(&v1.rt, "v1", &stored)["regarding"]["name"], "p");
+    }
+
+    #[test]
+    fn generate_name_missing_namespace_and_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(&dir);
+        let c = ctx(&core, "", "configmaps", "nowhere");
+        let err = core
+            .create(&c, json!({"metadata": {"name": "x"}}))
+            .unwrap_err();
+        assert_eq!(err.code(), 404);
+        assert!(err.to_string().contains("namespaces \"nowhere\" not found"));
+        make_ns(&core, "a");
+        let c = ctx(&core, "", "configmaps", "a");
+        let w = core
+            .create(&c, json!({"metadata": {"generateName": "cm-"}}))
+            .unwrap();
+        let name = w.object["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with("cm-") && name.len() == 8, "{name}");
+        let err = core
+            .create(&c, json!({"metadata": {"name": "Bad_Name"}}))
+            .unwrap_err();
+        assert_eq!(err.code(), 422);
+        let q = ctx(&core, "", "resourcequotas", "a");
+        core.create(&q, json!({"metadata": {"name": "q"}, "spec": {"hard": {"requests.storage": "10Gi", "persistentvolumeclaims": "2"}}})).unwrap();
+        let p = ctx(&core, "", "persistentvolumeclaims", "a");
+        let pvc = |n: &str, size: &str| json!({"metadata": {"name": n}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}});
+        core.create(&p, pvc("p1", "6Gi")).unwrap();
+        let err = core.create(&p, pvc("p2", "5Gi")).unwrap_err();
+        assert_eq!(err.code(), 403);
+        assert!(err.to_string().contains("exceeded quota: q, requested: requests.storage=5Gi, used: requests.storage=6Gi, limited: requests.storage=10Gi"), "{err}");
+        core.create(&p, pvc("p2", "4Gi")).unwrap();
+        let err = core.create(&p, pvc("p3", "1Mi")).unwrap_err();
+        assert!(
+            err.to_string().contains("persistentvolumeclaims=1"),
+            "{err}"
+        );
+        let sc = ctx(&core, "storage.k8s.io", "storageclasses", "");
+        core.create(
+            &sc,
+            json!({"metadata": {"name": "sc"}, "provisioner": "x", "allowVolumeExpansion": true}),
+        )
+        .unwrap();
+        let grow = |size: &str| json!({"spec": {"storageClassName": "sc", "resources": {"requests": {"storage": size}}}});
+        let main = Part::Main { has_status: true };
+        let err = core
+            .patch(&p, "p2", PatchKind::Merge, grow("5Gi"), main)
+            .unwrap_err();
+        assert_eq!(err.code(), 422, "storageClassName is immutable: {err}");
+        let p4 = json!({"metadata": {"name": "p4"}, "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "0"}}}});
+        assert_eq!(core.create(&p, p4).unwrap_err().code(), 422);
+        core.delete(&p, "p2", &DeleteOpts::default()).unwrap();
+        let p5 = json!({"metadata": {"name": "p5"}, "spec": {"storageClassName": "sc", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+        core.create(&p, p5).unwrap();
+        core.patch(
+            &p,
+            "p5",
+            PatchKind::Merge,
+            json!({"spec": {"resources": {"requests": {"storage": "4Gi"}}}}),
+            main,
+        )
+        .unwrap();
+        let err = core
+            .patch(
+                &p,
+                "p5",
+                PatchKind::Merge,
+                json!({"spec": {"resources": {"requests": {"storage": "5Gi"}}}}),
+                main,
+            )
+            .unwrap_err();
+        assert_eq!(err.code(), 403, "6Gi + 5Gi exceeds 10Gi: {err}");
+        core.delete(&p, "p5", &DeleteOpts::default()).unwrap();
+        core.create(&p, pvc("p2", "4Gi")).unwrap();
+        core.delete(&p, "p1", &DeleteOpts::default()).unwrap();
+        let quota = core.get(&q.rt, "a", "q").unwrap();
+        assert_eq!(quota["status"]["used"]["requests.storage"], "4Gi");
+        assert_eq!(quota["status"]["used"]["persistentvolumeclaims"], "1");
     }
 }

@@ -337,7 +337,7 @@ fn leaf_text(leaf: &[String]) -> String {
             s.push_str(f);
         } else if el != "." {
             s.push('[');
-            s.push_str(&el[2..]);
+            s.push_str(el.get(2..).unwrap_or(""));
             s.push(']');
         }
     }

@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::core::{
-    change_matches, to_external, Core, DeleteOpts, FieldValidation, Filter, PatchKind, WriteCtx,
+    to_external, watch_event, Core, DeleteOpts, FieldValidation, Filter, PatchKind, WriteCtx,
 };
 use crate::error::ApiError;
 use crate::fields::Part;
@@ -90,6 +90,25 @@ type Query = HashMap<String, String>;
 fn parse_query(q: Option<&str>) -> Query {
     q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default()
+}
+
+/// Reads a JSON body, or the protobuf body kubectl's typed clients send for a few
+/// built-in kinds (decoded to JSON).
+async fn read_object(req: Request, rt: &ResourceType) -> Result<Value, ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = read_body(req).await?;
+    if ct.contains("protobuf") {
+        if rt.group.is_empty() && crate::pb::supported(&rt.kind) {
+            return crate::pb::decode(&bytes, &rt.kind);
+        }
+        return Err(ApiError::UnsupportedMediaType("application/json".into()));
+    }
+    parse_json(&bytes)
 }
 
 async fn read_body(req: Request) -> Result<Bytes, ApiError> {
@@ -396,7 +415,7 @@ async fn resource(
             Ok(json_response(StatusCode::OK, &list, &[]))
         }
         (&Method::POST, None) => {
-            let body = parse_json(&read_body(req).await?)?;
+            let body = read_object(req, &t.rt).await?;
             let w = tokio::task::block_in_place(|| core.create(&ctx, body))?;
             Ok(json_response(StatusCode::CREATED, &w.object, &w.warnings))
         }
@@ -439,7 +458,7 @@ async fn resource(
             Ok(json_response(StatusCode::OK, &ext, &[]))
         }
         (&Method::PUT, Some(name)) => {
-            let body = parse_json(&read_body(req).await?)?;
+            let body = read_object(req, &t.rt).await?;
             let w = tokio::task::block_in_place(|| core.update(&ctx, name, body, part))?;
             Ok(json_response(StatusCode::OK, &w.object, &w.warnings))
         }
@@ -578,10 +597,13 @@ fn watch(
             }
         };
         for c in &replay {
-            if from.is_some() && !change_matches(&rt, &f, c) {
-                continue;
-            }
-            let line = event_line(c.kind.as_str(), &render(&c.object, &mut first_table));
+            let kind = if from.is_some() {
+                watch_event(&rt, &f, c)
+            } else {
+                Some(c.kind)
+            };
+            let Some(kind) = kind else { continue };
+            let line = event_line(kind.as_str(), &render(&c.object, &mut first_table));
             if tx.send(Ok(line)).await.is_err() {
                 return;
             }
@@ -605,10 +627,8 @@ fn watch(
                             continue;
                         }
                         last_rv = c.rv;
-                        if !change_matches(&rt, &f, &c) {
-                            continue;
-                        }
-                        let line = event_line(c.kind.as_str(), &render(&c.object, &mut first_table));
+                        let Some(kind) = watch_event(&rt, &f, &c) else { continue };
+                        let line = event_line(kind.as_str(), &render(&c.object, &mut first_table));
                         if tx.send(Ok(line)).await.is_err() {
                             return;
                         }

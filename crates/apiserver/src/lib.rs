@@ -12,6 +12,7 @@
 //! Shutdown: dropping the `Server` aborts its tasks; a write in flight either committed
 //! (and is kept) or did not (and was not acknowledged).
 
+mod builtin;
 mod core;
 mod discovery;
 mod error;
@@ -20,6 +21,7 @@ mod http;
 mod jsonpath;
 mod limits;
 mod patch;
+mod pb;
 mod quantity;
 mod registry;
 mod schema;
@@ -88,6 +90,47 @@ pub struct Config {
     /// CustomResourceDefinitions (apiextensions.k8s.io/v1 JSON) served from the start;
     /// created when missing and updated when their spec changed.
     pub crds: Vec<Value>,
+    /// Resources served through another resource's storage, with their conversions.
+    pub aliases: Vec<Alias>,
+}
+
+/// Converts one whole object (JSON) between an alias and its storage representation;
+/// an error is refused with 422 on write.
+pub type ConvertFn = Arc<dyn Fn(&Value) -> Result<Value, String> + Send + Sync>;
+
+/// A CRD-defined resource served through another resource's storage, for example the
+/// alpha `openebs.io/v1alpha1` CStorPoolCluster stored as a `cstor.openebs.io/v1` one:
+/// objects written through either are read through both. The alias CRD must itself be
+/// served (given in `Config::crds` or applied later). Metadata (name, uid,
+/// resourceVersion, labels...) is carried over unchanged; the converters map the rest.
+#[derive(Clone)]
+pub struct Alias {
+    /// API group of the alias, e.g. `openebs.io`.
+    pub group: String,
+    /// Plural of the alias, e.g. `cstorpoolclusters`.
+    pub plural: String,
+    /// Group of the storing resource, e.g. `cstor.openebs.io`.
+    pub storage_group: String,
+    /// Plural of the storing resource.
+    pub storage_plural: String,
+    /// apiVersion of stored objects, e.g. `cstor.openebs.io/v1`.
+    pub storage_api_version: String,
+    /// Kind of stored objects.
+    pub storage_kind: String,
+    /// Alias object to stored object.
+    pub to_storage: ConvertFn,
+    /// Stored object to alias object.
+    pub from_storage: ConvertFn,
+}
+
+impl std::fmt::Debug for Alias {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Alias({}.{} -> {}.{})",
+            self.plural, self.group, self.storage_plural, self.storage_group
+        )
+    }
 }
 
 /// A running server; dropping it stops it.
@@ -108,14 +151,18 @@ impl Drop for Server {
 
 impl Server {
     /// Opens the store, ensures the initial namespaces and CRDs, binds, writes the
-    /// kubeconfig (mode 0600) and starts serving.
+    /// kubeconfig (mode 0600) and starts serving. Must run on a multi-threaded tokio
+    /// runtime: durable commits run in `block_in_place`.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Io {
             path: config.data_dir.clone(),
             source: e,
         })?;
         let core = Arc::new(tokio::task::block_in_place(|| {
-            core::Core::open(&config.data_dir.join(STORE_FILE))
+            core::Core::open(
+                &config.data_dir.join(STORE_FILE),
+                config.aliases.iter().cloned().map(Arc::new).collect(),
+            )
         })?);
         tokio::task::block_in_place(|| bootstrap(&core, &config.crds))?;
         let listener = TcpListener::bind(config.listen)

@@ -9,7 +9,11 @@ pub(crate) const REQUEST_BODY_BYTES_MAX: usize = 3 * 1024 * 1024;
 /// Watch events kept (in memory and in the store) for resuming watches; older
 /// resourceVersions get 410 Gone. Enough for minutes of controller churn on one machine
 /// while keeping restart replay and the store small.
+#[cfg(not(test))]
 pub(crate) const WATCH_HISTORY_EVENTS_MAX: usize = 20_000;
+/// Small in unit tests so history trimming and 410 Gone are exercised quickly.
+#[cfg(test)]
+pub(crate) const WATCH_HISTORY_EVENTS_MAX: usize = 16;
 
 /// Events a watcher may fall behind the live broadcast before its stream is closed; the
 /// client then re-watches from its last resourceVersion and is replayed from history.

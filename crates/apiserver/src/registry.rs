@@ -64,6 +64,8 @@ pub(crate) struct ResourceType {
     pub(crate) storage_group: String,
     pub(crate) storage_plural: String,
     pub(crate) is_crd: bool,
+    /// Set when this type is served through another type's storage.
+    pub(crate) alias: Option<Arc<crate::Alias>>,
 }
 
 impl ResourceType {
@@ -119,10 +121,18 @@ pub(crate) struct Registry {
 impl Registry {
     /// Built-ins plus the given CRD objects (invalid CRDs are skipped; they were
     /// validated when written).
-    pub(crate) fn build(crds: &[Arc<Value>]) -> Registry {
+    pub(crate) fn build(crds: &[Arc<Value>], aliases: &[Arc<crate::Alias>]) -> Registry {
         let mut types: Vec<Arc<ResourceType>> = builtins().into_iter().map(Arc::new).collect();
         for crd in crds {
-            if let Ok(rt) = crd_to_type(crd) {
+            if let Ok(mut rt) = crd_to_type(crd) {
+                if let Some(a) = aliases
+                    .iter()
+                    .find(|a| a.group == rt.group && a.plural == rt.plural)
+                {
+                    rt.storage_group = a.storage_group.clone();
+                    rt.storage_plural = a.storage_plural.clone();
+                    rt.alias = Some(a.clone());
+                }
                 if !types
                     .iter()
                     .any(|t| t.group == rt.group && t.plural == rt.plural)
@@ -218,6 +228,7 @@ fn builtin(
         storage_group: group.into(),
         storage_plural: plural.into(),
         is_crd: false,
+        alias: None,
     }
 }
 
@@ -752,5 +763,6 @@ pub(crate) fn crd_to_type(crd: &Value) -> Result<ResourceType, CrdError> {
         storage_group: group.into(),
         storage_plural: plural.into(),
         is_crd: true,
+        alias: None,
     })
 }

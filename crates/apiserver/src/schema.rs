@@ -75,13 +75,9 @@ fn join(path: &str, k: &str) -> String {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 80 {
-        format!(
-            "{}...",
-            &s[..s.char_indices().take_while(|(i, _)| *i < 77).count()]
-        )
-    } else {
-        s
+    match s.char_indices().nth(77) {
+        Some((cut, _)) if s.len() > 80 => format!("{}...", &s[..cut]),
+        _ => s,
     }
 }
 
@@ -111,6 +107,11 @@ fn walk(v: &mut Value, schema: &Value, path: &str, depth: usize, out: &mut Outco
             path,
             "Invalid value: nesting too deep".into(),
         ));
+        return;
+    }
+    // A null is either allowed (nullable) or pruned by the parent object before it is
+    // stored, as kube-apiserver does; either way it is not a type error.
+    if v.is_null() {
         return;
     }
     let int_or_string = schema
@@ -369,6 +370,22 @@ mod tests {
         assert_eq!(o["spec"]["pools"][0]["n"], 3);
         assert_eq!(o["spec"]["free"]["x"], 1);
         assert!(o.get("extra").is_none());
+    }
+
+    #[test]
+    fn long_multibyte_values_are_shortened_without_panicking() {
+        let v = Value::String("é".repeat(200));
+        assert!(short(&v).ends_with("..."));
+    }
+
+    #[test]
+    fn nulls_are_pruned_or_kept_when_nullable() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "a": {"type": "string"}, "b": {"type": "string", "nullable": true}}}}});
+        let mut o = json!({"spec": {"a": null, "b": null}});
+        let out = apply(&mut o, &schema);
+        assert!(out.causes.is_empty(), "{:?}", out.causes);
+        assert_eq!(o, json!({"spec": {"b": null}}));
     }
 
     #[test]

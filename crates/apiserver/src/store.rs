@@ -89,6 +89,9 @@ pub(crate) struct Change {
     pub(crate) kind: EventType,
     pub(crate) key: String,
     pub(crate) object: Arc<Value>,
+    /// State before the change (in memory only; None for changes replayed from disk),
+    /// so selector watches can turn leaving/entering the selection into DELETED/ADDED.
+    pub(crate) prev: Option<Arc<Value>>,
 }
 
 /// Everything read at open.
@@ -226,6 +229,7 @@ impl Store {
                 kind,
                 key,
                 object: Arc::new(entry["object"].clone()),
+                prev: None,
             }));
         }
         drop(meta);
@@ -242,7 +246,8 @@ impl Store {
     }
 
     /// Durably commits `changes` (in resourceVersion order), the new resourceVersion
-    /// and the history trim: entries with rv < `floor` are removed and `floor` recorded.
+    /// and the history trim: entries with rv <= `floor` (the newest dropped
+    /// resourceVersion) are removed and `floor` recorded.
     pub(crate) fn commit(
         &self,
         changes: &[Arc<Change>],
@@ -285,7 +290,7 @@ impl Store {
             loop {
                 let first = history.first().map_err(redb_err)?.map(|(k, _)| k.value());
                 match first {
-                    Some(rv) if rv < floor => {
+                    Some(rv) if rv <= floor => {
                         history.remove(rv).map_err(redb_err)?;
                     }
                     _ => break,
@@ -333,6 +338,7 @@ mod tests {
                 kind: EventType::Added,
                 key: "core/namespaces//a".into(),
                 object: Arc::new(serde_json::json!({"kind": "Namespace"})),
+                prev: None,
             });
             store.commit(&[c], 2, 0).unwrap();
         }

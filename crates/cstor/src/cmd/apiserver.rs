@@ -24,6 +24,13 @@ pub fn initial_crds() -> Vec<serde_json::Value> {
     Vec::new()
 }
 
+/// Resources served through another's storage with their conversions (the alpha
+/// `openebs.io/v1alpha1` CStorPoolCluster converted to and from `cstor.openebs.io/v1`
+/// comes from crates/api and is wired in here).
+pub fn aliases() -> Vec<cstor_apiserver::Alias> {
+    Vec::new()
+}
+
 /// Runs the server until the process is killed.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -35,6 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             listen: args.listen,
             data_dir: args.data_dir.clone(),
             crds: initial_crds(),
+            aliases: aliases(),
         })
         .await
         .with_context(|| format!("starting the API server in {}", args.data_dir.display()))?;

@@ -1,0 +1,646 @@
+//! End-to-end test of `cstor apiserver` with the real kubectl (1.32): the seeds' YAML
+//! applied verbatim, `kubectl get` columns (also -o wide), -o yaml, -l, -w, describe
+//! with events, patches (merge, strategic, JSON, status subresource), edit through
+//! KUBE_EDITOR, replace with a stale resourceVersion (409), delete with a finalizer,
+//! wait --for=jsonpath, apply --server-side, bad objects rejected with the field named,
+//! namespace deletion, 401 without the token. Skips (with a message) without kubectl.
+
+mod apiserver_support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use apiserver_support::{fixture, free_port, have_kubectl, ApiServer};
+
+fn setup() -> Option<(tempfile::TempDir, ApiServer)> {
+    if !have_kubectl() {
+        println!("SKIP: kubectl is not installed; the kubectl end-to-end test needs it");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start(&dir.path().join("data"), free_port());
+    Some((dir, server))
+}
+
+fn header_of(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn kubectl_drives_seed_workflow() {
+    let Some((dir, s)) = setup() else { return };
+    // CRDs applied with kubectl are served at once.
+    s.ok(&["apply", "-f", &fixture("crds.yaml")]);
+    let crds = s.ok(&["get", "crd"]);
+    assert!(
+        crds.contains("cstorpoolclusters.cstor.openebs.io"),
+        "{crds}"
+    );
+    s.ok(&["create", "namespace", "openebs"]);
+    s.ok(&["create", "namespace", "database"]);
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "postgres-secret",
+        "--namespace",
+        "database",
+        "--from-literal=password=supersecretpassword",
+    ]);
+    let secret = s.ok(&[
+        "get",
+        "secret",
+        "postgres-secret",
+        "-n",
+        "database",
+        "-o",
+        "jsonpath={.data.password} {.type}",
+    ]);
+    assert_eq!(secret, "c3VwZXJzZWNyZXRwYXNzd29yZA== Opaque");
+    s.ok(&["apply", "-f", &fixture("seeds.yaml")]);
+    let out = s.kubectl(&["apply", "-f", &fixture("database.yaml")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no workload runs"),
+        "statefulset warning missing"
+    );
+
+    // Columns.
+    let cspc = s.ok(&["get", "cstorpoolclusters.cstor.openebs.io", "-n", "openebs"]);
+    assert_eq!(
+        header_of(&cspc),
+        [
+            "NAME",
+            "HEALTHYINSTANCES",
+            "PROVISIONEDINSTANCES",
+            "DESIREDINSTANCES",
+            "AGE"
+        ]
+    );
+    assert!(cspc.contains("cstor-pool-stripe"));
+    let alpha = s.ok(&[
+        "get",
+        "cstorpoolclusters.openebs.io",
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.items[0].spec.pools[0].raidGroups[0].type}",
+    ]);
+    assert_eq!(alpha, "stripe");
+    let sc = s.ok(&["get", "storageclass"]);
+    assert_eq!(
+        header_of(&sc),
+        [
+            "NAME",
+            "PROVISIONER",
+            "RECLAIMPOLICY",
+            "VOLUMEBINDINGMODE",
+            "ALLOWVOLUMEEXPANSION",
+            "AGE"
+        ]
+    );
+    assert!(sc.contains("cstor-csi-3-replicas") && sc.contains("cstor.csi.openebs.io"));
+    let pvc = s.ok(&["-n", "database", "get", "pvc"]);
+    assert!(
+        pvc.contains("postgres-data")
+            && pvc.contains("Pending")
+            && pvc.contains("cstor-csi-3-replicas"),
+        "{pvc}"
+    );
+    let vs = s.ok(&["get", "volumesnapshot", "-n", "database"]);
+    assert!(
+        vs.contains("postgres-snapshot-daily") && vs.contains("postgres-data"),
+        "{vs}"
+    );
+    let quota = s.ok(&["describe", "quota", "storage-quota", "-n", "database"]);
+    assert!(
+        quota.contains("requests.storage") && quota.contains("50Gi") && quota.contains("500Gi"),
+        "{quota}"
+    );
+
+    // CSPI printer columns, also -o wide, status subresource patch, -w and wait --for=jsonpath.
+    s.ok(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &write(&dir, "cspi.yaml", CSPI),
+    ]);
+    let cspi = s.ok(&["get", "cspi", "-n", "openebs"]);
+    assert_eq!(
+        header_of(&cspi),
+        [
+            "NAME",
+            "HOSTNAME",
+            "FREE",
+            "CAPACITY",
+            "READONLY",
+            "PROVISIONEDREPLICAS",
+            "HEALTHYREPLICAS",
+            "STATUS",
+            "AGE"
+        ]
+    );
+    let wide = s.ok(&["get", "cspi", "-n", "openebs", "-o", "wide"]);
+    assert!(
+        header_of(&wide).contains(&"ALLOCATED".to_string())
+            && header_of(&wide).contains(&"TYPE".to_string()),
+        "{wide}"
+    );
+    let watcher = spawn_kubectl(
+        &s,
+        &["get", "cspi", "-n", "openebs", "-w", "--request-timeout=8s"],
+    );
+    let waiter = spawn_kubectl(
+        &s,
+        &[
+            "wait",
+            "--for=jsonpath={.status.phase}=ONLINE",
+            "cspi/pool-a-1",
+            "-n",
+            "openebs",
+            "--timeout=20s",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    s.ok(&["patch", "cspi", "pool-a-1", "-n", "openebs", "--subresource=status", "--type=merge", "-p",
+        r#"{"status":{"phase":"ONLINE","capacity":{"free":"9G","total":"10G","used":"1G"},"readOnly":false,"provisionedReplicas":1,"healthyReplicas":1}}"#]);
+    let waited = waiter.wait_with_output().unwrap();
+    assert!(
+        waited.status.success(),
+        "wait failed: {}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    let watched = watcher.wait_with_output().unwrap();
+    let watched = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        watched
+            .lines()
+            .any(|l| l.contains("pool-a-1") && l.contains("ONLINE") && l.contains("9G")),
+        "watch output: {watched}"
+    );
+    let row = s.ok(&["get", "cspi", "pool-a-1", "-n", "openebs", "--no-headers"]);
+    assert!(
+        row.contains("worker-01") && row.contains("10G") && row.contains("ONLINE"),
+        "{row}"
+    );
+
+    // Label selector and -o yaml.
+    s.ok(&[
+        "label",
+        "cstorpoolclusters.cstor.openebs.io",
+        "cstor-pool-stripe",
+        "-n",
+        "openebs",
+        "tier=gold",
+    ]);
+    let labelled = s.ok(&[
+        "get",
+        "cstorpoolclusters.cstor.openebs.io",
+        "-n",
+        "openebs",
+        "-l",
+        "tier=gold",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        labelled.trim(),
+        "cstorpoolcluster.cstor.openebs.io/cstor-pool-stripe"
+    );
+    assert!(s
+        .ok(&[
+            "get",
+            "cstorpoolclusters.cstor.openebs.io",
+            "-n",
+            "openebs",
+            "-l",
+            "tier=silver",
+            "-o",
+            "name"
+        ])
+        .trim()
+        .is_empty());
+    let yaml = s.ok(&[
+        "get",
+        "cstorpoolclusters.cstor.openebs.io",
+        "cstor-pool-stripe",
+        "-n",
+        "openebs",
+        "-o",
+        "yaml",
+    ]);
+    assert!(
+        yaml.contains("dataRaidGroupType: stripe")
+            && yaml.contains("resourceVersion:")
+            && yaml.contains("uid:"),
+        "{yaml}"
+    );
+
+    // Strategic merge on a built-in: finalizers merge as a set; merge and JSON patch on a CR.
+    s.ok(&[
+        "patch",
+        "pvc",
+        "postgres-data",
+        "-n",
+        "database",
+        "-p",
+        r#"{"metadata":{"finalizers":["a.io/x"]}}"#,
+    ]);
+    s.ok(&[
+        "patch",
+        "pvc",
+        "postgres-data",
+        "-n",
+        "database",
+        "-p",
+        r#"{"metadata":{"finalizers":["b.io/y"]}}"#,
+    ]);
+    let fins = s.ok(&[
+        "get",
+        "pvc",
+        "postgres-data",
+        "-n",
+        "database",
+        "-o",
+        "jsonpath={.metadata.finalizers}",
+    ]);
+    assert_eq!(fins, r#"["a.io/x","b.io/y"]"#);
+    s.ok(&[
+        "patch",
+        "pvc",
+        "postgres-data",
+        "-n",
+        "database",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"100Gi"}}}}"#,
+    ]);
+    let quota = s.ok(&["describe", "quota", "storage-quota", "-n", "database"]);
+    assert!(
+        quota.contains("100Gi"),
+        "resize charged to the quota: {quota}"
+    );
+    let big = write(&dir, "big.yaml", BIG_PVC);
+    let err = s.fails(&["apply", "-f", &big]);
+    assert!(
+        err.contains("exceeded quota: storage-quota")
+            && err.contains("limited: requests.storage=500Gi"),
+        "{err}"
+    );
+    let err = s.fails(&[
+        "patch",
+        "pvc",
+        "postgres-data",
+        "-n",
+        "database",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}"#,
+    ]);
+    assert!(err.contains("can not be less than"), "{err}");
+    s.ok(&[
+        "patch",
+        "cstorpoolclusters.cstor.openebs.io",
+        "cstor-pool-stripe",
+        "-n",
+        "openebs",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"annotations":{"a":"b"}}}"#,
+    ]);
+    s.ok(&["patch", "cstorpoolclusters.cstor.openebs.io", "cstor-pool-stripe", "-n", "openebs", "--type=json", "-p",
+        r#"[{"op":"replace","path":"/spec/pools/0/poolConfig/dataRaidGroupType","value":"mirror"}]"#]);
+    let gen = s.ok(&[
+        "get",
+        "cstorpoolclusters.cstor.openebs.io",
+        "cstor-pool-stripe",
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.metadata.generation}",
+    ]);
+    assert_eq!(gen, "2", "generation moves with spec only");
+    let smp = s.fails(&[
+        "patch",
+        "cstorpoolclusters.cstor.openebs.io",
+        "cstor-pool-stripe",
+        "-n",
+        "openebs",
+        "--type=strategic",
+        "-p",
+        r#"{"spec":{}}"#,
+    ]);
+    assert!(smp.contains("merge-patch"), "{smp}");
+
+    // Edit through KUBE_EDITOR.
+    let editor = write(
+        &dir,
+        "editor.sh",
+        "#!/bin/sh\nsed -i 's/dataRaidGroupType: mirror/dataRaidGroupType: raidz/' \"$1\"\n",
+    );
+    set_exec(&editor);
+    let out = s.kubectl_env(
+        &[
+            "edit",
+            "cstorpoolclusters.cstor.openebs.io",
+            "cstor-pool-stripe",
+            "-n",
+            "openebs",
+        ],
+        &[("KUBE_EDITOR", &editor)],
+    );
+    assert!(
+        out.status.success(),
+        "edit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = s.ok(&[
+        "get",
+        "cstorpoolclusters.cstor.openebs.io",
+        "cstor-pool-stripe",
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.spec.pools[0].poolConfig.dataRaidGroupType}",
+    ]);
+    assert_eq!(t, "raidz");
+
+    // Replace with a stale resourceVersion: 409.
+    let stale = s.ok(&[
+        "get",
+        "cstorpoolclusters.cstor.openebs.io",
+        "cstor-pool-stripe",
+        "-n",
+        "openebs",
+        "-o",
+        "yaml",
+    ]);
+    let stale_path = write(&dir, "stale.yaml", &stale);
+    s.ok(&[
+        "label",
+        "cstorpoolclusters.cstor.openebs.io",
+        "cstor-pool-stripe",
+        "-n",
+        "openebs",
+        "moved=yes",
+    ]);
+    let err = s.fails(&["replace", "-f", &stale_path]);
+    assert!(
+        err.contains("Conflict") && err.contains("the object has been modified"),
+        "{err}"
+    );
+
+    // Bad objects: bad enum and missing required field, even with --validate=false; unknown field.
+    let bad = write(&dir, "bad.yaml", BAD_ENUM);
+    let err = s.fails(&["apply", "--validate=false", "-f", &bad]);
+    assert!(
+        err.contains("spec.pools[0].poolConfig.dataRaidGroupType: Unsupported value: \"raid7\""),
+        "{err}"
+    );
+    let bad = write(&dir, "bad2.yaml", MISSING_REQUIRED);
+    let err = s.fails(&["create", "--validate=false", "-f", &bad]);
+    assert!(
+        err.contains("is invalid: spec.pools[0].nodeSelector: Required value"),
+        "{err}"
+    );
+    let bad = write(&dir, "bad3.yaml", UNKNOWN_FIELD);
+    let err = s.fails(&["create", "-f", &bad]);
+    assert!(err.contains("unknown field \"spec.bogus\""), "{err}");
+
+    // Events and describe.
+    let uid = s.ok(&[
+        "get",
+        "cspi",
+        "pool-a-1",
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    s.ok(&[
+        "create",
+        "-f",
+        &write(&dir, "event.yaml", &EVENT.replace("UID", &uid)),
+    ]);
+    let described = s.ok(&["describe", "cspi", "pool-a-1", "-n", "openebs"]);
+    assert!(
+        described.contains("PoolCreated") && described.contains("pool imported"),
+        "{described}"
+    );
+    let evs = s.ok(&[
+        "get",
+        "events",
+        "-n",
+        "openebs",
+        "--field-selector",
+        "involvedObject.name=pool-a-1",
+    ]);
+    assert!(evs.contains("PoolCreated"), "{evs}");
+
+    // Delete with a finalizer: stays with a deletionTimestamp until the finalizer goes.
+    s.ok(&[
+        "patch",
+        "cspi",
+        "pool-a-1",
+        "-n",
+        "openebs",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["cstor.openebs.io/pool-protection"]}}"#,
+    ]);
+    s.ok(&[
+        "delete",
+        "cspi",
+        "pool-a-1",
+        "-n",
+        "openebs",
+        "--wait=false",
+    ]);
+    let ts = s.ok(&[
+        "get",
+        "cspi",
+        "pool-a-1",
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    assert!(!ts.is_empty());
+    s.ok(&[
+        "patch",
+        "cspi",
+        "pool-a-1",
+        "-n",
+        "openebs",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    s.ok(&[
+        "wait",
+        "--for=delete",
+        "cspi/pool-a-1",
+        "-n",
+        "openebs",
+        "--timeout=10s",
+    ]);
+
+    // Namespace deletion removes its objects; the PVC's finalizers hold it in Terminating.
+    s.ok(&["delete", "namespace", "database", "--wait=false"]);
+    s.ok(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Terminating",
+        "namespace/database",
+        "--timeout=10s",
+    ]);
+    s.ok(&[
+        "wait",
+        "--for=delete",
+        "statefulset/postgres",
+        "-n",
+        "database",
+        "--timeout=10s",
+    ]);
+    let err = s.fails(&["create", "configmap", "late", "-n", "database"]);
+    assert!(err.contains("is being terminated"), "{err}");
+    s.ok(&[
+        "patch",
+        "pvc",
+        "postgres-data",
+        "-n",
+        "database",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    s.ok(&[
+        "wait",
+        "--for=delete",
+        "namespace/database",
+        "--timeout=10s",
+    ]);
+    let err = s.fails(&["get", "pvc", "postgres-data", "-n", "database"]);
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+    let err = s.fails(&["get", "namespace", "database"]);
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn requests_without_the_token_get_401_and_kubeconfig_is_private() {
+    let Some((_dir, s)) = setup() else { return };
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(s.kubeconfig())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let out = Command::new("kubectl")
+        .args([
+            "--server",
+            &format!("https://127.0.0.1:{}", s.port),
+            "--insecure-skip-tls-verify",
+            "--token",
+            "wrong",
+            "get",
+            "ns",
+        ])
+        .env("KUBECONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("provide credentials"), "{err}");
+    let ns = s.ok(&["get", "ns"]);
+    assert!(ns.contains("default") && ns.contains("Active"));
+}
+
+fn spawn_kubectl(s: &ApiServer, args: &[&str]) -> std::process::Child {
+    Command::new("kubectl")
+        .env("KUBECONFIG", s.kubeconfig())
+        .arg("--cache-dir")
+        .arg(&s.cache_dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn set_exec(path: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+const CSPI: &str = "apiVersion: cstor.openebs.io/v1
+kind: CStorPoolInstance
+metadata:
+  name: pool-a-1
+  namespace: openebs
+  labels: {openebs.io/cstor-pool-cluster: cstor-pool-stripe}
+spec:
+  hostName: worker-01
+  poolConfig: {dataRaidGroupType: stripe}
+";
+
+const BIG_PVC: &str = "apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: too-big, namespace: database}
+spec:
+  storageClassName: cstor-csi-3-replicas
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 450Gi}}
+";
+
+const BAD_ENUM: &str = "apiVersion: cstor.openebs.io/v1
+kind: CStorPoolCluster
+metadata: {name: bad, namespace: openebs}
+spec:
+  pools:
+  - nodeSelector: {a: b}
+    poolConfig: {dataRaidGroupType: raid7}
+";
+
+const MISSING_REQUIRED: &str = "apiVersion: cstor.openebs.io/v1
+kind: CStorPoolCluster
+metadata: {name: bad2, namespace: openebs}
+spec:
+  pools:
+  - poolConfig: {dataRaidGroupType: mirror}
+";
+
+const UNKNOWN_FIELD: &str = "apiVersion: cstor.openebs.io/v1
+kind: CStorPoolCluster
+metadata: {name: bad3, namespace: openebs}
+spec:
+  bogus: 1
+  pools:
+  - nodeSelector: {a: b}
+";
+
+const EVENT: &str = "apiVersion: v1
+kind: Event
+metadata: {name: pool-a-1.1, namespace: openebs}
+involvedObject: {apiVersion: cstor.openebs.io/v1, kind: CStorPoolInstance, name: pool-a-1, namespace: openebs, uid: UID}
+reason: PoolCreated
+message: pool imported
+type: Normal
+source: {component: cstor-pool}
+";
