@@ -35,7 +35,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     init_logging();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
     let result: anyhow::Result<()> = match cli.command {
         Command::Pool(args) => cmd::pool::run_pool(args),
         Command::Volume(args) => cmd::pool::run_volume(args),
@@ -48,6 +51,26 @@ fn main() -> std::process::ExitCode {
             // One line for the user; the causes chained with ": " like `anyhow`'s {:#}.
             eprintln!("cstor: {err:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go out as clap prints them; a usage error is one line on stderr (the
+/// first line of clap's message) and exit code 2, like every other cstor error.
+fn usage_error(err: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => err.exit(),
+        _ => {
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "cstor: {} (see --help)",
+                first.trim_start_matches("error: ")
+            );
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -107,26 +107,52 @@ fn pool_and_volume_contract_on_raidz() {
     let data = pattern(3 * MIB, 7);
     let input = e.path("in.bin");
     write_file(&input, &data);
-    e.fails(&["volume", "write", "tank/vol", "--input", &input, "--offset", "100"]);
-    e.fails(&["volume", "write", "tank/vol", "--input", &input, "--offset", "63M"]);
+    e.fails(&[
+        "volume", "write", "tank/vol", "--input", &input, "--offset", "100",
+    ]);
+    e.fails(&[
+        "volume", "write", "tank/vol", "--input", &input, "--offset", "63M",
+    ]);
     e.fails(&["volume", "write", "tank/nosuch", "--input", &input]);
     let vols = e.json(&["volume", "list", "tank", "-o", "json"]);
-    assert_eq!(vols[0]["referenced"], 0, "a refused write changed nothing: {vols}");
+    assert_eq!(
+        vols[0]["referenced"], 0,
+        "a refused write changed nothing: {vols}"
+    );
 
     // Write, read back, io numbers.
-    e.ok(&["volume", "write", "tank/vol", "--input", &input, "--offset", "1M", "--io-number", "42"]);
+    e.ok(&[
+        "volume",
+        "write",
+        "tank/vol",
+        "--input",
+        &input,
+        "--offset",
+        "1M",
+        "--io-number",
+        "42",
+    ]);
     let out = e.path("out.bin");
-    e.ok(&["volume", "read", "tank/vol", "--output", &out, "--offset", "1M", "--length", "3M"]);
+    e.ok(&[
+        "volume", "read", "tank/vol", "--output", &out, "--offset", "1M", "--length", "3M",
+    ]);
     assert!(std::fs::read(&out).unwrap() == data, "read back differs");
-    let changed = e.json(&["volume", "changed", "tank/vol", "--since", "41", "-o", "json"]);
+    let changed = e.json(&[
+        "volume", "changed", "tank/vol", "--since", "41", "-o", "json",
+    ]);
     let covered: u64 = changed
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["length"].as_u64().unwrap())
         .sum();
-    assert!(covered >= 3 * MIB, "changed ranges cover the write: {changed}");
-    let none = e.json(&["volume", "changed", "tank/vol", "--since", "42", "-o", "json"]);
+    assert!(
+        covered >= 3 * MIB,
+        "changed ranges cover the write: {changed}"
+    );
+    let none = e.json(&[
+        "volume", "changed", "tank/vol", "--since", "42", "-o", "json",
+    ]);
     assert_eq!(none.as_array().unwrap().len(), 0);
 
     // Snapshot, overwrite, clone, rollback.
@@ -134,19 +160,41 @@ fn pool_and_volume_contract_on_raidz() {
     let other = pattern(3 * MIB, 99);
     let input2 = e.path("in2.bin");
     write_file(&input2, &other);
-    e.ok(&["volume", "write", "tank/vol", "--input", &input2, "--offset", "1M"]);
+    e.ok(&[
+        "volume", "write", "tank/vol", "--input", &input2, "--offset", "1M",
+    ]);
     e.ok(&["volume", "clone", "tank/vol@s1", "tank/clone"]);
-    e.ok(&["volume", "read", "tank/clone", "--output", &out, "--offset", "1M", "--length", "3M"]);
-    assert!(std::fs::read(&out).unwrap() == data, "clone holds the snapshot");
+    e.ok(&[
+        "volume",
+        "read",
+        "tank/clone",
+        "--output",
+        &out,
+        "--offset",
+        "1M",
+        "--length",
+        "3M",
+    ]);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "clone holds the snapshot"
+    );
     let err = e.fails(&["volume", "destroy", "tank/vol@s1"]);
     assert!(err.contains("clone"), "{err}");
     e.ok(&["volume", "destroy", "tank/clone"]);
     e.ok(&["volume", "rollback", "tank/vol@s1"]);
-    e.ok(&["volume", "read", "tank/vol", "--output", &out, "--offset", "1M", "--length", "3M"]);
-    assert!(std::fs::read(&out).unwrap() == data, "rollback restores the snapshot");
+    e.ok(&[
+        "volume", "read", "tank/vol", "--output", &out, "--offset", "1M", "--length", "3M",
+    ]);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "rollback restores the snapshot"
+    );
 
     // Send / recv: full, then incremental.
-    e.ok(&["volume", "write", "tank/vol", "--input", &input2, "--offset", "8M"]);
+    e.ok(&[
+        "volume", "write", "tank/vol", "--input", &input2, "--offset", "8M",
+    ]);
     e.ok(&["volume", "snapshot", "tank/vol@s2"]);
     let full = e.path("full.stream");
     let incr = e.path("incr.stream");
@@ -162,18 +210,36 @@ fn pool_and_volume_contract_on_raidz() {
             .success()
     };
     assert!(sh(format!("{bin} volume send tank/vol@s1 > {full}")));
-    assert!(sh(format!("{bin} volume send tank/vol@s2 --from s1 > {incr}")));
+    assert!(sh(format!(
+        "{bin} volume send tank/vol@s2 --from s1 > {incr}"
+    )));
     assert!(sh(format!("{bin} volume recv tank/copy < {full}")));
     assert!(sh(format!("{bin} volume recv tank/copy < {incr}")));
-    e.ok(&["volume", "read", "tank/copy", "--output", &out, "--offset", "8M", "--length", "3M"]);
-    assert!(std::fs::read(&out).unwrap() == other, "incremental stream applied");
+    e.ok(&[
+        "volume",
+        "read",
+        "tank/copy",
+        "--output",
+        &out,
+        "--offset",
+        "8M",
+        "--length",
+        "3M",
+    ]);
+    assert!(
+        std::fs::read(&out).unwrap() == other,
+        "incremental stream applied"
+    );
     // A damaged stream is refused and changes nothing.
     let mut bad = std::fs::read(&full).unwrap();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x40;
     let badp = e.path("bad.stream");
     std::fs::write(&badp, &bad).unwrap();
-    assert!(!sh(format!("{bin} volume recv tank/broken < {badp}")), "a corrupt stream must be refused");
+    assert!(
+        !sh(format!("{bin} volume recv tank/broken < {badp}")),
+        "a corrupt stream must be refused"
+    );
     let names: Vec<String> = e
         .json(&["volume", "list", "tank", "-o", "json"])
         .as_array()
@@ -186,9 +252,16 @@ fn pool_and_volume_contract_on_raidz() {
     // Resize, unmap.
     e.ok(&["volume", "resize", "tank/vol", "--size", "128M"]);
     e.fails(&["volume", "resize", "tank/vol", "--size", "32M"]);
-    e.ok(&["volume", "unmap", "tank/vol", "--offset", "8M", "--length", "3M"]);
-    e.ok(&["volume", "read", "tank/vol", "--output", &out, "--offset", "8M", "--length", "3M"]);
-    assert!(std::fs::read(&out).unwrap().iter().all(|&b| b == 0), "unmapped range reads zeros");
+    e.ok(&[
+        "volume", "unmap", "tank/vol", "--offset", "8M", "--length", "3M",
+    ]);
+    e.ok(&[
+        "volume", "read", "tank/vol", "--output", &out, "--offset", "8M", "--length", "3M",
+    ]);
+    assert!(
+        std::fs::read(&out).unwrap().iter().all(|&b| b == 0),
+        "unmapped range reads zeros"
+    );
 
     // Corrupt one device of the raidz (away from its labels), then scrub repairs it.
     {
@@ -198,8 +271,13 @@ fn pool_and_volume_contract_on_raidz() {
         f.write_at(&junk, 4 * MIB).unwrap();
         f.sync_all().unwrap();
     }
-    e.ok(&["volume", "read", "tank/vol", "--output", &out, "--offset", "1M", "--length", "3M"]);
-    assert!(std::fs::read(&out).unwrap() == data, "reads stay correct over a corrupt device");
+    e.ok(&[
+        "volume", "read", "tank/vol", "--output", &out, "--offset", "1M", "--length", "3M",
+    ]);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "reads stay correct over a corrupt device"
+    );
     e.ok(&["pool", "scrub", "tank", "--wait"]);
     let st = e.json(&["pool", "status", "tank", "-o", "json"]);
     assert_eq!(st["scan"]["kind"], "scrub");
@@ -207,7 +285,10 @@ fn pool_and_volume_contract_on_raidz() {
     assert!(st["scan"]["repaired_bytes"].as_u64().unwrap() > 0, "{st}");
     e.ok(&["pool", "scrub", "tank", "--wait"]);
     let st = e.json(&["pool", "status", "tank", "-o", "json"]);
-    assert_eq!(st["scan"]["repaired_bytes"], 0, "the first scrub repaired everything: {st}");
+    assert_eq!(
+        st["scan"]["repaired_bytes"], 0,
+        "the first scrub repaired everything: {st}"
+    );
 
     // Import from renamed devices in another order with an empty $CSTOR_HOME.
     e.ok(&["pool", "export", "tank"]);
@@ -221,16 +302,40 @@ fn pool_and_volume_contract_on_raidz() {
         })
         .collect();
     let home2 = e.dir.path().join("home2");
-    let out2 = e.run_in(&home2, &["pool", "import", "tank", &renamed[2], &renamed[0], &renamed[1]]);
-    assert!(out2.status.success(), "{}", String::from_utf8_lossy(&out2.stderr));
+    let out2 = e.run_in(
+        &home2,
+        &[
+            "pool",
+            "import",
+            "tank",
+            &renamed[2],
+            &renamed[0],
+            &renamed[1],
+        ],
+    );
+    assert!(
+        out2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out2.stderr)
+    );
     let out3 = e.run_in(
         &home2,
-        &["volume", "read", "tank/vol", "--output", &out, "--offset", "1M", "--length", "3M"],
+        &[
+            "volume", "read", "tank/vol", "--output", &out, "--offset", "1M", "--length", "3M",
+        ],
     );
-    assert!(out3.status.success(), "{}", String::from_utf8_lossy(&out3.stderr));
+    assert!(
+        out3.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out3.stderr)
+    );
     assert!(std::fs::read(&out).unwrap() == data, "data after import");
     let out4 = e.run_in(&home2, &["pool", "destroy", "tank"]);
-    assert!(out4.status.success(), "{}", String::from_utf8_lossy(&out4.stderr));
+    assert!(
+        out4.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out4.stderr)
+    );
 }
 
 #[test]
@@ -256,11 +361,17 @@ fn mirror_survives_a_lost_device_and_replace_resilvers() {
     assert_eq!(st["health"], "ONLINE", "{st}");
     assert_eq!(st["scan"]["kind"], "resilver");
     // The old side is now lost too (blank); the new one alone must hold the data.
-    std::fs::File::create(&d[0]).unwrap().set_len(128 * MIB).unwrap();
+    std::fs::File::create(&d[0])
+        .unwrap()
+        .set_len(128 * MIB)
+        .unwrap();
     let st = e.json(&["pool", "status", "mp", "-o", "json"]);
     assert_eq!(st["health"], "DEGRADED", "{st}");
     e.ok(&["volume", "read", "mp/v", "--output", &out, "--length", "8M"]);
-    assert!(std::fs::read(&out).unwrap() == data, "resilvered copy holds the data");
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "resilvered copy holds the data"
+    );
 }
 
 struct Killed(Child);
@@ -289,7 +400,12 @@ fn served_pool_answers_commands_and_stays_locked() {
     let iqn = "iqn.2026-11.io.cstor.test:sp-v";
     let listen = format!("127.0.0.1:{port}");
     let child = e
-        .cmd(&e.home(), &["target", "serve", "--listen", &listen, "--iqn", iqn, "--volume", "sp/v"])
+        .cmd(
+            &e.home(),
+            &[
+                "target", "serve", "--listen", &listen, "--iqn", iqn, "--volume", "sp/v",
+            ],
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -306,7 +422,9 @@ fn served_pool_answers_commands_and_stays_locked() {
     let data = pattern(MIB, 1);
     let input = e.path("in.bin");
     write_file(&input, &data);
-    e.ok(&["volume", "write", "sp/v", "--input", &input, "--offset", "4M"]);
+    e.ok(&[
+        "volume", "write", "sp/v", "--input", &input, "--offset", "4M",
+    ]);
     e.ok(&["volume", "snapshot", "sp/v@live"]);
     e.ok(&["pool", "scrub", "sp", "--wait"]);
     let err = e.fails(&["pool", "export", "sp"]);
@@ -321,13 +439,23 @@ fn served_pool_answers_commands_and_stays_locked() {
     if Command::new("qemu-io").arg("--version").output().is_ok() {
         let url = format!("iscsi://127.0.0.1:{port}/{iqn}/0");
         let out = Command::new("qemu-io")
-            .args(["-f", "raw", "-c", "read -P 0 0 1M", "-c", "write -P 0x5a 8M 1M", &url])
+            .args([
+                "-f",
+                "raw",
+                "-c",
+                "read -P 0 0 1M",
+                "-c",
+                "write -P 0x5a 8M 1M",
+                &url,
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && !text.contains("fail"), "{text}");
         let back = e.path("back.bin");
-        e.ok(&["volume", "read", "sp/v", "--output", &back, "--offset", "8M", "--length", "1M"]);
+        e.ok(&[
+            "volume", "read", "sp/v", "--output", &back, "--offset", "8M", "--length", "1M",
+        ]);
         assert!(std::fs::read(&back).unwrap().iter().all(|&b| b == 0x5a));
     } else {
         eprintln!("SKIP iSCSI part: qemu-io not installed (qemu-utils, qemu-block-extra)");

@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use cstor_pool::spa::pool::{GroupSpec, Spa, SpaOptions};
+use cstor_pool::spa::device::Device;
+use cstor_pool::spa::pool::{open_paths, GroupSpec, Spa, SpaOptions};
 use cstor_pool::store::BlockStore;
 use cstor_pool::{Compression, Pool, PoolOptions};
 use parking_lot::Mutex;
@@ -38,6 +39,27 @@ pub struct OpenPool {
 
 fn engine_options() -> PoolOptions {
     PoolOptions::default()
+}
+
+/// Open the devices that exist; a missing one is left out so the pool imports DEGRADED
+/// (the device layer reports it UNAVAIL from the labels of the others). Any other failure
+/// (in use by another process, no permission) is an error.
+fn open_present(paths: &[String]) -> Result<Vec<Arc<dyn Device>>> {
+    let mut devices = Vec::with_capacity(paths.len());
+    for path in paths {
+        if !std::path::Path::new(path).exists() {
+            tracing::warn!(device = %path, "device missing; importing without it");
+            continue;
+        }
+        devices.extend(open_paths(std::slice::from_ref(path))?);
+    }
+    if devices.is_empty() {
+        return Err(NodeError::Invalid(format!(
+            "none of the pool's devices exist: {}",
+            paths.join(", ")
+        )));
+    }
+    Ok(devices)
 }
 
 fn all_paths(groups: &[GroupSpec<String>]) -> Vec<String> {
@@ -88,7 +110,11 @@ impl OpenPool {
 
     /// Import the pool `name` from `paths` (any order, any names) and remember it.
     pub fn import(registry: &Registry, name: &str, paths: &[String]) -> Result<OpenPool> {
-        let spa = Arc::new(Spa::import(name, paths, SpaOptions::default())?);
+        let spa = Arc::new(Spa::import_devices(
+            name,
+            open_present(paths)?,
+            SpaOptions::default(),
+        )?);
         let store: Arc<dyn BlockStore> = spa.clone();
         let engine = Pool::open(store, engine_options())?;
         let last_scan = registry.load(name)?.and_then(|r| r.last_scan);

@@ -4,9 +4,6 @@
 //! replay), and: the data is a prefix of the issued writes at or after the last durable
 //! one (flush, commit or snapshot that returned), snapshots that returned are intact, and
 //! no live block is free in the allocator. Rounds: 6, `CSTOR_CRASH_ROUNDS` for more.
-//! Needs the spa module, so it is behind the `engine-on-spa` feature until both halves
-//! of the pool are merged.
-#![cfg(feature = "engine-on-spa")]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -196,10 +193,9 @@ fn round(seed: u64) {
         assert!(b == want[*vol], "seed {seed}: snapshot {name} differs");
     }
     pool.sync().unwrap();
-    let txg = spa.last_root().unwrap().0;
     pool.visit_live_blocks(&mut |dva, psize, verify| {
         assert!(
-            !spa.claim(dva, txg + 1),
+            spa.is_allocated(dva),
             "seed {seed}: live block {dva:?} is free"
         );
         let b = BlockStore::read(&*spa, dva, psize, verify);
@@ -221,7 +217,7 @@ fn engine_on_raidz_survives_power_cuts() {
 }
 
 /// Throughput of the engine over spa on sparse files (stripe, mirror, raidz; compression
-/// off): `cargo test -p cstor-pool --release --features engine-on-spa --test
+/// off): `cargo test -p cstor-pool --release --test
 /// engine_on_spa -- --ignored --nocapture`.
 #[test]
 #[ignore]

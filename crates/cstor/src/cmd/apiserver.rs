@@ -21,14 +21,45 @@ pub struct Args {
 /// The CustomResourceDefinitions served from the start, as apiextensions.k8s.io/v1 JSON.
 /// The cStor kinds (`cstor_api::crds()`) are wired in here.
 pub fn initial_crds() -> Vec<serde_json::Value> {
-    Vec::new()
+    cstor_api::crds()
+        .into_iter()
+        .filter_map(|crd| serde_json::to_value(crd).ok())
+        .collect()
 }
 
 /// Resources served through another's storage with their conversions (the alpha
 /// `openebs.io/v1alpha1` CStorPoolCluster converted to and from `cstor.openebs.io/v1`
 /// comes from crates/api and is wired in here).
 pub fn aliases() -> Vec<cstor_apiserver::Alias> {
-    Vec::new()
+    use cstor_api::{conversion, v1, v1alpha1};
+    use std::sync::Arc;
+    let to_storage: cstor_apiserver::ConvertFn = Arc::new(|object: &serde_json::Value| {
+        let alpha: v1alpha1::CStorPoolCluster =
+            serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
+        let v1 = conversion::alpha_to_v1(&alpha).map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        serde_json::to_value(v1).map_err(|e| e.to_string())
+    });
+    let from_storage: cstor_apiserver::ConvertFn = Arc::new(|object: &serde_json::Value| {
+        let v1: v1::CStorPoolCluster =
+            serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
+        serde_json::to_value(conversion::v1_to_alpha(&v1)).map_err(|e| e.to_string())
+    });
+    vec![cstor_apiserver::Alias {
+        group: "openebs.io".into(),
+        plural: "cstorpoolclusters".into(),
+        storage_group: "cstor.openebs.io".into(),
+        storage_plural: "cstorpoolclusters".into(),
+        storage_api_version: "cstor.openebs.io/v1".into(),
+        storage_kind: "CStorPoolCluster".into(),
+        to_storage,
+        from_storage,
+    }]
 }
 
 /// Runs the server until the process is killed.

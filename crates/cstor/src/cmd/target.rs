@@ -6,11 +6,11 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
+use cstor_iscsi::{BlockBackend, ChapConfig, FileBackend, Server, TargetConfig};
 use cstor_node::registry::Registry;
 use cstor_node::socket::AdminServer;
 use cstor_node::volume_backend::PoolVolumeBackend;
 use cstor_node::PoolHost;
-use cstor_iscsi::{BlockBackend, ChapConfig, FileBackend, Server, TargetConfig};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -289,7 +289,10 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
     let server = Server::new();
     for s in &specs {
         server
-            .add_target(tokio::task::block_in_place(|| config_of(s, &common)).with_context(|| format!("target {}", s.iqn))?)
+            .add_target(
+                tokio::task::block_in_place(|| config_of(s, &common))
+                    .with_context(|| format!("target {}", s.iqn))?,
+            )
             .with_context(|| format!("target {}", s.iqn))?;
     }
     let listener = tokio::net::TcpListener::bind(&a.listen)
@@ -338,6 +341,7 @@ mod control {
         loop {
             let (stream, _) = listener.accept().await?;
             let server = server.clone();
+            let common = common.clone();
             tokio::spawn(async move {
                 if let Err(e) = handle(stream, &server, &common).await {
                     tracing::warn!(error = %e, "control request failed");
@@ -429,7 +433,9 @@ mod tests {
         let hosting = VolumeHosting::new(Registry::new(home.path()));
         let err = open_volume_backend(&hosting, "p").unwrap_err().to_string();
         assert!(err.contains("POOL/VOLUME"), "{err}");
-        let err = open_volume_backend(&hosting, "p/v").unwrap_err().to_string();
+        let err = open_volume_backend(&hosting, "p/v")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not known"), "{err}");
     }
 }
