@@ -46,7 +46,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
                 .map_err(|_| format!("size {text:?} is not a number"))?;
             let scale = 10u128.pow(frac.len() as u32);
             let frac_bytes = frac_digits * unit;
-            if frac_bytes % scale != 0 {
+            if !frac_bytes.is_multiple_of(scale) {
                 return Err(format!("size {text:?} is not a whole number of bytes"));
             }
             whole

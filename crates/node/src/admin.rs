@@ -380,7 +380,7 @@ fn volume_json(pool: &OpenPool, name: &str) -> Result<Value> {
 }
 
 fn check_range(offset: u64, length: u64, size: u64, volume: &str) -> Result<()> {
-    if offset % SECTOR_BYTES != 0 || length % SECTOR_BYTES != 0 {
+    if !offset.is_multiple_of(SECTOR_BYTES) || !length.is_multiple_of(SECTOR_BYTES) {
         return Err(PoolError::Unaligned {
             offset,
             len: length,

@@ -201,11 +201,10 @@ impl OpenPool {
     /// Commit and release the devices (`cstor pool export`, end of a command).
     pub fn close(self) -> Result<()> {
         self.engine.close()?;
-        match Arc::try_unwrap(self.spa) {
-            Ok(spa) => spa.export()?,
-            // A clone still lives (a store handle kept by the engine): the locks go when
-            // the last handle drops; the txg is committed already.
-            Err(_) => {}
+        // If a clone still lives (a store handle kept by the engine), the locks go when
+        // the last handle drops; the txg is committed already.
+        if let Ok(spa) = Arc::try_unwrap(self.spa) {
+            spa.export()?;
         }
         Ok(())
     }

@@ -470,13 +470,13 @@ pub fn run_pool(args: PoolArgs) -> Result<()> {
                 Output::Json => print_json(&Value::Array(rows))?,
                 Output::Table => {
                     println!(
-                        "{:<20} {:>8} {:>8} {:>8} {:>4} {:<9} {}",
-                        "NAME", "SIZE", "ALLOC", "FREE", "CAP", "HEALTH", "READONLY"
+                        "{:<20} {:>8} {:>8} {:>8} {:>4} {:<9} READONLY",
+                        "NAME", "SIZE", "ALLOC", "FREE", "CAP", "HEALTH"
                     );
                     for r in rows {
                         let size = r["size"].as_u64().unwrap_or(0);
                         let alloc = r["allocated"].as_u64().unwrap_or(0);
-                        let cap = if size > 0 { alloc * 100 / size } else { 0 };
+                        let cap = (alloc * 100).checked_div(size).unwrap_or(0);
                         println!(
                             "{:<20} {:>8} {:>8} {:>8} {:>3}% {:<9} {}",
                             r["name"].as_str().unwrap_or("?"),
@@ -701,8 +701,8 @@ pub fn run_volume(args: VolumeArgs) -> Result<()> {
                 Output::Json => print_json(&v)?,
                 Output::Table => {
                     println!(
-                        "{:<32} {:>8} {:>8} {:>8} {:>6} {:>6} {}",
-                        "NAME", "SIZE", "USED", "REFER", "RATIO", "BLOCK", "SNAPSHOTS"
+                        "{:<32} {:>8} {:>8} {:>8} {:>6} {:>6} SNAPSHOTS",
+                        "NAME", "SIZE", "USED", "REFER", "RATIO", "BLOCK"
                     );
                     for vol in v.as_array().cloned().unwrap_or_default() {
                         println!(
