@@ -11,4 +11,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Release build: the pool and target tests push real data through checksums, compression
 # and parity, which debug builds make several times slower.
-cargo test --workspace --release --locked -- --test-threads=2
+cargo test --workspace --release --locked --no-fail-fast -- --test-threads=2

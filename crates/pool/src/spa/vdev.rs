@@ -402,7 +402,8 @@ impl TopVdev {
             .collect();
         children.splice(first_untrusted..first_untrusted, old);
         let mut good: Option<Vec<u8>> = None;
-        let mut bad: Vec<Arc<Leaf>> = Vec::new();
+        // (copy, its bytes failed verification) for the copies to heal.
+        let mut bad: Vec<(Arc<Leaf>, bool)> = Vec::new();
         let mut errors = Vec::new();
         for leaf in &children {
             if good.is_some() && !all {
@@ -415,16 +416,13 @@ impl TopVdev {
                     }
                 }
                 Ok(_) => {
-                    if !leaf.is_untrusted() {
-                        leaf.count_checksum_error();
-                    }
                     errors.push(format!("{}: checksum mismatch", leaf.path));
-                    bad.push(leaf.clone());
+                    bad.push((leaf.clone(), !leaf.is_untrusted()));
                 }
                 Err(e) => {
                     errors.push(e.to_string());
                     if leaf.is_online() {
-                        bad.push(leaf.clone());
+                        bad.push((leaf.clone(), false));
                     }
                 }
             }
@@ -435,8 +433,15 @@ impl TopVdev {
                 reason: errors.join("; "),
             });
         };
+        // Checksum errors count only once a good copy proves the others wrong, as for
+        // raidz: when no copy verifies, the block may never have been written (the
+        // intent log probes its pre-allocated next block this way) and the read error
+        // alone reports the loss.
         let mut repaired = 0;
-        for leaf in bad {
+        for (leaf, mismatched) in bad {
+            if mismatched {
+                leaf.count_checksum_error();
+            }
             if leaf.write(&data, dev_off(dva.offset)).is_ok() {
                 repaired += psize;
             }
