@@ -226,70 +226,12 @@ impl BlockBackend for FileBackend {
     }
 
     fn unmap(&self, offset: u64, len: u64) -> BackendFuture<'_, ()> {
-        if self.read_only {
-            return Box::pin(async { Err(BackendError::ReadOnly) });
-        }
-        let file = self.file.clone();
-        Box::pin(blocking(move || {
-            let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
-            else {
-                return Err(BackendError::OutOfRange {
-                    offset,
-                    len,
-                    size_bytes: 0,
-                });
-            };
-            // SAFETY: fallocate on an owned descriptor; no memory is passed.
-            let rc = unsafe {
-                libc::fallocate(
-                    file.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    off,
-                    l,
-                )
-            };
-            if rc != 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                    // The filesystem cannot punch holes: write zeros so reads still return
-                    // zeros as UNMAP with LBPRZ promises.
-                    return write_zeros(&file, offset, len);
-                }
-                return Err(map_io(offset, e));
-            }
-            Ok(())
-        }))
+        // UNMAP with LBPRZ promises zeros: where holes cannot be punched, write zeros.
+        self.zero_range(offset, len, libc::FALLOC_FL_PUNCH_HOLE)
     }
 
     fn write_zeros(&self, offset: u64, len: u64) -> BackendFuture<'_, ()> {
-        if self.read_only {
-            return Box::pin(async { Err(BackendError::ReadOnly) });
-        }
-        let file = self.file.clone();
-        Box::pin(blocking(move || {
-            let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
-            else {
-                return Err(BackendError::OutOfRange {
-                    offset,
-                    len,
-                    size_bytes: 0,
-                });
-            };
-            // SAFETY: fallocate on an owned descriptor; no memory is passed.
-            let rc = unsafe {
-                libc::fallocate(
-                    file.as_raw_fd(),
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                    off,
-                    l,
-                )
-            };
-            if rc != 0 {
-                // Filesystems without ZERO_RANGE: write the zeros.
-                return write_zeros(&file, offset, len);
-            }
-            Ok(())
-        }))
+        self.zero_range(offset, len, libc::FALLOC_FL_ZERO_RANGE)
     }
 
     fn lba_status(&self, offset: u64, len: u64) -> BackendFuture<'_, Option<Vec<Extent>>> {
@@ -372,6 +314,42 @@ fn seek_extents(file: &File, offset: u64, len: u64, size: u64) -> Vec<Extent> {
         pos = stop;
     }
     out
+}
+
+impl FileBackend {
+    /// Zero a range with `fallocate(mode | KEEP_SIZE)` (hole punch or zero range), and
+    /// where the filesystem lacks that mode, by writing zeros.
+    fn zero_range(&self, offset: u64, len: u64, mode: libc::c_int) -> BackendFuture<'_, ()> {
+        if self.read_only {
+            return Box::pin(async { Err(BackendError::ReadOnly) });
+        }
+        let file = self.file.clone();
+        Box::pin(blocking(move || {
+            let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+            else {
+                return Err(BackendError::OutOfRange {
+                    offset,
+                    len,
+                    size_bytes: 0,
+                });
+            };
+            // SAFETY: fallocate on an owned descriptor; no memory is passed.
+            let rc = unsafe {
+                libc::fallocate(file.as_raw_fd(), mode | libc::FALLOC_FL_KEEP_SIZE, off, l)
+            };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                ) {
+                    return write_zeros(&file, offset, len);
+                }
+                return Err(map_io(offset, e));
+            }
+            Ok(())
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -515,7 +515,8 @@ fn scan(pool: &OpenPool, kind: &str, progress: &mut dyn FnMut(&Progress)) -> Res
                 }
             }
         }
-        status.examined_bytes += dva.asize;
+        // Stored bytes, the terms `allocated` is reported in (parity excluded).
+        status.examined_bytes += u64::from(psize);
         if last_report.elapsed() >= interval {
             last_report = Instant::now();
             status.progress_percent =
