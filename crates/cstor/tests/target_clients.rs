@@ -43,14 +43,7 @@ fn qemu_round_trip_with_header_digests() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.img");
     let iqn = "iqn.2024-01.io.cstor.test:digest";
-    let s = serve(&[
-        "--iqn",
-        iqn,
-        "--file",
-        img.to_str().unwrap(),
-        "--size",
-        "64M",
-    ]);
+    let s = serve_file(iqn, &img, "64M", &[]);
     let (host, port) = s.addr.split_once(':').unwrap();
     let opts = format!(
         "driver=iscsi,transport=tcp,portal={host}:{port},target={iqn},lun=0,header-digest=crc32c"
@@ -73,16 +66,7 @@ fn chap_right_secret_logs_in_and_wrong_secret_is_refused() {
     let chap = dir.path().join("chap");
     std::fs::write(&chap, "alice:alice-secret-123\n").unwrap();
     let iqn = "iqn.2024-01.io.cstor.test:chap";
-    let s = serve(&[
-        "--iqn",
-        iqn,
-        "--file",
-        img.to_str().unwrap(),
-        "--size",
-        "16M",
-        "--chap",
-        chap.to_str().unwrap(),
-    ]);
+    let s = serve_file(iqn, &img, "16M", &["--chap", chap.to_str().unwrap()]);
     let good = format!("iscsi://alice%alice-secret-123@{}/{iqn}/0", s.addr);
     let (ok, out) = qemu_io(&good, false, &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"]);
     assert!(ok, "{out}");
@@ -102,14 +86,7 @@ fn discard_punches_holes_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("u.img");
     let iqn = "iqn.2024-01.io.cstor.test:discard";
-    let s = serve(&[
-        "--iqn",
-        iqn,
-        "--file",
-        img.to_str().unwrap(),
-        "--size",
-        "64M",
-    ]);
+    let s = serve_file(iqn, &img, "64M", &[]);
     let url = format!("iscsi://{}/{iqn}/0", s.addr);
     let (ok, out) = qemu_io(&url, false, &["write -P 0x11 0 16M"]);
     assert!(ok, "{out}");
@@ -168,14 +145,7 @@ fn garbage_and_idle_connections_do_not_harm_service() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("g.img");
     let iqn = "iqn.2024-01.io.cstor.test:garbage";
-    let s = serve(&[
-        "--iqn",
-        iqn,
-        "--file",
-        img.to_str().unwrap(),
-        "--size",
-        "16M",
-    ]);
+    let s = serve_file(iqn, &img, "16M", &[]);
     let mut idle = Vec::new();
     for _ in 0..300 {
         idle.push(TcpStream::connect(&s.addr).unwrap());

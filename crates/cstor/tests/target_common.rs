@@ -20,6 +20,15 @@ impl Drop for Served {
     }
 }
 
+/// Serves `img` (created sparse at `size` if missing) as LUN 0 of target `iqn`, with
+/// `extra` serve arguments.
+pub fn serve_file(iqn: &str, img: &Path, size: &str, extra: &[&str]) -> Served {
+    let img = img.to_str().expect("temp paths are UTF-8");
+    let mut args = vec!["--iqn", iqn, "--file", img, "--size", size];
+    args.extend_from_slice(extra);
+    serve(&args)
+}
+
 /// Starts `cstor target serve --listen 127.0.0.1:0 ARGS...` and waits for its address.
 pub fn serve(args: &[&str]) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cstor"))

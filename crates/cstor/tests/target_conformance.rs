@@ -88,14 +88,7 @@ fn iscsi_test_cu_passes_all_but_allowed_skips() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("lun0.img");
     let iqn = "iqn.2024-01.io.cstor.test:conformance";
-    let served = serve(&[
-        "--iqn",
-        iqn,
-        "--file",
-        img.to_str().unwrap(),
-        "--size",
-        "1G",
-    ]);
+    let served = serve_file(iqn, &img, "1G", &[]);
     let url = format!("iscsi://{}/{iqn}/0", served.addr);
     let (_, out) = run(
         Command::new("iscsi-test-cu").args(["-d", "--test=SCSI,iSCSI", &url]),

@@ -61,14 +61,7 @@ fn ext4_made_used_and_checked_through_the_target() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("fs.img");
     let iqn = "iqn.2024-01.io.cstor.test:ext4";
-    let s = serve(&[
-        "--iqn",
-        iqn,
-        "--file",
-        img.to_str().unwrap(),
-        "--size",
-        "256M",
-    ]);
+    let s = serve_file(iqn, &img, "256M", &[]);
     let mut undo = Undo::default();
     let sock = dir.path().join("nbd.sock");
     let nbd = Command::new("qemu-nbd")

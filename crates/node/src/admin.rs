@@ -164,6 +164,17 @@ pub struct Progress {
     pub total_bytes: u64,
 }
 
+impl Progress {
+    fn of(scan: &ScanStatus) -> Progress {
+        Progress {
+            kind: scan.kind.clone(),
+            percent: scan.progress_percent,
+            examined_bytes: scan.examined_bytes,
+            total_bytes: scan.total_bytes,
+        }
+    }
+}
+
 fn io_err(context: &str) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     move |source| NodeError::Stream {
         context: context.to_owned(),
@@ -522,12 +533,7 @@ fn scan(pool: &OpenPool, kind: &str, progress: &mut dyn FnMut(&Progress)) -> Res
             status.progress_percent =
                 (status.examined_bytes as f64 * 100.0 / total as f64).min(99.9);
             let _ = pool.set_scan(status.clone());
-            progress(&Progress {
-                kind: status.kind.clone(),
-                percent: status.progress_percent,
-                examined_bytes: status.examined_bytes,
-                total_bytes: total,
-            });
+            progress(&Progress::of(&status));
         }
         Ok(())
     });
@@ -560,12 +566,7 @@ fn scan(pool: &OpenPool, kind: &str, progress: &mut dyn FnMut(&Progress)) -> Res
         ));
     }
     pool.set_scan(status.clone())?;
-    progress(&Progress {
-        kind: status.kind.clone(),
-        percent: status.progress_percent,
-        examined_bytes: status.examined_bytes,
-        total_bytes: total,
-    });
+    progress(&Progress::of(&status));
     walk?;
     internal?;
     serde_json::to_value(&status).map_err(|e| NodeError::Protocol(e.to_string()))
