@@ -31,7 +31,18 @@ pub fn serve_file(iqn: &str, img: &Path, size: &str, extra: &[&str]) -> Served {
 
 /// Starts `cstor target serve --listen 127.0.0.1:0 ARGS...` and waits for its address.
 pub fn serve(args: &[&str]) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cstor"))
+    serve_with(Command::new(env!("CARGO_BIN_EXE_cstor")), args)
+}
+
+/// As `serve`, with `$CSTOR_HOME` set to `home` (for `--volume POOL/VOL`).
+pub fn serve_in_home(home: &Path, args: &[&str]) -> Served {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cstor"));
+    cmd.env("CSTOR_HOME", home);
+    serve_with(cmd, args)
+}
+
+fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
+    let mut child = cmd
         .args(["target", "serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::piped())
