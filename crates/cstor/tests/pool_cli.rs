@@ -182,7 +182,12 @@ fn pool_and_volume_contract_on_raidz() {
     let err = e.fails(&["volume", "destroy", "tank/vol@s1"]);
     assert!(err.contains("clone"), "{err}");
     e.ok(&["volume", "destroy", "tank/clone"]);
-    e.ok(&["volume", "rollback", "tank/vol@s1"]);
+    // An older snapshot: refused while newer ones exist, unless --destroy-newer.
+    e.ok(&["volume", "snapshot", "tank/vol@s1b"]);
+    let err = e.fails(&["volume", "rollback", "tank/vol@s1"]);
+    assert!(err.contains("newer snapshots exist: s1b"), "{err}");
+    let said = e.ok(&["volume", "rollback", "tank/vol@s1", "--destroy-newer"]);
+    assert!(said.contains("destroyed newer snapshots: s1b"), "{said}");
     e.ok(&[
         "volume", "read", "tank/vol", "--output", &out, "--offset", "1M", "--length", "3M",
     ]);

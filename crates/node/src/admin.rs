@@ -120,6 +120,9 @@ pub enum Request {
         volume: String,
         /// Snapshot name.
         snapshot: String,
+        /// Destroy snapshots newer than `snapshot` in the same txg (else they refuse it).
+        #[serde(default)]
+        destroy_newer: bool,
     },
     /// `cstor volume resize`.
     VolumeResize {
@@ -278,9 +281,20 @@ pub fn execute(
             engine.clone_snapshot(&volume, &snapshot, &new_volume)?;
             volume_json(pool, &new_volume)
         }
-        Request::VolumeRollback { volume, snapshot } => {
-            engine.rollback(&volume, &snapshot)?;
-            volume_json(pool, &volume)
+        Request::VolumeRollback {
+            volume,
+            snapshot,
+            destroy_newer,
+        } => {
+            let destroyed = if destroy_newer {
+                engine.rollback_destroying_newer(&volume, &snapshot)?
+            } else {
+                engine.rollback(&volume, &snapshot)?;
+                Vec::new()
+            };
+            let mut v = volume_json(pool, &volume)?;
+            v["destroyed_snapshots"] = json!(destroyed);
+            Ok(v)
         }
         Request::VolumeResize { volume, size } => {
             engine.resize(&volume, size)?;

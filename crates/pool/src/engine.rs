@@ -765,33 +765,63 @@ impl Pool {
         self.add_volume(&mut cs, rec)
     }
 
-    /// Roll a volume back to its newest snapshot (newer snapshots must be destroyed first).
+    /// Roll a volume back to its newest snapshot (newer snapshots must be destroyed first,
+    /// or use [`Pool::rollback_destroying_newer`]).
     pub fn rollback(&self, volume: &str, snap: &str) -> Result<()> {
+        self.rollback_inner(volume, snap, false).map(|_| ())
+    }
+
+    /// Roll a volume back to any of its snapshots, destroying the newer ones in the same
+    /// txg (so a crash leaves either all of them and the old head, or none and the
+    /// rolled-back head). Refused when a newer snapshot has clones. Returns the names of
+    /// the destroyed snapshots, newest first.
+    pub fn rollback_destroying_newer(&self, volume: &str, snap: &str) -> Result<Vec<String>> {
+        self.rollback_inner(volume, snap, true)
+    }
+
+    fn rollback_inner(&self, volume: &str, snap: &str, destroy_newer: bool) -> Result<Vec<String>> {
         let p = &self.inner;
         let mut cs = p.commit.lock();
         p.check_usable()?;
         let v = p.vol(volume)?;
         let s = p.find_snap(&v, snap)?;
-        {
-            let meta = v.meta.lock();
-            let newer: Vec<&str> = meta
-                .snapshots
-                .iter()
-                .filter(|x| x.txg > s.txg)
-                .map(|x| x.name.as_str())
-                .collect();
-            if !newer.is_empty() {
+        let mut newer: Vec<SnapRec> = v
+            .meta
+            .lock()
+            .snapshots
+            .iter()
+            .filter(|x| x.txg > s.txg)
+            .cloned()
+            .collect();
+        newer.sort_by_key(|x| std::cmp::Reverse(x.txg));
+        let names: Vec<String> = newer.iter().map(|x| x.name.clone()).collect();
+        if !newer.is_empty() && !destroy_newer {
+            return Err(PoolError::Busy(format!(
+                "cannot roll back {volume} to @{snap}: newer snapshots exist: {} (destroy them first, or roll back with --destroy-newer)",
+                names.join(", ")
+            )));
+        }
+        for x in &newer {
+            let clones = p.clones_of(x.guid);
+            if !clones.is_empty() {
                 return Err(PoolError::Busy(format!(
-                    "cannot roll back {volume} to @{snap}: newer snapshots exist: {} (destroy them first)",
-                    newer.join(", ")
+                    "cannot roll back {volume} to @{snap}: newer snapshot @{} has clones: {} (destroy them first)",
+                    x.name,
+                    clones.join(", ")
                 )));
             }
         }
         p.commit_locked(
             &mut cs,
-            Some(&mut |p: &PoolInner, txg: u64| p.rollback_op(&v, &s, txg)),
+            Some(&mut |p: &PoolInner, txg: u64| {
+                // Newest first: each destroy then sees the head as its successor.
+                for x in &newer {
+                    p.destroy_snapshot_op(&v, x.guid, txg)?;
+                }
+                p.rollback_op(&v, &s, txg)
+            }),
         )?;
-        Ok(())
+        Ok(names)
     }
 
     /// Destroy a volume and its snapshots (refused when a snapshot has clones).

@@ -20,6 +20,8 @@ const DEV: u64 = 64 << 20;
 const VOL: u64 = 4 << 20;
 const UNIT: u64 = 4096;
 const UNITS: usize = (VOL / UNIT) as usize;
+const SECTOR: usize = 512;
+const SECTORS_PER_UNIT: usize = UNIT as usize / SECTOR;
 /// The child never issues more writes than this, so the parent's search is bounded.
 const MAX_WRITES: u64 = 200_000;
 const CHILD_ENV: &str = "CSTOR_KILL_CHILD_DIR";
@@ -34,24 +36,29 @@ fn sequence(seed: u64) -> impl Iterator<Item = (usize, usize)> {
     })
 }
 
-/// Every 4 KiB unit written by write `n` carries `n` and its unit index, so the parent
-/// can tell which write each unit came from.
+/// Every 512-byte sector written by write `n` carries `n` and its sector index, so the
+/// parent can tell which write each sector came from (the crash model allows the write
+/// in flight to land torn at sector granularity, as on any disk).
 fn unit_bytes(n: u64, unit: usize) -> Vec<u8> {
     let mut b = vec![0u8; UNIT as usize];
-    for chunk in b.chunks_mut(16) {
-        chunk[..8].copy_from_slice(&n.to_le_bytes());
-        chunk[8..].copy_from_slice(&(unit as u64).to_le_bytes());
+    for (i, sector) in b.chunks_mut(SECTOR).enumerate() {
+        let index = (unit * SECTORS_PER_UNIT + i) as u64;
+        for chunk in sector.chunks_mut(16) {
+            chunk[..8].copy_from_slice(&n.to_le_bytes());
+            chunk[8..].copy_from_slice(&index.to_le_bytes());
+        }
     }
     b
 }
 
-/// Which write a unit read back came from (0: never written); None if it is garbage.
-fn unit_origin(b: &[u8], unit: usize) -> Option<u64> {
+/// Which write sector `index` read back came from (0: never written); None if garbage.
+fn sector_origin(b: &[u8], index: usize) -> Option<u64> {
     if b.iter().all(|&x| x == 0) {
         return Some(0);
     }
     let n = u64::from_le_bytes(b[..8].try_into().ok()?);
-    (b == unit_bytes(n, unit).as_slice()).then_some(n)
+    let i = u64::from_le_bytes(b[8..16].try_into().ok()?);
+    (i == index as u64 && b.chunks(16).all(|c| c == &b[..16])).then_some(n)
 }
 
 fn paths(dir: &std::path::Path) -> Vec<String> {
@@ -170,18 +177,23 @@ fn round(seed: u64) -> u64 {
     let mut got = vec![0u8; VOL as usize];
     vol.read(0, &mut got).unwrap();
     let origin: Vec<u64> = got
-        .chunks(UNIT as usize)
+        .chunks(SECTOR)
         .enumerate()
-        .map(|(u, b)| {
-            unit_origin(b, u)
-                .unwrap_or_else(|| panic!("seed {seed}: unit {u} holds bytes no write made"))
+        .map(|(i, b)| {
+            sector_origin(b, i).unwrap_or_else(|| {
+                panic!(
+                    "seed {seed}: sector {i} holds bytes no write made (acked {acked}): {:?}",
+                    &b[..16]
+                )
+            })
         })
         .collect();
-    // Walk the model forward, counting units that differ from what was read. The
+    // Walk the model forward, counting sectors that differ from what was read. The
     // state must be the model after some K >= acked writes, or that plus part of write
-    // K+1 (the one in flight: a multi-block write is not atomic, as on any disk).
-    let mut model = vec![0u64; UNITS];
-    let mut seq = sequence(seed);
+    // K+1 (the one in flight: a write is atomic only per sector, as on any disk).
+    let mut model = vec![0u64; UNITS * SECTORS_PER_UNIT];
+    let mut seq =
+        sequence(seed).map(|(first, len)| (first * SECTORS_PER_UNIT, len * SECTORS_PER_UNIT));
     for n in 1..=acked {
         let (first, len) = seq.next().unwrap();
         model[first..first + len].fill(n);

@@ -32,6 +32,7 @@ enum Op {
     },
     Rollback {
         vol: usize,
+        which: usize,
     },
     Clone {
         vol: usize,
@@ -54,7 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..4usize, 0..VOL_BYTES / 512, 1..200u64)
             .prop_map(|(vol, o, l)| Op::Unmap { vol, off: o * 512, len: l * 512 }),
         2 => (0..4usize).prop_map(|vol| Op::Snapshot { vol }),
-        1 => (0..4usize).prop_map(|vol| Op::Rollback { vol }),
+        2 => (0..4usize, 0..8usize).prop_map(|(vol, which)| Op::Rollback { vol, which }),
         1 => (0..4usize).prop_map(|vol| Op::Clone { vol }),
         1 => (0..4usize, 0..4usize).prop_map(|(vol, which)| Op::DestroySnapshot { vol, which }),
         1 => (0..4usize).prop_map(|vol| Op::DestroyVolume { vol }),
@@ -132,12 +133,36 @@ fn run(ops: Vec<Op>, bs: u32, comp: Compression) {
                 let data = m.vols[&name].clone();
                 m.snaps.get_mut(&name).unwrap().push((s, data));
             }
-            Op::Rollback { vol } => {
+            Op::Rollback { vol, which } => {
+                // Even `which`: the newest snapshot with plain rollback; odd: any
+                // snapshot, destroying the newer ones unless one has clones.
                 let Some(name) = pick(vol) else { continue };
-                let Some((s, data)) = m.snaps[&name].last().cloned() else {
+                let snaps = m.snaps[&name].clone();
+                if snaps.is_empty() {
                     continue;
+                }
+                let i = if which % 2 == 0 {
+                    snaps.len() - 1
+                } else {
+                    (which / 2) % snaps.len()
                 };
-                pool.rollback(&name, &s).unwrap();
+                let (s, data) = snaps[i].clone();
+                let newer: Vec<String> = snaps[i + 1..].iter().map(|(x, _)| x.clone()).collect();
+                let cloned = newer
+                    .iter()
+                    .any(|x| m.origin.values().any(|o| *o == format!("{name}@{x}")));
+                if newer.is_empty() {
+                    pool.rollback(&name, &s).unwrap();
+                } else if cloned {
+                    let e = pool.rollback_destroying_newer(&name, &s).unwrap_err();
+                    assert!(e.to_string().contains("has clones"), "{e}");
+                    continue;
+                } else {
+                    let mut destroyed = pool.rollback_destroying_newer(&name, &s).unwrap();
+                    destroyed.reverse();
+                    assert_eq!(destroyed, newer);
+                    m.snaps.get_mut(&name).unwrap().truncate(i + 1);
+                }
                 m.vols.insert(name, data);
             }
             Op::Clone { vol } => {

@@ -213,10 +213,14 @@ enum VolumeCommand {
         /// POOL/NEWVOL.
         new_volume: String,
     },
-    /// Roll a volume back to a snapshot.
+    /// Roll a volume back to a snapshot. Without --destroy-newer only the newest
+    /// snapshot is allowed; with it, newer snapshots are destroyed first (atomically).
     Rollback {
         /// POOL/VOL@SNAP.
         snapshot: String,
+        /// Destroy the snapshots newer than SNAP (refused if any has clones).
+        #[arg(short = 'r', long)]
+        destroy_newer: bool,
     },
     /// Grow a volume online.
     Resize {
@@ -843,16 +847,27 @@ pub fn run_volume(args: VolumeArgs) -> Result<()> {
             )?;
             println!("clone '{new_volume}' created from '{snapshot}'");
         }
-        VolumeCommand::Rollback { snapshot } => {
+        VolumeCommand::Rollback {
+            snapshot,
+            destroy_newer,
+        } => {
             let s = split_name(&snapshot, SnapPart::Required)?;
-            none(
+            let v = none(
                 &registry,
                 &s.pool,
                 Request::VolumeRollback {
                     volume: s.volume,
                     snapshot: s.snapshot.unwrap_or_default(),
+                    destroy_newer,
                 },
             )?;
+            if let Some(d) = v["destroyed_snapshots"]
+                .as_array()
+                .filter(|d| !d.is_empty())
+            {
+                let names: Vec<&str> = d.iter().filter_map(Value::as_str).collect();
+                println!("destroyed newer snapshots: {}", names.join(", "));
+            }
             println!("rolled back to '{snapshot}'");
         }
         VolumeCommand::Resize { name, size } => {
