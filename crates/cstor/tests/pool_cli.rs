@@ -288,7 +288,10 @@ fn pool_and_volume_contract_on_raidz() {
     assert_eq!(st["scan"]["kind"], "scrub");
     assert_eq!(st["scan"]["state"], "finished");
     assert!(st["scan"]["repaired_bytes"].as_u64().unwrap() > 0, "{st}");
-    e.ok(&["pool", "scrub", "tank", "--wait"]);
+    // No process holds the pool: without --wait the scrub runs in the command.
+    let here = e.run_in(&e.home(), &["pool", "scrub", "tank"]);
+    assert!(here.status.success(), "{here:?}");
+    assert!(String::from_utf8_lossy(&here.stderr).contains("runs in this command"));
     let st = e.json(&["pool", "status", "tank", "-o", "json"]);
     assert_eq!(
         st["scan"]["repaired_bytes"], 0,
@@ -376,6 +379,107 @@ fn mirror_survives_a_lost_device_and_replace_resilvers() {
     );
 }
 
+/// Polls `pool status` until its scan is no longer running; returns the status.
+fn wait_scan_finished(e: &Env, pool: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = e.json(&["pool", "status", pool, "-o", "json"]);
+        if st["scan"]["state"] == "finished" {
+            return st;
+        }
+        assert!(st["scan"]["state"] != "failed", "{st}");
+        assert!(Instant::now() < deadline, "scan did not finish: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A mirror side that was away while data changed comes back marked resilvering and is
+/// rebuilt without a replace: by `pool import` in the command, and in the background by
+/// a process that starts serving the pool. Then it alone holds the newest data.
+#[test]
+fn returning_device_is_resilvered_on_import_and_when_served() {
+    let e = Env::new();
+    let d = e.disks("r", 2, 128 * MIB);
+    e.ok(&["pool", "create", "rp", "mirror", &d[0], &d[1]]);
+    e.ok(&["volume", "create", "rp/v", "--size", "32M"]);
+    let input = e.path("in.bin");
+    let away = |i: usize| format!("{}.away", d[i]);
+    let m = MIB as usize;
+    let mut expect = vec![0u8; 12 * m];
+    for (round, gone) in [1usize, 0].into_iter().enumerate() {
+        std::fs::rename(&d[gone], away(gone)).unwrap();
+        let data = pattern(4 * MIB, 40 + round as u8);
+        write_file(&input, &data);
+        let off = round * 4 * m;
+        e.ok(&[
+            "volume",
+            "write",
+            "rp/v",
+            "--input",
+            &input,
+            "--offset",
+            &off.to_string(),
+        ]);
+        expect[off..off + 4 * m].copy_from_slice(&data);
+        std::fs::rename(away(gone), &d[gone]).unwrap();
+        if round == 0 {
+            e.ok(&["pool", "export", "rp"]);
+            let out = e.run_in(&e.home(), &["pool", "import", "rp", &d[1], &d[0]]);
+            assert!(out.status.success(), "{out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("missed writes"), "{err}");
+            let st = e.json(&["pool", "status", "rp", "-o", "json"]);
+            assert_eq!(st["health"], "ONLINE", "{st}");
+            assert_eq!(st["scan"]["kind"], "resilver", "{st}");
+        } else {
+            let port = free_port();
+            let listen = format!("127.0.0.1:{port}");
+            let child = e
+                .cmd(
+                    &e.home(),
+                    &[
+                        "target",
+                        "serve",
+                        "--listen",
+                        &listen,
+                        "--iqn",
+                        "iqn.2026-11.io.cstor.test:rp",
+                        "--volume",
+                        "rp/v",
+                    ],
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let guard = Killed(child);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "target did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let st = wait_scan_finished(&e, "rp");
+            assert_eq!(st["scan"]["kind"], "resilver", "{st}");
+            assert_eq!(st["health"], "ONLINE", "{st}");
+            drop(guard);
+        }
+    }
+    // Each side alone holds everything.
+    let out = e.path("out.bin");
+    for gone in [0usize, 1] {
+        std::fs::rename(&d[gone], away(gone)).unwrap();
+        e.ok(&[
+            "volume", "read", "rp/v", "--output", &out, "--length", "12M",
+        ]);
+        assert!(
+            std::fs::read(&out).unwrap() == expect,
+            "device {} alone lacks data",
+            1 - gone
+        );
+        std::fs::rename(away(gone), &d[gone]).unwrap();
+    }
+}
+
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -428,6 +532,11 @@ fn served_pool_answers_commands_and_stays_locked() {
         "volume", "write", "sp/v", "--input", &input, "--offset", "4M",
     ]);
     e.ok(&["volume", "snapshot", "sp/v@live"]);
+    // Without --wait the serving process scrubs in the background.
+    let said = e.ok(&["pool", "scrub", "sp"]);
+    assert!(said.contains("started"), "{said}");
+    let st = wait_scan_finished(&e, "sp");
+    assert_eq!(st["scan"]["kind"], "scrub", "{st}");
     e.ok(&["pool", "scrub", "sp", "--wait"]);
     let err = e.fails(&["pool", "export", "sp"]);
     assert!(err.contains("holds it open"), "{err}");

@@ -8,6 +8,7 @@
 //! [`PROGRESS_INTERVAL_MS`](crate::limits::PROGRESS_INTERVAL_MS).
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cstor_pool::spa::pool::{GroupKind, GroupSpec};
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::{NodeError, Result};
-use crate::host::OpenPool;
+use crate::host::{OpenPool, ScanSlot};
 use crate::limits::PROGRESS_INTERVAL_MS;
 use crate::registry::ScanStatus;
 
@@ -31,14 +32,22 @@ pub const SECTOR_BYTES: u64 = 512;
 pub enum Request {
     /// `cstor pool status`.
     PoolStatus,
-    /// `cstor pool scrub --wait`.
-    PoolScrub,
-    /// `cstor pool replace OLD NEW --wait`.
+    /// `cstor pool scrub [--wait]`; a resilver instead while a device that missed writes
+    /// is marked resilvering.
+    PoolScrub {
+        /// Return at once and scan in the serving process (`pool status` shows progress).
+        #[serde(default)]
+        background: bool,
+    },
+    /// `cstor pool replace OLD NEW [--wait]`.
     PoolReplace {
         /// Device to replace (path as in status).
         old: String,
         /// New device path.
         new: String,
+        /// Return once the resilver started (`pool status` shows progress).
+        #[serde(default)]
+        background: bool,
     },
     /// `cstor pool add`.
     PoolAdd {
@@ -192,7 +201,7 @@ fn parse_compression(text: Option<&str>) -> Result<Option<Compression>> {
 
 /// Execute `req` on `pool`; `input` and `output` carry the request's data, if any.
 pub fn execute(
-    pool: &OpenPool,
+    pool: &Arc<OpenPool>,
     req: Request,
     input: &mut dyn Read,
     output: &mut dyn Write,
@@ -201,17 +210,27 @@ pub fn execute(
     let engine = pool.engine();
     match req {
         Request::PoolStatus => Ok(pool_status(pool)),
-        Request::PoolScrub => scan(pool, "scrub", progress),
-        Request::PoolReplace { old, new } => {
+        Request::PoolScrub { background } => {
+            let slot = pool.claim_scan()?;
+            let kind = if pool.spa().is_resilvering() {
+                ScanKind::Resilver
+            } else {
+                ScanKind::Scrub
+            };
+            start_scan(slot, kind, background, progress)
+        }
+        Request::PoolReplace {
+            old,
+            new,
+            background,
+        } => {
+            let slot = pool.claim_scan()?;
             let dev = cstor_pool::spa::pool::open_paths(std::slice::from_ref(&new))?
                 .pop()
                 .ok_or_else(|| NodeError::Invalid(format!("cannot open {new}")))?;
             pool.spa().replace_device(&old, dev)?;
             pool.remember_devices()?;
-            let result = scan(pool, "resilver", progress)?;
-            pool.spa().finish_replace()?;
-            pool.remember_devices()?;
-            Ok(result)
+            start_scan(slot, ScanKind::Resilver, background, progress)
         }
         Request::PoolAdd { kind, devices, log } => {
             let kind = GroupKind::parse(&kind)
@@ -502,30 +521,95 @@ fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// What a scan does with each live block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanKind {
+    /// Verify every copy or column and repair bad ones from redundancy.
+    Scrub,
+    /// Rebuild the share of resilvering devices (replaced, or back after missing writes).
+    Resilver,
+}
+
+impl ScanKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ScanKind::Scrub => "scrub",
+            ScanKind::Resilver => "resilver",
+        }
+    }
+}
+
+/// Run a scan in this thread, or in a new one when `background` (the reply is then the
+/// status at its start, and `pool status` follows it). A finished resilver marks the
+/// rebuilt devices trusted.
+fn start_scan(
+    slot: ScanSlot,
+    kind: ScanKind,
+    background: bool,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Value> {
+    if !background {
+        return run_scan(&slot, kind, progress);
+    }
+    let pool = slot.pool().clone();
+    pool.set_scan(ScanStatus::starting(kind.as_str()))?;
+    std::thread::Builder::new()
+        .name(format!("{}-{}", kind.as_str(), pool.name()))
+        .spawn(move || {
+            if let Err(e) = run_scan(&slot, kind, &mut |_| {}) {
+                tracing::error!(pool = %slot.pool().name(), "{}: {e}", kind.as_str());
+            }
+        })
+        .map_err(|e| NodeError::Invalid(format!("cannot start a scan thread: {e}")))?;
+    serde_json::to_value(pool.scan()).map_err(|e| NodeError::Protocol(e.to_string()))
+}
+
+/// Resilver in the background if a device came back after missing writes (called when a
+/// serving process opens a pool). Does nothing if a scan is running already.
+pub fn resilver_if_needed(pool: &Arc<OpenPool>) -> Result<()> {
+    if !pool.spa().is_resilvering() {
+        return Ok(());
+    }
+    let slot = pool.claim_scan()?;
+    tracing::info!(pool = %pool.name(), "a device missed writes: resilvering it");
+    start_scan(slot, ScanKind::Resilver, true, &mut |_| {}).map(|_| ())
+}
+
+fn run_scan(slot: &ScanSlot, kind: ScanKind, progress: &mut dyn FnMut(&Progress)) -> Result<Value> {
+    let pool = slot.pool();
+    let result = scan(pool, kind, progress)?;
+    if kind == ScanKind::Resilver {
+        pool.spa().finish_replace()?;
+        pool.remember_devices()?;
+    }
+    Ok(result)
+}
+
 /// Scrub (verify every copy of every live block, repair from redundancy) or resilver
 /// (rebuild a replaced device's part of every live block).
-fn scan(pool: &OpenPool, kind: &str, progress: &mut dyn FnMut(&Progress)) -> Result<Value> {
+fn scan(pool: &OpenPool, kind: ScanKind, progress: &mut dyn FnMut(&Progress)) -> Result<Value> {
     let engine = pool.engine();
     // Everything written so far must be in the tree the traversal walks.
     engine.sync()?;
     let total = engine.space().allocated.max(1);
     let mut status = ScanStatus {
-        kind: kind.to_owned(),
-        state: "scanning".into(),
-        progress_percent: 0.0,
-        repaired_bytes: 0,
-        unrecoverable_blocks: 0,
-        examined_bytes: 0,
         total_bytes: total,
-        error: None,
+        ..ScanStatus::starting(kind.as_str())
     };
     pool.set_scan(status.clone())?;
     let spa = pool.spa();
     let mut last_report = Instant::now();
     let interval = Duration::from_millis(PROGRESS_INTERVAL_MS);
-    let resilver = kind == "resilver";
+    let resilver = kind == ScanKind::Resilver;
     let mut unrecoverable = Vec::new();
     let walk = engine.visit_live_blocks(&mut |dva, psize, verify| {
+        if pool.scan_stopping() {
+            return Err(PoolError::Closed(format!(
+                "{} stopped: pool '{}' is closing",
+                kind.as_str(),
+                pool.name()
+            )));
+        }
         let r = if resilver {
             spa.resilver_block(dva, psize, verify)
         } else {

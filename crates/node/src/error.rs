@@ -23,6 +23,9 @@ pub enum NodeError {
         /// What was refused and why.
         what: String,
     },
+    /// Refused while another operation runs (e.g. a second scan).
+    #[error("{0}")]
+    Busy(String),
     /// Bad argument from the user.
     #[error("{0}")]
     Invalid(String),

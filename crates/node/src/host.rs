@@ -5,6 +5,7 @@
 //! locks); its `$CSTOR_HOME` record lists the devices it was last opened with.
 //! Never: closes the device layer before the engine has committed its last txg.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cstor_pool::spa::device::Device;
@@ -14,6 +15,7 @@ use cstor_pool::{Compression, Pool, PoolOptions};
 use parking_lot::Mutex;
 
 use crate::error::{NodeError, Result};
+use crate::limits::SCAN_STOP_WAIT;
 use crate::registry::{PoolRecord, Registry, ScanStatus};
 
 /// What `cstor pool create` asks for.
@@ -35,6 +37,27 @@ pub struct OpenPool {
     engine: Pool,
     registry: Registry,
     scan: Mutex<Option<ScanStatus>>,
+    /// Set while a scrub or resilver runs: one scan at a time.
+    scanning: AtomicBool,
+    /// Asks a running scan to stop (the pool is closing).
+    stop_scan: AtomicBool,
+}
+
+/// The right to run the pool's one scan; released on drop.
+#[derive(Debug)]
+pub struct ScanSlot(Arc<OpenPool>);
+
+impl ScanSlot {
+    /// The pool being scanned.
+    pub fn pool(&self) -> &Arc<OpenPool> {
+        &self.0
+    }
+}
+
+impl Drop for ScanSlot {
+    fn drop(&mut self) {
+        self.0.scanning.store(false, Ordering::SeqCst);
+    }
 }
 
 fn engine_options() -> PoolOptions {
@@ -103,6 +126,8 @@ impl OpenPool {
             engine,
             registry: registry.clone(),
             scan: Mutex::new(None),
+            scanning: AtomicBool::new(false),
+            stop_scan: AtomicBool::new(false),
         };
         open.remember(all_paths(groups))?;
         Ok(open)
@@ -124,6 +149,8 @@ impl OpenPool {
             engine,
             registry: registry.clone(),
             scan: Mutex::new(last_scan),
+            scanning: AtomicBool::new(false),
+            stop_scan: AtomicBool::new(false),
         };
         open.remember(paths.to_vec())?;
         Ok(open)
@@ -166,6 +193,36 @@ impl OpenPool {
     /// The `$CSTOR_HOME` this pool is recorded in.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Claim the pool's one scan slot (refused while a scrub or resilver runs).
+    pub fn claim_scan(self: &Arc<Self>) -> Result<ScanSlot> {
+        if self
+            .scanning
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            let what = self
+                .scan()
+                .map(|s| format!("a {} is running ({:.1}% done)", s.kind, s.progress_percent))
+                .unwrap_or_else(|| "a scan is running".into());
+            return Err(NodeError::Busy(format!("pool '{}': {what}", self.name)));
+        }
+        Ok(ScanSlot(self.clone()))
+    }
+
+    /// Whether a running scan should stop now.
+    pub fn scan_stopping(&self) -> bool {
+        self.stop_scan.load(Ordering::SeqCst)
+    }
+
+    /// Stop a running scan and wait (bounded) until it has let go of the pool.
+    fn stop_scan(&self) {
+        self.stop_scan.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + SCAN_STOP_WAIT;
+        while self.scanning.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// The running or last scan.
@@ -237,6 +294,8 @@ impl PoolHost {
         }
         let p = Arc::new(OpenPool::open(registry, name)?);
         pools.push(p.clone());
+        // A device back after missing writes is rebuilt while the pool serves I/O.
+        crate::admin::resilver_if_needed(&p)?;
         Ok((p, true))
     }
 
@@ -249,6 +308,7 @@ impl PoolHost {
     pub fn close_all(&self) -> Vec<NodeError> {
         let mut errors = Vec::new();
         for p in std::mem::take(&mut *self.pools.lock()) {
+            p.stop_scan();
             match Arc::try_unwrap(p) {
                 Ok(p) => {
                     if let Err(e) = p.close() {

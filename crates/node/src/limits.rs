@@ -13,3 +13,7 @@ pub const ADMIN_CONNECT_TIMEOUT_MS: u64 = 2_000;
 
 /// Progress reports of long operations (scrub, resilver) at most this often.
 pub const PROGRESS_INTERVAL_MS: u64 = 500;
+
+/// A closing pool waits this long for its running scan to notice the stop request (it
+/// checks between blocks, so a healthy device answers well within it).
+pub const SCAN_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -56,6 +56,22 @@ pub struct ScanStatus {
     pub error: Option<String>,
 }
 
+impl ScanStatus {
+    /// A scan of `kind` that has not examined anything yet.
+    pub fn starting(kind: &str) -> ScanStatus {
+        ScanStatus {
+            kind: kind.to_owned(),
+            state: "scanning".into(),
+            progress_percent: 0.0,
+            repaired_bytes: 0,
+            unrecoverable_blocks: 0,
+            examined_bytes: 0,
+            total_bytes: 0,
+            error: None,
+        }
+    }
+}
+
 /// The `$CSTOR_HOME` directory.
 #[derive(Clone, Debug)]
 pub struct Registry {

@@ -233,7 +233,7 @@ fn send_error(w: &mut dyn Write, message: &str) -> io::Result<()> {
     w.flush()
 }
 
-fn serve_connection(stream: UnixStream, pool: &OpenPool) -> io::Result<()> {
+fn serve_connection(stream: UnixStream, pool: &Arc<OpenPool>) -> io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream);
     let (kind, payload) = read_frame(&mut reader)?;

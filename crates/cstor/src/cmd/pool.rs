@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -88,8 +89,9 @@ enum PoolCommand {
     Scrub {
         /// Pool name.
         pool: String,
-        /// Wait for the scrub to finish, showing progress (required for now: the scrub
-        /// runs in the command, or in the process holding the pool).
+        /// Wait for the scrub to finish, showing progress. Without it the process
+        /// holding the pool scrubs in the background (`pool status` shows progress);
+        /// when no process holds it, the scrub runs in this command anyway.
         #[arg(long)]
         wait: bool,
     },
@@ -101,7 +103,9 @@ enum PoolCommand {
         old: String,
         /// New device.
         new: String,
-        /// Wait for the resilver to finish, showing progress.
+        /// Wait for the resilver to finish, showing progress. Without it the process
+        /// holding the pool resilvers in the background; when no process holds it, the
+        /// resilver runs in this command anyway.
         #[arg(long)]
         wait: bool,
     },
@@ -346,12 +350,50 @@ fn run_request(
     if let Some(stream) = socket::connect(&sock)? {
         return Ok(socket::call(stream, req, input, output, &mut progress)?);
     }
-    let open = OpenPool::open(registry, pool)?;
+    let open = Arc::new(OpenPool::open(registry, pool)?);
     let result = admin::execute(&open, req, input, output, &mut progress);
-    let closed = open.close();
+    let closed = close(open);
     let value = result?;
     closed?;
     Ok(value)
+}
+
+/// Close a pool opened by this command (no other handle outlives the request).
+fn close(open: Arc<OpenPool>) -> Result<()> {
+    let open = Arc::try_unwrap(open)
+        .map_err(|_| anyhow::anyhow!("internal: the pool is still in use in this command"))?;
+    Ok(open.close()?)
+}
+
+/// Scrub or resilver: in the background of the process holding the pool unless `wait`;
+/// in this command (with progress) when `wait` or when no process holds the pool.
+fn scan_request(
+    registry: &Registry,
+    pool: &str,
+    kind: &str,
+    wait: bool,
+    req: impl Fn(bool) -> Request,
+) -> Result<()> {
+    let served = socket::connect(&registry.socket_path(pool)?)?.is_some();
+    if !wait && !served {
+        eprintln!("no process holds pool '{pool}' open: the {kind} runs in this command");
+    }
+    let background = !wait && served;
+    let v = run_request(
+        registry,
+        pool,
+        req(background),
+        &mut io::empty(),
+        &mut io::sink(),
+    )?;
+    if background {
+        println!(
+            "{kind} started in the process holding pool '{pool}'; follow it with `cstor pool status {pool}`"
+        );
+    } else {
+        print_scan(&v);
+    }
+    Ok(())
 }
 
 fn print_progress() -> impl FnMut(&Progress) {
@@ -425,9 +467,18 @@ pub fn run_pool(args: PoolArgs) -> Result<()> {
             let devices: Vec<String> =
                 devices.iter().map(|d| absolute(d)).collect::<Result<_>>()?;
             refuse_if_served(&registry, &pool, "import")?;
-            let open = OpenPool::import(&registry, &pool, &devices)?;
+            let open = Arc::new(OpenPool::import(&registry, &pool, &devices)?);
+            // A device back after missing writes is rebuilt before the command returns.
+            if open.spa().is_resilvering() {
+                eprintln!("a device of pool '{pool}' missed writes: resilvering it");
+                let req = Request::PoolScrub { background: false };
+                let mut progress = print_progress();
+                let v =
+                    admin::execute(&open, req, &mut io::empty(), &mut io::sink(), &mut progress);
+                print_scan(&v?);
+            }
             let status = admin::pool_status(&open);
-            open.close()?;
+            close(open)?;
             println!(
                 "pool '{pool}' imported: {}",
                 status["health"].as_str().unwrap_or("?")
@@ -496,19 +547,8 @@ pub fn run_pool(args: PoolArgs) -> Result<()> {
             }
         }
         PoolCommand::Scrub { pool, wait } => {
-            if !wait {
-                bail!(
-                    "background scrubs are not supported yet: use `cstor pool scrub {pool} --wait`"
-                );
-            }
-            let v = run_request(
-                &registry,
-                &pool,
-                Request::PoolScrub,
-                &mut io::empty(),
-                &mut io::sink(),
-            )?;
-            print_scan(&v);
+            let req = |background| Request::PoolScrub { background };
+            scan_request(&registry, &pool, "scrub", wait, req)?;
         }
         PoolCommand::Replace {
             pool,
@@ -516,18 +556,13 @@ pub fn run_pool(args: PoolArgs) -> Result<()> {
             new,
             wait,
         } => {
-            if !wait {
-                bail!("background resilvers are not supported yet: add --wait");
-            }
             let new = absolute(&new)?;
-            let v = run_request(
-                &registry,
-                &pool,
-                Request::PoolReplace { old, new },
-                &mut io::empty(),
-                &mut io::sink(),
-            )?;
-            print_scan(&v);
+            let req = |background| Request::PoolReplace {
+                old: old.clone(),
+                new: new.clone(),
+                background,
+            };
+            scan_request(&registry, &pool, "resilver", wait, req)?;
         }
         PoolCommand::Add { pool, group } => {
             let mut groups = parse_groups(&group)?;
