@@ -13,7 +13,8 @@ mod units;
 #[command(
     name = "cstor",
     version,
-    about = "Replicated block storage for Kubernetes"
+    about = "Replicated block storage for Kubernetes",
+    after_help = "Environment:\n  CSTOR_HOME        where pools are remembered (default /var/lib/cstor)\n  CSTOR_CACHE_SIZE  block cache per open pool, e.g. 256M (default 64M)\n  RUST_LOG          log filter, e.g. cstor=debug"
 )]
 struct Cli {
     #[command(subcommand)]

@@ -60,8 +60,11 @@ impl Drop for ScanSlot {
     }
 }
 
-fn engine_options() -> PoolOptions {
-    PoolOptions::default()
+fn engine_options(registry: &Registry) -> PoolOptions {
+    PoolOptions {
+        cache_bytes: registry.cache_bytes(),
+        ..PoolOptions::default()
+    }
 }
 
 /// Open the devices that exist; a missing one is left out so the pool imports DEGRADED
@@ -117,7 +120,7 @@ impl OpenPool {
             PoolOptions {
                 compression: opts.compression,
                 ro_threshold_pct: opts.ro_threshold_pct,
-                ..engine_options()
+                ..engine_options(registry)
             },
         )?;
         let open = OpenPool {
@@ -141,7 +144,7 @@ impl OpenPool {
             SpaOptions::default(),
         )?);
         let store: Arc<dyn BlockStore> = spa.clone();
-        let engine = Pool::open(store, engine_options())?;
+        let engine = Pool::open(store, engine_options(registry))?;
         let last_scan = registry.load(name)?.and_then(|r| r.last_scan);
         let open = OpenPool {
             name: name.to_owned(),

@@ -17,3 +17,7 @@ pub const PROGRESS_INTERVAL_MS: u64 = 500;
 /// A closing pool waits this long for its running scan to notice the stop request (it
 /// checks between blocks, so a healthy device answers well within it).
 pub const SCAN_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Smallest per-pool block cache a user may ask for: two 128 KiB blocks, so a
+/// read-modify-write of the largest block always fits.
+pub const CACHE_BYTES_MIN: u64 = 256 << 10;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{NodeError, Result};
+use crate::limits::CACHE_BYTES_MIN;
 
 /// Version of the record format.
 const RECORD_VERSION: u32 = 1;
@@ -76,6 +77,8 @@ impl ScanStatus {
 #[derive(Clone, Debug)]
 pub struct Registry {
     home: PathBuf,
+    /// Block cache of each pool opened through this registry.
+    cache_bytes: u64,
 }
 
 fn valid_pool_name(name: &str) -> Result<()> {
@@ -97,7 +100,22 @@ fn valid_pool_name(name: &str) -> Result<()> {
 impl Registry {
     /// The registry at `home` (created on first write).
     pub fn new(home: impl Into<PathBuf>) -> Registry {
-        Registry { home: home.into() }
+        Registry {
+            home: home.into(),
+            cache_bytes: cstor_pool::limits::DEFAULT_CACHE_BYTES,
+        }
+    }
+
+    /// Pools opened through this registry keep at most `bytes` of decompressed blocks
+    /// in memory each (at least one maximum-size block).
+    pub fn with_cache_bytes(mut self, bytes: u64) -> Registry {
+        self.cache_bytes = bytes.max(CACHE_BYTES_MIN);
+        self
+    }
+
+    /// The per-pool block cache size.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_bytes
     }
 
     /// `$CSTOR_HOME`, or /var/lib/cstor.

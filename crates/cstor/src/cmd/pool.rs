@@ -430,9 +430,22 @@ fn refuse_if_served(registry: &Registry, pool: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `$CSTOR_HOME`'s registry, with the per-pool block cache from `$CSTOR_CACHE_SIZE`
+/// (default 64M).
+pub fn registry_from_env() -> Result<Registry> {
+    let registry = Registry::from_env();
+    match std::env::var("CSTOR_CACHE_SIZE") {
+        Ok(v) => {
+            let bytes = parse_size(&v).map_err(|e| anyhow::anyhow!("CSTOR_CACHE_SIZE={v}: {e}"))?;
+            Ok(registry.with_cache_bytes(bytes))
+        }
+        Err(_) => Ok(registry),
+    }
+}
+
 /// `cstor pool ...`.
 pub fn run_pool(args: PoolArgs) -> Result<()> {
-    let registry = Registry::from_env();
+    let registry = registry_from_env()?;
     match args.command {
         PoolCommand::Create {
             pool,
@@ -701,7 +714,7 @@ fn open_output(path: &str) -> Result<Box<dyn Write>> {
 
 /// `cstor volume ...`.
 pub fn run_volume(args: VolumeArgs) -> Result<()> {
-    let registry = Registry::from_env();
+    let registry = registry_from_env()?;
     let none = |registry: &Registry, pool: &str, req: Request| {
         run_request(registry, pool, req, &mut io::empty(), &mut io::sink())
     };

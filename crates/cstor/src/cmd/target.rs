@@ -253,7 +253,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let hosting = VolumeHosting::new(Registry::from_env());
+    let hosting = VolumeHosting::new(super::pool::registry_from_env()?);
     let result = serve_with(a, hosting.clone()).await;
     // Pools commit and release their devices even when serving failed.
     tokio::task::block_in_place(|| hosting.close());
