@@ -184,6 +184,19 @@ fn pool_and_volume_contract_on_raidz() {
     e.ok(&["volume", "destroy", "tank/clone"]);
     // An older snapshot: refused while newer ones exist, unless --destroy-newer.
     e.ok(&["volume", "snapshot", "tank/vol@s1b"]);
+    // A snapshot reads directly, without a clone.
+    e.ok(&[
+        "volume",
+        "read",
+        "tank/vol@s1",
+        "--output",
+        &out,
+        "--offset",
+        "1M",
+        "--length",
+        "3M",
+    ]);
+    assert!(std::fs::read(&out).unwrap() == data, "snapshot read");
     let err = e.fails(&["volume", "rollback", "tank/vol@s1"]);
     assert!(err.contains("newer snapshots exist: s1b"), "{err}");
     let said = e.ok(&["volume", "rollback", "tank/vol@s1", "--destroy-newer"]);

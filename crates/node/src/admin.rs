@@ -484,20 +484,39 @@ fn volume_read(
     length: Option<u64>,
     output: &mut dyn Write,
 ) -> Result<Value> {
-    if let Some((vol, snap)) = target.split_once('@') {
-        return Err(NodeError::Invalid(format!(
-            "reading snapshot {vol}@{snap} directly is not supported yet; clone it and read the clone"
-        )));
-    }
-    let h = pool.engine().volume(target)?;
-    let size = h.size();
+    let engine = pool.engine();
+    // A snapshot reads through the engine's snapshot path; a volume through its handle.
+    let (size, read): (
+        u64,
+        Box<dyn Fn(u64, &mut [u8]) -> cstor_pool::Result<()> + '_>,
+    ) = match target.split_once('@') {
+        Some((vol, snap)) => {
+            let info = engine
+                .list_snapshots(vol)?
+                .into_iter()
+                .find(|s| s.name == snap)
+                .ok_or_else(|| PoolError::UnknownSnapshot {
+                    volume: vol.to_owned(),
+                    snapshot: snap.to_owned(),
+                })?;
+            let read = move |off: u64, buf: &mut [u8]| engine.read_snapshot(vol, snap, off, buf);
+            (info.size, Box::new(read))
+        }
+        None => {
+            let h = engine.volume(target)?;
+            (
+                h.size(),
+                Box::new(move |off: u64, buf: &mut [u8]| h.read(off, buf)),
+            )
+        }
+    };
     let length = length.unwrap_or(size.saturating_sub(offset));
     check_range(offset, length, size, target)?;
     let mut buf = vec![0u8; IO_CHUNK_BYTES];
     let mut done = 0u64;
     while done < length {
         let n = (length - done).min(IO_CHUNK_BYTES as u64) as usize;
-        h.read(offset + done, &mut buf[..n])?;
+        read(offset + done, &mut buf[..n])?;
         output
             .write_all(&buf[..n])
             .map_err(io_err("writing the output"))?;
