@@ -477,6 +477,9 @@ fn volume_write(
     Ok(json!({"written_bytes": at - offset}))
 }
 
+/// Reads `buf.len()` bytes at an offset of a volume or a snapshot.
+type RangeReader<'a> = Box<dyn Fn(u64, &mut [u8]) -> cstor_pool::Result<()> + 'a>;
+
 fn volume_read(
     pool: &OpenPool,
     target: &str,
@@ -486,10 +489,7 @@ fn volume_read(
 ) -> Result<Value> {
     let engine = pool.engine();
     // A snapshot reads through the engine's snapshot path; a volume through its handle.
-    let (size, read): (
-        u64,
-        Box<dyn Fn(u64, &mut [u8]) -> cstor_pool::Result<()> + '_>,
-    ) = match target.split_once('@') {
+    let (size, read): (u64, RangeReader<'_>) = match target.split_once('@') {
         Some((vol, snap)) => {
             let info = engine
                 .list_snapshots(vol)?
