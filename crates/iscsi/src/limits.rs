@@ -92,6 +92,36 @@ pub const MAX_TARGETS: usize = 4096;
 /// Descriptors returned by one GET LBA STATUS.
 pub const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
 
+/// Target (CSCD) descriptors in one EXTENDED COPY: a copy names at most a source and a
+/// destination per segment, and every copy target is a LUN of this process.
+pub const XCOPY_MAX_TARGET_DESCRIPTORS: u16 = 8;
+
+/// Segment descriptors in one EXTENDED COPY; bounds the work one command may queue.
+pub const XCOPY_MAX_SEGMENT_DESCRIPTORS: u16 = 64;
+
+/// Bytes of target plus segment descriptor lists (RECEIVE COPY RESULTS MAXIMUM
+/// DESCRIPTOR LIST LENGTH): exactly the largest legal lists of 32-byte identification
+/// target descriptors and 28-byte block-to-block segment descriptors.
+pub const XCOPY_MAX_DESCRIPTOR_LIST_BYTES: u32 =
+    XCOPY_MAX_TARGET_DESCRIPTORS as u32 * 32 + XCOPY_MAX_SEGMENT_DESCRIPTORS as u32 * 28;
+
+/// Bytes one segment may copy (MAXIMUM SEGMENT LENGTH): covers every value of the 16-bit
+/// block count of a 512-byte block-to-block segment; memory stays bounded by the chunk.
+pub const XCOPY_MAX_SEGMENT_BYTES: u32 = 32 * 1024 * 1024;
+
+/// Bytes read then written per step of a copy: the buffer one copy holds at a time.
+pub const XCOPY_CHUNK_BYTES: u32 = 1024 * 1024;
+
+/// Finished copies whose status is held for RECEIVE COPY RESULTS per logical unit; the
+/// oldest is forgotten beyond this, so initiators that never ask cannot grow memory.
+pub const XCOPY_MAX_HELD_RESULTS: usize = 64;
+
+/// EXTENDED COPY commands running at once per logical unit with a list identifier
+/// (TOTAL CONCURRENT COPIES): bounds the copy state kept per LU.
+pub const XCOPY_MAX_CONCURRENT: u16 = 16;
+
+const _: () = assert!(XCOPY_CHUNK_BYTES <= MAX_TRANSFER_BYTES);
+const _: () = assert!(XCOPY_MAX_SEGMENT_BYTES as u64 >= 65535 * 512);
 const _: () = assert!(MAX_BURST_BYTES <= MAX_TRANSFER_BYTES);
 const _: () = assert!(MAX_TRANSFER_BYTES <= SESSION_BUFFER_BYTES);
 const _: () = assert!(MAX_RECV_DATA_SEGMENT_BYTES < 1 << 24);

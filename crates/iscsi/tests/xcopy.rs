@@ -1,0 +1,161 @@
+//! EXTENDED COPY and RECEIVE COPY RESULTS as a raw initiator sees them: a copy within the
+//! LU read back over iSCSI and on disk, an overlapping copy, COPY STATUS for the list
+//! identifier, an unknown copy target, and DATA PROTECT on a read-only LU.
+#![allow(clippy::big_endian_bytes)] // SCSI parameter fields are big-endian.
+
+mod initiator;
+use initiator::*;
+use std::sync::Arc;
+
+const IQN: &str = "iqn.2024-01.io.cstor.test:xcopy";
+const INI: &str = "iqn.2024-01.io.cstor.test:initiator";
+
+/// The NAA designator (type 3) VPD 0x83 reports: (code set, value).
+async fn naa_of(ini: &mut Ini) -> (u8, Vec<u8>) {
+    let r = ini.scsi(&[0x12, 0x01, 0x83, 0x01, 0x00, 0], 256, &[]).await;
+    assert_eq!(r.status, 0);
+    let mut at = 4;
+    while at + 4 <= r.data.len() {
+        let len = usize::from(r.data[at + 3]);
+        if r.data[at + 1] & 0x3f == 0x03 {
+            return (r.data[at] & 0x0f, r.data[at + 4..at + 4 + len].to_vec());
+        }
+        at += 4 + len;
+    }
+    panic!("no NAA designator in VPD 0x83");
+}
+
+/// A parameter list with one identification target descriptor and block-to-block
+/// segments (src lba, dst lba, blocks), all on target 0.
+fn param_list(list_id: u8, naa: &(u8, Vec<u8>), segs: &[(u64, u64, u16)]) -> Vec<u8> {
+    let mut t = vec![0u8; 32];
+    t[0] = 0xe4;
+    t[4] = naa.0;
+    t[5] = 0x03;
+    t[7] = naa.1.len() as u8;
+    t[8..8 + naa.1.len()].copy_from_slice(&naa.1);
+    t[30] = 0x02; // disk block length 512
+    let mut s = Vec::new();
+    for &(src, dst, blocks) in segs {
+        let mut d = vec![0u8; 28];
+        d[0] = 0x02;
+        d[3] = 0x18;
+        d[10..12].copy_from_slice(&blocks.to_be_bytes());
+        d[12..20].copy_from_slice(&src.to_be_bytes());
+        d[20..28].copy_from_slice(&dst.to_be_bytes());
+        s.extend_from_slice(&d);
+    }
+    let mut p = vec![0u8; 16];
+    p[0] = list_id;
+    p[2..4].copy_from_slice(&(t.len() as u16).to_be_bytes());
+    put32(&mut p, 8, s.len() as u32);
+    p.extend_from_slice(&t);
+    p.extend_from_slice(&s);
+    p
+}
+
+fn xcopy_cdb(len: usize) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x83;
+    put32(&mut c, 10, len as u32);
+    c
+}
+
+fn copy_status_cdb(list_id: u8) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x84;
+    c[2] = list_id;
+    put32(&mut c, 10, 1024);
+    c
+}
+
+fn pattern(blocks: usize, seed: u8) -> Vec<u8> {
+    (0..blocks * 512)
+        .map(|i| (i / 512) as u8 ^ seed ^ (i % 7) as u8)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_copy_copies_a_range_and_reports_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, addr, _b) = start(dir.path(), IQN, |_| {}).await;
+    let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 1, 1], false)
+        .await
+        .unwrap();
+    let naa = naa_of(&mut ini).await;
+
+    // 3000 blocks (more than two 1 MiB chunks) from LBA 0 to LBA 20000.
+    let data = pattern(3000, 0x5a);
+    for (i, part) in data.chunks(256 * 512).enumerate() {
+        let cdb = cdb_rw(0x2a, (i * 256) as u32, (part.len() / 512) as u16);
+        assert_eq!(ini.scsi(&cdb, 0, part).await.status, 0);
+    }
+    let p = param_list(9, &naa, &[(0, 20000, 3000)]);
+    let r = ini.scsi(&xcopy_cdb(p.len()), 0, &p).await;
+    assert_eq!(r.status, 0, "sense {:?}", r.sense_key());
+    let r = ini.scsi(&copy_status_cdb(9), 1024, &[]).await;
+    assert_eq!(r.status, 0);
+    assert_eq!(r.data[4], 0x01, "completed without errors");
+    assert_eq!(u16::from_be_bytes([r.data[5], r.data[6]]), 1);
+    assert_eq!((r.data[7], get32(&r.data, 8)), (0, 3000 * 512));
+    let r = ini.scsi(&copy_status_cdb(9), 1024, &[]).await;
+    assert_eq!(r.sense_key(), (5, 0x24, 0x00), "status is reported once");
+
+    let mut back = Vec::new();
+    for i in 0..12u32 {
+        let n = if i == 11 { 3000 - 11 * 256 } else { 256 };
+        let r = ini
+            .scsi(&cdb_rw(0x28, 20000 + i * 256, n as u16), n * 512, &[])
+            .await;
+        assert_eq!(r.status, 0);
+        back.extend_from_slice(&r.data);
+    }
+    assert!(back == data, "copied blocks differ");
+    let on_disk = std::fs::read(dir.path().join("lun.img")).unwrap();
+    assert!(on_disk[20000 * 512..23000 * 512] == data[..]);
+
+    // Overlapping copy forwards by 100 blocks: the result is the original range moved.
+    let p = param_list(10, &naa, &[(0, 100, 3000)]);
+    assert_eq!(ini.scsi(&xcopy_cdb(p.len()), 0, &p).await.status, 0);
+    let on_disk = std::fs::read(dir.path().join("lun.img")).unwrap();
+    assert!(
+        on_disk[100 * 512..3100 * 512] == data[..],
+        "overlap corrupted"
+    );
+
+    // A designator of another LU is unreachable: COPY ABORTED, nothing written.
+    let mut other = naa.clone();
+    other.1[15] ^= 0xff;
+    let p = param_list(11, &other, &[(0, 5000, 8)]);
+    let r = ini.scsi(&xcopy_cdb(p.len()), 0, &p).await;
+    assert_eq!(r.sense_key(), (0x0a, 0x08, 0x04));
+    let on_disk = std::fs::read(dir.path().join("lun.img")).unwrap();
+    assert!(on_disk[5000 * 512..5008 * 512].iter().all(|b| *b == 0));
+    let r = ini.scsi(&copy_status_cdb(11), 1024, &[]).await;
+    assert_eq!(r.data[4], 0x02, "held as completed with errors");
+
+    // OPERATING PARAMETERS report the limits.
+    let mut c = copy_status_cdb(0);
+    c[1] = 0x03;
+    let r = ini.scsi(&c, 1024, &[]).await;
+    assert_eq!(r.status, 0);
+    assert_eq!(u16::from_be_bytes([r.data[8], r.data[9]]), 8);
+    assert_eq!(u16::from_be_bytes([r.data[10], r.data[11]]), 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_copy_on_a_read_only_lu_is_data_protect() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lun.img");
+    let (_s, addr, _b) = start(dir.path(), IQN, |cfg| {
+        cfg.backend = Arc::new(cstor_iscsi::FileBackend::open(&path, None, true).unwrap());
+    })
+    .await;
+    let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 1, 2], false)
+        .await
+        .unwrap();
+    let naa = naa_of(&mut ini).await;
+    let p = param_list(1, &naa, &[(0, 100, 8)]);
+    let r = ini.scsi(&xcopy_cdb(p.len()), 0, &p).await;
+    assert_eq!(r.sense_key(), (0x07, 0x27, 0x00));
+}
