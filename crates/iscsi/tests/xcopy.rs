@@ -28,18 +28,35 @@ async fn naa_of(ini: &mut Ini) -> (u8, Vec<u8>) {
 /// A parameter list with one identification target descriptor and block-to-block
 /// segments (src lba, dst lba, blocks), all on target 0.
 fn param_list(list_id: u8, naa: &(u8, Vec<u8>), segs: &[(u64, u64, u16)]) -> Vec<u8> {
-    let mut t = vec![0u8; 32];
-    t[0] = 0xe4;
-    t[4] = naa.0;
-    t[5] = 0x03;
-    t[7] = naa.1.len() as u8;
-    t[8..8 + naa.1.len()].copy_from_slice(&naa.1);
-    t[30] = 0x02; // disk block length 512
+    let segs: Vec<_> = segs.iter().map(|&(s, d, n)| (0, 0, s, d, n)).collect();
+    param_list_n(list_id, std::slice::from_ref(naa), &segs)
+}
+
+/// A parameter list naming `naas` as targets 0.. and segments (src target, dst target,
+/// src lba, dst lba, blocks).
+fn param_list_n(
+    list_id: u8,
+    naas: &[(u8, Vec<u8>)],
+    segs: &[(u16, u16, u64, u64, u16)],
+) -> Vec<u8> {
+    let mut t = Vec::new();
+    for naa in naas {
+        let mut d = vec![0u8; 32];
+        d[0] = 0xe4;
+        d[4] = naa.0;
+        d[5] = 0x03;
+        d[7] = naa.1.len() as u8;
+        d[8..8 + naa.1.len()].copy_from_slice(&naa.1);
+        d[30] = 0x02; // disk block length 512
+        t.extend_from_slice(&d);
+    }
     let mut s = Vec::new();
-    for &(src, dst, blocks) in segs {
+    for &(si, di, src, dst, blocks) in segs {
         let mut d = vec![0u8; 28];
         d[0] = 0x02;
         d[3] = 0x18;
+        d[4..6].copy_from_slice(&si.to_be_bytes());
+        d[6..8].copy_from_slice(&di.to_be_bytes());
         d[10..12].copy_from_slice(&blocks.to_be_bytes());
         d[12..20].copy_from_slice(&src.to_be_bytes());
         d[20..28].copy_from_slice(&dst.to_be_bytes());
@@ -158,4 +175,53 @@ async fn extended_copy_on_a_read_only_lu_is_data_protect() {
     let p = param_list(1, &naa, &[(0, 100, 8)]);
     let r = ini.scsi(&xcopy_cdb(p.len()), 0, &p).await;
     assert_eq!(r.sense_key(), (0x07, 0x27, 0x00));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_copy_between_two_targets_of_one_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr, _b) = start(dir.path(), IQN, |_| {}).await;
+    let iqn_b = "iqn.2024-01.io.cstor.test:xcopy-b";
+    let path_b = dir.path().join("b.img");
+    let backend_b =
+        Arc::new(cstor_iscsi::FileBackend::open(&path_b, Some(8 << 20), false).unwrap());
+    server
+        .add_target(cstor_iscsi::TargetConfig::new(iqn_b, backend_b))
+        .unwrap();
+    let mut a = login(&addr, IQN, INI, [0x80, 0, 0, 0, 2, 1], false)
+        .await
+        .unwrap();
+    let mut b = login(&addr, iqn_b, INI, [0x80, 0, 0, 0, 2, 1], false)
+        .await
+        .unwrap();
+    let (naa_a, naa_b) = (naa_of(&mut a).await, naa_of(&mut b).await);
+    assert_ne!(naa_a, naa_b);
+
+    let data = pattern(64, 0x33);
+    assert_eq!(a.scsi(&cdb_rw(0x2a, 10, 64), 0, &data).await.status, 0);
+    let naas = [naa_a.clone(), naa_b.clone()];
+    let p = param_list_n(1, &naas, &[(0, 1, 10, 1000, 64)]);
+    let r = a.scsi(&xcopy_cdb(p.len()), 0, &p).await;
+    assert_eq!(r.status, 0, "sense {:?}", r.sense_key());
+    let r = b.scsi(&cdb_rw(0x28, 1000, 64), 64 * 512, &[]).await;
+    assert!(r.data == data, "target B holds the copy");
+    let on_disk = std::fs::read(&path_b).unwrap();
+    assert!(on_disk[1000 * 512..1064 * 512] == data[..]);
+
+    // The destination range must fit target B (8 MiB = 16384 blocks), not target A.
+    let p = param_list_n(2, &naas, &[(0, 1, 0, 16380, 8)]);
+    let r = a.scsi(&xcopy_cdb(p.len()), 0, &p).await;
+    assert_eq!(r.sense_key().0, 0x0a, "beyond B's end is COPY ABORTED");
+
+    // Another initiator reserves B: the copy may not write there for this initiator.
+    let ini2 = "iqn.2024-01.io.cstor.test:other";
+    let mut other = login(&addr, iqn_b, ini2, [0x80, 0, 0, 0, 2, 2], false)
+        .await
+        .unwrap();
+    assert_eq!(other.scsi(&[0x16, 0, 0, 0, 0, 0], 0, &[]).await.status, 0);
+    let p = param_list_n(3, &naas, &[(0, 1, 10, 2000, 64)]);
+    let r = a.scsi(&xcopy_cdb(p.len()), 0, &p).await;
+    assert_eq!(r.status, 0x18, "RESERVATION CONFLICT on the other target");
+    let on_disk = std::fs::read(&path_b).unwrap();
+    assert!(on_disk[2000 * 512..2064 * 512].iter().all(|x| *x == 0));
 }

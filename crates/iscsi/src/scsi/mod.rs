@@ -15,7 +15,7 @@ mod inquiry;
 mod io;
 mod mode;
 pub(crate) mod pr;
-mod xcopy;
+pub(crate) mod xcopy;
 
 use crate::backend::{BackendError, BlockBackend};
 use crate::counters::Counters;
@@ -124,6 +124,8 @@ pub struct LogicalUnit {
     pub(crate) aptpl_path: Option<std::path::PathBuf>,
     /// Logical blocks per physical block, as a power of two.
     pub(crate) phys_exponent: u8,
+    /// The other LUs of this process, for EXTENDED COPY between targets.
+    copy_peers: std::sync::OnceLock<std::sync::Weak<dyn xcopy::CopyPeers>>,
 }
 
 /// Command classes for reservation conflict checks (SPC-4 §5.9.1 tables).
@@ -172,7 +174,13 @@ impl LogicalUnit {
             counters,
             aptpl_path,
             phys_exponent: phys_exponent.min(8),
+            copy_peers: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets EXTENDED COPY reach the LUs of `peers` (set once, by the target registry).
+    pub(crate) fn set_copy_peers(&self, peers: std::sync::Weak<dyn xcopy::CopyPeers>) {
+        let _ = self.copy_peers.set(peers);
     }
 
     /// Capacity in logical blocks.

@@ -9,18 +9,21 @@
 //! received and against limits.rs before it is used; every segment's targets are
 //! resolved and its ranges checked before the first byte is written; data moves through
 //! the backend in chunks of at most `XCOPY_CHUNK_BYTES`, each written like a WRITE (under
-//! the shared write gate), so COMPARE AND WRITE stays atomic against copies. A copy
-//! target is this LU (an identification descriptor naming its NAA or T10 designator as
-//! VPD 0x83 reports them, 512-byte blocks); any other is UNREACHABLE COPY TARGET.
+//! the shared write gate of the LU written), so COMPARE AND WRITE stays atomic against
+//! copies. A copy target is an LU of this process (an identification descriptor naming
+//! its NAA or T10 designator as VPD 0x83 reports them, 512-byte blocks): this LU or
+//! another target's, reached only where the initiator port's own reservations there
+//! allow; any other is UNREACHABLE COPY TARGET.
 //! Never: hold the state mutex across an await; write before the whole list is valid.
 //! Cancellation: dropping the command mid-copy leaves the copied prefix written (as a
 //! cancelled WRITE would) and removes its running entry (a drop guard).
 
-use super::{check_range, Cdb, CmdResult, LogicalUnit, NexusId, BLOCK_SIZE};
+use super::{check_range, Access, Cdb, CmdResult, LogicalUnit, NexusId, BLOCK_SIZE};
 use crate::be;
 use crate::limits;
 use crate::sense::ScsiError;
 use bytes::Bytes;
+use std::sync::Arc;
 
 const BS: u64 = BLOCK_SIZE as u64;
 /// Parameter list header bytes before the target descriptor list.
@@ -356,6 +359,34 @@ impl CopyTable {
     }
 }
 
+/// A logical unit of another target of this process, kept alive while a copy uses it.
+pub(crate) trait LuHandle: Send + Sync {
+    /// The logical unit.
+    fn lu(&self) -> &LogicalUnit;
+}
+
+/// The logical units of this process a copy may name as copy targets (the registry of
+/// targets); held weakly by each LU so the registry and its LUs form no cycle.
+pub(crate) trait CopyPeers: Send + Sync + std::fmt::Debug {
+    /// The first LU `pred` accepts.
+    fn find(&self, pred: &dyn Fn(&LogicalUnit) -> bool) -> Option<Arc<dyn LuHandle>>;
+}
+
+/// A resolved copy target.
+enum CopyTarget {
+    This,
+    Peer(Arc<dyn LuHandle>),
+}
+
+impl CopyTarget {
+    fn lu<'a>(&'a self, this: &'a LogicalUnit) -> &'a LogicalUnit {
+        match self {
+            CopyTarget::This => this,
+            CopyTarget::Peer(h) => h.lu(),
+        }
+    }
+}
+
 /// Ends a copy's entry when the command finishes or is dropped mid-copy (then with no
 /// outcome, so nothing is held).
 struct RunningCopy<'a> {
@@ -394,7 +425,7 @@ impl LogicalUnit {
             serial,
             outcome: None,
         };
-        let result = self.run_copy(&plan, serial).await;
+        let result = self.run_copy(&plan, cmd.nexus, serial).await;
         // A failed copy is held too, as "completed with errors" (COPY STATUS 02h).
         guard.outcome = Some(result.is_ok());
         drop(guard);
@@ -402,7 +433,7 @@ impl LogicalUnit {
     }
 
     /// Whether a target descriptor names this LU.
-    fn is_this_lu(&self, t: &TargetDescriptor) -> bool {
+    fn is_named_by(&self, t: &TargetDescriptor) -> bool {
         t.association == 0
             && t.block_len == BLOCK_SIZE
             && self.lu_designators().iter().any(|(code_set, kind, value)| {
@@ -410,67 +441,67 @@ impl LogicalUnit {
             })
     }
 
-    /// Checks every segment, then copies them in order.
-    async fn run_copy(&self, plan: &CopyPlan, serial: u64) -> Result<(), ScsiError> {
-        let capacity = self.capacity_blocks();
+    /// The LU a target descriptor names: this one, or another LU of this process.
+    fn resolve(&self, t: &TargetDescriptor) -> Option<CopyTarget> {
+        if self.is_named_by(t) {
+            return Some(CopyTarget::This);
+        }
+        let peers = self.copy_peers.get()?.upgrade()?;
+        peers.find(&|lu| lu.is_named_by(t)).map(CopyTarget::Peer)
+    }
+
+    /// Whether `nexus` may access this LU as `access` under its reservations: the copy
+    /// manager reaches another LU only where the initiator port itself could.
+    fn copy_access_allowed(&self, nexus: &NexusId, access: Access) -> bool {
+        let st = self.state.lock();
+        if st.spc2_holder.as_ref().is_some_and(|h| h != nexus) {
+            return false;
+        }
+        !st.pr.conflicts(nexus, access)
+    }
+
+    /// Resolves and checks every segment, then copies them in order.
+    async fn run_copy(
+        &self,
+        plan: &CopyPlan,
+        nexus: &NexusId,
+        serial: u64,
+    ) -> Result<(), ScsiError> {
+        let targets: Vec<Option<CopyTarget>> =
+            plan.targets.iter().map(|t| self.resolve(t)).collect();
+        let mut steps = Vec::with_capacity(plan.segments.len());
         for (i, s) in plan.segments.iter().enumerate() {
             let seg = u32::try_from(i).unwrap_or(u32::MAX);
-            for idx in [s.src, s.dst] {
-                let reachable = plan
-                    .targets
-                    .get(usize::from(idx))
-                    .is_some_and(|t| self.is_this_lu(t));
-                if !reachable {
-                    return Err(ScsiError::copy_aborted(0x08, 0x04, seg));
-                }
-            }
-            if check_range(s.src_lba, s.blocks, capacity).is_err()
-                || check_range(s.dst_lba, s.blocks, capacity).is_err()
+            let target = |idx: u16| match targets.get(usize::from(idx)) {
+                Some(Some(t)) => Ok(t.lu(self)),
+                _ => Err(ScsiError::copy_aborted(0x08, 0x04, seg)),
+            };
+            let (src, dst) = (target(s.src)?, target(s.dst)?);
+            if check_range(s.src_lba, s.blocks, src.capacity_blocks()).is_err()
+                || check_range(s.dst_lba, s.blocks, dst.capacity_blocks()).is_err()
             {
                 return Err(ScsiError::copy_aborted(0x00, 0x00, seg));
             }
-        }
-        if !plan.segments.is_empty() {
-            self.writable()?;
+            // This LU's reservations were checked by the command gate.
+            let allowed = |lu: &LogicalUnit, access| {
+                std::ptr::eq(lu, self) || lu.copy_access_allowed(nexus, access)
+            };
+            if !allowed(src, Access::Read) || !allowed(dst, Access::Write) {
+                return Err(ScsiError::reservation_conflict());
+            }
+            dst.writable()?;
+            steps.push((src, dst, s));
         }
         let mut bytes_done = 0u64;
-        for (i, s) in plan.segments.iter().enumerate() {
-            self.copy_segment(s, serial, i, &mut bytes_done).await?;
+        for (i, (src, dst, s)) in steps.into_iter().enumerate() {
+            let done = u16::try_from(i).unwrap_or(u16::MAX);
+            copy_segment(src, dst, s, |bytes| {
+                bytes_done += bytes;
+                self.state.lock().copies.progress(serial, done, bytes_done);
+            })
+            .await?;
             let done = u16::try_from(i + 1).unwrap_or(u16::MAX);
             self.state.lock().copies.progress(serial, done, bytes_done);
-        }
-        Ok(())
-    }
-
-    /// Copies one segment in bounded chunks, back to front when the destination overlaps
-    /// the source from above (as memmove does), so overlapping copies stay correct.
-    async fn copy_segment(
-        &self,
-        s: &Segment,
-        serial: u64,
-        index: usize,
-        bytes_done: &mut u64,
-    ) -> Result<(), ScsiError> {
-        let chunk = u64::from(limits::XCOPY_CHUNK_BYTES) / BS;
-        let chunks = s.blocks.div_ceil(chunk);
-        let backwards = s.dst_lba > s.src_lba && s.dst_lba < s.src_lba + s.blocks;
-        let done_segments = u16::try_from(index).unwrap_or(u16::MAX);
-        for k in 0..chunks {
-            let k = if backwards { chunks - 1 - k } else { k };
-            let off = k * chunk;
-            let n = chunk.min(s.blocks - off);
-            // n * BS <= XCOPY_CHUNK_BYTES, a u32.
-            let len = (n * BS) as u32;
-            let data = self
-                .bounded(self.backend.read((s.src_lba + off) * BS, len), false)
-                .await?;
-            self.counters.add_read(u64::from(len));
-            self.write_blocks(s.dst_lba + off, data, false).await?;
-            *bytes_done += u64::from(len);
-            self.state
-                .lock()
-                .copies
-                .progress(serial, done_segments, *bytes_done);
         }
         Ok(())
     }
@@ -492,6 +523,35 @@ impl LogicalUnit {
         v.truncate(alloc);
         Ok(Bytes::from(v))
     }
+}
+
+/// Copies one segment from `src` to `dst` in bounded chunks, back to front when the
+/// destination overlaps the source from above within one LU (as memmove does), so
+/// overlapping copies stay correct; `progress` gets the bytes of each chunk written.
+async fn copy_segment(
+    src: &LogicalUnit,
+    dst: &LogicalUnit,
+    s: &Segment,
+    mut progress: impl FnMut(u64),
+) -> Result<(), ScsiError> {
+    let chunk = u64::from(limits::XCOPY_CHUNK_BYTES) / BS;
+    let chunks = s.blocks.div_ceil(chunk);
+    let backwards =
+        std::ptr::eq(src, dst) && s.dst_lba > s.src_lba && s.dst_lba < s.src_lba + s.blocks;
+    for k in 0..chunks {
+        let k = if backwards { chunks - 1 - k } else { k };
+        let off = k * chunk;
+        let n = chunk.min(s.blocks - off);
+        // n * BS <= XCOPY_CHUNK_BYTES, a u32.
+        let len = (n * BS) as u32;
+        let data = src
+            .bounded(src.backend.read((s.src_lba + off) * BS, len), false)
+            .await?;
+        src.counters.add_read(u64::from(len));
+        dst.write_blocks(s.dst_lba + off, data, false).await?;
+        progress(u64::from(len));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
