@@ -151,6 +151,20 @@ async fn extended_copy_copies_a_range_and_reports_its_status() {
     let r = ini.scsi(&copy_status_cdb(11), 1024, &[]).await;
     assert_eq!(r.data[4], 0x02, "held as completed with errors");
 
+    // The Third-party Copy VPD page is listed and names RECEIVE COPY RESULTS COPY STATUS.
+    let r = ini.scsi(&[0x12, 0x01, 0x00, 0x00, 0xff, 0], 255, &[]).await;
+    assert!(r.data[4..].contains(&0x8f));
+    let r = ini
+        .scsi(&[0x12, 0x01, 0x8f, 0x04, 0x00, 0], 1024, &[])
+        .await;
+    assert_eq!((r.status, r.data[1]), (0, 0x8f));
+    assert_eq!(
+        &r.data[4..6],
+        &[0x00, 0x01],
+        "Supported Commands descriptor first"
+    );
+    assert!(r.data[8..16] == [7, 0x83, 1, 0, 0x84, 2, 0, 3]);
+
     // OPERATING PARAMETERS report the limits.
     let mut c = copy_status_cdb(0);
     c[1] = 0x03;

@@ -36,13 +36,14 @@ impl LogicalUnit {
             return truncate(self.standard_inquiry(), alloc);
         }
         let body = match page {
-            0x00 => vec![0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2],
+            0x00 => vec![0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2],
             0x80 => {
                 let mut s = self.backend.identity().serial.clone().into_bytes();
                 s.truncate(32);
                 s
             }
             0x83 => self.device_identification(),
+            0x8f => super::xcopy::third_party_copy_vpd(),
             0xb0 => block_limits(self.phys_exponent),
             0xb1 => {
                 let mut v = vec![0u8; 60];

@@ -233,6 +233,56 @@ fn operating_parameters() -> Vec<u8> {
     v
 }
 
+/// Appends a third-party copy descriptor, padded to a multiple of four bytes (SPC-4
+/// §7.8.17).
+fn tpc_descriptor(out: &mut Vec<u8>, kind: u16, body: &[u8]) {
+    let padded = body.len().next_multiple_of(4);
+    let mut d = vec![0u8; 4 + padded];
+    be::put_u16(&mut d, 0, kind);
+    be::put_u16(&mut d, 2, padded as u16);
+    d[4..4 + body.len()].copy_from_slice(body);
+    out.extend_from_slice(&d);
+}
+
+/// The body of VPD page 0x8F (Third-party Copy) for a LID1 copy manager: supported
+/// commands, parameter data, supported descriptors, supported CSCD descriptor IDs
+/// (none beyond list indexes) and general copy operations, all from limits.rs.
+pub(super) fn third_party_copy_vpd() -> Vec<u8> {
+    let mut out = Vec::new();
+    // Supported Commands: EXTENDED COPY(LID1); RECEIVE COPY RESULTS COPY STATUS and
+    // OPERATING PARAMETERS.
+    let commands = [
+        0x83,
+        1,
+        0x00,
+        0x84,
+        2,
+        SA_COPY_STATUS,
+        SA_OPERATING_PARAMETERS,
+    ];
+    let mut body = vec![commands.len() as u8];
+    body.extend_from_slice(&commands);
+    tpc_descriptor(&mut out, 0x0001, &body);
+    // Parameter Data.
+    let mut body = vec![0u8; 28];
+    be::put_u16(&mut body, 4, limits::XCOPY_MAX_TARGET_DESCRIPTORS);
+    be::put_u16(&mut body, 6, limits::XCOPY_MAX_SEGMENT_DESCRIPTORS);
+    be::put_u32(&mut body, 8, limits::XCOPY_MAX_DESCRIPTOR_LIST_BYTES);
+    tpc_descriptor(&mut out, 0x0004, &body);
+    // Supported Descriptors.
+    tpc_descriptor(&mut out, 0x0008, &[2, B2B_SEGMENT_TYPE, IDENT_TARGET_TYPE]);
+    // Supported CSCD Descriptor IDs: none (segments name targets by list index).
+    tpc_descriptor(&mut out, 0x000c, &[0, 0]);
+    // General Copy Operations.
+    let mut body = vec![0u8; 32];
+    be::put_u32(&mut body, 0, u32::from(limits::XCOPY_MAX_CONCURRENT));
+    be::put_u32(&mut body, 4, u32::from(limits::XCOPY_MAX_CONCURRENT));
+    be::put_u32(&mut body, 8, limits::XCOPY_MAX_SEGMENT_BYTES);
+    body[12] = BLOCK_SIZE.trailing_zeros() as u8;
+    tpc_descriptor(&mut out, 0x8001, &body);
+    out
+}
+
 /// State of one copy in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CopyState {
@@ -761,6 +811,25 @@ mod tests {
         }
         let e = t.start(&n, &plan(ListIdUsage::NoListId)).unwrap_err();
         assert_eq!(e.sense.unwrap().asc, 0x55);
+    }
+
+    #[test]
+    fn third_party_copy_vpd_layout() {
+        let v = third_party_copy_vpd();
+        let mut kinds = Vec::new();
+        let mut at = 0;
+        while at < v.len() {
+            let len = usize::from(be::u16_at(&v, at + 2));
+            assert_eq!(len % 4, 0);
+            kinds.push(be::u16_at(&v, at));
+            if kinds.len() == 1 {
+                // 84h lists service actions 00h and 03h.
+                assert_eq!(&v[at + 4..at + 12], &[7, 0x83, 1, 0, 0x84, 2, 0, 3]);
+            }
+            at += 4 + len;
+        }
+        assert_eq!(at, v.len());
+        assert_eq!(kinds, vec![0x0001, 0x0004, 0x0008, 0x000c, 0x8001]);
     }
 
     #[test]
