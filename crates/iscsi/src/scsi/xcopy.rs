@@ -813,6 +813,30 @@ mod tests {
         assert_eq!(e.sense.unwrap().asc, 0x55);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2000, failure_persistence: None, ..Default::default()
+        })]
+
+        /// Mutated and truncated valid lists parse or fail as ILLEGAL REQUEST; never panic.
+        #[test]
+        fn mutated_lists_never_panic(
+            flips in proptest::collection::vec((0usize..140, proptest::prelude::any::<u8>()), 0..6),
+            cut in 0usize..160,
+        ) {
+            let mut p = list(&[ident(&[1; 16]), ident(&[2; 8])], &[b2b(0, 1, 8, 0, 9), b2b(1, 0, 1, 2, 3)]);
+            for (at, v) in flips {
+                if let Some(b) = p.get_mut(at) {
+                    *b = v;
+                }
+            }
+            p.truncate(cut);
+            if let Err(e) = parse(&p) {
+                proptest::prop_assert_eq!(e.sense.unwrap().key, key::ILLEGAL_REQUEST);
+            }
+        }
+    }
+
     #[test]
     fn third_party_copy_vpd_layout() {
         let v = third_party_copy_vpd();
