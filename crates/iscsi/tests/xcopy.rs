@@ -239,3 +239,54 @@ async fn extended_copy_between_two_targets_of_one_server() {
     let on_disk = std::fs::read(&path_b).unwrap();
     assert!(on_disk[2000 * 512..2064 * 512].iter().all(|x| *x == 0));
 }
+
+/// Throughput of one EXTENDED COPY of 256 MiB (8 segments of 65535 blocks) on a file
+/// target; long, so only with CSTOR_XCOPY_BENCH=1. Checks the copy too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_copy_throughput() {
+    if std::env::var_os("CSTOR_XCOPY_BENCH").is_none() {
+        eprintln!("SKIPPED: set CSTOR_XCOPY_BENCH=1 to measure EXTENDED COPY throughput");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.img");
+    let seg_blocks = 65535u64;
+    let total = 8 * seg_blocks * 512;
+    let src: Vec<u8> = (0..total)
+        .map(|i| (i / 4096) as u8 ^ (i % 13) as u8)
+        .collect();
+    let mut img = src.clone();
+    img.resize(3 * total as usize, 0);
+    std::fs::write(&path, &img).unwrap();
+    drop(img);
+    let backend = Arc::new(cstor_iscsi::FileBackend::open(&path, None, false).unwrap());
+    let server = cstor_iscsi::Server::new();
+    server
+        .add_target(cstor_iscsi::TargetConfig::new(IQN, backend))
+        .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(server.clone().serve(l));
+    let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 3, 1], false)
+        .await
+        .unwrap();
+    let naa = naa_of(&mut ini).await;
+    let dst0 = 2 * 8 * seg_blocks;
+    let segs: Vec<(u64, u64, u16)> = (0..8)
+        .map(|i| (i * seg_blocks, dst0 + i * seg_blocks, seg_blocks as u16))
+        .collect();
+    let p = param_list(1, &naa, &segs);
+    let started = std::time::Instant::now();
+    let r = ini.scsi(&xcopy_cdb(p.len()), 0, &p).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 0, "sense {:?}", r.sense_key());
+    println!(
+        "EXTENDED COPY of {} MiB in {:.2?}: {:.0} MiB/s",
+        total >> 20,
+        took,
+        (total >> 20) as f64 / took.as_secs_f64()
+    );
+    let on_disk = std::fs::read(&path).unwrap();
+    let d = dst0 as usize * 512;
+    assert!(on_disk[d..d + total as usize] == src[..]);
+}
