@@ -140,6 +140,12 @@ async fn extended_copy_copies_a_range_and_reports_its_status() {
         "overlap corrupted"
     );
 
+    // CSCD ID F800h names this LU without a target descriptor.
+    let p = param_list_n(12, &[], &[(0xf800, 0xf800, 100, 9000, 16)]);
+    assert_eq!(ini.scsi(&xcopy_cdb(p.len()), 0, &p).await.status, 0);
+    let on_disk = std::fs::read(dir.path().join("lun.img")).unwrap();
+    assert!(on_disk[9000 * 512..9016 * 512] == data[..16 * 512]);
+
     // A designator of another LU is unreachable: COPY ABORTED, nothing written.
     let mut other = naa.clone();
     other.1[15] ^= 0xff;

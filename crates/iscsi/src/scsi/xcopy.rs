@@ -35,6 +35,9 @@ const B2B_DESC_LEN: usize = 28;
 const B2B_DESCRIPTOR_LENGTH: u16 = 0x18;
 const IDENT_TARGET_TYPE: u8 = 0xe4;
 const B2B_SEGMENT_TYPE: u8 = 0x02;
+/// CSCD descriptor ID naming the LU that holds the copy manager (SPC-4), usable in a
+/// segment descriptor instead of a target descriptor index.
+const THIS_LU_CSCD_ID: u16 = 0xf800;
 /// Designator length an identification descriptor can carry (bytes 8..28).
 const MAX_DESIGNATOR_LEN: usize = 20;
 
@@ -271,8 +274,10 @@ pub(super) fn third_party_copy_vpd() -> Vec<u8> {
     tpc_descriptor(&mut out, 0x0004, &body);
     // Supported Descriptors.
     tpc_descriptor(&mut out, 0x0008, &[2, B2B_SEGMENT_TYPE, IDENT_TARGET_TYPE]);
-    // Supported CSCD Descriptor IDs: none (segments name targets by list index).
-    tpc_descriptor(&mut out, 0x000c, &[0, 0]);
+    // Supported CSCD Descriptor IDs: F800h (this LU) besides list indexes.
+    let mut body = vec![0, 2, 0, 0];
+    be::put_u16(&mut body, 2, THIS_LU_CSCD_ID);
+    tpc_descriptor(&mut out, 0x000c, &body);
     // General Copy Operations.
     let mut body = vec![0u8; 32];
     be::put_u32(&mut body, 0, u32::from(limits::XCOPY_MAX_CONCURRENT));
@@ -523,6 +528,7 @@ impl LogicalUnit {
         for (i, s) in plan.segments.iter().enumerate() {
             let seg = u32::try_from(i).unwrap_or(u32::MAX);
             let target = |idx: u16| match targets.get(usize::from(idx)) {
+                _ if idx == THIS_LU_CSCD_ID => Ok(self),
                 Some(Some(t)) => Ok(t.lu(self)),
                 _ => Err(ScsiError::copy_aborted(0x08, 0x04, seg)),
             };
