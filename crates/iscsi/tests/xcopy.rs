@@ -177,7 +177,8 @@ async fn extended_copy_copies_a_range_and_reports_its_status() {
     let r = ini.scsi(&c, 1024, &[]).await;
     assert_eq!(r.status, 0);
     assert_eq!(u16::from_be_bytes([r.data[8], r.data[9]]), 8);
-    assert_eq!(u16::from_be_bytes([r.data[10], r.data[11]]), 64);
+    assert_eq!(u16::from_be_bytes([r.data[10], r.data[11]]), 16);
+    assert_eq!(get32(&r.data, 16), 16 << 20, "MAXIMUM SEGMENT LENGTH");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,7 +247,7 @@ async fn extended_copy_between_two_targets_of_one_server() {
     assert!(on_disk[2000 * 512..2064 * 512].iter().all(|x| *x == 0));
 }
 
-/// Throughput of one EXTENDED COPY of 256 MiB (8 segments of 65535 blocks) on a file
+/// Throughput of one EXTENDED COPY of 256 MiB (16 segments of 16 MiB) on a file
 /// target; long, so only with CSTOR_XCOPY_BENCH=1. Checks the copy too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_copy_throughput() {
@@ -256,8 +257,8 @@ async fn extended_copy_throughput() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.img");
-    let seg_blocks = 65535u64;
-    let total = 8 * seg_blocks * 512;
+    let seg_blocks = 32768u64;
+    let total = 16 * seg_blocks * 512;
     let src: Vec<u8> = (0..total)
         .map(|i| (i / 4096) as u8 ^ (i % 13) as u8)
         .collect();
@@ -277,8 +278,8 @@ async fn extended_copy_throughput() {
         .await
         .unwrap();
     let naa = naa_of(&mut ini).await;
-    let dst0 = 2 * 8 * seg_blocks;
-    let segs: Vec<(u64, u64, u16)> = (0..8)
+    let dst0 = 2 * 16 * seg_blocks;
+    let segs: Vec<(u64, u64, u16)> = (0..16)
         .map(|i| (i * seg_blocks, dst0 + i * seg_blocks, seg_blocks as u16))
         .collect();
     let p = param_list(1, &naa, &segs);

@@ -203,10 +203,14 @@ fn parse_segments(list: &[u8], base: usize) -> Result<Vec<Segment>, ScsiError> {
         if be::u16_at(d, 2) != B2B_DESCRIPTOR_LENGTH {
             return Err(ScsiError::invalid_param_field(ptr(pos + 2)));
         }
+        let blocks = u64::from(be::u16_at(d, 10));
+        if blocks * BS > u64::from(limits::XCOPY_MAX_SEGMENT_BYTES) {
+            return Err(ScsiError::invalid_param_field(ptr(pos + 10)));
+        }
         out.push(Segment {
             src: be::u16_at(d, 4),
             dst: be::u16_at(d, 6),
-            blocks: u64::from(be::u16_at(d, 10)),
+            blocks,
             src_lba: be::u64_at(d, 12),
             dst_lba: be::u64_at(d, 20),
         });
@@ -771,6 +775,11 @@ mod tests {
         be::put_u32(&mut p, 12, 4);
         p.extend_from_slice(&[0; 4]);
         assert_eq!(sense_of(parse(&p).unwrap_err()).3, Some((false, 12, None)));
+        // A segment longer than MAXIMUM SEGMENT LENGTH.
+        let max = (limits::XCOPY_MAX_SEGMENT_BYTES / BLOCK_SIZE) as u16;
+        assert!(parse(&list(&[ident(&[1; 16])], &[b2b(0, 0, max, 0, 1)])).is_ok());
+        let e = parse(&list(&[ident(&[1; 16])], &[b2b(0, 0, max + 1, 0, 1)])).unwrap_err();
+        assert_eq!(sense_of(e).3, Some((false, 58, None)));
         // A segment list that ends inside a descriptor.
         let mut p = list(&[ident(&[1; 16])], &[b2b(0, 0, 1, 0, 1)]);
         be::put_u32(&mut p, 8, 20);
@@ -868,7 +877,8 @@ mod tests {
         assert_eq!(be::u32_at(&v, 0) as usize, v.len() - 4);
         assert_eq!(be::u16_at(&v, 8), limits::XCOPY_MAX_TARGET_DESCRIPTORS);
         assert_eq!(be::u16_at(&v, 10), limits::XCOPY_MAX_SEGMENT_DESCRIPTORS);
-        assert_eq!(be::u32_at(&v, 12), 8 * 32 + 64 * 28);
+        assert_eq!(be::u32_at(&v, 12), 8 * 32 + 16 * 28);
+        assert_eq!(be::u32_at(&v, 16), 16 << 20);
         assert_eq!(&v[43..], &[2, 0x02, 0xe4]);
     }
 }
