@@ -92,6 +92,38 @@ pub const MAX_TARGETS: usize = 4096;
 /// Descriptors returned by one GET LBA STATUS.
 pub const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
 
+/// Target (CSCD) descriptors in one EXTENDED COPY: a copy names at most a source and a
+/// destination per segment, and every copy target is a LUN of this process.
+pub const XCOPY_MAX_TARGET_DESCRIPTORS: u16 = 8;
+
+/// Segment descriptors in one EXTENDED COPY. With XCOPY_MAX_SEGMENT_BYTES it bounds one
+/// command to 256 MiB copied, a few seconds even on slow media, so it ends well inside
+/// initiators' command timeouts (ESXi sends 4 MiB per command by default).
+pub const XCOPY_MAX_SEGMENT_DESCRIPTORS: u16 = 16;
+
+/// Bytes of target plus segment descriptor lists (RECEIVE COPY RESULTS MAXIMUM
+/// DESCRIPTOR LIST LENGTH): exactly the largest legal lists of 32-byte identification
+/// target descriptors and 28-byte block-to-block segment descriptors.
+pub const XCOPY_MAX_DESCRIPTOR_LIST_BYTES: u32 =
+    XCOPY_MAX_TARGET_DESCRIPTORS as u32 * 32 + XCOPY_MAX_SEGMENT_DESCRIPTORS as u32 * 28;
+
+/// Bytes one segment may copy (MAXIMUM SEGMENT LENGTH), as Linux LIO allows; a longer
+/// segment is refused before anything is copied.
+pub const XCOPY_MAX_SEGMENT_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Bytes read then written per step of a copy: the buffer one copy holds at a time.
+pub const XCOPY_CHUNK_BYTES: u32 = 1024 * 1024;
+
+/// Finished copies whose status is held for RECEIVE COPY RESULTS per logical unit; the
+/// oldest is forgotten beyond this, so initiators that never ask cannot grow memory.
+pub const XCOPY_MAX_HELD_RESULTS: usize = 64;
+
+/// EXTENDED COPY commands running at once per logical unit with a list identifier
+/// (TOTAL CONCURRENT COPIES): bounds the copy state kept per LU.
+pub const XCOPY_MAX_CONCURRENT: u16 = 16;
+
+const _: () = assert!(XCOPY_CHUNK_BYTES <= MAX_TRANSFER_BYTES);
+const _: () = assert!(XCOPY_MAX_SEGMENT_BYTES.is_multiple_of(XCOPY_CHUNK_BYTES));
 const _: () = assert!(MAX_BURST_BYTES <= MAX_TRANSFER_BYTES);
 const _: () = assert!(MAX_TRANSFER_BYTES <= SESSION_BUFFER_BYTES);
 const _: () = assert!(MAX_RECV_DATA_SEGMENT_BYTES < 1 << 24);

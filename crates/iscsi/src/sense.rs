@@ -26,6 +26,7 @@ pub mod key {
     pub const ILLEGAL_REQUEST: u8 = 0x5;
     pub const UNIT_ATTENTION: u8 = 0x6;
     pub const DATA_PROTECT: u8 = 0x7;
+    pub const COPY_ABORTED: u8 = 0xa;
     pub const ABORTED_COMMAND: u8 = 0xb;
     pub const MISCOMPARE: u8 = 0xe;
 }
@@ -42,6 +43,8 @@ pub struct Sense {
     pub ascq: u8,
     /// INFORMATION field (e.g. the offset of a miscompare).
     pub info: Option<u32>,
+    /// COMMAND-SPECIFIC INFORMATION field (EXTENDED COPY: the failing segment's index).
+    pub cmd_info: Option<u32>,
     /// Field pointer: (in CDB rather than parameter list, byte, bit).
     pub field: Option<(bool, u16, Option<u8>)>,
 }
@@ -54,6 +57,7 @@ impl Sense {
             asc,
             ascq,
             info: None,
+            cmd_info: None,
             field: None,
         }
     }
@@ -68,6 +72,9 @@ impl Sense {
             crate::be::put_u32(&mut b, 3, info);
         }
         b[7] = 10;
+        if let Some(ci) = self.cmd_info {
+            crate::be::put_u32(&mut b, 8, ci);
+        }
         b[12] = self.asc;
         b[13] = self.ascq;
         if let Some((cdb, byte, bit)) = self.field {
@@ -120,6 +127,40 @@ impl ScsiError {
             s.field = Some((false, byte, None));
         }
         e
+    }
+    /// INVALID FIELD IN PARAMETER LIST, pointing at `bit` of `byte`.
+    pub fn invalid_param_bit(byte: u16, bit: u8) -> Self {
+        let mut e = Self::check(key::ILLEGAL_REQUEST, 0x26, 0x00);
+        if let Some(s) = e.sense.as_mut() {
+            s.field = Some((false, byte, Some(bit)));
+        }
+        e
+    }
+    /// An ILLEGAL REQUEST about an EXTENDED COPY descriptor (ASC 26h: too many or
+    /// unsupported target/segment descriptors), pointing at the byte in the list.
+    pub fn copy_descriptor(ascq: u8, byte: u16) -> Self {
+        let mut e = Self::check(key::ILLEGAL_REQUEST, 0x26, ascq);
+        if let Some(s) = e.sense.as_mut() {
+            s.field = Some((false, byte, None));
+        }
+        e
+    }
+    /// COPY ABORTED while processing segment descriptor `segment` (its index in the
+    /// list, reported in COMMAND-SPECIFIC INFORMATION as SPC-4 asks).
+    pub fn copy_aborted(asc: u8, ascq: u8, segment: u32) -> Self {
+        let mut e = Self::check(key::COPY_ABORTED, asc, ascq);
+        if let Some(s) = e.sense.as_mut() {
+            s.cmd_info = Some(segment);
+        }
+        e
+    }
+    /// INSUFFICIENT RESOURCES (too many copies running at once).
+    pub const fn insufficient_resources() -> Self {
+        Self::check(key::ILLEGAL_REQUEST, 0x55, 0x03)
+    }
+    /// OPERATION IN PROGRESS (an EXTENDED COPY with this list identifier still runs).
+    pub const fn operation_in_progress() -> Self {
+        Self::check(key::ILLEGAL_REQUEST, 0x00, 0x16)
     }
     /// PARAMETER LIST LENGTH ERROR.
     pub const fn param_list_length() -> Self {

@@ -10,6 +10,7 @@ use crate::backend::BlockBackend;
 use crate::chap::ChapConfig;
 use crate::counters::{CounterSnapshot, Counters};
 use crate::limits;
+use crate::scsi::xcopy::{CopyPeers, LuHandle};
 use crate::scsi::{pr::AptplError, LogicalUnit};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -103,6 +104,19 @@ impl Target {
     }
 }
 
+impl LuHandle for Target {
+    fn lu(&self) -> &LogicalUnit {
+        &self.lu
+    }
+}
+
+impl CopyPeers for Mutex<BTreeMap<String, Arc<Target>>> {
+    fn find(&self, pred: &dyn Fn(&LogicalUnit) -> bool) -> Option<Arc<dyn LuHandle>> {
+        let t = self.lock().values().find(|t| pred(&t.lu))?.clone();
+        Some(t)
+    }
+}
+
 /// Signals a session to end and waits for it, bounded by the drain timeout.
 pub(crate) async fn wait_session_end(h: SessionHandle) {
     h.shutdown.notify_one();
@@ -139,7 +153,8 @@ pub fn valid_iscsi_name(name: &str) -> bool {
 /// The set of targets one process serves on its portals.
 #[derive(Debug)]
 pub struct Server {
-    targets: Mutex<BTreeMap<String, Arc<Target>>>,
+    /// In an `Arc` so each LU can hold it weakly for copies between targets.
+    targets: Arc<Mutex<BTreeMap<String, Arc<Target>>>>,
     next_tsih: AtomicU16,
     /// NOP-In ping interval on idle connections and how long a ping may go unanswered.
     keepalive: (Duration, Duration),
@@ -148,7 +163,7 @@ pub struct Server {
 impl Default for Server {
     fn default() -> Self {
         Server {
-            targets: Mutex::new(BTreeMap::new()),
+            targets: Arc::new(Mutex::new(BTreeMap::new())),
             next_tsih: AtomicU16::new(1),
             keepalive: (limits::NOP_IN_INTERVAL, limits::NOP_IN_TIMEOUT),
         }
@@ -196,6 +211,8 @@ impl Server {
             cfg.aptpl_path,
             cfg.phys_block_exponent,
         )?;
+        let peers = Arc::downgrade(&self.targets);
+        lu.set_copy_peers(peers);
         let t = Target {
             iqn: cfg.iqn.clone(),
             lu,

@@ -36,13 +36,14 @@ impl LogicalUnit {
             return truncate(self.standard_inquiry(), alloc);
         }
         let body = match page {
-            0x00 => vec![0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2],
+            0x00 => vec![0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2],
             0x80 => {
                 let mut s = self.backend.identity().serial.clone().into_bytes();
                 s.truncate(32);
                 s
             }
             0x83 => self.device_identification(),
+            0x8f => super::xcopy::third_party_copy_vpd(),
             0xb0 => block_limits(self.phys_exponent),
             0xb1 => {
                 let mut v = vec![0u8; 60];
@@ -79,17 +80,10 @@ impl LogicalUnit {
     }
 
     fn device_identification(&self) -> Vec<u8> {
-        let id = &self.backend.identity().id;
         let mut out = Vec::new();
-        // NAA IEEE Registered Extended (6h): the OUI field is left zero (no IEEE company
-        // id is registered); the 124 remaining bits come from the volume identity.
-        let mut naa = [0u8; 16];
-        naa.copy_from_slice(id);
-        naa[0] = 0x60 | (naa[0] & 0x0f);
-        designator(&mut out, 0x01, 0x03, 0x00, &naa);
-        let mut t10 = VENDOR.to_vec();
-        t10.extend_from_slice(self.backend.identity().serial.as_bytes());
-        designator(&mut out, 0x02, 0x01, 0x00, &t10);
+        for (code_set, kind, value) in self.lu_designators() {
+            designator(&mut out, code_set, kind, 0x00, &value);
+        }
         // Target port: relative port 1 and target port group 1 (one portal group).
         designator(&mut out, 0x51, 0x04, 0x90, &[0, 0, 0, 1]);
         designator(&mut out, 0x51, 0x05, 0x90, &[0, 0, 0, 1]);
@@ -102,6 +96,19 @@ impl LogicalUnit {
         );
         designator(&mut out, 0x53, 0x08, 0xa0, &name_string(&self.target_name));
         out
+    }
+
+    /// The logical unit's own designators (code set, designator type, value), as VPD
+    /// 0x83 reports them and EXTENDED COPY target descriptors name them.
+    pub(super) fn lu_designators(&self) -> [(u8, u8, Vec<u8>); 2] {
+        let ident = self.backend.identity();
+        // NAA IEEE Registered Extended (6h): the OUI field is left zero (no IEEE company
+        // id is registered); the 124 remaining bits come from the volume identity.
+        let mut naa = ident.id.to_vec();
+        naa[0] = 0x60 | (naa[0] & 0x0f);
+        let mut t10 = VENDOR.to_vec();
+        t10.extend_from_slice(ident.serial.as_bytes());
+        [(0x01, 0x03, naa), (0x02, 0x01, t10)]
     }
 
     pub(super) fn read_capacity10(&self, c: &[u8]) -> CmdResult {
@@ -234,6 +241,9 @@ const SUPPORTED: &[OpInfo] = &[
     s(0x5f, 5, 10),
     s(0x5f, 6, 10),
     s(0x5f, 7, 10),
+    s(0x83, 0x00, 16),
+    s(0x84, 0x00, 16),
+    s(0x84, 0x03, 16),
     o(0x88, 16),
     o(0x89, 16),
     o(0x8a, 16),

@@ -81,7 +81,7 @@ impl LogicalUnit {
         Ok(())
     }
 
-    fn writable(&self) -> Result<(), ScsiError> {
+    pub(super) fn writable(&self) -> Result<(), ScsiError> {
         if self.backend.read_only() || self.state.lock().mode.swp {
             return Err(ScsiError::write_protected());
         }
@@ -106,7 +106,12 @@ impl LogicalUnit {
     }
 
     /// Writes whole blocks of `data` at `lba`, under the shared write gate.
-    async fn write_blocks(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), ScsiError> {
+    pub(super) async fn write_blocks(
+        &self,
+        lba: u64,
+        data: Bytes,
+        fua: bool,
+    ) -> Result<(), ScsiError> {
         if data.is_empty() {
             return Ok(());
         }

@@ -15,6 +15,7 @@ mod inquiry;
 mod io;
 mod mode;
 pub(crate) mod pr;
+pub(crate) mod xcopy;
 
 use crate::backend::{BackendError, BlockBackend};
 use crate::counters::Counters;
@@ -106,6 +107,7 @@ pub(crate) struct LuState {
     pub ua: HashMap<NexusId, Vec<(u8, u8)>>,
     pub mode: ModeState,
     pub reported_size: u64,
+    pub copies: xcopy::CopyTable,
 }
 
 /// One logical unit (LUN 0 of a target).
@@ -122,6 +124,8 @@ pub struct LogicalUnit {
     pub(crate) aptpl_path: Option<std::path::PathBuf>,
     /// Logical blocks per physical block, as a power of two.
     pub(crate) phys_exponent: u8,
+    /// The other LUs of this process, for EXTENDED COPY between targets.
+    copy_peers: std::sync::OnceLock<std::sync::Weak<dyn xcopy::CopyPeers>>,
 }
 
 /// Command classes for reservation conflict checks (SPC-4 §5.9.1 tables).
@@ -163,13 +167,20 @@ impl LogicalUnit {
                     wce: true,
                 },
                 reported_size,
+                copies: xcopy::CopyTable::default(),
             }),
             write_gate: tokio::sync::RwLock::new(()),
             io_timeout,
             counters,
             aptpl_path,
             phys_exponent: phys_exponent.min(8),
+            copy_peers: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets EXTENDED COPY reach the LUs of `peers` (set once, by the target registry).
+    pub(crate) fn set_copy_peers(&self, peers: std::sync::Weak<dyn xcopy::CopyPeers>) {
+        let _ = self.copy_peers.set(peers);
     }
 
     /// Capacity in logical blocks.
@@ -201,13 +212,16 @@ impl LogicalUnit {
 
     /// Registers a nexus so it receives unit attentions (called at login).
     pub fn attach_nexus(&self, nexus: &NexusId) {
-        self.state.lock().ua.entry(nexus.clone()).or_default();
+        let mut st = self.state.lock();
+        st.ua.entry(nexus.clone()).or_default();
+        st.copies.forget_nexus(nexus);
     }
 
     /// Forgets a nexus at session end: its SPC-2 reservation ends with it (I_T nexus loss).
     pub fn detach_nexus(&self, nexus: &NexusId) {
         let mut st = self.state.lock();
         st.ua.remove(nexus);
+        st.copies.forget_nexus(nexus);
         if st.spc2_holder.as_ref() == Some(nexus) {
             st.spc2_holder = None;
         }
@@ -303,6 +317,8 @@ impl LogicalUnit {
             0x5e => self.persistent_reserve_in(cmd),
             0x5f => self.persistent_reserve_out(cmd).await,
             0x37 | 0xb7 => inquiry::read_defect_data(c),
+            0x83 => self.extended_copy(cmd, wanted).await,
+            0x84 => self.receive_copy_results(cmd),
             0x1b => self.start_stop_unit(c),
             0x1e => prevent_allow(c),
             _ => Err(ScsiError::invalid_opcode()),
@@ -374,7 +390,7 @@ pub(crate) fn access_of(c: &[u8]) -> Access {
     match c[0] {
         0x08 | 0x28 | 0xa8 | 0x88 | 0x2f | 0xaf | 0x8f | 0x34 | 0x90 | 0x37 | 0xb7 => Access::Read,
         0x0a | 0x2a | 0xaa | 0x8a | 0x9c | 0x2e | 0xae | 0x8e | 0x89 | 0x8b | 0x41 | 0x93
-        | 0x42 | 0x35 | 0x91 | 0x15 | 0x55 | 0x04 | 0x1b => Access::Write,
+        | 0x42 | 0x35 | 0x91 | 0x15 | 0x55 | 0x04 | 0x1b | 0x83 => Access::Write,
         0x9e if c[1] & 0x1f == 0x12 => Access::Read,
         0x1a | 0x5a => Access::Read,
         _ => Access::Always,
