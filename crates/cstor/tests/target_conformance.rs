@@ -1,5 +1,5 @@
 //! libiscsi's conformance suite (`iscsi-test-cu -d --test=SCSI,iSCSI`) against `cstor
-//! target serve` on a file: every test must pass except the allowed skips (features that
+//! target serve` on a file and on a raidz pool volume: every test must pass except the allowed skips (features that
 //! do not apply or are not built) and one known libiscsi 1.19 test bug.
 //!
 //! Guards: the SCSI command set, iSCSI residuals, CmdSN/DataSN handling and task
@@ -87,7 +87,52 @@ fn iscsi_test_cu_passes_all_but_allowed_skips() {
     let img = dir.path().join("lun0.img");
     let iqn = "iqn.2024-01.io.cstor.test:conformance";
     let served = serve_file(iqn, &img, "1G", &[]);
-    let url = format!("iscsi://{}/{iqn}/0", served.addr);
+    assert_full_suite_passes(&served.addr, iqn);
+}
+
+/// The same suite against a pool volume on raidz: the engine's block sizes, thin
+/// provisioning and LBA status behind the target change nothing an initiator can see.
+#[test]
+fn iscsi_test_cu_passes_on_a_pool_volume() {
+    if !have("iscsi-test-cu", "libiscsi-bin") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mut create = vec![
+        "pool".to_owned(),
+        "create".into(),
+        "cp".into(),
+        "raidz".into(),
+    ];
+    for i in 0..3 {
+        let p = dir.path().join(format!("d{i}.img"));
+        std::fs::File::create(&p).unwrap().set_len(1 << 30).unwrap();
+        create.push(p.to_str().unwrap().to_owned());
+    }
+    for args in [
+        create,
+        "volume create cp/v --size 1G"
+            .split(' ')
+            .map(String::from)
+            .collect(),
+    ] {
+        let (ok, out) = run(
+            Command::new(env!("CARGO_BIN_EXE_cstor"))
+                .env("CSTOR_HOME", &home)
+                .args(&args),
+            Duration::from_secs(60),
+        );
+        assert!(ok, "cstor {args:?}: {out}");
+    }
+    let iqn = "iqn.2024-01.io.cstor.test:conformance-pool";
+    let served = serve_in_home(&home, &["--iqn", iqn, "--volume", "cp/v"]);
+    assert_full_suite_passes(&served.addr, iqn);
+}
+
+/// Runs the whole suite on LUN 0 of `iqn` and checks the outcome.
+fn assert_full_suite_passes(addr: &str, iqn: &str) {
+    let url = format!("iscsi://{addr}/{iqn}/0");
     let (_, out) = run(
         Command::new("iscsi-test-cu").args(["-d", "--test=SCSI,iSCSI", &url]),
         Duration::from_secs(600),
@@ -95,7 +140,7 @@ fn iscsi_test_cu_passes_all_but_allowed_skips() {
     let o = parse(&out);
     let total = o.passed.len() + o.skipped.len() + o.failed.len();
     println!(
-        "iscsi-test-cu: {total} tests, {} passed, {} skipped, {} failed",
+        "iscsi-test-cu on {iqn}: {total} tests, {} passed, {} skipped, {} failed",
         o.passed.len(),
         o.skipped.len(),
         o.failed.len()
