@@ -445,32 +445,7 @@ fn returning_device_is_resilvered_on_import_and_when_served() {
             assert_eq!(st["health"], "ONLINE", "{st}");
             assert_eq!(st["scan"]["kind"], "resilver", "{st}");
         } else {
-            let port = free_port();
-            let listen = format!("127.0.0.1:{port}");
-            let child = e
-                .cmd(
-                    &e.home(),
-                    &[
-                        "target",
-                        "serve",
-                        "--listen",
-                        &listen,
-                        "--iqn",
-                        "iqn.2026-11.io.cstor.test:rp",
-                        "--volume",
-                        "rp/v",
-                    ],
-                )
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let guard = Killed(child);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "target did not start");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let guard = serve_volume(&e, free_port(), "iqn.2026-11.io.cstor.test:rp", "rp/v");
             let st = wait_scan_finished(&e, "rp");
             assert_eq!(st["scan"]["kind"], "resilver", "{st}");
             assert_eq!(st["health"], "ONLINE", "{st}");
@@ -491,6 +466,29 @@ fn returning_device_is_resilvered_on_import_and_when_served() {
         );
         std::fs::rename(away(gone), &d[gone]).unwrap();
     }
+}
+
+/// Starts `cstor target serve --volume VOLUME` on `port` and waits until it listens.
+fn serve_volume(e: &Env, port: u16, iqn: &str, volume: &str) -> Killed {
+    let listen = format!("127.0.0.1:{port}");
+    let child = e
+        .cmd(
+            &e.home(),
+            &[
+                "target", "serve", "--listen", &listen, "--iqn", iqn, "--volume", volume,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "target did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    guard
 }
 
 struct Killed(Child);
@@ -517,24 +515,7 @@ fn served_pool_answers_commands_and_stays_locked() {
     e.ok(&["volume", "create", "sp/v", "--size", "64M"]);
     let port = free_port();
     let iqn = "iqn.2026-11.io.cstor.test:sp-v";
-    let listen = format!("127.0.0.1:{port}");
-    let child = e
-        .cmd(
-            &e.home(),
-            &[
-                "target", "serve", "--listen", &listen, "--iqn", iqn, "--volume", "sp/v",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "target did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _guard = serve_volume(&e, port, iqn, "sp/v");
     // Commands reach the serving process over its admin socket.
     let st = e.json(&["pool", "status", "sp", "-o", "json"]);
     assert_eq!(st["health"], "ONLINE");
