@@ -42,7 +42,7 @@ use crate::cache::{BlockCache, Cached, Key};
 use crate::dir::{DirRec, LogHead, Root, SnapRec, VolRec, DIR_VERSION};
 use crate::error::{PoolError, Result};
 use crate::limits::*;
-use crate::store::{AllocClass, BlockStore, Dva, StoreError, Verify, SECTOR_SIZE};
+use crate::store::{AllocClass, BlockStore, Dva, StoreError, Verify, WriteWait, SECTOR_SIZE};
 use crate::zil::{self, LogRecord};
 
 /// The callback of [`Pool::visit_live_blocks`]: address, stored size, and a check of the
@@ -360,6 +360,20 @@ pub(crate) struct PoolInner {
     meta_dirty: AtomicBool,
     bg: Mutex<Background>,
     bg_cv: Condvar,
+    /// Block writes of the running commit still in flight, oldest first: checksums,
+    /// compression and allocation of the next blocks overlap them. A commit waits for
+    /// all of them before anything can reach a new block (a volume's new root, a
+    /// directory op, the uberblock), so the crash model is that of synchronous writes.
+    inflight: Mutex<Inflight>,
+}
+
+#[derive(Default)]
+struct Inflight(VecDeque<WriteWait>);
+
+impl std::fmt::Debug for Inflight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} writes in flight", self.0.len())
+    }
 }
 
 /// A pool: the engine the CLI, the iSCSI adapter and the replica layer use. Thread-safe
@@ -1204,6 +1218,7 @@ impl PoolInner {
             meta_dirty: AtomicBool::new(false),
             bg: Mutex::new(Background::default()),
             bg_cv: Condvar::new(),
+            inflight: Mutex::new(Inflight::default()),
         }
     }
 
@@ -1413,7 +1428,19 @@ impl PoolInner {
         let enc = encode_payload(logical, comp);
         let psize = enc.bytes.len() as u32;
         let dva = self.store.alloc(psize, class, txg)?;
-        self.store.write(dva, &enc.bytes)?;
+        let wait = self.store.write_start(dva, enc.bytes)?;
+        let oldest = {
+            let mut q = self.inflight.lock();
+            q.0.push_back(wait);
+            if q.0.len() > COMMIT_WRITES_IN_FLIGHT {
+                q.0.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = oldest {
+            w()?;
+        }
         Ok(Bp {
             dva,
             lsize: logical.len() as u32,
@@ -1619,8 +1646,29 @@ impl PoolInner {
         r
     }
 
+    /// Wait until every block write started by this commit is done; the first error.
+    fn drain_writes(&self) -> Result<()> {
+        let waits = std::mem::take(&mut self.inflight.lock().0);
+        let mut first = Ok(());
+        for w in waits {
+            if let (Err(e), Ok(())) = (w(), &first) {
+                first = Err(e.into());
+            }
+        }
+        first
+    }
+
     fn commit_inner(&self, cs: &mut CommitState, op: Option<DirOp<'_>>) -> Result<u64> {
         self.check_usable()?;
+        let r = self.commit_body(cs, op);
+        // On error too: no write of this commit outlives it.
+        let drained = self.drain_writes();
+        let txg = r?;
+        drained?;
+        Ok(txg)
+    }
+
+    fn commit_body(&self, cs: &mut CommitState, op: Option<DirOp<'_>>) -> Result<u64> {
         let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
         let mut synced_bytes = 0u64;
         let txg = {
@@ -1646,8 +1694,10 @@ impl PoolInner {
         }
         if let Some(op) = op {
             op(self, txg)?;
+            self.drain_writes()?;
         }
         let dir = self.write_directory(cs, txg)?;
+        self.drain_writes()?;
         let log = self.log_commit(txg)?;
         let root = Root {
             pool_guid: self.pool_guid,
@@ -1693,6 +1743,8 @@ impl PoolInner {
         let old_root = *v.tree.read();
         let dirty: Vec<(u64, &Dirty)> = syncing.iter().map(|(k, d)| (*k, d)).collect();
         let new_root = self.apply(v, &mut meta, old_root, v.levels, 0, &dirty, &frees, txg)?;
+        // Readers follow the new root as soon as it is set: its blocks must be written.
+        self.drain_writes()?;
         meta.root = new_root;
         *v.tree.write() = new_root;
         drop(meta);
@@ -2666,6 +2718,19 @@ impl VolumeHandle {
     /// Returns the dirty bytes added (a block newly dirty in the open txg). Never reads
     /// the device: a partial write to a block not yet dirty becomes a sector overlay.
     fn dirty_range(&self, st: &mut VolState, abs: u64, src: Option<&[u8]>, io: u64) -> u64 {
+        self.dirty_range_shared(st, abs, src, io).0
+    }
+
+    /// [`Self::dirty_range`], also returning the new block's bytes when `src` replaced a
+    /// whole block with data: the intent log shares them instead of copying (a later
+    /// partial write copies on write, so the log keeps what this write wrote).
+    fn dirty_range_shared(
+        &self,
+        st: &mut VolState,
+        abs: u64,
+        src: Option<&[u8]>,
+        io: u64,
+    ) -> (u64, Option<Arc<Vec<u8>>>) {
         let bs = self.vol.block_size as usize;
         let blk = abs / bs as u64;
         let in_blk = (abs % bs as u64) as usize;
@@ -2674,19 +2739,24 @@ impl VolumeHandle {
         let zero = src.iter().all(|&b| b == 0);
         let sec = IO_ALIGN_BYTES as usize;
         if n == bs {
-            let entry = if zero {
-                Dirty::Hole { io }
+            let (entry, shared) = if zero {
+                (Dirty::Hole { io }, None)
             } else {
-                Dirty::Data {
-                    data: Arc::new(src.to_vec()),
-                    io,
-                }
+                let data = Arc::new(src.to_vec());
+                (
+                    Dirty::Data {
+                        data: data.clone(),
+                        io,
+                    },
+                    Some(data),
+                )
             };
-            return if st.open.insert(blk, entry).is_none() {
+            let added = if st.open.insert(blk, entry).is_none() {
                 bs as u64
             } else {
                 0
             };
+            return (added, shared);
         }
         let (entry, added) = match st.open.remove(&blk) {
             Some(Dirty::Data { mut data, .. }) => {
@@ -2737,7 +2807,7 @@ impl VolumeHandle {
             }
         };
         st.open.insert(blk, entry);
-        added
+        (added, None)
     }
 
     fn write_inner(&self, offset: u64, data: &[u8], io: Option<u64>, log: bool) -> Result<()> {
@@ -2755,24 +2825,49 @@ impl VolumeHandle {
         self.check_range(&st, offset, len)?;
         let mut added = 0u64;
         let mut pos = 0u64;
+        // Log records: whole blocks share the dirty block's bytes; the other pieces are
+        // copied, runs of them merged. Replaying them in order writes the same bytes.
+        let mut records: Vec<LogRecord> = Vec::new();
+        let mut copied: Option<(u64, u64)> = None;
+        let record = |off: u64, d: Arc<Vec<u8>>| LogRecord {
+            vol_guid: self.vol.guid,
+            txg,
+            offset: off,
+            data: Some(d),
+            unmap_len: 0,
+            io_number: io,
+        };
         while pos < len {
             let abs = offset + pos;
             let n = (bs - abs % bs).min(len - pos);
             let src = &data[pos as usize..(pos + n) as usize];
-            added += self.dirty_range(&mut st, abs, Some(src), io.unwrap_or(0));
+            let (a, shared) = self.dirty_range_shared(&mut st, abs, Some(src), io.unwrap_or(0));
+            added += a;
+            match shared.filter(|_| log) {
+                Some(d) => {
+                    if let Some((s, e)) = copied.take() {
+                        records.push(record(
+                            offset + s,
+                            Arc::new(data[s as usize..e as usize].to_vec()),
+                        ));
+                    }
+                    records.push(record(abs, d));
+                }
+                None => copied = Some((copied.map_or(pos, |c| c.0), pos + n)),
+            }
             pos += n;
         }
         p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
         if log {
+            if let Some((s, e)) = copied {
+                records.push(record(
+                    offset + s,
+                    Arc::new(data[s as usize..e as usize].to_vec()),
+                ));
+            }
             let mut l = p.log.lock();
-            l.records.push(LogRecord {
-                vol_guid: self.vol.guid,
-                txg,
-                offset,
-                data: Some(Arc::new(data.to_vec())),
-                unmap_len: 0,
-                io_number: io,
-            });
+            l.records.extend(records);
+            // Counted in full even when shared: a later overwrite of the block un-shares it.
             l.bytes += len;
             p.dirty_bytes.fetch_add(len, Ordering::SeqCst);
         }
