@@ -52,6 +52,9 @@ pub type BlockVisitor<'a> = &'a mut dyn FnMut(Dva, u32, Verify<'_>) -> Result<()
 /// A directory change run inside a commit, after the data phase, with the txg.
 type DirOp<'a> = &'a mut dyn FnMut(&PoolInner, u64) -> Result<()>;
 
+/// Old bytes of blocks under partial writes, by block id, with the pointer they came from.
+type Prefetched = std::collections::HashMap<u64, (Bp, Vec<u8>)>;
+
 /// Chunks of each directory segment by the xxh3-128 of its bytes.
 type DirSegments = std::collections::HashMap<u128, Vec<Bp>>;
 
@@ -1742,7 +1745,10 @@ impl PoolInner {
         let mut meta = v.meta.lock();
         let old_root = *v.tree.read();
         let dirty: Vec<(u64, &Dirty)> = syncing.iter().map(|(k, d)| (*k, d)).collect();
-        let new_root = self.apply(v, &mut meta, old_root, v.levels, 0, &dirty, &frees, txg)?;
+        let pre = self.prefetch_partials(v, &old_root, &dirty, &frees);
+        let new_root = self.apply(
+            v, &mut meta, old_root, v.levels, 0, &dirty, &frees, &pre, txg,
+        )?;
         // Readers follow the new root as soon as it is set: its blocks must be written.
         self.drain_writes()?;
         meta.root = new_root;
@@ -1752,6 +1758,53 @@ impl PoolInner {
         st.syncing = Arc::new(BTreeMap::new());
         st.syncing_frees = Arc::new(Vec::new());
         Ok(())
+    }
+
+    /// Read the old blocks under partial writes (sector overlays) with several reads in
+    /// flight, before the commit walks the tree one block at a time. Bounded by the dirty
+    /// data (each overlay is charged a whole block). A failed read is left out: the walk
+    /// reads the block again and reports the error.
+    fn prefetch_partials(
+        &self,
+        v: &Volume,
+        root: &Bp,
+        dirty: &[(u64, &Dirty)],
+        frees: &[FreeRange],
+    ) -> Prefetched {
+        let wanted: Vec<(u64, Bp)> = dirty
+            .iter()
+            .filter(|(b, d)| {
+                matches!(d, Dirty::Partial { .. }) && range_covers(frees, *b).is_none()
+            })
+            .filter_map(|(b, _)| {
+                let bp = self.lookup(root, v.levels, *b).ok()?;
+                (!bp.is_hole()).then_some((*b, bp))
+            })
+            .collect();
+        if wanted.len() < 2 {
+            return Prefetched::new();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let out = Mutex::new(Prefetched::with_capacity(wanted.len()));
+        std::thread::scope(|s| {
+            for i in 0..COMMIT_READERS.min(wanted.len()) {
+                // A reader that cannot start only means fewer reads in flight.
+                let _ = std::thread::Builder::new()
+                    .name(format!("commit-read-{i}"))
+                    .spawn_scoped(s, || {
+                        while let Some((b, bp)) = wanted.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            let d = match self.cache.get(&Key::of(bp)) {
+                                Some(Cached::Bytes(c)) => Ok(c.to_vec()),
+                                _ => self.read_stored(bp),
+                            };
+                            if let Ok(d) = d {
+                                out.lock().insert(*b, (*bp, d));
+                            }
+                        }
+                    });
+            }
+        });
+        out.into_inner()
     }
 
     fn born(meta: &mut VolRec, bp: &Bp) {
@@ -1797,6 +1850,7 @@ impl PoolInner {
         first_blk: u64,
         dirty: &[(u64, &Dirty)],
         frees: &[FreeRange],
+        pre: &Prefetched,
         txg: u64,
     ) -> Result<Bp> {
         assert!(level > 0, "apply is called on indirect levels");
@@ -1836,7 +1890,12 @@ impl PoolInner {
             children[idx] = if level == 1 {
                 let freed = range_covers(&frees, c0);
                 match child_dirty.first() {
-                    Some((_, d)) => self.apply_data(v, meta, old, d, freed.is_some(), txg)?,
+                    Some((b, d)) => {
+                        // Only if the block is still the one prefetched (it always is: the
+                        // commit lock keeps the tree still).
+                        let old_bytes = pre.get(b).filter(|(p, _)| *p == old).map(|(_, d)| d);
+                        self.apply_data(v, meta, old, d, old_bytes, freed.is_some(), txg)?
+                    }
                     None => {
                         let io = freed.unwrap_or(0);
                         self.kill(meta, &old, txg);
@@ -1850,7 +1909,7 @@ impl PoolInner {
                         self.kill_subtree(meta, &old, level - 1, txg)?;
                         Bp::hole(txg, f.io, level - 1)
                     }
-                    _ => self.apply(v, meta, old, level - 1, c0, child_dirty, &frees, txg)?,
+                    _ => self.apply(v, meta, old, level - 1, c0, child_dirty, &frees, pre, txg)?,
                 }
             };
         }
@@ -1877,12 +1936,14 @@ impl PoolInner {
 
     /// New pointer for one dirty data block; `freed`: an UNMAP of this txg covered it
     /// before the dirty write, so an overlay lies over zeros, not the old block.
+    #[allow(clippy::too_many_arguments)]
     fn apply_data(
         &self,
         v: &Volume,
         meta: &mut VolRec,
         old: Bp,
         d: &Dirty,
+        old_bytes: Option<&Vec<u8>>,
         freed: bool,
         txg: u64,
     ) -> Result<Bp> {
@@ -1893,6 +1954,8 @@ impl PoolInner {
                 // The old block is read here, in the commit, not in the write.
                 let mut base = if old.is_hole() || freed {
                     vec![0u8; v.block_size as usize]
+                } else if let Some(b) = old_bytes {
+                    b.clone()
                 } else {
                     self.read_data(&old)?.to_vec()
                 };

@@ -75,3 +75,7 @@ pub const FREE_RANGE_CHARGE_BYTES: u64 = 4096;
 /// the commit thread compresses and checksums the next blocks; bounds the memory pinned
 /// (at most this many blocks of up to 128 KiB).
 pub const COMMIT_WRITES_IN_FLIGHT: usize = 32;
+/// Reads a commit keeps in flight for the old blocks under partial writes: a random 4 KiB
+/// write into a bigger block needs the old block, and one read at a time leaves the
+/// devices idle.
+pub const COMMIT_READERS: usize = 4;
