@@ -11,6 +11,9 @@
 //! - A write lands in the open txg's dirty map of its volume before it returns; a commit
 //!   writes dirty data bottom-up, then the directory, then hands the root to
 //!   `BlockStore::sync`: nothing is reachable from a durable root before it is written.
+//!   A commit keeps up to [`COMMIT_WRITES_IN_FLIGHT`] block writes in flight, and waits
+//!   for all of them before a volume's new root is published, before a directory op and
+//!   before the uberblock.
 //! - `flush` returns only after every earlier write is in a durable log block or a durable
 //!   root; log records are replayed in order on open, only those of txgs after the root.
 //! - A block killed in txg T is freed only if born after the newest snapshot (or a clone's
