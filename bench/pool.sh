@@ -15,7 +15,7 @@
 #
 # Env: SIZE_MIB (working set, default 512), RAND_OPS (default 32768), FLUSH_OPS
 # (default 500), REPEAT (default 3), LAYOUTS (default stripe,mirror,raidz), COMPS (default off,lz4),
-# BLOCK_KIB (volume block size, default the engine's 16), BENCH_DIR (parent of the temp
+# BLOCK_KIB (volume block size, default the engine's 16), DIRTY_MIB (dirty-data bound), BENCH_DIR (parent of the temp
 # dir: the disk to measure, default $TMPDIR or /tmp).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -18,7 +18,8 @@
 //! Never runs in CI. Usage: `poolbench DIR` with env SIZE_MIB (working set, default 512),
 //! RAND_OPS (random 4 KiB writes and reads, default 32768), FLUSH_OPS (write+flush
 //! pairs, default 500), REPEAT (alternating runs per side, best kept, default 3), LAYOUTS (default "stripe,mirror,raidz"), COMPS (default "off,lz4"),
-//! BLOCK_KIB (volume block size, default the engine's).
+//! BLOCK_KIB (volume block size, default the engine's), DIRTY_MIB (the pool's dirty-data
+//! bound, default the engine's).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -213,7 +214,14 @@ fn volume(
         }],
         SpaOptions::default(),
     )?;
-    let pool = Pool::create(Arc::new(spa), PoolOptions::default())?;
+    let mut opts = PoolOptions::default();
+    if let Some(m) = std::env::var("DIRTY_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        opts.dirty_max_bytes = m << 20;
+    }
+    let pool = Pool::create(Arc::new(spa), opts)?;
     let vol = pool.create_volume("v", p.size, block, Some(comp))?;
     let t = Vol { pool, vol };
     let r = run(&t, p, data);

@@ -1432,9 +1432,52 @@ impl PoolInner {
         io_max: u64,
     ) -> Result<Bp> {
         let enc = encode_payload(logical, comp);
-        let psize = enc.bytes.len() as u32;
-        let dva = self.store.alloc(psize, class, txg)?;
-        let wait = self.store.write_start(dva, enc.bytes)?;
+        let stored = Arc::new(enc.bytes);
+        let lsize = logical.len() as u32;
+        let bp = Bp {
+            lsize,
+            comp: Some(enc.comp),
+            kind: Some(kind),
+            level,
+            birth: txg,
+            io_max,
+            cksum: enc.cksum,
+            ..Bp::default()
+        };
+        self.write_stored(stored, bp, class)
+    }
+
+    /// A data block: stored as is when not compressed (block sizes are whole sectors),
+    /// sharing the dirty block's bytes with the device write instead of copying them.
+    fn write_data_block(
+        &self,
+        logical: &Arc<Vec<u8>>,
+        comp: Compression,
+        txg: u64,
+        io: u64,
+    ) -> Result<Bp> {
+        if comp != Compression::Off || !logical.len().is_multiple_of(SECTOR_SIZE as usize) {
+            return self.write_block(logical, comp, BlockKind::Data, 0, AllocClass::Data, txg, io);
+        }
+        let bp = Bp {
+            lsize: logical.len() as u32,
+            comp: Some(Compression::Off),
+            kind: Some(BlockKind::Data),
+            level: 0,
+            birth: txg,
+            io_max: io,
+            cksum: checksum(logical),
+            ..Bp::default()
+        };
+        self.write_stored(logical.clone(), bp, AllocClass::Data)
+    }
+
+    /// Allocate and start writing `stored` for pointer `bp` (all but its address and
+    /// psize filled in); at most [`COMMIT_WRITES_IN_FLIGHT`] writes stay in flight.
+    fn write_stored(&self, stored: Arc<Vec<u8>>, mut bp: Bp, class: AllocClass) -> Result<Bp> {
+        bp.psize = stored.len() as u32;
+        bp.dva = self.store.alloc(bp.psize, class, bp.birth)?;
+        let wait = self.store.write_start(bp.dva, stored)?;
         let oldest = {
             let mut q = self.inflight.lock();
             q.0.push_back(wait);
@@ -1447,17 +1490,7 @@ impl PoolInner {
         if let Some(w) = oldest {
             w()?;
         }
-        Ok(Bp {
-            dva,
-            lsize: logical.len() as u32,
-            psize,
-            comp: Some(enc.comp),
-            kind: Some(kind),
-            level,
-            birth: txg,
-            io_max,
-            cksum: enc.cksum,
-        })
+        Ok(bp)
     }
 
     fn free_block(&self, bp: &Bp, txg: u64) {
@@ -1969,15 +2002,9 @@ impl PoolInner {
         self.kill(meta, &old, txg);
         let new = match data {
             // A block of zeros is stored as a hole: thin, and UNMAP-equivalent.
-            Some(d) if d.iter().any(|&b| b != 0) => self.write_block(
-                &d,
-                v.compression,
-                BlockKind::Data,
-                0,
-                AllocClass::Data,
-                txg,
-                io,
-            )?,
+            Some(d) if d.iter().any(|&b| b != 0) => {
+                self.write_data_block(&d, v.compression, txg, io)?
+            }
             _ => Bp::hole(txg, io, 0),
         };
         Self::born(meta, &new);

@@ -126,11 +126,15 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
     /// block's psize, a multiple of [`SECTOR_SIZE`].
     fn write(&self, dva: Dva, data: &[u8]) -> Result<(), StoreError>;
 
-    /// Start writing a block as [`BlockStore::write`] does, taking its bytes, and return
-    /// the wait for its result: a commit keeps several writes in flight. The write is
-    /// complete (for `flush` and `sync`) only once the wait returned. The default writes
-    /// synchronously.
-    fn write_start(&self, dva: Dva, data: Vec<u8>) -> Result<WriteWait, StoreError> {
+    /// Start writing a block as [`BlockStore::write`] does, sharing its bytes (never
+    /// changed while shared), and return the wait for its result: a commit keeps several
+    /// writes in flight. The write is complete (for `flush` and `sync`) only once the wait
+    /// returned. The default writes synchronously.
+    fn write_start(
+        &self,
+        dva: Dva,
+        data: std::sync::Arc<Vec<u8>>,
+    ) -> Result<WriteWait, StoreError> {
         self.write(dva, &data)?;
         Ok(Box::new(|| Ok(())))
     }

@@ -959,14 +959,14 @@ impl BlockStore for Spa {
         Ok(v.write(dva, data)?)
     }
 
-    fn write_start(&self, dva: Dva, data: Vec<u8>) -> Result<WriteWait, StoreError> {
+    fn write_start(&self, dva: Dva, data: Arc<Vec<u8>>) -> Result<WriteWait, StoreError> {
         if data.is_empty() || !data.len().is_multiple_of(SECTOR_SIZE as usize) {
             return Err(SpaError::InvalidAddress { dva }.into());
         }
         let v = self
             .vdev(dva.vdev)
             .ok_or(SpaError::InvalidAddress { dva })?;
-        let w = v.write_submit(dva, Arc::new(data))?;
+        let w = v.write_submit(dva, data)?;
         Ok(Box::new(move || Ok(w.finish()?)))
     }
 
