@@ -11,6 +11,9 @@
 //! - A write lands in the open txg's dirty map of its volume before it returns; a commit
 //!   writes dirty data bottom-up, then the directory, then hands the root to
 //!   `BlockStore::sync`: nothing is reachable from a durable root before it is written.
+//!   A commit keeps up to [`COMMIT_WRITES_IN_FLIGHT`] block writes in flight, and waits
+//!   for all of them before a volume's new root is published, before a directory op and
+//!   before the uberblock.
 //! - `flush` returns only after every earlier write is in a durable log block or a durable
 //!   root; log records are replayed in order on open, only those of txgs after the root.
 //! - A block killed in txg T is freed only if born after the newest snapshot (or a clone's
@@ -42,7 +45,7 @@ use crate::cache::{BlockCache, Cached, Key};
 use crate::dir::{DirRec, LogHead, Root, SnapRec, VolRec, DIR_VERSION};
 use crate::error::{PoolError, Result};
 use crate::limits::*;
-use crate::store::{AllocClass, BlockStore, Dva, StoreError, Verify, SECTOR_SIZE};
+use crate::store::{AllocClass, BlockStore, Dva, StoreError, Verify, WriteWait, SECTOR_SIZE};
 use crate::zil::{self, LogRecord};
 
 /// The callback of [`Pool::visit_live_blocks`]: address, stored size, and a check of the
@@ -51,6 +54,9 @@ pub type BlockVisitor<'a> = &'a mut dyn FnMut(Dva, u32, Verify<'_>) -> Result<()
 
 /// A directory change run inside a commit, after the data phase, with the txg.
 type DirOp<'a> = &'a mut dyn FnMut(&PoolInner, u64) -> Result<()>;
+
+/// Old bytes of blocks under partial writes, by block id, with the pointer they came from.
+type Prefetched = std::collections::HashMap<u64, (Bp, Vec<u8>)>;
 
 /// Chunks of each directory segment by the xxh3-128 of its bytes.
 type DirSegments = std::collections::HashMap<u128, Vec<Bp>>;
@@ -360,6 +366,20 @@ pub(crate) struct PoolInner {
     meta_dirty: AtomicBool,
     bg: Mutex<Background>,
     bg_cv: Condvar,
+    /// Block writes of the running commit still in flight, oldest first: checksums,
+    /// compression and allocation of the next blocks overlap them. A commit waits for
+    /// all of them before anything can reach a new block (a volume's new root, a
+    /// directory op, the uberblock), so the crash model is that of synchronous writes.
+    inflight: Mutex<Inflight>,
+}
+
+#[derive(Default)]
+struct Inflight(VecDeque<WriteWait>);
+
+impl std::fmt::Debug for Inflight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} writes in flight", self.0.len())
+    }
 }
 
 /// A pool: the engine the CLI, the iSCSI adapter and the replica layer use. Thread-safe
@@ -1234,6 +1254,7 @@ impl PoolInner {
             meta_dirty: AtomicBool::new(false),
             bg: Mutex::new(Background::default()),
             bg_cv: Condvar::new(),
+            inflight: Mutex::new(Inflight::default()),
         }
     }
 
@@ -1441,20 +1462,65 @@ impl PoolInner {
         io_max: u64,
     ) -> Result<Bp> {
         let enc = encode_payload(logical, comp);
-        let psize = enc.bytes.len() as u32;
-        let dva = self.store.alloc(psize, class, txg)?;
-        self.store.write(dva, &enc.bytes)?;
-        Ok(Bp {
-            dva,
-            lsize: logical.len() as u32,
-            psize,
+        let stored = Arc::new(enc.bytes);
+        let lsize = logical.len() as u32;
+        let bp = Bp {
+            lsize,
             comp: Some(enc.comp),
             kind: Some(kind),
             level,
             birth: txg,
             io_max,
             cksum: enc.cksum,
-        })
+            ..Bp::default()
+        };
+        self.write_stored(stored, bp, class)
+    }
+
+    /// A data block: stored as is when not compressed (block sizes are whole sectors),
+    /// sharing the dirty block's bytes with the device write instead of copying them.
+    fn write_data_block(
+        &self,
+        logical: &Arc<Vec<u8>>,
+        comp: Compression,
+        txg: u64,
+        io: u64,
+    ) -> Result<Bp> {
+        if comp != Compression::Off || !logical.len().is_multiple_of(SECTOR_SIZE as usize) {
+            return self.write_block(logical, comp, BlockKind::Data, 0, AllocClass::Data, txg, io);
+        }
+        let bp = Bp {
+            lsize: logical.len() as u32,
+            comp: Some(Compression::Off),
+            kind: Some(BlockKind::Data),
+            level: 0,
+            birth: txg,
+            io_max: io,
+            cksum: checksum(logical),
+            ..Bp::default()
+        };
+        self.write_stored(logical.clone(), bp, AllocClass::Data)
+    }
+
+    /// Allocate and start writing `stored` for pointer `bp` (all but its address and
+    /// psize filled in); at most [`COMMIT_WRITES_IN_FLIGHT`] writes stay in flight.
+    fn write_stored(&self, stored: Arc<Vec<u8>>, mut bp: Bp, class: AllocClass) -> Result<Bp> {
+        bp.psize = stored.len() as u32;
+        bp.dva = self.store.alloc(bp.psize, class, bp.birth)?;
+        let wait = self.store.write_start(bp.dva, stored)?;
+        let oldest = {
+            let mut q = self.inflight.lock();
+            q.0.push_back(wait);
+            if q.0.len() > COMMIT_WRITES_IN_FLIGHT {
+                q.0.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = oldest {
+            w()?;
+        }
+        Ok(bp)
     }
 
     fn free_block(&self, bp: &Bp, txg: u64) {
@@ -1649,8 +1715,29 @@ impl PoolInner {
         r
     }
 
+    /// Wait until every block write started by this commit is done; the first error.
+    fn drain_writes(&self) -> Result<()> {
+        let waits = std::mem::take(&mut self.inflight.lock().0);
+        let mut first = Ok(());
+        for w in waits {
+            if let (Err(e), Ok(())) = (w(), &first) {
+                first = Err(e.into());
+            }
+        }
+        first
+    }
+
     fn commit_inner(&self, cs: &mut CommitState, op: Option<DirOp<'_>>) -> Result<u64> {
         self.check_usable()?;
+        let r = self.commit_body(cs, op);
+        // On error too: no write of this commit outlives it.
+        let drained = self.drain_writes();
+        let txg = r?;
+        drained?;
+        Ok(txg)
+    }
+
+    fn commit_body(&self, cs: &mut CommitState, op: Option<DirOp<'_>>) -> Result<u64> {
         let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
         let mut synced_bytes = 0u64;
         let txg = {
@@ -1676,8 +1763,10 @@ impl PoolInner {
         }
         if let Some(op) = op {
             op(self, txg)?;
+            self.drain_writes()?;
         }
         let dir = self.write_directory(cs, txg)?;
+        self.drain_writes()?;
         let log = self.log_commit(txg)?;
         let root = Root {
             pool_guid: self.pool_guid,
@@ -1722,7 +1811,12 @@ impl PoolInner {
         let mut meta = v.meta.lock();
         let old_root = *v.tree.read();
         let dirty: Vec<(u64, &Dirty)> = syncing.iter().map(|(k, d)| (*k, d)).collect();
-        let new_root = self.apply(v, &mut meta, old_root, v.levels, 0, &dirty, &frees, txg)?;
+        let pre = self.prefetch_partials(v, &old_root, &dirty, &frees);
+        let new_root = self.apply(
+            v, &mut meta, old_root, v.levels, 0, &dirty, &frees, &pre, txg,
+        )?;
+        // Readers follow the new root as soon as it is set: its blocks must be written.
+        self.drain_writes()?;
         meta.root = new_root;
         *v.tree.write() = new_root;
         drop(meta);
@@ -1730,6 +1824,53 @@ impl PoolInner {
         st.syncing = Arc::new(BTreeMap::new());
         st.syncing_frees = Arc::new(Vec::new());
         Ok(())
+    }
+
+    /// Read the old blocks under partial writes (sector overlays) with several reads in
+    /// flight, before the commit walks the tree one block at a time. Bounded by the dirty
+    /// data (each overlay is charged a whole block). A failed read is left out: the walk
+    /// reads the block again and reports the error.
+    fn prefetch_partials(
+        &self,
+        v: &Volume,
+        root: &Bp,
+        dirty: &[(u64, &Dirty)],
+        frees: &[FreeRange],
+    ) -> Prefetched {
+        let wanted: Vec<(u64, Bp)> = dirty
+            .iter()
+            .filter(|(b, d)| {
+                matches!(d, Dirty::Partial { .. }) && range_covers(frees, *b).is_none()
+            })
+            .filter_map(|(b, _)| {
+                let bp = self.lookup(root, v.levels, *b).ok()?;
+                (!bp.is_hole()).then_some((*b, bp))
+            })
+            .collect();
+        if wanted.len() < 2 {
+            return Prefetched::new();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let out = Mutex::new(Prefetched::with_capacity(wanted.len()));
+        std::thread::scope(|s| {
+            for i in 0..COMMIT_READERS.min(wanted.len()) {
+                // A reader that cannot start only means fewer reads in flight.
+                let _ = std::thread::Builder::new()
+                    .name(format!("commit-read-{i}"))
+                    .spawn_scoped(s, || {
+                        while let Some((b, bp)) = wanted.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            let d = match self.cache.get(&Key::of(bp)) {
+                                Some(Cached::Bytes(c)) => Ok(c.to_vec()),
+                                _ => self.read_stored(bp),
+                            };
+                            if let Ok(d) = d {
+                                out.lock().insert(*b, (*bp, d));
+                            }
+                        }
+                    });
+            }
+        });
+        out.into_inner()
     }
 
     fn born(meta: &mut VolRec, bp: &Bp) {
@@ -1775,6 +1916,7 @@ impl PoolInner {
         first_blk: u64,
         dirty: &[(u64, &Dirty)],
         frees: &[FreeRange],
+        pre: &Prefetched,
         txg: u64,
     ) -> Result<Bp> {
         assert!(level > 0, "apply is called on indirect levels");
@@ -1814,7 +1956,12 @@ impl PoolInner {
             children[idx] = if level == 1 {
                 let freed = range_covers(&frees, c0);
                 match child_dirty.first() {
-                    Some((_, d)) => self.apply_data(v, meta, old, d, freed.is_some(), txg)?,
+                    Some((b, d)) => {
+                        // Only if the block is still the one prefetched (it always is: the
+                        // commit lock keeps the tree still).
+                        let old_bytes = pre.get(b).filter(|(p, _)| *p == old).map(|(_, d)| d);
+                        self.apply_data(v, meta, old, d, old_bytes, freed.is_some(), txg)?
+                    }
                     None => {
                         let io = freed.unwrap_or(0);
                         self.kill(meta, &old, txg);
@@ -1828,7 +1975,7 @@ impl PoolInner {
                         self.kill_subtree(meta, &old, level - 1, txg)?;
                         Bp::hole(txg, f.io, level - 1)
                     }
-                    _ => self.apply(v, meta, old, level - 1, c0, child_dirty, &frees, txg)?,
+                    _ => self.apply(v, meta, old, level - 1, c0, child_dirty, &frees, pre, txg)?,
                 }
             };
         }
@@ -1855,12 +2002,14 @@ impl PoolInner {
 
     /// New pointer for one dirty data block; `freed`: an UNMAP of this txg covered it
     /// before the dirty write, so an overlay lies over zeros, not the old block.
+    #[allow(clippy::too_many_arguments)]
     fn apply_data(
         &self,
         v: &Volume,
         meta: &mut VolRec,
         old: Bp,
         d: &Dirty,
+        old_bytes: Option<&Vec<u8>>,
         freed: bool,
         txg: u64,
     ) -> Result<Bp> {
@@ -1871,6 +2020,8 @@ impl PoolInner {
                 // The old block is read here, in the commit, not in the write.
                 let mut base = if old.is_hole() || freed {
                     vec![0u8; v.block_size as usize]
+                } else if let Some(b) = old_bytes {
+                    b.clone()
                 } else {
                     self.read_data(&old)?.to_vec()
                 };
@@ -1881,15 +2032,9 @@ impl PoolInner {
         self.kill(meta, &old, txg);
         let new = match data {
             // A block of zeros is stored as a hole: thin, and UNMAP-equivalent.
-            Some(d) if d.iter().any(|&b| b != 0) => self.write_block(
-                &d,
-                v.compression,
-                BlockKind::Data,
-                0,
-                AllocClass::Data,
-                txg,
-                io,
-            )?,
+            Some(d) if d.iter().any(|&b| b != 0) => {
+                self.write_data_block(&d, v.compression, txg, io)?
+            }
             _ => Bp::hole(txg, io, 0),
         };
         Self::born(meta, &new);
@@ -2696,6 +2841,19 @@ impl VolumeHandle {
     /// Returns the dirty bytes added (a block newly dirty in the open txg). Never reads
     /// the device: a partial write to a block not yet dirty becomes a sector overlay.
     fn dirty_range(&self, st: &mut VolState, abs: u64, src: Option<&[u8]>, io: u64) -> u64 {
+        self.dirty_range_shared(st, abs, src, io).0
+    }
+
+    /// [`Self::dirty_range`], also returning the new block's bytes when `src` replaced a
+    /// whole block with data: the intent log shares them instead of copying (a later
+    /// partial write copies on write, so the log keeps what this write wrote).
+    fn dirty_range_shared(
+        &self,
+        st: &mut VolState,
+        abs: u64,
+        src: Option<&[u8]>,
+        io: u64,
+    ) -> (u64, Option<Arc<Vec<u8>>>) {
         let bs = self.vol.block_size as usize;
         let blk = abs / bs as u64;
         let in_blk = (abs % bs as u64) as usize;
@@ -2704,19 +2862,24 @@ impl VolumeHandle {
         let zero = src.iter().all(|&b| b == 0);
         let sec = IO_ALIGN_BYTES as usize;
         if n == bs {
-            let entry = if zero {
-                Dirty::Hole { io }
+            let (entry, shared) = if zero {
+                (Dirty::Hole { io }, None)
             } else {
-                Dirty::Data {
-                    data: Arc::new(src.to_vec()),
-                    io,
-                }
+                let data = Arc::new(src.to_vec());
+                (
+                    Dirty::Data {
+                        data: data.clone(),
+                        io,
+                    },
+                    Some(data),
+                )
             };
-            return if st.open.insert(blk, entry).is_none() {
+            let added = if st.open.insert(blk, entry).is_none() {
                 bs as u64
             } else {
                 0
             };
+            return (added, shared);
         }
         let (entry, added) = match st.open.remove(&blk) {
             Some(Dirty::Data { mut data, .. }) => {
@@ -2767,7 +2930,7 @@ impl VolumeHandle {
             }
         };
         st.open.insert(blk, entry);
-        added
+        (added, None)
     }
 
     fn write_inner(&self, offset: u64, data: &[u8], io: Option<u64>, log: bool) -> Result<()> {
@@ -2785,24 +2948,49 @@ impl VolumeHandle {
         self.check_range(&st, offset, len)?;
         let mut added = 0u64;
         let mut pos = 0u64;
+        // Log records: whole blocks share the dirty block's bytes; the other pieces are
+        // copied, runs of them merged. Replaying them in order writes the same bytes.
+        let mut records: Vec<LogRecord> = Vec::new();
+        let mut copied: Option<(u64, u64)> = None;
+        let record = |off: u64, d: Arc<Vec<u8>>| LogRecord {
+            vol_guid: self.vol.guid,
+            txg,
+            offset: off,
+            data: Some(d),
+            unmap_len: 0,
+            io_number: io,
+        };
         while pos < len {
             let abs = offset + pos;
             let n = (bs - abs % bs).min(len - pos);
             let src = &data[pos as usize..(pos + n) as usize];
-            added += self.dirty_range(&mut st, abs, Some(src), io.unwrap_or(0));
+            let (a, shared) = self.dirty_range_shared(&mut st, abs, Some(src), io.unwrap_or(0));
+            added += a;
+            match shared.filter(|_| log) {
+                Some(d) => {
+                    if let Some((s, e)) = copied.take() {
+                        records.push(record(
+                            offset + s,
+                            Arc::new(data[s as usize..e as usize].to_vec()),
+                        ));
+                    }
+                    records.push(record(abs, d));
+                }
+                None => copied = Some((copied.map_or(pos, |c| c.0), pos + n)),
+            }
             pos += n;
         }
         p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
         if log {
+            if let Some((s, e)) = copied {
+                records.push(record(
+                    offset + s,
+                    Arc::new(data[s as usize..e as usize].to_vec()),
+                ));
+            }
             let mut l = p.log.lock();
-            l.records.push(LogRecord {
-                vol_guid: self.vol.guid,
-                txg,
-                offset,
-                data: Some(Arc::new(data.to_vec())),
-                unmap_len: 0,
-                io_number: io,
-            });
+            l.records.extend(records);
+            // Counted in full even when shared: a later overwrite of the block un-shares it.
             l.bytes += len;
             p.dirty_bytes.fetch_add(len, Ordering::SeqCst);
         }

@@ -71,3 +71,11 @@ pub const SCAN_SLICE: std::time::Duration = std::time::Duration::from_millis(50)
 /// Dirty-data charge of one UNMAP free range (its memory and commit work), so a storm of
 /// small UNMAPs still triggers commits.
 pub const FREE_RANGE_CHARGE_BYTES: u64 = 4096;
+/// Block writes a commit keeps in flight: enough to keep a few devices' queues busy while
+/// the commit thread compresses and checksums the next blocks; bounds the memory pinned
+/// (at most this many blocks of up to 128 KiB).
+pub const COMMIT_WRITES_IN_FLIGHT: usize = 32;
+/// Reads a commit keeps in flight for the old blocks under partial writes: a random 4 KiB
+/// write into a bigger block needs the old block, and one read at a time leaves the
+/// devices idle.
+pub const COMMIT_READERS: usize = 4;

@@ -103,6 +103,9 @@ pub enum StoreError {
 /// parent's block pointer.
 pub type Verify<'a> = &'a (dyn Fn(&[u8]) -> bool + Sync);
 
+/// The wait for a write started by [`BlockStore::write_start`].
+pub type WriteWait = Box<dyn FnOnce() -> Result<(), StoreError> + Send>;
+
 /// Blocking block storage with redundancy, as the block-tree layer sees the pool.
 pub trait BlockStore: Send + Sync + fmt::Debug {
     /// Usable space now.
@@ -122,6 +125,19 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
     /// Write a block (with its redundancy) at a fresh allocation. `data.len()` is the
     /// block's psize, a multiple of [`SECTOR_SIZE`].
     fn write(&self, dva: Dva, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Start writing a block as [`BlockStore::write`] does, sharing its bytes (never
+    /// changed while shared), and return the wait for its result: a commit keeps several
+    /// writes in flight. The write is complete (for `flush` and `sync`) only once the wait
+    /// returned. The default writes synchronously.
+    fn write_start(
+        &self,
+        dva: Dva,
+        data: std::sync::Arc<Vec<u8>>,
+    ) -> Result<WriteWait, StoreError> {
+        self.write(dva, &data)?;
+        Ok(Box::new(|| Ok(())))
+    }
 
     /// Read a block of `psize_bytes`, trying every copy and reconstruction until `verify`
     /// accepts; heals the copies that did not.

@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use super::alloc::VdevAlloc;
 use super::error::SpaError;
 use super::format::VdevKindConfig;
-use super::leaf::Leaf;
+use super::leaf::{Leaf, Pending};
 use super::limits::{FRONT_RESERVE_BYTES, MAX_BLOCK_BYTES, SECTOR_BYTES};
 use super::raidz::{generate_parity, raidz_asize, reconstruct, RaidzMap};
 use crate::store::{Dva, Verify};
@@ -204,9 +204,15 @@ impl TopVdev {
 
     /// Write a block with its redundancy.
     pub fn write(&self, dva: Dva, data: &[u8]) -> Result<(), SpaError> {
+        self.write_submit(dva, Arc::new(data.to_vec()))?.finish()
+    }
+
+    /// Queue a block's writes on its devices (see [`Self::write`]) without waiting;
+    /// [`VdevWrite::finish`] waits and applies the group's tolerance.
+    pub fn write_submit(&self, dva: Dva, buf: Arc<Vec<u8>>) -> Result<VdevWrite, SpaError> {
+        let data: &[u8] = &buf;
         self.check(dva, data.len() as u64)?;
         let children = self.children.read().clone();
-        let buf = Arc::new(data.to_vec());
         let mut jobs = Vec::new();
         match self.kind {
             VdevKind::Disk | VdevKind::Mirror => {
@@ -270,27 +276,16 @@ impl TopVdev {
                 }
             }
         }
-        let mut errors = Vec::new();
-        for (leaf, sub) in jobs {
-            if let Err(e) = sub.and_then(|p| leaf.wait(p)) {
-                errors.push(e.to_string());
-            }
-        }
-        for (leaf, sub) in old_jobs {
-            let _ = sub.and_then(|p| leaf.wait(p));
-        }
-        let written_everywhere_needed = match self.kind {
-            VdevKind::Mirror => errors.len() < children.len(),
-            _ => errors.len() <= self.tolerance(),
+        let max_errors = match self.kind {
+            VdevKind::Mirror => children.len() - 1,
+            _ => self.tolerance(),
         };
-        if written_everywhere_needed {
-            Ok(())
-        } else {
-            Err(SpaError::WriteFailed {
-                dva,
-                reason: errors.join("; "),
-            })
-        }
+        Ok(VdevWrite {
+            dva,
+            jobs,
+            old_jobs,
+            max_errors,
+        })
     }
 
     /// Flush every online device; fails when more devices failed than the group tolerates.
@@ -610,4 +605,39 @@ fn combinations(items: &[usize], k: usize) -> Vec<Vec<usize>> {
         }
     }
     out
+}
+
+type LeafJob = (Arc<Leaf>, Result<Pending<()>, SpaError>);
+
+/// A block write queued on a group's devices by [`TopVdev::write_submit`].
+pub struct VdevWrite {
+    dva: Dva,
+    jobs: Vec<LeafJob>,
+    /// Copies for a device being replaced: best effort, never an error.
+    old_jobs: Vec<LeafJob>,
+    /// Failed devices the group tolerates for this block.
+    max_errors: usize,
+}
+
+impl VdevWrite {
+    /// Wait for every device; Ok if no more than the group tolerates failed.
+    pub fn finish(self) -> Result<(), SpaError> {
+        let mut errors = Vec::new();
+        for (leaf, sub) in self.jobs {
+            if let Err(e) = sub.and_then(|p| leaf.wait(p)) {
+                errors.push(e.to_string());
+            }
+        }
+        for (leaf, sub) in self.old_jobs {
+            let _ = sub.and_then(|p| leaf.wait(p));
+        }
+        if errors.len() <= self.max_errors {
+            Ok(())
+        } else {
+            Err(SpaError::WriteFailed {
+                dva: self.dva,
+                reason: errors.join("; "),
+            })
+        }
+    }
 }

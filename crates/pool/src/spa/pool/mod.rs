@@ -38,7 +38,8 @@ use super::leaf::{Leaf, LeafState};
 use super::limits::*;
 use super::vdev::{Health, TopVdev, VdevKind};
 use crate::store::{
-    AllocClass, BlockStore, Dva, SpaceStats, StoreError, Verify, MAX_ROOT_BYTES, SECTOR_SIZE,
+    AllocClass, BlockStore, Dva, SpaceStats, StoreError, Verify, WriteWait, MAX_ROOT_BYTES,
+    SECTOR_SIZE,
 };
 
 /// How a raid group protects data.
@@ -956,6 +957,17 @@ impl BlockStore for Spa {
             .vdev(dva.vdev)
             .ok_or(SpaError::InvalidAddress { dva })?;
         Ok(v.write(dva, data)?)
+    }
+
+    fn write_start(&self, dva: Dva, data: Arc<Vec<u8>>) -> Result<WriteWait, StoreError> {
+        if data.is_empty() || !data.len().is_multiple_of(SECTOR_SIZE as usize) {
+            return Err(SpaError::InvalidAddress { dva }.into());
+        }
+        let v = self
+            .vdev(dva.vdev)
+            .ok_or(SpaError::InvalidAddress { dva })?;
+        let w = v.write_submit(dva, data)?;
+        Ok(Box::new(move || Ok(w.finish()?)))
     }
 
     fn read(&self, dva: Dva, psize_bytes: u32, verify: Verify<'_>) -> Result<Vec<u8>, StoreError> {
