@@ -1,10 +1,22 @@
-//! A LUN stored in a plain file (or block device node): pread/pwrite on blocking threads,
-//! fdatasync for FUA and SYNCHRONIZE CACHE, hole punching for UNMAP, SEEK_DATA/SEEK_HOLE
-//! for GET LBA STATUS.
+//! A LUN stored in a plain file (or block device node): pwrite on the file's own writer
+//! thread, pread inline from the page cache (RWF_NOWAIT) or on blocking threads, fdatasync
+//! for FUA and SYNCHRONIZE CACHE, hole punching for UNMAP, SEEK_DATA/SEEK_HOLE for GET LBA
+//! STATUS.
 //!
+//! Owns: the open file and one writer thread per file (named `cstor-file-io`), fed by a
+//! bounded queue; the thread ends when the backend is dropped and its queue drains.
+//! Why one writer thread: a buffered write holds the inode lock exclusively (ext4, XFS),
+//! so parallel pwrites to one file only spin on that lock and multiply wakeups; one thread
+//! draining a queue writes back to back (perf on 4 KiB random writes at queue depth 16
+//! showed the blocking pool's threads spinning on the inode rwsem and in futex wakeups).
+//! Writes are issued in pieces of at most 64 KiB, which keeps page-cache folios small
+//! (see `write_chunked`).
 //! Invariants: an existing file is never truncated; the size exposed is the file size
-//! rounded down to 512 bytes and only grows (`grow`). Never: run file I/O on the async
-//! runtime's worker threads.
+//! rounded down to 512 bytes and only grows (`grow`); queued writes run in queue order.
+//! Never: run a call that may block (pwrite, fdatasync, fallocate, a page-cache miss) on
+//! the async runtime's worker threads; hold the writer thread in fdatasync (FUA syncs run
+//! on the blocking pool, after the write completed).
+//! Cancellation: a dropped write future may still be written by the writer thread.
 
 use crate::backend::{
     BackendError, BackendFuture, BackendIdentity, BlockBackend, Extent, Provisioning,
@@ -17,6 +29,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Errors opening a file backend.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +68,47 @@ pub struct FileBackend {
     size_bytes: AtomicU64,
     read_only: bool,
     identity: BackendIdentity,
+    writes: mpsc::Sender<WriteJob>,
+}
+
+/// One write for the writer thread; the result goes back on `done`.
+#[derive(Debug)]
+struct WriteJob {
+    offset: u64,
+    data: Bytes,
+    done: oneshot::Sender<Result<(), BackendError>>,
+}
+
+/// Writes `data` at `offset` in pieces of at most `limits::FILE_WRITE_CHUNK_BYTES`.
+/// Why: the kernel sizes a page-cache folio by the write that creates it, and a later
+/// small write into a large folio walks all its blocks (ext4 on Linux 6.x: a 4 KiB write
+/// into a 1 MiB folio costs about 22 us instead of 5 us in a 64 KiB one); capping the
+/// pieces keeps folios small enough for random overwrites while large writes still take
+/// few syscalls.
+fn write_chunked(file: &File, data: &[u8], offset: u64) -> Result<(), BackendError> {
+    let mut done = 0usize;
+    for piece in data.chunks(crate::limits::FILE_WRITE_CHUNK_BYTES) {
+        let at = offset + done as u64;
+        file.write_all_at(piece, at).map_err(|e| map_io(at, e))?;
+        done += piece.len();
+    }
+    Ok(())
+}
+
+/// Starts the writer thread of `file`; it ends when every sender is dropped.
+fn spawn_writer(file: Arc<File>) -> io::Result<mpsc::Sender<WriteJob>> {
+    let (tx, mut rx) = mpsc::channel::<WriteJob>(crate::limits::FILE_WRITE_QUEUE);
+    std::thread::Builder::new()
+        .name("cstor-file-io".into())
+        .stack_size(crate::limits::FILE_WRITER_STACK_BYTES)
+        .spawn(move || {
+            while let Some(job) = rx.blocking_recv() {
+                let r = write_chunked(&file, &job.data, job.offset);
+                // The command may have been dropped (timeout, abort): nobody to tell.
+                let _ = job.done.send(r);
+            }
+        })?;
+    Ok(tx)
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> FileOpenError + '_ {
@@ -109,8 +163,11 @@ impl FileBackend {
         let id =
             xxhash_rust::xxh3::xxh3_128(canonical.as_os_str().as_encoded_bytes()).to_le_bytes();
         let serial = id[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let file = Arc::new(file);
+        let writes = spawn_writer(file.clone()).map_err(io_err(path))?;
         Ok(FileBackend {
-            file: Arc::new(file),
+            writes,
+            file,
             path: canonical,
             size_bytes: AtomicU64::new(size),
             read_only,
@@ -209,15 +266,18 @@ impl BlockBackend for FileBackend {
         if self.read_only {
             return Box::pin(async { Err(BackendError::ReadOnly) });
         }
-        let file = self.file.clone();
-        Box::pin(blocking(move || {
-            file.write_all_at(&data, offset)
-                .map_err(|e| map_io(offset, e))?;
+        Box::pin(async move {
+            let (done, result) = oneshot::channel();
+            let job = WriteJob { offset, data, done };
+            let gone = || BackendError::Other(io::Error::other("file writer thread ended"));
+            self.writes.send(job).await.map_err(|_| gone())?;
+            result.await.map_err(|_| gone())??;
             if fua {
-                file.sync_data().map_err(|e| map_io(offset, e))?;
+                let file = self.file.clone();
+                blocking(move || file.sync_data().map_err(|e| map_io(offset, e))).await?;
             }
             Ok(())
-        }))
+        })
     }
 
     fn flush(&self) -> BackendFuture<'_, ()> {
