@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# Benchmark: cstor's iSCSI target against tgt on the same kind of file (sparse, buffered
-# I/O through the page cache on both), driven by fio's libiscsi engine in the same run.
-# Prints a table of IOPS, mean latency and the cstor/tgt ratio. Never runs in CI.
+# Benchmark: cstor's iSCSI target against tgt on the same kind of file (both sparse or
+# both preallocated, buffered I/O through the page cache on both), driven by fio's
+# libiscsi engine in the same run. Prints a table of median IOPS, mean latency (for QD1
+# rows: the latency aim) and the cstor/tgt ratio. Never runs in CI.
+#
+# Fairness: both files get the same fill (1 MiB writes over the working set, so reads hit
+# data and both page caches hold the same large folios); dirty pages are synced before
+# every job so no job pays for another's writeback; each job runs REPEAT times with the
+# order of the two targets alternating, and the medians are printed.
 #
 # Needs root (tgtd), tgt, libiscsi-dev, python3, and builds fio 3.33 with libiscsi once
 # into $CSTOR_BENCH_CACHE (default ~/.cache/cstor-bench); see
 # ../shared/reference/harness.md §2. Env: RUNTIME (seconds per job, default 10),
-# SIZE (working set, default 256m).
+# SIZE (working set, default 256m), REPEAT (runs per job, default 3), FILE_KIND (sparse
+# or prealloc, default sparse), JOBS (space-separated rw:bs:qd list), CSTOR_BIN (a
+# prebuilt cstor binary to measure instead of building this tree, e.g. an older build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${RUNTIME:-10}
 SIZE=${SIZE:-256m}
+REPEAT=${REPEAT:-3}
+FILE_KIND=${FILE_KIND:-sparse}
 CACHE=${CSTOR_BENCH_CACHE:-$HOME/.cache/cstor-bench}
 FIO=$CACHE/fio-3.33/fio
 
@@ -31,12 +41,20 @@ build_fio() {
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 build_fio
-cargo build --release -q -p cstor
+CSTOR_BIN=${CSTOR_BIN:-}
+if [ -z "$CSTOR_BIN" ]; then
+  cargo build --release -q -p cstor
+  CSTOR_BIN=./target/release/cstor
+fi
 W=$(mktemp -d)
 CP=$(free_port); TP=$(free_port); TC=$((RANDOM % 1000 + 100))
 CIQN=iqn.2024-01.io.cstor.bench:cstor
 TIQN=iqn.2024-01.io.cstor.bench:tgt
-truncate -s 1G "$W/cstor.img" "$W/tgt.img"
+case "$FILE_KIND" in
+  sparse) truncate -s 1G "$W/cstor.img" "$W/tgt.img" ;;
+  prealloc) fallocate -l 1G "$W/cstor.img"; fallocate -l 1G "$W/tgt.img" ;;
+  *) echo "FILE_KIND must be sparse or prealloc" >&2; exit 1 ;;
+esac
 
 cleanup() {
   [ -n "${CPID:-}" ] && kill "$CPID" 2>/dev/null || true
@@ -50,7 +68,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-./target/release/cstor target serve --listen "127.0.0.1:$CP" --iqn "$CIQN" --file "$W/cstor.img" >"$W/cstor.log" 2>&1 &
+"$CSTOR_BIN" target serve --listen "127.0.0.1:$CP" --iqn "$CIQN" --file "$W/cstor.img" >"$W/cstor.log" 2>&1 &
 CPID=$!
 /usr/sbin/tgtd -f -C "$TC" --iscsi "portal=127.0.0.1:$TP" >"$W/tgt.log" 2>&1 &
 TPID=$!
@@ -78,19 +96,24 @@ for u in "$CURL" "$TURL"; do
   "$FIO" --name=fill --ioengine=libiscsi --filename="$u" --rw=write --bs=1m --iodepth=8 --size="$SIZE" >/dev/null 2>&1
 done
 
-JOBS="randread:4k:1 randread:4k:16 randwrite:4k:1 randwrite:4k:16 read:128k:16 write:128k:16"
+JOBS=${JOBS:-"randread:4k:1 randread:4k:16 randwrite:4k:1 randwrite:4k:16 read:128k:16 write:128k:16"}
 : > "$W/results"
 for j in $JOBS; do
   IFS=: read -r rw bs qd <<<"$j"
-  for t in cstor tgt; do
-    u=$CURL; [ "$t" = tgt ] && u=$TURL
-    job "$t-$rw-$bs-qd$qd" "$u" "$rw" "$bs" "$qd" > "$W/$t-$rw-$bs-$qd.json"
-    echo "$rw $bs $qd $t $W/$t-$rw-$bs-$qd.json" >> "$W/results"
+  for r in $(seq "$REPEAT"); do
+    order="cstor tgt"; [ $((r % 2)) = 0 ] && order="tgt cstor"
+    for t in $order; do
+      u=$CURL; [ "$t" = tgt ] && u=$TURL
+      sync
+      job "$t-$rw-$bs-qd$qd" "$u" "$rw" "$bs" "$qd" > "$W/$t-$rw-$bs-$qd-$r.json"
+      echo "$rw $bs $qd $t $W/$t-$rw-$bs-$qd-$r.json" >> "$W/results"
+    done
   done
 done
+echo "file kind: $FILE_KIND, working set $SIZE, $REPEAT x ${RUNTIME}s per job, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 python3 - "$W/results" <<'PY'
-import json, sys
+import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
     rw, bs, qd, t, path = line.split()
@@ -102,12 +125,13 @@ for line in open(sys.argv[1]):
         continue
     d = json.loads(text[start:])["jobs"][0]
     side = d["read"] if "read" in rw else d["write"]
-    rows.setdefault((rw, bs, qd), {})[t] = (side["iops"], side["clat_ns"]["mean"] / 1000.0, side["bw"] / 1024.0)
+    runs = rows.setdefault((rw, bs, qd), {}).setdefault(t, [])
+    runs.append((side["iops"], side["clat_ns"]["mean"] / 1000.0, side["bw"] / 1024.0))
 print(f"{'job':<22}{'cstor IOPS':>12}{'tgt IOPS':>12}{'ratio':>8}{'cstor lat us':>14}{'tgt lat us':>12}{'cstor MiB/s':>13}{'tgt MiB/s':>11}")
 for (rw, bs, qd), r in rows.items():
     if "cstor" not in r or "tgt" not in r:
         continue
-    c, t = r["cstor"], r["tgt"]
+    c, t = ([statistics.median(x) for x in zip(*r[k])] for k in ("cstor", "tgt"))
     ratio = c[0] / t[0] if t[0] else float("nan")
     print(f"{rw+' '+bs+' qd'+qd:<22}{c[0]:>12.0f}{t[0]:>12.0f}{ratio:>8.2f}{c[1]:>14.1f}{t[1]:>12.1f}{c[2]:>13.1f}{t[2]:>11.1f}")
 PY

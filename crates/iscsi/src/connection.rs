@@ -219,6 +219,8 @@ async fn full_feature(
             (limits::SESSION_BUFFER_BYTES / 1024) as usize,
         )),
     });
+    // Login flushed its last response, so nothing is left in the buffer.
+    let wr = wr.into_inner();
     let mut writer = tokio::spawn(writer(wr, out_rx, win, o.params.digests, o.stat_sn));
     let reason = reader_loop(&mut rd, &sess, &shutdown, &mut writer).await;
     tracing::debug!(nexus = %nexus, reason, "connection ending");
@@ -238,14 +240,18 @@ async fn full_feature(
 }
 
 async fn writer(
-    mut w: BufWriter<OwnedWriteHalf>,
+    mut w: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Vec<OutPdu>>,
     win: Arc<Window>,
     digests: pdu::Digests,
     mut stat_sn: u32,
 ) {
-    'outer: while let Some(batch) = rx.recv().await {
+    let mut segs = pdu::Segments::default();
+    while let Some(batch) = rx.recv().await {
+        // Whatever is queued already goes out in one vectored write (bounded), so a busy
+        // session pays one syscall for many responses and none for buffering copies.
         let mut next = Some(batch);
+        let mut last = false;
         while let Some(batch) = next.take() {
             for mut p in batch {
                 let sn = match p.stat_sn {
@@ -260,19 +266,22 @@ async fn writer(
                 let exp = win.exp_cmd_sn.load(Ordering::Acquire);
                 let max = win.max_cmd_sn.load(Ordering::Acquire);
                 pdu::stamp(&mut p, sn, exp, max);
-                let last = p.bhs[0] == op::LOGOUT_RSP;
-                if pdu::write_pdu(&mut w, &mut p, digests).await.is_err() {
-                    break 'outer;
+                segs.push(&mut p, digests);
+                if p.bhs[0] == op::LOGOUT_RSP {
+                    last = true;
+                    break;
                 }
-                if last {
-                    let _ = w.flush().await;
-                    let _ = w.shutdown().await;
-                    break 'outer;
-                }
+            }
+            if last || segs.len() >= limits::WRITER_BATCH_BYTES {
+                break;
             }
             next = rx.try_recv().ok();
         }
-        if w.flush().await.is_err() {
+        if segs.write_all(&mut w).await.is_err() {
+            break;
+        }
+        if last {
+            let _ = w.shutdown().await;
             break;
         }
     }
