@@ -148,9 +148,7 @@ async fn faulty_server(busy: bool) -> (Arc<cstor_iscsi::Server>, String) {
     cfg.io_timeout = Duration::from_millis(300);
     let server = cstor_iscsi::Server::new();
     server.add_target(cfg).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(server.clone().serve(l));
+    let addr = listen(&server).await;
     (server, addr)
 }
 
@@ -375,9 +373,7 @@ async fn nop_in_keepalive_drops_a_dead_initiator_and_keeps_a_live_one() {
     server
         .add_target(cstor_iscsi::TargetConfig::new(IQN, backend))
         .unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(server.clone().serve(l));
+    let addr = listen(&server).await;
     let mut dead = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 11], false)
         .await
         .unwrap();
@@ -468,9 +464,7 @@ async fn reinstated_session_runs_only_after_the_old_sessions_writes_ended() {
     server
         .add_target(cstor_iscsi::TargetConfig::new(IQN, slow.clone()))
         .unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(server.clone().serve(l));
+    let addr = listen(&server).await;
     let isid = [0x80, 0, 0, 0, 0, 13];
     let mut old = login(&addr, IQN, INI, isid, false).await.unwrap();
     // Start a write on the old session and do not wait for its response.

@@ -271,9 +271,7 @@ async fn extended_copy_throughput() {
     server
         .add_target(cstor_iscsi::TargetConfig::new(IQN, backend))
         .unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(server.clone().serve(l));
+    let addr = listen(&server).await;
     let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 3, 1], false)
         .await
         .unwrap();

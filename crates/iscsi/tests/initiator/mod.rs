@@ -201,8 +201,14 @@ pub async fn start(
     tweak(&mut cfg);
     let server = cstor_iscsi::Server::new();
     server.add_target(cfg).unwrap();
+    let addr = listen(&server).await;
+    (server, addr, backend)
+}
+
+/// Serves `server` on a free loopback port in a background task; returns the address.
+pub async fn listen(server: &Arc<cstor_iscsi::Server>) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(server.clone().serve(l));
-    (server, addr, backend)
+    addr
 }
