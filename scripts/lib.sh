@@ -23,10 +23,11 @@ ensure_rust_tools() {
 }
 
 # Real clients the tests drive: libiscsi's conformance suite and tools, qemu with its
-# iscsi:// driver (qemu-block-extra), ext4 tools, loop devices.
+# iscsi:// driver (qemu-block-extra), ext4 tools, loop devices, nbdfuse and FUSE (the
+# iSCSI -> qemu-nbd -> nbdfuse -> loop -> ext4 chain of ../shared/reference/harness.md §3).
 ensure_test_packages() {
   ensure_commands iscsi-test-cu:libiscsi-bin iscsi-inq:libiscsi-bin mkfs.ext4:e2fsprogs \
-    losetup:mount
+    losetup:mount nbdfuse:libnbd-bin fusermount3:fuse3
   # qemu-block-extra (bookworm 7.2) replaces a backported qemu-utils; install both from
   # bookworm so qemu-img has the iscsi driver (../shared/reference/harness.md §0).
   if [ ! -e /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so ]; then
