@@ -57,6 +57,81 @@ pub(crate) struct VolRec {
     pub snapshots: Vec<SnapRec>,
 }
 
+impl VolRec {
+    /// A new volume with no data, no origin and no snapshots.
+    pub(crate) fn empty(
+        name: String,
+        guid: u64,
+        size: u64,
+        block_size: u32,
+        levels: u8,
+        compression: Compression,
+    ) -> VolRec {
+        VolRec {
+            name,
+            guid,
+            size,
+            block_size,
+            levels,
+            compression,
+            root: Bp::default(),
+            origin_snap: None,
+            origin_txg: 0,
+            referenced: 0,
+            unique: 0,
+            snap_held: 0,
+            ref_lsize: 0,
+            ref_psize_data: 0,
+            created_txg: 0,
+            receiving: false,
+            properties: BTreeMap::new(),
+            snapshots: Vec::new(),
+        }
+    }
+
+    /// A new volume whose head is `snap` of `parent` (a clone, or an incremental
+    /// receive's staging volume): it shares every block of the snapshot.
+    pub(crate) fn clone_of(
+        name: String,
+        guid: u64,
+        size: u64,
+        parent: &VolRec,
+        snap: &SnapRec,
+    ) -> VolRec {
+        VolRec {
+            root: snap.root,
+            origin_snap: Some(snap.guid),
+            origin_txg: snap.txg,
+            referenced: snap.referenced,
+            ref_lsize: snap.ref_lsize,
+            ref_psize_data: snap.ref_psize_data,
+            ..VolRec::empty(
+                name,
+                guid,
+                size,
+                parent.block_size,
+                parent.levels,
+                parent.compression,
+            )
+        }
+    }
+
+    /// The record of a snapshot of this volume's head taken at `txg`.
+    pub(crate) fn snapshot_now(&self, name: String, guid: u64, txg: u64) -> SnapRec {
+        SnapRec {
+            name,
+            guid,
+            txg,
+            root: self.root,
+            size: self.size,
+            referenced: self.referenced,
+            unique_at: self.unique,
+            ref_lsize: self.ref_lsize,
+            ref_psize_data: self.ref_psize_data,
+        }
+    }
+}
+
 /// The whole directory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct DirRec {

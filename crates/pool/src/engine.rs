@@ -550,26 +550,14 @@ impl Pool {
             }
         }
         let comp = compression.unwrap_or(*p.default_compression.lock());
-        let rec = VolRec {
-            name: name.into(),
-            guid: random_u64(),
-            size: size_bytes,
-            block_size: bs,
-            levels: levels_for(bs),
-            compression: comp,
-            root: Bp::default(),
-            origin_snap: None,
-            origin_txg: 0,
-            referenced: 0,
-            unique: 0,
-            snap_held: 0,
-            ref_lsize: 0,
-            ref_psize_data: 0,
-            created_txg: 0,
-            receiving: false,
-            properties: BTreeMap::new(),
-            snapshots: Vec::new(),
-        };
+        let rec = VolRec::empty(
+            name.into(),
+            random_u64(),
+            size_bytes,
+            bs,
+            levels_for(bs),
+            comp,
+        );
         self.add_volume(&mut cs, rec)
     }
 
@@ -725,17 +713,7 @@ impl Pool {
             &mut cs,
             Some(&mut |_p: &PoolInner, txg: u64| {
                 let mut meta = v.meta.lock();
-                let rec = SnapRec {
-                    name: snap.clone(),
-                    guid: random_u64(),
-                    txg,
-                    root: meta.root,
-                    size: meta.size,
-                    referenced: meta.referenced,
-                    unique_at: meta.unique,
-                    ref_lsize: meta.ref_lsize,
-                    ref_psize_data: meta.ref_psize_data,
-                };
+                let rec = meta.snapshot_now(snap.clone(), random_u64(), txg);
                 meta.snapshots.push(rec);
                 Ok(())
             }),
@@ -762,26 +740,7 @@ impl Pool {
         }
         let s = p.find_snap(&v, snap)?;
         let meta = v.meta.lock().clone();
-        let rec = VolRec {
-            name: new_volume.into(),
-            guid: random_u64(),
-            size: s.size,
-            block_size: meta.block_size,
-            levels: meta.levels,
-            compression: meta.compression,
-            root: s.root,
-            origin_snap: Some(s.guid),
-            origin_txg: s.txg,
-            referenced: s.referenced,
-            unique: 0,
-            snap_held: 0,
-            ref_lsize: s.ref_lsize,
-            ref_psize_data: s.ref_psize_data,
-            created_txg: 0,
-            receiving: false,
-            properties: BTreeMap::new(),
-            snapshots: Vec::new(),
-        };
+        let rec = VolRec::clone_of(new_volume.into(), random_u64(), s.size, &meta, &s);
         self.add_volume(&mut cs, rec)
     }
 
@@ -1190,17 +1149,7 @@ impl Pool {
                 };
                 let mut meta = dst.meta.lock();
                 meta.receiving = false;
-                let rec = SnapRec {
-                    name: snap_name.clone(),
-                    guid: snap_guid,
-                    txg,
-                    root: meta.root,
-                    size: meta.size,
-                    referenced: meta.referenced,
-                    unique_at: meta.unique,
-                    ref_lsize: meta.ref_lsize,
-                    ref_psize_data: meta.ref_psize_data,
-                };
+                let rec = meta.snapshot_now(snap_name.clone(), snap_guid, txg);
                 meta.snapshots.push(rec);
                 Ok(())
             }),

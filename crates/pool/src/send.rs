@@ -7,7 +7,6 @@
 //! END validated, so a truncated or corrupt stream changes nothing.
 //! Never: trust a stream field before its checksum passed and its bounds were checked.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use crate::bp::{Bp, Compression};
@@ -315,44 +314,25 @@ pub(crate) fn recv(pool: &Pool, volume: &str, input: &mut dyn Read) -> Result<St
     };
     let rec = match &target {
         Some((t, from, meta)) => VolRec {
-            name: format!("{volume}%recv"),
-            guid: header.volume_guid ^ t.guid(),
-            size: header.size.max(from.size),
-            block_size: meta.block_size,
-            levels: meta.levels,
-            compression: meta.compression,
-            root: from.root,
-            origin_snap: Some(from.guid),
-            origin_txg: from.txg,
-            referenced: from.referenced,
-            unique: 0,
-            snap_held: 0,
-            ref_lsize: from.ref_lsize,
-            ref_psize_data: from.ref_psize_data,
-            created_txg: 0,
             receiving: true,
-            properties: BTreeMap::new(),
-            snapshots: Vec::new(),
+            ..VolRec::clone_of(
+                format!("{volume}%recv"),
+                header.volume_guid ^ t.guid(),
+                header.size.max(from.size),
+                meta,
+                from,
+            )
         },
         None => VolRec {
-            name: volume.into(),
-            guid: header.volume_guid ^ header.to_guid,
-            size: header.size,
-            block_size: header.block_size,
-            levels: levels_for(header.block_size),
-            compression: header.compression,
-            root: Bp::default(),
-            origin_snap: None,
-            origin_txg: 0,
-            referenced: 0,
-            unique: 0,
-            snap_held: 0,
-            ref_lsize: 0,
-            ref_psize_data: 0,
-            created_txg: 0,
             receiving: true,
-            properties: BTreeMap::new(),
-            snapshots: Vec::new(),
+            ..VolRec::empty(
+                volume.into(),
+                header.volume_guid ^ header.to_guid,
+                header.size,
+                header.block_size,
+                levels_for(header.block_size),
+                header.compression,
+            )
         },
     };
     if let Some((_, _, meta)) = &target {
