@@ -73,3 +73,34 @@ pub fn check_no_leaks(store: &MemStore, pool: &Pool) {
         "volume used {used} + metadata != allocated"
     );
 }
+
+/// One volume operation of a crash test, replayed on a byte-array model.
+#[derive(Clone, Debug)]
+pub enum Io {
+    Write { vol: usize, off: u64, data: Vec<u8> },
+    Unmap { vol: usize, off: u64, len: u64 },
+}
+
+pub fn apply(model: &mut [Vec<u8>], io: &Io) {
+    match io {
+        Io::Write { vol, off, data } => {
+            model[*vol][*off as usize..*off as usize + data.len()].copy_from_slice(data)
+        }
+        Io::Unmap { vol, off, len } => model[*vol][*off as usize..(*off + *len) as usize].fill(0),
+    }
+}
+
+/// True when `got` is `model` plus part of write `next`, sector by sector: a write that no
+/// flush covered may survive partially, as on a disk (no multi-sector atomicity).
+pub fn torn_next(model: &[Vec<u8>], got: &[Vec<u8>], next: Option<&Io>) -> bool {
+    let Some(io) = next else { return false };
+    let mut after = model.to_vec();
+    apply(&mut after, io);
+    (0..model.len()).all(|v| {
+        model[v]
+            .chunks(512)
+            .zip(after[v].chunks(512))
+            .zip(got[v].chunks(512))
+            .all(|((m, a), g)| g == m || g == a)
+    })
+}

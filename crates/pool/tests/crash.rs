@@ -15,36 +15,6 @@ use cstor_pool::{Compression, Pool};
 
 const VOL_BYTES: u64 = 512 * 1024;
 
-#[derive(Clone, Debug)]
-enum Io {
-    Write { vol: usize, off: u64, data: Vec<u8> },
-    Unmap { vol: usize, off: u64, len: u64 },
-}
-
-fn apply(model: &mut [Vec<u8>], io: &Io) {
-    match io {
-        Io::Write { vol, off, data } => {
-            model[*vol][*off as usize..*off as usize + data.len()].copy_from_slice(data)
-        }
-        Io::Unmap { vol, off, len } => model[*vol][*off as usize..(*off + *len) as usize].fill(0),
-    }
-}
-
-/// True when `got` is `model` plus part of write `next`, sector by sector: a write that no
-/// flush covered may survive partially, as on a disk (no multi-sector atomicity).
-fn torn_next(model: &[Vec<u8>], got: &[Vec<u8>], next: Option<&Io>) -> bool {
-    let Some(io) = next else { return false };
-    let mut after = model.to_vec();
-    apply(&mut after, io);
-    (0..2).all(|v| {
-        model[v]
-            .chunks(512)
-            .zip(after[v].chunks(512))
-            .zip(got[v].chunks(512))
-            .all(|((m, a), g)| g == m || g == a)
-    })
-}
-
 fn read_volumes(pool: &Pool, names: &[&str]) -> Vec<Vec<u8>> {
     names
         .iter()

@@ -5,9 +5,12 @@
 //! one (flush, commit or snapshot that returned), snapshots that returned are intact, and
 //! no live block is free in the allocator. Rounds: 6, `CSTOR_CRASH_ROUNDS` for more.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{apply, torn_next, Io};
 use cstor_pool::spa::testdev::{FaultyDevice, MemDevice, PowerCutDevice, PowerSwitch, SeededRng};
 use cstor_pool::spa::{Device, GroupKind, GroupSpec, Spa, SpaOptions};
 use cstor_pool::store::BlockStore;
@@ -31,32 +34,6 @@ fn sopts() -> SpaOptions {
         force: false,
         io_timeout: Duration::from_secs(10),
     }
-}
-
-#[derive(Clone)]
-enum Io {
-    Write(usize, u64, Vec<u8>),
-    Unmap(usize, u64, u64),
-}
-
-fn apply(m: &mut [Vec<u8>], io: &Io) {
-    match io {
-        Io::Write(v, o, d) => m[*v][*o as usize..*o as usize + d.len()].copy_from_slice(d),
-        Io::Unmap(v, o, l) => m[*v][*o as usize..(*o + *l) as usize].fill(0),
-    }
-}
-
-fn torn_next(model: &[Vec<u8>], got: &[Vec<u8>], next: Option<&Io>) -> bool {
-    let Some(io) = next else { return false };
-    let mut after = model.to_vec();
-    apply(&mut after, io);
-    (0..2).all(|v| {
-        model[v]
-            .chunks(512)
-            .zip(after[v].chunks(512))
-            .zip(got[v].chunks(512))
-            .all(|((m, a), g)| g == m || g == a)
-    })
 }
 
 fn round(seed: u64) {
@@ -102,17 +79,17 @@ fn round(seed: u64) {
         let off = rng.below(VOL / 512) * 512;
         let len = (1 + rng.below(64)).min((VOL - off) / 512) * 512;
         let io = if rng.below(6) == 0 {
-            Io::Unmap(vol, off, len)
+            Io::Unmap { vol, off, len }
         } else {
             let mut d = vec![0u8; len as usize];
             rng.fill(&mut d);
-            Io::Write(vol, off, d)
+            Io::Write { vol, off, data: d }
         };
         issued.push(io.clone());
         let v = pool.volume(names[vol]).unwrap();
         let r = match &io {
-            Io::Write(_, o, d) => v.write(*o, d, Some(issued.len() as u64)),
-            Io::Unmap(_, o, l) => v.unmap(*o, *l, Some(issued.len() as u64)),
+            Io::Write { off, data, .. } => v.write(*off, data, Some(issued.len() as u64)),
+            Io::Unmap { off, len, .. } => v.unmap(*off, *len, Some(issued.len() as u64)),
         };
         if r.is_err() {
             break;
