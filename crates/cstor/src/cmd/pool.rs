@@ -345,17 +345,30 @@ fn run_request(
     input: &mut dyn Read,
     output: &mut dyn Write,
 ) -> Result<Value> {
+    run_request_with(registry, pool, |_| req, input, output).map(|(v, _)| v)
+}
+
+/// As [`run_request`], with the request built once it is known whether a process holds
+/// the pool (`true`) or this command opened it; returns the reply and that flag.
+fn run_request_with(
+    registry: &Registry,
+    pool: &str,
+    req: impl FnOnce(bool) -> Request,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+) -> Result<(Value, bool)> {
     let mut progress = print_progress();
     let sock = registry.socket_path(pool)?;
     if let Some(stream) = socket::connect(&sock)? {
-        return Ok(socket::call(stream, req, input, output, &mut progress)?);
+        let v = socket::call(stream, req(true), input, output, &mut progress)?;
+        return Ok((v, true));
     }
     let open = Arc::new(OpenPool::open(registry, pool)?);
-    let result = admin::execute(&open, req, input, output, &mut progress);
+    let result = admin::execute(&open, req(false), input, output, &mut progress);
     let closed = close(open);
     let value = result?;
     closed?;
-    Ok(value)
+    Ok((value, false))
 }
 
 /// Close a pool opened by this command (no other handle outlives the request).
@@ -374,18 +387,19 @@ fn scan_request(
     wait: bool,
     req: impl Fn(bool) -> Request,
 ) -> Result<()> {
-    let served = socket::connect(&registry.socket_path(pool)?)?.is_some();
-    if !wait && !served {
-        eprintln!("no process holds pool '{pool}' open: the {kind} runs in this command");
-    }
-    let background = !wait && served;
-    let v = run_request(
+    let (v, served) = run_request_with(
         registry,
         pool,
-        req(background),
+        |served| {
+            if !wait && !served {
+                eprintln!("no process holds pool '{pool}' open: the {kind} runs in this command");
+            }
+            req(!wait && served)
+        },
         &mut io::empty(),
         &mut io::sink(),
     )?;
+    let background = !wait && served;
     if background {
         println!(
             "{kind} started in the process holding pool '{pool}'; follow it with `cstor pool status {pool}`"
