@@ -85,6 +85,18 @@ pub enum PoolError {
     /// error). Reads never return wrong data: they fail with this.
     #[error("I/O error: {0}")]
     Io(#[source] StoreError),
+    /// An intent-log block could not be read at open (a device error: the chain goes on
+    /// past it, so replaying around it would silently drop flushed writes).
+    #[error("intent log block {seq} at vdev {} offset {} cannot be read: {source}; the pool was not opened (import with --discard-log-tail to drop the log from this block on and lose the flushed writes it holds)", dva.vdev, dva.offset)]
+    LogUnreadable {
+        /// Sequence number of the block in its chain.
+        seq: u64,
+        /// Its address.
+        dva: crate::store::Dva,
+        /// The read error (names the device where the store knows it).
+        #[source]
+        source: StoreError,
+    },
     /// Reading or writing a send stream failed.
     #[error("stream I/O: {0}")]
     StreamIo(#[source] std::io::Error),

@@ -28,8 +28,8 @@ mod zil;
 
 pub use bp::Compression;
 pub use engine::{
-    ChangedRange, Pool, PoolOptions, PoolSpace, SnapshotInfo, TraverseStats, VolumeHandle,
-    VolumeInfo,
+    ChangedRange, DroppedLogTail, Pool, PoolOptions, PoolSpace, SnapshotInfo, TraverseStats,
+    VolumeHandle, VolumeInfo,
 };
 pub use error::{PoolError, Result};
 pub use send::StreamStats;

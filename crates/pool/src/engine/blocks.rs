@@ -1,0 +1,494 @@
+//! Block I/O of the engine: reading and writing stored blocks with their checksums,
+//! tree lookups and walks, the merged view of a block over its dirty layers, and the
+//! small shared helpers of [`PoolInner`] (usability latch, dirty accounting, fill
+//! threshold).
+//!
+//! Invariant: bytes are decoded only after the pointer's checksum matched.
+
+use super::*;
+
+impl PoolInner {
+    pub(super) fn new(
+        store: Arc<dyn BlockStore>,
+        opts: PoolOptions,
+        pool_guid: u64,
+        txg: u64,
+    ) -> Self {
+        PoolInner {
+            store,
+            cache: BlockCache::new(opts.cache_bytes),
+            pool_guid,
+            ro_threshold_pct: AtomicU64::new(u64::from(opts.ro_threshold_pct)),
+            default_compression: Mutex::new(opts.compression),
+            opts,
+            commit: Mutex::new(CommitState::default()),
+            txg: RwLock::new(txg),
+            vols: RwLock::new(BTreeMap::new()),
+            dirty_bytes: AtomicU64::new(0),
+            log: Mutex::new(LogPending::default()),
+            logw: Mutex::new(LogWriter {
+                chain_id: random_u64(),
+                ..LogWriter::default()
+            }),
+            failed: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            meta_dirty: AtomicBool::new(false),
+            bg: Mutex::new(Background::default()),
+            bg_cv: Condvar::new(),
+            inflight: Mutex::new(Inflight::default()),
+            log_tail_dropped: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn check_usable(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(PoolError::Closed("pool was closed".into()));
+        }
+        if let Some(f) = self.failed.lock().as_ref() {
+            return Err(PoolError::Closed(format!(
+                "a previous commit failed ({f}); reopen the pool"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Release dirty-data charge. Saturating: an accounting bug must not wrap the counter
+    /// and leave the pool throttled or read-only forever (tests assert it returns to 0).
+    pub(super) fn undirty(&self, n: u64) {
+        let prev = self
+            .dirty_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| {
+                Some(x.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        debug_assert!(prev >= n, "dirty accounting underflow: {prev} - {n}");
+    }
+
+    pub(super) fn fail(&self, e: &PoolError) {
+        let mut f = self.failed.lock();
+        if f.is_none() {
+            *f = Some(e.to_string());
+        }
+    }
+
+    pub(crate) fn vol(&self, name: &str) -> Result<Arc<Volume>> {
+        self.vols
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| PoolError::UnknownVolume { name: name.into() })
+    }
+
+    pub(super) fn find_snap(&self, v: &Volume, snap: &str) -> Result<SnapRec> {
+        v.meta
+            .lock()
+            .snapshots
+            .iter()
+            .find(|s| s.name == snap)
+            .cloned()
+            .ok_or_else(|| PoolError::UnknownSnapshot {
+                volume: v.name.clone(),
+                snapshot: snap.into(),
+            })
+    }
+
+    pub(crate) fn volume_exists(&self, name: &str) -> bool {
+        self.vols.read().contains_key(name)
+    }
+
+    pub(super) fn clones_of(&self, snap_guid: u64) -> Vec<String> {
+        let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
+        vols.iter()
+            .filter(|v| v.meta.lock().origin_snap == Some(snap_guid))
+            .map(|v| v.name.clone())
+            .collect()
+    }
+
+    pub(super) fn snapshot_count(&self) -> usize {
+        let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
+        vols.iter().map(|v| v.meta.lock().snapshots.len()).sum()
+    }
+
+    pub(super) fn has_dirty(&self, v: &Volume) -> bool {
+        let st = v.state.lock();
+        !st.open.is_empty() || !st.syncing.is_empty()
+    }
+
+    pub(super) fn volume_info(&self, v: &Volume) -> VolumeInfo {
+        let meta = v.meta.lock().clone();
+        let origin = meta.origin_snap.and_then(|g| {
+            let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
+            vols.iter().find_map(|o| {
+                let m = o.meta.lock();
+                m.snapshots
+                    .iter()
+                    .find(|s| s.guid == g)
+                    .map(|s| format!("{}@{}", m.name, s.name))
+            })
+        });
+        let io_number_max = v.tree.read().io_max;
+        VolumeInfo {
+            name: meta.name.clone(),
+            guid: meta.guid,
+            size: v.state.lock().size,
+            block_size: meta.block_size,
+            compression: meta.compression,
+            used: meta.unique + meta.snap_held,
+            referenced: meta.referenced,
+            compression_ratio: ratio(meta.ref_lsize, meta.ref_psize_data),
+            snapshots: meta.snapshots.iter().map(|s| s.name.clone()).collect(),
+            origin,
+            io_number_max,
+        }
+    }
+
+    /// Writes are refused: the threshold counts dirty data twice (data plus worst-case
+    /// indirect blocks), so acknowledged writes always fit in their commit.
+    pub(super) fn over_threshold(&self) -> bool {
+        self.over_threshold_with(self.dirty_bytes.load(Ordering::SeqCst).saturating_mul(2))
+    }
+
+    /// True when `pending_bytes` more allocation would cross the fill threshold or eat
+    /// into the reserve kept for destroy and UNMAP.
+    pub(super) fn over_threshold_with(&self, pending_bytes: u64) -> bool {
+        let s = self.store.space();
+        if s.size_bytes == 0 {
+            return true;
+        }
+        let pct = self.ro_threshold_pct.load(Ordering::Relaxed);
+        let reserve = s.size_bytes / 1000 * RESERVED_PER_MILLE;
+        let allocated = s.allocated_bytes.saturating_add(pending_bytes);
+        u128::from(allocated) * 100 >= u128::from(s.size_bytes) * u128::from(pct)
+            || s.free_bytes.saturating_sub(pending_bytes) <= reserve
+    }
+
+    /// Refuse a write on a full pool; near the line a commit settles the real figure
+    /// (dirty data turns into allocated bytes) first.
+    pub(super) fn admit_write(&self) -> Result<()> {
+        if self.over_threshold() {
+            let mut cs = self.commit.lock();
+            self.check_usable()?;
+            self.commit_locked(&mut cs, None)?;
+            drop(cs);
+            if self.over_threshold() {
+                return Err(PoolError::ReadOnly {
+                    reason: format!(
+                        "pool is at its {} % fill threshold; destroy snapshots or volumes, or UNMAP",
+                        self.ro_threshold_pct.load(Ordering::Relaxed)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    // ---- block I/O ----
+
+    pub(super) fn verify_fn(bp: &Bp) -> impl Fn(&[u8]) -> bool + Sync + '_ {
+        move |b: &[u8]| checksum(b) == bp.cksum
+    }
+
+    pub(super) fn read_stored(&self, bp: &Bp) -> Result<Vec<u8>> {
+        let verify = Self::verify_fn(bp);
+        let stored = self.store.read(bp.dva, bp.psize, &verify)?;
+        // Paired with the store's check: never decode bytes the pointer does not vouch for.
+        if checksum(&stored) != bp.cksum {
+            return Err(PoolError::Corrupt {
+                what: "block",
+                reason: format!(
+                    "store returned bytes failing the checksum at vdev {} offset {}",
+                    bp.dva.vdev, bp.dva.offset
+                ),
+            });
+        }
+        decode_payload(bp, &stored)
+    }
+
+    pub(crate) fn read_data(&self, bp: &Bp) -> Result<Arc<Vec<u8>>> {
+        debug_assert!(!bp.is_hole());
+        let key = Key::of(bp);
+        if let Some(Cached::Bytes(b)) = self.cache.get(&key) {
+            return Ok(b);
+        }
+        let data = Arc::new(self.read_stored(bp)?);
+        self.cache.insert(key, Cached::Bytes(data.clone()));
+        Ok(data)
+    }
+
+    pub(crate) fn read_indirect(&self, bp: &Bp) -> Result<Arc<Vec<Bp>>> {
+        debug_assert!(!bp.is_hole());
+        let key = Key::of(bp);
+        if let Some(Cached::Bps(b)) = self.cache.get(&key) {
+            return Ok(b);
+        }
+        if bp.kind != Some(BlockKind::Indirect) && bp.kind != Some(BlockKind::DirIndex) {
+            return Err(PoolError::Corrupt {
+                what: "block pointer",
+                reason: format!("expected an indirect block, found {:?}", bp.kind),
+            });
+        }
+        let bps = Arc::new(decode_indirect(&self.read_stored(bp)?)?);
+        self.cache.insert(key, Cached::Bps(bps.clone()));
+        Ok(bps)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn write_block(
+        &self,
+        logical: &[u8],
+        comp: Compression,
+        kind: BlockKind,
+        level: u8,
+        class: AllocClass,
+        txg: u64,
+        io_max: u64,
+    ) -> Result<Bp> {
+        let enc = encode_payload(logical, comp);
+        let stored = Arc::new(enc.bytes);
+        let lsize = logical.len() as u32;
+        let bp = Bp {
+            lsize,
+            comp: Some(enc.comp),
+            kind: Some(kind),
+            level,
+            birth: txg,
+            io_max,
+            cksum: enc.cksum,
+            ..Bp::default()
+        };
+        self.write_stored(stored, bp, class)
+    }
+
+    /// A data block: stored as is when not compressed (block sizes are whole sectors),
+    /// sharing the dirty block's bytes with the device write instead of copying them.
+    pub(super) fn write_data_block(
+        &self,
+        logical: &Arc<Vec<u8>>,
+        comp: Compression,
+        txg: u64,
+        io: u64,
+    ) -> Result<Bp> {
+        if comp != Compression::Off || !logical.len().is_multiple_of(SECTOR_SIZE as usize) {
+            return self.write_block(logical, comp, BlockKind::Data, 0, AllocClass::Data, txg, io);
+        }
+        let bp = Bp {
+            lsize: logical.len() as u32,
+            comp: Some(Compression::Off),
+            kind: Some(BlockKind::Data),
+            level: 0,
+            birth: txg,
+            io_max: io,
+            cksum: checksum(logical),
+            ..Bp::default()
+        };
+        self.write_stored(logical.clone(), bp, AllocClass::Data)
+    }
+
+    /// Allocate and start writing `stored` for pointer `bp` (all but its address and
+    /// psize filled in); at most [`COMMIT_WRITES_IN_FLIGHT`] writes stay in flight.
+    pub(super) fn write_stored(
+        &self,
+        stored: Arc<Vec<u8>>,
+        mut bp: Bp,
+        class: AllocClass,
+    ) -> Result<Bp> {
+        bp.psize = stored.len() as u32;
+        bp.dva = self.store.alloc(bp.psize, class, bp.birth)?;
+        let wait = self.store.write_start(bp.dva, stored)?;
+        let oldest = {
+            let mut q = self.inflight.lock();
+            q.0.push_back(wait);
+            if q.0.len() > COMMIT_WRITES_IN_FLIGHT {
+                q.0.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = oldest {
+            w()?;
+        }
+        Ok(bp)
+    }
+
+    pub(super) fn free_block(&self, bp: &Bp, txg: u64) {
+        if bp.is_hole() {
+            return;
+        }
+        self.cache.remove(&Key::of(bp));
+        self.store.free(bp.dva, txg);
+    }
+
+    /// The data pointer of block `blk` in a tree (a hole if never written).
+    pub(super) fn lookup(&self, root: &Bp, levels: u8, blk: u64) -> Result<Bp> {
+        let mut bp = *root;
+        let mut level = levels;
+        while level > 0 {
+            if bp.is_hole() {
+                return Ok(Bp::hole(bp.birth, 0, 0));
+            }
+            let bps = self.read_indirect(&bp)?;
+            let idx = ((blk / span_blocks(level - 1)) % BPS_PER_INDIRECT as u64) as usize;
+            bp = bps[idx];
+            level -= 1;
+        }
+        Ok(bp)
+    }
+
+    /// Current contents of block `blk` of a volume (None: zeros): the open txg's dirty
+    /// block, over the syncing txg's, over the committed tree.
+    pub(super) fn block_contents(&self, v: &Volume, blk: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        let mut overlays: Vec<(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])> = Vec::new();
+        {
+            let st = v.state.lock();
+            let zeros = |overlays: &[(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])]| {
+                if overlays.is_empty() {
+                    None
+                } else {
+                    Some(Self::merge(None, overlays))
+                }
+            };
+            let layers = [
+                (st.open.get(&blk), &st.open_frees[..]),
+                (st.syncing.get(&blk), &st.syncing_frees[..]),
+            ];
+            for (d, frees) in layers {
+                match d {
+                    Some(Dirty::Data { data, .. }) => {
+                        return Ok(Some(Self::merge(Some(data.clone()), &overlays)))
+                    }
+                    Some(Dirty::Hole { .. }) => return Ok(zeros(&overlays)),
+                    Some(Dirty::Partial { data, valid, .. }) => {
+                        overlays.push((data.clone(), *valid))
+                    }
+                    None => {}
+                }
+                // A range freed in this txg lies under this txg's dirty blocks.
+                if range_covers(frees, blk).is_some() {
+                    return Ok(zeros(&overlays));
+                }
+            }
+        }
+        // The syncing overlay may be committed meanwhile; laying it over the new tree
+        // gives the same bytes.
+        let base = {
+            let tree = v.tree.read();
+            let bp = self.lookup(&tree, v.levels, blk)?;
+            if bp.is_hole() {
+                None
+            } else {
+                Some(self.read_data(&bp)?)
+            }
+        };
+        if overlays.is_empty() {
+            return Ok(base);
+        }
+        let bs = v.block_size as usize;
+        let base = base.unwrap_or_else(|| Arc::new(vec![0u8; bs]));
+        Ok(Some(Self::merge(Some(base), &overlays)))
+    }
+
+    /// `base` (None: zeros of the overlays' size) with overlays laid on, the last in the
+    /// list first (it is the oldest).
+    pub(super) fn merge(
+        base: Option<Arc<Vec<u8>>>,
+        overlays: &[(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])],
+    ) -> Arc<Vec<u8>> {
+        if overlays.is_empty() {
+            return base.unwrap_or_default();
+        }
+        let len = overlays[0].0.len();
+        let mut out = base.map_or_else(|| vec![0u8; len], |b| b.to_vec());
+        for (data, valid) in overlays.iter().rev() {
+            overlay(&mut out, data, valid);
+        }
+        Arc::new(out)
+    }
+
+    // ---- walks ----
+
+    /// Depth-first walk: `descend(bp)` decides whether a pointer is visited; `visit(blk,
+    /// bp)` gets every visited data pointer and every visited hole (at any level).
+    pub(crate) fn walk(
+        &self,
+        bp: &Bp,
+        level: u8,
+        first_blk: u64,
+        descend: &mut dyn FnMut(&Bp) -> bool,
+        visit: &mut dyn FnMut(u64, &Bp) -> Result<()>,
+    ) -> Result<()> {
+        if !descend(bp) {
+            return Ok(());
+        }
+        if level == 0 || bp.is_hole() {
+            let mut b = *bp;
+            b.level = level;
+            return visit(first_blk, &b);
+        }
+        let bps = self.read_indirect(bp)?;
+        let span = span_blocks(level - 1);
+        for (i, child) in bps.iter().enumerate() {
+            self.walk(
+                child,
+                level - 1,
+                first_blk + i as u64 * span,
+                descend,
+                visit,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Walk every stored block (data and indirect) of a tree born after `after_txg`.
+    pub(super) fn walk_blocks(
+        &self,
+        bp: &Bp,
+        level: u8,
+        after_txg: u64,
+        f: &mut dyn FnMut(&Bp) -> Result<()>,
+    ) -> Result<()> {
+        if bp.is_hole() || bp.birth <= after_txg {
+            return Ok(());
+        }
+        if level > 0 {
+            let bps = self.read_indirect(bp)?;
+            for child in bps.iter() {
+                self.walk_blocks(child, level - 1, after_txg, f)?;
+            }
+        }
+        f(bp)
+    }
+
+    /// Blocks of tree `a` born after `after_txg` that tree `b` does not share at the same
+    /// position: freed in `free_txg` when given, else only counted. Returns their bytes.
+    pub(super) fn diff_free(
+        &self,
+        v: &Volume,
+        a: Bp,
+        b: Bp,
+        level: u8,
+        after_txg: u64,
+        free_txg: Option<u64>,
+    ) -> Result<u64> {
+        let _ = v;
+        if a.is_hole() || a.birth <= after_txg || (a.dva == b.dva && a.cksum == b.cksum) {
+            return Ok(0);
+        }
+        let mut bytes = u64::from(a.psize);
+        if level > 0 {
+            let ac = self.read_indirect(&a)?;
+            let bc = if b.is_hole() {
+                None
+            } else {
+                Some(self.read_indirect(&b)?)
+            };
+            for (i, child) in ac.iter().enumerate() {
+                let other = bc.as_ref().map_or(Bp::default(), |c| c[i]);
+                bytes += self.diff_free(v, *child, other, level - 1, after_txg, free_txg)?;
+            }
+        }
+        if let Some(txg) = free_txg {
+            self.free_block(&a, txg);
+        }
+        Ok(bytes)
+    }
+}

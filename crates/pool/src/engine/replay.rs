@@ -1,0 +1,86 @@
+//! Intent-log replay at open: walk the chain from the root's head, claim its blocks,
+//! re-apply the records of txgs after the root, commit.
+
+use super::*;
+
+impl PoolInner {
+    pub(super) fn replay(self: &Arc<Self>, root: &Root) -> Result<()> {
+        let head = root.log;
+        let mut records = Vec::new();
+        let mut found: Vec<(Dva, u32)> = Vec::new();
+        if head.dva.asize != 0 {
+            let (mut dva, mut psize, mut seq) = (head.dva, head.psize, head.seq);
+            for _ in 0..MAX_LOG_CHAIN_BLOCKS {
+                if psize == 0 || psize % SECTOR_SIZE != 0 || psize > MAX_LOG_BLOCK_BYTES {
+                    break;
+                }
+                let chain = head.chain_id;
+                let s = seq;
+                let verify = move |b: &[u8]| zil::block_valid(b, chain, s);
+                match self.store.read(dva, psize, &verify) {
+                    Ok(b) => {
+                        let blk = zil::decode_block(&b)?;
+                        found.push((dva, psize));
+                        records.extend(blk.records);
+                        dva = blk.next;
+                        psize = blk.next_psize;
+                        seq += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Blocks found are claimed (their allocation may belong to a txg that never
+            // became durable) and freed in the replay txg.
+            let txg = *self.txg.read();
+            let mut w = self.logw.lock();
+            // The pre-allocated block after the last valid one is ours too, whether or not
+            // its allocation was durable (its address came from a checksummed block or
+            // the root): claimed and freed with the rest.
+            let trailing = (dva.asize != 0).then_some((dva, psize));
+            for (dva, psize) in found.iter().copied().chain(trailing) {
+                match self.store.claim(dva, txg) {
+                    // Ok: claimed now; another error: allocated already (durable).
+                    Ok(()) => {}
+                    Err(StoreError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::Unsupported =>
+                    {
+                        // The store cannot claim: never free what might be in use.
+                        continue;
+                    }
+                    Err(_) => {}
+                }
+                w.blocks.push_back(LogBlockInfo {
+                    dva,
+                    psize,
+                    max_txg: txg,
+                });
+            }
+        }
+        let by_guid: BTreeMap<u64, Arc<Volume>> = self
+            .vols
+            .read()
+            .values()
+            .map(|v| (v.guid, v.clone()))
+            .collect();
+        for r in records.iter().filter(|r| r.txg > root.txg) {
+            let Some(v) = by_guid.get(&r.vol_guid) else {
+                continue;
+            };
+            let h = VolumeHandle {
+                pool: self.clone(),
+                vol: v.clone(),
+            };
+            let res = match &r.data {
+                Some(d) => h.write_inner(r.offset, d, r.io_number, false),
+                None => h.unmap_inner(r.offset, r.unmap_len, r.io_number, false),
+            };
+            match res {
+                Ok(()) | Err(PoolError::OutOfRange { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut cs = self.commit.lock();
+        self.commit_locked(&mut cs, None)?;
+        Ok(())
+    }
+}

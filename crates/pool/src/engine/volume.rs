@@ -1,0 +1,385 @@
+//! Volume I/O: [`VolumeHandle`] reads, writes and UNMAPs into the open txg's dirty state
+//! and the intent log's pending records.
+//!
+//! Invariant: a write is in the dirty map of its volume before it returns; writes never
+//! read the device.
+
+use super::*;
+
+impl VolumeHandle {
+    /// Volume name.
+    pub fn name(&self) -> &str {
+        &self.vol.name
+    }
+
+    /// Volume guid.
+    pub fn guid(&self) -> u64 {
+        self.vol.guid
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.vol.block_size
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.vol.state.lock().size
+    }
+
+    pub(super) fn check_range(&self, st: &VolState, offset: u64, len: u64) -> Result<()> {
+        if st.destroyed {
+            return Err(PoolError::UnknownVolume {
+                name: self.vol.name.clone(),
+            });
+        }
+        if !offset.is_multiple_of(IO_ALIGN_BYTES) || !len.is_multiple_of(IO_ALIGN_BYTES) {
+            return Err(PoolError::Unaligned {
+                offset,
+                len,
+                align: IO_ALIGN_BYTES,
+            });
+        }
+        if len > MAX_IO_BYTES {
+            return Err(PoolError::Invalid(format!(
+                "I/O of {len} bytes exceeds the {MAX_IO_BYTES}-byte limit"
+            )));
+        }
+        if offset.checked_add(len).is_none_or(|end| end > st.size) {
+            return Err(PoolError::OutOfRange {
+                volume: self.vol.name.clone(),
+                offset,
+                len,
+                size: st.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Read `buf.len()` bytes at `offset` (both multiples of 512). Never-written ranges
+    /// read as zeros; a block failing its checksum on every copy fails the read.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let p = &self.pool;
+        p.check_usable()?;
+        let len = buf.len() as u64;
+        let bs = u64::from(self.vol.block_size);
+        {
+            let st = self.vol.state.lock();
+            self.check_range(&st, offset, len)?;
+        }
+        let mut pos = 0u64;
+        while pos < len {
+            let abs = offset + pos;
+            let blk = abs / bs;
+            let in_blk = abs % bs;
+            let n = (bs - in_blk).min(len - pos);
+            let dst = &mut buf[pos as usize..(pos + n) as usize];
+            let data = p.block_contents(&self.vol, blk)?;
+            match data {
+                Some(d) => dst.copy_from_slice(&d[in_blk as usize..(in_blk + n) as usize]),
+                None => dst.fill(0),
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `offset` (both multiples of 512), tagging its blocks with
+    /// `io_number`. Durable after the next [`VolumeHandle::flush`] or txg commit.
+    pub fn write(&self, offset: u64, data: &[u8], io_number: Option<u64>) -> Result<()> {
+        self.pool.check_usable()?;
+        self.pool.admit_write()?;
+        self.write_inner(offset, data, io_number, true)
+    }
+
+    /// Dirty the part of one block at volume offset `abs` with `src` (within the block).
+    /// Returns the dirty bytes added (a block newly dirty in the open txg). Never reads
+    /// the device: a partial write to a block not yet dirty becomes a sector overlay.
+    pub(super) fn dirty_range(
+        &self,
+        st: &mut VolState,
+        abs: u64,
+        src: Option<&[u8]>,
+        io: u64,
+    ) -> u64 {
+        self.dirty_range_shared(st, abs, src, io).0
+    }
+
+    /// [`Self::dirty_range`], also returning the new block's bytes when `src` replaced a
+    /// whole block with data: the intent log shares them instead of copying (a later
+    /// partial write copies on write, so the log keeps what this write wrote).
+    pub(super) fn dirty_range_shared(
+        &self,
+        st: &mut VolState,
+        abs: u64,
+        src: Option<&[u8]>,
+        io: u64,
+    ) -> (u64, Option<Arc<Vec<u8>>>) {
+        let bs = self.vol.block_size as usize;
+        let blk = abs / bs as u64;
+        let in_blk = (abs % bs as u64) as usize;
+        let src = src.unwrap_or_default();
+        let n = src.len();
+        let zero = src.iter().all(|&b| b == 0);
+        let sec = IO_ALIGN_BYTES as usize;
+        if n == bs {
+            let (entry, shared) = if zero {
+                (Dirty::Hole { io }, None)
+            } else {
+                let data = Arc::new(src.to_vec());
+                (
+                    Dirty::Data {
+                        data: data.clone(),
+                        io,
+                    },
+                    Some(data),
+                )
+            };
+            let added = if st.open.insert(blk, entry).is_none() {
+                bs as u64
+            } else {
+                0
+            };
+            return (added, shared);
+        }
+        let (entry, added) = match st.open.remove(&blk) {
+            Some(Dirty::Data { mut data, .. }) => {
+                Arc::make_mut(&mut data)[in_blk..in_blk + n].copy_from_slice(src);
+                (Dirty::Data { data, io }, 0)
+            }
+            Some(Dirty::Hole { .. }) => {
+                if zero {
+                    (Dirty::Hole { io }, 0)
+                } else {
+                    let mut data = vec![0u8; bs];
+                    data[in_blk..in_blk + n].copy_from_slice(src);
+                    (
+                        Dirty::Data {
+                            data: Arc::new(data),
+                            io,
+                        },
+                        0,
+                    )
+                }
+            }
+            Some(Dirty::Partial {
+                mut data,
+                mut valid,
+                ..
+            }) => {
+                Arc::make_mut(&mut data)[in_blk..in_blk + n].copy_from_slice(src);
+                sectors_set(&mut valid, in_blk / sec, n / sec);
+                if all_sectors(&valid, bs / sec) {
+                    (Dirty::Data { data, io }, 0)
+                } else {
+                    (Dirty::Partial { data, valid, io }, 0)
+                }
+            }
+            None => {
+                let mut data = vec![0u8; bs];
+                data[in_blk..in_blk + n].copy_from_slice(src);
+                let mut valid = [0u64; MAX_SECTORS / 64];
+                sectors_set(&mut valid, in_blk / sec, n / sec);
+                (
+                    Dirty::Partial {
+                        data: Arc::new(data),
+                        valid,
+                        io,
+                    },
+                    bs as u64,
+                )
+            }
+        };
+        st.open.insert(blk, entry);
+        (added, None)
+    }
+
+    pub(super) fn write_inner(
+        &self,
+        offset: u64,
+        data: &[u8],
+        io: Option<u64>,
+        log: bool,
+    ) -> Result<()> {
+        let p = &self.pool;
+        let len = data.len() as u64;
+        {
+            let st = self.vol.state.lock();
+            self.check_range(&st, offset, len)?;
+        }
+        let bs = u64::from(self.vol.block_size);
+        p.throttle(len + bs)?;
+        let txg_guard = p.txg.read();
+        let txg = *txg_guard;
+        let mut st = self.vol.state.lock();
+        self.check_range(&st, offset, len)?;
+        let mut added = 0u64;
+        let mut pos = 0u64;
+        // Log records: whole blocks share the dirty block's bytes; the other pieces are
+        // copied, runs of them merged. Replaying them in order writes the same bytes.
+        let mut records: Vec<LogRecord> = Vec::new();
+        let mut copied: Option<(u64, u64)> = None;
+        let record = |off: u64, d: Arc<Vec<u8>>| LogRecord {
+            vol_guid: self.vol.guid,
+            txg,
+            offset: off,
+            data: Some(d),
+            unmap_len: 0,
+            io_number: io,
+        };
+        while pos < len {
+            let abs = offset + pos;
+            let n = (bs - abs % bs).min(len - pos);
+            let src = &data[pos as usize..(pos + n) as usize];
+            let (a, shared) = self.dirty_range_shared(&mut st, abs, Some(src), io.unwrap_or(0));
+            added += a;
+            match shared.filter(|_| log) {
+                Some(d) => {
+                    if let Some((s, e)) = copied.take() {
+                        records.push(record(
+                            offset + s,
+                            Arc::new(data[s as usize..e as usize].to_vec()),
+                        ));
+                    }
+                    records.push(record(abs, d));
+                }
+                None => copied = Some((copied.map_or(pos, |c| c.0), pos + n)),
+            }
+            pos += n;
+        }
+        p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
+        if log {
+            if let Some((s, e)) = copied {
+                records.push(record(
+                    offset + s,
+                    Arc::new(data[s as usize..e as usize].to_vec()),
+                ));
+            }
+            let mut l = p.log.lock();
+            l.records.extend(records);
+            // Counted in full even when shared: a later overwrite of the block un-shares it.
+            l.bytes += len;
+            p.dirty_bytes.fetch_add(len, Ordering::SeqCst);
+        }
+        drop(st);
+        drop(txg_guard);
+        Ok(())
+    }
+
+    /// Free a range (multiples of 512): whole blocks become holes (their space is freed
+    /// unless a snapshot holds them), partial blocks are zeroed.
+    pub fn unmap(&self, offset: u64, len: u64, io_number: Option<u64>) -> Result<()> {
+        self.pool.check_usable()?;
+        self.unmap_inner(offset, len, io_number, true)
+    }
+
+    pub(super) fn unmap_inner(
+        &self,
+        offset: u64,
+        len: u64,
+        io: Option<u64>,
+        log: bool,
+    ) -> Result<()> {
+        let p = &self.pool;
+        let bs = u64::from(self.vol.block_size);
+        {
+            let st = self.vol.state.lock();
+            if !offset.is_multiple_of(IO_ALIGN_BYTES) || !len.is_multiple_of(IO_ALIGN_BYTES) {
+                return Err(PoolError::Unaligned {
+                    offset,
+                    len,
+                    align: IO_ALIGN_BYTES,
+                });
+            }
+            if offset.checked_add(len).is_none_or(|e| e > st.size) || st.destroyed {
+                return Err(PoolError::OutOfRange {
+                    volume: self.vol.name.clone(),
+                    offset,
+                    len,
+                    size: st.size,
+                });
+            }
+        }
+        // Whole blocks become one free range per chunk; chunks keep each log record and
+        // free range bounded.
+        let chunk = MAX_UNMAP_CHUNK_BYTES / bs * bs;
+        let mut done = 0u64;
+        while done < len {
+            let n = chunk.min(len - done);
+            p.throttle(bs * 2)?;
+            let txg_guard = p.txg.read();
+            let txg = *txg_guard;
+            let mut st = self.vol.state.lock();
+            let start = offset + done;
+            let io_n = io.unwrap_or(0);
+            let first = start.div_ceil(bs);
+            let end = (start + n) / bs;
+            let mut added = 0u64;
+            if end > first {
+                // Partial blocks at either end are zeroed like a write of zeros.
+                if start < first * bs {
+                    let zeros = vec![0u8; (first * bs - start) as usize];
+                    added += self.dirty_range(&mut st, start, Some(&zeros), io_n);
+                }
+                if end * bs < start + n {
+                    let zeros = vec![0u8; (start + n - end * bs) as usize];
+                    added += self.dirty_range(&mut st, end * bs, Some(&zeros), io_n);
+                }
+                let dropped: Vec<u64> = st.open.range(first..end).map(|(k, _)| *k).collect();
+                for k in &dropped {
+                    st.open.remove(k);
+                }
+                p.undirty(dropped.len() as u64 * bs);
+                st.open_frees.push(FreeRange {
+                    first,
+                    end,
+                    io: io_n,
+                });
+                added += FREE_RANGE_CHARGE_BYTES;
+            } else {
+                // Within one block (or across one boundary without a whole block).
+                let mut pos = 0u64;
+                while pos < n {
+                    let abs = start + pos;
+                    let m = (bs - abs % bs).min(n - pos);
+                    let zeros = vec![0u8; m as usize];
+                    added += self.dirty_range(&mut st, abs, Some(&zeros), io_n);
+                    pos += m;
+                }
+            }
+            p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
+            if log {
+                let mut l = p.log.lock();
+                l.records.push(LogRecord {
+                    vol_guid: self.vol.guid,
+                    txg,
+                    offset: start,
+                    data: None,
+                    unmap_len: n,
+                    io_number: io,
+                });
+            }
+            drop(st);
+            drop(txg_guard);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Make every earlier write durable (the whole pool's log is flushed).
+    pub fn flush(&self) -> Result<()> {
+        self.pool.flush()
+    }
+
+    pub(crate) fn write_recv(&self, offset: u64, data: &[u8], io: u64) -> Result<()> {
+        self.write_inner(offset, data, Some(io), false)
+    }
+
+    pub(crate) fn unmap_recv(&self, offset: u64, len: u64, io: u64) -> Result<()> {
+        self.unmap_inner(offset, len, Some(io), false)
+    }
+
+    pub(crate) fn volume(&self) -> &Arc<Volume> {
+        &self.vol
+    }
+}
