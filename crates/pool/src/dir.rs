@@ -184,6 +184,7 @@ impl DirRec {
             return Err(PoolError::UnsupportedVersion {
                 what: "object directory",
                 version: d.version,
+                supported: DIR_VERSION,
             });
         }
         Ok(d)
@@ -192,10 +193,12 @@ impl DirRec {
 
 /// Root magic: "CSTROOT1".
 pub const ROOT_MAGIC: u64 = u64::from_le_bytes(*b"CSTROOT1");
-/// Root format version.
-pub const ROOT_VERSION: u32 = 1;
-/// Encoded root size.
-pub const ROOT_BYTES: usize = 144;
+/// Root format version this build writes. Version 1 (no replay floor) is still read.
+pub const ROOT_VERSION: u32 = 2;
+/// Encoded root size (version 2).
+pub const ROOT_BYTES: usize = 152;
+/// Encoded root size of version 1.
+const ROOT_V1_BYTES: usize = 144;
 const _: () = assert!(ROOT_BYTES <= crate::store::MAX_ROOT_BYTES);
 
 /// Where the intent log chain starts.
@@ -209,6 +212,11 @@ pub struct LogHead {
     pub dva: Dva,
     /// Stored size of the head block.
     pub psize: u32,
+    /// Records of txgs after this one are replayed. It is the root's own txg, except for
+    /// roots committed during a replay: those keep the floor of the root the replay
+    /// started from (and its chain), so a power cut in the middle of a replay replays
+    /// the whole chain again instead of skipping the records not yet applied.
+    pub replay_after_txg: u64,
 }
 
 /// The root a txg commit hands to the uberblock.
@@ -239,18 +247,19 @@ impl Root {
         b[116..124].copy_from_slice(&self.log.dva.offset.to_le_bytes());
         b[124..132].copy_from_slice(&self.log.dva.asize.to_le_bytes());
         b[132..136].copy_from_slice(&self.log.psize.to_le_bytes());
-        let c = xxhash_rust::xxh3::xxh3_64(&b[..136]);
-        b[136..144].copy_from_slice(&c.to_le_bytes());
+        b[136..144].copy_from_slice(&self.log.replay_after_txg.to_le_bytes());
+        let c = xxhash_rust::xxh3::xxh3_64(&b[..144]);
+        b[144..152].copy_from_slice(&c.to_le_bytes());
         b
     }
 
-    /// Decode and check magic, version, checksum.
+    /// Decode and check magic, version, checksum (versions 1 and 2).
     pub fn decode(b: &[u8]) -> Result<Root> {
         let corrupt = |reason: String| PoolError::Corrupt {
             what: "pool root",
             reason,
         };
-        if b.len() < ROOT_BYTES {
+        if b.len() < ROOT_V1_BYTES {
             return Err(corrupt(format!("{} bytes", b.len())));
         }
         let u64_at = |o: usize| {
@@ -263,18 +272,31 @@ impl Root {
             return Err(corrupt("bad magic (not a cstor block-tree root)".into()));
         }
         let version = u32_at(8);
-        if version != ROOT_VERSION {
-            return Err(PoolError::UnsupportedVersion {
-                what: "pool root",
-                version,
-            });
-        }
-        if xxhash_rust::xxh3::xxh3_64(&b[..136]) != u64_at(136) {
+        let sum_at = match version {
+            1 => 136,
+            2 if b.len() >= ROOT_BYTES => 144,
+            2 => return Err(corrupt(format!("{} bytes for version 2", b.len()))),
+            _ => {
+                return Err(PoolError::UnsupportedVersion {
+                    what: "pool root",
+                    version,
+                    supported: ROOT_VERSION,
+                })
+            }
+        };
+        if xxhash_rust::xxh3::xxh3_64(&b[..sum_at]) != u64_at(sum_at) {
             return Err(corrupt("checksum mismatch".into()));
+        }
+        let txg = u64_at(24);
+        let replay_after_txg = if version == 1 { txg } else { u64_at(136) };
+        if replay_after_txg > txg {
+            return Err(corrupt(format!(
+                "replay floor {replay_after_txg} after the root's txg {txg}"
+            )));
         }
         Ok(Root {
             pool_guid: u64_at(16),
-            txg: u64_at(24),
+            txg,
             dir: Bp::decode(&b[32..96])?,
             log: LogHead {
                 chain_id: u64_at(96),
@@ -285,6 +307,7 @@ impl Root {
                     asize: u64_at(124),
                 },
                 psize: u32_at(132),
+                replay_after_txg,
             },
         })
     }
@@ -309,6 +332,7 @@ mod tests {
                     asize: 8192,
                 },
                 psize: 8192,
+                replay_after_txg: 7,
             },
         };
         let mut b = r.encode();
@@ -316,10 +340,27 @@ mod tests {
         b[30] ^= 1;
         assert!(matches!(Root::decode(&b), Err(PoolError::Corrupt { .. })));
         let mut b = r.encode();
-        b[8] = 9;
+        b[8] = 3;
+        let e = Root::decode(&b).unwrap_err();
         assert!(matches!(
-            Root::decode(&b),
-            Err(PoolError::UnsupportedVersion { .. })
+            e,
+            PoolError::UnsupportedVersion { version: 3, .. }
         ));
+        assert!(e.to_string().contains("newer"), "{e}");
+    }
+
+    #[test]
+    fn root_of_version_1_decodes_with_its_txg_as_replay_floor() {
+        let mut b = vec![0u8; ROOT_V1_BYTES];
+        b[0..8].copy_from_slice(&ROOT_MAGIC.to_le_bytes());
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[16..24].copy_from_slice(&5u64.to_le_bytes());
+        b[24..32].copy_from_slice(&9u64.to_le_bytes());
+        Bp::hole(3, 0, 0).encode(&mut b[32..96]);
+        b[96..104].copy_from_slice(&77u64.to_le_bytes());
+        let c = xxhash_rust::xxh3::xxh3_64(&b[..136]);
+        b[136..144].copy_from_slice(&c.to_le_bytes());
+        let r = Root::decode(&b).unwrap();
+        assert_eq!((r.txg, r.log.replay_after_txg, r.log.chain_id), (9, 9, 77));
     }
 }

@@ -74,12 +74,14 @@ pub enum PoolError {
         reason: String,
     },
     /// An unknown on-disk or stream format version.
-    #[error("unsupported {what} version {version}")]
+    #[error("unsupported {what} version {version}: this build reads up to version {supported}; it was written by a newer cstor (upgrade cstor to open it)")]
     UnsupportedVersion {
         /// Which structure.
         what: &'static str,
         /// Version found.
         version: u32,
+        /// Newest version this build reads.
+        supported: u32,
     },
     /// A block could not be read or written (every copy failed verification, device
     /// error). Reads never return wrong data: they fail with this.

@@ -348,10 +348,7 @@ impl BlockStore for MemStore {
             data
         };
         if !verify(&data) {
-            return Err(StoreError::Unrecoverable {
-                dva,
-                reason: "checksum mismatch (memstore has one copy)".into(),
-            });
+            return Err(StoreError::NoValidCopy { dva });
         }
         Ok(data)
     }

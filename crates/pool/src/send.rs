@@ -118,6 +118,7 @@ fn decode_header(input: &mut dyn Read) -> Result<Header> {
         return Err(PoolError::UnsupportedVersion {
             what: "send stream",
             version,
+            supported: STREAM_VERSION,
         });
     }
     let name_len = u32_at(&b, 64) as usize;
@@ -203,6 +204,8 @@ pub(crate) fn send(
     from: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<StreamStats> {
+    // Held for the whole stream: the snapshots may be destroyed while it is sent.
+    let _hold = p.hold_roots();
     let v = p.vol(volume)?;
     let meta = v.meta.lock().clone();
     let find = |name: &str| {

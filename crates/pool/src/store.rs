@@ -71,6 +71,16 @@ pub enum StoreError {
         /// Why (the device errors met on the way).
         reason: String,
     },
+    /// Every copy (or every reconstruction the redundancy allows) was read and none
+    /// passed `verify`: what is there is not the block asked for (never written, torn,
+    /// overwritten, or rotten on every copy). Unlike [`StoreError::Unrecoverable`], no
+    /// device error stands in the way, so a probe of a block that may never have been
+    /// written (the intent log's next block) may take this as "not there".
+    #[error("no copy of the block at vdev {} offset {} passes verification", dva.vdev, dva.offset)]
+    NoValidCopy {
+        /// The block.
+        dva: Dva,
+    },
     /// A write could not be made with the redundancy the pool needs.
     #[error("write failed at vdev {} offset {}: {reason}", dva.vdev, dva.offset)]
     WriteFailed {

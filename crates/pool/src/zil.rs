@@ -139,6 +139,7 @@ pub(crate) fn decode_block(b: &[u8]) -> Result<LogBlock> {
         return Err(PoolError::UnsupportedVersion {
             what: "intent log block",
             version,
+            supported: LOG_VERSION,
         });
     }
     let next = Dva {

@@ -157,3 +157,69 @@ fn pool_of_format_v1_imports_with_data_snapshot_and_log() {
     pool.close().unwrap();
     drop(spa);
 }
+
+/// A store whose root claims a newer version than this build writes.
+#[derive(Debug)]
+struct NewerRoot(Arc<cstor_pool::memstore::MemStore>);
+
+impl cstor_pool::store::BlockStore for NewerRoot {
+    fn space(&self) -> cstor_pool::store::SpaceStats {
+        self.0.space()
+    }
+    fn asize(&self, vdev: u32, psize: u32) -> u64 {
+        self.0.asize(vdev, psize)
+    }
+    fn alloc(
+        &self,
+        psize: u32,
+        class: cstor_pool::store::AllocClass,
+        txg: u64,
+    ) -> Result<cstor_pool::store::Dva, cstor_pool::store::StoreError> {
+        self.0.alloc(psize, class, txg)
+    }
+    fn free(&self, dva: cstor_pool::store::Dva, txg: u64) {
+        self.0.free(dva, txg)
+    }
+    fn write(
+        &self,
+        dva: cstor_pool::store::Dva,
+        data: &[u8],
+    ) -> Result<(), cstor_pool::store::StoreError> {
+        self.0.write(dva, data)
+    }
+    fn read(
+        &self,
+        dva: cstor_pool::store::Dva,
+        psize: u32,
+        verify: cstor_pool::store::Verify<'_>,
+    ) -> Result<Vec<u8>, cstor_pool::store::StoreError> {
+        self.0.read(dva, psize, verify)
+    }
+    fn flush(&self) -> Result<(), cstor_pool::store::StoreError> {
+        self.0.flush()
+    }
+    fn sync(&self, txg: u64, root: &[u8]) -> Result<(), cstor_pool::store::StoreError> {
+        self.0.sync(txg, root)
+    }
+    fn last_root(&self) -> Option<(u64, Vec<u8>)> {
+        let (txg, mut root) = self.0.last_root()?;
+        root[8..12].copy_from_slice(&(cstor_pool::dir::ROOT_VERSION + 1).to_le_bytes());
+        Some((txg, root))
+    }
+}
+
+#[test]
+fn pool_of_a_newer_format_is_refused_with_a_clear_message() {
+    let mem = Arc::new(cstor_pool::memstore::MemStore::new(64 << 20));
+    Pool::create(mem.clone(), popts()).unwrap().close().unwrap();
+    let e = Pool::open(Arc::new(NewerRoot(mem)), popts()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, cstor_pool::PoolError::UnsupportedVersion { .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("pool root version 3") && msg.contains("upgrade cstor"),
+        "{msg}"
+    );
+}

@@ -253,7 +253,13 @@ fn same_range_ruined_beyond_redundancy_fails_the_read() {
     let err = spa
         .read(*dva, d.len() as u32, &check(xxh3_64(d)))
         .unwrap_err();
-    assert!(matches!(err, StoreError::Unrecoverable { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Unrecoverable { .. } | StoreError::NoValidCopy { .. }
+        ),
+        "{err}"
+    );
 }
 
 fn faulty(prefix: &str, n: usize) -> (Vec<Arc<MemDevice>>, Vec<Arc<FaultyDevice>>) {

@@ -215,6 +215,7 @@ impl Pool {
     ) -> Result<()> {
         let p = &self.inner;
         p.check_usable()?;
+        let _hold = p.hold_roots();
         let v = p.vol(volume)?;
         let s = p.find_snap(&v, snap)?;
         let len = buf.len() as u64;
@@ -240,8 +241,8 @@ impl Pool {
             let (blk, in_blk) = (abs / bs, abs % bs);
             let n = (bs - in_blk).min(len - pos);
             let dst = &mut buf[pos as usize..(pos + n) as usize];
-            // Snapshot blocks are never freed while the snapshot exists, and a destroy
-            // needs the commit lock, which readers of the directory do not block.
+            // The hold keeps the snapshot's blocks from reuse even if it is destroyed
+            // meanwhile.
             let bp = p.lookup(&s.root, v.levels, blk)?;
             if bp.is_hole() {
                 dst.fill(0);
@@ -500,6 +501,7 @@ impl Pool {
         f: &mut dyn FnMut(ChangedRange) -> Result<()>,
     ) -> Result<()> {
         let p = &self.inner;
+        let _hold = p.hold_roots();
         let (v, root, size) = match target.split_once('@') {
             Some((vol, snap)) => {
                 let v = p.vol(vol)?;

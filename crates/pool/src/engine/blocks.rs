@@ -37,6 +37,8 @@ impl PoolInner {
             bg_cv: Condvar::new(),
             inflight: Mutex::new(Inflight::default()),
             log_tail_dropped: Mutex::new(None),
+            holds: Mutex::new(Holds::default()),
+            last_committed: AtomicU64::new(txg.saturating_sub(1)),
         }
     }
 
@@ -310,12 +312,43 @@ impl PoolInner {
         Ok(bp)
     }
 
+    /// Free a block killed in commit `txg`: handed to the store by
+    /// [`Self::release_frees`] once no [`RootHold`] may still reach it.
     pub(super) fn free_block(&self, bp: &Bp, txg: u64) {
         if bp.is_hole() {
             return;
         }
         self.cache.remove(&Key::of(bp));
-        self.store.free(bp.dva, txg);
+        self.holds.lock().deferred.push((txg, bp.dva));
+    }
+
+    /// Take a [`RootHold`] (before reading the root to walk).
+    pub(crate) fn hold_roots(&self) -> RootHold<'_> {
+        let mut h = self.holds.lock();
+        // Under the holds lock: a commit deciding its frees sees this hold, or has
+        // published every root it changed before this reader reads one.
+        let after_txg = self.last_committed.load(Ordering::SeqCst) + 1;
+        *h.active.entry(after_txg).or_insert(0) += 1;
+        RootHold {
+            pool: self,
+            after_txg,
+        }
+    }
+
+    /// Hand to the store, in commit `txg` (before its uberblock), every deferred free
+    /// that no active hold may reach: those of txgs before the oldest hold's first txg.
+    pub(super) fn release_frees(&self, txg: u64) {
+        let ready: Vec<Dva> = {
+            let mut h = self.holds.lock();
+            let oldest = h.active.keys().next().copied().unwrap_or(u64::MAX);
+            let (ready, kept): (Vec<_>, Vec<_>) =
+                h.deferred.drain(..).partition(|(t, _)| *t < oldest);
+            h.deferred = kept;
+            ready.into_iter().map(|(_, d)| d).collect()
+        };
+        for dva in ready {
+            self.store.free(dva, txg);
+        }
     }
 
     /// The data pointer of block `blk` in a tree (a hole if never written).

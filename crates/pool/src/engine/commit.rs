@@ -69,15 +69,18 @@ impl PoolInner {
         }
         let dir = self.write_directory(cs, txg)?;
         self.drain_writes()?;
-        let log = self.log_commit(txg)?;
+        let (log, trim) = self.log_commit(txg)?;
         let root = Root {
             pool_guid: self.pool_guid,
             txg,
             dir,
             log,
         };
+        self.release_frees(txg);
         self.store.sync(txg, &root.encode())?;
         cs.last_txg = txg;
+        self.last_committed.store(txg, Ordering::SeqCst);
+        self.log_trim(trim);
         self.undirty(synced_bytes);
         let mut log = self.log.lock();
         let mut dropped = 0u64;

@@ -9,16 +9,19 @@ use super::*;
 impl PoolInner {
     // ---- intent log ----
 
-    pub(super) fn log_commit(&self, txg: u64) -> Result<LogHead> {
+    /// The log head the root of `txg` records: the first block holding a record of a
+    /// later txg, else the pre-allocated next block. Returns it with the number of blocks
+    /// before it, freed in `txg`.
+    pub(super) fn log_commit(&self, txg: u64) -> Result<(LogHead, usize)> {
         let mut w = self.logw.lock();
-        while let Some(front) = w.blocks.front() {
-            if front.max_txg > txg {
-                break;
-            }
-            let dva = front.dva;
-            w.blocks.pop_front();
-            w.head_seq += 1;
-            self.store.free(dva, txg);
+        if let Some(head) = w.pinned {
+            return Ok((head, 0));
+        }
+        let trim = w.blocks.iter().take_while(|b| b.max_txg <= txg).count();
+        // Freed in this txg, so reusable only once the root that no longer points at
+        // them is durable; [`Self::log_trim`] drops them from the chain after that.
+        for b in w.blocks.iter().take(trim) {
+            self.store.free(b.dva, txg);
         }
         if w.next.is_none() {
             // Two sectors: room for one 4 KiB write record with its headers.
@@ -26,18 +29,49 @@ impl PoolInner {
             let dva = self.store.alloc(psize, AllocClass::Log, txg)?;
             w.next = Some((dva, psize));
             w.next_alloc_txg = txg;
-            w.head_seq = w.seq;
+            if w.blocks.is_empty() {
+                w.head_seq = w.seq;
+            }
         }
-        let (dva, psize) = match w.blocks.front() {
-            Some(b) => (b.dva, b.psize),
-            None => w.next.unwrap_or_default(),
+        let (dva, psize, seq) = match w.blocks.get(trim) {
+            Some(b) => (b.dva, b.psize, w.head_seq + trim as u64),
+            None => {
+                let (d, p) = w.next.unwrap_or_default();
+                (d, p, w.seq)
+            }
         };
-        Ok(LogHead {
-            chain_id: w.chain_id,
-            seq: w.head_seq,
-            dva,
-            psize,
-        })
+        Ok((
+            LogHead {
+                chain_id: w.chain_id,
+                seq,
+                dva,
+                psize,
+                replay_after_txg: txg,
+            },
+            trim,
+        ))
+    }
+
+    /// Drop the `n` oldest log blocks (freed by [`Self::log_commit`]) from the chain once
+    /// the root of the commit that freed them is durable: until then a replay would
+    /// still walk them, so writers are held against the chain with them in it.
+    pub(super) fn log_trim(&self, n: usize) {
+        let mut w = self.logw.lock();
+        for _ in 0..n {
+            if w.blocks.pop_front().is_none() {
+                break;
+            }
+            w.head_seq += 1;
+        }
+    }
+
+    /// Log blocks a flush of `records` records holding `bytes` data bytes needs at most:
+    /// blocks are packed full (records split at sector boundaries), plus the pre-allocated
+    /// first block, which may be small.
+    fn log_blocks_needed(records: usize, bytes: u64) -> u64 {
+        let payload = bytes + (records * zil::REC_HEADER_BYTES) as u64;
+        let per_block = u64::from(MAX_LOG_BLOCK_BYTES) - zil::LOG_HEADER_BYTES as u64;
+        payload.div_ceil(per_block) + 1
     }
 
     pub(super) fn flush(&self) -> Result<()> {
@@ -49,24 +83,57 @@ impl PoolInner {
         r
     }
 
+    /// Write the pending records to the log chain and flush the device. Held while the
+    /// chain is full: replay reads at most [`MAX_LOG_CHAIN_BLOCKS`] blocks, so a block past
+    /// that bound would be a flushed write a power cut loses. A held flush runs (or waits
+    /// for) a commit, which makes every pending record durable in the tree and trims the
+    /// chain.
     pub(super) fn flush_inner(&self) -> Result<()> {
-        let mut w = self.logw.lock();
-        let (records, bytes) = {
-            let mut l = self.log.lock();
-            let b = l.bytes;
-            l.bytes = 0;
-            (std::mem::take(&mut l.records), b)
-        };
-        if records.is_empty() {
-            // Every earlier write is covered: by a durable root, or by a log block whose
-            // flush completed before it released `logw`.
+        // Ends: each round writes the records and returns, finds none, or commits; a
+        // commit covers every record pending when it closed the open txg, and the rounds
+        // after it only see records written since.
+        loop {
+            let mut w = self.logw.lock();
+            let (count, bytes) = {
+                let l = self.log.lock();
+                (l.records.len(), l.bytes)
+            };
+            if count == 0 {
+                // Every earlier write is covered: by a durable root, or by a log block
+                // whose flush completed before it released `logw`.
+                return Ok(());
+            }
+            let need = Self::log_blocks_needed(count, bytes);
+            if !w.blocks.is_empty() && w.blocks.len() as u64 + need > MAX_LOG_CHAIN_BLOCKS {
+                drop(w);
+                self.commit_for_log(need)?;
+                continue;
+            }
+            let (records, bytes) = {
+                let mut l = self.log.lock();
+                let b = l.bytes;
+                l.bytes = 0;
+                (std::mem::take(&mut l.records), b)
+            };
+            self.write_log(&mut w, records)?;
+            self.store.flush()?;
+            self.undirty(bytes);
+            if w.blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS / 2 {
+                // Trim early, so writers are rarely held at the bound.
+                self.kick();
+            }
             return Ok(());
         }
-        self.write_log(&mut w, records)?;
-        self.store.flush()?;
-        self.undirty(bytes);
-        if w.blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS {
-            self.kick();
+    }
+
+    /// Commit so the log chain has room for `need` more blocks (unless a commit that ran
+    /// while this one waited for the lock made room already).
+    fn commit_for_log(&self, need: u64) -> Result<()> {
+        let mut cs = self.commit.lock();
+        self.check_usable()?;
+        let len = self.logw.lock().blocks.len() as u64;
+        if len > 0 && len + need > MAX_LOG_CHAIN_BLOCKS {
+            self.commit_locked(&mut cs, None)?;
         }
         Ok(())
     }
@@ -162,7 +229,7 @@ impl PoolInner {
             }
             let dirty = self.dirty_bytes.load(Ordering::SeqCst) > 0
                 || self.meta_dirty.load(Ordering::SeqCst)
-                || self.logw.lock().blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS;
+                || self.logw.lock().blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS / 2;
             if !dirty {
                 continue;
             }

@@ -373,6 +373,10 @@ struct LogWriter {
     /// Txg the next block was allocated in: it is freed no earlier than that.
     next_alloc_txg: u64,
     head_seq: u64,
+    /// While a replay runs: the head (and replay floor) of the chain being replayed.
+    /// Commits during the replay record it unchanged and trim nothing, so until the last
+    /// record is applied a power cut replays the whole chain again.
+    pinned: Option<LogHead>,
 }
 
 #[derive(Debug, Default)]
@@ -418,6 +422,48 @@ pub(crate) struct PoolInner {
     inflight: Mutex<Inflight>,
     /// What the open's replay dropped under [`PoolOptions::discard_log_tail`].
     log_tail_dropped: Mutex<Option<DroppedLogTail>>,
+    /// Readers walking a root they do not lock, and the frees held back for them.
+    holds: Mutex<Holds>,
+    /// Txg of the last durable commit (what a new [`RootHold`] starts after).
+    last_committed: AtomicU64,
+}
+
+/// Root holds (see [`RootHold`]) and the frees they hold back.
+#[derive(Debug, Default)]
+struct Holds {
+    /// Active holds by the first txg whose frees they hold back, with their count.
+    active: BTreeMap<u64, usize>,
+    /// Blocks freed in txg `.0`, not yet handed to the store.
+    deferred: Vec<(u64, Dva)>,
+}
+
+/// A reader's hold on every root it can reach: blocks freed by commits from the first
+/// one not yet durable when the hold was taken are handed to the store (and so become
+/// reusable) only after the hold is dropped. Walks of a snapshot or a head root copied
+/// out of its lock (changed ranges, snapshot reads, send) take one *before* they read the
+/// root, so they never read a reused block, nor "heal" a live block with their old bytes.
+/// A hold never delays a commit or a writer; it only delays the reuse of space.
+pub(crate) struct RootHold<'a> {
+    pool: &'a PoolInner,
+    after_txg: u64,
+}
+
+impl std::fmt::Debug for RootHold<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RootHold(frees from txg {})", self.after_txg)
+    }
+}
+
+impl Drop for RootHold<'_> {
+    fn drop(&mut self) {
+        let mut h = self.pool.holds.lock();
+        if let Some(n) = h.active.get_mut(&self.after_txg) {
+            *n -= 1;
+            if *n == 0 {
+                h.active.remove(&self.after_txg);
+            }
+        }
+    }
 }
 
 #[derive(Default)]

@@ -4,13 +4,19 @@
 use super::*;
 
 impl PoolInner {
+    /// Replay the chain the root points at. The walk ends at the first block that is
+    /// not there (no copy verifies: never written or torn, so never acknowledged); a
+    /// block that cannot be *read* is not the end, and refuses the open unless
+    /// [`PoolOptions::discard_log_tail`] says to drop the chain from there. The chain's
+    /// blocks stay pinned (see [`LogWriter::pinned`]) until every record is applied.
     pub(super) fn replay(self: &Arc<Self>, root: &Root) -> Result<()> {
         let head = root.log;
+        let floor = head.replay_after_txg;
         let mut records = Vec::new();
         let mut found: Vec<(Dva, u32)> = Vec::new();
         if head.dva.asize != 0 {
             let (mut dva, mut psize, mut seq) = (head.dva, head.psize, head.seq);
-            for _ in 0..MAX_LOG_CHAIN_BLOCKS {
+            loop {
                 if psize == 0 || psize % SECTOR_SIZE != 0 || psize > MAX_LOG_BLOCK_BYTES {
                     break;
                 }
@@ -19,6 +25,15 @@ impl PoolInner {
                 let verify = move |b: &[u8]| zil::block_valid(b, chain, s);
                 match self.store.read(dva, psize, &verify) {
                     Ok(b) => {
+                        // Writers are held at the bound, so a longer chain is corrupt.
+                        if found.len() as u64 >= MAX_LOG_CHAIN_BLOCKS {
+                            return Err(PoolError::Corrupt {
+                                what: "intent log",
+                                reason: format!(
+                                    "chain {chain:#x} goes on past {MAX_LOG_CHAIN_BLOCKS} blocks"
+                                ),
+                            });
+                        }
                         let blk = zil::decode_block(&b)?;
                         found.push((dva, psize));
                         records.extend(blk.records);
@@ -26,11 +41,23 @@ impl PoolInner {
                         psize = blk.next_psize;
                         seq += 1;
                     }
-                    Err(_) => break,
+                    Err(StoreError::NoValidCopy { .. }) => break,
+                    Err(source) => {
+                        if !self.opts.discard_log_tail {
+                            return Err(PoolError::LogUnreadable { seq, dva, source });
+                        }
+                        *self.log_tail_dropped.lock() = Some(DroppedLogTail {
+                            seq,
+                            dva,
+                            blocks_replayed: found.len() as u64,
+                            reason: source.to_string(),
+                        });
+                        break;
+                    }
                 }
             }
             // Blocks found are claimed (their allocation may belong to a txg that never
-            // became durable) and freed in the replay txg.
+            // became durable) and freed after the replay's commit.
             let txg = *self.txg.read();
             let mut w = self.logw.lock();
             // The pre-allocated block after the last valid one is ours too, whether or not
@@ -52,9 +79,11 @@ impl PoolInner {
                 w.blocks.push_back(LogBlockInfo {
                     dva,
                     psize,
-                    max_txg: txg,
+                    max_txg: u64::MAX,
                 });
             }
+            w.seq = w.head_seq + w.blocks.len() as u64;
+            w.pinned = Some(head);
         }
         let by_guid: BTreeMap<u64, Arc<Volume>> = self
             .vols
@@ -62,7 +91,7 @@ impl PoolInner {
             .values()
             .map(|v| (v.guid, v.clone()))
             .collect();
-        for r in records.iter().filter(|r| r.txg > root.txg) {
+        for r in records.iter().filter(|r| r.txg > floor) {
             let Some(v) = by_guid.get(&r.vol_guid) else {
                 continue;
             };
@@ -77,6 +106,16 @@ impl PoolInner {
             match res {
                 Ok(()) | Err(PoolError::OutOfRange { .. }) => {}
                 Err(e) => return Err(e),
+            }
+        }
+        // Every record is in the open txg now: the commit that makes it durable also
+        // moves the root off the replayed chain and frees it.
+        let open_txg = *self.txg.read();
+        {
+            let mut w = self.logw.lock();
+            w.pinned = None;
+            for b in w.blocks.iter_mut() {
+                b.max_txg = b.max_txg.min(open_txg);
             }
         }
         let mut cs = self.commit.lock();

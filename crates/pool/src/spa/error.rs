@@ -130,6 +130,13 @@ pub enum SpaError {
         /// Device errors met.
         reason: String,
     },
+    /// Every copy or reconstruction was read and none verified (see
+    /// [`crate::store::StoreError::NoValidCopy`]).
+    #[error("no copy of the block at vdev {} offset {} passes verification", dva.vdev, dva.offset)]
+    NoValidCopy {
+        /// The block.
+        dva: Dva,
+    },
     /// A block could not be written with the redundancy it needs.
     #[error("write failed at vdev {} offset {}: {reason}", dva.vdev, dva.offset)]
     WriteFailed {
@@ -190,6 +197,7 @@ impl From<SpaError> for StoreError {
         match e {
             SpaError::NoSpace { wanted_bytes } => StoreError::NoSpace { wanted_bytes },
             SpaError::Unrecoverable { dva, reason } => StoreError::Unrecoverable { dva, reason },
+            SpaError::NoValidCopy { dva } => StoreError::NoValidCopy { dva },
             SpaError::WriteFailed { dva, reason } => StoreError::WriteFailed { dva, reason },
             SpaError::InvalidAddress { dva } => StoreError::InvalidAddress { dva },
             SpaError::PoolFaulted { name, reason } => {

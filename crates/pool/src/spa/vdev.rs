@@ -88,6 +88,10 @@ pub struct TopVdev {
     pub replacing: RwLock<Vec<Option<Arc<Leaf>>>>,
     /// Free space.
     pub alloc: Mutex<VdevAlloc>,
+    /// A write-cache group that took an allocation since import: it may hold intent-log
+    /// blocks whose flush the engine waits for, so losing it fails flushes and syncs
+    /// (a group faulted before any allocation holds nothing and is just left out).
+    pub log_used: std::sync::atomic::AtomicBool,
 }
 
 fn dev_off(off: u64) -> u64 {
@@ -400,6 +404,8 @@ impl TopVdev {
         // (copy, its bytes failed verification) for the copies to heal.
         let mut bad: Vec<(Arc<Leaf>, bool)> = Vec::new();
         let mut errors = Vec::new();
+        let mut read_errors = 0usize;
+        let mut mismatches = 0usize;
         for leaf in &children {
             if good.is_some() && !all {
                 break;
@@ -411,18 +417,25 @@ impl TopVdev {
                     }
                 }
                 Ok(_) => {
+                    mismatches += 1;
                     errors.push(format!("{}: checksum mismatch", leaf.path));
                     bad.push((leaf.clone(), !leaf.is_untrusted()));
                 }
                 Err(e) => {
                     errors.push(e.to_string());
                     if leaf.is_online() {
+                        read_errors += 1;
                         bad.push((leaf.clone(), false));
                     }
                 }
             }
         }
         let Some(data) = good else {
+            // Every copy an online device holds was read and failed verification: the
+            // block is not there (a device error would leave the question open).
+            if read_errors == 0 && mismatches > 0 {
+                return Err(SpaError::NoValidCopy { dva });
+            }
             return Err(SpaError::Unrecoverable {
                 dva,
                 reason: errors.join("; "),
@@ -553,6 +566,12 @@ impl TopVdev {
                 }
             }
             return Ok((data, repaired));
+        }
+        // With at most `p` columns unreadable every reconstruction was tried, and none
+        // verified: the block is not there, whatever the unreadable columns hold.
+        let unreadable = (0..ncols).filter(|&c| cols[c].is_none()).count();
+        if unreadable <= p {
+            return Err(SpaError::NoValidCopy { dva });
         }
         Err(SpaError::Unrecoverable {
             dva,

@@ -449,6 +449,7 @@ impl Spa {
                 children: RwLock::new(children),
                 replacing: RwLock::new(replacing),
                 alloc: Mutex::new(VdevAlloc::new(vc.asize)),
+                log_used: std::sync::atomic::AtomicBool::new(false),
             }));
         }
         // Devices labelled for this pool but no longer in its config (replaced out) are
@@ -611,7 +612,9 @@ impl Spa {
             .iter()
             .filter_map(|v| {
                 let (h, devs) = v.health();
-                (h == Health::Faulted && !v.log)
+                // A lost write-cache group fails the flush only when it may hold log
+                // blocks: the writes in them would be acknowledged but not durable.
+                (h == Health::Faulted && (!v.log || v.log_used.load(Ordering::SeqCst)))
                     .then(|| format!("vdev {}: {}", v.id, devs.join(", ")))
             })
             .collect();
@@ -694,6 +697,9 @@ impl Spa {
                     a.alloc_untracked(asize, reserve)
                 };
                 if let Some(off) = got {
+                    if v.log {
+                        v.log_used.store(true, Ordering::SeqCst);
+                    }
                     return Ok(Dva {
                         vdev: v.id,
                         offset: off,
@@ -887,6 +893,7 @@ fn build_vdevs(
                 children: RwLock::new(leaves),
                 replacing,
                 alloc: Mutex::new(VdevAlloc::new(asize)),
+                log_used: std::sync::atomic::AtomicBool::new(false),
             }));
         }
     }

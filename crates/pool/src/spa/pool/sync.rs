@@ -129,6 +129,10 @@ impl Spa {
         root: &[u8],
     ) -> Result<(), SpaError> {
         self.flush_all()?;
+        // A device lost while this txg's blocks were written misses them: mark it for
+        // resilver before the uberblock makes the txg durable, or a power cut between
+        // the two brings it back trusted with stale blocks.
+        self.mark_lost_devices()?;
         let vdevs = self.vdevs.read().clone();
         let condense = !st.chain.is_empty() && st.chain.len() as u32 + 1 > SPACE_MAP_CHAIN_MAX;
         if condense {
@@ -307,8 +311,9 @@ impl Spa {
         }
         st.last_txg = Some(txg);
         *self.last_root.lock() = Some((txg, root.to_vec()));
-        // The txg is durable whatever happens here; a device that cannot take the mark
-        // fails its label write, is faulted, and status reports it.
+        // A device lost during the uberblock write itself holds the whole txg but not
+        // its uberblock; marking it is best effort (the txg is durable either way, and a
+        // device that cannot take the mark is faulted and reported by status).
         let _ = self.mark_lost_devices();
         Ok(())
     }
