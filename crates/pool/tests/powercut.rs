@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use cstor_pool::spa::{GroupKind, GroupSpec, Spa, SpaOptions};
 use cstor_pool::{Pool, PoolOptions, VolumeHandle};
+use cstor_powercut::units::{report, unit_bytes, Cover, Units, Violation};
 use cstor_powercut::{seed_base, Control, PowerCut, Rng, SEED_ENV};
 
 const DEV: u64 = 96 << 20;
@@ -50,187 +51,12 @@ const CI_CUTS: u64 = 200;
 const LONG_EVERY: u64 = 12;
 /// Every this many imports is followed by a scrub (and the final one).
 const SCRUB_EVERY: u64 = 4;
-const MAGIC: u64 = 0x7063_7574_756e_6974;
-
-/// The bytes of generation `gen` of unit `unit`: every 512-byte sector names both, the
-/// rest is incompressible filler derived from them.
-fn unit_bytes(unit: usize, gen: u64) -> Vec<u8> {
-    let mut b = Vec::with_capacity(UNIT as usize);
-    for s in 0..8u64 {
-        let mut x = (unit as u64) << 24 ^ gen << 3 ^ s;
-        for w in 0..64u64 {
-            let word = match w {
-                0 => MAGIC,
-                1 => unit as u64,
-                2 => gen,
-                3 => s,
-                _ => {
-                    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                    let mut z = x;
-                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                    z ^ (z >> 31)
-                }
-            };
-            b.extend_from_slice(&word.to_le_bytes());
-        }
-    }
-    b
-}
-
-/// Which generation a unit read back is (0: never written), or None if it is not
-/// exactly one write's bytes (torn or garbage).
-fn unit_gen(unit: usize, b: &[u8]) -> Option<u64> {
-    if b.iter().all(|&x| x == 0) {
-        return Some(0);
-    }
-    let gen = u64::from_le_bytes(b[16..24].try_into().ok()?);
-    (b == unit_bytes(unit, gen).as_slice()).then_some(gen)
-}
-
-/// Per 512-byte sector of a unit read back: the generation it came from (None: zeros
-/// or foreign bytes), to describe a torn unit.
-fn sector_gens(unit: usize, b: &[u8]) -> Vec<Option<u64>> {
-    b.chunks(512)
-        .enumerate()
-        .map(|(s, c)| {
-            let gen = u64::from_le_bytes(c[16..24].try_into().ok()?);
-            let want = unit_bytes(unit, gen);
-            (c == &want[s * 512..(s + 1) * 512]).then_some(gen)
-        })
-        .collect()
-}
-
-/// One write of a unit, in the order its thread issued them.
+/// One write of a unit in a round: its generation, and the clock when it returned Ok
+/// (u64::MAX if it never did: in flight at the cut).
 #[derive(Clone, Copy, Debug)]
 struct Wrote {
     gen: u64,
-    /// Clock when the write returned Ok; u64::MAX if it never did (in flight at the cut).
     done: u64,
-    /// Set at the end of its round: which completed flush covers it, if any.
-    cover: Cover,
-}
-
-/// What covers a write once its round is over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cover {
-    /// No completed flush started after the write returned.
-    None,
-    /// A flush that returned Ok only after the power went off. A correct pool cannot do
-    /// that unless its own I/O finished before the cut, so the write must be there too;
-    /// counted apart because no real host sees an ack after its power died (but the same
-    /// path acknowledges data lost to a failed device flush).
-    Late,
-    /// A flush that returned Ok before the cut began.
-    Before,
-}
-
-/// What the last import showed of a unit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Floor {
-    Gen(u64),
-    /// Torn bytes (already reported), by their hash.
-    Torn(u64),
-}
-
-/// What the checker knows of one unit.
-#[derive(Clone, Debug)]
-struct UnitModel {
-    floor: Floor,
-    /// Writes since the last import, oldest first.
-    since: Vec<Wrote>,
-}
-
-/// A broken promise found by a check.
-#[derive(Debug)]
-struct Violation {
-    kind: &'static str,
-    detail: String,
-}
-
-struct Model {
-    units: Vec<UnitModel>,
-    /// Next generation per unit: never reused, so a lost write is never confused with a
-    /// later one.
-    next_gen: Vec<u64>,
-}
-
-impl Model {
-    fn new() -> Model {
-        Model {
-            units: vec![
-                UnitModel {
-                    floor: Floor::Gen(0),
-                    since: Vec::new(),
-                };
-                UNITS
-            ],
-            next_gen: vec![1; UNITS],
-        }
-    }
-
-    /// Check what an import shows against what was promised; what it shows becomes the
-    /// floor of the next check either way (so one loss is reported once).
-    fn check(&mut self, got: &[u8], ctx: &str, out: &mut Vec<Violation>) -> u64 {
-        let mut checked_flushed = 0;
-        for (u, m) in self.units.iter_mut().enumerate() {
-            let b = &got[u * UNIT as usize..(u + 1) * UNIT as usize];
-            let seen = match unit_gen(u, b) {
-                Some(g) => Floor::Gen(g),
-                None => Floor::Torn(xxhash_rust::xxh3::xxh3_64(b)),
-            };
-            let strict = m.since.iter().rposition(|w| w.cover == Cover::Before);
-            let late = m.since.iter().rposition(|w| w.cover != Cover::None);
-            let allowed = |from: Option<usize>| -> Vec<Floor> {
-                match from {
-                    Some(i) => m.since[i..].iter().map(|w| Floor::Gen(w.gen)).collect(),
-                    None => std::iter::once(m.floor)
-                        .chain(m.since.iter().map(|w| Floor::Gen(w.gen)))
-                        .collect(),
-                }
-            };
-            if strict.is_some() {
-                checked_flushed += 1;
-            }
-            let history = || {
-                format!(
-                    "floor {:?}, writes since {:?}",
-                    m.floor,
-                    m.since.iter().map(|w| (w.gen, w.cover)).collect::<Vec<_>>()
-                )
-            };
-            if let Floor::Torn(_) = seen {
-                if !allowed(late).contains(&seen) {
-                    out.push(Violation {
-                        kind: "torn or foreign bytes in a 4 KiB unit",
-                        detail: format!(
-                            "{ctx}: unit {u}: 512-byte sectors from gens {:?}; {}",
-                            sector_gens(u, b),
-                            history()
-                        ),
-                    });
-                }
-            } else if !allowed(strict).contains(&seen) {
-                let kind = if strict.is_some() {
-                    "lost: a write flushed before the cut"
-                } else {
-                    "went back: older than the last import showed"
-                };
-                out.push(Violation {
-                    kind,
-                    detail: format!("{ctx}: unit {u}: read {seen:?}; {}", history()),
-                });
-            } else if !allowed(late).contains(&seen) {
-                out.push(Violation {
-                    kind: "lost: a write whose flush was acknowledged after the cut",
-                    detail: format!("{ctx}: unit {u}: read {seen:?}; {}", history()),
-                });
-            }
-            m.floor = seen;
-            m.since.clear();
-        }
-        checked_flushed
-    }
 }
 
 fn paths(pc: &PowerCut) -> Vec<String> {
@@ -437,13 +263,14 @@ fn writer(
         for u in first..first + len {
             let gen = next_gen[u - base];
             next_gen[u - base] += 1;
-            data.extend_from_slice(&unit_bytes(u, gen));
-            let w = Wrote {
-                gen,
-                done: u64::MAX,
-                cover: Cover::None,
-            };
-            log.push((u, w));
+            data.extend_from_slice(&unit_bytes(u as u64, gen));
+            log.push((
+                u,
+                Wrote {
+                    gen,
+                    done: u64::MAX,
+                },
+            ));
         }
         if vol.write(first as u64 * UNIT, &data, None).is_err() {
             break;
@@ -465,7 +292,7 @@ fn writer(
 fn run_round(
     pc: &Control,
     pool: &Pool,
-    model: &mut Model,
+    model: &mut Units,
     rng: &mut Rng,
     long: bool,
     seed: u64,
@@ -480,12 +307,11 @@ fn run_round(
     // a cut after a random time.
     let into_commit = Duration::from_millis(2 + rng.below(40));
     let delay = Duration::from_millis(10 + rng.below(200));
-    let mut gens: Vec<Vec<u64>> = (0..THREADS)
-        .map(|t| model.next_gen[t * PER_THREAD..(t + 1) * PER_THREAD].to_vec())
-        .collect();
     let (logs, report, drop_at) = std::thread::scope(|s| {
-        let handles: Vec<_> = gens
-            .iter_mut()
+        let handles: Vec<_> = model
+            .next_gens_mut()
+            .chunks_mut(PER_THREAD)
+            .take(THREADS)
             .enumerate()
             .map(|(t, g)| {
                 let (vol, clock) = (&vol, &clock);
@@ -527,21 +353,18 @@ fn run_round(
             handles.into_iter().map(|h| h.join().unwrap()).collect();
         (logs, report, drop_at)
     });
-    for (t, g) in gens.into_iter().enumerate() {
-        model.next_gen[t * PER_THREAD..(t + 1) * PER_THREAD].copy_from_slice(&g);
-    }
     let before = clock.before.load(Ordering::SeqCst);
     let any = clock.any.load(Ordering::SeqCst);
     for log in logs {
-        for (u, mut w) in log {
-            w.cover = if w.done < before {
+        for (u, w) in log {
+            let cover = if w.done < before {
                 Cover::Before
             } else if w.done < any {
                 Cover::Late
             } else {
                 Cover::None
             };
-            model.units[u].since.push(w);
+            model.record(u, w.gen, cover);
         }
     }
     (clock.flushes.load(Ordering::SeqCst), drop_at, report)
@@ -551,7 +374,7 @@ fn run_round(
 fn verify(
     spa: &Spa,
     pool: &Pool,
-    model: &mut Model,
+    model: &mut Units,
     scrub_too: bool,
     ctx: &str,
     out: &mut Vec<Violation>,
@@ -599,7 +422,7 @@ fn flushed_writes_survive_power_cuts_under_load() {
     let ctl = pc.control();
     let t0 = Instant::now();
     let mut held = Some(create(&pc));
-    let mut model = Model::new();
+    let mut model = Units::new(UNITS);
     let mut rng = Rng::new(base);
     let mut violations: Vec<Violation> = Vec::new();
     let (mut cuts, mut import_cuts, mut round, mut long_rounds) = (0u64, 0u64, 0u64, 0u64);
@@ -659,19 +482,8 @@ fn flushed_writes_survive_power_cuts_under_load() {
         t0.elapsed().as_secs_f64()
     );
     eprintln!("{summary}");
-    if !violations.is_empty() {
-        let mut kinds: Vec<&'static str> = violations.iter().map(|v| v.kind).collect();
-        kinds.sort_unstable();
-        kinds.dedup();
-        let mut msg = format!("{summary}\n{} violations:", violations.len());
-        for k in kinds {
-            let of: Vec<&Violation> = violations.iter().filter(|v| v.kind == k).collect();
-            msg += &format!("\n- {k}: {} units, e.g.", of.len());
-            for v in of.iter().take(4) {
-                msg += &format!("\n    {}", v.detail);
-            }
-        }
-        panic!("{msg}");
+    if let Some(msg) = report(&violations) {
+        panic!("{summary}\n{msg}");
     }
     assert!(acked > cuts, "too few flushes acknowledged: {acked}");
 }

@@ -48,6 +48,9 @@
 //! no lost directory entries; the atomic unit is a 4 KiB sector (as a 4Kn disk or the
 //! page cache writes back), so a write is never torn within an aligned 4 KiB.
 //!
+//! [`units`] holds the checker the scenario tests share: generation-tagged 4 KiB units
+//! and the old-or-new, nothing-flushed-lost, never-torn promise after an import.
+//!
 //! Failures must be replayable: tests draw cut seeds from [`seed_base`], which reads
 //! [`SEED_ENV`] (`CSTOR_POWERCUT_SEED`), and print the seed in every failure message.
 
@@ -55,6 +58,7 @@
 
 mod fs;
 mod model;
+pub mod units;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
