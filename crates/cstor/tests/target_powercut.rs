@@ -21,6 +21,8 @@
 //! more. A failure prints the seed; CSTOR_POWERCUT_SEED replays the workload and sector
 //! draws (not the thread timing).
 
+#[path = "../../iscsi/tests/initiator/mod.rs"]
+mod initiator;
 mod target_common;
 
 use std::path::{Path, PathBuf};
