@@ -155,10 +155,11 @@ impl Shared {
         self.handles.lock().get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    fn open_handle(&self, ino: u64, rel: PathBuf, flags: i32) -> Result<u64, Errno> {
+    /// Open a handle in power epoch `epoch`, read from the caller's guard: taking the
+    /// gate again here would deadlock behind a cut waiting for it.
+    fn open_handle(&self, ino: u64, rel: PathBuf, flags: i32, epoch: u64) -> Result<u64, Errno> {
         let file = self.model.file_state(ino, &self.abs(&rel)).map_err(errno)?;
         file.open_handles.fetch_add(1, Ordering::SeqCst);
-        let epoch = self.model.gate.read().epoch;
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
         let h = Handle {
             file,
@@ -483,8 +484,8 @@ impl Filesystem for PowerFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let r = (|| {
             let rel = self.s().rel(ino)?;
-            let _g = self.s().model.enter(Some(&rel)).map_err(errno)?;
-            let fh = self.s().open_handle(ino.0, rel, flags.0)?;
+            let g = self.s().model.enter(Some(&rel)).map_err(errno)?;
+            let fh = self.s().open_handle(ino.0, rel, flags.0, g.epoch)?;
             if flags.0 & libc::O_TRUNC != 0 {
                 let h = self.s().handle(FileHandle(fh))?;
                 self.s().model.set_len(&h.h.file, 0).map_err(errno)?;
@@ -720,7 +721,7 @@ impl Filesystem for PowerFs {
         let r = (|| {
             let s = self.s();
             let rel = s.child(parent, name)?;
-            let _g = s.model.enter(Some(&rel)).map_err(errno)?;
+            let g = s.model.enter(Some(&rel)).map_err(errno)?;
             let mut o = std::fs::OpenOptions::new();
             o.read(true).write(true).mode(mode & !umask & 0o7777);
             if flags & libc::O_EXCL != 0 {
@@ -730,7 +731,7 @@ impl Filesystem for PowerFs {
             }
             drop(o.open(s.abs(&rel)).map_err(errno)?);
             let attr = s.register(rel.clone())?;
-            let fh = s.open_handle(attr.ino.0, rel, flags)?;
+            let fh = s.open_handle(attr.ino.0, rel, flags, g.epoch)?;
             if flags & libc::O_TRUNC != 0 {
                 let h = s.handle(FileHandle(fh))?;
                 s.model.set_len(&h.h.file, 0).map_err(errno)?;

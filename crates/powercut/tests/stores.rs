@@ -53,13 +53,22 @@ fn redb_keeps_every_committed_transaction_across_cuts() {
                         Ok(())
                     })();
                     if r.is_err() {
+                        // The cut: every op fails from now on.
                         return;
                     }
                     next.store(from + 3, Ordering::SeqCst);
                 }
             })
         };
-        std::thread::sleep(Duration::from_millis(20 + Rng::new(seed).below(150)));
+        // Cut at a random moment after the first commit of the round (opening the file
+        // after a cut may take a while: redb checks it).
+        let t = std::time::Instant::now();
+        while next.load(Ordering::SeqCst) == committed_total
+            && t.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(Rng::new(seed).below(100)));
         let report = pc.cut(seed);
         let acked = next.load(Ordering::SeqCst);
         writer.join().unwrap();
