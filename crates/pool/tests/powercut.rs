@@ -13,7 +13,7 @@
 //! - every other 4 KiB unit holds the newest covered write or a later one (old or new),
 //!   whole: never torn, never bytes no write made, never older than what was covered;
 //! - what an import showed stays: it is the floor of the next round;
-//! - a scrub (every few imports, and the last) repairs nothing and finds nothing
+//! - a scrub (every sixth import, and the last) repairs nothing and finds nothing
 //!   unrecoverable.
 //!
 //! The pool then goes on from the imported state into the next round. Violations are
@@ -50,7 +50,7 @@ const CI_CUTS: u64 = 200;
 /// Every this many rounds runs long, with commits far apart.
 const LONG_EVERY: u64 = 12;
 /// Every this many imports is followed by a scrub (and the final one).
-const SCRUB_EVERY: u64 = 4;
+const SCRUB_EVERY: u64 = 6;
 /// One write of a unit in a round: its generation, and the clock when it returned Ok
 /// (u64::MAX if it never did: in flight at the cut).
 #[derive(Clone, Copy, Debug)]
@@ -306,7 +306,7 @@ fn run_round(
     // random few milliseconds into it, while flushes go on past the bound. Short rounds:
     // a cut after a random time.
     let into_commit = Duration::from_millis(2 + rng.below(40));
-    let delay = Duration::from_millis(10 + rng.below(200));
+    let delay = Duration::from_millis(10 + rng.below(150));
     let (logs, report, drop_at) = std::thread::scope(|s| {
         let handles: Vec<_> = model
             .next_gens_mut()
