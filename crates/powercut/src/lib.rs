@@ -21,7 +21,8 @@
 //!   (EPERM); renames that replace or exchange names are supported.
 //! - **No kernel caching hides the model:** every open gets `FOPEN_DIRECT_IO` and every
 //!   reply zero attribute and entry TTLs, so each read and write reaches the layer.
-//!   (`mmap` of a file in the mount therefore fails; none of our stores map files.)
+//!   (Shared writable `mmap` of a file in the mount is refused by the kernel for direct
+//!   I/O files; none of our stores map files.)
 //!
 //! [`Control::cut`] turns the power off at any moment: ops already running finish first,
 //! then every op fails with **EIO** (it does not block, so killed or surviving processes
@@ -46,7 +47,10 @@
 //! files are never fsynced (the host does not lose power; the backing file is the
 //! platter); the model has no reordering of metadata against data, no torn metadata and
 //! no lost directory entries; the atomic unit is a 4 KiB sector (as a 4Kn disk or the
-//! page cache writes back), so a write is never torn within an aligned 4 KiB.
+//! page cache writes back), so a write is never torn within an aligned 4 KiB; a large
+//! `pwrite` the kernel splits into several FUSE requests (above 128 KiB or so) may be cut
+//! between them, still whole per sector. FUSE requests are served by a few threads, so
+//! more stalled ops at once than threads stall the whole mount.
 //!
 //! [`units`] holds the checker the scenario tests share: generation-tagged 4 KiB units
 //! and the old-or-new, nothing-flushed-lost, never-torn promise after an import.
