@@ -66,11 +66,15 @@ impl PoolInner {
     }
 
     /// Log blocks a flush of `records` records holding `bytes` data bytes needs at most:
-    /// blocks are packed full (records split at sector boundaries), plus the pre-allocated
-    /// first block, which may be small.
+    /// blocks are packed full but for what a split at a 4 KiB boundary leaves over (up to
+    /// 4 KiB and one more record header per block), plus the pre-allocated first block,
+    /// which may be small.
     fn log_blocks_needed(records: usize, bytes: u64) -> u64 {
         let payload = bytes + (records * zil::REC_HEADER_BYTES) as u64;
-        let per_block = u64::from(MAX_LOG_BLOCK_BYTES) - zil::LOG_HEADER_BYTES as u64;
+        let per_block = u64::from(MAX_LOG_BLOCK_BYTES)
+            - zil::LOG_HEADER_BYTES as u64
+            - 4096
+            - zil::REC_HEADER_BYTES as u64;
         payload.div_ceil(per_block) + 1
     }
 
@@ -94,6 +98,11 @@ impl PoolInner {
         // after it only see records written since.
         loop {
             let mut w = self.logw.lock();
+            // Checked under `logw`: a flush that failed latched the pool before it let go
+            // of `logw`, and the records it took are gone from `log`; without this a
+            // flush queued behind it would find nothing pending and acknowledge writes
+            // that reached no durable block.
+            self.check_usable()?;
             let (count, bytes) = {
                 let l = self.log.lock();
                 (l.records.len(), l.bytes)
@@ -115,8 +124,14 @@ impl PoolInner {
                 l.bytes = 0;
                 (std::mem::take(&mut l.records), b)
             };
-            self.write_log(&mut w, records)?;
-            self.store.flush()?;
+            let written = self
+                .write_log(&mut w, records)
+                .and_then(|()| self.store.flush().map_err(PoolError::from));
+            if let Err(e) = written {
+                // Latch while `logw` is held (see the check above).
+                self.fail(&e);
+                return Err(e);
+            }
             self.undirty(bytes);
             if w.blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS / 2 {
                 // Trim early, so writers are rarely held at the bound.
@@ -162,8 +177,14 @@ impl PoolInner {
                     continue;
                 }
                 let room = cap - used;
-                if let (Some(d), true) = (&r.data, room >= zil::REC_HEADER_BYTES + 512) {
-                    let take = (room - zil::REC_HEADER_BYTES) / 512 * 512;
+                // Split only at a 4 KiB boundary of the volume: replay applies the parts
+                // of a split record independently, and a chain cut between them must
+                // leave each 4 KiB unit all old or all new, never torn.
+                let take = room
+                    .checked_sub(zil::REC_HEADER_BYTES)
+                    .map(|t| split_point(r.offset, t))
+                    .unwrap_or(0);
+                if let (Some(d), true) = (&r.data, take > 0) {
                     let head = LogRecord {
                         data: Some(Arc::new(d[..take].to_vec())),
                         ..r.clone()
@@ -261,5 +282,35 @@ impl PoolInner {
             }
         }
         Ok(())
+    }
+}
+
+/// How many bytes of a record at volume offset `offset` fit in `room` bytes when the
+/// split must fall on a 4 KiB boundary of the volume; 0 when no boundary fits.
+fn split_point(offset: u64, room: usize) -> usize {
+    const UNIT: u64 = 4096;
+    let end = (offset + room as u64) / UNIT * UNIT;
+    end.saturating_sub(offset) as usize
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_point;
+
+    #[test]
+    fn splits_fall_on_4k_volume_boundaries() {
+        assert_eq!(split_point(0, 4095), 0);
+        assert_eq!(split_point(0, 4096), 4096);
+        assert_eq!(split_point(0, 9000), 8192);
+        assert_eq!(split_point(512, 3584), 3584);
+        assert_eq!(split_point(512, 3583), 0);
+        assert_eq!(split_point(512, 8000), 7680);
+        for off in (0..20_000u64).step_by(512) {
+            for room in [0usize, 511, 4096, 5000, 70_000] {
+                let t = split_point(off, room);
+                assert!(t <= room);
+                assert!(t == 0 || (off + t as u64) % 4096 == 0);
+            }
+        }
     }
 }
