@@ -306,6 +306,18 @@ pub(crate) struct Volume {
     pub(crate) meta: Mutex<VolRec>,
     pub(crate) state: Mutex<VolState>,
     pub(crate) tree: RwLock<Bp>,
+    /// The io number sequence (a leaf lock: nothing is taken while it is held).
+    pub(crate) io: Mutex<IoSeq>,
+}
+
+/// A volume's io number sequence: numbers `next..=durable` may be handed out now; a
+/// reservation up to `requested` waits for the next commit (see
+/// [`VolumeHandle::next_io`]).
+#[derive(Debug, Default)]
+pub(crate) struct IoSeq {
+    pub(crate) next: u64,
+    pub(crate) durable: u64,
+    pub(crate) requested: u64,
 }
 
 impl Volume {
@@ -321,6 +333,13 @@ impl Volume {
                 ..VolState::default()
             }),
             tree: RwLock::new(rec.root),
+            io: Mutex::new(IoSeq {
+                // Above every number a durable reservation or the tree knows; replayed
+                // writes raise it further.
+                next: rec.io_reserved.max(rec.root.io_max) + 1,
+                durable: rec.io_reserved,
+                requested: rec.io_reserved,
+            }),
             meta: Mutex::new(rec),
         })
     }
@@ -387,6 +406,9 @@ struct CommitState {
     /// segment's bytes: an unchanged segment keeps its blocks.
     dir_segments: DirSegments,
     last_txg: u64,
+    /// The io reservation each volume's record carries in the commit being written:
+    /// durable (usable by `next_io`) once its root is.
+    io_written: Vec<(Arc<Volume>, u64)>,
 }
 
 #[derive(Debug, Default)]
