@@ -152,7 +152,36 @@ impl VolumeHandle {
     pub fn write(&self, offset: u64, data: &[u8], io_number: Option<u64>) -> Result<()> {
         self.pool.check_usable()?;
         self.pool.admit_write()?;
-        self.write_inner(offset, data, io_number, true)
+        self.write_inner(offset, data, io_number, true)?;
+        self.settle()
+    }
+
+    /// Set when this volume's writes and UNMAPs return ([`WriteMode`]).
+    pub fn set_write_mode(&self, mode: WriteMode) {
+        let m = match mode {
+            WriteMode::Buffered => 0,
+            WriteMode::CrashSafe => 1,
+            WriteMode::WriteThrough => 2,
+        };
+        self.vol.write_mode.store(m, Ordering::SeqCst);
+    }
+
+    /// This volume's [`WriteMode`].
+    pub fn write_mode(&self) -> WriteMode {
+        match self.vol.write_mode.load(Ordering::SeqCst) {
+            1 => WriteMode::CrashSafe,
+            2 => WriteMode::WriteThrough,
+            _ => WriteMode::Buffered,
+        }
+    }
+
+    /// Wait as the write mode asks after a write or UNMAP put its log records.
+    fn settle(&self) -> Result<()> {
+        match self.write_mode() {
+            WriteMode::Buffered => Ok(()),
+            WriteMode::CrashSafe => self.pool.log_sync(false),
+            WriteMode::WriteThrough => self.pool.log_sync(true),
+        }
     }
 
     /// Dirty the part of one block at volume offset `abs` with `src` (within the block).
@@ -334,7 +363,8 @@ impl VolumeHandle {
     /// unless a snapshot holds them), partial blocks are zeroed.
     pub fn unmap(&self, offset: u64, len: u64, io_number: Option<u64>) -> Result<()> {
         self.pool.check_usable()?;
-        self.unmap_inner(offset, len, io_number, true)
+        self.unmap_inner(offset, len, io_number, true)?;
+        self.settle()
     }
 
     pub(super) fn unmap_inner(
