@@ -138,13 +138,31 @@ impl OpenPool {
 
     /// Import the pool `name` from `paths` (any order, any names) and remember it.
     pub fn import(registry: &Registry, name: &str, paths: &[String]) -> Result<OpenPool> {
+        Self::import_with(registry, name, paths, false)
+    }
+
+    /// [`OpenPool::import`]; with `discard_log_tail`, an unreadable intent-log block drops
+    /// the log from there on instead of refusing the import (`zpool import -m`); what was
+    /// dropped is in `engine().log_tail_dropped()`.
+    pub fn import_with(
+        registry: &Registry,
+        name: &str,
+        paths: &[String],
+        discard_log_tail: bool,
+    ) -> Result<OpenPool> {
         let spa = Arc::new(Spa::import_devices(
             name,
             open_present(paths)?,
             SpaOptions::default(),
         )?);
         let store: Arc<dyn BlockStore> = spa.clone();
-        let engine = Pool::open(store, engine_options(registry))?;
+        let engine = Pool::open(
+            store,
+            PoolOptions {
+                discard_log_tail,
+                ..engine_options(registry)
+            },
+        )?;
         let last_scan = registry.load(name)?.and_then(|r| r.last_scan);
         let open = OpenPool {
             name: name.to_owned(),

@@ -102,7 +102,11 @@ impl BlockBackend for PoolVolumeBackend {
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> BackendFuture<'_, ()> {
         let vol = self.volume.clone();
         Box::pin(blocking(offset, move || {
-            vol.write(offset, &data, None)?;
+            // Every modifying command carries an io number (replication and the
+            // changed-range walks key on it); drawn here until the target hands one in
+            // in dispatch order.
+            let io = vol.next_io()?;
+            vol.write(offset, &data, Some(io))?;
             if fua {
                 vol.flush()?;
             }
@@ -117,6 +121,9 @@ impl BlockBackend for PoolVolumeBackend {
 
     fn unmap(&self, offset: u64, len: u64) -> BackendFuture<'_, ()> {
         let vol = self.volume.clone();
-        Box::pin(blocking(offset, move || vol.unmap(offset, len, None)))
+        Box::pin(blocking(offset, move || {
+            let io = vol.next_io()?;
+            vol.unmap(offset, len, Some(io))
+        }))
     }
 }

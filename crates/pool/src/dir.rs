@@ -15,8 +15,9 @@ use crate::bp::{Bp, Compression, BP_BYTES};
 use crate::error::{PoolError, Result};
 use crate::store::Dva;
 
-/// Directory format version.
-pub const DIR_VERSION: u32 = 1;
+/// Directory format version this build writes; version 1 (no io reservations) is still
+/// read, an older build refuses version 2 (it would hand out io numbers again).
+pub const DIR_VERSION: u32 = 2;
 
 /// One snapshot as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -55,6 +56,11 @@ pub(crate) struct VolRec {
     pub receiving: bool,
     pub properties: BTreeMap<String, String>,
     pub snapshots: Vec<SnapRec>,
+    /// Every io number up to this one may have been handed out by
+    /// [`crate::VolumeHandle::next_io`]: the next open starts above it (version 2; 0 in
+    /// version 1 directories).
+    #[serde(default)]
+    pub io_reserved: u64,
 }
 
 impl VolRec {
@@ -86,6 +92,7 @@ impl VolRec {
             receiving: false,
             properties: BTreeMap::new(),
             snapshots: Vec::new(),
+            io_reserved: 0,
         }
     }
 
@@ -180,7 +187,7 @@ impl DirRec {
             what: "object directory",
             reason: e.to_string(),
         })?;
-        if d.version != DIR_VERSION {
+        if d.version == 0 || d.version > DIR_VERSION {
             return Err(PoolError::UnsupportedVersion {
                 what: "object directory",
                 version: d.version,

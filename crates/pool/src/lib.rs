@@ -29,7 +29,7 @@ mod zil;
 pub use bp::Compression;
 pub use engine::{
     ChangedRange, DroppedLogTail, Pool, PoolOptions, PoolSpace, SnapshotInfo, TraverseStats,
-    VolumeHandle, VolumeInfo,
+    VolumeHandle, VolumeInfo, WriteMode,
 };
 pub use error::{PoolError, Result};
 pub use send::StreamStats;

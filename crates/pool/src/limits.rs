@@ -79,3 +79,9 @@ pub const COMMIT_WRITES_IN_FLIGHT: usize = 32;
 /// write into a bigger block needs the old block, and one read at a time leaves the
 /// devices idle.
 pub const COMMIT_READERS: usize = 4;
+/// io numbers a volume reserves durably at a time ([`crate::VolumeHandle::next_io`]): one
+/// commit per million modifying commands; a restart skips at most this many numbers.
+pub const IO_RESERVE_CHUNK: u64 = 1 << 20;
+/// Rounds [`crate::VolumeHandle::next_io`] waits for a reservation to become durable
+/// before it gives up (each round runs a commit).
+pub const IO_RESERVE_ROUNDS: u32 = 4;

@@ -190,6 +190,23 @@ impl MemStore {
         }
     }
 
+    /// The image a process crash leaves (the page cache survives): every completed write,
+    /// flushed or not. Allocator state and root are those of the last completed `sync`.
+    pub fn process_crash_image(&self) -> MemStore {
+        let inner = self.inner.lock();
+        MemStore {
+            capacity_bytes: self.capacity_bytes,
+            inner: Mutex::new(Inner {
+                durable: inner.sectors.clone(),
+                sectors: inner.sectors.clone(),
+                alloc: inner.durable_alloc.clone(),
+                durable_alloc: inner.durable_alloc.clone(),
+                root: inner.root.clone(),
+                ..Inner::default()
+            }),
+        }
+    }
+
     /// Flip bytes of the block at `dva` (current and durable copies): bit rot.
     pub fn corrupt(&self, dva: Dva) {
         let mut guard = self.inner.lock();

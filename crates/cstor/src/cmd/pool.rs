@@ -65,6 +65,11 @@ enum PoolCommand {
         /// Devices.
         #[arg(required = true)]
         devices: Vec<String>,
+        /// When an intent-log block cannot be read, drop the log from that block on and
+        /// import anyway (as `zpool import -m`): the flushed writes it held are lost, and
+        /// what was dropped is reported. Without it such an import is refused.
+        #[arg(long)]
+        discard_log_tail: bool,
     },
     /// Commit and release a pool's devices, and forget it here.
     Export {
@@ -490,11 +495,23 @@ pub fn run_pool(args: PoolArgs) -> Result<()> {
                 format_size(status["size"].as_u64().unwrap_or(0))
             );
         }
-        PoolCommand::Import { pool, devices } => {
+        PoolCommand::Import {
+            pool,
+            devices,
+            discard_log_tail,
+        } => {
             let devices: Vec<String> =
                 devices.iter().map(|d| absolute(d)).collect::<Result<_>>()?;
             refuse_if_served(&registry, &pool, "import")?;
-            let open = Arc::new(OpenPool::import(&registry, &pool, &devices)?);
+            let open = Arc::new(OpenPool::import_with(
+                &registry,
+                &pool,
+                &devices,
+                discard_log_tail,
+            )?);
+            if let Some(dropped) = open.engine().log_tail_dropped() {
+                eprintln!("pool '{pool}': {dropped}; flushed writes in it are lost");
+            }
             // A device back after missing writes is rebuilt before the command returns.
             if open.spa().is_resilvering() {
                 eprintln!("a device of pool '{pool}' missed writes: resilvering it");

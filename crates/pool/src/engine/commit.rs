@@ -80,6 +80,10 @@ impl PoolInner {
         self.store.sync(txg, &root.encode())?;
         cs.last_txg = txg;
         self.last_committed.store(txg, Ordering::SeqCst);
+        for (v, reserved) in cs.io_written.drain(..) {
+            let mut io = v.io.lock();
+            io.durable = io.durable.max(reserved);
+        }
         self.log_trim(trim);
         self.undirty(synced_bytes);
         let mut log = self.log.lock();

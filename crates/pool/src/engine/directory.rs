@@ -9,6 +9,7 @@ impl PoolInner {
     /// only, so a change to one volume rewrites its segment, not the whole directory.
     pub(super) fn write_directory(&self, cs: &mut CommitState, txg: u64) -> Result<Bp> {
         self.meta_dirty.store(false, Ordering::SeqCst);
+        cs.io_written.clear();
         let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
         let header = DirRec {
             version: DIR_VERSION,
@@ -24,6 +25,7 @@ impl PoolInner {
         let mut seg: Vec<u8> = Vec::new();
         for v in &vols {
             let rec = v.meta.lock().clone();
+            cs.io_written.push((v.clone(), rec.io_reserved));
             seg.push(if seg.is_empty() { b'[' } else { b',' });
             seg.extend_from_slice(&serde_json::to_vec(&rec).unwrap_or_default());
             if rec.guid % DIR_SEGMENT_GUID_MOD == 0 || seg.len() >= DIR_SEGMENT_BYTES {

@@ -79,20 +79,27 @@ impl PoolInner {
     }
 
     pub(super) fn flush(&self) -> Result<()> {
+        self.log_sync(true)
+    }
+
+    /// Write every pending record to the log chain through completed write calls; with
+    /// `durable`, also flush the device. Group commit: one caller writes the records of
+    /// every writer before it, the others find them written when they get `logw`.
+    pub(super) fn log_sync(&self, durable: bool) -> Result<()> {
         self.check_usable()?;
-        let r = self.flush_inner();
+        let r = self.log_sync_inner(durable);
         if let Err(e) = &r {
             self.fail(e);
         }
         r
     }
 
-    /// Write the pending records to the log chain and flush the device. Held while the
-    /// chain is full: replay reads at most [`MAX_LOG_CHAIN_BLOCKS`] blocks, so a block past
-    /// that bound would be a flushed write a power cut loses. A held flush runs (or waits
-    /// for) a commit, which makes every pending record durable in the tree and trims the
-    /// chain.
-    pub(super) fn flush_inner(&self) -> Result<()> {
+    /// Write the pending records to the log chain (and flush the device when `durable`).
+    /// Held while the chain is full: replay reads at most [`MAX_LOG_CHAIN_BLOCKS`] blocks,
+    /// so a block past that bound would be a flushed write a power cut loses. A held call
+    /// runs (or waits for) a commit, which makes every pending record durable in the tree
+    /// and trims the chain.
+    fn log_sync_inner(&self, durable: bool) -> Result<()> {
         // Ends: each round writes the records and returns, finds none, or commits; a
         // commit covers every record pending when it closed the open txg, and the rounds
         // after it only see records written since.
@@ -109,7 +116,16 @@ impl PoolInner {
             };
             if count == 0 {
                 // Every earlier write is covered: by a durable root, or by a log block
-                // whose flush completed before it released `logw`.
+                // whose flush completed before it released `logw`, or (crash-safe
+                // writes) by a written block the device must still flush.
+                if durable && w.unflushed {
+                    if let Err(e) = self.store.flush() {
+                        let e = PoolError::from(e);
+                        self.fail(&e);
+                        return Err(e);
+                    }
+                    w.unflushed = false;
+                }
                 return Ok(());
             }
             let need = Self::log_blocks_needed(count, bytes);
@@ -124,14 +140,18 @@ impl PoolInner {
                 l.bytes = 0;
                 (std::mem::take(&mut l.records), b)
             };
-            let written = self
-                .write_log(&mut w, records)
-                .and_then(|()| self.store.flush().map_err(PoolError::from));
+            let written = self.write_log(&mut w, records).and_then(|()| {
+                if durable {
+                    self.store.flush()?;
+                }
+                Ok(())
+            });
             if let Err(e) = written {
                 // Latch while `logw` is held (see the check above).
                 self.fail(&e);
                 return Err(e);
             }
+            w.unflushed = !durable;
             self.undirty(bytes);
             if w.blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS / 2 {
                 // Trim early, so writers are rarely held at the bound.

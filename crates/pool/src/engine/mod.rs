@@ -306,6 +306,35 @@ pub(crate) struct Volume {
     pub(crate) meta: Mutex<VolRec>,
     pub(crate) state: Mutex<VolState>,
     pub(crate) tree: RwLock<Bp>,
+    /// The io number sequence (a leaf lock: nothing is taken while it is held).
+    pub(crate) io: Mutex<IoSeq>,
+    /// [`WriteMode`] as a number (in memory only; a replica sets it per session).
+    pub(crate) write_mode: std::sync::atomic::AtomicU8,
+}
+
+/// When a volume's write or UNMAP returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// In memory (the open txg); durable after the next flush or commit.
+    #[default]
+    Buffered,
+    /// After its intent-log record reached the device through a completed write call
+    /// (not flushed): a process crash after the return loses nothing, a power cut may.
+    /// Concurrent writers share log writes (group commit). A replica's ack means this.
+    CrashSafe,
+    /// After its log record is flushed (durable): for a volume left with one copy.
+    /// Concurrent writers share the log write and flush (group commit).
+    WriteThrough,
+}
+
+/// A volume's io number sequence: numbers `next..=durable` may be handed out now; a
+/// reservation up to `requested` waits for the next commit (see
+/// [`VolumeHandle::next_io`]).
+#[derive(Debug, Default)]
+pub(crate) struct IoSeq {
+    pub(crate) next: u64,
+    pub(crate) durable: u64,
+    pub(crate) requested: u64,
 }
 
 impl Volume {
@@ -321,6 +350,14 @@ impl Volume {
                 ..VolState::default()
             }),
             tree: RwLock::new(rec.root),
+            io: Mutex::new(IoSeq {
+                // Above every number a durable reservation or the tree knows; replayed
+                // writes raise it further.
+                next: rec.io_reserved.max(rec.root.io_max) + 1,
+                durable: rec.io_reserved,
+                requested: rec.io_reserved,
+            }),
+            write_mode: std::sync::atomic::AtomicU8::new(0),
             meta: Mutex::new(rec),
         })
     }
@@ -373,6 +410,9 @@ struct LogWriter {
     /// Txg the next block was allocated in: it is freed no earlier than that.
     next_alloc_txg: u64,
     head_seq: u64,
+    /// Log blocks written (crash-safe writes) but not yet flushed: the next flush must
+    /// flush the device even with no record pending.
+    unflushed: bool,
     /// While a replay runs: the head (and replay floor) of the chain being replayed.
     /// Commits during the replay record it unchanged and trim nothing, so until the last
     /// record is applied a power cut replays the whole chain again.
@@ -387,6 +427,9 @@ struct CommitState {
     /// segment's bytes: an unchanged segment keeps its blocks.
     dir_segments: DirSegments,
     last_txg: u64,
+    /// The io reservation each volume's record carries in the commit being written:
+    /// durable (usable by `next_io`) once its root is.
+    io_written: Vec<(Arc<Volume>, u64)>,
 }
 
 #[derive(Debug, Default)]

@@ -27,6 +27,69 @@ impl VolumeHandle {
         self.vol.state.lock().size
     }
 
+    /// The next io number of this volume, for a modifying command (WRITE, WRITE SAME,
+    /// UNMAP) or a snapshot cut: strictly above every number this volume handed out
+    /// before, even across power loss. Numbers are reserved durably in chunks of
+    /// [`IO_RESERVE_CHUNK`] in the volume's directory record; the next chunk is requested
+    /// (committed with the next txg) when half of the current one is used, and only a
+    /// caller that exhausts a chunk before that commit waits for one. Call it in the
+    /// order the commands are to be applied (the LU's dispatch order) and pass the number
+    /// to [`VolumeHandle::write`] / [`VolumeHandle::unmap`].
+    pub fn next_io(&self) -> Result<u64> {
+        for _ in 0..IO_RESERVE_ROUNDS {
+            self.pool.check_usable()?;
+            let want = {
+                let mut s = self.vol.io.lock();
+                if s.next <= s.durable {
+                    let n = s.next;
+                    s.next += 1;
+                    let ahead = (s.durable - n < IO_RESERVE_CHUNK / 2 && s.requested <= s.durable)
+                        .then(|| {
+                            s.requested = s.durable + IO_RESERVE_CHUNK;
+                            s.requested
+                        });
+                    drop(s);
+                    if let Some(r) = ahead {
+                        self.request_io_reservation(r);
+                        self.pool.kick();
+                    }
+                    return Ok(n);
+                }
+                s.requested = s.requested.max(s.next + IO_RESERVE_CHUNK - 1);
+                s.requested
+            };
+            self.request_io_reservation(want);
+            let mut cs = self.pool.commit.lock();
+            self.pool.check_usable()?;
+            if self.vol.io.lock().durable < want {
+                self.pool.commit_locked(&mut cs, None)?;
+            }
+        }
+        Err(PoolError::Busy(format!(
+            "volume {}: no io number reservation became durable after {IO_RESERVE_ROUNDS} commits",
+            self.vol.name
+        )))
+    }
+
+    /// Put a reservation up to `io` in the volume's record (committed with the next txg).
+    fn request_io_reservation(&self, io: u64) {
+        let mut m = self.vol.meta.lock();
+        if m.io_reserved < io {
+            m.io_reserved = io;
+            self.pool.meta_dirty.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A write or UNMAP carrying `io` (a caller's own numbering, a replica applying the
+    /// target's, or a replayed record) keeps later [`VolumeHandle::next_io`] numbers above
+    /// it.
+    fn saw_io(&self, io: Option<u64>) {
+        if let Some(io) = io {
+            let mut s = self.vol.io.lock();
+            s.next = s.next.max(io.saturating_add(1));
+        }
+    }
+
     pub(super) fn check_range(&self, st: &VolState, offset: u64, len: u64) -> Result<()> {
         if st.destroyed {
             return Err(PoolError::UnknownVolume {
@@ -89,7 +152,36 @@ impl VolumeHandle {
     pub fn write(&self, offset: u64, data: &[u8], io_number: Option<u64>) -> Result<()> {
         self.pool.check_usable()?;
         self.pool.admit_write()?;
-        self.write_inner(offset, data, io_number, true)
+        self.write_inner(offset, data, io_number, true)?;
+        self.settle()
+    }
+
+    /// Set when this volume's writes and UNMAPs return ([`WriteMode`]).
+    pub fn set_write_mode(&self, mode: WriteMode) {
+        let m = match mode {
+            WriteMode::Buffered => 0,
+            WriteMode::CrashSafe => 1,
+            WriteMode::WriteThrough => 2,
+        };
+        self.vol.write_mode.store(m, Ordering::SeqCst);
+    }
+
+    /// This volume's [`WriteMode`].
+    pub fn write_mode(&self) -> WriteMode {
+        match self.vol.write_mode.load(Ordering::SeqCst) {
+            1 => WriteMode::CrashSafe,
+            2 => WriteMode::WriteThrough,
+            _ => WriteMode::Buffered,
+        }
+    }
+
+    /// Wait as the write mode asks after a write or UNMAP put its log records.
+    fn settle(&self) -> Result<()> {
+        match self.write_mode() {
+            WriteMode::Buffered => Ok(()),
+            WriteMode::CrashSafe => self.pool.log_sync(false),
+            WriteMode::WriteThrough => self.pool.log_sync(true),
+        }
     }
 
     /// Dirty the part of one block at volume offset `abs` with `src` (within the block).
@@ -201,6 +293,7 @@ impl VolumeHandle {
         io: Option<u64>,
         log: bool,
     ) -> Result<()> {
+        self.saw_io(io);
         let p = &self.pool;
         let len = data.len() as u64;
         {
@@ -270,7 +363,8 @@ impl VolumeHandle {
     /// unless a snapshot holds them), partial blocks are zeroed.
     pub fn unmap(&self, offset: u64, len: u64, io_number: Option<u64>) -> Result<()> {
         self.pool.check_usable()?;
-        self.unmap_inner(offset, len, io_number, true)
+        self.unmap_inner(offset, len, io_number, true)?;
+        self.settle()
     }
 
     pub(super) fn unmap_inner(
@@ -280,6 +374,7 @@ impl VolumeHandle {
         io: Option<u64>,
         log: bool,
     ) -> Result<()> {
+        self.saw_io(io);
         let p = &self.pool;
         let bs = u64::from(self.vol.block_size);
         {
