@@ -79,6 +79,17 @@ pub enum ApiError {
         oldest: u64,
     },
     /// Body larger than the limit.
+    /// A continue token (or an Exact list) whose resourceVersion has been compacted.
+    #[error("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")]
+    ContinueExpired,
+    /// A list or get asked for a resourceVersion newer than the server's.
+    #[error("Timeout: Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion {
+        /// Asked for.
+        requested: u64,
+        /// The server's current resourceVersion.
+        current: u64,
+    },
     #[error("the request body is too large")]
     TooLarge,
     /// Patch type not allowed for this resource.
@@ -152,7 +163,8 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::NoRoute => 404,
             ApiError::MethodNotAllowed => 405,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
-            ApiError::Gone { .. } => 410,
+            ApiError::Gone { .. } | ApiError::ContinueExpired => 410,
+            ApiError::TooLargeResourceVersion { .. } => 504,
             ApiError::TooLarge => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Invalid { .. } => 422,
@@ -169,7 +181,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } => "Conflict",
-            ApiError::Gone { .. } => "Expired",
+            ApiError::Gone { .. } | ApiError::ContinueExpired => "Expired",
+            ApiError::TooLargeResourceVersion { .. } => "Timeout",
             ApiError::TooLarge => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Invalid { .. } => "Invalid",
@@ -211,6 +224,10 @@ impl ApiError {
                 }
                 Some(d)
             }
+            ApiError::TooLargeResourceVersion { .. } => Some(json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1,
+            })),
             _ => None,
         };
         if let Some(d) = details {

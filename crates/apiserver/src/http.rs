@@ -19,7 +19,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::core::{
-    to_external, watch_event, Core, DeleteOpts, FieldValidation, Filter, PatchKind, WriteCtx,
+    to_external, watch_event, Core, DeleteOpts, FieldValidation, Filter, ListAt, PatchKind,
+    WriteCtx,
 };
 use crate::error::ApiError;
 use crate::fields::Part;
@@ -76,13 +77,20 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
 
 /// The single entry point for every request.
 pub(crate) async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
-    if !authorized(req.headers(), &app.token) {
+    if !authorized(req.headers(), &app.token) && !is_public(req.method(), req.uri().path()) {
         return error_response(&ApiError::Unauthorized);
     }
     match route(&app, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
+}
+
+/// What a real cluster lets anonymous clients read (the `system:public-info-viewer`
+/// role): health checks and the version.
+fn is_public(method: &Method, path: &str) -> bool {
+    let first = path.trim_matches('/').split('/').next().unwrap_or("");
+    *method == Method::GET && matches!(first, "healthz" | "readyz" | "livez" | "version")
 }
 
 type Query = HashMap<String, String>;
@@ -147,7 +155,7 @@ async fn route(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
     };
     match segs.as_slice() {
         ["version"] => get_only(Ok(json_response(StatusCode::OK, &version(), &[]))),
-        ["healthz"] | ["readyz"] | ["livez"] => {
+        ["healthz" | "readyz" | "livez", ..] => {
             get_only(Ok((StatusCode::OK, "ok").into_response()))
         }
         ["api"] => {
@@ -387,7 +395,12 @@ async fn resource(
                 .get("limit")
                 .and_then(|l| l.parse::<usize>().ok())
                 .filter(|l| *l > 0);
-            let page = core.list(&t.rt, &f, limit, query.get("continue").map(String::as_str))?;
+            let cont = query
+                .get("continue")
+                .map(String::as_str)
+                .filter(|c| !c.is_empty());
+            let at = list_at(&query, cont.is_some())?;
+            let page = core.list(&t.rt, &f, limit, cont, at)?;
             let items: Vec<Value> = page
                 .items
                 .iter()
@@ -414,6 +427,15 @@ async fn resource(
             let list = json!({"kind": t.rt.list_kind, "apiVersion": t.rt.api_version(version), "metadata": meta, "items": items});
             Ok(json_response(StatusCode::OK, &list, &[]))
         }
+        (&Method::POST, None) if t.rt.special == Special::AccessReview => {
+            let body = read_object(req, &t.rt).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &access_review(&t.rt, version, body)?,
+                &[],
+            ))
+        }
+        (_, _) if t.rt.special == Special::AccessReview => Err(ApiError::MethodNotAllowed),
         (&Method::POST, None) => {
             let body = read_object(req, &t.rt).await?;
             let w = tokio::task::block_in_place(|| core.create(&ctx, body))?;
@@ -421,7 +443,7 @@ async fn resource(
         }
         (&Method::DELETE, None) => {
             let f = filter(&query, t.namespace.clone())?;
-            let page = core.list(&t.rt, &f, None, None)?;
+            let page = core.list(&t.rt, &f, None, None, ListAt::Latest)?;
             let mut deleted = Vec::new();
             for o in &page.items {
                 let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -525,6 +547,77 @@ async fn resource(
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+/// The resourceVersion a list is served at, from `resourceVersion` and
+/// `resourceVersionMatch` (kube-apiserver's rules: no match means NotOlderThan, "0" means
+/// any, a continue token excludes both).
+fn list_at(query: &Query, continuing: bool) -> Result<ListAt, ApiError> {
+    let rv = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .filter(|r| !r.is_empty());
+    let rv_match = query
+        .get("resourceVersionMatch")
+        .map(String::as_str)
+        .filter(|m| !m.is_empty());
+    if continuing {
+        if rv.is_some_and(|r| r != "0") || rv_match.is_some() {
+            return Err(ApiError::BadRequest(
+                "specifying resource version is not allowed when using continue".into(),
+            ));
+        }
+        return Ok(ListAt::Latest);
+    }
+    let parsed = match rv {
+        None => None,
+        Some(r) => Some(
+            r.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {r}")))?,
+        ),
+    };
+    match (parsed, rv_match) {
+        (None, None) | (Some(0), None) => Ok(ListAt::Latest),
+        (None, Some(_)) => Err(ApiError::BadRequest(
+            "resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+        )),
+        (Some(0), Some("NotOlderThan")) => Ok(ListAt::Latest),
+        (Some(r), None) | (Some(r), Some("NotOlderThan")) => Ok(ListAt::NotOlderThan(r)),
+        (Some(0), Some("Exact")) => Err(ApiError::BadRequest(
+            "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"".into(),
+        )),
+        (Some(r), Some("Exact")) => Ok(ListAt::Exact(r)),
+        (Some(_), Some(m)) => Err(ApiError::BadRequest(format!(
+            "resourceVersionMatch: Unsupported value: \"{m}\": supported values: \"Exact\", \"NotOlderThan\""
+        ))),
+    }
+}
+
+/// Answers a SelfSubjectAccessReview. The server has one credential, the admin token
+/// (every other request gets 401), so its holder may do everything: what `kubectl auth
+/// can-i` and the CSI sidecars' permission checks see on a cluster-admin binding.
+fn access_review(rt: &ResourceType, version: &str, body: Value) -> Result<Value, ApiError> {
+    if !body["spec"].is_object() {
+        return Err(ApiError::Invalid {
+            kind: rt.kind.clone(),
+            group: rt.group.clone(),
+            name: String::new(),
+            causes: vec![crate::error::FieldCause {
+                reason: "FieldValueRequired",
+                field: "spec".into(),
+                message: "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into(),
+            }],
+        });
+    }
+    let mut out = body;
+    out["apiVersion"] = json!(rt.api_version(version));
+    out["kind"] = json!(rt.kind);
+    if !out["metadata"].is_object() {
+        out["metadata"] = json!({});
+    }
+    out["metadata"]["creationTimestamp"] = Value::Null;
+    out["status"] = json!({"allowed": true, "reason": "cstor apiserver: the bearer-token holder is the cluster administrator"});
+    Ok(out)
 }
 
 /// Serialises one watch event as a JSON line.
@@ -657,6 +750,5 @@ fn watch(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache, private"),
     );
-    let _ = Special::None;
     Ok(resp)
 }

@@ -19,6 +19,7 @@ mod error;
 mod fields;
 mod http;
 mod jsonpath;
+mod kcm;
 mod limits;
 mod patch;
 mod pb;
@@ -92,6 +93,10 @@ pub struct Config {
     pub crds: Vec<Value>,
     /// Resources served through another resource's storage, with their conversions.
     pub aliases: Vec<Alias>,
+    /// Run kube-controller-manager's storage loops (PV binder, provisioner annotations,
+    /// expansion bookkeeping; see kcm.rs). On for the single-machine control plane,
+    /// where nothing else does it; a real cluster runs kube-controller-manager instead.
+    pub storage_controllers: bool,
 }
 
 /// Converts one whole object (JSON) between an alias and its storage representation;
@@ -154,10 +159,8 @@ impl Server {
     /// kubeconfig (mode 0600) and starts serving. Must run on a multi-threaded tokio
     /// runtime: durable commits run in `block_in_place`.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Io {
-            path: config.data_dir.clone(),
-            source: e,
-        })?;
+        make_private_dir(&config.data_dir)?;
+        make_private_file(&config.data_dir.join(STORE_FILE))?;
         let core = Arc::new(tokio::task::block_in_place(|| {
             core::Core::open(
                 &config.data_dir.join(STORE_FILE),
@@ -202,12 +205,16 @@ impl Server {
         let acceptor = tokio_rustls::TlsAcceptor::from(creds.tls.clone());
         let serve = tokio::spawn(accept_loop(listener, acceptor, router));
         let gc = tokio::spawn(gc_loop(core.clone()));
-        let sweep = tokio::spawn(event_sweep_loop(core));
+        let sweep = tokio::spawn(event_sweep_loop(core.clone()));
+        let mut tasks = vec![serve, gc, sweep];
+        if config.storage_controllers {
+            tasks.push(tokio::spawn(kcm::storage_loop(core)));
+        }
         tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "cstor apiserver serving");
         Ok(Server {
             addr,
             kubeconfig,
-            tasks: vec![serve, gc, sweep],
+            tasks,
         })
     }
 
@@ -228,6 +235,35 @@ impl Server {
             let _ = t.await;
         }
     }
+}
+
+/// The data directory holds the store (Secrets included) and the credentials: only its
+/// owner may enter it (0700), also when it existed with looser permissions.
+fn make_private_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| ServerError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// Creates `path` empty with mode 0600 when missing (redb then initialises it, so it is
+/// never readable by others, not even briefly) and tightens an existing one to 0600.
+fn make_private_file(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| ServerError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
 }
 
 fn bootstrap(core: &core::Core, crds: &[Value]) -> Result<(), ApiError> {

@@ -59,6 +59,15 @@ pub(crate) const OBJECT_DEPTH_MAX: usize = 64;
 /// Managed-field entries kept per object (one per manager and operation).
 pub(crate) const MANAGERS_PER_OBJECT_MAX: usize = 32;
 
-/// Internal retries of a write without a client resourceVersion that lost a race with
-/// another writer; a handful suffices because each retry sees the newer object.
-pub(crate) const UPDATE_RETRIES_MAX: u32 = 8;
+/// Optimistic attempts of a write without a client resourceVersion before the final one,
+/// which builds under the store lock and cannot lose: a few keep building off the lock
+/// under light contention, and the bound keeps a hot object from starving a writer.
+pub(crate) const UPDATE_RETRIES_MAX: u32 = 4;
+
+/// How often the storage loops (kcm.rs) re-check every volume and claim even without a
+/// change, as kube-controller-manager's PV controller resyncs (its default is 15 s).
+pub(crate) const STORAGE_RESYNC_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Passes the storage loops make in a row after a change (each pass may enable the next
+/// step of a binding); bounded so a flapping object cannot keep the loop busy.
+pub(crate) const STORAGE_PASSES_MAX: usize = 8;
