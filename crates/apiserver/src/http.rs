@@ -111,7 +111,8 @@ async fn read_object(req: Request, rt: &ResourceType) -> Result<Value, ApiError>
         .to_string();
     let bytes = read_body(req).await?;
     if ct.contains("protobuf") {
-        if rt.group.is_empty() && crate::pb::supported(&rt.kind) {
+        let core_or_review = rt.group.is_empty() || rt.special == Special::AccessReview;
+        if core_or_review && crate::pb::supported(&rt.kind) {
             return crate::pb::decode(&bytes, &rt.kind);
         }
         return Err(ApiError::UnsupportedMediaType("application/json".into()));
