@@ -131,7 +131,7 @@ impl Core {
         body: Value,
         part: Part,
     ) -> Result<Written, ApiError> {
-        self.update_with(ctx, name, part, |_| Ok(body.clone()), false, true)
+        self.update_with(ctx, name, part, |_| Ok(body.clone()), Source::Put)
     }
 
     /// Patches an object or its status.
@@ -169,8 +169,7 @@ impl Core {
                 })?;
                 Ok(target)
             },
-            false,
-            false,
+            Source::Patch,
         )
     }
 
@@ -234,8 +233,7 @@ impl Core {
                         current["metadata"]["resourceVersion"].clone();
                     Ok(merged)
                 },
-                true,
-                false,
+                Source::Apply,
             ),
         }
     }
@@ -249,20 +247,19 @@ impl Core {
         name: &str,
         part: Part,
         make: impl Fn(&Value) -> Result<Value, ApiError>,
-        managed_by_apply: bool,
-        is_put: bool,
+        source: Source,
     ) -> Result<Written, ApiError> {
         // A write without a resourceVersion precondition that races another writer is
         // rebuilt from the newer object, like kube-apiserver's GuaranteedUpdate. The last
         // attempt builds under the lock, so it cannot lose again: such writes never see
         // a 409 however many writers contend.
         for _ in 0..limits::UPDATE_RETRIES_MAX {
-            match self.update_once(ctx, name, part, &make, managed_by_apply, is_put, false)? {
+            match self.update_once(ctx, name, part, &make, source, false)? {
                 Attempt::Done(w) => return Ok(w),
                 Attempt::Raced => {}
             }
         }
-        match self.update_once(ctx, name, part, &make, managed_by_apply, is_put, true)? {
+        match self.update_once(ctx, name, part, &make, source, true)? {
             Attempt::Done(w) => Ok(w),
             Attempt::Raced => unreachable!("an update built under the lock cannot race"),
         }
@@ -276,11 +273,12 @@ impl Core {
         name: &str,
         part: Part,
         make: &impl Fn(&Value) -> Result<Value, ApiError>,
-        managed_by_apply: bool,
-        is_put: bool,
+        source: Source,
         hold: bool,
     ) -> Result<Attempt, ApiError> {
         let rt = &ctx.rt;
+        let managed_by_apply = source == Source::Apply;
+        let is_put = source == Source::Put;
         let key = rt.key(&ctx.namespace_for_key(), name);
         let mut held = hold.then(|| self.inner.lock());
         let current_stored = match &held {
@@ -558,4 +556,15 @@ pub(super) enum Attempt {
     Done(Written),
     /// The object changed between reading and committing (no client precondition).
     Raced,
+}
+
+/// Where an update's new object comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// A PUT: the client's whole object; its resourceVersion is a precondition.
+    Put,
+    /// A JSON, merge or strategic patch applied to the current object.
+    Patch,
+    /// A server-side apply (managed fields come from the apply merge).
+    Apply,
 }
