@@ -542,6 +542,7 @@ async fn resource(
                     .map(str::to_string),
                 precondition_uid: body["preconditions"]["uid"].as_str().map(str::to_string),
                 orphan: policy == "Orphan" || body["orphanDependents"].as_bool() == Some(true),
+                foreground: policy == "Foreground",
             };
             let o = tokio::task::block_in_place(|| core.delete(&ctx, name, &opts))?;
             Ok(json_response(StatusCode::OK, &o, &[]))

@@ -6,11 +6,15 @@ use std::time::Duration;
 /// a real cluster would hold is refused, and a runaway client cannot exhaust memory.
 pub(crate) const REQUEST_BODY_BYTES_MAX: usize = 3 * 1024 * 1024;
 
-/// Watch events kept (in memory and in the store) for resuming watches; older
-/// resourceVersions get 410 Gone. Enough for minutes of controller churn on one machine
-/// while keeping restart replay and the store small.
+/// How long watch history is kept (in memory and in the store) for resuming watches and
+/// paged lists; older resourceVersions get 410. etcd's default compaction in
+/// kube-apiserver keeps 5 minutes, which is what clients are written for.
+pub(crate) const WATCH_HISTORY_RETENTION: Duration = Duration::from_secs(5 * 60);
+
+/// Hard cap on watch history entries whatever their age: bounds memory and the store
+/// under extreme churn (then less than `WATCH_HISTORY_RETENTION` is kept).
 #[cfg(not(test))]
-pub(crate) const WATCH_HISTORY_EVENTS_MAX: usize = 20_000;
+pub(crate) const WATCH_HISTORY_EVENTS_MAX: usize = 100_000;
 /// Small in unit tests so history trimming and 410 Gone are exercised quickly.
 #[cfg(test)]
 pub(crate) const WATCH_HISTORY_EVENTS_MAX: usize = 16;

@@ -12,7 +12,7 @@ impl Core {
     /// ones, deletes dependents whose owners are all gone, and expires old events.
     /// Returns whether it changed anything (the caller repeats until it does not).
     pub(crate) fn collect_garbage(&self) -> Result<bool, ApiError> {
-        let mut inner = self.inner.lock();
+        let mut inner = self.inner.upgradable_read();
         let now = time::now_secs();
         let uids: HashSet<String> = inner
             .objects
@@ -28,6 +28,7 @@ impl Core {
             .collect();
         let mut pending: Pending = Vec::new();
         self.clean_up_crds(&inner, &mut pending);
+        self.foreground_deletions(&inner, &mut pending);
         let served: HashSet<String> = self
             .registry()
             .types
@@ -201,6 +202,70 @@ impl Core {
         }
     }
 
+    /// Owners deleted in the foreground: their dependents are deleted (those with
+    /// finalizers only marked); once no dependent with `blockOwnerDeletion: true` is
+    /// left, the `foregroundDeletion` finalizer goes (and with it the owner, when it
+    /// held no other finalizer), as kube-controller-manager's garbage collector does.
+    fn foreground_deletions(&self, inner: &Inner, pending: &mut Pending) {
+        let owners: Vec<(&String, &Arc<Value>)> = inner
+            .objects
+            .iter()
+            .filter(|(_, v)| {
+                v["metadata"].get("deletionTimestamp").is_some()
+                    && v["metadata"]["finalizers"]
+                        .as_array()
+                        .is_some_and(|f| f.iter().any(|x| x == FOREGROUND_FINALIZER))
+            })
+            .collect();
+        for (key, owner) in owners {
+            let uid = meta_str(owner, "uid").unwrap_or("");
+            let mut blocked = false;
+            for (k, v) in inner.objects.iter() {
+                let Some(r) = v["metadata"]["ownerReferences"]
+                    .as_array()
+                    .and_then(|refs| refs.iter().find(|r| r["uid"].as_str() == Some(uid)))
+                else {
+                    continue;
+                };
+                blocked |= r["blockOwnerDeletion"].as_bool() == Some(true);
+                if pending.len() >= limits::GC_BATCH_OBJECTS_MAX
+                    || pending.iter().any(|(_, pk, _)| pk == k)
+                {
+                    continue;
+                }
+                let has_finalizers = v["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty());
+                if !has_finalizers {
+                    pending.push((EventType::Deleted, k.clone(), (**v).clone()));
+                } else if v["metadata"].get("deletionTimestamp").is_none() {
+                    let mut nv = (**v).clone();
+                    nv["metadata"]["deletionTimestamp"] = json!(time::now_rfc3339());
+                    nv["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                    pending.push((EventType::Modified, k.clone(), nv));
+                }
+            }
+            if blocked {
+                continue;
+            }
+            let mut nv = (**owner).clone();
+            let kept: Vec<Value> = owner["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|x| *x != FOREGROUND_FINALIZER)
+                .cloned()
+                .collect();
+            let kind = if kept.is_empty() {
+                EventType::Deleted
+            } else {
+                EventType::Modified
+            };
+            nv["metadata"]["finalizers"] = Value::Array(kept);
+            pending.push((kind, key.clone(), nv));
+        }
+    }
+
     /// Creates the given CRDs when missing (or updates them when their spec differs),
     /// as the server's own writes.
     pub(crate) fn ensure_crds(&self, crds: &[Value]) -> Result<(), ApiError> {
@@ -242,6 +307,9 @@ pub(super) fn event_time(v: &Value) -> Option<i64> {
     }
     meta_str(v, "creationTimestamp").and_then(time::parse_rfc3339)
 }
+
+/// The finalizer of an object deleted with `propagationPolicy: Foreground`.
+pub(super) const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 
 /// The finalizer kube-apiserver puts on every CRD so its objects go before it does.
 pub(super) const CRD_CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";

@@ -2,9 +2,13 @@
 //! `Core`, which owns the in-memory copy of the store, the watch history and the served
 //! resource types.
 //!
-//! Owns: `Inner` (objects, resourceVersion, history, store) under one mutex; writers
-//! hold it across the durable redb commit, so changes are totally ordered by
-//! resourceVersion and a reply is only sent after its change is on disk.
+//! Owns: `Inner` (objects, resourceVersion, history, store) under one `RwLock`. Writers
+//! take its upgradable read lock (one writer at a time) and hold it across the durable
+//! redb commit, so changes are totally ordered by resourceVersion and a reply is only
+//! sent after its change is on disk; readers (get, list, watch start) take the shared
+//! lock and never wait behind an fsync, only behind the short in-memory apply that
+//! follows it (the write lock, taken by upgrading). Lists copy `Arc`s under the lock
+//! and clone objects after releasing it.
 //! Invariants: resourceVersion only grows (also across restarts); the memory copy equals
 //! the store after every commit (on a failed commit neither changes); each change is
 //! broadcast to watchers after it is durable, in resourceVersion order; a status write
@@ -17,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{RwLock, RwLockUpgradableReadGuard};
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, Notify};
 
@@ -85,6 +89,9 @@ pub(crate) struct DeleteOpts {
     pub(crate) precondition_rv: Option<String>,
     pub(crate) precondition_uid: Option<String>,
     pub(crate) orphan: bool,
+    /// `propagationPolicy: Foreground`: the object stays (finalizer `foregroundDeletion`)
+    /// until its dependents with `blockOwnerDeletion` are gone.
+    pub(crate) foreground: bool,
 }
 
 /// One page of a list.
@@ -116,7 +123,7 @@ struct Inner {
 /// The object service (see the module doc).
 #[derive(Debug)]
 pub(crate) struct Core {
-    inner: Mutex<Inner>,
+    inner: RwLock<Inner>,
     tx: broadcast::Sender<Arc<Change>>,
     registry: RwLock<Arc<Registry>>,
     aliases: Vec<Arc<crate::Alias>>,
@@ -124,6 +131,36 @@ pub(crate) struct Core {
 }
 
 type Pending = Vec<(EventType, String, Value)>;
+
+/// A writer's hold on the state: excludes other writers (and is held across the disk
+/// commit) but not readers; `Core::commit` upgrades it briefly to change memory.
+type Writer<'a> = RwLockUpgradableReadGuard<'a, Inner>;
+
+/// The new history floor (newest resourceVersion dropped) over the entries `(rv, at_ms)`
+/// in order: entries older than `WATCH_HISTORY_RETENTION` go (etcd's and
+/// kube-apiserver's 5-minute compaction: watches and continue tokens from before get
+/// 410), and beyond `WATCH_HISTORY_EVENTS_MAX` the oldest go too, bounding memory.
+fn history_floor(
+    entries: impl Iterator<Item = (u64, u64)>,
+    len: usize,
+    floor: u64,
+    now_ms: u64,
+) -> u64 {
+    let retention_ms =
+        u64::try_from(limits::WATCH_HISTORY_RETENTION.as_millis()).unwrap_or(u64::MAX);
+    let mut floor = floor;
+    let mut left = len;
+    for (rv, at_ms) in entries {
+        let too_many = left > limits::WATCH_HISTORY_EVENTS_MAX;
+        let too_old = at_ms.saturating_add(retention_ms) < now_ms;
+        if !(too_many || too_old) {
+            break;
+        }
+        floor = rv;
+        left -= 1;
+    }
+    floor
+}
 
 /// A started watch: replayed changes, the live receiver, and the resourceVersion at
 /// which the receiver was subscribed.
@@ -176,7 +213,7 @@ impl Core {
         let (store, loaded) = Store::open(path)?;
         let (tx, _) = broadcast::channel(limits::WATCH_BROADCAST_EVENTS_MAX);
         let core = Core {
-            inner: Mutex::new(Inner {
+            inner: RwLock::new(Inner {
                 store,
                 rv: loaded.resource_version,
                 floor: loaded.history_floor,
@@ -198,7 +235,7 @@ impl Core {
 
     fn rebuild_registry(&self) {
         let crds: Vec<Arc<Value>> = {
-            let inner = self.inner.lock();
+            let inner = self.inner.read();
             inner
                 .objects
                 .range("apiextensions.k8s.io/customresourcedefinitions/".to_string()..)
@@ -218,15 +255,20 @@ impl Core {
 
     /// The current global resourceVersion.
     pub(crate) fn resource_version(&self) -> u64 {
-        self.inner.lock().rv
+        self.inner.read().rv
     }
 
     /// Commits `pending` durably, then updates memory and notifies watchers.
-    fn commit(&self, inner: &mut Inner, pending: Pending) -> Result<Vec<Arc<Change>>, ApiError> {
+    fn commit(
+        &self,
+        inner: &mut Writer<'_>,
+        pending: Pending,
+    ) -> Result<Vec<Arc<Change>>, ApiError> {
         if pending.is_empty() {
             return Ok(Vec::new());
         }
         let mut rv = inner.rv;
+        let at_ms = time::now_ms();
         let mut changes = Vec::with_capacity(pending.len());
         for (kind, key, mut obj) in pending {
             rv += 1;
@@ -239,47 +281,51 @@ impl Core {
                 kind,
                 key,
                 object: Arc::new(obj),
+                at_ms,
                 prev,
             }));
         }
-        let retained = inner.history.len() + changes.len();
-        let mut floor = inner.floor;
-        if retained > limits::WATCH_HISTORY_EVENTS_MAX {
-            let drop = retained - limits::WATCH_HISTORY_EVENTS_MAX;
-            let all: Vec<u64> = inner
+        let floor = history_floor(
+            inner
                 .history
                 .iter()
-                .map(|c| c.rv)
-                .chain(changes.iter().map(|c| c.rv))
-                .collect();
-            floor = all[drop - 1];
-        }
+                .chain(changes.iter())
+                .map(|c| (c.rv, c.at_ms)),
+            inner.history.len() + changes.len(),
+            inner.floor,
+            at_ms,
+        );
+        // The disk commit (fsync) runs under the upgradable lock only: it keeps other
+        // writers out, while reads and watch starts go on against the last committed
+        // state. Memory changes afterwards, under the write lock, briefly.
         inner.store.commit(&changes, rv, floor)?;
-        assert!(rv > inner.rv, "resourceVersion must grow");
-        inner.rv = rv;
-        inner.floor = floor;
         let mut crd_changed = false;
         let mut deleted = false;
-        for c in &changes {
-            match c.kind {
-                EventType::Deleted => {
-                    inner.objects.remove(&c.key);
-                    deleted = true;
+        inner.with_upgraded(|inner| {
+            assert!(rv > inner.rv, "resourceVersion must grow");
+            inner.rv = rv;
+            inner.floor = floor;
+            for c in &changes {
+                match c.kind {
+                    EventType::Deleted => {
+                        inner.objects.remove(&c.key);
+                        deleted = true;
+                    }
+                    _ => {
+                        inner.objects.insert(c.key.clone(), c.object.clone());
+                    }
                 }
-                _ => {
-                    inner.objects.insert(c.key.clone(), c.object.clone());
-                }
+                crd_changed |= c
+                    .key
+                    .starts_with("apiextensions.k8s.io/customresourcedefinitions/");
+                inner.history.push_back(c.clone());
+                // No receivers is fine: nobody is watching.
+                let _ = self.tx.send(c.clone());
             }
-            crd_changed |= c
-                .key
-                .starts_with("apiextensions.k8s.io/customresourcedefinitions/");
-            inner.history.push_back(c.clone());
-            // No receivers is fine: nobody is watching.
-            let _ = self.tx.send(c.clone());
-        }
-        while inner.history.front().is_some_and(|c| c.rv <= floor) {
-            inner.history.pop_front();
-        }
+            while inner.history.front().is_some_and(|c| c.rv <= floor) {
+                inner.history.pop_front();
+            }
+        });
         if crd_changed {
             let crds: Vec<Arc<Value>> = inner
                 .objects
@@ -308,7 +354,7 @@ impl Core {
     ) -> Result<Arc<Value>, ApiError> {
         let key = rt.key(namespace, name);
         self.inner
-            .lock()
+            .read()
             .objects
             .get(&key)
             .cloned()

@@ -34,7 +34,7 @@ impl Core {
         let limit = limit.map(|l| l.clamp(1, limits::LIST_PAGE_ITEMS_MAX));
         // Under the lock only Arcs are copied; objects are cloned after it is released.
         let (snapshot_rv, items, more, remaining) = {
-            let inner = self.inner.lock();
+            let inner = self.inner.read();
             let rv = match at {
                 ListAt::Latest => inner.rv,
                 ListAt::NotOlderThan(r) | ListAt::Exact(r) if r > inner.rv => {
@@ -107,7 +107,7 @@ impl Core {
         filter: &Filter,
         from: Option<u64>,
     ) -> Result<WatchStart, ApiError> {
-        let inner = self.inner.lock();
+        let inner = self.inner.read();
         let prefix = rt.key_prefix();
         let replay: Vec<Arc<Change>> = match from {
             Some(from) => {
@@ -138,6 +138,7 @@ impl Core {
                         kind: EventType::Added,
                         key: k.clone(),
                         object: v.clone(),
+                        at_ms: 0,
                         prev: None,
                     })
                 })

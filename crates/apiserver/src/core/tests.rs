@@ -54,12 +54,12 @@ fn watch_from_trimmed_history_is_gone_and_the_floor_survives_reopen() {
         let recent = core.resource_version() - 5;
         let (replay, _rx, _) = core.watch(&rt, &Filter::default(), Some(recent)).unwrap();
         assert_eq!(replay.len(), 5);
-        floor = core.inner.lock().floor;
+        floor = core.inner.read().floor;
         assert!(floor > start);
-        assert!(core.inner.lock().history.len() <= limits::WATCH_HISTORY_EVENTS_MAX);
+        assert!(core.inner.read().history.len() <= limits::WATCH_HISTORY_EVENTS_MAX);
     }
     let core = open(&dir);
-    assert_eq!(core.inner.lock().floor, floor);
+    assert_eq!(core.inner.read().floor, floor);
     let rt = core.registry().find("", "v1", "configmaps").unwrap();
     assert!(matches!(
         core.watch(&rt, &Filter::default(), Some(floor - 1)),
@@ -567,4 +567,78 @@ fn deleting_a_crd_deletes_its_objects_and_a_builtin_clash_is_not_established() {
     assert_eq!(established["status"], "False", "{conds:?}");
     let names = conds.iter().find(|c| c["type"] == "NamesAccepted").unwrap();
     assert_eq!(names["status"], "False");
+}
+
+#[test]
+fn history_is_compacted_by_age_and_count() {
+    let min = 60_000;
+    let now = 100 * min;
+    // Six and four minutes old, then fresh: the six-minute one goes.
+    let entries = [(10, now - 6 * min), (11, now - 4 * min), (12, now)];
+    assert_eq!(history_floor(entries.iter().copied(), 3, 9, now), 10);
+    assert_eq!(
+        history_floor(entries[1..].iter().copied(), 2, 10, now),
+        10,
+        "< 5 minutes kept"
+    );
+    let many: Vec<(u64, u64)> = (1..=40).map(|rv| (rv, now)).collect();
+    let floor = history_floor(many.iter().copied(), 40, 0, now);
+    assert_eq!(
+        floor,
+        40 - limits::WATCH_HISTORY_EVENTS_MAX as u64,
+        "count bound"
+    );
+}
+
+#[test]
+fn foreground_deletion_waits_for_blocking_dependents() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = open(&dir);
+    make_ns(&core, "a");
+    let c = ctx(&core, "", "configmaps", "a");
+    let owner = core
+        .create(&c, json!({"metadata": {"name": "owner"}}))
+        .unwrap()
+        .object;
+    let oref = |block: bool| {
+        json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+        "uid": owner["metadata"]["uid"], "blockOwnerDeletion": block}])
+    };
+    core.create(&c, json!({"metadata": {"name": "blocker", "finalizers": ["x.io/y"], "ownerReferences": oref(true)}}))
+        .unwrap();
+    core.create(
+        &c,
+        json!({"metadata": {"name": "free", "ownerReferences": oref(false)}}),
+    )
+    .unwrap();
+    let opts = DeleteOpts {
+        foreground: true,
+        ..Default::default()
+    };
+    let o = core.delete(&c, "owner", &opts).unwrap();
+    assert_eq!(o["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    while core.collect_garbage().unwrap() {}
+    assert!(
+        core.get(&c.rt, "a", "free").is_err(),
+        "non-blocking dependent deleted"
+    );
+    let blocker = core.get(&c.rt, "a", "blocker").unwrap();
+    assert!(blocker["metadata"].get("deletionTimestamp").is_some());
+    assert!(
+        core.get(&c.rt, "a", "owner").is_ok(),
+        "owner waits for the blocking dependent"
+    );
+    core.patch(
+        &c,
+        "blocker",
+        PatchKind::Merge,
+        json!({"metadata": {"finalizers": null}}),
+        Part::Main { has_status: false },
+    )
+    .unwrap();
+    while core.collect_garbage().unwrap() {}
+    assert!(
+        core.get(&c.rt, "a", "owner").is_err(),
+        "owner gone after its dependents"
+    );
 }

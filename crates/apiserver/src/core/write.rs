@@ -95,7 +95,7 @@ impl Core {
             ),
         }
         let key = ctx.rt.key(&ctx.namespace_for_key(), &name);
-        let mut inner = self.inner.lock();
+        let mut inner = self.inner.upgradable_read();
         self.check_namespace(&inner, ctx, &name)?;
         if inner.objects.contains_key(&key) {
             return Err(ApiError::AlreadyExists {
@@ -280,10 +280,10 @@ impl Core {
         let managed_by_apply = source == Source::Apply;
         let is_put = source == Source::Put;
         let key = rt.key(&ctx.namespace_for_key(), name);
-        let mut held = hold.then(|| self.inner.lock());
+        let mut held = hold.then(|| self.inner.upgradable_read());
         let current_stored = match &held {
             Some(g) => g.objects.get(&key).cloned(),
-            None => self.inner.lock().objects.get(&key).cloned(),
+            None => self.inner.read().objects.get(&key).cloned(),
         }
         .ok_or_else(|| not_found(rt, name))?;
         let current = to_external(rt, &ctx.version, &current_stored);
@@ -392,7 +392,7 @@ impl Core {
         }
         let mut inner = match held.take() {
             Some(g) => g,
-            None => self.inner.lock(),
+            None => self.inner.upgradable_read(),
         };
         let live = inner
             .objects
@@ -475,7 +475,7 @@ impl Core {
     ) -> Result<Value, ApiError> {
         let rt = &ctx.rt;
         let key = rt.key(&ctx.namespace_for_key(), name);
-        let mut inner = self.inner.lock();
+        let mut inner = self.inner.upgradable_read();
         let current = inner
             .objects
             .get(&key)
@@ -524,7 +524,8 @@ impl Core {
             .as_array()
             .is_some_and(|f| !f.is_empty());
         let terminating_ns = rt.special == Special::Namespace;
-        if has_finalizers || terminating_ns {
+        let foreground = opts.foreground && !opts.orphan;
+        if has_finalizers || terminating_ns || foreground {
             if current["metadata"].get("deletionTimestamp").is_some() && pending.is_empty() {
                 return Ok(to_external(rt, &ctx.version, &current));
             }
@@ -535,6 +536,13 @@ impl Core {
             }
             if terminating_ns {
                 nv["status"]["phase"] = json!("Terminating");
+            }
+            if foreground {
+                match nv["metadata"]["finalizers"].as_array_mut() {
+                    Some(f) if f.iter().any(|x| x == FOREGROUND_FINALIZER) => {}
+                    Some(f) => f.push(json!(FOREGROUND_FINALIZER)),
+                    None => nv["metadata"]["finalizers"] = json!([FOREGROUND_FINALIZER]),
+                }
             }
             pending.insert(0, (EventType::Modified, key, nv));
             let changes = self.commit(&mut inner, pending)?;
