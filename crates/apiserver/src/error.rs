@@ -1,7 +1,7 @@
 //! The API server's one error type and its one mapping to a Kubernetes `Status` object
 //! (the HTTP edge of style.md §4): 400 BadRequest, 401 Unauthorized, 403 Forbidden,
 //! 404 NotFound, 405 MethodNotAllowed, 409 AlreadyExists/Conflict, 410 Expired,
-//! 413 RequestEntityTooLarge, 415 UnsupportedMediaType, 422 Invalid, 500 InternalError.
+//! 413 RequestEntityTooLarge, 429 TooManyRequests, 415 UnsupportedMediaType, 422 Invalid, 500 InternalError.
 
 use serde_json::{json, Value};
 
@@ -90,6 +90,9 @@ pub enum ApiError {
         /// The server's current resourceVersion.
         current: u64,
     },
+    /// A bound on concurrent work (watches) is reached; the client retries later.
+    #[error("Too many requests: {0}")]
+    TooManyRequests(String),
     #[error("the request body is too large")]
     TooLarge,
     /// Patch type not allowed for this resource.
@@ -166,6 +169,7 @@ impl ApiError {
             ApiError::Gone { .. } | ApiError::ContinueExpired => 410,
             ApiError::TooLargeResourceVersion { .. } => 504,
             ApiError::TooLarge => 413,
+            ApiError::TooManyRequests(_) => 429,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Invalid { .. } => 422,
             ApiError::Store(_) => 500,
@@ -184,6 +188,7 @@ impl ApiError {
             ApiError::Gone { .. } | ApiError::ContinueExpired => "Expired",
             ApiError::TooLargeResourceVersion { .. } => "Timeout",
             ApiError::TooLarge => "RequestEntityTooLarge",
+            ApiError::TooManyRequests(_) => "TooManyRequests",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::Store(_) => "InternalError",

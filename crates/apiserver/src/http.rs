@@ -34,6 +34,8 @@ pub(crate) struct App {
     pub(crate) core: Arc<Core>,
     pub(crate) token: String,
     pub(crate) address: String,
+    /// One permit per open watch (`limits::WATCHES_MAX`).
+    pub(crate) watches: Arc<tokio::sync::Semaphore>,
 }
 
 fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
@@ -383,7 +385,14 @@ async fn resource(
             let f = filter(&query, t.namespace.clone())?;
             let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
             if watching {
+                let permit = app.watches.clone().try_acquire_owned().map_err(|_| {
+                    ApiError::TooManyRequests(format!(
+                        "more than {} watches are open",
+                        limits::WATCHES_MAX
+                    ))
+                })?;
                 return watch(
+                    permit,
                     core,
                     t.rt.clone(),
                     version.to_string(),
@@ -630,6 +639,7 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 }
 
 fn watch(
+    permit: tokio::sync::OwnedSemaphorePermit,
     core: Arc<Core>,
     rt: Arc<ResourceType>,
     version: String,
@@ -666,6 +676,7 @@ fn watch(
         mpsc::channel::<Result<Bytes, Infallible>>(limits::WATCH_CONNECTION_BUFFER_EVENTS);
     let started = core.watch(&rt, &f, from);
     tokio::spawn(async move {
+        let _permit = permit;
         let (replay, mut live, mut last_rv) = match started {
             Ok(x) => x,
             Err(e) => {

@@ -75,3 +75,22 @@ pub(crate) const STORAGE_RESYNC_INTERVAL: Duration = Duration::from_secs(15);
 /// Passes the storage loops make in a row after a change (each pass may enable the next
 /// step of a binding); bounded so a flapping object cannot keep the loop busy.
 pub(crate) const STORAGE_PASSES_MAX: usize = 8;
+
+/// Concurrent client connections; a connection beyond it is closed at once. Every
+/// connection costs a task and TLS buffers; a control plane of one machine has tens of
+/// clients (controllers, sidecars, kubectl), each with a few connections.
+pub(crate) const CONNECTIONS_MAX: usize = 1024;
+
+/// Concurrent watches; one beyond it gets 429 (client-go and kube-rs back off and retry).
+pub(crate) const WATCHES_MAX: usize = 4096;
+
+/// Time a client may take to send a request's headers, also on an idle kept-alive
+/// HTTP/1.1 connection (hyper's header read timeout), so idle or stalled connections
+/// do not hold a connection slot forever.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// HTTP/2 keep-alive ping interval and timeout: a dead HTTP/2 peer (client-go uses
+/// HTTP/2) is detected and its connection closed.
+pub(crate) const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// See `H2_KEEPALIVE_INTERVAL`.
+pub(crate) const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
