@@ -586,8 +586,9 @@ async fn fifty_concurrent_patches_without_resource_version_never_conflict() {
     }
     assert!(
         errors.is_empty(),
-        "{} patches failed: {errors:?}",
-        errors.len()
+        "{} patches failed, first: {:?}",
+        errors.len(),
+        errors.first()
     );
     let cm = cms.get("hot").await.unwrap();
     let data = cm.data.unwrap();

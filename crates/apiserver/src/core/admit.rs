@@ -16,6 +16,54 @@ pub(super) fn is_dns_subdomain(s: &str) -> bool {
         })
 }
 
+/// kube-apiserver's `IsQualifiedName` (label and annotation keys, finalizer names): an
+/// optional DNS-subdomain prefix and `/`, then a name of at most 63 characters.
+pub(super) fn qualified_name_error(s: &str) -> Option<String> {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    if let Some(p) = prefix {
+        if !is_dns_subdomain(p) {
+            return Some("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".into());
+        }
+    }
+    if name.is_empty() {
+        return Some("name part must be non-empty".into());
+    }
+    if name.len() > 63 {
+        return Some("name part must be no more than 63 characters".into());
+    }
+    if !is_label_word(name) {
+        return Some("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')".into());
+    }
+    None
+}
+
+/// kube-apiserver's `IsValidLabelValue`: empty, or at most 63 characters of the name form.
+pub(super) fn label_value_error(v: &str) -> Option<String> {
+    if v.is_empty() {
+        return None;
+    }
+    if v.len() > 63 {
+        return Some("must be no more than 63 characters".into());
+    }
+    if !is_label_word(v) {
+        return Some("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')".into());
+    }
+    None
+}
+
+fn is_label_word(s: &str) -> bool {
+    let b = s.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_alphanumeric();
+    !b.is_empty()
+        && b.first().is_some_and(alnum)
+        && b.last().is_some_and(alnum)
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
 pub(super) fn is_dns_label(s: &str) -> bool {
     s.len() <= 63 && !s.contains('.') && is_dns_subdomain(s)
 }
@@ -110,12 +158,59 @@ impl Core {
         }
         if let Some(labels) = obj["metadata"]["labels"].as_object() {
             for (k, v) in labels {
-                if !v.is_string() {
+                let Some(v) = v.as_str() else {
                     causes.push(cause(
                         "FieldValueTypeInvalid",
                         &format!("metadata.labels.{k}"),
                         "Invalid value: must be a string".into(),
                     ));
+                    continue;
+                };
+                if let Some(why) = qualified_name_error(k) {
+                    causes.push(cause(
+                        "FieldValueInvalid",
+                        "metadata.labels",
+                        format!("Invalid value: \"{k}\": {why}"),
+                    ));
+                }
+                if let Some(why) = label_value_error(v) {
+                    causes.push(cause(
+                        "FieldValueInvalid",
+                        "metadata.labels",
+                        format!("Invalid value: \"{v}\": {why}"),
+                    ));
+                }
+            }
+        }
+        if let Some(annotations) = obj["metadata"]["annotations"].as_object() {
+            for k in annotations.keys() {
+                if let Some(why) = qualified_name_error(k) {
+                    causes.push(cause(
+                        "FieldValueInvalid",
+                        "metadata.annotations",
+                        format!("Invalid value: \"{k}\": {why}"),
+                    ));
+                }
+            }
+        }
+        if let Some(finalizers) = obj["metadata"]["finalizers"].as_array() {
+            for (i, f) in finalizers.iter().enumerate() {
+                let field = format!("metadata.finalizers[{i}]");
+                match f.as_str() {
+                    Some(f) => {
+                        if let Some(why) = qualified_name_error(f) {
+                            causes.push(cause(
+                                "FieldValueInvalid",
+                                &field,
+                                format!("Invalid value: \"{f}\": {why}"),
+                            ));
+                        }
+                    }
+                    None => causes.push(cause(
+                        "FieldValueTypeInvalid",
+                        &field,
+                        "Invalid value: must be a string".into(),
+                    )),
                 }
             }
         }

@@ -642,3 +642,51 @@ fn foreground_deletion_waits_for_blocking_dependents() {
         "owner gone after its dependents"
     );
 }
+
+#[test]
+fn metadata_is_validated_like_kube_apiserver() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = open(&dir);
+    make_ns(&core, "a");
+    let c = ctx(&core, "", "configmaps", "a");
+    for bad in [
+        json!({"metadata": {"name": "x", "labels": {"bad key": "v"}}}),
+        json!({"metadata": {"name": "x", "labels": {"k": "-v"}}}),
+        json!({"metadata": {"name": "x", "labels": {"Bad_Prefix.io/k": "v"}}}),
+        json!({"metadata": {"name": "x", "annotations": {"a/b/c!": "v"}}}),
+        json!({"metadata": {"name": "x", "finalizers": ["not a name"]}}),
+    ] {
+        let err = core.create(&c, bad.clone()).unwrap_err();
+        assert_eq!(err.code(), 422, "{bad}: {err}");
+    }
+    core.create(
+        &c,
+        json!({"metadata": {"name": "ok", "labels": {"app.kubernetes.io/name": "My_app-1", "e": ""},
+        "finalizers": ["cstor.openebs.io/x"]}}),
+    )
+    .unwrap();
+    core.delete(&c, "ok", &DeleteOpts::default()).unwrap();
+    let main = Part::Main { has_status: false };
+    let err = core
+        .patch(
+            &c,
+            "ok",
+            PatchKind::Merge,
+            json!({"metadata": {"finalizers": ["cstor.openebs.io/x", "b.io/new"]}}),
+            main,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no new finalizers can be added"),
+        "{err}"
+    );
+    core.patch(
+        &c,
+        "ok",
+        PatchKind::Merge,
+        json!({"metadata": {"finalizers": []}}),
+        main,
+    )
+    .unwrap();
+    assert!(core.get(&c.rt, "a", "ok").is_err());
+}

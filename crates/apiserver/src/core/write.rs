@@ -367,6 +367,30 @@ impl Core {
                 n
             }
         };
+        if current["metadata"].get("deletionTimestamp").is_some() {
+            let had = current["metadata"]["finalizers"].as_array();
+            let added: Vec<&Value> = new["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| !had.is_some_and(|h| h.contains(f)))
+                .collect();
+            if !added.is_empty() {
+                let list: Vec<String> = added.iter().map(|f| f.to_string()).collect();
+                return Err(invalid(
+                    rt,
+                    name,
+                    vec![cause(
+                        "FieldValueForbidden",
+                        "metadata.finalizers",
+                        format!(
+                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                            list.join(", ")
+                        ),
+                    )],
+                ));
+            }
+        }
         if part != Part::Status {
             let causes = crate::builtin::validate(rt, &new, Some(&current));
             if !causes.is_empty() {
