@@ -19,7 +19,12 @@
 //!   when no provisioner made it (kube-controller-manager has no in-tree deleter here);
 //!   Retain keeps it Released for the administrator;
 //! - a bound claim whose request exceeds its capacity and whose volume is a CSI volume
-//!   gets `volume.kubernetes.io/storage-resizer` (the external-resizer's trigger).
+//!   gets `volume.kubernetes.io/storage-resizer` (the external-resizer's trigger);
+//! - the attach/detach controller's part of the attach flow: a Pod scheduled to a node
+//!   (`spec.nodeName`) using a bound claim whose volume is a CSI volume of a driver that
+//!   needs attaching (its CSIDriver says `attachRequired`, or there is none) gets a
+//!   VolumeAttachment for (driver, volume, node), which the external-attacher acts on;
+//!   one no Pod needs any more is deleted.
 //!
 //! Invariants: every write carries the resourceVersion it was computed from, so a pass
 //! racing a client loses with 409 and the next pass recomputes; a pass is idempotent
@@ -393,6 +398,145 @@ pub(crate) fn run_once(core: &Core) -> Result<usize, ApiError> {
     Ok(done)
 }
 
+/// A VolumeAttachment to create or delete.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Attach {
+    Create(Value),
+    Delete(String),
+}
+
+/// The name kube-controller-manager would give (its is `csi-` + SHA-256 hex of the
+/// handle, driver and node; here two CRC32Cs, as no SHA-256 is at hand: only
+/// uniqueness on one machine matters, nobody parses it).
+fn attachment_name(handle: &str, driver: &str, node: &str) -> String {
+    let s = format!("{handle}{driver}{node}");
+    let r: String = s.chars().rev().collect();
+    format!(
+        "csi-{:08x}{:08x}",
+        crc32c::crc32c(s.as_bytes()),
+        crc32c::crc32c(r.as_bytes())
+    )
+}
+
+/// The VolumeAttachments the Pods need, against those that exist (pure).
+pub(crate) fn attach_plan(
+    pods: &[Value],
+    pvcs: &[Value],
+    pvs: &[Value],
+    drivers: &[Value],
+    attachments: &[Value],
+) -> Vec<Attach> {
+    let mut want: BTreeMap<String, Value> = BTreeMap::new();
+    for pod in pods {
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+        let done = matches!(phase(pod), "Succeeded" | "Failed");
+        if node.is_empty() || done || pod["metadata"].get("deletionTimestamp").is_some() {
+            continue;
+        }
+        for vol in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let Some(claim) = vol["persistentVolumeClaim"]["claimName"].as_str() else {
+                continue;
+            };
+            let Some(pvc) = pvcs.iter().find(|c| {
+                meta(c, "name") == claim && meta(c, "namespace") == meta(pod, "namespace")
+            }) else {
+                continue;
+            };
+            let volume = pvc["spec"]["volumeName"].as_str().unwrap_or("");
+            let Some(pv) = pvs
+                .iter()
+                .find(|p| !volume.is_empty() && meta(p, "name") == volume)
+            else {
+                continue;
+            };
+            let (Some(driver), Some(handle)) = (
+                pv["spec"]["csi"]["driver"].as_str(),
+                pv["spec"]["csi"]["volumeHandle"].as_str(),
+            ) else {
+                continue;
+            };
+            let required = drivers
+                .iter()
+                .find(|d| meta(d, "name") == driver)
+                .is_none_or(|d| d["spec"]["attachRequired"].as_bool() != Some(false));
+            if !required {
+                continue;
+            }
+            let name = attachment_name(handle, driver, node);
+            want.entry(name.clone()).or_insert_with(|| {
+                json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+                       "metadata": {"name": name},
+                       "spec": {"attacher": driver, "nodeName": node,
+                                "source": {"persistentVolumeName": volume}}})
+            });
+        }
+    }
+    let mut out = Vec::new();
+    for (name, va) in &want {
+        if !attachments.iter().any(|a| meta(a, "name") == name.as_str()) {
+            out.push(Attach::Create(va.clone()));
+        }
+    }
+    for a in attachments {
+        let ours = meta(a, "name").starts_with("csi-");
+        if ours
+            && !want.contains_key(meta(a, "name"))
+            && a["metadata"].get("deletionTimestamp").is_none()
+        {
+            out.push(Attach::Delete(meta(a, "name").to_string()));
+        }
+    }
+    out
+}
+
+/// One attach/detach pass; returns how many writes succeeded.
+fn run_attach_once(core: &Core) -> Result<usize, ApiError> {
+    let reg = core.registry();
+    let find = |g: &str, p: &str| reg.find(g, "v1", p);
+    let (Some(pods), Some(pvcs), Some(pvs), Some(drivers), Some(vas)) = (
+        find("", "pods"),
+        find("", "persistentvolumeclaims"),
+        find("", "persistentvolumes"),
+        find("storage.k8s.io", "csidrivers"),
+        find("storage.k8s.io", "volumeattachments"),
+    ) else {
+        return Ok(0);
+    };
+    let all = Filter::default();
+    let list = |rt: &crate::registry::ResourceType| {
+        core.list(rt, &all, None, None, ListAt::Latest)
+            .map(|p| p.items)
+    };
+    let plan = attach_plan(
+        &list(&pods)?,
+        &list(&pvcs)?,
+        &list(&pvs)?,
+        &list(&drivers)?,
+        &list(&vas)?,
+    );
+    let ctx = WriteCtx {
+        rt: vas,
+        version: "v1".into(),
+        namespace: String::new(),
+        manager: MANAGER.into(),
+        dry_run: false,
+        validation: FieldValidation::Ignore,
+    };
+    let mut done = 0;
+    for a in plan {
+        let r = match a {
+            Attach::Create(va) => core.create(&ctx, va).map(|_| ()),
+            Attach::Delete(name) => core.delete(&ctx, &name, &Default::default()).map(|_| ()),
+        };
+        match r {
+            Ok(()) => done += 1,
+            Err(ApiError::AlreadyExists { .. }) | Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 /// Runs passes whenever a volume, claim or class changes, and every resync interval
 /// (runs until the server is dropped).
 pub(crate) async fn storage_loop(core: Arc<Core>) {
@@ -410,7 +554,9 @@ pub(crate) async fn storage_loop(core: Arc<Core>) {
         // Coalesce a burst of changes into one pass.
         while changes.try_recv().is_ok() {}
         for _ in 0..crate::limits::STORAGE_PASSES_MAX {
-            match tokio::task::block_in_place(|| run_once(&core)) {
+            match tokio::task::block_in_place(|| {
+                Ok::<_, ApiError>(run_once(&core)? + run_attach_once(&core)?)
+            }) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) => {
@@ -423,7 +569,10 @@ pub(crate) async fn storage_loop(core: Arc<Core>) {
 }
 
 fn is_storage_key(key: &str) -> bool {
-    key.starts_with("core/persistentvolumes/")
+    key.starts_with("core/pods/")
+        || key.starts_with("storage.k8s.io/csidrivers/")
+        || key.starts_with("storage.k8s.io/volumeattachments/")
+        || key.starts_with("core/persistentvolumes/")
         || key.starts_with("core/persistentvolumeclaims/")
         || key.starts_with("storage.k8s.io/storageclasses/")
 }
@@ -534,5 +683,29 @@ mod tests {
         v["spec"]["claimRef"] = json!({"namespace": "d", "name": "other"});
         let w = plan(&[v], &[pvc("c", "1Gi", "")], &[]);
         assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn a_scheduled_pod_gets_a_volume_attachment_until_it_goes() {
+        let mut v = pv("pv-1", "1Gi", "csi");
+        v["spec"]["csi"] = json!({"driver": "cstor.csi.openebs.io", "volumeHandle": "pv-1"});
+        let mut c = pvc("c", "1Gi", "csi");
+        c["spec"]["volumeName"] = json!("pv-1");
+        let pod = json!({"metadata": {"name": "p", "namespace": "d"},
+            "spec": {"nodeName": "n1", "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}]}});
+        let (pods, pvcs, pvs) = (vec![pod], vec![c], vec![v]);
+        let plan = attach_plan(&pods, &pvcs, &pvs, &[], &[]);
+        let [Attach::Create(va)] = plan.as_slice() else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(va["spec"]["attacher"], "cstor.csi.openebs.io");
+        assert_eq!(va["spec"]["nodeName"], "n1");
+        assert_eq!(va["spec"]["source"]["persistentVolumeName"], "pv-1");
+        let existing = [va.clone()];
+        assert!(attach_plan(&pods, &pvcs, &pvs, &[], &existing).is_empty());
+        let no_attach = json!({"metadata": {"name": "cstor.csi.openebs.io"}, "spec": {"attachRequired": false}});
+        assert!(attach_plan(&pods, &pvcs, &pvs, &[no_attach], &[]).is_empty());
+        let plan = attach_plan(&[], &pvcs, &pvs, &[], &existing);
+        assert_eq!(plan, [Attach::Delete(meta(va, "name").to_string())]);
     }
 }
