@@ -37,3 +37,14 @@ ensure_test_packages() {
     apt-get install -y -q qemu-utils >/dev/null
   fi
 }
+
+# A client that is not ours, for the API server tests: the official Kubernetes Python
+# client from PyPI (crates/cstor/tests/apiserver_python.rs fails under CI without it).
+ensure_python_clients() {
+  ensure_commands python3:python3 pip3:python3-pip curl:curl
+  if ! python3 -c 'import kubernetes' >/dev/null 2>&1; then
+    echo "installing: python kubernetes client" >&2
+    python3 -m pip install -q kubernetes 2>/dev/null ||
+      python3 -m pip install -q --break-system-packages kubernetes
+  fi
+}

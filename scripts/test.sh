@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust_tools
 ensure_test_packages
+ensure_python_clients
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -81,9 +81,13 @@ fn pvc(o: &Value, old: Option<&Value>) -> Vec<FieldCause> {
     if let Some(old) = old {
         let mut a = o["spec"].clone();
         let mut b = old["spec"].clone();
+        // Only a bound claim may be resized (kube-apiserver's PVC update validation).
+        let bound = old["status"]["phase"].as_str() == Some("Bound");
         for s in [&mut a, &mut b] {
             if let Some(m) = s.as_object_mut() {
-                m.remove("resources");
+                if bound {
+                    m.remove("resources");
+                }
                 m.remove("volumeAttributesClassName");
             }
         }
@@ -181,12 +185,22 @@ mod tests {
             pvc(&pvc_obj("0"), None)[0].message,
             "Invalid value: \"0\": must be greater than zero"
         );
+        let bound = |size: &str| {
+            let mut o = pvc_obj(size);
+            o["status"] = json!({"phase": "Bound"});
+            o
+        };
         assert!(
-            pvc(&pvc_obj("2Gi"), Some(&pvc_obj("1Gi"))).is_empty(),
-            "expansion is allowed"
+            pvc(&pvc_obj("2Gi"), Some(&bound("1Gi"))).is_empty(),
+            "expansion of a bound claim is allowed"
         );
         assert_eq!(
-            pvc(&pvc_obj("1Gi"), Some(&pvc_obj("2Gi")))[0].field,
+            pvc(&pvc_obj("2Gi"), Some(&pvc_obj("1Gi")))[0].field,
+            "spec",
+            "an unbound claim cannot be resized"
+        );
+        assert_eq!(
+            pvc(&pvc_obj("1Gi"), Some(&bound("2Gi")))[0].field,
             "spec.resources.requests.storage"
         );
         let mut moved = pvc_obj("1Gi");

@@ -73,6 +73,15 @@ fn types_in<'a>(
         .filter(move |t| t.group == group && t.versions.iter().any(|v| v == version))
 }
 
+/// Verbs of a type: reviews are only created (and never stored).
+fn verbs(t: &ResourceType) -> Value {
+    if t.special == crate::registry::Special::AccessReview {
+        json!(["create"])
+    } else {
+        json!(VERBS)
+    }
+}
+
 /// `/api/v1` or `/apis/{group}/{version}`.
 pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
     let gv = if group.is_empty() {
@@ -83,7 +92,7 @@ pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Optio
     let mut resources = Vec::new();
     for t in types_in(reg, group, version) {
         let mut r = json!({"name": t.plural, "singularName": t.singular, "namespaced": t.namespaced,
-                           "kind": t.kind, "verbs": VERBS});
+                           "kind": t.kind, "verbs": verbs(t)});
         if !t.short_names.is_empty() {
             r["shortNames"] = json!(t.short_names);
         }
@@ -119,7 +128,7 @@ pub(crate) fn aggregated(reg: &Registry, legacy: bool, api_version: &str) -> Val
                     .map(|t| {
                         let kind = json!({"group": t.group, "version": v, "kind": t.kind});
                         let mut r = json!({"resource": t.plural, "responseKind": kind, "scope": scope(t),
-                                           "singularResource": t.singular, "verbs": VERBS});
+                                           "singularResource": t.singular, "verbs": verbs(t)});
                         if !t.short_names.is_empty() {
                             r["shortNames"] = json!(t.short_names);
                         }

@@ -1,7 +1,7 @@
 //! The API server's one error type and its one mapping to a Kubernetes `Status` object
 //! (the HTTP edge of style.md §4): 400 BadRequest, 401 Unauthorized, 403 Forbidden,
 //! 404 NotFound, 405 MethodNotAllowed, 409 AlreadyExists/Conflict, 410 Expired,
-//! 413 RequestEntityTooLarge, 415 UnsupportedMediaType, 422 Invalid, 500 InternalError.
+//! 413 RequestEntityTooLarge, 429 TooManyRequests, 415 UnsupportedMediaType, 422 Invalid, 500 InternalError.
 
 use serde_json::{json, Value};
 
@@ -79,6 +79,20 @@ pub enum ApiError {
         oldest: u64,
     },
     /// Body larger than the limit.
+    /// A continue token (or an Exact list) whose resourceVersion has been compacted.
+    #[error("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")]
+    ContinueExpired,
+    /// A list or get asked for a resourceVersion newer than the server's.
+    #[error("Timeout: Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion {
+        /// Asked for.
+        requested: u64,
+        /// The server's current resourceVersion.
+        current: u64,
+    },
+    /// A bound on concurrent work (watches) is reached; the client retries later.
+    #[error("Too many requests: {0}")]
+    TooManyRequests(String),
     #[error("the request body is too large")]
     TooLarge,
     /// Patch type not allowed for this resource.
@@ -152,8 +166,10 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::NoRoute => 404,
             ApiError::MethodNotAllowed => 405,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
-            ApiError::Gone { .. } => 410,
+            ApiError::Gone { .. } | ApiError::ContinueExpired => 410,
+            ApiError::TooLargeResourceVersion { .. } => 504,
             ApiError::TooLarge => 413,
+            ApiError::TooManyRequests(_) => 429,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Invalid { .. } => 422,
             ApiError::Store(_) => 500,
@@ -169,8 +185,10 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } => "Conflict",
-            ApiError::Gone { .. } => "Expired",
+            ApiError::Gone { .. } | ApiError::ContinueExpired => "Expired",
+            ApiError::TooLargeResourceVersion { .. } => "Timeout",
             ApiError::TooLarge => "RequestEntityTooLarge",
+            ApiError::TooManyRequests(_) => "TooManyRequests",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::Store(_) => "InternalError",
@@ -211,6 +229,10 @@ impl ApiError {
                 }
                 Some(d)
             }
+            ApiError::TooLargeResourceVersion { .. } => Some(json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1,
+            })),
             _ => None,
         };
         if let Some(d) = details {

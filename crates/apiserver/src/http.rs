@@ -19,7 +19,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::core::{
-    to_external, watch_event, Core, DeleteOpts, FieldValidation, Filter, PatchKind, WriteCtx,
+    to_external, watch_event, Core, DeleteOpts, FieldValidation, Filter, ListAt, PatchKind,
+    WriteCtx,
 };
 use crate::error::ApiError;
 use crate::fields::Part;
@@ -33,6 +34,8 @@ pub(crate) struct App {
     pub(crate) core: Arc<Core>,
     pub(crate) token: String,
     pub(crate) address: String,
+    /// One permit per open watch (`limits::WATCHES_MAX`).
+    pub(crate) watches: Arc<tokio::sync::Semaphore>,
 }
 
 fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
@@ -76,13 +79,20 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
 
 /// The single entry point for every request.
 pub(crate) async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
-    if !authorized(req.headers(), &app.token) {
+    if !authorized(req.headers(), &app.token) && !is_public(req.method(), req.uri().path()) {
         return error_response(&ApiError::Unauthorized);
     }
     match route(&app, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
+}
+
+/// What a real cluster lets anonymous clients read (the `system:public-info-viewer`
+/// role): health checks and the version.
+fn is_public(method: &Method, path: &str) -> bool {
+    let first = path.trim_matches('/').split('/').next().unwrap_or("");
+    *method == Method::GET && matches!(first, "healthz" | "readyz" | "livez" | "version")
 }
 
 type Query = HashMap<String, String>;
@@ -103,7 +113,8 @@ async fn read_object(req: Request, rt: &ResourceType) -> Result<Value, ApiError>
         .to_string();
     let bytes = read_body(req).await?;
     if ct.contains("protobuf") {
-        if rt.group.is_empty() && crate::pb::supported(&rt.kind) {
+        let core_or_review = rt.group.is_empty() || rt.special == Special::AccessReview;
+        if core_or_review && crate::pb::supported(&rt.kind) {
             return crate::pb::decode(&bytes, &rt.kind);
         }
         return Err(ApiError::UnsupportedMediaType("application/json".into()));
@@ -147,7 +158,7 @@ async fn route(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
     };
     match segs.as_slice() {
         ["version"] => get_only(Ok(json_response(StatusCode::OK, &version(), &[]))),
-        ["healthz"] | ["readyz"] | ["livez"] => {
+        ["healthz" | "readyz" | "livez", ..] => {
             get_only(Ok((StatusCode::OK, "ok").into_response()))
         }
         ["api"] => {
@@ -374,7 +385,14 @@ async fn resource(
             let f = filter(&query, t.namespace.clone())?;
             let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
             if watching {
+                let permit = app.watches.clone().try_acquire_owned().map_err(|_| {
+                    ApiError::TooManyRequests(format!(
+                        "more than {} watches are open",
+                        limits::WATCHES_MAX
+                    ))
+                })?;
                 return watch(
+                    permit,
                     core,
                     t.rt.clone(),
                     version.to_string(),
@@ -387,7 +405,12 @@ async fn resource(
                 .get("limit")
                 .and_then(|l| l.parse::<usize>().ok())
                 .filter(|l| *l > 0);
-            let page = core.list(&t.rt, &f, limit, query.get("continue").map(String::as_str))?;
+            let cont = query
+                .get("continue")
+                .map(String::as_str)
+                .filter(|c| !c.is_empty());
+            let at = list_at(&query, cont.is_some())?;
+            let page = core.list(&t.rt, &f, limit, cont, at)?;
             let items: Vec<Value> = page
                 .items
                 .iter()
@@ -414,6 +437,15 @@ async fn resource(
             let list = json!({"kind": t.rt.list_kind, "apiVersion": t.rt.api_version(version), "metadata": meta, "items": items});
             Ok(json_response(StatusCode::OK, &list, &[]))
         }
+        (&Method::POST, None) if t.rt.special == Special::AccessReview => {
+            let body = read_object(req, &t.rt).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &access_review(&t.rt, version, body)?,
+                &[],
+            ))
+        }
+        (_, _) if t.rt.special == Special::AccessReview => Err(ApiError::MethodNotAllowed),
         (&Method::POST, None) => {
             let body = read_object(req, &t.rt).await?;
             let w = tokio::task::block_in_place(|| core.create(&ctx, body))?;
@@ -421,7 +453,7 @@ async fn resource(
         }
         (&Method::DELETE, None) => {
             let f = filter(&query, t.namespace.clone())?;
-            let page = core.list(&t.rt, &f, None, None)?;
+            let page = core.list(&t.rt, &f, None, None, ListAt::Latest)?;
             let mut deleted = Vec::new();
             for o in &page.items {
                 let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -519,12 +551,84 @@ async fn resource(
                     .map(str::to_string),
                 precondition_uid: body["preconditions"]["uid"].as_str().map(str::to_string),
                 orphan: policy == "Orphan" || body["orphanDependents"].as_bool() == Some(true),
+                foreground: policy == "Foreground",
             };
             let o = tokio::task::block_in_place(|| core.delete(&ctx, name, &opts))?;
             Ok(json_response(StatusCode::OK, &o, &[]))
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+/// The resourceVersion a list is served at, from `resourceVersion` and
+/// `resourceVersionMatch` (kube-apiserver's rules: no match means NotOlderThan, "0" means
+/// any, a continue token excludes both).
+fn list_at(query: &Query, continuing: bool) -> Result<ListAt, ApiError> {
+    let rv = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .filter(|r| !r.is_empty());
+    let rv_match = query
+        .get("resourceVersionMatch")
+        .map(String::as_str)
+        .filter(|m| !m.is_empty());
+    if continuing {
+        if rv.is_some_and(|r| r != "0") || rv_match.is_some() {
+            return Err(ApiError::BadRequest(
+                "specifying resource version is not allowed when using continue".into(),
+            ));
+        }
+        return Ok(ListAt::Latest);
+    }
+    let parsed = match rv {
+        None => None,
+        Some(r) => Some(
+            r.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {r}")))?,
+        ),
+    };
+    match (parsed, rv_match) {
+        (None, None) | (Some(0), None) => Ok(ListAt::Latest),
+        (None, Some(_)) => Err(ApiError::BadRequest(
+            "resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+        )),
+        (Some(0), Some("NotOlderThan")) => Ok(ListAt::Latest),
+        (Some(r), None) | (Some(r), Some("NotOlderThan")) => Ok(ListAt::NotOlderThan(r)),
+        (Some(0), Some("Exact")) => Err(ApiError::BadRequest(
+            "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"".into(),
+        )),
+        (Some(r), Some("Exact")) => Ok(ListAt::Exact(r)),
+        (Some(_), Some(m)) => Err(ApiError::BadRequest(format!(
+            "resourceVersionMatch: Unsupported value: \"{m}\": supported values: \"Exact\", \"NotOlderThan\""
+        ))),
+    }
+}
+
+/// Answers a SelfSubjectAccessReview. The server has one credential, the admin token
+/// (every other request gets 401), so its holder may do everything: what `kubectl auth
+/// can-i` and the CSI sidecars' permission checks see on a cluster-admin binding.
+fn access_review(rt: &ResourceType, version: &str, body: Value) -> Result<Value, ApiError> {
+    if !body["spec"].is_object() {
+        return Err(ApiError::Invalid {
+            kind: rt.kind.clone(),
+            group: rt.group.clone(),
+            name: String::new(),
+            causes: vec![crate::error::FieldCause {
+                reason: "FieldValueRequired",
+                field: "spec".into(),
+                message: "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into(),
+            }],
+        });
+    }
+    let mut out = body;
+    out["apiVersion"] = json!(rt.api_version(version));
+    out["kind"] = json!(rt.kind);
+    if !out["metadata"].is_object() {
+        out["metadata"] = json!({});
+    }
+    out["metadata"]["creationTimestamp"] = Value::Null;
+    out["status"] = json!({"allowed": true, "reason": "cstor apiserver: the bearer-token holder is the cluster administrator"});
+    Ok(out)
 }
 
 /// Serialises one watch event as a JSON line.
@@ -535,6 +639,7 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 }
 
 fn watch(
+    permit: tokio::sync::OwnedSemaphorePermit,
     core: Arc<Core>,
     rt: Arc<ResourceType>,
     version: String,
@@ -571,6 +676,7 @@ fn watch(
         mpsc::channel::<Result<Bytes, Infallible>>(limits::WATCH_CONNECTION_BUFFER_EVENTS);
     let started = core.watch(&rt, &f, from);
     tokio::spawn(async move {
+        let _permit = permit;
         let (replay, mut live, mut last_rv) = match started {
             Ok(x) => x,
             Err(e) => {
@@ -657,6 +763,5 @@ fn watch(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache, private"),
     );
-    let _ = Special::None;
     Ok(resp)
 }

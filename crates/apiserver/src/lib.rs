@@ -3,12 +3,32 @@
 //!
 //! Owns: the HTTPS listener, the credentials in the data directory, and (through
 //! `core::Core`) every object in one redb file (docs/format/apiserver-store.md).
-//! Invariants: every request without the bearer token gets 401; every acknowledged
+//! Invariants: every request without the bearer token gets 401 (except anonymous GETs
+//! of /healthz, /readyz, /livez and /version, as on a real cluster); every acknowledged
 //! change is durable (kill -9 loses nothing acknowledged); the global resourceVersion
 //! only grows, across restarts too; a watch resumed from any resourceVersion still in the
 //! bounded history receives every later change.
 //! Never: runs workloads (pods and statefulsets are stored only, with a warning), talks
 //! to other machines, or depends on higher layers (it serves whatever CRDs it is given).
+//! Also runs kube-controller-manager's storage loops (kcm.rs) unless
+//! `Config::storage_controllers` is off; namespace, owner-reference (background and
+//! foreground) and CRD-instance garbage collection are built in.
+//!
+//! Where it knowingly differs from kube-apiserver (clients written for a real cluster
+//! work; code relying on these would not be portable):
+//! - one credential: the bearer token is the cluster administrator, so every
+//!   SelfSubjectAccessReview is allowed and there is no RBAC;
+//! - a CRD whose group and plural a built-in serves is not served (NamesAccepted and
+//!   Established are False with reason PluralConflict), where a real cluster would refuse
+//!   an unapproved `*.k8s.io` CRD or shadow the built-in;
+//! - objects of a resource nobody serves any more (a CRD removed without its cleanup
+//!   finalizer, from stores written before it existed) are deleted outright, finalizers
+//!   notwithstanding: nothing could ever reach them again;
+//! - protobuf bodies are decoded only for the kinds kubectl sends that way (pb.rs);
+//!   responses are always JSON;
+//! - a list newer than the server's resourceVersion is 504 at once (no wait for the
+//!   watch cache to catch up: there is no cache lag here).
+//!
 //! Shutdown: dropping the `Server` aborts its tasks; a write in flight either committed
 //! (and is kept) or did not (and was not acknowledged).
 
@@ -19,6 +39,7 @@ mod error;
 mod fields;
 mod http;
 mod jsonpath;
+mod kcm;
 mod limits;
 mod patch;
 mod pb;
@@ -35,7 +56,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
@@ -92,6 +113,10 @@ pub struct Config {
     pub crds: Vec<Value>,
     /// Resources served through another resource's storage, with their conversions.
     pub aliases: Vec<Alias>,
+    /// Run kube-controller-manager's storage loops (PV binder, provisioner annotations,
+    /// expansion bookkeeping; see kcm.rs). On for the single-machine control plane,
+    /// where nothing else does it; a real cluster runs kube-controller-manager instead.
+    pub storage_controllers: bool,
 }
 
 /// Converts one whole object (JSON) between an alias and its storage representation;
@@ -154,10 +179,8 @@ impl Server {
     /// kubeconfig (mode 0600) and starts serving. Must run on a multi-threaded tokio
     /// runtime: durable commits run in `block_in_place`.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Io {
-            path: config.data_dir.clone(),
-            source: e,
-        })?;
+        make_private_dir(&config.data_dir)?;
+        make_private_file(&config.data_dir.join(STORE_FILE))?;
         let core = Arc::new(tokio::task::block_in_place(|| {
             core::Core::open(
                 &config.data_dir.join(STORE_FILE),
@@ -197,17 +220,22 @@ impl Server {
             core: core.clone(),
             token: creds.token.clone(),
             address: format!("{url_host}:{}", addr.port()),
+            watches: Arc::new(tokio::sync::Semaphore::new(limits::WATCHES_MAX)),
         });
         let router = axum::Router::new().fallback(http::handle).with_state(app);
         let acceptor = tokio_rustls::TlsAcceptor::from(creds.tls.clone());
         let serve = tokio::spawn(accept_loop(listener, acceptor, router));
         let gc = tokio::spawn(gc_loop(core.clone()));
-        let sweep = tokio::spawn(event_sweep_loop(core));
+        let sweep = tokio::spawn(event_sweep_loop(core.clone()));
+        let mut tasks = vec![serve, gc, sweep];
+        if config.storage_controllers {
+            tasks.push(tokio::spawn(kcm::storage_loop(core)));
+        }
         tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "cstor apiserver serving");
         Ok(Server {
             addr,
             kubeconfig,
-            tasks: vec![serve, gc, sweep],
+            tasks,
         })
     }
 
@@ -228,6 +256,35 @@ impl Server {
             let _ = t.await;
         }
     }
+}
+
+/// The data directory holds the store (Secrets included) and the credentials: only its
+/// owner may enter it (0700), also when it existed with looser permissions.
+fn make_private_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| ServerError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// Creates `path` empty with mode 0600 when missing (redb then initialises it, so it is
+/// never readable by others, not even briefly) and tightens an existing one to 0600.
+fn make_private_file(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| ServerError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
 }
 
 fn bootstrap(core: &core::Core, crds: &[Value]) -> Result<(), ApiError> {
@@ -272,6 +329,7 @@ async fn accept_loop(
     acceptor: tokio_rustls::TlsAcceptor,
     router: axum::Router,
 ) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits::CONNECTIONS_MAX));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -281,9 +339,14 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = limits::CONNECTIONS_MAX, "too many connections; closing");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let tls =
                 match tokio::time::timeout(limits::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
                     .await
@@ -296,7 +359,17 @@ async fn accept_loop(
                     Err(_) => return,
                 };
             let service = TowerToHyperService::new(router);
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits::HEADER_READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(limits::H2_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(limits::H2_KEEPALIVE_TIMEOUT);
+            if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await
             {

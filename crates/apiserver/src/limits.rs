@@ -6,11 +6,15 @@ use std::time::Duration;
 /// a real cluster would hold is refused, and a runaway client cannot exhaust memory.
 pub(crate) const REQUEST_BODY_BYTES_MAX: usize = 3 * 1024 * 1024;
 
-/// Watch events kept (in memory and in the store) for resuming watches; older
-/// resourceVersions get 410 Gone. Enough for minutes of controller churn on one machine
-/// while keeping restart replay and the store small.
+/// How long watch history is kept (in memory and in the store) for resuming watches and
+/// paged lists; older resourceVersions get 410. etcd's default compaction in
+/// kube-apiserver keeps 5 minutes, which is what clients are written for.
+pub(crate) const WATCH_HISTORY_RETENTION: Duration = Duration::from_secs(5 * 60);
+
+/// Hard cap on watch history entries whatever their age: bounds memory and the store
+/// under extreme churn (then less than `WATCH_HISTORY_RETENTION` is kept).
 #[cfg(not(test))]
-pub(crate) const WATCH_HISTORY_EVENTS_MAX: usize = 20_000;
+pub(crate) const WATCH_HISTORY_EVENTS_MAX: usize = 100_000;
 /// Small in unit tests so history trimming and 410 Gone are exercised quickly.
 #[cfg(test)]
 pub(crate) const WATCH_HISTORY_EVENTS_MAX: usize = 16;
@@ -59,6 +63,34 @@ pub(crate) const OBJECT_DEPTH_MAX: usize = 64;
 /// Managed-field entries kept per object (one per manager and operation).
 pub(crate) const MANAGERS_PER_OBJECT_MAX: usize = 32;
 
-/// Internal retries of a write without a client resourceVersion that lost a race with
-/// another writer; a handful suffices because each retry sees the newer object.
-pub(crate) const UPDATE_RETRIES_MAX: u32 = 8;
+/// Optimistic attempts of a write without a client resourceVersion before the final one,
+/// which builds under the store lock and cannot lose: a few keep building off the lock
+/// under light contention, and the bound keeps a hot object from starving a writer.
+pub(crate) const UPDATE_RETRIES_MAX: u32 = 4;
+
+/// How often the storage loops (kcm.rs) re-check every volume and claim even without a
+/// change, as kube-controller-manager's PV controller resyncs (its default is 15 s).
+pub(crate) const STORAGE_RESYNC_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Passes the storage loops make in a row after a change (each pass may enable the next
+/// step of a binding); bounded so a flapping object cannot keep the loop busy.
+pub(crate) const STORAGE_PASSES_MAX: usize = 8;
+
+/// Concurrent client connections; a connection beyond it is closed at once. Every
+/// connection costs a task and TLS buffers; a control plane of one machine has tens of
+/// clients (controllers, sidecars, kubectl), each with a few connections.
+pub(crate) const CONNECTIONS_MAX: usize = 1024;
+
+/// Concurrent watches; one beyond it gets 429 (client-go and kube-rs back off and retry).
+pub(crate) const WATCHES_MAX: usize = 4096;
+
+/// Time a client may take to send a request's headers, also on an idle kept-alive
+/// HTTP/1.1 connection (hyper's header read timeout), so idle or stalled connections
+/// do not hold a connection slot forever.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// HTTP/2 keep-alive ping interval and timeout: a dead HTTP/2 peer (client-go uses
+/// HTTP/2) is detected and its connection closed.
+pub(crate) const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// See `H2_KEEPALIVE_INTERVAL`.
+pub(crate) const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);

@@ -60,20 +60,41 @@ pub(crate) fn merge(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// RFC 6902 JSON patch.
+/// RFC 6902 JSON patch, with the one deviation kube-apiserver (Go's json-patch) makes:
+/// a `test` of a missing path against `null` succeeds, so `test /metadata/finalizers ==
+/// null` (kube-rs's finalizer helper adding the first finalizer) works on an object that
+/// has none. Operations apply in order; the caller patches a copy, so a failing
+/// operation leaves nothing half-applied.
 pub(crate) fn json(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| bad(&format!("invalid JSON patch: {e}")))?;
-    json_patch::patch(target, &ops).map_err(|e| ApiError::Invalid {
+    let invalid = |message: String| ApiError::Invalid {
         kind: String::new(),
         group: String::new(),
         name: String::new(),
         causes: vec![crate::error::FieldCause {
             reason: "FieldValueInvalid",
             field: String::new(),
-            message: format!("the server rejected our request due to an error in our request: {e}"),
+            message: format!(
+                "the server rejected our request due to an error in our request: {message}"
+            ),
         }],
-    })
+    };
+    for op in ops.0.iter() {
+        if let json_patch::PatchOperation::Test(t) = op {
+            if target.pointer(t.path.as_str()).is_none() {
+                if t.value.is_null() {
+                    continue;
+                }
+                return Err(invalid(format!(
+                    "testing value {} failed: path is missing",
+                    t.path.as_str()
+                )));
+            }
+        }
+        json_patch::patch(target, std::slice::from_ref(op)).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Strategic merge patch.
@@ -220,6 +241,22 @@ fn strip(v: &Value) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_patch_test_of_a_missing_path_is_null() {
+        let mut o = json!({"metadata": {"name": "a"}});
+        let p = json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                       {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]);
+        json(&mut o, &p).unwrap();
+        assert_eq!(o["metadata"]["finalizers"], json!(["f"]));
+        let again = json!([{"op": "test", "path": "/metadata/missing", "value": "x"}]);
+        assert!(json(&mut o, &again).is_err());
+        let stale = json!([{"op": "test", "path": "/metadata/finalizers", "value": null}]);
+        assert!(
+            json(&mut o, &stale).is_err(),
+            "present non-null value is not null"
+        );
+    }
 
     #[test]
     fn finalizers_merge_as_a_set_and_conditions_by_type() {

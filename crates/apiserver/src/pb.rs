@@ -1,6 +1,7 @@
 //! Decoding of the Kubernetes protobuf encoding for the few built-in kinds kubectl's
 //! typed `create` commands send that way (`create namespace`, `create secret`, `create
-//! configmap`, `create serviceaccount`): the `k8s\0` envelope (runtime.Unknown) and the
+//! configmap`, `create serviceaccount`) and `kubectl auth can-i` (SelfSubjectAccessReview)
+//! sends that way: the `k8s\0` envelope (runtime.Unknown) and the
 //! fields of ObjectMeta, Namespace, Secret, ConfigMap and ServiceAccount that a create
 //! carries. Responses are always JSON (kubectl accepts it). Unknown fields are skipped;
 //! malformed bytes are a BadRequest, never a panic.
@@ -203,7 +204,14 @@ pub(crate) fn decode(body: &[u8], kind: &str) -> Result<Value, ApiError> {
                     }
                 }
             }
-            ("Namespace" | "Secret" | "ConfigMap" | "ServiceAccount", _, _) => {}
+            ("SelfSubjectAccessReview", 2, Field::Bytes(spec)) => {
+                obj.insert("spec".into(), access_review_spec(spec)?);
+            }
+            (
+                "Namespace" | "Secret" | "ConfigMap" | "ServiceAccount" | "SelfSubjectAccessReview",
+                _,
+                _,
+            ) => {}
             _ => return Err(ApiError::UnsupportedMediaType("application/json".into())),
         }
     }
@@ -226,8 +234,44 @@ pub(crate) fn decode(body: &[u8], kind: &str) -> Result<Value, ApiError> {
 pub(crate) fn supported(kind: &str) -> bool {
     matches!(
         kind,
-        "Namespace" | "Secret" | "ConfigMap" | "ServiceAccount"
+        "Namespace" | "Secret" | "ConfigMap" | "ServiceAccount" | "SelfSubjectAccessReview"
     )
+}
+
+/// SelfSubjectAccessReviewSpec: 1 resourceAttributes, 2 nonResourceAttributes.
+fn access_review_spec(b: &[u8]) -> Result<Value, ApiError> {
+    const RESOURCE: [&str; 7] = [
+        "namespace",
+        "verb",
+        "group",
+        "version",
+        "resource",
+        "subresource",
+        "name",
+    ];
+    const NON_RESOURCE: [&str; 2] = ["path", "verb"];
+    let mut spec = Map::new();
+    for (n, f) in fields(b)? {
+        let (key, names) = match n {
+            1 => ("resourceAttributes", &RESOURCE[..]),
+            2 => ("nonResourceAttributes", &NON_RESOURCE[..]),
+            _ => continue,
+        };
+        let Field::Bytes(attrs) = f else { continue };
+        let mut m = Map::new();
+        for (a, g) in fields(attrs)? {
+            let name = usize::try_from(a)
+                .ok()
+                .and_then(|i| names.get(i.wrapping_sub(1)));
+            if let (Some(name), Field::Bytes(v)) = (name, g) {
+                if !v.is_empty() {
+                    m.insert((*name).into(), json!(text(v)?));
+                }
+            }
+        }
+        spec.insert(key.into(), Value::Object(m));
+    }
+    Ok(Value::Object(spec))
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ pub(crate) enum Special {
     CoreEvent,
     /// events.k8s.io/v1 view of the core events storage.
     EventsV1,
+    /// SelfSubjectAccessReview: answered, never stored.
+    AccessReview,
 }
 
 /// A served resource type.
@@ -197,6 +199,13 @@ pub(crate) fn age_column() -> Column {
         priority: 0,
         path: ".metadata.creationTimestamp".into(),
     }
+}
+
+/// Whether a built-in kind is served as `plural` in `group` (a CRD for it is not served).
+pub(crate) fn is_builtin(group: &str, plural: &str) -> bool {
+    builtins()
+        .iter()
+        .any(|t| t.group == group && t.plural == plural)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -574,6 +583,7 @@ fn builtins() -> Vec<ResourceType> {
             Special::None,
         ),
     ];
+    v.extend(storage_and_network_builtins());
     let mut ev = builtin(
         "events.k8s.io",
         "v1",
@@ -603,6 +613,131 @@ fn builtins() -> Vec<ResourceType> {
         }
     }
     v
+}
+
+/// The kinds the CSI sidecars and kube-rs components read and write besides the basics:
+/// storage.k8s.io's CSI objects, Services and their endpoints, access reviews. Columns
+/// follow kubectl's server-side printers.
+fn storage_and_network_builtins() -> Vec<ResourceType> {
+    let age = age_column;
+    vec![
+        builtin(
+            "storage.k8s.io",
+            "v1",
+            "CSIDriver",
+            "csidrivers",
+            &[],
+            false,
+            false,
+            vec![
+                col("AttachRequired", "boolean", ".spec.attachRequired", 0),
+                col("PodInfoOnMount", "boolean", ".spec.podInfoOnMount", 0),
+                col("StorageCapacity", "boolean", ".spec.storageCapacity", 0),
+                col("Modes", "string", "#csidriver-modes", 0),
+                age(),
+            ],
+            Special::None,
+        ),
+        builtin(
+            "storage.k8s.io",
+            "v1",
+            "CSINode",
+            "csinodes",
+            &[],
+            false,
+            false,
+            vec![col("Drivers", "integer", "#csinode-drivers", 0), age()],
+            Special::None,
+        ),
+        builtin(
+            "storage.k8s.io",
+            "v1",
+            "VolumeAttachment",
+            "volumeattachments",
+            &[],
+            false,
+            true,
+            vec![
+                col("Attacher", "string", ".spec.attacher", 0),
+                col("PV", "string", ".spec.source.persistentVolumeName", 0),
+                col("Node", "string", ".spec.nodeName", 0),
+                col("Attached", "boolean", ".status.attached", 0),
+                age(),
+            ],
+            Special::None,
+        ),
+        builtin(
+            "storage.k8s.io",
+            "v1",
+            "CSIStorageCapacity",
+            "csistoragecapacities",
+            &[],
+            true,
+            false,
+            vec![
+                col("StorageClassName", "string", ".storageClassName", 0),
+                col("Capacity", "string", ".capacity", 0),
+                age(),
+            ],
+            Special::None,
+        ),
+        builtin(
+            "",
+            "v1",
+            "Service",
+            "services",
+            &["svc"],
+            true,
+            true,
+            vec![
+                col("Type", "string", ".spec.type", 0),
+                col("Cluster-IP", "string", ".spec.clusterIP", 0),
+                col("External-IP", "string", "#service-external-ip", 0),
+                col("Port(s)", "string", "#service-ports", 0),
+                age(),
+                col("Selector", "string", "#service-selector", 1),
+            ],
+            Special::None,
+        ),
+        builtin(
+            "",
+            "v1",
+            "Endpoints",
+            "endpoints",
+            &["ep"],
+            true,
+            false,
+            vec![col("Endpoints", "string", "#endpoints", 0), age()],
+            Special::None,
+        ),
+        builtin(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+            &[],
+            true,
+            false,
+            vec![
+                col("AddressType", "string", ".addressType", 0),
+                col("Ports", "string", "#endpointslice-ports", 0),
+                col("Endpoints", "string", "#endpointslice-endpoints", 0),
+                age(),
+            ],
+            Special::None,
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            &[],
+            false,
+            true,
+            Vec::new(),
+            Special::AccessReview,
+        ),
+    ]
 }
 
 /// The parts of the external-snapshotter CRD schemas that reject bad objects.

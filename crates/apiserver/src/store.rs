@@ -89,8 +89,12 @@ pub(crate) struct Change {
     pub(crate) kind: EventType,
     pub(crate) key: String,
     pub(crate) object: Arc<Value>,
-    /// State before the change (in memory only; None for changes replayed from disk),
-    /// so selector watches can turn leaving/entering the selection into DELETED/ADDED.
+    /// Commit time, milliseconds since the Unix epoch (history is kept by age).
+    pub(crate) at_ms: u64,
+    /// State before the change (None for a creation; stored in the history entry), so
+    /// selector watches turn leaving/entering the selection into DELETED/ADDED, also
+    /// when resumed after a restart, and lists can be served as of an older
+    /// resourceVersion (undoing the changes after it).
     pub(crate) prev: Option<Arc<Value>>,
 }
 
@@ -224,12 +228,19 @@ impl Store {
                 .and_then(EventType::parse)
                 .ok_or_else(corrupt)?;
             let key = entry["key"].as_str().ok_or_else(corrupt)?.to_string();
+            // Entries written before commit times were recorded count from the open.
+            let at_ms = entry["time"].as_u64().unwrap_or_else(crate::time::now_ms);
+            let prev = entry
+                .get("prev")
+                .filter(|p| !p.is_null())
+                .map(|p| Arc::new(p.clone()));
             history.push_back(Arc::new(Change {
                 rv,
                 kind,
                 key,
                 object: Arc::new(entry["object"].clone()),
-                prev: None,
+                at_ms,
+                prev,
             }));
         }
         drop(meta);
@@ -277,11 +288,15 @@ impl Store {
                             .map_err(redb_err)?;
                     }
                 }
-                let entry = serde_json::json!({
+                let mut entry = serde_json::json!({
                     "type": change.kind.as_str(),
                     "key": change.key,
                     "object": &*change.object,
                 });
+                if let Some(prev) = &change.prev {
+                    entry["prev"] = (**prev).clone();
+                }
+                entry["time"] = serde_json::json!(change.at_ms);
                 let bytes = encode_record(&serde_json::to_vec(&entry).unwrap_or_default());
                 history
                     .insert(change.rv, bytes.as_slice())
@@ -338,6 +353,7 @@ mod tests {
                 kind: EventType::Added,
                 key: "core/namespaces//a".into(),
                 object: Arc::new(serde_json::json!({"kind": "Namespace"})),
+                at_ms: 1,
                 prev: None,
             });
             store.commit(&[c], 2, 0).unwrap();

@@ -252,6 +252,74 @@ fn computed(name: &str, o: &Value, now: i64) -> Value {
                 .unwrap_or_default();
             json!(v.join(","))
         }
+        "csidriver-modes" => join_or_none(&o["spec"]["volumeLifecycleModes"], |m| {
+            m.as_str().map(str::to_string)
+        }),
+        "csinode-drivers" => json!(o["spec"]["drivers"].as_array().map_or(0, Vec::len)),
+        "service-external-ip" => join_or_none(&o["spec"]["externalIPs"], |m| {
+            m.as_str().map(str::to_string)
+        }),
+        "service-ports" => join_or_none(&o["spec"]["ports"], |p| {
+            let port = p["port"].as_i64()?;
+            let proto = p["protocol"].as_str().unwrap_or("TCP");
+            Some(match p["nodePort"].as_i64() {
+                Some(np) => format!("{port}:{np}/{proto}"),
+                None => format!("{port}/{proto}"),
+            })
+        }),
+        "service-selector" => match o["spec"]["selector"].as_object() {
+            Some(m) if !m.is_empty() => json!(m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")),
+            _ => none(),
+        },
+        "endpoints" => {
+            let mut out = Vec::new();
+            for sub in o["subsets"].as_array().into_iter().flatten() {
+                let ports: Vec<i64> = sub["ports"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|p| p["port"].as_i64()).collect())
+                    .unwrap_or_default();
+                for a in sub["addresses"].as_array().into_iter().flatten() {
+                    let ip = a["ip"].as_str().unwrap_or("");
+                    if ports.is_empty() {
+                        out.push(ip.to_string());
+                    }
+                    out.extend(ports.iter().map(|p| format!("{ip}:{p}")));
+                }
+            }
+            if out.is_empty() {
+                none()
+            } else {
+                json!(out.join(","))
+            }
+        }
+        "endpointslice-ports" => {
+            join_or_none(&o["ports"], |p| p["port"].as_i64().map(|p| p.to_string()))
+        }
+        "endpointslice-endpoints" => join_or_none(&o["endpoints"], |e| {
+            e["addresses"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+        }),
         _ => Value::Null,
+    }
+}
+
+/// Items of a list field, rendered and joined with commas; `<none>` when empty.
+fn join_or_none(list: &Value, item: impl Fn(&Value) -> Option<String>) -> Value {
+    let parts: Vec<String> = list
+        .as_array()
+        .map(|a| a.iter().filter_map(&item).collect())
+        .unwrap_or_default();
+    if parts.is_empty() {
+        json!("<none>")
+    } else {
+        json!(parts.join(","))
     }
 }

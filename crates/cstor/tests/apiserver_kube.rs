@@ -425,3 +425,463 @@ async fn streaming_list_watch_ends_initial_events_and_sends_bookmarks() {
     }
     assert_eq!(added, ["s-0", "s-1", "s-2"]);
 }
+
+/// Polls `check` every 50 ms until it returns true; panics with `what` after `deadline`.
+async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < end, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Debug)]
+struct ReconcileError(String);
+
+impl std::fmt::Display for ReconcileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ReconcileError {}
+
+#[derive(Default)]
+struct Seen {
+    applied: std::sync::Mutex<Vec<String>>,
+    cleaned: std::sync::Mutex<Vec<String>>,
+}
+
+/// kube-rs's `finalizer()` adds the first finalizer with a JSON patch that tests
+/// `/metadata/finalizers` against null, which must succeed on an object without
+/// finalizers (422 here made every finalizer-using Controller fail its first reconcile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_with_finalizer_helper_through_create_update_delete() {
+    use kube::runtime::controller::{Action, Controller};
+    use kube::runtime::finalizer::{finalizer, Event};
+    use kube::runtime::watcher;
+    use std::sync::Arc;
+    const FINALIZER: &str = "test.cstor.openebs.io/cleanup";
+    let (_dir, s) = start();
+    let c = client(&s).await;
+    let cms: Api<ConfigMap> = Api::namespaced(c, "default");
+    let seen = Arc::new(Seen::default());
+    let reconcile = {
+        let cms = cms.clone();
+        move |cm: Arc<ConfigMap>, seen: Arc<Seen>| {
+            let cms = cms.clone();
+            async move {
+                finalizer(&cms, FINALIZER, cm, |ev| async move {
+                    match ev {
+                        Event::Apply(cm) => {
+                            seen.applied.lock().unwrap().push(n_of(&cm).to_string())
+                        }
+                        Event::Cleanup(cm) => seen
+                            .cleaned
+                            .lock()
+                            .unwrap()
+                            .push(cm.metadata.name.clone().unwrap_or_default()),
+                    }
+                    Ok::<_, ReconcileError>(Action::await_change())
+                })
+                .await
+            }
+        }
+    };
+    let controller = tokio::spawn(
+        Controller::new(cms.clone(), watcher::Config::default())
+            .run(
+                reconcile,
+                |_, _, _| Action::requeue(Duration::from_millis(200)),
+                seen.clone(),
+            )
+            .for_each(|_| async {}),
+    );
+    cms.create(&PostParams::default(), &counter_cm("fin", 1))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "finalizer added and applied",
+        || async {
+            let cm = cms.get("fin").await.unwrap();
+            cm.metadata.finalizers.unwrap_or_default() == [FINALIZER]
+                && seen.applied.lock().unwrap().contains(&"1".to_string())
+        },
+    )
+    .await;
+    cms.patch(
+        "fin",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"n": "2"}})),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(20), "update reconciled", || async {
+        seen.applied.lock().unwrap().contains(&"2".to_string())
+    })
+    .await;
+    cms.delete("fin", &Default::default()).await.unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "cleanup ran and object gone",
+        || async {
+            cms.get_opt("fin").await.unwrap().is_none()
+                && seen.cleaned.lock().unwrap().as_slice() == ["fin"]
+        },
+    )
+    .await;
+    controller.abort();
+}
+
+/// Merge, strategic and apply patches without a resourceVersion are retried inside the
+/// server as kube-apiserver's GuaranteedUpdate does: 50 at once, none gets 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_patches_without_resource_version_never_conflict() {
+    let (_dir, s) = start();
+    let c = client(&s).await;
+    let cms: Api<ConfigMap> = Api::namespaced(c, "default");
+    cms.create(&PostParams::default(), &counter_cm("hot", 0))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let cms = cms.clone();
+            tokio::spawn(async move {
+                let key = format!("k{i}");
+                let patch = json!({"data": {key.clone(): i.to_string()}});
+                let r = match i % 3 {
+                    0 => {
+                        cms.patch("hot", &PatchParams::default(), &Patch::Merge(&patch))
+                            .await
+                    }
+                    1 => {
+                        cms.patch("hot", &PatchParams::default(), &Patch::Strategic(&patch))
+                            .await
+                    }
+                    _ => {
+                        let applied = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": "hot"}, "data": {key: i.to_string()}});
+                        cms.patch(
+                            "hot",
+                            &PatchParams::apply(&format!("m{i}")),
+                            &Patch::Apply(&applied),
+                        )
+                        .await
+                    }
+                };
+                r.map(|_| ()).map_err(|e| format!("patch {i}: {e}"))
+            })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            errors.push(e);
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} patches failed, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    let cm = cms.get("hot").await.unwrap();
+    let data = cm.data.unwrap();
+    for i in 0..50 {
+        assert_eq!(
+            data.get(&format!("k{i}")),
+            Some(&i.to_string()),
+            "patch {i} kept"
+        );
+    }
+}
+
+/// A reflector listing one object per page while objects it already listed are deleted
+/// ends equal to a fresh list: every page is served as of the first page's
+/// resourceVersion, so the watch started from the last page replays the deletions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_reflector_across_concurrent_deletes_matches_a_fresh_list() {
+    use kube::runtime::{reflector, watcher};
+    let (_dir, s) = start();
+    let c = client(&s).await;
+    let cms: Api<ConfigMap> = Api::namespaced(c, "default");
+    for i in 0..12 {
+        let mut cm = counter_cm(&format!("r-{i:02}"), i);
+        cm.metadata.labels = Some([("app".to_string(), "r".to_string())].into());
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let (store, writer) = reflector::store::<ConfigMap>();
+    let cfg = watcher::Config::default().labels("app=r").page_size(1);
+    let mut stream = reflector::reflector(writer, watcher::watcher(cms.clone(), cfg)).boxed();
+    let mut deleted = false;
+    let mut listed = false;
+    let names = |list: Vec<String>| {
+        let mut l = list;
+        l.sort();
+        l
+    };
+    let work = async {
+        loop {
+            let ev = stream.try_next().await.unwrap().unwrap();
+            if let watcher::Event::InitApply(o) = &ev {
+                // The stream is lazy: the next page is fetched only after this returns,
+                // so these deletions land between pages.
+                if o.metadata.name.as_deref() == Some("r-03") && !deleted {
+                    for n in ["r-00", "r-01", "r-08"] {
+                        cms.delete(n, &Default::default()).await.unwrap();
+                    }
+                    deleted = true;
+                }
+            }
+            listed |= matches!(ev, watcher::Event::InitDone);
+            if deleted && listed {
+                let fresh: Vec<String> = cms
+                    .list(&ListParams::default().labels("app=r"))
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .filter_map(|c| c.metadata.name)
+                    .collect();
+                let cached: Vec<String> = store
+                    .state()
+                    .iter()
+                    .filter_map(|c| c.metadata.name.clone())
+                    .collect();
+                if names(cached) == names(fresh) {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .expect("the reflector never matched a fresh list (a deletion was lost)");
+    assert_eq!(store.state().len(), 9);
+}
+
+/// A page-by-page list reports the first page's resourceVersion on every page, and
+/// `resourceVersionMatch=Exact` lists as of an older resourceVersion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_resource_version_match_exact_and_not_older_than() {
+    use kube::api::VersionMatch;
+    let (_dir, s) = start();
+    let c = client(&s).await;
+    let cms: Api<ConfigMap> = Api::namespaced(c, "default");
+    cms.create(&PostParams::default(), &counter_cm("v", 1))
+        .await
+        .unwrap();
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    cms.patch(
+        "v",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"n": "2"}})),
+    )
+    .await
+    .unwrap();
+    let exact = cms
+        .list(&ListParams::default().at(&rv).matching(VersionMatch::Exact))
+        .await
+        .unwrap();
+    assert_eq!(
+        exact.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+    assert_eq!(n_of(&exact.items[0]), 1, "as of the older resourceVersion");
+    let newer = cms
+        .list(
+            &ListParams::default()
+                .at(&rv)
+                .matching(VersionMatch::NotOlderThan),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n_of(&newer.items[0]), 2);
+    // A resourceVersion newer than the server's is 504 (core unit test): kube-rs retries
+    // 504s with backoff, so it is not asked here.
+}
+
+/// The data directory and the store hold Secrets and credentials: owner only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_and_store_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let s = ApiServer::start(&data, free_port());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "data dir");
+    assert_eq!(mode(&data.join("store.redb")), 0o600, "store");
+    for f in ["kubeconfig", "token", "ca.key"] {
+        assert_eq!(mode(&data.join(f)) & 0o077, 0, "{f} readable by others");
+    }
+    drop(s);
+}
+
+/// kube::runtime::events::Recorder creates an events.k8s.io/v1 Event and, for a repeat,
+/// patches its series; both views of the event storage show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorder_events_are_created_and_counted() {
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    use kube::Resource;
+    let (_dir, s) = start();
+    let c = client(&s).await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let cm = cms
+        .create(&PostParams::default(), &counter_cm("evented", 1))
+        .await
+        .unwrap();
+    let recorder = Recorder::new(
+        c.clone(),
+        Reporter {
+            controller: "cstor-test".into(),
+            instance: Some("i-1".into()),
+        },
+    );
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Reconciled".into(),
+        note: Some("all good".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let reference = cm.object_ref(&());
+    recorder.publish(&ev, &reference).await.unwrap();
+    recorder.publish(&ev, &reference).await.unwrap();
+    let events: Api<K8sEvent> = Api::namespaced(c.clone(), "default");
+    let list = events.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1, "{:?}", list.items);
+    let e = &list.items[0];
+    assert_eq!(
+        e.regarding.as_ref().unwrap().name.as_deref(),
+        Some("evented")
+    );
+    assert_eq!(e.series.as_ref().map(|s| s.count), Some(2));
+    assert_eq!(e.reporting_controller.as_deref(), Some("cstor-test"));
+    let core_events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c, "default");
+    let core_list = core_events.list(&ListParams::default()).await.unwrap();
+    assert_eq!(
+        core_list.items[0].involved_object.name.as_deref(),
+        Some("evented")
+    );
+}
+
+/// A minimal Lease-based elector (client-go's leaderelection rules: take the lease when
+/// it is free or expired, renew while holding it, optimistic concurrency decides races)
+/// for two candidates: never two leaders at once, and the second takes over after the
+/// first stops renewing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lease_candidates_one_leader_at_a_time() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use std::sync::{Arc, Mutex};
+    const TTL_S: i32 = 1;
+    let (_dir, s) = start();
+    let c = client(&s).await;
+    let leases: Api<Lease> = Api::namespaced(c, "kube-system");
+    /// One attempt; returns the renew time written when this candidate holds the lease.
+    async fn try_lead(leases: &Api<Lease>, me: &str) -> Option<Timestamp> {
+        let now = Timestamp::now();
+        let spec = |transitions: i32| LeaseSpec {
+            holder_identity: Some(me.to_string()),
+            lease_duration_seconds: Some(TTL_S),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        };
+        match leases.get_opt("cstor-lock").await.unwrap() {
+            None => {
+                let l = Lease {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some("cstor-lock".into()),
+                        ..Default::default()
+                    },
+                    spec: Some(spec(0)),
+                };
+                leases
+                    .create(&PostParams::default(), &l)
+                    .await
+                    .ok()
+                    .map(|_| now)
+            }
+            Some(mut l) => {
+                let cur = l.spec.clone().unwrap_or_default();
+                let held_by_me = cur.holder_identity.as_deref() == Some(me);
+                let expired = cur.renew_time.is_none_or(|r| {
+                    r.0 + SignedDuration::from_secs(cur.lease_duration_seconds.unwrap_or(0).into())
+                        < now
+                });
+                if !held_by_me && !expired {
+                    return None;
+                }
+                let mut next = spec(cur.lease_transitions.unwrap_or(0) + i32::from(!held_by_me));
+                if held_by_me {
+                    next.acquire_time = cur.acquire_time;
+                }
+                l.spec = Some(next);
+                // The resourceVersion read above is the precondition: a racing
+                // candidate that wrote first makes this 409.
+                leases
+                    .replace("cstor-lock", &PostParams::default(), &l)
+                    .await
+                    .ok()
+                    .map(|_| now)
+            }
+        }
+    }
+    // Leadership terms as each candidate believes them: [renew, renew + ttl).
+    let terms: Arc<Mutex<Vec<(String, Timestamp, Timestamp)>>> = Arc::default();
+    let run = |me: &'static str, stop_after: Duration| {
+        let leases = leases.clone();
+        let terms = terms.clone();
+        tokio::spawn(async move {
+            let end = tokio::time::Instant::now() + stop_after;
+            while tokio::time::Instant::now() < end {
+                if let Some(t) = try_lead(&leases, me).await {
+                    let until = t + SignedDuration::from_secs(TTL_S.into());
+                    terms.lock().unwrap().push((me.to_string(), t, until));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let a = run("a", Duration::from_millis(1500));
+    let b = run("b", Duration::from_millis(4000));
+    a.await.unwrap();
+    b.await.unwrap();
+    let terms = terms.lock().unwrap().clone();
+    let first = &terms[0].0;
+    let other = if first == "a" { "b" } else { "a" };
+    assert!(
+        terms.iter().any(|t| t.0 == other) || first == "b",
+        "{terms:?}"
+    );
+    for x in &terms {
+        for y in terms.iter().filter(|y| y.0 != x.0) {
+            assert!(
+                x.2 <= y.1 || y.2 <= x.1,
+                "two leaders at once: {x:?} and {y:?}"
+            );
+        }
+    }
+    assert_eq!(
+        terms.last().unwrap().0,
+        "b",
+        "b leads after a stopped: {terms:?}"
+    );
+}

@@ -16,6 +16,12 @@ pub struct Args {
     /// Directory for the store (store.redb), the CA, the token and the kubeconfig.
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// Run kube-controller-manager's storage loops (PV/PVC binding, the
+    /// storage-provisioner annotations, reclaim hand-off, expansion bookkeeping). Needed
+    /// on the single-machine control plane; on a real cluster kube-controller-manager
+    /// does this and the embedded server is not used.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub storage_controllers: bool,
 }
 
 /// The CustomResourceDefinitions served from the start, as apiextensions.k8s.io/v1 JSON.
@@ -74,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             data_dir: args.data_dir.clone(),
             crds: initial_crds(),
             aliases: aliases(),
+            storage_controllers: args.storage_controllers,
         })
         .await
         .with_context(|| format!("starting the API server in {}", args.data_dir.display()))?;
