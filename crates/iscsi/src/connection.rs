@@ -11,6 +11,7 @@
 //! (bounded by `limits::TASK_DRAIN_TIMEOUT`) before the session is reported done.
 //! Never: let one session's bad input affect another; block the reader on a backend call.
 
+use crate::backend::Cancel;
 use crate::be;
 use crate::limits;
 use crate::login::{self, LoginOutcome, Negotiated, SessionKind};
@@ -29,7 +30,7 @@ use std::time::Instant;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Serial number comparison (RFC 1982), as CmdSN uses.
 fn sn_lt(a: u32, b: u32) -> bool {
@@ -38,9 +39,20 @@ fn sn_lt(a: u32, b: u32) -> bool {
 
 #[derive(Debug)]
 struct TaskCtl {
+    /// Set by task management: the command sends nothing.
     aborted: AtomicBool,
     abort: Notify,
+    /// Seen by the backend calls of the command (raised on abort and at deadlines).
+    cancel: Cancel,
     done: watch::Sender<bool>,
+}
+
+impl TaskCtl {
+    fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.cancel.raise();
+        self.abort.notify_one();
+    }
 }
 
 #[derive(Debug)]
@@ -56,13 +68,21 @@ struct Window {
     max_cmd_sn: AtomicU32,
 }
 
+/// PDUs for the writer, with the buffer budget their data holds: released only once the
+/// bytes are on the socket, so a client that does not read cannot grow memory.
+#[derive(Debug)]
+struct Batch {
+    pdus: Vec<OutPdu>,
+    hold: Vec<OwnedSemaphorePermit>,
+}
+
 /// State shared by the reader and command tasks.
 #[derive(Debug)]
 struct Session {
     target: Option<Arc<Target>>,
     nexus: NexusId,
     params: Negotiated,
-    out: mpsc::Sender<Vec<OutPdu>>,
+    out: mpsc::Sender<Batch>,
     win: Arc<Window>,
     tasks: Mutex<HashMap<u32, TaskEntry>>,
     next_ttt: AtomicU32,
@@ -71,13 +91,22 @@ struct Session {
     tsih: u16,
     shutdown: Arc<Notify>,
     /// Data buffer budget in KiB (limits::SESSION_BUFFER_BYTES).
-    buffers: Arc<tokio::sync::Semaphore>,
+    buffers: Arc<Semaphore>,
+    /// Echoed NOP data queued for the writer, in KiB (limits::NOP_ECHO_BUFFER_BYTES).
+    echo: Arc<Semaphore>,
+    /// The unsent rest of a long text response.
+    text_pending: Mutex<Option<TextPending>>,
 }
 
 impl Session {
     async fn send(&self, pdus: Vec<OutPdu>) {
+        self.send_held(pdus, Vec::new()).await;
+    }
+
+    /// Sends `pdus`, keeping `hold` until the writer has written them.
+    async fn send_held(&self, pdus: Vec<OutPdu>, hold: Vec<OwnedSemaphorePermit>) {
         // A closed writer means the connection is going away; the reader notices.
-        let _ = self.out.send(pdus).await;
+        let _ = self.out.send(Batch { pdus, hold }).await;
     }
 
     fn ttt(&self) -> u32 {
@@ -110,8 +139,7 @@ impl Session {
                 .iter()
                 .filter(|(itt, _)| pred(**itt))
                 .map(|(_, e)| {
-                    e.ctl.aborted.store(true, Ordering::Release);
-                    e.ctl.abort.notify_one();
+                    e.ctl.abort();
                     e.ctl.done.subscribe()
                 })
                 .collect()
@@ -215,9 +243,13 @@ async fn full_feature(
         server,
         tsih: o.tsih,
         shutdown: shutdown.clone(),
-        buffers: Arc::new(tokio::sync::Semaphore::new(
+        buffers: Arc::new(Semaphore::new(
             (limits::SESSION_BUFFER_BYTES / 1024) as usize,
         )),
+        echo: Arc::new(Semaphore::new(
+            (limits::NOP_ECHO_BUFFER_BYTES / 1024) as usize,
+        )),
+        text_pending: Mutex::new(None),
     });
     // Login flushed its last response, so nothing is left in the buffer.
     let wr = wr.into_inner();
@@ -241,19 +273,21 @@ async fn full_feature(
 
 async fn writer(
     mut w: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Vec<OutPdu>>,
+    mut rx: mpsc::Receiver<Batch>,
     win: Arc<Window>,
     digests: pdu::Digests,
     mut stat_sn: u32,
 ) {
     let mut segs = pdu::Segments::default();
+    let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
     while let Some(batch) = rx.recv().await {
         // Whatever is queued already goes out in one vectored write (bounded), so a busy
         // session pays one syscall for many responses and none for buffering copies.
         let mut next = Some(batch);
         let mut last = false;
         while let Some(batch) = next.take() {
-            for mut p in batch {
+            held.extend(batch.hold);
+            for mut p in batch.pdus {
                 let sn = match p.stat_sn {
                     StatSn::None => None,
                     StatSn::Peek => Some(stat_sn),
@@ -277,9 +311,17 @@ async fn writer(
             }
             next = rx.try_recv().ok();
         }
-        if segs.write_all(&mut w).await.is_err() {
-            break;
+        // A client that stops reading is dropped after the write timeout, so it cannot
+        // hold the connection, its buffers and its budget forever.
+        match tokio::time::timeout(limits::WRITE_TIMEOUT, segs.write_all(&mut w)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::info!("client stopped reading; dropping the connection");
+                break;
+            }
         }
+        held.clear();
         if last {
             let _ = w.shutdown().await;
             break;
@@ -386,10 +428,16 @@ async fn dispatch(sess: &Arc<Session>, p: Pdu) -> Option<&'static str> {
                 sess.complete_cmd();
             }
             if p.itt() != NO_TAG {
+                // Echoed data waits for budget (the reader stops reading meanwhile), so a
+                // client that pings without reading pins at most the echo budget.
+                let kib = (p.data.len() as u32).div_ceil(1024);
+                let Ok(hold) = sess.echo.clone().acquire_many_owned(kib).await else {
+                    return Some("closed");
+                };
                 let mut r = OutPdu::new(op::NOP_IN, 0x80, StatSn::Advance);
                 r.set_lun(p.lun()).set_u32(16, p.itt()).set_u32(20, NO_TAG);
                 r.data = p.data.clone();
-                sess.send(vec![r]).await;
+                sess.send_held(vec![r], vec![hold]).await;
             }
         }
         op::TASK_MGMT => {
@@ -468,11 +516,9 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         },
     };
     let Some(target) = sess.target.clone() else {
-        let r = sess.reject(&p, reject::PROTOCOL_ERROR);
-        sess.send(vec![r]).await;
-        if !hdr.immediate {
-            sess.complete_cmd();
-        }
+        // A discovery session has no logical units.
+        let e = ScsiError::lun_not_supported();
+        refuse(sess, &p, &hdr, reject::PROTOCOL_ERROR, e).await;
         return;
     };
     let immediate_data = p.data.clone();
@@ -480,12 +526,27 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         && (!hdr.write
             || !sess.params.immediate_data
             || immediate_data.len() as u64 > u64::from(hdr.edtl));
-    if bad_immediate || hdr.edtl > limits::MAX_TRANSFER_BYTES {
-        let r = sess.reject(&p, reject::PROTOCOL_ERROR);
-        sess.send(vec![r]).await;
-        if !hdr.immediate {
-            sess.complete_cmd();
-        }
+    if bad_immediate {
+        refuse(
+            sess,
+            &p,
+            &hdr,
+            reject::PROTOCOL_ERROR,
+            ScsiError::unexpected_unsolicited_data(),
+        )
+        .await;
+        return;
+    }
+    if hdr.edtl > limits::MAX_TRANSFER_BYTES {
+        // Above what VPD 0xB0 allows: refused before any buffer is taken for it.
+        refuse(
+            sess,
+            &p,
+            &hdr,
+            reject::PROTOCOL_ERROR,
+            ScsiError::invalid_cdb_field_unknown(),
+        )
+        .await;
         return;
     }
     // The buffer budget is taken by the reader, never awaited: a full budget answers
@@ -513,6 +574,7 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
     let ctl = Arc::new(TaskCtl {
         aborted: AtomicBool::new(false),
         abort: Notify::new(),
+        cancel: Cancel::new(),
         done: watch::channel(false).0,
     });
     let duplicate = {
@@ -530,11 +592,15 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         dup
     };
     if duplicate {
-        let r = sess.reject(&p, reject::PROTOCOL_ERROR);
-        sess.send(vec![r]).await;
-        if !hdr.immediate {
-            sess.complete_cmd();
-        }
+        // SAM-5: a task tag already in use is an overlapped command.
+        refuse(
+            sess,
+            &p,
+            &hdr,
+            reject::PROTOCOL_ERROR,
+            ScsiError::overlapped_commands(),
+        )
+        .await;
         return;
     }
     let s = sess.clone();
@@ -552,6 +618,17 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         drop(budget);
         let _ = ctl.done.send(true);
     });
+}
+
+/// Refuses a SCSI command PDU: a Reject, then (RFC 7143 §11.17.1: a rejected command
+/// ends with a SCSI Response) CHECK CONDITION with `e`'s sense, and the CmdSN slot back.
+async fn refuse(sess: &Session, p: &Pdu, hdr: &CmdHeader, reason: u8, e: ScsiError) {
+    let rej = sess.reject(p, reason);
+    let rsp = response_pdu(hdr, e.status, e.sense, 0, 0, 0);
+    sess.send(vec![rej, rsp]).await;
+    if !hdr.immediate {
+        sess.complete_cmd();
+    }
 }
 
 enum DataError {
@@ -602,6 +679,7 @@ async fn run_command(
             bytes: &hdr.cdb,
             data_out,
             nexus: &sess.nexus,
+            cancel: ctl.cancel.clone(),
         };
         target.lu.execute(cdb).await
     };
@@ -935,7 +1013,53 @@ async fn end_other_sessions(sess: &Session, t: &Target) {
     }
 }
 
+/// A text response too long for one PDU, sent a segment per initiator request.
+#[derive(Debug)]
+struct TextPending {
+    itt: u32,
+    ttt: u32,
+    rest: Bytes,
+}
+
+/// Text requests: SendTargets, answered across several PDUs when the reply exceeds the
+/// initiator's MaxRecvDataSegmentLength (RFC 7143 §11.10: C bit and a target transfer tag
+/// the initiator echoes in an empty request for the next part, as open-iscsi does).
 async fn text_request(sess: &Session, p: &Pdu) {
+    let ttt = p.u32_at(20);
+    let itt = p.itt();
+    let pending = sess.text_pending.lock().take();
+    let data = match pending {
+        Some(t) if ttt != NO_TAG && t.itt == itt && t.ttt == ttt => t.rest,
+        _ if ttt != NO_TAG => {
+            // A continuation of nothing we sent: RFC 7143 §11.10.4 wants a reject.
+            let r = sess.reject(p, reject::INVALID_PDU_FIELD);
+            sess.send(vec![r]).await;
+            return;
+        }
+        // A new request (a different ITT or TTT reserved) drops any unfinished reply.
+        _ => Bytes::from(text::encode(&text_answer(sess, p))),
+    };
+    let seg = (sess.params.max_xmit_data as usize).max(512);
+    let mut r = OutPdu::new(op::TEXT_RSP, 0x80, StatSn::Advance);
+    r.set_lun(p.lun()).set_u32(16, itt).set_u32(20, NO_TAG);
+    if data.len() > seg {
+        let next_ttt = sess.ttt();
+        r.bhs[1] = 0x40; // C: more follows; F clear.
+        r.set_u32(20, next_ttt);
+        r.data = data.slice(..seg);
+        *sess.text_pending.lock() = Some(TextPending {
+            itt,
+            ttt: next_ttt,
+            rest: data.slice(seg..),
+        });
+    } else {
+        r.data = data;
+    }
+    sess.send(vec![r]).await;
+}
+
+/// The key=value answer to one text request.
+fn text_answer(sess: &Session, p: &Pdu) -> Vec<(String, String)> {
     let pairs = text::parse(&p.data).unwrap_or_default();
     let mut out = Vec::new();
     for (k, v) in &pairs {
@@ -955,18 +1079,19 @@ async fn text_request(sess: &Session, p: &Pdu) {
                     }
                 }
                 out.push(("TargetName".to_owned(), t.iqn.clone()));
-                out.push(("TargetAddress".to_owned(), format!("{},1", sess.portal)));
+                let portals = sess.server.portals_of(&t);
+                if portals.is_empty() {
+                    out.push(("TargetAddress".to_owned(), format!("{},1", sess.portal)));
+                }
+                for a in portals {
+                    out.push(("TargetAddress".to_owned(), format!("{a},1")));
+                }
             }
         } else {
             out.push((k.clone(), "NotUnderstood".to_owned()));
         }
     }
-    let mut data = text::encode(&out);
-    data.truncate(sess.params.max_xmit_data as usize);
-    let mut r = OutPdu::new(op::TEXT_RSP, 0x80, StatSn::Advance);
-    r.set_lun(p.lun()).set_u32(16, p.itt()).set_u32(20, NO_TAG);
-    r.data = Bytes::from(data);
-    sess.send(vec![r]).await;
+    out
 }
 
 #[cfg(test)]

@@ -26,7 +26,8 @@ pub mod target;
 pub mod text;
 
 pub use backend::{
-    BackendError, BackendFuture, BackendIdentity, BlockBackend, Extent, Provisioning,
+    BackendError, BackendFuture, BackendIdentity, BlockBackend, Cancel, CompareOutcome, Extent,
+    IoCtx, Provisioning,
 };
 pub use chap::ChapConfig;
 pub use counters::CounterSnapshot;

@@ -33,10 +33,17 @@ pub struct TargetConfig {
     pub allowed_initiators: Option<Vec<String>>,
     /// Where persistent reservations are kept when an initiator sets APTPL.
     pub aptpl_path: Option<PathBuf>,
-    /// Bound on each backend call.
+    /// Deadline of each backend call: past it, work the backend has not started is
+    /// refused and answered BUSY (backend.rs).
     pub io_timeout: Duration,
+    /// A backend call unsettled this long makes the LU NOT READY until it settles.
+    pub settle_bound: Duration,
     /// Logical (512-byte) blocks per physical block as a power of two; 3 means 4 KiB.
     pub phys_block_exponent: u8,
+    /// Portals (`ADDR:PORT`, IPv6 in brackets) SendTargets advertises for this target,
+    /// e.g. a Service address; empty means the server's portals (`Server::set_portals`),
+    /// or the address the discovery connection came in on.
+    pub portals: Vec<String>,
 }
 
 impl TargetConfig {
@@ -49,7 +56,9 @@ impl TargetConfig {
             allowed_initiators: None,
             aptpl_path: None,
             io_timeout: limits::BACKEND_IO_TIMEOUT,
+            settle_bound: limits::BACKEND_SETTLE_BOUND,
             phys_block_exponent: crate::scsi::PHYS_EXPONENT,
+            portals: Vec::new(),
         }
     }
 }
@@ -92,6 +101,7 @@ pub struct Target {
     pub(crate) allowed: Option<Vec<String>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) sessions: Mutex<HashMap<(String, [u8; 6]), SessionHandle>>,
+    pub(crate) portals: Vec<String>,
 }
 
 impl Target {
@@ -158,6 +168,8 @@ pub struct Server {
     next_tsih: AtomicU16,
     /// NOP-In ping interval on idle connections and how long a ping may go unanswered.
     keepalive: (Duration, Duration),
+    /// Portals advertised for targets without their own (`set_portals`).
+    portals: Mutex<Vec<String>>,
 }
 
 impl Default for Server {
@@ -166,6 +178,7 @@ impl Default for Server {
             targets: Arc::new(Mutex::new(BTreeMap::new())),
             next_tsih: AtomicU16::new(1),
             keepalive: (limits::NOP_IN_INTERVAL, limits::NOP_IN_TIMEOUT),
+            portals: Mutex::new(Vec::new()),
         }
     }
 }
@@ -190,6 +203,22 @@ impl Server {
         self.keepalive
     }
 
+    /// Sets the portals (`ADDR:PORT`) SendTargets advertises for targets that name none
+    /// of their own, e.g. the addresses initiators reach this process by; empty (the
+    /// default) advertises the address each discovery connection came in on.
+    pub fn set_portals(&self, portals: Vec<String>) {
+        *self.portals.lock() = portals;
+    }
+
+    /// The portals advertised for `t`; empty means the connection's own address.
+    pub(crate) fn portals_of(&self, t: &Target) -> Vec<String> {
+        if t.portals.is_empty() {
+            self.portals.lock().clone()
+        } else {
+            t.portals.clone()
+        }
+    }
+
     /// Adds a target; fails if the name is taken.
     pub fn add_target(&self, cfg: TargetConfig) -> Result<(), TargetError> {
         if !valid_iscsi_name(&cfg.iqn) {
@@ -203,7 +232,7 @@ impl Server {
             return Err(TargetError::TooMany);
         }
         let counters = Arc::new(Counters::default());
-        let lu = LogicalUnit::new(
+        let mut lu = LogicalUnit::new(
             cfg.backend,
             &cfg.iqn,
             cfg.io_timeout,
@@ -211,6 +240,7 @@ impl Server {
             cfg.aptpl_path,
             cfg.phys_block_exponent,
         )?;
+        lu.set_settle_bound(cfg.settle_bound);
         let peers = Arc::downgrade(&self.targets);
         lu.set_copy_peers(peers);
         let t = Target {
@@ -220,6 +250,7 @@ impl Server {
             allowed: cfg.allowed_initiators,
             counters,
             sessions: Mutex::new(HashMap::new()),
+            portals: cfg.portals,
         };
         targets.insert(cfg.iqn, Arc::new(t));
         Ok(())

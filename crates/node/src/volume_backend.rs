@@ -5,26 +5,50 @@
 //! a write with FUA returns only after the engine's `flush` (intent log) made it durable.
 //! Errors map once, here, from [`PoolError`] to [`BackendError`], which the target maps to
 //! sense data.
+//! Settlement (cstor_iscsi::backend): a modifying call whose command was cancelled (abort,
+//! deadline) before its blocking thread began is refused with `NotStarted` and never
+//! reaches the engine; one that began runs to the end. The io number the target passes in
+//! `ctx.io` goes to the engine unchanged; `next_io` is where the volume's sequence is
+//! handed out (`VolumeHandle::next_io`, branch s3-pool).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cstor_iscsi::backend::{BackendError, BackendFuture, BackendIdentity, BlockBackend};
+use cstor_iscsi::backend::{BackendError, BackendFuture, BackendIdentity, BlockBackend, IoCtx};
 use cstor_pool::{Pool, PoolError, VolumeHandle};
 
 use crate::host::OpenPool;
 
+/// Whatever keeps a pool engine open for a served volume: a hosted [`OpenPool`], or in
+/// tests a bare engine over test devices.
+pub trait EngineHolder: Send + Sync + std::fmt::Debug + 'static {
+    /// The engine.
+    fn engine(&self) -> &Pool;
+}
+
+impl EngineHolder for OpenPool {
+    fn engine(&self) -> &Pool {
+        OpenPool::engine(self)
+    }
+}
+
+impl EngineHolder for Pool {
+    fn engine(&self) -> &Pool {
+        self
+    }
+}
+
 /// A pool volume served as a LUN.
 #[derive(Debug)]
 pub struct PoolVolumeBackend {
-    pool: Arc<OpenPool>,
+    pool: Arc<dyn EngineHolder>,
     volume: VolumeHandle,
     identity: BackendIdentity,
 }
 
 impl PoolVolumeBackend {
     /// Serve volume `name` of `pool`.
-    pub fn new(pool: Arc<OpenPool>, name: &str) -> Result<PoolVolumeBackend, PoolError> {
+    pub fn new(pool: Arc<dyn EngineHolder>, name: &str) -> Result<PoolVolumeBackend, PoolError> {
         let volume = pool.engine().volume(name)?;
         // Pool and volume guids together: stable across restarts and unique per volume,
         // so VPD 0x83 names the same LUN after the target restarts.
@@ -67,6 +91,27 @@ fn map_err(offset: u64, e: PoolError) -> BackendError {
     }
 }
 
+/// Runs a modifying engine call on a blocking thread unless its command was cancelled
+/// before the thread began: then nothing reaches the engine (`NotStarted`).
+async fn modifying<T: Send + 'static>(
+    ctx: IoCtx,
+    offset: u64,
+    f: impl FnOnce(Option<u64>) -> Result<T, PoolError> + Send + 'static,
+) -> Result<T, BackendError> {
+    let started = tokio::task::spawn_blocking(move || {
+        if ctx.must_not_start() {
+            return None;
+        }
+        Some(f(ctx.io))
+    })
+    .await;
+    match started {
+        Ok(Some(r)) => r.map_err(|e| map_err(offset, e)),
+        Ok(None) => Err(BackendError::NotStarted),
+        Err(join) => Err(BackendError::Other(std::io::Error::other(join))),
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     offset: u64,
     f: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
@@ -90,7 +135,13 @@ impl BlockBackend for PoolVolumeBackend {
         self.engine().space().read_only
     }
 
-    fn read(&self, offset: u64, len: u32) -> BackendFuture<'_, Bytes> {
+    fn next_io(&self) -> Option<u64> {
+        // Wired at merge: `self.volume.next_io()` (s3-pool) hands out the volume's
+        // sequence here, in the LU's dispatch order; until then the engine numbers writes.
+        None
+    }
+
+    fn read(&self, _ctx: &IoCtx, offset: u64, len: u32) -> BackendFuture<'_, Bytes> {
         let vol = self.volume.clone();
         Box::pin(blocking(offset, move || {
             let mut buf = vec![0u8; len as usize];
@@ -99,10 +150,11 @@ impl BlockBackend for PoolVolumeBackend {
         }))
     }
 
-    fn write(&self, offset: u64, data: Bytes, fua: bool) -> BackendFuture<'_, ()> {
+    fn write(&self, ctx: &IoCtx, offset: u64, data: Bytes) -> BackendFuture<'_, ()> {
         let vol = self.volume.clone();
-        Box::pin(blocking(offset, move || {
-            vol.write(offset, &data, None)?;
+        let fua = ctx.fua;
+        Box::pin(modifying(ctx.clone(), offset, move |io| {
+            vol.write(offset, &data, io)?;
             if fua {
                 vol.flush()?;
             }
@@ -110,13 +162,15 @@ impl BlockBackend for PoolVolumeBackend {
         }))
     }
 
-    fn flush(&self) -> BackendFuture<'_, ()> {
+    fn flush(&self, _ctx: &IoCtx) -> BackendFuture<'_, ()> {
         let vol = self.volume.clone();
         Box::pin(blocking(0, move || vol.flush()))
     }
 
-    fn unmap(&self, offset: u64, len: u64) -> BackendFuture<'_, ()> {
+    fn unmap(&self, ctx: &IoCtx, offset: u64, len: u64) -> BackendFuture<'_, ()> {
         let vol = self.volume.clone();
-        Box::pin(blocking(offset, move || vol.unmap(offset, len, None)))
+        Box::pin(modifying(ctx.clone(), offset, move |io| {
+            vol.unmap(offset, len, io)
+        }))
     }
 }

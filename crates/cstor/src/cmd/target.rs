@@ -25,13 +25,13 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 enum TargetCommand {
     /// Serve one or more targets until SIGINT/SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Add a target to a running server.
     Add {
         /// Control socket of the running server.
         #[arg(long)]
         control: PathBuf,
-        /// Target spec: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR...] or IQN,volume=POOL/VOL.
+        /// Target spec: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR...][,portal=A:P;A:P] or IQN,volume=POOL/VOL.
         spec: String,
     },
     /// Remove a target from a running server (its sessions end first).
@@ -73,14 +73,23 @@ struct ServeArgs {
     /// Initiator name allowed on the single target (repeatable; default: all).
     #[arg(long = "allow")]
     allow: Vec<String>,
-    /// More targets: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR]... or IQN,volume=POOL/VOL (repeatable).
+    /// More targets: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR]...[,portal=A:P;A:P] or IQN,volume=POOL/VOL (repeatable).
     #[arg(long = "target")]
     targets: Vec<String>,
+    /// A file of target specs, one per line as for --target (blank lines and # comments
+    /// skipped): thousands of targets start at once.
+    #[arg(long)]
+    targets_file: Option<PathBuf>,
+    /// Portal ADDR:PORT that SendTargets advertises for targets without portal= (repeatable;
+    /// e.g. a Service address). Default: the address the discovery connection came in on.
+    #[arg(long = "portal")]
+    portals: Vec<String>,
     /// Control socket for add/remove/list while running.
     #[arg(long)]
     control: Option<PathBuf>,
-    /// Bound on each backend call, in milliseconds.
-    #[arg(long, default_value_t = 25_000)]
+    /// Deadline of each backend call, in milliseconds: past it, work the backend has not
+    /// started is answered BUSY (at most 10000: every call settles within 10 s).
+    #[arg(long, default_value_t = 5_000)]
     io_timeout_ms: u64,
     /// Physical block size reported to initiators (power of two, 512 to 131072 bytes).
     #[arg(long, default_value_t = 4096)]
@@ -147,6 +156,24 @@ struct Spec {
     size: Option<u64>,
     chap: Option<PathBuf>,
     allow: Vec<String>,
+    portals: Vec<String>,
+}
+
+/// Checks a portal `ADDR:PORT` (IPv6 in brackets, or a host name).
+fn parse_portal(p: &str) -> Result<String> {
+    let ok = match p.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok()
+                && (host.starts_with('[') == host.ends_with(']'))
+                && !host.contains([',', ' ', '\0'])
+        }
+        None => false,
+    };
+    if !ok {
+        bail!("portal {p:?}: expected ADDR:PORT (IPv6 as [ADDR]:PORT)");
+    }
+    Ok(p.to_owned())
 }
 
 fn parse_spec(s: &str) -> Result<Spec> {
@@ -169,7 +196,12 @@ fn parse_spec(s: &str) -> Result<Spec> {
             "size" => spec.size = Some(parse_size(v)?),
             "chap" => spec.chap = Some(PathBuf::from(v)),
             "allow" => spec.allow.push(v.to_owned()),
-            _ => bail!("unknown target spec key {k:?} (file, volume, size, chap, allow)"),
+            "portal" => {
+                for a in v.split(';').filter(|a| !a.is_empty()) {
+                    spec.portals.push(parse_portal(a)?);
+                }
+            }
+            _ => bail!("unknown target spec key {k:?} (file, volume, size, chap, allow, portal)"),
         }
     }
     match (&spec.file, &spec.volume) {
@@ -211,6 +243,7 @@ fn config_of(spec: &Spec, common: &Common) -> Result<TargetConfig> {
         cfg.allowed_initiators = Some(spec.allow.clone());
     }
     cfg.aptpl_path = aptpl;
+    cfg.portals = spec.portals.clone();
     cfg.io_timeout = common.io_timeout;
     cfg.phys_block_exponent = common.phys_block_exponent;
     Ok(cfg)
@@ -238,7 +271,7 @@ pub fn run(args: Args) -> Result<()> {
     let rt = builder.build().context("starting the runtime")?;
     rt.block_on(async move {
         match args.command {
-            TargetCommand::Serve(a) => serve(a).await,
+            TargetCommand::Serve(a) => serve(*a).await,
             TargetCommand::Add { control, spec } => {
                 let reply = control::request(&control, &format!("add {spec}")).await?;
                 println!("{reply}");
@@ -267,6 +300,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
 }
 
 async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
+    if a.io_timeout_ms == 0 || a.io_timeout_ms > 10_000 {
+        bail!(
+            "--io-timeout-ms {} must be from 1 to 10000",
+            a.io_timeout_ms
+        );
+    }
     let common = Common {
         hosting,
         io_timeout: Duration::from_millis(a.io_timeout_ms),
@@ -281,6 +320,7 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
             size: a.size.as_deref().map(parse_size).transpose()?,
             chap: a.chap.clone(),
             allow: a.allow.clone(),
+            portals: Vec::new(),
         }),
         (Some(_), None, None) => bail!("--iqn needs --file or --volume"),
         (None, Some(_), _) | (None, _, Some(_)) => bail!("--file/--volume need --iqn"),
@@ -289,10 +329,27 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
     for t in &a.targets {
         specs.push(parse_spec(t)?);
     }
+    if let Some(path) = &a.targets_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            specs.push(parse_spec(line).with_context(|| format!("{}:{}", path.display(), n + 1))?);
+        }
+    }
     if specs.is_empty() && a.control.is_none() {
-        bail!("nothing to serve: give --iqn with --file/--volume, --target, or --control");
+        bail!("nothing to serve: give --iqn with --file/--volume, --target, --targets-file or --control");
     }
     let server = Server::new();
+    let portals = a
+        .portals
+        .iter()
+        .map(|p| parse_portal(p))
+        .collect::<Result<Vec<_>>>()?;
+    server.set_portals(portals);
     for s in &specs {
         server
             .add_target(
@@ -435,6 +492,10 @@ mod tests {
         assert!(parse_spec("iqn.x:a,volume=p/v").unwrap().volume.is_some());
         assert!(parse_spec("iqn.x:a").is_err());
         assert!(parse_spec("iqn.x:a,file=/a,volume=p/v").is_err());
+        let s = parse_spec("iqn.x:a,file=/a,portal=10.0.0.1:3260;[fd00::1]:3261").unwrap();
+        assert_eq!(s.portals, ["10.0.0.1:3260", "[fd00::1]:3261"]);
+        assert!(parse_spec("iqn.x:a,file=/a,portal=10.0.0.1").is_err());
+        assert!(parse_portal("svc.ns:3260").is_ok());
         let home = tempfile::tempdir().unwrap();
         let hosting = VolumeHosting::new(Registry::new(home.path()));
         let err = open_volume_backend(&hosting, "p").unwrap_err().to_string();
