@@ -230,8 +230,14 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug + 'static {
             let mut done = 0u64;
             while done < len {
                 let n = (len - done).min(chunk);
-                self.write(&ctx, offset + done, zeros.slice(..n as usize))
-                    .await?;
+                match self
+                    .write(&ctx, offset + done, zeros.slice(..n as usize))
+                    .await
+                {
+                    // Part of the range is written: "not started" would no longer be true.
+                    Err(BackendError::NotStarted) if done > 0 => return Err(BackendError::Busy),
+                    r => r?,
+                }
                 done += n;
             }
             Ok(())

@@ -18,6 +18,7 @@ use crate::login::{self, LoginOutcome, Negotiated, SessionKind};
 use crate::pdu::{self, op, reject, OutPdu, Pdu, StatSn, NO_TAG};
 use crate::scsi::{self, nexus_id, NexusId, ScsiReply};
 use crate::sense::{self, ScsiError};
+use crate::server::LoginSlot;
 use crate::target::{self, Server, SessionHandle, Target};
 use crate::text;
 use bytes::{Bytes, BytesMut};
@@ -166,7 +167,7 @@ impl Session {
 }
 
 /// Serves one accepted connection until it closes.
-pub(crate) async fn serve(stream: TcpStream, server: Arc<Server>) {
+pub(crate) async fn serve(stream: TcpStream, server: Arc<Server>, slot: LoginSlot) {
     let peer = stream.peer_addr().ok();
     let Ok(portal) = stream.local_addr() else {
         return;
@@ -175,12 +176,19 @@ pub(crate) async fn serve(stream: TcpStream, server: Arc<Server>) {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-    let outcome = match tokio::time::timeout(
+    let login = tokio::time::timeout(
         limits::LOGIN_TIMEOUT,
         login::login(&mut rd, &mut wr, &server),
-    )
-    .await
-    {
+    );
+    let outcome = tokio::select! {
+        r = login => r,
+        _ = slot.evicted.notified() => {
+            tracing::info!(?peer, "login evicted by newer logins from the same address");
+            return;
+        }
+    };
+    drop(slot);
+    let outcome = match outcome {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {
             tracing::info!(?peer, error = %e, "login failed");
@@ -266,7 +274,10 @@ async fn full_feature(
         }
     }
     drop(sess);
-    let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, &mut writer).await;
+    // A writer that ended already was polled to completion by the reader: not again.
+    if reason != WRITER_ENDED {
+        let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, &mut writer).await;
+    }
     writer.abort();
     let _ = done_tx.send(true);
 }
@@ -329,6 +340,9 @@ async fn writer(
     }
 }
 
+/// Why the reader ended when the writer task ended first (its handle is then spent).
+const WRITER_ENDED: &str = "writer ended";
+
 /// Reads and dispatches PDUs until the connection must end; returns why.
 async fn reader_loop(
     rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
@@ -338,8 +352,15 @@ async fn reader_loop(
 ) -> &'static str {
     let mut ping: Option<(u32, Instant)> = None;
     let mut last_rx = Instant::now();
+    // Discovery sessions end when no text request came for a while (pings do not count).
+    let mut last_text = Instant::now();
+    let discovery = sess.target.is_none();
     let (interval, timeout) = sess.server.keepalive();
-    let mut ticker = tokio::time::interval(interval / 2);
+    let mut tick = interval / 2;
+    if discovery {
+        tick = tick.min(sess.server.discovery_idle() / 2);
+    }
+    let mut ticker = tokio::time::interval(tick.max(std::time::Duration::from_millis(5)));
     loop {
         let read = pdu::read_pdu(rd, sess.params.max_recv_data, sess.params.digests);
         tokio::pin!(read);
@@ -347,8 +368,11 @@ async fn reader_loop(
             tokio::select! {
                 r = &mut read => break r,
                 _ = shutdown.notified() => return "session shut down",
-                _ = &mut *writer => return "writer ended",
+                _ = &mut *writer => return WRITER_ENDED,
                 _ = ticker.tick() => {
+                    if discovery && last_text.elapsed() >= sess.server.discovery_idle() {
+                        return "idle discovery session";
+                    }
                     if let Some((_, sent)) = ping {
                         if sent.elapsed() > timeout {
                             return "NOP-In ping unanswered";
@@ -372,6 +396,9 @@ async fn reader_loop(
             }
         };
         last_rx = Instant::now();
+        if pdu.opcode() != op::NOP_OUT {
+            last_text = last_rx;
+        }
         if let Some((ttt, _)) = ping {
             if pdu.opcode() == op::NOP_OUT && pdu.u32_at(20) == ttt {
                 ping = None;
@@ -549,13 +576,17 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         .await;
         return;
     }
-    // The buffer budget is taken by the reader, never awaited: a full budget answers
-    // TASK SET FULL (the initiator retries) instead of stalling Data-Out of other commands.
-    let Ok(budget) = sess
+    // The buffer budgets (the session's and the process's) are taken by the reader,
+    // never awaited: a full budget answers TASK SET FULL (the initiator retries) instead
+    // of stalling Data-Out of other commands. They are held until the reply is written.
+    let kib = hdr.edtl.div_ceil(1024).max(1);
+    let budget = sess
         .buffers
         .clone()
-        .try_acquire_many_owned(hdr.edtl.div_ceil(1024).max(1))
-    else {
+        .try_acquire_many_owned(kib)
+        .ok()
+        .zip(sess.server.buffer_budget().try_acquire_many_owned(kib).ok());
+    let Some((budget, global)) = budget else {
         let mut r = response_pdu(&hdr, sense::status::TASK_SET_FULL, None, 0, 0, 0);
         r.set_u32(44, 0);
         sess.send(vec![r]).await;
@@ -612,10 +643,9 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         }
         if let Some(pdus) = pdus {
             if !ctl.aborted.load(Ordering::Acquire) {
-                s.send(pdus).await;
+                s.send_held(pdus, vec![budget, global]).await;
             }
         }
-        drop(budget);
         let _ = ctl.done.send(true);
     });
 }

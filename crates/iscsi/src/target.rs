@@ -15,7 +15,7 @@ use crate::scsi::{pr::AptplError, LogicalUnit};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -170,6 +170,14 @@ pub struct Server {
     keepalive: (Duration, Duration),
     /// Portals advertised for targets without their own (`set_portals`).
     portals: Mutex<Vec<String>>,
+    /// Buffered command data across all sessions, in KiB permits (`set_max_buffered`).
+    buffered: Arc<tokio::sync::Semaphore>,
+    /// Its current size in KiB.
+    buffered_kib: AtomicU64,
+    /// Idle time after which a discovery session is closed.
+    discovery_idle: Duration,
+    /// Unfinished logins per source address (server.rs).
+    pub(crate) logins: crate::server::LoginSlots,
 }
 
 impl Default for Server {
@@ -179,6 +187,12 @@ impl Default for Server {
             next_tsih: AtomicU16::new(1),
             keepalive: (limits::NOP_IN_INTERVAL, limits::NOP_IN_TIMEOUT),
             portals: Mutex::new(Vec::new()),
+            buffered: Arc::new(tokio::sync::Semaphore::new(
+                (limits::MAX_BUFFERED_BYTES / 1024) as usize,
+            )),
+            buffered_kib: AtomicU64::new(limits::MAX_BUFFERED_BYTES / 1024),
+            discovery_idle: limits::DISCOVERY_IDLE_TIMEOUT,
+            logins: crate::server::LoginSlots::new(limits::MAX_LOGINS_PER_SOURCE),
         }
     }
 }
@@ -199,8 +213,40 @@ impl Server {
         })
     }
 
+    /// An empty server with its own idle bound for discovery sessions and cap on
+    /// unfinished logins per source address (tests use short ones).
+    pub fn with_limits(discovery_idle: Duration, logins_per_source: usize) -> Arc<Self> {
+        Arc::new(Server {
+            discovery_idle,
+            logins: crate::server::LoginSlots::new(logins_per_source.max(1)),
+            ..Self::default()
+        })
+    }
+
     pub(crate) fn keepalive(&self) -> (Duration, Duration) {
         self.keepalive
+    }
+
+    pub(crate) fn discovery_idle(&self) -> Duration {
+        self.discovery_idle
+    }
+
+    /// Bounds buffered command data across all sessions (`--max-buffered`; default
+    /// `limits::MAX_BUFFERED_BYTES`), at least one largest transfer. Meant to be called
+    /// before serving: shrinking only takes back budget that is not in use.
+    pub fn set_max_buffered(&self, bytes: u64) {
+        let want = bytes.max(u64::from(limits::MAX_TRANSFER_BYTES)) / 1024;
+        let have = self.buffered_kib.swap(want, Ordering::AcqRel);
+        if want > have {
+            self.buffered.add_permits((want - have) as usize);
+        } else {
+            self.buffered.forget_permits((have - want) as usize);
+        }
+    }
+
+    /// The process-wide budget for buffered command data, in KiB permits.
+    pub(crate) fn buffer_budget(&self) -> Arc<tokio::sync::Semaphore> {
+        self.buffered.clone()
     }
 
     /// Sets the portals (`ADDR:PORT`) SendTargets advertises for targets that name none

@@ -91,6 +91,10 @@ struct ServeArgs {
     /// started is answered BUSY (at most 10000: every call settles within 10 s).
     #[arg(long, default_value_t = 5_000)]
     io_timeout_ms: u64,
+    /// Budget for command data buffered across all sessions (e.g. 512M): a command beyond
+    /// it gets TASK SET FULL and is retried, so many clients cannot exhaust memory.
+    #[arg(long, default_value = "512M")]
+    max_buffered: String,
     /// Physical block size reported to initiators (power of two, 512 to 131072 bytes).
     #[arg(long, default_value_t = 4096)]
     physical_block_size: u32,
@@ -350,6 +354,7 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
         .map(|p| parse_portal(p))
         .collect::<Result<Vec<_>>>()?;
     server.set_portals(portals);
+    server.set_max_buffered(parse_size(&a.max_buffered).context("--max-buffered")?);
     for s in &specs {
         server
             .add_target(

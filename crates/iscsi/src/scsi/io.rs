@@ -333,15 +333,25 @@ impl LogicalUnit {
         // zeros); without it a zero block is written cheaply as a zero range.
         if unmap || block.iter().all(|b| *b == 0) {
             let _g = self.write_gate.read().await;
-            let (off, len) = (rw.lba * BS, rw.blocks * BS);
+            // One backend call per bounded piece: each has its own deadline, so a WRITE
+            // SAME over the whole medium is many short calls, not one that outlives it.
+            let (start, end) = (rw.lba * BS, (rw.lba + rw.blocks) * BS);
+            let mut off = start;
+            while off < end {
+                let len = (end - off).min(limits::ZERO_RANGE_CHUNK_BYTES);
+                if unmap {
+                    self.modify(&cmd.cancel, false, |b, ctx| b.unmap(ctx, off, len))
+                        .await?;
+                } else {
+                    self.modify(&cmd.cancel, false, |b, ctx| b.write_zeros(ctx, off, len))
+                        .await?;
+                }
+                off += len;
+            }
             if unmap {
-                self.modify(&cmd.cancel, false, |b, ctx| b.unmap(ctx, off, len))
-                    .await?;
                 self.counters.add_unmap();
             } else {
-                self.modify(&cmd.cancel, false, |b, ctx| b.write_zeros(ctx, off, len))
-                    .await?;
-                self.counters.add_write(len);
+                self.counters.add_write(end - start);
             }
             return Ok(Bytes::new());
         }
