@@ -11,7 +11,6 @@
 //! (bounded by `limits::TASK_DRAIN_TIMEOUT`) before the session is reported done.
 //! Never: let one session's bad input affect another; block the reader on a backend call.
 
-use crate::backend::Cancel;
 use crate::be;
 use crate::limits;
 use crate::login::{self, LoginOutcome, Negotiated, SessionKind};
@@ -20,12 +19,13 @@ use crate::scsi::{self, nexus_id, NexusId, ScsiReply};
 use crate::sense::{self, ScsiError};
 use crate::server::LoginSlot;
 use crate::target::{self, Server, SessionHandle, Target};
+use crate::task::Task;
 use crate::text;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -39,26 +39,8 @@ fn sn_lt(a: u32, b: u32) -> bool {
 }
 
 #[derive(Debug)]
-struct TaskCtl {
-    /// Set by task management: the command sends nothing.
-    aborted: AtomicBool,
-    abort: Notify,
-    /// Seen by the backend calls of the command (raised on abort and at deadlines).
-    cancel: Cancel,
-    done: watch::Sender<bool>,
-}
-
-impl TaskCtl {
-    fn abort(&self) {
-        self.aborted.store(true, Ordering::Release);
-        self.cancel.raise();
-        self.abort.notify_one();
-    }
-}
-
-#[derive(Debug)]
 struct TaskEntry {
-    ctl: Arc<TaskCtl>,
+    task: Arc<Task>,
     data_tx: Option<mpsc::Sender<Pdu>>,
 }
 
@@ -132,36 +114,32 @@ impl Session {
         r
     }
 
-    /// Aborts tasks matching `pred` and waits until they have ended.
-    async fn abort_tasks(&self, pred: impl Fn(u32) -> bool) -> usize {
-        let waits: Vec<watch::Receiver<bool>> = {
+    /// Aborts this session's tasks matching `pred` (by ITT and task) and waits, bounded,
+    /// until they have ended; false if some did not end in time.
+    async fn abort_tasks(&self, pred: impl Fn(u32, &Task) -> bool) -> bool {
+        let victims: Vec<Arc<Task>> = {
             let tasks = self.tasks.lock();
             tasks
                 .iter()
-                .filter(|(itt, _)| pred(**itt))
+                .filter(|(itt, e)| pred(**itt, &e.task))
                 .map(|(_, e)| {
-                    e.ctl.abort();
-                    e.ctl.done.subscribe()
+                    e.task.abort(false);
+                    e.task.clone()
                 })
                 .collect()
         };
-        let n = waits.len();
-        for mut w in waits {
-            let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, w.wait_for(|d| *d)).await;
+        let mut all = true;
+        for t in victims {
+            all &= t.ended(limits::TASK_DRAIN_TIMEOUT).await;
         }
-        n
+        all
     }
 
     /// Waits (bounded) for every running task to finish on its own.
     async fn drain_tasks(&self) {
-        let waits: Vec<watch::Receiver<bool>> = self
-            .tasks
-            .lock()
-            .values()
-            .map(|e| e.ctl.done.subscribe())
-            .collect();
-        for mut w in waits {
-            let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, w.wait_for(|d| *d)).await;
+        let waits: Vec<Arc<Task>> = self.tasks.lock().values().map(|e| e.task.clone()).collect();
+        for t in waits {
+            t.ended(limits::TASK_DRAIN_TIMEOUT).await;
         }
     }
 }
@@ -264,7 +242,7 @@ async fn full_feature(
     let mut writer = tokio::spawn(writer(wr, out_rx, win, o.params.digests, o.stat_sn));
     let reason = reader_loop(&mut rd, &sess, &shutdown, &mut writer).await;
     tracing::debug!(nexus = %nexus, reason, "connection ending");
-    sess.abort_tasks(|_| true).await;
+    sess.abort_tasks(|_, _| true).await;
     if let Some(t) = &target {
         t.lu.detach_nexus(&nexus);
         let mut sessions = t.sessions.lock();
@@ -279,7 +257,7 @@ async fn full_feature(
         let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, &mut writer).await;
     }
     writer.abort();
-    let _ = done_tx.send(true);
+    done_tx.send_replace(true);
 }
 
 async fn writer(
@@ -487,6 +465,10 @@ async fn dispatch(sess: &Arc<Session>, p: Pdu) -> Option<&'static str> {
             if !accept_cmd_sn(sess, &p) {
                 return None;
             }
+            // Data-Out will not come for a session logging out: those commands are
+            // aborted now rather than after the Data-Out timeout; the rest finish.
+            sess.abort_tasks(|_, t| t.collecting.load(Ordering::Acquire))
+                .await;
             sess.drain_tasks().await;
             if !p.immediate() {
                 sess.complete_cmd();
@@ -602,12 +584,8 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
     } else {
         (None, None)
     };
-    let ctl = Arc::new(TaskCtl {
-        aborted: AtomicBool::new(false),
-        abort: Notify::new(),
-        cancel: Cancel::new(),
-        done: watch::channel(false).0,
-    });
+    let task = Task::new(sess.nexus.clone());
+    task.collecting.store(needs_data, Ordering::Release);
     let duplicate = {
         let mut tasks = sess.tasks.lock();
         let dup = tasks.contains_key(&hdr.itt);
@@ -615,7 +593,7 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
             tasks.insert(
                 hdr.itt,
                 TaskEntry {
-                    ctl: ctl.clone(),
+                    task: task.clone(),
                     data_tx,
                 },
             );
@@ -634,19 +612,28 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         .await;
         return;
     }
+    // In the LU's registry too, so task management from any session reaches it.
+    let lu_id = target.lu.tasks.insert(task.clone());
     let s = sess.clone();
     tokio::spawn(async move {
-        let pdus = run_command(&s, &target, &hdr, immediate_data, data_rx, &ctl).await;
+        let pdus = run_command(&s, &target, &hdr, immediate_data, data_rx, &task).await;
         s.tasks.lock().remove(&hdr.itt);
+        target.lu.tasks.remove(lu_id);
         if !hdr.immediate {
             s.complete_cmd();
         }
-        if let Some(pdus) = pdus {
-            if !ctl.aborted.load(Ordering::Acquire) {
+        match pdus {
+            Some(pdus) if !task.is_aborted() => {
                 s.send_held(pdus, vec![budget, global]).await;
             }
+            _ if task.is_aborted() && task.reports_aborted() => {
+                // Aborted by another I_T nexus with TAS=1 (SAM-5 §5.6).
+                let r = response_pdu(&hdr, sense::status::TASK_ABORTED, None, 0, 0, 0);
+                s.send(vec![r]).await;
+            }
+            _ => {}
         }
-        let _ = ctl.done.send(true);
+        task.finish();
     });
 }
 
@@ -674,7 +661,7 @@ async fn run_command(
     hdr: &CmdHeader,
     immediate: Bytes,
     data_rx: Option<mpsc::Receiver<Pdu>>,
-    ctl: &TaskCtl,
+    task: &Task,
 ) -> Option<Vec<OutPdu>> {
     let mut r2t_count = 0u32;
     let data_out = match data_rx {
@@ -682,8 +669,9 @@ async fn run_command(
         Some(rx) => {
             let collected = tokio::select! {
                 r = collect_data(sess, hdr, immediate, rx, &mut r2t_count) => r,
-                _ = ctl.abort.notified() => Err(DataError::Aborted),
+                _ = task.abort_wake.notified() => Err(DataError::Aborted),
             };
+            task.collecting.store(false, Ordering::Release);
             match collected {
                 Ok(d) => d,
                 Err(DataError::Aborted) => return None,
@@ -699,7 +687,7 @@ async fn run_command(
             }
         }
     };
-    if ctl.aborted.load(Ordering::Acquire) {
+    if task.is_aborted() {
         return None;
     }
     let reply = if lun_index(hdr.lun) != Some(0) {
@@ -709,11 +697,11 @@ async fn run_command(
             bytes: &hdr.cdb,
             data_out,
             nexus: &sess.nexus,
-            cancel: ctl.cancel.clone(),
+            cancel: task.cancel.clone(),
         };
         target.lu.execute(cdb).await
     };
-    if ctl.aborted.load(Ordering::Acquire) {
+    if task.is_aborted() {
         return None;
     }
     Some(build_reply(sess, hdr, reply, r2t_count))
@@ -973,45 +961,46 @@ fn build_reply(sess: &Session, hdr: &CmdHeader, reply: ScsiReply, r2t_count: u32
     out
 }
 
+/// Task management (RFC 7143 §11.5, SAM-5 §7). ABORT TASK and ABORT TASK SET act on this
+/// session's tasks (SAM-5: the task set of the calling I_T nexus); CLEAR TASK SET and the
+/// resets act on the LU's tasks from every session, the others' answered TASK ABORTED
+/// (TAS=1 in the control mode page). The response goes out only after every aborted
+/// task has ended; if one does not end within `limits::TMF_WAIT`, FUNCTION REJECTED.
 async fn task_management(sess: &Session, p: Pdu) {
     let function = p.bhs[1] & 0x7f;
     let rtt = p.u32_at(20);
-    let my_itt = p.itt();
     let lun_ok = lun_index(p.lun()) == Some(0);
+    let ended = |all: bool| if all { 0 } else { 255 };
     let response: u8 = match function {
         1 => {
             let found = sess.tasks.lock().contains_key(&rtt);
             if found {
-                sess.abort_tasks(|itt| itt == rtt).await;
-                0
+                ended(sess.abort_tasks(|itt, _| itt == rtt).await)
             } else {
                 // Completed already (its response is on the way) or never received.
                 1
             }
         }
-        2 | 4 => {
-            if lun_ok {
-                sess.abort_tasks(|itt| itt != my_itt).await;
-                0
-            } else {
-                2
-            }
-        }
+        2 if !lun_ok => 2,
+        2 => ended(sess.abort_tasks(|_, _| true).await),
         3 => 0, // CLEAR ACA: NACA is never set, so there is no ACA to clear.
-        5..=7 => {
-            if function == 5 && !lun_ok {
-                2
-            } else {
-                sess.abort_tasks(|itt| itt != my_itt).await;
-                if let Some(t) = &sess.target {
+        4 | 5 if !lun_ok => 2,
+        4..=7 => match &sess.target {
+            Some(t) => {
+                let all =
+                    t.lu.tasks
+                        .abort_where(|_| true, &sess.nexus, true, limits::TMF_WAIT)
+                        .await;
+                if function != 4 {
                     t.lu.reset(&sess.nexus);
-                    if function == 7 {
-                        end_other_sessions(sess, t).await;
-                    }
                 }
-                0
+                if function == 7 {
+                    end_other_sessions(sess, t).await;
+                }
+                ended(all)
             }
-        }
+            None => 2,
+        },
         8 => 4, // TASK REASSIGN needs error recovery level 2.
         _ => 5,
     };
@@ -1020,7 +1009,7 @@ async fn task_management(sess: &Session, p: Pdu) {
     }
     let mut r = OutPdu::new(op::TASK_MGMT_RSP, 0x80, StatSn::Advance);
     r.bhs[2] = response;
-    r.set_u32(16, my_itt);
+    r.set_u32(16, p.itt());
     sess.send(vec![r]).await;
     if function == 7 && response == 0 {
         // Cold reset closes this connection too, after the response went out.

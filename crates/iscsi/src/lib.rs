@@ -23,6 +23,7 @@ pub mod scsi;
 pub mod sense;
 mod server;
 pub mod target;
+mod task;
 pub mod text;
 
 pub use backend::{

@@ -80,11 +80,18 @@ pub const BACKEND_IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// it; below Linux's 15 s abort timeout so an initiator's abort finds the call ended.
 pub const BACKEND_SETTLE_BOUND: Duration = Duration::from_secs(10);
 
-/// How long a write waits for the Data-Out PDUs it solicited before the command fails.
-pub const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write waits for the Data-Out PDUs it solicited before the command fails;
+/// below Linux's 15 s abort timeout (a logout aborts such commands at once).
+pub const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long task management and session reinstatement wait for running commands to end.
-pub const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long session end, logout and reinstatement wait for running commands to end:
+/// above the backend settle bound (so a settled call is always seen) and below Linux's
+/// 15 s abort timeout.
+pub const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// How long task management waits for the tasks it aborted to end before answering
+/// FUNCTION REJECTED; above the settle bound, below Linux's 15 s abort timeout.
+pub const TMF_WAIT: Duration = Duration::from_secs(12);
 
 /// Outgoing PDU batches queued to the connection writer; commands block (backpressure)
 /// when the socket is slower than the backend.
@@ -171,6 +178,9 @@ pub const XCOPY_MAX_HELD_RESULTS: usize = 64;
 /// (TOTAL CONCURRENT COPIES): bounds the copy state kept per LU.
 pub const XCOPY_MAX_CONCURRENT: u16 = 16;
 
+const _: () = assert!(TMF_WAIT.as_secs() > BACKEND_SETTLE_BOUND.as_secs());
+const _: () = assert!(TASK_DRAIN_TIMEOUT.as_secs() > BACKEND_SETTLE_BOUND.as_secs());
+const _: () = assert!(TMF_WAIT.as_secs() < 15 && DATA_OUT_TIMEOUT.as_secs() < 15);
 const _: () = assert!(XCOPY_CHUNK_BYTES <= MAX_TRANSFER_BYTES);
 const _: () = assert!(XCOPY_MAX_SEGMENT_BYTES.is_multiple_of(XCOPY_CHUNK_BYTES));
 const _: () = assert!(MAX_BURST_BYTES <= MAX_TRANSFER_BYTES);

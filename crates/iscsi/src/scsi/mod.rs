@@ -136,6 +136,10 @@ pub struct LogicalUnit {
     overdue: AtomicUsize,
     /// Held while an io number is taken and its call issued (see the module docs).
     dispatch_order: Mutex<()>,
+    /// Running commands from every session (task management, PREEMPT AND ABORT).
+    pub(crate) tasks: crate::task::TaskSet,
+    /// PERSISTENT RESERVE OUT runs one at a time (its store write is awaited).
+    pr_serial: tokio::sync::Mutex<()>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) aptpl_path: Option<std::path::PathBuf>,
     /// Logical blocks per physical block, as a power of two.
@@ -190,6 +194,8 @@ impl LogicalUnit {
             settle_bound: crate::limits::BACKEND_SETTLE_BOUND,
             overdue: AtomicUsize::new(0),
             dispatch_order: Mutex::new(()),
+            tasks: crate::task::TaskSet::default(),
+            pr_serial: tokio::sync::Mutex::new(()),
             counters,
             aptpl_path,
             phys_exponent: phys_exponent.min(8),

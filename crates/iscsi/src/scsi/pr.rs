@@ -249,7 +249,12 @@ fn save_aptpl(path: &Path, pr: &PrState) -> std::io::Result<()> {
             _ => Ok(()),
         };
     }
-    let tmp = path.with_extension("tmp");
+    // A temp name unique per process and save, so no two saves ever share one.
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{}.{n}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
@@ -343,22 +348,61 @@ impl LogicalUnit {
         Ok(Bytes::from(v))
     }
 
+    /// PERSISTENT RESERVE OUT, one at a time per LU. The change is computed on a copy
+    /// and applied only after the APTPL store confirmed it, so a failed save changes
+    /// nothing; PREEMPT AND ABORT then aborts the preempted nexuses' tasks in every
+    /// session (TASK ABORTED, TAS=1) and completes only after they ended.
     pub(super) async fn persistent_reserve_out(&self, cmd: &Cdb<'_>) -> CmdResult {
-        let persist = {
-            let mut st = self.state.lock();
-            let before_aptpl = st.pr.aptpl;
-            let before = st.pr.clone();
-            pr_out(&mut st, cmd)?;
-            st.pr.aptpl != before_aptpl || (st.pr.aptpl && st.pr != before)
+        let _serial = self.pr_serial.lock().await;
+        let mut fenced = Vec::new();
+        let (scratch, persist) = {
+            let st = self.state.lock();
+            let mut scratch = LuState {
+                pr: st.pr.clone(),
+                spc2_holder: st.spc2_holder.clone(),
+                ua: st.ua.keys().map(|k| (k.clone(), Vec::new())).collect(),
+                mode: st.mode,
+                reported_size: st.reported_size,
+                copies: Default::default(),
+            };
+            pr_out(&mut scratch, cmd, &mut fenced)?;
+            let persist =
+                scratch.pr.aptpl != st.pr.aptpl || (scratch.pr.aptpl && scratch.pr != st.pr);
+            (scratch, persist)
         };
         if persist {
             if let Some(path) = self.aptpl_path.clone() {
-                let snapshot = self.state.lock().pr.clone();
+                let snapshot = scratch.pr.clone();
                 let r = tokio::task::spawn_blocking(move || save_aptpl(&path, &snapshot)).await;
                 if !matches!(r, Ok(Ok(()))) {
                     tracing::error!(target_name = %self.target_name, "saving APTPL state failed");
                     return Err(ScsiError::internal());
                 }
+            }
+        }
+        {
+            let mut st = self.state.lock();
+            st.pr = scratch.pr;
+            for (n, q) in scratch.ua {
+                for (asc, ascq) in q {
+                    if st.ua.contains_key(&n) {
+                        LogicalUnit::raise_ua_for(&mut st, &n, asc, ascq);
+                    }
+                }
+            }
+        }
+        if !fenced.is_empty() {
+            let all = self
+                .tasks
+                .abort_where(
+                    |t| fenced.contains(&t.nexus),
+                    cmd.nexus,
+                    true,
+                    limits::TMF_WAIT,
+                )
+                .await;
+            if !all {
+                tracing::warn!(target_name = %self.target_name, "preempted tasks did not end in time");
             }
         }
         Ok(Bytes::new())
@@ -406,7 +450,7 @@ impl WireKey for u64 {
     }
 }
 
-fn pr_out(st: &mut LuState, cmd: &Cdb<'_>) -> Result<(), ScsiError> {
+fn pr_out(st: &mut LuState, cmd: &Cdb<'_>, fenced: &mut Vec<NexusId>) -> Result<(), ScsiError> {
     let c = cmd.bytes;
     let sa = c[1] & 0x1f;
     let scope = c[2] >> 4;
@@ -519,7 +563,13 @@ fn pr_out(st: &mut LuState, cmd: &Cdb<'_>) -> Result<(), ScsiError> {
             }
             Ok(())
         }
-        _ => preempt(st, n, mine, key, sa_key, scope, kind),
+        _ => {
+            let removed = preempt(st, n, mine, key, sa_key, scope, kind)?;
+            if sa == 5 {
+                *fenced = removed;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -646,7 +696,7 @@ fn preempt(
     sa_key: u64,
     scope: u8,
     kind: u8,
-) -> Result<(), ScsiError> {
+) -> Result<Vec<NexusId>, ScsiError> {
     if mine != Some(key) {
         return Err(ScsiError::reservation_conflict());
     }
@@ -681,10 +731,10 @@ fn preempt(
         });
     }
     pr.generation = pr.generation.wrapping_add(1);
-    for r in removed {
-        LogicalUnit::raise_ua_for(st, &r, 0x2a, 0x05);
+    for r in &removed {
+        LogicalUnit::raise_ua_for(st, r, 0x2a, 0x05);
     }
-    Ok(())
+    Ok(removed)
 }
 
 #[cfg(test)]
