@@ -19,6 +19,7 @@ pub mod file_backend;
 pub mod limits;
 pub mod login;
 pub mod pdu;
+pub mod reservation_store;
 pub mod scsi;
 pub mod sense;
 mod server;
@@ -33,4 +34,5 @@ pub use backend::{
 pub use chap::ChapConfig;
 pub use counters::CounterSnapshot;
 pub use file_backend::{FileBackend, FileOpenError};
+pub use reservation_store::{FileReservationStore, ReservationStore, StoreError};
 pub use target::{Server, TargetConfig, TargetError, TargetInfo};

@@ -10,11 +10,11 @@ use crate::backend::BlockBackend;
 use crate::chap::ChapConfig;
 use crate::counters::{CounterSnapshot, Counters};
 use crate::limits;
+use crate::reservation_store::ReservationStore;
 use crate::scsi::xcopy::{CopyPeers, LuHandle};
 use crate::scsi::{pr::AptplError, LogicalUnit};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +31,9 @@ pub struct TargetConfig {
     pub chap: Option<ChapConfig>,
     /// Initiator names allowed to log in; `None` allows all.
     pub allowed_initiators: Option<Vec<String>>,
-    /// Where persistent reservations are kept when an initiator sets APTPL.
-    pub aptpl_path: Option<PathBuf>,
+    /// Where persistent reservations are kept when an initiator sets APTPL (a file
+    /// store, a pool volume property, a membership record); `None` keeps none.
+    pub reservations: Option<Arc<dyn ReservationStore>>,
     /// Deadline of each backend call: past it, work the backend has not started is
     /// refused and answered BUSY (backend.rs).
     pub io_timeout: Duration,
@@ -54,7 +55,7 @@ impl TargetConfig {
             backend,
             chap: None,
             allowed_initiators: None,
-            aptpl_path: None,
+            reservations: None,
             io_timeout: limits::BACKEND_IO_TIMEOUT,
             settle_bound: limits::BACKEND_SETTLE_BOUND,
             phys_block_exponent: crate::scsi::PHYS_EXPONENT,
@@ -283,7 +284,7 @@ impl Server {
             &cfg.iqn,
             cfg.io_timeout,
             counters.clone(),
-            cfg.aptpl_path,
+            cfg.reservations,
             cfg.phys_block_exponent,
         )?;
         lu.set_settle_bound(cfg.settle_bound);

@@ -173,7 +173,10 @@ async fn aptpl_reservations_survive_a_restart_and_fence_others() {
     let isid = [0x80, 0, 0, 0, 0, 8];
     {
         let a = aptpl.clone();
-        let (s, addr, _b) = start(dir.path(), IQN, move |c| c.aptpl_path = Some(a)).await;
+        let (s, addr, _b) = start(dir.path(), IQN, move |c| {
+            c.reservations = Some(Arc::new(cstor_iscsi::FileReservationStore::new(a)))
+        })
+        .await;
         let mut ini = login(&addr, IQN, INI, isid, false).await.unwrap();
         let (c, p) = pr_out(0, 0, 0, 0xabc, true);
         assert_eq!(ini.scsi(&c, 0, &p).await.status, 0);
@@ -183,7 +186,10 @@ async fn aptpl_reservations_survive_a_restart_and_fence_others() {
     }
     assert!(aptpl.exists());
     let a = aptpl.clone();
-    let (_s, addr, _b) = start(dir.path(), IQN, move |c| c.aptpl_path = Some(a)).await;
+    let (_s, addr, _b) = start(dir.path(), IQN, move |c| {
+        c.reservations = Some(Arc::new(cstor_iscsi::FileReservationStore::new(a)))
+    })
+    .await;
     let mut other = login(&addr, IQN, "iqn.2024-01.io.cstor.test:other", isid, false)
         .await
         .unwrap();

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cstor_iscsi::backend::{BackendError, BackendFuture, BackendIdentity, BlockBackend, IoCtx};
+use cstor_iscsi::{ReservationStore, StoreError};
 use cstor_pool::{Pool, PoolError, VolumeHandle};
 
 use crate::host::OpenPool;
@@ -42,6 +43,7 @@ impl EngineHolder for Pool {
 #[derive(Debug)]
 pub struct PoolVolumeBackend {
     pool: Arc<dyn EngineHolder>,
+    name: String,
     volume: VolumeHandle,
     identity: BackendIdentity,
 }
@@ -63,6 +65,7 @@ impl PoolVolumeBackend {
         };
         Ok(PoolVolumeBackend {
             pool,
+            name: name.to_owned(),
             volume,
             identity,
         })
@@ -70,6 +73,14 @@ impl PoolVolumeBackend {
 
     fn engine(&self) -> &Pool {
         self.pool.engine()
+    }
+
+    /// The reservation store of this volume (its properties), for APTPL.
+    pub fn reservation_store(&self) -> VolumeReservationStore {
+        VolumeReservationStore {
+            pool: self.pool.clone(),
+            volume: self.name.clone(),
+        }
     }
 }
 
@@ -172,5 +183,120 @@ impl BlockBackend for PoolVolumeBackend {
         Box::pin(modifying(ctx.clone(), offset, move |io| {
             vol.unmap(offset, len, io)
         }))
+    }
+}
+
+/// Persistent reservations of a pool volume kept as volume properties, so they move with
+/// the pool (issue 9 item 4). The state is hex in up to `PR_MAX_CHUNKS` properties of one
+/// of two slots (`cstor.pr.a.N`, `cstor.pr.b.N`); `cstor.pr` names the live slot and its
+/// chunk count and is written last, and the whole is committed (`Pool::sync`) before the
+/// swap returns, so a crash leaves either the old state or the new one.
+#[derive(Debug)]
+pub struct VolumeReservationStore {
+    pool: Arc<dyn EngineHolder>,
+    volume: String,
+}
+
+/// Property naming the live slot: `<a|b>:<chunks>`.
+const PR_KEY: &str = "cstor.pr";
+/// Chunks per slot; with 1 KiB properties, 3 KiB of state (a dozen registrations).
+const PR_MAX_CHUNKS: usize = 6;
+/// Hex characters per chunk (the pool's property value limit).
+const PR_CHUNK_CHARS: usize = 1024;
+
+impl VolumeReservationStore {
+    /// The store of volume `volume` of `pool`.
+    pub fn new(pool: Arc<dyn EngineHolder>, volume: &str) -> Self {
+        VolumeReservationStore {
+            pool,
+            volume: volume.to_owned(),
+        }
+    }
+
+    fn prop(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.pool
+            .engine()
+            .property(&self.volume, key)
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    }
+
+    fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.pool
+            .engine()
+            .set_property(&self.volume, key, value)
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl ReservationStore for VolumeReservationStore {
+    fn load(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(head) = self.prop(PR_KEY)?.filter(|h| !h.is_empty()) else {
+            return Ok(None);
+        };
+        let bad = || {
+            StoreError::Io(std::io::Error::other(format!(
+                "bad {PR_KEY} property {head:?}"
+            )))
+        };
+        let (slot, n) = head.split_once(':').ok_or_else(bad)?;
+        let n: usize = n.parse().map_err(|_| bad())?;
+        if !matches!(slot, "a" | "b") || n > PR_MAX_CHUNKS {
+            return Err(bad());
+        }
+        let mut hex = String::new();
+        for i in 0..n {
+            hex.push_str(
+                &self
+                    .prop(&format!("{PR_KEY}.{slot}.{i}"))?
+                    .ok_or_else(bad)?,
+            );
+        }
+        unhex(&hex).map(Some).ok_or_else(bad)
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: Option<&[u8]>,
+        next: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        if self.load()?.as_deref() != expected {
+            return Err(StoreError::Conflict);
+        }
+        let head = match next {
+            None => String::new(),
+            Some(bytes) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let chunks: Vec<&str> = hex
+                    .as_bytes()
+                    .chunks(PR_CHUNK_CHARS)
+                    .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                    .collect();
+                if chunks.len() > PR_MAX_CHUNKS {
+                    return Err(StoreError::TooLarge(bytes.len()));
+                }
+                let live = self.prop(PR_KEY)?.unwrap_or_default();
+                let slot = if live.starts_with('a') { "b" } else { "a" };
+                for (i, c) in chunks.iter().enumerate() {
+                    self.set(&format!("{PR_KEY}.{slot}.{i}"), c)?;
+                }
+                format!("{slot}:{}", chunks.len())
+            }
+        };
+        self.set(PR_KEY, &head)?;
+        self.pool
+            .engine()
+            .sync()
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        Ok(())
     }
 }

@@ -6,7 +6,10 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
-use cstor_iscsi::{BlockBackend, ChapConfig, FileBackend, Server, TargetConfig};
+use cstor_iscsi::{
+    BlockBackend, ChapConfig, FileBackend, FileReservationStore, ReservationStore, Server,
+    TargetConfig,
+};
 use cstor_node::registry::Registry;
 use cstor_node::socket::AdminServer;
 use cstor_node::volume_backend::PoolVolumeBackend;
@@ -133,7 +136,10 @@ impl VolumeHosting {
 
 /// Opens the backend of a pool volume `POOL/VOL`, opening the pool (and its admin
 /// socket) on first use.
-pub fn open_volume_backend(hosting: &VolumeHosting, volume: &str) -> Result<Arc<dyn BlockBackend>> {
+pub fn open_volume_backend(
+    hosting: &VolumeHosting,
+    volume: &str,
+) -> Result<Arc<PoolVolumeBackend>> {
     let (pool, vol) = volume
         .split_once('/')
         .filter(|(p, v)| !p.is_empty() && !v.is_empty() && !v.contains('@'))
@@ -230,13 +236,19 @@ fn phys_exponent(bytes: u32) -> Result<u8> {
 }
 
 fn config_of(spec: &Spec, common: &Common) -> Result<TargetConfig> {
-    let (backend, aptpl): (Arc<dyn BlockBackend>, Option<PathBuf>) =
+    // APTPL reservations: `<file>.pr` next to a file; volume properties for a pool volume
+    // (they move with the pool).
+    let (backend, reservations): (Arc<dyn BlockBackend>, Arc<dyn ReservationStore>) =
         match (&spec.file, &spec.volume) {
             (Some(f), _) => {
                 let b = FileBackend::open(f, spec.size, false)?;
-                (Arc::new(b), Some(aptpl_path(f)))
+                (Arc::new(b), Arc::new(FileReservationStore::new(pr_path(f))))
             }
-            (None, Some(v)) => (open_volume_backend(&common.hosting, v)?, None),
+            (None, Some(v)) => {
+                let b = open_volume_backend(&common.hosting, v)?;
+                let store = Arc::new(b.reservation_store());
+                (b, store)
+            }
             (None, None) => bail!("target {} has no storage", spec.iqn),
         };
     let mut cfg = TargetConfig::new(&spec.iqn, backend);
@@ -246,17 +258,17 @@ fn config_of(spec: &Spec, common: &Common) -> Result<TargetConfig> {
     if !spec.allow.is_empty() {
         cfg.allowed_initiators = Some(spec.allow.clone());
     }
-    cfg.aptpl_path = aptpl;
+    cfg.reservations = Some(reservations);
     cfg.portals = spec.portals.clone();
     cfg.io_timeout = common.io_timeout;
     cfg.phys_block_exponent = common.phys_block_exponent;
     Ok(cfg)
 }
 
-/// Persistent reservations of a file-backed LUN live next to the file.
-fn aptpl_path(file: &Path) -> PathBuf {
+/// Persistent reservations of a file-backed LUN live next to the file, in `<file>.pr`.
+fn pr_path(file: &Path) -> PathBuf {
     let mut name = file.file_name().unwrap_or_default().to_owned();
-    name.push(".aptpl");
+    name.push(".pr");
     file.with_file_name(name)
 }
 

@@ -141,7 +141,9 @@ pub struct LogicalUnit {
     /// PERSISTENT RESERVE OUT runs one at a time (its store write is awaited).
     pr_serial: tokio::sync::Mutex<()>,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) aptpl_path: Option<std::path::PathBuf>,
+    /// Where APTPL reservations persist, and the bytes it holds as far as this LU knows.
+    pub(crate) pr_store: Option<Arc<dyn crate::reservation_store::ReservationStore>>,
+    pub(crate) pr_stored: Mutex<Option<Vec<u8>>>,
     /// Logical blocks per physical block, as a power of two.
     pub(crate) phys_exponent: u8,
     /// The other LUs of this process, for EXTENDED COPY between targets.
@@ -160,19 +162,19 @@ pub(crate) enum Access {
 }
 
 impl LogicalUnit {
-    /// A logical unit over `backend`; `aptpl_path` keeps persistent reservations across
+    /// A logical unit over `backend`; `reservations` keeps persistent reservations across
     /// restarts when an initiator asks for APTPL.
     pub fn new(
         backend: Arc<dyn BlockBackend>,
         target_name: &str,
         io_timeout: Duration,
         counters: Arc<Counters>,
-        aptpl_path: Option<std::path::PathBuf>,
+        reservations: Option<Arc<dyn crate::reservation_store::ReservationStore>>,
         phys_exponent: u8,
     ) -> Result<Self, pr::AptplError> {
-        let pr = match &aptpl_path {
-            Some(p) => pr::load_aptpl(p)?,
-            None => pr::PrState::default(),
+        let (pr, stored) = match &reservations {
+            Some(s) => pr::load_aptpl(&**s)?,
+            None => (pr::PrState::default(), None),
         };
         let reported_size = backend.size_bytes();
         Ok(LogicalUnit {
@@ -197,7 +199,8 @@ impl LogicalUnit {
             tasks: crate::task::TaskSet::default(),
             pr_serial: tokio::sync::Mutex::new(()),
             counters,
-            aptpl_path,
+            pr_store: reservations,
+            pr_stored: Mutex::new(stored),
             phys_exponent: phys_exponent.min(8),
             copy_peers: std::sync::OnceLock::new(),
         })

@@ -3,16 +3,16 @@
 //!
 //! Owns: `PrState` inside the LU state mutex. Invariants: the generation grows on every
 //! registration change; a reservation of an all-registrants type exists only while at
-//! least one registration does; with APTPL set, the file (docs/format/aptpl.md) is
-//! rewritten atomically after each change and before the command completes.
+//! least one registration does; with APTPL set, the reservation store (docs/format/aptpl.md) is
+//! swapped after each change and before it is applied or the command completes.
 //! Never: do file I/O while holding the LU state mutex.
 
 use super::{Access, Cdb, CmdResult, LogicalUnit, LuState, NexusId};
 use crate::be;
 use crate::limits;
+use crate::reservation_store::{ReservationStore, StoreError};
 use crate::sense::ScsiError;
 use bytes::Bytes;
-use std::path::Path;
 use std::sync::Arc;
 
 const WE: u8 = 1;
@@ -227,45 +227,25 @@ fn decode(b: &[u8]) -> Result<PrState, &'static str> {
     })
 }
 
-/// Loads persisted reservations; a missing file means none.
-pub(crate) fn load_aptpl(path: &Path) -> Result<PrState, AptplError> {
-    match std::fs::read(path) {
-        Ok(b) => decode(&b).map_err(|reason| AptplError::Corrupt {
-            path: path.display().to_string(),
-            reason,
+/// Loads persisted reservations from `store`; nothing stored means none. Returns the
+/// state and the stored bytes (what the next compare-and-swap expects).
+pub(crate) fn load_aptpl(
+    store: &dyn ReservationStore,
+) -> Result<(PrState, Option<Vec<u8>>), AptplError> {
+    match store.load() {
+        Ok(Some(b)) => match decode(&b) {
+            Ok(pr) => Ok((pr, Some(b))),
+            Err(reason) => Err(AptplError::Corrupt {
+                path: format!("{store:?}"),
+                reason,
+            }),
+        },
+        Ok(None) => Ok((PrState::default(), None)),
+        Err(e) => Err(AptplError::Io {
+            path: format!("{store:?}"),
+            source: std::io::Error::other(e),
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PrState::default()),
-        Err(source) => Err(AptplError::Io {
-            path: path.display().to_string(),
-            source,
-        }),
     }
-}
-
-fn save_aptpl(path: &Path, pr: &PrState) -> std::io::Result<()> {
-    if !pr.aptpl {
-        return match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-    }
-    // A temp name unique per process and save, so no two saves ever share one.
-    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(format!(".{}.{n}.tmp", std::process::id()));
-    let tmp = path.with_file_name(name);
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encode(pr))?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// iSCSI TransportID (SPC-4 §7.6.4.6) of a nexus id, padded to a multiple of 4.
@@ -371,12 +351,28 @@ impl LogicalUnit {
             (scratch, persist)
         };
         if persist {
-            if let Some(path) = self.aptpl_path.clone() {
-                let snapshot = scratch.pr.clone();
-                let r = tokio::task::spawn_blocking(move || save_aptpl(&path, &snapshot)).await;
-                if !matches!(r, Ok(Ok(()))) {
-                    tracing::error!(target_name = %self.target_name, "saving APTPL state failed");
-                    return Err(ScsiError::internal());
+            if let Some(store) = self.pr_store.clone() {
+                let next = scratch.pr.aptpl.then(|| encode(&scratch.pr));
+                let expected = self.pr_stored.lock().clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    store
+                        .compare_and_swap(expected.as_deref(), next.as_deref())
+                        .map(|()| next)
+                })
+                .await;
+                match r {
+                    Ok(Ok(next)) => *self.pr_stored.lock() = next,
+                    Ok(Err(StoreError::TooLarge(_))) => {
+                        return Err(ScsiError::insufficient_registration_resources());
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "store task failed".to_owned(),
+                        };
+                        tracing::error!(target_name = %self.target_name, error = %why, "saving reservations failed; nothing changed");
+                        return Err(ScsiError::internal());
+                    }
                 }
             }
         }
