@@ -193,11 +193,13 @@ async fn full_feature(
         SessionKind::Discovery => None,
     };
     let shutdown = Arc::new(Notify::new());
+    let request_logout = Arc::new(Notify::new());
     let (done_tx, done_rx) = watch::channel(false);
     if let Some(t) = &target {
         let handle = SessionHandle {
             tsih: o.tsih,
             shutdown: shutdown.clone(),
+            request_logout: request_logout.clone(),
             done: done_rx,
         };
         let old = t
@@ -240,7 +242,7 @@ async fn full_feature(
     // Login flushed its last response, so nothing is left in the buffer.
     let wr = wr.into_inner();
     let mut writer = tokio::spawn(writer(wr, out_rx, win, o.params.digests, o.stat_sn));
-    let reason = reader_loop(&mut rd, &sess, &shutdown, &mut writer).await;
+    let reason = reader_loop(&mut rd, &sess, &shutdown, &request_logout, &mut writer).await;
     tracing::debug!(nexus = %nexus, reason, "connection ending");
     sess.abort_tasks(|_, _| true).await;
     if let Some(t) = &target {
@@ -326,6 +328,7 @@ async fn reader_loop(
     rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
     sess: &Arc<Session>,
     shutdown: &Notify,
+    request_logout: &Notify,
     writer: &mut tokio::task::JoinHandle<()>,
 ) -> &'static str {
     let mut ping: Option<(u32, Instant)> = None;
@@ -346,6 +349,15 @@ async fn reader_loop(
             tokio::select! {
                 r = &mut read => break r,
                 _ = shutdown.notified() => return "session shut down",
+                _ = request_logout.notified() => {
+                    // RFC 7143 §11.9.1 AsyncEvent 1: the target requests a logout within
+                    // Parameter3 seconds (a planned stop or the target's removal).
+                    let mut a = OutPdu::new(op::ASYNC, 0x80, StatSn::Advance);
+                    a.set_u32(16, NO_TAG);
+                    a.bhs[36] = 1;
+                    be::put_u16(&mut a.bhs, 42, limits::LOGOUT_REQUEST_WAIT.as_secs() as u16);
+                    sess.send(vec![a]).await;
+                }
                 _ = &mut *writer => return WRITER_ENDED,
                 _ = ticker.tick() => {
                     if discovery && last_text.elapsed() >= sess.server.discovery_idle() {

@@ -80,6 +80,11 @@ pub const BACKEND_IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// it; below Linux's 15 s abort timeout so an initiator's abort finds the call ended.
 pub const BACKEND_SETTLE_BOUND: Duration = Duration::from_secs(10);
 
+/// Before a planned stop or target removal, how long initiators get to log out after the
+/// asynchronous "request logout" event (also its Parameter3, in seconds) before their
+/// sessions are ended.
+pub const LOGOUT_REQUEST_WAIT: Duration = Duration::from_secs(3);
+
 /// How long a write waits for the Data-Out PDUs it solicited before the command fails;
 /// below Linux's 15 s abort timeout (a logout aborts such commands at once).
 pub const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -90,6 +90,8 @@ pub enum TargetError {
 pub(crate) struct SessionHandle {
     pub tsih: u16,
     pub shutdown: Arc<Notify>,
+    /// Asks the session to send the asynchronous "request logout" event.
+    pub request_logout: Arc<Notify>,
     pub done: watch::Receiver<bool>,
 }
 
@@ -106,9 +108,19 @@ pub struct Target {
 }
 
 impl Target {
-    /// Ends every session and waits (bounded) for their commands to finish.
+    /// Ends every session: first the asynchronous "request logout" event, so initiators
+    /// log out cleanly within `limits::LOGOUT_REQUEST_WAIT`; the sessions still there
+    /// then are ended, each waiting (bounded) for its commands to finish.
     async fn close_sessions(&self) {
         let handles: Vec<SessionHandle> = self.sessions.lock().drain().map(|(_, h)| h).collect();
+        for h in &handles {
+            h.request_logout.notify_one();
+        }
+        let until = tokio::time::Instant::now() + limits::LOGOUT_REQUEST_WAIT;
+        for h in &handles {
+            let mut done = h.done.clone();
+            let _ = tokio::time::timeout_at(until, done.wait_for(|d| *d)).await;
+        }
         for h in handles {
             wait_session_end(h).await;
         }

@@ -593,3 +593,41 @@ async fn rejected_commands_get_a_scsi_response_with_sense() {
     send(&mut ini.s, p, Default::default()).await;
     assert_eq!(refused(&mut ini, 3).await, (true, 2, (0x0b, 0x4e, 0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_target_asks_initiators_to_log_out_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr, _b) = start(dir.path(), IQN, |_| {}).await;
+    let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 31], false)
+        .await
+        .unwrap();
+    let remove = tokio::spawn(async move {
+        let t0 = std::time::Instant::now();
+        server.remove_target(IQN).await.unwrap();
+        t0.elapsed()
+    });
+    let a = tokio::time::timeout(Duration::from_secs(5), ini.read())
+        .await
+        .expect("async event within 5 s")
+        .unwrap();
+    assert_eq!(
+        (a.opcode(), a.bhs[36]),
+        (op::ASYNC, 1),
+        "request logout event"
+    );
+    let mut lo = OutPdu::new(op::LOGOUT | 0x40, 0x80, StatSn::None);
+    put32(&mut lo.bhs, 16, 9);
+    put32(&mut lo.bhs, 24, ini.cmd_sn);
+    send(&mut ini.s, lo, Default::default()).await;
+    loop {
+        let r = ini.read().await.unwrap();
+        if r.opcode() == op::LOGOUT_RSP {
+            break;
+        }
+    }
+    let took = remove.await.unwrap();
+    assert!(
+        took < Duration::from_secs(2),
+        "removal waited {took:?} after a clean logout"
+    );
+}
