@@ -6,9 +6,13 @@
 //! command; one writer task owns the write half and stamps StatSN/ExpCmdSN/MaxCmdSN in
 //! send order. Invariants: at most `limits::CMD_WINDOW` commands in flight (MaxCmdSN only
 //! advances when a command completes); a command's data-out buffer is at most
-//! `limits::MAX_TRANSFER_BYTES`; an aborted command sends nothing and issues no backend
-//! write after its abort was seen; when the session ends, every command task has finished
-//! (bounded by `limits::TASK_DRAIN_TIMEOUT`) before the session is reported done.
+//! `limits::MAX_TRANSFER_BYTES`; an aborted command issues no backend write after its
+//! abort was seen and sends nothing, or TASK ABORTED when another I_T nexus aborted it
+//! (TAS=1, task.rs); every task is in its LU's registry so task management from any
+//! session reaches it; when the session ends, every command task has finished (bounded
+//! by `limits::TASK_DRAIN_TIMEOUT`) before the session is reported done; data queued for
+//! the socket holds its buffer budget until written, and a socket that takes no data for
+//! `limits::WRITE_TIMEOUT` ends the connection.
 //! Never: let one session's bad input affect another; block the reader on a backend call.
 
 use crate::be;
