@@ -246,3 +246,53 @@ fn volume_target_of_an_unknown_pool_is_a_one_line_error() {
         "{err}"
     );
 }
+
+/// `--targets-file` starts many targets at once and `--portal` / `portal=` are what
+/// SendTargets advertises (seen through libiscsi's iscsi-ls).
+#[test]
+fn targets_file_and_advertised_portals_show_in_send_targets() {
+    if !have("iscsi-ls", "libiscsi-bin") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut specs = String::from("# one target per line\n\n");
+    for i in 0..50 {
+        let img = dir.path().join(format!("t{i}.img"));
+        specs.push_str(&format!(
+            "iqn.2024-01.io.cstor.test:many{i},file={},size=1M\n",
+            img.display()
+        ));
+    }
+    let own = dir.path().join("own.img");
+    specs.push_str(&format!(
+        "iqn.2024-01.io.cstor.test:own,file={},size=1M,portal=192.0.2.1:3260;192.0.2.2:3261\n",
+        own.display()
+    ));
+    let file = dir.path().join("targets.txt");
+    std::fs::write(&file, specs).unwrap();
+    let s = serve(&[
+        "--targets-file",
+        file.to_str().unwrap(),
+        "--portal",
+        "10.96.0.10:3260",
+    ]);
+    let (ok, out) = run(
+        Command::new("iscsi-ls").arg(format!("iscsi://{}", s.addr)),
+        T,
+    );
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("Target:")).collect();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("Portal:10.96.0.10:3260,1"))
+            .count(),
+        50,
+        "{out}"
+    );
+    assert!(
+        out.contains("Target:iqn.2024-01.io.cstor.test:own Portal:192.0.2.1:3260,1"),
+        "{out}"
+    );
+    assert!(out.contains("192.0.2.2:3261,1"), "{out}");
+}

@@ -62,15 +62,25 @@ fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
     Served { child, addr }
 }
 
-/// Whether `tool` is on PATH; prints a skip message when it is not.
+/// Whether `tool` is on PATH. When it is not, the test skips with a message, except
+/// under CI (env `CI` set), where a missing tool fails the test: CI must run every test.
 pub fn have(tool: &str, package: &str) -> bool {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false);
     if !found {
-        eprintln!("SKIPPED: {tool} not installed (Debian package {package})");
+        unavailable(&format!("{tool} not installed (Debian package {package})"));
     }
     found
+}
+
+/// Reports that something a test needs is missing: a skip message normally, a failure
+/// (panic) when env `CI` is set.
+pub fn unavailable(what: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set and this test cannot run: {what}");
+    }
+    eprintln!("SKIPPED: {what}");
 }
 
 /// Polls `cond` until it holds or `deadline` passes.

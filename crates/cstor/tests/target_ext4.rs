@@ -2,7 +2,8 @@
 //! (../shared/reference/harness.md §3): iSCSI LUN → qemu-nbd → nbdfuse → loop → ext4.
 //! mkfs, write files, unmount, then e2fsck and debugfs on the target's backing file prove
 //! the bytes landed intact. Needs root, /dev/fuse, qemu-nbd (qemu-utils +
-//! qemu-block-extra), nbdfuse (nbdfuse package), losetup, e2fsprogs; skips otherwise.
+//! qemu-block-extra), nbdfuse (nbdfuse package), losetup, e2fsprogs; skips otherwise, and
+//! fails instead when env `CI` is set.
 
 mod target_common;
 use std::path::Path;
@@ -33,7 +34,7 @@ fn kill_on_drop(undo: &mut Undo, mut c: Child) {
 /// Whether this host can run the chain; prints why not.
 fn chain_available() -> bool {
     if !unsafe_is_root() {
-        eprintln!("SKIPPED: needs root for loop devices and mounts");
+        unavailable("needs root for loop devices and mounts");
         return false;
     }
     for (tool, pkg) in [
@@ -49,7 +50,7 @@ fn chain_available() -> bool {
         }
     }
     if !std::path::Path::new("/dev/fuse").exists() {
-        eprintln!("SKIPPED: /dev/fuse missing");
+        unavailable("/dev/fuse missing");
         return false;
     }
     true

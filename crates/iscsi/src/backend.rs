@@ -1,23 +1,118 @@
 //! The block-backend seam: what the iSCSI frontend needs from whatever stores a LUN's
 //! bytes (a file, a local pool volume, a replicated volume).
 //!
-//! Owns: the trait and its typed errors. The SCSI layer maps these errors to sense data in
-//! exactly one place (sense.rs).
-//! Invariants an implementation must keep: `read`/`write`/`unmap` ranges are checked by the
-//! caller against `size_bytes()` and are multiples of 512 bytes; a completed `write` with
-//! `fua` and a completed `flush` are on stable storage; futures are `Send` and may be
-//! dropped (the target bounds every call with a timeout), in which case the operation may
-//! still complete later, like a cancelled `tokio::fs` write.
+//! Owns: the trait, the per-command context ([`IoCtx`]) and the typed errors. The SCSI
+//! layer maps these errors to sense data in exactly one place (sense.rs).
+//!
+//! Invariants an implementation must keep:
+//! - `read`/`write`/`unmap` ranges are checked by the caller against `size_bytes()` and are
+//!   multiples of 512 bytes; a completed `write` with `ctx.fua` and a completed `flush` are
+//!   on stable storage.
+//! - **Settlement.** The target never drops a returned future: it awaits every call until
+//!   the backend settles it, because a command answered with an error must never change
+//!   the medium afterwards. A backend settles every call it accepted within
+//!   `limits::BACKEND_SETTLE_BOUND` (10 s; the pool faults a hung device inside it).
+//!   When `ctx.cancel` is raised (the command was aborted or passed `ctx.deadline`), a call
+//!   that has not touched the medium yet should return [`BackendError::NotStarted`]; one
+//!   already under way completes normally. `NotStarted` is a promise: nothing of the call
+//!   reaches the medium, ever. The target answers it with BUSY (the initiator retries).
+//!   A call still unsettled past the bound makes the LU answer NOT READY to new commands
+//!   until it settles.
+//! - **io numbers.** A backend that orders modifying calls (the pool, a replicated volume)
+//!   hands out numbers from `next_io`; the LU calls it in its dispatch order, immediately
+//!   before the call it is for, and passes the number in `ctx.io`.
+//!
 //! Never: block the async runtime inside a returned future (blocking engines hop to a
 //! blocking thread, as the file backend does).
 
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Notify;
 
 /// The future every backend method returns: boxed so the trait stays object safe
 /// (`Arc<dyn BlockBackend>`) for file, pool and replicated backends alike.
 pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BackendError>> + Send + 'a>>;
+
+/// A cancel signal shared by a command and the backend calls made for it. Raised once
+/// (abort, session end or deadline) and never lowered. Cloning shares the signal.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<CancelInner>);
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    raised: AtomicBool,
+    wake: Notify,
+}
+
+impl Cancel {
+    /// A signal that is not raised.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises the signal and wakes every waiter.
+    pub fn raise(&self) {
+        self.0.raised.store(true, Ordering::Release);
+        self.0.wake.notify_waiters();
+    }
+
+    /// Whether the signal is raised.
+    pub fn is_raised(&self) -> bool {
+        self.0.raised.load(Ordering::Acquire)
+    }
+
+    /// Completes when the signal is raised (at once if it already is).
+    pub async fn raised(&self) {
+        loop {
+            let wait = self.0.wake.notified();
+            tokio::pin!(wait);
+            // Registered before the check, so a raise in between is not missed.
+            wait.as_mut().enable();
+            if self.is_raised() {
+                return;
+            }
+            wait.await;
+        }
+    }
+}
+
+/// Per-command context of one backend call.
+#[derive(Debug, Clone)]
+pub struct IoCtx {
+    /// io number of a modifying call (write, unmap, write zeros, compare and write), from
+    /// [`BlockBackend::next_io`] in the LU's dispatch order; `None` for reads and flushes
+    /// and for backends that keep no sequence (files).
+    pub io: Option<u64>,
+    /// Force unit access: the write is stable when the call completes.
+    pub fua: bool,
+    /// Raised when the command is aborted or passes its deadline: work not yet started
+    /// should end with [`BackendError::NotStarted`].
+    pub cancel: Cancel,
+    /// After this instant the target raises `cancel`; a backend that queues work may
+    /// refuse unstarted work past it on its own.
+    pub deadline: Instant,
+}
+
+impl IoCtx {
+    /// A context with no io number, no FUA, a fresh cancel signal and `deadline`.
+    pub fn new(deadline: Instant) -> Self {
+        IoCtx {
+            io: None,
+            fua: false,
+            cancel: Cancel::new(),
+            deadline,
+        }
+    }
+
+    /// Whether work that has not started must be refused (cancelled or past the deadline).
+    pub fn must_not_start(&self) -> bool {
+        self.cancel.is_raised() || Instant::now() >= self.deadline
+    }
+}
 
 /// Identity of the stored volume, stable across restarts; INQUIRY VPD 0x80 and 0x83 are
 /// derived from it so initiators (multipath, fencing) recognise the same LUN.
@@ -82,15 +177,25 @@ pub enum BackendError {
     /// answered with SCSI BUSY so the initiator retries.
     #[error("volume busy")]
     Busy,
-    /// The call did not complete within the target's bound.
-    #[error("backend call timed out")]
-    Timeout,
+    /// The call was refused before any of it reached the medium (cancelled or past its
+    /// deadline), and none of it ever will: answered with BUSY.
+    #[error("backend call not started")]
+    NotStarted,
     /// The operation is not supported by this backend.
     #[error("operation not supported by the backend")]
     Unsupported,
     /// Any other failure of the backend.
     #[error("backend failure: {0}")]
     Other(#[source] std::io::Error),
+}
+
+/// The outcome of [`BlockBackend::compare_and_write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOutcome {
+    /// The medium matched and the new data was written.
+    Written,
+    /// The medium differed at this byte offset into the range; nothing was written.
+    Miscompare(u32),
 }
 
 /// A LUN's storage. Implementations: `FileBackend` here; a pool volume and a replicated
@@ -102,34 +207,77 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug + 'static {
     fn size_bytes(&self) -> u64;
     /// Whether writes are refused (DATA PROTECT).
     fn read_only(&self) -> bool;
+    /// The io number for the next modifying call, taken in the LU's dispatch order;
+    /// `None` (the default) for backends without a sequence.
+    fn next_io(&self) -> Option<u64> {
+        None
+    }
     /// Reads `len` bytes at `offset`.
-    fn read(&self, offset: u64, len: u32) -> BackendFuture<'_, Bytes>;
-    /// Writes `data` at `offset`; with `fua` the data is stable when the future completes.
-    fn write(&self, offset: u64, data: Bytes, fua: bool) -> BackendFuture<'_, ()>;
+    fn read(&self, ctx: &IoCtx, offset: u64, len: u32) -> BackendFuture<'_, Bytes>;
+    /// Writes `data` at `offset`; with `ctx.fua` the data is stable when it completes.
+    fn write(&self, ctx: &IoCtx, offset: u64, data: Bytes) -> BackendFuture<'_, ()>;
     /// Makes every completed write stable.
-    fn flush(&self) -> BackendFuture<'_, ()>;
+    fn flush(&self, ctx: &IoCtx) -> BackendFuture<'_, ()>;
     /// Frees the range; later reads return zeros.
-    fn unmap(&self, offset: u64, len: u64) -> BackendFuture<'_, ()>;
+    fn unmap(&self, ctx: &IoCtx, offset: u64, len: u64) -> BackendFuture<'_, ()>;
     /// Writes zeros over the range, leaving it mapped (WRITE SAME of a zero block without
     /// UNMAP). The default writes zero buffers; backends with a cheaper way override it.
-    fn write_zeros(&self, offset: u64, len: u64) -> BackendFuture<'_, ()> {
+    fn write_zeros(&self, ctx: &IoCtx, offset: u64, len: u64) -> BackendFuture<'_, ()> {
+        let ctx = ctx.clone();
         Box::pin(async move {
             let chunk = 1u64 << 20;
             let zeros = Bytes::from(vec![0u8; chunk as usize]);
             let mut done = 0u64;
             while done < len {
                 let n = (len - done).min(chunk);
-                self.write(offset + done, zeros.slice(..n as usize), false)
-                    .await?;
+                match self
+                    .write(&ctx, offset + done, zeros.slice(..n as usize))
+                    .await
+                {
+                    // Part of the range is written: "not started" would no longer be true.
+                    Err(BackendError::NotStarted) if done > 0 => return Err(BackendError::Busy),
+                    r => r?,
+                }
                 done += n;
             }
             Ok(())
         })
     }
+    /// Whether `compare_and_write` is atomic on its own (against every other writer of
+    /// the volume, on every replica, across failover). When false (the default) the LU
+    /// runs it exclusively against its other writes, which suffices for a local backend.
+    fn atomic_compare_and_write(&self) -> bool {
+        false
+    }
+    /// COMPARE AND WRITE: if the medium at `offset` equals `compare`, writes `data` (same
+    /// length) there. The default reads, compares and writes; see
+    /// `atomic_compare_and_write` for who makes that atomic.
+    fn compare_and_write(
+        &self,
+        ctx: &IoCtx,
+        offset: u64,
+        compare: Bytes,
+        data: Bytes,
+    ) -> BackendFuture<'_, CompareOutcome> {
+        let ctx = ctx.clone();
+        Box::pin(async move {
+            let medium = self.read(&ctx, offset, compare.len() as u32).await?;
+            if let Some(at) = medium.iter().zip(compare.iter()).position(|(a, b)| a != b) {
+                return Ok(CompareOutcome::Miscompare(at as u32));
+            }
+            self.write(&ctx, offset, data).await?;
+            Ok(CompareOutcome::Written)
+        })
+    }
     /// Allocation state from `offset` on, at most `len` bytes covered; `None` when the
     /// backend cannot tell (everything is then reported mapped).
-    fn lba_status(&self, offset: u64, len: u64) -> BackendFuture<'_, Option<Vec<Extent>>> {
-        let _ = (offset, len);
+    fn lba_status(
+        &self,
+        ctx: &IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> BackendFuture<'_, Option<Vec<Extent>>> {
+        let _ = (ctx, offset, len);
         Box::pin(async { Ok(None) })
     }
 }

@@ -6,9 +6,13 @@
 //! command; one writer task owns the write half and stamps StatSN/ExpCmdSN/MaxCmdSN in
 //! send order. Invariants: at most `limits::CMD_WINDOW` commands in flight (MaxCmdSN only
 //! advances when a command completes); a command's data-out buffer is at most
-//! `limits::MAX_TRANSFER_BYTES`; an aborted command sends nothing and issues no backend
-//! write after its abort was seen; when the session ends, every command task has finished
-//! (bounded by `limits::TASK_DRAIN_TIMEOUT`) before the session is reported done.
+//! `limits::MAX_TRANSFER_BYTES`; an aborted command issues no backend write after its
+//! abort was seen and sends nothing, or TASK ABORTED when another I_T nexus aborted it
+//! (TAS=1, task.rs); every task is in its LU's registry so task management from any
+//! session reaches it; when the session ends, every command task has finished (bounded
+//! by `limits::TASK_DRAIN_TIMEOUT`) before the session is reported done; data queued for
+//! the socket holds its buffer budget until written, and a socket that takes no data for
+//! `limits::WRITE_TIMEOUT` ends the connection.
 //! Never: let one session's bad input affect another; block the reader on a backend call.
 
 use crate::be;
@@ -17,19 +21,21 @@ use crate::login::{self, LoginOutcome, Negotiated, SessionKind};
 use crate::pdu::{self, op, reject, OutPdu, Pdu, StatSn, NO_TAG};
 use crate::scsi::{self, nexus_id, NexusId, ScsiReply};
 use crate::sense::{self, ScsiError};
+use crate::server::LoginSlot;
 use crate::target::{self, Server, SessionHandle, Target};
+use crate::task::Task;
 use crate::text;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Serial number comparison (RFC 1982), as CmdSN uses.
 fn sn_lt(a: u32, b: u32) -> bool {
@@ -37,15 +43,8 @@ fn sn_lt(a: u32, b: u32) -> bool {
 }
 
 #[derive(Debug)]
-struct TaskCtl {
-    aborted: AtomicBool,
-    abort: Notify,
-    done: watch::Sender<bool>,
-}
-
-#[derive(Debug)]
 struct TaskEntry {
-    ctl: Arc<TaskCtl>,
+    task: Arc<Task>,
     data_tx: Option<mpsc::Sender<Pdu>>,
 }
 
@@ -56,13 +55,21 @@ struct Window {
     max_cmd_sn: AtomicU32,
 }
 
+/// PDUs for the writer, with the buffer budget their data holds: released only once the
+/// bytes are on the socket, so a client that does not read cannot grow memory.
+#[derive(Debug)]
+struct Batch {
+    pdus: Vec<OutPdu>,
+    hold: Vec<OwnedSemaphorePermit>,
+}
+
 /// State shared by the reader and command tasks.
 #[derive(Debug)]
 struct Session {
     target: Option<Arc<Target>>,
     nexus: NexusId,
     params: Negotiated,
-    out: mpsc::Sender<Vec<OutPdu>>,
+    out: mpsc::Sender<Batch>,
     win: Arc<Window>,
     tasks: Mutex<HashMap<u32, TaskEntry>>,
     next_ttt: AtomicU32,
@@ -71,13 +78,22 @@ struct Session {
     tsih: u16,
     shutdown: Arc<Notify>,
     /// Data buffer budget in KiB (limits::SESSION_BUFFER_BYTES).
-    buffers: Arc<tokio::sync::Semaphore>,
+    buffers: Arc<Semaphore>,
+    /// Echoed NOP data queued for the writer, in KiB (limits::NOP_ECHO_BUFFER_BYTES).
+    echo: Arc<Semaphore>,
+    /// The unsent rest of a long text response.
+    text_pending: Mutex<Option<TextPending>>,
 }
 
 impl Session {
     async fn send(&self, pdus: Vec<OutPdu>) {
+        self.send_held(pdus, Vec::new()).await;
+    }
+
+    /// Sends `pdus`, keeping `hold` until the writer has written them.
+    async fn send_held(&self, pdus: Vec<OutPdu>, hold: Vec<OwnedSemaphorePermit>) {
         // A closed writer means the connection is going away; the reader notices.
-        let _ = self.out.send(pdus).await;
+        let _ = self.out.send(Batch { pdus, hold }).await;
     }
 
     fn ttt(&self) -> u32 {
@@ -102,43 +118,38 @@ impl Session {
         r
     }
 
-    /// Aborts tasks matching `pred` and waits until they have ended.
-    async fn abort_tasks(&self, pred: impl Fn(u32) -> bool) -> usize {
-        let waits: Vec<watch::Receiver<bool>> = {
+    /// Aborts this session's tasks matching `pred` (by ITT and task) and waits, bounded,
+    /// until they have ended; false if some did not end in time.
+    async fn abort_tasks(&self, pred: impl Fn(u32, &Task) -> bool) -> bool {
+        let victims: Vec<Arc<Task>> = {
             let tasks = self.tasks.lock();
             tasks
                 .iter()
-                .filter(|(itt, _)| pred(**itt))
+                .filter(|(itt, e)| pred(**itt, &e.task))
                 .map(|(_, e)| {
-                    e.ctl.aborted.store(true, Ordering::Release);
-                    e.ctl.abort.notify_one();
-                    e.ctl.done.subscribe()
+                    e.task.abort(false);
+                    e.task.clone()
                 })
                 .collect()
         };
-        let n = waits.len();
-        for mut w in waits {
-            let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, w.wait_for(|d| *d)).await;
+        let mut all = true;
+        for t in victims {
+            all &= t.ended(limits::TASK_DRAIN_TIMEOUT).await;
         }
-        n
+        all
     }
 
     /// Waits (bounded) for every running task to finish on its own.
     async fn drain_tasks(&self) {
-        let waits: Vec<watch::Receiver<bool>> = self
-            .tasks
-            .lock()
-            .values()
-            .map(|e| e.ctl.done.subscribe())
-            .collect();
-        for mut w in waits {
-            let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, w.wait_for(|d| *d)).await;
+        let waits: Vec<Arc<Task>> = self.tasks.lock().values().map(|e| e.task.clone()).collect();
+        for t in waits {
+            t.ended(limits::TASK_DRAIN_TIMEOUT).await;
         }
     }
 }
 
 /// Serves one accepted connection until it closes.
-pub(crate) async fn serve(stream: TcpStream, server: Arc<Server>) {
+pub(crate) async fn serve(stream: TcpStream, server: Arc<Server>, slot: LoginSlot) {
     let peer = stream.peer_addr().ok();
     let Ok(portal) = stream.local_addr() else {
         return;
@@ -147,12 +158,19 @@ pub(crate) async fn serve(stream: TcpStream, server: Arc<Server>) {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-    let outcome = match tokio::time::timeout(
+    let login = tokio::time::timeout(
         limits::LOGIN_TIMEOUT,
         login::login(&mut rd, &mut wr, &server),
-    )
-    .await
-    {
+    );
+    let outcome = tokio::select! {
+        r = login => r,
+        _ = slot.evicted.notified() => {
+            tracing::info!(?peer, "login evicted by newer logins from the same address");
+            return;
+        }
+    };
+    drop(slot);
+    let outcome = match outcome {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {
             tracing::info!(?peer, error = %e, "login failed");
@@ -179,11 +197,13 @@ async fn full_feature(
         SessionKind::Discovery => None,
     };
     let shutdown = Arc::new(Notify::new());
+    let request_logout = Arc::new(Notify::new());
     let (done_tx, done_rx) = watch::channel(false);
     if let Some(t) = &target {
         let handle = SessionHandle {
             tsih: o.tsih,
             shutdown: shutdown.clone(),
+            request_logout: request_logout.clone(),
             done: done_rx,
         };
         let old = t
@@ -215,16 +235,20 @@ async fn full_feature(
         server,
         tsih: o.tsih,
         shutdown: shutdown.clone(),
-        buffers: Arc::new(tokio::sync::Semaphore::new(
+        buffers: Arc::new(Semaphore::new(
             (limits::SESSION_BUFFER_BYTES / 1024) as usize,
         )),
+        echo: Arc::new(Semaphore::new(
+            (limits::NOP_ECHO_BUFFER_BYTES / 1024) as usize,
+        )),
+        text_pending: Mutex::new(None),
     });
     // Login flushed its last response, so nothing is left in the buffer.
     let wr = wr.into_inner();
     let mut writer = tokio::spawn(writer(wr, out_rx, win, o.params.digests, o.stat_sn));
-    let reason = reader_loop(&mut rd, &sess, &shutdown, &mut writer).await;
+    let reason = reader_loop(&mut rd, &sess, &shutdown, &request_logout, &mut writer).await;
     tracing::debug!(nexus = %nexus, reason, "connection ending");
-    sess.abort_tasks(|_| true).await;
+    sess.abort_tasks(|_, _| true).await;
     if let Some(t) = &target {
         t.lu.detach_nexus(&nexus);
         let mut sessions = t.sessions.lock();
@@ -234,26 +258,31 @@ async fn full_feature(
         }
     }
     drop(sess);
-    let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, &mut writer).await;
+    // A writer that ended already was polled to completion by the reader: not again.
+    if reason != WRITER_ENDED {
+        let _ = tokio::time::timeout(limits::TASK_DRAIN_TIMEOUT, &mut writer).await;
+    }
     writer.abort();
-    let _ = done_tx.send(true);
+    done_tx.send_replace(true);
 }
 
 async fn writer(
     mut w: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Vec<OutPdu>>,
+    mut rx: mpsc::Receiver<Batch>,
     win: Arc<Window>,
     digests: pdu::Digests,
     mut stat_sn: u32,
 ) {
     let mut segs = pdu::Segments::default();
+    let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
     while let Some(batch) = rx.recv().await {
         // Whatever is queued already goes out in one vectored write (bounded), so a busy
         // session pays one syscall for many responses and none for buffering copies.
         let mut next = Some(batch);
         let mut last = false;
         while let Some(batch) = next.take() {
-            for mut p in batch {
+            held.extend(batch.hold);
+            for mut p in batch.pdus {
                 let sn = match p.stat_sn {
                     StatSn::None => None,
                     StatSn::Peek => Some(stat_sn),
@@ -277,9 +306,17 @@ async fn writer(
             }
             next = rx.try_recv().ok();
         }
-        if segs.write_all(&mut w).await.is_err() {
-            break;
+        // A client that stops reading is dropped after the write timeout, so it cannot
+        // hold the connection, its buffers and its budget forever.
+        match tokio::time::timeout(limits::WRITE_TIMEOUT, segs.write_all(&mut w)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::info!("client stopped reading; dropping the connection");
+                break;
+            }
         }
+        held.clear();
         if last {
             let _ = w.shutdown().await;
             break;
@@ -287,17 +324,28 @@ async fn writer(
     }
 }
 
+/// Why the reader ended when the writer task ended first (its handle is then spent).
+const WRITER_ENDED: &str = "writer ended";
+
 /// Reads and dispatches PDUs until the connection must end; returns why.
 async fn reader_loop(
     rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
     sess: &Arc<Session>,
     shutdown: &Notify,
+    request_logout: &Notify,
     writer: &mut tokio::task::JoinHandle<()>,
 ) -> &'static str {
     let mut ping: Option<(u32, Instant)> = None;
     let mut last_rx = Instant::now();
+    // Discovery sessions end when no text request came for a while (pings do not count).
+    let mut last_text = Instant::now();
+    let discovery = sess.target.is_none();
     let (interval, timeout) = sess.server.keepalive();
-    let mut ticker = tokio::time::interval(interval / 2);
+    let mut tick = interval / 2;
+    if discovery {
+        tick = tick.min(sess.server.discovery_idle() / 2);
+    }
+    let mut ticker = tokio::time::interval(tick.max(std::time::Duration::from_millis(5)));
     loop {
         let read = pdu::read_pdu(rd, sess.params.max_recv_data, sess.params.digests);
         tokio::pin!(read);
@@ -305,8 +353,20 @@ async fn reader_loop(
             tokio::select! {
                 r = &mut read => break r,
                 _ = shutdown.notified() => return "session shut down",
-                _ = &mut *writer => return "writer ended",
+                _ = request_logout.notified() => {
+                    // RFC 7143 §11.9.1 AsyncEvent 1: the target requests a logout within
+                    // Parameter3 seconds (a planned stop or the target's removal).
+                    let mut a = OutPdu::new(op::ASYNC, 0x80, StatSn::Advance);
+                    a.set_u32(16, NO_TAG);
+                    a.bhs[36] = 1;
+                    be::put_u16(&mut a.bhs, 42, limits::LOGOUT_REQUEST_WAIT.as_secs() as u16);
+                    sess.send(vec![a]).await;
+                }
+                _ = &mut *writer => return WRITER_ENDED,
                 _ = ticker.tick() => {
+                    if discovery && last_text.elapsed() >= sess.server.discovery_idle() {
+                        return "idle discovery session";
+                    }
                     if let Some((_, sent)) = ping {
                         if sent.elapsed() > timeout {
                             return "NOP-In ping unanswered";
@@ -330,6 +390,9 @@ async fn reader_loop(
             }
         };
         last_rx = Instant::now();
+        if pdu.opcode() != op::NOP_OUT {
+            last_text = last_rx;
+        }
         if let Some((ttt, _)) = ping {
             if pdu.opcode() == op::NOP_OUT && pdu.u32_at(20) == ttt {
                 ping = None;
@@ -386,10 +449,16 @@ async fn dispatch(sess: &Arc<Session>, p: Pdu) -> Option<&'static str> {
                 sess.complete_cmd();
             }
             if p.itt() != NO_TAG {
+                // Echoed data waits for budget (the reader stops reading meanwhile), so a
+                // client that pings without reading pins at most the echo budget.
+                let kib = (p.data.len() as u32).div_ceil(1024);
+                let Ok(hold) = sess.echo.clone().acquire_many_owned(kib).await else {
+                    return Some("closed");
+                };
                 let mut r = OutPdu::new(op::NOP_IN, 0x80, StatSn::Advance);
                 r.set_lun(p.lun()).set_u32(16, p.itt()).set_u32(20, NO_TAG);
                 r.data = p.data.clone();
-                sess.send(vec![r]).await;
+                sess.send_held(vec![r], vec![hold]).await;
             }
         }
         op::TASK_MGMT => {
@@ -412,6 +481,10 @@ async fn dispatch(sess: &Arc<Session>, p: Pdu) -> Option<&'static str> {
             if !accept_cmd_sn(sess, &p) {
                 return None;
             }
+            // Data-Out will not come for a session logging out: those commands are
+            // aborted now rather than after the Data-Out timeout; the rest finish.
+            sess.abort_tasks(|_, t| t.collecting.load(Ordering::Acquire))
+                .await;
             sess.drain_tasks().await;
             if !p.immediate() {
                 sess.complete_cmd();
@@ -468,11 +541,9 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         },
     };
     let Some(target) = sess.target.clone() else {
-        let r = sess.reject(&p, reject::PROTOCOL_ERROR);
-        sess.send(vec![r]).await;
-        if !hdr.immediate {
-            sess.complete_cmd();
-        }
+        // A discovery session has no logical units.
+        let e = ScsiError::lun_not_supported();
+        refuse(sess, &p, &hdr, reject::PROTOCOL_ERROR, e).await;
         return;
     };
     let immediate_data = p.data.clone();
@@ -480,21 +551,40 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         && (!hdr.write
             || !sess.params.immediate_data
             || immediate_data.len() as u64 > u64::from(hdr.edtl));
-    if bad_immediate || hdr.edtl > limits::MAX_TRANSFER_BYTES {
-        let r = sess.reject(&p, reject::PROTOCOL_ERROR);
-        sess.send(vec![r]).await;
-        if !hdr.immediate {
-            sess.complete_cmd();
-        }
+    if bad_immediate {
+        refuse(
+            sess,
+            &p,
+            &hdr,
+            reject::PROTOCOL_ERROR,
+            ScsiError::unexpected_unsolicited_data(),
+        )
+        .await;
         return;
     }
-    // The buffer budget is taken by the reader, never awaited: a full budget answers
-    // TASK SET FULL (the initiator retries) instead of stalling Data-Out of other commands.
-    let Ok(budget) = sess
+    if hdr.edtl > limits::MAX_TRANSFER_BYTES {
+        // Above what VPD 0xB0 allows: refused before any buffer is taken for it.
+        refuse(
+            sess,
+            &p,
+            &hdr,
+            reject::PROTOCOL_ERROR,
+            ScsiError::invalid_cdb_field_unknown(),
+        )
+        .await;
+        return;
+    }
+    // The buffer budgets (the session's and the process's) are taken by the reader,
+    // never awaited: a full budget answers TASK SET FULL (the initiator retries) instead
+    // of stalling Data-Out of other commands. They are held until the reply is written.
+    let kib = hdr.edtl.div_ceil(1024).max(1);
+    let budget = sess
         .buffers
         .clone()
-        .try_acquire_many_owned(hdr.edtl.div_ceil(1024).max(1))
-    else {
+        .try_acquire_many_owned(kib)
+        .ok()
+        .zip(sess.server.buffer_budget().try_acquire_many_owned(kib).ok());
+    let Some((budget, global)) = budget else {
         let mut r = response_pdu(&hdr, sense::status::TASK_SET_FULL, None, 0, 0, 0);
         r.set_u32(44, 0);
         sess.send(vec![r]).await;
@@ -510,11 +600,8 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
     } else {
         (None, None)
     };
-    let ctl = Arc::new(TaskCtl {
-        aborted: AtomicBool::new(false),
-        abort: Notify::new(),
-        done: watch::channel(false).0,
-    });
+    let task = Task::new(sess.nexus.clone());
+    task.collecting.store(needs_data, Ordering::Release);
     let duplicate = {
         let mut tasks = sess.tasks.lock();
         let dup = tasks.contains_key(&hdr.itt);
@@ -522,7 +609,7 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
             tasks.insert(
                 hdr.itt,
                 TaskEntry {
-                    ctl: ctl.clone(),
+                    task: task.clone(),
                     data_tx,
                 },
             );
@@ -530,28 +617,51 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         dup
     };
     if duplicate {
-        let r = sess.reject(&p, reject::PROTOCOL_ERROR);
-        sess.send(vec![r]).await;
-        if !hdr.immediate {
-            sess.complete_cmd();
-        }
+        // SAM-5: a task tag already in use is an overlapped command.
+        refuse(
+            sess,
+            &p,
+            &hdr,
+            reject::PROTOCOL_ERROR,
+            ScsiError::overlapped_commands(),
+        )
+        .await;
         return;
     }
+    // In the LU's registry too, so task management from any session reaches it.
+    let lu_id = target.lu.tasks.insert(task.clone());
     let s = sess.clone();
     tokio::spawn(async move {
-        let pdus = run_command(&s, &target, &hdr, immediate_data, data_rx, &ctl).await;
+        let pdus = run_command(&s, &target, &hdr, immediate_data, data_rx, &task).await;
         s.tasks.lock().remove(&hdr.itt);
+        target.lu.tasks.remove(lu_id);
         if !hdr.immediate {
             s.complete_cmd();
         }
-        if let Some(pdus) = pdus {
-            if !ctl.aborted.load(Ordering::Acquire) {
-                s.send(pdus).await;
+        match pdus {
+            Some(pdus) if !task.is_aborted() => {
+                s.send_held(pdus, vec![budget, global]).await;
             }
+            _ if task.is_aborted() && task.reports_aborted() => {
+                // Aborted by another I_T nexus with TAS=1 (SAM-5 §5.6).
+                let r = response_pdu(&hdr, sense::status::TASK_ABORTED, None, 0, 0, 0);
+                s.send(vec![r]).await;
+            }
+            _ => {}
         }
-        drop(budget);
-        let _ = ctl.done.send(true);
+        task.finish();
     });
+}
+
+/// Refuses a SCSI command PDU: a Reject, then (RFC 7143 §11.17.1: a rejected command
+/// ends with a SCSI Response) CHECK CONDITION with `e`'s sense, and the CmdSN slot back.
+async fn refuse(sess: &Session, p: &Pdu, hdr: &CmdHeader, reason: u8, e: ScsiError) {
+    let rej = sess.reject(p, reason);
+    let rsp = response_pdu(hdr, e.status, e.sense, 0, 0, 0);
+    sess.send(vec![rej, rsp]).await;
+    if !hdr.immediate {
+        sess.complete_cmd();
+    }
 }
 
 enum DataError {
@@ -567,7 +677,7 @@ async fn run_command(
     hdr: &CmdHeader,
     immediate: Bytes,
     data_rx: Option<mpsc::Receiver<Pdu>>,
-    ctl: &TaskCtl,
+    task: &Task,
 ) -> Option<Vec<OutPdu>> {
     let mut r2t_count = 0u32;
     let data_out = match data_rx {
@@ -575,8 +685,9 @@ async fn run_command(
         Some(rx) => {
             let collected = tokio::select! {
                 r = collect_data(sess, hdr, immediate, rx, &mut r2t_count) => r,
-                _ = ctl.abort.notified() => Err(DataError::Aborted),
+                _ = task.abort_wake.notified() => Err(DataError::Aborted),
             };
+            task.collecting.store(false, Ordering::Release);
             match collected {
                 Ok(d) => d,
                 Err(DataError::Aborted) => return None,
@@ -592,7 +703,7 @@ async fn run_command(
             }
         }
     };
-    if ctl.aborted.load(Ordering::Acquire) {
+    if task.is_aborted() {
         return None;
     }
     let reply = if lun_index(hdr.lun) != Some(0) {
@@ -602,10 +713,11 @@ async fn run_command(
             bytes: &hdr.cdb,
             data_out,
             nexus: &sess.nexus,
+            cancel: task.cancel.clone(),
         };
         target.lu.execute(cdb).await
     };
-    if ctl.aborted.load(Ordering::Acquire) {
+    if task.is_aborted() {
         return None;
     }
     Some(build_reply(sess, hdr, reply, r2t_count))
@@ -865,45 +977,46 @@ fn build_reply(sess: &Session, hdr: &CmdHeader, reply: ScsiReply, r2t_count: u32
     out
 }
 
+/// Task management (RFC 7143 §11.5, SAM-5 §7). ABORT TASK and ABORT TASK SET act on this
+/// session's tasks (SAM-5: the task set of the calling I_T nexus); CLEAR TASK SET and the
+/// resets act on the LU's tasks from every session, the others' answered TASK ABORTED
+/// (TAS=1 in the control mode page). The response goes out only after every aborted
+/// task has ended; if one does not end within `limits::TMF_WAIT`, FUNCTION REJECTED.
 async fn task_management(sess: &Session, p: Pdu) {
     let function = p.bhs[1] & 0x7f;
     let rtt = p.u32_at(20);
-    let my_itt = p.itt();
     let lun_ok = lun_index(p.lun()) == Some(0);
+    let ended = |all: bool| if all { 0 } else { 255 };
     let response: u8 = match function {
         1 => {
             let found = sess.tasks.lock().contains_key(&rtt);
             if found {
-                sess.abort_tasks(|itt| itt == rtt).await;
-                0
+                ended(sess.abort_tasks(|itt, _| itt == rtt).await)
             } else {
                 // Completed already (its response is on the way) or never received.
                 1
             }
         }
-        2 | 4 => {
-            if lun_ok {
-                sess.abort_tasks(|itt| itt != my_itt).await;
-                0
-            } else {
-                2
-            }
-        }
+        2 if !lun_ok => 2,
+        2 => ended(sess.abort_tasks(|_, _| true).await),
         3 => 0, // CLEAR ACA: NACA is never set, so there is no ACA to clear.
-        5..=7 => {
-            if function == 5 && !lun_ok {
-                2
-            } else {
-                sess.abort_tasks(|itt| itt != my_itt).await;
-                if let Some(t) = &sess.target {
+        4 | 5 if !lun_ok => 2,
+        4..=7 => match &sess.target {
+            Some(t) => {
+                let all =
+                    t.lu.tasks
+                        .abort_where(|_| true, &sess.nexus, true, limits::TMF_WAIT)
+                        .await;
+                if function != 4 {
                     t.lu.reset(&sess.nexus);
-                    if function == 7 {
-                        end_other_sessions(sess, t).await;
-                    }
                 }
-                0
+                if function == 7 {
+                    end_other_sessions(sess, t).await;
+                }
+                ended(all)
             }
-        }
+            None => 2,
+        },
         8 => 4, // TASK REASSIGN needs error recovery level 2.
         _ => 5,
     };
@@ -912,7 +1025,7 @@ async fn task_management(sess: &Session, p: Pdu) {
     }
     let mut r = OutPdu::new(op::TASK_MGMT_RSP, 0x80, StatSn::Advance);
     r.bhs[2] = response;
-    r.set_u32(16, my_itt);
+    r.set_u32(16, p.itt());
     sess.send(vec![r]).await;
     if function == 7 && response == 0 {
         // Cold reset closes this connection too, after the response went out.
@@ -935,7 +1048,53 @@ async fn end_other_sessions(sess: &Session, t: &Target) {
     }
 }
 
+/// A text response too long for one PDU, sent a segment per initiator request.
+#[derive(Debug)]
+struct TextPending {
+    itt: u32,
+    ttt: u32,
+    rest: Bytes,
+}
+
+/// Text requests: SendTargets, answered across several PDUs when the reply exceeds the
+/// initiator's MaxRecvDataSegmentLength (RFC 7143 §11.10: C bit and a target transfer tag
+/// the initiator echoes in an empty request for the next part, as open-iscsi does).
 async fn text_request(sess: &Session, p: &Pdu) {
+    let ttt = p.u32_at(20);
+    let itt = p.itt();
+    let pending = sess.text_pending.lock().take();
+    let data = match pending {
+        Some(t) if ttt != NO_TAG && t.itt == itt && t.ttt == ttt => t.rest,
+        _ if ttt != NO_TAG => {
+            // A continuation of nothing we sent: RFC 7143 §11.10.4 wants a reject.
+            let r = sess.reject(p, reject::INVALID_PDU_FIELD);
+            sess.send(vec![r]).await;
+            return;
+        }
+        // A new request (a different ITT or TTT reserved) drops any unfinished reply.
+        _ => Bytes::from(text::encode(&text_answer(sess, p))),
+    };
+    let seg = (sess.params.max_xmit_data as usize).max(512);
+    let mut r = OutPdu::new(op::TEXT_RSP, 0x80, StatSn::Advance);
+    r.set_lun(p.lun()).set_u32(16, itt).set_u32(20, NO_TAG);
+    if data.len() > seg {
+        let next_ttt = sess.ttt();
+        r.bhs[1] = 0x40; // C: more follows; F clear.
+        r.set_u32(20, next_ttt);
+        r.data = data.slice(..seg);
+        *sess.text_pending.lock() = Some(TextPending {
+            itt,
+            ttt: next_ttt,
+            rest: data.slice(seg..),
+        });
+    } else {
+        r.data = data;
+    }
+    sess.send(vec![r]).await;
+}
+
+/// The key=value answer to one text request.
+fn text_answer(sess: &Session, p: &Pdu) -> Vec<(String, String)> {
     let pairs = text::parse(&p.data).unwrap_or_default();
     let mut out = Vec::new();
     for (k, v) in &pairs {
@@ -955,18 +1114,19 @@ async fn text_request(sess: &Session, p: &Pdu) {
                     }
                 }
                 out.push(("TargetName".to_owned(), t.iqn.clone()));
-                out.push(("TargetAddress".to_owned(), format!("{},1", sess.portal)));
+                let portals = sess.server.portals_of(&t);
+                if portals.is_empty() {
+                    out.push(("TargetAddress".to_owned(), format!("{},1", sess.portal)));
+                }
+                for a in portals {
+                    out.push(("TargetAddress".to_owned(), format!("{a},1")));
+                }
             }
         } else {
             out.push((k.clone(), "NotUnderstood".to_owned()));
         }
     }
-    let mut data = text::encode(&out);
-    data.truncate(sess.params.max_xmit_data as usize);
-    let mut r = OutPdu::new(op::TEXT_RSP, 0x80, StatSn::Advance);
-    r.set_lun(p.lun()).set_u32(16, p.itt()).set_u32(20, NO_TAG);
-    r.data = Bytes::from(data);
-    sess.send(vec![r]).await;
+    out
 }
 
 #[cfg(test)]

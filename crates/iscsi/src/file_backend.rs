@@ -16,10 +16,12 @@
 //! Never: run a call that may block (pwrite, fdatasync, fallocate, a page-cache miss) on
 //! the async runtime's worker threads; hold the writer thread in fdatasync (FUA syncs run
 //! on the blocking pool, after the write completed).
-//! Cancellation: a dropped write future may still be written by the writer thread.
+//! Settlement: a queued write whose command was cancelled (abort, deadline) before the
+//! writer thread reached it is refused with `NotStarted` and never written; one the thread
+//! has begun is finished.
 
 use crate::backend::{
-    BackendError, BackendFuture, BackendIdentity, BlockBackend, Extent, Provisioning,
+    BackendError, BackendFuture, BackendIdentity, BlockBackend, Extent, IoCtx, Provisioning,
 };
 use bytes::{Bytes, BytesMut};
 use std::fs::{File, OpenOptions};
@@ -76,6 +78,8 @@ pub struct FileBackend {
 struct WriteJob {
     offset: u64,
     data: Bytes,
+    /// Checked when the thread takes the job: a cancelled job is never written.
+    ctx: IoCtx,
     done: oneshot::Sender<Result<(), BackendError>>,
 }
 
@@ -103,7 +107,11 @@ fn spawn_writer(file: Arc<File>) -> io::Result<mpsc::Sender<WriteJob>> {
         .stack_size(crate::limits::FILE_WRITER_STACK_BYTES)
         .spawn(move || {
             while let Some(job) = rx.blocking_recv() {
-                let r = write_chunked(&file, &job.data, job.offset);
+                let r = if job.ctx.must_not_start() {
+                    Err(BackendError::NotStarted)
+                } else {
+                    write_chunked(&file, &job.data, job.offset)
+                };
                 // The command may have been dropped (timeout, abort): nobody to tell.
                 let _ = job.done.send(r);
             }
@@ -238,7 +246,7 @@ impl BlockBackend for FileBackend {
         self.read_only
     }
 
-    fn read(&self, offset: u64, len: u32) -> BackendFuture<'_, Bytes> {
+    fn read(&self, _ctx: &IoCtx, offset: u64, len: u32) -> BackendFuture<'_, Bytes> {
         let file = self.file.clone();
         let len = len as usize;
         let mut buf = BytesMut::with_capacity(len);
@@ -265,13 +273,19 @@ impl BlockBackend for FileBackend {
         }))
     }
 
-    fn write(&self, offset: u64, data: Bytes, fua: bool) -> BackendFuture<'_, ()> {
+    fn write(&self, ctx: &IoCtx, offset: u64, data: Bytes) -> BackendFuture<'_, ()> {
         if self.read_only {
             return Box::pin(async { Err(BackendError::ReadOnly) });
         }
+        let (fua, ctx) = (ctx.fua, ctx.clone());
         Box::pin(async move {
             let (done, result) = oneshot::channel();
-            let job = WriteJob { offset, data, done };
+            let job = WriteJob {
+                offset,
+                data,
+                ctx,
+                done,
+            };
             let gone = || BackendError::Other(io::Error::other("file writer thread ended"));
             self.writes.send(job).await.map_err(|_| gone())?;
             result.await.map_err(|_| gone())??;
@@ -283,21 +297,26 @@ impl BlockBackend for FileBackend {
         })
     }
 
-    fn flush(&self) -> BackendFuture<'_, ()> {
+    fn flush(&self, _ctx: &IoCtx) -> BackendFuture<'_, ()> {
         let file = self.file.clone();
         Box::pin(blocking(move || file.sync_data().map_err(|e| map_io(0, e))))
     }
 
-    fn unmap(&self, offset: u64, len: u64) -> BackendFuture<'_, ()> {
+    fn unmap(&self, ctx: &IoCtx, offset: u64, len: u64) -> BackendFuture<'_, ()> {
         // UNMAP with LBPRZ promises zeros: where holes cannot be punched, write zeros.
-        self.zero_range(offset, len, libc::FALLOC_FL_PUNCH_HOLE)
+        self.zero_range(ctx, offset, len, libc::FALLOC_FL_PUNCH_HOLE)
     }
 
-    fn write_zeros(&self, offset: u64, len: u64) -> BackendFuture<'_, ()> {
-        self.zero_range(offset, len, libc::FALLOC_FL_ZERO_RANGE)
+    fn write_zeros(&self, ctx: &IoCtx, offset: u64, len: u64) -> BackendFuture<'_, ()> {
+        self.zero_range(ctx, offset, len, libc::FALLOC_FL_ZERO_RANGE)
     }
 
-    fn lba_status(&self, offset: u64, len: u64) -> BackendFuture<'_, Option<Vec<Extent>>> {
+    fn lba_status(
+        &self,
+        _ctx: &IoCtx,
+        offset: u64,
+        len: u64,
+    ) -> BackendFuture<'_, Option<Vec<Extent>>> {
         let file = self.file.clone();
         let size = self.size_bytes();
         Box::pin(blocking(move || {
@@ -391,12 +410,22 @@ fn seek_extents(file: &File, offset: u64, len: u64, size: u64) -> Vec<Extent> {
 impl FileBackend {
     /// Zero a range with `fallocate(mode | KEEP_SIZE)` (hole punch or zero range), and
     /// where the filesystem lacks that mode, by writing zeros.
-    fn zero_range(&self, offset: u64, len: u64, mode: libc::c_int) -> BackendFuture<'_, ()> {
+    fn zero_range(
+        &self,
+        ctx: &IoCtx,
+        offset: u64,
+        len: u64,
+        mode: libc::c_int,
+    ) -> BackendFuture<'_, ()> {
         if self.read_only {
             return Box::pin(async { Err(BackendError::ReadOnly) });
         }
         let file = self.file.clone();
+        let ctx = ctx.clone();
         Box::pin(blocking(move || {
+            if ctx.must_not_start() {
+                return Err(BackendError::NotStarted);
+            }
             let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
             else {
                 return Err(BackendError::OutOfRange {
@@ -428,17 +457,28 @@ impl FileBackend {
 mod tests {
     use super::*;
 
+    fn ctx() -> IoCtx {
+        IoCtx::new(std::time::Instant::now() + std::time::Duration::from_secs(60))
+    }
+
+    fn fua() -> IoCtx {
+        IoCtx { fua: true, ..ctx() }
+    }
+
     #[tokio::test]
     async fn create_write_read_unmap() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lun.img");
         let b = FileBackend::open(&path, Some(1 << 20), false).unwrap();
         assert_eq!(b.size_bytes(), 1 << 20);
-        b.write(4096, Bytes::from(vec![7u8; 8192]), true)
+        b.write(&fua(), 4096, Bytes::from(vec![7u8; 8192]))
             .await
             .unwrap();
-        assert_eq!(&b.read(4096, 512).await.unwrap()[..], &[7u8; 512][..]);
-        let st = b.lba_status(0, 1 << 20).await.unwrap().unwrap();
+        assert_eq!(
+            &b.read(&ctx(), 4096, 512).await.unwrap()[..],
+            &[7u8; 512][..]
+        );
+        let st = b.lba_status(&ctx(), 0, 1 << 20).await.unwrap().unwrap();
         assert_eq!(
             st[0],
             Extent {
@@ -448,8 +488,11 @@ mod tests {
             }
         );
         assert_eq!(st[1].state, Provisioning::Mapped);
-        b.unmap(4096, 8192).await.unwrap();
-        assert_eq!(&b.read(4096, 512).await.unwrap()[..], &[0u8; 512][..]);
+        b.unmap(&ctx(), 4096, 8192).await.unwrap();
+        assert_eq!(
+            &b.read(&ctx(), 4096, 512).await.unwrap()[..],
+            &[0u8; 512][..]
+        );
         // Reopening never truncates and keeps the identity.
         let again = FileBackend::open(&path, Some(4096), false).unwrap();
         assert_eq!(again.size_bytes(), 1 << 20);
@@ -462,21 +505,41 @@ mod tests {
         let b = FileBackend::open(&dir.path().join("lun.img"), Some(4 << 20), false).unwrap();
         // Longer than one pwrite piece and not a multiple of it.
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        b.write(512, Bytes::from(data.clone()), false)
+        b.write(&ctx(), 512, Bytes::from(data.clone()))
             .await
             .unwrap();
-        let got = b.read(0, 512 + 300_000 + 700).await.unwrap();
+        let got = b.read(&ctx(), 0, 512 + 300_000 + 700).await.unwrap();
         assert_eq!(&got[..512], &[0u8; 512][..]);
         assert_eq!(&got[512..512 + 300_000], &data[..]);
         assert_eq!(&got[512 + 300_000..], &[0u8; 700][..]);
         // Queued writes land in order: the later one wins.
         let (x, y) = tokio::join!(
-            b.write(4096, Bytes::from(vec![1u8; 4096]), false),
-            b.write(4096, Bytes::from(vec![2u8; 4096]), true)
+            b.write(&ctx(), 4096, Bytes::from(vec![1u8; 4096])),
+            b.write(&fua(), 4096, Bytes::from(vec![2u8; 4096]))
         );
         x.unwrap();
         y.unwrap();
-        assert_eq!(&b.read(4096, 4096).await.unwrap()[..], &[2u8; 4096][..]);
+        assert_eq!(
+            &b.read(&ctx(), 4096, 4096).await.unwrap()[..],
+            &[2u8; 4096][..]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_write_is_refused_and_never_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = FileBackend::open(&dir.path().join("lun.img"), Some(1 << 20), false).unwrap();
+        let c = ctx();
+        c.cancel.raise();
+        let r = b.write(&c, 0, Bytes::from(vec![9u8; 4096])).await;
+        assert!(matches!(r, Err(BackendError::NotStarted)), "{r:?}");
+        let r = b.unmap(&c, 0, 4096).await;
+        assert!(matches!(r, Err(BackendError::NotStarted)), "{r:?}");
+        b.flush(&ctx()).await.unwrap();
+        assert_eq!(
+            &b.read(&ctx(), 0, 4096).await.unwrap()[..],
+            &[0u8; 4096][..]
+        );
     }
 
     #[test]

@@ -19,16 +19,20 @@ pub mod file_backend;
 pub mod limits;
 pub mod login;
 pub mod pdu;
+pub mod reservation_store;
 pub mod scsi;
 pub mod sense;
 mod server;
 pub mod target;
+mod task;
 pub mod text;
 
 pub use backend::{
-    BackendError, BackendFuture, BackendIdentity, BlockBackend, Extent, Provisioning,
+    BackendError, BackendFuture, BackendIdentity, BlockBackend, Cancel, CompareOutcome, Extent,
+    IoCtx, Provisioning,
 };
 pub use chap::ChapConfig;
 pub use counters::CounterSnapshot;
 pub use file_backend::{FileBackend, FileOpenError};
+pub use reservation_store::{FileReservationStore, ReservationStore, StoreError};
 pub use target::{Server, TargetConfig, TargetError, TargetInfo};

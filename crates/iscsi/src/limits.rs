@@ -22,6 +22,27 @@ pub const MAX_TRANSFER_BYTES: u32 = 32 * 1024 * 1024;
 /// whatever the CmdSN window and transfer sizes.
 pub const SESSION_BUFFER_BYTES: u32 = 128 * 1024 * 1024;
 
+/// Data of NOP-In echoes queued for one connection's writer; beyond it the reader stops
+/// reading until the client reads, so a client that pings without reading pins at most
+/// this (plus one PDU) in the target.
+pub const NOP_ECHO_BUFFER_BYTES: u32 = 256 * 1024;
+
+/// Buffered command data (Data-Out gathered, Data-In not yet written) across all sessions
+/// of a process, the default of `--max-buffered`; a command beyond it gets TASK SET FULL.
+pub const MAX_BUFFERED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A socket write that makes no progress for this long drops the connection: the client
+/// stopped reading (or vanished), and its buffers and budget are released.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A discovery session with no text request for this long is closed (discovery clients
+/// log out as soon as they have their list).
+pub const DISCOVERY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections from one source address still logging in; beyond it the oldest is closed
+/// to make room (a slow or hostile client cannot starve the others of login slots).
+pub const MAX_LOGINS_PER_SOURCE: usize = 64;
+
 /// Commands a session may have in flight (the CmdSN window). Deep enough for queue depth
 /// 64 initiators; each in-flight command may hold up to MAX_TRANSFER_BYTES.
 pub const CMD_WINDOW: u32 = 64;
@@ -49,15 +70,33 @@ pub const NOP_IN_INTERVAL: Duration = Duration::from_secs(10);
 /// A NOP-In ping unanswered for this long drops the connection (dead initiator).
 pub const NOP_IN_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A backend call that takes longer fails the command with a SCSI error instead of hanging
-/// the initiator; below typical initiator command timeouts (30 s) so the target answers first.
-pub const BACKEND_IO_TIMEOUT: Duration = Duration::from_secs(25);
+/// Deadline of one backend call: past it the command's cancel signal is raised, so work the
+/// backend has not started is refused (answered BUSY: the initiator retries) while work
+/// under way finishes. Well below Linux's 15 s abort and 30 s command timeouts.
+pub const BACKEND_IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a write waits for the Data-Out PDUs it solicited before the command fails.
-pub const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every backend call settles within this bound (backend.rs); a call still unsettled past
+/// it makes the LU answer NOT READY until it settles. The pool faults a hung device inside
+/// it; below Linux's 15 s abort timeout so an initiator's abort finds the call ended.
+pub const BACKEND_SETTLE_BOUND: Duration = Duration::from_secs(10);
 
-/// How long task management and session reinstatement wait for running commands to end.
-pub const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Before a planned stop or target removal, how long initiators get to log out after the
+/// asynchronous "request logout" event (also its Parameter3, in seconds) before their
+/// sessions are ended.
+pub const LOGOUT_REQUEST_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a write waits for the Data-Out PDUs it solicited before the command fails;
+/// below Linux's 15 s abort timeout (a logout aborts such commands at once).
+pub const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long session end, logout and reinstatement wait for running commands to end:
+/// above the backend settle bound (so a settled call is always seen) and below Linux's
+/// 15 s abort timeout.
+pub const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// How long task management waits for the tasks it aborted to end before answering
+/// FUNCTION REJECTED; above the settle bound, below Linux's 15 s abort timeout.
+pub const TMF_WAIT: Duration = Duration::from_secs(12);
 
 /// Outgoing PDU batches queued to the connection writer; commands block (backpressure)
 /// when the socket is slower than the backend.
@@ -106,6 +145,11 @@ pub const FILE_WRITE_CHUNK_BYTES: usize = 64 * 1024;
 /// of files, so the default 2 MiB per thread would be waste.
 pub const FILE_WRITER_STACK_BYTES: usize = 64 * 1024;
 
+/// Bytes one backend call of WRITE SAME (zeros or UNMAP) covers: a WRITE SAME over the
+/// whole medium becomes many calls, each well inside its deadline even where zeros are
+/// written as data (64 MiB at 100 MiB/s is under a second).
+pub const ZERO_RANGE_CHUNK_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Descriptors returned by one GET LBA STATUS.
 pub const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
 
@@ -139,6 +183,9 @@ pub const XCOPY_MAX_HELD_RESULTS: usize = 64;
 /// (TOTAL CONCURRENT COPIES): bounds the copy state kept per LU.
 pub const XCOPY_MAX_CONCURRENT: u16 = 16;
 
+const _: () = assert!(TMF_WAIT.as_secs() > BACKEND_SETTLE_BOUND.as_secs());
+const _: () = assert!(TASK_DRAIN_TIMEOUT.as_secs() > BACKEND_SETTLE_BOUND.as_secs());
+const _: () = assert!(TMF_WAIT.as_secs() < 15 && DATA_OUT_TIMEOUT.as_secs() < 15);
 const _: () = assert!(XCOPY_CHUNK_BYTES <= MAX_TRANSFER_BYTES);
 const _: () = assert!(XCOPY_MAX_SEGMENT_BYTES.is_multiple_of(XCOPY_CHUNK_BYTES));
 const _: () = assert!(MAX_BURST_BYTES <= MAX_TRANSFER_BYTES);

@@ -14,6 +14,7 @@ pub mod status {
     pub const BUSY: u8 = 0x08;
     pub const RESERVATION_CONFLICT: u8 = 0x18;
     pub const TASK_SET_FULL: u8 = 0x28;
+    pub const TASK_ABORTED: u8 = 0x40;
 }
 
 /// Sense keys.
@@ -198,9 +199,28 @@ impl ScsiError {
     pub const fn internal() -> Self {
         Self::check(key::HARDWARE_ERROR, 0x44, 0x00)
     }
-    /// LOGICAL UNIT COMMUNICATION TIME-OUT (the backend stalled past its bound).
+    /// LOGICAL UNIT COMMUNICATION TIME-OUT (solicited Data-Out never came).
     pub const fn timeout() -> Self {
         Self::check(key::ABORTED_COMMAND, 0x08, 0x01)
+    }
+    /// LOGICAL UNIT NOT READY, IN PROCESS OF BECOMING READY: a backend call is still
+    /// unsettled past its bound; Linux retries this with a delay.
+    pub const fn becoming_ready() -> Self {
+        Self::check(key::NOT_READY, 0x04, 0x01)
+    }
+    /// UNEXPECTED UNSOLICITED DATA (RFC 7143 §11.4.7.2): immediate data not allowed or
+    /// longer than the expected transfer.
+    pub const fn unexpected_unsolicited_data() -> Self {
+        Self::check(key::ABORTED_COMMAND, 0x0e, 0x01)
+    }
+    /// OVERLAPPED COMMANDS ATTEMPTED: a task tag already in use.
+    pub const fn overlapped_commands() -> Self {
+        Self::check(key::ABORTED_COMMAND, 0x4e, 0x00)
+    }
+    /// INVALID FIELD IN CDB without a field pointer (the transfer length the iSCSI
+    /// header announced is beyond the limit).
+    pub const fn invalid_cdb_field_unknown() -> Self {
+        Self::check(key::ILLEGAL_REQUEST, 0x24, 0x00)
     }
     /// A unit attention with the given code.
     pub const fn unit_attention(asc: u8, ascq: u8) -> Self {
@@ -244,7 +264,8 @@ pub fn from_backend(e: &BackendError, writing: bool) -> ScsiError {
         BackendError::ReadOnly => ScsiError::write_protected(),
         BackendError::NoSpace => ScsiError::space_allocation_failed(),
         BackendError::Busy => ScsiError::busy(),
-        BackendError::Timeout => ScsiError::timeout(),
+        // Refused before touching the medium: safe to retry, so BUSY, never an error.
+        BackendError::NotStarted => ScsiError::busy(),
         BackendError::Unsupported => ScsiError::invalid_opcode(),
         BackendError::Other(_) => ScsiError::internal(),
     }

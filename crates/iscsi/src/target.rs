@@ -10,12 +10,12 @@ use crate::backend::BlockBackend;
 use crate::chap::ChapConfig;
 use crate::counters::{CounterSnapshot, Counters};
 use crate::limits;
+use crate::reservation_store::ReservationStore;
 use crate::scsi::xcopy::{CopyPeers, LuHandle};
 use crate::scsi::{pr::AptplError, LogicalUnit};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -31,12 +31,20 @@ pub struct TargetConfig {
     pub chap: Option<ChapConfig>,
     /// Initiator names allowed to log in; `None` allows all.
     pub allowed_initiators: Option<Vec<String>>,
-    /// Where persistent reservations are kept when an initiator sets APTPL.
-    pub aptpl_path: Option<PathBuf>,
-    /// Bound on each backend call.
+    /// Where persistent reservations are kept when an initiator sets APTPL (a file
+    /// store, a pool volume property, a membership record); `None` keeps none.
+    pub reservations: Option<Arc<dyn ReservationStore>>,
+    /// Deadline of each backend call: past it, work the backend has not started is
+    /// refused and answered BUSY (backend.rs).
     pub io_timeout: Duration,
+    /// A backend call unsettled this long makes the LU NOT READY until it settles.
+    pub settle_bound: Duration,
     /// Logical (512-byte) blocks per physical block as a power of two; 3 means 4 KiB.
     pub phys_block_exponent: u8,
+    /// Portals (`ADDR:PORT`, IPv6 in brackets) SendTargets advertises for this target,
+    /// e.g. a Service address; empty means the server's portals (`Server::set_portals`),
+    /// or the address the discovery connection came in on.
+    pub portals: Vec<String>,
 }
 
 impl TargetConfig {
@@ -47,9 +55,11 @@ impl TargetConfig {
             backend,
             chap: None,
             allowed_initiators: None,
-            aptpl_path: None,
+            reservations: None,
             io_timeout: limits::BACKEND_IO_TIMEOUT,
+            settle_bound: limits::BACKEND_SETTLE_BOUND,
             phys_block_exponent: crate::scsi::PHYS_EXPONENT,
+            portals: Vec::new(),
         }
     }
 }
@@ -80,6 +90,8 @@ pub enum TargetError {
 pub(crate) struct SessionHandle {
     pub tsih: u16,
     pub shutdown: Arc<Notify>,
+    /// Asks the session to send the asynchronous "request logout" event.
+    pub request_logout: Arc<Notify>,
     pub done: watch::Receiver<bool>,
 }
 
@@ -92,12 +104,23 @@ pub struct Target {
     pub(crate) allowed: Option<Vec<String>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) sessions: Mutex<HashMap<(String, [u8; 6]), SessionHandle>>,
+    pub(crate) portals: Vec<String>,
 }
 
 impl Target {
-    /// Ends every session and waits (bounded) for their commands to finish.
+    /// Ends every session: first the asynchronous "request logout" event, so initiators
+    /// log out cleanly within `limits::LOGOUT_REQUEST_WAIT`; the sessions still there
+    /// then are ended, each waiting (bounded) for its commands to finish.
     async fn close_sessions(&self) {
         let handles: Vec<SessionHandle> = self.sessions.lock().drain().map(|(_, h)| h).collect();
+        for h in &handles {
+            h.request_logout.notify_one();
+        }
+        let until = tokio::time::Instant::now() + limits::LOGOUT_REQUEST_WAIT;
+        for h in &handles {
+            let mut done = h.done.clone();
+            let _ = tokio::time::timeout_at(until, done.wait_for(|d| *d)).await;
+        }
         for h in handles {
             wait_session_end(h).await;
         }
@@ -158,6 +181,16 @@ pub struct Server {
     next_tsih: AtomicU16,
     /// NOP-In ping interval on idle connections and how long a ping may go unanswered.
     keepalive: (Duration, Duration),
+    /// Portals advertised for targets without their own (`set_portals`).
+    portals: Mutex<Vec<String>>,
+    /// Buffered command data across all sessions, in KiB permits (`set_max_buffered`).
+    buffered: Arc<tokio::sync::Semaphore>,
+    /// Its current size in KiB.
+    buffered_kib: AtomicU64,
+    /// Idle time after which a discovery session is closed.
+    discovery_idle: Duration,
+    /// Unfinished logins per source address (server.rs).
+    pub(crate) logins: crate::server::LoginSlots,
 }
 
 impl Default for Server {
@@ -166,6 +199,13 @@ impl Default for Server {
             targets: Arc::new(Mutex::new(BTreeMap::new())),
             next_tsih: AtomicU16::new(1),
             keepalive: (limits::NOP_IN_INTERVAL, limits::NOP_IN_TIMEOUT),
+            portals: Mutex::new(Vec::new()),
+            buffered: Arc::new(tokio::sync::Semaphore::new(
+                (limits::MAX_BUFFERED_BYTES / 1024) as usize,
+            )),
+            buffered_kib: AtomicU64::new(limits::MAX_BUFFERED_BYTES / 1024),
+            discovery_idle: limits::DISCOVERY_IDLE_TIMEOUT,
+            logins: crate::server::LoginSlots::new(limits::MAX_LOGINS_PER_SOURCE),
         }
     }
 }
@@ -186,8 +226,56 @@ impl Server {
         })
     }
 
+    /// An empty server with its own idle bound for discovery sessions and cap on
+    /// unfinished logins per source address (tests use short ones).
+    pub fn with_limits(discovery_idle: Duration, logins_per_source: usize) -> Arc<Self> {
+        Arc::new(Server {
+            discovery_idle,
+            logins: crate::server::LoginSlots::new(logins_per_source.max(1)),
+            ..Self::default()
+        })
+    }
+
     pub(crate) fn keepalive(&self) -> (Duration, Duration) {
         self.keepalive
+    }
+
+    pub(crate) fn discovery_idle(&self) -> Duration {
+        self.discovery_idle
+    }
+
+    /// Bounds buffered command data across all sessions (`--max-buffered`; default
+    /// `limits::MAX_BUFFERED_BYTES`), at least one largest transfer. Meant to be called
+    /// before serving: shrinking only takes back budget that is not in use.
+    pub fn set_max_buffered(&self, bytes: u64) {
+        let want = bytes.max(u64::from(limits::MAX_TRANSFER_BYTES)) / 1024;
+        let have = self.buffered_kib.swap(want, Ordering::AcqRel);
+        if want > have {
+            self.buffered.add_permits((want - have) as usize);
+        } else {
+            self.buffered.forget_permits((have - want) as usize);
+        }
+    }
+
+    /// The process-wide budget for buffered command data, in KiB permits.
+    pub(crate) fn buffer_budget(&self) -> Arc<tokio::sync::Semaphore> {
+        self.buffered.clone()
+    }
+
+    /// Sets the portals (`ADDR:PORT`) SendTargets advertises for targets that name none
+    /// of their own, e.g. the addresses initiators reach this process by; empty (the
+    /// default) advertises the address each discovery connection came in on.
+    pub fn set_portals(&self, portals: Vec<String>) {
+        *self.portals.lock() = portals;
+    }
+
+    /// The portals advertised for `t`; empty means the connection's own address.
+    pub(crate) fn portals_of(&self, t: &Target) -> Vec<String> {
+        if t.portals.is_empty() {
+            self.portals.lock().clone()
+        } else {
+            t.portals.clone()
+        }
     }
 
     /// Adds a target; fails if the name is taken.
@@ -203,14 +291,15 @@ impl Server {
             return Err(TargetError::TooMany);
         }
         let counters = Arc::new(Counters::default());
-        let lu = LogicalUnit::new(
+        let mut lu = LogicalUnit::new(
             cfg.backend,
             &cfg.iqn,
             cfg.io_timeout,
             counters.clone(),
-            cfg.aptpl_path,
+            cfg.reservations,
             cfg.phys_block_exponent,
         )?;
+        lu.set_settle_bound(cfg.settle_bound);
         let peers = Arc::downgrade(&self.targets);
         lu.set_copy_peers(peers);
         let t = Target {
@@ -220,6 +309,7 @@ impl Server {
             allowed: cfg.allowed_initiators,
             counters,
             sessions: Mutex::new(HashMap::new()),
+            portals: cfg.portals,
         };
         targets.insert(cfg.iqn, Arc::new(t));
         Ok(())

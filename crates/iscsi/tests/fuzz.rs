@@ -9,7 +9,7 @@ mod initiator;
 use bytes::Bytes;
 use cstor_iscsi::pdu::{self, Digests};
 use cstor_iscsi::scsi::{nexus_id, Cdb, LogicalUnit};
-use cstor_iscsi::{BackendFuture, BackendIdentity, BlockBackend};
+use cstor_iscsi::{BackendFuture, BackendIdentity, BlockBackend, Cancel, IoCtx};
 use parking_lot::Mutex;
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -32,18 +32,18 @@ impl BlockBackend for Mem {
     fn read_only(&self) -> bool {
         false
     }
-    fn read(&self, o: u64, len: u32) -> BackendFuture<'_, Bytes> {
+    fn read(&self, _c: &IoCtx, o: u64, len: u32) -> BackendFuture<'_, Bytes> {
         let d = self.data.lock()[o as usize..o as usize + len as usize].to_vec();
         Box::pin(async move { Ok(Bytes::from(d)) })
     }
-    fn write(&self, o: u64, d: Bytes, _f: bool) -> BackendFuture<'_, ()> {
+    fn write(&self, _c: &IoCtx, o: u64, d: Bytes) -> BackendFuture<'_, ()> {
         self.data.lock()[o as usize..o as usize + d.len()].copy_from_slice(&d);
         Box::pin(async { Ok(()) })
     }
-    fn flush(&self) -> BackendFuture<'_, ()> {
+    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
-    fn unmap(&self, o: u64, l: u64) -> BackendFuture<'_, ()> {
+    fn unmap(&self, _c: &IoCtx, o: u64, l: u64) -> BackendFuture<'_, ()> {
         self.data.lock()[o as usize..(o + l) as usize].fill(0);
         Box::pin(async { Ok(()) })
     }
@@ -106,7 +106,7 @@ proptest! {
         let lu = lu();
         let nexus = nexus_id("iqn.2024-01.io.cstor.test:i", &[0x80, 0, 0, 0, 0, 1]);
         lu.attach_nexus(&nexus);
-        let reply = rt.block_on(lu.execute(Cdb { bytes: &cdb, data_out: Bytes::from(data), nexus: &nexus }));
+        let reply = rt.block_on(lu.execute(Cdb { bytes: &cdb, data_out: Bytes::from(data), nexus: &nexus, cancel: Cancel::new() }));
         prop_assert!(matches!(reply.status, 0x00 | 0x02 | 0x08 | 0x18 | 0x28));
         prop_assert_eq!(reply.status == 0x02, reply.sense.is_some());
     }

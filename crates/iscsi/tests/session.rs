@@ -1,12 +1,12 @@
 //! Protocol behaviour seen by a raw initiator: digests, oversized PDUs, session
-//! reinstatement, capacity change UNIT ATTENTION, stalled and busy backends, APTPL
+//! reinstatement, capacity change UNIT ATTENTION, busy backends, APTPL
 //! persistence across a restart, and that one session's garbage never harms another.
 #![allow(clippy::big_endian_bytes)] // SCSI parameter fields are big-endian.
 
 mod initiator;
 use bytes::Bytes;
 use cstor_iscsi::pdu::{op, OutPdu, StatSn};
-use cstor_iscsi::{BackendError, BackendFuture, BackendIdentity, BlockBackend};
+use cstor_iscsi::{BackendError, BackendFuture, BackendIdentity, BlockBackend, IoCtx};
 use initiator::*;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,11 +98,10 @@ async fn capacity_change_raises_unit_attention_once() {
     assert_eq!(get32(&r.data, 0), (32 << 20) / 512 - 1);
 }
 
-/// A backend whose writes never complete or always report busy.
+/// A backend whose writes always report busy. (Stalled backends: tests/settle.rs.)
 #[derive(Debug)]
 struct Faulty {
     id: BackendIdentity,
-    busy: bool,
 }
 
 impl BlockBackend for Faulty {
@@ -115,34 +114,26 @@ impl BlockBackend for Faulty {
     fn read_only(&self) -> bool {
         false
     }
-    fn read(&self, _o: u64, len: u32) -> BackendFuture<'_, Bytes> {
+    fn read(&self, _c: &IoCtx, _o: u64, len: u32) -> BackendFuture<'_, Bytes> {
         Box::pin(async move { Ok(Bytes::from(vec![0u8; len as usize])) })
     }
-    fn write(&self, _o: u64, _d: Bytes, _f: bool) -> BackendFuture<'_, ()> {
-        let busy = self.busy;
-        Box::pin(async move {
-            if busy {
-                return Err(BackendError::Busy);
-            }
-            std::future::pending::<()>().await;
-            Ok(())
-        })
+    fn write(&self, _c: &IoCtx, _o: u64, _d: Bytes) -> BackendFuture<'_, ()> {
+        Box::pin(async move { Err(BackendError::Busy) })
     }
-    fn flush(&self) -> BackendFuture<'_, ()> {
+    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
-    fn unmap(&self, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
+    fn unmap(&self, _c: &IoCtx, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
 }
 
-async fn faulty_server(busy: bool) -> (Arc<cstor_iscsi::Server>, String) {
+async fn faulty_server() -> (Arc<cstor_iscsi::Server>, String) {
     let b = Arc::new(Faulty {
         id: BackendIdentity {
             id: [7; 16],
             serial: "faulty".into(),
         },
-        busy,
     });
     let mut cfg = cstor_iscsi::TargetConfig::new(IQN, b);
     cfg.io_timeout = Duration::from_millis(300);
@@ -153,23 +144,8 @@ async fn faulty_server(busy: bool) -> (Arc<cstor_iscsi::Server>, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_backend_fails_the_command_after_the_bound() {
-    let (_s, addr) = faulty_server(false).await;
-    let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 6], false)
-        .await
-        .unwrap();
-    let r = tokio::time::timeout(
-        Duration::from_secs(10),
-        ini.scsi(&cdb_rw(0x2a, 0, 1), 0, &[1u8; 512]),
-    )
-    .await
-    .unwrap();
-    assert_eq!((r.status, r.sense_key()), (2, (0x0b, 0x08, 0x01)));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_backend_answers_busy_status() {
-    let (_s, addr) = faulty_server(true).await;
+    let (_s, addr) = faulty_server().await;
     let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 7], false)
         .await
         .unwrap();
@@ -197,7 +173,10 @@ async fn aptpl_reservations_survive_a_restart_and_fence_others() {
     let isid = [0x80, 0, 0, 0, 0, 8];
     {
         let a = aptpl.clone();
-        let (s, addr, _b) = start(dir.path(), IQN, move |c| c.aptpl_path = Some(a)).await;
+        let (s, addr, _b) = start(dir.path(), IQN, move |c| {
+            c.reservations = Some(Arc::new(cstor_iscsi::FileReservationStore::new(a)))
+        })
+        .await;
         let mut ini = login(&addr, IQN, INI, isid, false).await.unwrap();
         let (c, p) = pr_out(0, 0, 0, 0xabc, true);
         assert_eq!(ini.scsi(&c, 0, &p).await.status, 0);
@@ -207,7 +186,10 @@ async fn aptpl_reservations_survive_a_restart_and_fence_others() {
     }
     assert!(aptpl.exists());
     let a = aptpl.clone();
-    let (_s, addr, _b) = start(dir.path(), IQN, move |c| c.aptpl_path = Some(a)).await;
+    let (_s, addr, _b) = start(dir.path(), IQN, move |c| {
+        c.reservations = Some(Arc::new(cstor_iscsi::FileReservationStore::new(a)))
+    })
+    .await;
     let mut other = login(&addr, IQN, "iqn.2024-01.io.cstor.test:other", isid, false)
         .await
         .unwrap();
@@ -430,11 +412,11 @@ impl BlockBackend for Slow {
     fn read_only(&self) -> bool {
         false
     }
-    fn read(&self, _o: u64, len: u32) -> BackendFuture<'_, Bytes> {
+    fn read(&self, _c: &IoCtx, _o: u64, len: u32) -> BackendFuture<'_, Bytes> {
         self.log.lock().push(("read", std::time::Instant::now()));
         Box::pin(async move { Ok(Bytes::from(vec![0u8; len as usize])) })
     }
-    fn write(&self, _o: u64, _d: Bytes, _f: bool) -> BackendFuture<'_, ()> {
+    fn write(&self, _c: &IoCtx, _o: u64, _d: Bytes) -> BackendFuture<'_, ()> {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
             self.log
@@ -443,10 +425,10 @@ impl BlockBackend for Slow {
             Ok(())
         })
     }
-    fn flush(&self) -> BackendFuture<'_, ()> {
+    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
-    fn unmap(&self, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
+    fn unmap(&self, _c: &IoCtx, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -549,4 +531,103 @@ async fn register_and_move_hands_the_reservation_to_another_initiator() {
     let keys = b.scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 0, 64, 0], 64, &[]).await;
     assert_eq!(get32(&keys.data, 4), 8);
     assert_eq!(&keys.data[8..16], &0x2222u64.to_be_bytes());
+}
+
+/// Reads PDUs until the SCSI Response for `itt`; returns (saw a Reject first, status,
+/// sense key/asc/ascq).
+async fn refused(ini: &mut Ini, itt: u32) -> (bool, u8, (u8, u8, u8)) {
+    let mut rejected = false;
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), ini.read())
+            .await
+            .expect("an answer within 10 s")
+            .expect("connection stays up");
+        match r.opcode() {
+            op::REJECT => rejected = true,
+            op::SCSI_RSP if r.itt() == itt => {
+                let s = &r.data;
+                assert!(s.len() >= 16, "CHECK CONDITION carries sense");
+                return (rejected, r.bhs[3], (s[4] & 0x0f, s[14], s[15]));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_commands_get_a_scsi_response_with_sense() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, addr, _b) = start(dir.path(), IQN, |_| {}).await;
+    let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 21], false)
+        .await
+        .unwrap();
+    let cmd = |itt: u32, sn: u32, flags: u8, edtl: u32, cdb: &[u8]| {
+        let mut p = OutPdu::new(op::SCSI_CMD, flags, StatSn::None);
+        put32(&mut p.bhs, 16, itt);
+        put32(&mut p.bhs, 20, edtl);
+        put32(&mut p.bhs, 24, sn);
+        p.bhs[32..32 + cdb.len()].copy_from_slice(cdb);
+        p
+    };
+    // READ(16) of 1 GiB: EDTL above the 32 MiB limit.
+    let mut read16 = [0u8; 16];
+    read16[0] = 0x88;
+    read16[10..14].copy_from_slice(&(2u32 << 20).to_be_bytes());
+    let p = cmd(1, ini.cmd_sn, 0xc0, 1 << 30, &read16);
+    ini.cmd_sn += 1;
+    send(&mut ini.s, p, Default::default()).await;
+    assert_eq!(refused(&mut ini, 1).await, (true, 2, (5, 0x24, 0)));
+    // Immediate data on a READ.
+    let mut p = cmd(2, ini.cmd_sn, 0xc0, 512, &cdb_rw(0x28, 0, 1));
+    p.data = Bytes::from(vec![1u8; 512]);
+    ini.cmd_sn += 1;
+    send(&mut ini.s, p, Default::default()).await;
+    assert_eq!(refused(&mut ini, 2).await, (true, 2, (0x0b, 0x0e, 0x01)));
+    // A duplicate task tag: the first write waits for its Data-Out (R2T), the second with
+    // the same tag is refused.
+    let p = cmd(3, ini.cmd_sn, 0xa0, 4096, &cdb_rw(0x2a, 0, 8));
+    ini.cmd_sn += 1;
+    send(&mut ini.s, p, Default::default()).await;
+    let p = cmd(3, ini.cmd_sn, 0xa0, 4096, &cdb_rw(0x2a, 8, 8));
+    ini.cmd_sn += 1;
+    send(&mut ini.s, p, Default::default()).await;
+    assert_eq!(refused(&mut ini, 3).await, (true, 2, (0x0b, 0x4e, 0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_target_asks_initiators_to_log_out_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr, _b) = start(dir.path(), IQN, |_| {}).await;
+    let mut ini = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 31], false)
+        .await
+        .unwrap();
+    let remove = tokio::spawn(async move {
+        let t0 = std::time::Instant::now();
+        server.remove_target(IQN).await.unwrap();
+        t0.elapsed()
+    });
+    let a = tokio::time::timeout(Duration::from_secs(5), ini.read())
+        .await
+        .expect("async event within 5 s")
+        .unwrap();
+    assert_eq!(
+        (a.opcode(), a.bhs[36]),
+        (op::ASYNC, 1),
+        "request logout event"
+    );
+    let mut lo = OutPdu::new(op::LOGOUT | 0x40, 0x80, StatSn::None);
+    put32(&mut lo.bhs, 16, 9);
+    put32(&mut lo.bhs, 24, ini.cmd_sn);
+    send(&mut ini.s, lo, Default::default()).await;
+    loop {
+        let r = ini.read().await.unwrap();
+        if r.opcode() == op::LOGOUT_RSP {
+            break;
+        }
+    }
+    let took = remove.await.unwrap();
+    assert!(
+        took < Duration::from_secs(2),
+        "removal waited {took:?} after a clean logout"
+    );
 }

@@ -5,26 +5,52 @@
 //! a write with FUA returns only after the engine's `flush` (intent log) made it durable.
 //! Errors map once, here, from [`PoolError`] to [`BackendError`], which the target maps to
 //! sense data.
+//! Settlement (cstor_iscsi::backend): a modifying call whose command was cancelled (abort,
+//! deadline) before its blocking thread began is refused with `NotStarted` and never
+//! reaches the engine; one that began runs to the end. The io number the target passes in
+//! `ctx.io` goes to the engine unchanged; `next_io` is where the volume's sequence is
+//! handed out (`VolumeHandle::next_io`, branch s3-pool).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cstor_iscsi::backend::{BackendError, BackendFuture, BackendIdentity, BlockBackend};
+use cstor_iscsi::backend::{BackendError, BackendFuture, BackendIdentity, BlockBackend, IoCtx};
+use cstor_iscsi::{ReservationStore, StoreError};
 use cstor_pool::{Pool, PoolError, VolumeHandle};
 
 use crate::host::OpenPool;
 
+/// Whatever keeps a pool engine open for a served volume: a hosted [`OpenPool`], or in
+/// tests a bare engine over test devices.
+pub trait EngineHolder: Send + Sync + std::fmt::Debug + 'static {
+    /// The engine.
+    fn engine(&self) -> &Pool;
+}
+
+impl EngineHolder for OpenPool {
+    fn engine(&self) -> &Pool {
+        OpenPool::engine(self)
+    }
+}
+
+impl EngineHolder for Pool {
+    fn engine(&self) -> &Pool {
+        self
+    }
+}
+
 /// A pool volume served as a LUN.
 #[derive(Debug)]
 pub struct PoolVolumeBackend {
-    pool: Arc<OpenPool>,
+    pool: Arc<dyn EngineHolder>,
+    name: String,
     volume: VolumeHandle,
     identity: BackendIdentity,
 }
 
 impl PoolVolumeBackend {
     /// Serve volume `name` of `pool`.
-    pub fn new(pool: Arc<OpenPool>, name: &str) -> Result<PoolVolumeBackend, PoolError> {
+    pub fn new(pool: Arc<dyn EngineHolder>, name: &str) -> Result<PoolVolumeBackend, PoolError> {
         let volume = pool.engine().volume(name)?;
         // Pool and volume guids together: stable across restarts and unique per volume,
         // so VPD 0x83 names the same LUN after the target restarts.
@@ -39,6 +65,7 @@ impl PoolVolumeBackend {
         };
         Ok(PoolVolumeBackend {
             pool,
+            name: name.to_owned(),
             volume,
             identity,
         })
@@ -46,6 +73,14 @@ impl PoolVolumeBackend {
 
     fn engine(&self) -> &Pool {
         self.pool.engine()
+    }
+
+    /// The reservation store of this volume (its properties), for APTPL.
+    pub fn reservation_store(&self) -> VolumeReservationStore {
+        VolumeReservationStore {
+            pool: self.pool.clone(),
+            volume: self.name.clone(),
+        }
     }
 }
 
@@ -64,6 +99,27 @@ fn map_err(offset: u64, e: PoolError) -> BackendError {
             offset,
             source: std::io::Error::other(other),
         },
+    }
+}
+
+/// Runs a modifying engine call on a blocking thread unless its command was cancelled
+/// before the thread began: then nothing reaches the engine (`NotStarted`).
+async fn modifying<T: Send + 'static>(
+    ctx: IoCtx,
+    offset: u64,
+    f: impl FnOnce(Option<u64>) -> Result<T, PoolError> + Send + 'static,
+) -> Result<T, BackendError> {
+    let started = tokio::task::spawn_blocking(move || {
+        if ctx.must_not_start() {
+            return None;
+        }
+        Some(f(ctx.io))
+    })
+    .await;
+    match started {
+        Ok(Some(r)) => r.map_err(|e| map_err(offset, e)),
+        Ok(None) => Err(BackendError::NotStarted),
+        Err(join) => Err(BackendError::Other(std::io::Error::other(join))),
     }
 }
 
@@ -90,7 +146,15 @@ impl BlockBackend for PoolVolumeBackend {
         self.engine().space().read_only
     }
 
-    fn read(&self, offset: u64, len: u32) -> BackendFuture<'_, Bytes> {
+    fn next_io(&self) -> Option<u64> {
+        // The volume's own sequence, drawn in the LU's dispatch order. It blocks only
+        // when the durable reservation is used up (the pool extends it at half use, in
+        // the background). On error the write goes without a number and the engine
+        // draws one itself, failing the write if the pool cannot.
+        self.volume.next_io().ok()
+    }
+
+    fn read(&self, _ctx: &IoCtx, offset: u64, len: u32) -> BackendFuture<'_, Bytes> {
         let vol = self.volume.clone();
         Box::pin(blocking(offset, move || {
             let mut buf = vec![0u8; len as usize];
@@ -99,14 +163,11 @@ impl BlockBackend for PoolVolumeBackend {
         }))
     }
 
-    fn write(&self, offset: u64, data: Bytes, fua: bool) -> BackendFuture<'_, ()> {
+    fn write(&self, ctx: &IoCtx, offset: u64, data: Bytes) -> BackendFuture<'_, ()> {
         let vol = self.volume.clone();
-        Box::pin(blocking(offset, move || {
-            // Every modifying command carries an io number (replication and the
-            // changed-range walks key on it); drawn here until the target hands one in
-            // in dispatch order.
-            let io = vol.next_io()?;
-            vol.write(offset, &data, Some(io))?;
+        let fua = ctx.fua;
+        Box::pin(modifying(ctx.clone(), offset, move |io| {
+            vol.write(offset, &data, io)?;
             if fua {
                 vol.flush()?;
             }
@@ -114,16 +175,130 @@ impl BlockBackend for PoolVolumeBackend {
         }))
     }
 
-    fn flush(&self) -> BackendFuture<'_, ()> {
+    fn flush(&self, _ctx: &IoCtx) -> BackendFuture<'_, ()> {
         let vol = self.volume.clone();
         Box::pin(blocking(0, move || vol.flush()))
     }
 
-    fn unmap(&self, offset: u64, len: u64) -> BackendFuture<'_, ()> {
+    fn unmap(&self, ctx: &IoCtx, offset: u64, len: u64) -> BackendFuture<'_, ()> {
         let vol = self.volume.clone();
-        Box::pin(blocking(offset, move || {
-            let io = vol.next_io()?;
-            vol.unmap(offset, len, Some(io))
+        Box::pin(modifying(ctx.clone(), offset, move |io| {
+            vol.unmap(offset, len, io)
         }))
+    }
+}
+
+/// Persistent reservations of a pool volume kept as volume properties, so they move with
+/// the pool (issue 9 item 4). The state is hex in up to `PR_MAX_CHUNKS` properties of one
+/// of two slots (`cstor.pr.a.N`, `cstor.pr.b.N`); `cstor.pr` names the live slot and its
+/// chunk count and is written last, and the whole is committed (`Pool::sync`) before the
+/// swap returns, so a crash leaves either the old state or the new one.
+#[derive(Debug)]
+pub struct VolumeReservationStore {
+    pool: Arc<dyn EngineHolder>,
+    volume: String,
+}
+
+/// Property naming the live slot: `<a|b>:<chunks>`.
+const PR_KEY: &str = "cstor.pr";
+/// Chunks per slot; with 1 KiB properties, 3 KiB of state (a dozen registrations).
+const PR_MAX_CHUNKS: usize = 6;
+/// Hex characters per chunk (the pool's property value limit).
+const PR_CHUNK_CHARS: usize = 1024;
+
+impl VolumeReservationStore {
+    /// The store of volume `volume` of `pool`.
+    pub fn new(pool: Arc<dyn EngineHolder>, volume: &str) -> Self {
+        VolumeReservationStore {
+            pool,
+            volume: volume.to_owned(),
+        }
+    }
+
+    fn prop(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.pool
+            .engine()
+            .property(&self.volume, key)
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    }
+
+    fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.pool
+            .engine()
+            .set_property(&self.volume, key, value)
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl ReservationStore for VolumeReservationStore {
+    fn load(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(head) = self.prop(PR_KEY)?.filter(|h| !h.is_empty()) else {
+            return Ok(None);
+        };
+        let bad = || {
+            StoreError::Io(std::io::Error::other(format!(
+                "bad {PR_KEY} property {head:?}"
+            )))
+        };
+        let (slot, n) = head.split_once(':').ok_or_else(bad)?;
+        let n: usize = n.parse().map_err(|_| bad())?;
+        if !matches!(slot, "a" | "b") || n > PR_MAX_CHUNKS {
+            return Err(bad());
+        }
+        let mut hex = String::new();
+        for i in 0..n {
+            hex.push_str(
+                &self
+                    .prop(&format!("{PR_KEY}.{slot}.{i}"))?
+                    .ok_or_else(bad)?,
+            );
+        }
+        unhex(&hex).map(Some).ok_or_else(bad)
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: Option<&[u8]>,
+        next: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        if self.load()?.as_deref() != expected {
+            return Err(StoreError::Conflict);
+        }
+        let head = match next {
+            None => String::new(),
+            Some(bytes) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let chunks: Vec<&str> = hex
+                    .as_bytes()
+                    .chunks(PR_CHUNK_CHARS)
+                    .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                    .collect();
+                if chunks.len() > PR_MAX_CHUNKS {
+                    return Err(StoreError::TooLarge(bytes.len()));
+                }
+                let live = self.prop(PR_KEY)?.unwrap_or_default();
+                let slot = if live.starts_with('a') { "b" } else { "a" };
+                for (i, c) in chunks.iter().enumerate() {
+                    self.set(&format!("{PR_KEY}.{slot}.{i}"), c)?;
+                }
+                format!("{slot}:{}", chunks.len())
+            }
+        };
+        self.set(PR_KEY, &head)?;
+        self.pool
+            .engine()
+            .sync()
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        Ok(())
     }
 }

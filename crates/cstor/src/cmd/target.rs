@@ -6,7 +6,10 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
-use cstor_iscsi::{BlockBackend, ChapConfig, FileBackend, Server, TargetConfig};
+use cstor_iscsi::{
+    BlockBackend, ChapConfig, FileBackend, FileReservationStore, ReservationStore, Server,
+    TargetConfig,
+};
 use cstor_node::registry::Registry;
 use cstor_node::socket::AdminServer;
 use cstor_node::volume_backend::PoolVolumeBackend;
@@ -25,13 +28,13 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 enum TargetCommand {
     /// Serve one or more targets until SIGINT/SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Add a target to a running server.
     Add {
         /// Control socket of the running server.
         #[arg(long)]
         control: PathBuf,
-        /// Target spec: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR...] or IQN,volume=POOL/VOL.
+        /// Target spec: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR...][,portal=A:P;A:P] or IQN,volume=POOL/VOL.
         spec: String,
     },
     /// Remove a target from a running server (its sessions end first).
@@ -73,15 +76,28 @@ struct ServeArgs {
     /// Initiator name allowed on the single target (repeatable; default: all).
     #[arg(long = "allow")]
     allow: Vec<String>,
-    /// More targets: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR]... or IQN,volume=POOL/VOL (repeatable).
+    /// More targets: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR]...[,portal=A:P;A:P] or IQN,volume=POOL/VOL (repeatable).
     #[arg(long = "target")]
     targets: Vec<String>,
+    /// A file of target specs, one per line as for --target (blank lines and # comments
+    /// skipped): thousands of targets start at once.
+    #[arg(long)]
+    targets_file: Option<PathBuf>,
+    /// Portal ADDR:PORT that SendTargets advertises for targets without portal= (repeatable;
+    /// e.g. a Service address). Default: the address the discovery connection came in on.
+    #[arg(long = "portal")]
+    portals: Vec<String>,
     /// Control socket for add/remove/list while running.
     #[arg(long)]
     control: Option<PathBuf>,
-    /// Bound on each backend call, in milliseconds.
-    #[arg(long, default_value_t = 25_000)]
+    /// Deadline of each backend call, in milliseconds: past it, work the backend has not
+    /// started is answered BUSY (at most 10000: every call settles within 10 s).
+    #[arg(long, default_value_t = 5_000)]
     io_timeout_ms: u64,
+    /// Budget for command data buffered across all sessions (e.g. 512M): a command beyond
+    /// it gets TASK SET FULL and is retried, so many clients cannot exhaust memory.
+    #[arg(long, default_value = "512M")]
+    max_buffered: String,
     /// Physical block size reported to initiators (power of two, 512 to 131072 bytes).
     #[arg(long, default_value_t = 4096)]
     physical_block_size: u32,
@@ -120,7 +136,10 @@ impl VolumeHosting {
 
 /// Opens the backend of a pool volume `POOL/VOL`, opening the pool (and its admin
 /// socket) on first use.
-pub fn open_volume_backend(hosting: &VolumeHosting, volume: &str) -> Result<Arc<dyn BlockBackend>> {
+pub fn open_volume_backend(
+    hosting: &VolumeHosting,
+    volume: &str,
+) -> Result<Arc<PoolVolumeBackend>> {
     let (pool, vol) = volume
         .split_once('/')
         .filter(|(p, v)| !p.is_empty() && !v.is_empty() && !v.contains('@'))
@@ -147,6 +166,24 @@ struct Spec {
     size: Option<u64>,
     chap: Option<PathBuf>,
     allow: Vec<String>,
+    portals: Vec<String>,
+}
+
+/// Checks a portal `ADDR:PORT` (IPv6 in brackets, or a host name).
+fn parse_portal(p: &str) -> Result<String> {
+    let ok = match p.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok()
+                && (host.starts_with('[') == host.ends_with(']'))
+                && !host.contains([',', ' ', '\0'])
+        }
+        None => false,
+    };
+    if !ok {
+        bail!("portal {p:?}: expected ADDR:PORT (IPv6 as [ADDR]:PORT)");
+    }
+    Ok(p.to_owned())
 }
 
 fn parse_spec(s: &str) -> Result<Spec> {
@@ -169,7 +206,12 @@ fn parse_spec(s: &str) -> Result<Spec> {
             "size" => spec.size = Some(parse_size(v)?),
             "chap" => spec.chap = Some(PathBuf::from(v)),
             "allow" => spec.allow.push(v.to_owned()),
-            _ => bail!("unknown target spec key {k:?} (file, volume, size, chap, allow)"),
+            "portal" => {
+                for a in v.split(';').filter(|a| !a.is_empty()) {
+                    spec.portals.push(parse_portal(a)?);
+                }
+            }
+            _ => bail!("unknown target spec key {k:?} (file, volume, size, chap, allow, portal)"),
         }
     }
     match (&spec.file, &spec.volume) {
@@ -194,13 +236,19 @@ fn phys_exponent(bytes: u32) -> Result<u8> {
 }
 
 fn config_of(spec: &Spec, common: &Common) -> Result<TargetConfig> {
-    let (backend, aptpl): (Arc<dyn BlockBackend>, Option<PathBuf>) =
+    // APTPL reservations: `<file>.pr` next to a file; volume properties for a pool volume
+    // (they move with the pool).
+    let (backend, reservations): (Arc<dyn BlockBackend>, Arc<dyn ReservationStore>) =
         match (&spec.file, &spec.volume) {
             (Some(f), _) => {
                 let b = FileBackend::open(f, spec.size, false)?;
-                (Arc::new(b), Some(aptpl_path(f)))
+                (Arc::new(b), Arc::new(FileReservationStore::new(pr_path(f))))
             }
-            (None, Some(v)) => (open_volume_backend(&common.hosting, v)?, None),
+            (None, Some(v)) => {
+                let b = open_volume_backend(&common.hosting, v)?;
+                let store = Arc::new(b.reservation_store());
+                (b, store)
+            }
             (None, None) => bail!("target {} has no storage", spec.iqn),
         };
     let mut cfg = TargetConfig::new(&spec.iqn, backend);
@@ -210,16 +258,17 @@ fn config_of(spec: &Spec, common: &Common) -> Result<TargetConfig> {
     if !spec.allow.is_empty() {
         cfg.allowed_initiators = Some(spec.allow.clone());
     }
-    cfg.aptpl_path = aptpl;
+    cfg.reservations = Some(reservations);
+    cfg.portals = spec.portals.clone();
     cfg.io_timeout = common.io_timeout;
     cfg.phys_block_exponent = common.phys_block_exponent;
     Ok(cfg)
 }
 
-/// Persistent reservations of a file-backed LUN live next to the file.
-fn aptpl_path(file: &Path) -> PathBuf {
+/// Persistent reservations of a file-backed LUN live next to the file, in `<file>.pr`.
+fn pr_path(file: &Path) -> PathBuf {
     let mut name = file.file_name().unwrap_or_default().to_owned();
-    name.push(".aptpl");
+    name.push(".pr");
     file.with_file_name(name)
 }
 
@@ -238,7 +287,7 @@ pub fn run(args: Args) -> Result<()> {
     let rt = builder.build().context("starting the runtime")?;
     rt.block_on(async move {
         match args.command {
-            TargetCommand::Serve(a) => serve(a).await,
+            TargetCommand::Serve(a) => serve(*a).await,
             TargetCommand::Add { control, spec } => {
                 let reply = control::request(&control, &format!("add {spec}")).await?;
                 println!("{reply}");
@@ -267,6 +316,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
 }
 
 async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
+    if a.io_timeout_ms == 0 || a.io_timeout_ms > 10_000 {
+        bail!(
+            "--io-timeout-ms {} must be from 1 to 10000",
+            a.io_timeout_ms
+        );
+    }
     let common = Common {
         hosting,
         io_timeout: Duration::from_millis(a.io_timeout_ms),
@@ -281,6 +336,7 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
             size: a.size.as_deref().map(parse_size).transpose()?,
             chap: a.chap.clone(),
             allow: a.allow.clone(),
+            portals: Vec::new(),
         }),
         (Some(_), None, None) => bail!("--iqn needs --file or --volume"),
         (None, Some(_), _) | (None, _, Some(_)) => bail!("--file/--volume need --iqn"),
@@ -289,10 +345,28 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
     for t in &a.targets {
         specs.push(parse_spec(t)?);
     }
+    if let Some(path) = &a.targets_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            specs.push(parse_spec(line).with_context(|| format!("{}:{}", path.display(), n + 1))?);
+        }
+    }
     if specs.is_empty() && a.control.is_none() {
-        bail!("nothing to serve: give --iqn with --file/--volume, --target, or --control");
+        bail!("nothing to serve: give --iqn with --file/--volume, --target, --targets-file or --control");
     }
     let server = Server::new();
+    let portals = a
+        .portals
+        .iter()
+        .map(|p| parse_portal(p))
+        .collect::<Result<Vec<_>>>()?;
+    server.set_portals(portals);
+    server.set_max_buffered(parse_size(&a.max_buffered).context("--max-buffered")?);
     for s in &specs {
         server
             .add_target(
@@ -435,6 +509,10 @@ mod tests {
         assert!(parse_spec("iqn.x:a,volume=p/v").unwrap().volume.is_some());
         assert!(parse_spec("iqn.x:a").is_err());
         assert!(parse_spec("iqn.x:a,file=/a,volume=p/v").is_err());
+        let s = parse_spec("iqn.x:a,file=/a,portal=10.0.0.1:3260;[fd00::1]:3261").unwrap();
+        assert_eq!(s.portals, ["10.0.0.1:3260", "[fd00::1]:3261"]);
+        assert!(parse_spec("iqn.x:a,file=/a,portal=10.0.0.1").is_err());
+        assert!(parse_portal("svc.ns:3260").is_ok());
         let home = tempfile::tempdir().unwrap();
         let hosting = VolumeHosting::new(Registry::new(home.path()));
         let err = open_volume_backend(&hosting, "p").unwrap_err().to_string();

@@ -340,8 +340,9 @@ pub(super) fn report_supported_opcodes(c: &[u8]) -> CmdResult {
 
 pub(super) fn report_supported_tmf(c: &[u8]) -> CmdResult {
     let alloc = be::u32_at(c, 6) as usize;
-    // ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET; I_T NEXUS RESET no.
-    let v = vec![0x80 | 0x40 | 0x20 | 0x08, 0, 0, 0];
+    // ATS, ATSS, CACAS, CTSS, LURS: ABORT TASK, ABORT TASK SET, CLEAR ACA, CLEAR TASK SET,
+    // LOGICAL UNIT RESET (connection.rs task_management); no QUERY TASK, no I_T NEXUS RESET.
+    let v = vec![0x80 | 0x40 | 0x20 | 0x10 | 0x08, 0, 0, 0];
     truncate(v, alloc)
 }
 

@@ -3,11 +3,11 @@
 //! GET LBA STATUS.
 //!
 //! Invariants: data-out shorter than the CDB asks for writes only the whole blocks
-//! received (the iSCSI layer reports the residual); COMPARE AND WRITE and ORWRITE hold the
-//! write gate exclusively across their read and write.
+//! received (the iSCSI layer reports the residual); ORWRITE, WRITE ATOMIC and (unless the
+//! backend makes it atomic itself) COMPARE AND WRITE hold the write gate exclusively.
 
 use super::{check_range, Cdb, CmdResult, LogicalUnit, BLOCK_SIZE};
-use crate::backend::Provisioning;
+use crate::backend::{Cancel, CompareOutcome, Provisioning};
 use crate::be;
 use crate::limits;
 use crate::sense::ScsiError;
@@ -88,8 +88,8 @@ impl LogicalUnit {
         Ok(())
     }
 
-    pub(super) async fn read(&self, c: &[u8]) -> CmdResult {
-        let rw = decode(c);
+    pub(super) async fn read(&self, cmd: &Cdb<'_>) -> CmdResult {
+        let rw = decode(cmd.bytes);
         if rw.protect != 0 {
             return Err(ScsiError::invalid_cdb_field(1));
         }
@@ -98,9 +98,7 @@ impl LogicalUnit {
             return Ok(Bytes::new());
         }
         let len = (rw.blocks * BS) as u32;
-        let data = self
-            .bounded(self.backend.read(rw.lba * BS, len), false)
-            .await?;
+        let data = self.read_medium(&cmd.cancel, rw.lba * BS, len).await?;
         self.counters.add_read(u64::from(len));
         Ok(data)
     }
@@ -108,6 +106,7 @@ impl LogicalUnit {
     /// Writes whole blocks of `data` at `lba`, under the shared write gate.
     pub(super) async fn write_blocks(
         &self,
+        cancel: &Cancel,
         lba: u64,
         data: Bytes,
         fua: bool,
@@ -118,7 +117,7 @@ impl LogicalUnit {
         let fua = fua || !self.state.lock().mode.wce;
         let len = data.len() as u64;
         let _g = self.write_gate.read().await;
-        self.bounded(self.backend.write(lba * BS, data, fua), true)
+        self.modify(cancel, fua, |b, ctx| b.write(ctx, lba * BS, data))
             .await?;
         self.counters.add_write(len);
         Ok(())
@@ -147,8 +146,13 @@ impl LogicalUnit {
         }
         // WRITE AND VERIFY: the data is verified by making it stable before returning.
         let verify = matches!(c[0], 0x2e | 0xae | 0x8e);
-        self.write_blocks(rw.lba, Self::received(cmd, rw.blocks), rw.fua || verify)
-            .await?;
+        self.write_blocks(
+            &cmd.cancel,
+            rw.lba,
+            Self::received(cmd, rw.blocks),
+            rw.fua || verify,
+        )
+        .await?;
         Ok(Bytes::new())
     }
 
@@ -165,7 +169,7 @@ impl LogicalUnit {
         let len = data.len() as u64;
         let fua = rw.fua || !self.state.lock().mode.wce;
         let _g = self.write_gate.write().await;
-        self.bounded(self.backend.write(rw.lba * BS, data, fua), true)
+        self.modify(&cmd.cancel, fua, |b, ctx| b.write(ctx, rw.lba * BS, data))
             .await?;
         self.counters.add_write(len);
         Ok(Bytes::new())
@@ -191,9 +195,7 @@ impl LogicalUnit {
             return Ok(Bytes::new());
         }
         let len = (rw.blocks * BS) as u32;
-        let medium = self
-            .bounded(self.backend.read(rw.lba * BS, len), false)
-            .await?;
+        let medium = self.read_medium(&cmd.cancel, rw.lba * BS, len).await?;
         match bytchk {
             0 => Ok(Bytes::new()),
             1 => {
@@ -238,20 +240,26 @@ impl LogicalUnit {
             return Ok(Bytes::new());
         }
         self.writable()?;
-        let _g = self.write_gate.write().await;
-        let medium = self
-            .bounded(self.backend.read(rw.lba * BS, len as u32), false)
-            .await?;
-        compare(&medium, &cmd.data_out[..len])?;
+        // A backend that makes it atomic itself (across replicas and failover) needs no
+        // gate; for the others the exclusive gate orders it against this LU's writes.
+        let _g = match self.backend.atomic_compare_and_write() {
+            true => None,
+            false => Some(self.write_gate.write().await),
+        };
         let fua = rw.fua || !self.state.lock().mode.wce;
-        self.bounded(
-            self.backend
-                .write(rw.lba * BS, cmd.data_out.slice(len..), fua),
-            true,
-        )
-        .await?;
-        self.counters.add_write(len as u64);
-        Ok(Bytes::new())
+        let (verify, data) = (cmd.data_out.slice(..len), cmd.data_out.slice(len..));
+        let outcome = self
+            .modify(&cmd.cancel, fua, |b, ctx| {
+                b.compare_and_write(ctx, rw.lba * BS, verify, data)
+            })
+            .await?;
+        match outcome {
+            CompareOutcome::Written => {
+                self.counters.add_write(len as u64);
+                Ok(Bytes::new())
+            }
+            CompareOutcome::Miscompare(at) => Err(ScsiError::miscompare(at)),
+        }
     }
 
     pub(super) async fn or_write(&self, cmd: &Cdb<'_>, wanted: &mut Option<u32>) -> CmdResult {
@@ -271,7 +279,7 @@ impl LogicalUnit {
         }
         let _g = self.write_gate.write().await;
         let medium = self
-            .bounded(self.backend.read(rw.lba * BS, data.len() as u32), false)
+            .read_medium(&cmd.cancel, rw.lba * BS, data.len() as u32)
             .await?;
         let mut out = BytesMut::from(&medium[..]);
         for (o, d) in out.iter_mut().zip(data.iter()) {
@@ -279,7 +287,8 @@ impl LogicalUnit {
         }
         let fua = rw.fua || !self.state.lock().mode.wce;
         let len = out.len() as u64;
-        self.bounded(self.backend.write(rw.lba * BS, out.freeze(), fua), true)
+        let out = out.freeze();
+        self.modify(&cmd.cancel, fua, |b, ctx| b.write(ctx, rw.lba * BS, out))
             .await?;
         self.counters.add_write(len);
         Ok(Bytes::new())
@@ -324,14 +333,25 @@ impl LogicalUnit {
         // zeros); without it a zero block is written cheaply as a zero range.
         if unmap || block.iter().all(|b| *b == 0) {
             let _g = self.write_gate.read().await;
-            let (off, len) = (rw.lba * BS, rw.blocks * BS);
+            // One backend call per bounded piece: each has its own deadline, so a WRITE
+            // SAME over the whole medium is many short calls, not one that outlives it.
+            let (start, end) = (rw.lba * BS, (rw.lba + rw.blocks) * BS);
+            let mut off = start;
+            while off < end {
+                let len = (end - off).min(limits::ZERO_RANGE_CHUNK_BYTES);
+                if unmap {
+                    self.modify(&cmd.cancel, false, |b, ctx| b.unmap(ctx, off, len))
+                        .await?;
+                } else {
+                    self.modify(&cmd.cancel, false, |b, ctx| b.write_zeros(ctx, off, len))
+                        .await?;
+                }
+                off += len;
+            }
             if unmap {
-                self.bounded(self.backend.unmap(off, len), true).await?;
                 self.counters.add_unmap();
             } else {
-                self.bounded(self.backend.write_zeros(off, len), true)
-                    .await?;
-                self.counters.add_write(len);
+                self.counters.add_write(end - start);
             }
             return Ok(Bytes::new());
         }
@@ -345,8 +365,13 @@ impl LogicalUnit {
         let mut done = 0u64;
         while done < rw.blocks {
             let n = (rw.blocks - done).min(chunk_blocks);
-            self.write_blocks(rw.lba + done, buf.slice(..(n * BS) as usize), rw.fua)
-                .await?;
+            self.write_blocks(
+                &cmd.cancel,
+                rw.lba + done,
+                buf.slice(..(n * BS) as usize),
+                rw.fua,
+            )
+            .await?;
             done += n;
         }
         Ok(Bytes::new())
@@ -389,18 +414,20 @@ impl LogicalUnit {
         let _g = self.write_gate.read().await;
         for (lba, blocks) in ranges {
             if blocks > 0 {
-                self.bounded(self.backend.unmap(lba * BS, blocks * BS), true)
-                    .await?;
+                self.modify(&cmd.cancel, false, |b, ctx| {
+                    b.unmap(ctx, lba * BS, blocks * BS)
+                })
+                .await?;
             }
         }
         self.counters.add_unmap();
         Ok(Bytes::new())
     }
 
-    pub(super) async fn synchronize_cache(&self, c: &[u8]) -> CmdResult {
-        let rw = decode(c);
+    pub(super) async fn synchronize_cache(&self, cmd: &Cdb<'_>) -> CmdResult {
+        let rw = decode(cmd.bytes);
         check_range(rw.lba, rw.blocks, self.capacity_blocks())?;
-        self.bounded(self.backend.flush(), true).await?;
+        self.flush_medium(&cmd.cancel).await?;
         self.counters.add_flush();
         Ok(Bytes::new())
     }
@@ -411,7 +438,8 @@ impl LogicalUnit {
         Ok(Bytes::new())
     }
 
-    pub(super) async fn get_lba_status(&self, c: &[u8]) -> CmdResult {
+    pub(super) async fn get_lba_status(&self, cmd: &Cdb<'_>) -> CmdResult {
+        let c = cmd.bytes;
         let lba = be::u64_at(c, 2);
         let alloc = be::u32_at(c, 10) as usize;
         let cap = self.capacity_blocks();
@@ -424,9 +452,9 @@ impl LogicalUnit {
         }
         let max = ((alloc - 8) / 16).clamp(1, limits::MAX_LBA_STATUS_DESCRIPTORS);
         let span = (cap - lba) * BS;
-        let extents = self
-            .bounded(self.backend.lba_status(lba * BS, span), false)
-            .await?;
+        let ctx = self.ctx(&cmd.cancel, false);
+        let f = self.backend.lba_status(&ctx, lba * BS, span);
+        let extents = self.settle(&ctx, f, false).await?;
         let mut v = vec![0u8; 8];
         let mut push = |start: u64, blocks: u64, state: u8| {
             let mut d = [0u8; 16];

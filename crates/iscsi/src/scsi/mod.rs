@@ -5,11 +5,17 @@
 //! I_T nexus, mode parameters, the capacity last reported) under one mutex held only for
 //! short, non-blocking sections; the write gate that makes COMPARE AND WRITE atomic.
 //! Invariants: every range is checked against the current capacity before the backend is
-//! called; every backend call is bounded by the LU's I/O timeout; errors become sense data
-//! only through sense.rs. Never: hold the state mutex across an await; trust a length in
-//! a CDB or parameter list before checking it against the data actually received.
-//! Cancellation: dropping `execute` mid-write may leave the write running on a blocking
-//! thread; callers that must know it ended (abort, reinstatement) wait for the task.
+//! called; errors become sense data only through sense.rs.
+//! Settlement (backend.rs): every backend call is awaited until the backend settles it,
+//! never dropped, so a command answered with an error cannot change the medium later. At
+//! the call's deadline (the LU's I/O timeout) the command's cancel signal is raised: a
+//! backend refuses unstarted work (`NotStarted`, answered BUSY) and finishes started work.
+//! While any call is unsettled past `settle_bound`, the LU answers NOT READY (becoming
+//! ready) to new commands, so initiators back off instead of piling on. Modifying calls
+//! take their io number from the backend under `dispatch_order`, so numbers follow the
+//! order in which calls are issued and a retry always gets a higher one.
+//! Never: hold the state mutex across an await; trust a length in a CDB or parameter
+//! list before checking it against the data actually received; drop a backend future.
 
 mod inquiry;
 mod io;
@@ -17,14 +23,15 @@ mod mode;
 pub(crate) mod pr;
 pub(crate) mod xcopy;
 
-use crate::backend::{BackendError, BlockBackend};
+use crate::backend::{BackendFuture, BlockBackend, Cancel, IoCtx};
 use crate::counters::Counters;
 use crate::sense::{self, ScsiError, Sense};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Logical block size in bytes.
 pub const BLOCK_SIZE: u32 = 512;
@@ -86,6 +93,8 @@ pub struct Cdb<'a> {
     pub data_out: Bytes,
     /// The I_T nexus it came from.
     pub nexus: &'a NexusId,
+    /// Raised when the command is aborted; backend calls made for it see it.
+    pub cancel: Cancel,
 }
 
 pub(crate) type CmdResult = Result<Bytes, ScsiError>;
@@ -119,9 +128,22 @@ pub struct LogicalUnit {
     /// Writes hold it shared; COMPARE AND WRITE holds it exclusive, which makes its
     /// read-compare-write atomic against every other write of the LU.
     write_gate: tokio::sync::RwLock<()>,
+    /// Deadline of each backend call: past it the command's cancel signal is raised.
     io_timeout: Duration,
+    /// A call unsettled this long after it started makes the LU NOT READY until it settles.
+    settle_bound: Duration,
+    /// Backend calls unsettled past `settle_bound`.
+    overdue: AtomicUsize,
+    /// Held while an io number is taken and its call issued (see the module docs).
+    dispatch_order: Mutex<()>,
+    /// Running commands from every session (task management, PREEMPT AND ABORT).
+    pub(crate) tasks: crate::task::TaskSet,
+    /// PERSISTENT RESERVE OUT runs one at a time (its store write is awaited).
+    pr_serial: tokio::sync::Mutex<()>,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) aptpl_path: Option<std::path::PathBuf>,
+    /// Where APTPL reservations persist, and the bytes it holds as far as this LU knows.
+    pub(crate) pr_store: Option<Arc<dyn crate::reservation_store::ReservationStore>>,
+    pub(crate) pr_stored: Mutex<Option<Vec<u8>>>,
     /// Logical blocks per physical block, as a power of two.
     pub(crate) phys_exponent: u8,
     /// The other LUs of this process, for EXTENDED COPY between targets.
@@ -140,19 +162,19 @@ pub(crate) enum Access {
 }
 
 impl LogicalUnit {
-    /// A logical unit over `backend`; `aptpl_path` keeps persistent reservations across
+    /// A logical unit over `backend`; `reservations` keeps persistent reservations across
     /// restarts when an initiator asks for APTPL.
     pub fn new(
         backend: Arc<dyn BlockBackend>,
         target_name: &str,
         io_timeout: Duration,
         counters: Arc<Counters>,
-        aptpl_path: Option<std::path::PathBuf>,
+        reservations: Option<Arc<dyn crate::reservation_store::ReservationStore>>,
         phys_exponent: u8,
     ) -> Result<Self, pr::AptplError> {
-        let pr = match &aptpl_path {
-            Some(p) => pr::load_aptpl(p)?,
-            None => pr::PrState::default(),
+        let (pr, stored) = match &reservations {
+            Some(s) => pr::load_aptpl(&**s)?,
+            None => (pr::PrState::default(), None),
         };
         let reported_size = backend.size_bytes();
         Ok(LogicalUnit {
@@ -170,12 +192,31 @@ impl LogicalUnit {
                 copies: xcopy::CopyTable::default(),
             }),
             write_gate: tokio::sync::RwLock::new(()),
-            io_timeout,
+            io_timeout: io_timeout.min(crate::limits::BACKEND_SETTLE_BOUND),
+            settle_bound: crate::limits::BACKEND_SETTLE_BOUND,
+            overdue: AtomicUsize::new(0),
+            dispatch_order: Mutex::new(()),
+            tasks: crate::task::TaskSet::default(),
+            pr_serial: tokio::sync::Mutex::new(()),
             counters,
-            aptpl_path,
+            pr_store: reservations,
+            pr_stored: Mutex::new(stored),
             phys_exponent: phys_exponent.min(8),
             copy_peers: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets how long a backend call may stay unsettled before the LU answers NOT READY
+    /// (default `limits::BACKEND_SETTLE_BOUND`); the I/O timeout never exceeds it.
+    pub fn set_settle_bound(&mut self, bound: Duration) {
+        self.settle_bound = bound;
+        self.io_timeout = self.io_timeout.min(bound);
+    }
+
+    /// Backend calls currently unsettled past the settle bound (the LU is NOT READY
+    /// while this is above zero).
+    pub fn overdue_calls(&self) -> usize {
+        self.overdue.load(Ordering::Acquire)
     }
 
     /// Lets EXTENDED COPY reach the LUs of `peers` (set once, by the target registry).
@@ -261,6 +302,9 @@ impl LogicalUnit {
         }
         // INQUIRY, REPORT LUNS and REQUEST SENSE never report a unit attention (SAM-5).
         if !matches!(op, 0x12 | 0xa0 | 0x03) {
+            if self.overdue.load(Ordering::Acquire) > 0 {
+                return Some(ScsiError::becoming_ready());
+            }
             if let Some(q) = st.ua.get_mut(cmd.nexus) {
                 if !q.is_empty() {
                     let (asc, ascq) = q.remove(0);
@@ -287,7 +331,7 @@ impl LogicalUnit {
         match c[0] {
             0x00 => Ok(Bytes::new()),
             0x03 => self.request_sense(cmd),
-            0x08 | 0x28 | 0xa8 | 0x88 => self.read(c).await,
+            0x08 | 0x28 | 0xa8 | 0x88 => self.read(cmd).await,
             0x0a | 0x2a | 0xaa | 0x8a | 0x9c => self.write(cmd, wanted).await,
             0x2e | 0xae | 0x8e => self.write(cmd, wanted).await,
             0x2f | 0xaf | 0x8f => self.verify(cmd, wanted).await,
@@ -295,13 +339,13 @@ impl LogicalUnit {
             0x8b => self.or_write(cmd, wanted).await,
             0x41 | 0x93 => self.write_same(cmd, wanted).await,
             0x42 => self.unmap(cmd).await,
-            0x35 | 0x91 => self.synchronize_cache(c).await,
+            0x35 | 0x91 => self.synchronize_cache(cmd).await,
             0x34 | 0x90 => self.prefetch(c),
             0x12 => self.inquiry(c),
             0x25 => self.read_capacity10(c),
             0x9e => match c[1] & 0x1f {
                 0x10 => self.read_capacity16(c),
-                0x12 => self.get_lba_status(c).await,
+                0x12 => self.get_lba_status(cmd).await,
                 _ => Err(ScsiError::invalid_cdb_field(1)),
             },
             0xa0 => self.report_luns(c),
@@ -358,22 +402,109 @@ impl LogicalUnit {
         Ok(Bytes::new())
     }
 
-    /// Runs a backend future under the LU's I/O bound, counting busy time.
-    pub(crate) async fn bounded<T>(
+    /// A context for one backend call of a command with cancel signal `cancel`.
+    fn ctx(&self, cancel: &Cancel, fua: bool) -> IoCtx {
+        IoCtx {
+            io: None,
+            fua,
+            cancel: cancel.clone(),
+            deadline: Instant::now() + self.io_timeout,
+        }
+    }
+
+    /// Reads the medium for a command.
+    pub(crate) async fn read_medium(
         &self,
-        f: impl std::future::Future<Output = Result<T, BackendError>>,
+        cancel: &Cancel,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, ScsiError> {
+        let ctx = self.ctx(cancel, false);
+        let f = self.backend.read(&ctx, offset, len);
+        self.settle(&ctx, f, false).await
+    }
+
+    /// Makes completed writes stable for a command.
+    pub(crate) async fn flush_medium(&self, cancel: &Cancel) -> Result<(), ScsiError> {
+        let ctx = self.ctx(cancel, false);
+        let f = self.backend.flush(&ctx);
+        self.settle(&ctx, f, true).await
+    }
+
+    /// Issues one modifying backend call: its io number is taken and the call made under
+    /// `dispatch_order`, then it is awaited to settlement. An aborted command issues none.
+    pub(crate) async fn modify<'s, T>(
+        &'s self,
+        cancel: &Cancel,
+        fua: bool,
+        call: impl FnOnce(&'s dyn BlockBackend, &IoCtx) -> BackendFuture<'s, T>,
+    ) -> Result<T, ScsiError> {
+        if cancel.is_raised() {
+            return Err(ScsiError::busy());
+        }
+        let mut ctx = self.ctx(cancel, fua);
+        let f = {
+            let _order = self.dispatch_order.lock();
+            // The pool's VolumeHandle::next_io (s3-pool) arrives here via the adapter.
+            ctx.io = self.backend.next_io();
+            call(&*self.backend, &ctx)
+        };
+        self.settle(&ctx, f, true).await
+    }
+
+    /// Awaits a backend call until it settles (never dropping it), raising the command's
+    /// cancel signal at the deadline and marking the LU NOT READY while the call is
+    /// unsettled past the settle bound; counts busy time.
+    pub(crate) async fn settle<T>(
+        &self,
+        ctx: &IoCtx,
+        mut f: BackendFuture<'_, T>,
         writing: bool,
     ) -> Result<T, ScsiError> {
-        let started = std::time::Instant::now();
-        let r = match tokio::time::timeout(self.io_timeout, f).await {
-            Ok(r) => r,
-            Err(_) => Err(BackendError::Timeout),
+        let started = Instant::now();
+        let r = tokio::select! {
+            biased;
+            r = &mut f => r,
+            _ = tokio::time::sleep_until(ctx.deadline.into()) => {
+                // Work not started yet is refused (NotStarted, answered BUSY); work under
+                // way finishes and is answered with its real outcome.
+                ctx.cancel.raise();
+                let bound = (started + self.settle_bound).into();
+                match tokio::time::timeout_at(bound, &mut f).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let _overdue = Overdue::enter(&self.overdue);
+                        tracing::error!(
+                            target_name = %self.target_name,
+                            bound = ?self.settle_bound,
+                            "backend call unsettled past its bound; LU not ready until it settles"
+                        );
+                        f.await
+                    }
+                }
+            }
         };
         self.counters.add_busy(started.elapsed());
         r.map_err(|e| {
             tracing::warn!(target_name = %self.target_name, error = %e, "backend call failed");
             sense::from_backend(&e, writing)
         })
+    }
+}
+
+/// Counts one overdue backend call for as long as it lives.
+struct Overdue<'a>(&'a AtomicUsize);
+
+impl<'a> Overdue<'a> {
+    fn enter(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        Overdue(n)
+    }
+}
+
+impl Drop for Overdue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

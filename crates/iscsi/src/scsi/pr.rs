@@ -3,16 +3,16 @@
 //!
 //! Owns: `PrState` inside the LU state mutex. Invariants: the generation grows on every
 //! registration change; a reservation of an all-registrants type exists only while at
-//! least one registration does; with APTPL set, the file (docs/format/aptpl.md) is
-//! rewritten atomically after each change and before the command completes.
+//! least one registration does; with APTPL set, the reservation store (docs/format/aptpl.md) is
+//! swapped after each change and before it is applied or the command completes.
 //! Never: do file I/O while holding the LU state mutex.
 
 use super::{Access, Cdb, CmdResult, LogicalUnit, LuState, NexusId};
 use crate::be;
 use crate::limits;
+use crate::reservation_store::{ReservationStore, StoreError};
 use crate::sense::ScsiError;
 use bytes::Bytes;
-use std::path::Path;
 use std::sync::Arc;
 
 const WE: u8 = 1;
@@ -227,40 +227,25 @@ fn decode(b: &[u8]) -> Result<PrState, &'static str> {
     })
 }
 
-/// Loads persisted reservations; a missing file means none.
-pub(crate) fn load_aptpl(path: &Path) -> Result<PrState, AptplError> {
-    match std::fs::read(path) {
-        Ok(b) => decode(&b).map_err(|reason| AptplError::Corrupt {
-            path: path.display().to_string(),
-            reason,
+/// Loads persisted reservations from `store`; nothing stored means none. Returns the
+/// state and the stored bytes (what the next compare-and-swap expects).
+pub(crate) fn load_aptpl(
+    store: &dyn ReservationStore,
+) -> Result<(PrState, Option<Vec<u8>>), AptplError> {
+    match store.load() {
+        Ok(Some(b)) => match decode(&b) {
+            Ok(pr) => Ok((pr, Some(b))),
+            Err(reason) => Err(AptplError::Corrupt {
+                path: format!("{store:?}"),
+                reason,
+            }),
+        },
+        Ok(None) => Ok((PrState::default(), None)),
+        Err(e) => Err(AptplError::Io {
+            path: format!("{store:?}"),
+            source: std::io::Error::other(e),
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PrState::default()),
-        Err(source) => Err(AptplError::Io {
-            path: path.display().to_string(),
-            source,
-        }),
     }
-}
-
-fn save_aptpl(path: &Path, pr: &PrState) -> std::io::Result<()> {
-    if !pr.aptpl {
-        return match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encode(pr))?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// iSCSI TransportID (SPC-4 §7.6.4.6) of a nexus id, padded to a multiple of 4.
@@ -343,22 +328,77 @@ impl LogicalUnit {
         Ok(Bytes::from(v))
     }
 
+    /// PERSISTENT RESERVE OUT, one at a time per LU. The change is computed on a copy
+    /// and applied only after the APTPL store confirmed it, so a failed save changes
+    /// nothing; PREEMPT AND ABORT then aborts the preempted nexuses' tasks in every
+    /// session (TASK ABORTED, TAS=1) and completes only after they ended.
     pub(super) async fn persistent_reserve_out(&self, cmd: &Cdb<'_>) -> CmdResult {
-        let persist = {
-            let mut st = self.state.lock();
-            let before_aptpl = st.pr.aptpl;
-            let before = st.pr.clone();
-            pr_out(&mut st, cmd)?;
-            st.pr.aptpl != before_aptpl || (st.pr.aptpl && st.pr != before)
+        let _serial = self.pr_serial.lock().await;
+        let mut fenced = Vec::new();
+        let (scratch, persist) = {
+            let st = self.state.lock();
+            let mut scratch = LuState {
+                pr: st.pr.clone(),
+                spc2_holder: st.spc2_holder.clone(),
+                ua: st.ua.keys().map(|k| (k.clone(), Vec::new())).collect(),
+                mode: st.mode,
+                reported_size: st.reported_size,
+                copies: Default::default(),
+            };
+            pr_out(&mut scratch, cmd, &mut fenced)?;
+            let persist =
+                scratch.pr.aptpl != st.pr.aptpl || (scratch.pr.aptpl && scratch.pr != st.pr);
+            (scratch, persist)
         };
         if persist {
-            if let Some(path) = self.aptpl_path.clone() {
-                let snapshot = self.state.lock().pr.clone();
-                let r = tokio::task::spawn_blocking(move || save_aptpl(&path, &snapshot)).await;
-                if !matches!(r, Ok(Ok(()))) {
-                    tracing::error!(target_name = %self.target_name, "saving APTPL state failed");
-                    return Err(ScsiError::internal());
+            if let Some(store) = self.pr_store.clone() {
+                let next = scratch.pr.aptpl.then(|| encode(&scratch.pr));
+                let expected = self.pr_stored.lock().clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    store
+                        .compare_and_swap(expected.as_deref(), next.as_deref())
+                        .map(|()| next)
+                })
+                .await;
+                match r {
+                    Ok(Ok(next)) => *self.pr_stored.lock() = next,
+                    Ok(Err(StoreError::TooLarge(_))) => {
+                        return Err(ScsiError::insufficient_registration_resources());
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "store task failed".to_owned(),
+                        };
+                        tracing::error!(target_name = %self.target_name, error = %why, "saving reservations failed; nothing changed");
+                        return Err(ScsiError::internal());
+                    }
                 }
+            }
+        }
+        {
+            let mut st = self.state.lock();
+            st.pr = scratch.pr;
+            for (n, q) in scratch.ua {
+                for (asc, ascq) in q {
+                    if st.ua.contains_key(&n) {
+                        LogicalUnit::raise_ua_for(&mut st, &n, asc, ascq);
+                    }
+                }
+            }
+        }
+        if !fenced.is_empty() {
+            let all = self
+                .tasks
+                .abort_where(
+                    |t| fenced.contains(&t.nexus),
+                    cmd.nexus,
+                    true,
+                    limits::TMF_WAIT,
+                )
+                .await;
+            if !all {
+                tracing::warn!(target_name = %self.target_name, "preempted tasks did not end in time");
             }
         }
         Ok(Bytes::new())
@@ -406,7 +446,7 @@ impl WireKey for u64 {
     }
 }
 
-fn pr_out(st: &mut LuState, cmd: &Cdb<'_>) -> Result<(), ScsiError> {
+fn pr_out(st: &mut LuState, cmd: &Cdb<'_>, fenced: &mut Vec<NexusId>) -> Result<(), ScsiError> {
     let c = cmd.bytes;
     let sa = c[1] & 0x1f;
     let scope = c[2] >> 4;
@@ -519,7 +559,13 @@ fn pr_out(st: &mut LuState, cmd: &Cdb<'_>) -> Result<(), ScsiError> {
             }
             Ok(())
         }
-        _ => preempt(st, n, mine, key, sa_key, scope, kind),
+        _ => {
+            let removed = preempt(st, n, mine, key, sa_key, scope, kind)?;
+            if sa == 5 {
+                *fenced = removed;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -646,7 +692,7 @@ fn preempt(
     sa_key: u64,
     scope: u8,
     kind: u8,
-) -> Result<(), ScsiError> {
+) -> Result<Vec<NexusId>, ScsiError> {
     if mine != Some(key) {
         return Err(ScsiError::reservation_conflict());
     }
@@ -681,10 +727,10 @@ fn preempt(
         });
     }
     pr.generation = pr.generation.wrapping_add(1);
-    for r in removed {
-        LogicalUnit::raise_ua_for(st, &r, 0x2a, 0x05);
+    for r in &removed {
+        LogicalUnit::raise_ua_for(st, r, 0x2a, 0x05);
     }
-    Ok(())
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! cancelled WRITE would) and removes its running entry (a drop guard).
 
 use super::{check_range, Access, Cdb, CmdResult, LogicalUnit, NexusId, BLOCK_SIZE};
+use crate::backend::Cancel;
 use crate::be;
 use crate::limits;
 use crate::sense::ScsiError;
@@ -484,7 +485,7 @@ impl LogicalUnit {
             serial,
             outcome: None,
         };
-        let result = self.run_copy(&plan, cmd.nexus, serial).await;
+        let result = self.run_copy(&plan, cmd.nexus, &cmd.cancel, serial).await;
         // A failed copy is held too, as "completed with errors" (COPY STATUS 02h).
         guard.outcome = Some(result.is_ok());
         drop(guard);
@@ -524,6 +525,7 @@ impl LogicalUnit {
         &self,
         plan: &CopyPlan,
         nexus: &NexusId,
+        cancel: &Cancel,
         serial: u64,
     ) -> Result<(), ScsiError> {
         let targets: Vec<Option<CopyTarget>> =
@@ -555,7 +557,7 @@ impl LogicalUnit {
         let mut bytes_done = 0u64;
         for (i, (src, dst, s)) in steps.into_iter().enumerate() {
             let done = u16::try_from(i).unwrap_or(u16::MAX);
-            copy_segment(src, dst, s, |bytes| {
+            copy_segment(cancel, src, dst, s, |bytes| {
                 bytes_done += bytes;
                 self.state.lock().copies.progress(serial, done, bytes_done);
             })
@@ -589,6 +591,7 @@ impl LogicalUnit {
 /// destination overlaps the source from above within one LU (as memmove does), so
 /// overlapping copies stay correct; `progress` gets the bytes of each chunk written.
 async fn copy_segment(
+    cancel: &Cancel,
     src: &LogicalUnit,
     dst: &LogicalUnit,
     s: &Segment,
@@ -604,11 +607,10 @@ async fn copy_segment(
         let n = chunk.min(s.blocks - off);
         // n * BS <= XCOPY_CHUNK_BYTES, a u32.
         let len = (n * BS) as u32;
-        let data = src
-            .bounded(src.backend.read((s.src_lba + off) * BS, len), false)
-            .await?;
+        let data = src.read_medium(cancel, (s.src_lba + off) * BS, len).await?;
         src.counters.add_read(u64::from(len));
-        dst.write_blocks(s.dst_lba + off, data, false).await?;
+        dst.write_blocks(cancel, s.dst_lba + off, data, false)
+            .await?;
         progress(u64::from(len));
     }
     Ok(())

@@ -96,6 +96,32 @@ pub async fn login(
     })
 }
 
+/// Logs in a discovery session offering `mrdsl`; returns the stream and the next CmdSN.
+pub async fn discovery_login(addr: &str, mrdsl: u32) -> (TcpStream, u32) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut p = OutPdu::new(op::LOGIN | 0x40, 0x80 | (1 << 2) | 3, StatSn::None);
+    p.bhs[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 9]);
+    put32(&mut p.bhs, 16, 1);
+    let keys: Vec<(String, String)> = [
+        ("InitiatorName", "iqn.2024-01.io.cstor.test:discoverer"),
+        ("SessionType", "Discovery"),
+        ("HeaderDigest", "None"),
+        ("DataDigest", "None"),
+        ("MaxRecvDataSegmentLength", &mrdsl.to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    p.data = Bytes::from(text::encode(&keys));
+    send(&mut s, p, Digests::default()).await;
+    let r = pdu::read_pdu(&mut s, 1 << 20, Digests::default())
+        .await
+        .unwrap();
+    assert_eq!(r.opcode(), op::LOGIN_RSP);
+    assert_eq!(r.bhs[36], 0, "discovery login accepted");
+    (s, r.u32_at(28))
+}
+
 impl Ini {
     /// Runs one SCSI command; data-out goes as immediate data, the rest on R2T.
     pub async fn scsi(&mut self, cdb: &[u8], read_len: u32, data_out: &[u8]) -> Reply {
