@@ -123,6 +123,15 @@ async fn modifying<T: Send + 'static>(
     }
 }
 
+/// The io number the LU drew for this call, or (reservation used up at dispatch) one
+/// drawn now, on the blocking thread, where waiting for the reservation's commit is fine.
+fn own_io(vol: &VolumeHandle, drawn: Option<u64>) -> Result<u64, PoolError> {
+    match drawn {
+        Some(n) => Ok(n),
+        None => vol.next_io(),
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     offset: u64,
     f: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
@@ -147,11 +156,12 @@ impl BlockBackend for PoolVolumeBackend {
     }
 
     fn next_io(&self) -> Option<u64> {
-        // The volume's own sequence, drawn in the LU's dispatch order. It blocks only
-        // when the durable reservation is used up (the pool extends it at half use, in
-        // the background). On error the write goes without a number and the engine
-        // draws one itself, failing the write if the pool cannot.
-        self.volume.next_io().ok()
+        // The volume's own sequence, drawn in the LU's dispatch order on an async thread,
+        // so it must not wait for a commit: when the durable reservation is used up (the
+        // pool extends it at half use, so only after open or a stall) the call draws its
+        // number on its blocking thread instead (`own_io`), out of dispatch order for
+        // that one call, never reused.
+        self.volume.try_next_io()
     }
 
     fn read(&self, _ctx: &IoCtx, offset: u64, len: u32) -> BackendFuture<'_, Bytes> {
@@ -167,7 +177,7 @@ impl BlockBackend for PoolVolumeBackend {
         let vol = self.volume.clone();
         let fua = ctx.fua;
         Box::pin(modifying(ctx.clone(), offset, move |io| {
-            vol.write(offset, &data, io)?;
+            vol.write(offset, &data, Some(own_io(&vol, io)?))?;
             if fua {
                 vol.flush()?;
             }
@@ -183,7 +193,7 @@ impl BlockBackend for PoolVolumeBackend {
     fn unmap(&self, ctx: &IoCtx, offset: u64, len: u64) -> BackendFuture<'_, ()> {
         let vol = self.volume.clone();
         Box::pin(modifying(ctx.clone(), offset, move |io| {
-            vol.unmap(offset, len, io)
+            vol.unmap(offset, len, Some(own_io(&vol, io)?))
         }))
     }
 }

@@ -38,25 +38,9 @@ impl VolumeHandle {
     pub fn next_io(&self) -> Result<u64> {
         for _ in 0..IO_RESERVE_ROUNDS {
             self.pool.check_usable()?;
-            let want = {
-                let mut s = self.vol.io.lock();
-                if s.next <= s.durable {
-                    let n = s.next;
-                    s.next += 1;
-                    let ahead = (s.durable - n < IO_RESERVE_CHUNK / 2 && s.requested <= s.durable)
-                        .then(|| {
-                            s.requested = s.durable + IO_RESERVE_CHUNK;
-                            s.requested
-                        });
-                    drop(s);
-                    if let Some(r) = ahead {
-                        self.request_io_reservation(r);
-                        self.pool.kick();
-                    }
-                    return Ok(n);
-                }
-                s.requested = s.requested.max(s.next + IO_RESERVE_CHUNK - 1);
-                s.requested
+            let want = match self.reserved_io() {
+                Ok(n) => return Ok(n),
+                Err(want) => want,
             };
             self.request_io_reservation(want);
             let mut cs = self.pool.commit.lock();
@@ -69,6 +53,47 @@ impl VolumeHandle {
             "volume {}: no io number reservation became durable after {IO_RESERVE_ROUNDS} commits",
             self.vol.name
         )))
+    }
+
+    /// [`VolumeHandle::next_io`] without waiting: `None` when the durable reservation
+    /// is used up (a commit then extends it in the background). For callers that must
+    /// not block, such as an iSCSI LU's dispatch on an async thread; they draw the number
+    /// with `next_io` on a blocking thread instead.
+    pub fn try_next_io(&self) -> Option<u64> {
+        if self.pool.check_usable().is_err() {
+            return None;
+        }
+        match self.reserved_io() {
+            Ok(n) => Some(n),
+            Err(want) => {
+                self.request_io_reservation(want);
+                self.pool.kick();
+                None
+            }
+        }
+    }
+
+    /// The next number inside the durable reservation (asking for the next chunk at half
+    /// use), or `Err(want)`: the reservation the caller must make durable first.
+    fn reserved_io(&self) -> std::result::Result<u64, u64> {
+        let mut s = self.vol.io.lock();
+        if s.next <= s.durable {
+            let n = s.next;
+            s.next += 1;
+            let ahead =
+                (s.durable - n < IO_RESERVE_CHUNK / 2 && s.requested <= s.durable).then(|| {
+                    s.requested = s.durable + IO_RESERVE_CHUNK;
+                    s.requested
+                });
+            drop(s);
+            if let Some(r) = ahead {
+                self.request_io_reservation(r);
+                self.pool.kick();
+            }
+            return Ok(n);
+        }
+        s.requested = s.requested.max(s.next + IO_RESERVE_CHUNK - 1);
+        Err(s.requested)
     }
 
     /// Put a reservation up to `io` in the volume's record (committed with the next txg).
