@@ -329,7 +329,7 @@ mod split_tests {
             for room in [0usize, 511, 4096, 5000, 70_000] {
                 let t = split_point(off, room);
                 assert!(t <= room);
-                assert!(t == 0 || (off + t as u64) % 4096 == 0);
+                assert!(t == 0 || (off + t as u64).is_multiple_of(4096));
             }
         }
     }
