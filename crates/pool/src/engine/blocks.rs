@@ -357,7 +357,8 @@ impl PoolInner {
         let mut level = levels;
         while level > 0 {
             if bp.is_hole() {
-                return Ok(Bp::hole(bp.birth, 0, 0));
+                // A collapsed hole keeps the io of the UNMAP that made it.
+                return Ok(Bp::hole(bp.birth, bp.io_max, 0));
             }
             let bps = self.read_indirect(&bp)?;
             let idx = ((blk / span_blocks(level - 1)) % BPS_PER_INDIRECT as u64) as usize;
