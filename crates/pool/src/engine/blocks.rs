@@ -39,6 +39,7 @@ impl PoolInner {
             log_tail_dropped: Mutex::new(None),
             holds: Mutex::new(Holds::default()),
             last_committed: AtomicU64::new(txg.saturating_sub(1)),
+            cut: Mutex::new(None),
         }
     }
 

@@ -46,6 +46,14 @@ impl PoolInner {
             let mut t = self.txg.write();
             let txg = *t;
             *t += 1;
+            // With every writer excluded: does the open txg hold a write at or above a
+            // requested io cut?
+            if let Some((guid, n, ok)) = self.cut.lock().as_mut() {
+                *ok = vols
+                    .iter()
+                    .find(|v| v.guid == *guid)
+                    .map(|v| v.io.lock().seen_max < *n);
+            }
             for v in &vols {
                 let mut st = v.state.lock();
                 let open = std::mem::take(&mut st.open);

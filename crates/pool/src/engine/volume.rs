@@ -87,6 +87,7 @@ impl VolumeHandle {
         if let Some(io) = io {
             let mut s = self.vol.io.lock();
             s.next = s.next.max(io.saturating_add(1));
+            s.seen_max = s.seen_max.max(io);
         }
     }
 
