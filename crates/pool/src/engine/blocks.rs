@@ -114,7 +114,11 @@ impl PoolInner {
 
     pub(super) fn has_dirty(&self, v: &Volume) -> bool {
         let st = v.state.lock();
-        !st.open.is_empty() || !st.syncing.is_empty()
+        // UNMAPped ranges are changes too (an UNMAP-only txg dirties no block).
+        !st.open.is_empty()
+            || !st.syncing.is_empty()
+            || !st.open_frees.is_empty()
+            || !st.syncing_frees.is_empty()
     }
 
     pub(super) fn volume_info(&self, v: &Volume) -> VolumeInfo {
