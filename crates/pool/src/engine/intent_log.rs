@@ -101,6 +101,8 @@ impl PoolInner {
         // after it only see records written since.
         loop {
             let mut w = self.logw.lock();
+            // Another flush may have failed while this one waited for `logw`.
+            self.check_usable()?;
             let (count, bytes) = {
                 let l = self.log.lock();
                 (l.records.len(), l.bytes)
@@ -110,7 +112,11 @@ impl PoolInner {
                 // whose flush completed before it released `logw`, or (crash-safe
                 // writes) by a written block the device must still flush.
                 if durable && w.unflushed {
-                    self.store.flush()?;
+                    if let Err(e) = self.store.flush() {
+                        let e = PoolError::from(e);
+                        self.fail(&e);
+                        return Err(e);
+                    }
                     w.unflushed = false;
                 }
                 return Ok(());
@@ -127,9 +133,18 @@ impl PoolInner {
                 l.bytes = 0;
                 (std::mem::take(&mut l.records), b)
             };
-            self.write_log(&mut w, records)?;
+            // A failure latches the pool before `logw` is released: a flush waiting for
+            // it must not find the records gone and report them durable.
+            if let Err(e) = self.write_log(&mut w, records) {
+                self.fail(&e);
+                return Err(e);
+            }
             if durable {
-                self.store.flush()?;
+                if let Err(e) = self.store.flush() {
+                    let e = PoolError::from(e);
+                    self.fail(&e);
+                    return Err(e);
+                }
                 w.unflushed = false;
             } else {
                 w.unflushed = true;
@@ -179,8 +194,16 @@ impl PoolInner {
                     continue;
                 }
                 let room = cap - used;
-                if let (Some(d), true) = (&r.data, room >= zil::REC_HEADER_BYTES + 512) {
-                    let take = (room - zil::REC_HEADER_BYTES) / 512 * 512;
+                // Split only at a 4 KiB boundary of the volume: a record whose second
+                // half is in a block a power cut lost would leave a torn 4 KiB unit.
+                let take = if room >= zil::REC_HEADER_BYTES + 512 {
+                    let max_take = ((room - zil::REC_HEADER_BYTES) / 512 * 512) as u64;
+                    ((r.offset + max_take) / LOG_SPLIT_BYTES * LOG_SPLIT_BYTES)
+                        .saturating_sub(r.offset) as usize
+                } else {
+                    0
+                };
+                if let (Some(d), true) = (&r.data, take > 0 && take < r.len() as usize) {
                     let head = LogRecord {
                         data: Some(Arc::new(d[..take].to_vec())),
                         ..r.clone()
