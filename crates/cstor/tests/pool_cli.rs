@@ -154,6 +154,29 @@ fn pool_and_volume_contract_on_raidz() {
         "volume", "changed", "tank/vol", "--since", "42", "-o", "json",
     ]);
     assert_eq!(none.as_array().unwrap().len(), 0);
+    // io ranges (a, b]: the write of io 42 is in (41, 42], not in (0, 41].
+    let below = e.json(&[
+        "volume", "changed", "tank/vol", "--since", "0", "--until", "41", "-o", "json",
+    ]);
+    assert_eq!(below.as_array().unwrap().len(), 0, "{below}");
+    let exact = e.json(&[
+        "volume", "changed", "tank/vol", "--since", "41", "--until", "42", "-o", "json",
+    ]);
+    assert_eq!(exact, changed);
+    // An io cut at or below a write's io is refused; above it, taken and listed.
+    let refused = e.fails(&["volume", "snapshot", "tank/vol@cut42", "--io-cut", "42"]);
+    assert!(refused.contains("io cut 42"), "{refused}");
+    e.ok(&["volume", "snapshot", "tank/vol@cut43", "--io-cut", "43"]);
+    let vols = e.json(&["volume", "list", "tank", "-o", "json"]);
+    let cut = vols[0]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "cut43")
+        .cloned()
+        .unwrap();
+    assert_eq!(cut["io_cut"], 43, "{vols}");
+    e.ok(&["volume", "destroy", "tank/vol@cut43"]);
 
     // Snapshot, overwrite, clone, rollback.
     e.ok(&["volume", "snapshot", "tank/vol@s1"]);

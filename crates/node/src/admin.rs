@@ -106,6 +106,9 @@ pub enum Request {
         target: String,
         /// Ranges whose io number is above this.
         since: u64,
+        /// ... and at most this (none: no bound).
+        #[serde(default)]
+        until: Option<u64>,
     },
     /// `cstor volume snapshot`.
     VolumeSnapshot {
@@ -113,6 +116,9 @@ pub enum Request {
         volume: String,
         /// Snapshot name.
         snapshot: String,
+        /// Take it at this io cut (refused once a write at or above it exists).
+        #[serde(default)]
+        io_cut: Option<u64>,
     },
     /// `cstor volume clone`.
     VolumeClone {
@@ -279,8 +285,12 @@ pub fn execute(
             h.flush()?;
             Ok(json!({"unmapped_bytes": length}))
         }
-        Request::VolumeChanged { target, since } => {
-            let ranges = engine.changed_since_vec(&target, since)?;
+        Request::VolumeChanged {
+            target,
+            since,
+            until,
+        } => {
+            let ranges = engine.changed_between_vec(&target, since, until)?;
             Ok(Value::Array(
                 ranges
                     .iter()
@@ -288,8 +298,15 @@ pub fn execute(
                     .collect(),
             ))
         }
-        Request::VolumeSnapshot { volume, snapshot } => {
-            engine.snapshot(&volume, &snapshot)?;
+        Request::VolumeSnapshot {
+            volume,
+            snapshot,
+            io_cut,
+        } => {
+            match io_cut {
+                Some(n) => engine.snapshot_at_io(&volume, &snapshot, n)?,
+                None => engine.snapshot(&volume, &snapshot)?,
+            }
             Ok(json!({"snapshot": format!("{volume}@{snapshot}")}))
         }
         Request::VolumeClone {
@@ -419,6 +436,7 @@ fn volume_json(pool: &OpenPool, name: &str) -> Result<Value> {
             "referenced": s.referenced,
             "written": s.written,
             "clones": s.clones,
+            "io_cut": s.io_cut,
         })).collect::<Vec<_>>(),
     }))
 }

@@ -32,6 +32,9 @@ pub(crate) struct SnapRec {
     pub unique_at: u64,
     pub ref_lsize: u64,
     pub ref_psize_data: u64,
+    /// Taken at an io cut: holds exactly the writes with io below it (version 2).
+    #[serde(default)]
+    pub io_cut: Option<u64>,
 }
 
 /// One volume as stored.
@@ -135,6 +138,7 @@ impl VolRec {
             unique_at: self.unique,
             ref_lsize: self.ref_lsize,
             ref_psize_data: self.ref_psize_data,
+            io_cut: None,
         }
     }
 }

@@ -85,3 +85,6 @@ pub const IO_RESERVE_CHUNK: u64 = 1 << 20;
 /// Rounds [`crate::VolumeHandle::next_io`] waits for a reservation to become durable
 /// before it gives up (each round runs a commit).
 pub const IO_RESERVE_ROUNDS: u32 = 4;
+/// Log records are split across log blocks only at volume offsets that are multiples of
+/// this: the unit a power cut never tears (as a 4 KiB-sector disk).
+pub const LOG_SPLIT_BYTES: u64 = 4096;

@@ -203,9 +203,12 @@ enum VolumeCommand {
     Changed {
         /// POOL/VOL or POOL/VOL@SNAP.
         name: String,
-        /// io number.
+        /// io number: ranges with blocks written after it.
         #[arg(long)]
         since: u64,
+        /// ... and at or before this io number.
+        #[arg(long)]
+        until: Option<u64>,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
@@ -214,6 +217,10 @@ enum VolumeCommand {
     Snapshot {
         /// POOL/VOL@SNAP.
         name: String,
+        /// Take it at this io cut: it holds exactly the writes with io numbers below it;
+        /// refused once a write at or above it exists.
+        #[arg(long)]
+        io_cut: Option<u64>,
     },
     /// Make a writable clone of a snapshot.
     Clone {
@@ -868,6 +875,7 @@ pub fn run_volume(args: VolumeArgs) -> Result<()> {
         VolumeCommand::Changed {
             name,
             since,
+            until,
             output,
         } => {
             let n = split_name(&name, SnapPart::Optional)?;
@@ -875,7 +883,15 @@ pub fn run_volume(args: VolumeArgs) -> Result<()> {
                 Some(s) => format!("{}@{s}", n.volume),
                 None => n.volume.clone(),
             };
-            let v = none(&registry, &n.pool, Request::VolumeChanged { target, since })?;
+            let v = none(
+                &registry,
+                &n.pool,
+                Request::VolumeChanged {
+                    target,
+                    since,
+                    until,
+                },
+            )?;
             match output {
                 Output::Json => print_json(&v)?,
                 Output::Table => {
@@ -889,7 +905,7 @@ pub fn run_volume(args: VolumeArgs) -> Result<()> {
                 }
             }
         }
-        VolumeCommand::Snapshot { name } => {
+        VolumeCommand::Snapshot { name, io_cut } => {
             let n = split_name(&name, SnapPart::Required)?;
             let snapshot = n.snapshot.unwrap_or_default();
             none(
@@ -898,6 +914,7 @@ pub fn run_volume(args: VolumeArgs) -> Result<()> {
                 Request::VolumeSnapshot {
                     volume: n.volume,
                     snapshot,
+                    io_cut,
                 },
             )?;
             println!("snapshot '{name}' taken");

@@ -200,6 +200,7 @@ impl Pool {
                 used,
                 written,
                 clones: p.clones_of(s.guid),
+                io_cut: s.io_cut,
             });
         }
         Ok(out)
@@ -257,6 +258,20 @@ impl Pool {
 
     /// Take a snapshot of a volume (instant: one txg commit).
     pub fn snapshot(&self, volume: &str, snap: &str) -> Result<()> {
+        self.snapshot_inner(volume, snap, None)
+    }
+
+    /// Take a snapshot at io cut `io_cut`: it holds exactly the volume's writes with io
+    /// below the cut, and records the cut. Refused once a write or UNMAP with io at or
+    /// above the cut reached the volume (checked with writers excluded, when the commit
+    /// closes the open txg). The caller (the target's dispatch order) makes sure every
+    /// write below the cut was applied first; a cut is normally drawn with
+    /// [`VolumeHandle::next_io`].
+    pub fn snapshot_at_io(&self, volume: &str, snap: &str, io_cut: u64) -> Result<()> {
+        self.snapshot_inner(volume, snap, Some(io_cut))
+    }
+
+    fn snapshot_inner(&self, volume: &str, snap: &str, io_cut: Option<u64>) -> Result<()> {
         check_name(snap, "snapshot")?;
         let p = &self.inner;
         let mut cs = p.commit.lock();
@@ -276,16 +291,34 @@ impl Pool {
             )));
         }
         let snap = snap.to_string();
-        p.commit_locked(
+        if let Some(n) = io_cut {
+            if v.io.lock().seen_max >= n {
+                return Err(cut_refused(volume, &snap, n));
+            }
+            *p.cut.lock() = Some((v.guid, n, None));
+        }
+        let r = p.commit_locked(
             &mut cs,
-            Some(&mut |_p: &PoolInner, txg: u64| {
-                let mut meta = v.meta.lock();
-                let rec = meta.snapshot_now(snap.clone(), random_u64(), txg);
-                meta.snapshots.push(rec);
+            Some(&mut |p: &PoolInner, txg: u64| {
+                let allowed = match io_cut {
+                    None => true,
+                    Some(_) => p.cut.lock().is_some_and(|c| c.2 == Some(true)),
+                };
+                if allowed {
+                    let mut meta = v.meta.lock();
+                    let mut rec = meta.snapshot_now(snap.clone(), random_u64(), txg);
+                    rec.io_cut = io_cut;
+                    meta.snapshots.push(rec);
+                }
                 Ok(())
             }),
-        )?;
-        Ok(())
+        );
+        let checked = p.cut.lock().take();
+        r?;
+        match (io_cut, checked) {
+            (Some(n), Some((_, _, ok))) if ok != Some(true) => Err(cut_refused(volume, &snap, n)),
+            _ => Ok(()),
+        }
     }
 
     /// Create a writable clone `new_volume` of `volume@snap`.
@@ -500,6 +533,21 @@ impl Pool {
         since: u64,
         f: &mut dyn FnMut(ChangedRange) -> Result<()>,
     ) -> Result<()> {
+        self.changed_between(target, since, None, f)
+    }
+
+    /// Ranges of `target` whose blocks' io lies in `(since, until]` (`until` None: no
+    /// upper bound), in offset order, merged. Subtrees whose max io is not above `since`
+    /// are skipped (the walk costs what changed after `since`); blocks above `until` are
+    /// left out one by one (a subtree's max does not bound its other blocks).
+    pub fn changed_between(
+        &self,
+        target: &str,
+        since: u64,
+        until: Option<u64>,
+        f: &mut dyn FnMut(ChangedRange) -> Result<()>,
+    ) -> Result<()> {
+        let until = until.unwrap_or(u64::MAX);
         let p = &self.inner;
         let _hold = p.hold_roots();
         let (v, root, size) = match target.split_once('@') {
@@ -527,7 +575,7 @@ impl Pool {
             &mut |bp| bp.io_max > since,
             &mut |blk, bp| {
                 let offset = blk * bs;
-                if offset >= size {
+                if offset >= size || bp.io_max > until {
                     return Ok(());
                 }
                 let len = (span_blocks(bp.level) * bs).min(size - offset);
@@ -554,6 +602,21 @@ impl Pool {
             f(c)?;
         }
         Ok(())
+    }
+
+    /// [`Pool::changed_between`] collected.
+    pub fn changed_between_vec(
+        &self,
+        target: &str,
+        since: u64,
+        until: Option<u64>,
+    ) -> Result<Vec<ChangedRange>> {
+        let mut out = Vec::new();
+        self.changed_between(target, since, until, &mut |r| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// [`Pool::changed_since`] collected.
@@ -755,4 +818,10 @@ impl Drop for Pool {
             p.closed.store(true, Ordering::SeqCst);
         }
     }
+}
+
+fn cut_refused(volume: &str, snap: &str, n: u64) -> PoolError {
+    PoolError::Busy(format!(
+        "cannot take {volume}@{snap} at io cut {n}: a write with io {n} or above is in the volume already"
+    ))
 }

@@ -39,6 +39,7 @@ impl PoolInner {
             log_tail_dropped: Mutex::new(None),
             holds: Mutex::new(Holds::default()),
             last_committed: AtomicU64::new(txg.saturating_sub(1)),
+            cut: Mutex::new(None),
         }
     }
 
@@ -113,7 +114,11 @@ impl PoolInner {
 
     pub(super) fn has_dirty(&self, v: &Volume) -> bool {
         let st = v.state.lock();
-        !st.open.is_empty() || !st.syncing.is_empty()
+        // UNMAPped ranges are changes too (an UNMAP-only txg dirties no block).
+        !st.open.is_empty()
+            || !st.syncing.is_empty()
+            || !st.open_frees.is_empty()
+            || !st.syncing_frees.is_empty()
     }
 
     pub(super) fn volume_info(&self, v: &Volume) -> VolumeInfo {
@@ -357,7 +362,8 @@ impl PoolInner {
         let mut level = levels;
         while level > 0 {
             if bp.is_hole() {
-                return Ok(Bp::hole(bp.birth, 0, 0));
+                // A collapsed hole keeps the io of the UNMAP that made it.
+                return Ok(Bp::hole(bp.birth, bp.io_max, 0));
             }
             let bps = self.read_indirect(&bp)?;
             let idx = ((blk / span_blocks(level - 1)) % BPS_PER_INDIRECT as u64) as usize;

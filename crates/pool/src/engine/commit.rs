@@ -46,6 +46,14 @@ impl PoolInner {
             let mut t = self.txg.write();
             let txg = *t;
             *t += 1;
+            // With every writer excluded: does the open txg hold a write at or above a
+            // requested io cut?
+            if let Some((guid, n, ok)) = self.cut.lock().as_mut() {
+                *ok = vols
+                    .iter()
+                    .find(|v| v.guid == *guid)
+                    .map(|v| v.io.lock().seen_max < *n);
+            }
             for v in &vols {
                 let mut st = v.state.lock();
                 let open = std::mem::take(&mut st.open);
@@ -290,7 +298,12 @@ impl PoolInner {
         }
         self.kill(meta, &bp, txg);
         let io_max = children.iter().map(|c| c.io_max).max().unwrap_or(0);
-        if children.iter().all(Bp::is_hole) {
+        // An all-hole node collapses into one hole only when every child carries the same
+        // io: a collapsed hole stands for each block under it with its io, so mixing a
+        // never-written block (io 0) with an UNMAP's hole would make io-range walks list
+        // blocks no write touched, and hide an older UNMAP from a walk bounded below a
+        // newer one.
+        if children.iter().all(Bp::is_hole) && children.iter().all(|c| c.io_max == io_max) {
             let birth = children.iter().map(|c| c.birth).max().unwrap_or(0);
             return Ok(Bp::hole(birth, io_max, level));
         }

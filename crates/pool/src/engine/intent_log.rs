@@ -67,13 +67,13 @@ impl PoolInner {
 
     /// Log blocks a flush of `records` records holding `bytes` data bytes needs at most:
     /// blocks are packed full but for what a split at a 4 KiB boundary leaves over (up to
-    /// 4 KiB and one more record header per block), plus the pre-allocated first block,
-    /// which may be small.
+    /// [`LOG_SPLIT_BYTES`] and one more record header per block), plus the pre-allocated
+    /// first block, which may be small. An undercount would let a chain pass the bound.
     fn log_blocks_needed(records: usize, bytes: u64) -> u64 {
         let payload = bytes + (records * zil::REC_HEADER_BYTES) as u64;
         let per_block = u64::from(MAX_LOG_BLOCK_BYTES)
             - zil::LOG_HEADER_BYTES as u64
-            - 4096
+            - LOG_SPLIT_BYTES
             - zil::REC_HEADER_BYTES as u64;
         payload.div_ceil(per_block) + 1
     }
@@ -105,10 +105,7 @@ impl PoolInner {
         // after it only see records written since.
         loop {
             let mut w = self.logw.lock();
-            // Checked under `logw`: a flush that failed latched the pool before it let go
-            // of `logw`, and the records it took are gone from `log`; without this a
-            // flush queued behind it would find nothing pending and acknowledge writes
-            // that reached no durable block.
+            // Another flush may have failed while this one waited for `logw`.
             self.check_usable()?;
             let (count, bytes) = {
                 let l = self.log.lock();
@@ -140,18 +137,22 @@ impl PoolInner {
                 l.bytes = 0;
                 (std::mem::take(&mut l.records), b)
             };
-            let written = self.write_log(&mut w, records).and_then(|()| {
-                if durable {
-                    self.store.flush()?;
-                }
-                Ok(())
-            });
-            if let Err(e) = written {
-                // Latch while `logw` is held (see the check above).
+            // A failure latches the pool before `logw` is released: a flush waiting for
+            // it must not find the records gone and report them durable.
+            if let Err(e) = self.write_log(&mut w, records) {
                 self.fail(&e);
                 return Err(e);
             }
-            w.unflushed = !durable;
+            if durable {
+                if let Err(e) = self.store.flush() {
+                    let e = PoolError::from(e);
+                    self.fail(&e);
+                    return Err(e);
+                }
+                w.unflushed = false;
+            } else {
+                w.unflushed = true;
+            }
             self.undirty(bytes);
             if w.blocks.len() as u64 >= MAX_LOG_CHAIN_BLOCKS / 2 {
                 // Trim early, so writers are rarely held at the bound.
@@ -197,14 +198,16 @@ impl PoolInner {
                     continue;
                 }
                 let room = cap - used;
-                // Split only at a 4 KiB boundary of the volume: replay applies the parts
-                // of a split record independently, and a chain cut between them must
-                // leave each 4 KiB unit all old or all new, never torn.
-                let take = room
-                    .checked_sub(zil::REC_HEADER_BYTES)
-                    .map(|t| split_point(r.offset, t))
-                    .unwrap_or(0);
-                if let (Some(d), true) = (&r.data, take > 0) {
+                // Split only at a 4 KiB boundary of the volume: a record whose second
+                // half is in a block a power cut lost would leave a torn 4 KiB unit.
+                let take = if room >= zil::REC_HEADER_BYTES + 512 {
+                    let max_take = ((room - zil::REC_HEADER_BYTES) / 512 * 512) as u64;
+                    ((r.offset + max_take) / LOG_SPLIT_BYTES * LOG_SPLIT_BYTES)
+                        .saturating_sub(r.offset) as usize
+                } else {
+                    0
+                };
+                if let (Some(d), true) = (&r.data, take > 0 && take < r.len() as usize) {
                     let head = LogRecord {
                         data: Some(Arc::new(d[..take].to_vec())),
                         ..r.clone()
@@ -302,35 +305,5 @@ impl PoolInner {
             }
         }
         Ok(())
-    }
-}
-
-/// How many bytes of a record at volume offset `offset` fit in `room` bytes when the
-/// split must fall on a 4 KiB boundary of the volume; 0 when no boundary fits.
-fn split_point(offset: u64, room: usize) -> usize {
-    const UNIT: u64 = 4096;
-    let end = (offset + room as u64) / UNIT * UNIT;
-    end.saturating_sub(offset) as usize
-}
-
-#[cfg(test)]
-mod split_tests {
-    use super::split_point;
-
-    #[test]
-    fn splits_fall_on_4k_volume_boundaries() {
-        assert_eq!(split_point(0, 4095), 0);
-        assert_eq!(split_point(0, 4096), 4096);
-        assert_eq!(split_point(0, 9000), 8192);
-        assert_eq!(split_point(512, 3584), 3584);
-        assert_eq!(split_point(512, 3583), 0);
-        assert_eq!(split_point(512, 8000), 7680);
-        for off in (0..20_000u64).step_by(512) {
-            for room in [0usize, 511, 4096, 5000, 70_000] {
-                let t = split_point(off, room);
-                assert!(t <= room);
-                assert!(t == 0 || (off + t as u64).is_multiple_of(4096));
-            }
-        }
     }
 }

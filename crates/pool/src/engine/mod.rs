@@ -182,6 +182,8 @@ pub struct SnapshotInfo {
     pub written: u64,
     /// Volumes cloned from it.
     pub clones: Vec<String>,
+    /// The io cut it was taken at ([`Pool::snapshot_at_io`]), if any.
+    pub io_cut: Option<u64>,
 }
 
 /// Pool space in user terms.
@@ -332,6 +334,8 @@ pub enum WriteMode {
 /// [`VolumeHandle::next_io`]).
 #[derive(Debug, Default)]
 pub(crate) struct IoSeq {
+    /// Highest io any write or UNMAP of the volume carried so far.
+    pub(crate) seen_max: u64,
     pub(crate) next: u64,
     pub(crate) durable: u64,
     pub(crate) requested: u64,
@@ -351,6 +355,7 @@ impl Volume {
             }),
             tree: RwLock::new(rec.root),
             io: Mutex::new(IoSeq {
+                seen_max: rec.root.io_max,
                 // Above every number a durable reservation or the tree knows; replayed
                 // writes raise it further.
                 next: rec.io_reserved.max(rec.root.io_max) + 1,
@@ -469,6 +474,9 @@ pub(crate) struct PoolInner {
     holds: Mutex<Holds>,
     /// Txg of the last durable commit (what a new [`RootHold`] starts after).
     last_committed: AtomicU64,
+    /// An io-cut snapshot being taken: (volume guid, cut, whether no write at or above
+    /// the cut was in the volume when its commit closed the open txg).
+    cut: Mutex<Option<(u64, u64, Option<bool>)>>,
 }
 
 /// Root holds (see [`RootHold`]) and the frees they hold back.

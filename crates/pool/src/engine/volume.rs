@@ -112,6 +112,7 @@ impl VolumeHandle {
         if let Some(io) = io {
             let mut s = self.vol.io.lock();
             s.next = s.next.max(io.saturating_add(1));
+            s.seen_max = s.seen_max.max(io);
         }
     }
 
@@ -179,6 +180,88 @@ impl VolumeHandle {
         self.pool.admit_write()?;
         self.write_inner(offset, data, io_number, true)?;
         self.settle()
+    }
+
+    /// Catch-up apply of one whole block (`data` of the block size; all zeros applies a
+    /// hole) carrying `incoming_io`, atomic against every other write to the block: it is
+    /// applied when the block's io is below `session_start_io` (content from before the
+    /// catch-up session yields to the source, even to an older copy: that removes junk)
+    /// or below `incoming_io` (live content yields only to newer data). Returns whether it
+    /// was applied. Logged and settled like a write (see [`WriteMode`]).
+    pub fn apply_block_if(
+        &self,
+        offset: u64,
+        data: &[u8],
+        incoming_io: u64,
+        session_start_io: u64,
+    ) -> Result<bool> {
+        let p = &self.pool;
+        p.check_usable()?;
+        p.admit_write()?;
+        let bs = u64::from(self.vol.block_size);
+        if !offset.is_multiple_of(bs) || data.len() as u64 != bs {
+            return Err(PoolError::Invalid(format!(
+                "a block apply needs one whole block of {bs} bytes at a multiple of it (got {} at {offset})",
+                data.len()
+            )));
+        }
+        {
+            let st = self.vol.state.lock();
+            self.check_range(&st, offset, bs)?;
+        }
+        self.saw_io(Some(incoming_io));
+        p.throttle(2 * bs)?;
+        let txg_guard = p.txg.read();
+        let txg = *txg_guard;
+        let mut st = self.vol.state.lock();
+        self.check_range(&st, offset, bs)?;
+        // Under the state lock from the io check to the dirtying: no write of the block
+        // can land in between (writers dirty under the same lock).
+        let local = self.block_io(&st, offset / bs)?;
+        if !(local < session_start_io || incoming_io > local) {
+            return Ok(false);
+        }
+        let (added, shared) = self.dirty_range_shared(&mut st, offset, Some(data), incoming_io);
+        p.dirty_bytes.fetch_add(added, Ordering::SeqCst);
+        let rec_data = shared.unwrap_or_else(|| Arc::new(data.to_vec()));
+        {
+            let mut l = p.log.lock();
+            l.records.push(LogRecord {
+                vol_guid: self.vol.guid,
+                txg,
+                offset,
+                data: Some(rec_data),
+                unmap_len: 0,
+                io_number: Some(incoming_io),
+            });
+            l.bytes += bs;
+        }
+        p.dirty_bytes.fetch_add(bs, Ordering::SeqCst);
+        drop(st);
+        drop(txg_guard);
+        self.settle()?;
+        Ok(true)
+    }
+
+    /// The io of block `blk` now: that of its dirty entry or the UNMAP covering it in the
+    /// open txg, then in the syncing one, else the committed tree's (0: never written).
+    fn block_io(&self, st: &VolState, blk: u64) -> Result<u64> {
+        let layers = [
+            (st.open.get(&blk), &st.open_frees[..]),
+            (st.syncing.get(&blk), &st.syncing_frees[..]),
+        ];
+        for (d, frees) in layers {
+            if let Some(d) = d {
+                return Ok(match d {
+                    Dirty::Data { io, .. } | Dirty::Hole { io } | Dirty::Partial { io, .. } => *io,
+                });
+            }
+            if let Some(io) = range_covers(frees, blk) {
+                return Ok(io);
+            }
+        }
+        let tree = self.vol.tree.read();
+        Ok(self.pool.lookup(&tree, self.vol.levels, blk)?.io_max)
     }
 
     /// Set when this volume's writes and UNMAPs return ([`WriteMode`]).
