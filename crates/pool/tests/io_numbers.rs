@@ -98,3 +98,38 @@ fn a_block_carries_the_io_of_its_newest_write_and_unmap_leaves_its_io() {
     assert_eq!(got, vec![(0, b), (65536, c)]);
     assert!(pool.changed_since_vec("v", c).unwrap().is_empty());
 }
+
+/// `try_next_io` (an iSCSI LU's dispatch, which must not wait for a commit) hands out the
+/// same sequence as `next_io` while the durable reservation lasts, refuses past it instead
+/// of waiting, and a commit makes it answer again; the two interleaved never repeat.
+#[test]
+fn try_next_io_never_waits_and_shares_the_sequence() {
+    let store = Arc::new(MemStore::new(1 << 30));
+    let pool = Pool::create(store.clone(), opts()).unwrap();
+    let v = pool
+        .create_volume("v", 1 << 20, Some(4096), Some(Compression::Off))
+        .unwrap();
+    let mut prev = v.next_io().unwrap();
+    let mut refused = 0;
+    for i in 0..(2 * IO_RESERVE_CHUNK + 5) {
+        let io = if i % 3 == 0 {
+            v.next_io().unwrap()
+        } else {
+            match v.try_next_io() {
+                Some(io) => io,
+                None => {
+                    // Past the durable reservation: the caller draws on a blocking thread.
+                    refused += 1;
+                    v.next_io().unwrap()
+                }
+            }
+        };
+        assert!(io > prev, "io {io} after {prev}");
+        prev = io;
+    }
+    // The half-chunk request is committed by the next_io that exhausts a chunk (no
+    // background commit in these options), so try_next_io was refused at most per chunk.
+    assert!(refused <= 3, "refused {refused} times");
+    pool.sync().unwrap();
+    assert!(v.try_next_io().is_some_and(|io| io > prev));
+}
