@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cstor_pool::memstore::MemStore;
+use cstor_pool::spa::SpaOptions;
+use cstor_pool::store::{AllocClass, BlockStore, Dva, SpaceStats, StoreError, Verify};
 use cstor_pool::{Pool, PoolOptions};
 
 pub fn opts() -> PoolOptions {
@@ -14,6 +16,77 @@ pub fn opts() -> PoolOptions {
         dirty_max_bytes: 16 << 20,
         txg_interval: Duration::from_secs(3600),
         ..PoolOptions::default()
+    }
+}
+
+/// Raid-group options of the tests over devices: no overwrite, a 10 s device timeout.
+pub fn spa_opts() -> SpaOptions {
+    SpaOptions {
+        force: false,
+        io_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A [`MemStore`] seen through one change a test makes: `edit_root` rewrites the root
+/// that `last_root` returns (a pool written by another version), and without `claim` the
+/// store answers `claim` with the trait's default (a store that cannot claim log blocks).
+#[derive(Debug)]
+pub struct Wrapped {
+    pub mem: Arc<MemStore>,
+    pub edit_root: Option<fn(&mut [u8])>,
+    pub claim: bool,
+}
+
+impl Wrapped {
+    pub fn new(mem: Arc<MemStore>) -> Wrapped {
+        Wrapped {
+            mem,
+            edit_root: None,
+            claim: true,
+        }
+    }
+}
+
+impl BlockStore for Wrapped {
+    fn space(&self) -> SpaceStats {
+        self.mem.space()
+    }
+    fn asize(&self, vdev: u32, psize: u32) -> u64 {
+        self.mem.asize(vdev, psize)
+    }
+    fn alloc(&self, psize: u32, class: AllocClass, txg: u64) -> Result<Dva, StoreError> {
+        self.mem.alloc(psize, class, txg)
+    }
+    fn free(&self, dva: Dva, txg: u64) {
+        self.mem.free(dva, txg)
+    }
+    fn write(&self, dva: Dva, data: &[u8]) -> Result<(), StoreError> {
+        self.mem.write(dva, data)
+    }
+    fn read(&self, dva: Dva, psize: u32, verify: Verify<'_>) -> Result<Vec<u8>, StoreError> {
+        self.mem.read(dva, psize, verify)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.mem.flush()
+    }
+    fn sync(&self, txg: u64, root: &[u8]) -> Result<(), StoreError> {
+        self.mem.sync(txg, root)
+    }
+    fn last_root(&self) -> Option<(u64, Vec<u8>)> {
+        let (txg, mut root) = self.mem.last_root()?;
+        if let Some(edit) = self.edit_root {
+            edit(&mut root);
+        }
+        Some((txg, root))
+    }
+    fn claim(&self, dva: Dva, txg: u64) -> Result<(), StoreError> {
+        if self.claim {
+            return self.mem.claim(dva, txg);
+        }
+        Err(StoreError::Io {
+            context: format!("claim of vdev {} offset {}", dva.vdev, dva.offset),
+            source: std::io::Error::from(std::io::ErrorKind::Unsupported),
+        })
     }
 }
 

@@ -7,12 +7,15 @@
 //! only with the code of the version it stands for:
 //! `CSTOR_MAKE_FIXTURE=1 cargo test --release -p cstor-pool --test compat -- --ignored`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{pattern, spa_opts, Wrapped};
 use cstor_pool::spa::testdev::MemDevice;
-use cstor_pool::spa::{Device, GroupKind, GroupSpec, Spa, SpaOptions};
+use cstor_pool::spa::{Device, GroupKind, GroupSpec, Spa};
 use cstor_pool::{Compression, Pool, PoolOptions};
 
 const DEV_BYTES: u64 = 16 << 20;
@@ -26,25 +29,6 @@ fn popts() -> PoolOptions {
         txg_interval: Duration::from_secs(3600),
         ..PoolOptions::default()
     }
-}
-
-fn sopts() -> SpaOptions {
-    SpaOptions {
-        force: false,
-        io_timeout: Duration::from_secs(10),
-    }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// The writes of the fixture, in order: (offset, length, seed); then a snapshot after
@@ -93,7 +77,7 @@ fn make_fixture() {
                 devices: dyns,
                 log: false,
             }],
-            sopts(),
+            spa_opts(),
         )
         .unwrap(),
     );
@@ -140,7 +124,7 @@ fn load_fixture(version: u32) -> Vec<Arc<dyn Device>> {
 
 #[test]
 fn pool_of_format_v1_imports_with_data_snapshot_and_log() {
-    let spa = Arc::new(Spa::import_devices("old", load_fixture(1), sopts()).unwrap());
+    let spa = Arc::new(Spa::import_devices("old", load_fixture(1), spa_opts()).unwrap());
     let pool = Pool::open(spa.clone(), popts()).unwrap();
     let mut buf = vec![0u8; VOL_BYTES as usize];
     pool.volume("v").unwrap().read(0, &mut buf).unwrap();
@@ -158,61 +142,18 @@ fn pool_of_format_v1_imports_with_data_snapshot_and_log() {
     drop(spa);
 }
 
-/// A store whose root claims a newer version than this build writes.
-#[derive(Debug)]
-struct NewerRoot(Arc<cstor_pool::memstore::MemStore>);
-
-impl cstor_pool::store::BlockStore for NewerRoot {
-    fn space(&self) -> cstor_pool::store::SpaceStats {
-        self.0.space()
-    }
-    fn asize(&self, vdev: u32, psize: u32) -> u64 {
-        self.0.asize(vdev, psize)
-    }
-    fn alloc(
-        &self,
-        psize: u32,
-        class: cstor_pool::store::AllocClass,
-        txg: u64,
-    ) -> Result<cstor_pool::store::Dva, cstor_pool::store::StoreError> {
-        self.0.alloc(psize, class, txg)
-    }
-    fn free(&self, dva: cstor_pool::store::Dva, txg: u64) {
-        self.0.free(dva, txg)
-    }
-    fn write(
-        &self,
-        dva: cstor_pool::store::Dva,
-        data: &[u8],
-    ) -> Result<(), cstor_pool::store::StoreError> {
-        self.0.write(dva, data)
-    }
-    fn read(
-        &self,
-        dva: cstor_pool::store::Dva,
-        psize: u32,
-        verify: cstor_pool::store::Verify<'_>,
-    ) -> Result<Vec<u8>, cstor_pool::store::StoreError> {
-        self.0.read(dva, psize, verify)
-    }
-    fn flush(&self) -> Result<(), cstor_pool::store::StoreError> {
-        self.0.flush()
-    }
-    fn sync(&self, txg: u64, root: &[u8]) -> Result<(), cstor_pool::store::StoreError> {
-        self.0.sync(txg, root)
-    }
-    fn last_root(&self) -> Option<(u64, Vec<u8>)> {
-        let (txg, mut root) = self.0.last_root()?;
-        root[8..12].copy_from_slice(&(cstor_pool::dir::ROOT_VERSION + 1).to_le_bytes());
-        Some((txg, root))
-    }
-}
-
 #[test]
 fn pool_of_a_newer_format_is_refused_with_a_clear_message() {
     let mem = Arc::new(cstor_pool::memstore::MemStore::new(64 << 20));
     Pool::create(mem.clone(), popts()).unwrap().close().unwrap();
-    let e = Pool::open(Arc::new(NewerRoot(mem)), popts()).unwrap_err();
+    // The root as a newer build would write it.
+    let newer = Wrapped {
+        edit_root: Some(|root| {
+            root[8..12].copy_from_slice(&(cstor_pool::dir::ROOT_VERSION + 1).to_le_bytes())
+        }),
+        ..Wrapped::new(mem)
+    };
+    let e = Pool::open(Arc::new(newer), popts()).unwrap_err();
     let msg = e.to_string();
     assert!(
         matches!(e, cstor_pool::PoolError::UnsupportedVersion { .. }),

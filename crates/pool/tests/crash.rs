@@ -166,59 +166,18 @@ fn flushed_writes_survive_power_cuts() {
 
 /// A store that cannot claim (the trait's default): replay must then never free the
 /// log blocks it found, so no block ends up both live and free (a leak is allowed).
-#[derive(Debug)]
-struct NoClaim(Arc<MemStore>);
-
-impl cstor_pool::store::BlockStore for NoClaim {
-    fn space(&self) -> cstor_pool::store::SpaceStats {
-        self.0.space()
-    }
-    fn asize(&self, vdev: u32, psize: u32) -> u64 {
-        self.0.asize(vdev, psize)
-    }
-    fn alloc(
-        &self,
-        psize: u32,
-        class: cstor_pool::store::AllocClass,
-        txg: u64,
-    ) -> Result<cstor_pool::store::Dva, cstor_pool::store::StoreError> {
-        self.0.alloc(psize, class, txg)
-    }
-    fn free(&self, dva: cstor_pool::store::Dva, txg: u64) {
-        self.0.free(dva, txg)
-    }
-    fn write(
-        &self,
-        dva: cstor_pool::store::Dva,
-        data: &[u8],
-    ) -> Result<(), cstor_pool::store::StoreError> {
-        self.0.write(dva, data)
-    }
-    fn read(
-        &self,
-        dva: cstor_pool::store::Dva,
-        psize: u32,
-        verify: cstor_pool::store::Verify<'_>,
-    ) -> Result<Vec<u8>, cstor_pool::store::StoreError> {
-        self.0.read(dva, psize, verify)
-    }
-    fn flush(&self) -> Result<(), cstor_pool::store::StoreError> {
-        self.0.flush()
-    }
-    fn sync(&self, txg: u64, root: &[u8]) -> Result<(), cstor_pool::store::StoreError> {
-        self.0.sync(txg, root)
-    }
-    fn last_root(&self) -> Option<(u64, Vec<u8>)> {
-        self.0.last_root()
-    }
-}
-
 #[test]
 fn replay_on_a_store_without_claim_never_double_uses_a_block() {
+    let no_claim = |mem: &Arc<MemStore>| {
+        Arc::new(Wrapped {
+            claim: false,
+            ..Wrapped::new(mem.clone())
+        })
+    };
     use cstor_pool::store::BlockStore;
     for seed in 1..=8u64 {
         let mem = Arc::new(MemStore::new(1 << 30));
-        let pool = Pool::create(Arc::new(NoClaim(mem.clone())), opts()).unwrap();
+        let pool = Pool::create(no_claim(&mem), opts()).unwrap();
         let v = pool
             .create_volume("v", VOL_BYTES, Some(4096), None)
             .unwrap();
@@ -235,7 +194,7 @@ fn replay_on_a_store_without_claim_never_double_uses_a_block() {
         drop(v);
         drop(pool);
         let image = Arc::new(mem.crash_image(seed));
-        let pool = Pool::open(Arc::new(NoClaim(image.clone())), opts()).unwrap();
+        let pool = Pool::open(no_claim(&image), opts()).unwrap();
         let mut buf = vec![0u8; VOL_BYTES as usize];
         pool.volume("v").unwrap().read(0, &mut buf).unwrap();
         assert!(buf == model, "seed {seed}: flushed writes lost");

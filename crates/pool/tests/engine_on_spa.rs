@@ -29,13 +29,6 @@ fn popts() -> PoolOptions {
     }
 }
 
-fn sopts() -> SpaOptions {
-    SpaOptions {
-        force: false,
-        io_timeout: Duration::from_secs(10),
-    }
-}
-
 fn round(seed: u64) {
     let mut rng = SeededRng::new(seed);
     let switch = PowerSwitch::never();
@@ -53,7 +46,7 @@ fn round(seed: u64) {
                 devices: dyns,
                 log: false,
             }],
-            sopts(),
+            common::spa_opts(),
         )
         .unwrap(),
     );
@@ -129,7 +122,7 @@ fn round(seed: u64) {
         })
         .collect();
     let spa = Arc::new(
-        Spa::import_devices("tank", dyns, sopts())
+        Spa::import_devices("tank", dyns, common::spa_opts())
             .unwrap_or_else(|e| panic!("seed {seed}: import: {e}")),
     );
     let pool =
@@ -218,7 +211,7 @@ fn failed_in_flight_commit_writes_fail_the_commit_and_keep_the_last_root() {
                     devices: dyns(&faulty),
                     log: false,
                 }],
-                sopts(),
+                common::spa_opts(),
             )
             .unwrap(),
         );
@@ -250,7 +243,7 @@ fn failed_in_flight_commit_writes_fail_the_commit_and_keep_the_last_root() {
         for f in &faulty {
             f.set_fail_writes(false);
         }
-        let spa = Arc::new(Spa::import_devices("tank", dyns(&faulty), sopts()).unwrap());
+        let spa = Arc::new(Spa::import_devices("tank", dyns(&faulty), common::spa_opts()).unwrap());
         let pool = Pool::open(spa, popts()).unwrap();
         let mut got = vec![0u8; 2 << 20];
         pool.volume("v").unwrap().read(0, &mut got).unwrap();

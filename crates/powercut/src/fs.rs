@@ -228,6 +228,31 @@ impl PowerFs {
     fn s(&self) -> &Shared {
         &self.shared
     }
+
+    /// unlink and rmdir: remove `name` under `parent` with `op`, then forget its inode.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        op: fn(&std::path::Path) -> std::io::Result<()>,
+    ) {
+        let r = (|| {
+            let rel = self.s().child(parent, name)?;
+            let _g = self.s().model.enter(Some(&rel)).map_err(errno)?;
+            let abs = self.s().abs(&rel);
+            let ino = self
+                .s()
+                .fuse_ino(std::fs::symlink_metadata(&abs).map_err(errno)?.ino());
+            op(&abs).map_err(errno)?;
+            self.s().unlinked(ino, &rel);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
 }
 
 impl Filesystem for PowerFs {
@@ -387,39 +412,11 @@ impl Filesystem for PowerFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = (|| {
-            let rel = self.s().child(parent, name)?;
-            let _g = self.s().model.enter(Some(&rel)).map_err(errno)?;
-            let abs = self.s().abs(&rel);
-            let ino = self
-                .s()
-                .fuse_ino(std::fs::symlink_metadata(&abs).map_err(errno)?.ino());
-            std::fs::remove_file(&abs).map_err(errno)?;
-            self.s().unlinked(ino, &rel);
-            Ok(())
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_file(p));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = (|| {
-            let rel = self.s().child(parent, name)?;
-            let _g = self.s().model.enter(Some(&rel)).map_err(errno)?;
-            let abs = self.s().abs(&rel);
-            let ino = self
-                .s()
-                .fuse_ino(std::fs::symlink_metadata(&abs).map_err(errno)?.ino());
-            std::fs::remove_dir(&abs).map_err(errno)?;
-            self.s().unlinked(ino, &rel);
-            Ok(())
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_dir(p));
     }
 
     fn symlink(
