@@ -2,7 +2,7 @@
 //! renames and reordering; an open pool's devices are locked against any second opener;
 //! create refuses a device holding a filesystem or pool unless forced; destroy wipes
 //! labels; a torn newest uberblock falls back to the previous one; loop devices work
-//! (skipped with a message where losetup is not permitted).
+//! (skipped with a message where losetup is not permitted, a failure when `CI` is set).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -235,6 +235,10 @@ fn loop_device_pool_roundtrip() {
     let dev = match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
         _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "losetup failed and CI is set: loop devices are required"
+            );
             println!("SKIP loop device test: losetup not permitted here");
             return;
         }
