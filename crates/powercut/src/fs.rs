@@ -155,6 +155,21 @@ impl Shared {
         self.handles.lock().get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
+    /// Runs `f` on the open handle `fh` inside its power epoch, so every handle operation
+    /// fails with EIO once the power is cut under it.
+    fn in_handle<T>(
+        &self,
+        fh: FileHandle,
+        f: impl FnOnce(&OpenHandle) -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        let h = self.handle(fh)?;
+        let _g = self
+            .model
+            .enter_handle(&h.h, Some(&h.path))
+            .map_err(errno)?;
+        f(&h)
+    }
+
     /// Open a handle in power epoch `epoch`, read from the caller's guard: taking the
     /// gate again here would deadlock behind a cut waiting for it.
     fn open_handle(&self, ino: u64, rel: PathBuf, flags: i32, epoch: u64) -> Result<u64, Errno> {
@@ -506,18 +521,12 @@ impl Filesystem for PowerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let r = (|| {
-            let h = self.s().handle(fh)?;
-            let _g = self
-                .s()
-                .model
-                .enter_handle(&h.h, Some(&h.path))
-                .map_err(errno)?;
+        let r = self.s().in_handle(fh, |h| {
             self.s()
                 .model
                 .read(&h.h.file, Some(&h.path), offset, size)
                 .map_err(errno)
-        })();
+        });
         match r {
             Ok(b) => reply.data(&b),
             Err(e) => reply.error(e),
@@ -536,15 +545,9 @@ impl Filesystem for PowerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let r = (|| {
-            let h = self.s().handle(fh)?;
-            let _g = self
-                .s()
-                .model
-                .enter_handle(&h.h, Some(&h.path))
-                .map_err(errno)?;
+        let r = self.s().in_handle(fh, |h| {
             self.s().model.write(&h.h, offset, data).map_err(errno)
-        })();
+        });
         match r {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
@@ -560,15 +563,7 @@ impl Filesystem for PowerFs {
         reply: ReplyEmpty,
     ) {
         // close(2) is no durability point: nothing to write back.
-        let r = (|| {
-            let h = self.s().handle(fh)?;
-            let _g = self
-                .s()
-                .model
-                .enter_handle(&h.h, Some(&h.path))
-                .map_err(errno)?;
-            Ok(())
-        })();
+        let r = self.s().in_handle(fh, |_| Ok(()));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -601,18 +596,12 @@ impl Filesystem for PowerFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = (|| {
-            let h = self.s().handle(fh)?;
-            let _g = self
-                .s()
-                .model
-                .enter_handle(&h.h, Some(&h.path))
-                .map_err(errno)?;
+        let r = self.s().in_handle(fh, |h| {
             self.s()
                 .model
                 .fsync(&h.h.file, Some(&h.path))
                 .map_err(errno)
-        })();
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -758,18 +747,12 @@ impl Filesystem for PowerFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = (|| {
-            let h = self.s().handle(fh)?;
-            let _g = self
-                .s()
-                .model
-                .enter_handle(&h.h, Some(&h.path))
-                .map_err(errno)?;
+        let r = self.s().in_handle(fh, |h| {
             self.s()
                 .model
                 .fallocate(&h.h.file, offset, length, mode)
                 .map_err(errno)
-        })();
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
