@@ -39,6 +39,9 @@ pub struct TargetConfig {
     pub io_timeout: Duration,
     /// A backend call unsettled this long makes the LU NOT READY until it settles.
     pub settle_bound: Duration,
+    /// T_hold: while the backend holds (`BlockBackend::hold`), a command waits this long
+    /// before it is answered BUSY (at most `limits::MAX_HOLD_TIMEOUT`).
+    pub hold_timeout: Duration,
     /// Logical (512-byte) blocks per physical block as a power of two; 3 means 4 KiB.
     pub phys_block_exponent: u8,
     /// Portals (`ADDR:PORT`, IPv6 in brackets) SendTargets advertises for this target,
@@ -58,6 +61,7 @@ impl TargetConfig {
             reservations: None,
             io_timeout: limits::BACKEND_IO_TIMEOUT,
             settle_bound: limits::BACKEND_SETTLE_BOUND,
+            hold_timeout: limits::HOLD_TIMEOUT,
             phys_block_exponent: crate::scsi::PHYS_EXPONENT,
             portals: Vec::new(),
         }
@@ -187,6 +191,10 @@ pub struct Server {
     buffered: Arc<tokio::sync::Semaphore>,
     /// Its current size in KiB.
     buffered_kib: AtomicU64,
+    /// Sessions whose window is closed on a low budget (a hint: wake them on releases).
+    starved: std::sync::atomic::AtomicI64,
+    /// Bumped when budget is released while some session is starved.
+    budget_freed: watch::Sender<u64>,
     /// Idle time after which a discovery session is closed.
     discovery_idle: Duration,
     /// Unfinished logins per source address (server.rs).
@@ -204,6 +212,8 @@ impl Default for Server {
                 (limits::MAX_BUFFERED_BYTES / 1024) as usize,
             )),
             buffered_kib: AtomicU64::new(limits::MAX_BUFFERED_BYTES / 1024),
+            starved: std::sync::atomic::AtomicI64::new(0),
+            budget_freed: watch::channel(0).0,
             discovery_idle: limits::DISCOVERY_IDLE_TIMEOUT,
             logins: crate::server::LoginSlots::new(limits::MAX_LOGINS_PER_SOURCE),
         }
@@ -245,10 +255,11 @@ impl Server {
     }
 
     /// Bounds buffered command data across all sessions (`--max-buffered`; default
-    /// `limits::MAX_BUFFERED_BYTES`), at least one largest transfer. Meant to be called
-    /// before serving: shrinking only takes back budget that is not in use.
+    /// `limits::MAX_BUFFERED_BYTES`), at least twice one largest transfer (one above the
+    /// window's low-water mark). Meant to be called before serving: shrinking only takes
+    /// back budget that is not in use.
     pub fn set_max_buffered(&self, bytes: u64) {
-        let want = bytes.max(u64::from(limits::MAX_TRANSFER_BYTES)) / 1024;
+        let want = bytes.max(2 * u64::from(limits::MAX_TRANSFER_BYTES)) / 1024;
         let have = self.buffered_kib.swap(want, Ordering::AcqRel);
         if want > have {
             self.buffered.add_permits((want - have) as usize);
@@ -260,6 +271,28 @@ impl Server {
     /// The process-wide budget for buffered command data, in KiB permits.
     pub(crate) fn buffer_budget(&self) -> Arc<tokio::sync::Semaphore> {
         self.buffered.clone()
+    }
+
+    /// Whether less than `limits::WINDOW_LOW_WATER_BYTES` of the process's budget is free.
+    pub(crate) fn buffer_budget_low(&self) -> bool {
+        self.buffered.available_permits() < (limits::WINDOW_LOW_WATER_BYTES / 1024) as usize
+    }
+
+    /// A session's window closed (`1`) or reopened (`-1`) on the budget.
+    pub(crate) fn window_starved(&self, delta: i64) {
+        self.starved.fetch_add(delta, Ordering::AcqRel);
+    }
+
+    /// Budget was released: wakes sessions whose window is closed, if any.
+    pub(crate) fn budget_released(&self) {
+        if self.starved.load(Ordering::Acquire) > 0 {
+            self.budget_freed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Changes whenever budget is released while some session's window is closed.
+    pub(crate) fn budget_watch(&self) -> watch::Receiver<u64> {
+        self.budget_freed.subscribe()
     }
 
     /// Sets the portals (`ADDR:PORT`) SendTargets advertises for targets that name none
@@ -300,6 +333,7 @@ impl Server {
             cfg.phys_block_exponent,
         )?;
         lu.set_settle_bound(cfg.settle_bound);
+        lu.set_hold_timeout(cfg.hold_timeout.min(limits::MAX_HOLD_TIMEOUT));
         let peers = Arc::downgrade(&self.targets);
         lu.set_copy_peers(peers);
         let t = Target {

@@ -94,6 +94,11 @@ struct ServeArgs {
     /// started is answered BUSY (at most 10000: every call settles within 10 s).
     #[arg(long, default_value_t = 5_000)]
     io_timeout_ms: u64,
+    /// T_hold: while a backend holds commands (a replica membership change), how long a
+    /// command waits before it is answered BUSY: seconds, or with a unit (`500ms`, `4s`),
+    /// at most 10 s.
+    #[arg(long, default_value = "4s")]
+    hold_timeout: String,
     /// Budget for command data buffered across all sessions (e.g. 512M): a command beyond
     /// it gets TASK SET FULL and is retried, so many clients cannot exhaust memory.
     #[arg(long, default_value = "512M")]
@@ -225,7 +230,29 @@ fn parse_spec(s: &str) -> Result<Spec> {
 struct Common {
     hosting: Arc<VolumeHosting>,
     io_timeout: Duration,
+    hold_timeout: Duration,
     phys_block_exponent: u8,
+}
+
+/// Parses `--hold-timeout`: `4`, `4s` or `500ms`, from 1 ms to `limits::MAX_HOLD_TIMEOUT`.
+fn parse_hold_timeout(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let d = if let Some(ms) = t.strip_suffix("ms") {
+        ms.trim().parse::<u64>().ok().map(Duration::from_millis)
+    } else {
+        let secs = t.strip_suffix('s').unwrap_or(t).trim();
+        secs.parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x >= 0.0)
+            .map(Duration::from_secs_f64)
+    };
+    let max = cstor_iscsi::limits::MAX_HOLD_TIMEOUT;
+    match d {
+        Some(d) if !d.is_zero() && d <= max => Ok(d),
+        _ => {
+            bail!("--hold-timeout {s:?}: expected a duration from 1ms to {max:?}, e.g. 4s or 500ms")
+        }
+    }
 }
 
 fn phys_exponent(bytes: u32) -> Result<u8> {
@@ -261,6 +288,7 @@ fn config_of(spec: &Spec, common: &Common) -> Result<TargetConfig> {
     cfg.reservations = Some(reservations);
     cfg.portals = spec.portals.clone();
     cfg.io_timeout = common.io_timeout;
+    cfg.hold_timeout = common.hold_timeout;
     cfg.phys_block_exponent = common.phys_block_exponent;
     Ok(cfg)
 }
@@ -325,6 +353,7 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
     let common = Common {
         hosting,
         io_timeout: Duration::from_millis(a.io_timeout_ms),
+        hold_timeout: parse_hold_timeout(&a.hold_timeout)?,
         phys_block_exponent: phys_exponent(a.physical_block_size)?,
     };
     let mut specs = Vec::new();
@@ -513,6 +542,18 @@ mod tests {
         assert_eq!(s.portals, ["10.0.0.1:3260", "[fd00::1]:3261"]);
         assert!(parse_spec("iqn.x:a,file=/a,portal=10.0.0.1").is_err());
         assert!(parse_portal("svc.ns:3260").is_ok());
+        assert_eq!(parse_hold_timeout("4s").unwrap(), Duration::from_secs(4));
+        assert_eq!(
+            parse_hold_timeout("2.5").unwrap(),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            parse_hold_timeout("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert!(parse_hold_timeout("0").is_err());
+        assert!(parse_hold_timeout("11s").is_err());
+        assert!(parse_hold_timeout("x").is_err());
         let home = tempfile::tempdir().unwrap();
         let hosting = VolumeHosting::new(Registry::new(home.path()));
         let err = open_volume_backend(&hosting, "p").unwrap_err().to_string();
