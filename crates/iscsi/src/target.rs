@@ -6,7 +6,7 @@
 //! Invariants: target names are unique; removing a target ends its sessions before
 //! `remove_target` returns; at most one live session per (initiator, ISID) and target.
 
-use crate::backend::BlockBackend;
+use crate::backend::{BackendEvent, BlockBackend};
 use crate::chap::ChapConfig;
 use crate::counters::{CounterSnapshot, Counters};
 use crate::limits;
@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
 /// How to serve one target.
 #[derive(Debug, Clone)]
@@ -142,6 +142,39 @@ impl CopyPeers for Mutex<BTreeMap<String, Arc<Target>>> {
         let t = self.lock().values().find(|t| pred(&t.lu))?.clone();
         Some(t)
     }
+}
+
+/// Acts on a target's backend events until the backend closes its channel or the target
+/// is gone (the task holds it weakly). Needs a tokio runtime; without one (a target added
+/// outside any runtime) events are not watched and capacity changes are still seen when
+/// the next command finds the size changed.
+fn watch_events(t: &Arc<Target>, mut rx: broadcast::Receiver<BackendEvent>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(target_name = %t.iqn, "no runtime: backend events not watched");
+        return;
+    };
+    let weak = Arc::downgrade(t);
+    rt.spawn(async move {
+        loop {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                // Missed events: a capacity change may be among them, and a spurious
+                // unit attention is harmless where a missed one is not.
+                Err(broadcast::error::RecvError::Lagged(_)) => BackendEvent::CapacityChanged,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let Some(t) = weak.upgrade() else { return };
+            match ev {
+                BackendEvent::CapacityChanged => t.lu.capacity_changed(),
+                BackendEvent::Stopping => {
+                    tracing::info!(target_name = %t.iqn, "backend stopping: requesting logout");
+                    for h in t.sessions.lock().values() {
+                        h.request_logout.notify_one();
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Signals a session to end and waits for it, bounded by the drain timeout.
@@ -336,6 +369,7 @@ impl Server {
         lu.set_hold_timeout(cfg.hold_timeout.min(limits::MAX_HOLD_TIMEOUT));
         let peers = Arc::downgrade(&self.targets);
         lu.set_copy_peers(peers);
+        let events = lu.backend.events();
         let t = Target {
             iqn: cfg.iqn.clone(),
             lu,
@@ -345,7 +379,11 @@ impl Server {
             sessions: Mutex::new(HashMap::new()),
             portals: cfg.portals,
         };
-        targets.insert(cfg.iqn, Arc::new(t));
+        let t = Arc::new(t);
+        if let Some(rx) = events {
+            watch_events(&t, rx);
+        }
+        targets.insert(cfg.iqn, t);
         Ok(())
     }
 

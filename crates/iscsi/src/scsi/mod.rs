@@ -279,6 +279,13 @@ impl LogicalUnit {
         }
     }
 
+    /// The backend reported a capacity change: CAPACITY DATA HAS CHANGED for every nexus.
+    pub fn capacity_changed(&self) {
+        let mut st = self.state.lock();
+        st.reported_size = self.backend.size_bytes();
+        Self::raise_ua(&mut st, None, 0x2a, 0x09);
+    }
+
     /// LUN reset: SPC-2 reservation released, a reset unit attention for every nexus.
     pub fn reset(&self, by: &NexusId) {
         let mut st = self.state.lock();
