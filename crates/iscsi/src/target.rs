@@ -48,6 +48,9 @@ pub struct TargetConfig {
     /// e.g. a Service address; empty means the server's portals (`Server::set_portals`),
     /// or the address the discovery connection came in on.
     pub portals: Vec<String>,
+    /// `ADDR:PORT` the target moved to: logins are redirected there (temporarily,
+    /// status 0x0101); `None` serves it here. Changeable with `Server::set_redirect`.
+    pub redirect: Option<String>,
 }
 
 impl TargetConfig {
@@ -64,6 +67,7 @@ impl TargetConfig {
             hold_timeout: limits::HOLD_TIMEOUT,
             phys_block_exponent: crate::scsi::PHYS_EXPONENT,
             portals: Vec::new(),
+            redirect: None,
         }
     }
 }
@@ -109,9 +113,16 @@ pub struct Target {
     pub(crate) counters: Arc<Counters>,
     pub(crate) sessions: Mutex<HashMap<(String, [u8; 6]), SessionHandle>>,
     pub(crate) portals: Vec<String>,
+    /// Where logins are redirected, if the target moved.
+    redirect: Mutex<Option<String>>,
 }
 
 impl Target {
+    /// Where logins to this target are redirected, if anywhere.
+    pub(crate) fn redirect(&self) -> Option<String> {
+        self.redirect.lock().clone()
+    }
+
     /// Ends every session: first the asynchronous "request logout" event, so initiators
     /// log out cleanly within `limits::LOGOUT_REQUEST_WAIT`; the sessions still there
     /// then are ended, each waiting (bounded) for its commands to finish.
@@ -378,6 +389,7 @@ impl Server {
             counters,
             sessions: Mutex::new(HashMap::new()),
             portals: cfg.portals,
+            redirect: Mutex::new(cfg.redirect),
         };
         let t = Arc::new(t);
         if let Some(rx) = events {
@@ -395,6 +407,24 @@ impl Server {
             .remove(iqn)
             .ok_or_else(|| TargetError::NotFound(iqn.to_owned()))?;
         t.close_sessions().await;
+        Ok(())
+    }
+
+    /// Redirects new logins to target `iqn` to `to` (`ADDR:PORT`; a temporary move, RFC
+    /// 7143 status 0x0101), or serves them here again with `None`. On a redirect, the
+    /// target's sessions get the asynchronous "request logout" event, so their initiators
+    /// log in again and follow it.
+    pub fn set_redirect(&self, iqn: &str, to: Option<String>) -> Result<(), TargetError> {
+        let t = self
+            .target(iqn)
+            .ok_or_else(|| TargetError::NotFound(iqn.to_owned()))?;
+        let moved = to.is_some();
+        *t.redirect.lock() = to;
+        if moved {
+            for h in t.sessions.lock().values() {
+                h.request_logout.notify_one();
+            }
+        }
         Ok(())
     }
 
