@@ -55,6 +55,8 @@ pub struct Cancel(Arc<CancelInner>);
 struct CancelInner {
     raised: AtomicBool,
     wake: Notify,
+    /// The command's place in its LU's arrival order (0: none), for the hold queue.
+    order: std::sync::atomic::AtomicU64,
 }
 
 impl Cancel {
@@ -67,6 +69,16 @@ impl Cancel {
     pub fn raise(&self) {
         self.0.raised.store(true, Ordering::Release);
         self.0.wake.notify_waiters();
+    }
+
+    /// Records the command's arrival order at its LU (taken by the reader, in CmdSN order).
+    pub(crate) fn set_order(&self, n: u64) {
+        self.0.order.store(n, Ordering::Relaxed);
+    }
+
+    /// The arrival order set by `set_order`, if any.
+    pub(crate) fn order(&self) -> Option<u64> {
+        Some(self.0.order.load(Ordering::Relaxed)).filter(|n| *n != 0)
     }
 
     /// Whether the signal is raised.

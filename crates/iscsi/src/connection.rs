@@ -716,6 +716,7 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
     }
     // In the LU's registry too, so task management from any session reaches it.
     let lu_id = target.lu.tasks.insert(task.clone());
+    target.lu.arrived(&task.cancel);
     let s = sess.clone();
     tokio::spawn(async move {
         let pdus = run_command(&s, &target, &hdr, immediate_data, data_rx, &task).await;

@@ -5,6 +5,7 @@
 //!
 //! Owns: the queue of commands waiting for a hold to end, in the order they reached it.
 //! Invariants: after a release, waiting calls are issued one at a time in ticket order
+//! (a command's ticket is its arrival order at the target, `arrived`)
 //! (the next goes only when the one before has issued its call or left the queue), and
 //! a call arriving while others wait queues behind them; an aborted command leaves the
 //! queue at once (its cancel signal is raised), so task management answers promptly.
@@ -56,11 +57,25 @@ impl HoldQueue {
         HoldQueue {
             hold,
             timeout,
-            next: AtomicU64::new(0),
+            next: AtomicU64::new(1),
             waiting: Mutex::new(BTreeSet::new()),
             queued: AtomicUsize::new(0),
             turn: Notify::new(),
         }
+    }
+
+    /// Gives a command its place in the queue order as it arrives (the reader calls this
+    /// in CmdSN order), so held calls go in arrival order however their tasks are
+    /// scheduled.
+    pub(crate) fn arrived(&self, cancel: &Cancel) {
+        if self.hold.is_some() {
+            cancel.set_order(self.next.fetch_add(1, Ordering::Relaxed));
+        }
+    }
+
+    /// The same hold with T_hold `timeout` (nothing may be waiting yet).
+    pub(crate) fn with_timeout(&self, timeout: Duration) -> Self {
+        HoldQueue::new(self.hold.clone(), timeout)
     }
 
     /// Waits until a backend call of the command with `cancel` may be issued: at once
@@ -78,7 +93,9 @@ impl HoldQueue {
         if !hold.is_held() && self.queued.load(Ordering::Acquire) == 0 {
             return Ok(free);
         }
-        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        let ticket = cancel
+            .order()
+            .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed));
         self.waiting.lock().insert(ticket);
         self.queued.fetch_add(1, Ordering::AcqRel);
         let turn = Turn {

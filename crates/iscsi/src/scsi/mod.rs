@@ -218,10 +218,17 @@ impl LogicalUnit {
         self.io_timeout = self.io_timeout.min(bound);
     }
 
+    /// A command arrived (called by the reader, in CmdSN order): its place in the order in
+    /// which calls held by the backend go once the hold ends.
+    pub(crate) fn arrived(&self, cancel: &Cancel) {
+        self.holds.arrived(cancel);
+    }
+
     /// Sets T_hold: how long a command waits for the backend's hold to end before it is
     /// answered BUSY (default `limits::HOLD_TIMEOUT`).
     pub fn set_hold_timeout(&mut self, t_hold: Duration) {
-        self.holds = hold::HoldQueue::new(self.backend.hold(), t_hold);
+        // The backend's hold was asked for once, at creation; keep that one.
+        self.holds = self.holds.with_timeout(t_hold);
     }
 
     /// Backend calls currently unsettled past the settle bound (the LU is NOT READY
