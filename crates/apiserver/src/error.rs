@@ -125,6 +125,9 @@ pub enum ApiError {
     /// The store failed; the change was not made.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The server failed for a reason of its own (a group commit that failed this write).
+    #[error("{0}")]
+    Internal(String),
 }
 
 fn invalid_text(kind: &str, group: &str, name: &str, causes: &[FieldCause]) -> String {
@@ -172,7 +175,7 @@ impl ApiError {
             ApiError::TooManyRequests(_) => 429,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Invalid { .. } => 422,
-            ApiError::Store(_) => 500,
+            ApiError::Store(_) | ApiError::Internal(_) => 500,
         }
     }
 
@@ -191,7 +194,7 @@ impl ApiError {
             ApiError::TooManyRequests(_) => "TooManyRequests",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Invalid { .. } => "Invalid",
-            ApiError::Store(_) => "InternalError",
+            ApiError::Store(_) | ApiError::Internal(_) => "InternalError",
         }
     }
 

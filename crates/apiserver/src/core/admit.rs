@@ -92,7 +92,7 @@ pub(super) fn random_suffix() -> String {
 impl Core {
     pub(super) fn check_namespace(
         &self,
-        inner: &Inner,
+        inner: &Staged,
         ctx: &WriteCtx,
         name: &str,
     ) -> Result<(), ApiError> {

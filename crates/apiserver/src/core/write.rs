@@ -95,7 +95,7 @@ impl Core {
             ),
         }
         let key = ctx.rt.key(&ctx.namespace_for_key(), &name);
-        let mut inner = self.inner.upgradable_read();
+        let inner = self.writer();
         self.check_namespace(&inner, ctx, &name)?;
         if inner.objects.contains_key(&key) {
             return Err(ApiError::AlreadyExists {
@@ -115,7 +115,7 @@ impl Core {
             });
         }
         pending.insert(0, (EventType::Added, key, stored));
-        let changes = self.commit(&mut inner, pending)?;
+        let changes = self.commit(inner, pending)?;
         Ok(Written {
             object: to_external(&ctx.rt, &ctx.version, &changes[0].object),
             warnings,
@@ -194,9 +194,10 @@ impl Core {
                 )));
             }
         }
-        let exists = self.get(&ctx.rt, &ctx.namespace_for_key(), name).ok();
+        let key = ctx.rt.key(&ctx.namespace_for_key(), name);
+        let exists = self.writer().objects.contains_key(&key);
         match exists {
-            None => {
+            false => {
                 if part == Part::Status {
                     return Err(not_found(&ctx.rt, name));
                 }
@@ -215,7 +216,7 @@ impl Core {
                 w.created = true;
                 Ok(w)
             }
-            Some(_) => self.update_with(
+            true => self.update_with(
                 ctx,
                 name,
                 part,
@@ -280,10 +281,10 @@ impl Core {
         let managed_by_apply = source == Source::Apply;
         let is_put = source == Source::Put;
         let key = rt.key(&ctx.namespace_for_key(), name);
-        let mut held = hold.then(|| self.inner.upgradable_read());
+        let mut held = hold.then(|| self.writer());
         let current_stored = match &held {
             Some(g) => g.objects.get(&key).cloned(),
-            None => self.inner.read().objects.get(&key).cloned(),
+            None => self.writer().objects.get(&key).cloned(),
         }
         .ok_or_else(|| not_found(rt, name))?;
         let current = to_external(rt, &ctx.version, &current_stored);
@@ -414,9 +415,9 @@ impl Core {
                 m.remove("managedFields");
             }
         }
-        let mut inner = match held.take() {
+        let inner = match held.take() {
             Some(g) => g,
-            None => self.inner.upgradable_read(),
+            None => self.writer(),
         };
         let live = inner
             .objects
@@ -481,7 +482,7 @@ impl Core {
         if finishing && rt.special == Special::Pvc {
             self.refresh_quotas(&inner, &ctx.namespace, name, &mut pending);
         }
-        let changes = self.commit(&mut inner, pending)?;
+        let changes = self.commit(inner, pending)?;
         Ok(Attempt::Done(Written {
             object: to_external(rt, &ctx.version, &changes[0].object),
             warnings,
@@ -499,7 +500,7 @@ impl Core {
     ) -> Result<Value, ApiError> {
         let rt = &ctx.rt;
         let key = rt.key(&ctx.namespace_for_key(), name);
-        let mut inner = self.inner.upgradable_read();
+        let inner = self.writer();
         let current = inner
             .objects
             .get(&key)
@@ -569,7 +570,7 @@ impl Core {
                 }
             }
             pending.insert(0, (EventType::Modified, key, nv));
-            let changes = self.commit(&mut inner, pending)?;
+            let changes = self.commit(inner, pending)?;
             self.gc_wakeup.notify_one();
             return Ok(to_external(rt, &ctx.version, &changes[0].object));
         }
@@ -577,7 +578,7 @@ impl Core {
         if rt.special == Special::Pvc {
             self.refresh_quotas(&inner, &ctx.namespace, name, &mut pending);
         }
-        let changes = self.commit(&mut inner, pending)?;
+        let changes = self.commit(inner, pending)?;
         Ok(to_external(rt, &ctx.version, &changes[0].object))
     }
 }
