@@ -128,6 +128,15 @@ pub enum ApiError {
     /// The server failed for a reason of its own (a group commit that failed this write).
     #[error("{0}")]
     Internal(String),
+    /// An admission webhook denied the request, or could not be called under
+    /// `failurePolicy: Fail` (message as kube-apiserver words it).
+    #[error("{message}")]
+    Admission {
+        /// HTTP status (>= 400).
+        code: u16,
+        /// Full message.
+        message: String,
+    },
 }
 
 fn invalid_text(kind: &str, group: &str, name: &str, causes: &[FieldCause]) -> String {
@@ -176,6 +185,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Invalid { .. } => 422,
             ApiError::Store(_) | ApiError::Internal(_) => 500,
+            ApiError::Admission { code, .. } => *code,
         }
     }
 
@@ -195,6 +205,16 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::Store(_) | ApiError::Internal(_) => "InternalError",
+            ApiError::Admission { code, .. } => match code {
+                401 => "Unauthorized",
+                403 => "Forbidden",
+                404 => "NotFound",
+                409 => "Conflict",
+                422 => "Invalid",
+                429 => "TooManyRequests",
+                500.. => "InternalError",
+                _ => "BadRequest",
+            },
         }
     }
 

@@ -51,6 +51,7 @@ mod store;
 mod table;
 mod time;
 mod tls;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -89,6 +89,35 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    /// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions` with In,
+    /// NotIn, Exists, DoesNotExist); `{}` matches everything.
+    pub(crate) fn from_json(sel: &Value) -> Result<LabelSelector, ApiError> {
+        let bad = || ApiError::BadRequest(format!("invalid label selector: {sel}"));
+        let mut reqs = Vec::new();
+        if let Some(m) = sel["matchLabels"].as_object() {
+            for (k, v) in m {
+                reqs.push(Req::Eq(k.clone(), v.as_str().ok_or_else(bad)?.to_string()));
+            }
+        }
+        for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+            let key = e["key"].as_str().ok_or_else(bad)?.to_string();
+            let values: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            reqs.push(match e["operator"].as_str() {
+                Some("In") => Req::In(key, values),
+                Some("NotIn") => Req::NotIn(key, values),
+                Some("Exists") => Req::Exists(key),
+                Some("DoesNotExist") => Req::NotExists(key),
+                _ => return Err(bad()),
+            });
+        }
+        Ok(LabelSelector(reqs))
+    }
+
     pub(crate) fn matches(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];
         let get = |k: &str| labels.get(k).and_then(Value::as_str);

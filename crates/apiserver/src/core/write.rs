@@ -60,11 +60,30 @@ impl Core {
                 m.remove("status");
             }
         }
+        let main = Part::Main { has_status: false };
+        self.call_webhooks(
+            Hooks::Mutating,
+            ctx,
+            "CREATE",
+            main,
+            &name,
+            Some(&mut obj),
+            None,
+        )?;
         let mut warnings = self.validate(ctx, &mut obj, &name)?;
         let causes = crate::builtin::validate(&ctx.rt, &obj, None);
         if !causes.is_empty() {
             return Err(invalid(&ctx.rt, &name, causes));
         }
+        self.call_webhooks(
+            Hooks::Validating,
+            ctx,
+            "CREATE",
+            main,
+            &name,
+            Some(&mut obj),
+            None,
+        )?;
         self.prepare_create(ctx, &mut obj, &mut warnings);
         let mut stored = to_internal(&ctx.rt, &obj)?;
         {
@@ -292,6 +311,15 @@ impl Core {
         if !body.is_object() {
             return Err(ApiError::BadRequest("body must be a JSON object".into()));
         }
+        self.call_webhooks(
+            Hooks::Mutating,
+            ctx,
+            "UPDATE",
+            part,
+            name,
+            Some(&mut body),
+            Some(&current),
+        )?;
         self.check_kind(ctx, &body)?;
         if let Some(n) = meta_str(&body, "name") {
             if n != name {
@@ -401,6 +429,15 @@ impl Core {
         if rt.special == Special::Crd && part != Part::Status {
             new["status"] = crd_status(&new);
         }
+        self.call_webhooks(
+            Hooks::Validating,
+            ctx,
+            "UPDATE",
+            part,
+            name,
+            Some(&mut new),
+            Some(&current),
+        )?;
         if spec_part(&new) != spec_part(&current) && part != Part::Status {
             let g = current["metadata"]["generation"].as_i64().unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
@@ -500,6 +537,19 @@ impl Core {
     ) -> Result<Value, ApiError> {
         let rt = &ctx.rt;
         let key = rt.key(&ctx.namespace_for_key(), name);
+        let before = self.writer().objects.get(&key).cloned();
+        if let Some(old) = before {
+            let old = to_external(rt, &ctx.version, &old);
+            self.call_webhooks(
+                Hooks::Validating,
+                ctx,
+                "DELETE",
+                Part::Main { has_status: false },
+                name,
+                None,
+                Some(&old),
+            )?;
+        }
         let inner = self.writer();
         let current = inner
             .objects
