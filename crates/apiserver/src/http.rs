@@ -36,6 +36,8 @@ pub(crate) struct App {
     pub(crate) address: String,
     /// One permit per open watch (`limits::WATCHES_MAX`).
     pub(crate) watches: Arc<tokio::sync::Semaphore>,
+    /// The pod-log dir (crate::podlog).
+    pub(crate) pod_log_dir: std::path::PathBuf,
 }
 
 fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
@@ -356,6 +358,15 @@ async fn resource(
     query: Query,
     accept: &str,
 ) -> Result<Response, ApiError> {
+    if let (true, [ns_kw, ns, pods, name, log]) = (group.is_empty() && version == "v1", rest) {
+        if ns_kw == "namespaces" && pods == "pods" && log == "log" {
+            if req.method() != Method::GET {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let dir = app.pod_log_dir.clone();
+            return crate::podlog::serve(app.core.clone(), dir, ns, name, &query).await;
+        }
+    }
     let t = resolve(app, group, version, rest)?;
     let method = req.method().clone();
     let headers = req.headers().clone();
