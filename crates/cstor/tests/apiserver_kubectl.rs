@@ -952,3 +952,57 @@ fn kubectl_logs_reads_pod_log_files() {
         "--tail=0 printed old lines: {got}"
     );
 }
+
+/// The monitoring.coreos.com CRDs (deploy/monitoring/crds.yaml) are served once
+/// installed: a ServiceMonitor and a PrometheusRule are created and listed, by plural
+/// and short name, and a rule without its expr is refused with the field named.
+#[test]
+fn kubectl_serves_servicemonitor_and_prometheusrule() {
+    let Some((dir, s)) = setup() else { return };
+    let crds = format!(
+        "{}/../../deploy/monitoring/crds.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    s.ok(&["apply", "-f", &crds]);
+    s.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
+        "--timeout=20s",
+    ]);
+    let objs = dir.path().join("monitoring.yaml");
+    std::fs::write(
+        &objs,
+        "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n  name: cstor-pools\nspec:\n  selector:\n    matchLabels:\n      app: cstor-pool\n  namespaceSelector:\n    any: true\n  endpoints:\n  - port: metrics\n    path: /metrics\n    interval: 30s\n---\napiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: cstor-alerts\nspec:\n  groups:\n  - name: cstor\n    rules:\n    - alert: PoolDegraded\n      expr: cstor_pool_degraded > 0\n      for: 5m\n      labels:\n        severity: warning\n",
+    )
+    .unwrap();
+    s.ok(&["apply", "-f", objs.to_str().unwrap()]);
+    let list = s.ok(&["get", "servicemonitors"]);
+    assert!(list.contains("cstor-pools"), "{list}");
+    assert!(s.ok(&["get", "smon"]).contains("cstor-pools"));
+    let rules = s.ok(&[
+        "get",
+        "prometheusrules",
+        "-o",
+        "jsonpath={.items[0].spec.groups[0].rules[0].alert}",
+    ]);
+    assert_eq!(rules, "PoolDegraded");
+    assert!(s.ok(&["get", "promrule"]).contains("cstor-alerts"));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: bad\nspec:\n  groups:\n  - name: g\n    rules:\n    - alert: NoExpr\n",
+    )
+    .unwrap();
+    let err = s.fails(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("expr"), "{err}");
+    let bad_interval = dir.path().join("bad2.yaml");
+    std::fs::write(
+        &bad_interval,
+        "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n  name: bad\nspec:\n  selector: {}\n  endpoints:\n  - port: metrics\n    interval: thirty\n",
+    )
+    .unwrap();
+    let err = s.fails(&["apply", "-f", bad_interval.to_str().unwrap()]);
+    assert!(err.contains("interval"), "{err}");
+}
