@@ -341,11 +341,13 @@ fn validation(query: &Query) -> FieldValidation {
     }
 }
 
-fn filter(query: &Query, namespace: Option<String>) -> Result<Filter, ApiError> {
+fn filter(query: &Query, namespace: Option<String>, rt: &ResourceType) -> Result<Filter, ApiError> {
+    let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))?;
+    fields.check_supported(&rt.group, &rt.plural)?;
     Ok(Filter {
         namespace,
         labels: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?,
-        fields: FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))?,
+        fields,
     })
 }
 
@@ -393,7 +395,7 @@ async fn resource(
     };
     match (&method, &t.name) {
         (&Method::GET, None) => {
-            let f = filter(&query, t.namespace.clone())?;
+            let f = filter(&query, t.namespace.clone(), &t.rt)?;
             let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
             if watching {
                 let permit = app.watches.clone().try_acquire_owned().map_err(|_| {
@@ -463,7 +465,7 @@ async fn resource(
             Ok(json_response(StatusCode::CREATED, &w.object, &w.warnings))
         }
         (&Method::DELETE, None) => {
-            let f = filter(&query, t.namespace.clone())?;
+            let f = filter(&query, t.namespace.clone(), &t.rt)?;
             let page = core.list(&t.rt, &f, None, None, ListAt::Latest)?;
             let mut deleted = Vec::new();
             for o in &page.items {

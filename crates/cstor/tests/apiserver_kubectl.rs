@@ -538,6 +538,9 @@ fn kubectl_drives_seed_workflow() {
         "involvedObject.name=pool-a-1",
     ]);
     assert!(evs.contains("PoolCreated"), "{evs}");
+    // Only the fields a kind supports select, as on kube-apiserver (400 otherwise).
+    let err = s.fails(&["get", "configmaps", "-A", "--field-selector", "data.x=1"]);
+    assert!(err.contains("field label not supported: data.x"), "{err}");
 
     // Delete with a finalizer: stays with a deletionTimestamp until the finalizer goes.
     s.ok(&[
