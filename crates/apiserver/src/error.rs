@@ -125,6 +125,18 @@ pub enum ApiError {
     /// The store failed; the change was not made.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The server failed for a reason of its own (a group commit that failed this write).
+    #[error("{0}")]
+    Internal(String),
+    /// An admission webhook denied the request, or could not be called under
+    /// `failurePolicy: Fail` (message as kube-apiserver words it).
+    #[error("{message}")]
+    Admission {
+        /// HTTP status (>= 400).
+        code: u16,
+        /// Full message.
+        message: String,
+    },
 }
 
 fn invalid_text(kind: &str, group: &str, name: &str, causes: &[FieldCause]) -> String {
@@ -172,7 +184,8 @@ impl ApiError {
             ApiError::TooManyRequests(_) => 429,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Invalid { .. } => 422,
-            ApiError::Store(_) => 500,
+            ApiError::Store(_) | ApiError::Internal(_) => 500,
+            ApiError::Admission { code, .. } => *code,
         }
     }
 
@@ -191,7 +204,17 @@ impl ApiError {
             ApiError::TooManyRequests(_) => "TooManyRequests",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Invalid { .. } => "Invalid",
-            ApiError::Store(_) => "InternalError",
+            ApiError::Store(_) | ApiError::Internal(_) => "InternalError",
+            ApiError::Admission { code, .. } => match code {
+                401 => "Unauthorized",
+                403 => "Forbidden",
+                404 => "NotFound",
+                409 => "Conflict",
+                422 => "Invalid",
+                429 => "TooManyRequests",
+                500.. => "InternalError",
+                _ => "BadRequest",
+            },
         }
     }
 

@@ -36,6 +36,8 @@ pub(crate) struct App {
     pub(crate) address: String,
     /// One permit per open watch (`limits::WATCHES_MAX`).
     pub(crate) watches: Arc<tokio::sync::Semaphore>,
+    /// The pod-log dir (crate::podlog).
+    pub(crate) pod_log_dir: std::path::PathBuf,
 }
 
 fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
@@ -339,11 +341,13 @@ fn validation(query: &Query) -> FieldValidation {
     }
 }
 
-fn filter(query: &Query, namespace: Option<String>) -> Result<Filter, ApiError> {
+fn filter(query: &Query, namespace: Option<String>, rt: &ResourceType) -> Result<Filter, ApiError> {
+    let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))?;
+    fields.check_supported(&rt.group, &rt.plural)?;
     Ok(Filter {
         namespace,
         labels: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?,
-        fields: FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))?,
+        fields,
     })
 }
 
@@ -356,6 +360,15 @@ async fn resource(
     query: Query,
     accept: &str,
 ) -> Result<Response, ApiError> {
+    if let (true, [ns_kw, ns, pods, name, log]) = (group.is_empty() && version == "v1", rest) {
+        if ns_kw == "namespaces" && pods == "pods" && log == "log" {
+            if req.method() != Method::GET {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let dir = app.pod_log_dir.clone();
+            return crate::podlog::serve(app.core.clone(), dir, ns, name, &query).await;
+        }
+    }
     let t = resolve(app, group, version, rest)?;
     let method = req.method().clone();
     let headers = req.headers().clone();
@@ -382,7 +395,7 @@ async fn resource(
     };
     match (&method, &t.name) {
         (&Method::GET, None) => {
-            let f = filter(&query, t.namespace.clone())?;
+            let f = filter(&query, t.namespace.clone(), &t.rt)?;
             let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
             if watching {
                 let permit = app.watches.clone().try_acquire_owned().map_err(|_| {
@@ -452,7 +465,7 @@ async fn resource(
             Ok(json_response(StatusCode::CREATED, &w.object, &w.warnings))
         }
         (&Method::DELETE, None) => {
-            let f = filter(&query, t.namespace.clone())?;
+            let f = filter(&query, t.namespace.clone(), &t.rt)?;
             let page = core.list(&t.rt, &f, None, None, ListAt::Latest)?;
             let mut deleted = Vec::new();
             for o in &page.items {

@@ -43,6 +43,7 @@ mod kcm;
 mod limits;
 mod patch;
 mod pb;
+mod podlog;
 mod quantity;
 mod registry;
 mod schema;
@@ -51,6 +52,7 @@ mod store;
 mod table;
 mod time;
 mod tls;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -117,6 +119,9 @@ pub struct Config {
     /// expansion bookkeeping; see kcm.rs). On for the single-machine control plane,
     /// where nothing else does it; a real cluster runs kube-controller-manager instead.
     pub storage_controllers: bool,
+    /// Where `pods/log` finds container logs (`NS_POD_CONTAINER.log`, and files Pod
+    /// annotations name, which must lie inside it); None: `DATA_DIR/pod-logs`.
+    pub pod_log_dir: Option<PathBuf>,
 }
 
 /// Converts one whole object (JSON) between an alias and its storage representation;
@@ -221,6 +226,10 @@ impl Server {
             token: creds.token.clone(),
             address: format!("{url_host}:{}", addr.port()),
             watches: Arc::new(tokio::sync::Semaphore::new(limits::WATCHES_MAX)),
+            pod_log_dir: config
+                .pod_log_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("pod-logs")),
         });
         let router = axum::Router::new().fallback(http::handle).with_state(app);
         let acceptor = tokio_rustls::TlsAcceptor::from(creds.tls.clone());

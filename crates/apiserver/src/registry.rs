@@ -584,6 +584,28 @@ fn builtins() -> Vec<ResourceType> {
         ),
     ];
     v.extend(storage_and_network_builtins());
+    for (kind, plural) in [
+        (
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+        ),
+        (
+            "MutatingWebhookConfiguration",
+            "mutatingwebhookconfigurations",
+        ),
+    ] {
+        v.push(builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            kind,
+            plural,
+            &[],
+            false,
+            false,
+            vec![age()],
+            Special::None,
+        ));
+    }
     let mut ev = builtin(
         "events.k8s.io",
         "v1",

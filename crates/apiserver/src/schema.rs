@@ -263,6 +263,46 @@ fn bounds(v: &Value, schema: &Value, path: &str, out: &mut Outcome) {
                 ),
             ));
         }
+        // kube-apiserver's patterns are Go (RE2) regular expressions, which the regex
+        // crate implements; an uncompilable pattern is not enforced.
+        if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
+            if regex::Regex::new(p).is_ok_and(|re| !re.is_match(s)) {
+                out.causes.push(cause(
+                    "FieldValueInvalid",
+                    path,
+                    format!(
+                        "Invalid value: {}: {path} in body should match '{p}'",
+                        short(v)
+                    ),
+                ));
+            }
+        }
+        if let Some(f) = schema.get("format").and_then(Value::as_str) {
+            if !string_format_ok(f, s) {
+                out.causes.push(cause(
+                    "FieldValueInvalid",
+                    path,
+                    format!(
+                        "Invalid value: {}: {path} in body must be of type {f}: {}",
+                        short(v),
+                        short(v)
+                    ),
+                ));
+            }
+        }
+    }
+    if let (Some(f), Some(n)) = (schema.get("format").and_then(Value::as_str), v.as_i64()) {
+        let fits = match f {
+            "int32" => i32::try_from(n).is_ok(),
+            _ => true,
+        };
+        if !fits || (f == "int64" && v.as_u64().is_some_and(|u| u > i64::MAX as u64)) {
+            out.causes.push(cause(
+                "FieldValueInvalid",
+                path,
+                format!("Invalid value: {n}: {path} in body must be of type {f}"),
+            ));
+        }
     }
     if let Some(a) = v.as_array() {
         let n = a.len() as f64;
@@ -395,5 +435,68 @@ mod tests {
         let fields: Vec<&str> = out.causes.iter().map(|c| c.field.as_str()).collect();
         assert!(fields.contains(&"spec.pools[0].n"));
         assert!(fields.contains(&"spec.pools[0].size"));
+    }
+}
+
+/// The string formats kube-apiserver checks (k8s.io/kube-openapi's strfmt registry, the
+/// ones CRDs use); unknown formats pass, as there.
+fn string_format_ok(format: &str, s: &str) -> bool {
+    match format {
+        "date-time" | "datetime" => crate::time::parse_rfc3339(s).is_some(),
+        "date" => {
+            let b = s.as_bytes();
+            b.len() == 10
+                && b[4] == b'-'
+                && b[7] == b'-'
+                && crate::time::parse_rfc3339(&format!("{s}T00:00:00Z")).is_some()
+        }
+        "byte" => crate::tls::base64_decode(s).is_some() && s.len().is_multiple_of(4),
+        "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
+        "ipv6" => s.parse::<std::net::Ipv6Addr>().is_ok(),
+        "cidr" => s.split_once('/').is_some_and(|(ip, bits)| {
+            ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok()
+        }),
+        "uuid" => uuid::Uuid::try_parse(s).is_ok() && s.len() == 36,
+        "hostname" => {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                })
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pattern_and_format_are_enforced() {
+        let schema = json!({"type": "object", "properties": {
+            "interval": {"type": "string", "pattern": "^[0-9]+(s|m)$"},
+            "at": {"type": "string", "format": "date-time"},
+            "n": {"type": "integer", "format": "int32"},
+            "ip": {"type": "string", "format": "ipv4"},
+        }});
+        let mut good =
+            json!({"interval": "30s", "at": "2026-01-01T00:00:00Z", "n": 5, "ip": "10.0.0.1"});
+        assert!(apply(&mut good, &schema).causes.is_empty());
+        let mut bad = json!({"interval": "thirty", "at": "yesterday", "n": 5_000_000_000_i64, "ip": "10.0.0"});
+        let causes = apply(&mut bad, &schema).causes;
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(causes.len(), 4, "{fields:?}");
+        assert!(causes
+            .iter()
+            .any(|c| c.message.contains("should match '^[0-9]+(s|m)$'")));
+        assert!(causes
+            .iter()
+            .any(|c| c.message.contains("must be of type date-time")));
     }
 }

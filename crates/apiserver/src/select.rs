@@ -89,6 +89,35 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    /// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions` with In,
+    /// NotIn, Exists, DoesNotExist); `{}` matches everything.
+    pub(crate) fn from_json(sel: &Value) -> Result<LabelSelector, ApiError> {
+        let bad = || ApiError::BadRequest(format!("invalid label selector: {sel}"));
+        let mut reqs = Vec::new();
+        if let Some(m) = sel["matchLabels"].as_object() {
+            for (k, v) in m {
+                reqs.push(Req::Eq(k.clone(), v.as_str().ok_or_else(bad)?.to_string()));
+            }
+        }
+        for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+            let key = e["key"].as_str().ok_or_else(bad)?.to_string();
+            let values: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            reqs.push(match e["operator"].as_str() {
+                Some("In") => Req::In(key, values),
+                Some("NotIn") => Req::NotIn(key, values),
+                Some("Exists") => Req::Exists(key),
+                Some("DoesNotExist") => Req::NotExists(key),
+                _ => return Err(bad()),
+            });
+        }
+        Ok(LabelSelector(reqs))
+    }
+
     pub(crate) fn matches(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];
         let get = |k: &str| labels.get(k).and_then(Value::as_str);
@@ -127,6 +156,67 @@ impl FieldSelector {
         Ok(FieldSelector(reqs))
     }
 
+    /// Refuses (400, kube-apiserver's wording) a field the kind cannot be selected by:
+    /// kube-apiserver serves field selectors only on metadata.name, metadata.namespace
+    /// and a fixed set per built-in kind (its registries' field label conversions).
+    /// CRD `selectableFields` are not supported here: custom resources select by name
+    /// and namespace only.
+    pub(crate) fn check_supported(&self, group: &str, plural: &str) -> Result<(), ApiError> {
+        let extra: &[&str] = match (group, plural) {
+            ("", "pods") => &[
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "spec.hostNetwork",
+                "status.phase",
+                "status.podIP",
+                "status.podIPs",
+                "status.nominatedNodeName",
+            ],
+            ("" | "events.k8s.io", "events") => &[
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "regarding.kind",
+                "regarding.namespace",
+                "regarding.name",
+                "regarding.uid",
+                "regarding.apiVersion",
+                "regarding.resourceVersion",
+                "regarding.fieldPath",
+                "reason",
+                "reportingComponent",
+                "reportingController",
+                "source",
+                "type",
+            ],
+            ("", "secrets") => &["type"],
+            ("", "namespaces") => &["status.phase"],
+            ("", "nodes") => &["spec.unschedulable"],
+            ("", "services") => &["spec.clusterIP", "spec.type"],
+            ("", "replicationcontrollers") | ("apps", "replicasets") => &["status.replicas"],
+            ("batch", "jobs") => &["status.successful"],
+            ("certificates.k8s.io", "certificatesigningrequests") => &["spec.signerName"],
+            _ => &[],
+        };
+        for (path, _, _) in &self.0 {
+            let ok = path == "metadata.name"
+                || path == "metadata.namespace"
+                || extra.contains(&path.as_str());
+            if !ok {
+                return Err(ApiError::BadRequest(format!(
+                    "field label not supported: {path}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, eq, want)| {
             let mut cur = obj;
@@ -146,6 +236,20 @@ impl FieldSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_selectors_only_on_supported_fields() {
+        let f = FieldSelector::parse("spec.nodeName=n1,metadata.name=p").unwrap();
+        assert!(f.check_supported("", "pods").is_ok());
+        let err = f.check_supported("", "configmaps").unwrap_err();
+        assert_eq!(err.to_string(), "field label not supported: spec.nodeName");
+        let cr = FieldSelector::parse("spec.pool=x").unwrap();
+        assert!(cr
+            .check_supported("cstor.openebs.io", "cstorvolumes")
+            .is_err());
+        let ev = FieldSelector::parse("involvedObject.name=x,type=Warning").unwrap();
+        assert!(ev.check_supported("", "events").is_ok());
+    }
     use serde_json::json;
 
     #[test]

@@ -6,7 +6,8 @@
 //! `Durability::Immediate`, so after `commit` returns the change survives kill -9 and
 //! power loss; the stored resourceVersion never decreases. Never: interprets objects
 //! beyond the record envelope, or is called from more than one writer at a time (the
-//! caller, `core::Core`, serialises writers under its lock).
+//! caller, `core::Core`, has one commit leader at a time; each commit carries a whole
+//! group of writers' changes, so concurrent writes share one fsync).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
@@ -112,6 +113,11 @@ pub(crate) struct Loaded {
 #[derive(Debug)]
 pub(crate) struct Store {
     db: Database,
+    /// Durable commits made (group commit is measured by it).
+    commits: std::sync::atomic::AtomicU64,
+    /// Tests: fail the next commit, as a failed fsync would.
+    #[cfg(test)]
+    pub(crate) fail_next: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn encode_record(payload: &[u8]) -> Vec<u8> {
@@ -246,7 +252,12 @@ impl Store {
         drop(meta);
         drop(read);
         Ok((
-            Store { db },
+            Store {
+                db,
+                commits: std::sync::atomic::AtomicU64::new(0),
+                #[cfg(test)]
+                fail_next: std::sync::atomic::AtomicBool::new(false),
+            },
             Loaded {
                 resource_version,
                 history_floor,
@@ -265,6 +276,15 @@ impl Store {
         resource_version: u64,
         floor: u64,
     ) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self
+            .fail_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Redb(redb::Error::Io(std::io::Error::other(
+                "injected commit failure",
+            ))));
+        }
         let mut txn = self.db.begin_write().map_err(redb_err)?;
         txn.set_durability(Durability::Immediate)
             .map_err(redb_err)?;
@@ -317,7 +337,15 @@ impl Store {
             meta.insert("history_floor", floor).map_err(redb_err)?;
         }
         txn.commit().map_err(redb_err)?;
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Durable commits made since open.
+    #[cfg(test)]
+    pub(crate) fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -175,7 +175,7 @@ pub(crate) fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials
     })
 }
 
-fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+pub(crate) fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     base64_decode(&body)
 }
@@ -203,7 +203,7 @@ pub(crate) fn base64_encode(data: &[u8]) -> String {
     out
 }
 
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let mut buf = 0u32;
     let mut bits = 0;

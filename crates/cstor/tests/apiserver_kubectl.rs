@@ -538,6 +538,9 @@ fn kubectl_drives_seed_workflow() {
         "involvedObject.name=pool-a-1",
     ]);
     assert!(evs.contains("PoolCreated"), "{evs}");
+    // Only the fields a kind supports select, as on kube-apiserver (400 otherwise).
+    let err = s.fails(&["get", "configmaps", "-A", "--field-selector", "data.x=1"]);
+    assert!(err.contains("field label not supported: data.x"), "{err}");
 
     // Delete with a finalizer: stays with a deletionTimestamp until the finalizer goes.
     s.ok(&[
@@ -838,3 +841,171 @@ message: pool imported
 type: Normal
 source: {component: cstor-pool}
 ";
+
+/// `kubectl logs` for Pods whose logs are files in the server's pod-log dir: the default
+/// file name, an annotation, --tail, --since, -c, --previous, -f until the Pod goes.
+#[test]
+fn kubectl_logs_reads_pod_log_files() {
+    let Some((dir, s)) = setup() else { return };
+    let logs = s.data_dir.join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stamp = |secs_ago: u64| {
+        let out = Command::new("date")
+            .args([
+                "-u",
+                "-d",
+                &format!("@{}", now - secs_ago),
+                "+%Y-%m-%dT%H:%M:%SZ",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    std::fs::write(
+        logs.join("default_agent_main.log"),
+        format!(
+            "{} INFO old line\n{} INFO recent one\n{} INFO newest\n",
+            stamp(7200),
+            stamp(60),
+            stamp(5)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        logs.join("default_agent_main.log.1"),
+        "before the restart\n",
+    )
+    .unwrap();
+    std::fs::write(logs.join("sidecar-file.log"), "sidecar says hi\n").unwrap();
+    let pod = dir.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: agent\n  annotations:\n    cstor.openebs.io/log-path.side: {}\nspec:\n  containers:\n  - name: main\n    image: cstor\n  - name: side\n    image: cstor\n",
+            logs.join("sidecar-file.log").display()
+        ),
+    )
+    .unwrap();
+    s.ok(&["apply", "-f", pod.to_str().unwrap()]);
+    let all = s.ok(&["logs", "agent", "-c", "main"]);
+    assert_eq!(all.lines().count(), 3, "{all}");
+    assert_eq!(
+        s.ok(&["logs", "agent", "-c", "main", "--tail=1"])
+            .trim_end(),
+        format!("{} INFO newest", stamp(5))
+    );
+    let since = s.ok(&["logs", "agent", "-c", "main", "--since=10m"]);
+    assert!(
+        !since.contains("old line") && since.contains("recent one"),
+        "{since}"
+    );
+    assert_eq!(s.ok(&["logs", "agent", "-c", "side"]), "sidecar says hi\n");
+    assert_eq!(
+        s.ok(&["logs", "agent", "-c", "main", "--previous"]),
+        "before the restart\n"
+    );
+    let err = s.fails(&["logs", "agent", "-c", "nope"]);
+    assert!(
+        err.contains("container nope is not valid for pod agent"),
+        "{err}"
+    );
+    // Follow: a line appended shows up; deleting the Pod ends the stream.
+    let mut follow = Command::new("kubectl")
+        .env("KUBECONFIG", s.kubeconfig())
+        .arg("--cache-dir")
+        .arg(&s.cache_dir)
+        .args(["logs", "-f", "agent", "-c", "main", "--tail=0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = follow.stdout.take().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(logs.join("default_agent_main.log"))
+            .unwrap();
+        writeln!(f, "{} INFO appended while following", stamp(0)).unwrap();
+    }
+    let reader = std::thread::spawn(move || {
+        let mut got = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut got);
+        got
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    s.ok(&["delete", "pod", "agent", "--wait=false"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while follow.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = follow.kill();
+            panic!("kubectl logs -f did not end after the Pod was deleted");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = reader.join().unwrap();
+    assert!(got.contains("appended while following"), "{got}");
+    assert!(
+        !got.contains("recent one"),
+        "--tail=0 printed old lines: {got}"
+    );
+}
+
+/// The monitoring.coreos.com CRDs (deploy/monitoring/crds.yaml) are served once
+/// installed: a ServiceMonitor and a PrometheusRule are created and listed, by plural
+/// and short name, and a rule without its expr is refused with the field named.
+#[test]
+fn kubectl_serves_servicemonitor_and_prometheusrule() {
+    let Some((dir, s)) = setup() else { return };
+    let crds = format!(
+        "{}/../../deploy/monitoring/crds.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    s.ok(&["apply", "-f", &crds]);
+    s.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
+        "--timeout=20s",
+    ]);
+    let objs = dir.path().join("monitoring.yaml");
+    std::fs::write(
+        &objs,
+        "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n  name: cstor-pools\nspec:\n  selector:\n    matchLabels:\n      app: cstor-pool\n  namespaceSelector:\n    any: true\n  endpoints:\n  - port: metrics\n    path: /metrics\n    interval: 30s\n---\napiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: cstor-alerts\nspec:\n  groups:\n  - name: cstor\n    rules:\n    - alert: PoolDegraded\n      expr: cstor_pool_degraded > 0\n      for: 5m\n      labels:\n        severity: warning\n",
+    )
+    .unwrap();
+    s.ok(&["apply", "-f", objs.to_str().unwrap()]);
+    let list = s.ok(&["get", "servicemonitors"]);
+    assert!(list.contains("cstor-pools"), "{list}");
+    assert!(s.ok(&["get", "smon"]).contains("cstor-pools"));
+    let rules = s.ok(&[
+        "get",
+        "prometheusrules",
+        "-o",
+        "jsonpath={.items[0].spec.groups[0].rules[0].alert}",
+    ]);
+    assert_eq!(rules, "PoolDegraded");
+    assert!(s.ok(&["get", "promrule"]).contains("cstor-alerts"));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: bad\nspec:\n  groups:\n  - name: g\n    rules:\n    - alert: NoExpr\n",
+    )
+    .unwrap();
+    let err = s.fails(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("expr"), "{err}");
+    let bad_interval = dir.path().join("bad2.yaml");
+    std::fs::write(
+        &bad_interval,
+        "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n  name: bad\nspec:\n  selector: {}\n  endpoints:\n  - port: metrics\n    interval: thirty\n",
+    )
+    .unwrap();
+    let err = s.fails(&["apply", "-f", bad_interval.to_str().unwrap()]);
+    assert!(err.contains("interval"), "{err}");
+}

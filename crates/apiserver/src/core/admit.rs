@@ -92,7 +92,7 @@ pub(super) fn random_suffix() -> String {
 impl Core {
     pub(super) fn check_namespace(
         &self,
-        inner: &Inner,
+        inner: &Staged,
         ctx: &WriteCtx,
         name: &str,
     ) -> Result<(), ApiError> {
@@ -311,5 +311,110 @@ impl Core {
             }
             _ => {}
         }
+    }
+}
+
+/// Which admission webhooks to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hooks {
+    Mutating,
+    Validating,
+}
+
+impl Core {
+    /// Calls the matching admission webhooks of one kind (crate::webhook) in name order:
+    /// mutating ones patch `object` in turn, validating ones may only refuse. Webhooks
+    /// never see writes to the webhook configurations themselves.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn call_webhooks(
+        &self,
+        hooks: Hooks,
+        ctx: &WriteCtx,
+        operation: &'static str,
+        part: Part,
+        name: &str,
+        object: Option<&mut Value>,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        if ctx.rt.group == "admissionregistration.k8s.io" {
+            return Ok(());
+        }
+        let prefix = match hooks {
+            Hooks::Mutating => crate::webhook::MUTATING_PREFIX,
+            Hooks::Validating => crate::webhook::VALIDATING_PREFIX,
+        };
+        let (configs, ns_labels) = {
+            let inner = self.inner.read();
+            let configs: Vec<Arc<Value>> = inner
+                .objects
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v.clone())
+                .collect();
+            if configs.is_empty() {
+                return Ok(());
+            }
+            let ns_labels = if ctx.rt.special == Special::Namespace {
+                None
+            } else {
+                inner
+                    .objects
+                    .get(&format!("core/namespaces//{}", ctx.namespace))
+                    .map(|ns| ns["metadata"]["labels"].clone())
+            };
+            (configs, ns_labels)
+        };
+        let mut object = object;
+        for config in &configs {
+            for hook in config["webhooks"].as_array().into_iter().flatten() {
+                let current = object.as_deref().cloned();
+                let ns_labels = match ctx.rt.special {
+                    Special::Namespace => current
+                        .as_ref()
+                        .or(old)
+                        .map(|o| o["metadata"]["labels"].clone()),
+                    _ => ns_labels.clone(),
+                };
+                let attrs = crate::webhook::Attributes {
+                    operation,
+                    group: &ctx.rt.group,
+                    version: &ctx.version,
+                    kind: &ctx.rt.kind,
+                    resource: &ctx.rt.plural,
+                    subresource: if part == Part::Status { "status" } else { "" },
+                    namespaced: ctx.rt.namespaced,
+                    namespace: &ctx.namespace,
+                    name,
+                    object: current.as_ref(),
+                    old_object: old,
+                    namespace_labels: ns_labels,
+                    user: "system:admin",
+                    dry_run: ctx.dry_run,
+                };
+                if !crate::webhook::hook_matches(hook, &attrs) {
+                    continue;
+                }
+                match crate::webhook::call(hook, &attrs) {
+                    Ok(crate::webhook::Verdict::Denied(e)) => return Err(e),
+                    Ok(crate::webhook::Verdict::Allowed { patch }) => {
+                        if let (Hooks::Mutating, Some(p), Some(o)) =
+                            (hooks, patch, object.as_deref_mut())
+                        {
+                            crate::patch::json(o, &p).map_err(|e| {
+                                crate::webhook::call_failed(
+                                    hook,
+                                    &format!("applying its patch: {e}"),
+                                )
+                            })?;
+                        }
+                    }
+                    Err(why) if crate::webhook::ignores_failure(hook) => {
+                        tracing::warn!(webhook = hook["name"].as_str().unwrap_or(""), %why, "admission webhook failed; failurePolicy Ignore");
+                    }
+                    Err(why) => return Err(crate::webhook::call_failed(hook, &why)),
+                }
+            }
+        }
+        Ok(())
     }
 }

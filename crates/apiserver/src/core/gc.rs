@@ -12,7 +12,7 @@ impl Core {
     /// ones, deletes dependents whose owners are all gone, and expires old events.
     /// Returns whether it changed anything (the caller repeats until it does not).
     pub(crate) fn collect_garbage(&self) -> Result<bool, ApiError> {
-        let mut inner = self.inner.upgradable_read();
+        let inner = self.writer();
         let now = time::now_secs();
         let uids: HashSet<String> = inner
             .objects
@@ -135,14 +135,14 @@ impl Core {
             }
         }
         let changed = !pending.is_empty();
-        self.commit(&mut inner, pending)?;
+        self.commit(inner, pending)?;
         Ok(changed)
     }
 
     /// Terminating CRDs holding the cleanup finalizer: their objects are deleted (those
     /// with finalizers only marked, so their controllers still finish them); once none
     /// is left the finalizer goes, and with it the CRD.
-    fn clean_up_crds(&self, inner: &Inner, pending: &mut Pending) {
+    fn clean_up_crds(&self, inner: &Staged, pending: &mut Pending) {
         const PREFIX: &str = "apiextensions.k8s.io/customresourcedefinitions/";
         for (key, crd) in inner
             .objects
@@ -206,7 +206,7 @@ impl Core {
     /// finalizers only marked); once no dependent with `blockOwnerDeletion: true` is
     /// left, the `foregroundDeletion` finalizer goes (and with it the owner, when it
     /// held no other finalizer), as kube-controller-manager's garbage collector does.
-    fn foreground_deletions(&self, inner: &Inner, pending: &mut Pending) {
+    fn foreground_deletions(&self, inner: &Staged, pending: &mut Pending) {
         let owners: Vec<(&String, &Arc<Value>)> = inner
             .objects
             .iter()

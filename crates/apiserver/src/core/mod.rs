@@ -2,26 +2,37 @@
 //! `Core`, which owns the in-memory copy of the store, the watch history and the served
 //! resource types.
 //!
-//! Owns: `Inner` (objects, resourceVersion, history, store) under one `RwLock`. Writers
-//! take its upgradable read lock (one writer at a time) and hold it across the durable
-//! redb commit, so changes are totally ordered by resourceVersion and a reply is only
-//! sent after its change is on disk; readers (get, list, watch start) take the shared
-//! lock and never wait behind an fsync, only behind the short in-memory apply that
-//! follows it (the write lock, taken by upgrading). Lists copy `Arc`s under the lock
-//! and clone objects after releasing it.
-//! Invariants: resourceVersion only grows (also across restarts); the memory copy equals
-//! the store after every commit (on a failed commit neither changes); each change is
-//! broadcast to watchers after it is durable, in resourceVersion order; a status write
-//! never changes spec and a spec write never changes status; generation moves only when
-//! spec (everything but metadata and status) changes.
+//! Owns: `Inner` (the committed objects, resourceVersion and history: what readers see)
+//! under an `RwLock`, and `Staged` (the writers' view: committed plus staged changes,
+//! the next resourceVersion, the batch waiting for its fsync) under a `Mutex`.
+//!
+//! Group commit: a writer decides against `Staged` under its mutex (one writer at a
+//! time, so changes are totally ordered by resourceVersion), stages its changes there
+//! and releases the mutex; then it waits until a commit covering them is durable. The
+//! first waiting writer that finds no commit running becomes the leader: it takes the
+//! whole batch, commits it in one redb transaction (one fsync) without any lock, then
+//! applies it to `Inner` under the write lock, broadcasts it, and wakes the batch's
+//! writers. Writers arriving during that fsync stage the next batch, so concurrent
+//! writes share fsyncs while each reply still waits for its own data to be durable.
+//! Readers (get, list, watch start) take the shared lock of `Inner` and never wait
+//! behind an fsync, only behind the short in-memory apply. Lists copy `Arc`s under
+//! the lock and clone objects after releasing it.
+//! Invariants: resourceVersion only grows (also across restarts); readers and watchers
+//! only see durable changes, in resourceVersion order; `Inner` equals the store after
+//! every commit. A failed commit fails its batch and every change staged after it
+//! (they may depend on it): `Staged` is reset to `Inner` and those writers get the
+//! error, so no write that got an error reply is visible and none that got a success
+//! is lost. A status write never changes spec and a spec write never changes status;
+//! generation moves only when spec (everything but metadata and status) changes.
 //! Never: blocks the async runtime outside `tokio::task::block_in_place` (callers wrap
-//! writes), or sends a watch event for an uncommitted change.
+//! writes), sends a watch event for an uncommitted change, or holds the `Staged` mutex
+//! or the `Inner` lock across an fsync.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use parking_lot::{RwLock, RwLockUpgradableReadGuard};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, Notify};
 
@@ -111,19 +122,45 @@ pub(crate) struct Filter {
     pub(crate) fields: FieldSelector,
 }
 
+/// The committed state: what readers and watchers see.
 #[derive(Debug)]
 struct Inner {
-    store: Store,
     rv: u64,
     floor: u64,
     objects: BTreeMap<String, Arc<Value>>,
     history: VecDeque<Arc<Change>>,
 }
 
+/// Outcome of a staged write, filled in by the commit leader.
+#[derive(Debug, Default)]
+struct Ticket {
+    /// None until its commit finished; then Ok, or the commit's error.
+    outcome: Mutex<Option<Result<(), String>>>,
+}
+
+/// The writers' view (see the module doc).
+#[derive(Debug)]
+struct Staged {
+    /// Committed objects with the staged changes applied.
+    objects: BTreeMap<String, Arc<Value>>,
+    /// The newest resourceVersion handed out.
+    rv: u64,
+    /// Staged changes not yet taken by a leader, in resourceVersion order.
+    batch: Vec<Arc<Change>>,
+    /// The writers of `batch`.
+    tickets: Vec<Arc<Ticket>>,
+    /// A leader is committing (outside the mutex).
+    committing: bool,
+}
+
 /// The object service (see the module doc).
 #[derive(Debug)]
 pub(crate) struct Core {
+    store: Store,
     inner: RwLock<Inner>,
+    staged: Mutex<Staged>,
+    /// Signalled when a leader finishes a commit.
+    committed: Condvar,
     tx: broadcast::Sender<Arc<Change>>,
     registry: RwLock<Arc<Registry>>,
     aliases: Vec<Arc<crate::Alias>>,
@@ -132,9 +169,9 @@ pub(crate) struct Core {
 
 type Pending = Vec<(EventType, String, Value)>;
 
-/// A writer's hold on the state: excludes other writers (and is held across the disk
-/// commit) but not readers; `Core::commit` upgrades it briefly to change memory.
-type Writer<'a> = RwLockUpgradableReadGuard<'a, Inner>;
+/// A writer's hold on the staged state: excludes other writers, not readers; released
+/// by `Core::commit` before it waits for the fsync.
+type Writer<'a> = MutexGuard<'a, Staged>;
 
 /// The new history floor (newest resourceVersion dropped) over the entries `(rv, at_ms)`
 /// in order: entries older than `WATCH_HISTORY_RETENTION` go (etcd's and
@@ -213,8 +250,16 @@ impl Core {
         let (store, loaded) = Store::open(path)?;
         let (tx, _) = broadcast::channel(limits::WATCH_BROADCAST_EVENTS_MAX);
         let core = Core {
+            store,
+            staged: Mutex::new(Staged {
+                objects: loaded.objects.clone(),
+                rv: loaded.resource_version,
+                batch: Vec::new(),
+                tickets: Vec::new(),
+                committing: false,
+            }),
+            committed: Condvar::new(),
             inner: RwLock::new(Inner {
-                store,
                 rv: loaded.resource_version,
                 floor: loaded.history_floor,
                 objects: loaded.objects,
@@ -258,54 +303,114 @@ impl Core {
         self.inner.read().rv
     }
 
-    /// Commits `pending` durably, then updates memory and notifies watchers.
+    /// The writers' view; hold it from reading the state a write depends on to staging
+    /// the write with `commit`.
+    fn writer(&self) -> Writer<'_> {
+        self.staged.lock()
+    }
+
+    /// Stages `pending` (assigning resourceVersions), releases the writer hold and
+    /// returns once the changes are durable (leading the commit when no other writer
+    /// is), or with the error of the commit that failed them.
     fn commit(
         &self,
-        inner: &mut Writer<'_>,
+        mut staged: Writer<'_>,
         pending: Pending,
     ) -> Result<Vec<Arc<Change>>, ApiError> {
         if pending.is_empty() {
             return Ok(Vec::new());
         }
-        let mut rv = inner.rv;
         let at_ms = time::now_ms();
         let mut changes = Vec::with_capacity(pending.len());
         for (kind, key, mut obj) in pending {
-            rv += 1;
+            staged.rv += 1;
+            let rv = staged.rv;
             if let Some(m) = obj["metadata"].as_object_mut() {
                 m.insert("resourceVersion".into(), json!(rv.to_string()));
             }
-            let prev = inner.objects.get(&key).cloned();
+            let object = Arc::new(obj);
+            let prev = match kind {
+                EventType::Deleted => staged.objects.remove(&key),
+                _ => staged.objects.insert(key.clone(), object.clone()),
+            };
             changes.push(Arc::new(Change {
                 rv,
                 kind,
                 key,
-                object: Arc::new(obj),
+                object,
                 at_ms,
                 prev,
             }));
         }
-        let floor = history_floor(
-            inner
-                .history
-                .iter()
-                .chain(changes.iter())
-                .map(|c| (c.rv, c.at_ms)),
-            inner.history.len() + changes.len(),
-            inner.floor,
-            at_ms,
-        );
-        // The disk commit (fsync) runs under the upgradable lock only: it keeps other
-        // writers out, while reads and watch starts go on against the last committed
-        // state. Memory changes afterwards, under the write lock, briefly.
-        inner.store.commit(&changes, rv, floor)?;
+        let ticket = Arc::new(Ticket::default());
+        staged.batch.extend(changes.iter().cloned());
+        staged.tickets.push(ticket.clone());
+        loop {
+            if let Some(outcome) = ticket.outcome.lock().take() {
+                return outcome
+                    .map(|()| changes)
+                    .map_err(|e| ApiError::Internal(format!("store commit failed: {e}")));
+            }
+            if staged.committing {
+                self.committed.wait(&mut staged);
+                continue;
+            }
+            staged.committing = true;
+            let batch = std::mem::take(&mut staged.batch);
+            let tickets = std::mem::take(&mut staged.tickets);
+            let outcome = MutexGuard::unlocked(&mut staged, || self.commit_batch(batch));
+            if outcome.is_err() {
+                // Everything staged since depends on the failed batch: drop it all and
+                // start again from what is on disk.
+                let inner = self.inner.read();
+                staged.objects = inner.objects.clone();
+                staged.rv = inner.rv;
+                staged.batch.clear();
+                for t in staged.tickets.drain(..) {
+                    *t.outcome.lock() =
+                        Some(Err("an earlier write it depended on was not stored".into()));
+                }
+            }
+            let msg = outcome.map_err(|e| e.to_string());
+            for t in tickets {
+                *t.outcome.lock() = Some(msg.clone());
+            }
+            staged.committing = false;
+            self.committed.notify_all();
+        }
+    }
+
+    /// The leader's part: one durable redb commit of `batch`, then memory, watchers,
+    /// the registry and the garbage collector.
+    fn commit_batch(&self, batch: Vec<Arc<Change>>) -> Result<(), ApiError> {
+        let Some(last) = batch.last() else {
+            return Ok(());
+        };
+        let rv = last.rv;
+        let (floor, old_floor) = {
+            let inner = self.inner.read();
+            let floor = history_floor(
+                inner
+                    .history
+                    .iter()
+                    .chain(batch.iter())
+                    .map(|c| (c.rv, c.at_ms)),
+                inner.history.len() + batch.len(),
+                inner.floor,
+                time::now_ms(),
+            );
+            (floor, inner.floor)
+        };
+        debug_assert!(floor >= old_floor);
+        self.store.commit(&batch, rv, floor)?;
         let mut crd_changed = false;
         let mut deleted = false;
-        inner.with_upgraded(|inner| {
+        {
+            let mut inner = self.inner.write();
             assert!(rv > inner.rv, "resourceVersion must grow");
             inner.rv = rv;
             inner.floor = floor;
-            for c in &changes {
+            for c in &batch {
                 match c.kind {
                     EventType::Deleted => {
                         inner.objects.remove(&c.key);
@@ -325,24 +430,18 @@ impl Core {
             while inner.history.front().is_some_and(|c| c.rv <= floor) {
                 inner.history.pop_front();
             }
-        });
+        }
         if crd_changed {
-            let crds: Vec<Arc<Value>> = inner
-                .objects
-                .iter()
-                .filter(|(k, _)| k.starts_with("apiextensions.k8s.io/customresourcedefinitions/"))
-                .map(|(_, v)| v.clone())
-                .collect();
-            *self.registry.write() = Arc::new(Registry::build(&crds, &self.aliases));
+            self.rebuild_registry();
         }
         if deleted
-            || changes
+            || batch
                 .iter()
                 .any(|c| c.object["metadata"].get("deletionTimestamp").is_some())
         {
             self.gc_wakeup.notify_one();
         }
-        Ok(changes)
+        Ok(())
     }
 
     /// Gets one object (stored form).

@@ -9,7 +9,7 @@ impl Core {
     /// queues the quotas' new `status.used`.
     pub(super) fn charge_quota(
         &self,
-        inner: &Inner,
+        inner: &Staged,
         ctx: &WriteCtx,
         pvc: &Value,
         pending: &mut Pending,
@@ -66,7 +66,7 @@ impl Core {
         Ok(())
     }
 
-    pub(super) fn namespace_pvcs(&self, inner: &Inner, ns: &str) -> Vec<Value> {
+    pub(super) fn namespace_pvcs(&self, inner: &Staged, ns: &str) -> Vec<Value> {
         let prefix = format!("core/persistentvolumeclaims/{ns}/");
         inner
             .objects
@@ -78,7 +78,7 @@ impl Core {
 
     pub(super) fn refresh_quotas(
         &self,
-        inner: &Inner,
+        inner: &Staged,
         ns: &str,
         without: &str,
         pending: &mut Pending,

@@ -690,3 +690,126 @@ fn metadata_is_validated_like_kube_apiserver() {
     .unwrap();
     assert!(core.get(&c.rt, "a", "ok").is_err());
 }
+
+/// Benchmark (bench/apiserver.sh, never in CI): `BENCH_WRITERS` threads (default 32)
+/// each create ConfigMaps for `BENCH_SECS` seconds (default 5) on a store in
+/// `BENCH_DIR` (default the temp dir; use a real disk, tmpfs makes fsync free);
+/// prints writes/s.
+#[test]
+#[ignore]
+fn bench_concurrent_writers() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let writers = env("BENCH_WRITERS", 32) as usize;
+    let secs = env("BENCH_SECS", 5);
+    let dir = match std::env::var_os("BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let core = open(&dir);
+    make_ns(&core, "bench");
+    let c = ctx(&core, "", "configmaps", "bench");
+    let stop = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let started = std::time::Instant::now();
+    let total: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (core, c) = (&core, c.clone());
+                s.spawn(move || {
+                    let mut n = 0;
+                    while std::time::Instant::now() < stop {
+                        core.create(
+                            &c,
+                            json!({"metadata": {"name": format!("w{w}-{n}")}, "data": {"k": "v"}}),
+                        )
+                        .unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "apiserver store: {writers} concurrent writers: {total} creates in {elapsed:.1} s = {:.0} writes/s",
+        total as f64 / elapsed
+    );
+}
+
+#[test]
+fn concurrent_writers_share_fsyncs_and_each_write_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = open(&dir);
+    make_ns(&core, "a");
+    let c = ctx(&core, "", "configmaps", "a");
+    let before = core.store.commits();
+    const WRITERS: usize = 16;
+    const EACH: usize = 15;
+    std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let (core, c) = (&core, c.clone());
+            s.spawn(move || {
+                for n in 0..EACH {
+                    let name = format!("w{w}-{n}");
+                    let got = core
+                        .create(&c, json!({"metadata": {"name": name}}))
+                        .unwrap();
+                    // The reply comes after the commit: readers see it already.
+                    assert!(core.get(&c.rt, "a", &name).is_ok());
+                    assert!(got.object["metadata"]["resourceVersion"].is_string());
+                }
+            });
+        }
+    });
+    let commits = core.store.commits() - before;
+    let writes = (WRITERS * EACH) as u64;
+    // Serialised fsyncs would make one commit per write.
+    assert!(
+        commits * 2 <= writes,
+        "{commits} commits for {writes} concurrent writes: no group commit"
+    );
+    let rv = core.resource_version();
+    drop(core);
+    let core = open(&dir);
+    assert_eq!(core.resource_version(), rv);
+    let page = core
+        .list(&c.rt, &Filter::default(), None, None, ListAt::Latest)
+        .unwrap();
+    assert_eq!(page.items.len(), WRITERS * EACH);
+}
+
+#[test]
+fn a_failed_commit_fails_its_write_and_later_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = open(&dir);
+    make_ns(&core, "a");
+    let c = ctx(&core, "", "configmaps", "a");
+    let rv = core.resource_version();
+    core.store
+        .fail_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = core
+        .create(&c, json!({"metadata": {"name": "lost"}}))
+        .unwrap_err();
+    assert_eq!(err.code(), 500, "{err}");
+    assert!(core.get(&c.rt, "a", "lost").is_err());
+    assert_eq!(core.resource_version(), rv);
+    // The staged view was reset: the same name can be created and RVs go on from disk.
+    let w = core
+        .create(&c, json!({"metadata": {"name": "lost"}}))
+        .unwrap();
+    assert_eq!(
+        w.object["metadata"]["resourceVersion"],
+        json!((rv + 1).to_string())
+    );
+    drop(core);
+    let core = open(&dir);
+    assert!(core.get(&c.rt, "a", "lost").is_ok());
+    assert_eq!(core.resource_version(), rv + 1);
+}

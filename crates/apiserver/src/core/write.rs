@@ -60,11 +60,30 @@ impl Core {
                 m.remove("status");
             }
         }
+        let main = Part::Main { has_status: false };
+        self.call_webhooks(
+            Hooks::Mutating,
+            ctx,
+            "CREATE",
+            main,
+            &name,
+            Some(&mut obj),
+            None,
+        )?;
         let mut warnings = self.validate(ctx, &mut obj, &name)?;
         let causes = crate::builtin::validate(&ctx.rt, &obj, None);
         if !causes.is_empty() {
             return Err(invalid(&ctx.rt, &name, causes));
         }
+        self.call_webhooks(
+            Hooks::Validating,
+            ctx,
+            "CREATE",
+            main,
+            &name,
+            Some(&mut obj),
+            None,
+        )?;
         self.prepare_create(ctx, &mut obj, &mut warnings);
         let mut stored = to_internal(&ctx.rt, &obj)?;
         {
@@ -95,7 +114,7 @@ impl Core {
             ),
         }
         let key = ctx.rt.key(&ctx.namespace_for_key(), &name);
-        let mut inner = self.inner.upgradable_read();
+        let inner = self.writer();
         self.check_namespace(&inner, ctx, &name)?;
         if inner.objects.contains_key(&key) {
             return Err(ApiError::AlreadyExists {
@@ -115,7 +134,7 @@ impl Core {
             });
         }
         pending.insert(0, (EventType::Added, key, stored));
-        let changes = self.commit(&mut inner, pending)?;
+        let changes = self.commit(inner, pending)?;
         Ok(Written {
             object: to_external(&ctx.rt, &ctx.version, &changes[0].object),
             warnings,
@@ -194,9 +213,10 @@ impl Core {
                 )));
             }
         }
-        let exists = self.get(&ctx.rt, &ctx.namespace_for_key(), name).ok();
+        let key = ctx.rt.key(&ctx.namespace_for_key(), name);
+        let exists = self.writer().objects.contains_key(&key);
         match exists {
-            None => {
+            false => {
                 if part == Part::Status {
                     return Err(not_found(&ctx.rt, name));
                 }
@@ -215,7 +235,7 @@ impl Core {
                 w.created = true;
                 Ok(w)
             }
-            Some(_) => self.update_with(
+            true => self.update_with(
                 ctx,
                 name,
                 part,
@@ -280,10 +300,10 @@ impl Core {
         let managed_by_apply = source == Source::Apply;
         let is_put = source == Source::Put;
         let key = rt.key(&ctx.namespace_for_key(), name);
-        let mut held = hold.then(|| self.inner.upgradable_read());
+        let mut held = hold.then(|| self.writer());
         let current_stored = match &held {
             Some(g) => g.objects.get(&key).cloned(),
-            None => self.inner.read().objects.get(&key).cloned(),
+            None => self.writer().objects.get(&key).cloned(),
         }
         .ok_or_else(|| not_found(rt, name))?;
         let current = to_external(rt, &ctx.version, &current_stored);
@@ -291,6 +311,15 @@ impl Core {
         if !body.is_object() {
             return Err(ApiError::BadRequest("body must be a JSON object".into()));
         }
+        self.call_webhooks(
+            Hooks::Mutating,
+            ctx,
+            "UPDATE",
+            part,
+            name,
+            Some(&mut body),
+            Some(&current),
+        )?;
         self.check_kind(ctx, &body)?;
         if let Some(n) = meta_str(&body, "name") {
             if n != name {
@@ -400,6 +429,15 @@ impl Core {
         if rt.special == Special::Crd && part != Part::Status {
             new["status"] = crd_status(&new);
         }
+        self.call_webhooks(
+            Hooks::Validating,
+            ctx,
+            "UPDATE",
+            part,
+            name,
+            Some(&mut new),
+            Some(&current),
+        )?;
         if spec_part(&new) != spec_part(&current) && part != Part::Status {
             let g = current["metadata"]["generation"].as_i64().unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
@@ -414,9 +452,9 @@ impl Core {
                 m.remove("managedFields");
             }
         }
-        let mut inner = match held.take() {
+        let inner = match held.take() {
             Some(g) => g,
-            None => self.inner.upgradable_read(),
+            None => self.writer(),
         };
         let live = inner
             .objects
@@ -481,7 +519,7 @@ impl Core {
         if finishing && rt.special == Special::Pvc {
             self.refresh_quotas(&inner, &ctx.namespace, name, &mut pending);
         }
-        let changes = self.commit(&mut inner, pending)?;
+        let changes = self.commit(inner, pending)?;
         Ok(Attempt::Done(Written {
             object: to_external(rt, &ctx.version, &changes[0].object),
             warnings,
@@ -499,7 +537,20 @@ impl Core {
     ) -> Result<Value, ApiError> {
         let rt = &ctx.rt;
         let key = rt.key(&ctx.namespace_for_key(), name);
-        let mut inner = self.inner.upgradable_read();
+        let before = self.writer().objects.get(&key).cloned();
+        if let Some(old) = before {
+            let old = to_external(rt, &ctx.version, &old);
+            self.call_webhooks(
+                Hooks::Validating,
+                ctx,
+                "DELETE",
+                Part::Main { has_status: false },
+                name,
+                None,
+                Some(&old),
+            )?;
+        }
+        let inner = self.writer();
         let current = inner
             .objects
             .get(&key)
@@ -569,7 +620,7 @@ impl Core {
                 }
             }
             pending.insert(0, (EventType::Modified, key, nv));
-            let changes = self.commit(&mut inner, pending)?;
+            let changes = self.commit(inner, pending)?;
             self.gc_wakeup.notify_one();
             return Ok(to_external(rt, &ctx.version, &changes[0].object));
         }
@@ -577,7 +628,7 @@ impl Core {
         if rt.special == Special::Pvc {
             self.refresh_quotas(&inner, &ctx.namespace, name, &mut pending);
         }
-        let changes = self.commit(&mut inner, pending)?;
+        let changes = self.commit(inner, pending)?;
         Ok(to_external(rt, &ctx.version, &changes[0].object))
     }
 }

@@ -22,6 +22,12 @@ pub struct Args {
     /// does this and the embedded server is not used.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub storage_controllers: bool,
+    /// Directory of the container logs `kubectl logs` serves:
+    /// `DIR/<namespace>_<pod>_<container>.log` (`.log.1` for --previous), or the file a
+    /// Pod's `cstor.openebs.io/log-path[.<container>]` annotation names inside DIR
+    /// (docs/apiserver-pod-logs.md). Default: DATA_DIR/pod-logs.
+    #[arg(long)]
+    pub pod_log_dir: Option<PathBuf>,
 }
 
 /// The CustomResourceDefinitions served from the start, as apiextensions.k8s.io/v1 JSON.
@@ -81,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             crds: initial_crds(),
             aliases: aliases(),
             storage_controllers: args.storage_controllers,
+            pod_log_dir: args.pod_log_dir.clone(),
         })
         .await
         .with_context(|| format!("starting the API server in {}", args.data_dir.display()))?;

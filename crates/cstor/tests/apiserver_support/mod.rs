@@ -36,6 +36,7 @@ pub fn have_kubectl() -> bool {
 pub struct ApiServer {
     child: Option<Child>,
     pub data_dir: PathBuf,
+    pub log: PathBuf,
     pub port: u16,
     pub cache_dir: PathBuf,
 }
@@ -43,7 +44,16 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts the server on `port` with `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path, port: u16) -> ApiServer {
-        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        ApiServer::start_logged(data_dir, port, &data_dir.with_extension("log"))
+    }
+
+    /// Like `start`, with the server's stderr appended to `log_path`.
+    pub fn start_logged(data_dir: &Path, port: u16, log_path: &Path) -> ApiServer {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cstor"))
             .args([
                 "apiserver",
@@ -59,6 +69,7 @@ impl ApiServer {
         let mut s = ApiServer {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
+            log: log_path.to_path_buf(),
             port,
             cache_dir: data_dir.with_extension("kubecache"),
         };
@@ -70,8 +81,7 @@ impl ApiServer {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                let log = std::fs::read_to_string(self.data_dir.with_extension("log"))
-                    .unwrap_or_default();
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 panic!("cstor apiserver exited early ({status}): {log}");
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.kubeconfig().exists() {
@@ -100,7 +110,7 @@ impl ApiServer {
     /// Restarts on the same port and data dir (after `kill9`).
     pub fn restart(&mut self) {
         self.kill9();
-        let fresh = ApiServer::start(&self.data_dir.clone(), self.port);
+        let fresh = ApiServer::start_logged(&self.data_dir.clone(), self.port, &self.log.clone());
         *self = fresh;
     }
 
