@@ -99,6 +99,10 @@ impl PoolInner {
                 pool: self.clone(),
                 vol: v.clone(),
             };
+            if let Some(set) = &r.set {
+                h.replay_set(set, r.data.as_deref().map(Vec::as_slice));
+                continue;
+            }
             let res = match &r.data {
                 Some(d) => h.write_inner(r.offset, d, r.io_number, false),
                 None => h.unmap_inner(r.offset, r.unmap_len, r.io_number, false),
