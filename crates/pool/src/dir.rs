@@ -171,6 +171,11 @@ pub(crate) struct DirRec {
     /// Boot id of the open that wrote it (version 3; absent before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// Intent-log blocks (vdev, offset, asize) a replay claimed, recorded by the commits
+    /// run during that replay (version 3; empty otherwise): a later open frees those its
+    /// own replay does not reach (a tail dropped with `discard_log_tail`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_claims: Vec<(u32, u64, u64)>,
 }
 
 mod bp_hex {

@@ -50,6 +50,15 @@ impl Pool {
             .ro_threshold_pct
             .store(u64::from(dir.ro_threshold_pct), Ordering::Relaxed);
         *inner.default_compression.lock() = dir.compression;
+        let earlier_claims: Vec<Dva> = dir
+            .log_claims
+            .iter()
+            .map(|&(vdev, offset, asize)| Dva {
+                vdev,
+                offset,
+                asize,
+            })
+            .collect();
         {
             let mut vols = inner.vols.write();
             for v in dir.volumes {
@@ -63,7 +72,7 @@ impl Pool {
             cs.dir_segments = segments;
             cs.last_txg = txg;
         }
-        inner.replay(&root)?;
+        inner.replay(&root, earlier_claims)?;
         inner.cleanup_receiving()?;
         Ok(Pool::start(inner))
     }

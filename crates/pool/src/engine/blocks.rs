@@ -43,6 +43,7 @@ impl PoolInner {
             durable_seq: AtomicU64::new(0),
             boot: Mutex::new(records::Boot::default()),
             clean_close: AtomicBool::new(false),
+            log_claims: Mutex::new(Vec::new()),
         }
     }
 

@@ -20,6 +20,12 @@ impl PoolInner {
             volumes: Vec::new(),
             clean_shutdown: self.clean_close.load(Ordering::SeqCst),
             boot_id: self.boot.lock().this_boot.clone(),
+            log_claims: self
+                .log_claims
+                .lock()
+                .iter()
+                .map(|d| (d.vdev, d.offset, d.asize))
+                .collect(),
         };
         let mut segments: Vec<Vec<u8>> = Vec::new();
         let mut line = header.to_bytes();

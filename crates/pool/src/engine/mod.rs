@@ -522,6 +522,9 @@ pub(crate) struct PoolInner {
     boot: Mutex<records::Boot>,
     /// Set by [`Pool::close`]: its commit records a clean shutdown.
     clean_close: AtomicBool,
+    /// While a replay runs: the log blocks it (and the interrupted replays before it)
+    /// claimed, recorded in the directory by the commits it runs.
+    log_claims: Mutex<Vec<Dva>>,
 }
 
 /// Root holds (see [`RootHold`]) and the frees they hold back.
