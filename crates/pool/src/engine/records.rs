@@ -161,10 +161,14 @@ impl PoolInner {
 
 impl Volume {
     /// A write or UNMAP carrying `io` was put in txg `txg` (and pushed to the log as push
-    /// `seq`). Called under the volume's state lock, so pushes are in order.
-    pub(crate) fn note_unstable(&self, io: Option<u64>, seq: u64, txg: u64) {
+    /// `seq`). Called under the volume's state lock, so pushes are in order. Pops what
+    /// became stable first, so the queue holds at most the writes not yet stable.
+    pub(crate) fn note_unstable(&self, pool: &PoolInner, io: Option<u64>, seq: u64, txg: u64) {
         let Some(io) = io else { return };
+        let durable = pool.durable_seq.load(Ordering::SeqCst);
+        let committed = pool.last_committed.load(Ordering::SeqCst);
         let mut s = self.stab.lock();
+        s.settle(durable, committed);
         s.queue.push_back((seq, txg, io));
         *s.ios.entry(io).or_insert(0) += 1;
     }
@@ -294,7 +298,12 @@ impl VolumeHandle {
             // drops the log record) writes it.
             apply(&mut meta);
             p.meta_dirty.store(true, Ordering::SeqCst);
+            // Counted as the log's (and dirty) bytes like a write's data: the commit that
+            // drops the record and the flush that writes it release them.
+            let len = data.as_ref().map_or(0, |d| d.len() as u64);
+            p.dirty_bytes.fetch_add(len, Ordering::SeqCst);
             let mut l = p.log.lock();
+            l.bytes += len;
             l.records.push(LogRecord {
                 vol_guid: self.vol.guid,
                 txg,

@@ -267,7 +267,7 @@ impl VolumeHandle {
             });
             l.bytes += bs;
             l.pushed += 1;
-            self.vol.note_unstable(Some(incoming_io), l.pushed, txg);
+            self.vol.note_unstable(p, Some(incoming_io), l.pushed, txg);
         }
         p.dirty_bytes.fetch_add(bs, Ordering::SeqCst);
         drop(st);
@@ -495,11 +495,11 @@ impl VolumeHandle {
             // Counted in full even when shared: a later overwrite of the block un-shares it.
             l.bytes += len;
             l.pushed += 1;
-            self.vol.note_unstable(io, l.pushed, txg);
+            self.vol.note_unstable(p, io, l.pushed, txg);
             p.dirty_bytes.fetch_add(len, Ordering::SeqCst);
         } else {
             // Not logged (replay, receive): stable with its txg's commit.
-            self.vol.note_unstable(io, u64::MAX, txg);
+            self.vol.note_unstable(p, io, u64::MAX, txg);
         }
         drop(st);
         drop(txg_guard);
@@ -602,9 +602,9 @@ impl VolumeHandle {
                     set: None,
                 });
                 l.pushed += 1;
-                self.vol.note_unstable(io, l.pushed, txg);
+                self.vol.note_unstable(p, io, l.pushed, txg);
             } else {
-                self.vol.note_unstable(io, u64::MAX, txg);
+                self.vol.note_unstable(p, io, u64::MAX, txg);
             }
             drop(st);
             drop(txg_guard);
