@@ -30,6 +30,7 @@ pub use bp::Compression;
 pub use engine::{
     BlockIo, BlockStream, ChangedRange, DroppedLogTail, Pool, PoolOptions, PoolSpace, SnapshotInfo,
     StreamBlock, TraverseStats, VolumeHandle, VolumeInfo, VolumeRecords, WriteMode,
+    MAX_CURSOR_BYTES,
 };
 pub use error::{PoolError, Result};
 pub use send::StreamStats;

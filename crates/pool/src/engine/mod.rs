@@ -66,7 +66,7 @@ mod stream;
 mod volume;
 mod walk;
 
-pub use records::VolumeRecords;
+pub use records::{VolumeRecords, MAX_CURSOR_BYTES};
 pub use stream::{BlockStream, StreamBlock};
 pub use walk::BlockIo;
 
