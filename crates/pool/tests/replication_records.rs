@@ -298,3 +298,77 @@ fn records_and_flush_point_hold_across_power_cuts() {
         }
     }
 }
+
+/// Under concurrent writers and background commits, every block `read_with_io` returns
+/// carries the io its bytes were written with (whole-block writes whose bytes name their
+/// io, or two halves: the first names the io, partial overlays resolved at commit).
+#[test]
+fn read_with_io_is_consistent_under_concurrent_writes_and_commits() {
+    let store = Arc::new(MemStore::new(256 << 20));
+    let pool = Pool::create(
+        store,
+        PoolOptions {
+            background_commit: true,
+            txg_interval: std::time::Duration::from_millis(5),
+            ..popts("b")
+        },
+    )
+    .unwrap();
+    let v = pool
+        .create_volume("v", BLOCKS * BS, Some(BS as u32), Some(Compression::Off))
+        .unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let (v, stop) = (&v, &stop);
+            s.spawn(move || {
+                let mut rng = XorShift::new(t + 1);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let io = v.next_io().unwrap();
+                    // Each thread its own blocks: a block's writes come one after the
+                    // other, so its io is that of the write its first bytes name.
+                    let blk = rng.below(BLOCKS / 2) * 2 + t;
+                    let d = block_data(blk, io);
+                    if rng.below(3) == 0 {
+                        // Two halves with the same io: a partial overlay, then the rest.
+                        v.write(blk * BS, &d[..2048], Some(io)).unwrap();
+                        v.write(blk * BS + 2048, &d[2048..], Some(io)).unwrap();
+                    } else {
+                        v.write(blk * BS, &d, Some(io)).unwrap();
+                    }
+                }
+            });
+        }
+        // Stops the writers however this thread leaves (a failed check too).
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _stop = Stop(&stop);
+        let t0 = std::time::Instant::now();
+        let mut checked = 0u64;
+        let mut buf = vec![0u8; (BLOCKS * BS) as usize];
+        while t0.elapsed() < std::time::Duration::from_millis(700) {
+            let ios = v.read_with_io(0, &mut buf).unwrap();
+            for blk in 0..BLOCKS as usize {
+                let b = &buf[blk * BS as usize..(blk + 1) * BS as usize];
+                if b[2048..].iter().all(|&x| x == 0) && ios[blk] != 0 {
+                    // A half written so far: its first half names the io.
+                    assert_eq!(io_of(b), ios[blk], "block {blk}: half-written");
+                    continue;
+                }
+                let got = if b.iter().all(|&x| x == 0) {
+                    0
+                } else {
+                    io_of(b)
+                };
+                assert_eq!(got, ios[blk], "block {blk}: io and bytes differ");
+                checked += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(checked > 1000);
+    });
+}
