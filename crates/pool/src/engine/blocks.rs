@@ -195,6 +195,31 @@ impl PoolInner {
         move |b: &[u8]| checksum(b) == bp.cksum
     }
 
+    /// A block's logical bytes: first the store's cheap unverified read, checked here
+    /// once; a block that fails the check (or the cheap read) goes through
+    /// [`Self::read_stored`], which tries every copy and heals. Why: the store's `read`
+    /// verified with the pointer's checksum and then this layer checked again, two
+    /// checksums per block, and the decode copied uncompressed blocks once more.
+    pub(super) fn read_verified(&self, bp: &Bp) -> Result<Vec<u8>> {
+        let fast = self
+            .store
+            .read_unverified(&[(bp.dva, bp.psize)])
+            .pop()
+            .flatten();
+        self.verified_or_slow(bp, fast)
+    }
+
+    /// `fast` (unverified stored bytes of `bp`, if read) decoded when its checksum
+    /// matches, else the block read through [`Self::read_stored`].
+    pub(super) fn verified_or_slow(&self, bp: &Bp, fast: Option<Vec<u8>>) -> Result<Vec<u8>> {
+        match fast {
+            Some(stored) if stored.len() == bp.psize as usize && checksum(&stored) == bp.cksum => {
+                decode_payload_owned(bp, stored)
+            }
+            _ => self.read_stored(bp),
+        }
+    }
+
     pub(super) fn read_stored(&self, bp: &Bp) -> Result<Vec<u8>> {
         let verify = Self::verify_fn(bp);
         let stored = self.store.read(bp.dva, bp.psize, &verify)?;
@@ -217,7 +242,7 @@ impl PoolInner {
         if let Some(Cached::Bytes(b)) = self.cache.get(&key) {
             return Ok(b);
         }
-        let data = Arc::new(self.read_stored(bp)?);
+        let data = Arc::new(self.read_verified(bp)?);
         self.cache.insert(key, Cached::Bytes(data.clone()));
         Ok(data)
     }
@@ -234,7 +259,7 @@ impl PoolInner {
                 reason: format!("expected an indirect block, found {:?}", bp.kind),
             });
         }
-        let bps = Arc::new(decode_indirect(&self.read_stored(bp)?)?);
+        let bps = Arc::new(decode_indirect(&self.read_verified(bp)?)?);
         self.cache.insert(key, Cached::Bps(bps.clone()));
         Ok(bps)
     }
@@ -292,7 +317,9 @@ impl PoolInner {
     }
 
     /// Allocate and start writing `stored` for pointer `bp` (all but its address and
-    /// psize filled in); at most [`COMMIT_WRITES_IN_FLIGHT`] writes stay in flight.
+    /// psize filled in): gathered into the commit's current run (see [`Inflight`]), which
+    /// is started once it is full or the next block lies on another group; at most
+    /// [`COMMIT_WRITES_IN_FLIGHT`] runs stay in flight.
     pub(super) fn write_stored(
         &self,
         stored: Arc<Vec<u8>>,
@@ -301,18 +328,34 @@ impl PoolInner {
     ) -> Result<Bp> {
         bp.psize = stored.len() as u32;
         bp.dva = self.store.alloc(bp.psize, class, bp.birth)?;
-        let wait = self.store.write_start(bp.dva, stored)?;
-        let oldest = {
+        let full = {
             let mut q = self.inflight.lock();
-            q.0.push_back(wait);
-            if q.0.len() > COMMIT_WRITES_IN_FLIGHT {
-                q.0.pop_front()
-            } else {
+            let joins = q.run.last().is_some_and(|(d, _)| d.vdev == bp.dva.vdev)
+                && q.run_bytes + u64::from(bp.psize) <= COMMIT_RUN_BYTES;
+            let full = if joins || q.run.is_empty() {
                 None
-            }
+            } else {
+                q.run_bytes = 0;
+                Some(std::mem::take(&mut q.run))
+            };
+            q.run.push((bp.dva, stored));
+            q.run_bytes += u64::from(bp.psize);
+            full
         };
-        if let Some(w) = oldest {
-            w()?;
+        if let Some(run) = full {
+            let wait = self.store.write_start_many(run)?;
+            let oldest = {
+                let mut q = self.inflight.lock();
+                q.started.push_back(wait);
+                if q.started.len() > COMMIT_WRITES_IN_FLIGHT {
+                    q.started.pop_front()
+                } else {
+                    None
+                }
+            };
+            if let Some(w) = oldest {
+                w()?;
+            }
         }
         Ok(bp)
     }
@@ -371,6 +414,101 @@ impl PoolInner {
             level -= 1;
         }
         Ok(bp)
+    }
+
+    /// The level-1 indirect's pointers above data block `blk` (`Err(hole)`: a hole above
+    /// it, standing for the block): neighbouring blocks share it, so a read of many
+    /// blocks walks the tree once per 256 of them.
+    fn lookup_parent(
+        &self,
+        root: &Bp,
+        levels: u8,
+        blk: u64,
+    ) -> Result<std::result::Result<Arc<Vec<Bp>>, Bp>> {
+        let mut bp = *root;
+        let mut level = levels;
+        loop {
+            if bp.is_hole() {
+                return Ok(Err(Bp::hole(bp.birth, bp.io_max, 0)));
+            }
+            let bps = self.read_indirect(&bp)?;
+            if level <= 1 {
+                return Ok(Ok(bps));
+            }
+            let idx = ((blk / span_blocks(level - 1)) % BPS_PER_INDIRECT as u64) as usize;
+            bp = bps[idx];
+            level -= 1;
+        }
+    }
+
+    /// Current contents of blocks `first..first + n` of a volume (None: zeros), as
+    /// [`Self::block_contents`] gives them one by one. Why: a read of many blocks paid a
+    /// tree walk, a device request and a wait per block, in a row. Here blocks with no
+    /// dirty layer are looked up under one hold of the tree lock, the cache misses are
+    /// read in one batch ([`BlockStore::read_unverified`]: neighbours merged, all in
+    /// flight at once) and verified once each; blocks under a dirty layer or an UNMAP of
+    /// an open txg go through [`Self::block_contents`].
+    pub(super) fn blocks_contents(
+        &self,
+        v: &Volume,
+        first: u64,
+        n: usize,
+    ) -> Result<Vec<Option<Arc<Vec<u8>>>>> {
+        let layered: Vec<bool> = {
+            let st = v.state.lock();
+            (first..first + n as u64)
+                .map(|b| {
+                    st.open.contains_key(&b)
+                        || st.syncing.contains_key(&b)
+                        || range_covers(&st.open_frees, b).is_some()
+                        || range_covers(&st.syncing_frees, b).is_some()
+                })
+                .collect()
+        };
+        let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; n];
+        {
+            // Held over the reads, as for one block: a commit cannot publish a root
+            // (and so free these blocks) under this reader.
+            let tree = v.tree.read();
+            let mut misses: Vec<(usize, Bp)> = Vec::new();
+            let mut parent: Option<(u64, std::result::Result<Arc<Vec<Bp>>, Bp>)> = None;
+            for i in 0..n {
+                if layered[i] {
+                    continue;
+                }
+                let blk = first + i as u64;
+                let group = blk / BPS_PER_INDIRECT as u64;
+                if parent.as_ref().is_none_or(|(g, _)| *g != group) {
+                    parent = Some((group, self.lookup_parent(&tree, v.levels, blk)?));
+                }
+                let bp = match parent.as_ref().map(|(_, p)| p) {
+                    Some(Ok(bps)) => bps[(blk % BPS_PER_INDIRECT as u64) as usize],
+                    Some(Err(hole)) => *hole,
+                    None => continue,
+                };
+                if bp.is_hole() {
+                    continue;
+                }
+                match self.cache.get(&Key::of(&bp)) {
+                    Some(Cached::Bytes(d)) => out[i] = Some(d),
+                    _ => misses.push((i, bp)),
+                }
+            }
+            if !misses.is_empty() {
+                let reqs: Vec<(Dva, u32)> =
+                    misses.iter().map(|(_, bp)| (bp.dva, bp.psize)).collect();
+                let fast = self.store.read_unverified(&reqs);
+                for ((i, bp), f) in misses.iter().zip(fast) {
+                    let d = Arc::new(self.verified_or_slow(bp, f)?);
+                    self.cache.insert(Key::of(bp), Cached::Bytes(d.clone()));
+                    out[*i] = Some(d);
+                }
+            }
+        }
+        for i in (0..n).filter(|&i| layered[i]) {
+            out[i] = self.block_contents(v, first + i as u64)?;
+        }
+        Ok(out)
     }
 
     /// Current contents of block `blk` of a volume (None: zeros): the open txg's dirty

@@ -156,14 +156,18 @@ impl VolumeHandle {
             let st = self.vol.state.lock();
             self.check_range(&st, offset, len)?;
         }
+        if len == 0 {
+            return Ok(());
+        }
+        let first = offset / bs;
+        let end = (offset + len).div_ceil(bs);
+        let blocks = p.blocks_contents(&self.vol, first, (end - first) as usize)?;
         let mut pos = 0u64;
-        while pos < len {
+        for data in blocks {
             let abs = offset + pos;
-            let blk = abs / bs;
             let in_blk = abs % bs;
             let n = (bs - in_blk).min(len - pos);
             let dst = &mut buf[pos as usize..(pos + n) as usize];
-            let data = p.block_contents(&self.vol, blk)?;
             match data {
                 Some(d) => dst.copy_from_slice(&d[in_blk as usize..(in_blk + n) as usize]),
                 None => dst.fill(0),

@@ -977,6 +977,54 @@ impl BlockStore for Spa {
         Ok(Box::new(move || Ok(w.finish()?)))
     }
 
+    fn write_start_many(&self, blocks: Vec<(Dva, Arc<Vec<u8>>)>) -> Result<WriteWait, StoreError> {
+        let Some(first) = blocks.first().map(|b| b.0) else {
+            return Ok(Box::new(|| Ok(())));
+        };
+        if blocks.iter().any(|(d, b)| {
+            d.vdev != first.vdev || b.is_empty() || !b.len().is_multiple_of(SECTOR_SIZE as usize)
+        }) {
+            // Mixed groups or odd sizes: block by block (each checked there).
+            let mut waits = Vec::new();
+            for (dva, data) in blocks {
+                waits.push(self.write_start(dva, data)?);
+            }
+            return Ok(Box::new(move || {
+                let mut first = Ok(());
+                for w in waits {
+                    if let (Err(e), Ok(())) = (w(), &first) {
+                        first = Err(e);
+                    }
+                }
+                first
+            }));
+        }
+        let v = self
+            .vdev(first.vdev)
+            .ok_or(SpaError::InvalidAddress { dva: first })?;
+        let w = v.write_submit_many(&blocks)?;
+        Ok(Box::new(move || Ok(w.finish()?)))
+    }
+
+    fn read_unverified(&self, reqs: &[(Dva, u32)]) -> Vec<Option<Vec<u8>>> {
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; reqs.len()];
+        let mut by_vdev: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, (dva, _)) in reqs.iter().enumerate() {
+            by_vdev.entry(dva.vdev).or_default().push(i);
+        }
+        for (vdev, idx) in by_vdev {
+            let Some(v) = self.vdev(vdev) else { continue };
+            let sub: Vec<(Dva, u64)> = idx
+                .iter()
+                .map(|&i| (reqs[i].0, u64::from(reqs[i].1)))
+                .collect();
+            for (i, r) in idx.into_iter().zip(v.read_unverified_many(&sub)) {
+                out[i] = r;
+            }
+        }
+        out
+    }
+
     fn read(&self, dva: Dva, psize_bytes: u32, verify: Verify<'_>) -> Result<Vec<u8>, StoreError> {
         if psize_bytes == 0 || !psize_bytes.is_multiple_of(SECTOR_SIZE) {
             return Err(SpaError::InvalidAddress { dva }.into());
