@@ -36,6 +36,10 @@ pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 /// Default bound on dirty (not yet committed) data: writers wait above it, so memory stays
 /// bounded whatever the write rate.
 pub const DEFAULT_DIRTY_MAX_BYTES: u64 = 64 << 20;
+/// Multiple of the dirty bound at which writers of every volume wait, also those within
+/// their share of it (see `throttle_vol`): above what volumes within their shares can
+/// reach together with one over its share, so they never wait on another's commit.
+pub const DIRTY_HARD_FACTOR: u64 = 4;
 /// Default time between background txg commits: bounds the work a crash loses to the log
 /// and how long freed space waits.
 pub const DEFAULT_TXG_INTERVAL_MS: u64 = 5_000;

@@ -189,6 +189,13 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
         vec![None; reqs.len()]
     }
 
+    /// [`BlockStore::read_unverified`] limited to what needs no device I/O (bytes in the
+    /// page cache): never waits for a device, so an async thread may call it. `None`
+    /// where a device would have to be read. The default reads nothing this way.
+    fn read_cached(&self, reqs: &[(Dva, u32)]) -> Vec<Option<Vec<u8>>> {
+        vec![None; reqs.len()]
+    }
+
     /// Read a block of `psize_bytes`, trying every copy and reconstruction until `verify`
     /// accepts; heals the copies that did not.
     fn read(&self, dva: Dva, psize_bytes: u32, verify: Verify<'_>) -> Result<Vec<u8>, StoreError>;

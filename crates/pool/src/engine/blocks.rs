@@ -7,6 +7,12 @@
 
 use super::*;
 
+/// A block's current bytes (None: zeros).
+pub(super) type BlockBytes = Option<Arc<Vec<u8>>>;
+
+/// The pointers of a level-1 indirect, or the hole above it standing for its blocks.
+type Parent = std::result::Result<Arc<Vec<Bp>>, Bp>;
+
 impl PoolInner {
     pub(super) fn new(
         store: Arc<dyn BlockStore>,
@@ -418,27 +424,60 @@ impl PoolInner {
 
     /// The level-1 indirect's pointers above data block `blk` (`Err(hole)`: a hole above
     /// it, standing for the block): neighbouring blocks share it, so a read of many
-    /// blocks walks the tree once per 256 of them.
+    /// blocks walks the tree once per 256 of them. With `nowait`, `None` when an indirect
+    /// block is neither in the block cache nor in the page cache.
     fn lookup_parent(
         &self,
         root: &Bp,
         levels: u8,
         blk: u64,
-    ) -> Result<std::result::Result<Arc<Vec<Bp>>, Bp>> {
+        nowait: bool,
+    ) -> Result<Option<Parent>> {
         let mut bp = *root;
         let mut level = levels;
         loop {
             if bp.is_hole() {
-                return Ok(Err(Bp::hole(bp.birth, bp.io_max, 0)));
+                return Ok(Some(Err(Bp::hole(bp.birth, bp.io_max, 0))));
             }
-            let bps = self.read_indirect(&bp)?;
+            let bps = if nowait {
+                match self.read_indirect_nowait(&bp)? {
+                    Some(b) => b,
+                    None => return Ok(None),
+                }
+            } else {
+                self.read_indirect(&bp)?
+            };
             if level <= 1 {
-                return Ok(Ok(bps));
+                return Ok(Some(Ok(bps)));
             }
             let idx = ((blk / span_blocks(level - 1)) % BPS_PER_INDIRECT as u64) as usize;
             bp = bps[idx];
             level -= 1;
         }
+    }
+
+    /// [`Self::read_indirect`] from the block cache or the page cache only.
+    fn read_indirect_nowait(&self, bp: &Bp) -> Result<Option<Arc<Vec<Bp>>>> {
+        if let Some(Cached::Bps(b)) = self.cache.get(&Key::of(bp)) {
+            return Ok(Some(b));
+        }
+        if bp.kind != Some(BlockKind::Indirect) && bp.kind != Some(BlockKind::DirIndex) {
+            return Ok(None);
+        }
+        let Some(stored) = self
+            .store
+            .read_cached(&[(bp.dva, bp.psize)])
+            .pop()
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        if stored.len() != bp.psize as usize || checksum(&stored) != bp.cksum {
+            return Ok(None);
+        }
+        let bps = Arc::new(decode_indirect(&decode_payload_owned(bp, stored)?)?);
+        self.cache.insert(Key::of(bp), Cached::Bps(bps.clone()));
+        Ok(Some(bps))
     }
 
     /// Current contents of blocks `first..first + n` of a volume (None: zeros), as
@@ -448,22 +487,36 @@ impl PoolInner {
     /// read in one batch ([`BlockStore::read_unverified`]: neighbours merged, all in
     /// flight at once) and verified once each; blocks under a dirty layer or an UNMAP of
     /// an open txg go through [`Self::block_contents`].
+    ///
+    /// With `nowait`, `None` as soon as a block would need device I/O (it is in neither
+    /// the block cache, nor the page cache, nor a dirty layer that covers it whole):
+    /// never waits for a device, so an async thread may call it.
     pub(super) fn blocks_contents(
         &self,
         v: &Volume,
         first: u64,
         n: usize,
-    ) -> Result<Vec<Option<Arc<Vec<u8>>>>> {
+        nowait: bool,
+    ) -> Result<Option<Vec<BlockBytes>>> {
         let layered: Vec<bool> = {
             let st = v.state.lock();
-            (first..first + n as u64)
-                .map(|b| {
-                    st.open.contains_key(&b)
-                        || st.syncing.contains_key(&b)
-                        || range_covers(&st.open_frees, b).is_some()
-                        || range_covers(&st.syncing_frees, b).is_some()
-                })
-                .collect()
+            let mut layered = Vec::with_capacity(n);
+            for b in first..first + n as u64 {
+                let (o, s) = (st.open.get(&b), st.syncing.get(&b));
+                let (fo, fs) = (
+                    range_covers(&st.open_frees, b).is_some(),
+                    range_covers(&st.syncing_frees, b).is_some(),
+                );
+                let l = o.is_some() || s.is_some() || fo || fs;
+                // Without a device read only if a layer ends the lookup above the tree.
+                let whole =
+                    |d: Option<&Dirty>| matches!(d, Some(Dirty::Data { .. } | Dirty::Hole { .. }));
+                if nowait && l && !(whole(o) || fo || whole(s) || fs) {
+                    return Ok(None);
+                }
+                layered.push(l);
+            }
+            layered
         };
         let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; n];
         {
@@ -471,7 +524,7 @@ impl PoolInner {
             // (and so free these blocks) under this reader.
             let tree = v.tree.read();
             let mut misses: Vec<(usize, Bp)> = Vec::new();
-            let mut parent: Option<(u64, std::result::Result<Arc<Vec<Bp>>, Bp>)> = None;
+            let mut parent: Option<(u64, Parent)> = None;
             for i in 0..n {
                 if layered[i] {
                     continue;
@@ -479,7 +532,10 @@ impl PoolInner {
                 let blk = first + i as u64;
                 let group = blk / BPS_PER_INDIRECT as u64;
                 if parent.as_ref().is_none_or(|(g, _)| *g != group) {
-                    parent = Some((group, self.lookup_parent(&tree, v.levels, blk)?));
+                    match self.lookup_parent(&tree, v.levels, blk, nowait)? {
+                        Some(p) => parent = Some((group, p)),
+                        None => return Ok(None),
+                    }
                 }
                 let bp = match parent.as_ref().map(|(_, p)| p) {
                     Some(Ok(bps)) => bps[(blk % BPS_PER_INDIRECT as u64) as usize],
@@ -497,9 +553,23 @@ impl PoolInner {
             if !misses.is_empty() {
                 let reqs: Vec<(Dva, u32)> =
                     misses.iter().map(|(_, bp)| (bp.dva, bp.psize)).collect();
-                let fast = self.store.read_unverified(&reqs);
+                let fast = if nowait {
+                    self.store.read_cached(&reqs)
+                } else {
+                    self.store.read_unverified(&reqs)
+                };
                 for ((i, bp), f) in misses.iter().zip(fast) {
-                    let d = Arc::new(self.verified_or_slow(bp, f)?);
+                    let ok = f
+                        .as_ref()
+                        .is_some_and(|s| s.len() == bp.psize as usize && checksum(s) == bp.cksum);
+                    let d = match f {
+                        Some(stored) if ok => decode_payload_owned(bp, stored)?,
+                        // Not in the page cache, or bad there: only a device read (with
+                        // every copy and healing) can answer.
+                        _ if nowait => return Ok(None),
+                        _ => self.read_stored(bp)?,
+                    };
+                    let d = Arc::new(d);
                     self.cache.insert(Key::of(bp), Cached::Bytes(d.clone()));
                     out[*i] = Some(d);
                 }
@@ -508,7 +578,7 @@ impl PoolInner {
         for i in (0..n).filter(|&i| layered[i]) {
             out[i] = self.block_contents(v, first + i as u64)?;
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Current contents of block `blk` of a volume (None: zeros): the open txg's dirty

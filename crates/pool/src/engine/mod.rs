@@ -81,7 +81,9 @@ type DirSegments = std::collections::HashMap<u128, Vec<Bp>>;
 pub struct PoolOptions {
     /// Bytes of decompressed blocks kept in memory.
     pub cache_bytes: u64,
-    /// Dirty data above which writers wait for a txg commit.
+    /// Dirty data above which writers wait for a txg commit: those of volumes holding
+    /// more than their share of it (it over the volumes with dirty data), and every
+    /// writer above [`DIRTY_HARD_FACTOR`] times it.
     pub dirty_max_bytes: u64,
     /// Time between background txg commits.
     pub txg_interval: Duration,

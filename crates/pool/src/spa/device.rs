@@ -40,6 +40,17 @@ pub trait Device: Send + Sync + fmt::Debug {
         }
         Ok(())
     }
+    /// Read `bufs` back to back from `offset` only if that needs no device I/O (the bytes
+    /// are in the page cache), on the caller's thread; `None` when it would have to wait
+    /// for the device, or the device cannot tell (the default). Why: a read the page
+    /// cache can answer took a hand-off to a device thread and back, two scheduler
+    /// round trips that cost far more than the copy (most of a 4 KiB random read of a
+    /// volume). A read that may wait for the device still goes to the device threads,
+    /// whose deadline keeps a hung device from blocking its caller.
+    fn read_cached_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> Option<()> {
+        let _ = (bufs, offset);
+        None
+    }
     /// Write `bufs` back to back from `offset` (one `pwritev` on a file): a commit writes
     /// the blocks it allocated next to each other in one request. The default writes
     /// them one by one.
@@ -171,6 +182,25 @@ impl Device for FileDevice {
             skip = left;
         }
         Ok(())
+    }
+
+    fn read_cached_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> Option<()> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        check_aligned(total, offset);
+        let mut slices: Vec<io::IoSliceMut<'_>> =
+            bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+        // RWF_NOWAIT: EAGAIN (or a short read) instead of waiting for the device; a
+        // file system without support answers EOPNOTSUPP. Every such case, and any
+        // error, is left to the device threads, which report and count it.
+        match rustix::io::preadv2(
+            &self.file,
+            &mut slices,
+            offset,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(n) if n == total => Some(()),
+            _ => None,
+        }
     }
 
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {

@@ -448,6 +448,16 @@ impl Leaf {
             reply,
         })
     }
+    /// Read `lens` bytes back to back from device `offset` on the caller's thread if the
+    /// device can answer without I/O ([`Device::read_cached_at`]); `None` otherwise (then
+    /// [`Self::submit_read_v`]). Only while ONLINE: a faulted device is never read.
+    pub(crate) fn read_cached(&self, offset: u64, lens: &[usize]) -> Option<Vec<Vec<u8>>> {
+        let dev = self.dev.as_ref().filter(|_| self.is_online())?;
+        let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l]).collect();
+        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        dev.read_cached_at(&mut slices, offset)?;
+        Some(bufs)
+    }
     /// Queue writes of `pieces` back to back from device `offset` (one request).
     pub(crate) fn submit_write_v(
         &self,

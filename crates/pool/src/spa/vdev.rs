@@ -325,7 +325,7 @@ impl TopVdev {
         }
         let children = self.children.read().clone();
         // (child, device offset, bytes, range of them).
-        let mut pieces: Vec<(usize, u64, Arc<Vec<u8>>, std::ops::Range<usize>)> = Vec::new();
+        let mut pieces: Vec<WritePiece> = Vec::new();
         for (dva, buf) in blocks {
             match self.kind {
                 VdevKind::Disk | VdevKind::Mirror => {
@@ -401,7 +401,14 @@ impl TopVdev {
     /// a row. `None` for a block this could not read (a device not serving, an I/O error):
     /// the caller verifies every block and takes those that fail through [`Self::read`],
     /// which tries every copy and heals.
-    pub fn read_unverified_many(&self, reqs: &[(Dva, u64)]) -> Vec<Option<Vec<u8>>> {
+    ///
+    /// With `cached_only`, nothing is queued: only what the page cache answers on this
+    /// thread is read (the rest is `None`), so the call never waits for a device.
+    pub fn read_unverified_many(
+        &self,
+        reqs: &[(Dva, u64)],
+        cached_only: bool,
+    ) -> Vec<Option<Vec<u8>>> {
         let n = reqs.len();
         let mut out: Vec<Option<Vec<u8>>> = vec![None; n];
         let children = self.children.read().clone();
@@ -443,6 +450,7 @@ impl TopVdev {
         }
         pieces.sort_by_key(|p| (p.0, p.1));
         let mut subs = Vec::new();
+        let mut cached = Vec::new();
         let mut i = 0;
         while i < pieces.len() {
             let (child, start) = (pieces[i].0, pieces[i].1);
@@ -457,11 +465,26 @@ impl TopVdev {
                 end += pieces[j].2 as u64;
                 j += 1;
             }
-            let lens = pieces[i..j].iter().map(|p| p.2).collect();
-            subs.push((i..j, children[child].submit_read_v(start, lens)));
+            let lens: Vec<usize> = pieces[i..j].iter().map(|p| p.2).collect();
+            // From the page cache on this thread when it can answer (no hand-off), else
+            // queued: the queued requests are all in flight before the first wait.
+            match children[child].read_cached(start, &lens) {
+                Some(bufs) => cached.push((i..j, bufs)),
+                None if cached_only => {
+                    for piece in &pieces[i..j] {
+                        failed[piece.3] = true;
+                    }
+                }
+                None => subs.push((i..j, children[child].submit_read_v(start, lens))),
+            }
             i = j;
         }
         let mut cols: Vec<Vec<Option<Vec<u8>>>> = ncols.iter().map(|&k| vec![None; k]).collect();
+        for (range, bufs) in cached {
+            for (piece, b) in pieces[range].iter().zip(bufs) {
+                cols[piece.3][piece.4] = Some(b);
+            }
+        }
         for (range, sub) in subs {
             let child = pieces[range.start].0;
             match sub.and_then(|p| children[child].wait(p)) {
@@ -826,6 +849,9 @@ fn combinations(items: &[usize], k: usize) -> Vec<Vec<usize>> {
 }
 
 type LeafJob = (Arc<Leaf>, Result<Pending<()>, SpaError>);
+
+/// A piece of a batched write: child, device offset, the bytes and the range of them.
+type WritePiece = (usize, u64, Arc<Vec<u8>>, std::ops::Range<usize>);
 
 /// A block write queued on a group's devices by [`TopVdev::write_submit`].
 pub struct VdevWrite {
