@@ -14,7 +14,15 @@
 # ../shared/reference/harness.md §2. Env: RUNTIME (seconds per job, default 10),
 # SIZE (working set, default 256m), REPEAT (runs per job, default 3), FILE_KIND (sparse
 # or prealloc, default sparse), JOBS (space-separated rw:bs:qd list), CSTOR_BIN (a
-# prebuilt cstor binary to measure instead of building this tree, e.g. an older build).
+# prebuilt cstor binary to measure instead of building this tree, e.g. an older build),
+# FIO (a libiscsi-enabled fio binary to use instead of building one).
+#
+# MODE=pool serves pool volumes instead of a file (`cstor target serve --volume`): a stripe
+# pool of one file and a raidz pool of three, each with a 1 GiB volume (compression off,
+# incompressible fio data; the block cache keeps its default, so a 256m working set is 4x
+# it), against tgt on a plain file in the same run. CSTOR_BIN_BEFORE (an older build) adds
+# its own stripe and raidz pools in the same run, for before/after tables. Ratios are each
+# target's median over tgt's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${RUNTIME:-10}
@@ -22,7 +30,8 @@ SIZE=${SIZE:-256m}
 REPEAT=${REPEAT:-3}
 FILE_KIND=${FILE_KIND:-sparse}
 CACHE=${CSTOR_BENCH_CACHE:-$HOME/.cache/cstor-bench}
-FIO=$CACHE/fio-3.33/fio
+FIO=${FIO:-$CACHE/fio-3.33/fio}
+MODE=${MODE:-file}
 
 build_fio() {
   [ -x "$FIO" ] && return
@@ -57,7 +66,7 @@ case "$FILE_KIND" in
 esac
 
 cleanup() {
-  [ -n "${CPID:-}" ] && kill "$CPID" 2>/dev/null || true
+  for p in ${CPIDS:-}; do kill "$p" 2>/dev/null || true; done
   if [ -n "${TPID:-}" ]; then
     tgtadm -C "$TC" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
     tgtadm -C "$TC" --op delete --mode system >/dev/null 2>&1 || true
@@ -68,21 +77,48 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$CSTOR_BIN" target serve --listen "127.0.0.1:$CP" --iqn "$CIQN" --file "$W/cstor.img" >"$W/cstor.log" 2>&1 &
-CPID=$!
 /usr/sbin/tgtd -f -C "$TC" --iscsi "portal=127.0.0.1:$TP" >"$W/tgt.log" 2>&1 &
 TPID=$!
 for _ in $(seq 100); do tgtadm -C "$TC" --op show --mode system >/dev/null 2>&1 && break; sleep 0.1; done
 tgtadm -C "$TC" --lld iscsi --mode target --op new --tid 1 --targetname "$TIQN"
 tgtadm -C "$TC" --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$W/tgt.img" --bstype rdwr
 tgtadm -C "$TC" --lld iscsi --mode target --op bind --tid 1 --initiator-address ALL
-for _ in $(seq 100); do iscsi-ls "iscsi://127.0.0.1:$CP" >/dev/null 2>&1 && break; sleep 0.1; done
 
 url() { # target port iqn lun
   echo "iscsi\\://127.0.0.1\\:$1/$(echo "$2" | sed 's/:/\\:/g')/$3"
 }
-CURL=$(url "$CP" "$CIQN" 0)
-TURL=$(url "$TP" "$TIQN" 1)
+# name url, one a line: every target measured.
+echo "tgt $(url "$TP" "$TIQN" 1)" > "$W/targets"
+
+wait_portal() { for _ in $(seq 100); do iscsi-ls "iscsi://127.0.0.1:$1" >/dev/null 2>&1 && return; sleep 0.1; done; }
+
+if [ "$MODE" = file ]; then
+  "$CSTOR_BIN" target serve --listen "127.0.0.1:$CP" --iqn "$CIQN" --file "$W/cstor.img" >"$W/cstor.log" 2>&1 &
+  CPIDS="$!"
+  wait_portal "$CP"
+  echo "cstor $(url "$CP" "$CIQN" 0)" >> "$W/targets"
+else
+  # serve_pools BIN TAG PORT: a stripe and a raidz pool with one volume each, one process.
+  serve_pools() {
+    local bin=$1 tag=$2 port=$3 home="$W/home-$2"
+    mkdir -p "$home"
+    truncate -s 2G "$W/$tag-s0.img" "$W/$tag-z0.img" "$W/$tag-z1.img" "$W/$tag-z2.img"
+    CSTOR_HOME=$home "$bin" pool create "s$tag" stripe "$W/$tag-s0.img" >/dev/null
+    CSTOR_HOME=$home "$bin" pool create "z$tag" raidz "$W/$tag-z0.img" "$W/$tag-z1.img" "$W/$tag-z2.img" >/dev/null
+    CSTOR_HOME=$home "$bin" volume create "s$tag/v" --size 1G --compression off >/dev/null
+    CSTOR_HOME=$home "$bin" volume create "z$tag/v" --size 1G --compression off >/dev/null
+    CSTOR_HOME=$home "$bin" target serve --listen "127.0.0.1:$port" --iqn "$CIQN-s$tag" --volume "s$tag/v" \
+      --target "$CIQN-z$tag,volume=z$tag/v" >"$W/cstor-$tag.log" 2>&1 &
+    CPIDS="${CPIDS:-} $!"
+    wait_portal "$port"
+    echo "stripe$tag $(url "$port" "$CIQN-s$tag" 0)" >> "$W/targets"
+    echo "raidz$tag $(url "$port" "$CIQN-z$tag" 0)" >> "$W/targets"
+  }
+  serve_pools "$CSTOR_BIN" "" "$CP"
+  if [ -n "${CSTOR_BIN_BEFORE:-}" ]; then
+    serve_pools "$CSTOR_BIN_BEFORE" "-before" "$(free_port)"
+  fi
+fi
 
 job() { # name url rw bs qd
   "$FIO" --name="$1" --ioengine=libiscsi --filename="$2" --rw="$3" --bs="$4" --iodepth="$5" \
@@ -91,19 +127,26 @@ job() { # name url rw bs qd
   }
 }
 
-# Map the working set on both so reads hit data, not holes.
-for u in "$CURL" "$TURL"; do
+# Map the working set on every target so reads hit data, not holes.
+while read -r _ u; do
   "$FIO" --name=fill --ioengine=libiscsi --filename="$u" --rw=write --bs=1m --iodepth=8 --size="$SIZE" >/dev/null 2>&1
-done
+done < "$W/targets"
 
-JOBS=${JOBS:-"randread:4k:1 randread:4k:16 randwrite:4k:1 randwrite:4k:16 read:128k:16 write:128k:16"}
+if [ "$MODE" = file ]; then
+  DEFAULT_JOBS="randread:4k:1 randread:4k:16 randwrite:4k:1 randwrite:4k:16 read:128k:16 write:128k:16"
+else
+  DEFAULT_JOBS="randread:4k:1 randread:4k:16 randwrite:4k:1 randwrite:4k:16 read:128k:8 write:128k:8"
+fi
+JOBS=${JOBS:-$DEFAULT_JOBS}
+mapfile -t TARGETS < "$W/targets"
 : > "$W/results"
 for j in $JOBS; do
   IFS=: read -r rw bs qd <<<"$j"
   for r in $(seq "$REPEAT"); do
-    order="cstor tgt"; [ $((r % 2)) = 0 ] && order="tgt cstor"
-    for t in $order; do
-      u=$CURL; [ "$t" = tgt ] && u=$TURL
+    # Rotate the order each round so no target always runs first or last.
+    n=${#TARGETS[@]}
+    for k in $(seq 0 $((n - 1))); do
+      IFS=' ' read -r t u <<<"${TARGETS[$(((k + r) % n))]}"
       sync
       job "$t-$rw-$bs-qd$qd" "$u" "$rw" "$bs" "$qd" > "$W/$t-$rw-$bs-$qd-$r.json"
       echo "$rw $bs $qd $t $W/$t-$rw-$bs-$qd-$r.json" >> "$W/results"
@@ -115,6 +158,7 @@ echo "file kind: $FILE_KIND, working set $SIZE, $REPEAT x ${RUNTIME}s per job, l
 python3 - "$W/results" <<'PY'
 import json, statistics, sys
 rows = {}
+order = []
 for line in open(sys.argv[1]):
     rw, bs, qd, t, path = line.split()
     text = open(path).read()
@@ -125,13 +169,23 @@ for line in open(sys.argv[1]):
         continue
     d = json.loads(text[start:])["jobs"][0]
     side = d["read"] if "read" in rw else d["write"]
+    if t not in order:
+        order.append(t)
     runs = rows.setdefault((rw, bs, qd), {}).setdefault(t, [])
     runs.append((side["iops"], side["clat_ns"]["mean"] / 1000.0, side["bw"] / 1024.0))
-print(f"{'job':<22}{'cstor IOPS':>12}{'tgt IOPS':>12}{'ratio':>8}{'cstor lat us':>14}{'tgt lat us':>12}{'cstor MiB/s':>13}{'tgt MiB/s':>11}")
+print("ratio = target IOPS / tgt IOPS (medians); lat = mean completion latency; spread = (max-min)/median of the IOPS runs")
+print(f"{'job':<20}{'target':<14}{'IOPS':>10}{'ratio':>8}{'lat us':>10}{'lat/tgt':>9}{'MiB/s':>9}{'spread':>8}")
 for (rw, bs, qd), r in rows.items():
-    if "cstor" not in r or "tgt" not in r:
+    if "tgt" not in r:
         continue
-    c, t = ([statistics.median(x) for x in zip(*r[k])] for k in ("cstor", "tgt"))
-    ratio = c[0] / t[0] if t[0] else float("nan")
-    print(f"{rw+' '+bs+' qd'+qd:<22}{c[0]:>12.0f}{t[0]:>12.0f}{ratio:>8.2f}{c[1]:>14.1f}{t[1]:>12.1f}{c[2]:>13.1f}{t[2]:>11.1f}")
+    base = [statistics.median(x) for x in zip(*r["tgt"])]
+    for t in order:
+        if t not in r:
+            continue
+        m = [statistics.median(x) for x in zip(*r[t])]
+        iops = [x[0] for x in r[t]]
+        spread = (max(iops) - min(iops)) / m[0] if m[0] else float("nan")
+        ratio = m[0] / base[0] if base[0] else float("nan")
+        lat = m[1] / base[1] if base[1] else float("nan")
+        print(f"{rw+' '+bs+' qd'+qd:<20}{t:<14}{m[0]:>10.0f}{ratio:>8.2f}{m[1]:>10.1f}{lat:>9.2f}{m[2]:>9.1f}{spread:>8.2f}")
 PY

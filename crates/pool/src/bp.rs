@@ -305,6 +305,16 @@ pub fn encode_payload(logical: &[u8], want: Compression) -> Encoded {
     Encoded { bytes, comp, cksum }
 }
 
+/// [`decode_payload`] taking the stored bytes: an uncompressed block is returned as is
+/// (truncated to its logical size), without a copy.
+pub fn decode_payload_owned(bp: &Bp, mut stored: Vec<u8>) -> Result<Vec<u8>> {
+    if bp.comp == Some(Compression::Off) && stored.len() >= bp.lsize as usize {
+        stored.truncate(bp.lsize as usize);
+        return Ok(stored);
+    }
+    decode_payload(bp, &stored)
+}
+
 /// Decode verified stored bytes to the logical block of `bp.lsize` bytes.
 pub fn decode_payload(bp: &Bp, stored: &[u8]) -> Result<Vec<u8>> {
     let corrupt = |reason: String| PoolError::Corrupt {

@@ -36,6 +36,10 @@ pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 /// Default bound on dirty (not yet committed) data: writers wait above it, so memory stays
 /// bounded whatever the write rate.
 pub const DEFAULT_DIRTY_MAX_BYTES: u64 = 64 << 20;
+/// Multiple of the dirty bound at which writers of every volume wait, also those within
+/// their share of it (see `throttle_vol`): above what volumes within their shares can
+/// reach together with one over its share, so they never wait on another's commit.
+pub const DIRTY_HARD_FACTOR: u64 = 4;
 /// Default time between background txg commits: bounds the work a crash loses to the log
 /// and how long freed space waits.
 pub const DEFAULT_TXG_INTERVAL_MS: u64 = 5_000;
@@ -71,10 +75,14 @@ pub const SCAN_SLICE: std::time::Duration = std::time::Duration::from_millis(50)
 /// Dirty-data charge of one UNMAP free range (its memory and commit work), so a storm of
 /// small UNMAPs still triggers commits.
 pub const FREE_RANGE_CHARGE_BYTES: u64 = 4096;
-/// Block writes a commit keeps in flight: enough to keep a few devices' queues busy while
-/// the commit thread compresses and checksums the next blocks; bounds the memory pinned
-/// (at most this many blocks of up to 128 KiB).
+/// Block-write runs a commit keeps in flight: enough to keep a few devices' queues busy
+/// while the commit thread compresses and checksums the next blocks; bounds the memory
+/// pinned (at most this many runs of up to [`COMMIT_RUN_BYTES`]).
 pub const COMMIT_WRITES_IN_FLIGHT: usize = 32;
+/// Largest run of blocks a commit starts as one batch (on one group): 1 MiB, the run the
+/// store merges neighbours into one vectored device write; the runs in flight pin at most
+/// [`COMMIT_WRITES_IN_FLIGHT`] times this (most of it shared with the dirty data).
+pub const COMMIT_RUN_BYTES: u64 = 1 << 20;
 /// Reads a commit keeps in flight for the old blocks under partial writes: a random 4 KiB
 /// write into a bigger block needs the old block, and one read at a time leaves the
 /// devices idle.

@@ -149,6 +149,53 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
         Ok(Box::new(|| Ok(())))
     }
 
+    /// Start writing several blocks as [`BlockStore::write_start`] does, with one wait
+    /// for all: a store may merge blocks that lie next to each other into one device
+    /// request. The default starts them one by one.
+    fn write_start_many(
+        &self,
+        blocks: Vec<(Dva, std::sync::Arc<Vec<u8>>)>,
+    ) -> Result<WriteWait, StoreError> {
+        let mut waits = Vec::with_capacity(blocks.len());
+        for (dva, data) in blocks {
+            match self.write_start(dva, data) {
+                Ok(w) => waits.push(w),
+                Err(e) => {
+                    // No write of the batch outlives the error.
+                    for w in waits {
+                        let _ = w();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Box::new(move || {
+            let mut first = Ok(());
+            for w in waits {
+                if let (Err(e), Ok(())) = (w(), &first) {
+                    first = Err(e);
+                }
+            }
+            first
+        }))
+    }
+
+    /// The stored bytes of several blocks, read the cheapest way the store knows (one
+    /// copy, neighbouring blocks in one request, all requests in flight at once),
+    /// *unverified* and without healing; `None` where that way failed. The caller checks
+    /// every block against its pointer and reads the ones that fail, or are `None`,
+    /// through [`BlockStore::read`]. The default reads nothing this way.
+    fn read_unverified(&self, reqs: &[(Dva, u32)]) -> Vec<Option<Vec<u8>>> {
+        vec![None; reqs.len()]
+    }
+
+    /// [`BlockStore::read_unverified`] limited to what needs no device I/O (bytes in the
+    /// page cache): never waits for a device, so an async thread may call it. `None`
+    /// where a device would have to be read. The default reads nothing this way.
+    fn read_cached(&self, reqs: &[(Dva, u32)]) -> Vec<Option<Vec<u8>>> {
+        vec![None; reqs.len()]
+    }
+
     /// Read a block of `psize_bytes`, trying every copy and reconstruction until `verify`
     /// accepts; heals the copies that did not.
     fn read(&self, dva: Dva, psize_bytes: u32, verify: Verify<'_>) -> Result<Vec<u8>, StoreError>;

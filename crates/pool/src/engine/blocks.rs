@@ -7,6 +7,12 @@
 
 use super::*;
 
+/// A block's current bytes (None: zeros).
+pub(super) type BlockBytes = Option<Arc<Vec<u8>>>;
+
+/// The pointers of a level-1 indirect, or the hole above it standing for its blocks.
+type Parent = std::result::Result<Arc<Vec<Bp>>, Bp>;
+
 impl PoolInner {
     pub(super) fn new(
         store: Arc<dyn BlockStore>,
@@ -206,6 +212,31 @@ impl PoolInner {
         move |b: &[u8]| checksum(b) == bp.cksum
     }
 
+    /// A block's logical bytes: first the store's cheap unverified read, checked here
+    /// once; a block that fails the check (or the cheap read) goes through
+    /// [`Self::read_stored`], which tries every copy and heals. Why: the store's `read`
+    /// verified with the pointer's checksum and then this layer checked again, two
+    /// checksums per block, and the decode copied uncompressed blocks once more.
+    pub(super) fn read_verified(&self, bp: &Bp) -> Result<Vec<u8>> {
+        let fast = self
+            .store
+            .read_unverified(&[(bp.dva, bp.psize)])
+            .pop()
+            .flatten();
+        self.verified_or_slow(bp, fast)
+    }
+
+    /// `fast` (unverified stored bytes of `bp`, if read) decoded when its checksum
+    /// matches, else the block read through [`Self::read_stored`].
+    pub(super) fn verified_or_slow(&self, bp: &Bp, fast: Option<Vec<u8>>) -> Result<Vec<u8>> {
+        match fast {
+            Some(stored) if stored.len() == bp.psize as usize && checksum(&stored) == bp.cksum => {
+                decode_payload_owned(bp, stored)
+            }
+            _ => self.read_stored(bp),
+        }
+    }
+
     pub(super) fn read_stored(&self, bp: &Bp) -> Result<Vec<u8>> {
         let verify = Self::verify_fn(bp);
         let stored = self.store.read(bp.dva, bp.psize, &verify)?;
@@ -228,7 +259,7 @@ impl PoolInner {
         if let Some(Cached::Bytes(b)) = self.cache.get(&key) {
             return Ok(b);
         }
-        let data = Arc::new(self.read_stored(bp)?);
+        let data = Arc::new(self.read_verified(bp)?);
         self.cache.insert(key, Cached::Bytes(data.clone()));
         Ok(data)
     }
@@ -245,7 +276,7 @@ impl PoolInner {
                 reason: format!("expected an indirect block, found {:?}", bp.kind),
             });
         }
-        let bps = Arc::new(decode_indirect(&self.read_stored(bp)?)?);
+        let bps = Arc::new(decode_indirect(&self.read_verified(bp)?)?);
         self.cache.insert(key, Cached::Bps(bps.clone()));
         Ok(bps)
     }
@@ -303,7 +334,9 @@ impl PoolInner {
     }
 
     /// Allocate and start writing `stored` for pointer `bp` (all but its address and
-    /// psize filled in); at most [`COMMIT_WRITES_IN_FLIGHT`] writes stay in flight.
+    /// psize filled in): gathered into the commit's current run (see [`Inflight`]), which
+    /// is started once it is full or the next block lies on another group; at most
+    /// [`COMMIT_WRITES_IN_FLIGHT`] runs stay in flight.
     pub(super) fn write_stored(
         &self,
         stored: Arc<Vec<u8>>,
@@ -312,18 +345,34 @@ impl PoolInner {
     ) -> Result<Bp> {
         bp.psize = stored.len() as u32;
         bp.dva = self.store.alloc(bp.psize, class, bp.birth)?;
-        let wait = self.store.write_start(bp.dva, stored)?;
-        let oldest = {
+        let full = {
             let mut q = self.inflight.lock();
-            q.0.push_back(wait);
-            if q.0.len() > COMMIT_WRITES_IN_FLIGHT {
-                q.0.pop_front()
-            } else {
+            let joins = q.run.last().is_some_and(|(d, _)| d.vdev == bp.dva.vdev)
+                && q.run_bytes + u64::from(bp.psize) <= COMMIT_RUN_BYTES;
+            let full = if joins || q.run.is_empty() {
                 None
-            }
+            } else {
+                q.run_bytes = 0;
+                Some(std::mem::take(&mut q.run))
+            };
+            q.run.push((bp.dva, stored));
+            q.run_bytes += u64::from(bp.psize);
+            full
         };
-        if let Some(w) = oldest {
-            w()?;
+        if let Some(run) = full {
+            let wait = self.store.write_start_many(run)?;
+            let oldest = {
+                let mut q = self.inflight.lock();
+                q.started.push_back(wait);
+                if q.started.len() > COMMIT_WRITES_IN_FLIGHT {
+                    q.started.pop_front()
+                } else {
+                    None
+                }
+            };
+            if let Some(w) = oldest {
+                w()?;
+            }
         }
         Ok(bp)
     }
@@ -382,6 +431,165 @@ impl PoolInner {
             level -= 1;
         }
         Ok(bp)
+    }
+
+    /// The level-1 indirect's pointers above data block `blk` (`Err(hole)`: a hole above
+    /// it, standing for the block): neighbouring blocks share it, so a read of many
+    /// blocks walks the tree once per 256 of them. With `nowait`, `None` when an indirect
+    /// block is neither in the block cache nor in the page cache.
+    fn lookup_parent(
+        &self,
+        root: &Bp,
+        levels: u8,
+        blk: u64,
+        nowait: bool,
+    ) -> Result<Option<Parent>> {
+        let mut bp = *root;
+        let mut level = levels;
+        loop {
+            if bp.is_hole() {
+                return Ok(Some(Err(Bp::hole(bp.birth, bp.io_max, 0))));
+            }
+            let bps = if nowait {
+                match self.read_indirect_nowait(&bp)? {
+                    Some(b) => b,
+                    None => return Ok(None),
+                }
+            } else {
+                self.read_indirect(&bp)?
+            };
+            if level <= 1 {
+                return Ok(Some(Ok(bps)));
+            }
+            let idx = ((blk / span_blocks(level - 1)) % BPS_PER_INDIRECT as u64) as usize;
+            bp = bps[idx];
+            level -= 1;
+        }
+    }
+
+    /// [`Self::read_indirect`] from the block cache or the page cache only.
+    fn read_indirect_nowait(&self, bp: &Bp) -> Result<Option<Arc<Vec<Bp>>>> {
+        if let Some(Cached::Bps(b)) = self.cache.get(&Key::of(bp)) {
+            return Ok(Some(b));
+        }
+        if bp.kind != Some(BlockKind::Indirect) && bp.kind != Some(BlockKind::DirIndex) {
+            return Ok(None);
+        }
+        let Some(stored) = self
+            .store
+            .read_cached(&[(bp.dva, bp.psize)])
+            .pop()
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        if stored.len() != bp.psize as usize || checksum(&stored) != bp.cksum {
+            return Ok(None);
+        }
+        let bps = Arc::new(decode_indirect(&decode_payload_owned(bp, stored)?)?);
+        self.cache.insert(Key::of(bp), Cached::Bps(bps.clone()));
+        Ok(Some(bps))
+    }
+
+    /// Current contents of blocks `first..first + n` of a volume (None: zeros), as
+    /// [`Self::block_contents`] gives them one by one. Why: a read of many blocks paid a
+    /// tree walk, a device request and a wait per block, in a row. Here blocks with no
+    /// dirty layer are looked up under one hold of the tree lock, the cache misses are
+    /// read in one batch ([`BlockStore::read_unverified`]: neighbours merged, all in
+    /// flight at once) and verified once each; blocks under a dirty layer or an UNMAP of
+    /// an open txg go through [`Self::block_contents`].
+    ///
+    /// With `nowait`, `None` as soon as a block would need device I/O (it is in neither
+    /// the block cache, nor the page cache, nor a dirty layer that covers it whole):
+    /// never waits for a device, so an async thread may call it.
+    pub(super) fn blocks_contents(
+        &self,
+        v: &Volume,
+        first: u64,
+        n: usize,
+        nowait: bool,
+    ) -> Result<Option<Vec<BlockBytes>>> {
+        let layered: Vec<bool> = {
+            let st = v.state.lock();
+            let mut layered = Vec::with_capacity(n);
+            for b in first..first + n as u64 {
+                let (o, s) = (st.open.get(&b), st.syncing.get(&b));
+                let (fo, fs) = (
+                    range_covers(&st.open_frees, b).is_some(),
+                    range_covers(&st.syncing_frees, b).is_some(),
+                );
+                let l = o.is_some() || s.is_some() || fo || fs;
+                // Without a device read only if a layer ends the lookup above the tree.
+                let whole =
+                    |d: Option<&Dirty>| matches!(d, Some(Dirty::Data { .. } | Dirty::Hole { .. }));
+                if nowait && l && !(whole(o) || fo || whole(s) || fs) {
+                    return Ok(None);
+                }
+                layered.push(l);
+            }
+            layered
+        };
+        let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; n];
+        {
+            // Held over the reads, as for one block: a commit cannot publish a root
+            // (and so free these blocks) under this reader.
+            let tree = v.tree.read();
+            let mut misses: Vec<(usize, Bp)> = Vec::new();
+            let mut parent: Option<(u64, Parent)> = None;
+            for i in 0..n {
+                if layered[i] {
+                    continue;
+                }
+                let blk = first + i as u64;
+                let group = blk / BPS_PER_INDIRECT as u64;
+                if parent.as_ref().is_none_or(|(g, _)| *g != group) {
+                    match self.lookup_parent(&tree, v.levels, blk, nowait)? {
+                        Some(p) => parent = Some((group, p)),
+                        None => return Ok(None),
+                    }
+                }
+                let bp = match parent.as_ref().map(|(_, p)| p) {
+                    Some(Ok(bps)) => bps[(blk % BPS_PER_INDIRECT as u64) as usize],
+                    Some(Err(hole)) => *hole,
+                    None => continue,
+                };
+                if bp.is_hole() {
+                    continue;
+                }
+                match self.cache.get(&Key::of(&bp)) {
+                    Some(Cached::Bytes(d)) => out[i] = Some(d),
+                    _ => misses.push((i, bp)),
+                }
+            }
+            if !misses.is_empty() {
+                let reqs: Vec<(Dva, u32)> =
+                    misses.iter().map(|(_, bp)| (bp.dva, bp.psize)).collect();
+                let fast = if nowait {
+                    self.store.read_cached(&reqs)
+                } else {
+                    self.store.read_unverified(&reqs)
+                };
+                for ((i, bp), f) in misses.iter().zip(fast) {
+                    let ok = f
+                        .as_ref()
+                        .is_some_and(|s| s.len() == bp.psize as usize && checksum(s) == bp.cksum);
+                    let d = match f {
+                        Some(stored) if ok => decode_payload_owned(bp, stored)?,
+                        // Not in the page cache, or bad there: only a device read (with
+                        // every copy and healing) can answer.
+                        _ if nowait => return Ok(None),
+                        _ => self.read_stored(bp)?,
+                    };
+                    let d = Arc::new(d);
+                    self.cache.insert(Key::of(bp), Cached::Bytes(d.clone()));
+                    out[*i] = Some(d);
+                }
+            }
+        }
+        for i in (0..n).filter(|&i| layered[i]) {
+            out[i] = self.block_contents(v, first + i as u64)?;
+        }
+        Ok(Some(out))
     }
 
     /// Current contents of block `blk` of a volume (None: zeros): the open txg's dirty

@@ -19,8 +19,19 @@ impl PoolInner {
 
     /// Wait until every block write started by this commit is done; the first error.
     pub(super) fn drain_writes(&self) -> Result<()> {
-        let waits = std::mem::take(&mut self.inflight.lock().0);
+        let (run, waits) = {
+            let mut q = self.inflight.lock();
+            q.run_bytes = 0;
+            (std::mem::take(&mut q.run), std::mem::take(&mut q.started))
+        };
         let mut first = Ok(());
+        let mut waits: Vec<WriteWait> = waits.into();
+        if !run.is_empty() {
+            match self.store.write_start_many(run) {
+                Ok(w) => waits.push(w),
+                Err(e) => first = Err(e.into()),
+            }
+        }
         for w in waits {
             if let (Err(e), Ok(())) = (w(), &first) {
                 first = Err(e.into());

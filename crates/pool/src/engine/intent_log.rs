@@ -295,6 +295,51 @@ impl PoolInner {
         }
     }
 
+    /// True when `incoming` more dirty bytes pass [`Self::throttle`] without waiting
+    /// (kicking a background commit past half the bound, as it does).
+    pub(super) fn under_dirty_bound(&self, incoming: u64) -> bool {
+        let max = self.opts.dirty_max_bytes;
+        let dirty = self.dirty_bytes.load(Ordering::SeqCst);
+        if dirty > max / 2 {
+            self.kick();
+        }
+        dirty + incoming <= max || dirty == 0
+    }
+
+    /// [`Self::throttle`] for a write to volume `v`, letting through a volume that holds
+    /// no more than its share of the dirty bound (the bound over the volumes with dirty
+    /// data) while the pool is under twice the bound. Why: the bound is pool-wide, so one
+    /// volume writing fast filled it and every other volume's writers then waited for
+    /// the commit of that volume's data (seconds on a slow device); now only writers of
+    /// volumes over their share wait. Memory stays bounded: the count holds a buffered
+    /// write twice (its block and its log record, which mostly shares the block's bytes),
+    /// a volume over its share adds at most one write past the bound and those within
+    /// their shares together at most twice the bound, so the count stays under
+    /// [`DIRTY_HARD_FACTOR`] times the bound, where every writer waits.
+    pub(super) fn throttle_vol(&self, v: &Volume, incoming: u64) -> Result<()> {
+        if self.under_dirty_bound(incoming) || self.within_share(v) {
+            return Ok(());
+        }
+        self.throttle(incoming)
+    }
+
+    /// True when volume `v` holds at most its share of the dirty bound and the pool is
+    /// under [`DIRTY_HARD_FACTOR`] times the bound (see [`Self::throttle_vol`]).
+    pub(super) fn within_share(&self, v: &Volume) -> bool {
+        let max = self.opts.dirty_max_bytes;
+        if self.dirty_bytes.load(Ordering::SeqCst) >= max.saturating_mul(DIRTY_HARD_FACTOR) {
+            return false;
+        }
+        // What the volume added since the running commit closed its txg: its data in
+        // that commit is on its way to disk, and counting it would make any volume look
+        // over its share whenever commits are slow.
+        let mine = v.state.lock().open.len() as u64 * u64::from(v.block_size);
+        let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
+        let active = vols.iter().filter(|o| self.has_dirty(o)).count() as u64;
+        // A volume alone keeps the plain bound (no larger txgs than before).
+        active >= 2 && mine.saturating_mul(active) <= max
+    }
+
     /// Wait (by committing) while dirty data is over the limit.
     pub(super) fn throttle(&self, incoming: u64) -> Result<()> {
         let max = self.opts.dirty_max_bytes;

@@ -156,21 +156,61 @@ impl VolumeHandle {
             let st = self.vol.state.lock();
             self.check_range(&st, offset, len)?;
         }
+        if len == 0 {
+            return Ok(());
+        }
+        let first = offset / bs;
+        let end = (offset + len).div_ceil(bs);
+        let blocks = p
+            .blocks_contents(&self.vol, first, (end - first) as usize, false)?
+            .unwrap_or_default();
+        Self::copy_out(offset, bs, buf, blocks);
+        Ok(())
+    }
+
+    /// [`VolumeHandle::read`] if it needs no device I/O: every block is in a dirty layer,
+    /// the block cache or the page cache. Returns false (with `buf` unspecified) when a
+    /// device would have to be read; then call [`VolumeHandle::read`] on a thread that
+    /// may block. Never waits for a device, so an async task may call it: an iSCSI LU
+    /// serves cached reads without a hop to a blocking thread.
+    pub fn read_nowait(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        let p = &self.pool;
+        p.check_usable()?;
+        let len = buf.len() as u64;
+        let bs = u64::from(self.vol.block_size);
+        {
+            let st = self.vol.state.lock();
+            self.check_range(&st, offset, len)?;
+        }
+        if len == 0 {
+            return Ok(true);
+        }
+        let first = offset / bs;
+        let end = (offset + len).div_ceil(bs);
+        match p.blocks_contents(&self.vol, first, (end - first) as usize, true)? {
+            Some(blocks) => {
+                Self::copy_out(offset, bs, buf, blocks);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Copy the range of `buf` out of the contents of the blocks it covers.
+    fn copy_out(offset: u64, bs: u64, buf: &mut [u8], blocks: Vec<blocks::BlockBytes>) {
+        let len = buf.len() as u64;
         let mut pos = 0u64;
-        while pos < len {
+        for data in blocks {
             let abs = offset + pos;
-            let blk = abs / bs;
             let in_blk = abs % bs;
             let n = (bs - in_blk).min(len - pos);
             let dst = &mut buf[pos as usize..(pos + n) as usize];
-            let data = p.block_contents(&self.vol, blk)?;
             match data {
                 Some(d) => dst.copy_from_slice(&d[in_blk as usize..(in_blk + n) as usize]),
                 None => dst.fill(0),
             }
             pos += n;
         }
-        Ok(())
     }
 
     /// [`VolumeHandle::read`] that also returns the io number of every volume block the
@@ -434,7 +474,36 @@ impl VolumeHandle {
         io: Option<u64>,
         log: bool,
     ) -> Result<()> {
-        self.saw_io(io);
+        self.write_inner_opts(offset, data, io, log, true)
+            .map(|_| ())
+    }
+
+    /// [`VolumeHandle::write`] if it can complete without waiting: a buffered-mode
+    /// volume, a pool under its fill threshold and its dirty-data bound (so neither the
+    /// throttle nor the fill check has to run a commit). Returns false, with nothing
+    /// written, when it would have to wait; then call [`VolumeHandle::write`] on a
+    /// thread that may block. Why: the iSCSI LU calls it on its async task, in dispatch
+    /// order, saving the hop to a blocking thread and back that cost more than the
+    /// write's copy into the open txg (issue 9 item 10).
+    pub fn write_nowait(&self, offset: u64, data: &[u8], io_number: Option<u64>) -> Result<bool> {
+        let p = &self.pool;
+        p.check_usable()?;
+        if self.write_mode() != WriteMode::Buffered || p.over_threshold() {
+            return Ok(false);
+        }
+        self.write_inner_opts(offset, data, io_number, true, false)
+    }
+
+    /// The write path; without `may_wait`, returns false (nothing done) where the dirty
+    /// throttle would wait.
+    fn write_inner_opts(
+        &self,
+        offset: u64,
+        data: &[u8],
+        io: Option<u64>,
+        log: bool,
+        may_wait: bool,
+    ) -> Result<bool> {
         let p = &self.pool;
         let len = data.len() as u64;
         {
@@ -442,7 +511,12 @@ impl VolumeHandle {
             self.check_range(&st, offset, len)?;
         }
         let bs = u64::from(self.vol.block_size);
-        p.throttle(len + bs)?;
+        if may_wait {
+            p.throttle_vol(&self.vol, len + bs)?;
+        } else if !p.under_dirty_bound(len + bs) && !p.within_share(&self.vol) {
+            return Ok(false);
+        }
+        self.saw_io(io);
         let txg_guard = p.txg.read();
         let txg = *txg_guard;
         let mut st = self.vol.state.lock();
@@ -503,7 +577,7 @@ impl VolumeHandle {
         }
         drop(st);
         drop(txg_guard);
-        Ok(())
+        Ok(true)
     }
 
     /// Free a range (multiples of 512): whole blocks become holes (their space is freed

@@ -109,6 +109,18 @@ enum Job {
         offset: u64,
         reply: Reply<()>,
     },
+    /// Neighbouring reads in one request (`lens` back to back from `offset`).
+    ReadV {
+        offset: u64,
+        lens: Vec<usize>,
+        reply: Reply<Vec<Vec<u8>>>,
+    },
+    /// Neighbouring writes in one request (the pieces back to back from `offset`).
+    WriteV {
+        pieces: Vec<(Arc<Vec<u8>>, Range<usize>)>,
+        offset: u64,
+        reply: Reply<()>,
+    },
     Flush {
         reply: Reply<()>,
     },
@@ -220,6 +232,27 @@ fn worker(dev: Arc<dyn Device>, queue: Arc<Queue>) {
                 offset,
                 reply,
             } => reply.put(dev.write_at(&buf[range], offset)),
+            Job::ReadV {
+                offset,
+                lens,
+                reply,
+            } => {
+                let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l]).collect();
+                let r = {
+                    let mut slices: Vec<&mut [u8]> =
+                        bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+                    dev.read_vectored_at(&mut slices, offset)
+                };
+                reply.put(r.map(|()| bufs));
+            }
+            Job::WriteV {
+                pieces,
+                offset,
+                reply,
+            } => {
+                let slices: Vec<&[u8]> = pieces.iter().map(|(b, r)| &b[r.clone()]).collect();
+                reply.put(dev.write_vectored_at(&slices, offset));
+            }
             Job::Flush { reply } => reply.put(dev.flush()),
             Job::Stop => break,
         }
@@ -399,6 +432,40 @@ impl Leaf {
         self.submit("write", offset, |reply| Job::Write {
             buf,
             range,
+            offset,
+            reply,
+        })
+    }
+    /// Queue reads of `lens` bytes back to back from device `offset` (one request).
+    pub(crate) fn submit_read_v(
+        &self,
+        offset: u64,
+        lens: Vec<usize>,
+    ) -> Result<Pending<Vec<Vec<u8>>>, SpaError> {
+        self.submit("read", offset, |reply| Job::ReadV {
+            offset,
+            lens,
+            reply,
+        })
+    }
+    /// Read `lens` bytes back to back from device `offset` on the caller's thread if the
+    /// device can answer without I/O ([`Device::read_cached_at`]); `None` otherwise (then
+    /// [`Self::submit_read_v`]). Only while ONLINE: a faulted device is never read.
+    pub(crate) fn read_cached(&self, offset: u64, lens: &[usize]) -> Option<Vec<Vec<u8>>> {
+        let dev = self.dev.as_ref().filter(|_| self.is_online())?;
+        let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l]).collect();
+        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        dev.read_cached_at(&mut slices, offset)?;
+        Some(bufs)
+    }
+    /// Queue writes of `pieces` back to back from device `offset` (one request).
+    pub(crate) fn submit_write_v(
+        &self,
+        pieces: Vec<(Arc<Vec<u8>>, Range<usize>)>,
+        offset: u64,
+    ) -> Result<Pending<()>, SpaError> {
+        self.submit("write", offset, |reply| Job::WriteV {
+            pieces,
             offset,
             reply,
         })

@@ -23,8 +23,15 @@ pub const SPIN_POLLS: u32 = 256;
 /// redundancy, a dying device stops slowing every read down.
 pub const READ_ERRORS_MAX: u64 = 64;
 
+/// Largest vectored device request a batch of block reads or writes merges pieces into:
+/// 1 MiB, as a sequential 1 MiB volume I/O, big enough that the syscall and the hand-off
+/// to a device thread are a small share of it.
+pub const RUN_BYTES_MAX: u64 = 1 << 20;
+/// Most pieces in one vectored request (far below the kernel's IOV_MAX of 1024).
+pub const RUN_PIECES_MAX: usize = 256;
+
 /// Requests queued per device before submitters wait: bounds memory held by in-flight
-/// buffers (a request holds at most one block).
+/// buffers (a request holds at most one block, or a run of at most [`RUN_BYTES_MAX`]).
 pub const DEVICE_QUEUE_DEPTH: usize = 64;
 
 /// Largest block the pool stores (psize): ZFS's 16 MiB cap, far above the 128 KiB volume

@@ -933,6 +933,31 @@ fn read_best_label(leaf: &Leaf) -> LabelRead {
     }
 }
 
+impl Spa {
+    /// The blocks of `reqs` by group ([`TopVdev::read_unverified_many`]).
+    fn read_batch(&self, reqs: &[(Dva, u32)], cached_only: bool) -> Vec<Option<Vec<u8>>> {
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; reqs.len()];
+        let mut by_vdev: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, (dva, _)) in reqs.iter().enumerate() {
+            by_vdev.entry(dva.vdev).or_default().push(i);
+        }
+        for (vdev, idx) in by_vdev {
+            let Some(v) = self.vdev(vdev) else { continue };
+            let sub: Vec<(Dva, u64)> = idx
+                .iter()
+                .map(|&i| (reqs[i].0, u64::from(reqs[i].1)))
+                .collect();
+            for (i, r) in idx
+                .into_iter()
+                .zip(v.read_unverified_many(&sub, cached_only))
+            {
+                out[i] = r;
+            }
+        }
+        out
+    }
+}
+
 impl BlockStore for Spa {
     fn space(&self) -> SpaceStats {
         self.space_stats()
@@ -975,6 +1000,43 @@ impl BlockStore for Spa {
             .ok_or(SpaError::InvalidAddress { dva })?;
         let w = v.write_submit(dva, data)?;
         Ok(Box::new(move || Ok(w.finish()?)))
+    }
+
+    fn write_start_many(&self, blocks: Vec<(Dva, Arc<Vec<u8>>)>) -> Result<WriteWait, StoreError> {
+        let Some(first) = blocks.first().map(|b| b.0) else {
+            return Ok(Box::new(|| Ok(())));
+        };
+        if blocks.iter().any(|(d, b)| {
+            d.vdev != first.vdev || b.is_empty() || !b.len().is_multiple_of(SECTOR_SIZE as usize)
+        }) {
+            // Mixed groups or odd sizes: block by block (each checked there).
+            let mut waits = Vec::new();
+            for (dva, data) in blocks {
+                waits.push(self.write_start(dva, data)?);
+            }
+            return Ok(Box::new(move || {
+                let mut first = Ok(());
+                for w in waits {
+                    if let (Err(e), Ok(())) = (w(), &first) {
+                        first = Err(e);
+                    }
+                }
+                first
+            }));
+        }
+        let v = self
+            .vdev(first.vdev)
+            .ok_or(SpaError::InvalidAddress { dva: first })?;
+        let w = v.write_submit_many(&blocks)?;
+        Ok(Box::new(move || Ok(w.finish()?)))
+    }
+
+    fn read_unverified(&self, reqs: &[(Dva, u32)]) -> Vec<Option<Vec<u8>>> {
+        self.read_batch(reqs, false)
+    }
+
+    fn read_cached(&self, reqs: &[(Dva, u32)]) -> Vec<Option<Vec<u8>>> {
+        self.read_batch(reqs, true)
     }
 
     fn read(&self, dva: Dva, psize_bytes: u32, verify: Verify<'_>) -> Result<Vec<u8>, StoreError> {
