@@ -1,0 +1,587 @@
+//! The replica server (`cstor replica serve`): serves the volumes of one pool to targets
+//! over the replica protocol (docs/format/replica-protocol.md).
+//!
+//! Owns: one entry per opened volume with its session generation; per connection, the
+//! handshake, the session and the ordering of overlapping writes.
+//!
+//! Invariants:
+//! - A connection must pass HELLO (same version) and, with a key, AUTH before anything.
+//! - OPEN with an epoch below the stored one (or equal with another instance) is answered
+//!   FENCED with the stored epoch; a higher one is made durable before the reply, and every
+//!   other session of the volume is dropped: its pending replies are never sent, and its
+//!   later requests get NOT_OPEN (the generation is re-checked before apply and before
+//!   each reply).
+//! - Writes and UNMAPs of one session are applied in arrival order where their block
+//!   ranges overlap (the target sends them in io order, so the higher io wins per block
+//!   on every replica); non-overlapping ones run concurrently (group commit).
+//! - A write is acknowledged after the pool's crash-safe (or, in write-through mode,
+//!   stable) return.
+//!
+//! Never: block the runtime (pool calls run on blocking threads).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::auth::{self, AuthKey, CLIENT_LABEL, SERVER_LABEL};
+use crate::error::WireError;
+use crate::store::{boot_id, status_of, PoolAccess, ReplicaVolume};
+use crate::wire::{self, Frame, Op, OpenReply, OpenReq, Role, Status, VERSION};
+
+/// Page size of CHANGED replies (ranges).
+const CHANGED_PAGE_MAX: usize = 65_536;
+
+/// A replica server over one pool.
+#[derive(Debug, Clone)]
+pub struct ReplicaServer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Arc<dyn PoolAccess>,
+    key: Option<AuthKey>,
+    replica_id: String,
+    vols: Mutex<HashMap<String, Arc<VolEntry>>>,
+    /// Raised by [`ReplicaServer::stop`]: every connection ends.
+    stop: watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct VolEntry {
+    vol: ReplicaVolume,
+    /// Generation of the session allowed to apply and reply.
+    gen: AtomicU64,
+    /// The last shutdown was unclean and the boot id changed (computed at first open by
+    /// this process; cleared once a target records a checkpoint).
+    lost_tail: AtomicBool,
+    /// Highest io acknowledged by this process.
+    acked_max: AtomicU64,
+    /// Highest io known stable (acknowledged before a completed flush).
+    flush_point: AtomicU64,
+    epoch: Mutex<(u64, String)>,
+}
+
+/// Per-connection session state after OPEN.
+struct Session {
+    entry: Arc<VolEntry>,
+    gen: u64,
+    epoch: u64,
+}
+
+impl Session {
+    fn live(&self) -> bool {
+        self.entry.gen.load(Ordering::SeqCst) == self.gen
+    }
+}
+
+struct Pending {
+    id: u64,
+    start: u64,
+    end: u64,
+    done: watch::Receiver<bool>,
+}
+
+impl ReplicaServer {
+    /// A server for `pool`; with `key`, every connection must authenticate.
+    pub fn new(pool: Arc<dyn PoolAccess>, replica_id: String, key: Option<AuthKey>) -> Self {
+        ReplicaServer {
+            inner: Arc::new(Inner {
+                pool,
+                key,
+                replica_id,
+                vols: Mutex::new(HashMap::new()),
+                stop: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// Serves connections from `listener` until it fails.
+    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        let mut stop = self.inner.stop.subscribe();
+        loop {
+            let (sock, peer) = tokio::select! {
+                r = listener.accept() => r?,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
+            let _ = sock.set_nodelay(true);
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                if let Err(e) = inner.connection(sock).await {
+                    tracing::info!(%peer, error = %e, "replica connection ended");
+                }
+            });
+        }
+    }
+
+    /// Ends serving: the accept loop and every connection stop (their pending replies are
+    /// never sent). Used for a clean stop and, in tests, to simulate a crash.
+    pub fn stop(&self) {
+        self.inner.stop.send_replace(true);
+    }
+
+    /// Marks every opened volume cleanly shut down (call after serving stopped, before
+    /// the pool closes).
+    pub fn mark_clean(&self) {
+        let vols: Vec<_> = self.inner.vols.lock().values().cloned().collect();
+        for v in vols {
+            // Ends every session first, so no write lands after the marker.
+            v.gen.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = v.vol.flush().and_then(|_| v.vol.mark_clean()) {
+                tracing::error!(error = %e, "marking a replica volume clean");
+            }
+        }
+    }
+}
+
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = Option<T>> {
+    let h = tokio::task::spawn_blocking(f);
+    async move { h.await.ok() }
+}
+
+fn err_body(msg: impl std::fmt::Display) -> Bytes {
+    Bytes::from(msg.to_string().into_bytes())
+}
+
+impl Inner {
+    async fn connection(self: Arc<Self>, sock: TcpStream) -> Result<(), WireError> {
+        let (mut rd, mut wr) = sock.into_split();
+        // Handshake, synchronously on this task.
+        let Some(hello) = wire::read_frame(&mut rd).await? else {
+            return Ok(());
+        };
+        let parsed: Option<wire::Hello> = serde_json::from_slice(&hello.body).ok();
+        let speaks = parsed
+            .as_ref()
+            .is_some_and(|h| h.versions.contains(&VERSION));
+        if hello.opcode() != Some(Op::Hello) || hello.version != VERSION || !speaks {
+            let body = serde_json::json!({ "supported": [VERSION] }).to_string();
+            let f = Frame::reply(&hello, Status::VersionMismatch, 0, Bytes::from(body));
+            wire::write_frame(&mut wr, &f).await?;
+            let _ = wr.shutdown().await;
+            return Ok(());
+        }
+        let client_nonce = parsed
+            .and_then(|h| wire::unhex(&h.nonce))
+            .unwrap_or_default();
+        let server_nonce = auth::nonce();
+        let reply = wire::HelloReply {
+            nonce: wire::hex(&server_nonce),
+            auth: self.key.is_some(),
+        };
+        let body = Bytes::from(serde_json::to_vec(&reply).unwrap_or_default());
+        wire::write_frame(&mut wr, &Frame::reply(&hello, Status::Ok, 0, body)).await?;
+        if let Some(key) = &self.key {
+            let Some(a) = wire::read_frame(&mut rd).await? else {
+                return Ok(());
+            };
+            let mac = serde_json::from_slice::<wire::AuthProof>(&a.body)
+                .ok()
+                .and_then(|p| wire::unhex(&p.mac));
+            let ok = a.opcode() == Some(Op::Auth)
+                && client_nonce.len() == 32
+                && mac.is_some_and(|m| key.check(CLIENT_LABEL, &server_nonce, &client_nonce, &m));
+            if !ok {
+                let f = Frame::reply(&a, Status::AuthFailed, 0, err_body("bad proof"));
+                wire::write_frame(&mut wr, &f).await?;
+                let _ = wr.shutdown().await;
+                return Ok(());
+            }
+            let proof = wire::AuthProof {
+                mac: wire::hex(&key.prove(SERVER_LABEL, &client_nonce, &server_nonce)),
+            };
+            let body = Bytes::from(serde_json::to_vec(&proof).unwrap_or_default());
+            wire::write_frame(&mut wr, &Frame::reply(&a, Status::Ok, 0, body)).await?;
+        }
+
+        // Replies from concurrent request tasks go through one writer task.
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let writer = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            while let Some(f) = rx.recv().await {
+                buf.clear();
+                f.encode(&mut buf);
+                // Batch what is queued already into one syscall.
+                while let Ok(more) = rx.try_recv() {
+                    more.encode(&mut buf);
+                    if buf.len() > 1 << 20 {
+                        break;
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let pending: Arc<Mutex<Vec<Pending>>> = Arc::new(Mutex::new(Vec::new()));
+        let mut session: Option<Arc<Session>> = None;
+        let mut stop = self.stop.subscribe();
+        let result = loop {
+            let r = tokio::select! {
+                r = wire::read_frame(&mut rd) => r,
+                _ = stop.wait_for(|s| *s) => {
+                    if let Some(s) = &session {
+                        // No reply of this connection goes out after a stop.
+                        s.entry.gen.fetch_add(1, Ordering::SeqCst);
+                    }
+                    break Ok(());
+                }
+            };
+            let f = match r {
+                Ok(Some(f)) => f,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            if let Some(s) = &session {
+                if !s.live() {
+                    // A newer session took the volume: this connection is done.
+                    break Ok(());
+                }
+            }
+            match f.opcode() {
+                Some(Op::Open) => match self.clone().open(&f).await {
+                    Ok((s, reply)) => {
+                        session = Some(s);
+                        let _ = tx.send(reply);
+                    }
+                    Err(reply) => {
+                        let _ = tx.send(reply);
+                    }
+                },
+                Some(op) => match &session {
+                    None => {
+                        let _ = tx.send(Frame::reply(&f, Status::NotOpen, 0, err_body("no OPEN")));
+                    }
+                    Some(s) => {
+                        if f.epoch != s.epoch {
+                            let e = s.entry.epoch.lock().0;
+                            let _ = tx.send(Frame::reply(&f, Status::Fenced, e, Bytes::new()));
+                            continue;
+                        }
+                        self.request(op, f, s.clone(), &pending, tx.clone());
+                    }
+                },
+                None => {
+                    let _ = tx.send(Frame::reply(&f, Status::Invalid, 0, err_body("opcode")));
+                }
+            }
+        };
+        drop(tx);
+        let _ = writer.await;
+        result
+    }
+
+    async fn open(self: Arc<Self>, f: &Frame) -> Result<(Arc<Session>, Frame), Frame> {
+        let req: OpenReq = serde_json::from_slice(&f.body)
+            .map_err(|e| Frame::reply(f, Status::Invalid, 0, err_body(e)))?;
+        let me = self.clone();
+        let name = req.volume.clone();
+        let size = req.size;
+        let opened = blocking(move || -> Result<(Arc<VolEntry>, bool), String> {
+            let mut vols = me.vols.lock();
+            if let Some(e) = vols.get(&name) {
+                return Ok((e.clone(), false));
+            }
+            let (vol, created) = ReplicaVolume::open_or_create(me.pool.clone(), &name, size)
+                .map_err(|e| e.to_string())?;
+            let rec = vol.records().map_err(|e| e.to_string())?;
+            let lost = !created
+                && !rec.clean
+                && rec
+                    .boot
+                    .as_deref()
+                    .is_some_and(|b| !b.is_empty() && b != boot_id());
+            let entry = Arc::new(VolEntry {
+                vol,
+                gen: AtomicU64::new(0),
+                lost_tail: AtomicBool::new(lost),
+                acked_max: AtomicU64::new(0),
+                flush_point: AtomicU64::new(0),
+                epoch: Mutex::new((rec.epoch, rec.instance)),
+            });
+            vols.insert(name, entry.clone());
+            Ok((entry, created))
+        })
+        .await
+        .ok_or_else(|| Frame::reply(f, Status::Error, 0, err_body("open task failed")))?
+        .map_err(|e| Frame::reply(f, Status::Error, 0, err_body(e)))?;
+        let (entry, created) = opened;
+        // Epoch check and persistence under the entry's epoch lock: two OPENs race safely.
+        let e2 = entry.clone();
+        let (epoch, instance) = (req.epoch, req.instance.clone());
+        let fenced = blocking(move || -> Result<Option<u64>, String> {
+            let mut cur = e2.epoch.lock();
+            if epoch < cur.0 || (epoch == cur.0 && epoch != 0 && instance != cur.1) {
+                return Ok(Some(cur.0));
+            }
+            if epoch > cur.0 || instance != cur.1 {
+                e2.vol
+                    .set_epoch(epoch, &instance)
+                    .map_err(|e| e.to_string())?;
+                *cur = (epoch, instance);
+            }
+            // Drops every other session; from here only the new generation replies.
+            e2.gen.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        })
+        .await
+        .ok_or_else(|| Frame::reply(f, Status::Error, 0, err_body("open task failed")))?
+        .map_err(|e| Frame::reply(f, Status::Error, 0, err_body(e)))?;
+        if let Some(stored) = fenced {
+            return Err(Frame::reply(f, Status::Fenced, stored, Bytes::new()));
+        }
+        let gen = entry.gen.load(Ordering::SeqCst);
+        entry.vol.set_write_through(false);
+        let e3 = entry.clone();
+        let info = blocking(move || -> Result<OpenReply, String> {
+            let rec = e3.vol.records().map_err(|e| e.to_string())?;
+            let max_io = e3.vol.max_io(rec.checkpoint).map_err(|e| e.to_string())?;
+            let lost = e3.lost_tail.load(Ordering::SeqCst);
+            let fp = if lost {
+                rec.checkpoint
+            } else {
+                e3.flush_point.load(Ordering::SeqCst).max(max_io)
+            };
+            Ok(OpenReply {
+                id: String::new(),
+                guid: format!("{:016x}", e3.vol.guid()),
+                checkpoint: rec.checkpoint,
+                flush_point: fp,
+                lost_tail: lost,
+                max_io,
+                cursor: rec.cursor,
+                size: e3.vol.size(),
+                block_size: e3.vol.block_size(),
+                created,
+            })
+        })
+        .await
+        .ok_or_else(|| Frame::reply(f, Status::Error, 0, err_body("open task failed")))?
+        .map_err(|e| Frame::reply(f, Status::Error, 0, err_body(e)))?;
+        let mut info = info;
+        info.id = self.replica_id.clone();
+        if req.role == Role::New && !created {
+            tracing::info!(volume = %req.volume, "opened as New over existing data (full copy follows)");
+        }
+        let body = Bytes::from(serde_json::to_vec(&info).unwrap_or_default());
+        let s = Arc::new(Session {
+            entry,
+            gen,
+            epoch: req.epoch,
+        });
+        Ok((s, Frame::reply(f, Status::Ok, req.epoch, body)))
+    }
+
+    fn request(
+        &self,
+        op: Op,
+        f: Frame,
+        s: Arc<Session>,
+        pending: &Arc<Mutex<Vec<Pending>>>,
+        tx: mpsc::UnboundedSender<Frame>,
+    ) {
+        let entry = s.entry.clone();
+        let sess = s.clone();
+        let reply_to = f.clone();
+        let send = move |status: Status, body: Bytes| {
+            // Dropped sessions never reply (their acks must not count).
+            if s.live() {
+                let _ = tx.send(Frame::reply(&reply_to, status, s.epoch, body));
+            }
+        };
+        match op {
+            Op::Write | Op::Unmap => ordered_write(op, f, sess, pending, send),
+            Op::Ping => {
+                let body = wire::enc_u64s(&[
+                    entry.acked_max.load(Ordering::SeqCst),
+                    entry.flush_point.load(Ordering::SeqCst),
+                ]);
+                send(Status::Ok, body);
+            }
+            Op::SetMode => match wire::dec_u64s::<1>(f.body) {
+                Ok([m]) => {
+                    entry.vol.set_write_through(m == 1);
+                    send(Status::Ok, Bytes::new());
+                }
+                Err(e) => send(Status::Invalid, err_body(e)),
+            },
+            _ => {
+                tokio::spawn(async move {
+                    let (st, body) = other_op(op, f.body, entry).await;
+                    send(st, body);
+                });
+            }
+        }
+    }
+}
+
+/// Applies a WRITE or UNMAP after every earlier overlapping one of the session.
+fn ordered_write(
+    op: Op,
+    f: Frame,
+    sess: Arc<Session>,
+    pending: &Arc<Mutex<Vec<Pending>>>,
+    send: impl FnOnce(Status, Bytes) + Send + 'static,
+) {
+    enum W {
+        Write(u64, u64, Bytes),
+        Unmap(u64, u64, u64),
+    }
+    let parsed = match op {
+        Op::Write => wire::dec_write(f.body).map(|(o, io, d)| W::Write(o, io, d)),
+        _ => wire::dec_u64s::<3>(f.body).map(|[o, l, io]| W::Unmap(o, l, io)),
+    };
+    let entry = sess.entry.clone();
+    let w = match parsed {
+        Ok(w) => w,
+        Err(e) => return send(Status::Invalid, err_body(e)),
+    };
+    let (off, len) = match &w {
+        W::Write(o, _, d) => (*o, d.len() as u64),
+        W::Unmap(o, l, _) => (*o, *l),
+    };
+    let bs = u64::from(entry.vol.block_size());
+    let start = off / bs * bs;
+    let end = off.saturating_add(len).div_ceil(bs) * bs;
+    let (done_tx, done_rx) = watch::channel(false);
+    let waits: Vec<watch::Receiver<bool>> = {
+        let mut p = pending.lock();
+        let w = p
+            .iter()
+            .filter(|x| x.start < end && start < x.end)
+            .map(|x| x.done.clone())
+            .collect();
+        p.push(Pending {
+            id: f.id,
+            start,
+            end,
+            done: done_rx,
+        });
+        w
+    };
+    let pending = pending.clone();
+    let id = f.id;
+    tokio::spawn(async move {
+        for mut r in waits {
+            // A finished (or dropped) predecessor both end the wait.
+            let _ = r.wait_for(|d| *d).await;
+        }
+        let e = entry.clone();
+        let live = sess.clone();
+        let res = blocking(move || {
+            // Re-checked before apply: a dropped session's writes never reach the pool.
+            if !live.live() {
+                return Ok(None);
+            }
+            match w {
+                W::Write(o, io, d) => e.vol.write(o, &d, io).map(|_| Some(io)),
+                W::Unmap(o, l, io) => e.vol.unmap(o, l, io).map(|_| Some(io)),
+            }
+        })
+        .await;
+        let _ = done_tx.send(true);
+        pending.lock().retain(|x| x.id != id);
+        match res {
+            Some(Ok(Some(io))) => {
+                entry.acked_max.fetch_max(io, Ordering::SeqCst);
+                send(Status::Ok, Bytes::new());
+            }
+            Some(Ok(None)) => {}
+            Some(Err(e)) => send(status_of(&e), err_body(e)),
+            None => send(Status::Error, err_body("write task failed")),
+        }
+    });
+}
+
+/// The requests that need no ordering: FLUSH, READ, CHECKPOINT, CHANGED, READ_IO, APPLY,
+/// SET_CURSOR.
+async fn other_op(op: Op, body: Bytes, e: Arc<VolEntry>) -> (Status, Bytes) {
+    let r = blocking(move || -> Result<Bytes, (Status, String)> {
+        let pe = |x: cstor_pool::PoolError| (status_of(&x), x.to_string());
+        let we = |x: WireError| (Status::Invalid, x.to_string());
+        match op {
+            Op::Flush => {
+                let acked = e.acked_max.load(Ordering::SeqCst);
+                e.vol.flush().map_err(pe)?;
+                e.flush_point.fetch_max(acked, Ordering::SeqCst);
+                Ok(wire::enc_u64s(&[acked]))
+            }
+            Op::Read => {
+                let [off, len] = wire::dec_u64s::<2>(body).map_err(we)?;
+                if len > wire::MAX_BODY as u64 - 64 {
+                    return Err((Status::Invalid, "read too large".into()));
+                }
+                let mut buf = vec![0u8; len as usize];
+                e.vol.read(off, &mut buf).map_err(pe)?;
+                Ok(Bytes::from(buf))
+            }
+            Op::Checkpoint => {
+                let [c] = wire::dec_u64s::<1>(body).map_err(we)?;
+                e.vol.set_checkpoint(c).map_err(pe)?;
+                e.lost_tail.store(false, Ordering::SeqCst);
+                Ok(Bytes::new())
+            }
+            Op::Changed => {
+                let [since, until, from, max] = wire::dec_u64s::<4>(body).map_err(we)?;
+                let max = (max as usize).clamp(1, CHANGED_PAGE_MAX);
+                let r = e.vol.changed(since, until, from, max).map_err(pe)?;
+                Ok(wire::enc_ranges(&r))
+            }
+            Op::ReadIo => {
+                let [off, len] = wire::dec_u64s::<2>(body).map_err(we)?;
+                let bs = u64::from(e.vol.block_size());
+                if len > 16 << 20 || !off.is_multiple_of(bs) || !len.is_multiple_of(bs) {
+                    return Err((
+                        Status::Invalid,
+                        "READ_IO needs whole blocks, <= 16 MiB".into(),
+                    ));
+                }
+                let mut buf = vec![0u8; len as usize];
+                let ios = e.vol.read_with_io(off, &mut buf).map_err(pe)?;
+                let exact = ios.is_some();
+                Ok(wire::enc_read_io(exact, &ios.unwrap_or_default(), &buf))
+            }
+            Op::Apply => {
+                let (x0, blocks, data) = wire::dec_apply(body).map_err(we)?;
+                let bs = e.vol.block_size() as usize;
+                if data.len() != blocks.len() * bs {
+                    return Err((
+                        Status::Invalid,
+                        "APPLY data is not one block per entry".into(),
+                    ));
+                }
+                let mut applied = 0u64;
+                for (i, (off, io)) in blocks.iter().enumerate() {
+                    if e.vol
+                        .apply_block_if(*off, &data[i * bs..(i + 1) * bs], *io, x0)
+                        .map_err(pe)?
+                    {
+                        applied += 1;
+                    }
+                }
+                Ok(wire::enc_u64s(&[applied]))
+            }
+            Op::SetCursor => {
+                let c = std::str::from_utf8(&body)
+                    .map_err(|_| (Status::Invalid, "cursor is not UTF-8".to_string()))?;
+                e.vol.set_cursor((!c.is_empty()).then_some(c)).map_err(pe)?;
+                Ok(Bytes::new())
+            }
+            _ => Err((Status::Invalid, format!("{op:?} not allowed here"))),
+        }
+    })
+    .await;
+    match r {
+        Some(Ok(b)) => (Status::Ok, b),
+        Some(Err((st, m))) => (st, err_body(m)),
+        None => (Status::Error, err_body("request task failed")),
+    }
+}
