@@ -280,7 +280,7 @@ pub fn spawn_writers(
                     let b = (x % (blocks / writers)) * writers + w;
                     n += 1;
                     let tag = (w << 48) | n;
-                    let c = ctx(&v, n % 50 == 0);
+                    let c = ctx(&v, n.is_multiple_of(50));
                     let t = Instant::now();
                     let r = v.write(&c, b * BS, block(tag)).await;
                     let ms = t.elapsed().as_millis() as u64;
