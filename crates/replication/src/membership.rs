@@ -305,3 +305,54 @@ mod tests {
         assert!(matches!(s.read(), Err(StoreError::Corrupt(_))));
     }
 }
+
+/// SCSI persistent-reservation state kept in the record's `pr` field (design §2.9), so
+/// reservations survive target restarts and moves. Only the epoch holder writes it.
+#[derive(Debug, Clone)]
+pub struct RecordReservations {
+    store: std::sync::Arc<dyn MembershipStore>,
+    epoch: u64,
+}
+
+impl RecordReservations {
+    /// The reservation store of the target instance holding `epoch`.
+    pub fn new(store: std::sync::Arc<dyn MembershipStore>, epoch: u64) -> RecordReservations {
+        RecordReservations { store, epoch }
+    }
+}
+
+fn pr_err(e: StoreError) -> cstor_iscsi::StoreError {
+    cstor_iscsi::StoreError::Io(std::io::Error::other(e.to_string()))
+}
+
+impl cstor_iscsi::ReservationStore for RecordReservations {
+    fn load(&self) -> Result<Option<Vec<u8>>, cstor_iscsi::StoreError> {
+        let (r, _) = self.store.read().map_err(pr_err)?;
+        Ok(r.pr.as_deref().and_then(crate::wire::unhex))
+    }
+
+    fn compare_and_swap(
+        &self,
+        expected: Option<&[u8]>,
+        next: Option<&[u8]>,
+    ) -> Result<(), cstor_iscsi::StoreError> {
+        loop {
+            let (mut r, v) = self.store.read().map_err(pr_err)?;
+            if r.epoch != self.epoch {
+                return Err(cstor_iscsi::StoreError::Io(std::io::Error::other(
+                    "fenced: another target instance holds the volume",
+                )));
+            }
+            let cur = r.pr.as_deref().and_then(crate::wire::unhex);
+            if cur.as_deref() != expected {
+                return Err(cstor_iscsi::StoreError::Conflict);
+            }
+            r.pr = next.map(crate::wire::hex);
+            match self.store.cas(v, &r).map_err(pr_err)? {
+                Cas::Ok(_) => return Ok(()),
+                // Another field changed (the volume's own CAS): retry on the new version.
+                Cas::Conflict => continue,
+            }
+        }
+    }
+}

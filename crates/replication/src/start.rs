@@ -66,6 +66,7 @@ impl ReplicatedVolume {
                 Err(VolumeError::Fenced { .. }) => return,
                 Err(VolumeError::Refused(m)) => {
                     tracing::error!(volume = %inner.cfg.name, "start refused: {m}");
+                    *inner.refused.lock() = Some(m);
                     inner.state.lock().phase = Phase::Offline;
                     inner.ready_wake.notify_waiters();
                     return;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cstor_iscsi::backend::{BackendError, BackendFuture, BackendIdentity, BlockBackend, IoCtx};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::auth::AuthKey;
@@ -158,7 +158,7 @@ impl Seq {
 }
 
 /// Phase of the volume (cStor's words).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     /// Starting: fencing, gathering, reconciling.
     Init,
@@ -171,7 +171,7 @@ pub enum Phase {
 }
 
 /// One replica in [`VolumeStatus`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     /// Replica id.
     pub id: String,
@@ -192,7 +192,7 @@ pub struct ReplicaStatus {
 }
 
 /// What `cstor target status` shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VolumeStatus {
     /// Volume name.
     pub volume: String,
@@ -238,6 +238,8 @@ pub(crate) struct Inner {
     pub(crate) ready_wake: Notify,
     pub(crate) progress: Mutex<Vec<(String, Arc<Progress>)>>,
     pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Why the start was refused, if it was.
+    pub(crate) refused: Mutex<Option<String>>,
 }
 
 fn other(msg: impl std::fmt::Display) -> BackendError {
@@ -348,6 +350,7 @@ impl ReplicatedVolume {
             ready_wake: Notify::new(),
             progress: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
+            refused: Mutex::new(None),
             cfg,
             store,
         });
@@ -389,6 +392,11 @@ impl ReplicatedVolume {
             }
             wait.await;
         }
+    }
+
+    /// Why the start was refused (the volume then stays Offline).
+    pub fn refusal(&self) -> Option<String> {
+        self.inner.refused.lock().clone()
     }
 
     /// Whether this instance was fenced.
