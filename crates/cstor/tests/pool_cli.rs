@@ -176,6 +176,11 @@ fn pool_and_volume_contract_on_raidz() {
         .cloned()
         .unwrap();
     assert_eq!(cut["io_cut"], 43, "{vols}");
+    // Replication records: nothing set yet; every write (io 42) is stable after the
+    // commands' commits.
+    assert_eq!(vols[0]["checkpoint"], 0, "{vols}");
+    assert_eq!(vols[0]["epoch"], 0, "{vols}");
+    assert_eq!(vols[0]["flush_point"], 42, "{vols}");
     e.ok(&["volume", "destroy", "tank/vol@cut43"]);
 
     // Snapshot, overwrite, clone, rollback.

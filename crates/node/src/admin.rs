@@ -430,6 +430,9 @@ fn volume_json(pool: &OpenPool, name: &str) -> Result<Value> {
         "compression_ratio": v.compression_ratio,
         "origin": v.origin,
         "io_number_max": v.io_number_max,
+        "checkpoint": v.checkpoint,
+        "epoch": v.epoch,
+        "flush_point": v.flush_point,
         "snapshots": snaps.iter().map(|s| json!({
             "name": s.name,
             "used": s.used,

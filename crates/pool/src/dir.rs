@@ -15,9 +15,10 @@ use crate::bp::{Bp, Compression, BP_BYTES};
 use crate::error::{PoolError, Result};
 use crate::store::Dva;
 
-/// Directory format version this build writes; version 1 (no io reservations) is still
-/// read, an older build refuses version 2 (it would hand out io numbers again).
-pub const DIR_VERSION: u32 = 2;
+/// Directory format version this build writes; versions 1 (no io reservations) and 2 (no
+/// volume records) are still read. An older build refuses version 3: it would drop the
+/// epochs and checkpoints (and version 2 the io reservations) and hand out old values.
+pub const DIR_VERSION: u32 = 3;
 
 /// One snapshot as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -64,6 +65,16 @@ pub(crate) struct VolRec {
     /// version 1 directories).
     #[serde(default)]
     pub io_reserved: u64,
+    /// Replication checkpoint: every write with io up to it is in this txg's tree
+    /// (version 3; 0 before).
+    #[serde(default)]
+    pub checkpoint: u64,
+    /// Highest epoch seen (version 3; 0 before).
+    #[serde(default)]
+    pub epoch: u64,
+    /// Catch-up cursor, hex (version 3; absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 impl VolRec {
@@ -96,6 +107,9 @@ impl VolRec {
             properties: BTreeMap::new(),
             snapshots: Vec::new(),
             io_reserved: 0,
+            checkpoint: 0,
+            epoch: 0,
+            cursor: None,
         }
     }
 
@@ -151,6 +165,17 @@ pub(crate) struct DirRec {
     pub ro_threshold_pct: u8,
     pub compression: Compression,
     pub volumes: Vec<VolRec>,
+    /// The commit was a clean close's last (version 3; false before).
+    #[serde(default)]
+    pub clean_shutdown: bool,
+    /// Boot id of the open that wrote it (version 3; absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// Intent-log blocks (vdev, offset, asize) a replay claimed, recorded by the commits
+    /// run during that replay (version 3; empty otherwise): a later open frees those its
+    /// own replay does not reach (a tail dropped with `discard_log_tail`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_claims: Vec<(u32, u64, u64)>,
 }
 
 mod bp_hex {

@@ -99,6 +99,17 @@ pub enum PoolError {
         #[source]
         source: StoreError,
     },
+    /// [`crate::VolumeHandle::set_epoch`] with an epoch below the stored one (a fenced,
+    /// older target).
+    #[error("volume '{volume}': epoch {asked} is below the stored epoch {stored}")]
+    EpochBelowStored {
+        /// Volume name.
+        volume: String,
+        /// The epoch stored.
+        stored: u64,
+        /// The epoch asked for.
+        asked: u64,
+    },
     /// Reading or writing a send stream failed.
     #[error("stream I/O: {0}")]
     StreamIo(#[source] std::io::Error),

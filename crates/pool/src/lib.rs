@@ -28,8 +28,8 @@ mod zil;
 
 pub use bp::Compression;
 pub use engine::{
-    ChangedRange, DroppedLogTail, Pool, PoolOptions, PoolSpace, SnapshotInfo, TraverseStats,
-    VolumeHandle, VolumeInfo, WriteMode,
+    BlockIo, BlockStream, ChangedRange, DroppedLogTail, Pool, PoolOptions, PoolSpace, SnapshotInfo,
+    StreamBlock, TraverseStats, VolumeHandle, VolumeInfo, VolumeRecords, WriteMode,
 };
 pub use error::{PoolError, Result};
 pub use send::StreamStats;

@@ -88,3 +88,10 @@ pub const IO_RESERVE_ROUNDS: u32 = 4;
 /// Log records are split across log blocks only at volume offsets that are multiples of
 /// this: the unit a power cut never tears (as a 4 KiB-sector disk).
 pub const LOG_SPLIT_BYTES: u64 = 4096;
+/// Blocks a block stream ([`crate::Pool::stream_blocks`]) lists per batch: each batch
+/// walks under its own root hold, so a long stream never keeps freed space for long.
+pub const STREAM_BATCH_BLOCKS: usize = 256;
+/// Data bytes a block stream reads per batch (bounds its memory).
+pub const STREAM_BATCH_BYTES: u64 = 8 << 20;
+/// Rate-limit charge of a hole entry in a block stream (its frame's cost on the wire).
+pub const STREAM_HOLE_CHARGE_BYTES: u64 = 64;

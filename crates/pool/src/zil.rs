@@ -21,6 +21,17 @@ pub const REC_HEADER_BYTES: usize = 48;
 
 const REC_WRITE: u8 = 1;
 const REC_UNMAP: u8 = 2;
+const REC_EPOCH: u8 = 3;
+const REC_CURSOR: u8 = 4;
+
+/// A volume record set through the log (durable at the flush, before a commit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum VolSet {
+    /// The volume's epoch (in the io field).
+    Epoch(u64),
+    /// The catch-up cursor (the record's data; `data: None` clears it).
+    Cursor,
+}
 
 /// One logged operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +43,8 @@ pub(crate) struct LogRecord {
     pub data: Option<std::sync::Arc<Vec<u8>>>,
     pub unmap_len: u64,
     pub io_number: Option<u64>,
+    /// Not a write: a volume record ([`VolSet`]).
+    pub set: Option<VolSet>,
 }
 
 impl LogRecord {
@@ -79,18 +92,23 @@ pub(crate) fn encode_block(
     b[56..60].copy_from_slice(&(records.len() as u32).to_le_bytes());
     let mut pos = LOG_HEADER_BYTES;
     for r in records {
-        let kind = if r.data.is_some() {
-            REC_WRITE
-        } else {
-            REC_UNMAP
+        let (kind, io, flag) = match (&r.set, &r.data) {
+            (Some(VolSet::Epoch(e)), _) => (REC_EPOCH, *e, 1),
+            (Some(VolSet::Cursor), d) => (REC_CURSOR, 0, u8::from(d.is_some())),
+            (None, Some(_)) => (REC_WRITE, r.io_number.unwrap_or(0), 0),
+            (None, None) => (REC_UNMAP, r.io_number.unwrap_or(0), 0),
         };
         b[pos] = kind;
         b[pos + 8..pos + 16].copy_from_slice(&r.vol_guid.to_le_bytes());
         b[pos + 16..pos + 24].copy_from_slice(&r.txg.to_le_bytes());
         b[pos + 24..pos + 32].copy_from_slice(&r.offset.to_le_bytes());
         b[pos + 32..pos + 40].copy_from_slice(&r.len().to_le_bytes());
-        b[pos + 40..pos + 48].copy_from_slice(&r.io_number.unwrap_or(0).to_le_bytes());
-        b[pos + 1] = u8::from(r.io_number.is_some());
+        b[pos + 40..pos + 48].copy_from_slice(&io.to_le_bytes());
+        b[pos + 1] = if r.set.is_some() {
+            flag
+        } else {
+            u8::from(r.io_number.is_some())
+        };
         pos += REC_HEADER_BYTES;
         if let Some(d) = &r.data {
             b[pos..pos + d.len()].copy_from_slice(d);
@@ -171,8 +189,16 @@ pub(crate) fn decode_block(b: &[u8]) -> Result<LogBlock> {
             data: None,
             unmap_len: 0,
             io_number: has_io.then_some(io),
+            set: None,
         };
         pos += REC_HEADER_BYTES;
+        let data_len = |pos: usize| -> Result<usize> {
+            let len = usize::try_from(len).map_err(|_| corrupt("length".into()))?;
+            if len > end - pos {
+                return Err(corrupt(format!("record of {len} bytes past end")));
+            }
+            Ok(len)
+        };
         match kind {
             REC_WRITE => {
                 let len = usize::try_from(len).map_err(|_| corrupt("length".into()))?;
@@ -183,6 +209,19 @@ pub(crate) fn decode_block(b: &[u8]) -> Result<LogBlock> {
                 pos += len;
             }
             REC_UNMAP => r.unmap_len = len,
+            REC_EPOCH => {
+                r.io_number = None;
+                r.set = Some(VolSet::Epoch(io));
+            }
+            REC_CURSOR => {
+                let n = data_len(pos)?;
+                r.io_number = None;
+                r.set = Some(VolSet::Cursor);
+                if has_io {
+                    r.data = Some(std::sync::Arc::new(b[pos..pos + n].to_vec()));
+                }
+                pos += n;
+            }
             k => return Err(corrupt(format!("unknown record kind {k}"))),
         }
         records.push(r);
@@ -208,6 +247,7 @@ mod tests {
                 data: Some(std::sync::Arc::new(vec![7u8; 1024])),
                 unmap_len: 0,
                 io_number: Some(9),
+                set: None,
             },
             LogRecord {
                 vol_guid: 1,
@@ -216,6 +256,34 @@ mod tests {
                 data: None,
                 unmap_len: 4096,
                 io_number: None,
+                set: None,
+            },
+            LogRecord {
+                vol_guid: 2,
+                txg: 4,
+                offset: 0,
+                data: None,
+                unmap_len: 0,
+                io_number: None,
+                set: Some(VolSet::Epoch(12)),
+            },
+            LogRecord {
+                vol_guid: 2,
+                txg: 4,
+                offset: 0,
+                data: Some(std::sync::Arc::new(b"cursor".to_vec())),
+                unmap_len: 0,
+                io_number: None,
+                set: Some(VolSet::Cursor),
+            },
+            LogRecord {
+                vol_guid: 2,
+                txg: 4,
+                offset: 0,
+                data: None,
+                unmap_len: 0,
+                io_number: None,
+                set: Some(VolSet::Cursor),
             },
         ];
         let next = Dva {

@@ -192,6 +192,10 @@ fn changed_since_lists_only_newer_io_numbers() {
     v.write(0, &pattern(4, 512), Some(40)).unwrap();
     assert_eq!(pool.changed_since_vec("v@s", 30).unwrap(), vec![]);
     assert_eq!(pool.changed_since_vec("v", 30).unwrap().len(), 1);
+    // The walk listed the dirty write without committing it; the committed tree's max
+    // follows with the commit.
+    assert_eq!(pool.volume_info("v").unwrap().io_number_max, 30);
+    pool.sync().unwrap();
     assert_eq!(pool.volume_info("v").unwrap().io_number_max, 40);
 }
 

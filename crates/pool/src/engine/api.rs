@@ -21,6 +21,7 @@ impl Pool {
             )));
         }
         let inner = Arc::new(PoolInner::new(store, opts.clone(), random_u64(), 1));
+        *inner.boot.lock() = records::Boot::new_pool(&opts);
         {
             let mut cs = inner.commit.lock();
             inner.commit_locked(&mut cs, None)?;
@@ -43,10 +44,21 @@ impl Pool {
         }
         let inner = Arc::new(PoolInner::new(store, opts, root.pool_guid, txg + 1));
         let dir = inner.read_directory(&root.dir)?;
+        // The marker is cleared by the replay's commit below, before the open returns.
+        *inner.boot.lock() = records::Boot::at_open(&inner.opts, &dir);
         inner
             .ro_threshold_pct
             .store(u64::from(dir.ro_threshold_pct), Ordering::Relaxed);
         *inner.default_compression.lock() = dir.compression;
+        let earlier_claims: Vec<Dva> = dir
+            .log_claims
+            .iter()
+            .map(|&(vdev, offset, asize)| Dva {
+                vdev,
+                offset,
+                asize,
+            })
+            .collect();
         {
             let mut vols = inner.vols.write();
             for v in dir.volumes {
@@ -60,7 +72,7 @@ impl Pool {
             cs.dir_segments = segments;
             cs.last_txg = txg;
         }
-        inner.replay(&root)?;
+        inner.replay(&root, earlier_claims)?;
         inner.cleanup_receiving()?;
         Ok(Pool::start(inner))
     }
@@ -536,74 +548,6 @@ impl Pool {
         self.changed_between(target, since, None, f)
     }
 
-    /// Ranges of `target` whose blocks' io lies in `(since, until]` (`until` None: no
-    /// upper bound), in offset order, merged. Subtrees whose max io is not above `since`
-    /// are skipped (the walk costs what changed after `since`); blocks above `until` are
-    /// left out one by one (a subtree's max does not bound its other blocks).
-    pub fn changed_between(
-        &self,
-        target: &str,
-        since: u64,
-        until: Option<u64>,
-        f: &mut dyn FnMut(ChangedRange) -> Result<()>,
-    ) -> Result<()> {
-        let until = until.unwrap_or(u64::MAX);
-        let p = &self.inner;
-        let _hold = p.hold_roots();
-        let (v, root, size) = match target.split_once('@') {
-            Some((vol, snap)) => {
-                let v = p.vol(vol)?;
-                let s = p.find_snap(&v, snap)?;
-                (v, s.root, s.size)
-            }
-            None => {
-                let v = p.vol(target)?;
-                if p.has_dirty(&v) {
-                    self.sync()?;
-                }
-                let root = *v.tree.read();
-                let size = v.state.lock().size;
-                (v, root, size)
-            }
-        };
-        let bs = u64::from(v.block_size);
-        let mut cur: Option<ChangedRange> = None;
-        p.walk(
-            &root,
-            v.levels,
-            0,
-            &mut |bp| bp.io_max > since,
-            &mut |blk, bp| {
-                let offset = blk * bs;
-                if offset >= size || bp.io_max > until {
-                    return Ok(());
-                }
-                let len = (span_blocks(bp.level) * bs).min(size - offset);
-                match cur.as_mut() {
-                    Some(c) if c.offset + c.len == offset => {
-                        c.len += len;
-                        c.io_number_max = c.io_number_max.max(bp.io_max);
-                    }
-                    _ => {
-                        if let Some(c) = cur.take() {
-                            f(c)?;
-                        }
-                        cur = Some(ChangedRange {
-                            offset,
-                            len,
-                            io_number_max: bp.io_max,
-                        });
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        if let Some(c) = cur {
-            f(c)?;
-        }
-        Ok(())
-    }
-
     /// [`Pool::changed_between`] collected.
     pub fn changed_between_vec(
         &self,
@@ -701,7 +645,13 @@ impl Pool {
         let p = &self.inner;
         let mut cs = p.commit.lock();
         p.check_usable()?;
-        p.commit_locked(&mut cs, None)?;
+        // This last commit records the clean shutdown (a lost tail is then impossible).
+        p.clean_close.store(true, Ordering::SeqCst);
+        let r = p.commit_locked(&mut cs, None);
+        if r.is_err() {
+            p.clean_close.store(false, Ordering::SeqCst);
+        }
+        r?;
         p.closed.store(true, Ordering::SeqCst);
         Ok(())
     }

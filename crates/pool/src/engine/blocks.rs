@@ -40,6 +40,10 @@ impl PoolInner {
             holds: Mutex::new(Holds::default()),
             last_committed: AtomicU64::new(txg.saturating_sub(1)),
             cut: Mutex::new(None),
+            durable_seq: AtomicU64::new(0),
+            boot: Mutex::new(records::Boot::default()),
+            clean_close: AtomicBool::new(false),
+            log_claims: Mutex::new(Vec::new()),
         }
     }
 
@@ -134,6 +138,10 @@ impl PoolInner {
             })
         });
         let io_number_max = v.tree.read().io_max;
+        let (checkpoint, epoch) = {
+            let r = v.records.lock();
+            (r.checkpoint, r.epoch)
+        };
         VolumeInfo {
             name: meta.name.clone(),
             guid: meta.guid,
@@ -146,6 +154,9 @@ impl PoolInner {
             snapshots: meta.snapshots.iter().map(|s| s.name.clone()).collect(),
             origin,
             io_number_max,
+            checkpoint,
+            epoch,
+            flush_point: self.flush_point_of(v),
         }
     }
 
@@ -376,7 +387,19 @@ impl PoolInner {
     /// Current contents of block `blk` of a volume (None: zeros): the open txg's dirty
     /// block, over the syncing txg's, over the committed tree.
     pub(super) fn block_contents(&self, v: &Volume, blk: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        self.block_contents_io(v, blk).map(|(d, _)| d)
+    }
+
+    /// [`Self::block_contents`] with the block's io: that of the newest layer the bytes
+    /// came from (the same view as the bytes).
+    pub(super) fn block_contents_io(
+        &self,
+        v: &Volume,
+        blk: u64,
+    ) -> Result<(Option<Arc<Vec<u8>>>, u64)> {
         let mut overlays: Vec<(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])> = Vec::new();
+        // The io of the newest overlay found (the block's io whatever lies under it).
+        let mut top_io: Option<u64> = None;
         {
             let st = v.state.lock();
             let zeros = |overlays: &[(Arc<Vec<u8>>, [u64; MAX_SECTORS / 64])]| {
@@ -392,38 +415,43 @@ impl PoolInner {
             ];
             for (d, frees) in layers {
                 match d {
-                    Some(Dirty::Data { data, .. }) => {
-                        return Ok(Some(Self::merge(Some(data.clone()), &overlays)))
+                    Some(Dirty::Data { data, io }) => {
+                        let io = top_io.unwrap_or(*io);
+                        return Ok((Some(Self::merge(Some(data.clone()), &overlays)), io));
                     }
-                    Some(Dirty::Hole { .. }) => return Ok(zeros(&overlays)),
-                    Some(Dirty::Partial { data, valid, .. }) => {
+                    Some(Dirty::Hole { io }) => {
+                        return Ok((zeros(&overlays), top_io.unwrap_or(*io)))
+                    }
+                    Some(Dirty::Partial { data, valid, io }) => {
+                        top_io.get_or_insert(*io);
                         overlays.push((data.clone(), *valid))
                     }
                     None => {}
                 }
                 // A range freed in this txg lies under this txg's dirty blocks.
-                if range_covers(frees, blk).is_some() {
-                    return Ok(zeros(&overlays));
+                if let Some(io) = range_covers(frees, blk) {
+                    return Ok((zeros(&overlays), top_io.unwrap_or(io)));
                 }
             }
         }
         // The syncing overlay may be committed meanwhile; laying it over the new tree
         // gives the same bytes.
-        let base = {
+        let (base, tree_io) = {
             let tree = v.tree.read();
             let bp = self.lookup(&tree, v.levels, blk)?;
             if bp.is_hole() {
-                None
+                (None, bp.io_max)
             } else {
-                Some(self.read_data(&bp)?)
+                (Some(self.read_data(&bp)?), bp.io_max)
             }
         };
+        let io = top_io.unwrap_or(tree_io);
         if overlays.is_empty() {
-            return Ok(base);
+            return Ok((base, io));
         }
         let bs = v.block_size as usize;
         let base = base.unwrap_or_else(|| Arc::new(vec![0u8; bs]));
-        Ok(Some(Self::merge(Some(base), &overlays)))
+        Ok((Some(Self::merge(Some(base), &overlays)), io))
     }
 
     /// `base` (None: zeros of the overlays' size) with overlays laid on, the last in the

@@ -64,6 +64,9 @@ impl PoolInner {
                 let frees = std::mem::take(&mut st.open_frees);
                 synced_bytes += frees.len() as u64 * FREE_RANGE_CHARGE_BYTES;
                 st.syncing_frees = Arc::new(frees);
+                if let Some(c) = st.open_checkpoint.take() {
+                    st.syncing_checkpoint = Some(c);
+                }
             }
             txg
         };
@@ -92,6 +95,9 @@ impl PoolInner {
             let mut io = v.io.lock();
             io.durable = io.durable.max(reserved);
         }
+        for (v, c) in cs.checkpoint_written.drain(..) {
+            v.records.lock().checkpoint = c;
+        }
         self.log_trim(trim);
         self.undirty(synced_bytes);
         let mut log = self.log.lock();
@@ -113,9 +119,18 @@ impl PoolInner {
         {
             // Meta before state (lock order), so a reader never sees neither copy.
             let mut meta = v.meta.lock();
-            let props = std::mem::take(&mut v.state.lock().syncing_props);
+            let (props, checkpoint) = {
+                let mut st = v.state.lock();
+                (
+                    std::mem::take(&mut st.syncing_props),
+                    st.syncing_checkpoint.take(),
+                )
+            };
             for (k, val) in props {
                 meta.properties.insert(k, val);
+            }
+            if let Some(c) = checkpoint {
+                meta.checkpoint = c;
             }
         }
         let (syncing, frees) = {

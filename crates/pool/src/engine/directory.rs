@@ -10,6 +10,7 @@ impl PoolInner {
     pub(super) fn write_directory(&self, cs: &mut CommitState, txg: u64) -> Result<Bp> {
         self.meta_dirty.store(false, Ordering::SeqCst);
         cs.io_written.clear();
+        cs.checkpoint_written.clear();
         let vols: Vec<Arc<Volume>> = self.vols.read().values().cloned().collect();
         let header = DirRec {
             version: DIR_VERSION,
@@ -17,6 +18,14 @@ impl PoolInner {
             ro_threshold_pct: self.ro_threshold_pct.load(Ordering::Relaxed) as u8,
             compression: *self.default_compression.lock(),
             volumes: Vec::new(),
+            clean_shutdown: self.clean_close.load(Ordering::SeqCst),
+            boot_id: self.boot.lock().this_boot.clone(),
+            log_claims: self
+                .log_claims
+                .lock()
+                .iter()
+                .map(|d| (d.vdev, d.offset, d.asize))
+                .collect(),
         };
         let mut segments: Vec<Vec<u8>> = Vec::new();
         let mut line = header.to_bytes();
@@ -26,6 +35,7 @@ impl PoolInner {
         for v in &vols {
             let rec = v.meta.lock().clone();
             cs.io_written.push((v.clone(), rec.io_reserved));
+            cs.checkpoint_written.push((v.clone(), rec.checkpoint));
             seg.push(if seg.is_empty() { b'[' } else { b',' });
             seg.extend_from_slice(&serde_json::to_vec(&rec).unwrap_or_default());
             if rec.guid % DIR_SEGMENT_GUID_MOD == 0 || seg.len() >= DIR_SEGMENT_BYTES {
@@ -194,6 +204,8 @@ impl PoolInner {
         let back = self.diff_free(v, s.root, head, v.levels, meta.origin_txg, None)?;
         meta.snap_held = meta.snap_held.saturating_sub(back);
         meta.root = s.root;
+        // The writes after the snapshot are gone: a checkpoint must not claim them.
+        meta.checkpoint = 0;
         meta.referenced = s.referenced;
         meta.unique = s.unique_at;
         meta.ref_lsize = s.ref_lsize;

@@ -123,6 +123,9 @@ impl PoolInner {
                     }
                     w.unflushed = false;
                 }
+                if durable {
+                    self.durable_seq.fetch_max(w.written_seq, Ordering::SeqCst);
+                }
                 return Ok(());
             }
             let need = Self::log_blocks_needed(count, bytes);
@@ -131,11 +134,11 @@ impl PoolInner {
                 self.commit_for_log(need)?;
                 continue;
             }
-            let (records, bytes) = {
+            let (records, bytes, taken) = {
                 let mut l = self.log.lock();
                 let b = l.bytes;
                 l.bytes = 0;
-                (std::mem::take(&mut l.records), b)
+                (std::mem::take(&mut l.records), b, l.pushed)
             };
             // A failure latches the pool before `logw` is released: a flush waiting for
             // it must not find the records gone and report them durable.
@@ -143,6 +146,7 @@ impl PoolInner {
                 self.fail(&e);
                 return Err(e);
             }
+            w.written_seq = taken;
             if durable {
                 if let Err(e) = self.store.flush() {
                     let e = PoolError::from(e);
@@ -150,6 +154,7 @@ impl PoolInner {
                     return Err(e);
                 }
                 w.unflushed = false;
+                self.durable_seq.fetch_max(taken, Ordering::SeqCst);
             } else {
                 w.unflushed = true;
             }
@@ -207,7 +212,10 @@ impl PoolInner {
                 } else {
                     0
                 };
-                if let (Some(d), true) = (&r.data, take > 0 && take < r.len() as usize) {
+                if let (Some(d), true) = (
+                    &r.data,
+                    take > 0 && take < r.len() as usize && r.set.is_none(),
+                ) {
                     let head = LogRecord {
                         data: Some(Arc::new(d[..take].to_vec())),
                         ..r.clone()

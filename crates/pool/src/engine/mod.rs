@@ -59,9 +59,16 @@ mod blocks;
 mod commit;
 mod directory;
 mod intent_log;
+mod records;
 mod replay;
 mod scan;
+mod stream;
 mod volume;
+mod walk;
+
+pub use records::VolumeRecords;
+pub use stream::{BlockStream, StreamBlock};
+pub use walk::BlockIo;
 
 /// The callback of [`Pool::visit_live_blocks`]: address, stored size, and a check of the
 /// block's bytes.
@@ -96,6 +103,10 @@ pub struct PoolOptions {
     /// ([`Pool::log_tail_dropped`]), instead of refusing ([`PoolError::LogUnreadable`]).
     /// Like `zpool import -m`: flushed writes in the dropped tail are lost.
     pub discard_log_tail: bool,
+    /// This boot's id, compared at open with the one the last open recorded (for
+    /// [`VolumeRecords::lost_tail`]). None: read /proc/sys/kernel/random/boot_id (tests
+    /// set it to simulate a reboot).
+    pub boot_id: Option<String>,
 }
 
 impl Default for PoolOptions {
@@ -108,6 +119,7 @@ impl Default for PoolOptions {
             ro_threshold_pct: DEFAULT_RO_THRESHOLD_PCT,
             compression: Compression::Lz4,
             discard_log_tail: false,
+            boot_id: None,
         }
     }
 }
@@ -161,6 +173,12 @@ pub struct VolumeInfo {
     pub origin: Option<String>,
     /// Largest io number in the committed tree.
     pub io_number_max: u64,
+    /// Durable checkpoint ([`VolumeHandle::set_checkpoint`]).
+    pub checkpoint: u64,
+    /// Highest epoch stored ([`VolumeHandle::set_epoch`]).
+    pub epoch: u64,
+    /// [`VolumeHandle::flush_point`] now.
+    pub flush_point: u64,
 }
 
 /// A snapshot as listed.
@@ -294,6 +312,10 @@ pub(crate) struct VolState {
     /// blocks it covers).
     open_frees: Vec<FreeRange>,
     syncing_frees: Arc<Vec<FreeRange>>,
+    /// A checkpoint set in the open txg, then in the syncing one: committed in the txg it
+    /// was set in, with every write applied before it.
+    open_checkpoint: Option<u64>,
+    syncing_checkpoint: Option<u64>,
     size: u64,
     destroyed: bool,
 }
@@ -312,6 +334,13 @@ pub(crate) struct Volume {
     pub(crate) io: Mutex<IoSeq>,
     /// [`WriteMode`] as a number (in memory only; a replica sets it per session).
     pub(crate) write_mode: std::sync::atomic::AtomicU8,
+    /// Serializes [`VolumeHandle::set_epoch`] and [`VolumeHandle::set_cursor`] calls, held
+    /// across their log flush (taken before every other lock; nothing else takes it).
+    pub(crate) record_gate: Mutex<()>,
+    /// The records' acknowledged values (a leaf lock).
+    pub(crate) records: Mutex<records::Acked>,
+    /// Writes not yet stable, for [`VolumeHandle::flush_point`] (a leaf lock).
+    pub(crate) stab: Mutex<records::Stability>,
 }
 
 /// When a volume's write or UNMAP returns.
@@ -363,6 +392,9 @@ impl Volume {
                 requested: rec.io_reserved,
             }),
             write_mode: std::sync::atomic::AtomicU8::new(0),
+            record_gate: Mutex::new(()),
+            records: Mutex::new(records::Acked::of(&rec)),
+            stab: Mutex::new(records::Stability::new(rec.root.io_max)),
             meta: Mutex::new(rec),
         })
     }
@@ -395,6 +427,8 @@ pub(crate) fn span_blocks(level: u8) -> u64 {
 struct LogPending {
     records: Vec<LogRecord>,
     bytes: u64,
+    /// Pushes of records so far: a write's log sequence (see [`records::Stability`]).
+    pushed: u64,
 }
 
 #[derive(Debug)]
@@ -422,6 +456,8 @@ struct LogWriter {
     /// Commits during the replay record it unchanged and trim nothing, so until the last
     /// record is applied a power cut replays the whole chain again.
     pinned: Option<LogHead>,
+    /// Pushes (see [`LogPending::pushed`]) whose records are all in written log blocks.
+    written_seq: u64,
 }
 
 #[derive(Debug, Default)]
@@ -435,6 +471,9 @@ struct CommitState {
     /// The io reservation each volume's record carries in the commit being written:
     /// durable (usable by `next_io`) once its root is.
     io_written: Vec<(Arc<Volume>, u64)>,
+    /// The checkpoint each volume's record carries in the commit being written: durable
+    /// (reported by [`VolumeHandle::records`]) once its root is.
+    checkpoint_written: Vec<(Arc<Volume>, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -477,6 +516,15 @@ pub(crate) struct PoolInner {
     /// An io-cut snapshot being taken: (volume guid, cut, whether no write at or above
     /// the cut was in the volume when its commit closed the open txg).
     cut: Mutex<Option<(u64, u64, Option<bool>)>>,
+    /// Pushes (see [`LogPending::pushed`]) whose records are in flushed log blocks.
+    durable_seq: AtomicU64,
+    /// The shutdown and boot the open found (see [`VolumeRecords`]).
+    boot: Mutex<records::Boot>,
+    /// Set by [`Pool::close`]: its commit records a clean shutdown.
+    clean_close: AtomicBool,
+    /// While a replay runs: the log blocks it (and the interrupted replays before it)
+    /// claimed, recorded in the directory by the commits it runs.
+    log_claims: Mutex<Vec<Dva>>,
 }
 
 /// Root holds (see [`RootHold`]) and the frees they hold back.

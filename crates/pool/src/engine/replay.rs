@@ -9,7 +9,11 @@ impl PoolInner {
     /// block that cannot be *read* is not the end, and refuses the open unless
     /// [`PoolOptions::discard_log_tail`] says to drop the chain from there. The chain's
     /// blocks stay pinned (see [`LogWriter::pinned`]) until every record is applied.
-    pub(super) fn replay(self: &Arc<Self>, root: &Root) -> Result<()> {
+    ///
+    /// `earlier_claims`: the blocks an interrupted replay of the same chain claimed
+    /// (durably, by the commits it ran). Those this replay does not reach (after a tail
+    /// it drops) are freed by its last commit, so a dropped tail leaks no space.
+    pub(super) fn replay(self: &Arc<Self>, root: &Root, earlier_claims: Vec<Dva>) -> Result<()> {
         let head = root.log;
         let floor = head.replay_after_txg;
         let mut records = Vec::new();
@@ -64,6 +68,14 @@ impl PoolInner {
             // its allocation was durable (its address came from a checksummed block or
             // the root): claimed and freed with the rest.
             let trailing = (dva.asize != 0).then_some((dva, psize));
+            let mut claims = earlier_claims.clone();
+            for (dva, _) in found.iter().copied().chain(trailing) {
+                if !claims.contains(&dva) {
+                    claims.push(dva);
+                }
+            }
+            // Recorded before any commit of this replay can make the claims durable.
+            *self.log_claims.lock() = claims;
             for (dva, psize) in found.iter().copied().chain(trailing) {
                 match self.store.claim(dva, txg) {
                     // Ok: claimed now; another error: allocated already (durable).
@@ -99,6 +111,10 @@ impl PoolInner {
                 pool: self.clone(),
                 vol: v.clone(),
             };
+            if let Some(set) = &r.set {
+                h.replay_set(set, r.data.as_deref().map(Vec::as_slice));
+                continue;
+            }
             let res = match &r.data {
                 Some(d) => h.write_inner(r.offset, d, r.io_number, false),
                 None => h.unmap_inner(r.offset, r.unmap_len, r.io_number, false),
@@ -118,8 +134,39 @@ impl PoolInner {
                 b.max_txg = b.max_txg.min(open_txg);
             }
         }
+        // Blocks an interrupted replay claimed that this one did not reach (past a
+        // dropped tail): allocated durably, owned by nothing else; freed by the commit
+        // that ends the replay (and stops recording the claims).
+        self.log_claims.lock().clear();
+        let extra: Vec<Dva> = earlier_claims
+            .into_iter()
+            .filter(|d| !self.logw.lock().blocks.iter().any(|b| b.dva == *d))
+            .collect();
         let mut cs = self.commit.lock();
-        self.commit_locked(&mut cs, None)?;
+        let claim_txg = *self.txg.read();
+        let extra: Vec<Dva> = extra
+            .into_iter()
+            .filter(|d| match self.store.claim(*d, claim_txg) {
+                // Not allocated (the claim's commit never became durable): ours now.
+                Ok(()) => true,
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::Unsupported =>
+                {
+                    false
+                }
+                // Allocated already: by the interrupted replay's claim.
+                Err(_) => true,
+            })
+            .collect();
+        self.commit_locked(
+            &mut cs,
+            Some(&mut |p: &PoolInner, txg: u64| {
+                for d in &extra {
+                    p.store.free(*d, txg);
+                }
+                Ok(())
+            }),
+        )?;
         Ok(())
     }
 }

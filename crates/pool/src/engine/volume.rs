@@ -173,6 +173,36 @@ impl VolumeHandle {
         Ok(())
     }
 
+    /// [`VolumeHandle::read`] that also returns the io number of every volume block the
+    /// range covers, in order (0: never written), each from the same view as the bytes
+    /// read from that block.
+    pub fn read_with_io(&self, offset: u64, buf: &mut [u8]) -> Result<Vec<u64>> {
+        let p = &self.pool;
+        p.check_usable()?;
+        let len = buf.len() as u64;
+        let bs = u64::from(self.vol.block_size);
+        {
+            let st = self.vol.state.lock();
+            self.check_range(&st, offset, len)?;
+        }
+        let mut ios = Vec::with_capacity((len / bs + 2) as usize);
+        let mut pos = 0u64;
+        while pos < len {
+            let abs = offset + pos;
+            let (blk, in_blk) = (abs / bs, abs % bs);
+            let n = (bs - in_blk).min(len - pos);
+            let dst = &mut buf[pos as usize..(pos + n) as usize];
+            let (data, io) = p.block_contents_io(&self.vol, blk)?;
+            match data {
+                Some(d) => dst.copy_from_slice(&d[in_blk as usize..(in_blk + n) as usize]),
+                None => dst.fill(0),
+            }
+            ios.push(io);
+            pos += n;
+        }
+        Ok(ios)
+    }
+
     /// Write `data` at `offset` (both multiples of 512), tagging its blocks with
     /// `io_number`. Durable after the next [`VolumeHandle::flush`] or txg commit.
     pub fn write(&self, offset: u64, data: &[u8], io_number: Option<u64>) -> Result<()> {
@@ -233,8 +263,11 @@ impl VolumeHandle {
                 data: Some(rec_data),
                 unmap_len: 0,
                 io_number: Some(incoming_io),
+                set: None,
             });
             l.bytes += bs;
+            l.pushed += 1;
+            self.vol.note_unstable(Some(incoming_io), l.pushed, txg);
         }
         p.dirty_bytes.fetch_add(bs, Ordering::SeqCst);
         drop(st);
@@ -427,6 +460,7 @@ impl VolumeHandle {
             data: Some(d),
             unmap_len: 0,
             io_number: io,
+            set: None,
         };
         while pos < len {
             let abs = offset + pos;
@@ -460,7 +494,12 @@ impl VolumeHandle {
             l.records.extend(records);
             // Counted in full even when shared: a later overwrite of the block un-shares it.
             l.bytes += len;
+            l.pushed += 1;
+            self.vol.note_unstable(io, l.pushed, txg);
             p.dirty_bytes.fetch_add(len, Ordering::SeqCst);
+        } else {
+            // Not logged (replay, receive): stable with its txg's commit.
+            self.vol.note_unstable(io, u64::MAX, txg);
         }
         drop(st);
         drop(txg_guard);
@@ -560,7 +599,12 @@ impl VolumeHandle {
                     data: None,
                     unmap_len: n,
                     io_number: io,
+                    set: None,
                 });
+                l.pushed += 1;
+                self.vol.note_unstable(io, l.pushed, txg);
+            } else {
+                self.vol.note_unstable(io, u64::MAX, txg);
             }
             drop(st);
             drop(txg_guard);
