@@ -12,9 +12,9 @@
 //! any failed live write to it aborts the catch-up (it stays Stale). Sends pause only for
 //! the switch (while its outstanding writes drain, bounded by T_evict).
 //!
-//! Not yet: source blocks carry their exact io only once the pool has `read_with_io`;
-//! until then they are tagged X0-1, which the apply rule treats as pre-session content
-//! (overwrites junk, never a live write). Missed snapshots are not replayed. A live write
+//! Source blocks carry their exact io (the pool's `read_with_io`); a source that cannot
+//! tell them tags them X0-1, which the apply rule treats as pre-session content.
+//! Not yet: missed snapshots are not replayed. A live write
 //! smaller than the replica block into a block the walk has not reached can leave that
 //! block's other sectors stale (writes of whole 4 KiB blocks are exact).
 

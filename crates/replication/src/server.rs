@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::{self, AuthKey, CLIENT_LABEL, SERVER_LABEL};
 use crate::error::WireError;
-use crate::store::{boot_id, status_of, PoolAccess, ReplicaVolume};
+use crate::store::{status_of, PoolAccess, ReplicaVolume};
 use crate::wire::{self, Frame, Op, OpenReply, OpenReq, Role, Status, VERSION};
 
 /// Page size of CHANGED replies (ranges).
@@ -126,14 +126,14 @@ impl ReplicaServer {
         self.inner.stop.send_replace(true);
     }
 
-    /// Marks every opened volume cleanly shut down (call after serving stopped, before
-    /// the pool closes).
+    /// Ends every session and flushes every opened volume (call after serving stopped;
+    /// closing the pool then writes its clean-shutdown marker).
     pub fn mark_clean(&self) {
         let vols: Vec<_> = self.inner.vols.lock().values().cloned().collect();
         for v in vols {
             // Ends every session first, so no write lands after the marker.
             v.gen.fetch_add(1, Ordering::SeqCst);
-            if let Err(e) = v.vol.flush().and_then(|_| v.vol.mark_clean()) {
+            if let Err(e) = v.vol.flush() {
                 tracing::error!(error = %e, "marking a replica volume clean");
             }
         }
@@ -293,12 +293,7 @@ impl Inner {
             let (vol, created) = ReplicaVolume::open_or_create(me.pool.clone(), &name, size)
                 .map_err(|e| e.to_string())?;
             let rec = vol.records().map_err(|e| e.to_string())?;
-            let lost = !created
-                && !rec.clean
-                && rec
-                    .boot
-                    .as_deref()
-                    .is_some_and(|b| !b.is_empty() && b != boot_id());
+            let lost = !created && rec.lost_tail;
             let entry = Arc::new(VolEntry {
                 vol,
                 gen: AtomicU64::new(0),
@@ -346,9 +341,9 @@ impl Inner {
             let max_io = e3.vol.max_io(rec.checkpoint).map_err(|e| e.to_string())?;
             let lost = e3.lost_tail.load(Ordering::SeqCst);
             let fp = if lost {
-                rec.checkpoint
+                e3.vol.flush_point().max(rec.checkpoint)
             } else {
-                e3.flush_point.load(Ordering::SeqCst).max(max_io)
+                max_io
             };
             Ok(OpenReply {
                 id: String::new(),
@@ -512,7 +507,7 @@ async fn other_op(op: Op, body: Bytes, e: Arc<VolEntry>) -> (Status, Bytes) {
                 let acked = e.acked_max.load(Ordering::SeqCst);
                 e.vol.flush().map_err(pe)?;
                 e.flush_point.fetch_max(acked, Ordering::SeqCst);
-                Ok(wire::enc_u64s(&[acked]))
+                Ok(wire::enc_u64s(&[acked.max(e.vol.flush_point())]))
             }
             Op::Read => {
                 let [off, len] = wire::dec_u64s::<2>(body).map_err(we)?;

@@ -2,20 +2,15 @@
 //! code of this crate that calls the pool, so switching to new pool primitives touches
 //! this file alone.
 //!
-//! Durable per-volume replication records live in volume properties (committed with the
-//! txg that holds every write made before the property was set):
-//! - `cstor.repl.epoch` / `cstor.repl.instance`: highest epoch seen and its target
-//!   instance; [`ReplicaVolume::set_epoch`] sets them and commits a txg before returning
-//!   (durable across power loss; a full commit stands in for the pool's coming
-//!   `set_epoch`, which avoids it).
-//! - `cstor.repl.checkpoint`: checkpoint C. Set with the next txg together with every
-//!   write acknowledged before the call, so it never claims data that is not on disk.
-//! - `cstor.repl.cursor`: the catch-up cursor (`B:offset`), committed before returning.
-//! - `cstor.repl.clean` / `cstor.repl.boot`: clean-shutdown marker and boot id, for
-//!   `lostTail` (unclean last shutdown and a changed boot id).
-//!
-//! Not yet from the pool (s4-pool): per-block io with a read (`read_with_io`), so catch-up
-//! tags source blocks with X0-1 (see catchup.rs), and a flush point kept by the pool.
+//! Durable per-volume replication records are the pool's volume records
+//! (`VolumeHandle::records`): the epoch (`set_epoch`, durable before it returns through a
+//! flushed intent-log record), checkpoint C (`set_checkpoint`, committed with the next txg
+//! together with every write applied before the call), the catch-up cursor (`set_cursor`,
+//! durable before it returns), and `lost_tail` from the pool's clean-shutdown marker and
+//! boot id. Per-block io numbers come with reads (`read_with_io`); the flush point is the
+//! pool's (`flush_point`). Only the target instance id of the stored epoch is a volume
+//! property (committed with the next txg): it only tells a same-epoch reconnect of one
+//! instance from misuse, since epochs are unique per instance by the record's CAS.
 
 use std::sync::Arc;
 
@@ -26,12 +21,7 @@ use crate::wire::Range;
 /// Block size of replica volumes this server creates: the catch-up apply unit.
 pub const REPLICA_BLOCK: u32 = 4096;
 
-const P_EPOCH: &str = "cstor.repl.epoch";
 const P_INSTANCE: &str = "cstor.repl.instance";
-const P_CHECKPOINT: &str = "cstor.repl.checkpoint";
-const P_CURSOR: &str = "cstor.repl.cursor";
-const P_CLEAN: &str = "cstor.repl.clean";
-const P_BOOT: &str = "cstor.repl.boot";
 
 /// Access to the pool a replica server serves (a bare pool in tests, a hosted pool in the
 /// binary).
@@ -57,10 +47,8 @@ pub struct Records {
     pub checkpoint: u64,
     /// Catch-up cursor.
     pub cursor: Option<String>,
-    /// Last shutdown was clean.
-    pub clean: bool,
-    /// Boot id recorded at the last open for writing.
-    pub boot: Option<String>,
+    /// The last shutdown was unclean and the boot id changed.
+    pub lost_tail: bool,
 }
 
 /// One replica volume of the served pool.
@@ -68,13 +56,6 @@ pub struct Records {
 pub struct ReplicaVolume {
     pool: Arc<dyn PoolAccess>,
     vol: VolumeHandle,
-}
-
-/// The boot id of this OS boot (empty when unknown).
-pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 impl ReplicaVolume {
@@ -127,11 +108,15 @@ impl ReplicaVolume {
         self.vol.read(offset, buf)
     }
 
-    /// Reads whole blocks with the io of each when the pool can tell it (`None` until the
-    /// pool has `read_with_io`).
+    /// Reads whole blocks with the io of each (always `Some` since the pool has
+    /// `read_with_io`).
     pub fn read_with_io(&self, offset: u64, buf: &mut [u8]) -> Result<Option<Vec<u64>>, PoolError> {
-        self.vol.read(offset, buf)?;
-        Ok(None)
+        self.vol.read_with_io(offset, buf).map(Some)
+    }
+
+    /// Highest io such that every write at or below it this volume acknowledged is stable.
+    pub fn flush_point(&self) -> u64 {
+        self.vol.flush_point()
     }
 
     /// Writes with the target's io.
@@ -214,68 +199,45 @@ impl ReplicaVolume {
         Ok(m)
     }
 
-    fn prop(&self, key: &str) -> Result<Option<String>, PoolError> {
-        self.p().property(self.vol.name(), key)
-    }
-
-    fn prop_u64(&self, key: &str) -> Result<u64, PoolError> {
-        Ok(self
-            .prop(key)?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default())
-    }
-
     /// The durable records.
     pub fn records(&self) -> Result<Records, PoolError> {
+        let r = self.vol.records();
         Ok(Records {
-            epoch: self.prop_u64(P_EPOCH)?,
-            instance: self.prop(P_INSTANCE)?.unwrap_or_default(),
-            checkpoint: self.prop_u64(P_CHECKPOINT)?,
-            cursor: self.prop(P_CURSOR)?.filter(|c| !c.is_empty()),
-            clean: self.prop(P_CLEAN)?.as_deref() == Some("1"),
-            boot: self.prop(P_BOOT)?,
+            epoch: r.epoch,
+            instance: self
+                .p()
+                .property(self.vol.name(), P_INSTANCE)?
+                .unwrap_or_default(),
+            checkpoint: r.checkpoint,
+            cursor: r
+                .cursor
+                .and_then(|c| String::from_utf8(c).ok())
+                .filter(|c| !c.is_empty()),
+            lost_tail: r.lost_tail,
         })
     }
 
-    /// Persists the epoch (and marks the volume open for writing on this boot): durable
-    /// when it returns.
+    /// Persists the epoch: durable when it returns (a lower one is refused by the pool).
     pub fn set_epoch(&self, epoch: u64, instance: &str) -> Result<(), PoolError> {
-        let name = self.vol.name();
-        self.p().set_property(name, P_EPOCH, &epoch.to_string())?;
-        self.p().set_property(name, P_INSTANCE, instance)?;
-        self.p().set_property(name, P_CLEAN, "0")?;
-        self.p().set_property(name, P_BOOT, &boot_id())?;
-        self.p().sync()?;
-        Ok(())
+        self.p()
+            .set_property(self.vol.name(), P_INSTANCE, instance)?;
+        self.vol.set_epoch(epoch)
     }
 
-    /// Sets checkpoint C: durable with the next txg, together with every write made
+    /// Sets checkpoint C: durable with the next txg, together with every write applied
     /// before the call.
     pub fn set_checkpoint(&self, c: u64) -> Result<(), PoolError> {
-        self.p()
-            .set_property(self.vol.name(), P_CHECKPOINT, &c.to_string())
-    }
-
-    /// Sets checkpoint C and commits it now (readmission, end of catch-up).
-    pub fn set_checkpoint_durable(&self, c: u64) -> Result<(), PoolError> {
-        self.set_checkpoint(c)?;
-        self.p().sync()?;
-        Ok(())
+        self.vol.set_checkpoint(c)
     }
 
     /// Persists (or clears) the catch-up cursor; durable when it returns.
     pub fn set_cursor(&self, cursor: Option<&str>) -> Result<(), PoolError> {
-        self.p()
-            .set_property(self.vol.name(), P_CURSOR, cursor.unwrap_or(""))?;
-        self.p().sync()?;
-        Ok(())
+        self.vol.set_cursor(cursor.map(str::as_bytes))
     }
 
-    /// Marks a clean shutdown (call after the last write, before closing the pool).
-    pub fn mark_clean(&self) -> Result<(), PoolError> {
-        self.p().set_property(self.vol.name(), P_CLEAN, "1")?;
-        self.p().sync()?;
-        Ok(())
+    /// Commits a txg now (the checkpoint set before it becomes durable).
+    pub fn commit(&self) -> Result<(), PoolError> {
+        self.p().sync().map(|_| ())
     }
 }
 
