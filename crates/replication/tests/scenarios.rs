@@ -268,3 +268,51 @@ async fn restart_refusals_new_replica_full_copy_and_last_replica_refusal() {
     let (rec, _) = c.store.read().unwrap();
     assert_eq!(rec.member("r0").unwrap().state, MemberState::Current);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_unreachable_during_eviction_holds_then_busy_and_resumes_when_back() {
+    let c = cluster(2).await;
+    let store = Arc::new(FaultyStore {
+        inner: FileStore::new(&c.state).unwrap(),
+        down: AtomicBool::new(false),
+    });
+    let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), store.clone())
+        .await
+        .unwrap();
+    assert_eq!(v.ready().await, Phase::Healthy);
+    v.write(&ctx(&v, false), 0, block(1)).await.unwrap();
+    // No fault: a store outage changes nothing (L6).
+    store.down.store(true, Ordering::SeqCst);
+    v.write(&ctx(&v, false), BS, block(2)).await.unwrap();
+    // A replica fails while the store is down: the write cannot complete without a
+    // recorded eviction, so it is answered BUSY (never GOOD without R1's ack).
+    c.proxies[1].set(CUT);
+    let t = Instant::now();
+    let r = v.write(&ctx(&v, false), 2 * BS, block(3)).await;
+    assert!(matches!(r, Err(BackendError::Busy)), "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "held {:?}",
+        t.elapsed()
+    );
+    assert_eq!(c.state_of("r1"), MemberState::Current);
+    // Store back: the eviction is recorded and IO resumes; nothing acknowledged is lost.
+    store.down.store(false, Ordering::SeqCst);
+    v.write(&ctx(&v, false), 2 * BS, block(4)).await.unwrap();
+    assert_eq!(c.state_of("r1"), MemberState::Stale);
+    let rd = |o: u64| {
+        let v = v.clone();
+        async move {
+            v.read(
+                &IoCtx::new(Instant::now() + Duration::from_secs(5)),
+                o,
+                BS as u32,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(rd(0).await, block(1));
+    assert_eq!(rd(BS).await, block(2));
+    assert_eq!(rd(2 * BS).await, block(4));
+}
