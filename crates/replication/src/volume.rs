@@ -472,6 +472,21 @@ impl ReplicatedVolume {
         }
     }
 
+    /// Ends this instance as a crash would (no drain, no flush, no record change): every
+    /// task stops and every replica session is dropped. For tests of restart recovery.
+    pub fn crash(&self) {
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::SeqCst);
+        for t in inner.tasks.lock().drain(..) {
+            t.abort();
+        }
+        inner.state.lock().phase = Phase::Offline;
+        let targets = std::mem::take(&mut inner.seq.lock().targets);
+        for t in targets {
+            t.conn.close("target crashed");
+        }
+    }
+
     /// Clean stop: drains IO, flushes every Current replica, records cleanShutdown and
     /// releases the holder.
     pub async fn shutdown(&self) -> Result<(), VolumeError> {
@@ -697,6 +712,9 @@ impl ReplicatedVolume {
     pub(crate) async fn evict(&self, id: &str, why: &str) -> Result<(), VolumeError> {
         let inner = &self.inner;
         let _g = inner.evict.lock().await;
+        if inner.stopping.load(Ordering::SeqCst) {
+            return Err(VolumeError::Refused("the target is stopping".into()));
+        }
         let start = Instant::now();
         let mut gone: Vec<String> = vec![id.to_string()];
         loop {

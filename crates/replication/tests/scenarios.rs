@@ -316,3 +316,49 @@ async fn store_unreachable_during_eviction_holds_then_busy_and_resumes_when_back
     assert_eq!(rd(BS).await, block(2));
     assert_eq!(rd(2 * BS).await, block(4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_crash_with_replicas_apart_is_reconciled_before_serving() {
+    let c = cluster(2).await;
+    let v = c.target().await;
+    let truth = Arc::new(Truth::default());
+    run_writers(&v, &truth, 0.3).await;
+    // R1's traffic is held (acks delayed, under T_evict) while writes keep going: R0 and
+    // R1 now differ by the in-flight window; then the target dies.
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs = spawn_writers(&v, BLOCKS, 4, truth.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.proxies[1].set(STALL);
+    // Writes sent now reach R0 but are held (then dropped) on the way to R1.
+    let burst: Vec<_> = (0..16u64)
+        .map(|i| {
+            let v = v.clone();
+            tokio::spawn(async move {
+                v.write(&ctx(&v, false), (600 + i) * BS, block(0xb00 + i))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    v.crash();
+    for b in burst {
+        // Never acknowledged: either outcome is allowed, identical replicas are not optional.
+        let _ = b.await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for h in hs {
+        h.await.unwrap();
+    }
+    // The writes R1 never received are lost with the cut connection.
+    c.proxies[1].set(CUT);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.proxies[1].set(PASS);
+    // Restart: epoch + 1; both replicas intact and Current; reconcile before any IO.
+    let v2 = c.target().await;
+    assert_eq!(v2.epoch(), v.epoch() + 1);
+    assert_eq!(c.state_of("r0"), MemberState::Current);
+    assert_eq!(c.state_of("r1"), MemberState::Current);
+    verify(&v2, &truth, BLOCKS).await;
+    v2.shutdown().await.unwrap();
+    c.identical();
+}
