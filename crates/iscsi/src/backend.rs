@@ -22,6 +22,15 @@
 //!   hands out numbers from `next_io`; the LU calls it in its dispatch order, immediately
 //!   before the call it is for, and passes the number in `ctx.io`.
 //!
+//! - **Holds.** A backend that cannot complete commands for a while (a replica membership
+//!   change being recorded, startup recovery) raises its [`Hold`]: the LU then dispatches
+//!   no new call to it, queues commands for up to T_hold (`limits::HOLD_TIMEOUT`, 4 s by
+//!   default) and answers those still waiting then with BUSY. Calls already issued are the
+//!   backend's to settle as usual.
+//! - **Events.** A backend raises [`BackendEvent`]s on the channel `events` returns:
+//!   `CapacityChanged` becomes a unit attention on every I_T nexus of the LU, `Stopping`
+//!   asks every session of the target to log out.
+//!
 //! Never: block the async runtime inside a returned future (blocking engines hop to a
 //! blocking thread, as the file backend does).
 
@@ -46,6 +55,8 @@ pub struct Cancel(Arc<CancelInner>);
 struct CancelInner {
     raised: AtomicBool,
     wake: Notify,
+    /// The command's place in its LU's arrival order (0: none), for the hold queue.
+    order: std::sync::atomic::AtomicU64,
 }
 
 impl Cancel {
@@ -58,6 +69,16 @@ impl Cancel {
     pub fn raise(&self) {
         self.0.raised.store(true, Ordering::Release);
         self.0.wake.notify_waiters();
+    }
+
+    /// Records the command's arrival order at its LU (taken by the reader, in CmdSN order).
+    pub(crate) fn set_order(&self, n: u64) {
+        self.0.order.store(n, Ordering::Relaxed);
+    }
+
+    /// The arrival order set by `set_order`, if any.
+    pub(crate) fn order(&self) -> Option<u64> {
+        Some(self.0.order.load(Ordering::Relaxed)).filter(|n| *n != 0)
     }
 
     /// Whether the signal is raised.
@@ -78,6 +99,59 @@ impl Cancel {
             wait.await;
         }
     }
+}
+
+/// A backend's request that the LU hold new commands (replication design §2.6: queue up
+/// to T_hold, then BUSY). Cloning shares it: the backend keeps one clone and raises or
+/// releases it, the LU waits on another. Released when created.
+#[derive(Debug, Clone)]
+pub struct Hold(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Hold {
+    /// A hold that is released.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises the hold: from now on the LU issues no new call to the backend.
+    pub fn hold(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Releases it: waiting commands proceed, in the order they reached the LU.
+    pub fn release(&self) {
+        self.0.send_replace(false);
+    }
+
+    /// Whether it is raised.
+    pub fn is_held(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes when the hold is released (at once if it is).
+    pub async fn released(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|held| !*held).await;
+    }
+}
+
+/// Something a backend tells the target about its volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendEvent {
+    /// Capacity (or other READ CAPACITY data) changed: every I_T nexus of the LU gets the
+    /// CAPACITY DATA HAS CHANGED unit attention (2Ah/09h).
+    CapacityChanged,
+    /// The volume is about to stop being served (planned stop, move, removal): every
+    /// session gets the asynchronous "request logout" event.
+    Stopping,
 }
 
 /// Per-command context of one backend call.
@@ -210,6 +284,16 @@ pub trait BlockBackend: Send + Sync + std::fmt::Debug + 'static {
     /// The io number for the next modifying call, taken in the LU's dispatch order;
     /// `None` (the default) for backends without a sequence.
     fn next_io(&self) -> Option<u64> {
+        None
+    }
+    /// The hold this backend raises when commands must wait (see the module docs); `None`
+    /// (the default) for backends that never hold. Asked once, when the LU is created.
+    fn hold(&self) -> Option<Hold> {
+        None
+    }
+    /// Events of this backend (see the module docs); `None` (the default) for backends
+    /// that raise none. Asked once, when the target is added.
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<BackendEvent>> {
         None
     }
     /// Reads `len` bytes at `offset`.

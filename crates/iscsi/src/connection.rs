@@ -5,7 +5,11 @@
 //! Owns: the socket. One reader loop (this task) decodes PDUs and spawns a task per SCSI
 //! command; one writer task owns the write half and stamps StatSN/ExpCmdSN/MaxCmdSN in
 //! send order. Invariants: at most `limits::CMD_WINDOW` commands in flight (MaxCmdSN only
-//! advances when a command completes); a command's data-out buffer is at most
+//! advances when a command completes); while the buffer budget (the session's or the
+//! process's) is below `limits::WINDOW_LOW_WATER_BYTES` free, completions do not advance
+//! MaxCmdSN either: the window closes before any command can find the budget full and
+//! get TASK SET FULL, and the withheld slots reopen (announced by a NOP-In) once the
+//! budget is back above the mark; a command's data-out buffer is at most
 //! `limits::MAX_TRANSFER_BYTES`; an aborted command issues no backend write after its
 //! abort was seen and sends nothing, or TASK ABORTED when another I_T nexus aborted it
 //! (TAS=1, task.rs); every task is in its LU's registry so task management from any
@@ -60,7 +64,32 @@ struct Window {
 #[derive(Debug)]
 struct Batch {
     pdus: Vec<OutPdu>,
-    hold: Vec<OwnedSemaphorePermit>,
+    hold: Vec<Pinned>,
+}
+
+/// Budget held by queued output until it is written (kept only to be dropped then).
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Pinned {
+    /// Echoed NOP data.
+    Echo(OwnedSemaphorePermit),
+    /// A command's data.
+    Data(Budget),
+}
+
+/// A command's data budget: the session's and the process's permits. Releasing it may
+/// let sessions whose window closed on a low budget reopen it.
+#[derive(Debug)]
+struct Budget {
+    permits: Vec<OwnedSemaphorePermit>,
+    server: Arc<Server>,
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        self.permits.clear();
+        self.server.budget_released();
+    }
 }
 
 /// State shared by the reader and command tasks.
@@ -83,6 +112,8 @@ struct Session {
     echo: Arc<Semaphore>,
     /// The unsent rest of a long text response.
     text_pending: Mutex<Option<TextPending>>,
+    /// Window slots of completed commands not yet given back (the budget was low).
+    withheld: AtomicU32,
 }
 
 impl Session {
@@ -91,7 +122,7 @@ impl Session {
     }
 
     /// Sends `pdus`, keeping `hold` until the writer has written them.
-    async fn send_held(&self, pdus: Vec<OutPdu>, hold: Vec<OwnedSemaphorePermit>) {
+    async fn send_held(&self, pdus: Vec<OutPdu>, hold: Vec<Pinned>) {
         // A closed writer means the connection is going away; the reader notices.
         let _ = self.out.send(Batch { pdus, hold }).await;
     }
@@ -105,9 +136,42 @@ impl Session {
         }
     }
 
-    /// A non-immediate command finished: open the window by one.
+    /// A non-immediate command finished: open the window by one, or (the budget is low)
+    /// keep its slot until the budget recovers.
     fn complete_cmd(&self) {
-        self.win.max_cmd_sn.fetch_add(1, Ordering::AcqRel);
+        if self.budget_low() {
+            if self.withheld.fetch_add(1, Ordering::AcqRel) == 0 {
+                self.server.window_starved(1);
+            }
+        } else {
+            let back = self.take_withheld();
+            self.win.max_cmd_sn.fetch_add(1 + back, Ordering::AcqRel);
+        }
+    }
+
+    fn take_withheld(&self) -> u32 {
+        let n = self.withheld.swap(0, Ordering::AcqRel);
+        if n > 0 {
+            self.server.window_starved(-1);
+        }
+        n
+    }
+
+    /// Whether less than the low-water mark of budget is free (this session's or the
+    /// process's): the window then stops opening.
+    fn budget_low(&self) -> bool {
+        let low = (limits::WINDOW_LOW_WATER_BYTES / 1024) as usize;
+        self.buffers.available_permits() < low || self.server.buffer_budget_low()
+    }
+
+    /// Gives back withheld window slots if the budget recovered; true if it did.
+    fn reopen_window(&self) -> bool {
+        if self.withheld.load(Ordering::Acquire) == 0 || self.budget_low() {
+            return false;
+        }
+        let back = self.take_withheld();
+        self.win.max_cmd_sn.fetch_add(back, Ordering::AcqRel);
+        back > 0
     }
 
     fn reject(&self, req: &Pdu, reason: u8) -> OutPdu {
@@ -242,6 +306,7 @@ async fn full_feature(
             (limits::NOP_ECHO_BUFFER_BYTES / 1024) as usize,
         )),
         text_pending: Mutex::new(None),
+        withheld: AtomicU32::new(0),
     });
     // Login flushed its last response, so nothing is left in the buffer.
     let wr = wr.into_inner();
@@ -274,7 +339,7 @@ async fn writer(
     mut stat_sn: u32,
 ) {
     let mut segs = pdu::Segments::default();
-    let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
+    let mut held: Vec<Pinned> = Vec::new();
     while let Some(batch) = rx.recv().await {
         // Whatever is queued already goes out in one vectored write (bounded), so a busy
         // session pays one syscall for many responses and none for buffering copies.
@@ -346,6 +411,7 @@ async fn reader_loop(
         tick = tick.min(sess.server.discovery_idle() / 2);
     }
     let mut ticker = tokio::time::interval(tick.max(std::time::Duration::from_millis(5)));
+    let mut budget = sess.server.budget_watch();
     loop {
         let read = pdu::read_pdu(rd, sess.params.max_recv_data, sess.params.digests);
         tokio::pin!(read);
@@ -363,7 +429,12 @@ async fn reader_loop(
                     sess.send(vec![a]).await;
                 }
                 _ = &mut *writer => return WRITER_ENDED,
+                _ = budget.changed(), if sess.withheld.load(Ordering::Acquire) > 0 => {
+                    announce_window(sess).await;
+                }
                 _ = ticker.tick() => {
+                    // A missed budget wake-up costs at most one tick.
+                    announce_window(sess).await;
                     if discovery && last_text.elapsed() >= sess.server.discovery_idle() {
                         return "idle discovery session";
                     }
@@ -402,6 +473,17 @@ async fn reader_loop(
         if let Some(reason) = dispatch(sess, pdu).await {
             return reason;
         }
+    }
+}
+
+/// Reopens withheld window slots if the budget recovered, and tells the initiator with a
+/// NOP-In that wants no reply (RFC 7143 §11.19: TTT 0xffffffff), since no response may
+/// be on its way to carry the new MaxCmdSN.
+async fn announce_window(sess: &Session) {
+    if sess.reopen_window() {
+        let mut p = OutPdu::new(op::NOP_IN, 0x80, StatSn::Peek);
+        p.set_u32(16, NO_TAG).set_u32(20, NO_TAG);
+        sess.send(vec![p]).await;
     }
 }
 
@@ -458,7 +540,7 @@ async fn dispatch(sess: &Arc<Session>, p: Pdu) -> Option<&'static str> {
                 let mut r = OutPdu::new(op::NOP_IN, 0x80, StatSn::Advance);
                 r.set_lun(p.lun()).set_u32(16, p.itt()).set_u32(20, NO_TAG);
                 r.data = p.data.clone();
-                sess.send_held(vec![r], vec![hold]).await;
+                sess.send_held(vec![r], vec![Pinned::Echo(hold)]).await;
             }
         }
         op::TASK_MGMT => {
@@ -584,7 +666,7 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         .try_acquire_many_owned(kib)
         .ok()
         .zip(sess.server.buffer_budget().try_acquire_many_owned(kib).ok());
-    let Some((budget, global)) = budget else {
+    let Some((session_budget, global)) = budget else {
         let mut r = response_pdu(&hdr, sense::status::TASK_SET_FULL, None, 0, 0, 0);
         r.set_u32(44, 0);
         sess.send(vec![r]).await;
@@ -592,6 +674,10 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
             sess.complete_cmd();
         }
         return;
+    };
+    let budget = Budget {
+        permits: vec![session_budget, global],
+        server: sess.server.clone(),
     };
     let needs_data = hdr.write && (immediate_data.len() as u32) < hdr.edtl;
     let (data_tx, data_rx) = if needs_data {
@@ -630,6 +716,7 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
     }
     // In the LU's registry too, so task management from any session reaches it.
     let lu_id = target.lu.tasks.insert(task.clone());
+    target.lu.arrived(&task.cancel);
     let s = sess.clone();
     tokio::spawn(async move {
         let pdus = run_command(&s, &target, &hdr, immediate_data, data_rx, &task).await;
@@ -640,7 +727,7 @@ async fn scsi_command(sess: &Arc<Session>, p: Pdu) {
         }
         match pdus {
             Some(pdus) if !task.is_aborted() => {
-                s.send_held(pdus, vec![budget, global]).await;
+                s.send_held(pdus, vec![Pinned::Data(budget)]).await;
             }
             _ if task.is_aborted() && task.reports_aborted() => {
                 // Aborted by another I_T nexus with TAS=1 (SAM-5 §5.6).

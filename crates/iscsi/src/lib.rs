@@ -28,8 +28,8 @@ mod task;
 pub mod text;
 
 pub use backend::{
-    BackendError, BackendFuture, BackendIdentity, BlockBackend, Cancel, CompareOutcome, Extent,
-    IoCtx, Provisioning,
+    BackendError, BackendEvent, BackendFuture, BackendIdentity, BlockBackend, Cancel,
+    CompareOutcome, Extent, Hold, IoCtx, Provisioning,
 };
 pub use chap::ChapConfig;
 pub use counters::CounterSnapshot;

@@ -31,6 +31,11 @@ pub const NOP_ECHO_BUFFER_BYTES: u32 = 256 * 1024;
 /// of a process, the default of `--max-buffered`; a command beyond it gets TASK SET FULL.
 pub const MAX_BUFFERED_BYTES: u64 = 512 * 1024 * 1024;
 
+/// Free buffer budget (a session's or the process's) below which completed commands no
+/// longer reopen the CmdSN window: one largest transfer, so any command that could find
+/// the budget full (and get TASK SET FULL) finds the window already closing.
+pub const WINDOW_LOW_WATER_BYTES: u64 = MAX_TRANSFER_BYTES as u64;
+
 /// A socket write that makes no progress for this long drops the connection: the client
 /// stopped reading (or vanished), and its buffers and budget are released.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,6 +79,14 @@ pub const NOP_IN_TIMEOUT: Duration = Duration::from_secs(20);
 /// backend has not started is refused (answered BUSY: the initiator retries) while work
 /// under way finishes. Well below Linux's 15 s abort and 30 s command timeouts.
 pub const BACKEND_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// T_hold (replication design §2.11): how long a command waits while its backend holds
+/// (a membership change being recorded) before it is answered BUSY; with the settle bound
+/// it stays below Linux's 15 s abort timeout, far below its 30 s command timeout.
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Longest T_hold `--hold-timeout` accepts.
+pub const MAX_HOLD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every backend call settles within this bound (backend.rs); a call still unsettled past
 /// it makes the LU answer NOT READY until it settles. The pool faults a hung device inside
@@ -186,10 +199,13 @@ pub const XCOPY_MAX_CONCURRENT: u16 = 16;
 const _: () = assert!(TMF_WAIT.as_secs() > BACKEND_SETTLE_BOUND.as_secs());
 const _: () = assert!(TASK_DRAIN_TIMEOUT.as_secs() > BACKEND_SETTLE_BOUND.as_secs());
 const _: () = assert!(TMF_WAIT.as_secs() < 15 && DATA_OUT_TIMEOUT.as_secs() < 15);
+const _: () = assert!(HOLD_TIMEOUT.as_secs() + BACKEND_SETTLE_BOUND.as_secs() < 15);
 const _: () = assert!(XCOPY_CHUNK_BYTES <= MAX_TRANSFER_BYTES);
 const _: () = assert!(XCOPY_MAX_SEGMENT_BYTES.is_multiple_of(XCOPY_CHUNK_BYTES));
 const _: () = assert!(MAX_BURST_BYTES <= MAX_TRANSFER_BYTES);
 const _: () = assert!(FILE_WRITE_QUEUE >= CMD_WINDOW as usize);
 const _: () = assert!(MAX_TRANSFER_BYTES <= SESSION_BUFFER_BYTES);
+const _: () = assert!(2 * WINDOW_LOW_WATER_BYTES <= SESSION_BUFFER_BYTES as u64);
+const _: () = assert!(2 * WINDOW_LOW_WATER_BYTES <= MAX_BUFFERED_BYTES);
 const _: () = assert!(MAX_RECV_DATA_SEGMENT_BYTES < 1 << 24);
 const _: () = assert!(MAX_SEND_DATA_SEGMENT_BYTES < 1 << 24);

@@ -97,6 +97,15 @@ pub enum LoginError {
         /// Why.
         reason: String,
     },
+    /// The target moved (for now) to another portal; the initiator was told where
+    /// (status 0x0101 with TargetAddress) and logs in there.
+    #[error("target {target} redirected to {to}")]
+    Redirected {
+        /// The target asked for.
+        target: String,
+        /// `ADDR:PORT` it is served at now.
+        to: String,
+    },
 }
 
 /// Login status codes (RFC 7143 §11.13.5).
@@ -108,6 +117,7 @@ mod status {
     pub const MISSING_PARAMETER: (u8, u8) = (0x02, 0x07);
     pub const SESSION_NOT_FOUND: (u8, u8) = (0x02, 0x0a);
     pub const INITIATOR_ERROR: (u8, u8) = (0x02, 0x00);
+    pub const MOVED_TEMPORARILY: (u8, u8) = (0x01, 0x01);
 }
 
 #[derive(Debug)]
@@ -190,6 +200,12 @@ impl State<'_> {
                             format!("{initiator} not allowed on {name}"),
                         );
                     }
+                }
+                if let Some(to) = t.redirect() {
+                    return Err(LoginError::Redirected {
+                        target: name.to_owned(),
+                        to,
+                    });
                 }
                 SessionKind::Normal(t)
             }
@@ -430,8 +446,20 @@ where
         let (flags_out, pairs, done) = match outcome {
             Ok(x) => x,
             Err(e) => {
-                if let LoginError::Refused { class, detail, .. } = &e {
-                    let mut resp = response(&req, 0, stat_sn, cmd_sn, 0, (*class, *detail));
+                let refusal = match &e {
+                    LoginError::Refused { class, detail, .. } => Some(((*class, *detail), None)),
+                    LoginError::Redirected { to, .. } => {
+                        // RFC 7143 §11.13.5: the new portal, with our portal group tag.
+                        let keys = vec![("TargetAddress".to_owned(), format!("{to},1"))];
+                        Some((status::MOVED_TEMPORARILY, Some(keys)))
+                    }
+                    _ => None,
+                };
+                if let Some((code, keys)) = refusal {
+                    let mut resp = response(&req, 0, stat_sn, cmd_sn, 0, code);
+                    if let Some(k) = keys {
+                        resp.data = text::encode(&k).into();
+                    }
                     pdu::write_pdu(w, &mut resp, Digests::default()).await?;
                     w.flush().await?;
                 }

@@ -6,7 +6,7 @@
 //! Invariants: target names are unique; removing a target ends its sessions before
 //! `remove_target` returns; at most one live session per (initiator, ISID) and target.
 
-use crate::backend::BlockBackend;
+use crate::backend::{BackendEvent, BlockBackend};
 use crate::chap::ChapConfig;
 use crate::counters::{CounterSnapshot, Counters};
 use crate::limits;
@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
 /// How to serve one target.
 #[derive(Debug, Clone)]
@@ -39,12 +39,18 @@ pub struct TargetConfig {
     pub io_timeout: Duration,
     /// A backend call unsettled this long makes the LU NOT READY until it settles.
     pub settle_bound: Duration,
+    /// T_hold: while the backend holds (`BlockBackend::hold`), a command waits this long
+    /// before it is answered BUSY (at most `limits::MAX_HOLD_TIMEOUT`).
+    pub hold_timeout: Duration,
     /// Logical (512-byte) blocks per physical block as a power of two; 3 means 4 KiB.
     pub phys_block_exponent: u8,
     /// Portals (`ADDR:PORT`, IPv6 in brackets) SendTargets advertises for this target,
     /// e.g. a Service address; empty means the server's portals (`Server::set_portals`),
     /// or the address the discovery connection came in on.
     pub portals: Vec<String>,
+    /// `ADDR:PORT` the target moved to: logins are redirected there (temporarily,
+    /// status 0x0101); `None` serves it here. Changeable with `Server::set_redirect`.
+    pub redirect: Option<String>,
 }
 
 impl TargetConfig {
@@ -58,8 +64,10 @@ impl TargetConfig {
             reservations: None,
             io_timeout: limits::BACKEND_IO_TIMEOUT,
             settle_bound: limits::BACKEND_SETTLE_BOUND,
+            hold_timeout: limits::HOLD_TIMEOUT,
             phys_block_exponent: crate::scsi::PHYS_EXPONENT,
             portals: Vec::new(),
+            redirect: None,
         }
     }
 }
@@ -105,9 +113,16 @@ pub struct Target {
     pub(crate) counters: Arc<Counters>,
     pub(crate) sessions: Mutex<HashMap<(String, [u8; 6]), SessionHandle>>,
     pub(crate) portals: Vec<String>,
+    /// Where logins are redirected, if the target moved.
+    redirect: Mutex<Option<String>>,
 }
 
 impl Target {
+    /// Where logins to this target are redirected, if anywhere.
+    pub(crate) fn redirect(&self) -> Option<String> {
+        self.redirect.lock().clone()
+    }
+
     /// Ends every session: first the asynchronous "request logout" event, so initiators
     /// log out cleanly within `limits::LOGOUT_REQUEST_WAIT`; the sessions still there
     /// then are ended, each waiting (bounded) for its commands to finish.
@@ -138,6 +153,39 @@ impl CopyPeers for Mutex<BTreeMap<String, Arc<Target>>> {
         let t = self.lock().values().find(|t| pred(&t.lu))?.clone();
         Some(t)
     }
+}
+
+/// Acts on a target's backend events until the backend closes its channel or the target
+/// is gone (the task holds it weakly). Needs a tokio runtime; without one (a target added
+/// outside any runtime) events are not watched and capacity changes are still seen when
+/// the next command finds the size changed.
+fn watch_events(t: &Arc<Target>, mut rx: broadcast::Receiver<BackendEvent>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(target_name = %t.iqn, "no runtime: backend events not watched");
+        return;
+    };
+    let weak = Arc::downgrade(t);
+    rt.spawn(async move {
+        loop {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                // Missed events: a capacity change may be among them, and a spurious
+                // unit attention is harmless where a missed one is not.
+                Err(broadcast::error::RecvError::Lagged(_)) => BackendEvent::CapacityChanged,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let Some(t) = weak.upgrade() else { return };
+            match ev {
+                BackendEvent::CapacityChanged => t.lu.capacity_changed(),
+                BackendEvent::Stopping => {
+                    tracing::info!(target_name = %t.iqn, "backend stopping: requesting logout");
+                    for h in t.sessions.lock().values() {
+                        h.request_logout.notify_one();
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Signals a session to end and waits for it, bounded by the drain timeout.
@@ -187,6 +235,10 @@ pub struct Server {
     buffered: Arc<tokio::sync::Semaphore>,
     /// Its current size in KiB.
     buffered_kib: AtomicU64,
+    /// Sessions whose window is closed on a low budget (a hint: wake them on releases).
+    starved: std::sync::atomic::AtomicI64,
+    /// Bumped when budget is released while some session is starved.
+    budget_freed: watch::Sender<u64>,
     /// Idle time after which a discovery session is closed.
     discovery_idle: Duration,
     /// Unfinished logins per source address (server.rs).
@@ -204,6 +256,8 @@ impl Default for Server {
                 (limits::MAX_BUFFERED_BYTES / 1024) as usize,
             )),
             buffered_kib: AtomicU64::new(limits::MAX_BUFFERED_BYTES / 1024),
+            starved: std::sync::atomic::AtomicI64::new(0),
+            budget_freed: watch::channel(0).0,
             discovery_idle: limits::DISCOVERY_IDLE_TIMEOUT,
             logins: crate::server::LoginSlots::new(limits::MAX_LOGINS_PER_SOURCE),
         }
@@ -245,10 +299,11 @@ impl Server {
     }
 
     /// Bounds buffered command data across all sessions (`--max-buffered`; default
-    /// `limits::MAX_BUFFERED_BYTES`), at least one largest transfer. Meant to be called
-    /// before serving: shrinking only takes back budget that is not in use.
+    /// `limits::MAX_BUFFERED_BYTES`), at least twice one largest transfer (one above the
+    /// window's low-water mark). Meant to be called before serving: shrinking only takes
+    /// back budget that is not in use.
     pub fn set_max_buffered(&self, bytes: u64) {
-        let want = bytes.max(u64::from(limits::MAX_TRANSFER_BYTES)) / 1024;
+        let want = bytes.max(2 * u64::from(limits::MAX_TRANSFER_BYTES)) / 1024;
         let have = self.buffered_kib.swap(want, Ordering::AcqRel);
         if want > have {
             self.buffered.add_permits((want - have) as usize);
@@ -260,6 +315,28 @@ impl Server {
     /// The process-wide budget for buffered command data, in KiB permits.
     pub(crate) fn buffer_budget(&self) -> Arc<tokio::sync::Semaphore> {
         self.buffered.clone()
+    }
+
+    /// Whether less than `limits::WINDOW_LOW_WATER_BYTES` of the process's budget is free.
+    pub(crate) fn buffer_budget_low(&self) -> bool {
+        self.buffered.available_permits() < (limits::WINDOW_LOW_WATER_BYTES / 1024) as usize
+    }
+
+    /// A session's window closed (`1`) or reopened (`-1`) on the budget.
+    pub(crate) fn window_starved(&self, delta: i64) {
+        self.starved.fetch_add(delta, Ordering::AcqRel);
+    }
+
+    /// Budget was released: wakes sessions whose window is closed, if any.
+    pub(crate) fn budget_released(&self) {
+        if self.starved.load(Ordering::Acquire) > 0 {
+            self.budget_freed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Changes whenever budget is released while some session's window is closed.
+    pub(crate) fn budget_watch(&self) -> watch::Receiver<u64> {
+        self.budget_freed.subscribe()
     }
 
     /// Sets the portals (`ADDR:PORT`) SendTargets advertises for targets that name none
@@ -300,8 +377,10 @@ impl Server {
             cfg.phys_block_exponent,
         )?;
         lu.set_settle_bound(cfg.settle_bound);
+        lu.set_hold_timeout(cfg.hold_timeout.min(limits::MAX_HOLD_TIMEOUT));
         let peers = Arc::downgrade(&self.targets);
         lu.set_copy_peers(peers);
+        let events = lu.backend.events();
         let t = Target {
             iqn: cfg.iqn.clone(),
             lu,
@@ -310,8 +389,13 @@ impl Server {
             counters,
             sessions: Mutex::new(HashMap::new()),
             portals: cfg.portals,
+            redirect: Mutex::new(cfg.redirect),
         };
-        targets.insert(cfg.iqn, Arc::new(t));
+        let t = Arc::new(t);
+        if let Some(rx) = events {
+            watch_events(&t, rx);
+        }
+        targets.insert(cfg.iqn, t);
         Ok(())
     }
 
@@ -323,6 +407,24 @@ impl Server {
             .remove(iqn)
             .ok_or_else(|| TargetError::NotFound(iqn.to_owned()))?;
         t.close_sessions().await;
+        Ok(())
+    }
+
+    /// Redirects new logins to target `iqn` to `to` (`ADDR:PORT`; a temporary move, RFC
+    /// 7143 status 0x0101), or serves them here again with `None`. On a redirect, the
+    /// target's sessions get the asynchronous "request logout" event, so their initiators
+    /// log in again and follow it.
+    pub fn set_redirect(&self, iqn: &str, to: Option<String>) -> Result<(), TargetError> {
+        let t = self
+            .target(iqn)
+            .ok_or_else(|| TargetError::NotFound(iqn.to_owned()))?;
+        let moved = to.is_some();
+        *t.redirect.lock() = to;
+        if moved {
+            for h in t.sessions.lock().values() {
+                h.request_logout.notify_one();
+            }
+        }
         Ok(())
     }
 

@@ -334,6 +334,12 @@ pub fn execute(
         }
         Request::VolumeResize { volume, size } => {
             engine.resize(&volume, size)?;
+            // Targets serving it in this process raise CAPACITY DATA HAS CHANGED.
+            crate::events::raise(
+                engine.guid(),
+                &volume,
+                cstor_iscsi::BackendEvent::CapacityChanged,
+            );
             volume_json(pool, &volume)
         }
         Request::VolumeDestroy { volume, snapshot } => {

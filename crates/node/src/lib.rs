@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod events;
 pub mod host;
 pub mod limits;
 pub mod registry;

@@ -155,6 +155,11 @@ impl BlockBackend for PoolVolumeBackend {
         self.engine().space().read_only
     }
 
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<cstor_iscsi::BackendEvent>> {
+        // Raised by the admin socket of the pool (a resize), crate::events.
+        Some(crate::events::subscribe(self.engine().guid(), &self.name))
+    }
+
     fn next_io(&self) -> Option<u64> {
         // The volume's own sequence, drawn in the LU's dispatch order on an async thread,
         // so it must not wait for a commit: when the durable reservation is used up (the

@@ -29,13 +29,31 @@ pub struct Args {
 enum TargetCommand {
     /// Serve one or more targets until SIGINT/SIGTERM.
     Serve(Box<ServeArgs>),
-    /// Add a target to a running server.
+    /// Add a target to a running server, or many at once with --targets-file.
     Add {
         /// Control socket of the running server.
         #[arg(long)]
         control: PathBuf,
-        /// Target spec: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR...][,portal=A:P;A:P] or IQN,volume=POOL/VOL.
-        spec: String,
+        /// Target spec: IQN,file=PATH[,size=SIZE][,chap=FILE][,allow=INITIATOR...][,portal=A:P;A:P][,redirect=A:P] or IQN,volume=POOL/VOL.
+        #[arg(
+            required_unless_present = "targets_file",
+            conflicts_with = "targets_file"
+        )]
+        spec: Option<String>,
+        /// A file of target specs, one per line (as for `serve --targets-file`), added in
+        /// one request: thousands of targets in seconds.
+        #[arg(long)]
+        targets_file: Option<PathBuf>,
+    },
+    /// Redirect logins to a target to another portal (it moved), or stop redirecting.
+    Redirect {
+        /// Control socket of the running server.
+        #[arg(long)]
+        control: PathBuf,
+        /// Target name.
+        iqn: String,
+        /// New portal ADDR:PORT; omitted: serve logins here again.
+        to: Option<String>,
     },
     /// Remove a target from a running server (its sessions end first).
     Remove {
@@ -106,6 +124,11 @@ struct ServeArgs {
     /// started is answered BUSY (at most 10000: every call settles within 10 s).
     #[arg(long, default_value_t = 5_000)]
     io_timeout_ms: u64,
+    /// T_hold: while a backend holds commands (a replica membership change), how long a
+    /// command waits before it is answered BUSY: seconds, or with a unit (`500ms`, `4s`),
+    /// at most 10 s.
+    #[arg(long, default_value = "4s")]
+    hold_timeout: String,
     /// Budget for command data buffered across all sessions (e.g. 512M): a command beyond
     /// it gets TASK SET FULL and is retried, so many clients cannot exhaust memory.
     #[arg(long, default_value = "512M")]
@@ -182,6 +205,7 @@ struct Spec {
     chap: Option<PathBuf>,
     allow: Vec<String>,
     portals: Vec<String>,
+    redirect: Option<String>,
 }
 
 /// Checks a portal `ADDR:PORT` (IPv6 in brackets, or a host name).
@@ -226,7 +250,10 @@ fn parse_spec(s: &str) -> Result<Spec> {
                     spec.portals.push(parse_portal(a)?);
                 }
             }
-            _ => bail!("unknown target spec key {k:?} (file, volume, size, chap, allow, portal)"),
+            "redirect" => spec.redirect = Some(parse_portal(v)?),
+            _ => bail!(
+                "unknown target spec key {k:?} (file, volume, size, chap, allow, portal, redirect)"
+            ),
         }
     }
     match (&spec.file, &spec.volume) {
@@ -240,7 +267,29 @@ fn parse_spec(s: &str) -> Result<Spec> {
 struct Common {
     hosting: Arc<VolumeHosting>,
     io_timeout: Duration,
+    hold_timeout: Duration,
     phys_block_exponent: u8,
+}
+
+/// Parses `--hold-timeout`: `4`, `4s` or `500ms`, from 1 ms to `limits::MAX_HOLD_TIMEOUT`.
+fn parse_hold_timeout(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let d = if let Some(ms) = t.strip_suffix("ms") {
+        ms.trim().parse::<u64>().ok().map(Duration::from_millis)
+    } else {
+        let secs = t.strip_suffix('s').unwrap_or(t).trim();
+        secs.parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x >= 0.0)
+            .map(Duration::from_secs_f64)
+    };
+    let max = cstor_iscsi::limits::MAX_HOLD_TIMEOUT;
+    match d {
+        Some(d) if !d.is_zero() && d <= max => Ok(d),
+        _ => {
+            bail!("--hold-timeout {s:?}: expected a duration from 1ms to {max:?}, e.g. 4s or 500ms")
+        }
+    }
 }
 
 fn phys_exponent(bytes: u32) -> Result<u8> {
@@ -257,7 +306,10 @@ fn config_of(spec: &Spec, common: &Common) -> Result<TargetConfig> {
         match (&spec.file, &spec.volume) {
             (Some(f), _) => {
                 let b = FileBackend::open(f, spec.size, false)?;
-                (Arc::new(b), Arc::new(FileReservationStore::new(pr_path(f))))
+                // Earlier versions kept the state in `<file>.aptpl`: moved over once.
+                let store =
+                    FileReservationStore::new(pr_path(f)).migrating_from(sibling(f, ".aptpl"));
+                (Arc::new(b), Arc::new(store))
             }
             (None, Some(v)) => {
                 let b = open_volume_backend(&common.hosting, v)?;
@@ -275,16 +327,38 @@ fn config_of(spec: &Spec, common: &Common) -> Result<TargetConfig> {
     }
     cfg.reservations = Some(reservations);
     cfg.portals = spec.portals.clone();
+    cfg.redirect = spec.redirect.clone();
     cfg.io_timeout = common.io_timeout;
+    cfg.hold_timeout = common.hold_timeout;
     cfg.phys_block_exponent = common.phys_block_exponent;
     Ok(cfg)
 }
 
 /// Persistent reservations of a file-backed LUN live next to the file, in `<file>.pr`.
 fn pr_path(file: &Path) -> PathBuf {
+    sibling(file, ".pr")
+}
+
+/// `<file><suffix>` next to `file`.
+fn sibling(file: &Path, suffix: &str) -> PathBuf {
     let mut name = file.file_name().unwrap_or_default().to_owned();
-    name.push(".pr");
+    name.push(suffix);
     file.with_file_name(name)
+}
+
+/// Reads a targets file: one spec per line, blank lines and `#` comments skipped.
+fn read_specs(path: &Path) -> Result<Vec<Spec>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut specs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        specs.push(parse_spec(line).with_context(|| format!("{}:{}", path.display(), n + 1))?);
+    }
+    Ok(specs)
 }
 
 /// Runs `cstor target`.
@@ -303,9 +377,32 @@ pub fn run(args: Args) -> Result<()> {
     rt.block_on(async move {
         match args.command {
             TargetCommand::Serve(a) => serve(*a).await,
-            TargetCommand::Add { control, spec } => {
-                let reply = control::request(&control, &format!("add {spec}")).await?;
-                println!("{reply}");
+            TargetCommand::Add {
+                control,
+                spec,
+                targets_file,
+            } => {
+                let req = match (spec, targets_file) {
+                    (Some(spec), _) => format!("add {spec}"),
+                    (None, Some(f)) => {
+                        let f = std::path::absolute(&f)
+                            .with_context(|| format!("resolving {}", f.display()))?;
+                        let f = f.to_str().ok_or_else(|| {
+                            anyhow!("{}: the targets file path must be UTF-8", f.display())
+                        })?;
+                        format!("add-file {f}")
+                    }
+                    (None, None) => bail!("give a target spec or --targets-file"),
+                };
+                let reply = control::request(&control, &req).await?;
+                print!("{reply}");
+                Ok(())
+            }
+            TargetCommand::Redirect { control, iqn, to } => {
+                let to = to.as_deref().map(parse_portal).transpose()?;
+                let req = format!("redirect {iqn} {}", to.as_deref().unwrap_or("-"));
+                let reply = control::request(&control, &req).await?;
+                print!("{reply}");
                 Ok(())
             }
             TargetCommand::Remove { control, iqn } => {
@@ -373,6 +470,7 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
     let common = Common {
         hosting,
         io_timeout: Duration::from_millis(a.io_timeout_ms),
+        hold_timeout: parse_hold_timeout(&a.hold_timeout)?,
         phys_block_exponent: phys_exponent(a.physical_block_size)?,
     };
     let mut specs = Vec::new();
@@ -385,6 +483,7 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
             chap: a.chap.clone(),
             allow: a.allow.clone(),
             portals: Vec::new(),
+            redirect: None,
         }),
         (Some(_), None, None) => bail!("--iqn needs --file or --volume"),
         (None, Some(_), _) | (None, _, Some(_)) => bail!("--file/--volume need --iqn"),
@@ -394,15 +493,7 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
         specs.push(parse_spec(t)?);
     }
     if let Some(path) = &a.targets_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            specs.push(parse_spec(line).with_context(|| format!("{}:{}", path.display(), n + 1))?);
-        }
+        specs.extend(read_specs(path)?);
     }
     if specs.is_empty() && a.control.is_none() {
         bail!("nothing to serve: give --iqn with --file/--volume, --target, --targets-file or --control");
@@ -503,6 +594,34 @@ mod control {
                 server.add_target(cfg)?;
                 Ok(format!("added {}\n", spec.iqn))
             }
+            "add-file" => {
+                // Every spec is checked before any target is added; then they are added
+                // in order, stopping at the first failure (the reply says how far).
+                let specs = read_specs(Path::new(rest))?;
+                let mut added = 0usize;
+                for s in &specs {
+                    let r = tokio::task::block_in_place(|| config_of(s, common))
+                        .and_then(|cfg| Ok(server.add_target(cfg)?));
+                    if let Err(e) = r {
+                        bail!("target {}: {e:#} ({added} of {} added)", s.iqn, specs.len());
+                    }
+                    added += 1;
+                }
+                Ok(format!("added {added} targets\n"))
+            }
+            "redirect" => {
+                let (iqn, to) = rest.split_once(' ').unwrap_or((rest, "-"));
+                let to = match to.trim() {
+                    "-" | "" => None,
+                    a => Some(parse_portal(a)?),
+                };
+                let said = match &to {
+                    Some(a) => format!("redirecting {iqn} to {a}\n"),
+                    None => format!("serving {iqn} here\n"),
+                };
+                server.set_redirect(iqn, to)?;
+                Ok(said)
+            }
             "remove" => {
                 server.remove_target(rest).await?;
                 Ok(format!("removed {rest}\n"))
@@ -518,7 +637,7 @@ mod control {
                 }
                 Ok(out)
             }
-            _ => bail!("unknown request {verb:?} (add, remove, list)"),
+            _ => bail!("unknown request {verb:?} (add, add-file, redirect, remove, list)"),
         }
     }
 
@@ -561,6 +680,21 @@ mod tests {
         assert_eq!(s.portals, ["10.0.0.1:3260", "[fd00::1]:3261"]);
         assert!(parse_spec("iqn.x:a,file=/a,portal=10.0.0.1").is_err());
         assert!(parse_portal("svc.ns:3260").is_ok());
+        let s = parse_spec("iqn.x:a,file=/a,redirect=10.0.0.2:3260").unwrap();
+        assert_eq!(s.redirect.as_deref(), Some("10.0.0.2:3260"));
+        assert!(parse_spec("iqn.x:a,file=/a,redirect=nowhere").is_err());
+        assert_eq!(parse_hold_timeout("4s").unwrap(), Duration::from_secs(4));
+        assert_eq!(
+            parse_hold_timeout("2.5").unwrap(),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            parse_hold_timeout("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert!(parse_hold_timeout("0").is_err());
+        assert!(parse_hold_timeout("11s").is_err());
+        assert!(parse_hold_timeout("x").is_err());
         let home = tempfile::tempdir().unwrap();
         let hosting = VolumeHosting::new(Registry::new(home.path()));
         let err = open_volume_backend(&hosting, "p").unwrap_err().to_string();

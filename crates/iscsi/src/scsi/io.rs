@@ -452,8 +452,10 @@ impl LogicalUnit {
         }
         let max = ((alloc - 8) / 16).clamp(1, limits::MAX_LBA_STATUS_DESCRIPTORS);
         let span = (cap - lba) * BS;
+        let turn = self.holds.admit(&cmd.cancel).await?;
         let ctx = self.ctx(&cmd.cancel, false);
         let f = self.backend.lba_status(&ctx, lba * BS, span);
+        drop(turn);
         let extents = self.settle(&ctx, f, false).await?;
         let mut v = vec![0u8; 8];
         let mut push = |start: u64, blocks: u64, state: u8| {

@@ -17,6 +17,7 @@
 //! Never: hold the state mutex across an await; trust a length in a CDB or parameter
 //! list before checking it against the data actually received; drop a backend future.
 
+mod hold;
 mod inquiry;
 mod io;
 mod mode;
@@ -136,6 +137,8 @@ pub struct LogicalUnit {
     overdue: AtomicUsize,
     /// Held while an io number is taken and its call issued (see the module docs).
     dispatch_order: Mutex<()>,
+    /// Commands waiting for the backend's hold to end (hold.rs).
+    holds: hold::HoldQueue,
     /// Running commands from every session (task management, PREEMPT AND ABORT).
     pub(crate) tasks: crate::task::TaskSet,
     /// PERSISTENT RESERVE OUT runs one at a time (its store write is awaited).
@@ -177,6 +180,7 @@ impl LogicalUnit {
             None => (pr::PrState::default(), None),
         };
         let reported_size = backend.size_bytes();
+        let backend_hold = backend.hold();
         Ok(LogicalUnit {
             backend,
             target_name: target_name.to_owned(),
@@ -196,6 +200,7 @@ impl LogicalUnit {
             settle_bound: crate::limits::BACKEND_SETTLE_BOUND,
             overdue: AtomicUsize::new(0),
             dispatch_order: Mutex::new(()),
+            holds: hold::HoldQueue::new(backend_hold, crate::limits::HOLD_TIMEOUT),
             tasks: crate::task::TaskSet::default(),
             pr_serial: tokio::sync::Mutex::new(()),
             counters,
@@ -211,6 +216,19 @@ impl LogicalUnit {
     pub fn set_settle_bound(&mut self, bound: Duration) {
         self.settle_bound = bound;
         self.io_timeout = self.io_timeout.min(bound);
+    }
+
+    /// A command arrived (called by the reader, in CmdSN order): its place in the order in
+    /// which calls held by the backend go once the hold ends.
+    pub(crate) fn arrived(&self, cancel: &Cancel) {
+        self.holds.arrived(cancel);
+    }
+
+    /// Sets T_hold: how long a command waits for the backend's hold to end before it is
+    /// answered BUSY (default `limits::HOLD_TIMEOUT`).
+    pub fn set_hold_timeout(&mut self, t_hold: Duration) {
+        // The backend's hold was asked for once, at creation; keep that one.
+        self.holds = self.holds.with_timeout(t_hold);
     }
 
     /// Backend calls currently unsettled past the settle bound (the LU is NOT READY
@@ -266,6 +284,13 @@ impl LogicalUnit {
         if st.spc2_holder.as_ref() == Some(nexus) {
             st.spc2_holder = None;
         }
+    }
+
+    /// The backend reported a capacity change: CAPACITY DATA HAS CHANGED for every nexus.
+    pub fn capacity_changed(&self) {
+        let mut st = self.state.lock();
+        st.reported_size = self.backend.size_bytes();
+        Self::raise_ua(&mut st, None, 0x2a, 0x09);
     }
 
     /// LUN reset: SPC-2 reservation released, a reset unit attention for every nexus.
@@ -419,26 +444,32 @@ impl LogicalUnit {
         offset: u64,
         len: u32,
     ) -> Result<Bytes, ScsiError> {
+        let turn = self.holds.admit(cancel).await?;
         let ctx = self.ctx(cancel, false);
         let f = self.backend.read(&ctx, offset, len);
+        drop(turn);
         self.settle(&ctx, f, false).await
     }
 
     /// Makes completed writes stable for a command.
     pub(crate) async fn flush_medium(&self, cancel: &Cancel) -> Result<(), ScsiError> {
+        let turn = self.holds.admit(cancel).await?;
         let ctx = self.ctx(cancel, false);
         let f = self.backend.flush(&ctx);
+        drop(turn);
         self.settle(&ctx, f, true).await
     }
 
     /// Issues one modifying backend call: its io number is taken and the call made under
-    /// `dispatch_order`, then it is awaited to settlement. An aborted command issues none.
+    /// `dispatch_order`, then it is awaited to settlement. An aborted command issues none;
+    /// while the backend holds, the call waits its turn (BUSY past T_hold).
     pub(crate) async fn modify<'s, T>(
         &'s self,
         cancel: &Cancel,
         fua: bool,
         call: impl FnOnce(&'s dyn BlockBackend, &IoCtx) -> BackendFuture<'s, T>,
     ) -> Result<T, ScsiError> {
+        let turn = self.holds.admit(cancel).await?;
         if cancel.is_raised() {
             return Err(ScsiError::busy());
         }
@@ -449,6 +480,8 @@ impl LogicalUnit {
             ctx.io = self.backend.next_io();
             call(&*self.backend, &ctx)
         };
+        // Issued: a command queued behind this one during a hold may go now.
+        drop(turn);
         self.settle(&ctx, f, true).await
     }
 
