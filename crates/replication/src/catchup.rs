@@ -14,9 +14,10 @@
 //!
 //! Source blocks carry their exact io (the pool's `read_with_io`); a source that cannot
 //! tell them tags them X0-1, which the apply rule treats as pre-session content.
-//! Not yet: missed snapshots are not replayed. A live write
-//! smaller than the replica block into a block the walk has not reached can leave that
-//! block's other sectors stale (writes of whole 4 KiB blocks are exact).
+//! Sub-block live writes: the member lists blocks they left partly stale (server
+//! `Partial`); those are re-copied (merged on the member) after the walk and once more
+//! with writes paused before readmission, which needs an empty list.
+//! Not yet: missed snapshots are not replayed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -216,18 +217,18 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
             .await?
             .into_iter()
             .map(|r| (r.offset, r.offset + r.len))
+            .filter(|(_, e)| *e > resume)
+            .map(|(s, e)| (s.max(resume), e))
             .collect();
+        // The member's suspect blocks are walked whole even when resuming: a previous
+        // session's sub-block live writes may sit below its cursor.
         ranges.extend(
             list_changed(&conn, base, x0.saturating_sub(1), t)
                 .await?
                 .into_iter()
                 .map(|r| (r.offset, r.offset + r.len)),
         );
-        let ranges: Vec<(u64, u64)> = union(ranges)
-            .into_iter()
-            .filter(|(_, e)| *e > resume)
-            .map(|(s, e)| (s.max(resume), e))
-            .collect();
+        let ranges: Vec<(u64, u64)> = union(ranges);
         let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
         prog.total.store(total, Ordering::SeqCst);
         let bs = u64::from(open.block_size.max(512));
@@ -295,7 +296,10 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
                 }
             }
         }
-        readmit(v, &conn, &id, &stats).await
+        // Blocks sub-block live writes left partly stale (server `Partial`); the last
+        // pass runs with writes paused in `readmit`.
+        sweep_partial(v, &conn, x0, bs, t, 4).await?;
+        readmit(v, &conn, &id, &stats, x0, bs).await
     }
     .await;
     if let Some(p) = inner.progress.lock().iter().find(|(x, _)| *x == open.id) {
@@ -310,6 +314,44 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
         conn.close("catch-up ended");
     }
     result
+}
+
+/// Re-copies, from a Current source, every block the member lists as partly written by
+/// live writes (PARTIAL), for at most `passes` listings; true once it lists none.
+async fn sweep_partial(
+    v: &ReplicatedVolume,
+    conn: &Arc<ReplicaConn>,
+    x0: u64,
+    bs: u64,
+    t: Duration,
+    passes: usize,
+) -> Result<bool, VolumeError> {
+    for _ in 0..passes {
+        let b = conn.call(Op::Partial, wire::enc_u64s(&[65_536]), t).await?;
+        let offs = wire::dec_u64_list(b)
+            .map_err(|e| VolumeError::Refused(format!("bad PARTIAL reply: {e}")))?;
+        if offs.is_empty() {
+            return Ok(true);
+        }
+        let src = pick_source(v, &[])
+            .ok_or_else(|| VolumeError::Refused("no Current replica to copy from".into()))?;
+        for off in offs {
+            let body = src
+                .conn
+                .call(Op::ReadIo, wire::enc_u64s(&[off, bs]), t)
+                .await?;
+            let (exact, ios, data) = wire::dec_read_io(body)
+                .map_err(|e| VolumeError::Refused(format!("bad READ_IO reply: {e}")))?;
+            let io = if exact {
+                ios.first().copied().unwrap_or(0)
+            } else {
+                x0 - 1
+            };
+            conn.call(Op::Apply, wire::enc_apply(x0, &[(off, io)], &data), t)
+                .await?;
+        }
+    }
+    Ok(false)
 }
 
 fn pick_source(v: &ReplicatedVolume, not: &[String]) -> Option<Target> {
@@ -330,6 +372,8 @@ async fn readmit(
     conn: &Arc<ReplicaConn>,
     id: &str,
     stats: &Arc<SessionStats>,
+    x0: u64,
+    bs: u64,
 ) -> Result<(), VolumeError> {
     let inner = &v.inner;
     let t = inner.cfg.t_evict;
@@ -346,6 +390,12 @@ async fn readmit(
         if stats.failed.load(Ordering::SeqCst) {
             return Err(VolumeError::Refused(
                 "a live write to the member failed".into(),
+            ));
+        }
+        // No write is in flight to the member now: one pass empties its list.
+        if !sweep_partial(v, conn, x0, bs, inner.cfg.t_evict * 5, 3).await? {
+            return Err(VolumeError::Refused(
+                "partly written blocks did not settle".into(),
             ));
         }
         let c = inner.seq.lock().max_sent;

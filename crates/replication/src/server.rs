@@ -73,6 +73,69 @@ struct Session {
     entry: Arc<VolEntry>,
     gen: u64,
     epoch: u64,
+    /// Catch-up sessions (role Stale or New) only: the blocks live writes covered in part.
+    partial: Option<Mutex<Partial>>,
+}
+
+/// Sub-block live writes during a catch-up (design §2.7; docs/replication.md).
+///
+/// A live write of part of a block into a block that still holds pre-session content
+/// (local io below the session's first live io) leaves the block's other bytes stale,
+/// yet raises its io above any catch-up copy read before that write reached the source,
+/// so the apply rule alone would skip the copy. Such a block is recorded here with the
+/// bytes live writes wrote; the catch-up copy of it is then merged: a copy at least as
+/// new as every live write the block got (`io >= local`) is taken whole, an older one
+/// only for the bytes no live write covered, keeping the local io. Either way the result
+/// is what the source holds after every write up to the local io, so per block the
+/// higher io still wins (S1-S3 unchanged: no acknowledged byte is replaced by older data,
+/// and the member is not readmitted while a block is listed: the target re-copies every
+/// listed block with writes paused before the switch).
+struct Partial {
+    /// Io of the first live write of the session (0 until one arrived); writes arrive in
+    /// io order, so every later one is higher and every pre-session block is lower.
+    live_min: u64,
+    /// Block index -> bitmap (one bit per byte) of what live writes wrote.
+    blocks: HashMap<u64, Vec<u64>>,
+}
+
+impl Partial {
+    /// Records a live write (or UNMAP, which zeroes partial blocks) of `[off, off+len)`;
+    /// `local_io` tells a block's current io. Call with the lock held across the write.
+    fn note(
+        &mut self,
+        off: u64,
+        len: u64,
+        bs: u64,
+        mut local_io: impl FnMut(u64) -> Result<u64, cstor_pool::PoolError>,
+    ) -> Result<(), cstor_pool::PoolError> {
+        let end = off.saturating_add(len);
+        let mut b = off / bs;
+        while b * bs < end {
+            let (bstart, bend) = (b * bs, b * bs + bs);
+            let (s, e) = (off.max(bstart) - bstart, end.min(bend) - bstart);
+            if s == 0 && e == bs {
+                // Wholly rewritten by a newer write: exact.
+                self.blocks.remove(&b);
+            } else {
+                let known = self.blocks.contains_key(&b);
+                if known || local_io(bstart)? < self.live_min {
+                    let bm = self
+                        .blocks
+                        .entry(b)
+                        .or_insert_with(|| vec![0u64; bs.div_ceil(64) as usize]);
+                    for i in s..e {
+                        bm[(i / 64) as usize] |= 1 << (i % 64);
+                    }
+                }
+            }
+            b += 1;
+        }
+        Ok(())
+    }
+}
+
+fn bit(bm: &[u64], i: usize) -> bool {
+    bm.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
 }
 
 impl Session {
@@ -371,6 +434,12 @@ impl Inner {
             entry,
             gen,
             epoch: req.epoch,
+            partial: (req.role != Role::Current).then(|| {
+                Mutex::new(Partial {
+                    live_min: 0,
+                    blocks: HashMap::new(),
+                })
+            }),
         });
         Ok((s, Frame::reply(f, Status::Ok, req.epoch, body)))
     }
@@ -410,7 +479,7 @@ impl Inner {
             },
             _ => {
                 tokio::spawn(async move {
-                    let (st, body) = other_op(op, f.body, entry).await;
+                    let (st, body) = other_op(op, f.body, entry, sess).await;
                     send(st, body);
                 });
             }
@@ -439,10 +508,17 @@ fn ordered_write(
         Ok(w) => w,
         Err(e) => return send(Status::Invalid, err_body(e)),
     };
-    let (off, len) = match &w {
-        W::Write(o, _, d) => (*o, d.len() as u64),
-        W::Unmap(o, l, _) => (*o, *l),
+    let (off, len, wio) = match &w {
+        W::Write(o, io, d) => (*o, d.len() as u64, *io),
+        W::Unmap(o, l, io) => (*o, *l, *io),
     };
+    if let Some(p) = &sess.partial {
+        // In arrival (= io) order, before any later frame is parsed.
+        let mut g = p.lock();
+        if g.live_min == 0 {
+            g.live_min = wio;
+        }
+    }
     let bs = u64::from(entry.vol.block_size());
     let start = off / bs * bs;
     let end = off.saturating_add(len).div_ceil(bs) * bs;
@@ -476,6 +552,18 @@ fn ordered_write(
             if !live.live() {
                 return Ok(None);
             }
+            // A catch-up session notes sub-block writes under its lock, held across the
+            // write so a merging APPLY of the block cannot interleave.
+            let mut guard = live.partial.as_ref().map(|p| p.lock());
+            if let Some(g) = guard.as_mut() {
+                let v = &e.vol;
+                g.note(off, len, bs, |at| {
+                    let mut buf = vec![0u8; bs as usize];
+                    Ok(v.read_with_io(at, &mut buf)?
+                        .and_then(|ios| ios.first().copied())
+                        .unwrap_or(0))
+                })?;
+            }
             match w {
                 W::Write(o, io, d) => e.vol.write(o, &d, io).map(|_| Some(io)),
                 W::Unmap(o, l, io) => e.vol.unmap(o, l, io).map(|_| Some(io)),
@@ -498,7 +586,7 @@ fn ordered_write(
 
 /// The requests that need no ordering: FLUSH, READ, CHECKPOINT, CHANGED, READ_IO, APPLY,
 /// SET_CURSOR.
-async fn other_op(op: Op, body: Bytes, e: Arc<VolEntry>) -> (Status, Bytes) {
+async fn other_op(op: Op, body: Bytes, e: Arc<VolEntry>, sess: Arc<Session>) -> (Status, Bytes) {
     let r = blocking(move || -> Result<Bytes, (Status, String)> {
         let pe = |x: cstor_pool::PoolError| (status_of(&x), x.to_string());
         let we = |x: WireError| (Status::Invalid, x.to_string());
@@ -555,14 +643,48 @@ async fn other_op(op: Op, body: Bytes, e: Arc<VolEntry>) -> (Status, Bytes) {
                 }
                 let mut applied = 0u64;
                 for (i, (off, io)) in blocks.iter().enumerate() {
-                    if e.vol
-                        .apply_block_if(*off, &data[i * bs..(i + 1) * bs], *io, x0)
-                        .map_err(pe)?
-                    {
+                    let d = &data[i * bs..(i + 1) * bs];
+                    let mut g = sess.partial.as_ref().map(|p| p.lock());
+                    let listed = g.as_mut().and_then(|g| g.blocks.remove(&(off / bs as u64)));
+                    if let Some(bm) = listed {
+                        // Merge (see `Partial`): whole if the copy is as new as every live
+                        // write of the block, else only the bytes no live write wrote.
+                        let mut local = vec![0u8; bs];
+                        let lio = e
+                            .vol
+                            .read_with_io(*off, &mut local)
+                            .map_err(pe)?
+                            .and_then(|v| v.first().copied())
+                            .unwrap_or(0);
+                        if *io >= lio {
+                            e.vol.write(*off, d, *io).map_err(pe)?;
+                        } else {
+                            for (j, b) in local.iter_mut().enumerate() {
+                                if !bit(&bm, j) {
+                                    *b = d[j];
+                                }
+                            }
+                            e.vol.write(*off, &local, lio).map_err(pe)?;
+                        }
+                        applied += 1;
+                    } else if e.vol.apply_block_if(*off, d, *io, x0).map_err(pe)? {
                         applied += 1;
                     }
+                    drop(g.take());
                 }
                 Ok(wire::enc_u64s(&[applied]))
+            }
+            Op::Partial => {
+                let [max] = wire::dec_u64s::<1>(body).map_err(we)?;
+                let bs = u64::from(e.vol.block_size());
+                let mut v: Vec<u64> = sess
+                    .partial
+                    .as_ref()
+                    .map(|p| p.lock().blocks.keys().map(|b| b * bs).collect())
+                    .unwrap_or_default();
+                v.sort_unstable();
+                v.truncate(max.min(65_536) as usize);
+                Ok(wire::enc_u64s(&v))
             }
             Op::SetCursor => {
                 let c = std::str::from_utf8(&body)

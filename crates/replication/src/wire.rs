@@ -65,6 +65,9 @@ pub enum Op {
     Apply = 13,
     /// Persist (or clear) the catch-up cursor.
     SetCursor = 14,
+    /// List the blocks a catch-up session holds as partly written (design §2.7, sub-block
+    /// live writes).
+    Partial = 15,
 }
 
 /// Bit set in the opcode of a reply.
@@ -88,6 +91,7 @@ impl Op {
             12 => Op::ReadIo,
             13 => Op::Apply,
             14 => Op::SetCursor,
+            15 => Op::Partial,
             _ => return None,
         })
     }
@@ -362,6 +366,18 @@ pub fn enc_u64s(v: &[u64]) -> Bytes {
         b.put_u64_le(*x);
     }
     b.freeze()
+}
+
+/// Decodes a body of any number of u64 fields (PARTIAL replies).
+pub fn dec_u64_list(mut body: Bytes) -> Result<Vec<u64>, WireError> {
+    if !body.len().is_multiple_of(8) {
+        return Err(WireError::Malformed("u64 list length"));
+    }
+    let mut out = Vec::with_capacity(body.len() / 8);
+    while body.has_remaining() {
+        out.push(body.get_u64_le());
+    }
+    Ok(out)
 }
 
 /// Decodes exactly `N` u64 fields.
