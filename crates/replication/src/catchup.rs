@@ -239,7 +239,7 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
             let mut off = s / bs * bs;
             while off < e {
                 let n = (e - off).min(CHUNK).div_ceil(bs) * bs;
-                let n = n.min(inner.cfg.size.saturating_sub(off));
+                let n = n.min(v.size().saturating_sub(off));
                 if n == 0 {
                     break;
                 }

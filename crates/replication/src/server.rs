@@ -372,6 +372,14 @@ impl Inner {
         .ok_or_else(|| Frame::reply(f, Status::Error, 0, err_body("open task failed")))?
         .map_err(|e| Frame::reply(f, Status::Error, 0, err_body(e)))?;
         let (entry, created) = opened;
+        if entry.vol.size() < size {
+            // The volume grew while this replica was away (RESIZE missed).
+            let e = entry.clone();
+            blocking(move || e.vol.resize(size))
+                .await
+                .ok_or_else(|| Frame::reply(f, Status::Error, 0, err_body("open task failed")))?
+                .map_err(|e| Frame::reply(f, Status::Error, 0, err_body(e)))?;
+        }
         // Epoch check and persistence under the entry's epoch lock: two OPENs race safely.
         let e2 = entry.clone();
         let (epoch, instance) = (req.epoch, req.instance.clone());
@@ -673,6 +681,11 @@ async fn other_op(op: Op, body: Bytes, e: Arc<VolEntry>, sess: Arc<Session>) -> 
                     drop(g.take());
                 }
                 Ok(wire::enc_u64s(&[applied]))
+            }
+            Op::Resize => {
+                let [size] = wire::dec_u64s::<1>(body).map_err(we)?;
+                e.vol.resize(size).map_err(pe)?;
+                Ok(Bytes::new())
             }
             Op::Partial => {
                 let [max] = wire::dec_u64s::<1>(body).map_err(we)?;

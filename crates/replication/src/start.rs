@@ -35,7 +35,7 @@ impl ReplicatedVolume {
         .await?;
         let req = OpenReq {
             volume: cfg.name.clone(),
-            size: cfg.size,
+            size: self.size(),
             epoch: self.inner.epoch,
             instance: self.inner.instance.clone(),
             role,

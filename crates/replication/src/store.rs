@@ -78,6 +78,14 @@ impl ReplicaVolume {
         Ok((ReplicaVolume { pool, vol }, created))
     }
 
+    /// Grows the volume to `size` (a smaller size is refused by the pool).
+    pub fn resize(&self, size: u64) -> Result<(), PoolError> {
+        if size == self.vol.size() {
+            return Ok(());
+        }
+        self.pool.pool().resize(self.vol.name(), size)
+    }
+
     /// Opens an existing volume.
     pub fn open(pool: Arc<dyn PoolAccess>, name: &str) -> Result<ReplicaVolume, PoolError> {
         let vol = pool.pool().volume(name)?;

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cstor_iscsi::backend::{BackendError, BackendFuture, BackendIdentity, BlockBackend, IoCtx};
+use cstor_iscsi::backend::{
+    BackendError, BackendEvent, BackendFuture, BackendIdentity, BlockBackend, IoCtx,
+};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -240,6 +242,10 @@ pub(crate) struct Inner {
     pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Why the start was refused, if it was.
     pub(crate) refused: Mutex<Option<String>>,
+    /// Current size in bytes (`cfg.size` until an online grow).
+    pub(crate) size: AtomicU64,
+    /// Backend events (capacity changes) for the LU.
+    events: tokio::sync::broadcast::Sender<BackendEvent>,
 }
 
 fn other(msg: impl std::fmt::Display) -> BackendError {
@@ -351,6 +357,8 @@ impl ReplicatedVolume {
             progress: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             refused: Mutex::new(None),
+            size: AtomicU64::new(cfg.size),
+            events: tokio::sync::broadcast::channel(16).0,
             cfg,
             store,
         });
@@ -405,6 +413,57 @@ impl ReplicatedVolume {
     }
 
     /// Our epoch.
+    /// Current size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.size.load(Ordering::SeqCst)
+    }
+
+    /// Grows the volume online: every Current replica grows (a failure aborts before the
+    /// record changes; a replica grown alone only has unused space), then the record's
+    /// size is changed by CAS, then initiators get CAPACITY DATA HAS CHANGED. Members not
+    /// Current grow here if connected, else at their next OPEN (which carries the size).
+    /// Shrinking is refused.
+    pub async fn resize(&self, new_size: u64) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let bs: u64 = 4096;
+        if new_size < self.size() {
+            return Err(VolumeError::Refused(format!(
+                "cannot shrink from {} to {new_size} bytes (shrinking loses data)",
+                self.size()
+            )));
+        }
+        if !new_size.is_multiple_of(bs) {
+            return Err(VolumeError::Refused(format!(
+                "size {new_size} is not a multiple of {bs}"
+            )));
+        }
+        // One membership change at a time (as evictions and readmissions).
+        let _g = inner.evict.lock().await;
+        let targets: Vec<Target> = inner.seq.lock().targets.clone();
+        let t = inner.cfg.t_evict * 5;
+        for x in targets.iter().filter(|x| x.current) {
+            x.conn
+                .call(Op::Resize, wire::enc_u64s(&[new_size]), t)
+                .await
+                .map_err(|e| VolumeError::Refused(format!("replica {} did not grow: {e}", x.id)))?;
+        }
+        for x in targets.iter().filter(|x| !x.current) {
+            let _ = x
+                .conn
+                .call(Op::Resize, wire::enc_u64s(&[new_size]), t)
+                .await;
+        }
+        self.change_record(|r| {
+            r.size = new_size;
+            Ok(())
+        })
+        .await?;
+        inner.size.store(new_size, Ordering::SeqCst);
+        let _ = inner.events.send(BackendEvent::CapacityChanged);
+        tracing::info!(volume = %inner.cfg.name, size = new_size, "grown online");
+        Ok(())
+    }
+
     pub fn epoch(&self) -> u64 {
         self.inner.epoch
     }
@@ -1097,7 +1156,11 @@ impl BlockBackend for ReplicatedVolume {
     }
 
     fn size_bytes(&self) -> u64 {
-        self.inner.cfg.size
+        self.size()
+    }
+
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<BackendEvent>> {
+        Some(self.inner.events.subscribe())
     }
 
     fn read_only(&self) -> bool {

@@ -68,6 +68,8 @@ pub enum Op {
     /// List the blocks a catch-up session holds as partly written (design §2.7, sub-block
     /// live writes).
     Partial = 15,
+    /// Grow the volume online to a new size.
+    Resize = 16,
 }
 
 /// Bit set in the opcode of a reply.
@@ -92,6 +94,7 @@ impl Op {
             13 => Op::Apply,
             14 => Op::SetCursor,
             15 => Op::Partial,
+            16 => Op::Resize,
             _ => return None,
         })
     }

@@ -433,3 +433,54 @@ async fn catch_up_under_sub_block_writes_leaves_replicas_identical() {
     v.shutdown().await.unwrap();
     c.identical();
 }
+
+/// Online grow: every Current replica grows, the record holds the new size, the LU gets
+/// CapacityChanged, data written past the old end is replicated, and a replica that was
+/// away while the volume grew is grown at its next OPEN and caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_grow_resizes_every_replica_and_signals_capacity_change() {
+    let c = cluster(3).await;
+    let v = c.target().await;
+    let mut ev = v.events().unwrap();
+    let truth = Arc::new(Truth::default());
+    run_writers(&v, &truth, 0.3).await;
+    c.proxies[2].set(CUT);
+    wait_for(10, "R2 recorded Stale", || {
+        c.state_of("r2") == MemberState::Stale
+    })
+    .await;
+    assert!(v.resize(SIZE / 2).await.is_err(), "a shrink was accepted");
+    v.resize(2 * SIZE).await.unwrap();
+    assert_eq!(v.size_bytes(), 2 * SIZE);
+    assert_eq!(c.store.read().unwrap().0.size, 2 * SIZE);
+    let e = tokio::time::timeout(Duration::from_secs(2), ev.recv())
+        .await
+        .expect("no event")
+        .unwrap();
+    assert!(matches!(
+        e,
+        cstor_iscsi::backend::BackendEvent::CapacityChanged
+    ));
+    let tail = block(0x7777);
+    let at = 2 * SIZE - BS;
+    v.write(&ctx(&v, true), at, tail.clone()).await.unwrap();
+    let cx = IoCtx::new(Instant::now() + Duration::from_secs(10));
+    assert_eq!(v.read(&cx, at, BS as u32).await.unwrap(), tail);
+    c.proxies[2].set(PASS);
+    wait_for(30, "R2 readmitted", || {
+        c.state_of("r2") == MemberState::Current
+    })
+    .await;
+    verify(&v, &truth, BLOCKS).await;
+    v.shutdown().await.unwrap();
+    let imgs: Vec<Vec<u8>> = c.reps.iter().map(|r| r.image(2 * SIZE)).collect();
+    for (i, img) in imgs.iter().enumerate() {
+        assert_eq!(img.len() as u64, 2 * SIZE);
+        assert_eq!(
+            &img[at as usize..],
+            &tail[..],
+            "replica {i} lacks the tail write"
+        );
+        assert!(img == &imgs[0], "replica {i} differs");
+    }
+}

@@ -81,6 +81,19 @@ enum TargetCommand {
         #[arg(long)]
         auth_key: Option<PathBuf>,
     },
+    /// Grow a replicated volume online (every Current replica, then the initiators get
+    /// CAPACITY DATA HAS CHANGED). Shrinking is refused.
+    Resize {
+        /// Control endpoint of the replicated target: a socket path or ADDR:PORT.
+        #[arg(long)]
+        control: String,
+        /// Shared key file (required for a TCP control endpoint).
+        #[arg(long)]
+        auth_key: Option<PathBuf>,
+        /// New size (bytes, or with K/M/G/T suffix).
+        #[arg(value_parser = crate::units::parse_size)]
+        size: u64,
+    },
 }
 
 #[derive(Debug, ClapArgs)]
@@ -420,6 +433,11 @@ pub fn run(args: Args) -> Result<()> {
                 output,
                 auth_key,
             } => super::target_replicated::status(&control, output.as_deref(), &auth_key).await,
+            TargetCommand::Resize {
+                control,
+                auth_key,
+                size,
+            } => super::target_replicated::resize(&control, size, &auth_key).await,
         }
     })
 }

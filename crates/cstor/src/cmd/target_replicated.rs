@@ -1,5 +1,5 @@
 //! `cstor target serve --replica ...` (a replicated volume over iSCSI) and
-//! `cstor target status --control ...`.
+//! `cstor target status|resize --control ...`.
 //!
 //! Owns: wiring a `ReplicatedVolume` (cstor-replication) into the iSCSI server, the
 //! membership file store in `--state-dir`, and the replicated target's control endpoint
@@ -248,6 +248,13 @@ where
             Ok(j) => format!("ok\n{j}\n"),
             Err(e) => format!("error {e}\n"),
         },
+        r if r.starts_with("resize ") => match r["resize ".len()..].trim().parse::<u64>() {
+            Ok(size) => match vol.resize(size).await {
+                Ok(()) => format!("ok\nresized to {size} bytes\n"),
+                Err(e) => format!("error {e}\n"),
+            },
+            Err(e) => format!("error bad size: {e}\n"),
+        },
         _ => "error unknown request\n".to_string(),
     };
     w.write_all(reply.as_bytes()).await?;
@@ -281,6 +288,14 @@ async fn request(ep: &str, req: &str, key: Option<&AuthKey>) -> Result<String> {
         Some((err, _)) => bail!("{}", err.trim_start_matches("error ")),
         None => bail!("no reply from {ep}"),
     }
+}
+
+/// `cstor target resize --control EP SIZE`.
+pub async fn resize(control: &str, size: u64, auth_key: &Option<PathBuf>) -> Result<()> {
+    let key = load_key(auth_key)?;
+    let body = request(control, &format!("resize {size}"), key.as_ref()).await?;
+    print!("{body}");
+    Ok(())
 }
 
 /// `cstor target status --control EP [-o json]`.
