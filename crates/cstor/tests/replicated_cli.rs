@@ -201,4 +201,21 @@ fn replicated_target_processes_with_status_replica_loss_and_restart() {
         s["phase"] == "Degraded" && s["epoch"] == 2
     }));
     qemu(&taddr, &["read -P 0x5a 0 1M", "read -P 0x6b 1M 1M"]);
+    // Online grow: a shrink is refused; 64M -> 128M, then a write past the old end.
+    let resize = |size: &str| {
+        cstor(&home)
+            .args(["target", "resize", "--control", &control, "--auth-key"])
+            .arg(&key)
+            .arg(size)
+            .output()
+            .unwrap()
+    };
+    assert!(!resize("32M").status.success(), "a shrink was accepted");
+    let out = resize("128M");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    qemu(&taddr, &["write -P 0x7c 100M 1M", "read -P 0x7c 100M 1M"]);
 }
