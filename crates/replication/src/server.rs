@@ -560,8 +560,8 @@ fn ordered_write(
             if !live.live() {
                 return Ok(None);
             }
-            // A catch-up session notes sub-block writes under its lock, held across the
-            // write so a merging APPLY of the block cannot interleave.
+            // A catch-up session notes sub-block writes under its lock, held across a
+            // sub-block write so a merging APPLY of the block cannot interleave.
             let mut guard = live.partial.as_ref().map(|p| p.lock());
             if let Some(g) = guard.as_mut() {
                 let v = &e.vol;
@@ -571,6 +571,11 @@ fn ordered_write(
                         .and_then(|ios| ios.first().copied())
                         .unwrap_or(0))
                 })?;
+            }
+            if off.is_multiple_of(bs) && len.is_multiple_of(bs) {
+                // Whole blocks only: `note` unlisted them, so no merging APPLY can touch
+                // them; a later sub-block write of them waits for this one (overlap order).
+                drop(guard.take());
             }
             match w {
                 W::Write(o, io, d) => e.vol.write(o, &d, io).map(|_| Some(io)),
