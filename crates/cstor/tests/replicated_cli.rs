@@ -71,6 +71,20 @@ fn target(home: &Path, reps: &[String], state: &Path, key: &Path, control: &str)
     spawn(c, "listening on ")
 }
 
+/// Status, or None while the control endpoint is not answering yet.
+fn try_status(home: &Path, control: &str, key: &Path) -> Option<serde_json::Value> {
+    let out = cstor(home)
+        .args(["target", "status", "--control", control, "-o", "json"])
+        .arg("--auth-key")
+        .arg(key)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
 fn status(home: &Path, control: &str, key: &Path) -> serde_json::Value {
     let out = cstor(home)
         .args([
@@ -159,7 +173,7 @@ fn replicated_target_processes_with_status_replica_loss_and_restart() {
     let control = format!("127.0.0.1:{}", free_port());
     let (t, taddr) = target(&home, &addrs, &state, &key, &control);
     assert!(wait_for(Duration::from_secs(20), || {
-        status(&home, &control, &key)["phase"] == "Healthy"
+        try_status(&home, &control, &key).is_some_and(|s| s["phase"] == "Healthy")
     }));
     qemu(&taddr, &["write -P 0x5a 0 1M", "read -P 0x5a 0 1M"]);
     let s = status(&home, &control, &key);
@@ -197,8 +211,8 @@ fn replicated_target_processes_with_status_replica_loss_and_restart() {
     drop(t);
     let (_t2, taddr) = target(&home, &addrs, &state, &key, &control);
     assert!(wait_for(Duration::from_secs(40), || {
-        let s = status(&home, &control, &key);
-        s["phase"] == "Degraded" && s["epoch"] == 2
+        try_status(&home, &control, &key)
+            .is_some_and(|s| s["phase"] == "Degraded" && s["epoch"] == 2)
     }));
     qemu(&taddr, &["read -P 0x5a 0 1M", "read -P 0x6b 1M 1M"]);
     // Online grow: a shrink is refused; 64M -> 128M, then a write past the old end.
