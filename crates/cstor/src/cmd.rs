@@ -2,4 +2,6 @@
 
 pub mod apiserver;
 pub mod pool;
+pub mod replica;
 pub mod target;
+pub mod target_replicated;

@@ -30,6 +30,8 @@ enum Command {
     Volume(cmd::pool::VolumeArgs),
     /// Serve iSCSI targets and manage a running target server.
     Target(cmd::target::Args),
+    /// Serve a pool's volumes as replicas of replicated targets.
+    Replica(cmd::replica::Args),
     /// Run the embedded Kubernetes API server.
     Apiserver(cmd::apiserver::Args),
 }
@@ -44,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Pool(args) => cmd::pool::run_pool(args),
         Command::Volume(args) => cmd::pool::run_volume(args),
         Command::Target(args) => cmd::target::run(args),
+        Command::Replica(args) => cmd::replica::run(args),
         Command::Apiserver(args) => cmd::apiserver::run(args),
     };
     match result {

@@ -69,6 +69,31 @@ enum TargetCommand {
         #[arg(long)]
         control: PathBuf,
     },
+    /// Status of a replicated target: phase, epoch, replicas (mode, rebuild progress).
+    Status {
+        /// Control endpoint of the replicated target: a socket path or ADDR:PORT.
+        #[arg(long)]
+        control: String,
+        /// Output format: table (default) or json.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+        /// Shared key file (required for a TCP control endpoint).
+        #[arg(long)]
+        auth_key: Option<PathBuf>,
+    },
+    /// Grow a replicated volume online (every Current replica, then the initiators get
+    /// CAPACITY DATA HAS CHANGED). Shrinking is refused.
+    Resize {
+        /// Control endpoint of the replicated target: a socket path or ADDR:PORT.
+        #[arg(long)]
+        control: String,
+        /// Shared key file (required for a TCP control endpoint).
+        #[arg(long)]
+        auth_key: Option<PathBuf>,
+        /// New size (bytes, or with K/M/G/T suffix).
+        #[arg(value_parser = crate::units::parse_size)]
+        size: u64,
+    },
 }
 
 #[derive(Debug, ClapArgs)]
@@ -124,6 +149,9 @@ struct ServeArgs {
     /// Physical block size reported to initiators (power of two, 512 to 131072 bytes).
     #[arg(long, default_value_t = 4096)]
     physical_block_size: u32,
+    /// Replicated volume options (with --replica, --volume is the volume NAME).
+    #[command(flatten)]
+    repl: super::target_replicated::ReplArgs,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -400,16 +428,54 @@ pub fn run(args: Args) -> Result<()> {
                 print!("{reply}");
                 Ok(())
             }
+            TargetCommand::Status {
+                control,
+                output,
+                auth_key,
+            } => super::target_replicated::status(&control, output.as_deref(), &auth_key).await,
+            TargetCommand::Resize {
+                control,
+                auth_key,
+                size,
+            } => super::target_replicated::resize(&control, size, &auth_key).await,
         }
     })
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
+    if !a.repl.replica.is_empty() {
+        return serve_replicated(a).await;
+    }
     let hosting = VolumeHosting::new(super::pool::registry_from_env()?);
     let result = serve_with(a, hosting.clone()).await;
     // Pools commit and release their devices even when serving failed.
     tokio::task::block_in_place(|| hosting.close());
     result
+}
+
+/// `--replica` given: `--volume NAME` served replicated (cmd/target_replicated.rs).
+async fn serve_replicated(a: ServeArgs) -> Result<()> {
+    let c = super::target_replicated::Common {
+        listen: a.listen.clone(),
+        iqn: a
+            .iqn
+            .clone()
+            .ok_or_else(|| anyhow!("--replica needs --iqn"))?,
+        volume: a
+            .volume
+            .clone()
+            .ok_or_else(|| anyhow!("--replica needs --volume NAME"))?,
+        size: parse_size(
+            a.size
+                .as_deref()
+                .ok_or_else(|| anyhow!("--replica needs --size"))?,
+        )?,
+        control: a.control.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        io_timeout: Duration::from_millis(a.io_timeout_ms.clamp(1, 10_000)),
+        phys_block_exponent: phys_exponent(a.physical_block_size)?,
+        max_buffered: parse_size(&a.max_buffered).context("--max-buffered")?,
+    };
+    super::target_replicated::serve(c, &a.repl).await
 }
 
 async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {

@@ -1,0 +1,117 @@
+//! `cstor replica serve`: serves the volumes of one pool to targets over the replica
+//! protocol (cstor-replication). Without `--auth-key` it binds to loopback only.
+//!
+//! Owns: opening the pool (with its admin socket, so `cstor volume` reaches it while
+//! served) and the process lifetime. Never: protocol logic (cstor-replication).
+
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use cstor_node::socket::AdminServer;
+use cstor_node::{OpenPool, PoolHost};
+use cstor_pool::Pool;
+use cstor_replication::store::PoolAccess;
+use cstor_replication::{AuthKey, ReplicaServer};
+
+/// `cstor replica ...`
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    #[command(subcommand)]
+    command: ReplicaCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplicaCommand {
+    /// Serve a pool's volumes to replicated targets until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+struct ServeArgs {
+    /// Pool whose volumes are served (POOL/VOLUME is the replica of volume VOLUME).
+    #[arg(long)]
+    pool: String,
+    /// Address to listen on, ADDR:PORT (loopback only without --auth-key).
+    #[arg(long, default_value = "127.0.0.1:3232")]
+    listen: String,
+    /// Shared cluster key file: targets must prove they hold it (HMAC-SHA256).
+    #[arg(long)]
+    auth_key: Option<PathBuf>,
+    /// Replica id (the slot) reported to targets; default: the pool guid.
+    #[arg(long)]
+    replica_id: Option<String>,
+}
+
+/// A pool held open by this process, as the replication crate sees it.
+#[derive(Debug)]
+struct Hosted(Arc<OpenPool>);
+
+impl PoolAccess for Hosted {
+    fn pool(&self) -> &Pool {
+        self.0.engine()
+    }
+}
+
+/// Runs `cstor replica`.
+pub fn run(args: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match args.command {
+        ReplicaCommand::Serve(a) => rt.block_on(serve(a)),
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let key = a
+        .auth_key
+        .as_deref()
+        .map(AuthKey::from_file)
+        .transpose()
+        .map_err(|e| anyhow!("--auth-key: {e}"))?;
+    let addrs: Vec<_> = a
+        .listen
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {}", a.listen))?
+        .collect();
+    if key.is_none() && addrs.iter().any(|s| !s.ip().is_loopback()) {
+        bail!(
+            "--listen {}: without --auth-key the replica port binds to loopback only",
+            a.listen
+        );
+    }
+    let registry = super::pool::registry_from_env()?;
+    let host = PoolHost::default();
+    let (open, _) = tokio::task::block_in_place(|| host.get_or_open(&registry, &a.pool))
+        .with_context(|| format!("opening pool {}", a.pool))?;
+    let admin = AdminServer::start(&registry.socket_path(&a.pool)?, open.clone())?;
+    let id = a
+        .replica_id
+        .clone()
+        .unwrap_or_else(|| format!("{:016x}", open.engine().guid()));
+    let server = ReplicaServer::new(Arc::new(Hosted(open)), id.clone(), key);
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    // The bound address on stdout lets scripts and tests use port 0.
+    println!("replica {id} listening on {}", listener.local_addr()?);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = server.serve(listener) => r.context("serving"),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+    };
+    server.stop();
+    tokio::task::block_in_place(|| {
+        server.mark_clean();
+        drop(admin);
+        for e in host.close_all() {
+            tracing::error!(error = %e, "closing pool");
+        }
+    });
+    result
+}

@@ -1,0 +1,328 @@
+//! `cstor target serve --replica ...` (a replicated volume over iSCSI) and
+//! `cstor target status|resize --control ...`.
+//!
+//! Owns: wiring a `ReplicatedVolume` (cstor-replication) into the iSCSI server, the
+//! membership file store in `--state-dir`, and the replicated target's control endpoint
+//! (docs/format/replicated-control.md): a unix socket path, or ADDR:PORT over TCP where
+//! every request carries an HMAC of the shared key. Never: replication logic.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args as ClapArgs;
+use cstor_iscsi::{Server, TargetConfig};
+use cstor_replication::membership::RecordReservations;
+use cstor_replication::volume::Phase;
+use cstor_replication::{AuthKey, FileStore, ReplicatedVolume, VolumeConfig, VolumeStatus};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// Label of control-request proofs.
+const CONTROL_LABEL: &[u8] = b"cstor-target-control-v1";
+/// A TCP control request's timestamp may differ from ours by this much.
+const CONTROL_SKEW_SECS: u64 = 60;
+
+/// Options of `cstor target serve` for a replicated volume (with `--volume NAME`).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ReplArgs {
+    /// Replica ADDR:PORT (repeatable): serve `--volume` replicated on these replicas.
+    #[arg(long = "replica")]
+    pub replica: Vec<String>,
+    /// cStor's consistency factor: recorded; acts only with --strict (minCurrent = CF).
+    #[arg(long)]
+    pub consistency_factor: Option<u32>,
+    /// Refuse to run below --consistency-factor Current replicas.
+    #[arg(long)]
+    pub strict: bool,
+    /// Directory holding the membership record (required with --replica).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Shared cluster key file (replica handshake and TCP control).
+    #[arg(long)]
+    pub auth_key: Option<PathBuf>,
+    /// Allow a start that may lose data: an empty record over replicas holding data, or
+    /// a --size different from the record.
+    #[arg(long)]
+    pub accept_data_loss: bool,
+    /// Catch-up rate limit (e.g. 100M per second; default unlimited).
+    #[arg(long)]
+    pub rebuild_rate: Option<String>,
+    /// Eviction bound T_evict, milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub evict_ms: u64,
+}
+
+/// What `serve` needs from the common `cstor target serve` options.
+#[derive(Debug)]
+pub struct Common {
+    /// Portal address.
+    pub listen: String,
+    /// Target name.
+    pub iqn: String,
+    /// Volume name.
+    pub volume: String,
+    /// Size, bytes.
+    pub size: u64,
+    /// Control endpoint (path or ADDR:PORT).
+    pub control: Option<String>,
+    /// Per-call deadline.
+    pub io_timeout: Duration,
+    /// Physical block exponent.
+    pub phys_block_exponent: u8,
+    /// Command data budget, bytes.
+    pub max_buffered: u64,
+}
+
+fn load_key(p: &Option<PathBuf>) -> Result<Option<AuthKey>> {
+    p.as_deref()
+        .map(AuthKey::from_file)
+        .transpose()
+        .map_err(|e| anyhow!("--auth-key: {e}"))
+}
+
+/// Serves a replicated volume until SIGINT/SIGTERM or until fenced.
+pub async fn serve(c: Common, a: &ReplArgs) -> Result<()> {
+    let state_dir = a.state_dir.clone().ok_or_else(|| {
+        anyhow!("--replica needs --state-dir (where the membership record lives)")
+    })?;
+    let key = load_key(&a.auth_key)?;
+    let mut cfg = VolumeConfig::new(&c.volume, c.size, a.replica.clone());
+    cfg.key = key.clone();
+    cfg.consistency_factor = a.consistency_factor.unwrap_or(1);
+    cfg.strict = a.strict;
+    if a.strict && a.consistency_factor.is_none() {
+        bail!("--strict needs --consistency-factor");
+    }
+    cfg.accept_data_loss = a.accept_data_loss;
+    cfg.t_evict = Duration::from_millis(a.evict_ms.max(100));
+    cfg.rebuild_rate = a
+        .rebuild_rate
+        .as_deref()
+        .map(crate::units::parse_size)
+        .transpose()
+        .map_err(|e| anyhow!("--rebuild-rate: {e}"))?;
+    let store = Arc::new(FileStore::new(&state_dir)?);
+    let vol = ReplicatedVolume::start(cfg, store.clone()).await?;
+    let server = Server::new();
+    server.set_max_buffered(c.max_buffered);
+    let mut tcfg = TargetConfig::new(&c.iqn, Arc::new(vol.clone()));
+    tcfg.reservations = Some(Arc::new(RecordReservations::new(store, vol.epoch())));
+    tcfg.io_timeout = c.io_timeout;
+    tcfg.phys_block_exponent = c.phys_block_exponent;
+    server
+        .add_target(tcfg)
+        .with_context(|| format!("target {}", c.iqn))?;
+    let listener = tokio::net::TcpListener::bind(&c.listen)
+        .await
+        .with_context(|| format!("listening on {}", c.listen))?;
+    println!("listening on {}", listener.local_addr()?);
+    let control = match &c.control {
+        Some(ep) => Some(start_control(ep, vol.clone(), key.clone()).await?),
+        None => None,
+    };
+    let v2 = vol.clone();
+    let refused = async move {
+        loop {
+            let p = v2.ready().await;
+            if p == Phase::Offline {
+                if let Some(r) = v2.refusal() {
+                    return r;
+                }
+            }
+            if p != Phase::Init {
+                // Serving (or waiting Offline for a Current replica): never returns.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = server.clone().serve(listener) => r.context("serving"),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+        _ = vol.fenced() => Err(anyhow!("fenced: a newer target instance took volume {} over", c.volume)),
+        why = refused => Err(anyhow!("volume {}: {why}", c.volume)),
+    };
+    server.close_all().await;
+    if !vol.is_fenced() {
+        if let Err(e) = vol.shutdown().await {
+            tracing::error!(error = %e, "clean stop of the replicated volume");
+        }
+    }
+    if let Some(ctl) = control {
+        ctl.abort();
+    }
+    if let Some(ep) = &c.control {
+        if !is_tcp(ep) {
+            let _ = std::fs::remove_file(ep);
+        }
+    }
+    result
+}
+
+fn is_tcp(ep: &str) -> bool {
+    ep.parse::<std::net::SocketAddr>().is_ok()
+}
+
+async fn start_control(
+    ep: &str,
+    vol: ReplicatedVolume,
+    key: Option<AuthKey>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    if is_tcp(ep) {
+        let key = key.ok_or_else(|| anyhow!("--control {ep} over TCP needs --auth-key"))?;
+        let l = tokio::net::TcpListener::bind(ep)
+            .await
+            .with_context(|| format!("--control {ep}"))?;
+        Ok(tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (v, k) = (vol.clone(), key.clone());
+                tokio::spawn(async move {
+                    let (r, w) = s.into_split();
+                    let _ = handle(BufReader::new(r), w, &v, Some(&k)).await;
+                });
+            }
+        }))
+    } else {
+        let _ = std::fs::remove_file(ep);
+        let l = tokio::net::UnixListener::bind(ep).with_context(|| format!("--control {ep}"))?;
+        Ok(tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let v = vol.clone();
+                tokio::spawn(async move {
+                    let (r, w) = s.into_split();
+                    let _ = handle(BufReader::new(r), w, &v, None).await;
+                });
+            }
+        }))
+    }
+}
+
+async fn handle<R, W>(
+    mut r: BufReader<R>,
+    mut w: W,
+    vol: &ReplicatedVolume,
+    key: Option<&AuthKey>,
+) -> Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut lim = (&mut r).take(8192);
+        lim.read_line(&mut line).await
+    })
+    .await
+    .map_err(|_| anyhow!("control request timed out"))??;
+    let mut req = line.trim().to_string();
+    if let Some(k) = key {
+        // `auth <unix-seconds> <hex hmac(label, ts, request)> <request>`
+        let mut it = req.splitn(4, ' ');
+        let ok = match (it.next(), it.next(), it.next(), it.next()) {
+            (Some("auth"), Some(ts), Some(mac), Some(rest)) => {
+                let now = cstor_replication::membership::unix_now();
+                let fresh = ts
+                    .parse::<u64>()
+                    .is_ok_and(|t| t.abs_diff(now) <= CONTROL_SKEW_SECS);
+                let good = cstor_replication::wire::unhex(mac)
+                    .is_some_and(|m| k.check(CONTROL_LABEL, ts.as_bytes(), rest.as_bytes(), &m));
+                let rest = rest.to_string();
+                if fresh && good {
+                    req = rest;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        };
+        if !ok {
+            w.write_all(b"error authentication failed\n").await?;
+            return Ok(());
+        }
+    }
+    let reply = match req.as_str() {
+        "status" => match serde_json::to_string(&vol.status()) {
+            Ok(j) => format!("ok\n{j}\n"),
+            Err(e) => format!("error {e}\n"),
+        },
+        r if r.starts_with("resize ") => match r["resize ".len()..].trim().parse::<u64>() {
+            Ok(size) => match vol.resize(size).await {
+                Ok(()) => format!("ok\nresized to {size} bytes\n"),
+                Err(e) => format!("error {e}\n"),
+            },
+            Err(e) => format!("error bad size: {e}\n"),
+        },
+        _ => "error unknown request\n".to_string(),
+    };
+    w.write_all(reply.as_bytes()).await?;
+    w.shutdown().await?;
+    Ok(())
+}
+
+/// Sends one control request and returns the reply's result lines.
+async fn request(ep: &str, req: &str, key: Option<&AuthKey>) -> Result<String> {
+    let mut out = String::new();
+    if is_tcp(ep) {
+        let k = key.ok_or_else(|| anyhow!("--control {ep} over TCP needs --auth-key"))?;
+        let ts = cstor_replication::membership::unix_now().to_string();
+        let mac =
+            cstor_replication::wire::hex(&k.prove(CONTROL_LABEL, ts.as_bytes(), req.as_bytes()));
+        let mut s = tokio::net::TcpStream::connect(ep)
+            .await
+            .with_context(|| format!("connecting to {ep}"))?;
+        s.write_all(format!("auth {ts} {mac} {req}\n").as_bytes())
+            .await?;
+        s.read_to_string(&mut out).await?;
+    } else {
+        let mut s = tokio::net::UnixStream::connect(ep)
+            .await
+            .with_context(|| format!("connecting to {ep}"))?;
+        s.write_all(format!("{req}\n").as_bytes()).await?;
+        s.read_to_string(&mut out).await?;
+    }
+    match out.split_once('\n') {
+        Some(("ok", rest)) => Ok(rest.to_string()),
+        Some((err, _)) => bail!("{}", err.trim_start_matches("error ")),
+        None => bail!("no reply from {ep}"),
+    }
+}
+
+/// `cstor target resize --control EP SIZE`.
+pub async fn resize(control: &str, size: u64, auth_key: &Option<PathBuf>) -> Result<()> {
+    let key = load_key(auth_key)?;
+    let body = request(control, &format!("resize {size}"), key.as_ref()).await?;
+    print!("{body}");
+    Ok(())
+}
+
+/// `cstor target status --control EP [-o json]`.
+pub async fn status(control: &str, output: Option<&str>, auth_key: &Option<PathBuf>) -> Result<()> {
+    let key = load_key(auth_key)?;
+    let body = request(control, "status", key.as_ref()).await?;
+    match output {
+        Some("json") => print!("{body}"),
+        None | Some("table") => {
+            let s: VolumeStatus =
+                serde_json::from_str(body.trim()).context("decoding the status")?;
+            println!(
+                "volume {}  phase {:?}  epoch {}  io checkpoint {}",
+                s.volume, s.phase, s.epoch, s.io_checkpoint
+            );
+            println!(
+                "{:<20} {:<22} {:<11} {:>8} {:>14}",
+                "ID", "ADDRESS", "MODE", "REBUILD", "BYTES DONE"
+            );
+            for r in s.replicas {
+                println!(
+                    "{:<20} {:<22} {:<11} {:>7}% {:>14}",
+                    r.id, r.address, r.mode, r.rebuild_percent, r.rebuild_bytes_done
+                );
+            }
+        }
+        Some(o) => bail!("-o {o}: expected json or table"),
+    }
+    Ok(())
+}

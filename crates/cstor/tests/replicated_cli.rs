@@ -1,0 +1,235 @@
+//! `cstor replica serve` and `cstor target serve --replica` as processes: two replicas
+//! over pools on temp files, a replicated target with a shared key and a TCP control
+//! endpoint, qemu-io over iscsi://, `cstor target status -o json`, a replica killed
+//! (RF=2 keeps writing), a target restart (epoch + 1, data intact), and the refusals
+//! (non-loopback without a key, wrong key on the control port).
+
+mod target_common;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use target_common::*;
+
+const T: Duration = Duration::from_secs(60);
+const IQN: &str = "iqn.2024-01.io.cstor.test:repl";
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cstor(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cstor"));
+    c.env("CSTOR_HOME", home).env_remove("RUST_LOG");
+    c
+}
+
+/// Spawns and returns the process with the address from its first stdout line.
+fn spawn(mut c: Command, prefix_before_addr: &str) -> (Proc, String) {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn cstor");
+    let out = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .expect("first line");
+    let addr = line
+        .trim()
+        .rsplit_once(prefix_before_addr)
+        .map(|(_, a)| a.to_string())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    (Proc(child), addr)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn target(home: &Path, reps: &[String], state: &Path, key: &Path, control: &str) -> (Proc, String) {
+    let mut c = cstor(home);
+    c.args(["target", "serve", "--listen", "127.0.0.1:0", "--iqn", IQN])
+        .args(["--volume", "vol1", "--size", "64M", "--state-dir"])
+        .arg(state)
+        .arg("--auth-key")
+        .arg(key)
+        .args(["--control", control]);
+    for r in reps {
+        c.args(["--replica", r]);
+    }
+    spawn(c, "listening on ")
+}
+
+/// Status, or None while the control endpoint is not answering yet.
+fn try_status(home: &Path, control: &str, key: &Path) -> Option<serde_json::Value> {
+    let out = cstor(home)
+        .args(["target", "status", "--control", control, "-o", "json"])
+        .arg("--auth-key")
+        .arg(key)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn status(home: &Path, control: &str, key: &Path) -> serde_json::Value {
+    let out = cstor(home)
+        .args([
+            "target",
+            "status",
+            "--control",
+            control,
+            "-o",
+            "json",
+            "--auth-key",
+        ])
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn qemu(addr: &str, cmds: &[&str]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw", &format!("iscsi://{addr}/{IQN}/0")]);
+    for x in cmds {
+        c.args(["-c", x]);
+    }
+    let (ok, out) = run(&mut c, T);
+    assert!(ok && !out.contains("failed"), "{out}");
+    out
+}
+
+#[test]
+fn replicated_target_processes_with_status_replica_loss_and_restart() {
+    if !have("qemu-io", "qemu-utils + qemu-block-extra") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path().join("home");
+    let key: PathBuf = d.path().join("key");
+    std::fs::write(&key, "a-shared-cluster-key-for-tests\n").unwrap();
+    for p in ["pa", "pb"] {
+        let img = d.path().join(format!("{p}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+        let out = cstor(&home)
+            .args(["pool", "create", p, "stripe"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // No key: loopback only.
+    let out = cstor(&home)
+        .args(["replica", "serve", "--pool", "pa", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback only"));
+    let mut reps = Vec::new();
+    let mut addrs = Vec::new();
+    for p in ["pa", "pb"] {
+        let mut c = cstor(&home);
+        c.args([
+            "replica",
+            "serve",
+            "--pool",
+            p,
+            "--listen",
+            "127.0.0.1:0",
+            "--auth-key",
+        ])
+        .arg(&key);
+        let (proc_, addr) = spawn(c, "listening on ");
+        reps.push(proc_);
+        addrs.push(addr);
+    }
+    let state = d.path().join("state");
+    let control = format!("127.0.0.1:{}", free_port());
+    let (t, taddr) = target(&home, &addrs, &state, &key, &control);
+    assert!(wait_for(Duration::from_secs(20), || {
+        try_status(&home, &control, &key).is_some_and(|s| s["phase"] == "Healthy")
+    }));
+    qemu(&taddr, &["write -P 0x5a 0 1M", "read -P 0x5a 0 1M"]);
+    let s = status(&home, &control, &key);
+    assert_eq!(s["epoch"], 1);
+    let r = s["replicas"].as_array().unwrap();
+    assert_eq!(r.len(), 2);
+    for x in r {
+        for k in [
+            "id",
+            "address",
+            "mode",
+            "rebuild_percent",
+            "rebuild_bytes_done",
+        ] {
+            assert!(x.get(k).is_some(), "status replica lacks {k}: {s}");
+        }
+        assert_eq!(x["mode"], "Healthy");
+    }
+    // A wrong key is refused on the TCP control port.
+    let bad = d.path().join("bad");
+    std::fs::write(&bad, "not-the-shared-cluster-key").unwrap();
+    let out = cstor(&home)
+        .args(["target", "status", "--control", &control, "--auth-key"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("authentication failed"));
+    // Replica B dies: RF=2 keeps writing after a recorded eviction.
+    drop(reps.pop());
+    qemu(&taddr, &["write -P 0x6b 1M 1M", "read -P 0x6b 1M 1M"]);
+    let s = status(&home, &control, &key);
+    assert_eq!(s["phase"], "Degraded", "{s}");
+    // Target restart: epoch + 1, both writes readable from the surviving replica.
+    drop(t);
+    let (_t2, taddr) = target(&home, &addrs, &state, &key, &control);
+    assert!(wait_for(Duration::from_secs(40), || {
+        try_status(&home, &control, &key)
+            .is_some_and(|s| s["phase"] == "Degraded" && s["epoch"] == 2)
+    }));
+    qemu(&taddr, &["read -P 0x5a 0 1M", "read -P 0x6b 1M 1M"]);
+    // Online grow: a shrink is refused; 64M -> 128M, then a write past the old end.
+    let resize = |size: &str| {
+        cstor(&home)
+            .args(["target", "resize", "--control", &control, "--auth-key"])
+            .arg(&key)
+            .arg(size)
+            .output()
+            .unwrap()
+    };
+    assert!(!resize("32M").status.success(), "a shrink was accepted");
+    let out = resize("128M");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    qemu(&taddr, &["write -P 0x7c 100M 1M", "read -P 0x7c 100M 1M"]);
+}

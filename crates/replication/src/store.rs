@@ -1,0 +1,263 @@
+//! The replica's view of its pool: [`ReplicaVolume`] wraps one pool volume and is the only
+//! code of this crate that calls the pool, so switching to new pool primitives touches
+//! this file alone.
+//!
+//! Durable per-volume replication records are the pool's volume records
+//! (`VolumeHandle::records`): the epoch (`set_epoch`, durable before it returns through a
+//! flushed intent-log record), checkpoint C (`set_checkpoint`, committed with the next txg
+//! together with every write applied before the call), the catch-up cursor (`set_cursor`,
+//! durable before it returns), and `lost_tail` from the pool's clean-shutdown marker and
+//! boot id. Per-block io numbers come with reads (`read_with_io`); the flush point is the
+//! pool's (`flush_point`). Only the target instance id of the stored epoch is a volume
+//! property (committed with the next txg): it only tells a same-epoch reconnect of one
+//! instance from misuse, since epochs are unique per instance by the record's CAS.
+
+use std::sync::Arc;
+
+use cstor_pool::{Pool, PoolError, VolumeHandle, WriteMode};
+
+use crate::wire::Range;
+
+/// Block size of replica volumes this server creates: the catch-up apply unit.
+pub const REPLICA_BLOCK: u32 = 4096;
+
+const P_INSTANCE: &str = "cstor.repl.instance";
+
+/// Access to the pool a replica server serves (a bare pool in tests, a hosted pool in the
+/// binary).
+pub trait PoolAccess: Send + Sync + std::fmt::Debug + 'static {
+    /// The pool engine.
+    fn pool(&self) -> &Pool;
+}
+
+impl PoolAccess for Pool {
+    fn pool(&self) -> &Pool {
+        self
+    }
+}
+
+/// The durable replication records of a volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Records {
+    /// Highest epoch seen.
+    pub epoch: u64,
+    /// Target instance of that epoch.
+    pub instance: String,
+    /// Checkpoint C.
+    pub checkpoint: u64,
+    /// Catch-up cursor.
+    pub cursor: Option<String>,
+    /// The last shutdown was unclean and the boot id changed.
+    pub lost_tail: bool,
+}
+
+/// One replica volume of the served pool.
+#[derive(Debug, Clone)]
+pub struct ReplicaVolume {
+    pool: Arc<dyn PoolAccess>,
+    vol: VolumeHandle,
+}
+
+impl ReplicaVolume {
+    /// Opens volume `name`, creating it (thin, [`REPLICA_BLOCK`] blocks) at `size` when
+    /// missing. Returns whether it was created.
+    pub fn open_or_create(
+        pool: Arc<dyn PoolAccess>,
+        name: &str,
+        size: u64,
+    ) -> Result<(ReplicaVolume, bool), PoolError> {
+        let p = pool.pool();
+        let (vol, created) = match p.volume(name) {
+            Ok(v) => (v, false),
+            Err(PoolError::UnknownVolume { .. }) => (
+                p.create_volume(name, size, Some(REPLICA_BLOCK), None)?,
+                true,
+            ),
+            Err(e) => return Err(e),
+        };
+        Ok((ReplicaVolume { pool, vol }, created))
+    }
+
+    /// Grows the volume to `size` (a smaller size is refused by the pool).
+    pub fn resize(&self, size: u64) -> Result<(), PoolError> {
+        if size == self.vol.size() {
+            return Ok(());
+        }
+        self.pool.pool().resize(self.vol.name(), size)
+    }
+
+    /// Opens an existing volume.
+    pub fn open(pool: Arc<dyn PoolAccess>, name: &str) -> Result<ReplicaVolume, PoolError> {
+        let vol = pool.pool().volume(name)?;
+        Ok(ReplicaVolume { pool, vol })
+    }
+
+    fn p(&self) -> &Pool {
+        self.pool.pool()
+    }
+
+    /// Volume guid.
+    pub fn guid(&self) -> u64 {
+        self.vol.guid()
+    }
+
+    /// Size, bytes.
+    pub fn size(&self) -> u64 {
+        self.vol.size()
+    }
+
+    /// Block size, bytes.
+    pub fn block_size(&self) -> u32 {
+        self.vol.block_size()
+    }
+
+    /// Reads into `buf`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), PoolError> {
+        self.vol.read(offset, buf)
+    }
+
+    /// Reads whole blocks with the io of each (always `Some` since the pool has
+    /// `read_with_io`).
+    pub fn read_with_io(&self, offset: u64, buf: &mut [u8]) -> Result<Option<Vec<u64>>, PoolError> {
+        self.vol.read_with_io(offset, buf).map(Some)
+    }
+
+    /// Highest io such that every write at or below it this volume acknowledged is stable.
+    pub fn flush_point(&self) -> u64 {
+        self.vol.flush_point()
+    }
+
+    /// Writes with the target's io.
+    pub fn write(&self, offset: u64, data: &[u8], io: u64) -> Result<(), PoolError> {
+        self.vol.write(offset, data, Some(io))
+    }
+
+    /// UNMAP with the target's io.
+    pub fn unmap(&self, offset: u64, len: u64, io: u64) -> Result<(), PoolError> {
+        self.vol.unmap(offset, len, Some(io))
+    }
+
+    /// Makes every earlier write stable.
+    pub fn flush(&self) -> Result<(), PoolError> {
+        self.vol.flush()
+    }
+
+    /// Crash-safe (`false`) or write-through (`true`) acks.
+    pub fn set_write_through(&self, on: bool) {
+        self.vol.set_write_mode(if on {
+            WriteMode::WriteThrough
+        } else {
+            WriteMode::CrashSafe
+        });
+    }
+
+    /// The catch-up apply rule for one whole block.
+    pub fn apply_block_if(
+        &self,
+        offset: u64,
+        data: &[u8],
+        io: u64,
+        x0: u64,
+    ) -> Result<bool, PoolError> {
+        self.vol.apply_block_if(offset, data, io, x0)
+    }
+
+    /// Up to `max` ranges with io in `(since, until]`, starting at byte `from`.
+    pub fn changed(
+        &self,
+        since: u64,
+        until: u64,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<Range>, PoolError> {
+        let mut out = Vec::new();
+        let r = self
+            .p()
+            .changed_between(self.vol.name(), since, Some(until), &mut |c| {
+                if c.offset + c.len <= from {
+                    return Ok(());
+                }
+                let start = c.offset.max(from);
+                out.push(Range {
+                    offset: start,
+                    len: c.offset + c.len - start,
+                    io_max: c.io_number_max,
+                });
+                if out.len() >= max {
+                    // Ends the walk early; the caller asks again from the last range's end.
+                    return Err(PoolError::Busy("page full".into()));
+                }
+                Ok(())
+            });
+        match r {
+            Ok(()) => Ok(out),
+            Err(PoolError::Busy(m)) if m == "page full" => Ok(out),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Highest io the volume holds (at least `checkpoint`).
+    pub fn max_io(&self, checkpoint: u64) -> Result<u64, PoolError> {
+        let mut m = checkpoint;
+        self.p()
+            .changed_between(self.vol.name(), checkpoint, None, &mut |c| {
+                m = m.max(c.io_number_max);
+                Ok(())
+            })?;
+        Ok(m)
+    }
+
+    /// The durable records.
+    pub fn records(&self) -> Result<Records, PoolError> {
+        let r = self.vol.records();
+        Ok(Records {
+            epoch: r.epoch,
+            instance: self
+                .p()
+                .property(self.vol.name(), P_INSTANCE)?
+                .unwrap_or_default(),
+            checkpoint: r.checkpoint,
+            cursor: r
+                .cursor
+                .and_then(|c| String::from_utf8(c).ok())
+                .filter(|c| !c.is_empty()),
+            lost_tail: r.lost_tail,
+        })
+    }
+
+    /// Persists the epoch: durable when it returns (a lower one is refused by the pool).
+    pub fn set_epoch(&self, epoch: u64, instance: &str) -> Result<(), PoolError> {
+        self.p()
+            .set_property(self.vol.name(), P_INSTANCE, instance)?;
+        self.vol.set_epoch(epoch)
+    }
+
+    /// Sets checkpoint C: durable with the next txg, together with every write applied
+    /// before the call.
+    pub fn set_checkpoint(&self, c: u64) -> Result<(), PoolError> {
+        self.vol.set_checkpoint(c)
+    }
+
+    /// Persists (or clears) the catch-up cursor; durable when it returns.
+    pub fn set_cursor(&self, cursor: Option<&str>) -> Result<(), PoolError> {
+        self.vol.set_cursor(cursor.map(str::as_bytes))
+    }
+
+    /// Commits a txg now (the checkpoint set before it becomes durable).
+    pub fn commit(&self) -> Result<(), PoolError> {
+        self.p().sync().map(|_| ())
+    }
+}
+
+/// Maps a pool error to a reply status.
+pub fn status_of(e: &PoolError) -> crate::wire::Status {
+    use crate::wire::Status;
+    match e {
+        PoolError::NoSpace => Status::NoSpace,
+        PoolError::ReadOnly { .. } => Status::ReadOnly,
+        PoolError::OutOfRange { .. } | PoolError::Unaligned { .. } | PoolError::Invalid(_) => {
+            Status::Invalid
+        }
+        _ => Status::Error,
+    }
+}

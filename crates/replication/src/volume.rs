@@ -1,0 +1,1262 @@
+//! The replicated volume: a `BlockBackend` over N replicas (design §2.3-2.8).
+//!
+//! Owns: the membership record as this instance last wrote it, the io sequence (from the
+//! record's reserved range), the send set (replicas with an open session), the eviction
+//! and readmission paths, and the background ping and catch-up tasks.
+//!
+//! Invariants:
+//! - io numbers are strictly increasing within `(epoch start, ioReserved]`; writes are
+//!   sent to every session in io order (the sequencer), so the higher io wins per block
+//!   on every replica.
+//! - A write completes when every Current replica in the send set at its send acked it,
+//!   or the failing ones were demoted by a recorded CAS after a flush barrier on the
+//!   survivors (S6). Stale/New sessions receive writes; their acks never count.
+//! - Below max(1, minCurrent) Current replicas an eviction is refused and IO answers BUSY.
+//! - With one Current replica it writes through (stable before ack).
+//! - A higher epoch in the record or any reply fences this instance: every later call
+//!   fails and [`ReplicatedVolume::fenced`] completes.
+//!
+//! Locks: `seq` (sequencer, send set) and `state` are parking_lot mutexes never held
+//! across an await; `evict` (tokio) serialises membership changes.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cstor_iscsi::backend::{
+    BackendError, BackendEvent, BackendFuture, BackendIdentity, BlockBackend, IoCtx,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::auth::AuthKey;
+use crate::client::ReplicaConn;
+use crate::error::{ReplicaError, StoreError, VolumeError};
+use crate::membership::{unix_now, Cas, Holder, MemberState, MembershipStore, Record, Version};
+use crate::wire::{self, Op, Status};
+
+/// io numbers reserved per claim (design §2.11).
+pub const IO_CHUNK: u64 = 1 << 32;
+
+/// Settings of a replicated volume.
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    /// Volume name (each replica holds POOL/name).
+    pub name: String,
+    /// Size, bytes.
+    pub size: u64,
+    /// Replica addresses.
+    pub replicas: Vec<String>,
+    /// Shared cluster key.
+    pub key: Option<AuthKey>,
+    /// cStor's consistency factor (recorded; acts only with `strict`).
+    pub consistency_factor: u32,
+    /// minCurrent = CF.
+    pub strict: bool,
+    /// Allow a start that may lose data (empty record over data, size change).
+    pub accept_data_loss: bool,
+    /// Eviction lag bound (T_evict).
+    pub t_evict: Duration,
+    /// Ping interval.
+    pub ping: Duration,
+    /// Longest a command is held before BUSY (T_hold).
+    pub t_hold: Duration,
+    /// Lease (T_lease).
+    pub t_lease: Duration,
+    /// Gather bound at start (T_gather).
+    pub t_gather: Duration,
+    /// Takeover gate (T_takeover).
+    pub t_takeover: Duration,
+    /// Catch-up rate limit, bytes/s (None: unlimited).
+    pub rebuild_rate: Option<u64>,
+}
+
+impl VolumeConfig {
+    /// Design defaults for `name`, `size` and `replicas`.
+    pub fn new(name: &str, size: u64, replicas: Vec<String>) -> VolumeConfig {
+        VolumeConfig {
+            name: name.into(),
+            size,
+            replicas,
+            key: None,
+            consistency_factor: 1,
+            strict: false,
+            accept_data_loss: false,
+            t_evict: Duration::from_secs(2),
+            ping: Duration::from_secs(1),
+            t_hold: Duration::from_secs(4),
+            t_lease: Duration::from_secs(8),
+            t_gather: Duration::from_secs(20),
+            t_takeover: Duration::from_secs(60),
+            rebuild_rate: None,
+        }
+    }
+
+    fn min_current(&self) -> u32 {
+        if self.strict {
+            self.consistency_factor.max(1)
+        } else {
+            1
+        }
+    }
+}
+
+/// Catch-up progress of one member.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) done: AtomicU64,
+    pub(crate) total: AtomicU64,
+    pub(crate) sent: AtomicU64,
+    pub(crate) running: AtomicBool,
+}
+
+/// Per-session counters of writes to a member.
+#[derive(Debug, Default)]
+pub(crate) struct SessionStats {
+    pub(crate) outstanding: AtomicUsize,
+    pub(crate) failed: AtomicBool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) address: String,
+    pub(crate) id: String,
+    pub(crate) conn: Arc<ReplicaConn>,
+    pub(crate) current: bool,
+    pub(crate) stats: Arc<SessionStats>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Seq {
+    pub(crate) next: u64,
+    pub(crate) reserved: u64,
+    issued: BTreeSet<u64>,
+    inflight: BTreeSet<u64>,
+    expired: BTreeSet<u64>,
+    pub(crate) max_sent: u64,
+    pub(crate) paused: bool,
+    pub(crate) targets: Vec<Target>,
+    /// Writes below this io were sent before the last Current replica switched to
+    /// write-through; they flush before completing.
+    wt_from: u64,
+}
+
+impl Seq {
+    /// Every io at or below this completed (or failed).
+    pub(crate) fn watermark(&self) -> u64 {
+        let lo = [self.issued.first(), self.inflight.first()]
+            .into_iter()
+            .flatten()
+            .min()
+            .copied();
+        match lo {
+            Some(n) => n - 1,
+            None => self.next - 1,
+        }
+    }
+}
+
+/// Phase of the volume (cStor's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Starting: fencing, gathering, reconciling.
+    Init,
+    /// Every member Current and connected.
+    Healthy,
+    /// Serving with fewer Current replicas than members.
+    Degraded,
+    /// Not serving (no intact Current replica, or fenced).
+    Offline,
+}
+
+/// One replica in [`VolumeStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Replica id.
+    pub id: String,
+    /// Address.
+    pub address: String,
+    /// Healthy (Current), Degraded (Stale), Rebuilding (catching up), Offline.
+    pub mode: String,
+    /// Design state: Current, Stale or New.
+    pub state: String,
+    /// First io a Stale member may lack.
+    pub stale_since_io: u64,
+    /// Catch-up progress, percent.
+    pub rebuild_percent: u64,
+    /// Catch-up bytes done.
+    pub rebuild_bytes_done: u64,
+    /// Catch-up bytes to do.
+    pub rebuild_bytes_total: u64,
+}
+
+/// What `cstor target status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    /// Volume name.
+    pub volume: String,
+    /// Phase.
+    pub phase: Phase,
+    /// Our epoch.
+    pub epoch: u64,
+    /// Every io at or below completed.
+    pub io_checkpoint: u64,
+    /// Replicas.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) record: Record,
+    pub(crate) version: Version,
+    pub(crate) phase: Phase,
+    /// address -> id learned at OPEN.
+    pub(crate) ids: Vec<(String, String)>,
+}
+
+/// The replicated volume.
+#[derive(Debug, Clone)]
+pub struct ReplicatedVolume {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) cfg: VolumeConfig,
+    pub(crate) store: Arc<dyn MembershipStore>,
+    identity: BackendIdentity,
+    pub(crate) instance: String,
+    pub(crate) epoch: u64,
+    pub(crate) seq: Mutex<Seq>,
+    seq_wake: Notify,
+    pub(crate) state: Mutex<State>,
+    pub(crate) evict: tokio::sync::Mutex<()>,
+    fenced: AtomicBool,
+    fenced_wake: Notify,
+    pub(crate) stopping: AtomicBool,
+    pub(crate) ready_wake: Notify,
+    pub(crate) progress: Mutex<Vec<(String, Arc<Progress>)>>,
+    pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Why the start was refused, if it was.
+    pub(crate) refused: Mutex<Option<String>>,
+    /// Current size in bytes (`cfg.size` until an online grow).
+    pub(crate) size: AtomicU64,
+    /// Backend events (capacity changes) for the LU.
+    events: tokio::sync::broadcast::Sender<BackendEvent>,
+}
+
+fn other(msg: impl std::fmt::Display) -> BackendError {
+    BackendError::Other(std::io::Error::other(msg.to_string()))
+}
+
+/// How long a write waits for earlier io numbers to be sent before giving them up.
+const SEQ_GAP: Duration = Duration::from_millis(200);
+
+impl ReplicatedVolume {
+    /// Claims the volume (epoch + 1 by CAS), then fences, gathers and reconciles in the
+    /// background; IO is answered BUSY until [`ReplicatedVolume::ready`].
+    pub async fn start(
+        cfg: VolumeConfig,
+        store: Arc<dyn MembershipStore>,
+    ) -> Result<ReplicatedVolume, VolumeError> {
+        let instance = wire::hex(&crate::auth::nonce()[..8]);
+        let (mut rec, mut ver) = read_store(&store).await?;
+        if rec.size != 0 && rec.size != cfg.size && !cfg.accept_data_loss {
+            return Err(VolumeError::Refused(format!(
+                "--size {} differs from the recorded size {} (give --accept-data-loss to override)",
+                cfg.size, rec.size
+            )));
+        }
+        // Takeover gate (design §2.8 step 1).
+        let gate_start = Instant::now();
+        loop {
+            let free = match &rec.holder {
+                None => true,
+                Some(h) => {
+                    let dead_local = h.node == host_name() && !pid_alive(h.pid);
+                    let expired =
+                        unix_now().saturating_sub(rec.renew_time) >= cfg.t_takeover.as_secs();
+                    dead_local || expired
+                }
+            };
+            if free {
+                break;
+            }
+            if gate_start.elapsed() > cfg.t_takeover + Duration::from_secs(15) {
+                return Err(VolumeError::Refused(format!(
+                    "volume held by {:?} and its lease is renewed",
+                    rec.holder
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            (rec, ver) = read_store(&store).await?;
+        }
+        let prev_clean = rec.clean_shutdown;
+        let prev_holder = rec.holder.clone();
+        // Claim (design §2.8 step 2).
+        let (rec, ver, io_base) = loop {
+            let mut r = rec.clone();
+            r.epoch += 1;
+            r.holder = Some(Holder {
+                instance: instance.clone(),
+                pid: std::process::id(),
+                node: host_name(),
+            });
+            r.renew_time = unix_now();
+            r.clean_shutdown = false;
+            let base = r.io_reserved + 1;
+            r.io_reserved += IO_CHUNK;
+            r.size = cfg.size;
+            r.cf = cfg.consistency_factor;
+            r.min_current = cfg.min_current();
+            r.rf = r.rf.max(cfg.replicas.len() as u32);
+            r.drf = r.drf.max(cfg.replicas.len() as u32);
+            match cas_store(&store, ver, &r).await? {
+                Cas::Ok(v) => break (r, v, base),
+                Cas::Conflict => (rec, ver) = read_store(&store).await?,
+            }
+        };
+        let epoch = rec.epoch;
+        let mut id = [0u8; 16];
+        let h = crc32c::crc32c(cfg.name.as_bytes());
+        id[..4].copy_from_slice(&h.to_le_bytes());
+        id[4..8].copy_from_slice(&crc32c::crc32c_append(h, b"cstor").to_le_bytes());
+        id[8] = 0x52;
+        let serial: String = cfg
+            .name
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(32)
+            .collect();
+        let inner = Arc::new(Inner {
+            identity: BackendIdentity { id, serial },
+            instance,
+            epoch,
+            seq: Mutex::new(Seq {
+                next: io_base,
+                reserved: rec.io_reserved,
+                max_sent: io_base - 1,
+                wt_from: 0,
+                ..Seq::default()
+            }),
+            seq_wake: Notify::new(),
+            state: Mutex::new(State {
+                record: rec,
+                version: ver,
+                phase: Phase::Init,
+                ids: Vec::new(),
+            }),
+            evict: tokio::sync::Mutex::new(()),
+            fenced: AtomicBool::new(false),
+            fenced_wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+            ready_wake: Notify::new(),
+            progress: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+            refused: Mutex::new(None),
+            size: AtomicU64::new(cfg.size),
+            events: tokio::sync::broadcast::channel(16).0,
+            cfg,
+            store,
+        });
+        let v = ReplicatedVolume { inner };
+        let me = v.clone();
+        let t = tokio::spawn(async move {
+            let lease_wait = !prev_clean
+                && prev_holder
+                    .as_ref()
+                    .is_some_and(|h| h.instance != me.inner.instance);
+            me.recover(prev_clean, lease_wait).await;
+        });
+        v.inner.tasks.lock().push(t);
+        Ok(v)
+    }
+
+    /// Completes when the volume serves (or is fenced / offline for good).
+    pub async fn ready(&self) -> Phase {
+        loop {
+            let wait = self.inner.ready_wake.notified();
+            tokio::pin!(wait);
+            wait.as_mut().enable();
+            let p = self.inner.state.lock().phase;
+            if p != Phase::Init || self.inner.fenced.load(Ordering::SeqCst) {
+                return p;
+            }
+            wait.await;
+        }
+    }
+
+    /// Completes when this instance is fenced by a newer one.
+    pub async fn fenced(&self) {
+        loop {
+            let wait = self.inner.fenced_wake.notified();
+            tokio::pin!(wait);
+            wait.as_mut().enable();
+            if self.inner.fenced.load(Ordering::SeqCst) {
+                return;
+            }
+            wait.await;
+        }
+    }
+
+    /// Why the start was refused (the volume then stays Offline).
+    pub fn refusal(&self) -> Option<String> {
+        self.inner.refused.lock().clone()
+    }
+
+    /// Whether this instance was fenced.
+    pub fn is_fenced(&self) -> bool {
+        self.inner.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Our epoch.
+    /// Current size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.size.load(Ordering::SeqCst)
+    }
+
+    /// Grows the volume online: every Current replica grows (a failure aborts before the
+    /// record changes; a replica grown alone only has unused space), then the record's
+    /// size is changed by CAS, then initiators get CAPACITY DATA HAS CHANGED. Members not
+    /// Current grow here if connected, else at their next OPEN (which carries the size).
+    /// Shrinking is refused.
+    pub async fn resize(&self, new_size: u64) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let bs: u64 = 4096;
+        if new_size < self.size() {
+            return Err(VolumeError::Refused(format!(
+                "cannot shrink from {} to {new_size} bytes (shrinking loses data)",
+                self.size()
+            )));
+        }
+        if !new_size.is_multiple_of(bs) {
+            return Err(VolumeError::Refused(format!(
+                "size {new_size} is not a multiple of {bs}"
+            )));
+        }
+        // One membership change at a time (as evictions and readmissions).
+        let _g = inner.evict.lock().await;
+        let targets: Vec<Target> = inner.seq.lock().targets.clone();
+        let t = inner.cfg.t_evict * 5;
+        for x in targets.iter().filter(|x| x.current) {
+            x.conn
+                .call(Op::Resize, wire::enc_u64s(&[new_size]), t)
+                .await
+                .map_err(|e| VolumeError::Refused(format!("replica {} did not grow: {e}", x.id)))?;
+        }
+        for x in targets.iter().filter(|x| !x.current) {
+            let _ = x
+                .conn
+                .call(Op::Resize, wire::enc_u64s(&[new_size]), t)
+                .await;
+        }
+        self.change_record(|r| {
+            r.size = new_size;
+            Ok(())
+        })
+        .await?;
+        inner.size.store(new_size, Ordering::SeqCst);
+        let _ = inner.events.send(BackendEvent::CapacityChanged);
+        tracing::info!(volume = %inner.cfg.name, size = new_size, "grown online");
+        Ok(())
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch
+    }
+
+    /// The record as last written or read by this instance.
+    pub fn record(&self) -> Record {
+        self.inner.state.lock().record.clone()
+    }
+
+    /// Status for `cstor target status`.
+    pub fn status(&self) -> VolumeStatus {
+        let inner = &self.inner;
+        let (record, phase) = {
+            let s = inner.state.lock();
+            (s.record.clone(), s.phase)
+        };
+        let (targets, wm) = {
+            let q = inner.seq.lock();
+            (q.targets.clone(), q.watermark())
+        };
+        let progress = inner.progress.lock().clone();
+        let mut replicas = Vec::new();
+        for m in &record.members {
+            let connected = targets.iter().any(|t| t.id == m.id && !t.conn.is_closed());
+            let prog = progress.iter().find(|(id, _)| *id == m.id).map(|(_, p)| p);
+            let running = prog.is_some_and(|p| p.running.load(Ordering::SeqCst));
+            let mode = match (m.state, connected, running) {
+                (_, false, _) => "Offline",
+                (MemberState::Current, true, _) => "Healthy",
+                (_, true, true) => "Rebuilding",
+                (_, true, false) => "Degraded",
+            };
+            let (done, total) = prog.map_or((0, 0), |p| {
+                (
+                    p.done.load(Ordering::SeqCst),
+                    p.total.load(Ordering::SeqCst),
+                )
+            });
+            let pct = match (m.state, total) {
+                (MemberState::Current, _) => 100,
+                (_, 0) => 0,
+                _ => (done * 100 / total).min(100),
+            };
+            replicas.push(ReplicaStatus {
+                id: m.id.clone(),
+                address: m.address.clone(),
+                mode: mode.into(),
+                state: format!("{:?}", m.state),
+                stale_since_io: m.stale_since_io,
+                rebuild_percent: pct,
+                rebuild_bytes_done: done,
+                rebuild_bytes_total: total,
+            });
+        }
+        VolumeStatus {
+            volume: inner.cfg.name.clone(),
+            phase: if self.is_fenced() {
+                Phase::Offline
+            } else {
+                phase
+            },
+            epoch: inner.epoch,
+            io_checkpoint: wm,
+            replicas,
+        }
+    }
+
+    /// Ends this instance as a crash would (no drain, no flush, no record change): every
+    /// task stops and every replica session is dropped. For tests of restart recovery.
+    pub fn crash(&self) {
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::SeqCst);
+        for t in inner.tasks.lock().drain(..) {
+            t.abort();
+        }
+        inner.state.lock().phase = Phase::Offline;
+        let targets = std::mem::take(&mut inner.seq.lock().targets);
+        for t in targets {
+            t.conn.close("target crashed");
+        }
+    }
+
+    /// Clean stop: drains IO, flushes every Current replica, records cleanShutdown and
+    /// releases the holder.
+    pub async fn shutdown(&self) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::SeqCst);
+        for t in inner.tasks.lock().drain(..) {
+            t.abort();
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let busy = {
+                let q = inner.seq.lock();
+                !q.inflight.is_empty()
+            };
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _g = inner.evict.lock().await;
+        if inner.fenced.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let targets = inner.seq.lock().targets.clone();
+        let mut all_flushed = true;
+        for t in targets.iter().filter(|t| t.current) {
+            if let Err(e) = t
+                .conn
+                .call(Op::Flush, Bytes::new(), inner.cfg.t_evict)
+                .await
+            {
+                tracing::warn!(error = %e, "flush at stop");
+                all_flushed = false;
+            }
+            let wm = inner.seq.lock().watermark();
+            let _ = t
+                .conn
+                .call(Op::Checkpoint, wire::enc_u64s(&[wm]), inner.cfg.t_evict)
+                .await;
+        }
+        if all_flushed {
+            self.change_record(|r| {
+                r.clean_shutdown = true;
+                r.holder = None;
+                Ok(())
+            })
+            .await?;
+        }
+        for t in &targets {
+            t.conn.close("target stopped");
+        }
+        Ok(())
+    }
+
+    /// Changes the record by CAS (re-reading on conflict), failing when fenced.
+    pub(crate) async fn change_record(
+        &self,
+        f: impl Fn(&mut Record) -> Result<(), VolumeError>,
+    ) -> Result<Record, VolumeError> {
+        let inner = &self.inner;
+        let (mut rec, mut ver) = {
+            let s = inner.state.lock();
+            (s.record.clone(), s.version)
+        };
+        loop {
+            if rec.epoch != inner.epoch {
+                self.fence(rec.epoch);
+                return Err(VolumeError::Fenced {
+                    record: rec.epoch,
+                    ours: inner.epoch,
+                });
+            }
+            let mut r = rec.clone();
+            f(&mut r)?;
+            match cas_store(&inner.store, ver, &r).await? {
+                Cas::Ok(v) => {
+                    let mut s = inner.state.lock();
+                    s.record = r.clone();
+                    s.version = v;
+                    return Ok(r);
+                }
+                Cas::Conflict => (rec, ver) = read_store(&inner.store).await?,
+            }
+        }
+    }
+
+    pub(crate) fn fence(&self, by: u64) {
+        if !self.inner.fenced.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                volume = %self.inner.cfg.name,
+                ours = self.inner.epoch,
+                by,
+                "fenced by a newer target instance: stopping"
+            );
+            let targets = std::mem::take(&mut self.inner.seq.lock().targets);
+            for t in targets {
+                t.conn.close("fenced");
+            }
+            self.inner.state.lock().phase = Phase::Offline;
+            self.inner.fenced_wake.notify_waiters();
+            self.inner.ready_wake.notify_waiters();
+        }
+    }
+
+    pub(crate) fn inner_wake(&self) {
+        self.inner.seq_wake.notify_waiters();
+    }
+
+    pub(crate) fn refresh_phase(&self) {
+        self.set_phase();
+    }
+
+    pub(crate) fn set_phase(&self) {
+        let s = {
+            let rec = self.inner.state.lock().record.clone();
+            let q = self.inner.seq.lock();
+            let cur = q.targets.iter().filter(|t| t.current).count();
+            if cur == 0 {
+                Phase::Offline
+            } else if rec.members.iter().all(|m| m.state == MemberState::Current)
+                && cur == rec.members.len()
+            {
+                Phase::Healthy
+            } else {
+                Phase::Degraded
+            }
+        };
+        self.inner.state.lock().phase = s;
+        self.inner.ready_wake.notify_waiters();
+    }
+
+    pub(crate) async fn ping_loop(&self) {
+        let inner = &self.inner;
+        let mut tick = 0u64;
+        loop {
+            tokio::time::sleep(inner.cfg.ping).await;
+            if self.is_fenced() || inner.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            tick += 1;
+            let (targets, wm) = {
+                let q = inner.seq.lock();
+                (q.targets.clone(), q.watermark())
+            };
+            for t in targets {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let r = t
+                        .conn
+                        .call(Op::Ping, Bytes::new(), me.inner.cfg.t_evict)
+                        .await;
+                    let r = match r {
+                        Ok(_) if t.current => t
+                            .conn
+                            .call(Op::Checkpoint, wire::enc_u64s(&[wm]), me.inner.cfg.t_evict)
+                            .await
+                            .map(|_| ()),
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = r {
+                        me.member_failed(&t, &e).await;
+                    }
+                });
+            }
+            // Fencing through the record; a store outage changes nothing (L6).
+            if let Ok((rec, _)) = read_store(&inner.store).await {
+                if rec.epoch > inner.epoch {
+                    self.fence(rec.epoch);
+                    return;
+                }
+            }
+            if tick.is_multiple_of(10) {
+                let _ = self
+                    .change_record(|r| {
+                        r.renew_time = unix_now();
+                        Ok(())
+                    })
+                    .await;
+            }
+            // Extend the io reservation at half use.
+            let need = {
+                let q = inner.seq.lock();
+                q.reserved.saturating_sub(q.next) < IO_CHUNK / 2
+            };
+            if need {
+                if let Ok(r) = self
+                    .change_record(|r| {
+                        r.io_reserved += IO_CHUNK;
+                        Ok(())
+                    })
+                    .await
+                {
+                    inner.seq.lock().reserved = r.io_reserved;
+                }
+            }
+        }
+    }
+
+    /// A member's request failed: a Current one is evicted; a catching-up one leaves
+    /// the send set (its catch-up restarts later).
+    pub(crate) async fn member_failed(&self, t: &Target, e: &ReplicaError) -> bool {
+        if let ReplicaError::Fenced { stored, .. } = e {
+            self.fence(*stored);
+            return false;
+        }
+        if t.current {
+            self.evict(&t.id, &e.to_string()).await.is_ok()
+        } else {
+            t.stats.failed.store(true, Ordering::SeqCst);
+            self.inner
+                .seq
+                .lock()
+                .targets
+                .retain(|x| !Arc::ptr_eq(&x.conn, &t.conn));
+            t.conn.close("catch-up session failed");
+            true
+        }
+    }
+
+    /// Evicts Current member `id` (§2.6): flush barrier on the survivors, CAS to Stale,
+    /// close its session; refused below max(1, minCurrent). Ok once it is not Current.
+    pub(crate) async fn evict(&self, id: &str, why: &str) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let _g = inner.evict.lock().await;
+        if inner.stopping.load(Ordering::SeqCst) {
+            return Err(VolumeError::Refused("the target is stopping".into()));
+        }
+        let start = Instant::now();
+        let mut gone: Vec<String> = vec![id.to_string()];
+        loop {
+            let (cur, survivors, since) = {
+                let q = inner.seq.lock();
+                let cur: Vec<Target> = q.targets.iter().filter(|t| t.current).cloned().collect();
+                let surv: Vec<Target> = cur
+                    .iter()
+                    .filter(|t| !gone.contains(&t.id))
+                    .cloned()
+                    .collect();
+                let since = [q.issued.first(), q.inflight.first()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .copied()
+                    .unwrap_or(q.next);
+                (cur, surv, since)
+            };
+            gone.retain(|g| cur.iter().any(|t| t.id == *g));
+            if gone.is_empty() {
+                return Ok(());
+            }
+            let min = inner.cfg.min_current().max(1) as usize;
+            if survivors.len() < min {
+                return Err(VolumeError::Refused(format!(
+                    "evicting {gone:?} would leave {} Current replicas (minimum {min})",
+                    survivors.len()
+                )));
+            }
+            // Flush barrier: survivors' stable data covers whatever the evicted hold.
+            let flushes = survivors.iter().map(|t| {
+                let t = t.clone();
+                async move {
+                    (
+                        t.id.clone(),
+                        t.conn
+                            .call(Op::Flush, Bytes::new(), inner.cfg.t_evict)
+                            .await,
+                    )
+                }
+            });
+            let mut more = Vec::new();
+            for (sid, r) in join_all(flushes).await {
+                match r {
+                    Ok(_) => {}
+                    Err(ReplicaError::Fenced { stored, .. }) => {
+                        self.fence(stored);
+                        return Err(VolumeError::Fenced {
+                            record: stored,
+                            ours: inner.epoch,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(replica = %sid, error = %e, "flush barrier failed");
+                        more.push(sid);
+                    }
+                }
+            }
+            if !more.is_empty() {
+                gone.extend(more);
+                continue;
+            }
+            // The CAS; with the store unreachable keep trying while IO is held.
+            let epoch = inner.epoch;
+            let why = why.to_string();
+            let ids = gone.clone();
+            let r = loop {
+                let r = self
+                    .change_record(|r| {
+                        let now = unix_now();
+                        for m in r.members.iter_mut() {
+                            if ids.contains(&m.id) && m.state == MemberState::Current {
+                                m.state = MemberState::Stale;
+                                m.stale_since_io = since;
+                                m.reason = why.clone();
+                                m.at = now;
+                                m.epoch = epoch;
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await;
+                match r {
+                    Err(VolumeError::Store(StoreError::Unavailable(m)))
+                        if start.elapsed() < inner.cfg.t_hold =>
+                    {
+                        tracing::warn!("eviction waits for the store: {m}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    r => break r,
+                }
+            };
+            r?;
+            tracing::warn!(volume = %inner.cfg.name, members = ?gone, since, "evicted (recorded Stale)");
+            let (closed, single) = {
+                let mut q = inner.seq.lock();
+                let closed: Vec<Target> = q
+                    .targets
+                    .iter()
+                    .filter(|t| gone.contains(&t.id))
+                    .cloned()
+                    .collect();
+                q.targets.retain(|t| !gone.contains(&t.id));
+                let cur: Vec<Target> = q.targets.iter().filter(|t| t.current).cloned().collect();
+                let single = (cur.len() == 1).then(|| cur[0].clone());
+                if single.is_some() {
+                    q.wt_from = q.max_sent + 1;
+                }
+                (closed, single)
+            };
+            for t in closed {
+                t.conn.close("evicted");
+            }
+            if let Some(t) = single {
+                // Single-copy write-through; the flush covers writes acked before it.
+                let r = t
+                    .conn
+                    .call(Op::SetMode, wire::enc_u64s(&[1]), inner.cfg.t_evict)
+                    .await;
+                let r = match r {
+                    Ok(_) => {
+                        t.conn
+                            .call(Op::Flush, Bytes::new(), inner.cfg.t_evict)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "switching the last Current replica to write-through");
+                }
+            }
+            drop(_g);
+            self.set_phase();
+            return Ok(());
+        }
+    }
+
+    /// Sends a modifying request in io order to every session and waits for the Current
+    /// replicas (evicting the failing ones).
+    async fn replicate(
+        &self,
+        ctx: &IoCtx,
+        op: Op,
+        body: impl Fn(u64) -> Bytes,
+    ) -> Result<(), BackendError> {
+        let inner = &self.inner;
+        if self.is_fenced() {
+            return Err(other("fenced by a newer target instance"));
+        }
+        if inner.state.lock().phase == Phase::Init {
+            return Err(BackendError::NotStarted);
+        }
+        let io = match ctx.io {
+            Some(io) => io,
+            None => self.draw_io().ok_or(BackendError::Busy)?,
+        };
+        // The sequencer: wait for every earlier issued io to be sent.
+        let t0 = Instant::now();
+        let (started, sent_at) = loop {
+            let wait = inner.seq_wake.notified();
+            tokio::pin!(wait);
+            wait.as_mut().enable();
+            {
+                let mut q = inner.seq.lock();
+                if q.expired.remove(&io) {
+                    return Err(BackendError::NotStarted);
+                }
+                let blocked = q.paused || q.issued.range(..io).next().is_some();
+                if blocked && ctx.must_not_start() {
+                    q.issued.remove(&io);
+                    q.expired.remove(&io);
+                    drop(q);
+                    inner.seq_wake.notify_waiters();
+                    return Err(BackendError::NotStarted);
+                }
+                if blocked && !q.paused && t0.elapsed() >= SEQ_GAP {
+                    // Numbers drawn but never used: give them up (late calls get BUSY).
+                    let gaps: Vec<u64> = q.issued.range(..io).copied().collect();
+                    for g in gaps {
+                        q.issued.remove(&g);
+                        q.expired.insert(g);
+                    }
+                }
+                let blocked = q.paused || q.issued.range(..io).next().is_some();
+                if !blocked {
+                    if q.targets.iter().all(|t| !t.current) {
+                        return Err(BackendError::Busy);
+                    }
+                    q.issued.remove(&io);
+                    q.inflight.insert(io);
+                    q.max_sent = q.max_sent.max(io);
+                    let b = body(io);
+                    let mut started = Vec::new();
+                    for t in q.targets.iter() {
+                        match t.conn.start(op, b.clone()) {
+                            Ok(s) => {
+                                t.stats.outstanding.fetch_add(1, Ordering::SeqCst);
+                                started.push((t.clone(), Ok(s)));
+                            }
+                            Err(e) => started.push((t.clone(), Err(e))),
+                        }
+                    }
+                    let wt = q.wt_from;
+                    break (started, (Instant::now(), wt));
+                }
+            }
+            tokio::time::timeout(SEQ_GAP, wait).await.ok();
+        };
+        inner.seq_wake.notify_waiters();
+        let t_evict = inner.cfg.t_evict;
+        let mut waits = Vec::new();
+        for (t, s) in started {
+            let me = self.clone();
+            let fut = async move {
+                let r = match s {
+                    Ok(s) => {
+                        let left = t_evict.saturating_sub(sent_at.0.elapsed());
+                        t.conn.finish(s, left).await
+                    }
+                    Err(e) => Err(e),
+                };
+                t.stats.outstanding.fetch_sub(1, Ordering::SeqCst);
+                (t, r, me)
+            };
+            waits.push(fut);
+        }
+        let mut current_waits = Vec::new();
+        for w in waits {
+            current_waits.push(w);
+        }
+        let results = join_all(current_waits).await;
+        let mut outcome: Result<(), BackendError> = Ok(());
+        let mut failed_current: Vec<(Target, ReplicaError)> = Vec::new();
+        let mut ok_current = 0usize;
+        for (t, r, me) in results {
+            match r {
+                Ok(_) if t.current => ok_current += 1,
+                Ok(_) => {}
+                Err(e) if t.current => failed_current.push((t, e)),
+                Err(e) => {
+                    me.member_failed(&t, &e).await;
+                }
+            }
+        }
+        for (t, e) in &failed_current {
+            if let ReplicaError::Fenced { stored, .. } = e {
+                self.fence(*stored);
+                outcome = Err(other("fenced by a newer target instance"));
+                continue;
+            }
+            match self.evict(&t.id, &e.to_string()).await {
+                Ok(()) => {}
+                Err(VolumeError::Fenced { .. }) => {
+                    outcome = Err(other("fenced by a newer target instance"))
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "eviction not possible");
+                    outcome = Err(match e {
+                        ReplicaError::Failed {
+                            status: Status::NoSpace,
+                            ..
+                        } if ok_current == 0 => BackendError::NoSpace,
+                        ReplicaError::Failed {
+                            status: Status::ReadOnly,
+                            ..
+                        } if ok_current == 0 => BackendError::ReadOnly,
+                        _ => BackendError::Busy,
+                    });
+                }
+            }
+        }
+        if outcome.is_ok() && io < sent_at.1 {
+            // Sent before the switch to single-copy write-through: make it stable now.
+            outcome = self.flush_all().await;
+        }
+        if outcome.is_ok() && ctx.fua {
+            outcome = self.flush_all().await;
+        }
+        inner.seq.lock().inflight.remove(&io);
+        outcome
+    }
+
+    fn draw_io(&self) -> Option<u64> {
+        let mut q = self.inner.seq.lock();
+        if q.next > q.reserved {
+            return None;
+        }
+        let io = q.next;
+        q.next += 1;
+        q.issued.insert(io);
+        Some(io)
+    }
+
+    /// FLUSH on every Current replica (evicting a failing one).
+    async fn flush_all(&self) -> Result<(), BackendError> {
+        let inner = &self.inner;
+        if self.is_fenced() {
+            return Err(other("fenced by a newer target instance"));
+        }
+        let targets: Vec<Target> = inner
+            .seq
+            .lock()
+            .targets
+            .iter()
+            .filter(|t| t.current)
+            .cloned()
+            .collect();
+        if targets.is_empty() {
+            return Err(BackendError::Busy);
+        }
+        let fl = targets.iter().map(|t| {
+            let t = t.clone();
+            async move {
+                let r = t
+                    .conn
+                    .call(Op::Flush, Bytes::new(), inner.cfg.t_evict)
+                    .await;
+                (t, r)
+            }
+        });
+        for (t, r) in join_all(fl).await {
+            if let Err(e) = r {
+                if !self.member_failed(&t, &e).await {
+                    return Err(BackendError::Busy);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_any(&self, offset: u64, len: u32) -> Result<Bytes, BackendError> {
+        let inner = &self.inner;
+        let mut tried: Vec<String> = Vec::new();
+        loop {
+            if self.is_fenced() {
+                return Err(other("fenced by a newer target instance"));
+            }
+            if inner.state.lock().phase == Phase::Init {
+                return Err(BackendError::NotStarted);
+            }
+            let pick = {
+                let q = inner.seq.lock();
+                q.targets
+                    .iter()
+                    .filter(|t| t.current && !tried.contains(&t.id) && !t.conn.is_closed())
+                    .min_by_key(|t| t.conn.inflight())
+                    .cloned()
+            };
+            let Some(t) = pick else {
+                return Err(BackendError::Busy);
+            };
+            match t
+                .conn
+                .call(
+                    Op::Read,
+                    wire::enc_u64s(&[offset, u64::from(len)]),
+                    inner.cfg.t_evict,
+                )
+                .await
+            {
+                Ok(b) if b.len() == len as usize => return Ok(b),
+                Ok(_) => {
+                    tried.push(t.id.clone());
+                }
+                Err(e) => {
+                    tried.push(t.id.clone());
+                    if !self.member_failed(&t, &e).await && self.is_fenced() {
+                        return Err(other("fenced by a newer target instance"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl BlockBackend for ReplicatedVolume {
+    fn identity(&self) -> &BackendIdentity {
+        &self.inner.identity
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.size()
+    }
+
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<BackendEvent>> {
+        Some(self.inner.events.subscribe())
+    }
+
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    fn next_io(&self) -> Option<u64> {
+        self.draw_io()
+    }
+
+    fn read(&self, _ctx: &IoCtx, offset: u64, len: u32) -> BackendFuture<'_, Bytes> {
+        Box::pin(self.read_any(offset, len))
+    }
+
+    fn write(&self, ctx: &IoCtx, offset: u64, data: Bytes) -> BackendFuture<'_, ()> {
+        let ctx = ctx.clone();
+        Box::pin(async move {
+            self.replicate(&ctx, Op::Write, |io| wire::enc_write(offset, io, &data))
+                .await
+        })
+    }
+
+    fn flush(&self, _ctx: &IoCtx) -> BackendFuture<'_, ()> {
+        Box::pin(self.flush_all())
+    }
+
+    fn unmap(&self, ctx: &IoCtx, offset: u64, len: u64) -> BackendFuture<'_, ()> {
+        let ctx = ctx.clone();
+        Box::pin(async move {
+            self.replicate(&ctx, Op::Unmap, |io| wire::enc_u64s(&[offset, len, io]))
+                .await
+        })
+    }
+}
+
+pub(crate) async fn read_store(
+    s: &Arc<dyn MembershipStore>,
+) -> Result<(Record, Version), StoreError> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || s.read())
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+}
+
+pub(crate) async fn cas_store(
+    s: &Arc<dyn MembershipStore>,
+    v: Version,
+    r: &Record,
+) -> Result<Cas, StoreError> {
+    let s = s.clone();
+    let r = r.clone();
+    tokio::task::spawn_blocking(move || s.cas(v, &r))
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+pub(crate) async fn join_all<F: std::future::Future>(
+    fs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let fs: Vec<F> = fs.into_iter().collect();
+    let mut out = Vec::with_capacity(fs.len());
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = fs.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => done[i] = Some(v),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(done.into_iter().flatten());
+    out
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks whether the process exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
