@@ -4,7 +4,10 @@
 # clients (libiscsi tools, qemu-io, ext4 through qemu-nbd + nbdfuse + loop when root and
 # FUSE are there), while `cstor pool`/`cstor volume` talk to the serving process: status,
 # snapshot, clone, snapshot read, background scrub. Then the pool imports from renamed
-# devices. Everything lives in a temp dir and is removed at exit.
+# devices. Last, a volume replicated on three pools (`cstor replica serve` x 3 behind one
+# `cstor target serve --replica ...`) keeps serving while a replica is killed, catches it
+# up when it returns, and ends byte-identical on every pool. Everything lives in a temp dir
+# and is removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -15,7 +18,8 @@ cargo build --release --locked -p cstor
 CSTOR=$PWD/target/release/cstor
 W=$(mktemp -d /tmp/cstor-demo.XXXXXX)
 export CSTOR_HOME=$W/home
-TARGET_PID= NBD_PID= FUSE_PID= LOOP=
+TARGET_PID= NBD_PID= FUSE_PID= LOOP= RTARGET_PID=
+declare -A REPLICA_PID=()
 cleanup() {
   # Undo the ext4 chain first (if a step failed midway), then stop the target.
   mountpoint -q "$W/mnt" 2>/dev/null && umount "$W/mnt"
@@ -23,6 +27,8 @@ cleanup() {
   [ -n "$FUSE_PID" ] && { fusermount3 -u "$W/fuse" 2>/dev/null; kill "$FUSE_PID" 2>/dev/null; }
   [ -n "$NBD_PID" ] && kill "$NBD_PID" 2>/dev/null
   [ -n "$TARGET_PID" ] && kill "$TARGET_PID" 2>/dev/null && wait "$TARGET_PID" 2>/dev/null
+  [ -n "$RTARGET_PID" ] && kill "$RTARGET_PID" 2>/dev/null && wait "$RTARGET_PID" 2>/dev/null
+  for p in "${REPLICA_PID[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -109,4 +115,60 @@ else
   run "$CSTOR" volume read demo/vol1 --output "$W/vol1.head" --length 4M
   cmp <(head -c 4M "$W/vol1.head") <(head -c 4194304 /dev/zero | tr '\0' '\021') && echo "data intact after export-free import with renamed devices"
 fi
+step "A volume replicated on three pools"
+export CSTOR_HOME=$W/home-repl
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+declare -A RPORT=()
+for r in r1 r2 r3; do
+  truncate -s 512M "$W/$r.img"
+  run "$CSTOR" pool create "$r" stripe "$W/$r.img"
+  RPORT[$r]=$(free_port)
+done
+start_replica() {
+  "$CSTOR" replica serve --pool "$1" --listen "127.0.0.1:${RPORT[$1]}" >"$W/$1.log" 2>&1 &
+  REPLICA_PID[$1]=$!
+  for _ in $(seq 100); do grep -q "listening on" "$W/$1.log" 2>/dev/null && break; sleep 0.1; done
+  cat "$W/$1.log"
+}
+for r in r1 r2 r3; do start_replica "$r"; done
+RPORT_T=$(free_port)
+RIQN=iqn.2026-11.io.cstor:demo-replicated
+printf '$ %s\n' "cstor target serve --listen 127.0.0.1:$RPORT_T --iqn $RIQN --volume pvc-demo --size 256M --replica ... x3 --state-dir ... --control ..."
+"$CSTOR" target serve --listen "127.0.0.1:$RPORT_T" --iqn "$RIQN" --volume pvc-demo --size 256M \
+  --replica "127.0.0.1:${RPORT[r1]}" --replica "127.0.0.1:${RPORT[r2]}" --replica "127.0.0.1:${RPORT[r3]}" \
+  --state-dir "$W/target-state" --control "$W/target.sock" >"$W/target.log" 2>&1 &
+RTARGET_PID=$!
+wait_phase() {
+  for _ in $(seq 600); do
+    "$CSTOR" target status --control "$W/target.sock" -o json 2>/dev/null | grep -q "\"phase\": *\"$1\"" && return 0
+    sleep 0.1
+  done
+  echo "the volume did not reach phase $1"; cat "$W/target.log"; return 1
+}
+wait_phase Healthy
+run "$CSTOR" target status --control "$W/target.sock"
+RURL=iscsi://127.0.0.1:$RPORT_T/$RIQN/0
+run qemu-io -f raw -c "write -P 0x11 0 8M" -c "read -P 0x11 0 8M" "$RURL"
+
+step "Kill replica r3: writes go on with two copies"
+kill -9 "${REPLICA_PID[r3]}"; wait "${REPLICA_PID[r3]}" 2>/dev/null || true; unset 'REPLICA_PID[r3]'
+run qemu-io -f raw -c "write -P 0x22 8M 8M" -c "read -P 0x11 0 8M" -c "read -P 0x22 8M 8M" "$RURL"
+wait_phase Degraded
+run "$CSTOR" target status --control "$W/target.sock"
+
+step "r3 returns, catches up what it missed, and is readmitted"
+start_replica r3
+wait_phase Healthy
+run "$CSTOR" target status --control "$W/target.sock"
+
+step "Stop everything; each pool holds the same bytes"
+kill "$RTARGET_PID"; wait "$RTARGET_PID" 2>/dev/null || true; RTARGET_PID=
+for r in r1 r2 r3; do kill "${REPLICA_PID[$r]}"; wait "${REPLICA_PID[$r]}" 2>/dev/null || true; unset "REPLICA_PID[$r]"; done
+for r in r1 r2 r3; do run "$CSTOR" volume read "$r/pvc-demo" --output "$W/$r-pvc-demo.img"; done
+cmp "$W/r1-pvc-demo.img" "$W/r2-pvc-demo.img" && cmp "$W/r1-pvc-demo.img" "$W/r3-pvc-demo.img" \
+  && echo "the three replicas are byte-identical"
+cmp <(head -c 8M "$W/r3-pvc-demo.img") <(head -c 8388608 /dev/zero | tr '\0' '\021') \
+  && cmp <(tail -c +8388609 "$W/r3-pvc-demo.img" | head -c 8M) <(head -c 8388608 /dev/zero | tr '\0' '\042') \
+  && echo "r3 holds the writes made before and while it was away"
+
 step "Done"
