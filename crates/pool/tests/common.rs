@@ -1,6 +1,7 @@
 //! Shared helpers of the block-tree tests.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,14 +28,18 @@ pub fn spa_opts() -> SpaOptions {
     }
 }
 
-/// A [`MemStore`] seen through one change a test makes: `edit_root` rewrites the root
-/// that `last_root` returns (a pool written by another version), and without `claim` the
-/// store answers `claim` with the trait's default (a store that cannot claim log blocks).
+/// A [`MemStore`] seen through the changes a test makes: `edit_root` rewrites the root
+/// that `last_root` returns (a pool written by another version); without `claim` the
+/// store answers `claim` with the trait's default (a store that cannot claim log blocks);
+/// `write_delay` makes every block write that slow (a slow device); `reads` counts block
+/// reads.
 #[derive(Debug)]
 pub struct Wrapped {
     pub mem: Arc<MemStore>,
     pub edit_root: Option<fn(&mut [u8])>,
     pub claim: bool,
+    pub write_delay: Option<Duration>,
+    pub reads: AtomicU64,
 }
 
 impl Wrapped {
@@ -43,6 +48,8 @@ impl Wrapped {
             mem,
             edit_root: None,
             claim: true,
+            write_delay: None,
+            reads: AtomicU64::new(0),
         }
     }
 }
@@ -61,9 +68,13 @@ impl BlockStore for Wrapped {
         self.mem.free(dva, txg)
     }
     fn write(&self, dva: Dva, data: &[u8]) -> Result<(), StoreError> {
+        if let Some(delay) = self.write_delay {
+            std::thread::sleep(delay);
+        }
         self.mem.write(dva, data)
     }
     fn read(&self, dva: Dva, psize: u32, verify: Verify<'_>) -> Result<Vec<u8>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         self.mem.read(dva, psize, verify)
     }
     fn flush(&self) -> Result<(), StoreError> {

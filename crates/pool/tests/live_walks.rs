@@ -5,62 +5,17 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{opts, pattern};
+use common::{opts, pattern, Wrapped};
 use cstor_pool::memstore::{MemStore, XorShift};
-use cstor_pool::store::{AllocClass, BlockStore, Dva, SpaceStats, StoreError, Verify};
 use cstor_pool::{Compression, Pool, PoolOptions, VolumeHandle};
-
-/// A MemStore that counts reads.
-#[derive(Debug)]
-struct Counting {
-    mem: MemStore,
-    reads: AtomicU64,
-}
-
-impl BlockStore for Counting {
-    fn space(&self) -> SpaceStats {
-        self.mem.space()
-    }
-    fn asize(&self, vdev: u32, psize: u32) -> u64 {
-        self.mem.asize(vdev, psize)
-    }
-    fn alloc(&self, psize: u32, class: AllocClass, txg: u64) -> Result<Dva, StoreError> {
-        self.mem.alloc(psize, class, txg)
-    }
-    fn free(&self, dva: Dva, txg: u64) {
-        self.mem.free(dva, txg)
-    }
-    fn write(&self, dva: Dva, data: &[u8]) -> Result<(), StoreError> {
-        self.mem.write(dva, data)
-    }
-    fn read(&self, dva: Dva, psize: u32, verify: Verify<'_>) -> Result<Vec<u8>, StoreError> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.mem.read(dva, psize, verify)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        self.mem.flush()
-    }
-    fn sync(&self, txg: u64, root: &[u8]) -> Result<(), StoreError> {
-        self.mem.sync(txg, root)
-    }
-    fn last_root(&self) -> Option<(u64, Vec<u8>)> {
-        self.mem.last_root()
-    }
-    fn claim(&self, dva: Dva, txg: u64) -> Result<(), StoreError> {
-        self.mem.claim(dva, txg)
-    }
-}
 
 #[test]
 fn walk_of_a_10_tib_volume_after_4_mib_of_writes_reads_few_metadata_blocks_and_commits_nothing() {
-    let store = Arc::new(Counting {
-        mem: MemStore::new(2 << 30),
-        reads: AtomicU64::new(0),
-    });
+    let store = Arc::new(Wrapped::new(Arc::new(MemStore::new(2 << 30))));
     let pool = Pool::create(store.clone(), opts()).unwrap();
     let v = pool
         .create_volume("v", 10 << 40, None, Some(Compression::Off))

@@ -4,61 +4,22 @@
 //! hundreds; a writer of a light volume (well under its share of the bound) that waited
 //! for it would see that in its latency.
 
+mod common;
+
+use common::Wrapped;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cstor_pool::memstore::{MemStore, XorShift};
-use cstor_pool::store::{AllocClass, BlockStore, Dva, SpaceStats, StoreError, Verify};
 use cstor_pool::{Compression, Pool, PoolOptions};
-
-/// A [`MemStore`] whose every block write takes `delay` (a slow device).
-#[derive(Debug)]
-struct Slow {
-    mem: Arc<MemStore>,
-    delay: Duration,
-}
-
-impl BlockStore for Slow {
-    fn space(&self) -> SpaceStats {
-        self.mem.space()
-    }
-    fn asize(&self, vdev: u32, psize: u32) -> u64 {
-        self.mem.asize(vdev, psize)
-    }
-    fn alloc(&self, psize: u32, class: AllocClass, txg: u64) -> Result<Dva, StoreError> {
-        self.mem.alloc(psize, class, txg)
-    }
-    fn free(&self, dva: Dva, txg: u64) {
-        self.mem.free(dva, txg)
-    }
-    fn write(&self, dva: Dva, data: &[u8]) -> Result<(), StoreError> {
-        std::thread::sleep(self.delay);
-        self.mem.write(dva, data)
-    }
-    fn read(&self, dva: Dva, psize: u32, verify: Verify<'_>) -> Result<Vec<u8>, StoreError> {
-        self.mem.read(dva, psize, verify)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        self.mem.flush()
-    }
-    fn sync(&self, txg: u64, root: &[u8]) -> Result<(), StoreError> {
-        self.mem.sync(txg, root)
-    }
-    fn last_root(&self) -> Option<(u64, Vec<u8>)> {
-        self.mem.last_root()
-    }
-    fn claim(&self, dva: Dva, txg: u64) -> Result<(), StoreError> {
-        self.mem.claim(dva, txg)
-    }
-}
 
 #[test]
 fn a_volume_written_hard_does_not_stall_the_writers_of_three_others() {
     let delay = Duration::from_millis(1);
-    let store = Arc::new(Slow {
-        mem: Arc::new(MemStore::new(2 << 30)),
-        delay,
+    let store = Arc::new(Wrapped {
+        write_delay: Some(delay),
+        ..Wrapped::new(Arc::new(MemStore::new(2 << 30)))
     });
     let pool = Pool::create(
         store,
