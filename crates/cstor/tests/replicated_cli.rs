@@ -232,4 +232,39 @@ fn replicated_target_processes_with_status_replica_loss_and_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
     qemu(&taddr, &["write -P 0x7c 100M 1M", "read -P 0x7c 100M 1M"]);
+    // Replica B returns on its address and is opened at epoch 2; killed at once (before
+    // any txg commits what that OPEN stored) and back again, the target must take it
+    // back, not be fenced by it, and catch it up.
+    let replica_b = || {
+        let mut c = cstor(&home);
+        c.args(["replica", "serve", "--pool", "pb", "--listen", &addrs[1]])
+            .arg("--auth-key")
+            .arg(&key);
+        spawn(c, "listening on ").0
+    };
+    let b = replica_b();
+    assert!(wait_for(Duration::from_secs(30), || {
+        try_status(&home, &control, &key).is_some_and(|s| {
+            s["replicas"]
+                .as_array()
+                .is_some_and(|r| r.iter().all(|x| x["mode"] != "Offline"))
+        })
+    }));
+    drop(b);
+    let _b = replica_b();
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            try_status(&home, &control, &key).is_some_and(|s| s["phase"] == "Healthy")
+        }),
+        "replica B was not readmitted after a restart: {:?}",
+        try_status(&home, &control, &key)
+    );
+    qemu(
+        &taddr,
+        &[
+            "read -P 0x5a 0 1M",
+            "read -P 0x6b 1M 1M",
+            "read -P 0x7c 100M 1M",
+        ],
+    );
 }

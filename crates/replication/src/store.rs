@@ -9,7 +9,7 @@
 //! durable before it returns), and `lost_tail` from the pool's clean-shutdown marker and
 //! boot id. Per-block io numbers come with reads (`read_with_io`); the flush point is the
 //! pool's (`flush_point`). Only the target instance id of the stored epoch is a volume
-//! property (committed with the next txg): it only tells a same-epoch reconnect of one
+//! property (committed before the epoch is raised): it only tells a same-epoch reconnect of one
 //! instance from misuse, since epochs are unique per instance by the record's CAS.
 
 use std::sync::Arc;
@@ -225,10 +225,17 @@ impl ReplicaVolume {
         })
     }
 
-    /// Persists the epoch: durable when it returns (a lower one is refused by the pool).
+    /// Persists the epoch and its instance: both durable when it returns (a lower epoch
+    /// is refused by the pool). The instance property is committed (a txg) before the
+    /// epoch is raised: were it left to the next txg, a replica killed in between would
+    /// come back with the new epoch but the old instance and fence the very target that
+    /// set it. OPENs with a new epoch are rare (a target start), so the commit is cheap.
     pub fn set_epoch(&self, epoch: u64, instance: &str) -> Result<(), PoolError> {
-        self.p()
-            .set_property(self.vol.name(), P_INSTANCE, instance)?;
+        let name = self.vol.name();
+        if self.p().property(name, P_INSTANCE)?.as_deref() != Some(instance) {
+            self.p().set_property(name, P_INSTANCE, instance)?;
+            self.p().sync()?;
+        }
         self.vol.set_epoch(epoch)
     }
 
