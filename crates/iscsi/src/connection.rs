@@ -281,6 +281,12 @@ async fn full_feature(
             target::wait_session_end(old).await;
         }
         t.lu.attach_nexus(&nexus);
+        // A redirect set after this login passed its check but before the session was
+        // registered found no session to ask to log out: ask here, so none is missed
+        // (both sides take the sessions lock, so one of them sees the other).
+        if t.redirect().is_some() {
+            request_logout.notify_one();
+        }
     }
     let (out_tx, out_rx) = mpsc::channel(limits::WRITER_QUEUE);
     let win = Arc::new(Window {
