@@ -6,7 +6,7 @@
 mod initiator;
 use bytes::Bytes;
 use cstor_iscsi::pdu::{self, op, Digests, OutPdu, StatSn, NO_TAG};
-use cstor_iscsi::{text, BackendFuture, BackendIdentity, BlockBackend, IoCtx};
+use cstor_iscsi::{text, BackendIdentity, BlockBackend};
 use initiator::*;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -25,18 +25,10 @@ impl BlockBackend for Zeros {
     fn read_only(&self) -> bool {
         false
     }
-    fn read(&self, _c: &IoCtx, _o: u64, len: u32) -> BackendFuture<'_, Bytes> {
-        Box::pin(async move { Ok(Bytes::from(vec![0u8; len as usize])) })
-    }
-    fn write(&self, _c: &IoCtx, _o: u64, _d: Bytes) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn unmap(&self, _c: &IoCtx, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
+    zero_read!();
+    ignored_write!();
+    instant_flush!();
+    ignored_unmap!();
 }
 
 fn zeros() -> Arc<Zeros> {

@@ -4,9 +4,8 @@
 #![allow(clippy::big_endian_bytes)] // SCSI fields are big-endian.
 
 mod initiator;
-use bytes::Bytes;
 use cstor_iscsi::pdu::op;
-use cstor_iscsi::{BackendEvent, BackendFuture, BackendIdentity, BlockBackend, IoCtx};
+use cstor_iscsi::{BackendEvent, BackendIdentity, BlockBackend};
 use initiator::*;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,30 +23,14 @@ struct Eventful {
 }
 
 impl BlockBackend for Eventful {
-    fn identity(&self) -> &BackendIdentity {
-        &self.id
-    }
-    fn size_bytes(&self) -> u64 {
-        1 << 20
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
+    fixed_lu!();
     fn events(&self) -> Option<broadcast::Receiver<BackendEvent>> {
         Some(self.events.subscribe())
     }
-    fn read(&self, _c: &IoCtx, _o: u64, len: u32) -> BackendFuture<'_, Bytes> {
-        Box::pin(async move { Ok(Bytes::from(vec![0u8; len as usize])) })
-    }
-    fn write(&self, _c: &IoCtx, _o: u64, _d: Bytes) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn unmap(&self, _c: &IoCtx, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
+    zero_read!();
+    ignored_write!();
+    instant_flush!();
+    ignored_unmap!();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use cstor_iscsi::pdu::{self, Digests};
 use cstor_iscsi::scsi::{nexus_id, Cdb, LogicalUnit};
 use cstor_iscsi::{BackendFuture, BackendIdentity, BlockBackend, Cancel, IoCtx};
+use initiator::instant_flush;
 use parking_lot::Mutex;
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -40,9 +41,7 @@ impl BlockBackend for Mem {
         self.data.lock()[o as usize..o as usize + d.len()].copy_from_slice(&d);
         Box::pin(async { Ok(()) })
     }
-    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
+    instant_flush!();
     fn unmap(&self, _c: &IoCtx, o: u64, l: u64) -> BackendFuture<'_, ()> {
         self.data.lock()[o as usize..(o + l) as usize].fill(0);
         Box::pin(async { Ok(()) })

@@ -45,15 +45,7 @@ impl Holding {
 }
 
 impl BlockBackend for Holding {
-    fn identity(&self) -> &BackendIdentity {
-        &self.id
-    }
-    fn size_bytes(&self) -> u64 {
-        1 << 20
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
+    fixed_lu!();
     fn next_io(&self) -> Option<u64> {
         Some(self.next.fetch_add(1, Ordering::Relaxed))
     }
@@ -70,12 +62,8 @@ impl BlockBackend for Holding {
         self.data.lock()[o as usize..o as usize + d.len()].copy_from_slice(&d);
         Box::pin(async { Ok(()) })
     }
-    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn unmap(&self, _c: &IoCtx, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
+    instant_flush!();
+    ignored_unmap!();
 }
 
 async fn setup() -> (Arc<Holding>, Ini) {
@@ -91,18 +79,6 @@ async fn setup() -> (Arc<Holding>, Ini) {
     // The power-on unit attention.
     let _ = ini.scsi(&[0u8; 6], 0, &[]).await;
     (b, ini)
-}
-
-/// Sends a one-block WRITE(10) of `fill` at `lba` with immediate data, without waiting.
-async fn send_write(ini: &mut Ini, itt: u32, lba: u32, fill: u8) {
-    let mut p = OutPdu::new(op::SCSI_CMD, 0xa0, StatSn::None);
-    put32(&mut p.bhs, 16, itt);
-    put32(&mut p.bhs, 20, 512);
-    put32(&mut p.bhs, 24, ini.cmd_sn);
-    p.bhs[32..42].copy_from_slice(&cdb_rw(0x2a, lba, 1));
-    p.data = Bytes::from(vec![fill; 512]);
-    ini.cmd_sn = ini.cmd_sn.wrapping_add(1);
-    send(&mut ini.s, p, Default::default()).await;
 }
 
 /// Sends a task management request (immediate) without waiting.
@@ -143,7 +119,8 @@ async fn a_hold_released_in_time_lets_queued_commands_proceed_in_order() {
     b.hold.hold();
     let t0 = Instant::now();
     for i in 0..6u8 {
-        send_write(&mut ini, 10 + u32::from(i), u32::from(i), 0x10 + i).await;
+        ini.send_write(10 + u32::from(i), u32::from(i), 0x10 + i)
+            .await;
         // Each reaches the LU before the next, so the queue order is the send order.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -195,8 +172,8 @@ async fn a_hold_past_t_hold_answers_busy_and_task_management_stays_prompt() {
         hold.release();
     });
     let t0 = Instant::now();
-    send_write(&mut ini, 20, 0, 0xa1).await;
-    send_write(&mut ini, 21, 1, 0xa2).await;
+    ini.send_write(20, 0, 0xa1).await;
+    ini.send_write(21, 1, 0xa2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ABORT TASK of a queued write: answered at once, the write never runs.
     let asked = Instant::now();
@@ -224,7 +201,7 @@ async fn a_hold_past_t_hold_answers_busy_and_task_management_stays_prompt() {
     );
     assert!(!got.contains_key(&21), "the aborted write never answered");
     // A LUN RESET during the hold is prompt too.
-    send_write(&mut ini, 22, 2, 0xa3).await;
+    ini.send_write(22, 2, 0xa3).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let asked = Instant::now();
     send_tmf(&mut ini, 0x7002, 5, 0).await;

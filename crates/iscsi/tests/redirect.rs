@@ -5,8 +5,7 @@
 #![allow(clippy::big_endian_bytes)] // iSCSI fields are big-endian.
 
 mod initiator;
-use bytes::Bytes;
-use cstor_iscsi::pdu::{self, op, Digests, OutPdu, StatSn};
+use cstor_iscsi::pdu::op;
 use cstor_iscsi::text;
 use initiator::*;
 use std::sync::Arc;
@@ -19,23 +18,16 @@ const INI: &str = "iqn.2024-01.io.cstor.test:initiator";
 /// Sends a leading login for `IQN` at `addr`; returns the status and the response keys.
 async fn try_login(addr: &str) -> ((u8, u8), Vec<(String, String)>) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut p = OutPdu::new(op::LOGIN | 0x40, 0x80 | (1 << 2) | 3, StatSn::None);
-    p.bhs[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 7]);
-    put32(&mut p.bhs, 16, 1);
-    let keys: Vec<(String, String)> = [
-        ("InitiatorName", INI),
-        ("TargetName", IQN),
-        ("SessionType", "Normal"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    p.data = Bytes::from(text::encode(&keys));
-    send(&mut s, p, Digests::default()).await;
-    let r = pdu::read_pdu(&mut s, 1 << 20, Digests::default())
-        .await
-        .unwrap();
-    assert_eq!(r.opcode(), op::LOGIN_RSP);
+    let r = login_exchange(
+        &mut s,
+        [0x80, 0, 0, 0, 0, 7],
+        &[
+            ("InitiatorName", INI),
+            ("TargetName", IQN),
+            ("SessionType", "Normal"),
+        ],
+    )
+    .await;
     ((r.bhs[36], r.bhs[37]), text::parse(&r.data).unwrap())
 }
 

@@ -105,27 +105,13 @@ struct Faulty {
 }
 
 impl BlockBackend for Faulty {
-    fn identity(&self) -> &BackendIdentity {
-        &self.id
-    }
-    fn size_bytes(&self) -> u64 {
-        1 << 20
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
-    fn read(&self, _c: &IoCtx, _o: u64, len: u32) -> BackendFuture<'_, Bytes> {
-        Box::pin(async move { Ok(Bytes::from(vec![0u8; len as usize])) })
-    }
+    fixed_lu!();
+    zero_read!();
     fn write(&self, _c: &IoCtx, _o: u64, _d: Bytes) -> BackendFuture<'_, ()> {
         Box::pin(async move { Err(BackendError::Busy) })
     }
-    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn unmap(&self, _c: &IoCtx, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
+    instant_flush!();
+    ignored_unmap!();
 }
 
 async fn faulty_server() -> (Arc<cstor_iscsi::Server>, String) {
@@ -403,15 +389,7 @@ struct Slow {
 }
 
 impl BlockBackend for Slow {
-    fn identity(&self) -> &BackendIdentity {
-        &self.id
-    }
-    fn size_bytes(&self) -> u64 {
-        1 << 20
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
+    fixed_lu!();
     fn read(&self, _c: &IoCtx, _o: u64, len: u32) -> BackendFuture<'_, Bytes> {
         self.log.lock().push(("read", std::time::Instant::now()));
         Box::pin(async move { Ok(Bytes::from(vec![0u8; len as usize])) })
@@ -425,12 +403,8 @@ impl BlockBackend for Slow {
             Ok(())
         })
     }
-    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn unmap(&self, _c: &IoCtx, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
+    instant_flush!();
+    ignored_unmap!();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

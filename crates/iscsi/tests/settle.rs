@@ -60,15 +60,7 @@ impl Lagging {
 }
 
 impl BlockBackend for Lagging {
-    fn identity(&self) -> &BackendIdentity {
-        &self.id
-    }
-    fn size_bytes(&self) -> u64 {
-        1 << 20
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
+    fixed_lu!();
     fn next_io(&self) -> Option<u64> {
         Some(self.next.fetch_add(1, Ordering::Relaxed))
     }
@@ -95,9 +87,7 @@ impl BlockBackend for Lagging {
             Ok(())
         })
     }
-    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
+    instant_flush!();
     fn unmap(&self, _c: &IoCtx, o: u64, l: u64) -> BackendFuture<'_, ()> {
         self.data.lock()[o as usize..(o + l) as usize].fill(0);
         Box::pin(async { Ok(()) })

@@ -25,15 +25,7 @@ struct TwoSpeed {
 }
 
 impl BlockBackend for TwoSpeed {
-    fn identity(&self) -> &BackendIdentity {
-        &self.id
-    }
-    fn size_bytes(&self) -> u64 {
-        1 << 20
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
+    fixed_lu!();
     fn read(&self, _c: &IoCtx, o: u64, len: u32) -> BackendFuture<'_, Bytes> {
         let d = self.data.lock()[o as usize..o as usize + len as usize].to_vec();
         Box::pin(async move { Ok(Bytes::from(d)) })
@@ -53,12 +45,8 @@ impl BlockBackend for TwoSpeed {
             Ok(())
         })
     }
-    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn unmap(&self, _c: &IoCtx, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
+    instant_flush!();
+    ignored_unmap!();
 }
 
 async fn setup() -> (Arc<TwoSpeed>, String) {
@@ -76,18 +64,6 @@ async fn setup() -> (Arc<TwoSpeed>, String) {
     let server = cstor_iscsi::Server::new();
     server.add_target(cfg).unwrap();
     (b, listen(&server).await)
-}
-
-/// Sends a one-block write of `fill` at `lba` with immediate data, without waiting.
-async fn send_write(ini: &mut Ini, itt: u32, lba: u32, fill: u8) {
-    let mut p = OutPdu::new(op::SCSI_CMD, 0xa0, StatSn::None);
-    put32(&mut p.bhs, 16, itt);
-    put32(&mut p.bhs, 20, 512);
-    put32(&mut p.bhs, 24, ini.cmd_sn);
-    p.bhs[32..42].copy_from_slice(&cdb_rw(0x2a, lba, 1));
-    p.data = Bytes::from(vec![fill; 512]);
-    ini.cmd_sn = ini.cmd_sn.wrapping_add(1);
-    send(&mut ini.s, p, Default::default()).await;
 }
 
 /// Sends a task management request; returns when its response came, with the code.
@@ -133,8 +109,8 @@ async fn lun_reset_from_one_session_aborts_the_others_tasks_and_answers_after_th
         .await
         .unwrap();
     // In flight (under way in the backend) and queued (waiting in the backend).
-    send_write(&mut other, 1, 0, 0x11).await;
-    send_write(&mut other, 2, 8, 0x22).await;
+    other.send_write(1, 0, 0x11).await;
+    other.send_write(2, 8, 0x22).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t0 = Instant::now();
     assert_eq!(tmf(&mut a, 5, 0).await, 0, "LUN RESET function complete");
@@ -201,7 +177,7 @@ async fn preempt_and_abort_fences_the_preempted_registrants_commands() {
     let (c, d) = pr_out(1, 5, 0xb, 0);
     assert_eq!(victim.scsi(&c, 0, &d).await.status, 0);
     // A write of the victim waits in the backend.
-    send_write(&mut victim, 9, 8, 0x99).await;
+    victim.send_write(9, 8, 0x99).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // PREEMPT AND ABORT of key 0xb, taking a Write Exclusive reservation.
     let (c, d) = pr_out(5, 1, 0xa, 0xb);

@@ -41,15 +41,9 @@ impl BlockBackend for Gate {
             Ok(Bytes::from(vec![0u8; len as usize]))
         })
     }
-    fn write(&self, _c: &IoCtx, _o: u64, _d: Bytes) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn flush(&self, _c: &IoCtx) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-    fn unmap(&self, _c: &IoCtx, _o: u64, _l: u64) -> BackendFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
+    ignored_write!();
+    instant_flush!();
+    ignored_unmap!();
 }
 
 /// Sends an 8 MiB READ(10) with `itt`, without waiting.

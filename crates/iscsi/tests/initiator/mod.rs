@@ -1,6 +1,6 @@
 //! A minimal raw iSCSI initiator for tests: login (operational stage only), SCSI commands
 //! with immediate data and R2T handling, digests. Only what the tests need.
-#![allow(dead_code, clippy::big_endian_bytes)] // iSCSI fields are big-endian by RFC 7143.
+#![allow(dead_code, unused_macros, unused_imports, clippy::big_endian_bytes)] // iSCSI fields are big-endian by RFC 7143.
 
 use bytes::Bytes;
 use cstor_iscsi::pdu::{self, op, Digests, OutPdu, Pdu, StatSn};
@@ -45,6 +45,23 @@ pub async fn send(s: &mut TcpStream, mut p: OutPdu, d: Digests) {
     s.write_all(&buf).await.unwrap();
 }
 
+/// Sends one leading login request (CSG operational, NSG full feature, transit) with
+/// `keys` and returns the login response.
+pub async fn login_exchange(s: &mut TcpStream, isid: [u8; 6], keys: &[(&str, &str)]) -> Pdu {
+    let mut p = OutPdu::new(op::LOGIN | 0x40, 0x80 | (1 << 2) | 3, StatSn::None);
+    p.bhs[8..14].copy_from_slice(&isid);
+    put32(&mut p.bhs, 16, 1);
+    let keys: Vec<(String, String)> = keys
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    p.data = Bytes::from(text::encode(&keys));
+    send(s, p, Digests::default()).await;
+    let r = pdu::read_pdu(s, 1 << 20, Digests::default()).await.unwrap();
+    assert_eq!(r.opcode(), op::LOGIN_RSP);
+    r
+}
+
 /// Logs in; returns the initiator or the login status (class, detail).
 pub async fn login(
     addr: &str,
@@ -54,31 +71,24 @@ pub async fn login(
     digests: bool,
 ) -> Result<Ini, (u8, u8)> {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut p = OutPdu::new(op::LOGIN | 0x40, 0x80 | (1 << 2) | 3, StatSn::None);
-    p.bhs[8..14].copy_from_slice(&isid);
-    put32(&mut p.bhs, 16, 1);
     let d = if digests { "CRC32C" } else { "None" };
-    let keys: Vec<(String, String)> = [
-        ("InitiatorName", initiator),
-        ("TargetName", target),
-        ("SessionType", "Normal"),
-        ("HeaderDigest", d),
-        ("DataDigest", d),
-        ("ImmediateData", "Yes"),
-        ("InitialR2T", "Yes"),
-        ("MaxRecvDataSegmentLength", "65536"),
-        ("FirstBurstLength", "65536"),
-        ("MaxBurstLength", "262144"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    p.data = Bytes::from(text::encode(&keys));
-    send(&mut s, p, Digests::default()).await;
-    let r = pdu::read_pdu(&mut s, 1 << 20, Digests::default())
-        .await
-        .unwrap();
-    assert_eq!(r.opcode(), op::LOGIN_RSP);
+    let r = login_exchange(
+        &mut s,
+        isid,
+        &[
+            ("InitiatorName", initiator),
+            ("TargetName", target),
+            ("SessionType", "Normal"),
+            ("HeaderDigest", d),
+            ("DataDigest", d),
+            ("ImmediateData", "Yes"),
+            ("InitialR2T", "Yes"),
+            ("MaxRecvDataSegmentLength", "65536"),
+            ("FirstBurstLength", "65536"),
+            ("MaxBurstLength", "262144"),
+        ],
+    )
+    .await;
     if r.bhs[36] != 0 {
         return Err((r.bhs[36], r.bhs[37]));
     }
@@ -99,30 +109,36 @@ pub async fn login(
 /// Logs in a discovery session offering `mrdsl`; returns the stream and the next CmdSN.
 pub async fn discovery_login(addr: &str, mrdsl: u32) -> (TcpStream, u32) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut p = OutPdu::new(op::LOGIN | 0x40, 0x80 | (1 << 2) | 3, StatSn::None);
-    p.bhs[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 9]);
-    put32(&mut p.bhs, 16, 1);
-    let keys: Vec<(String, String)> = [
-        ("InitiatorName", "iqn.2024-01.io.cstor.test:discoverer"),
-        ("SessionType", "Discovery"),
-        ("HeaderDigest", "None"),
-        ("DataDigest", "None"),
-        ("MaxRecvDataSegmentLength", &mrdsl.to_string()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    p.data = Bytes::from(text::encode(&keys));
-    send(&mut s, p, Digests::default()).await;
-    let r = pdu::read_pdu(&mut s, 1 << 20, Digests::default())
-        .await
-        .unwrap();
-    assert_eq!(r.opcode(), op::LOGIN_RSP);
+    let r = login_exchange(
+        &mut s,
+        [0x80, 0, 0, 0, 0, 9],
+        &[
+            ("InitiatorName", "iqn.2024-01.io.cstor.test:discoverer"),
+            ("SessionType", "Discovery"),
+            ("HeaderDigest", "None"),
+            ("DataDigest", "None"),
+            ("MaxRecvDataSegmentLength", &mrdsl.to_string()),
+        ],
+    )
+    .await;
     assert_eq!(r.bhs[36], 0, "discovery login accepted");
     (s, r.u32_at(28))
 }
 
 impl Ini {
+    /// Sends a one-block WRITE(10) of `fill` at `lba` with immediate data, without waiting
+    /// for its response.
+    pub async fn send_write(&mut self, itt: u32, lba: u32, fill: u8) {
+        let mut p = OutPdu::new(op::SCSI_CMD, 0xa0, StatSn::None);
+        put32(&mut p.bhs, 16, itt);
+        put32(&mut p.bhs, 20, 512);
+        put32(&mut p.bhs, 24, self.cmd_sn);
+        p.bhs[32..42].copy_from_slice(&cdb_rw(0x2a, lba, 1));
+        p.data = Bytes::from(vec![fill; 512]);
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        send(&mut self.s, p, Digests::default()).await;
+    }
+
     /// Runs one SCSI command; data-out goes as immediate data, the rest on R2T.
     pub async fn scsi(&mut self, cdb: &[u8], read_len: u32, data_out: &[u8]) -> Reply {
         self.itt += 1;
@@ -238,3 +254,78 @@ pub async fn listen(server: &Arc<cstor_iscsi::Server>) -> String {
     tokio::spawn(server.clone().serve(l));
     addr
 }
+
+// Each test file uses some of these; the allow above covers the rest.
+// Pieces every test backend (a `BlockBackend` with an `id: BackendIdentity` field) shares,
+// so each test spells out only the behaviour it is about.
+
+/// `identity` from the `id` field, a 1 MiB size, writable.
+macro_rules! fixed_lu {
+    () => {
+        fn identity(&self) -> &cstor_iscsi::BackendIdentity {
+            &self.id
+        }
+        fn size_bytes(&self) -> u64 {
+            1 << 20
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+    };
+}
+pub(crate) use fixed_lu;
+
+/// `read` that returns zeros.
+macro_rules! zero_read {
+    () => {
+        fn read(
+            &self,
+            _c: &cstor_iscsi::IoCtx,
+            _o: u64,
+            len: u32,
+        ) -> cstor_iscsi::BackendFuture<'_, bytes::Bytes> {
+            Box::pin(async move { Ok(bytes::Bytes::from(vec![0u8; len as usize])) })
+        }
+    };
+}
+pub(crate) use zero_read;
+
+/// `write` that succeeds at once and keeps nothing.
+macro_rules! ignored_write {
+    () => {
+        fn write(
+            &self,
+            _c: &cstor_iscsi::IoCtx,
+            _o: u64,
+            _d: bytes::Bytes,
+        ) -> cstor_iscsi::BackendFuture<'_, ()> {
+            Box::pin(async { Ok(()) })
+        }
+    };
+}
+pub(crate) use ignored_write;
+
+/// `flush` that succeeds at once.
+macro_rules! instant_flush {
+    () => {
+        fn flush(&self, _c: &cstor_iscsi::IoCtx) -> cstor_iscsi::BackendFuture<'_, ()> {
+            Box::pin(async { Ok(()) })
+        }
+    };
+}
+pub(crate) use instant_flush;
+
+/// `unmap` that succeeds at once and frees nothing.
+macro_rules! ignored_unmap {
+    () => {
+        fn unmap(
+            &self,
+            _c: &cstor_iscsi::IoCtx,
+            _o: u64,
+            _l: u64,
+        ) -> cstor_iscsi::BackendFuture<'_, ()> {
+            Box::pin(async { Ok(()) })
+        }
+    };
+}
+pub(crate) use ignored_unmap;
