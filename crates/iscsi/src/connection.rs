@@ -1207,6 +1207,12 @@ fn text_answer(sess: &Session, p: &Pdu) -> Vec<(String, String)> {
                     }
                 }
                 out.push(("TargetName".to_owned(), t.iqn.clone()));
+                // A moved target is announced at its new portal only: an initiator that
+                // logs in at an old one would just be redirected there.
+                if let Some(to) = t.redirect() {
+                    out.push(("TargetAddress".to_owned(), format!("{to},1")));
+                    continue;
+                }
                 let portals = sess.server.portals_of(&t);
                 if portals.is_empty() {
                     out.push(("TargetAddress".to_owned(), format!("{},1", sess.portal)));

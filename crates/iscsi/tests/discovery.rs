@@ -156,4 +156,22 @@ async fn send_targets_advertises_configured_portals() {
         .position(|(k, v)| k == "TargetName" && v.ends_with(":default"))
         .unwrap();
     assert_eq!(pairs[at + 1].1, "192.0.2.7:3260,1");
+    // A moved target is announced at its new portal only.
+    server
+        .set_redirect(
+            "iqn.2024-01.io.cstor.test:own",
+            Some("198.51.100.3:3260".into()),
+        )
+        .unwrap();
+    let (pairs, _) = send_targets(&mut s, cmd_sn.wrapping_add(2), 8192).await;
+    let at = pairs
+        .iter()
+        .position(|(k, v)| k == "TargetName" && v.ends_with(":own"))
+        .unwrap();
+    let addresses: Vec<&str> = pairs[at + 1..]
+        .iter()
+        .take_while(|(k, _)| k == "TargetAddress")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(addresses, ["198.51.100.3:3260,1"]);
 }
