@@ -437,10 +437,7 @@ impl Leaf {
     /// [`Self::submit_read_v`]). Only while ONLINE: a faulted device is never read.
     pub(crate) fn read_cached(&self, offset: u64, lens: &[usize]) -> Option<Vec<Vec<u8>>> {
         let dev = self.dev.as_ref().filter(|_| self.is_online())?;
-        let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l]).collect();
-        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-        dev.read_cached_at(&mut slices, offset)?;
-        Some(bufs)
+        dev.read_cached_owned(lens, offset)
     }
     /// Queue writes of `pieces` back to back from device `offset` (one request).
     pub(crate) fn submit_write_v(
