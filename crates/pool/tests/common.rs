@@ -32,7 +32,7 @@ pub fn spa_opts() -> SpaOptions {
 /// that `last_root` returns (a pool written by another version); without `claim` the
 /// store answers `claim` with the trait's default (a store that cannot claim log blocks);
 /// `write_delay` makes every block write that slow (a slow device); `reads` counts block
-/// reads.
+/// reads and `writes` block writes started.
 #[derive(Debug)]
 pub struct Wrapped {
     pub mem: Arc<MemStore>,
@@ -40,6 +40,7 @@ pub struct Wrapped {
     pub claim: bool,
     pub write_delay: Option<Duration>,
     pub reads: AtomicU64,
+    pub writes: AtomicU64,
 }
 
 impl Wrapped {
@@ -50,6 +51,7 @@ impl Wrapped {
             claim: true,
             write_delay: None,
             reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         }
     }
 }
@@ -68,6 +70,7 @@ impl BlockStore for Wrapped {
         self.mem.free(dva, txg)
     }
     fn write(&self, dva: Dva, data: &[u8]) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
         if let Some(delay) = self.write_delay {
             std::thread::sleep(delay);
         }

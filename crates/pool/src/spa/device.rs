@@ -12,6 +12,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 
 use super::error::SpaError;
@@ -50,6 +51,15 @@ pub trait Device: Send + Sync + fmt::Debug {
     fn read_cached_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> Option<()> {
         let _ = (bufs, offset);
         None
+    }
+    /// [`Device::read_cached_at`] into new buffers of `lens` bytes, back to back from
+    /// `offset`. The default zeroes them first; a file reads into uninitialised ones:
+    /// the zeroing cost as much as the checksum on a volume's cached reads.
+    fn read_cached_owned(&self, lens: &[usize], offset: u64) -> Option<Vec<Vec<u8>>> {
+        let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l]).collect();
+        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        self.read_cached_at(&mut slices, offset)?;
+        Some(bufs)
     }
     /// Write `bufs` back to back from `offset` (one `pwritev` on a file): a commit writes
     /// the blocks it allocated next to each other in one request. The default writes
@@ -201,6 +211,45 @@ impl Device for FileDevice {
             Ok(n) if n == total => Some(()),
             _ => None,
         }
+    }
+
+    fn read_cached_owned(&self, lens: &[usize], offset: u64) -> Option<Vec<Vec<u8>>> {
+        let total: usize = lens.iter().sum();
+        check_aligned(total, offset);
+        let off = libc::off_t::try_from(offset).ok()?;
+        let count = libc::c_int::try_from(lens.len()).ok()?;
+        let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| Vec::with_capacity(l)).collect();
+        let iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .zip(lens)
+            .map(|(b, &l)| libc::iovec {
+                iov_base: b.spare_capacity_mut().as_mut_ptr().cast(),
+                iov_len: l,
+            })
+            .collect();
+        // SAFETY: each iovec describes the `l` bytes of spare capacity of its own buffer
+        // (`with_capacity(l)`), live and exclusively ours for the call; the kernel only
+        // writes into them. The descriptor is owned by `self.file`.
+        let n = unsafe {
+            libc::preadv2(
+                self.file.as_raw_fd(),
+                iov.as_ptr(),
+                count,
+                off,
+                libc::RWF_NOWAIT,
+            )
+        };
+        // RWF_NOWAIT: EAGAIN or a short read when the device would be waited for; then
+        // (and on any error) the device threads read and report, as for read_cached_at.
+        if usize::try_from(n).ok()? != total {
+            return None;
+        }
+        for (b, &l) in bufs.iter_mut().zip(lens) {
+            // SAFETY: the read filled every iovec in full (n == total), so the first `l`
+            // bytes of each buffer are initialised, and `l` is its capacity.
+            unsafe { b.set_len(l) };
+        }
+        Some(bufs)
     }
 
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {

@@ -23,7 +23,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::device::Device;
 use super::error::SpaError;
-use super::limits::{DEVICE_QUEUE_DEPTH, READ_ERRORS_MAX, SPIN_POLLS, WORKERS_PER_DEVICE};
+use super::limits::{DEVICE_QUEUE_DEPTH, READ_ERRORS_MAX, SPIN_WAIT, WORKERS_PER_DEVICE};
 
 /// Health of one device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,18 +71,21 @@ impl<T> Slot<T> {
         self.done.store(true, Ordering::Release);
         self.ready.notify_one();
     }
-    /// The reply, or None at the deadline.
-    fn take_until(&self, deadline: Instant) -> Option<io::Result<T>> {
-        // A cached read answers in microseconds: poll briefly before parking, which
-        // would cost two scheduler round trips.
-        for i in 0..SPIN_POLLS {
-            if self.done.load(Ordering::Acquire) {
-                break;
-            }
-            if i % 16 == 15 {
-                std::thread::yield_now();
-            } else {
+    /// The reply, or None at the deadline; `spin`: poll for [`SPIN_WAIT`] first.
+    fn take_until(&self, deadline: Instant, spin: bool) -> Option<io::Result<T>> {
+        // A cached read or write answers in microseconds: spin that long before parking,
+        // which costs two scheduler round trips. No `yield_now` in the spin: on a busy
+        // machine it returned at once and only added syscalls (two per request).
+        let spin_end = Instant::now() + if spin { SPIN_WAIT } else { Duration::ZERO };
+        'spin: loop {
+            for _ in 0..64 {
+                if self.done.load(Ordering::Acquire) {
+                    break 'spin;
+                }
                 std::hint::spin_loop();
+            }
+            if Instant::now() >= spin_end {
+                break;
             }
         }
         let mut g = self.value.lock();
@@ -130,7 +133,6 @@ enum Job {
 /// Bounded job queue shared by a device's workers.
 struct Queue {
     jobs: Mutex<VecDeque<Job>>,
-    queued: std::sync::atomic::AtomicUsize,
     not_empty: Condvar,
     not_full: Condvar,
 }
@@ -152,36 +154,19 @@ impl Queue {
             }
         }
         q.push_back(job);
-        self.queued.fetch_add(1, Ordering::Relaxed);
         self.not_empty.notify_one();
         true
     }
     fn pop(&self) -> Job {
+        // Parks at once when empty: a worker that polled for the next request first spent
+        // about two sched_yield calls per request and kept idle devices' threads runnable.
+        let mut q = self.jobs.lock();
         loop {
-            {
-                let mut q = self.jobs.lock();
-                if let Some(j) = q.pop_front() {
-                    self.queued.fetch_sub(1, Ordering::Relaxed);
-                    self.not_full.notify_one();
-                    return j;
-                }
+            if let Some(j) = q.pop_front() {
+                self.not_full.notify_one();
+                return j;
             }
-            // Back-to-back requests are common; poll briefly before parking so the next
-            // one does not pay a wake-up.
-            for i in 0..SPIN_POLLS {
-                if self.queued.load(Ordering::Relaxed) > 0 {
-                    break;
-                }
-                if i % 16 == 15 {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-            let mut q = self.jobs.lock();
-            if q.is_empty() {
-                self.not_empty.wait(&mut q);
-            }
+            self.not_empty.wait(&mut q);
         }
     }
 }
@@ -264,7 +249,6 @@ impl Leaf {
     pub fn open(dev: Arc<dyn Device>, guid: u64, timeout: Duration) -> Arc<Leaf> {
         let tx = Arc::new(Queue {
             jobs: Mutex::new(VecDeque::new()),
-            queued: std::sync::atomic::AtomicUsize::new(0),
             not_empty: Condvar::new(),
             not_full: Condvar::new(),
         });
@@ -453,10 +437,7 @@ impl Leaf {
     /// [`Self::submit_read_v`]). Only while ONLINE: a faulted device is never read.
     pub(crate) fn read_cached(&self, offset: u64, lens: &[usize]) -> Option<Vec<Vec<u8>>> {
         let dev = self.dev.as_ref().filter(|_| self.is_online())?;
-        let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l]).collect();
-        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-        dev.read_cached_at(&mut slices, offset)?;
-        Some(bufs)
+        dev.read_cached_owned(lens, offset)
     }
     /// Queue writes of `pieces` back to back from device `offset` (one request).
     pub(crate) fn submit_write_v(
@@ -478,7 +459,8 @@ impl Leaf {
     /// Wait for a request; counts errors and latches faults.
     pub(crate) fn wait<T>(&self, p: Pending<T>) -> Result<T, SpaError> {
         let is_read = p.op == "read";
-        match p.slot.take_until(p.deadline) {
+        // A flush waits for the device, never microseconds: no spin.
+        match p.slot.take_until(p.deadline, p.op != "flush") {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => {
                 if is_read {

@@ -15,9 +15,10 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// writes all its columns at once, few enough for 2-core machines.
 pub const WORKERS_PER_DEVICE: usize = 4;
 
-/// Polls of a reply slot before the waiter parks: covers a page-cache hit (a few
-/// microseconds) without burning a core on a slow disk.
-pub const SPIN_POLLS: u32 = 256;
+/// How long a waiter for a device reply spins before it parks: covers a page-cache hit
+/// (a few microseconds) without burning a core on a slow disk. Device threads never spin:
+/// an idle one is parked and costs nothing.
+pub const SPIN_WAIT: Duration = Duration::from_micros(20);
 
 /// Read errors after which a device is faulted: a few bad sectors are repaired from
 /// redundancy, a dying device stops slowing every read down.
