@@ -106,6 +106,16 @@ impl ResourceType {
         self.schemas.get(version)
     }
 
+    /// The list and map types of this type's objects in `version`.
+    pub(crate) fn lists(&self, version: &str) -> crate::listtype::Node<'_> {
+        crate::listtype::root(self.is_crd, self.schema(version))
+    }
+
+    /// The list and map types of this type's stored objects (storage version).
+    pub(crate) fn stored_lists(&self) -> crate::listtype::Node<'_> {
+        self.lists(self.versions.first().map_or("", String::as_str))
+    }
+
     pub(crate) fn columns(&self, version: &str) -> Vec<Column> {
         self.columns
             .get(version)
