@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, FieldCause};
 use crate::limits::{MANAGERS_PER_OBJECT_MAX, OBJECT_DEPTH_MAX};
-use crate::patch::{list_strategy, ListStrategy};
+use crate::listtype::{element_key, fill_key_defaults, ListType, Node};
 
 type Leaf = Vec<String>;
 type FieldSet = BTreeSet<Leaf>;
@@ -53,7 +53,7 @@ struct Entry {
     set: FieldSet,
 }
 
-fn leaves(v: &Value, part: Part) -> FieldSet {
+fn leaves(v: &Value, part: Part, root: Node<'_>) -> FieldSet {
     let mut out = FieldSet::new();
     let Value::Object(m) = v else { return out };
     for (k, val) in m {
@@ -66,8 +66,7 @@ fn leaves(v: &Value, part: Part) -> FieldSet {
                     walk(
                         x,
                         vec!["f:metadata".into(), format!("f:{mk}")],
-                        "metadata",
-                        mk,
+                        (Node::Builtin, "metadata", mk),
                         &mut out,
                         2,
                     );
@@ -75,12 +74,21 @@ fn leaves(v: &Value, part: Part) -> FieldSet {
             }
             continue;
         }
-        walk(val, vec![format!("f:{k}")], "", k, &mut out, 1);
+        walk(
+            val,
+            vec![format!("f:{k}")],
+            (root.field("", k), "", k),
+            &mut out,
+            1,
+        );
     }
     out
 }
 
-fn walk(v: &Value, path: Leaf, parent: &str, name: &str, out: &mut FieldSet, depth: usize) {
+/// Adds the leaves of `v` under `path`; `at` is v's node, its parent's dotted path and
+/// its field name.
+fn walk(v: &Value, path: Leaf, at: (Node<'_>, &str, &str), out: &mut FieldSet, depth: usize) {
+    let (node, parent, name) = at;
     if depth > OBJECT_DEPTH_MAX {
         out.insert(path);
         return;
@@ -91,18 +99,18 @@ fn walk(v: &Value, path: Leaf, parent: &str, name: &str, out: &mut FieldSet, dep
         format!("{parent}.{name}")
     };
     match v {
-        Value::Object(m) if !m.is_empty() => {
+        Value::Object(m) if !m.is_empty() && !node.atomic_map() => {
             for (k, x) in m {
                 let mut p = path.clone();
                 p.push(format!("f:{k}"));
-                walk(x, p, &here, k, out, depth + 1);
+                walk(x, p, (node.field(&here, k), &here, k), out, depth + 1);
             }
         }
-        Value::Array(items) => match list_strategy(parent, name) {
-            ListStrategy::Atomic => {
+        Value::Array(items) => match node.list_type(parent, name) {
+            ListType::Atomic => {
                 out.insert(path);
             }
-            ListStrategy::Set => {
+            ListType::Set => {
                 for i in items {
                     let mut p = path.clone();
                     p.push(format!("v:{i}"));
@@ -112,11 +120,14 @@ fn walk(v: &Value, path: Leaf, parent: &str, name: &str, out: &mut FieldSet, dep
                     out.insert(path);
                 }
             }
-            ListStrategy::Keyed(key) => {
+            ListType::Map(keys) => {
+                let item_node = node.items();
                 for i in items {
-                    let Some(kv) = i.get(key) else { continue };
+                    let Some(kv) = element_key(i, &keys) else {
+                        continue;
+                    };
                     let mut p = path.clone();
-                    p.push(format!("k:{}", json!({ key: kv })));
+                    p.push(format!("k:{}", Value::Object(kv)));
                     let mut dot = p.clone();
                     dot.push(".".into());
                     out.insert(dot);
@@ -124,7 +135,7 @@ fn walk(v: &Value, path: Leaf, parent: &str, name: &str, out: &mut FieldSet, dep
                         for (k, x) in m {
                             let mut q = p.clone();
                             q.push(format!("f:{k}"));
-                            walk(x, q, &here, k, out, depth + 1);
+                            walk(x, q, (item_node.field(&here, k), &here, k), out, depth + 1);
                         }
                     }
                 }
@@ -287,18 +298,41 @@ fn write_entries(obj: &mut Value, mut entries: Vec<Entry>) {
     }
 }
 
+/// Whether `leaf` has another value in `new` than in `old`. A map-list element itself
+/// (`.`) changes only by appearing: what changed inside it is its fields' business.
+fn differs(old: &Value, new: &Value, leaf: &[String]) -> bool {
+    if leaf.last().is_some_and(|l| l == ".") {
+        return get(old, leaf).is_none() && get(new, leaf).is_some();
+    }
+    get(old, leaf) != get(new, leaf)
+}
+
 /// Records that `manager` (operation Update) set the fields that differ between `old`
-/// and `new`; they leave every other manager's set.
-pub(crate) fn track_update(old: Option<&Value>, new: &mut Value, manager: &str, part: Part) {
+/// and `new`; they leave every other manager's set. `root` types new's lists.
+pub(crate) fn track_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    part: Part,
+    root: Node<'_>,
+) {
     let mut entries = match old {
         Some(o) => read_entries(o),
         None => Vec::new(),
     };
-    let changed: FieldSet = leaves(new, part)
+    // An element that omits a key is not tracked (walk skips it); the write itself is
+    // the validator's business, as kube-apiserver only warns about such objects.
+    let _ = fill_key_defaults(new, root, "", "", 0);
+    let old = old.map(|o| {
+        let mut o = o.clone();
+        let _ = fill_key_defaults(&mut o, root, "", "", 0);
+        o
+    });
+    let changed: FieldSet = leaves(new, part, root)
         .into_iter()
-        .filter(|l| old.is_none_or(|o| get(o, l) != get(new, l)))
+        .filter(|l| old.as_ref().is_none_or(|o| differs(o, new, l)))
         .collect();
-    let new_leaves = leaves(new, Part::Main { has_status: false });
+    let new_leaves = leaves(new, Part::Main { has_status: false }, root);
     for e in &mut entries {
         // Fields that no longer exist are owned by nobody.
         e.set
@@ -344,18 +378,47 @@ fn leaf_text(leaf: &[String]) -> String {
     s
 }
 
-/// Server-side apply of `applied` by `manager` onto `live` (None: the object is new).
-/// Returns the new object, or a 409 naming every conflicting field unless `force`.
+/// Who applies what to which object.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Applier<'a> {
+    pub(crate) manager: &'a str,
+    pub(crate) force: bool,
+    pub(crate) part: Part,
+    /// Types the object's lists and maps.
+    pub(crate) root: Node<'a>,
+    /// `plural.group` and name, for the conflict message.
+    pub(crate) resource: &'a str,
+    pub(crate) name: &'a str,
+}
+
+/// Server-side apply of `applied` onto `live` (None: the object is new). Returns the new
+/// object, or a 409 naming every conflicting field and manager unless `force`.
 pub(crate) fn apply(
     live: Option<&Value>,
     applied: &Value,
-    manager: &str,
-    force: bool,
-    part: Part,
-    resource: &str,
-    name: &str,
+    who: Applier<'_>,
 ) -> Result<Value, ApiError> {
-    let new_set = leaves(applied, part);
+    let Applier {
+        manager,
+        force,
+        part,
+        root,
+        resource,
+        name,
+    } = who;
+    let mut applied = applied.clone();
+    fill_key_defaults(&mut applied, root, "", "", 0).map_err(|e| ApiError::Invalid {
+        kind: String::new(),
+        group: String::new(),
+        name: name.into(),
+        causes: vec![FieldCause {
+            reason: "FieldValueInvalid",
+            field: String::new(),
+            message: format!("failed to create typed patch object: {e}"),
+        }],
+    })?;
+    let applied = &applied;
+    let new_set = leaves(applied, part, root);
     let sub = part.subresource();
     let mut entries = live.map(read_entries).unwrap_or_default();
     let mine = |e: &Entry| e.manager == manager && e.operation == "Apply" && e.subresource == sub;
@@ -364,11 +427,14 @@ pub(crate) fn apply(
         .find(|e| mine(e))
         .map(|e| e.set.clone())
         .unwrap_or_default();
-    let base = live.cloned().unwrap_or_else(|| json!({}));
+    let mut base = live.cloned().unwrap_or_else(|| json!({}));
+    let _ = fill_key_defaults(&mut base, root, "", "", 0);
     let mut conflicts: BTreeMap<Leaf, Vec<String>> = BTreeMap::new();
     for e in entries.iter().filter(|e| !mine(e)) {
         for l in e.set.intersection(&new_set) {
-            if get(&base, l) != get(applied, l) {
+            // Sharing an element of a map or set list never conflicts; its fields may.
+            let element = l.last().is_some_and(|x| x == "." || x.starts_with("v:"));
+            if !element && get(&base, l) != get(applied, l) {
                 conflicts
                     .entry(l.clone())
                     .or_default()
@@ -413,13 +479,18 @@ pub(crate) fn apply(
         .filter(|e| !mine(e))
         .flat_map(|e| e.set.iter().cloned())
         .collect();
+    // An element stays while anyone else owns it or any field in it.
+    let owned_by_others = |l: &Leaf| match l.split_last() {
+        Some((dot, elem)) if dot == "." => others.iter().any(|o| o.starts_with(elem)),
+        _ => others.contains(l),
+    };
     let mut result = base;
     for l in prev.difference(&new_set) {
-        if !others.contains(l) {
+        if !owned_by_others(l) {
             remove(&mut result, l);
         }
     }
-    merge_applied(&mut result, applied, "", 0);
+    merge_applied(&mut result, applied, (root, "", ""), 0);
     if force {
         for e in entries.iter_mut().filter(|e| !mine(e)) {
             e.set.retain(|l| !conflicts.contains_key(l));
@@ -439,42 +510,54 @@ pub(crate) fn apply(
     Ok(result)
 }
 
-/// Merges an applied configuration into an object: maps field by field, keyed lists
-/// element by element, set lists as a union, other lists replaced.
-fn merge_applied(target: &mut Value, applied: &Value, path: &str, depth: usize) {
+/// Merges an applied configuration into an object: maps field by field (atomic maps
+/// replaced), map lists element by element, set lists as a union, atomic lists replaced.
+/// `at` is target's node, its parent's dotted path and its field name.
+fn merge_applied(target: &mut Value, applied: &Value, at: (Node<'_>, &str, &str), depth: usize) {
+    let (node, parent, name) = at;
+    let here = if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}.{name}")
+    };
     let (Value::Object(t), Value::Object(a)) = (&mut *target, applied) else {
         *target = applied.clone();
         return;
     };
+    if node.atomic_map() {
+        *t = a.clone();
+        return;
+    }
     for (k, av) in a {
-        if path == "metadata" && k == "managedFields" {
+        if here == "metadata" && k == "managedFields" {
             continue;
         }
-        let sub = if path.is_empty() {
-            k.clone()
-        } else {
-            format!("{path}.{k}")
-        };
+        let child = node.field(&here, k);
         match (t.get_mut(k), av) {
             (Some(tv @ Value::Object(_)), Value::Object(_)) if depth < OBJECT_DEPTH_MAX => {
-                merge_applied(tv, av, &sub, depth + 1)
+                merge_applied(tv, av, (child, &here, k), depth + 1)
             }
-            (Some(Value::Array(tl)), Value::Array(al)) => match list_strategy(path, k) {
-                ListStrategy::Atomic => *tl = al.clone(),
-                ListStrategy::Set => {
+            (Some(Value::Array(tl)), Value::Array(al)) => match child.list_type(&here, k) {
+                ListType::Atomic => *tl = al.clone(),
+                ListType::Set => {
                     for i in al {
                         if !tl.contains(i) {
                             tl.push(i.clone());
                         }
                     }
                 }
-                ListStrategy::Keyed(key) => {
+                ListType::Map(keys) => {
+                    let item_node = child.items();
                     for i in al {
+                        let key = element_key(i, &keys);
                         match tl
                             .iter_mut()
-                            .find(|x| x.get(key).is_some() && x.get(key) == i.get(key))
+                            .find(|x| key.is_some() && element_key(x, &keys) == key)
                         {
-                            Some(x) => merge_applied(x, i, &sub, depth + 1),
+                            Some(x) if depth < OBJECT_DEPTH_MAX => {
+                                merge_applied(x, i, (item_node, &here, k), depth + 1)
+                            }
+                            Some(x) => *x = i.clone(),
                             None => tl.push(i.clone()),
                         }
                     }
@@ -493,14 +576,25 @@ mod tests {
 
     const MAIN: Part = Part::Main { has_status: true };
 
+    fn who(manager: &str, force: bool) -> Applier<'_> {
+        Applier {
+            manager,
+            force,
+            part: MAIN,
+            root: Node::Builtin,
+            resource: "configmaps",
+            name: "a",
+        }
+    }
+
     #[test]
     fn apply_owns_fields_and_removes_dropped_ones() {
         let cfg1 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"a": "1", "b": "2"}});
-        let o1 = apply(None, &cfg1, "m1", false, MAIN, "configmaps", "a").unwrap();
+        let o1 = apply(None, &cfg1, who("m1", false)).unwrap();
         assert_eq!(o1["data"], json!({"a": "1", "b": "2"}));
         assert_eq!(o1["metadata"]["managedFields"][0]["manager"], "m1");
         let cfg2 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"a": "1"}});
-        let o2 = apply(Some(&o1), &cfg2, "m1", false, MAIN, "configmaps", "a").unwrap();
+        let o2 = apply(Some(&o1), &cfg2, who("m1", false)).unwrap();
         assert_eq!(o2["data"], json!({"a": "1"}));
         assert!(o2["metadata"]["labels"].get("x").is_none());
     }
@@ -508,35 +602,35 @@ mod tests {
     #[test]
     fn apply_conflicts_with_another_manager_unless_forced() {
         let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"a": "1"}});
-        let o1 = apply(None, &cfg, "m1", false, MAIN, "configmaps", "a").unwrap();
+        let o1 = apply(None, &cfg, who("m1", false)).unwrap();
         let cfg2 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"a": "2"}});
-        let err = apply(Some(&o1), &cfg2, "m2", false, MAIN, "configmaps", "a").unwrap_err();
+        let err = apply(Some(&o1), &cfg2, who("m2", false)).unwrap_err();
         assert_eq!(err.code(), 409);
         assert!(err.to_string().contains(".data.a"), "{err}");
-        let o2 = apply(Some(&o1), &cfg2, "m2", true, MAIN, "configmaps", "a").unwrap();
+        let o2 = apply(Some(&o1), &cfg2, who("m2", true)).unwrap();
         assert_eq!(o2["data"]["a"], "2");
         // Same value: shared, no conflict.
-        assert!(apply(Some(&o1), &cfg, "m3", false, MAIN, "configmaps", "a").is_ok());
+        assert!(apply(Some(&o1), &cfg, who("m3", false)).is_ok());
     }
 
     #[test]
     fn update_takes_changed_fields_from_others() {
         let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"a": "1"}});
-        let o1 = apply(None, &cfg, "m1", false, MAIN, "configmaps", "a").unwrap();
+        let o1 = apply(None, &cfg, who("m1", false)).unwrap();
         let mut o2 = o1.clone();
         o2["data"]["a"] = json!("9");
-        track_update(Some(&o1), &mut o2, "editor", MAIN);
+        track_update(Some(&o1), &mut o2, "editor", MAIN, Node::Builtin);
         let mf = o2["metadata"]["managedFields"].as_array().unwrap();
         assert_eq!(mf.len(), 1);
         assert_eq!(mf[0]["manager"], "editor");
         // m1 re-applying its old value now conflicts with the editor.
-        assert!(apply(Some(&o2), &cfg, "m1", false, MAIN, "configmaps", "a").is_err());
+        assert!(apply(Some(&o2), &cfg, who("m1", false)).is_err());
     }
 
     #[test]
     fn keyed_lists_track_elements() {
         let o = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
-        let set = leaves(&o, Part::Status);
+        let set = leaves(&o, Part::Status, Node::Builtin);
         assert!(set.contains(&vec![
             "f:status".to_string(),
             "f:conditions".into(),
@@ -554,5 +648,156 @@ mod tests {
             ],
         );
         assert_eq!(x["status"]["conditions"], json!([]));
+    }
+
+    /// A custom resource schema with one list of each type and an atomic map.
+    fn lists_schema() -> Value {
+        json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "disks": {"type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["node", "path"],
+                "items": {"type": "object", "properties": {
+                    "node": {"type": "string"}, "path": {"type": "string", "default": "/dev/sda"},
+                    "size": {"type": "integer"}, "tier": {"type": "string"}}}},
+            "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+            "args": {"type": "array", "items": {"type": "string"}},
+            "selector": {"type": "object", "x-kubernetes-map-type": "atomic",
+                "additionalProperties": {"type": "string"}}}}}})
+    }
+
+    fn cr(spec: Value) -> Value {
+        json!({"apiVersion": "t.io/v1", "kind": "W", "metadata": {"name": "a"}, "spec": spec})
+    }
+
+    fn crd_who<'a>(manager: &'a str, force: bool, schema: &'a Value) -> Applier<'a> {
+        Applier {
+            root: Node::Schema(schema),
+            resource: "ws.t.io",
+            ..who(manager, force)
+        }
+    }
+
+    fn owned(obj: &Value, manager: &str) -> Value {
+        obj["metadata"]["managedFields"]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["manager"] == manager))
+            .map(|e| e["fieldsV1"].clone())
+            .unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn map_list_elements_are_merged_and_owned_per_key() {
+        let schema = lists_schema();
+        let a = cr(json!({"disks": [{"node": "n1", "path": "/dev/sdb", "size": 1}]}));
+        let o1 = apply(None, &a, crd_who("a", false, &schema)).unwrap();
+        // Same node, key path defaulted: a second element, not a replacement.
+        let b = cr(json!({"disks": [{"node": "n1", "size": 2}]}));
+        let o2 = apply(Some(&o1), &b, crd_who("b", false, &schema)).unwrap();
+        assert_eq!(
+            o2["spec"]["disks"],
+            json!([{"node": "n1", "path": "/dev/sdb", "size": 1},
+                   {"node": "n1", "path": "/dev/sda", "size": 2}])
+        );
+        let k = "k:{\"node\":\"n1\",\"path\":\"/dev/sda\"}";
+        assert_eq!(
+            owned(&o2, "b")["f:spec"]["f:disks"][k],
+            json!({".": {}, "f:node": {}, "f:path": {}, "f:size": {}})
+        );
+        // b sets another field of a's element: shared element, no conflict.
+        let b2 = cr(json!({"disks": [{"node": "n1", "size": 2},
+                                     {"node": "n1", "path": "/dev/sdb", "tier": "ssd"}]}));
+        let o3 = apply(Some(&o2), &b2, crd_who("b", false, &schema)).unwrap();
+        assert_eq!(o3["spec"]["disks"][0]["tier"], "ssd");
+        assert_eq!(o3["spec"]["disks"][0]["size"], 1);
+        // a drops its element: it stays (b owns a field in it), a's `size` goes.
+        let o4 = apply(Some(&o3), &cr(json!({})), crd_who("a", false, &schema)).unwrap();
+        assert_eq!(
+            o4["spec"]["disks"][0],
+            json!({"node": "n1", "path": "/dev/sdb", "tier": "ssd"})
+        );
+        // b drops the defaulted element: removed, the other stays.
+        let b3 = cr(json!({"disks": [{"node": "n1", "path": "/dev/sdb", "tier": "ssd"}]}));
+        let o5 = apply(Some(&o4), &b3, crd_who("b", false, &schema)).unwrap();
+        assert_eq!(o5["spec"]["disks"].as_array().unwrap().len(), 1);
+        // A conflicting value of a shared element's field names the field and the owner.
+        let a2 = cr(json!({"disks": [{"node": "n1", "path": "/dev/sdb", "tier": "hdd"}]}));
+        let err = apply(Some(&o5), &a2, crd_who("a", false, &schema)).unwrap_err();
+        assert_eq!(err.code(), 409);
+        let text = err.to_string();
+        assert!(
+            text.contains("conflict with \"b\"")
+                && text.contains(".spec.disks[{\"node\":\"n1\",\"path\":\"/dev/sdb\"}].tier"),
+            "{text}"
+        );
+        let o6 = apply(Some(&o5), &a2, crd_who("a", true, &schema)).unwrap();
+        assert_eq!(o6["spec"]["disks"][0]["tier"], "hdd");
+        assert!(owned(&o6, "b")["f:spec"]["f:disks"]
+            .to_string()
+            .contains("/dev/sdb"));
+        assert!(!owned(&o6, "b").to_string().contains("f:tier"));
+    }
+
+    #[test]
+    fn set_lists_union_atomic_lists_and_maps_replace() {
+        let schema = lists_schema();
+        let a = cr(json!({"tags": ["x", "y"], "args": ["1"], "selector": {"p": "1", "q": "2"}}));
+        let o1 = apply(None, &a, crd_who("a", false, &schema)).unwrap();
+        let b = cr(json!({"tags": ["y", "z"]}));
+        let o2 = apply(Some(&o1), &b, crd_who("b", false, &schema)).unwrap();
+        assert_eq!(o2["spec"]["tags"], json!(["x", "y", "z"]));
+        assert!(owned(&o2, "b")["f:spec"]["f:tags"].get("v:\"z\"").is_some());
+        // a drops its tags: x goes, y stays (b owns it too).
+        let a2 = cr(json!({"args": ["1"], "selector": {"p": "1", "q": "2"}}));
+        let o3 = apply(Some(&o2), &a2, crd_who("a", false, &schema)).unwrap();
+        assert_eq!(o3["spec"]["tags"], json!(["y", "z"]));
+        // Atomic list and atomic map: owned whole, so another value conflicts.
+        for (field, value) in [("args", json!(["2"])), ("selector", json!({"p": "1"}))] {
+            let c = cr(json!({ field: value.clone() }));
+            let err = apply(Some(&o3), &c, crd_who("c", false, &schema)).unwrap_err();
+            assert_eq!(err.code(), 409, "{field}");
+            let o = apply(Some(&o3), &c, crd_who("c", true, &schema)).unwrap();
+            assert_eq!(o["spec"][field], value, "{field} replaced whole");
+        }
+        assert_eq!(
+            owned(&o3, "a")["f:spec"]["f:selector"],
+            json!({}),
+            "an atomic map is one leaf"
+        );
+    }
+
+    #[test]
+    fn map_list_element_without_its_key_is_invalid() {
+        let schema = lists_schema();
+        let bad = cr(json!({"disks": [{"size": 1}]}));
+        let err = apply(None, &bad, crd_who("a", false, &schema)).unwrap_err();
+        assert_eq!(err.code(), 422);
+        assert!(
+            err.to_string().contains("omits key field \"node\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn builtin_ports_are_keyed_by_port_and_defaulted_protocol() {
+        let pod = |ports: Value| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"},
+                   "spec": {"containers": [{"name": "dns", "image": "i", "ports": ports}]}})
+        };
+        let o1 = apply(None, &pod(json!([{"containerPort": 53}])), who("a", false)).unwrap();
+        let o2 = apply(
+            Some(&o1),
+            &pod(json!([{"containerPort": 53, "protocol": "UDP"}])),
+            who("b", false),
+        )
+        .unwrap();
+        let ports = &o2["spec"]["containers"][0]["ports"];
+        assert_eq!(
+            *ports,
+            json!([{"containerPort": 53, "protocol": "TCP"}, {"containerPort": 53, "protocol": "UDP"}])
+        );
+        let fields = owned(&o2, "b").to_string();
+        assert!(
+            fields.contains(r#"k:{\"containerPort\":53,\"protocol\":\"UDP\"}"#),
+            "{fields}"
+        );
     }
 }

@@ -245,6 +245,17 @@ fn version() -> Value {
            "emulationMajor": "1", "emulationMinor": "32"})
 }
 
+/// Whether an Accept header allows a JSON answer (no header, `*/*`, `application/*`,
+/// or any JSON type, `as=Table` included).
+fn answers_json(accept: &str) -> bool {
+    accept.trim().is_empty()
+        || accept.split(',').any(|t| {
+            let media = t.split(';').next().unwrap_or("").trim();
+            matches!(media, "*/*" | "application/*" | "application/json" | "")
+                || media.ends_with("+json")
+        })
+}
+
 fn aggregated_accept(accept: &str) -> Option<&'static str> {
     if !accept.contains("as=APIGroupDiscoveryList") {
         return None;
@@ -341,9 +352,15 @@ fn validation(query: &Query) -> FieldValidation {
     }
 }
 
-fn filter(query: &Query, namespace: Option<String>, rt: &ResourceType) -> Result<Filter, ApiError> {
+fn filter(
+    query: &Query,
+    namespace: Option<String>,
+    rt: &ResourceType,
+    version: &str,
+) -> Result<Filter, ApiError> {
     let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))?;
-    fields.check_supported(&rt.group, &rt.plural)?;
+    let crd_fields = rt.selectable.get(version).map_or(&[][..], Vec::as_slice);
+    fields.check_supported(&rt.group, &rt.plural, crd_fields)?;
     Ok(Filter {
         namespace,
         labels: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?,
@@ -370,6 +387,11 @@ async fn resource(
         }
     }
     let t = resolve(app, group, version, rest)?;
+    if !answers_json(accept) {
+        // client-go asks for protobuf with JSON as the fallback; one that accepts only
+        // protobuf gets 406, as kube-apiserver answers a type it cannot serve.
+        return Err(ApiError::NotAcceptable);
+    }
     let method = req.method().clone();
     let headers = req.headers().clone();
     let ctx = WriteCtx {
@@ -395,7 +417,7 @@ async fn resource(
     };
     match (&method, &t.name) {
         (&Method::GET, None) => {
-            let f = filter(&query, t.namespace.clone(), &t.rt)?;
+            let f = filter(&query, t.namespace.clone(), &t.rt, version)?;
             let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
             if watching {
                 let permit = app.watches.clone().try_acquire_owned().map_err(|_| {
@@ -465,7 +487,7 @@ async fn resource(
             Ok(json_response(StatusCode::CREATED, &w.object, &w.warnings))
         }
         (&Method::DELETE, None) => {
-            let f = filter(&query, t.namespace.clone(), &t.rt)?;
+            let f = filter(&query, t.namespace.clone(), &t.rt, version)?;
             let page = core.list(&t.rt, &f, None, None, ListAt::Latest)?;
             let mut deleted = Vec::new();
             for o in &page.items {

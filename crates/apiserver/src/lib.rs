@@ -41,6 +41,7 @@ mod http;
 mod jsonpath;
 mod kcm;
 mod limits;
+mod listtype;
 mod patch;
 mod pb;
 mod podlog;

@@ -61,6 +61,8 @@ pub(crate) struct ResourceType {
     pub(crate) schemas: BTreeMap<String, Value>,
     /// Printer columns per version (without NAME, which is always first).
     pub(crate) columns: BTreeMap<String, Vec<Column>>,
+    /// A CRD's `selectableFields` per version, as field-selector paths (`spec.color`).
+    pub(crate) selectable: BTreeMap<String, Vec<String>>,
     pub(crate) special: Special,
     /// Group and plural whose storage this type uses (differs only for events.k8s.io).
     pub(crate) storage_group: String,
@@ -104,6 +106,16 @@ impl ResourceType {
 
     pub(crate) fn schema(&self, version: &str) -> Option<&Value> {
         self.schemas.get(version)
+    }
+
+    /// The list and map types of this type's objects in `version`.
+    pub(crate) fn lists(&self, version: &str) -> crate::listtype::Node<'_> {
+        crate::listtype::root(self.is_crd, self.schema(version))
+    }
+
+    /// The list and map types of this type's stored objects (storage version).
+    pub(crate) fn stored_lists(&self) -> crate::listtype::Node<'_> {
+        self.lists(self.versions.first().map_or("", String::as_str))
     }
 
     pub(crate) fn columns(&self, version: &str) -> Vec<Column> {
@@ -233,6 +245,7 @@ fn builtin(
         has_status,
         schemas: BTreeMap::new(),
         columns: BTreeMap::from([(version.to_string(), columns)]),
+        selectable: BTreeMap::new(),
         special,
         storage_group: group.into(),
         storage_plural: plural.into(),
@@ -858,6 +871,7 @@ pub(crate) fn crd_to_type(crd: &Value) -> Result<ResourceType, CrdError> {
     let mut served = Vec::new();
     let mut schemas = BTreeMap::new();
     let mut columns = BTreeMap::new();
+    let mut selectable = BTreeMap::new();
     let mut has_status = false;
     let mut storage_count = 0;
     for (i, v) in versions.iter().enumerate() {
@@ -870,8 +884,13 @@ pub(crate) fn crd_to_type(crd: &Value) -> Result<ResourceType, CrdError> {
         } else if v["served"].as_bool() != Some(false) {
             served.push(name.to_string());
         }
-        if let Some(schema) = v["schema"].get("openAPIV3Schema") {
+        let schema = v["schema"].get("openAPIV3Schema");
+        if let Some(schema) = schema {
             schemas.insert(name.to_string(), schema.clone());
+        }
+        let fields = selectable_fields(&v["selectableFields"], schema, i)?;
+        if !fields.is_empty() {
+            selectable.insert(name.to_string(), fields);
         }
         if v["subresources"].get("status").is_some() {
             has_status = true;
@@ -916,10 +935,133 @@ pub(crate) fn crd_to_type(crd: &Value) -> Result<ResourceType, CrdError> {
         has_status,
         schemas,
         columns,
+        selectable,
         special: Special::None,
         storage_group: group.into(),
         storage_plural: plural.into(),
         is_crd: true,
         alias: None,
     })
+}
+
+/// At most this many selectable fields per version (apiextensions' limit).
+const SELECTABLE_FIELDS_MAX: usize = 8;
+
+/// Validates a version's `selectableFields` as kube-apiserver does (a simple JSONPath
+/// outside metadata to a string, integer or boolean field of the schema, unique, at most
+/// 8) and returns them as field-selector paths.
+fn selectable_fields(
+    list: &Value,
+    schema: Option<&Value>,
+    version_index: usize,
+) -> Result<Vec<String>, CrdError> {
+    let Some(items) = list.as_array() else {
+        return Ok(Vec::new());
+    };
+    let at = |i: usize| format!("spec.versions[{version_index}].selectableFields[{i}].jsonPath");
+    if items.len() > SELECTABLE_FIELDS_MAX {
+        return Err(crd_err(
+            &format!("spec.versions[{version_index}].selectableFields"),
+            &format!(
+                "Too many: {}: must have at most {SELECTABLE_FIELDS_MAX} items",
+                items.len()
+            ),
+        ));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = item["jsonPath"].as_str().unwrap_or("");
+        let Some(dotted) = path.strip_prefix('.') else {
+            return Err(crd_err(
+                &at(i),
+                "Required value: must be a simple JSONPath starting with '.'",
+            ));
+        };
+        let parts: Vec<&str> = dotted.split('.').collect();
+        let simple = parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        });
+        if !simple {
+            return Err(crd_err(
+                &at(i),
+                &format!("Invalid value: {path:?}: must be a simple JSONPath of field names"),
+            ));
+        }
+        if parts[0] == "metadata" {
+            return Err(crd_err(
+                &at(i),
+                &format!("Invalid value: {path:?}: fields under metadata may not be selected"),
+            ));
+        }
+        let mut node = schema;
+        for p in &parts {
+            node = node
+                .and_then(|n| n.get("properties"))
+                .and_then(|n| n.get(*p));
+        }
+        let ty = node.and_then(|n| n["type"].as_str());
+        if !matches!(ty, Some("string" | "integer" | "boolean")) {
+            return Err(crd_err(
+                &at(i),
+                &format!(
+                    "Invalid value: {path:?}: must point to a field of type string, boolean or integer in the schema"
+                ),
+            ));
+        }
+        if out.contains(&dotted.to_string()) {
+            return Err(crd_err(&at(i), &format!("Duplicate value: {path:?}")));
+        }
+        out.push(dotted.to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crd_with(selectable: Value) -> Value {
+        json!({"metadata": {"name": "gs.t.io"}, "spec": {"group": "t.io", "scope": "Namespaced",
+            "names": {"kind": "G", "plural": "gs"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "selectableFields": selectable,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object",
+                    "properties": {"color": {"type": "string"}, "n": {"type": "integer"},
+                                   "sub": {"type": "object"}}}}}}}]}})
+    }
+
+    #[test]
+    fn selectable_fields_are_validated_like_apiextensions() {
+        let ok = crd_to_type(&crd_with(
+            json!([{"jsonPath": ".spec.color"}, {"jsonPath": ".spec.n"}]),
+        ))
+        .unwrap();
+        assert_eq!(ok.selectable["v1"], ["spec.color", "spec.n"]);
+        for (bad, why) in [
+            (json!([{"jsonPath": "spec.color"}]), "starting with '.'"),
+            (
+                json!([{"jsonPath": ".spec.sub"}]),
+                "string, boolean or integer",
+            ),
+            (
+                json!([{"jsonPath": ".spec.missing"}]),
+                "string, boolean or integer",
+            ),
+            (json!([{"jsonPath": ".metadata.name"}]), "under metadata"),
+            (json!([{"jsonPath": ".spec[0]"}]), "simple JSONPath"),
+            (
+                json!([{"jsonPath": ".spec.color"}, {"jsonPath": ".spec.color"}]),
+                "Duplicate",
+            ),
+            (
+                Value::Array(vec![json!({"jsonPath": ".spec.color"}); 9]),
+                "at most 8",
+            ),
+        ] {
+            let err = crd_to_type(&crd_with(bad.clone())).unwrap_err();
+            assert!(err.message.contains(why), "{bad}: {err:?}");
+            assert!(err.field.contains("selectableFields"), "{err:?}");
+        }
+    }
 }

@@ -159,9 +159,14 @@ impl FieldSelector {
     /// Refuses (400, kube-apiserver's wording) a field the kind cannot be selected by:
     /// kube-apiserver serves field selectors only on metadata.name, metadata.namespace
     /// and a fixed set per built-in kind (its registries' field label conversions).
-    /// CRD `selectableFields` are not supported here: custom resources select by name
-    /// and namespace only.
-    pub(crate) fn check_supported(&self, group: &str, plural: &str) -> Result<(), ApiError> {
+    /// A custom resource also selects by its CRD's `selectableFields` for the version
+    /// asked for (`crd_fields`).
+    pub(crate) fn check_supported(
+        &self,
+        group: &str,
+        plural: &str,
+        crd_fields: &[String],
+    ) -> Result<(), ApiError> {
         let extra: &[&str] = match (group, plural) {
             ("", "pods") => &[
                 "spec.nodeName",
@@ -207,7 +212,8 @@ impl FieldSelector {
         for (path, _, _) in &self.0 {
             let ok = path == "metadata.name"
                 || path == "metadata.namespace"
-                || extra.contains(&path.as_str());
+                || extra.contains(&path.as_str())
+                || crd_fields.contains(path);
             if !ok {
                 return Err(ApiError::BadRequest(format!(
                     "field label not supported: {path}"
@@ -240,15 +246,15 @@ mod tests {
     #[test]
     fn field_selectors_only_on_supported_fields() {
         let f = FieldSelector::parse("spec.nodeName=n1,metadata.name=p").unwrap();
-        assert!(f.check_supported("", "pods").is_ok());
-        let err = f.check_supported("", "configmaps").unwrap_err();
+        assert!(f.check_supported("", "pods", &[]).is_ok());
+        let err = f.check_supported("", "configmaps", &[]).unwrap_err();
         assert_eq!(err.to_string(), "field label not supported: spec.nodeName");
         let cr = FieldSelector::parse("spec.pool=x").unwrap();
         assert!(cr
-            .check_supported("cstor.openebs.io", "cstorvolumes")
+            .check_supported("cstor.openebs.io", "cstorvolumes", &[])
             .is_err());
         let ev = FieldSelector::parse("involvedObject.name=x,type=Warning").unwrap();
-        assert!(ev.check_supported("", "events").is_ok());
+        assert!(ev.check_supported("", "events", &[]).is_ok());
     }
     use serde_json::json;
 

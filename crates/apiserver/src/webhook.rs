@@ -11,9 +11,13 @@
 //! Invariants: webhooks are never called for the webhook configurations themselves
 //! (a broken webhook cannot lock itself in); a denial is the webhook's status code
 //! (at least 400) and the message `admission webhook "NAME" denied the request: MSG`.
-//! Limits (documented differences): only `clientConfig.url` is supported (a `service`
-//! reference fails the call: nothing here routes to Services); matchPolicy is treated
-//! as Exact; reinvocationPolicy, matchConditions and sideEffects are ignored.
+//! A `clientConfig.service` reference (namespace, name, port default 443, path) is
+//! resolved against the stored Service: a ready address of its EndpointSlices (or its
+//! Endpoints) on the Service port's target port, else the Service's clusterIP (or
+//! externalName) on the Service port, since no kube-proxy routes here. TLS checks the
+//! certificate for `NAME.NAMESPACE.svc`, as kube-apiserver does.
+//! Limits (documented differences): matchPolicy is treated as Exact;
+//! reinvocationPolicy, matchConditions and sideEffects are ignored.
 //! Never: runs on an async thread — callers are inside `block_in_place`, and the call
 //! blocks on the current runtime's handle.
 
@@ -166,12 +170,153 @@ pub(crate) enum Verdict {
     Denied(ApiError),
 }
 
-/// Calls one webhook; `Err` is a failed call (failurePolicy decides).
-pub(crate) fn call(hook: &Value, a: &Attributes<'_>) -> Result<Verdict, String> {
+/// Where a webhook is called: the URL it is known by (in messages), the address to
+/// dial and the name its certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) url: String,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) server_name: String,
+    pub(crate) path: String,
+}
+
+fn url_endpoint(url: &str) -> Result<Endpoint, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err("webhook url must be https".into());
+    }
+    let host = uri.host().ok_or("url has no host")?;
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(Endpoint {
+        url: url.to_string(),
+        host: bare.clone(),
+        port: uri.port_u16().unwrap_or(443),
+        server_name: bare,
+        path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+    })
+}
+
+/// The objects a service reference resolves through, read from the store.
+pub(crate) trait Services {
+    /// The Service `namespace/name`.
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Value>>;
+    /// The Endpoints object of that Service.
+    fn endpoints(&self, namespace: &str, name: &str) -> Option<Arc<Value>>;
+    /// The EndpointSlices labelled `kubernetes.io/service-name: name`.
+    fn endpoint_slices(&self, namespace: &str, name: &str) -> Vec<Arc<Value>>;
+}
+
+/// Resolves a webhook's `clientConfig` (url, or service reference) to an endpoint.
+pub(crate) fn endpoint(hook: &Value, services: &dyn Services) -> Result<Endpoint, String> {
+    let cc = &hook["clientConfig"];
+    if let Some(url) = cc["url"].as_str() {
+        return url_endpoint(url);
+    }
+    let svc_ref = &cc["service"];
+    let (Some(ns), Some(name)) = (svc_ref["namespace"].as_str(), svc_ref["name"].as_str()) else {
+        return Err("clientConfig needs a url or a service".into());
+    };
+    let port = svc_ref["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(443);
+    let path = svc_ref["path"].as_str().unwrap_or("/").to_string();
+    let server_name = format!("{name}.{ns}.svc");
+    let url = format!("https://{server_name}:{port}{path}");
+    let svc = services
+        .service(ns, name)
+        .ok_or_else(|| format!("service \"{name}\" not found"))?;
+    let (host, dial_port) = service_address(&svc, port, ns, name, services)?;
+    Ok(Endpoint {
+        url,
+        host,
+        port: dial_port,
+        server_name,
+        path,
+    })
+}
+
+/// A ready endpoint address of the Service's port `port`, or its clusterIP or
+/// externalName when it has none.
+fn service_address(
+    svc: &Value,
+    port: u16,
+    ns: &str,
+    name: &str,
+    services: &dyn Services,
+) -> Result<(String, u16), String> {
+    let sp = svc["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["port"].as_u64() == Some(u64::from(port)))
+        .ok_or_else(|| format!("no service port {port} found for service \"{name}\""))?;
+    let port_name = sp["name"].as_str().unwrap_or("");
+    // targetPort: a number, or a container port's name (which only endpoints can tell).
+    let target = match &sp["targetPort"] {
+        Value::Number(n) => n.as_u64().and_then(|p| u16::try_from(p).ok()),
+        Value::String(s) => s.parse().ok(),
+        _ => Some(port),
+    };
+    for slice in services.endpoint_slices(ns, name) {
+        let slice_port = slice["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"].as_str().unwrap_or("") == port_name)
+            .and_then(|p| p["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok());
+        let Some(slice_port) = slice_port.or(target) else {
+            continue;
+        };
+        let ready = slice["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
+            .find_map(|e| e["addresses"][0].as_str());
+        if let Some(addr) = ready {
+            return Ok((addr.to_string(), slice_port));
+        }
+    }
+    if let Some(ep) = services.endpoints(ns, name) {
+        for subset in ep["subsets"].as_array().into_iter().flatten() {
+            let subset_port = subset["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"].as_str().unwrap_or("") == port_name)
+                .and_then(|p| p["port"].as_u64())
+                .and_then(|p| u16::try_from(p).ok())
+                .or(target);
+            let addr = subset["addresses"][0]["ip"].as_str();
+            if let (Some(addr), Some(p)) = (addr, subset_port) {
+                return Ok((addr.to_string(), p));
+            }
+        }
+    }
+    let spec = &svc["spec"];
+    if spec["type"].as_str() == Some("ExternalName") {
+        if let Some(h) = spec["externalName"].as_str() {
+            return Ok((h.to_string(), port));
+        }
+    }
+    match spec["clusterIP"].as_str() {
+        Some(ip) if !ip.is_empty() && ip != "None" => Ok((ip.to_string(), port)),
+        _ => Err(format!(
+            "service \"{ns}/{name}\" has no ready endpoint and no clusterIP"
+        )),
+    }
+}
+
+/// Calls one webhook at `at`; `Err` is a failed call (failurePolicy decides).
+pub(crate) fn call(hook: &Value, at: &Endpoint, a: &Attributes<'_>) -> Result<Verdict, String> {
     let name = hook["name"].as_str().unwrap_or("");
-    let url = hook["clientConfig"]["url"].as_str().ok_or_else(|| {
-        "clientConfig.service is not supported here; use clientConfig.url".to_string()
-    })?;
+    let url = at.url.as_str();
     let timeout = hook["timeoutSeconds"]
         .as_u64()
         .unwrap_or(TIMEOUT_DEFAULT_SECS)
@@ -183,7 +328,7 @@ pub(crate) fn call(hook: &Value, a: &Attributes<'_>) -> Result<Verdict, String> 
         .map_err(|_| "no async runtime to call the webhook on".to_string())?;
     let answer = handle
         .block_on(async {
-            tokio::time::timeout(Duration::from_secs(timeout), post(url, ca, body)).await
+            tokio::time::timeout(Duration::from_secs(timeout), post(at, ca, body)).await
         })
         .map_err(|_| format!("Post \"{url}\": context deadline exceeded (timeout {timeout}s)"))?
         .map_err(|e| format!("Post \"{url}\": {e}"))?;
@@ -269,21 +414,12 @@ fn client_config(ca_b64: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(cfg))
 }
 
-/// POSTs `body` to the https `url` and returns the JSON answer.
-async fn post(url: &str, ca: &str, body: Vec<u8>) -> Result<Value, String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
-    if uri.scheme_str() != Some("https") {
-        return Err("webhook url must be https".into());
-    }
-    let host = uri.host().ok_or("url has no host")?.to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let bare = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let server_name = rustls::pki_types::ServerName::try_from(bare.clone())
-        .map_err(|e| format!("bad host {host}: {e}"))?;
-    let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
+/// POSTs `body` to the endpoint and returns the JSON answer.
+async fn post(at: &Endpoint, ca: &str, body: Vec<u8>) -> Result<Value, String> {
+    let (host, port) = (at.host.as_str(), at.port);
+    let server_name = rustls::pki_types::ServerName::try_from(at.server_name.clone())
+        .map_err(|e| format!("bad host {}: {e}", at.server_name))?;
+    let tcp = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
     let tls = tokio_rustls::TlsConnector::from(client_config(ca)?)
@@ -296,9 +432,8 @@ async fn post(url: &str, ca: &str, body: Vec<u8>) -> Result<Value, String> {
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let req = hyper::Request::post(path)
-        .header(hyper::header::HOST, format!("{host}:{port}"))
+    let req = hyper::Request::post(at.path.as_str())
+        .header(hyper::header::HOST, format!("{}:{port}", at.server_name))
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::ACCEPT, "application/json")
         .body(axum::body::Body::from(body))
@@ -385,5 +520,74 @@ mod tests {
         ));
         let os = json!({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]});
         assert!(!hook_matches(&hook(rule, Value::Null, os), &a));
+    }
+
+    struct Fake {
+        svc: Value,
+        slices: Vec<Value>,
+        endpoints: Option<Value>,
+    }
+
+    impl Services for Fake {
+        fn service(&self, ns: &str, name: &str) -> Option<Arc<Value>> {
+            (ns == "w" && name == "hooks").then(|| Arc::new(self.svc.clone()))
+        }
+        fn endpoints(&self, _: &str, _: &str) -> Option<Arc<Value>> {
+            self.endpoints.clone().map(Arc::new)
+        }
+        fn endpoint_slices(&self, _: &str, _: &str) -> Vec<Arc<Value>> {
+            self.slices.iter().cloned().map(Arc::new).collect()
+        }
+    }
+
+    #[test]
+    fn service_references_resolve_like_kube_apiserver() {
+        let hook =
+            json!({"clientConfig": {"service": {"namespace": "w", "name": "hooks", "path": "/v"}}});
+        let mut f = Fake {
+            svc: json!({"spec": {"clusterIP": "10.0.0.1", "ports": [
+                {"name": "web", "port": 80, "targetPort": 8080},
+                {"name": "https", "port": 443, "targetPort": "hook"}]}}),
+            slices: vec![json!({"endpoints": [
+                {"addresses": ["127.0.0.5"], "conditions": {"ready": false}},
+                {"addresses": ["127.0.0.6"]}],
+                "ports": [{"name": "web", "port": 8080}, {"name": "https", "port": 9443}]})],
+            endpoints: None,
+        };
+        let at = endpoint(&hook, &f).unwrap();
+        assert_eq!((at.host.as_str(), at.port), ("127.0.0.6", 9443));
+        assert_eq!(at.server_name, "hooks.w.svc");
+        assert_eq!(at.url, "https://hooks.w.svc:443/v");
+        assert_eq!(at.path, "/v");
+        f.slices.clear();
+        let at = endpoint(&hook, &f).unwrap();
+        assert_eq!((at.host.as_str(), at.port), ("10.0.0.1", 443));
+        f.endpoints = Some(json!({"subsets": [{"addresses": [{"ip": "127.0.0.7"}],
+            "ports": [{"name": "https", "port": 9444}]}]}));
+        let at = endpoint(&hook, &f).unwrap();
+        assert_eq!((at.host.as_str(), at.port), ("127.0.0.7", 9444));
+        let other_port =
+            json!({"clientConfig": {"service": {"namespace": "w", "name": "hooks", "port": 8443}}});
+        assert!(endpoint(&other_port, &f)
+            .unwrap_err()
+            .contains("no service port 8443"));
+        let missing = json!({"clientConfig": {"service": {"namespace": "w", "name": "nope"}}});
+        assert_eq!(
+            endpoint(&missing, &f).unwrap_err(),
+            "service \"nope\" not found"
+        );
+        f.endpoints = None;
+        f.svc["spec"]["clusterIP"] = json!("None");
+        assert!(endpoint(&hook, &f)
+            .unwrap_err()
+            .contains("no ready endpoint"));
+        let url = json!({"clientConfig": {"url": "https://127.0.0.1:8443/x?y=1"}});
+        let at = endpoint(&url, &f).unwrap();
+        assert_eq!(
+            (at.host.as_str(), at.port, at.path.as_str()),
+            ("127.0.0.1", 8443, "/x?y=1")
+        );
+        let plain = json!({"clientConfig": {"url": "http://127.0.0.1/x"}});
+        assert!(endpoint(&plain, &f).is_err());
     }
 }

@@ -885,3 +885,284 @@ async fn two_lease_candidates_one_leader_at_a_time() {
         "b leads after a stopped: {terms:?}"
     );
 }
+
+/// A CRD with a map list (keys node, path with a default), a set list, and a selectable
+/// field, as controller-gen writes them.
+const GADGET_CRD: &str = r#"{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+  "metadata": {"name": "gadgets.test.cstor.io"},
+  "spec": {"group": "test.cstor.io", "scope": "Namespaced",
+    "names": {"kind": "Gadget", "plural": "gadgets", "singular": "gadget", "listKind": "GadgetList"},
+    "versions": [{"name": "v1", "served": true, "storage": true,
+      "selectableFields": [{"jsonPath": ".spec.color"}],
+      "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {
+          "color": {"type": "string"},
+          "disks": {"type": "array", "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["node", "path"],
+            "items": {"type": "object", "required": ["node"], "properties": {
+              "node": {"type": "string"}, "path": {"type": "string", "default": "/dev/sda"},
+              "size": {"type": "integer"}}}},
+          "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}}}}}}}}]}}"#;
+
+async fn gadgets(c: &Client) -> Api<DynamicObject> {
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let crd: CustomResourceDefinition = serde_json::from_str(GADGET_CRD).unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let ar = ApiResource {
+        group: "test.cstor.io".into(),
+        version: "v1".into(),
+        api_version: "test.cstor.io/v1".into(),
+        kind: "Gadget".into(),
+        plural: "gadgets".into(),
+    };
+    Api::namespaced_with(c.clone(), "default", &ar)
+}
+
+fn gadget(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "test.cstor.io/v1", "kind": "Gadget", "metadata": {"name": name}, "spec": spec})
+}
+
+fn fields_of(o: &DynamicObject, manager: &str) -> serde_json::Value {
+    let mf = o.metadata.managed_fields.clone().unwrap_or_default();
+    let e = mf
+        .iter()
+        .find(|e| e.manager.as_deref() == Some(manager))
+        .unwrap_or_else(|| panic!("no entry for {manager}: {mf:?}"));
+    serde_json::to_value(&e.fields_v1).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_merges_lists_by_list_type_per_manager() {
+    let (_dir, s) = start();
+    let c = client(&s).await;
+    let api = gadgets(&c).await;
+    let apply = |m: &'static str, force: bool| {
+        let mut p = PatchParams::apply(m);
+        p.force = force;
+        p
+    };
+    let a = gadget(
+        "g",
+        json!({"disks": [{"node": "n1", "size": 1}], "tags": ["a", "shared"]}),
+    );
+    api.patch("g", &apply("ctrl-a", false), &Patch::Apply(&a))
+        .await
+        .unwrap();
+    let b = gadget(
+        "g",
+        json!({"disks": [{"node": "n2", "path": "/dev/sdb", "size": 2}], "tags": ["b", "shared"]}),
+    );
+    let g = api
+        .patch("g", &apply("ctrl-b", false), &Patch::Apply(&b))
+        .await
+        .unwrap();
+    assert_eq!(
+        g.data["spec"]["disks"],
+        json!([{"node": "n1", "path": "/dev/sda", "size": 1},
+               {"node": "n2", "path": "/dev/sdb", "size": 2}]),
+        "map list merged by key, the key default filled in"
+    );
+    assert_eq!(g.data["spec"]["tags"], json!(["a", "shared", "b"]));
+    let fa = fields_of(&g, "ctrl-a");
+    assert_eq!(
+        fa["f:spec"]["f:disks"]["k:{\"node\":\"n1\",\"path\":\"/dev/sda\"}"],
+        json!({".": {}, "f:node": {}, "f:path": {}, "f:size": {}}),
+        "{fa}"
+    );
+    assert!(fa["f:spec"]["f:tags"].get("v:\"a\"").is_some(), "{fa}");
+    // ctrl-b changing ctrl-a's disk size conflicts, naming ctrl-a; forced, it takes the
+    // field over.
+    let b2 = gadget(
+        "g",
+        json!({"disks": [{"node": "n2", "path": "/dev/sdb", "size": 2}, {"node": "n1", "size": 5}],
+               "tags": ["b", "shared"]}),
+    );
+    match api
+        .patch("g", &apply("ctrl-b", false), &Patch::Apply(&b2))
+        .await
+    {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 409);
+            assert!(
+                e.message.contains("conflict with \"ctrl-a\"") && e.message.contains(".size"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected 409, got {other:?}"),
+    }
+    api.patch("g", &apply("ctrl-b", true), &Patch::Apply(&b2))
+        .await
+        .unwrap();
+    // ctrl-a stops applying its disk and tags: the disk stays (ctrl-b owns its size now),
+    // tag "a" goes, "shared" stays (ctrl-b applies it too).
+    let a2 = gadget("g", json!({"color": "red"}));
+    let g = api
+        .patch("g", &apply("ctrl-a", false), &Patch::Apply(&a2))
+        .await
+        .unwrap();
+    assert_eq!(
+        g.data["spec"]["disks"],
+        json!([{"node": "n1", "path": "/dev/sda", "size": 5},
+               {"node": "n2", "path": "/dev/sdb", "size": 2}])
+    );
+    assert_eq!(g.data["spec"]["tags"], json!(["shared", "b"]));
+    // An element that omits a key without a default is refused.
+    let bad = gadget("g", json!({"disks": [{"size": 1}]}));
+    assert_eq!(
+        api_code(
+            api.patch("g", &apply("ctrl-c", false), &Patch::Apply(&bad))
+                .await
+        ),
+        422
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_merges_pod_containers_and_ports_by_key() {
+    let (_dir, s) = start();
+    let c = client(&s).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.clone(), "default");
+    let pod = |containers: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+               "spec": {"containers": containers}})
+    };
+    let a = pod(json!([{"name": "app", "image": "app:1",
+                        "ports": [{"containerPort": 53}], "env": [{"name": "A", "value": "1"}]}]));
+    pods.patch("p", &PatchParams::apply("ctrl-a"), &Patch::Apply(&a))
+        .await
+        .unwrap();
+    let b = pod(json!([
+        {"name": "app", "ports": [{"containerPort": 53, "protocol": "UDP"}], "env": [{"name": "B", "value": "2"}]},
+        {"name": "sidecar", "image": "side:1"}]));
+    let p = pods
+        .patch("p", &PatchParams::apply("ctrl-b"), &Patch::Apply(&b))
+        .await
+        .unwrap();
+    let spec = p.spec.unwrap();
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["app", "sidecar"]);
+    let app = &spec.containers[0];
+    assert_eq!(app.image.as_deref(), Some("app:1"));
+    let ports: Vec<(i32, Option<&str>)> = app
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.container_port, p.protocol.as_deref()))
+        .collect();
+    assert_eq!(ports, [(53, Some("TCP")), (53, Some("UDP"))]);
+    let env: Vec<&str> = app.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert_eq!(env, ["A", "B"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_selectable_fields_filter_lists_and_watches() {
+    let (_dir, s) = start();
+    let c = client(&s).await;
+    let api = gadgets(&c).await;
+    for (n, color) in [("r1", "red"), ("b1", "blue"), ("r2", "red")] {
+        let g = gadget(n, json!({"color": color}));
+        api.patch(n, &PatchParams::apply("t"), &Patch::Apply(&g))
+            .await
+            .unwrap();
+    }
+    let reds = api
+        .list(&ListParams::default().fields("spec.color=red"))
+        .await
+        .unwrap();
+    let names: Vec<String> = reds
+        .items
+        .iter()
+        .filter_map(|o| o.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["r1", "r2"]);
+    let not_red = api
+        .list(&ListParams::default().fields("spec.color!=red"))
+        .await
+        .unwrap();
+    assert_eq!(not_red.items.len(), 1);
+    // A field the CRD does not declare selectable is a 400.
+    assert_eq!(
+        api_code(api.list(&ListParams::default().fields("spec.size=1")).await),
+        400
+    );
+    // A watch sees only objects in the selection, and a DELETED when one leaves it.
+    let rv = reds.metadata.resource_version.unwrap();
+    let mut w = api
+        .watch(&WatchParams::default().fields("spec.color=red"), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    for (n, color) in [("b1", "green"), ("r1", "blue"), ("b1", "red")] {
+        let g = gadget(n, json!({"color": color}));
+        api.patch(n, &PatchParams::apply("t"), &Patch::Apply(&g))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(30), w.try_next())
+            .await
+            .expect("watch event in time")
+            .unwrap()
+            .expect("watch open");
+        match ev {
+            WatchEvent::Added(o) => seen.push(format!("ADDED {}", o.metadata.name.unwrap())),
+            WatchEvent::Modified(o) => seen.push(format!("MODIFIED {}", o.metadata.name.unwrap())),
+            WatchEvent::Deleted(o) => seen.push(format!("DELETED {}", o.metadata.name.unwrap())),
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(seen, ["DELETED r1", "ADDED b1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_only_clients_get_406_and_protobuf_bodies_of_other_kinds_415() {
+    let (_dir, s) = start();
+    let c = client(&s).await;
+    let raw = |method: &str, path: &str, header: (&str, &str), body: Vec<u8>| {
+        hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header.0, header.1)
+            .body(body)
+            .unwrap()
+    };
+    let pb = "application/vnd.kubernetes.protobuf";
+    let r = raw(
+        "GET",
+        "/api/v1/namespaces/default/configmaps",
+        ("Accept", pb),
+        Vec::new(),
+    );
+    match c.request_text(r).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (406, "NotAcceptable"), "{e:?}")
+        }
+        other => panic!("expected 406, got {other:?}"),
+    }
+    // client-go's default for protobuf components: protobuf first, JSON as the fallback.
+    let r = raw(
+        "GET",
+        "/api/v1/namespaces/default/configmaps",
+        (
+            "Accept",
+            "application/vnd.kubernetes.protobuf,application/json",
+        ),
+        Vec::new(),
+    );
+    let list: serde_json::Value = serde_json::from_str(&c.request_text(r).await.unwrap()).unwrap();
+    assert_eq!(list["kind"], "ConfigMapList");
+    // A protobuf body of a kind not decoded here: 415, so client-go falls back to JSON.
+    let r = raw(
+        "POST",
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+        ("Content-Type", pb),
+        b"k8s\0\x0a\x00".to_vec(),
+    );
+    match c.request_text(r).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 415, "{e:?}"),
+        other => panic!("expected 415, got {other:?}"),
+    }
+}

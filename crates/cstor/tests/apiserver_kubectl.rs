@@ -1009,3 +1009,143 @@ fn kubectl_serves_servicemonitor_and_prometheusrule() {
     let err = s.fails(&["apply", "-f", bad_interval.to_str().unwrap()]);
     assert!(err.contains("interval"), "{err}");
 }
+
+const GADGET_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.test.cstor.io
+spec:
+  group: test.cstor.io
+  scope: Namespaced
+  names: {kind: Gadget, plural: gadgets, singular: gadget, listKind: GadgetList}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    selectableFields:
+    - jsonPath: .spec.color
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              color: {type: string}
+              disks:
+                type: array
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [node]
+                items:
+                  type: object
+                  required: [node]
+                  properties:
+                    node: {type: string}
+                    size: {type: integer}
+"#;
+
+fn gadget_yaml(name: &str, color: &str, disks: &[(&str, u32)]) -> String {
+    let disks: Vec<String> = disks
+        .iter()
+        .map(|(n, s)| format!("  - {{node: {n}, size: {s}}}\n"))
+        .collect();
+    format!(
+        "apiVersion: test.cstor.io/v1\nkind: Gadget\nmetadata: {{name: {name}}}\nspec:\n  color: {color}\n  disks:\n{}",
+        disks.concat()
+    )
+}
+
+#[test]
+fn kubectl_server_side_apply_merges_map_lists_and_selects_crd_fields() {
+    let Some((dir, s)) = setup() else { return };
+    s.ok(&["apply", "-f", &write(&dir, "crd.yaml", GADGET_CRD)]);
+    s.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/gadgets.test.cstor.io",
+        "--timeout=60s",
+    ]);
+    let ssa = |manager: &str, file: &str, text: &str, extra: &[&str]| {
+        let path = write(&dir, file, text);
+        let mut args = vec!["apply", "--server-side", "--field-manager", manager, "-f"];
+        args.push(&path);
+        args.extend_from_slice(extra);
+        s.kubectl(&args)
+    };
+    let alice = ssa(
+        "alice",
+        "a.yaml",
+        &gadget_yaml("g", "red", &[("n1", 1)]),
+        &[],
+    );
+    assert!(
+        alice.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alice.stderr)
+    );
+    // bob applies another disk and alice's color: the disks merge by node; same color, no
+    // conflict.
+    let bob = ssa("bob", "b.yaml", &gadget_yaml("g", "red", &[("n2", 2)]), &[]);
+    assert!(
+        bob.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bob.stderr)
+    );
+    let disks = s.ok(&["get", "gadget", "g", "-o", "jsonpath={.spec.disks[*].node}"]);
+    assert_eq!(disks, "n1 n2");
+    // bob changing the color conflicts with alice (kubectl prints the conflict).
+    let blue = gadget_yaml("g", "blue", &[("n2", 2)]);
+    let out = ssa("bob", "b2.yaml", &blue, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("conflict") && err.contains("alice") && err.contains(".spec.color"),
+        "{err}"
+    );
+    let out = ssa("bob", "b2.yaml", &blue, &["--force-conflicts"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // alice drops her disk: only bob's remains.
+    let out = ssa(
+        "alice",
+        "a2.yaml",
+        &gadget_yaml("g", "blue", &[]).replace("  disks:\n", ""),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let disks = s.ok(&["get", "gadget", "g", "-o", "jsonpath={.spec.disks[*].node}"]);
+    assert_eq!(disks, "n2");
+    // --field-selector on the CRD's selectable field; an undeclared field is refused.
+    let out = ssa(
+        "alice",
+        "r.yaml",
+        &gadget_yaml("r", "red", &[]).replace("  disks:\n", ""),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blues = s.ok(&[
+        "get",
+        "gadgets",
+        "--field-selector",
+        "spec.color=blue",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(blues.trim(), "gadget.test.cstor.io/g");
+    let err = s.fails(&["get", "gadgets", "--field-selector", "spec.disks=x"]);
+    assert!(
+        err.contains("field label not supported: spec.disks"),
+        "{err}"
+    );
+}

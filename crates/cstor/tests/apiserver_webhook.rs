@@ -127,7 +127,16 @@ async fn serve(
 
 /// Starts the webhook server on a runtime of its own; returns (port, CA PEM, counter).
 fn start_webhook(rt: &tokio::runtime::Runtime) -> (u16, String, Arc<AtomicU64>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    start_webhook_at(rt, "127.0.0.1", "127.0.0.1")
+}
+
+/// Starts the webhook server on `ip` with a certificate for `cert_name`.
+fn start_webhook_at(
+    rt: &tokio::runtime::Runtime,
+    ip: &str,
+    cert_name: &str,
+) -> (u16, String, Arc<AtomicU64>) {
+    let ck = rcgen::generate_simple_self_signed(vec![cert_name.to_string()]).unwrap();
     let pem = ck.cert.pem();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -141,9 +150,7 @@ fn start_webhook(rt: &tokio::runtime::Runtime) -> (u16, String, Arc<AtomicU64>) 
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let calls = Arc::new(AtomicU64::new(0));
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind((ip, 0))).unwrap();
     let port = listener.local_addr().unwrap().port();
     rt.spawn(serve(listener, acceptor, calls.clone()));
     (port, pem, calls)
@@ -333,5 +340,90 @@ fn admission_webhooks_deny_mutate_and_follow_failure_policy() {
         "w",
         "--from-literal=bad=1",
     ]);
+    drop(rt);
+}
+
+/// A webhook named by `clientConfig.service`: called at the Service's ready
+/// EndpointSlice address (the certificate is for `hooks.w.svc`), at its clusterIP when
+/// it has no endpoints, and failing (policy Fail) when neither answers.
+#[test]
+fn webhook_by_service_reference_follows_endpoints_then_cluster_ip() {
+    if !have_kubectl() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubectl is missing and CI is set: the webhook test must run"
+        );
+        println!("SKIP: kubectl is not installed");
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The endpoint listens on 127.0.0.3; the Service's clusterIP is 127.0.0.2, where
+    // nothing listens, so a call that falls back to it fails naming that address.
+    let (port, ca_pem, calls) = start_webhook_at(&rt, "127.0.0.3", "hooks.w.svc");
+    let ca = b64(ca_pem.as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let s = ApiServer::start(&dir.path().join("data"), free_port());
+    let d = dir.path();
+    s.ok(&["create", "namespace", "w"]);
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hooks", "namespace": "w"},
+        "spec": {"clusterIP": "127.0.0.2", "ports": [{"name": "https", "port": 8443, "targetPort": "webhook"}]}});
+    let out = apply(&s, d, "svc", &svc);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "hooks-abc", "namespace": "w", "labels": {"kubernetes.io/service-name": "hooks"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.9"], "conditions": {"ready": false}},
+                      {"addresses": ["127.0.0.3"], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
+    let out = apply(&s, d, "slice", &slice);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let vwc = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "by-service"}, "webhooks": [{"name": "svc.test.cstor.io",
+            "clientConfig": {"service": {"namespace": "w", "name": "hooks", "port": 8443, "path": "/validate"},
+                             "caBundle": ca},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                       "resources": ["configmaps"], "scope": "Namespaced"}],
+            "objectSelector": {"matchLabels": {"checked": "yes"}},
+            "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5}]});
+    let out = apply(&s, d, "vwc", &vwc);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let checked = |name: &str, data: Value| cm("w", name, json!({"checked": "yes"}), data);
+    // Through the ready endpoint: the webhook's own answers.
+    let out = apply(&s, d, "bad1", &checked("bad1", json!({"bad": "1"})));
+    assert!(
+        stderr(&out).contains("bad data is not allowed"),
+        "{}",
+        stderr(&out)
+    );
+    let out = apply(&s, d, "good1", &checked("good1", json!({"a": "b"})));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // No endpoints: the clusterIP on the Service port, where nothing listens yet.
+    s.ok(&["delete", "endpointslice", "hooks-abc", "-n", "w"]);
+    let out = apply(&s, d, "good2", &checked("good2", json!({"a": "b"})));
+    assert!(
+        stderr(&out).contains("failed calling webhook \"svc.test.cstor.io\"")
+            && stderr(&out).contains("127.0.0.2:8443"),
+        "{}",
+        stderr(&out)
+    );
+    // An Endpoints object (the older API) is followed too.
+    let ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "hooks", "namespace": "w"},
+        "subsets": [{"addresses": [{"ip": "127.0.0.3"}], "ports": [{"name": "https", "port": port}]}]});
+    let out = apply(&s, d, "ep", &ep);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = apply(&s, d, "good3", &checked("good3", json!({"a": "b"})));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // A reference to a Service that does not exist fails the call.
+    s.ok(&["delete", "endpoints", "hooks", "-n", "w"]);
+    s.ok(&["delete", "service", "hooks", "-n", "w"]);
+    let out = apply(&s, d, "good4", &checked("good4", json!({"a": "b"})));
+    assert!(
+        stderr(&out).contains("service \"hooks\" not found"),
+        "{}",
+        stderr(&out)
+    );
     drop(rt);
 }

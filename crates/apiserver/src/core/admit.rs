@@ -394,7 +394,11 @@ impl Core {
                 if !crate::webhook::hook_matches(hook, &attrs) {
                     continue;
                 }
-                match crate::webhook::call(hook, &attrs) {
+                let at = {
+                    let inner = self.inner.read();
+                    crate::webhook::endpoint(hook, &StoredServices(&inner.objects))
+                };
+                match at.and_then(|at| crate::webhook::call(hook, &at, &attrs)) {
                     Ok(crate::webhook::Verdict::Denied(e)) => return Err(e),
                     Ok(crate::webhook::Verdict::Allowed { patch }) => {
                         if let (Hooks::Mutating, Some(p), Some(o)) =
@@ -416,5 +420,32 @@ impl Core {
             }
         }
         Ok(())
+    }
+}
+
+/// Service references of webhooks resolve through the stored objects.
+struct StoredServices<'a>(&'a BTreeMap<String, Arc<Value>>);
+
+impl crate::webhook::Services for StoredServices<'_> {
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Value>> {
+        self.0
+            .get(&format!("core/services/{namespace}/{name}"))
+            .cloned()
+    }
+    fn endpoints(&self, namespace: &str, name: &str) -> Option<Arc<Value>> {
+        self.0
+            .get(&format!("core/endpoints/{namespace}/{name}"))
+            .cloned()
+    }
+    fn endpoint_slices(&self, namespace: &str, name: &str) -> Vec<Arc<Value>> {
+        let prefix = format!("discovery.k8s.io/endpointslices/{namespace}/");
+        self.0
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, v)| {
+                v["metadata"]["labels"]["kubernetes.io/service-name"].as_str() == Some(name)
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 }

@@ -67,21 +67,8 @@ impl Core {
             if !(in_terminating || orphaned || expired) {
                 continue;
             }
-            let finalizers = v["metadata"]["finalizers"]
-                .as_array()
-                .is_some_and(|f| !f.is_empty());
-            if finalizers {
-                if v["metadata"].get("deletionTimestamp").is_none() {
-                    let mut nv = (**v).clone();
-                    nv["metadata"]["deletionTimestamp"] = json!(time::now_rfc3339());
-                    nv["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                    pending.push((EventType::Modified, k.clone(), nv));
-                }
-            } else {
-                if k.starts_with("core/persistentvolumeclaims/") {
-                    touched_quota_ns.insert(ns.to_string());
-                }
-                pending.push((EventType::Deleted, k.clone(), (**v).clone()));
+            if delete_or_mark(k, v, &mut pending) && k.starts_with("core/persistentvolumeclaims/") {
+                touched_quota_ns.insert(ns.to_string());
             }
         }
         for ns in &terminating {
@@ -170,35 +157,12 @@ impl Core {
                 if pending.len() >= limits::GC_BATCH_OBJECTS_MAX {
                     break;
                 }
-                let has_finalizers = v["metadata"]["finalizers"]
-                    .as_array()
-                    .is_some_and(|f| !f.is_empty());
-                if !has_finalizers {
-                    pending.push((EventType::Deleted, k.clone(), (**v).clone()));
-                } else if v["metadata"].get("deletionTimestamp").is_none() {
-                    let mut nv = (**v).clone();
-                    nv["metadata"]["deletionTimestamp"] = json!(time::now_rfc3339());
-                    nv["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                    pending.push((EventType::Modified, k.clone(), nv));
-                }
+                delete_or_mark(k, v, pending);
             }
             if left > 0 {
                 continue;
             }
-            let mut nv = (**crd).clone();
-            let kept: Vec<Value> = finalizers
-                .into_iter()
-                .flatten()
-                .filter(|x| x.as_str() != Some(CRD_CLEANUP_FINALIZER))
-                .cloned()
-                .collect();
-            let kind = if kept.is_empty() {
-                EventType::Deleted
-            } else {
-                EventType::Modified
-            };
-            nv["metadata"]["finalizers"] = Value::Array(kept);
-            pending.push((kind, key.clone(), nv));
+            drop_finalizer(key, crd, CRD_CLEANUP_FINALIZER, pending);
         }
     }
 
@@ -233,36 +197,12 @@ impl Core {
                 {
                     continue;
                 }
-                let has_finalizers = v["metadata"]["finalizers"]
-                    .as_array()
-                    .is_some_and(|f| !f.is_empty());
-                if !has_finalizers {
-                    pending.push((EventType::Deleted, k.clone(), (**v).clone()));
-                } else if v["metadata"].get("deletionTimestamp").is_none() {
-                    let mut nv = (**v).clone();
-                    nv["metadata"]["deletionTimestamp"] = json!(time::now_rfc3339());
-                    nv["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                    pending.push((EventType::Modified, k.clone(), nv));
-                }
+                delete_or_mark(k, v, pending);
             }
             if blocked {
                 continue;
             }
-            let mut nv = (**owner).clone();
-            let kept: Vec<Value> = owner["metadata"]["finalizers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|x| *x != FOREGROUND_FINALIZER)
-                .cloned()
-                .collect();
-            let kind = if kept.is_empty() {
-                EventType::Deleted
-            } else {
-                EventType::Modified
-            };
-            nv["metadata"]["finalizers"] = Value::Array(kept);
-            pending.push((kind, key.clone(), nv));
+            drop_finalizer(key, owner, FOREGROUND_FINALIZER, pending);
         }
     }
 
@@ -297,6 +237,44 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// Deletes an object the collector removes, or, when it holds finalizers, marks it
+/// deleting (once) so its controllers finish it. Returns whether it was deleted.
+fn delete_or_mark(key: &str, v: &Arc<Value>, pending: &mut Pending) -> bool {
+    let has_finalizers = v["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    if !has_finalizers {
+        pending.push((EventType::Deleted, key.to_string(), (**v).clone()));
+        return true;
+    }
+    if v["metadata"].get("deletionTimestamp").is_none() {
+        let mut nv = (**v).clone();
+        nv["metadata"]["deletionTimestamp"] = json!(time::now_rfc3339());
+        nv["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        pending.push((EventType::Modified, key.to_string(), nv));
+    }
+    false
+}
+
+/// Removes `finalizer` from a deleting object; without finalizers left, it goes.
+fn drop_finalizer(key: &str, v: &Value, finalizer: &str, pending: &mut Pending) {
+    let mut nv = v.clone();
+    let kept: Vec<Value> = v["metadata"]["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x.as_str() != Some(finalizer))
+        .cloned()
+        .collect();
+    let kind = if kept.is_empty() {
+        EventType::Deleted
+    } else {
+        EventType::Modified
+    };
+    nv["metadata"]["finalizers"] = Value::Array(kept);
+    pending.push((kind, key.to_string(), nv));
 }
 
 pub(super) fn event_time(v: &Value) -> Option<i64> {

@@ -469,6 +469,24 @@ impl WriteCtx {
             String::new()
         }
     }
+
+    /// This write as a server-side apply of the client's version.
+    fn applier<'a>(
+        &'a self,
+        force: bool,
+        part: Part,
+        resource: &'a str,
+        name: &'a str,
+    ) -> fields::Applier<'a> {
+        fields::Applier {
+            manager: &self.manager,
+            force,
+            part,
+            root: self.rt.lists(&self.version),
+            resource,
+            name,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,21 @@ fn ctx(core: &Core, group: &str, plural: &str, ns: &str) -> WriteCtx {
     }
 }
 
+/// A fresh store with namespace `ns`.
+fn with_ns(ns: &str) -> (tempfile::TempDir, Core) {
+    let dir = tempfile::tempdir().unwrap();
+    let core = open(&dir);
+    make_ns(&core, ns);
+    (dir, core)
+}
+
+/// A fresh store with namespace `ns` and a write context for its ConfigMaps.
+fn configmaps_in(ns: &str) -> (tempfile::TempDir, Core, WriteCtx) {
+    let (dir, core) = with_ns(ns);
+    let c = ctx(&core, "", "configmaps", ns);
+    (dir, core, c)
+}
+
 fn make_ns(core: &Core, name: &str) {
     core.create(
         &ctx(core, "", "namespaces", ""),
@@ -71,10 +86,7 @@ fn watch_from_trimmed_history_is_gone_and_the_floor_survives_reopen() {
 
 #[test]
 fn dependents_go_when_their_owner_goes_unless_orphaned() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = open(&dir);
-    make_ns(&core, "a");
-    let c = ctx(&core, "", "configmaps", "a");
+    let (_dir, core, c) = configmaps_in("a");
     let owner = core
         .create(&c, json!({"metadata": {"name": "owner"}}))
         .unwrap()
@@ -108,10 +120,7 @@ fn dependents_go_when_their_owner_goes_unless_orphaned() {
 
 #[test]
 fn selector_watch_sees_objects_enter_and_leave() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = open(&dir);
-    make_ns(&core, "a");
-    let c = ctx(&core, "", "configmaps", "a");
+    let (_dir, core, c) = configmaps_in("a");
     core.create(
         &c,
         json!({"metadata": {"name": "cm", "labels": {"tier": "gold"}}}),
@@ -252,9 +261,7 @@ fn bad_continue_tokens_are_bad_requests() {
 
 #[test]
 fn events_expire_after_the_ttl() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = open(&dir);
-    make_ns(&core, "a");
+    let (_dir, core) = with_ns("a");
     let c = ctx(&core, "", "events", "a");
     let old = time::format_rfc3339(time::now_secs() - limits::EVENT_TTL.as_secs() as i64 - 60);
     core.create(&c, json!({"metadata": {"name": "old"}, "lastTimestamp": old, "involvedObject": {"kind": "Pod", "name": "p"}})).unwrap();
@@ -366,10 +373,7 @@ fn generate_name_missing_namespace_and_quota() {
 
 #[test]
 fn paged_lists_are_a_snapshot_of_the_first_page() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = open(&dir);
-    make_ns(&core, "a");
-    let c = ctx(&core, "", "configmaps", "a");
+    let (_dir, core, c) = configmaps_in("a");
     for n in ["c1", "c2", "c3", "c4"] {
         core.create(&c, json!({"metadata": {"name": n}, "data": {"v": "0"}}))
             .unwrap();
@@ -592,10 +596,7 @@ fn history_is_compacted_by_age_and_count() {
 
 #[test]
 fn foreground_deletion_waits_for_blocking_dependents() {
-    let dir = tempfile::tempdir().unwrap();
-    let core = open(&dir);
-    make_ns(&core, "a");
-    let c = ctx(&core, "", "configmaps", "a");
+    let (_dir, core, c) = configmaps_in("a");
     let owner = core
         .create(&c, json!({"metadata": {"name": "owner"}}))
         .unwrap()

@@ -111,6 +111,7 @@ impl Core {
                 &mut stored,
                 &ctx.manager,
                 Part::Main { has_status: false },
+                ctx.rt.stored_lists(),
             ),
         }
         let key = ctx.rt.key(&ctx.namespace_for_key(), &name);
@@ -220,41 +221,34 @@ impl Core {
                 if part == Part::Status {
                     return Err(not_found(&ctx.rt, name));
                 }
-                let mut obj = fields::apply(
-                    None,
-                    &applied,
-                    &ctx.manager,
-                    force,
-                    part,
-                    &ctx.rt.qualified(),
-                    name,
-                )?;
+                let resource = ctx.rt.qualified();
+                let mut obj =
+                    fields::apply(None, &applied, ctx.applier(force, part, &resource, name))?;
                 let managed = obj["metadata"]["managedFields"].clone();
                 obj["metadata"]["name"] = json!(name);
                 let mut w = self.create_with(ctx, obj, Some(managed))?;
                 w.created = true;
                 Ok(w)
             }
-            true => self.update_with(
-                ctx,
-                name,
-                part,
-                |current| {
-                    let mut merged = fields::apply(
-                        Some(current),
-                        &applied,
-                        &ctx.manager,
-                        force,
-                        part,
-                        &ctx.rt.qualified(),
-                        name,
-                    )?;
-                    merged["metadata"]["resourceVersion"] =
-                        current["metadata"]["resourceVersion"].clone();
-                    Ok(merged)
-                },
-                Source::Apply,
-            ),
+            true => {
+                let resource = ctx.rt.qualified();
+                self.update_with(
+                    ctx,
+                    name,
+                    part,
+                    |current| {
+                        let mut merged = fields::apply(
+                            Some(current),
+                            &applied,
+                            ctx.applier(force, part, &resource, name),
+                        )?;
+                        merged["metadata"]["resourceVersion"] =
+                            current["metadata"]["resourceVersion"].clone();
+                        Ok(merged)
+                    },
+                    Source::Apply,
+                )
+            }
         }
     }
 
@@ -445,7 +439,13 @@ impl Core {
         let mut new_stored = to_internal(rt, &new)?;
         if !managed_by_apply {
             let old_stored_ext = to_internal(rt, &current)?;
-            fields::track_update(Some(&old_stored_ext), &mut new_stored, &ctx.manager, part);
+            fields::track_update(
+                Some(&old_stored_ext),
+                &mut new_stored,
+                &ctx.manager,
+                part,
+                rt.stored_lists(),
+            );
         }
         if new_stored["metadata"]["managedFields"].is_null() {
             if let Some(m) = new_stored["metadata"].as_object_mut() {
