@@ -97,7 +97,10 @@ pub(crate) async fn catchup_loop(v: ReplicatedVolume) {
             .members
             .iter()
             .filter(|m| m.state != MemberState::Current)
-            .filter(|m| v.inner.cfg.replicas.contains(&m.address))
+            .filter(|m| {
+                v.inner.cfg.replicas.contains(&m.address)
+                    || v.inner.added.lock().contains(&m.address)
+            })
             .filter(|m| !busy.contains(&m.address))
             .cloned()
             .collect();

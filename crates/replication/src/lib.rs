@@ -12,7 +12,8 @@
 //! - [`volume`]: the replicated backend (`BlockBackend`): io numbers, in-sync writes,
 //!   eviction, reads, flushes, start-up fencing and reconcile; [`catchup`]: the
 //!   two-sided diff that brings a Stale or New replica back; [`snapshot`]: snapshots at
-//!   one io cut on every replica, missed-snapshot replay, clones.
+//!   one io cut on every replica, missed-snapshot replay, clones; [`members`]: add and
+//!   remove replicas, the offline force-promotion.
 //!
 //! Invariants (design §1): a write completes only when every Current replica acked it;
 //! a member leaves the Current set only by a recorded CAS made before any write completes
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod catchup;
 pub mod client;
 pub mod error;
+pub mod members;
 pub mod membership;
 pub mod server;
 pub mod snapshot;

@@ -141,7 +141,7 @@ pub(crate) struct Seq {
     pub(crate) targets: Vec<Target>,
     /// Writes below this io were sent before the last Current replica switched to
     /// write-through; they flush before completing.
-    wt_from: u64,
+    pub(crate) wt_from: u64,
     /// A snapshot's io cut being taken (snapshot.rs): no io above it is sent until it
     /// is cleared, and none of those gives up waiting.
     pub(crate) cut: Option<u64>,
@@ -253,6 +253,8 @@ pub(crate) struct Inner {
     pub(crate) size: AtomicU64,
     /// Backend events (capacity changes) for the LU.
     events: tokio::sync::broadcast::Sender<BackendEvent>,
+    /// Replica addresses added at run time (members.rs), caught up like `cfg.replicas`.
+    pub(crate) added: Mutex<Vec<String>>,
 }
 
 fn other(msg: impl std::fmt::Display) -> BackendError {
@@ -366,6 +368,7 @@ impl ReplicatedVolume {
             refused: Mutex::new(None),
             size: AtomicU64::new(cfg.size),
             events: tokio::sync::broadcast::channel(16).0,
+            added: Mutex::new(Vec::new()),
             cfg,
             store,
         });
@@ -1254,13 +1257,13 @@ pub(crate) async fn join_all<F: std::future::Future>(
     out
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     if pid == 0 {
         return false;
     }
