@@ -17,7 +17,7 @@
 //! Sub-block live writes: the member lists blocks they left partly stale (server
 //! `Partial`); those are re-copied (merged on the member) after the walk and once more
 //! with writes paused before readmission, which needs an empty list.
-//! Not yet: missed snapshots are not replayed.
+//! Missed snapshots are replayed (snapshot.rs) before the member joins the send set.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -97,7 +97,10 @@ pub(crate) async fn catchup_loop(v: ReplicatedVolume) {
             .members
             .iter()
             .filter(|m| m.state != MemberState::Current)
-            .filter(|m| v.inner.cfg.replicas.contains(&m.address))
+            .filter(|m| {
+                v.inner.cfg.replicas.contains(&m.address)
+                    || v.inner.added.lock().contains(&m.address)
+            })
             .filter(|m| !busy.contains(&m.address))
             .cloned()
             .collect();
@@ -178,6 +181,9 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
             }
             b
         };
+        let bs = u64::from(open.block_size.max(512));
+        // Missed snapshots first, before any live write reaches the member (snapshot.rs).
+        let (base, known_snaps) = crate::snapshot::replay_missed(v, &conn, base, bs, t).await?;
         let prog = progress_of(v, &id);
         prog.running.store(true, Ordering::SeqCst);
         let stats = Arc::new(SessionStats::default());
@@ -194,6 +200,7 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
             });
             x0
         };
+        crate::snapshot::check_after_join(v, &known_snaps).await?;
         // Every io below X0 is applied on the source before it is read.
         let w0 = Instant::now();
         while inner.seq.lock().watermark() + 1 < x0 {
@@ -231,7 +238,6 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
         let ranges: Vec<(u64, u64)> = union(ranges);
         let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
         prog.total.store(total, Ordering::SeqCst);
-        let bs = u64::from(open.block_size.max(512));
         let started = Instant::now();
         let mut since_cursor = 0u64;
         let mut tried: Vec<String> = Vec::new();

@@ -11,7 +11,9 @@
 //!   reservation) behind the [`membership::MembershipStore`] compare-and-swap seam.
 //! - [`volume`]: the replicated backend (`BlockBackend`): io numbers, in-sync writes,
 //!   eviction, reads, flushes, start-up fencing and reconcile; [`catchup`]: the
-//!   two-sided diff that brings a Stale or New replica back.
+//!   two-sided diff that brings a Stale or New replica back; [`snapshot`]: snapshots at
+//!   one io cut on every replica, missed-snapshot replay, clones; [`members`]: add and
+//!   remove replicas, the offline force-promotion.
 //!
 //! Invariants (design §1): a write completes only when every Current replica acked it;
 //! a member leaves the Current set only by a recorded CAS made before any write completes
@@ -23,8 +25,10 @@ pub mod auth;
 pub mod catchup;
 pub mod client;
 pub mod error;
+pub mod members;
 pub mod membership;
 pub mod server;
+pub mod snapshot;
 mod start;
 pub mod store;
 pub mod volume;

@@ -99,6 +99,24 @@ pub struct Record {
     pub pr: Option<String>,
     /// Last force-promotion.
     pub forced: Option<Forced>,
+    /// Snapshots of the volume, oldest first: each is on every Current replica at its io
+    /// cut; a Stale or New member gets the ones it lacks during catch-up. Left out of the
+    /// serialized record when empty, so records written before the field still verify.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotRec>,
+}
+
+/// A snapshot of the replicated volume in the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRec {
+    /// Name (the pool snapshot name on every replica).
+    pub name: String,
+    /// The io cut: the snapshot holds exactly the writes with io below it.
+    pub io: u64,
+    /// Volume size when taken, bytes.
+    pub size: u64,
+    /// Unix seconds.
+    pub at: u64,
 }
 
 impl Record {

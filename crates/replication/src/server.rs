@@ -134,6 +134,10 @@ impl Partial {
     }
 }
 
+fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, (Status, String)> {
+    serde_json::from_slice(body).map_err(|e| (Status::Invalid, format!("bad request body: {e}")))
+}
+
 fn bit(bm: &[u64], i: usize) -> bool {
     bm.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
 }
@@ -598,7 +602,8 @@ fn ordered_write(
 }
 
 /// The requests that need no ordering: FLUSH, READ, CHECKPOINT, CHANGED, READ_IO, APPLY,
-/// SET_CURSOR.
+/// SET_CURSOR, RESIZE, PARTIAL and the snapshot requests (the target orders a SNAPSHOT
+/// after every write below its cut and before any above it).
 async fn other_op(op: Op, body: Bytes, e: Arc<VolEntry>, sess: Arc<Session>) -> (Status, Bytes) {
     let r = blocking(move || -> Result<Bytes, (Status, String)> {
         let pe = |x: cstor_pool::PoolError| (status_of(&x), x.to_string());
@@ -703,6 +708,45 @@ async fn other_op(op: Op, body: Bytes, e: Arc<VolEntry>, sess: Arc<Session>) -> 
                 v.sort_unstable();
                 v.truncate(max.min(65_536) as usize);
                 Ok(wire::enc_u64s(&v))
+            }
+            Op::Snapshot => {
+                let r: wire::SnapReq = json(&body)?;
+                e.vol.snapshot_at(&r.name, r.io_cut).map_err(pe)?;
+                Ok(Bytes::new())
+            }
+            Op::Snapshots => Ok(wire::enc_json(&e.vol.snapshots().map_err(pe)?)),
+            Op::DeleteSnapshot => {
+                let r: wire::SnapReq = json(&body)?;
+                e.vol.delete_snapshot(&r.name).map_err(pe)?;
+                Ok(Bytes::new())
+            }
+            Op::Clone => {
+                let r: wire::CloneReq = json(&body)?;
+                let (guid, size) = e.vol.clone_snapshot(&r.snapshot, &r.clone).map_err(pe)?;
+                Ok(wire::enc_json(&wire::CloneReply {
+                    guid: format!("{guid:016x}"),
+                    size,
+                }))
+            }
+            Op::SnapBlocks => {
+                let r: wire::SnapBlocksReq = json(&body)?;
+                let max = (r.max as usize).clamp(1, CHANGED_PAGE_MAX);
+                let v = e
+                    .vol
+                    .snap_blocks(&r.snapshot, r.since, r.until, r.from, max)
+                    .map_err(pe)?;
+                Ok(wire::enc_ranges(&v))
+            }
+            Op::SnapRead => {
+                let r: wire::SnapReadReq = json(&body)?;
+                if r.len > 16 << 20 {
+                    return Err((Status::Invalid, "SNAP_READ of more than 16 MiB".into()));
+                }
+                let mut buf = vec![0u8; r.len as usize];
+                e.vol
+                    .read_snapshot(&r.snapshot, r.offset, &mut buf)
+                    .map_err(pe)?;
+                Ok(Bytes::from(buf))
             }
             Op::SetCursor => {
                 let c = std::str::from_utf8(&body)

@@ -250,6 +250,104 @@ impl ReplicaVolume {
         self.vol.set_cursor(cursor.map(str::as_bytes))
     }
 
+    /// Takes snapshot `name` at io cut `cut` (the caller made sure every write below the
+    /// cut was applied and none above it was). An existing snapshot of that name at the
+    /// same cut is kept (a retried request); one at another cut is an orphan of a failed
+    /// attempt the target never recorded, and is replaced.
+    pub fn snapshot_at(&self, name: &str, cut: u64) -> Result<(), PoolError> {
+        let vol = self.vol.name();
+        if let Some(s) = self.snapshots()?.into_iter().find(|s| s.name == name) {
+            if s.io_cut == Some(cut) {
+                return Ok(());
+            }
+            self.p().destroy_snapshot(vol, name)?;
+        }
+        self.p().snapshot_at_io(vol, name, cut)
+    }
+
+    /// The volume's snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<crate::wire::SnapInfo>, PoolError> {
+        Ok(self
+            .p()
+            .list_snapshots(self.vol.name())?
+            .into_iter()
+            .map(|s| crate::wire::SnapInfo {
+                name: s.name,
+                io_cut: s.io_cut,
+                size: s.size,
+                referenced: s.referenced,
+                used: s.used,
+                clones: s.clones,
+            })
+            .collect())
+    }
+
+    /// Destroys snapshot `name`; a missing one is not an error (deletes are retried on
+    /// replicas that missed them).
+    pub fn delete_snapshot(&self, name: &str) -> Result<(), PoolError> {
+        match self.p().destroy_snapshot(self.vol.name(), name) {
+            Err(PoolError::UnknownSnapshot { .. }) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Clones snapshot `snap` into the new pool volume `clone`; returns its guid and size.
+    /// A volume `clone` that already is a clone of this snapshot is returned as is (a
+    /// retried request).
+    pub fn clone_snapshot(&self, snap: &str, clone: &str) -> Result<(u64, u64), PoolError> {
+        let p = self.p();
+        let info = self.snapshots()?.into_iter().find(|s| s.name == snap);
+        if let Some(s) = &info {
+            if s.clones.iter().any(|c| c == clone) {
+                let v = p.volume(clone)?;
+                return Ok((v.guid(), v.size()));
+            }
+        }
+        let v = p.clone_snapshot(self.vol.name(), snap, clone)?;
+        Ok((v.guid(), v.size()))
+    }
+
+    /// Up to `max` runs of blocks of snapshot `snap` with one io each in `(since, until]`,
+    /// from byte `from` (holes included: an UNMAP is a run too).
+    pub fn snap_blocks(
+        &self,
+        snap: &str,
+        since: u64,
+        until: u64,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<Range>, PoolError> {
+        let mut out = Vec::new();
+        let target = format!("{}@{snap}", self.vol.name());
+        let r = self
+            .p()
+            .block_ios_between(&target, since, Some(until), &mut |b| {
+                if b.offset + b.len <= from {
+                    return Ok(());
+                }
+                let start = b.offset.max(from);
+                out.push(Range {
+                    offset: start,
+                    len: b.offset + b.len - start,
+                    io_max: b.io,
+                });
+                if out.len() >= max {
+                    return Err(PoolError::Busy("page full".into()));
+                }
+                Ok(())
+            });
+        match r {
+            Ok(()) => Ok(out),
+            Err(PoolError::Busy(m)) if m == "page full" => Ok(out),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a range of snapshot `snap`.
+    pub fn read_snapshot(&self, snap: &str, offset: u64, buf: &mut [u8]) -> Result<(), PoolError> {
+        self.p().read_snapshot(self.vol.name(), snap, offset, buf)
+    }
+
     /// Commits a txg now (the checkpoint set before it becomes durable).
     pub fn commit(&self) -> Result<(), PoolError> {
         self.p().sync().map(|_| ())

@@ -133,25 +133,32 @@ pub(crate) struct Target {
 pub(crate) struct Seq {
     pub(crate) next: u64,
     pub(crate) reserved: u64,
-    issued: BTreeSet<u64>,
-    inflight: BTreeSet<u64>,
-    expired: BTreeSet<u64>,
+    pub(crate) issued: BTreeSet<u64>,
+    pub(crate) inflight: BTreeSet<u64>,
+    pub(crate) expired: BTreeSet<u64>,
     pub(crate) max_sent: u64,
     pub(crate) paused: bool,
     pub(crate) targets: Vec<Target>,
     /// Writes below this io were sent before the last Current replica switched to
     /// write-through; they flush before completing.
-    wt_from: u64,
+    pub(crate) wt_from: u64,
+    /// A snapshot's io cut being taken (snapshot.rs): no io above it is sent until it
+    /// is cleared, and none of those gives up waiting.
+    pub(crate) cut: Option<u64>,
 }
 
 impl Seq {
     /// Every io at or below this completed (or failed).
     pub(crate) fn watermark(&self) -> u64 {
-        let lo = [self.issued.first(), self.inflight.first()]
-            .into_iter()
-            .flatten()
-            .min()
-            .copied();
+        let lo = [
+            self.issued.first(),
+            self.inflight.first(),
+            self.cut.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .copied();
         match lo {
             Some(n) => n - 1,
             None => self.next - 1,
@@ -246,6 +253,8 @@ pub(crate) struct Inner {
     pub(crate) size: AtomicU64,
     /// Backend events (capacity changes) for the LU.
     events: tokio::sync::broadcast::Sender<BackendEvent>,
+    /// Replica addresses added at run time (members.rs), caught up like `cfg.replicas`.
+    pub(crate) added: Mutex<Vec<String>>,
 }
 
 fn other(msg: impl std::fmt::Display) -> BackendError {
@@ -359,6 +368,7 @@ impl ReplicatedVolume {
             refused: Mutex::new(None),
             size: AtomicU64::new(cfg.size),
             events: tokio::sync::broadcast::channel(16).0,
+            added: Mutex::new(Vec::new()),
             cfg,
             store,
         });
@@ -942,7 +952,8 @@ impl ReplicatedVolume {
                 if q.expired.remove(&io) {
                     return Err(BackendError::NotStarted);
                 }
-                let blocked = q.paused || q.issued.range(..io).next().is_some();
+                let held = q.paused || q.cut.is_some_and(|c| c < io);
+                let blocked = held || q.issued.range(..io).next().is_some();
                 if blocked && ctx.must_not_start() {
                     q.issued.remove(&io);
                     q.expired.remove(&io);
@@ -950,7 +961,7 @@ impl ReplicatedVolume {
                     inner.seq_wake.notify_waiters();
                     return Err(BackendError::NotStarted);
                 }
-                if blocked && !q.paused && t0.elapsed() >= SEQ_GAP {
+                if blocked && !held && t0.elapsed() >= SEQ_GAP {
                     // Numbers drawn but never used: give them up (late calls get BUSY).
                     let gaps: Vec<u64> = q.issued.range(..io).copied().collect();
                     for g in gaps {
@@ -958,7 +969,7 @@ impl ReplicatedVolume {
                         q.expired.insert(g);
                     }
                 }
-                let blocked = q.paused || q.issued.range(..io).next().is_some();
+                let blocked = held || q.issued.range(..io).next().is_some();
                 if !blocked {
                     if q.targets.iter().all(|t| !t.current) {
                         return Err(BackendError::Busy);
@@ -1246,13 +1257,13 @@ pub(crate) async fn join_all<F: std::future::Future>(
     out
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     if pid == 0 {
         return false;
     }

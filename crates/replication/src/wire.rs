@@ -70,6 +70,19 @@ pub enum Op {
     Partial = 15,
     /// Grow the volume online to a new size.
     Resize = 16,
+    /// Take a snapshot at an io cut (JSON [`SnapReq`]).
+    Snapshot = 17,
+    /// List the volume's snapshots (reply JSON `Vec<`[`SnapInfo`]`>`).
+    Snapshots = 18,
+    /// Destroy a snapshot (JSON [`SnapReq`]; a missing one is not an error).
+    DeleteSnapshot = 19,
+    /// Clone a snapshot into a new volume of the same pool (JSON [`CloneReq`]).
+    Clone = 20,
+    /// Runs of a snapshot's blocks with io in (since, until] (JSON [`SnapBlocksReq`];
+    /// reply as CHANGED, `io_max` being the run's one io).
+    SnapBlocks = 21,
+    /// Read a range of a snapshot (JSON [`SnapReadReq`]; reply: data).
+    SnapRead = 22,
 }
 
 /// Bit set in the opcode of a reply.
@@ -95,6 +108,12 @@ impl Op {
             14 => Op::SetCursor,
             15 => Op::Partial,
             16 => Op::Resize,
+            17 => Op::Snapshot,
+            18 => Op::Snapshots,
+            19 => Op::DeleteSnapshot,
+            20 => Op::Clone,
+            21 => Op::SnapBlocks,
+            22 => Op::SnapRead,
             _ => return None,
         })
     }
@@ -343,6 +362,82 @@ pub struct Range {
     pub len: u64,
     /// Highest io in it.
     pub io_max: u64,
+}
+
+/// SNAPSHOT and DELETE_SNAPSHOT request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapReq {
+    /// Snapshot name (without the volume).
+    pub name: String,
+    /// The io cut (SNAPSHOT only; 0 in DELETE_SNAPSHOT).
+    #[serde(default)]
+    pub io_cut: u64,
+}
+
+/// One snapshot in a SNAPSHOTS reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapInfo {
+    /// Snapshot name.
+    pub name: String,
+    /// Its io cut (None: not taken at a cut, so not the target's).
+    pub io_cut: Option<u64>,
+    /// Volume size when taken.
+    pub size: u64,
+    /// Bytes its contents reference.
+    pub referenced: u64,
+    /// Bytes only it holds.
+    pub used: u64,
+    /// Volumes cloned from it.
+    pub clones: Vec<String>,
+}
+
+/// CLONE request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneReq {
+    /// Snapshot of the session's volume.
+    pub snapshot: String,
+    /// New volume name.
+    pub clone: String,
+}
+
+/// CLONE reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneReply {
+    /// Guid of the new volume (as OPEN reports it).
+    pub guid: String,
+    /// Size, bytes.
+    pub size: u64,
+}
+
+/// SNAP_BLOCKS request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapBlocksReq {
+    /// Snapshot name.
+    pub snapshot: String,
+    /// Lower io bound (exclusive).
+    pub since: u64,
+    /// Upper io bound (inclusive).
+    pub until: u64,
+    /// First byte.
+    pub from: u64,
+    /// Most runs in the reply.
+    pub max: u64,
+}
+
+/// SNAP_READ request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapReadReq {
+    /// Snapshot name.
+    pub snapshot: String,
+    /// Offset, bytes.
+    pub offset: u64,
+    /// Length, bytes.
+    pub len: u64,
+}
+
+/// A JSON request body.
+pub fn enc_json<T: Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
 /// Encodes WRITE: offset, io, data.

@@ -1,0 +1,178 @@
+//! Membership changes of design §2.10 and the §4 row "Stale R3 returns; target
+//! restarted; only R3 reachable": add a replica under load (New -> full copy -> Current,
+//! rf + 1), remove replicas down to the last Current one, and the offline force-current.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use cstor_iscsi::backend::{BlockBackend, IoCtx};
+use cstor_replication::members::force_current;
+use cstor_replication::membership::MembershipStore;
+use cstor_replication::volume::Phase;
+use cstor_replication::{FileStore, MemberState, ReplicatedVolume};
+
+const SIZE: u64 = 16 << 20;
+const BLOCKS: u64 = 512;
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    reps: Vec<Rep>,
+    proxies: Vec<Proxy>,
+    store: Arc<FileStore>,
+}
+
+async fn cluster(n: usize) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reps = Vec::new();
+    let mut proxies = Vec::new();
+    for i in 0..n {
+        let r = Rep::start(
+            pool_on_file(dir.path(), &format!("p{i}")),
+            &format!("r{i}"),
+            None,
+        )
+        .await;
+        proxies.push(Proxy::start(r.addr()).await);
+        reps.push(r);
+    }
+    let store = Arc::new(FileStore::new(dir.path().join("state")).unwrap());
+    Cluster {
+        _dir: dir,
+        reps,
+        proxies,
+        store,
+    }
+}
+
+impl Cluster {
+    fn addrs(&self) -> Vec<String> {
+        self.proxies.iter().map(|p| p.addr.clone()).collect()
+    }
+    fn state_of(&self, id: &str) -> Option<MemberState> {
+        let (r, _) = self.store.read().unwrap();
+        r.member(id).map(|m| m.state)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_replica_under_load_then_remove_down_to_the_last_current() {
+    let c = cluster(3).await;
+    let addrs = c.addrs();
+    let v = ReplicatedVolume::start(cfg(SIZE, addrs[..2].to_vec()), c.store.clone())
+        .await
+        .unwrap();
+    assert_eq!(v.ready().await, Phase::Healthy);
+    let truth = Arc::new(Truth::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs = spawn_writers(&v, BLOCKS, 4, truth.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        v.add_replica(&addrs[1]).await.is_err(),
+        "added a member twice"
+    );
+    let m = v.add_replica(&addrs[2]).await.unwrap();
+    assert_eq!((m.id.as_str(), m.state), ("r2", MemberState::New));
+    assert_eq!(c.store.read().unwrap().0.rf, 3);
+    wait_for(30, "the added replica Current", || {
+        c.state_of("r2") == Some(MemberState::Current)
+    })
+    .await;
+    assert_eq!(v.status().phase, Phase::Healthy);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    for h in hs {
+        h.await.unwrap();
+    }
+    assert_eq!(truth.failed.load(Ordering::SeqCst), 0, "a write failed");
+    verify(&v, &truth, BLOCKS).await;
+    v.flush(&IoCtx::new(Instant::now() + Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let img = c.reps[0].image(SIZE);
+    assert!(img == c.reps[2].image(SIZE), "the added replica differs");
+
+    // Scale down: two removals, then the last Current replica is refused.
+    v.remove_replica("r0").await.unwrap();
+    assert!(v.remove_replica("r0").await.is_err(), "removed twice");
+    v.remove_replica("r1").await.unwrap();
+    let (rec, _) = c.store.read().unwrap();
+    assert_eq!(rec.rf, 1);
+    assert_eq!(rec.current_ids(), vec!["r2".to_string()]);
+    let e = v.remove_replica("r2").await.unwrap_err();
+    assert!(e.to_string().contains("only Current"), "{e}");
+    // Still serving, from r2 alone (write-through).
+    v.write(&ctx(&v, false), 0, block(0xabc)).await.unwrap();
+    let rd = IoCtx::new(Instant::now() + Duration::from_secs(10));
+    assert!(v.read(&rd, 0, BS as u32).await.unwrap() == block(0xabc));
+    assert_eq!(v.status().phase, Phase::Healthy);
+    v.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_stale_replica_reachable_stays_offline_until_forced() {
+    let c = cluster(3).await;
+    let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), c.store.clone())
+        .await
+        .unwrap();
+    assert_eq!(v.ready().await, Phase::Healthy);
+    for b in 0..32 {
+        v.write(&ctx(&v, false), b * BS, block(0x100 + b))
+            .await
+            .unwrap();
+    }
+    c.proxies[2].set(CUT);
+    v.write(&ctx(&v, false), 40 * BS, block(1)).await.unwrap();
+    wait_for(10, "R2 Stale", || {
+        c.state_of("r2") == Some(MemberState::Stale)
+    })
+    .await;
+    // Acknowledged while R2 is away: only R0 and R1 hold it.
+    v.write(&ctx(&v, true), 0, block(0x999)).await.unwrap();
+    v.shutdown().await.unwrap();
+    // Only R2 reachable: not served.
+    c.proxies[0].set(CUT);
+    c.proxies[1].set(CUT);
+    c.proxies[2].set(PASS);
+    let v2 = ReplicatedVolume::start(cfg(SIZE, c.addrs()), c.store.clone())
+        .await
+        .unwrap();
+    assert_eq!(v2.ready().await, Phase::Offline);
+    // Refused without --accept-data-loss, and while the holder (v2, alive) is live.
+    let e = force_current(c.store.clone(), "r2", "t@h", false, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("accept-data-loss"), "{e}");
+    let e = force_current(c.store.clone(), "r2", "t@h", true, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("stop it first"), "{e}");
+    // The holder dies and stops renewing: once T_takeover passed (0 here: its process is
+    // this test's, so the dead-pid rule cannot show it) the force is allowed.
+    v2.crash();
+    drop(v2);
+    let before = c.store.read().unwrap().0;
+    let rec = force_current(c.store.clone(), "r2", "t@h", true, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(rec.epoch, before.epoch + 1);
+    assert_eq!(rec.forced.as_ref().unwrap().member, "r2");
+    assert_eq!(rec.forced.as_ref().unwrap().by, "t@h");
+    assert_eq!(c.state_of("r2"), Some(MemberState::Current));
+    // Served from R2 now (the write it missed is lost, as accepted).
+    let v3 = ReplicatedVolume::start(cfg(SIZE, c.addrs()), c.store.clone())
+        .await
+        .unwrap();
+    assert_eq!(v3.ready().await, Phase::Degraded);
+    let rd = IoCtx::new(Instant::now() + Duration::from_secs(10));
+    assert!(v3.read(&rd, BS, BS as u32).await.unwrap() == block(0x101));
+    assert!(v3.read(&rd, 0, BS as u32).await.unwrap() == block(0x100));
+    v3.write(&ctx(&v3, false), 0, block(0x777)).await.unwrap();
+    assert!(v3.read(&rd, 0, BS as u32).await.unwrap() == block(0x777));
+    let (r, _) = c.store.read().unwrap();
+    assert_eq!(r.member("r0").unwrap().state, MemberState::Stale);
+    v3.shutdown().await.unwrap();
+}
