@@ -1,7 +1,8 @@
 //! A leaf vdev: one device, its worker threads, its health and error counters.
 //!
 //! Owns: the device handle (shared with its workers), a bounded request queue, the state
-//! (ONLINE / FAULTED / UNAVAIL / REMOVED) and read/write/checksum error counters.
+//! (ONLINE / FAULTED / UNAVAIL / REMOVED), read/write/checksum error counters and
+//! read/write latency histograms (relaxed atomics, for metrics).
 //! Invariants: every request waits at most the I/O timeout; a device that does not answer
 //! in time, or whose write or flush fails, is latched FAULTED and gets no further I/O
 //! (fail-stop: a flush is never retried) until the pool is imported again. Reads that fail
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::VecDeque;
 
+use cstor_iostats::{HistogramSnapshot, LatencyHistogram};
 use parking_lot::{Condvar, Mutex};
 
 use super::device::Device;
@@ -189,6 +191,7 @@ impl Queue {
 /// A request in flight.
 pub(crate) struct Pending<T> {
     slot: Reply<T>,
+    started: Instant,
     deadline: Instant,
     op: &'static str,
     offset: u64,
@@ -209,6 +212,9 @@ pub struct Leaf {
     read_errors: AtomicU64,
     write_errors: AtomicU64,
     checksum_errors: AtomicU64,
+    /// Latency of successful reads (queued and cached) and writes, for metrics.
+    read_latency: LatencyHistogram,
+    write_latency: LatencyHistogram,
 }
 
 impl std::fmt::Debug for Job {
@@ -295,6 +301,8 @@ impl Leaf {
             read_errors: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             checksum_errors: AtomicU64::new(0),
+            read_latency: LatencyHistogram::default(),
+            write_latency: LatencyHistogram::default(),
         })
     }
 
@@ -312,6 +320,8 @@ impl Leaf {
             read_errors: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             checksum_errors: AtomicU64::new(0),
+            read_latency: LatencyHistogram::default(),
+            write_latency: LatencyHistogram::default(),
         })
     }
 
@@ -351,6 +361,10 @@ impl Leaf {
             self.checksum_errors.load(Ordering::Relaxed),
         )
     }
+    /// Latency histograms of successful (read, write) requests since open.
+    pub fn latency(&self) -> (HistogramSnapshot, HistogramSnapshot) {
+        (self.read_latency.snapshot(), self.write_latency.snapshot())
+    }
     /// Count a block copy or column that failed verification.
     pub fn count_checksum_error(&self) {
         self.checksum_errors.fetch_add(1, Ordering::Relaxed);
@@ -387,11 +401,13 @@ impl Leaf {
         let Some(tx) = self.tx.as_ref().filter(|_| self.is_online()) else {
             return Err(self.not_online());
         };
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let deadline = started + self.timeout;
         let slot = Slot::new();
         if tx.push_until(make(slot.clone()), deadline) {
             Ok(Pending {
                 slot,
+                started,
                 deadline,
                 op,
                 offset,
@@ -453,9 +469,11 @@ impl Leaf {
     /// [`Self::submit_read_v`]). Only while ONLINE: a faulted device is never read.
     pub(crate) fn read_cached(&self, offset: u64, lens: &[usize]) -> Option<Vec<Vec<u8>>> {
         let dev = self.dev.as_ref().filter(|_| self.is_online())?;
+        let started = Instant::now();
         let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l]).collect();
         let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
         dev.read_cached_at(&mut slices, offset)?;
+        self.read_latency.record(started.elapsed());
         Some(bufs)
     }
     /// Queue writes of `pieces` back to back from device `offset` (one request).
@@ -479,7 +497,14 @@ impl Leaf {
     pub(crate) fn wait<T>(&self, p: Pending<T>) -> Result<T, SpaError> {
         let is_read = p.op == "read";
         match p.slot.take_until(p.deadline) {
-            Some(Ok(v)) => Ok(v),
+            Some(Ok(v)) => {
+                match p.op {
+                    "read" => self.read_latency.record(p.started.elapsed()),
+                    "write" => self.write_latency.record(p.started.elapsed()),
+                    _ => {}
+                }
+                Ok(v)
+            }
             Some(Err(e)) => {
                 if is_read {
                     let n = self.read_errors.fetch_add(1, Ordering::Relaxed) + 1;
