@@ -87,17 +87,15 @@ impl HistogramSnapshot {
         self.sum_ns as f64 / 1e9
     }
 
-    /// Cumulative counts per finite upper bound in seconds, as Prometheus histograms
-    /// expose them (the +Inf bucket is [`HistogramSnapshot::count`]).
-    pub fn cumulative_seconds(&self) -> Vec<(f64, u64)> {
-        let mut acc = 0;
+    /// Per-bucket (not cumulative) counts with their upper bounds in seconds, the last
+    /// bound `f64::INFINITY`: what prometheus-client's histogram encoder takes (it
+    /// accumulates them into `le` buckets).
+    pub fn buckets_seconds(&self) -> Vec<(f64, u64)> {
         BUCKET_BOUNDS_NS
             .iter()
-            .zip(&self.buckets)
-            .map(|(&b, &n)| {
-                acc += n;
-                (b as f64 / 1e9, acc)
-            })
+            .map(|&b| b as f64 / 1e9)
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.buckets)
             .collect()
     }
 
@@ -126,10 +124,11 @@ mod tests {
         assert_eq!(first.count(), 3);
         assert_eq!(first.buckets[0], 2, "50 us is at or below the first bound");
         assert_eq!(first.buckets[6], 1, "3 ms falls in (2.5 ms, 5 ms]");
-        let cum = first.cumulative_seconds();
-        assert_eq!(cum.len(), BUCKET_BOUNDS_NS.len());
-        assert_eq!(cum[5], (0.0025, 2));
-        assert_eq!(cum[6].1, 3);
+        let b = first.buckets_seconds();
+        assert_eq!(b.len(), BUCKETS);
+        assert_eq!(b[0], (0.00005, 2));
+        assert_eq!(b[6], (0.005, 1));
+        assert_eq!(b[BUCKETS - 1], (f64::INFINITY, 0));
         h.record(Duration::from_secs(20));
         h.record(Duration::from_secs(10));
         let second = h.snapshot();
