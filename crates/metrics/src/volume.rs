@@ -218,7 +218,7 @@ pub(crate) fn collect(
         count(&["Degraded", "Rebuilding"]),
     );
     f.gauge(
-        "openebs_offline_replica_count",
+        "openebs_volume_offline_replicas",
         "Members not connected",
         &vl,
         count(&["Offline"]),
