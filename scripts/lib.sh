@@ -28,6 +28,13 @@ ensure_rust_tools() {
 ensure_test_packages() {
   ensure_commands iscsi-test-cu:libiscsi-bin iscsi-inq:libiscsi-bin mkfs.ext4:e2fsprogs \
     losetup:mount nbdfuse:libnbd-bin fusermount3:fuse3
+  # promtool (Debian's prometheus package) checks every /metrics endpoint and tests the
+  # seed's alert rules (crates/cstor/tests/metrics_cli.rs fails under CI without it).
+  if ! command -v promtool >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends prometheus >/dev/null
+  fi
   # qemu-block-extra (bookworm 7.2) replaces a backported qemu-utils; install both from
   # bookworm so qemu-img has the iscsi driver (../shared/reference/harness.md §0).
   if [ ! -e /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so ]; then

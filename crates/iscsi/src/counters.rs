@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use cstor_iostats::{HistogramSnapshot, LatencyHistogram};
+
 /// Counters of one target; monotonic since the target was added.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -14,6 +16,8 @@ pub struct Counters {
     unmap_ops: AtomicU64,
     flush_ops: AtomicU64,
     busy_ns: AtomicU64,
+    read_latency: LatencyHistogram,
+    write_latency: LatencyHistogram,
 }
 
 /// A snapshot of `Counters`.
@@ -33,6 +37,12 @@ pub struct CounterSnapshot {
     pub flush_ops: u64,
     /// Time spent in backend calls, summed over concurrent calls, nanoseconds.
     pub busy_ns: u64,
+    /// Latency of successful medium reads, from admission (a hold included) to
+    /// settlement; its sum is cStor's read time.
+    pub read_latency: HistogramSnapshot,
+    /// Latency of successful modifying backend calls (writes, WRITE SAME, UNMAP,
+    /// COMPARE AND WRITE), measured the same way.
+    pub write_latency: HistogramSnapshot,
 }
 
 impl Counters {
@@ -54,6 +64,12 @@ impl Counters {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.busy_ns.fetch_add(ns, Ordering::Relaxed);
     }
+    pub(crate) fn read_latency(&self, d: Duration) {
+        self.read_latency.record(d);
+    }
+    pub(crate) fn write_latency(&self, d: Duration) {
+        self.write_latency.record(d);
+    }
     /// Reads all counters.
     pub fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
@@ -64,6 +80,8 @@ impl Counters {
             unmap_ops: self.unmap_ops.load(Ordering::Relaxed),
             flush_ops: self.flush_ops.load(Ordering::Relaxed),
             busy_ns: self.busy_ns.load(Ordering::Relaxed),
+            read_latency: self.read_latency.snapshot(),
+            write_latency: self.write_latency.snapshot(),
         }
     }
 }

@@ -43,6 +43,10 @@ struct ServeArgs {
     /// Replica id (the slot) reported to targets; default: the pool guid.
     #[arg(long)]
     replica_id: Option<String>,
+    /// Serve Prometheus metrics of the pool and its volumes on ADDR:PORT at /metrics
+    /// (docs/metrics.md).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
 }
 
 /// A pool held open by this process, as the replication crate sees it.
@@ -89,6 +93,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let (open, _) = tokio::task::block_in_place(|| host.get_or_open(&registry, &a.pool))
         .with_context(|| format!("opening pool {}", a.pool))?;
     let admin = AdminServer::start(&registry.socket_path(&a.pool)?, open.clone())?;
+    let exporter = cstor_metrics::Exporter::new();
+    exporter.add_pool(open.clone());
+    let metrics = super::metrics::start(a.metrics.as_deref(), &exporter).await?;
     let id = a
         .replica_id
         .clone()
@@ -106,6 +113,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
         _ = term.recv() => Ok(()),
     };
     server.stop();
+    drop(metrics);
+    drop(exporter);
     tokio::task::block_in_place(|| {
         server.mark_clean();
         drop(admin);

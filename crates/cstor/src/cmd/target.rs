@@ -10,6 +10,7 @@ use cstor_iscsi::{
     BlockBackend, ChapConfig, FileBackend, FileReservationStore, ReservationStore, Server,
     TargetConfig,
 };
+use cstor_metrics::{Backing, Exporter, TargetSource, VolumeLabels};
 use cstor_node::registry::Registry;
 use cstor_node::socket::AdminServer;
 use cstor_node::volume_backend::PoolVolumeBackend;
@@ -149,6 +150,10 @@ struct ServeArgs {
     /// Physical block size reported to initiators (power of two, 512 to 131072 bytes).
     #[arg(long, default_value_t = 4096)]
     physical_block_size: u32,
+    /// Serve Prometheus metrics of the targets (and the pools of --volume targets) on
+    /// ADDR:PORT at /metrics (docs/metrics.md).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
     /// Replicated volume options (with --replica, --volume is the volume NAME).
     #[command(flatten)]
     repl: super::target_replicated::ReplArgs,
@@ -206,6 +211,45 @@ pub fn open_volume_backend(
             .push(server);
     }
     Ok(Arc::new(PoolVolumeBackend::new(open, vol)?))
+}
+
+/// Registers a target just added to `server` (and the pool of a pool volume) with the
+/// metrics exporter; exported whether or not `--metrics` serves them (it is cheap).
+fn export(common: &Common, server: &Arc<Server>, spec: &Spec) {
+    let backing = match (&spec.file, &spec.volume) {
+        (Some(f), _) => Backing::File(f.clone()),
+        (None, Some(v)) => {
+            let Some((pool, vol)) = v.split_once('/') else {
+                return;
+            };
+            let Some(open) = common
+                .hosting
+                .host
+                .pools()
+                .into_iter()
+                .find(|p| p.name() == pool)
+            else {
+                return;
+            };
+            common.exporter.add_pool(open.clone());
+            Backing::PoolVolume {
+                pool: open,
+                volume: vol.to_owned(),
+            }
+        }
+        (None, None) => return,
+    };
+    let name = match &spec.volume {
+        Some(v) => v.rsplit('/').next().unwrap_or(v),
+        // cStor's IQNs end in the volume (PV) name.
+        None => spec.iqn.rsplit(':').next().unwrap_or(&spec.iqn),
+    };
+    common.exporter.add_target(TargetSource {
+        server: server.clone(),
+        iqn: spec.iqn.clone(),
+        labels: VolumeLabels::named(name),
+        backing,
+    });
 }
 
 /// A parsed target spec.
@@ -279,6 +323,7 @@ fn parse_spec(s: &str) -> Result<Spec> {
 #[derive(Debug, Clone)]
 struct Common {
     hosting: Arc<VolumeHosting>,
+    exporter: Exporter,
     io_timeout: Duration,
     hold_timeout: Duration,
     phys_block_exponent: u8,
@@ -474,6 +519,7 @@ async fn serve_replicated(a: ServeArgs) -> Result<()> {
         io_timeout: Duration::from_millis(a.io_timeout_ms.clamp(1, 10_000)),
         phys_block_exponent: phys_exponent(a.physical_block_size)?,
         max_buffered: parse_size(&a.max_buffered).context("--max-buffered")?,
+        metrics: a.metrics.clone(),
     };
     super::target_replicated::serve(c, &a.repl).await
 }
@@ -487,6 +533,7 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
     }
     let common = Common {
         hosting,
+        exporter: Exporter::new(),
         io_timeout: Duration::from_millis(a.io_timeout_ms),
         hold_timeout: parse_hold_timeout(&a.hold_timeout)?,
         phys_block_exponent: phys_exponent(a.physical_block_size)?,
@@ -531,7 +578,9 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
                     .with_context(|| format!("target {}", s.iqn))?,
             )
             .with_context(|| format!("target {}", s.iqn))?;
+        export(&common, &server, s);
     }
+    let metrics = super::metrics::start(a.metrics.as_deref(), &common.exporter).await?;
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
@@ -547,6 +596,7 @@ async fn serve_with(a: ServeArgs, hosting: Arc<VolumeHosting>) -> Result<()> {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
     };
+    drop(metrics);
     server.close_all().await;
     if let Some(t) = control_task {
         t.abort();
@@ -610,6 +660,7 @@ mod control {
                 let spec = parse_spec(rest)?;
                 let cfg = tokio::task::block_in_place(|| config_of(&spec, common))?;
                 server.add_target(cfg)?;
+                export(common, server, &spec);
                 Ok(format!("added {}\n", spec.iqn))
             }
             "add-file" => {
@@ -623,6 +674,7 @@ mod control {
                     if let Err(e) = r {
                         bail!("target {}: {e:#} ({added} of {} added)", s.iqn, specs.len());
                     }
+                    export(common, server, s);
                     added += 1;
                 }
                 Ok(format!("added {added} targets\n"))
@@ -642,6 +694,7 @@ mod control {
             }
             "remove" => {
                 server.remove_target(rest).await?;
+                common.exporter.remove_target(rest);
                 Ok(format!("removed {rest}\n"))
             }
             "list" => {

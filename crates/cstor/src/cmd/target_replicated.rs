@@ -72,6 +72,8 @@ pub struct Common {
     pub phys_block_exponent: u8,
     /// Command data budget, bytes.
     pub max_buffered: u64,
+    /// `--metrics ADDR:PORT` (cmd/metrics.rs).
+    pub metrics: Option<String>,
 }
 
 fn load_key(p: &Option<PathBuf>) -> Result<Option<AuthKey>> {
@@ -113,6 +115,10 @@ pub async fn serve(c: Common, a: &ReplArgs) -> Result<()> {
     server
         .add_target(tcfg)
         .with_context(|| format!("target {}", c.iqn))?;
+    let exporter = cstor_metrics::Exporter::new();
+    let labels = cstor_metrics::VolumeLabels::named(&c.volume);
+    exporter.add_replicated_volume(server.clone(), &c.iqn, labels, vol.clone());
+    let _metrics = super::metrics::start(c.metrics.as_deref(), &exporter).await?;
     let listener = tokio::net::TcpListener::bind(&c.listen)
         .await
         .with_context(|| format!("listening on {}", c.listen))?;

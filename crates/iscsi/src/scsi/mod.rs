@@ -444,11 +444,14 @@ impl LogicalUnit {
         offset: u64,
         len: u32,
     ) -> Result<Bytes, ScsiError> {
+        let started = Instant::now();
         let turn = self.holds.admit(cancel).await?;
         let ctx = self.ctx(cancel, false);
         let f = self.backend.read(&ctx, offset, len);
         drop(turn);
-        self.settle(&ctx, f, false).await
+        let data = self.settle(&ctx, f, false).await?;
+        self.counters.read_latency(started.elapsed());
+        Ok(data)
     }
 
     /// Makes completed writes stable for a command.
@@ -469,6 +472,7 @@ impl LogicalUnit {
         fua: bool,
         call: impl FnOnce(&'s dyn BlockBackend, &IoCtx) -> BackendFuture<'s, T>,
     ) -> Result<T, ScsiError> {
+        let started = Instant::now();
         let turn = self.holds.admit(cancel).await?;
         if cancel.is_raised() {
             return Err(ScsiError::busy());
@@ -482,7 +486,9 @@ impl LogicalUnit {
         };
         // Issued: a command queued behind this one during a hold may go now.
         drop(turn);
-        self.settle(&ctx, f, true).await
+        let r = self.settle(&ctx, f, true).await?;
+        self.counters.write_latency(started.elapsed());
+        Ok(r)
     }
 
     /// Awaits a backend call until it settles (never dropping it), raising the command's

@@ -1,7 +1,8 @@
 //! A leaf vdev: one device, its worker threads, its health and error counters.
 //!
 //! Owns: the device handle (shared with its workers), a bounded request queue, the state
-//! (ONLINE / FAULTED / UNAVAIL / REMOVED) and read/write/checksum error counters.
+//! (ONLINE / FAULTED / UNAVAIL / REMOVED), read/write/checksum error counters and
+//! read/write latency histograms (relaxed atomics, for metrics).
 //! Invariants: every request waits at most the I/O timeout; a device that does not answer
 //! in time, or whose write or flush fails, is latched FAULTED and gets no further I/O
 //! (fail-stop: a flush is never retried) until the pool is imported again. Reads that fail
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::VecDeque;
 
+use cstor_iostats::{HistogramSnapshot, LatencyHistogram};
 use parking_lot::{Condvar, Mutex};
 
 use super::device::Device;
@@ -174,6 +176,7 @@ impl Queue {
 /// A request in flight.
 pub(crate) struct Pending<T> {
     slot: Reply<T>,
+    started: Instant,
     deadline: Instant,
     op: &'static str,
     offset: u64,
@@ -194,6 +197,9 @@ pub struct Leaf {
     read_errors: AtomicU64,
     write_errors: AtomicU64,
     checksum_errors: AtomicU64,
+    /// Latency of successful reads (queued and cached) and writes, for metrics.
+    read_latency: LatencyHistogram,
+    write_latency: LatencyHistogram,
 }
 
 impl std::fmt::Debug for Job {
@@ -279,6 +285,8 @@ impl Leaf {
             read_errors: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             checksum_errors: AtomicU64::new(0),
+            read_latency: LatencyHistogram::default(),
+            write_latency: LatencyHistogram::default(),
         })
     }
 
@@ -296,6 +304,8 @@ impl Leaf {
             read_errors: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             checksum_errors: AtomicU64::new(0),
+            read_latency: LatencyHistogram::default(),
+            write_latency: LatencyHistogram::default(),
         })
     }
 
@@ -335,6 +345,10 @@ impl Leaf {
             self.checksum_errors.load(Ordering::Relaxed),
         )
     }
+    /// Latency histograms of successful (read, write) requests since open.
+    pub fn latency(&self) -> (HistogramSnapshot, HistogramSnapshot) {
+        (self.read_latency.snapshot(), self.write_latency.snapshot())
+    }
     /// Count a block copy or column that failed verification.
     pub fn count_checksum_error(&self) {
         self.checksum_errors.fetch_add(1, Ordering::Relaxed);
@@ -371,11 +385,13 @@ impl Leaf {
         let Some(tx) = self.tx.as_ref().filter(|_| self.is_online()) else {
             return Err(self.not_online());
         };
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let deadline = started + self.timeout;
         let slot = Slot::new();
         if tx.push_until(make(slot.clone()), deadline) {
             Ok(Pending {
                 slot,
+                started,
                 deadline,
                 op,
                 offset,
@@ -437,7 +453,10 @@ impl Leaf {
     /// [`Self::submit_read_v`]). Only while ONLINE: a faulted device is never read.
     pub(crate) fn read_cached(&self, offset: u64, lens: &[usize]) -> Option<Vec<Vec<u8>>> {
         let dev = self.dev.as_ref().filter(|_| self.is_online())?;
-        dev.read_cached_owned(lens, offset)
+        let started = Instant::now();
+        let bufs = dev.read_cached_owned(lens, offset)?;
+        self.read_latency.record(started.elapsed());
+        Some(bufs)
     }
     /// Queue writes of `pieces` back to back from device `offset` (one request).
     pub(crate) fn submit_write_v(
@@ -461,7 +480,14 @@ impl Leaf {
         let is_read = p.op == "read";
         // A flush waits for the device, never microseconds: no spin.
         match p.slot.take_until(p.deadline, p.op != "flush") {
-            Some(Ok(v)) => Ok(v),
+            Some(Ok(v)) => {
+                match p.op {
+                    "read" => self.read_latency.record(p.started.elapsed()),
+                    "write" => self.write_latency.record(p.started.elapsed()),
+                    _ => {}
+                }
+                Ok(v)
+            }
             Some(Err(e)) => {
                 if is_read {
                     let n = self.read_errors.fetch_add(1, Ordering::Relaxed) + 1;

@@ -95,6 +95,25 @@ impl Spa {
         }
     }
 
+    /// Latency histograms of every device (also the old device of a replace), for
+    /// metrics. Cheap: atomic loads under the vdev list's read lock, no I/O.
+    pub fn device_latency(&self) -> Vec<DeviceLatency> {
+        let mut out = Vec::new();
+        for v in self.vdevs.read().iter() {
+            let leaves = v.children.read().clone();
+            for l in leaves.iter().chain(v.replacing_leaves().iter()) {
+                let (read, write) = l.latency();
+                out.push(DeviceLatency {
+                    path: l.path.clone(),
+                    guid: l.guid(),
+                    read,
+                    write,
+                });
+            }
+        }
+        out
+    }
+
     pub(super) fn space_stats(&self) -> SpaceStats {
         let mut s = SpaceStats::default();
         for v in self.vdevs.read().iter().filter(|v| !v.log) {

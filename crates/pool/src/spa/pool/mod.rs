@@ -137,6 +137,19 @@ pub struct DeviceStatus {
     pub checksum_errors: u64,
 }
 
+/// Latency of one device's successful requests since import ([`Spa::device_latency`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceLatency {
+    /// Path.
+    pub path: String,
+    /// Guid.
+    pub guid: u64,
+    /// Reads (queued and served from cache).
+    pub read: cstor_iostats::HistogramSnapshot,
+    /// Writes.
+    pub write: cstor_iostats::HistogramSnapshot,
+}
+
 /// One raid group in [`PoolStatus`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupStatus {
