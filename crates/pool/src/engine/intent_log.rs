@@ -308,7 +308,7 @@ impl PoolInner {
 
     /// [`Self::throttle`] for a write to volume `v`, letting through a volume that holds
     /// no more than its share of the dirty bound (the bound over the volumes with dirty
-    /// data) while the pool is under twice the bound. Why: the bound is pool-wide, so one
+    /// data, its own counted even while clean) while the pool is under twice the bound. Why: the bound is pool-wide, so one
     /// volume writing fast filled it and every other volume's writers then waited for
     /// the commit of that volume's data (seconds on a slow device); now only writers of
     /// volumes over their share wait. Memory stays bounded: the count holds a buffered

@@ -198,8 +198,9 @@ impl VolumeHandle {
     /// acknowledged is stable (survives power loss): in a flushed log block or a durable
     /// tree. A [`WriteMode::CrashSafe`] write is acknowledged before it is stable; a
     /// [`WriteMode::WriteThrough`] one only after. Writes without an io number are not
-    /// counted. It speaks of the writes this open acknowledged (at open: the tree's io
-    /// maximum); what an earlier open acknowledged and a power cut dropped is what
+    /// counted. At open it covers what survived: the tree's io maximum and the writes
+    /// replayed from the intent log (the replay's commit makes them stable); what an
+    /// earlier open acknowledged and a power cut dropped is what
     /// [`VolumeRecords::lost_tail`] warns of.
     pub fn flush_point(&self) -> u64 {
         self.pool.flush_point_of(&self.vol)
