@@ -8,9 +8,8 @@
 mod metrics_common;
 mod target_common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use cstor_powercut::PowerCut;
@@ -19,15 +18,6 @@ use target_common::*;
 
 const T: Duration = Duration::from_secs(60);
 const MIB: f64 = 1048576.0;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn cstor(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cstor"));
@@ -45,22 +35,11 @@ fn ok(home: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Spawns and returns the process with the address that ends its first stdout line.
-fn spawn(mut c: Command) -> (Proc, String) {
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .rsplit_once(" on ")
-        .map(|(_, a)| a.to_string())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    (Proc(child), addr)
+/// Spawns a cstor daemon; returns its guard and the address of its first stdout line.
+fn spawn(c: Command) -> (Served, String) {
+    let s = spawn_with_addr(c, " on ");
+    let addr = s.addr.clone();
+    (s, addr)
 }
 
 fn free_addr() -> String {

@@ -42,9 +42,15 @@ pub fn serve_in_home(home: &Path, args: &[&str]) -> Served {
 }
 
 fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
+    cmd.args(["target", "serve", "--listen", "127.0.0.1:0"])
+        .args(args);
+    spawn_with_addr(cmd, "listening on ")
+}
+
+/// Starts `cmd` (a cstor daemon) and waits for the address its first stdout line gives
+/// after `prefix`.
+pub fn spawn_with_addr(mut cmd: Command, prefix: &str) -> Served {
     let mut child = cmd
-        .args(["target", "serve", "--listen", "127.0.0.1:0"])
-        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -56,9 +62,9 @@ fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
         .expect("read address");
     let addr = line
         .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+        .rsplit_once(prefix)
+        .map(|(_, a)| a.to_owned())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     Served { child, addr }
 }
 
