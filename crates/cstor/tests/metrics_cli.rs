@@ -47,16 +47,6 @@ fn free_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
-fn qemu(addr: &str, iqn: &str, cmds: &[&str]) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", &format!("iscsi://{addr}/{iqn}/0")]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    let (ok, out) = run(&mut c, T);
-    assert!(ok && !out.contains("failed"), "{out}");
-}
-
 fn tools() -> bool {
     have("qemu-io", "qemu-utils + qemu-block-extra") && have("promtool", "prometheus")
 }
@@ -104,7 +94,7 @@ fn pool_volume_target_counts_io_and_shows_a_degraded_pool_at_the_next_scrape() {
     let w0 = one(&before, "openebs_volume_write_bytes_total", &v);
     let r0 = one(&before, "openebs_volume_read_bytes_total", &v);
 
-    qemu(
+    qemu_io(
         &taddr,
         iqn,
         &["write -P 0x5a 0 3M", "flush", "read -P 0x5a 0 1M"],
@@ -140,7 +130,7 @@ fn pool_volume_target_counts_io_and_shows_a_degraded_pool_at_the_next_scrape() {
     // d1's flushes fail from now on: the next commit faults it and the pool is DEGRADED.
     pc.control()
         .fail_fsyncs(Some(Path::new("d1.img")), 1_000_000);
-    qemu(&taddr, iqn, &["write -P 0x6b 4M 1M", "flush"]);
+    qemu_io(&taddr, iqn, &["write -P 0x6b 4M 1M", "flush"]);
     assert!(
         wait_for(T, || {
             ok(&home, &["pool", "status", "mp", "-o", "json"]).contains("\"DEGRADED\"")
@@ -232,7 +222,7 @@ fn replicated_target_exports_every_member_and_rebuild_progress() {
     )
     .first()
     .is_some_and(|x| x.value == 3.0))));
-    qemu(&taddr, iqn, &["write -P 0x5a 0 1M"]);
+    qemu_io(&taddr, iqn, &["write -P 0x5a 0 1M"]);
     let healthy = scrape(&mt);
     promtool_check(&healthy);
     let members = find(&healthy, "openebs_volume_replica_status", &v);
@@ -260,7 +250,7 @@ fn replicated_target_exports_every_member_and_rebuild_progress() {
 
     // B dies: still exported, as Offline (0), once the target noticed.
     drop(rb);
-    qemu(&taddr, iqn, &["write -P 0x6b 1M 16M"]);
+    qemu_io(&taddr, iqn, &["write -P 0x6b 1M 16M"]);
     let mut offline = String::new();
     assert!(wait_for(T, || {
         offline = scrape(&mt);

@@ -128,3 +128,16 @@ pub fn allocated_bytes(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
 }
+
+/// Runs qemu-io commands (`-c` each) on LUN 0 of `iqn` at `addr` over iscsi://; asserts
+/// they all succeeded and returns the output.
+pub fn qemu_io(addr: &str, iqn: &str, cmds: &[&str]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw", &format!("iscsi://{addr}/{iqn}/0")]);
+    for x in cmds {
+        c.args(["-c", x]);
+    }
+    let (ok, out) = run(&mut c, Duration::from_secs(60));
+    assert!(ok && !out.contains("failed"), "{out}");
+    out
+}
