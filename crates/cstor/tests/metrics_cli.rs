@@ -139,6 +139,7 @@ fn pool_volume_target_counts_io_and_shows_a_degraded_pool_at_the_next_scrape() {
     );
     let degraded = scrape(&maddr);
     assert_eq!(one(&degraded, "openebs_pool_status", &p), 2.0, "{degraded}");
+    assert_eq!(one(&degraded, "openebs_volume_status", &v), 2.0);
     let dl = [("pool_name", "mp"), ("device", d1s)];
     assert_eq!(one(&degraded, "openebs_pool_device_status", &dl), 3.0);
     assert!(one(&degraded, "openebs_pool_device_write_errors_total", &dl) >= 1.0);
