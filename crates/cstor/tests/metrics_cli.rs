@@ -8,9 +8,8 @@
 mod metrics_common;
 mod target_common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use cstor_powercut::PowerCut;
@@ -19,15 +18,6 @@ use target_common::*;
 
 const T: Duration = Duration::from_secs(60);
 const MIB: f64 = 1048576.0;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn cstor(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cstor"));
@@ -45,37 +35,16 @@ fn ok(home: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Spawns and returns the process with the address that ends its first stdout line.
-fn spawn(mut c: Command) -> (Proc, String) {
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .rsplit_once(" on ")
-        .map(|(_, a)| a.to_string())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    (Proc(child), addr)
+/// Spawns a cstor daemon; returns its guard and the address of its first stdout line.
+fn spawn(c: Command) -> (Served, String) {
+    let s = spawn_with_addr(c, " on ");
+    let addr = s.addr.clone();
+    (s, addr)
 }
 
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
-}
-
-fn qemu(addr: &str, iqn: &str, cmds: &[&str]) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw", &format!("iscsi://{addr}/{iqn}/0")]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    let (ok, out) = run(&mut c, T);
-    assert!(ok && !out.contains("failed"), "{out}");
 }
 
 fn tools() -> bool {
@@ -125,7 +94,7 @@ fn pool_volume_target_counts_io_and_shows_a_degraded_pool_at_the_next_scrape() {
     let w0 = one(&before, "openebs_volume_write_bytes_total", &v);
     let r0 = one(&before, "openebs_volume_read_bytes_total", &v);
 
-    qemu(
+    qemu_io(
         &taddr,
         iqn,
         &["write -P 0x5a 0 3M", "flush", "read -P 0x5a 0 1M"],
@@ -161,7 +130,7 @@ fn pool_volume_target_counts_io_and_shows_a_degraded_pool_at_the_next_scrape() {
     // d1's flushes fail from now on: the next commit faults it and the pool is DEGRADED.
     pc.control()
         .fail_fsyncs(Some(Path::new("d1.img")), 1_000_000);
-    qemu(&taddr, iqn, &["write -P 0x6b 4M 1M", "flush"]);
+    qemu_io(&taddr, iqn, &["write -P 0x6b 4M 1M", "flush"]);
     assert!(
         wait_for(T, || {
             ok(&home, &["pool", "status", "mp", "-o", "json"]).contains("\"DEGRADED\"")
@@ -170,6 +139,7 @@ fn pool_volume_target_counts_io_and_shows_a_degraded_pool_at_the_next_scrape() {
     );
     let degraded = scrape(&maddr);
     assert_eq!(one(&degraded, "openebs_pool_status", &p), 2.0, "{degraded}");
+    assert_eq!(one(&degraded, "openebs_volume_status", &v), 2.0);
     let dl = [("pool_name", "mp"), ("device", d1s)];
     assert_eq!(one(&degraded, "openebs_pool_device_status", &dl), 3.0);
     assert!(one(&degraded, "openebs_pool_device_write_errors_total", &dl) >= 1.0);
@@ -253,7 +223,7 @@ fn replicated_target_exports_every_member_and_rebuild_progress() {
     )
     .first()
     .is_some_and(|x| x.value == 3.0))));
-    qemu(&taddr, iqn, &["write -P 0x5a 0 1M"]);
+    qemu_io(&taddr, iqn, &["write -P 0x5a 0 1M"]);
     let healthy = scrape(&mt);
     promtool_check(&healthy);
     let members = find(&healthy, "openebs_volume_replica_status", &v);
@@ -281,7 +251,7 @@ fn replicated_target_exports_every_member_and_rebuild_progress() {
 
     // B dies: still exported, as Offline (0), once the target noticed.
     drop(rb);
-    qemu(&taddr, iqn, &["write -P 0x6b 1M 16M"]);
+    qemu_io(&taddr, iqn, &["write -P 0x6b 1M 16M"]);
     let mut offline = String::new();
     assert!(wait_for(T, || {
         offline = scrape(&mt);

@@ -42,9 +42,15 @@ pub fn serve_in_home(home: &Path, args: &[&str]) -> Served {
 }
 
 fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
+    cmd.args(["target", "serve", "--listen", "127.0.0.1:0"])
+        .args(args);
+    spawn_with_addr(cmd, "listening on ")
+}
+
+/// Starts `cmd` (a cstor daemon) and waits for the address its first stdout line gives
+/// after `prefix`.
+pub fn spawn_with_addr(mut cmd: Command, prefix: &str) -> Served {
     let mut child = cmd
-        .args(["target", "serve", "--listen", "127.0.0.1:0"])
-        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -56,9 +62,9 @@ fn serve_with(mut cmd: Command, args: &[&str]) -> Served {
         .expect("read address");
     let addr = line
         .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+        .rsplit_once(prefix)
+        .map(|(_, a)| a.to_owned())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     Served { child, addr }
 }
 
@@ -121,4 +127,17 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> (bool, String) {
 pub fn allocated_bytes(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+/// Runs qemu-io commands (`-c` each) on LUN 0 of `iqn` at `addr` over iscsi://; asserts
+/// they all succeeded and returns the output.
+pub fn qemu_io(addr: &str, iqn: &str, cmds: &[&str]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw", &format!("iscsi://{addr}/{iqn}/0")]);
+    for x in cmds {
+        c.args(["-c", x]);
+    }
+    let (ok, out) = run(&mut c, Duration::from_secs(60));
+    assert!(ok && !out.contains("failed"), "{out}");
+    out
 }

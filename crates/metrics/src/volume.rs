@@ -6,6 +6,7 @@
 use std::os::unix::fs::MetadataExt as _;
 use std::time::Instant;
 
+use cstor_pool::spa::vdev::Health;
 use cstor_replication::volume::Phase;
 
 use crate::family::{Families, Labels, Memory};
@@ -62,7 +63,17 @@ pub(crate) fn collect(
         Backing::Replicated(v) => Some(v.status()),
         _ => None,
     };
-    let phase = replicated.as_ref().map_or(Phase::Healthy, |s| s.phase);
+    // A pool volume is as healthy as its pool: a DEGRADED pool serves with less
+    // redundancy, a FAULTED one does not serve.
+    let phase = match (&replicated, &t.backing) {
+        (Some(s), _) => s.phase,
+        (None, Backing::PoolVolume { pool, .. }) => match pool.spa().status().health {
+            Health::Online => Phase::Healthy,
+            Health::Degraded => Phase::Degraded,
+            Health::Faulted => Phase::Offline,
+        },
+        (None, _) => Phase::Healthy,
+    };
     f.gauge(
         "openebs_volume_status",
         "Volume status: 1 Offline, 2 Degraded, 3 Healthy, 4 Unknown",
