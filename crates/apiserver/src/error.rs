@@ -1,7 +1,7 @@
 //! The API server's one error type and its one mapping to a Kubernetes `Status` object
 //! (the HTTP edge of style.md §4): 400 BadRequest, 401 Unauthorized, 403 Forbidden,
 //! 404 NotFound, 405 MethodNotAllowed, 409 AlreadyExists/Conflict, 410 Expired,
-//! 413 RequestEntityTooLarge, 429 TooManyRequests, 415 UnsupportedMediaType, 406 NotAcceptable, 422 Invalid, 500 InternalError.
+//! 413 RequestEntityTooLarge, 429 TooManyRequests, 415 UnsupportedMediaType, 422 Invalid, 500 InternalError.
 
 use serde_json::{json, Value};
 
@@ -100,9 +100,6 @@ pub enum ApiError {
         "the body of the request was in an unknown format - accepted media types include: {0}"
     )]
     UnsupportedMediaType(String),
-    /// The client accepts no media type the server can answer in (JSON only here).
-    #[error("the server was unable to respond with a content type that the client supports")]
-    NotAcceptable,
     /// Schema or metadata validation failed.
     #[error("{}", invalid_text(.kind, .group, .name, .causes))]
     Invalid {
@@ -186,7 +183,6 @@ impl ApiError {
             ApiError::TooLarge => 413,
             ApiError::TooManyRequests(_) => 429,
             ApiError::UnsupportedMediaType(_) => 415,
-            ApiError::NotAcceptable => 406,
             ApiError::Invalid { .. } => 422,
             ApiError::Store(_) | ApiError::Internal(_) => 500,
             ApiError::Admission { code, .. } => *code,
@@ -207,7 +203,6 @@ impl ApiError {
             ApiError::TooLarge => "RequestEntityTooLarge",
             ApiError::TooManyRequests(_) => "TooManyRequests",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
-            ApiError::NotAcceptable => "NotAcceptable",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::Store(_) | ApiError::Internal(_) => "InternalError",
             ApiError::Admission { code, .. } => match code {

@@ -263,14 +263,7 @@ fn service_address(
         _ => Some(port),
     };
     for slice in services.endpoint_slices(ns, name) {
-        let slice_port = slice["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["name"].as_str().unwrap_or("") == port_name)
-            .and_then(|p| p["port"].as_u64())
-            .and_then(|p| u16::try_from(p).ok());
-        let Some(slice_port) = slice_port.or(target) else {
+        let Some(slice_port) = named_port(&slice["ports"], port_name).or(target) else {
             continue;
         };
         let ready = slice["endpoints"]
@@ -285,14 +278,7 @@ fn service_address(
     }
     if let Some(ep) = services.endpoints(ns, name) {
         for subset in ep["subsets"].as_array().into_iter().flatten() {
-            let subset_port = subset["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|p| p["name"].as_str().unwrap_or("") == port_name)
-                .and_then(|p| p["port"].as_u64())
-                .and_then(|p| u16::try_from(p).ok())
-                .or(target);
+            let subset_port = named_port(&subset["ports"], port_name).or(target);
             let addr = subset["addresses"][0]["ip"].as_str();
             if let (Some(addr), Some(p)) = (addr, subset_port) {
                 return Ok((addr.to_string(), p));
@@ -311,6 +297,16 @@ fn service_address(
             "service \"{ns}/{name}\" has no ready endpoint and no clusterIP"
         )),
     }
+}
+
+/// The port number of the endpoint port named `name` (the Service port's name).
+fn named_port(ports: &Value, name: &str) -> Option<u16> {
+    ports
+        .as_array()?
+        .iter()
+        .find(|p| p["name"].as_str().unwrap_or("") == name)
+        .and_then(|p| p["port"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
 }
 
 /// Calls one webhook at `at`; `Err` is a failed call (failurePolicy decides).

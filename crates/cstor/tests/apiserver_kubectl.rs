@@ -1072,25 +1072,22 @@ fn kubectl_server_side_apply_merges_map_lists_and_selects_crd_fields() {
         args.extend_from_slice(extra);
         s.kubectl(&args)
     };
-    let alice = ssa(
+    let ssa_ok = |manager: &str, file: &str, text: &str, extra: &[&str]| {
+        let out = ssa(manager, file, text, extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{manager} {file}: {err}");
+    };
+    let no_disks =
+        |name: &str, color: &str| gadget_yaml(name, color, &[]).replace("  disks:\n", "");
+    ssa_ok(
         "alice",
         "a.yaml",
         &gadget_yaml("g", "red", &[("n1", 1)]),
         &[],
     );
-    assert!(
-        alice.status.success(),
-        "{}",
-        String::from_utf8_lossy(&alice.stderr)
-    );
     // bob applies another disk and alice's color: the disks merge by node; same color, no
     // conflict.
-    let bob = ssa("bob", "b.yaml", &gadget_yaml("g", "red", &[("n2", 2)]), &[]);
-    assert!(
-        bob.status.success(),
-        "{}",
-        String::from_utf8_lossy(&bob.stderr)
-    );
+    ssa_ok("bob", "b.yaml", &gadget_yaml("g", "red", &[("n2", 2)]), &[]);
     let disks = s.ok(&["get", "gadget", "g", "-o", "jsonpath={.spec.disks[*].node}"]);
     assert_eq!(disks, "n1 n2");
     // bob changing the color conflicts with alice (kubectl prints the conflict).
@@ -1102,38 +1099,13 @@ fn kubectl_server_side_apply_merges_map_lists_and_selects_crd_fields() {
         err.contains("conflict") && err.contains("alice") && err.contains(".spec.color"),
         "{err}"
     );
-    let out = ssa("bob", "b2.yaml", &blue, &["--force-conflicts"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ssa_ok("bob", "b2.yaml", &blue, &["--force-conflicts"]);
     // alice drops her disk: only bob's remains.
-    let out = ssa(
-        "alice",
-        "a2.yaml",
-        &gadget_yaml("g", "blue", &[]).replace("  disks:\n", ""),
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ssa_ok("alice", "a2.yaml", &no_disks("g", "blue"), &[]);
     let disks = s.ok(&["get", "gadget", "g", "-o", "jsonpath={.spec.disks[*].node}"]);
     assert_eq!(disks, "n2");
     // --field-selector on the CRD's selectable field; an undeclared field is refused.
-    let out = ssa(
-        "alice",
-        "r.yaml",
-        &gadget_yaml("r", "red", &[]).replace("  disks:\n", ""),
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ssa_ok("alice", "r.yaml", &no_disks("r", "red"), &[]);
     let blues = s.ok(&[
         "get",
         "gadgets",
