@@ -1,0 +1,173 @@
+//! Power loss under replicated volumes (design §4): a replica's pool sits in a
+//! cstor-powercut mount (unsynced writes live only in memory; a cut drops them), the
+//! other replica on a plain temp file. The replica is "power-cycled": the cut, its server
+//! stopped, the power back, the pool imported again under a new boot id (so the replica
+//! reports `lostTail`), a new server on the same port.
+//!
+//! Needs FUSE; without it the tests skip, unless `CI` is set (then they fail).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use cstor_powercut::{seed_base, PowerCut};
+use cstor_replication::volume::Phase;
+use cstor_replication::{FileStore, MemberState, MembershipStore, ReplicatedVolume};
+
+struct Pair {
+    _dir: tempfile::TempDir,
+    /// r0 on the power-cut mount, r1 on a temp file.
+    reps: Vec<Rep>,
+    proxies: Vec<Proxy>,
+    store: Arc<FileStore>,
+}
+
+async fn pair(pc: &PowerCut) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let r0 = Rep::start(
+        pool_on_file_booted(pc.path(), "p0", Some("boot-1")),
+        "r0",
+        None,
+    )
+    .await;
+    let r1 = Rep::start(pool_on_file(dir.path(), "p1"), "r1", None).await;
+    let proxies = vec![Proxy::start(r0.addr()).await, Proxy::start(r1.addr()).await];
+    let store = Arc::new(FileStore::new(dir.path().join("state")).unwrap());
+    Pair {
+        _dir: dir,
+        reps: vec![r0, r1],
+        proxies,
+        store,
+    }
+}
+
+impl Pair {
+    fn addrs(&self) -> Vec<String> {
+        self.proxies.iter().map(|p| p.addr.clone()).collect()
+    }
+    fn state_of(&self, id: &str) -> MemberState {
+        self.store.read().unwrap().0.member(id).unwrap().state
+    }
+    async fn target(&self) -> ReplicatedVolume {
+        let v = ReplicatedVolume::start(cfg(SIZE, self.addrs()), self.store.clone())
+            .await
+            .unwrap();
+        let p = v.ready().await;
+        assert!(matches!(p, Phase::Healthy | Phase::Degraded), "phase {p:?}");
+        v
+    }
+    /// Power off under r0 (every unsynced sector lost), then back on with a new boot.
+    async fn power_cycle_r0(&mut self, pc: &PowerCut, seed: u64) {
+        let rep = pc.control().cut_with(seed, 0);
+        eprintln!("power cut (seed {seed}): {rep:?}");
+        self.reps[0].kill();
+        pc.power_on();
+        let mnt = pc.path().to_path_buf();
+        self.reps[0]
+            .restart_on(move || import_pool(&mnt, "p0", "boot-2"))
+            .await;
+    }
+    fn identical(&self) {
+        let a = self.reps[0].image(SIZE);
+        let b = self.reps[1].image(SIZE);
+        if let Some(at) = a.iter().zip(&b).position(|(x, y)| x != y) {
+            panic!("replicas differ at byte {at}");
+        }
+    }
+}
+
+/// R1 is cut off and evicted, so R0 is the single Current replica and writes through;
+/// then R0 loses power. Every write acknowledged before the cut is there after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_current_replica_power_cut_keeps_every_acknowledged_write() {
+    let Some(pc) = PowerCut::for_test("single_current_replica_power_cut") else {
+        return;
+    };
+    let seed = seed_base(0x51c0);
+    let mut c = pair(&pc).await;
+    let v = c.target().await;
+    let truth = Arc::new(Truth::default());
+    run_writers(&v, &truth, 0.3).await;
+    c.proxies[1].set(CUT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs = spawn_writers(&v, BLOCKS, 4, truth.clone(), stop.clone());
+    wait_for(10, "R1 recorded Stale", || {
+        c.state_of("r1") == MemberState::Stale
+    })
+    .await;
+    // Writes acknowledged from here on are the ones write-through must keep.
+    let acked_single = truth.acked.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acked_at_cut = truth.acked.load(Ordering::SeqCst);
+    c.power_cycle_r0(&pc, seed).await;
+    stop.store(true, Ordering::SeqCst);
+    for h in hs {
+        h.await.unwrap();
+    }
+    v.crash();
+    eprintln!(
+        "{} writes acknowledged by R0 alone",
+        acked_at_cut - acked_single
+    );
+    assert!(
+        acked_at_cut > acked_single + 20,
+        "too few single-copy writes"
+    );
+    // R0 alone (R1 still away): whole-volume power loss, served from R0's flush point.
+    let v2 = c.target().await;
+    verify(&v2, &truth, BLOCKS).await;
+    c.proxies[1].set(PASS);
+    wait_for(30, "R1 readmitted", || {
+        c.state_of("r1") == MemberState::Current
+    })
+    .await;
+    verify(&v2, &truth, BLOCKS).await;
+    v2.shutdown().await.unwrap();
+    c.identical();
+}
+
+/// R0 loses power under load while R1 stays Current: R0 is evicted, comes back with
+/// `lostTail`, rejoins Stale from its flush point and is caught up; nothing is lost and
+/// the replicas end identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_power_loss_rejoins_stale_from_flush_point() {
+    let Some(pc) = PowerCut::for_test("replica_power_loss_rejoins_stale") else {
+        return;
+    };
+    let seed = seed_base(0x10a7);
+    let mut c = pair(&pc).await;
+    let v = c.target().await;
+    let truth = Arc::new(Truth::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs = spawn_writers(&v, BLOCKS, 4, truth.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The cut: R0's I/O fails from now on, so it is evicted; R1 carries on alone.
+    let rep = pc.control().cut_with(seed, 0);
+    eprintln!("power cut (seed {seed}): {rep:?}");
+    wait_for(15, "R0 recorded Stale", || {
+        c.state_of("r0") == MemberState::Stale
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.reps[0].kill();
+    pc.power_on();
+    let mnt = pc.path().to_path_buf();
+    c.reps[0]
+        .restart_on(move || import_pool(&mnt, "p0", "boot-2"))
+        .await;
+    wait_for(40, "R0 readmitted", || {
+        c.state_of("r0") == MemberState::Current
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for h in hs {
+        h.await.unwrap();
+    }
+    assert_eq!(truth.failed.load(Ordering::SeqCst), 0, "a write failed");
+    verify(&v, &truth, BLOCKS).await;
+    v.shutdown().await.unwrap();
+    c.identical();
+}
