@@ -14,18 +14,10 @@ use std::time::Duration;
 
 use common::*;
 use cstor_powercut::{seed_base, PowerCut};
-use cstor_replication::volume::Phase;
-use cstor_replication::{FileStore, MemberState, MembershipStore, ReplicatedVolume};
+use cstor_replication::{FileStore, MemberState};
 
-struct Pair {
-    _dir: tempfile::TempDir,
-    /// r0 on the power-cut mount, r1 on a temp file.
-    reps: Vec<Rep>,
-    proxies: Vec<Proxy>,
-    store: Arc<FileStore>,
-}
-
-async fn pair(pc: &PowerCut) -> Pair {
+/// r0 on the power-cut mount, r1 on a temp file.
+async fn pair(pc: &PowerCut) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let r0 = Rep::start(
         pool_on_file_booted(pc.path(), "p0", Some("boot-1")),
@@ -35,48 +27,31 @@ async fn pair(pc: &PowerCut) -> Pair {
     .await;
     let r1 = Rep::start(pool_on_file(dir.path(), "p1"), "r1", None).await;
     let proxies = vec![Proxy::start(r0.addr()).await, Proxy::start(r1.addr()).await];
-    let store = Arc::new(FileStore::new(dir.path().join("state")).unwrap());
-    Pair {
+    let state = dir.path().join("state");
+    let store = Arc::new(FileStore::new(&state).unwrap());
+    Cluster {
         _dir: dir,
         reps: vec![r0, r1],
         proxies,
         store,
+        state,
+        size: SIZE,
     }
 }
 
-impl Pair {
-    fn addrs(&self) -> Vec<String> {
-        self.proxies.iter().map(|p| p.addr.clone()).collect()
-    }
-    fn state_of(&self, id: &str) -> MemberState {
-        self.store.read().unwrap().0.member(id).unwrap().state
-    }
-    async fn target(&self) -> ReplicatedVolume {
-        let v = ReplicatedVolume::start(cfg(SIZE, self.addrs()), self.store.clone())
-            .await
-            .unwrap();
-        let p = v.ready().await;
-        assert!(matches!(p, Phase::Healthy | Phase::Degraded), "phase {p:?}");
-        v
-    }
-    /// Power off under r0 (every unsynced sector lost), then back on with a new boot.
-    async fn power_cycle_r0(&mut self, pc: &PowerCut, seed: u64) {
+/// Power off under r0 (every unsynced sector lost), its process gone, the power back,
+/// its pool imported under a new boot id, a new process on it.
+async fn power_cycle_r0(c: &mut Cluster, pc: &PowerCut, seed: u64, cut: bool) {
+    if cut {
         let rep = pc.control().cut_with(seed, 0);
         eprintln!("power cut (seed {seed}): {rep:?}");
-        self.reps[0].kill();
-        pc.power_on();
-        let mnt = pc.path().to_path_buf();
-        self.reps[0]
-            .restart_on(move || import_pool(&mnt, "p0", "boot-2"))
-            .await;
     }
-    fn identical(&self) {
-        let a = self.reps[0].image(SIZE);
-        let b = self.reps[1].image(SIZE);
-        if let Some(at) = a.iter().zip(&b).position(|(x, y)| x != y) {
-            panic!("replicas differ at byte {at}");
-        }
-    }
+    c.reps[0].kill();
+    pc.power_on();
+    let mnt = pc.path().to_path_buf();
+    c.reps[0]
+        .restart_on(move || import_pool(&mnt, "p0", "boot-2"))
+        .await;
 }
 
 /// R1 is cut off and evicted, so R0 is the single Current replica and writes through;
@@ -102,7 +77,7 @@ async fn single_current_replica_power_cut_keeps_every_acknowledged_write() {
     let acked_single = truth.acked.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let acked_at_cut = truth.acked.load(Ordering::SeqCst);
-    c.power_cycle_r0(&pc, seed).await;
+    power_cycle_r0(&mut c, &pc, seed, true).await;
     stop.store(true, Ordering::SeqCst);
     for h in hs {
         h.await.unwrap();
@@ -152,12 +127,7 @@ async fn replica_power_loss_rejoins_stale_from_flush_point() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    c.reps[0].kill();
-    pc.power_on();
-    let mnt = pc.path().to_path_buf();
-    c.reps[0]
-        .restart_on(move || import_pool(&mnt, "p0", "boot-2"))
-        .await;
+    power_cycle_r0(&mut c, &pc, seed, false).await;
     wait_for(40, "R0 readmitted", || {
         c.state_of("r0") == MemberState::Current
     })
