@@ -107,6 +107,46 @@ fn status(home: &Path, control: &str, key: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `cstor pool create NAME stripe DIR/NAME.img` (512 MiB sparse) for each name.
+fn make_pools(home: &Path, dir: &Path, names: &[&str]) {
+    for p in names {
+        let img = dir.join(format!("{p}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+        let out = cstor(home)
+            .args(["pool", "create", p, "stripe"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A temp dir with `home`, a shared key file and the pools `names`.
+fn setup(names: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path().join("home");
+    let key: PathBuf = d.path().join("key");
+    std::fs::write(&key, "a-shared-cluster-key-for-tests\n").unwrap();
+    make_pools(&home, d.path(), names);
+    (d, home, key)
+}
+
+/// `cstor replica serve --pool POOL --listen LISTEN --auth-key KEY` and its address.
+fn replica(home: &Path, pool: &str, listen: &str, key: &Path) -> (Proc, String) {
+    let mut c = cstor(home);
+    c.args(["replica", "serve", "--pool", pool, "--listen", listen])
+        .arg("--auth-key")
+        .arg(key);
+    spawn(c, "listening on ")
+}
+
 fn qemu(addr: &str, cmds: &[&str]) -> String {
     let mut c = Command::new("qemu-io");
     c.args(["-f", "raw", &format!("iscsi://{addr}/{IQN}/0")]);
@@ -123,27 +163,7 @@ fn replicated_target_processes_with_status_replica_loss_and_restart() {
     if !have("qemu-io", "qemu-utils + qemu-block-extra") {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let home = d.path().join("home");
-    let key: PathBuf = d.path().join("key");
-    std::fs::write(&key, "a-shared-cluster-key-for-tests\n").unwrap();
-    for p in ["pa", "pb"] {
-        let img = d.path().join(format!("{p}.img"));
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(512 << 20)
-            .unwrap();
-        let out = cstor(&home)
-            .args(["pool", "create", p, "stripe"])
-            .arg(&img)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let (d, home, key) = setup(&["pa", "pb"]);
     // No key: loopback only.
     let out = cstor(&home)
         .args(["replica", "serve", "--pool", "pa", "--listen", "0.0.0.0:0"])
@@ -154,18 +174,7 @@ fn replicated_target_processes_with_status_replica_loss_and_restart() {
     let mut reps = Vec::new();
     let mut addrs = Vec::new();
     for p in ["pa", "pb"] {
-        let mut c = cstor(&home);
-        c.args([
-            "replica",
-            "serve",
-            "--pool",
-            p,
-            "--listen",
-            "127.0.0.1:0",
-            "--auth-key",
-        ])
-        .arg(&key);
-        let (proc_, addr) = spawn(c, "listening on ");
+        let (proc_, addr) = replica(&home, p, "127.0.0.1:0", &key);
         reps.push(proc_);
         addrs.push(addr);
     }
@@ -235,13 +244,7 @@ fn replicated_target_processes_with_status_replica_loss_and_restart() {
     // Replica B returns on its address and is opened at epoch 2; killed at once (before
     // any txg commits what that OPEN stored) and back again, the target must take it
     // back, not be fenced by it, and catch it up.
-    let replica_b = || {
-        let mut c = cstor(&home);
-        c.args(["replica", "serve", "--pool", "pb", "--listen", &addrs[1]])
-            .arg("--auth-key")
-            .arg(&key);
-        spawn(c, "listening on ").0
-    };
+    let replica_b = || replica(&home, "pb", &addrs[1], &key).0;
     let b = replica_b();
     assert!(wait_for(Duration::from_secs(30), || {
         try_status(&home, &control, &key).is_some_and(|s| {
@@ -265,6 +268,80 @@ fn replicated_target_processes_with_status_replica_loss_and_restart() {
             "read -P 0x5a 0 1M",
             "read -P 0x6b 1M 1M",
             "read -P 0x7c 100M 1M",
+        ],
+    );
+}
+
+/// The mode of replica `i` in `cstor target status -o json`.
+fn mode_of(s: &serde_json::Value, i: usize) -> String {
+    s["replicas"][i]["mode"].as_str().unwrap_or("").to_string()
+}
+
+/// Design §4: a replica process stopped (SIGSTOP; 30 s in the table, 6 s here: the bound
+/// is T_evict) delays writes once, by at most T_evict + the eviction's flush and CAS;
+/// writes then run at their usual latency; after SIGCONT the replica rejoins Stale ->
+/// Current and both copies hold every write.
+#[test]
+fn stopped_replica_process_is_evicted_once_then_rejoins() {
+    if !have("qemu-io", "qemu-utils + qemu-block-extra") {
+        return;
+    }
+    let (d, home, key) = setup(&["pa", "pb"]);
+    let (_a, addr_a) = replica(&home, "pa", "127.0.0.1:0", &key);
+    let (b, addr_b) = replica(&home, "pb", "127.0.0.1:0", &key);
+    let state = d.path().join("state");
+    let control = format!("127.0.0.1:{}", free_port());
+    let (_t, taddr) = target(&home, &[addr_a, addr_b], &state, &key, &control);
+    assert!(wait_for(Duration::from_secs(20), || {
+        try_status(&home, &control, &key).is_some_and(|s| s["phase"] == "Healthy")
+    }));
+    let timed = |cmds: &[&str]| {
+        let t = std::time::Instant::now();
+        qemu(&taddr, cmds);
+        t.elapsed()
+    };
+    let usual = timed(&["write -P 0x21 0 1M"]);
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &b.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} failed");
+    };
+    signal("-STOP");
+    let stopped = std::time::Instant::now();
+    let first = timed(&["write -P 0x22 1M 1M"]);
+    let s = status(&home, &control, &key);
+    assert_eq!(s["phase"], "Degraded", "{s}");
+    assert_eq!(s["replicas"][1]["state"], "Stale", "{s}");
+    let after = timed(&["write -P 0x23 2M 1M", "read -P 0x22 1M 1M"]);
+    eprintln!("qemu-io: usual {usual:?}, first write with B stopped {first:?}, then {after:?}");
+    // T_evict (2 s) + flush + CAS, on top of qemu-io's own run time.
+    assert!(
+        first < usual + Duration::from_secs(5),
+        "the stall cost {first:?} (usual {usual:?})"
+    );
+    assert!(
+        after < usual * 3 + Duration::from_secs(1),
+        "writes stayed slow after the eviction: {after:?} (usual {usual:?})"
+    );
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(stopped.elapsed()));
+    signal("-CONT");
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            try_status(&home, &control, &key).is_some_and(|s| {
+                s["phase"] == "Healthy" && (0..2).all(|i| mode_of(&s, i) == "Healthy")
+            })
+        }),
+        "B was not readmitted: {:?}",
+        try_status(&home, &control, &key)
+    );
+    qemu(
+        &taddr,
+        &[
+            "read -P 0x21 0 1M",
+            "read -P 0x22 1M 1M",
+            "read -P 0x23 2M 1M",
         ],
     );
 }

@@ -4,7 +4,8 @@
 //! every write), waits until every io below X0 completed, lists the source's blocks with
 //! io > B and the member's suspect blocks with io in (B, X0), and copies their union from
 //! the source to the member with the apply rule (`local io < X0 or incoming io > local`),
-//! persisting a cursor `B:offset` on the member as it goes. When the walk ends and the
+//! persisting a cursor `B:offset:X0` on the member as it goes (a resumed walk re-lists,
+//! below the cursor, only the member's blocks written from the first session's X0 on). When the walk ends and the
 //! member acked every live write sent to it, it flushes, records C, and the target CASes
 //! it Current.
 //!
@@ -63,6 +64,18 @@ pub(crate) async fn list_changed(
     }
 }
 
+/// `B:offset[:X0]`.
+fn parse_cursor(c: &str) -> Option<(u64, u64, Option<u64>)> {
+    let mut it = c.split(':');
+    let b = it.next()?.parse().ok()?;
+    let o = it.next()?.parse().ok()?;
+    let x = match it.next() {
+        Some(x) => Some(x.parse().ok()?),
+        None => None,
+    };
+    Some((b, o, x))
+}
+
 /// Sorted, merged `[start, end)` ranges.
 pub(crate) fn union(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     r.sort_unstable();
@@ -109,6 +122,10 @@ pub(crate) async fn catchup_loop(v: ReplicatedVolume) {
                 if at.elapsed() < *d {
                     continue;
                 }
+            }
+            // Flap damping (design §2.6): a member evicted again soon waits longer.
+            if !v.readmit_wait(&m.address).is_zero() {
+                continue;
             }
             match catch_up(&v, &m).await {
                 Ok(()) => backoff.retain(|(a, _, _)| *a != m.address),
@@ -211,13 +228,15 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let resume = open
+        // Cursor `B:offset:X0` (X0 of the session that started the walk; a cursor of
+        // an older build has no X0).
+        let cursor = open
             .cursor
             .as_deref()
-            .and_then(|c| c.split_once(':'))
-            .and_then(|(b, o)| Some((b.parse::<u64>().ok()?, o.parse::<u64>().ok()?)))
-            .filter(|(b, _)| *b == base)
-            .map_or(0, |(_, o)| o);
+            .and_then(parse_cursor)
+            .filter(|c| c.0 == base);
+        let resume = cursor.map_or(0, |c| c.1);
+        let first_x0 = cursor.and_then(|c| c.2).unwrap_or(x0);
         let mut src = pick_source(v, &[])
             .ok_or_else(|| VolumeError::Refused("no Current replica to catch up from".into()))?;
         let mut ranges: Vec<(u64, u64)> = list_changed(&src.conn, base, u64::MAX, t)
@@ -227,13 +246,29 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
             .filter(|(_, e)| *e > resume)
             .map(|(s, e)| (s.max(resume), e))
             .collect();
-        // The member's suspect blocks are walked whole even when resuming: a previous
-        // session's sub-block live writes may sit below its cursor.
+        // The member's suspect blocks (io in (B, X0)) above the cursor; below it the
+        // earlier sessions copied them already, but their live writes (io from the
+        // first session's X0 on) may have left sub-block writes partly stale, so those
+        // are walked again. Without a recorded X0 every suspect is walked.
+        let below = match cursor.and_then(|c| c.2) {
+            Some(fx) => list_changed(&conn, fx.saturating_sub(1), x0.saturating_sub(1), t).await?,
+            None => Vec::new(),
+        };
+        let have_x0 = cursor.and_then(|c| c.2).is_some();
         ranges.extend(
             list_changed(&conn, base, x0.saturating_sub(1), t)
                 .await?
                 .into_iter()
-                .map(|r| (r.offset, r.offset + r.len)),
+                .map(|r| (r.offset, r.offset + r.len))
+                .filter(|(_, e)| !have_x0 || *e > resume)
+                .map(|(s, e)| if have_x0 { (s.max(resume), e) } else { (s, e) }),
+        );
+        ranges.extend(
+            below
+                .into_iter()
+                .map(|r| (r.offset, r.offset + r.len))
+                .filter(|(s, _)| *s < resume)
+                .map(|(s, e)| (s, e.min(resume))),
         );
         let ranges: Vec<(u64, u64)> = union(ranges);
         let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
@@ -288,7 +323,7 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
                 since_cursor += n;
                 if since_cursor >= CURSOR_EVERY {
                     since_cursor = 0;
-                    let c = format!("{base}:{off}");
+                    let c = format!("{base}:{off}:{first_x0}");
                     conn.call(Op::SetCursor, Bytes::from(c.into_bytes()), t)
                         .await?;
                 }
@@ -432,6 +467,7 @@ async fn readmit(
             for x in q.targets.iter_mut() {
                 if Arc::ptr_eq(&x.conn, conn) {
                     x.current = true;
+                    x.stats.answered_ms.store(v.now_ms(), Ordering::SeqCst);
                 }
             }
         }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::client::ReplicaConn;
 use crate::error::{ReplicaError, VolumeError};
 use crate::membership::{unix_now, Member, MemberState};
-use crate::volume::{join_all, Phase, ReplicatedVolume, Target};
+use crate::volume::{join_all, Phase, ReplicatedVolume, SessionStats, Target};
 use crate::wire::{self, Op, OpenReply, OpenReq, Role};
 
 impl ReplicatedVolume {
@@ -82,6 +82,7 @@ impl ReplicatedVolume {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        inner.start_info.lock().took = started.elapsed();
         self.set_phase();
         let me = self.clone();
         let t = tokio::spawn(async move { me.ping_loop().await });
@@ -242,17 +243,26 @@ impl ReplicatedVolume {
             close_all(&others);
             return Ok(false);
         }
+        let mut waited = Duration::ZERO;
         if lease_wait {
             if let Some(t0) = first_fenced {
                 let wait = cfg.t_lease + cfg.t_lease / 10 + Duration::from_secs(1);
                 let left = wait.saturating_sub(t0.elapsed());
+                waited = left;
                 tokio::time::sleep(left).await;
             }
         }
         // Source: the intact Current replica with the highest maxIo.
         intact.sort_by_key(|(_, _, o)| std::cmp::Reverse(o.max_io));
-        if !prev_clean {
-            self.reconcile(&intact).await?;
+        let reconciled = if prev_clean {
+            None
+        } else {
+            Some(self.reconcile(&intact).await?)
+        };
+        {
+            let mut si = inner.start_info.lock();
+            si.lease_wait = waited;
+            si.reconciled_bytes = reconciled;
         }
         // Survivors stable before anyone is demoted (the flush barrier).
         for (_, c, _) in &intact {
@@ -341,7 +351,10 @@ impl ReplicatedVolume {
                     id: o.id.clone(),
                     conn: c,
                     current: true,
-                    stats: Arc::default(),
+                    stats: Arc::new(SessionStats {
+                        answered_ms: self.now_ms().into(),
+                        ..SessionStats::default()
+                    }),
                 });
             } else {
                 c.close("not Current");
@@ -362,9 +375,9 @@ impl ReplicatedVolume {
     async fn reconcile(
         &self,
         intact: &[(String, Arc<ReplicaConn>, OpenReply)],
-    ) -> Result<(), VolumeError> {
+    ) -> Result<u64, VolumeError> {
         if intact.len() < 2 {
-            return Ok(());
+            return Ok(0);
         }
         let t = self.inner.cfg.t_evict * 5;
         let l = intact
@@ -402,6 +415,6 @@ impl ReplicatedVolume {
             }
         }
         tracing::info!(volume = %self.inner.cfg.name, bytes, "reconciled Current replicas");
-        Ok(())
+        Ok(bytes)
     }
 }

@@ -72,6 +72,9 @@ pub struct VolumeConfig {
     pub t_takeover: Duration,
     /// Catch-up rate limit, bytes/s (None: unlimited).
     pub rebuild_rate: Option<u64>,
+    /// Readmission delay after a member's first eviction within 10 min; it doubles per
+    /// further eviction in that window (flap damping, cap 5 min).
+    pub readmit_delay: Duration,
 }
 
 impl VolumeConfig {
@@ -92,6 +95,7 @@ impl VolumeConfig {
             t_gather: Duration::from_secs(20),
             t_takeover: Duration::from_secs(60),
             rebuild_rate: None,
+            readmit_delay: Duration::from_secs(1),
         }
     }
 
@@ -118,6 +122,9 @@ pub(crate) struct Progress {
 pub(crate) struct SessionStats {
     pub(crate) outstanding: AtomicUsize,
     pub(crate) failed: AtomicBool,
+    /// Send time (ms since the instance started) of the latest answered request: the
+    /// lease (design §2.5) runs from it.
+    pub(crate) answered_ms: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +152,11 @@ pub(crate) struct Seq {
     /// A snapshot's io cut being taken (snapshot.rs): no io above it is sent until it
     /// is cleared, and none of those gives up waiting.
     pub(crate) cut: Option<u64>,
+    /// Lowest io of this instance whose write was sent but not acknowledged (0: none).
+    /// Some replicas may hold it and others not, so no checkpoint may cover it: a
+    /// catch-up from such a checkpoint would not list it as suspect and leave the
+    /// replicas different.
+    first_failed: u64,
 }
 
 impl Seq {
@@ -164,6 +176,26 @@ impl Seq {
             None => self.next - 1,
         }
     }
+
+    /// What a replica may record as its checkpoint: every io at or below it was
+    /// acknowledged (the completed watermark, held below the first failed write).
+    pub(crate) fn checkpoint(&self) -> u64 {
+        match self.first_failed {
+            0 => self.watermark(),
+            f => self.watermark().min(f - 1),
+        }
+    }
+}
+
+/// How the last start went (design §2.8): what it waited for and what it rewrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartInfo {
+    /// Lease wait after an unclean takeover (zero after a clean stop).
+    pub lease_wait: Duration,
+    /// Bytes rewritten by the reconcile; None when it was skipped (clean stop).
+    pub reconciled_bytes: Option<u64>,
+    /// From the claim until serving.
+    pub took: Duration,
 }
 
 /// Phase of the volume (cStor's words).
@@ -255,6 +287,11 @@ pub(crate) struct Inner {
     events: tokio::sync::broadcast::Sender<BackendEvent>,
     /// Replica addresses added at run time (members.rs), caught up like `cfg.replicas`.
     pub(crate) added: Mutex<Vec<String>>,
+    /// Start of this instance: the clock of `SessionStats::answered_ms`.
+    pub(crate) t0: Instant,
+    pub(crate) start_info: Mutex<StartInfo>,
+    /// (address, when) of every eviction in the last 10 min (flap damping).
+    pub(crate) evictions: Mutex<Vec<(String, Instant)>>,
 }
 
 fn other(msg: impl std::fmt::Display) -> BackendError {
@@ -369,6 +406,9 @@ impl ReplicatedVolume {
             size: AtomicU64::new(cfg.size),
             events: tokio::sync::broadcast::channel(16).0,
             added: Mutex::new(Vec::new()),
+            t0: Instant::now(),
+            start_info: Mutex::new(StartInfo::default()),
+            evictions: Mutex::new(Vec::new()),
             cfg,
             store,
         });
@@ -410,6 +450,76 @@ impl ReplicatedVolume {
             }
             wait.await;
         }
+    }
+
+    /// How the last start went (lease wait, reconcile).
+    pub fn start_info(&self) -> StartInfo {
+        self.inner.start_info.lock().clone()
+    }
+
+    /// Milliseconds since this instance started (the lease clock).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.t0.elapsed().as_millis() as u64
+    }
+
+    /// The lease (design §2.5): IO is served only while every Current replica in the send
+    /// set answered a request sent within T_lease (the others' evictions are recorded).
+    /// A target cut off from a Current replica and from the store, which therefore cannot
+    /// record the eviction, stops reads within T_lease, before a new instance that fenced
+    /// that replica and waited T_lease serves.
+    fn lease_expired(&self) -> Vec<String> {
+        let now = self.now_ms();
+        let lease = self.inner.cfg.t_lease.as_millis() as u64;
+        self.inner
+            .seq
+            .lock()
+            .targets
+            .iter()
+            .filter(|t| t.current)
+            .filter(|t| now.saturating_sub(t.stats.answered_ms.load(Ordering::SeqCst)) >= lease)
+            .map(|t| t.id.clone())
+            .collect()
+    }
+
+    /// True while the lease holds; else the silent Current replicas are evicted first
+    /// (held up to T_hold while the store is unreachable), so IO resumes once the store
+    /// records it.
+    async fn lease_held(&self) -> bool {
+        let expired = self.lease_expired();
+        if expired.is_empty() {
+            return true;
+        }
+        for id in expired {
+            if let Err(e) = self.evict(&id, "no answer within T_lease").await {
+                tracing::warn!(replica = %id, error = %e, "lease expired, eviction not recorded");
+            }
+        }
+        self.lease_expired().is_empty()
+    }
+
+    /// The delay before member `address` may be readmitted: zero without an eviction in
+    /// the last 10 min, else `readmit_delay` doubled per further eviction there (cap 5
+    /// min), counted from the latest one.
+    pub(crate) fn readmit_wait(&self, address: &str) -> Duration {
+        let window = Duration::from_secs(600);
+        let mut ev = self.inner.evictions.lock();
+        ev.retain(|(_, at)| at.elapsed() < window);
+        let mine: Vec<Instant> = ev
+            .iter()
+            .filter(|(a, _)| a == address)
+            .map(|(_, at)| *at)
+            .collect();
+        let Some(last) = mine.iter().max() else {
+            return Duration::ZERO;
+        };
+        let n = mine.len().min(20) as u32;
+        let delay = self
+            .inner
+            .cfg
+            .readmit_delay
+            .saturating_mul(1 << (n - 1))
+            .min(Duration::from_secs(300));
+        delay.saturating_sub(last.elapsed())
     }
 
     /// Why the start was refused (the volume then stays Offline).
@@ -590,13 +700,16 @@ impl ReplicatedVolume {
                 tracing::warn!(error = %e, "flush at stop");
                 all_flushed = false;
             }
-            let wm = inner.seq.lock().watermark();
+            let wm = inner.seq.lock().checkpoint();
             let _ = t
                 .conn
                 .call(Op::Checkpoint, wire::enc_u64s(&[wm]), inner.cfg.t_evict)
                 .await;
         }
-        if all_flushed {
+        // After a write that failed half-way the replicas may differ: the next start
+        // must reconcile them, so the stop is not recorded clean.
+        let diverged = inner.seq.lock().first_failed != 0;
+        if all_flushed && !diverged {
             self.change_record(|r| {
                 r.clean_shutdown = true;
                 r.holder = None;
@@ -698,15 +811,19 @@ impl ReplicatedVolume {
             tick += 1;
             let (targets, wm) = {
                 let q = inner.seq.lock();
-                (q.targets.clone(), q.watermark())
+                (q.targets.clone(), q.checkpoint())
             };
             for t in targets {
                 let me = self.clone();
                 tokio::spawn(async move {
+                    let sent = me.now_ms();
                     let r = t
                         .conn
                         .call(Op::Ping, Bytes::new(), me.inner.cfg.t_evict)
                         .await;
+                    if r.is_ok() {
+                        t.stats.answered_ms.fetch_max(sent, Ordering::SeqCst);
+                    }
                     let r = match r {
                         Ok(_) if t.current => t
                             .conn
@@ -895,6 +1012,12 @@ impl ReplicatedVolume {
                 }
                 (closed, single)
             };
+            {
+                let mut ev = inner.evictions.lock();
+                for t in &closed {
+                    ev.push((t.address.clone(), Instant::now()));
+                }
+            }
             for t in closed {
                 t.conn.close("evicted");
             }
@@ -936,6 +1059,9 @@ impl ReplicatedVolume {
         }
         if inner.state.lock().phase == Phase::Init {
             return Err(BackendError::NotStarted);
+        }
+        if !self.lease_held().await {
+            return Err(BackendError::Busy);
         }
         let io = match ctx.io {
             Some(io) => io,
@@ -996,9 +1122,11 @@ impl ReplicatedVolume {
         };
         inner.seq_wake.notify_waiters();
         let t_evict = inner.cfg.t_evict;
-        let mut waits = Vec::new();
+        let sent_ms = sent_at.0.duration_since(inner.t0).as_millis() as u64;
+        let mut current_waits = Vec::new();
         for (t, s) in started {
             let me = self.clone();
+            let is_current = t.current;
             let fut = async move {
                 let r = match s {
                     Ok(s) => {
@@ -1007,14 +1135,25 @@ impl ReplicatedVolume {
                     }
                     Err(e) => Err(e),
                 };
+                if r.is_ok() {
+                    t.stats.answered_ms.fetch_max(sent_ms, Ordering::SeqCst);
+                }
                 t.stats.outstanding.fetch_sub(1, Ordering::SeqCst);
                 (t, r, me)
             };
-            waits.push(fut);
-        }
-        let mut current_waits = Vec::new();
-        for w in waits {
-            current_waits.push(w);
+            if is_current {
+                current_waits.push(fut);
+            } else {
+                // A Stale/New member's ack never counts, so the write does not wait for
+                // it: a member stalled mid catch-up costs no write latency (one stall
+                // per eviction, §4). Its failure ends the catch-up.
+                tokio::spawn(async move {
+                    let (t, r, me) = fut.await;
+                    if let Err(e) = r {
+                        me.member_failed(&t, &e).await;
+                    }
+                });
+            }
         }
         let results = join_all(current_waits).await;
         let mut outcome: Result<(), BackendError> = Ok(());
@@ -1064,7 +1203,13 @@ impl ReplicatedVolume {
         if outcome.is_ok() && ctx.fua {
             outcome = self.flush_all().await;
         }
-        inner.seq.lock().inflight.remove(&io);
+        {
+            let mut q = inner.seq.lock();
+            q.inflight.remove(&io);
+            if outcome.is_err() && (q.first_failed == 0 || io < q.first_failed) {
+                q.first_failed = io;
+            }
+        }
         outcome
     }
 
@@ -1125,6 +1270,9 @@ impl ReplicatedVolume {
             }
             if inner.state.lock().phase == Phase::Init {
                 return Err(BackendError::NotStarted);
+            }
+            if !self.lease_held().await {
+                return Err(BackendError::Busy);
             }
             let pick = {
                 let q = inner.seq.lock();

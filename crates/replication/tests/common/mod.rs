@@ -14,8 +14,9 @@ use cstor_iscsi::backend::{BlockBackend, IoCtx};
 use cstor_pool::spa::{GroupKind, GroupSpec, Spa, SpaOptions};
 use cstor_pool::{Pool, PoolOptions};
 use cstor_replication::membership::{Cas, MembershipStore, Record, Version};
+use cstor_replication::volume::Phase;
 use cstor_replication::{
-    AuthKey, FileStore, ReplicaServer, ReplicatedVolume, StoreError, VolumeConfig,
+    AuthKey, FileStore, MemberState, ReplicaServer, ReplicatedVolume, StoreError, VolumeConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +26,31 @@ pub const VOL: &str = "pvc-1";
 
 /// A pool on a sparse file in `dir`.
 pub fn pool_on_file(dir: &std::path::Path, name: &str) -> Arc<Pool> {
+    pool_on_file_booted(dir, name, None)
+}
+
+fn pool_opts(boot: Option<&str>) -> PoolOptions {
+    PoolOptions {
+        cache_bytes: 16 << 20,
+        boot_id: boot.map(str::to_string),
+        ..PoolOptions::default()
+    }
+}
+
+/// The pool `name` of `dir`, imported again (after a power cut) under boot id `boot`.
+pub fn import_pool(dir: &std::path::Path, name: &str, boot: &str) -> Arc<Pool> {
+    let p = dir.join(format!("{name}.img"));
+    let spa = Spa::import(
+        name,
+        &[p.to_string_lossy().into_owned()],
+        SpaOptions::default(),
+    )
+    .unwrap();
+    Arc::new(Pool::open(Arc::new(spa), pool_opts(Some(boot))).unwrap())
+}
+
+/// A pool on a sparse file in `dir`, opened under boot id `boot` (None: the host's).
+pub fn pool_on_file_booted(dir: &std::path::Path, name: &str, boot: Option<&str>) -> Arc<Pool> {
     let p = dir.join(format!("{name}.img"));
     std::fs::File::create(&p)
         .unwrap()
@@ -40,21 +66,12 @@ pub fn pool_on_file(dir: &std::path::Path, name: &str) -> Arc<Pool> {
         SpaOptions::default(),
     )
     .unwrap();
-    Arc::new(
-        Pool::create(
-            Arc::new(spa),
-            PoolOptions {
-                cache_bytes: 16 << 20,
-                ..PoolOptions::default()
-            },
-        )
-        .unwrap(),
-    )
+    Arc::new(Pool::create(Arc::new(spa), pool_opts(boot)).unwrap())
 }
 
 /// A replica server over a pool, on a fixed port once bound (restarts reuse it).
 pub struct Rep {
-    pub pool: Arc<Pool>,
+    pool: Option<Arc<Pool>>,
     pub port: u16,
     pub id: String,
     pub key: Option<AuthKey>,
@@ -66,7 +83,7 @@ impl Rep {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let mut r = Rep {
-            pool,
+            pool: Some(pool),
             port,
             id: id.into(),
             key,
@@ -77,12 +94,26 @@ impl Rep {
     }
 
     fn serve(&mut self, l: TcpListener) {
-        let s = ReplicaServer::new(self.pool.clone(), self.id.clone(), self.key.clone());
+        let s = ReplicaServer::new(self.pool(), self.id.clone(), self.key.clone());
         let s2 = s.clone();
         tokio::spawn(async move {
             let _ = s2.serve(l).await;
         });
         self.server = Some(s);
+    }
+
+    pub fn pool(&self) -> Arc<Pool> {
+        self.pool.clone().expect("the replica's pool is open")
+    }
+
+    /// The replica process dies and its pool closes (every handle of it dropped), then a
+    /// new process runs on the pool `reopen` opens (after a power cut), same port.
+    pub async fn restart_on(&mut self, reopen: impl FnOnce() -> Arc<Pool> + Send + 'static) {
+        self.kill();
+        let weak = Arc::downgrade(&self.pool.take().expect("pool"));
+        wait_for(20, "the old pool closed", || weak.strong_count() == 0).await;
+        self.pool = Some(tokio::task::spawn_blocking(reopen).await.unwrap());
+        self.restart().await;
     }
 
     pub fn addr(&self) -> String {
@@ -110,7 +141,7 @@ impl Rep {
 
     /// The replica volume's bytes, read directly from the pool.
     pub fn image(&self, size: u64) -> Vec<u8> {
-        let v = self.pool.volume(VOL).unwrap();
+        let v = self.pool().volume(VOL).unwrap();
         let mut out = vec![0u8; size as usize];
         v.read(0, &mut out).unwrap();
         out
@@ -129,6 +160,14 @@ pub struct Proxy {
     pub addr: String,
     mode: Arc<AtomicU8>,
     gen: Arc<AtomicU64>,
+    /// Bytes forwarded towards the replica (requests) and back (replies).
+    pub up: Arc<AtomicU64>,
+    pub down: Arc<AtomicU64>,
+    /// Connections accepted from now on join this group (one group per client, as
+    /// two targets reaching the same replica address).
+    join: Arc<AtomicU64>,
+    /// Groups cut off (their connections closed and refused).
+    cut_groups: Arc<parking_lot::Mutex<Vec<u64>>>,
 }
 
 pub const PASS: u8 = 0;
@@ -141,13 +180,19 @@ impl Proxy {
         let addr = l.local_addr().unwrap().to_string();
         let mode = Arc::new(AtomicU8::new(PASS));
         let gen = Arc::new(AtomicU64::new(0));
-        let (m, g) = (mode.clone(), gen.clone());
+        let up = Arc::new(AtomicU64::new(0));
+        let down_n = Arc::new(AtomicU64::new(0));
+        let join = Arc::new(AtomicU64::new(0));
+        let cut_groups: Arc<parking_lot::Mutex<Vec<u64>>> = Arc::default();
+        let (m, g, u, dn) = (mode.clone(), gen.clone(), up.clone(), down_n.clone());
+        let (j, cg) = (join.clone(), cut_groups.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((down, _)) = l.accept().await else {
                     return;
                 };
-                if m.load(Ordering::SeqCst) == CUT {
+                let group = j.load(Ordering::SeqCst);
+                if m.load(Ordering::SeqCst) == CUT || cg.lock().contains(&group) {
                     drop(down);
                     continue;
                 }
@@ -157,11 +202,40 @@ impl Proxy {
                 let my_gen = g.load(Ordering::SeqCst);
                 let (dr, dw) = down.into_split();
                 let (ur, uw) = up.into_split();
-                tokio::spawn(pump(dr, uw, m.clone(), g.clone(), my_gen));
-                tokio::spawn(pump(ur, dw, m.clone(), g.clone(), my_gen));
+                let ctl = PumpCtl {
+                    mode: m.clone(),
+                    gen: g.clone(),
+                    my_gen,
+                    group,
+                    cut_groups: cg.clone(),
+                };
+                tokio::spawn(pump(dr, uw, ctl.clone(), u.clone()));
+                tokio::spawn(pump(ur, dw, ctl, dn.clone()));
             }
         });
-        Proxy { addr, mode, gen }
+        Proxy {
+            addr,
+            mode,
+            gen,
+            up,
+            down: down_n,
+            join,
+            cut_groups,
+        }
+    }
+
+    /// Connections accepted from now on belong to group `g` (0 at start).
+    pub fn set_group(&self, g: u64) {
+        self.join.store(g, Ordering::SeqCst);
+    }
+
+    /// Cuts (or heals) the connections of group `g` only.
+    pub fn cut_group(&self, g: u64, cut: bool) {
+        let mut c = self.cut_groups.lock();
+        c.retain(|x| *x != g);
+        if cut {
+            c.push(g);
+        }
     }
 
     pub fn set(&self, mode: u8) {
@@ -172,19 +246,35 @@ impl Proxy {
     }
 }
 
-async fn pump(
-    mut r: tokio::net::tcp::OwnedReadHalf,
-    mut w: tokio::net::tcp::OwnedWriteHalf,
+#[derive(Clone)]
+struct PumpCtl {
     mode: Arc<AtomicU8>,
     gen: Arc<AtomicU64>,
     my_gen: u64,
+    group: u64,
+    cut_groups: Arc<parking_lot::Mutex<Vec<u64>>>,
+}
+
+impl PumpCtl {
+    fn gone(&self) -> bool {
+        self.gen.load(Ordering::SeqCst) != self.my_gen
+            || self.cut_groups.lock().contains(&self.group)
+    }
+}
+
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    ctl: PumpCtl,
+    count: Arc<AtomicU64>,
 ) {
+    let mode = &ctl.mode;
     let mut buf = vec![0u8; 256 << 10];
     loop {
         while mode.load(Ordering::SeqCst) == STALL {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if gen.load(Ordering::SeqCst) != my_gen {
+        if ctl.gone() {
             return;
         }
         let n = match tokio::time::timeout(Duration::from_millis(50), r.read(&mut buf)).await {
@@ -195,9 +285,10 @@ async fn pump(
         while mode.load(Ordering::SeqCst) == STALL {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if gen.load(Ordering::SeqCst) != my_gen || w.write_all(&buf[..n]).await.is_err() {
+        if ctl.gone() || w.write_all(&buf[..n]).await.is_err() {
             return;
         }
+        count.fetch_add(n as u64, Ordering::SeqCst);
     }
 }
 
@@ -226,7 +317,9 @@ impl MembershipStore for FaultyStore {
 pub fn cfg(size: u64, replicas: Vec<String>) -> VolumeConfig {
     let mut c = VolumeConfig::new(VOL, size, replicas);
     c.t_takeover = Duration::ZERO;
-    c.t_lease = Duration::from_millis(200);
+    // Above T_evict + flush + CAS, as the defaults (8 s against 2 s): a stalled Current
+    // replica is evicted before the lease stops IO.
+    c.t_lease = Duration::from_secs(4);
     c.t_gather = Duration::from_secs(3);
     c.ping = Duration::from_millis(300);
     c
@@ -254,6 +347,30 @@ pub struct Truth {
     pub max_latency_ms: AtomicU64,
     pub acked: AtomicU64,
     pub failed: AtomicU64,
+    /// (completion, ms) of every write slower than [`SLOW_MS`].
+    pub slow: parking_lot::Mutex<Vec<(Instant, u64)>>,
+}
+
+/// A write slower than this counts as stalled.
+pub const SLOW_MS: u64 = 400;
+
+impl Truth {
+    /// Stall episodes: slow writes grouped when they complete within `gap` of each other.
+    pub fn stalls(&self, gap: Duration) -> Vec<(Instant, u64)> {
+        let mut s = self.slow.lock().clone();
+        s.sort_by_key(|x| x.0);
+        let mut out: Vec<(Instant, u64)> = Vec::new();
+        for (at, ms) in s {
+            match out.last_mut() {
+                Some(l) if at.duration_since(l.0) < gap => {
+                    l.0 = at;
+                    l.1 = l.1.max(ms);
+                }
+                _ => out.push((at, ms)),
+            }
+        }
+        out
+    }
 }
 
 /// `writers` tasks each own the blocks b with b % writers == w, writing unique tags
@@ -285,6 +402,9 @@ pub fn spawn_writers(
                     let r = v.write(&c, b * BS, block(tag)).await;
                     let ms = t.elapsed().as_millis() as u64;
                     truth.max_latency_ms.fetch_max(ms, Ordering::SeqCst);
+                    if ms >= SLOW_MS {
+                        truth.slow.lock().push((Instant::now(), ms));
+                    }
                     match r {
                         Ok(()) => {
                             truth.last.lock().insert(b, tag);
@@ -335,5 +455,92 @@ pub async fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Size and block count of the scenario volumes.
+pub const SIZE: u64 = 16 << 20;
+pub const BLOCKS: u64 = 512;
+
+/// Replica servers on pools in one temp dir, each behind a proxy, and a file store.
+pub struct Cluster {
+    pub _dir: tempfile::TempDir,
+    pub reps: Vec<Rep>,
+    pub proxies: Vec<Proxy>,
+    pub store: Arc<FileStore>,
+    pub state: std::path::PathBuf,
+    pub size: u64,
+}
+
+/// `n` replicas of a [`SIZE`] volume.
+pub async fn cluster(n: usize) -> Cluster {
+    cluster_sized(n, SIZE).await
+}
+
+pub async fn cluster_sized(n: usize, size: u64) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reps = Vec::new();
+    let mut proxies = Vec::new();
+    for i in 0..n {
+        let r = Rep::start(
+            pool_on_file(dir.path(), &format!("p{i}")),
+            &format!("r{i}"),
+            None,
+        )
+        .await;
+        proxies.push(Proxy::start(r.addr()).await);
+        reps.push(r);
+    }
+    let state = dir.path().join("state");
+    let store = Arc::new(FileStore::new(&state).unwrap());
+    Cluster {
+        _dir: dir,
+        reps,
+        proxies,
+        store,
+        state,
+        size,
+    }
+}
+
+impl Cluster {
+    pub fn addrs(&self) -> Vec<String> {
+        self.proxies.iter().map(|p| p.addr.clone()).collect()
+    }
+    /// A target over every proxy, serving.
+    pub async fn target(&self) -> ReplicatedVolume {
+        self.target_with(cfg(self.size, self.addrs())).await
+    }
+    pub async fn target_with(&self, c: VolumeConfig) -> ReplicatedVolume {
+        let v = ReplicatedVolume::start(c, self.store.clone())
+            .await
+            .unwrap();
+        let p = v.ready().await;
+        assert!(matches!(p, Phase::Healthy | Phase::Degraded), "phase {p:?}");
+        v
+    }
+    pub fn state_of(&self, id: &str) -> MemberState {
+        let (r, _) = self.store.read().unwrap();
+        r.member(id).unwrap().state
+    }
+    /// Every replica's volume, read from its pool, is byte-identical.
+    pub fn identical(&self) {
+        let imgs: Vec<Vec<u8>> = self.reps.iter().map(|r| r.image(self.size)).collect();
+        for (i, img) in imgs.iter().enumerate().skip(1) {
+            if let Some(at) = img.iter().zip(&imgs[0]).position(|(a, b)| a != b) {
+                panic!("replica {i} differs from replica 0 at byte {at}");
+            }
+        }
+    }
+}
+
+/// 4 verifying writers over [`BLOCKS`] for `secs`.
+pub async fn run_writers(v: &ReplicatedVolume, truth: &Arc<Truth>, secs: f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs = spawn_writers(v, BLOCKS, 4, truth.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::SeqCst);
+    for h in hs {
+        h.await.unwrap();
     }
 }

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Benchmark: replicated volumes (`cstor target serve --replica ...`) with 1, 2 and 3
+# replicas against tgt on a plain file, driven by fio's libiscsi engine in the same run.
+# Three pools (one sparse file each) with one `cstor replica serve` process per pool;
+# one target process per replication factor (volumes r1, r2, r3 on the same replica
+# servers). Prints median IOPS, mean latency, the ratio to tgt, and CPU seconds per
+# 1,000 writes of the target and replica processes (4 KiB random write QD16), to project
+# to clusters where each replica has its own node. Never runs in CI.
+#
+# Aims (issue 11, on this 2-core machine where target, replicas and fio share the
+# cores): RF=3 at QD16 >= 0.5x tgt's IOPS; QD1 write latency with RF=3 <= 2x RF=1.
+#
+# Needs root (tgtd), tgt, libiscsi-bin, python3 and a libiscsi-enabled fio: FIO (default
+# /work/fio-build/fio if present, else the one bench/iscsi.sh builds into
+# $CSTOR_BENCH_CACHE). Env: RUNTIME (seconds per job, default 8), SIZE (working set,
+# default 128m), REPEAT (runs per job, default 1), JOBS (rw:bs:qd list), CSTOR_BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNTIME=${RUNTIME:-8}
+SIZE=${SIZE:-128m}
+REPEAT=${REPEAT:-1}
+CACHE=${CSTOR_BENCH_CACHE:-$HOME/.cache/cstor-bench}
+if [ -z "${FIO:-}" ]; then
+  if [ -x /work/fio-build/fio ]; then FIO=/work/fio-build/fio; else FIO=$CACHE/fio-3.33/fio; fi
+fi
+[ -x "$FIO" ] || { echo "no libiscsi fio at $FIO: run bench/iscsi.sh once (it builds one) or set FIO" >&2; exit 1; }
+CSTOR_BIN=${CSTOR_BIN:-}
+if [ -z "$CSTOR_BIN" ]; then
+  cargo build --release -q -p cstor
+  CSTOR_BIN=./target/release/cstor
+fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+W=$(mktemp -d)
+export CSTOR_HOME=$W/home
+TP=$(free_port); TC=$((RANDOM % 1000 + 100))
+IQN=iqn.2024-01.io.cstor.bench
+cleanup() {
+  for p in ${PIDS:-}; do kill "$p" 2>/dev/null || true; done
+  if [ -n "${TPID:-}" ]; then
+    tgtadm -C "$TC" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
+    tgtadm -C "$TC" --op delete --mode system >/dev/null 2>&1 || true
+    kill "$TPID" 2>/dev/null || true
+  fi
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+truncate -s 1G "$W/tgt.img"
+/usr/sbin/tgtd -f -C "$TC" --iscsi "portal=127.0.0.1:$TP" >"$W/tgt.log" 2>&1 &
+TPID=$!
+for _ in $(seq 100); do tgtadm -C "$TC" --op show --mode system >/dev/null 2>&1 && break; sleep 0.1; done
+tgtadm -C "$TC" --lld iscsi --mode target --op new --tid 1 --targetname "$IQN:tgt"
+tgtadm -C "$TC" --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$W/tgt.img" --bstype rdwr
+tgtadm -C "$TC" --lld iscsi --mode target --op bind --tid 1 --initiator-address ALL
+
+url() { echo "iscsi\\://127.0.0.1\\:$1/$(echo "$2" | sed 's/:/\\:/g')/$3"; }
+wait_portal() { for _ in $(seq 200); do iscsi-ls "iscsi://127.0.0.1:$1" >/dev/null 2>&1 && return; sleep 0.1; done; }
+echo "tgt $(url "$TP" "$IQN:tgt" 1)" > "$W/targets"
+
+# Replica servers: the first stdout line is "... listening on ADDR".
+REPS=()
+for p in a b c; do
+  truncate -s 4G "$W/$p.img"
+  "$CSTOR_BIN" pool create "p$p" stripe "$W/$p.img" >/dev/null
+  "$CSTOR_BIN" replica serve --pool "p$p" --listen 127.0.0.1:0 >"$W/rep-$p.out" 2>"$W/rep-$p.log" &
+  PIDS="${PIDS:-} $!"
+  REP_PIDS="${REP_PIDS:-} $!"
+  for _ in $(seq 100); do grep -q "listening on" "$W/rep-$p.out" 2>/dev/null && break; sleep 0.1; done
+  REPS+=("$(sed -n 's/.*listening on //p' "$W/rep-$p.out" | head -1)")
+done
+declare -A TPIDS
+for rf in 1 2 3; do
+  port=$(free_port)
+  args=()
+  for i in $(seq 0 $((rf - 1))); do args+=(--replica "${REPS[$i]}"); done
+  "$CSTOR_BIN" target serve --listen "127.0.0.1:$port" --iqn "$IQN:rf$rf" --volume "r$rf" --size 1G \
+    "${args[@]}" --state-dir "$W/state-$rf" >"$W/t$rf.out" 2>"$W/t$rf.log" &
+  PIDS="${PIDS:-} $!"
+  TPIDS[rf$rf]=$!
+  wait_portal "$port"
+  echo "rf$rf $(url "$port" "$IQN:rf$rf" 0)" >> "$W/targets"
+done
+
+# CPU seconds (user + system) of the listed pids.
+cpu() { local s=0; for p in "$@"; do s=$((s + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$s"; }
+job() { # name url rw bs qd
+  "$FIO" --name="$1" --ioengine=libiscsi --filename="$2" --rw="$3" --bs="$4" --iodepth="$5" \
+    --size="$SIZE" --time_based --runtime="$RUNTIME" --output-format=json 2>"$W/$1.err" || {
+    echo "fio $1 failed: $(tail -3 "$W/$1.err")" >&2
+  }
+}
+while read -r _ u; do
+  "$FIO" --name=fill --ioengine=libiscsi --filename="$u" --rw=write --bs=1m --iodepth=8 --size="$SIZE" >/dev/null 2>&1
+done < "$W/targets"
+
+JOBS=${JOBS:-"randwrite:4k:1 randwrite:4k:16 randread:4k:16 write:128k:8"}
+mapfile -t TARGETS < "$W/targets"
+: > "$W/results"
+: > "$W/cpu"
+TICK=$(getconf CLK_TCK)
+for j in $JOBS; do
+  IFS=: read -r rw bs qd <<<"$j"
+  for r in $(seq "$REPEAT"); do
+    n=${#TARGETS[@]}
+    for k in $(seq 0 $((n - 1))); do
+      IFS=' ' read -r t u <<<"${TARGETS[$(((k + r) % n))]}"
+      sync
+      before=0
+      if [ "$t" != tgt ] && [ "$j" = randwrite:4k:16 ]; then
+        # shellcheck disable=SC2086
+        before=$(cpu "${TPIDS[$t]}" $REP_PIDS)
+      fi
+      out="$W/$t-$rw-$bs-$qd-$r.json"
+      job "$t-$rw-$bs-qd$qd" "$u" "$rw" "$bs" "$qd" > "$out"
+      if [ "$t" != tgt ] && [ "$j" = randwrite:4k:16 ]; then
+        # shellcheck disable=SC2086
+        echo "$t $(( $(cpu "${TPIDS[$t]}" $REP_PIDS) - before )) $TICK $out" >> "$W/cpu"
+      fi
+      echo "$rw $bs $qd $t $out" >> "$W/results"
+    done
+  done
+done
+echo "replicated volumes vs tgt (file), working set $SIZE, $REPEAT x ${RUNTIME}s per job, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$W/results" "$W/cpu" <<'PY'
+import json, statistics, sys
+def load(path):
+    text = open(path).read()
+    start = text.find("{")
+    return json.loads(text[start:])["jobs"][0] if start >= 0 else None
+rows, order = {}, []
+for line in open(sys.argv[1]):
+    rw, bs, qd, t, path = line.split()
+    d = load(path)
+    if d is None:
+        print(f"no result for {t} {rw} {bs} qd{qd}", file=sys.stderr)
+        continue
+    side = d["read"] if "read" in rw else d["write"]
+    if t not in order:
+        order.append(t)
+    rows.setdefault((rw, bs, qd), {}).setdefault(t, []).append(
+        (side["iops"], side["clat_ns"]["mean"] / 1000.0, side["bw"] / 1024.0))
+print("ratio = IOPS / tgt IOPS (medians); lat = mean completion latency; lat/rf1 = latency over RF=1's")
+print(f"{'job':<20}{'target':<8}{'IOPS':>10}{'ratio':>8}{'lat us':>10}{'lat/rf1':>9}{'MiB/s':>9}")
+for (rw, bs, qd), r in rows.items():
+    med = {t: [statistics.median(x) for x in zip(*v)] for t, v in r.items()}
+    base = med.get("tgt")
+    for t in order:
+        if t not in med:
+            continue
+        m = med[t]
+        ratio = m[0] / base[0] if base and base[0] else float("nan")
+        l1 = m[1] / med["rf1"][1] if "rf1" in med and med["rf1"][1] else float("nan")
+        print(f"{rw+' '+bs+' qd'+qd:<20}{t:<8}{m[0]:>10.0f}{ratio:>8.2f}{m[1]:>10.1f}{l1:>9.2f}{m[2]:>9.1f}")
+print("CPU seconds per 1,000 writes (4k randwrite qd16; target + all three replica processes)")
+for line in open(sys.argv[2]):
+    t, ticks, hz, path = line.split()
+    d = load(path)
+    if d is None:
+        continue
+    writes = d["write"]["total_ios"]
+    print(f"  {t}: {int(ticks) / int(hz) / max(writes, 1) * 1000:.3f} s ({writes} writes)")
+PY
