@@ -1,6 +1,7 @@
 //! Membership changes of design §2.10 and the §4 row "Stale R3 returns; target
 //! restarted; only R3 reachable": add a replica under load (New -> full copy -> Current,
-//! rf + 1), remove replicas down to the last Current one, and the offline force-current.
+//! rf + 1), remove replicas down to the last Current one, and the offline force-current;
+//! and the LU hold raised while an eviction is being recorded (design §2.6).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use cstor_iscsi::backend::{BlockBackend, IoCtx};
+use cstor_iscsi::backend::{BackendError, BlockBackend, IoCtx};
 use cstor_replication::members::force_current;
 use cstor_replication::membership::MembershipStore;
 use cstor_replication::volume::Phase;
@@ -23,6 +24,7 @@ struct Cluster {
     reps: Vec<Rep>,
     proxies: Vec<Proxy>,
     store: Arc<FileStore>,
+    state: std::path::PathBuf,
 }
 
 async fn cluster(n: usize) -> Cluster {
@@ -39,12 +41,14 @@ async fn cluster(n: usize) -> Cluster {
         proxies.push(Proxy::start(r.addr()).await);
         reps.push(r);
     }
-    let store = Arc::new(FileStore::new(dir.path().join("state")).unwrap());
+    let state = dir.path().join("state");
+    let store = Arc::new(FileStore::new(&state).unwrap());
     Cluster {
         _dir: dir,
         reps,
         proxies,
         store,
+        state,
     }
 }
 
@@ -175,4 +179,39 @@ async fn only_a_stale_replica_reachable_stays_offline_until_forced() {
     let (r, _) = c.store.read().unwrap();
     assert_eq!(r.member("r0").unwrap().state, MemberState::Stale);
     v3.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lu_hold_is_raised_while_an_eviction_waits_for_the_store() {
+    let c = cluster(2).await;
+    let store = Arc::new(FaultyStore {
+        inner: FileStore::new(&c.state).unwrap(),
+        down: AtomicBool::new(false),
+    });
+    let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), store.clone())
+        .await
+        .unwrap();
+    let hold = v.hold().expect("a replicated volume offers the LU a hold");
+    assert_eq!(v.ready().await, Phase::Healthy);
+    wait_for(5, "the start-up hold released", || !hold.is_held()).await;
+    store.down.store(true, Ordering::SeqCst);
+    c.proxies[1].set(CUT);
+    let w = {
+        let v = v.clone();
+        tokio::spawn(async move { v.write(&ctx(&v, false), 0, block(3)).await })
+    };
+    // The write waits in the eviction (store down): the LU must hold new commands.
+    wait_for(5, "the hold raised during the eviction", || hold.is_held()).await;
+    let r = w.await.unwrap();
+    assert!(matches!(r, Err(BackendError::Busy)), "{r:?}");
+    // Pings retry the eviction while the store is down; once it is back the eviction is
+    // recorded and the hold ends.
+    store.down.store(false, Ordering::SeqCst);
+    wait_for(10, "the hold released after the eviction", || {
+        !hold.is_held()
+    })
+    .await;
+    v.write(&ctx(&v, false), 0, block(4)).await.unwrap();
+    assert!(!hold.is_held());
+    assert_eq!(c.state_of("r1"), Some(MemberState::Stale));
 }
