@@ -337,3 +337,50 @@ pub async fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `n` replica servers over pools on temp files, each behind a proxy, and a file store.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub reps: Vec<Rep>,
+    pub proxies: Vec<Proxy>,
+    pub store: Arc<FileStore>,
+    pub state: std::path::PathBuf,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reps = Vec::new();
+        let mut proxies = Vec::new();
+        for i in 0..n {
+            let r = Rep::start(
+                pool_on_file(dir.path(), &format!("p{i}")),
+                &format!("r{i}"),
+                None,
+            )
+            .await;
+            proxies.push(Proxy::start(r.addr()).await);
+            reps.push(r);
+        }
+        let state = dir.path().join("state");
+        let store = Arc::new(FileStore::new(&state).unwrap());
+        Cluster {
+            dir,
+            reps,
+            proxies,
+            store,
+            state,
+        }
+    }
+
+    /// The proxies' addresses (what targets connect to).
+    pub fn addrs(&self) -> Vec<String> {
+        self.proxies.iter().map(|p| p.addr.clone()).collect()
+    }
+
+    /// Member `id`'s state in the stored record.
+    pub fn member_state(&self, id: &str) -> Option<cstor_replication::MemberState> {
+        let (r, _) = self.store.read().unwrap();
+        r.member(id).map(|m| m.state)
+    }
+}
