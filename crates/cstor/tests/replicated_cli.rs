@@ -345,3 +345,122 @@ fn stopped_replica_process_is_evicted_once_then_rejoins() {
         ],
     );
 }
+
+/// `cstor target snapshot|snapshots|delete-snapshot|clone|add-replica|remove-replica|
+/// force-current` as processes (unix-socket control, replicas without a key).
+#[test]
+fn replicated_snapshot_clone_membership_and_force_commands() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path().join("home");
+    let mut reps = Vec::new();
+    let mut addrs = Vec::new();
+    for p in ["pa", "pb"] {
+        let img = d.path().join(format!("{p}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+        let (ok, out) = run(
+            cstor(&home).args(["pool", "create", p, "stripe"]).arg(&img),
+            T,
+        );
+        assert!(ok, "{out}");
+        let mut c = cstor(&home);
+        c.args(["replica", "serve", "--pool", p, "--listen", "127.0.0.1:0"]);
+        let (proc_, addr) = spawn(c, "listening on ");
+        reps.push(proc_);
+        addrs.push(addr);
+    }
+    let serve = |vol: &str, size: &str, state: &Path, control: &Path| {
+        let mut c = cstor(&home);
+        c.args(["target", "serve", "--listen", "127.0.0.1:0", "--iqn", IQN])
+            .args(["--volume", vol, "--size", size, "--state-dir"])
+            .arg(state)
+            .arg("--control")
+            .arg(control);
+        for r in &addrs {
+            c.args(["--replica", r]);
+        }
+        spawn(c, "listening on ").0
+    };
+    let ctl = |control: &Path, args: &[&str]| {
+        let mut c = cstor(&home);
+        c.arg("target").arg(args[0]).arg("--control").arg(control);
+        c.args(&args[1..]);
+        run(&mut c, T)
+    };
+    let healthy = |control: &Path| {
+        wait_for(Duration::from_secs(40), || {
+            let (ok, out) = ctl(control, &["status", "-o", "json"]);
+            ok && serde_json::from_str::<serde_json::Value>(&out)
+                .is_ok_and(|s| s["phase"] == "Healthy")
+        })
+    };
+    let (s1, c1) = (d.path().join("s1"), d.path().join("c1.sock"));
+    let _t1 = serve("vol1", "64M", &s1, &c1);
+    assert!(healthy(&c1));
+    let (ok, out) = ctl(&c1, &["snapshot", "snap1"]);
+    assert!(
+        ok && out.contains("snapshot snap1 taken at io cut"),
+        "{out}"
+    );
+    let (ok, out) = ctl(&c1, &["snapshot", "bad/name"]);
+    assert!(!ok && out.contains("bad snapshot name"), "{out}");
+    let (ok, out) = ctl(&c1, &["snapshots", "-o", "json"]);
+    assert!(ok, "{out}");
+    let l: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(l[0]["name"], "snap1");
+    assert_eq!(l[0]["replicas"].as_array().unwrap().len(), 2, "{l}");
+    let s2 = d.path().join("s2");
+    let (ok, out) = ctl(
+        &c1,
+        &[
+            "clone",
+            "snap1",
+            "vol2",
+            "--state-dir",
+            s2.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("cloned snap1 as vol2"), "{out}");
+    let (ok, out) = ctl(&c1, &["delete-snapshot", "snap1"]);
+    assert!(!ok && out.contains("has clones"), "{out}");
+    // The clone serves as its own replicated volume.
+    let c2 = d.path().join("c2.sock");
+    let t2 = serve("vol2", "64M", &s2, &c2);
+    assert!(healthy(&c2));
+    let (ok, out) = ctl(&c2, &["status", "-o", "json"]);
+    assert!(ok, "{out}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<String> = st["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    // Scale down then up again.
+    let (ok, out) = ctl(&c2, &["remove-replica", &ids[1]]);
+    assert!(ok, "{out}");
+    let (ok, out) = ctl(&c2, &["remove-replica", &ids[0]]);
+    assert!(!ok && out.contains("only Current"), "{out}");
+    let (ok, out) = ctl(&c2, &["add-replica", &addrs[1]]);
+    assert!(ok && out.contains("New"), "{out}");
+    assert!(healthy(&c2), "the added replica did not become Current");
+    // Offline force-current: refused without --accept-data-loss, done after the target
+    // died (its pid no longer runs on this node).
+    drop(t2);
+    let force = |extra: &[&str]| {
+        let mut c = cstor(&home);
+        c.args(["target", "force-current", "--state-dir"])
+            .arg(&s2)
+            .args(["--member", &ids[0], "--by", "tester@test"])
+            .args(extra);
+        run(&mut c, T)
+    };
+    let (ok, out) = force(&[]);
+    assert!(!ok && out.contains("--accept-data-loss"), "{out}");
+    let (ok, out) = force(&["--accept-data-loss"]);
+    assert!(ok && out.contains("forced Current by tester@test"), "{out}");
+    let rec = std::fs::read_to_string(s2.join("membership.json")).unwrap();
+    assert!(rec.contains("\"by\": \"tester@test\""), "{rec}");
+}

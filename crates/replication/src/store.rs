@@ -170,30 +170,13 @@ impl ReplicaVolume {
         from: u64,
         max: usize,
     ) -> Result<Vec<Range>, PoolError> {
-        let mut out = Vec::new();
-        let r = self
-            .p()
-            .changed_between(self.vol.name(), since, Some(until), &mut |c| {
-                if c.offset + c.len <= from {
-                    return Ok(());
-                }
-                let start = c.offset.max(from);
-                out.push(Range {
-                    offset: start,
-                    len: c.offset + c.len - start,
-                    io_max: c.io_number_max,
-                });
-                if out.len() >= max {
-                    // Ends the walk early; the caller asks again from the last range's end.
-                    return Err(PoolError::Busy("page full".into()));
-                }
-                Ok(())
-            });
-        match r {
-            Ok(()) => Ok(out),
-            Err(PoolError::Busy(m)) if m == "page full" => Ok(out),
-            Err(e) => Err(e),
-        }
+        let name = self.vol.name();
+        page(from, max, |f| {
+            self.p()
+                .changed_between(name, since, Some(until), &mut |c| {
+                    f(c.offset, c.len, c.io_number_max)
+                })
+        })
     }
 
     /// Highest io the volume holds (at least `checkpoint`).
@@ -317,30 +300,13 @@ impl ReplicaVolume {
         from: u64,
         max: usize,
     ) -> Result<Vec<Range>, PoolError> {
-        let mut out = Vec::new();
         let target = format!("{}@{snap}", self.vol.name());
-        let r = self
-            .p()
-            .block_ios_between(&target, since, Some(until), &mut |b| {
-                if b.offset + b.len <= from {
-                    return Ok(());
-                }
-                let start = b.offset.max(from);
-                out.push(Range {
-                    offset: start,
-                    len: b.offset + b.len - start,
-                    io_max: b.io,
-                });
-                if out.len() >= max {
-                    return Err(PoolError::Busy("page full".into()));
-                }
-                Ok(())
-            });
-        match r {
-            Ok(()) => Ok(out),
-            Err(PoolError::Busy(m)) if m == "page full" => Ok(out),
-            Err(e) => Err(e),
-        }
+        page(from, max, |f| {
+            self.p()
+                .block_ios_between(&target, since, Some(until), &mut |b| {
+                    f(b.offset, b.len, b.io)
+                })
+        })
     }
 
     /// Reads a range of snapshot `snap`.
@@ -351,6 +317,42 @@ impl ReplicaVolume {
     /// Commits a txg now (the checkpoint set before it becomes durable).
     pub fn commit(&self) -> Result<(), PoolError> {
         self.p().sync().map(|_| ())
+    }
+}
+
+/// Ends a walk early once a page is full (the caller asks again from the last end).
+const PAGE_FULL: &str = "page full";
+
+/// Up to `max` ranges from byte `from` of a walk reporting (offset, len, io) runs in
+/// offset order.
+fn page(
+    from: u64,
+    max: usize,
+    walk: impl FnOnce(&mut dyn FnMut(u64, u64, u64) -> Result<(), PoolError>) -> Result<(), PoolError>,
+) -> Result<Vec<Range>, PoolError> {
+    let mut out = Vec::new();
+    let r = {
+        let mut f = |offset: u64, len: u64, io: u64| {
+            if offset + len <= from {
+                return Ok(());
+            }
+            let start = offset.max(from);
+            out.push(Range {
+                offset: start,
+                len: offset + len - start,
+                io_max: io,
+            });
+            if out.len() >= max {
+                return Err(PoolError::Busy(PAGE_FULL.into()));
+            }
+            Ok(())
+        };
+        walk(&mut f)
+    };
+    match r {
+        Ok(()) => Ok(out),
+        Err(PoolError::Busy(m)) if m == PAGE_FULL => Ok(out),
+        Err(e) => Err(e),
     }
 }
 

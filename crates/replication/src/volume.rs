@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cstor_iscsi::backend::{
-    BackendError, BackendEvent, BackendFuture, BackendIdentity, BlockBackend, IoCtx,
+    BackendError, BackendEvent, BackendFuture, BackendIdentity, BlockBackend, Hold, IoCtx,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -292,6 +292,34 @@ pub(crate) struct Inner {
     pub(crate) start_info: Mutex<StartInfo>,
     /// (address, when) of every eviction in the last 10 min (flap damping).
     pub(crate) evictions: Mutex<Vec<(String, Instant)>>,
+    /// The LU's hold (design §2.6): raised while the volume starts and while an eviction
+    /// is being recorded, so the LU dispatches no new command (it queues them up to
+    /// T_hold, then BUSY) and ABORT TASK / LUN RESET never wait for us. `holders` counts
+    /// who raised it.
+    hold: Hold,
+    holders: Mutex<usize>,
+}
+
+/// A raised [`Inner::hold`], lowered on drop when nobody else holds it.
+pub(crate) struct HoldGuard(Arc<Inner>);
+
+impl Inner {
+    fn hold_enter(self: &Arc<Self>) -> HoldGuard {
+        let mut n = self.holders.lock();
+        *n += 1;
+        self.hold.hold();
+        HoldGuard(self.clone())
+    }
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        let mut n = self.0.holders.lock();
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.0.hold.release();
+        }
+    }
 }
 
 fn other(msg: impl std::fmt::Display) -> BackendError {
@@ -409,12 +437,17 @@ impl ReplicatedVolume {
             t0: Instant::now(),
             start_info: Mutex::new(StartInfo::default()),
             evictions: Mutex::new(Vec::new()),
+            hold: Hold::new(),
+            holders: Mutex::new(0),
             cfg,
             store,
         });
         let v = ReplicatedVolume { inner };
         let me = v.clone();
+        // Commands wait in the LU until start-up recovery ends (then BUSY after T_hold).
+        let starting = v.inner.hold_enter();
         let t = tokio::spawn(async move {
+            let _starting = starting;
             let lease_wait = !prev_clean
                 && prev_holder
                     .as_ref()
@@ -901,6 +934,8 @@ impl ReplicatedVolume {
         if inner.stopping.load(Ordering::SeqCst) {
             return Err(VolumeError::Refused("the target is stopping".into()));
         }
+        // New commands wait in the LU while the eviction is recorded.
+        let _held = inner.hold_enter();
         let start = Instant::now();
         let mut gone: Vec<String> = vec![id.to_string()];
         loop {
@@ -1328,6 +1363,10 @@ impl BlockBackend for ReplicatedVolume {
 
     fn next_io(&self) -> Option<u64> {
         self.draw_io()
+    }
+
+    fn hold(&self) -> Option<Hold> {
+        Some(self.inner.hold.clone())
     }
 
     fn read(&self, _ctx: &IoCtx, offset: u64, len: u32) -> BackendFuture<'_, Bytes> {

@@ -1,6 +1,7 @@
 //! Membership changes of design §2.10 and the §4 row "Stale R3 returns; target
 //! restarted; only R3 reachable": add a replica under load (New -> full copy -> Current,
-//! rf + 1), remove replicas down to the last Current one, and the offline force-current.
+//! rf + 1), remove replicas down to the last Current one, and the offline force-current;
+//! and the LU hold raised while an eviction is being recorded (design §2.6).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use cstor_iscsi::backend::{BlockBackend, IoCtx};
+use cstor_iscsi::backend::{BackendError, BlockBackend, IoCtx};
 use cstor_replication::members::force_current;
 use cstor_replication::membership::MembershipStore;
 use cstor_replication::volume::Phase;
@@ -18,49 +19,9 @@ use cstor_replication::{FileStore, MemberState, ReplicatedVolume};
 const SIZE: u64 = 16 << 20;
 const BLOCKS: u64 = 512;
 
-struct Cluster {
-    _dir: tempfile::TempDir,
-    reps: Vec<Rep>,
-    proxies: Vec<Proxy>,
-    store: Arc<FileStore>,
-}
-
-async fn cluster(n: usize) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reps = Vec::new();
-    let mut proxies = Vec::new();
-    for i in 0..n {
-        let r = Rep::start(
-            pool_on_file(dir.path(), &format!("p{i}")),
-            &format!("r{i}"),
-            None,
-        )
-        .await;
-        proxies.push(Proxy::start(r.addr()).await);
-        reps.push(r);
-    }
-    let store = Arc::new(FileStore::new(dir.path().join("state")).unwrap());
-    Cluster {
-        _dir: dir,
-        reps,
-        proxies,
-        store,
-    }
-}
-
-impl Cluster {
-    fn addrs(&self) -> Vec<String> {
-        self.proxies.iter().map(|p| p.addr.clone()).collect()
-    }
-    fn state_of(&self, id: &str) -> Option<MemberState> {
-        let (r, _) = self.store.read().unwrap();
-        r.member(id).map(|m| m.state)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_replica_under_load_then_remove_down_to_the_last_current() {
-    let c = cluster(3).await;
+    let c = Cluster::start(3).await;
     let addrs = c.addrs();
     let v = ReplicatedVolume::start(cfg(SIZE, addrs[..2].to_vec()), c.store.clone())
         .await
@@ -78,7 +39,7 @@ async fn add_replica_under_load_then_remove_down_to_the_last_current() {
     assert_eq!((m.id.as_str(), m.state), ("r2", MemberState::New));
     assert_eq!(c.store.read().unwrap().0.rf, 3);
     wait_for(30, "the added replica Current", || {
-        c.state_of("r2") == Some(MemberState::Current)
+        c.member_state("r2") == Some(MemberState::Current)
     })
     .await;
     assert_eq!(v.status().phase, Phase::Healthy);
@@ -114,7 +75,7 @@ async fn add_replica_under_load_then_remove_down_to_the_last_current() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_stale_replica_reachable_stays_offline_until_forced() {
-    let c = cluster(3).await;
+    let c = Cluster::start(3).await;
     let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), c.store.clone())
         .await
         .unwrap();
@@ -127,7 +88,7 @@ async fn only_a_stale_replica_reachable_stays_offline_until_forced() {
     c.proxies[2].set(CUT);
     v.write(&ctx(&v, false), 40 * BS, block(1)).await.unwrap();
     wait_for(10, "R2 Stale", || {
-        c.state_of("r2") == Some(MemberState::Stale)
+        c.member_state("r2") == Some(MemberState::Stale)
     })
     .await;
     // Acknowledged while R2 is away: only R0 and R1 hold it.
@@ -161,7 +122,7 @@ async fn only_a_stale_replica_reachable_stays_offline_until_forced() {
     assert_eq!(rec.epoch, before.epoch + 1);
     assert_eq!(rec.forced.as_ref().unwrap().member, "r2");
     assert_eq!(rec.forced.as_ref().unwrap().by, "t@h");
-    assert_eq!(c.state_of("r2"), Some(MemberState::Current));
+    assert_eq!(c.member_state("r2"), Some(MemberState::Current));
     // Served from R2 now (the write it missed is lost, as accepted).
     let v3 = ReplicatedVolume::start(cfg(SIZE, c.addrs()), c.store.clone())
         .await
@@ -175,4 +136,39 @@ async fn only_a_stale_replica_reachable_stays_offline_until_forced() {
     let (r, _) = c.store.read().unwrap();
     assert_eq!(r.member("r0").unwrap().state, MemberState::Stale);
     v3.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lu_hold_is_raised_while_an_eviction_waits_for_the_store() {
+    let c = Cluster::start(2).await;
+    let store = Arc::new(FaultyStore {
+        inner: FileStore::new(&c.state).unwrap(),
+        down: AtomicBool::new(false),
+    });
+    let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), store.clone())
+        .await
+        .unwrap();
+    let hold = v.hold().expect("a replicated volume offers the LU a hold");
+    assert_eq!(v.ready().await, Phase::Healthy);
+    wait_for(5, "the start-up hold released", || !hold.is_held()).await;
+    store.down.store(true, Ordering::SeqCst);
+    c.proxies[1].set(CUT);
+    let w = {
+        let v = v.clone();
+        tokio::spawn(async move { v.write(&ctx(&v, false), 0, block(3)).await })
+    };
+    // The write waits in the eviction (store down): the LU must hold new commands.
+    wait_for(5, "the hold raised during the eviction", || hold.is_held()).await;
+    let r = w.await.unwrap();
+    assert!(matches!(r, Err(BackendError::Busy)), "{r:?}");
+    // Pings retry the eviction while the store is down; once it is back the eviction is
+    // recorded and the hold ends.
+    store.down.store(false, Ordering::SeqCst);
+    wait_for(10, "the hold released after the eviction", || {
+        !hold.is_held()
+    })
+    .await;
+    v.write(&ctx(&v, false), 0, block(4)).await.unwrap();
+    assert!(!hold.is_held());
+    assert_eq!(c.member_state("r1"), Some(MemberState::Stale));
 }

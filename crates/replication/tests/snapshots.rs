@@ -11,58 +11,22 @@ use std::time::{Duration, Instant};
 use common::*;
 use cstor_iscsi::backend::{BlockBackend, IoCtx};
 use cstor_pool::Pool;
-use cstor_replication::membership::MembershipStore;
 use cstor_replication::volume::Phase;
 use cstor_replication::{FileStore, MemberState, ReplicatedVolume};
 
 const SIZE: u64 = 16 << 20;
 const BLOCKS: u64 = 512;
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    reps: Vec<Rep>,
-    proxies: Vec<Proxy>,
-    store: Arc<FileStore>,
+async fn target(c: &Cluster) -> ReplicatedVolume {
+    let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), c.store.clone())
+        .await
+        .unwrap();
+    assert_eq!(v.ready().await, Phase::Healthy);
+    v
 }
 
-async fn cluster(n: usize) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reps = Vec::new();
-    let mut proxies = Vec::new();
-    for i in 0..n {
-        let r = Rep::start(
-            pool_on_file(dir.path(), &format!("p{i}")),
-            &format!("r{i}"),
-            None,
-        )
-        .await;
-        proxies.push(Proxy::start(r.addr()).await);
-        reps.push(r);
-    }
-    let store = Arc::new(FileStore::new(dir.path().join("state")).unwrap());
-    Cluster {
-        dir,
-        reps,
-        proxies,
-        store,
-    }
-}
-
-impl Cluster {
-    fn addrs(&self) -> Vec<String> {
-        self.proxies.iter().map(|p| p.addr.clone()).collect()
-    }
-    async fn target(&self) -> ReplicatedVolume {
-        let v = ReplicatedVolume::start(cfg(SIZE, self.addrs()), self.store.clone())
-            .await
-            .unwrap();
-        assert_eq!(v.ready().await, Phase::Healthy);
-        v
-    }
-    fn state_of(&self, id: &str) -> MemberState {
-        let (r, _) = self.store.read().unwrap();
-        r.member(id).unwrap().state
-    }
+fn state_of(c: &Cluster, id: &str) -> MemberState {
+    c.member_state(id).unwrap()
 }
 
 async fn write(v: &ReplicatedVolume, blk: u64, tag: u64) {
@@ -91,8 +55,8 @@ fn block_map(pool: &Pool, target: &str) -> Vec<(u64, u64, u64, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmap_and_snapshot_while_stale_are_replayed_at_the_same_cut() {
-    let c = cluster(3).await;
-    let v = c.target().await;
+    let c = Cluster::start(3).await;
+    let v = target(&c).await;
     for b in 0..64 {
         write(&v, b, 0x1000 + b).await;
     }
@@ -100,7 +64,7 @@ async fn unmap_and_snapshot_while_stale_are_replayed_at_the_same_cut() {
     // R2 goes away and is recorded Stale.
     c.proxies[2].set(CUT);
     write(&v, 100, 1).await;
-    wait_for(10, "R2 Stale", || c.state_of("r2") == MemberState::Stale).await;
+    wait_for(10, "R2 Stale", || state_of(&c, "r2") == MemberState::Stale).await;
     // While it is away: writes, an UNMAP, a snapshot, more writes, a delete.
     for b in 0..16 {
         write(&v, b, 0x2000 + b).await;
@@ -120,7 +84,7 @@ async fn unmap_and_snapshot_while_stale_are_replayed_at_the_same_cut() {
     // R2 returns: catch-up replays s1 first, drops s0, then the live volume.
     c.proxies[2].set(PASS);
     wait_for(30, "R2 readmitted", || {
-        c.state_of("r2") == MemberState::Current
+        state_of(&c, "r2") == MemberState::Current
     })
     .await;
     let listed = v.snapshots().await.unwrap();
@@ -163,8 +127,8 @@ async fn unmap_and_snapshot_while_stale_are_replayed_at_the_same_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_under_load_is_one_cut_on_every_replica_and_clones_serve() {
-    let c = cluster(2).await;
-    let v = c.target().await;
+    let c = Cluster::start(2).await;
+    let v = target(&c).await;
     let truth = Arc::new(Truth::default());
     let stop = Arc::new(AtomicBool::new(false));
     let hs = spawn_writers(&v, BLOCKS, 4, truth.clone(), stop.clone());

@@ -82,6 +82,9 @@ enum TargetCommand {
         #[arg(long)]
         auth_key: Option<PathBuf>,
     },
+    /// Snapshots, clones and membership changes of a replicated volume.
+    #[command(flatten)]
+    Repl(super::target_replicated::ReplCommand),
     /// Grow a replicated volume online (every Current replica, then the initiators get
     /// CAPACITY DATA HAS CHANGED). Shrinking is refused.
     Resize {
@@ -483,6 +486,7 @@ pub fn run(args: Args) -> Result<()> {
                 auth_key,
                 size,
             } => super::target_replicated::resize(&control, size, &auth_key).await,
+            TargetCommand::Repl(c) => super::target_replicated::run(c).await,
         }
     })
 }

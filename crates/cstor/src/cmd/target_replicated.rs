@@ -1,5 +1,6 @@
 //! `cstor target serve --replica ...` (a replicated volume over iSCSI) and
-//! `cstor target status|resize --control ...`.
+//! `cstor target status|resize|snapshot|snapshots|delete-snapshot|clone|add-replica|
+//! remove-replica --control ...`, `cstor target force-current --state-dir ...`.
 //!
 //! Owns: wiring a `ReplicatedVolume` (cstor-replication) into the iSCSI server, the
 //! membership file store in `--state-dir`, and the replicated target's control endpoint
@@ -254,6 +255,16 @@ where
             Ok(j) => format!("ok\n{j}\n"),
             Err(e) => format!("error {e}\n"),
         },
+        r if r
+            .split_once(' ')
+            .is_some_and(|(op, _)| MEMBER_OPS.contains(&op))
+            || MEMBER_OPS.contains(&r) =>
+        {
+            match member_op(vol, r).await {
+                Ok(body) => format!("ok\n{body}\n"),
+                Err(e) => format!("error {e}\n"),
+            }
+        }
         r if r.starts_with("resize ") => match r["resize ".len()..].trim().parse::<u64>() {
             Ok(size) => match vol.resize(size).await {
                 Ok(()) => format!("ok\nresized to {size} bytes\n"),
@@ -265,6 +276,256 @@ where
     };
     w.write_all(reply.as_bytes()).await?;
     w.shutdown().await?;
+    Ok(())
+}
+
+/// Control requests of snapshots and membership changes.
+const MEMBER_OPS: &[&str] = &[
+    "snapshot",
+    "snapshots",
+    "delete-snapshot",
+    "clone",
+    "add-replica",
+    "remove-replica",
+];
+
+/// Runs one snapshot or membership request; the reply body (one line, JSON or text).
+async fn member_op(vol: &ReplicatedVolume, req: &str) -> Result<String> {
+    let (op, rest) = req.split_once(' ').unwrap_or((req, ""));
+    let rest = rest.trim();
+    let one = |what: &str| -> Result<String> {
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            bail!("{op} needs one {what}");
+        }
+        Ok(rest.to_string())
+    };
+    Ok(match op {
+        "snapshot" => {
+            let s = vol.snapshot(&one("snapshot name")?).await?;
+            serde_json::to_string(&s)?
+        }
+        "snapshots" => serde_json::to_string(&vol.snapshots().await?)?,
+        "delete-snapshot" => {
+            let n = one("snapshot name")?;
+            vol.delete_snapshot(&n).await?;
+            format!("deleted snapshot {n}")
+        }
+        "clone" => {
+            // `clone SNAP VOLUME STATE_DIR` (the directory may hold spaces).
+            let mut it = rest.splitn(3, ' ');
+            let (Some(snap), Some(new), Some(dir)) = (it.next(), it.next(), it.next()) else {
+                bail!("clone needs SNAPSHOT VOLUME STATE_DIR");
+            };
+            let store = Arc::new(FileStore::new(dir.trim())?);
+            let rec = vol.clone_snapshot(snap, new, store).await?;
+            serde_json::to_string(&rec)?
+        }
+        "add-replica" => serde_json::to_string(&vol.add_replica(&one("ADDR:PORT")?).await?)?,
+        "remove-replica" => {
+            let id = one("replica id")?;
+            vol.remove_replica(&id).await?;
+            format!("removed replica {id}")
+        }
+        _ => bail!("unknown request {op}"),
+    })
+}
+
+/// Where a replicated target's control endpoint is.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct Endpoint {
+    /// Control endpoint of the replicated target: a socket path or ADDR:PORT.
+    #[arg(long)]
+    pub control: String,
+    /// Shared key file (required for a TCP control endpoint).
+    #[arg(long)]
+    pub auth_key: Option<PathBuf>,
+}
+
+/// `cstor target snapshot|snapshots|delete-snapshot|clone|add-replica|remove-replica|
+/// force-current`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ReplCommand {
+    /// Take a snapshot of a replicated volume at one io cut on every Current replica
+    /// (replicas away now get it at their catch-up).
+    Snapshot {
+        #[command(flatten)]
+        ep: Endpoint,
+        /// Snapshot name (A-Z a-z 0-9 - _ . :).
+        name: String,
+    },
+    /// List a replicated volume's snapshots and the replicas holding each.
+    Snapshots {
+        #[command(flatten)]
+        ep: Endpoint,
+        /// Output format: table (default) or json.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
+    /// Delete a snapshot on every replica (refused while it has clones).
+    DeleteSnapshot {
+        #[command(flatten)]
+        ep: Endpoint,
+        /// Snapshot name.
+        name: String,
+    },
+    /// Clone a snapshot into a new replicated volume: pool clones on the same replicas
+    /// and its membership record in --state-dir. Serve it with `cstor target serve
+    /// --volume VOLUME --size <the snapshot's size> --state-dir DIR --replica ...`.
+    Clone {
+        #[command(flatten)]
+        ep: Endpoint,
+        /// Snapshot name.
+        snapshot: String,
+        /// Name of the new volume.
+        volume: String,
+        /// Directory for the new volume's membership record (written by the target).
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// Add a replica to a running replicated volume: recorded New, fully copied, then
+    /// Current (watch `cstor target status`). Restart the target with it in --replica.
+    AddReplica {
+        #[command(flatten)]
+        ep: Endpoint,
+        /// Replica server ADDR:PORT.
+        address: String,
+    },
+    /// Remove a member (refused for the only Current replica or below the minimum).
+    RemoveReplica {
+        #[command(flatten)]
+        ep: Endpoint,
+        /// Replica id (as `cstor target status` shows it).
+        id: String,
+    },
+    /// Offline: mark a member Current in the record in --state-dir, bump the epoch and
+    /// record who did it. Only while no target holds the volume (stopped, or dead and
+    /// not renewing for --takeover-secs); may lose acknowledged writes.
+    ForceCurrent {
+        /// The target's --state-dir.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Member id to mark Current.
+        #[arg(long)]
+        member: String,
+        /// Required: other replicas may hold acknowledged writes this one lacks.
+        #[arg(long)]
+        accept_data_loss: bool,
+        /// Who forces (recorded; default $USER@host).
+        #[arg(long)]
+        by: Option<String>,
+        /// A holder that has not renewed for this long counts as gone.
+        #[arg(long, default_value_t = 60)]
+        takeover_secs: u64,
+    },
+}
+
+/// Runs a [`ReplCommand`].
+pub async fn run(c: ReplCommand) -> Result<()> {
+    let call = |ep: Endpoint, req: String| async move {
+        let key = load_key(&ep.auth_key)?;
+        request(&ep.control, &req, key.as_ref()).await
+    };
+    match c {
+        ReplCommand::Snapshot { ep, name } => {
+            let body = call(ep, format!("snapshot {name}")).await?;
+            let s: cstor_replication::membership::SnapshotRec =
+                serde_json::from_str(body.trim()).context("decoding the reply")?;
+            println!("snapshot {} taken at io cut {}", s.name, s.io);
+        }
+        ReplCommand::Snapshots { ep, output } => {
+            let body = call(ep, "snapshots".into()).await?;
+            match output.as_deref() {
+                Some("json") => print!("{body}"),
+                None | Some("table") => {
+                    let l: Vec<cstor_replication::snapshot::SnapshotStatus> =
+                        serde_json::from_str(body.trim()).context("decoding the reply")?;
+                    println!(
+                        "{:<24} {:>14} {:>14} {:>12}  REPLICAS",
+                        "NAME", "IO CUT", "SIZE", "CREATED"
+                    );
+                    for s in l {
+                        println!(
+                            "{:<24} {:>14} {:>14} {:>12}  {}",
+                            s.name,
+                            s.io,
+                            s.size,
+                            s.at,
+                            s.replicas.join(",")
+                        );
+                    }
+                }
+                Some(o) => bail!("-o {o}: expected json or table"),
+            }
+        }
+        ReplCommand::DeleteSnapshot { ep, name } => {
+            print!("{}", call(ep, format!("delete-snapshot {name}")).await?);
+        }
+        ReplCommand::Clone {
+            ep,
+            snapshot,
+            volume,
+            state_dir,
+        } => {
+            let dir = std::path::absolute(&state_dir)
+                .with_context(|| format!("--state-dir {}", state_dir.display()))?;
+            let dir = dir
+                .to_str()
+                .ok_or_else(|| anyhow!("--state-dir must be UTF-8"))?
+                .to_string();
+            let body = call(ep, format!("clone {snapshot} {volume} {dir}")).await?;
+            let r: cstor_replication::Record =
+                serde_json::from_str(body.trim()).context("decoding the reply")?;
+            println!(
+                "cloned {snapshot} as {volume} ({} bytes) on {}; record in {dir}",
+                r.size,
+                r.members
+                    .iter()
+                    .map(|m| format!("{}={}", m.id, m.address))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
+        ReplCommand::AddReplica { ep, address } => {
+            let body = call(ep, format!("add-replica {address}")).await?;
+            let m: cstor_replication::membership::Member =
+                serde_json::from_str(body.trim()).context("decoding the reply")?;
+            println!(
+                "added replica {} at {} (New: full copy follows)",
+                m.id, m.address
+            );
+        }
+        ReplCommand::RemoveReplica { ep, id } => {
+            print!("{}", call(ep, format!("remove-replica {id}")).await?);
+        }
+        ReplCommand::ForceCurrent {
+            state_dir,
+            member,
+            accept_data_loss,
+            by,
+            takeover_secs,
+        } => {
+            let by = by.unwrap_or_else(|| {
+                let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_default();
+                format!("{user}@{host}")
+            });
+            let store = Arc::new(FileStore::new(&state_dir)?);
+            let r = cstor_replication::members::force_current(
+                store,
+                &member,
+                &by,
+                accept_data_loss,
+                Duration::from_secs(takeover_secs),
+            )
+            .await?;
+            println!(
+                "{member} forced Current by {by}; epoch now {} (start the target to serve from it)",
+                r.epoch
+            );
+        }
+    }
     Ok(())
 }
 

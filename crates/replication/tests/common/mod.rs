@@ -504,6 +504,16 @@ pub async fn cluster_sized(n: usize, size: u64) -> Cluster {
 }
 
 impl Cluster {
+    /// `n` replicas of a [`SIZE`] volume.
+    pub async fn start(n: usize) -> Cluster {
+        cluster(n).await
+    }
+    /// Member `id`'s state in the stored record, if it is a member.
+    pub fn member_state(&self, id: &str) -> Option<MemberState> {
+        let (r, _) = self.store.read().unwrap();
+        r.member(id).map(|m| m.state)
+    }
+    /// The proxies' addresses (what targets connect to).
     pub fn addrs(&self) -> Vec<String> {
         self.proxies.iter().map(|p| p.addr.clone()).collect()
     }
