@@ -90,33 +90,27 @@ where
 /// Lists everything a pass needs.
 pub async fn load(client: &Client, namespace: &str) -> Result<World, Error> {
     let ns = Some(namespace);
-    let snapshot_kinds_served = true;
-    let (vss, vsclasses, vscontents) = if snapshot_kinds_served {
-        let vsclass_api: Api<DynamicObject> = Api::all_with(
-            client.clone(),
-            &ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshotClass"),
-                "volumesnapshotclasses",
-            ),
-        );
-        let classes = vsclass_api
-            .list(&ListParams::default())
-            .await
-            .map(|l| {
-                l.items
-                    .into_iter()
-                    .filter_map(|o| serde_json::to_value(o).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        (
-            list_json(client, Kind::Vs, None).await.unwrap_or_default(),
-            classes,
-            list_json(client, Kind::Vsc, None).await.unwrap_or_default(),
-        )
-    } else {
-        (Vec::new(), Vec::new(), Vec::new())
-    };
+    let vsclass_api: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshotClass"),
+            "volumesnapshotclasses",
+        ),
+    );
+    // The snapshot kinds may not be served (a cluster without the snapshot CRDs): then
+    // there are no snapshots to reconcile.
+    let vsclasses = vsclass_api
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let vss = list_json(client, Kind::Vs, None).await.unwrap_or_default();
+    let vscontents = list_json(client, Kind::Vsc, None).await.unwrap_or_default();
     Ok(World {
         namespace: namespace.to_owned(),
         cspcs: list_typed(client, Kind::Cspc, ns).await?,
@@ -177,8 +171,13 @@ fn benign(e: &kube::Error) -> bool {
 /// Carries out actions; keeps the event bookkeeping between passes.
 #[derive(Debug, Default)]
 pub struct Executor {
-    events: HashMap<(String, String, String, String), (String, i32, Instant)>,
+    events: HashMap<EventKey, Written>,
 }
+
+/// (namespace, object, reason, message) of an event.
+type EventKey = (String, String, String, String);
+/// (Event object name, count, last written).
+type Written = (String, i32, Instant);
 
 impl Executor {
     /// Runs `actions` in order; returns how many failed (logged, retried by the next pass).

@@ -363,13 +363,7 @@ fn bound_claim(
         }
     }
     let want = requested(pvc);
-    let pv_cap = pv
-        .spec
-        .as_ref()
-        .and_then(|s| s.capacity.as_ref())
-        .and_then(|c| c.get("storage"))
-        .and_then(|q| quantity_bytes(q).ok())
-        .unwrap_or(0);
+    let pv_cap = crate::world::storage_bytes(pv.spec.as_ref().and_then(|s| s.capacity.as_ref()));
     if want <= pv_cap {
         return;
     }
@@ -402,13 +396,7 @@ fn bound_claim(
         ));
         return;
     }
-    let done = cvc
-        .status
-        .as_ref()
-        .and_then(|s| s.capacity.as_ref())
-        .and_then(|c| c.get("storage"))
-        .and_then(|q| quantity_bytes(q).ok())
-        .unwrap_or(0);
+    let done = crate::world::storage_bytes(cvc.status.as_ref().and_then(|s| s.capacity.as_ref()));
     if done >= want {
         out.push(Action::patch(
             Kind::Pv,

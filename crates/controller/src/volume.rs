@@ -58,12 +58,7 @@ pub fn reconcile(world: &World, ids: &mut dyn Ids) -> Vec<Action> {
 
 /// Requested size of a CVC in bytes.
 pub fn cvc_size(cvc: &CStorVolumeConfig) -> u64 {
-    cvc.spec
-        .capacity
-        .as_ref()
-        .and_then(|c| c.get("storage"))
-        .and_then(|q| quantity_bytes(q).ok())
-        .unwrap_or(0)
+    crate::world::storage_bytes(cvc.spec.capacity.as_ref())
 }
 
 /// The replica ids of a CV's desired set (spec) and applied set (status).
@@ -505,13 +500,8 @@ fn bound(
         .and_then(|s| s.capacity.as_ref())
         .and_then(|q| quantity_bytes(q).ok())
         .unwrap_or(0);
-    let status_cap = cvc
-        .status
-        .as_ref()
-        .and_then(|s| s.capacity.as_ref())
-        .and_then(|c| c.get("storage"))
-        .and_then(|q| quantity_bytes(q).ok())
-        .unwrap_or(0);
+    let status_cap =
+        crate::world::storage_bytes(cvc.status.as_ref().and_then(|s| s.capacity.as_ref()));
     if want > cv_spec {
         let q = format_bytes(want);
         out.push(Action::patch(

@@ -239,6 +239,15 @@ pub fn cspi_node(cspi: &CStorPoolInstance) -> &str {
         .unwrap_or_default()
 }
 
+/// Bytes of the `storage` entry of a resource list (0 when absent or unparsable).
+pub fn storage_bytes(
+    list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+) -> u64 {
+    list.and_then(|c| c.get("storage"))
+        .and_then(|q| cstor_api::quantity::quantity_bytes(q).ok())
+        .unwrap_or(0)
+}
+
 /// Bytes of a quantity string, 0 when it does not parse.
 pub fn bytes_of(q: &str) -> u64 {
     cstor_api::quantity::parse_bytes(q).unwrap_or(0)
