@@ -21,6 +21,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut all = with_version_details;
     all.extend([
         crate::v1::CStorVolumePolicy::crd(),
+        crate::v1::CStorSnapshot::crd(),
         crate::v1alpha1::BlockDevice::crd(),
         crate::v1alpha1::BlockDeviceClaim::crd(),
         crate::v1alpha1::CStorPoolCluster::crd(),
@@ -116,6 +117,19 @@ mod tests {
     const AGE: (&str, &str, &str, i32) = ("Age", ".metadata.creationTimestamp", "date", 0);
 
     const EXPECTED: &[Expected] = &[
+        Expected {
+            name: "cstorsnapshots.cstor.openebs.io",
+            kind: "CStorSnapshot",
+            singular: "cstorsnapshot",
+            short: &["csnap"],
+            columns: &[
+                ("Volume", ".spec.volumeName", "string", 0),
+                ("Snapshot", ".spec.snapshotName", "string", 0),
+                ("ReadyToUse", ".status.readyToUse", "boolean", 0),
+                ("Status", ".status.phase", "string", 0),
+                AGE,
+            ],
+        },
         Expected {
             name: "cstorpoolclusters.cstor.openebs.io",
             kind: "CStorPoolCluster",

@@ -1,6 +1,7 @@
 //! One module per subcommand family; each exposes an `Args` (clap) and `run`.
 
 pub mod apiserver;
+pub mod controller;
 pub mod metrics;
 pub mod pool;
 pub mod replica;

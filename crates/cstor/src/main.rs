@@ -34,6 +34,8 @@ enum Command {
     Replica(cmd::replica::Args),
     /// Run the embedded Kubernetes API server.
     Apiserver(cmd::apiserver::Args),
+    /// Run the cluster controller: pools from CStorPoolClusters, volumes from claims.
+    Controller(cmd::controller::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Target(args) => cmd::target::run(args),
         Command::Replica(args) => cmd::replica::run(args),
         Command::Apiserver(args) => cmd::apiserver::run(args),
+        Command::Controller(args) => cmd::controller::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -9,6 +9,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod common;
+mod csnap;
 mod cspc;
 mod cspi;
 mod cv;
@@ -20,6 +21,7 @@ pub use common::{
     BlockDeviceRef, Compression, ConditionStatus, PoolConfig, RaidGroup, RaidGroupType,
     VersionDetails, VersionState, VersionStatus,
 };
+pub use csnap::{CStorSnapshot, CStorSnapshotPhase, CStorSnapshotSpec, CStorSnapshotStatus};
 pub use cspc::{
     CStorPoolCluster, CStorPoolClusterCondition, CStorPoolClusterConditionType,
     CStorPoolClusterSpec, CStorPoolClusterStatus, PoolSpec,

@@ -1,0 +1,83 @@
+//! `cstor controller`: the cluster controller (crates/controller) as a process:
+//! CStorPoolClusters to pool instances, provisioning, scale, expansion and snapshots,
+//! leader-elected on the Lease `cstor-controller` so two can run (docs/controller.md).
+//!
+//! Owns: argument parsing and the process lifetime (SIGINT/SIGTERM stop it). Never:
+//! reconcile logic of its own.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Arguments of `cstor controller`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Kubeconfig of the API server (e.g. the one `cstor apiserver` writes in its data dir).
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Namespace of cstor's objects (CSPCs, pool instances, volumes) and of the Lease.
+    #[arg(long, default_value = cstor_api::names::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Leader election identity (default: hostname and process id).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Lease duration in seconds: a standby takes over this long after the leader stops
+    /// renewing.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+    /// Milliseconds between reconcile passes.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+}
+
+/// Runs the controller until SIGINT or SIGTERM.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.lease_duration >= 2,
+        "--lease-duration must be at least 2 seconds"
+    );
+    anyhow::ensure!(args.interval_ms >= 10, "--interval-ms must be at least 10");
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let config = cstor_controller::Config {
+        kubeconfig: args.kubeconfig.clone(),
+        namespace: args.namespace.clone(),
+        identity,
+        lease_duration: Duration::from_secs(args.lease_duration),
+        interval: Duration::from_millis(args.interval_ms),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let stop = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        eprintln!(
+            "cstor controller: {} in namespace {}",
+            config.identity, config.namespace
+        );
+        cstor_controller::run(config, stop).await.with_context(|| {
+            format!(
+                "cstor controller (kubeconfig {})",
+                args.kubeconfig.display()
+            )
+        })
+    })
+}
