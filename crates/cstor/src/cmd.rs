@@ -1,7 +1,9 @@
 //! One module per subcommand family; each exposes an `Args` (clap) and `run`.
 
 pub mod apiserver;
+pub mod node;
 pub mod pool;
 pub mod replica;
 pub mod target;
 pub mod target_replicated;
+pub mod up;

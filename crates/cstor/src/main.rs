@@ -34,6 +34,10 @@ enum Command {
     Replica(cmd::replica::Args),
     /// Run the embedded Kubernetes API server.
     Apiserver(cmd::apiserver::Args),
+    /// Run the node agent: Node, BlockDevices, pools, replicas and targets of one node.
+    Node(cmd::node::Args),
+    /// Run the whole system on this machine: API server, controller, node agents.
+    Up(cmd::up::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +52,8 @@ fn main() -> std::process::ExitCode {
         Command::Target(args) => cmd::target::run(args),
         Command::Replica(args) => cmd::replica::run(args),
         Command::Apiserver(args) => cmd::apiserver::run(args),
+        Command::Node(args) => cmd::node::run(args),
+        Command::Up(args) => cmd::up::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
