@@ -299,7 +299,9 @@ impl Targets {
             .unwrap_or(replicas.len() as i32)
             .max(1) as usize;
         let endpoints: Vec<String> = replicas.iter().filter_map(|(_, e)| e.clone()).collect();
-        if endpoints.len() < rf.min(replicas.len().max(1)) || endpoints.is_empty() {
+        // All RF replicas before the first start: a target started on fewer would record
+        // only those as members.
+        if endpoints.len() < rf {
             tracing::debug!(volume = %name, found = endpoints.len(), rf, "waiting for replica endpoints");
             return Ok(None);
         }

@@ -123,7 +123,7 @@ fn wait_for(
     args: &[&str],
     ok: impl Fn(&str) -> bool,
     limit: Duration,
-    logs: &[&Agent],
+    logs: &[(String, PathBuf)],
 ) -> String {
     let t0 = Instant::now();
     loop {
@@ -133,11 +133,11 @@ fn wait_for(
         }
         if t0.elapsed() > limit {
             let mut tail = String::new();
-            for a in logs {
-                let l = std::fs::read_to_string(&a.log).unwrap_or_default();
+            for (name, log) in logs {
+                let l = std::fs::read_to_string(log).unwrap_or_default();
                 let lines: Vec<&str> = l.lines().collect();
                 let from = lines.len().saturating_sub(30);
-                tail += &format!("\n--- {} ---\n{}", a.name, lines[from..].join("\n"));
+                tail += &format!("\n--- {} ---\n{}", name, lines[from..].join("\n"));
             }
             panic!("{what}: still {v:?} after {limit:?}{tail}");
         }
@@ -214,7 +214,10 @@ fn agents_serve_pools_replicas_and_a_target() {
             &d.join(format!("node-{i}.log")),
         ));
     }
-    let all: Vec<&Agent> = agents.iter().collect();
+    let all: Vec<(String, PathBuf)> = agents
+        .iter()
+        .map(|a| (a.name.clone(), a.log.clone()))
+        .collect();
     let long = Duration::from_secs(90);
 
     // 1. Nodes, Leases, BlockDevices with the seed's columns.

@@ -180,10 +180,9 @@ pub struct CStorVolumeStatus {
     /// Replicas the target actually trusts now (spec's list once applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_details: Option<CStorVolumeReplicaDetails>,
-    /// The replicated target's membership record (reference/replication-design.md §2.2),
-    /// owned by the node agent hosting the target and written only by compare-and-swap on
-    /// resourceVersion. Opaque here: its format is cstor-replication's `Record` plus
-    /// magic and format (docs/node-agent.md).
+    // Opaque here: cstor-replication's `Record` with magic and format
+    // (docs/node-agent.md, reference/replication-design.md §2.2).
+    /// Membership record of the replicated target, kept by the node agent by compare-and-swap on resourceVersion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserved_object")]
     pub replication: Option<serde_json::Value>,
