@@ -491,10 +491,8 @@ async fn supervise(a: RunArgs) -> Result<()> {
                 }
             }
             let ready = c.probe();
-            if c.ready != Some(ready) {
-                if pod_status(&client, c, ready).await.is_ok() {
-                    c.ready = Some(ready);
-                }
+            if c.ready != Some(ready) && pod_status(&client, c, ready).await.is_ok() {
+                c.ready = Some(ready);
             }
         }
     }
