@@ -122,6 +122,21 @@ fn up_runs_supervises_and_stops() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Pods exist once cstor up has started every component; only then wait for Ready.
+    wait_for(
+        &dir,
+        "pods created",
+        &[
+            "-n",
+            "openebs",
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+        |v| v.contains("cstor-node-2"),
+        Duration::from_secs(60),
+    );
     let (ok, out) = kubectl(
         &dir,
         &[
@@ -170,8 +185,9 @@ fn up_runs_supervises_and_stops() {
             Duration::from_secs(60),
         );
     }
-    let (_, secret) = kubectl(
+    let secret = wait_for(
         &dir,
+        "auth secret",
         &[
             "-n",
             "openebs",
@@ -181,6 +197,8 @@ fn up_runs_supervises_and_stops() {
             "-o",
             "jsonpath={.data.key}",
         ],
+        |v| v.len() > 20,
+        Duration::from_secs(30),
     );
     assert!(secret.len() > 20, "{secret}");
     let (ok, logs) = kubectl(&dir, &["-n", "openebs", "logs", "cstor-node-1"]);

@@ -590,7 +590,8 @@ async fn setup_cluster(client: &kube::Client, dir: &Path) -> Result<()> {
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": cstor_agent::AUTH_SECRET, "namespace": "openebs"},
         "type": "Opaque",
-        "stringData": {"key": key},
+        // `data` (base64 through ByteString), not stringData: not every API server folds it.
+        "data": {"key": k8s_openapi::ByteString(key.into_bytes())},
     }))?;
     cstor_agent::kubeapi::create_if_missing(&secrets, &s).await?;
     Ok(())
