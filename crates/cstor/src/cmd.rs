@@ -3,7 +3,9 @@
 pub mod apiserver;
 pub mod controller;
 pub mod metrics;
+pub mod node;
 pub mod pool;
 pub mod replica;
 pub mod target;
 pub mod target_replicated;
+pub mod up;

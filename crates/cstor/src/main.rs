@@ -36,6 +36,10 @@ enum Command {
     Apiserver(cmd::apiserver::Args),
     /// Run the cluster controller: pools from CStorPoolClusters, volumes from claims.
     Controller(cmd::controller::Args),
+    /// Run the node agent: Node, BlockDevices, pools, replicas and targets of one node.
+    Node(cmd::node::Args),
+    /// Run the whole system on this machine: API server, controller, node agents.
+    Up(cmd::up::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +55,8 @@ fn main() -> std::process::ExitCode {
         Command::Replica(args) => cmd::replica::run(args),
         Command::Apiserver(args) => cmd::apiserver::run(args),
         Command::Controller(args) => cmd::controller::run(args),
+        Command::Node(args) => cmd::node::run(args),
+        Command::Up(args) => cmd::up::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -238,7 +238,7 @@ impl OpenPool {
     }
 
     /// Stop a running scan and wait (bounded) until it has let go of the pool.
-    fn stop_scan(&self) {
+    pub fn stop_scan(&self) {
         self.stop_scan.store(true, Ordering::SeqCst);
         let deadline = std::time::Instant::now() + SCAN_STOP_WAIT;
         while self.scanning.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {

@@ -180,6 +180,20 @@ pub struct CStorVolumeStatus {
     /// Replicas the target actually trusts now (spec's list once applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_details: Option<CStorVolumeReplicaDetails>,
+    // Opaque here: cstor-replication's `Record` with magic and format
+    // (docs/node-agent.md, reference/replication-design.md §2.2).
+    /// Membership record of the replicated target, kept by the node agent by compare-and-swap on resourceVersion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub replication: Option<serde_json::Value>,
+}
+
+/// An object schema whose fields the API server keeps as they are.
+fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// Kinds of CV condition.

@@ -1,0 +1,74 @@
+//! The agent's few ways of talking to the API server: a client from a kubeconfig file,
+//! create-if-missing, JSON merge patches of metadata and of the status subresource, and
+//! RFC 3339 timestamps. Merge patches carry no resourceVersion: each writer owns disjoint
+//! fields, so they never conflict with a user's `kubectl edit`.
+
+use std::path::Path;
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{AgentError, Result};
+
+/// A client for the cluster `path` describes (its current context).
+pub async fn client(path: &Path) -> Result<kube::Client> {
+    let bad = |msg: String| AgentError::Kubeconfig {
+        path: path.display().to_string(),
+        msg,
+    };
+    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    kube::Client::try_from(cfg).map_err(|e| bad(e.to_string()))
+}
+
+/// True when `e` is the API server's 404.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// True when `e` is the API server's 409.
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// Creates `obj` unless an object of its name exists; returns whether it created it.
+pub async fn create_if_missing<K>(api: &Api<K>, obj: &K) -> Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_conflict(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// JSON merge patch of the object.
+pub async fn merge<K>(api: &Api<K>, name: &str, patch: serde_json::Value) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?)
+}
+
+/// JSON merge patch of the status subresource: `{"status": status}`.
+pub async fn merge_status<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({ "status": status });
+    Ok(api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?)
+}
+
+/// Now, as Kubernetes writes times.
+pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+}
