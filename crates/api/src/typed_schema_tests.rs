@@ -209,6 +209,7 @@ fn cstor_v1_objects_pass_their_schemas() {
                 message: Some("resizing".into()),
             }]),
             replica_details: Some(CStorVolumeReplicaDetails::default()),
+            replication: None,
         }),
     };
     check(&cv, "cstorvolumes.cstor.openebs.io");

@@ -10,20 +10,10 @@ mod apiserver_support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use apiserver_support::{fixture, free_port, have_kubectl, ApiServer};
+use apiserver_support::{fixture, kubectl_server, ApiServer};
 
 fn setup() -> Option<(tempfile::TempDir, ApiServer)> {
-    if !have_kubectl() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "kubectl is missing and CI is set: the kubectl end-to-end test must run"
-        );
-        println!("SKIP: kubectl is not installed; the kubectl end-to-end test needs it");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = ApiServer::start(&dir.path().join("data"), free_port());
-    Some((dir, server))
+    kubectl_server()
 }
 
 fn header_of(table: &str) -> Vec<String> {

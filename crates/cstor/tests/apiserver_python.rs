@@ -9,7 +9,7 @@ mod apiserver_support;
 
 use std::process::Command;
 
-use apiserver_support::{fixture, free_port, ApiServer};
+use apiserver_support::{fixture, free_port, required, ApiServer};
 
 fn have_python_client() -> bool {
     Command::new("python3")
@@ -20,12 +20,10 @@ fn have_python_client() -> bool {
 
 #[test]
 fn python_client_lists_watches_and_patches() {
-    if !have_python_client() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the Python kubernetes client is missing and CI is set (scripts/lib.sh ensure_python_clients)"
-        );
-        println!("SKIP: python3 with the `kubernetes` package is not installed");
+    if !required(
+        have_python_client(),
+        "python3 with the `kubernetes` package (scripts/lib.sh ensure_python_clients)",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

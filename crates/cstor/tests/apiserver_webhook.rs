@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apiserver_support::{free_port, have_kubectl, ApiServer};
+use apiserver_support::{free_port, have_kubectl, required, ApiServer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -170,26 +170,13 @@ fn cm(ns: &str, name: &str, labels: Value, data: Value) -> Value {
            "metadata": {"name": name, "namespace": ns, "labels": labels}, "data": data})
 }
 
-/// Whether kubectl is here; without it the test is skipped, and fails under CI.
-fn kubectl_or_skip() -> bool {
-    if have_kubectl() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "kubectl is missing and CI is set: the webhook test must run"
-    );
-    println!("SKIP: kubectl is not installed");
-    false
-}
-
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
 fn admission_webhooks_deny_mutate_and_follow_failure_policy() {
-    if !kubectl_or_skip() {
+    if !required(have_kubectl(), "kubectl") {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -356,7 +343,7 @@ fn admission_webhooks_deny_mutate_and_follow_failure_policy() {
 /// it has no endpoints, and failing (policy Fail) when neither answers.
 #[test]
 fn webhook_by_service_reference_follows_endpoints_then_cluster_ip() {
-    if !kubectl_or_skip() {
+    if !required(have_kubectl(), "kubectl") {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use apiserver_support::{free_port, have_kubectl, ApiServer};
+use apiserver_support::{kubectl_server, ApiServer};
 
 /// Generous: the machine is loaded while tests run.
 const WAIT: Duration = Duration::from_secs(90);
@@ -85,6 +85,28 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
             }
         }
     }
+}
+
+/// Waits until claim `ns/pvc` is Bound; returns its volume's name.
+fn bound_volume(s: &ApiServer, ns: &str, pvc: &str, what: &str) -> String {
+    wait_for(what, || {
+        let t = get(
+            s,
+            &[
+                "-n",
+                ns,
+                "get",
+                "pvc",
+                pvc,
+                "-o",
+                "jsonpath={.status.phase} {.spec.volumeName}",
+            ],
+        );
+        match t.split_once(' ') {
+            Some(("Bound", pv)) => Ok(pv.to_owned()),
+            _ => Err(t),
+        }
+    })
 }
 
 fn get(s: &ApiServer, args: &[&str]) -> String {
@@ -178,17 +200,7 @@ fn pools_online(s: &ApiServer, cspc: &str, count: usize) -> Vec<String> {
 }
 
 fn setup() -> Option<(tempfile::TempDir, ApiServer)> {
-    if !have_kubectl() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "kubectl is missing and CI is set"
-        );
-        println!("SKIP: kubectl is not installed");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let server = ApiServer::start(&dir.path().join("data"), free_port());
-    Some((dir, server))
+    kubectl_server()
 }
 
 #[test]
@@ -358,24 +370,7 @@ fn controller_drives_the_seed_workflow() {
             &seed_block("how-to-build-cstor-pools.md", "# postgres-cstor.yaml"),
         ),
     ]);
-    let pv = wait_for("the claim bound", || {
-        let t = get(
-            &s,
-            &[
-                "-n",
-                "database",
-                "get",
-                "pvc",
-                "postgres-data",
-                "-o",
-                "jsonpath={.status.phase} {.spec.volumeName}",
-            ],
-        );
-        match t.split_once(' ') {
-            Some(("Bound", pv)) => Ok(pv.to_owned()),
-            _ => Err(t),
-        }
-    });
+    let pv = bound_volume(&s, "database", "postgres-data", "the claim bound");
     let describe = get(&s, &["-n", "database", "describe", "pvc", "postgres-data"]);
     assert!(
         describe.contains("Waiting for CVC to be bound")
@@ -569,24 +564,7 @@ fn controller_drives_the_seed_workflow() {
             &seed_block("how-to-build-cstor-pools.md", "# pvc-from-snapshot.yaml"),
         ),
     ]);
-    let restored = wait_for("the restore bound", || {
-        let t = get(
-            &s,
-            &[
-                "-n",
-                "database",
-                "get",
-                "pvc",
-                "postgres-restored",
-                "-o",
-                "jsonpath={.status.phase} {.spec.volumeName}",
-            ],
-        );
-        match t.split_once(' ') {
-            Some(("Bound", v)) => Ok(v.to_owned()),
-            _ => Err(t),
-        }
-    });
+    let restored = bound_volume(&s, "database", "postgres-restored", "the restore bound");
     let src = get(
         &s,
         &[

@@ -5,7 +5,7 @@
 
 mod apiserver_support;
 
-use apiserver_support::{free_port, have_kubectl, ApiServer};
+use apiserver_support::kubectl_server;
 
 fn monitoring(file: &str) -> String {
     format!(
@@ -16,16 +16,9 @@ fn monitoring(file: &str) -> String {
 
 #[test]
 fn seed_servicemonitor_and_prometheusrule_apply_and_select_the_exporter_service() {
-    if !have_kubectl() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "kubectl is missing and CI is set"
-        );
-        println!("SKIP: kubectl is not installed");
+    let Some((_dir, s)) = kubectl_server() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let s = ApiServer::start(&dir.path().join("data"), free_port());
+    };
     s.ok(&["apply", "-f", &monitoring("crds.yaml")]);
     s.ok(&[
         "wait",

@@ -30,7 +30,7 @@ async fn pair(pc: &PowerCut) -> Cluster {
     let state = dir.path().join("state");
     let store = Arc::new(FileStore::new(&state).unwrap());
     Cluster {
-        _dir: dir,
+        dir,
         reps: vec![r0, r1],
         proxies,
         store,

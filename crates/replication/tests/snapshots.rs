@@ -91,9 +91,9 @@ async fn unmap_and_snapshot_while_stale_are_replayed_at_the_same_cut() {
     assert_eq!(listed[0].replicas.len(), 3, "{listed:?}");
     v.shutdown().await.unwrap();
     for r in &c.reps {
-        r.pool.sync().unwrap();
+        r.pool().sync().unwrap();
     }
-    let (p0, p2) = (&c.reps[0].pool, &c.reps[2].pool);
+    let (p0, p2) = (&c.reps[0].pool(), &c.reps[2].pool());
     let snaps: Vec<(String, Option<u64>)> = p2
         .list_snapshots(VOL)
         .unwrap()
@@ -143,7 +143,7 @@ async fn snapshot_under_load_is_one_cut_on_every_replica_and_clones_serve() {
     }
     assert_eq!(truth.failed.load(Ordering::SeqCst), 0, "a write failed");
     assert!(took < Duration::from_secs(10), "snapshot took {took:?}");
-    let (p0, p1) = (&c.reps[0].pool, &c.reps[1].pool);
+    let (p0, p1) = (&c.reps[0].pool(), &c.reps[1].pool());
     let img = snap_image(p0, VOL, "snap", SIZE);
     assert!(
         img == snap_image(p1, VOL, "snap", SIZE),
@@ -189,7 +189,10 @@ async fn snapshot_under_load_is_one_cut_on_every_replica_and_clones_serve() {
     assert!(cv.read(&rd, 0, BS as u32).await.unwrap() == block(0xc10e));
     assert!(v.read(&rd, 0, BS as u32).await.unwrap() != block(0xc10e));
     for r in &c.reps {
-        let ios = r.pool.block_ios_between_vec("clone1", s.io, None).unwrap();
+        let ios = r
+            .pool()
+            .block_ios_between_vec("clone1", s.io, None)
+            .unwrap();
         assert_eq!(ios.len(), 1, "the clone's write is not above the cut");
     }
     cv.shutdown().await.unwrap();

@@ -32,6 +32,29 @@ pub fn have_kubectl() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether a test needing `what` may run: true when `present`. Otherwise the test fails
+/// when `CI` is set (CI must run it) and prints why it skips.
+pub fn required(present: bool, what: &str) -> bool {
+    if !present {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set and {what} is missing: this test must run"
+        );
+        println!("SKIP: {what} is missing");
+    }
+    present
+}
+
+/// A temp dir and an API server with its data in it, when kubectl is installed.
+pub fn kubectl_server() -> Option<(tempfile::TempDir, ApiServer)> {
+    if !required(have_kubectl(), "kubectl") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = ApiServer::start(&dir.path().join("data"), free_port());
+    Some((dir, server))
+}
+
 /// A running `cstor apiserver` process.
 pub struct ApiServer {
     child: Option<Child>,

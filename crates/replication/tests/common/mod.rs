@@ -464,7 +464,7 @@ pub const BLOCKS: u64 = 512;
 
 /// Replica servers on pools in one temp dir, each behind a proxy, and a file store.
 pub struct Cluster {
-    pub _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub reps: Vec<Rep>,
     pub proxies: Vec<Proxy>,
     pub store: Arc<FileStore>,
@@ -494,7 +494,7 @@ pub async fn cluster_sized(n: usize, size: u64) -> Cluster {
     let state = dir.path().join("state");
     let store = Arc::new(FileStore::new(&state).unwrap());
     Cluster {
-        _dir: dir,
+        dir,
         reps,
         proxies,
         store,
