@@ -25,6 +25,7 @@
 # target's median over tgt's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RUNTIME=${RUNTIME:-10}
 SIZE=${SIZE:-256m}
 REPEAT=${REPEAT:-3}
@@ -67,30 +68,17 @@ esac
 
 cleanup() {
   for p in ${CPIDS:-}; do kill "$p" 2>/dev/null || true; done
-  if [ -n "${TPID:-}" ]; then
-    tgtadm -C "$TC" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
-    tgtadm -C "$TC" --op delete --mode system >/dev/null 2>&1 || true
-    kill "$TPID" 2>/dev/null || true
-  fi
+  tgt_stop
   wait 2>/dev/null || true
   rm -rf "$W"
 }
 trap cleanup EXIT
 
-/usr/sbin/tgtd -f -C "$TC" --iscsi "portal=127.0.0.1:$TP" >"$W/tgt.log" 2>&1 &
-TPID=$!
-for _ in $(seq 100); do tgtadm -C "$TC" --op show --mode system >/dev/null 2>&1 && break; sleep 0.1; done
-tgtadm -C "$TC" --lld iscsi --mode target --op new --tid 1 --targetname "$TIQN"
-tgtadm -C "$TC" --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$W/tgt.img" --bstype rdwr
-tgtadm -C "$TC" --lld iscsi --mode target --op bind --tid 1 --initiator-address ALL
+tgt_start "$TC" "$TP" "$TIQN" "$W/tgt.img"
 
-url() { # target port iqn lun
-  echo "iscsi\\://127.0.0.1\\:$1/$(echo "$2" | sed 's/:/\\:/g')/$3"
-}
 # name url, one a line: every target measured.
 echo "tgt $(url "$TP" "$TIQN" 1)" > "$W/targets"
 
-wait_portal() { for _ in $(seq 100); do iscsi-ls "iscsi://127.0.0.1:$1" >/dev/null 2>&1 && return; sleep 0.1; done; }
 
 if [ "$MODE" = file ]; then
   "$CSTOR_BIN" target serve --listen "127.0.0.1:$CP" --iqn "$CIQN" --file "$W/cstor.img" >"$W/cstor.log" 2>&1 &

@@ -16,6 +16,7 @@
 # default 128m), REPEAT (runs per job, default 1), JOBS (rw:bs:qd list), CSTOR_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RUNTIME=${RUNTIME:-8}
 SIZE=${SIZE:-128m}
 REPEAT=${REPEAT:-1}
@@ -36,26 +37,15 @@ TP=$(free_port); TC=$((RANDOM % 1000 + 100))
 IQN=iqn.2024-01.io.cstor.bench
 cleanup() {
   for p in ${PIDS:-}; do kill "$p" 2>/dev/null || true; done
-  if [ -n "${TPID:-}" ]; then
-    tgtadm -C "$TC" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
-    tgtadm -C "$TC" --op delete --mode system >/dev/null 2>&1 || true
-    kill "$TPID" 2>/dev/null || true
-  fi
+  tgt_stop
   wait 2>/dev/null || true
   rm -rf "$W"
 }
 trap cleanup EXIT
 
 truncate -s 1G "$W/tgt.img"
-/usr/sbin/tgtd -f -C "$TC" --iscsi "portal=127.0.0.1:$TP" >"$W/tgt.log" 2>&1 &
-TPID=$!
-for _ in $(seq 100); do tgtadm -C "$TC" --op show --mode system >/dev/null 2>&1 && break; sleep 0.1; done
-tgtadm -C "$TC" --lld iscsi --mode target --op new --tid 1 --targetname "$IQN:tgt"
-tgtadm -C "$TC" --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$W/tgt.img" --bstype rdwr
-tgtadm -C "$TC" --lld iscsi --mode target --op bind --tid 1 --initiator-address ALL
+tgt_start "$TC" "$TP" "$IQN:tgt" "$W/tgt.img"
 
-url() { echo "iscsi\\://127.0.0.1\\:$1/$(echo "$2" | sed 's/:/\\:/g')/$3"; }
-wait_portal() { for _ in $(seq 200); do iscsi-ls "iscsi://127.0.0.1:$1" >/dev/null 2>&1 && return; sleep 0.1; done; }
 echo "tgt $(url "$TP" "$IQN:tgt" 1)" > "$W/targets"
 
 # Replica servers: the first stdout line is "... listening on ADDR".
