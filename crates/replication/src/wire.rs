@@ -18,8 +18,13 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"CSRP");
 pub const VERSION: u16 = 1;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 40;
-/// Largest body accepted (a 16 MiB write plus its fields, or a list page).
-pub const MAX_BODY: usize = 17 << 20;
+/// Largest body accepted: the largest command the iSCSI target accepts
+/// (`cstor_iscsi::limits::MAX_TRANSFER_BYTES`, 32 MiB) as one write or read, plus room for
+/// its fields, or a list page. A target never splits a command: a smaller bound here made
+/// every replica drop its connection on the same large write.
+pub const MAX_BODY: usize = 33 << 20;
+
+const _: () = assert!(MAX_BODY >= cstor_iscsi::limits::MAX_TRANSFER_BYTES as usize + (1 << 20));
 
 const OFF_MAGIC: usize = 0;
 const OFF_VERSION: usize = OFF_MAGIC + 4;

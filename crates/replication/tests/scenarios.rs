@@ -412,3 +412,25 @@ async fn online_grow_resizes_every_replica_and_signals_capacity_change() {
         assert!(img == &imgs[0], "replica {i} differs");
     }
 }
+
+/// The largest command the iSCSI target accepts (qemu and Linux split a big write at the
+/// Block Limits VPD's maximum transfer length) must reach every replica as one write:
+/// a body above the wire's limit made every replica drop its connection at once, leaving
+/// no Current replica to evict to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_iscsi_transfer_replicates_and_reads_back_whole() {
+    let max = cstor_iscsi::limits::MAX_TRANSFER_BYTES as usize;
+    let c = cluster_sized(2, 2 * max as u64).await;
+    let v = c.target().await;
+    let data: Vec<u8> = (0..max).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let data = Bytes::from(data);
+    v.write(&ctx(&v, true), BS, data.clone()).await.unwrap();
+    let cx = IoCtx::new(Instant::now() + Duration::from_secs(20));
+    let got = v.read(&cx, BS, max as u32).await.unwrap();
+    assert!(got == data, "the read-back differs from the write");
+    for id in ["r0", "r1"] {
+        assert_eq!(c.state_of(id), MemberState::Current, "{id} left Current");
+    }
+    v.shutdown().await.unwrap();
+    c.identical();
+}
