@@ -5,7 +5,8 @@
 //! - [`pools`]: one pool per CStorPoolInstance on this node, its replica listener and status;
 //! - [`replicas`]: CStorVolumeReplica status of the replicas on those pools;
 //! - [`targets`]: the replicated iSCSI targets of the CStorVolumes placed on this node, one
-//!   portal per node, with the membership record kept in the CStorVolume ([`store`]).
+//!   portal per node, with the membership record kept in the CStorVolume ([`store`]);
+//! - [`metrics`]: the Prometheus exporter of those pools and targets.
 //!
 //! Owns: every pool, replica server and target it opened; nothing survives the process
 //! (a restart re-imports from the objects and `$CSTOR_HOME`).
@@ -21,6 +22,7 @@
 pub mod disks;
 pub mod error;
 pub mod kubeapi;
+pub mod metrics;
 pub mod node;
 pub mod pools;
 pub mod replicas;
@@ -101,6 +103,7 @@ pub struct Agent {
     ctx: Arc<Ctx>,
     pools: Arc<pools::Pools>,
     targets: Arc<targets::Targets>,
+    metrics: Arc<metrics::AgentMetrics>,
 }
 
 impl Agent {
@@ -114,12 +117,19 @@ impl Agent {
             ctx,
             pools,
             targets,
+            metrics: Arc::default(),
         })
     }
 
     /// The address the iSCSI portal listens on.
     pub fn portal(&self) -> std::net::SocketAddr {
         self.targets.portal()
+    }
+
+    /// The exporter of every pool and target this agent hosts (serve it with
+    /// [`cstor_metrics::Exporter::serve`]); kept current by each reconcile pass.
+    pub fn exporter(&self) -> cstor_metrics::Exporter {
+        self.metrics.exporter.clone()
     }
 
     /// Runs the reconcile loops until the future is dropped. A failed pass is logged and
@@ -148,6 +158,7 @@ impl Agent {
             if let Err(e) = self.targets.sync().await {
                 tracing::warn!(error = %e, "volume targets");
             }
+            metrics::sync(&self.metrics, &self.pools, &self.targets).await;
         }
     }
 

@@ -118,6 +118,16 @@ impl Pools {
         self.hosted.lock().await.keys().cloned().collect()
     }
 
+    /// Every hosted pool (for the metrics exporter).
+    pub async fn open_pools(&self) -> Vec<Arc<OpenPool>> {
+        self.hosted
+            .lock()
+            .await
+            .values()
+            .map(|h| h.open.clone())
+            .collect()
+    }
+
     fn registry(&self) -> Registry {
         Registry::new(self.ctx.cfg.home.clone())
     }

@@ -101,6 +101,24 @@ impl Targets {
         self.portal
     }
 
+    /// The iSCSI server holding every target of this node.
+    pub fn server(&self) -> Arc<Server> {
+        self.server.clone()
+    }
+
+    /// The targets serving now: (volume name, IQN, volume), for the metrics exporter.
+    pub async fn running(&self) -> Vec<(String, String, ReplicatedVolume)> {
+        self.vols
+            .lock()
+            .await
+            .iter()
+            .filter_map(|(name, e)| match &e.slot {
+                Slot::Running(v) => Some((name.clone(), e.iqn.clone(), v.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// One pass over the CVs placed on this node.
     pub async fn sync(&self) -> Result<()> {
         let cvs: Api<CStorVolume> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);

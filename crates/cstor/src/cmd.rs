@@ -9,3 +9,4 @@ pub mod replica;
 pub mod target;
 pub mod target_replicated;
 pub mod up;
+pub mod up_prometheus;

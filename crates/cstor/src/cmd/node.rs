@@ -31,6 +31,10 @@ pub struct Args {
     /// Where the node remembers its pools (default: $CSTOR_HOME, else /var/lib/cstor).
     #[arg(long, env = "CSTOR_HOME", default_value = "/var/lib/cstor")]
     pub home: PathBuf,
+    /// Serve Prometheus metrics of every pool and target of this node on ADDR:PORT at
+    /// /metrics (docs/metrics.md; cStor's exporter port is 9500).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
     /// Seconds between reconcile passes.
     #[arg(long, default_value_t = 2)]
     pub resync: u64,
@@ -61,6 +65,7 @@ pub fn run(a: Args) -> Result<()> {
         let agent = cstor_agent::Agent::start(cfg)
             .await
             .with_context(|| format!("starting node agent {}", a.name))?;
+        let _metrics = super::metrics::start(a.metrics.as_deref(), &agent.exporter()).await?;
         println!("node {} up: iSCSI portal {}", a.name, agent.portal());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -385,6 +385,8 @@ async fn supervise(a: RunArgs) -> Result<()> {
             ip.to_string(),
             "--home".into(),
             nd.join("home").display().to_string(),
+            "--metrics".into(),
+            SocketAddr::new(IpAddr::V4(ip), super::up_prometheus::METRICS_PORT).to_string(),
         ];
         for k in 1..=a.disks_per_node {
             let p = nd.join(format!("disk-{k}.img"));
@@ -425,6 +427,8 @@ async fn supervise(a: RunArgs) -> Result<()> {
     for c in comps.iter_mut().skip(1) {
         c.spawn()?;
     }
+    super::up_prometheus::write_config(&dir)?;
+    super::up_prometheus::write_targets(&dir, &metrics_targets(&comps))?;
     for c in &comps {
         publish_pod(&client, c).await?;
     }
@@ -464,6 +468,9 @@ async fn supervise(a: RunArgs) -> Result<()> {
             _ = term.recv() => break,
             Some((req, reply)) = rx.recv() => {
                 let _ = reply.send(control(&mut comps, &req));
+                if let Err(e) = super::up_prometheus::write_targets(&dir, &metrics_targets(&comps)) {
+                    eprintln!("cstor up: prometheus targets: {e:#}");
+                }
             }
         }
         for c in comps.iter_mut() {
@@ -519,6 +526,21 @@ async fn supervise(a: RunArgs) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// The metrics endpoints of the nodes not stopped (`cstor up node stop`).
+fn metrics_targets(comps: &[Component]) -> Vec<(String, SocketAddr)> {
+    comps
+        .iter()
+        .filter(|c| c.enabled)
+        .filter_map(|c| {
+            let node = c.node.clone()?;
+            Some((
+                node,
+                SocketAddr::new(c.ip, super::up_prometheus::METRICS_PORT),
+            ))
+        })
+        .collect()
 }
 
 fn control(comps: &mut [Component], req: &str) -> String {
