@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use apiserver_support::up::{kubectl, wait_for};
 use apiserver_support::{free_port, have_kubectl, required};
 
 struct Up(Child);
@@ -17,42 +18,6 @@ impl Drop for Up {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn kubectl(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("kubectl")
-        .env("KUBECONFIG", dir.join("kubeconfig"))
-        .arg("--cache-dir")
-        .arg(dir.join("kubecache"))
-        .args(args)
-        .output()
-        .expect("kubectl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-            + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
-fn wait_for(
-    dir: &Path,
-    what: &str,
-    args: &[&str],
-    ok: impl Fn(&str) -> bool,
-    limit: Duration,
-) -> String {
-    let t0 = Instant::now();
-    loop {
-        let (_, v) = kubectl(dir, args);
-        if ok(&v) {
-            return v;
-        }
-        if t0.elapsed() > limit {
-            let log = std::fs::read_to_string(dir.join("up.log")).unwrap_or_default();
-            panic!("{what}: still {v:?} after {limit:?}\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -1,0 +1,160 @@
+//! `cstor up` for tests: starts it on a loopback /24 of its own and a free API port in a
+//! temp dir, kills it on drop (its children follow by PR_SET_PDEATHSIG), and runs kubectl
+//! against its kubeconfig.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// A running `cstor up`; dropped, it is killed.
+pub struct Up {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub base: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Up {
+    /// `cstor up --nodes N --disks-per-node 1 --disk-size SIZE`, waited for until its
+    /// kubeconfig exists and every Pod is Ready.
+    pub fn start(nodes: usize, disk_size: &str) -> Up {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("up");
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = std::process::id() ^ (free_port() as u32);
+        let base = format!("127.{}.{}.1", 10 + n % 200, 1 + (n / 200) % 250);
+        let log = std::fs::File::create(dir.join("up.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cstor"))
+            .args(["up", "--nodes", &nodes.to_string(), "--disks-per-node", "1"])
+            .args(["--disk-size", disk_size, "--base-address", &base])
+            .args(["--api-port", &free_port().to_string(), "--dir"])
+            .arg(&dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = Up {
+            child,
+            dir,
+            base,
+            _tmp: tmp,
+        };
+        let t0 = Instant::now();
+        while !up.dir.join("kubeconfig").exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no kubeconfig: {}",
+                up.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let last = format!("cstor-node-{nodes}");
+        up.wait_for(
+            "pods created",
+            &[
+                "-n",
+                "openebs",
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+            |v| v.contains(&last),
+            Duration::from_secs(60),
+        );
+        let (ok, out) = up.kubectl(&[
+            "-n",
+            "openebs",
+            "wait",
+            "--for=condition=Ready",
+            "pods",
+            "--all",
+            "--timeout=60s",
+        ]);
+        assert!(ok, "pods not Ready: {out}\n{}", up.log());
+        up
+    }
+
+    /// What `cstor up` printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default()
+    }
+
+    /// kubectl with this instance's kubeconfig: (success, stdout + stderr).
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
+        kubectl(&self.dir, args)
+    }
+
+    /// Polls `kubectl ARGS` until `ok` holds on its output; panics with the log after `limit`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        args: &[&str],
+        ok: impl Fn(&str) -> bool,
+        limit: Duration,
+    ) -> String {
+        wait_for(&self.dir, what, args, ok, limit)
+    }
+
+    /// `cstor up node stop|start NAME`.
+    pub fn node(&self, verb: &str, name: &str) {
+        let out = Command::new(env!("CARGO_BIN_EXE_cstor"))
+            .args(["up", "node", verb, name, "--dir"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "node {verb} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// kubectl against `dir/kubeconfig`: (success, stdout + stderr).
+pub fn kubectl(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", dir.join("kubeconfig"))
+        .arg("--cache-dir")
+        .arg(dir.join("kubecache"))
+        .args(args)
+        .output()
+        .expect("kubectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+            + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Polls `kubectl ARGS` against `dir` until `ok` holds; panics with `dir/up.log` after `limit`.
+pub fn wait_for(
+    dir: &Path,
+    what: &str,
+    args: &[&str],
+    ok: impl Fn(&str) -> bool,
+    limit: Duration,
+) -> String {
+    let t0 = Instant::now();
+    loop {
+        let (_, v) = kubectl(dir, args);
+        if ok(&v) {
+            return v;
+        }
+        if t0.elapsed() > limit {
+            let log = std::fs::read_to_string(dir.join("up.log")).unwrap_or_default();
+            panic!("{what}: still {v:?} after {limit:?}\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
