@@ -6,8 +6,9 @@
 # snapshot, clone, snapshot read, background scrub. Then the pool imports from renamed
 # devices. Last, a volume replicated on three pools (`cstor replica serve` x 3 behind one
 # `cstor target serve --replica ...`) keeps serving while a replica is killed, catches it
-# up when it returns, and ends byte-identical on every pool. Everything lives in a temp dir
-# and is removed at exit.
+# up when it returns, and ends byte-identical on every pool. Then the whole system through
+# `cstor up` and the seed's kubectl workflow (scripts/demo-up.sh). Everything lives in temp
+# dirs and is removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -170,5 +171,8 @@ cmp "$W/r1-pvc-demo.img" "$W/r2-pvc-demo.img" && cmp "$W/r1-pvc-demo.img" "$W/r3
 cmp <(head -c 8M "$W/r3-pvc-demo.img") <(head -c 8388608 /dev/zero | tr '\0' '\021') \
   && cmp <(tail -c +8388609 "$W/r3-pvc-demo.img" | head -c 8M) <(head -c 8388608 /dev/zero | tr '\0' '\042') \
   && echo "r3 holds the writes made before and while it was away"
+
+step "The whole system: cstor up and the seed's workflow with kubectl"
+CSTOR=$CSTOR scripts/demo-up.sh
 
 step "Done"

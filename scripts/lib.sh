@@ -55,3 +55,18 @@ ensure_python_clients() {
       python3 -m pip install -q --break-system-packages kubernetes
   fi
 }
+
+# kubectl is not in Debian 12: fetch the pinned release from dl.k8s.io when it is missing,
+# checked against its published sha256.
+ensure_kubectl() {
+  command -v kubectl >/dev/null 2>&1 && return 0
+  ensure_commands curl:curl
+  local v=v1.32.0 d
+  d=$(mktemp -d)
+  echo "installing: kubectl $v" >&2
+  curl -fsSLo "$d/kubectl" "https://dl.k8s.io/release/$v/bin/linux/amd64/kubectl"
+  curl -fsSLo "$d/kubectl.sha256" "https://dl.k8s.io/release/$v/bin/linux/amd64/kubectl.sha256"
+  echo "$(cat "$d/kubectl.sha256")  $d/kubectl" | sha256sum --check --quiet
+  install -m 0755 "$d/kubectl" /usr/local/bin/kubectl
+  rm -rf "$d"
+}

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 ensure_rust_tools
 ensure_test_packages
 ensure_python_clients
+ensure_kubectl
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
