@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 
-/// A running `cstor up`; dropped, it is killed.
+/// A running `cstor up`; dropped, it is stopped as a user stops it (SIGTERM: node agents
+/// first, while the API server still answers), and killed only if that takes over 60 s.
 pub struct Up {
     pub child: Child,
     pub dir: PathBuf,
@@ -18,6 +19,17 @@ pub struct Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
+        // A SIGKILL would take the API server down together with the agents, whose clean
+        // stop then waits on it; SIGTERM lets `cstor up` stop them in order.
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
