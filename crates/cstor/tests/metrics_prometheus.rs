@@ -12,9 +12,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use apiserver_support::up::Up;
 use apiserver_support::{free_port, required};
 
-/// A child killed when the test ends, however it ends.
+/// Prometheus, killed when the test ends, however it ends.
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -88,24 +89,9 @@ fn prometheus_scrapes_cstor_up_and_loads_the_seed_rules() {
     if !required(have, "prometheus") {
         return;
     }
+    let cluster = Up::start(2, "64M");
+    let dir = cluster.dir.clone();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("up");
-    std::fs::create_dir_all(&dir).unwrap();
-    let n = std::process::id() ^ (free_port() as u32);
-    let base = format!("127.{}.{}.1", 10 + n % 200, 1 + (n / 200) % 250);
-    let log = std::fs::File::create(dir.join("up.log")).unwrap();
-    let _up = Proc(
-        Command::new(env!("CARGO_BIN_EXE_cstor"))
-            .args(["up", "--nodes", "2", "--disks-per-node", "1"])
-            .args(["--disk-size", "64M", "--base-address", &base])
-            .args(["--api-port", &free_port().to_string(), "--dir"])
-            .arg(&dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     let pdir = dir.join("prometheus");
     let targets = wait_until("targets.json", Duration::from_secs(60), &dir, || {
         let t = std::fs::read_to_string(pdir.join("targets.json")).ok()?;
@@ -177,16 +163,7 @@ fn prometheus_scrapes_cstor_up_and_loads_the_seed_rules() {
     );
 
     // A stopped node leaves targets.json and Prometheus' active targets.
-    let out = Command::new(env!("CARGO_BIN_EXE_cstor"))
-        .args(["up", "node", "stop", "node-2", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.node("stop", "node-2");
     let left = wait_until("node-2 dropped", Duration::from_secs(30), &dir, || {
         let v = get(&addr, "/api/v1/targets?state=active")?;
         let l = v["data"]["activeTargets"].as_array()?.clone();
