@@ -622,13 +622,7 @@ pub fn resilver_if_needed(pool: &Arc<OpenPool>) -> Result<()> {
 }
 
 fn run_scan(slot: &ScanSlot, kind: ScanKind, progress: &mut dyn FnMut(&Progress)) -> Result<Value> {
-    let pool = slot.pool();
-    let result = scan(pool, kind, progress)?;
-    if kind == ScanKind::Resilver {
-        pool.spa().finish_replace()?;
-        pool.remember_devices()?;
-    }
-    Ok(result)
+    scan(slot.pool(), kind, progress)
 }
 
 /// Scrub (verify every copy of every live block, repair from redundancy) or resilver
@@ -687,11 +681,24 @@ fn scan(pool: &OpenPool, kind: ScanKind, progress: &mut dyn FnMut(&Progress)) ->
     } else {
         spa.scrub_internal()
     };
+    let mut trusted = Ok(());
     match (&walk, &internal) {
         (Ok(_), Ok(repaired)) => {
             status.repaired_bytes += repaired;
             status.state = "finished".into();
             status.progress_percent = 100.0;
+            // The rebuilt devices are trusted before the scan reads as finished, so no
+            // `pool status` ever shows a finished resilver beside a resilvering device.
+            if resilver {
+                trusted = spa
+                    .finish_replace()
+                    .map_err(NodeError::from)
+                    .and_then(|()| pool.remember_devices());
+                if let Err(e) = &trusted {
+                    status.state = "failed".into();
+                    status.error = Some(format!("rebuilt devices not marked trusted: {e}"));
+                }
+            }
         }
         (Err(e), _) => {
             status.state = "failed".into();
@@ -713,5 +720,6 @@ fn scan(pool: &OpenPool, kind: ScanKind, progress: &mut dyn FnMut(&Progress)) ->
     progress(&Progress::of(&status));
     walk?;
     internal?;
+    trusted?;
     serde_json::to_value(&status).map_err(|e| NodeError::Protocol(e.to_string()))
 }
