@@ -228,7 +228,7 @@ impl Pools {
                 c.status.as_ref().and_then(|s| s.phase) == Some(CStorVolumeReplicaPhase::Healthy)
             })
             .count();
-        let fmt = cstor_api::quantity::format_bytes;
+        let fmt = cstor_api::quantity::format_bytes_short;
         let status = json!({
             "phase": phase_of(health),
             "capacity": {

@@ -1,6 +1,6 @@
 //! Pool-side status of the CStorVolumeReplicas on this node's pools (label
-//! `openebs.io/cstor-pool-instance=<cspi>`): capacity (the replica volume's size and
-//! used bytes), phase Init before its target first opened it, and Offline while no live
+//! `openebs.io/cstor-pool-instance=<cspi>`): capacity (bytes it holds on disk and the
+//! logical bytes of its data, cStor's ALLOCATED and USED), phase Init before its target first opened it, and Offline while no live
 //! target serves its volume (the target's node Lease is stale, or the CV is placed
 //! nowhere). While a live target serves it, that target's agent writes the phase and
 //! rebuild progress ([`crate::targets`]); the two writers own disjoint cases.
@@ -51,9 +51,13 @@ pub async fn sync(ctx: &Arc<Ctx>, pools: &Pools) -> Result<()> {
         let cur = cvr.status.clone().unwrap_or_default();
         let mut patch = serde_json::Map::new();
         if let Some(i) = &info {
+            // As cStor: `total` is what the replica holds on disk with its snapshots (zfs
+            // `used`, the ALLOCATED column), `used` the logical bytes of its current data
+            // (zfs `logicalreferenced`, the USED column).
+            let logical = (i.referenced as f64 * i.compression_ratio.max(1.0)) as u64;
             let cap = json!({
-                "total": cstor_api::quantity::format_bytes(i.size),
-                "used": cstor_api::quantity::format_bytes(i.used),
+                "total": cstor_api::quantity::format_bytes_short(i.used),
+                "used": cstor_api::quantity::format_bytes_short(logical),
             });
             if cur.capacity.as_ref().map(|c| json!(c)) != Some(cap.clone()) {
                 patch.insert("capacity".into(), cap);

@@ -8,7 +8,9 @@
 //! capacity, replicaStatuses and `status.replicaDetails.knownReplicas` (the Current
 //! members, derived from the record); each CVR's phase (Healthy, Degraded, Rebuilding,
 //! NewReplicaDegraded, ReconstructingNewReplica, Offline) and rebuild progress in its
-//! message. A larger `spec.capacity` is applied online (`ReplicatedVolume::resize`).
+//! message. A larger `spec.capacity` is applied online (`ReplicatedVolume::resize`); the
+//! members follow `spec.replicaDetails.knownReplicas` (scale up and down, one change per
+//! pass), and a CVR scaled out shows Offline.
 //!
 //! Invariants: one target instance per volume in this process; a target whose CV leaves
 //! this node (or is deleted) is stopped cleanly (initiators logged out, volume drained,
@@ -265,13 +267,31 @@ impl Targets {
                 }
             }
         }
+        apply_scale(&name, &vol, cv, replicas).await;
         let st = vol.status();
         // The controller names replicas by CVR spec.replicaid; members carry the pool's id.
         let ids: BTreeMap<String, String> = replicas
             .iter()
             .filter_map(|(cvr, ep)| Some((ep.clone()?, cvr.spec.replica_id.clone()?)))
             .collect();
-        let status = cv_status(&st, &vol, vol.size(), &ids);
+        let mut status = cv_status(&st, &vol, vol.size(), &ids);
+        // A merge patch keeps map keys it does not name: a replica no longer known is
+        // removed by naming it with null.
+        let stale = cv
+            .status
+            .as_ref()
+            .and_then(|s| s.replica_details.as_ref())
+            .and_then(|d| d.known_replicas.as_ref());
+        if let (Some(stale), Some(known)) = (
+            stale,
+            status["replicaDetails"]["knownReplicas"].as_object_mut(),
+        ) {
+            for id in stale.keys() {
+                if !known.contains_key(id) {
+                    known.insert(id.clone(), serde_json::Value::Null);
+                }
+            }
+        }
         if e.last.as_ref() != Some(&status) {
             merge_status(cvs, &name, status.clone()).await?;
             e.last = Some(status);
@@ -280,6 +300,26 @@ impl Targets {
         for (cvr, endpoint) in replicas {
             let Some(ep) = endpoint else { continue };
             let Some(r) = st.replicas.iter().find(|r| &r.address == ep) else {
+                // Scaled down (its id left spec.knownReplicas): Offline until the user or
+                // the controller deletes it, as cStor shows it.
+                let dropped = cvr
+                    .spec
+                    .replica_id
+                    .as_ref()
+                    .is_some_and(|id| wanted_ids(cv).is_some_and(|w| !w.contains_key(id)));
+                let offline = cvr.status.as_ref().and_then(|s| s.phase).map(|p| json!(p))
+                    == Some(json!("Offline"));
+                if dropped && !offline {
+                    merge_status(
+                        cvrs,
+                        &cvr.name_any(),
+                        json!({"phase": "Offline",
+                               "message": "removed from the volume (scaled down)",
+                               "lastTransitionTime": crate::kubeapi::now(),
+                               "lastUpdateTime": crate::kubeapi::now()}),
+                    )
+                    .await?;
+                }
                 continue;
             };
             let (phase, message) = cvr_phase(r);
@@ -316,7 +356,20 @@ impl Targets {
             .replication_factor
             .unwrap_or(replicas.len() as i32)
             .max(1) as usize;
-        let endpoints: Vec<String> = replicas.iter().filter_map(|(_, e)| e.clone()).collect();
+        // A CVR scaled out of the volume but not deleted yet is no member to start with.
+        let wanted = wanted_ids(cv);
+        let endpoints: Vec<String> = replicas
+            .iter()
+            .filter(|(cvr, _)| {
+                wanted.is_none_or(|w| {
+                    cvr.spec
+                        .replica_id
+                        .as_ref()
+                        .is_some_and(|id| w.contains_key(id))
+                })
+            })
+            .filter_map(|(_, e)| e.clone())
+            .collect();
         // All RF replicas before the first start: a target started on fewer would record
         // only those as members.
         if endpoints.len() < rf {
@@ -354,6 +407,59 @@ impl Targets {
         }
         self.server.close_all().await;
         self.serve.abort();
+    }
+}
+
+/// The replica set the CV asks for: `spec.replicaDetails.knownReplicas` (CVR replicaid ->
+/// guid), written by the controller (scale through the CVC) or the user (the alpha seed's
+/// `kubectl edit cstorvolume`). None when absent or empty: nothing to apply.
+fn wanted_ids(cv: &CStorVolume) -> Option<&BTreeMap<String, String>> {
+    cv.spec
+        .replica_details
+        .as_ref()
+        .and_then(|d| d.known_replicas.as_ref())
+        .filter(|k| !k.is_empty())
+}
+
+/// Scale of a running target: its members follow [`wanted_ids`], one change per pass (a
+/// removal first), so two passes never apply halves of different changes. A member is
+/// matched to its CVR by endpoint; a member with no CVR left is kept (removing one is the
+/// user's `cstor volume` call, not a guess). Refusals (the last Current replica, below
+/// minCurrent) are logged and retried each pass; the replicationFactor follows in the
+/// controller once the applied set equals the wanted one.
+async fn apply_scale(
+    name: &str,
+    vol: &ReplicatedVolume,
+    cv: &CStorVolume,
+    replicas: &[(&CStorVolumeReplica, Option<String>)],
+) {
+    let Some(want) = wanted_ids(cv) else {
+        return;
+    };
+    let by_endpoint: BTreeMap<&str, &str> = replicas
+        .iter()
+        .filter_map(|(cvr, ep)| Some((ep.as_deref()?, cvr.spec.replica_id.as_deref()?)))
+        .collect();
+    let rec = vol.record();
+    for m in &rec.members {
+        if let Some(id) = by_endpoint.get(m.address.as_str()) {
+            if !want.contains_key(*id) {
+                tracing::info!(volume = %name, replica = %id, address = %m.address, "scaling down: removing the replica");
+                if let Err(err) = vol.remove_replica(&m.id).await {
+                    tracing::warn!(volume = %name, replica = %id, error = %err, "scale down refused");
+                }
+                return;
+            }
+        }
+    }
+    for (ep, id) in &by_endpoint {
+        if want.contains_key(*id) && !rec.members.iter().any(|m| m.address == *ep) {
+            tracing::info!(volume = %name, replica = %id, address = %ep, "scaling up: adding the replica");
+            if let Err(err) = vol.add_replica(ep).await {
+                tracing::warn!(volume = %name, replica = %id, error = %err, "scale up failed");
+            }
+            return;
+        }
     }
 }
 

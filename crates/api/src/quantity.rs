@@ -130,6 +130,45 @@ pub fn format_bytes(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// `bytes` to three significant digits with the largest binary suffix not above it,
+/// rounded down (`39.7Gi`, `2.57Mi`, `50Ki`, `999`): the pool and replica space shown in
+/// `kubectl get cspi,cvr` columns, as cStor showed zfs's short sizes. Rounding down keeps
+/// a pool's free space from being overstated; exact counts are in `cstor pool status`
+/// and the metrics.
+pub fn format_bytes_short(bytes: u64) -> String {
+    const SUFFIXES: [(&str, u32); 6] = [
+        ("Ei", 60),
+        ("Pi", 50),
+        ("Ti", 40),
+        ("Gi", 30),
+        ("Mi", 20),
+        ("Ki", 10),
+    ];
+    let Some((suffix, shift)) = SUFFIXES.into_iter().find(|(_, s)| bytes >> s > 0) else {
+        return bytes.to_string();
+    };
+    let whole = bytes >> shift;
+    // Digits after the point that keep three significant ones (none from 100 up).
+    let decimals = match whole {
+        0..=9 => 2,
+        10..=99 => 1,
+        _ => 0,
+    };
+    let scale = 10u128.pow(decimals);
+    let scaled = (u128::from(bytes) * scale) >> shift;
+    let int = scaled / scale;
+    let frac = scaled % scale;
+    let mut text = if decimals == 0 {
+        int.to_string()
+    } else {
+        format!("{int}.{frac:0width$}", width = decimals as usize)
+    };
+    if text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    format!("{text}{suffix}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +233,30 @@ mod tests {
         ));
         assert!(parse_bytes(&"9".repeat(QUANTITY_LEN_MAX + 1)).is_err());
         assert!(parse_bytes("1e-99999999999").is_err());
+    }
+
+    #[test]
+    fn short_sizes_have_three_digits_and_never_round_up() {
+        let cases: &[(u64, &str)] = &[
+            (0, "0"),
+            (999, "999"),
+            (1024, "1Ki"),
+            (50 * 1024 + 1000, "50.9Ki"),
+            (42_627_207_987, "39.6Gi"),
+            (42_681_000_000, "39.7Gi"),
+            ((1 << 30) - 1, "1023Mi"),
+            (2_694_840, "2.56Mi"),
+            (u64::MAX, "15.9Ei"),
+        ];
+        for (bytes, text) in cases {
+            let got = format_bytes_short(*bytes);
+            assert_eq!(&got, text, "{bytes}");
+            let back = parse_bytes(&got).unwrap();
+            assert!(
+                back <= bytes.saturating_add(1),
+                "{bytes} shown as {got} = {back}"
+            );
+        }
     }
 
     #[test]

@@ -565,6 +565,32 @@ spec:
         String::from_utf8_lossy(&w.stdout),
         String::from_utf8_lossy(&w.stderr)
     );
+    // The replicas report what they hold (cStor's USED and ALLOCATED columns): the MiB
+    // written, not the volume's 64 MiB size.
+    wait_for(
+        &s,
+        "cvr capacity",
+        &[
+            "-n",
+            "openebs",
+            "get",
+            "cvr",
+            "-o",
+            "jsonpath={range .items[*]}{.status.capacity.used} {.status.capacity.total}{\"\\n\"}{end}",
+        ],
+        |v| {
+            let rows: Vec<&str> = v.lines().collect();
+            rows.len() == 3
+                && rows.iter().all(|r| {
+                    r.split(' ').all(|q| {
+                        cstor_api::quantity::parse_bytes(q)
+                            .is_ok_and(|b| (1 << 20..32 << 20).contains(&b))
+                    })
+                })
+        },
+        long,
+        &all,
+    );
 
     // Losing node-3's agent: Degraded, its CVR Offline; back: Healthy, data intact.
     agents[2].kill9();

@@ -5,6 +5,10 @@
 use anyhow::{Context, Result};
 use cstor_metrics::{Exporter, MetricsServer};
 
+/// Port of a node agent's metrics endpoint on its node address by default (cStor's
+/// exporter port).
+pub const EXPORTER_PORT: u16 = 9500;
+
 /// Serves `exporter` on `addr` if one was given; the endpoint stops when the returned
 /// server is dropped.
 pub async fn start(addr: Option<&str>, exporter: &Exporter) -> Result<Option<MetricsServer>> {

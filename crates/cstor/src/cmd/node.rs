@@ -1,13 +1,21 @@
 //! `cstor node`: the node agent (crates/agent) as a process, until SIGINT/SIGTERM, which
 //! stop targets (initiators logged out), replica servers and pools cleanly.
 //!
+//! The clean stop is bounded ([`STOP_BOUND`]) and a second signal cuts it short: a stop
+//! that waits on an API server or replica that is gone must not keep the process (and its
+//! pools' locks) forever. Cutting it is safe: pools recover from their intent log at the
+//! next import and a target's record not marked clean makes its next start reconcile.
+//!
 //! Owns: argument parsing and the process lifetime. Never: agent logic (cstor-agent).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+
+/// How long the clean stop may take before the process exits without it.
+pub const STOP_BOUND: Duration = Duration::from_secs(60);
 
 /// Arguments of `cstor node`.
 #[derive(Debug, clap::Args)]
@@ -32,8 +40,9 @@ pub struct Args {
     #[arg(long, env = "CSTOR_HOME", default_value = "/var/lib/cstor")]
     pub home: PathBuf,
     /// Serve Prometheus metrics of every pool and target of this node on ADDR:PORT at
-    /// /metrics (docs/metrics.md; cStor's exporter port is 9500).
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// /metrics (docs/metrics.md). Default: the node's --address, port 9500 (cStor's
+    /// exporter port); `off` serves none.
+    #[arg(long, value_name = "ADDR:PORT|off")]
     pub metrics: Option<String>,
     /// Seconds between reconcile passes.
     #[arg(long, default_value_t = 2)]
@@ -49,7 +58,7 @@ pub fn run(a: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(async {
+    let r = rt.block_on(async {
         std::fs::create_dir_all(&a.home)
             .with_context(|| format!("creating {}", a.home.display()))?;
         let cfg = cstor_agent::AgentConfig {
@@ -65,7 +74,14 @@ pub fn run(a: Args) -> Result<()> {
         let agent = cstor_agent::Agent::start(cfg)
             .await
             .with_context(|| format!("starting node agent {}", a.name))?;
-        let _metrics = super::metrics::start(a.metrics.as_deref(), &agent.exporter()).await?;
+        let metrics = match a.metrics.as_deref() {
+            Some("off") => None,
+            Some(addr) => Some(addr.to_string()),
+            None => Some(SocketAddr::new(a.address, super::metrics::EXPORTER_PORT).to_string()),
+        };
+        let _metrics = super::metrics::start(metrics.as_deref(), &agent.exporter())
+            .await
+            .context("serving metrics (choose another endpoint with --metrics ADDR:PORT, or --metrics off)")?;
         println!("node {} up: iSCSI portal {}", a.name, agent.portal());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -73,7 +89,22 @@ pub fn run(a: Args) -> Result<()> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        agent.shutdown().await;
+        let stopped = tokio::select! {
+            r = tokio::time::timeout(STOP_BOUND, agent.shutdown()) => r.is_ok(),
+            _ = tokio::signal::ctrl_c() => false,
+            _ = term.recv() => false,
+        };
+        if !stopped {
+            bail!(
+                "the clean stop did not finish within {} s or was interrupted: exiting without \
+                 it (pools replay their intent log at the next import)",
+                STOP_BOUND.as_secs()
+            );
+        }
         Ok(())
-    })
+    });
+    // A stop cut short leaves pool calls on blocking threads; the runtime's drop would
+    // wait for them without a bound.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    r
 }

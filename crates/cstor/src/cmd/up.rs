@@ -386,7 +386,7 @@ async fn supervise(a: RunArgs) -> Result<()> {
             "--home".into(),
             nd.join("home").display().to_string(),
             "--metrics".into(),
-            SocketAddr::new(IpAddr::V4(ip), super::up_prometheus::METRICS_PORT).to_string(),
+            SocketAddr::new(IpAddr::V4(ip), super::metrics::EXPORTER_PORT).to_string(),
         ];
         for k in 1..=a.disks_per_node {
             let p = nd.join(format!("disk-{k}.img"));
@@ -535,10 +535,7 @@ fn metrics_targets(comps: &[Component]) -> Vec<(String, SocketAddr)> {
         .filter(|c| c.enabled)
         .filter_map(|c| {
             let node = c.node.clone()?;
-            Some((
-                node,
-                SocketAddr::new(c.ip, super::up_prometheus::METRICS_PORT),
-            ))
+            Some((node, SocketAddr::new(c.ip, super::metrics::EXPORTER_PORT)))
         })
         .collect()
 }

@@ -14,9 +14,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-/// Port of every node agent's metrics endpoint on its node address (cStor's exporter port).
-pub const METRICS_PORT: u16 = 9500;
-
 /// The seed's PrometheusRule object, whose `spec` is a Prometheus rules file.
 const PROMETHEUS_RULE: &str = include_str!("../../../../deploy/monitoring/alerts-cstor.yaml");
 
