@@ -164,15 +164,18 @@ async fn replica_back_with_a_stale_epoch_is_caught_up_before_it_counts() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // Watch r2's recorded state from here on.
     let seen_stale = Arc::new(AtomicBool::new(false));
+    let reason = Arc::new(parking_lot::Mutex::new(String::new()));
     let watch_stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (store, seen, ws) = (c.store.clone(), seen_stale.clone(), watch_stop.clone());
+        let why = reason.clone();
         tokio::spawn(async move {
             use cstor_replication::membership::MembershipStore;
             while !ws.load(Ordering::SeqCst) {
                 if let Ok((r, _)) = store.read() {
-                    if r.member("r2").map(|m| m.state) != Some(MemberState::Current) {
+                    if let Some(m) = r.member("r2").filter(|m| m.state != MemberState::Current) {
                         seen.store(true, Ordering::SeqCst);
+                        *why.lock() = m.reason.clone();
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -202,6 +205,11 @@ async fn replica_back_with_a_stale_epoch_is_caught_up_before_it_counts() {
     .await;
     watch_stop.store(true, Ordering::SeqCst);
     watcher.await.unwrap();
+    let why = reason.lock().clone();
+    assert!(
+        why.contains("epoch"),
+        "r2 demoted for another reason: {why:?}"
+    );
     stop.store(true, Ordering::SeqCst);
     for h in hs {
         h.await.unwrap();
