@@ -11,7 +11,9 @@
 //! - A write completes when every Current replica in the send set at its send acked it,
 //!   or the failing ones were demoted by a recorded CAS after a flush barrier on the
 //!   survivors (S6). Stale/New sessions receive writes; their acks never count.
-//! - Below max(1, minCurrent) Current replicas an eviction is refused and IO answers BUSY.
+//! - Below max(1, minCurrent) Current replicas an eviction is refused and IO answers BUSY;
+//!   when the refused members are unreachable (not erring), `away` is raised and
+//!   rejoin.rs re-opens them: nothing is sent while it is raised.
 //! - With one Current replica it writes through (stable before ack).
 //! - A higher epoch in the record or any reply fences this instance: every later call
 //!   fails and [`ReplicatedVolume::fenced`] completes.
