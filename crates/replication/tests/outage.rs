@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use cstor_replication::MemberState;
+use cstor_replication::{MemberState, ReplicatedVolume};
 
 /// Writes answered GOOD while every Current replica is away: none may be.
 async fn assert_no_ack_while_away(truth: &Truth, what: &str) {
@@ -41,6 +41,27 @@ async fn resumed(truth: &Truth, from: Instant, secs: u64) -> Duration {
     })
     .await;
     from.elapsed()
+}
+
+/// Writers stopped after a last stretch; same instance, every member Current, every
+/// acknowledged write read back, a clean stop, identical replicas.
+async fn finish(
+    c: &Cluster,
+    v: &ReplicatedVolume,
+    truth: &Truth,
+    epoch: u64,
+    (stop, hs): (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<()>>),
+) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for h in hs {
+        h.await.unwrap();
+    }
+    assert_eq!(v.epoch(), epoch, "the target restarted");
+    all_current(c);
+    verify(v, truth, BLOCKS).await;
+    v.shutdown().await.unwrap();
+    c.identical();
 }
 
 fn all_current(c: &Cluster) {
@@ -74,16 +95,7 @@ async fn rf3_every_replica_process_killed_then_restarted_target_reconnects() {
     }
     let took = resumed(&truth, back, RESUME_SECS).await;
     eprintln!("writes resumed {took:?} after the replicas came back");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    for h in hs {
-        h.await.unwrap();
-    }
-    assert_eq!(v.epoch(), epoch, "the target restarted");
-    all_current(&c);
-    verify(&v, &truth, BLOCKS).await;
-    v.shutdown().await.unwrap();
-    c.identical();
+    finish(&c, &v, &truth, epoch, (stop, hs)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,16 +133,7 @@ async fn rf3_every_replica_link_cut_then_stalled_target_reconnects_each_time() {
     }
     let took = resumed(&truth, back, RESUME_SECS).await;
     eprintln!("writes resumed {took:?} after the stall ended");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    for h in hs {
-        h.await.unwrap();
-    }
-    assert_eq!(v.epoch(), epoch, "the target restarted");
-    all_current(&c);
-    verify(&v, &truth, BLOCKS).await;
-    v.shutdown().await.unwrap();
-    c.identical();
+    finish(&c, &v, &truth, epoch, (stop, hs)).await;
 }
 
 /// r2's pool is put back to a copy taken under the previous target instance (its
