@@ -107,32 +107,26 @@ async fn rf3_every_replica_link_cut_then_stalled_target_reconnects_each_time() {
     let stop = Arc::new(AtomicBool::new(false));
     let hs = spawn_writers(&v, BLOCKS, 4, truth.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Every link drops (connections closed, new ones refused).
-    for p in &c.proxies {
-        p.set(CUT);
+    // First every link drops (connections closed, new ones refused); then every replica
+    // stops answering (as SIGSTOP: connections kept, nothing forwarded; what was in
+    // flight is delivered after the heal, when it must no longer apply).
+    for (mode, what) in [
+        (CUT, "every link was cut"),
+        (STALL, "every replica was stalled"),
+    ] {
+        truth.failed.store(0, Ordering::SeqCst);
+        for p in &c.proxies {
+            p.set(mode);
+        }
+        assert_no_ack_while_away(&truth, what).await;
+        all_current(&c);
+        let back = Instant::now();
+        for p in &c.proxies {
+            p.set(PASS);
+        }
+        let took = resumed(&truth, back, RESUME_SECS).await;
+        eprintln!("writes resumed {took:?} after the end of: {what}");
     }
-    assert_no_ack_while_away(&truth, "every link was cut").await;
-    all_current(&c);
-    let back = Instant::now();
-    for p in &c.proxies {
-        p.set(PASS);
-    }
-    let took = resumed(&truth, back, RESUME_SECS).await;
-    eprintln!("writes resumed {took:?} after the links came back");
-    // Every replica stops answering (as SIGSTOP: connections kept, nothing forwarded;
-    // what was in flight is delivered after the heal, when it must no longer apply).
-    truth.failed.store(0, Ordering::SeqCst);
-    for p in &c.proxies {
-        p.set(STALL);
-    }
-    assert_no_ack_while_away(&truth, "every replica was stalled").await;
-    all_current(&c);
-    let back = Instant::now();
-    for p in &c.proxies {
-        p.set(PASS);
-    }
-    let took = resumed(&truth, back, RESUME_SECS).await;
-    eprintln!("writes resumed {took:?} after the stall ended");
     finish(&c, &v, &truth, epoch, (stop, hs)).await;
 }
 
