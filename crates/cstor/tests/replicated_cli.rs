@@ -346,6 +346,87 @@ fn stopped_replica_process_is_evicted_once_then_rejoins() {
     );
 }
 
+/// Every replica process stopped at once (SIGSTOP of both, RF=2): no eviction can be
+/// recorded, so a write issued meanwhile is held (T_hold) and answered BUSY, which
+/// qemu retries; after SIGCONT the target re-opens both replicas on its own (same
+/// epoch, no restart), the held write completes, both stay Current and every write
+/// reads back.
+#[test]
+fn every_replica_process_stopped_then_continued_target_reconnects() {
+    if !have("qemu-io", "qemu-utils + qemu-block-extra") {
+        return;
+    }
+    let (d, home, key) = setup(&["pa", "pb"]);
+    let (a, addr_a) = replica(&home, "pa", "127.0.0.1:0", &key);
+    let (b, addr_b) = replica(&home, "pb", "127.0.0.1:0", &key);
+    let state = d.path().join("state");
+    let control = format!("127.0.0.1:{}", free_port());
+    let (_t, taddr) = target(&home, &[addr_a, addr_b], &state, &key, &control);
+    assert!(wait_for(Duration::from_secs(20), || {
+        try_status(&home, &control, &key).is_some_and(|s| s["phase"] == "Healthy")
+    }));
+    let epoch = status(&home, &control, &key)["epoch"].clone();
+    qemu(&taddr, &["write -P 0x31 0 1M"]);
+    let signal = |sig: &str| {
+        for p in [&a, &b] {
+            let ok = Command::new("kill")
+                .args([sig, &p.0.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill {sig} failed");
+        }
+    };
+    signal("-STOP");
+    let stopped = std::time::Instant::now();
+    let writer = {
+        let taddr = taddr.clone();
+        std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            qemu(&taddr, &["write -P 0x32 1M 1M"]);
+            t.elapsed()
+        })
+    };
+    // The write times out on both (T_evict) and the eviction is refused: Offline.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            try_status(&home, &control, &key).is_some_and(|s| s["phase"] == "Offline")
+        }),
+        "not Offline with both replicas stopped: {:?}",
+        try_status(&home, &control, &key)
+    );
+    let s = status(&home, &control, &key);
+    assert!(
+        (0..2).all(|i| s["replicas"][i]["state"] == "Current"),
+        "{s}"
+    );
+    signal("-CONT");
+    let took = writer.join().expect("the held write's qemu-io");
+    eprintln!(
+        "write issued with both replicas stopped completed after {took:?} (stopped {:?})",
+        stopped.elapsed()
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            try_status(&home, &control, &key).is_some_and(|s| {
+                s["phase"] == "Healthy" && (0..2).all(|i| mode_of(&s, i) == "Healthy")
+            })
+        }),
+        "not Healthy again: {:?}",
+        try_status(&home, &control, &key)
+    );
+    let s = status(&home, &control, &key);
+    assert_eq!(s["epoch"], epoch, "the target restarted: {s}");
+    qemu(
+        &taddr,
+        &[
+            "write -P 0x33 2M 1M",
+            "read -P 0x31 0 1M",
+            "read -P 0x32 1M 1M",
+        ],
+    );
+    qemu(&taddr, &["read -P 0x33 2M 1M"]);
+}
+
 /// `cstor target snapshot|snapshots|delete-snapshot|clone|add-replica|remove-replica|
 /// force-current` as processes (unix-socket control, replicas without a key).
 #[test]

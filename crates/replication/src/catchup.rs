@@ -97,6 +97,10 @@ pub(crate) async fn catchup_loop(v: ReplicatedVolume) {
         if v.is_fenced() {
             return;
         }
+        if v.is_away() {
+            // No source while the Current members are away.
+            continue;
+        }
         let rec = v.record();
         let busy: Vec<String> = v
             .inner
@@ -444,6 +448,11 @@ async fn readmit(
         conn.call(Op::Checkpoint, wire::enc_u64s(&[c]), t).await?;
         // Clearing the cursor commits a txg: C is durable with the data it covers.
         conn.call(Op::SetCursor, Bytes::new(), t).await?;
+        if v.is_away() {
+            // The Current members it was caught up against are away (rejoin.rs): they
+            // may be demoted or reconciled without this session.
+            return Err(VolumeError::Refused("Current replicas are away".into()));
+        }
         let epoch = inner.epoch;
         let idc = id.to_string();
         v.change_record(|r| {

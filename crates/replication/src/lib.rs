@@ -13,7 +13,8 @@
 //!   eviction, reads, flushes, start-up fencing and reconcile; [`catchup`]: the
 //!   two-sided diff that brings a Stale or New replica back; [`snapshot`]: snapshots at
 //!   one io cut on every replica, missed-snapshot replay, clones; [`members`]: add and
-//!   remove replicas, the offline force-promotion.
+//!   remove replicas, the offline force-promotion; `rejoin`: re-opening the Current
+//!   members after all of them were away at once (no eviction could be recorded).
 //!
 //! Invariants (design §1): a write completes only when every Current replica acked it;
 //! a member leaves the Current set only by a recorded CAS made before any write completes
@@ -27,6 +28,7 @@ pub mod client;
 pub mod error;
 pub mod members;
 pub mod membership;
+mod rejoin;
 pub mod server;
 pub mod snapshot;
 mod start;

@@ -58,6 +58,11 @@ struct VolEntry {
     vol: ReplicaVolume,
     /// Generation of the session allowed to apply and reply.
     gen: AtomicU64,
+    /// Writes hold it shared across their generation check and pool apply; an OPEN
+    /// takes it exclusively to bump `gen`, so once an OPEN is answered no write of an
+    /// older session can still land (a target re-opening a member after an outage
+    /// reconciles what it lists then, and nothing may change under the listing).
+    apply_gate: parking_lot::RwLock<()>,
     /// The last shutdown was unclean and the boot id changed (computed at first open by
     /// this process; cleared once a target records a checkpoint).
     lost_tail: AtomicBool,
@@ -199,7 +204,10 @@ impl ReplicaServer {
         let vols: Vec<_> = self.inner.vols.lock().values().cloned().collect();
         for v in vols {
             // Ends every session first, so no write lands after the marker.
-            v.gen.fetch_add(1, Ordering::SeqCst);
+            {
+                let _gate = v.apply_gate.write();
+                v.gen.fetch_add(1, Ordering::SeqCst);
+            }
             if let Err(e) = v.vol.flush() {
                 tracing::error!(error = %e, "marking a replica volume clean");
             }
@@ -364,6 +372,7 @@ impl Inner {
             let entry = Arc::new(VolEntry {
                 vol,
                 gen: AtomicU64::new(0),
+                apply_gate: parking_lot::RwLock::new(()),
                 lost_tail: AtomicBool::new(lost),
                 acked_max: AtomicU64::new(0),
                 flush_point: AtomicU64::new(0),
@@ -387,10 +396,11 @@ impl Inner {
         // Epoch check and persistence under the entry's epoch lock: two OPENs race safely.
         let e2 = entry.clone();
         let (epoch, instance) = (req.epoch, req.instance.clone());
-        let fenced = blocking(move || -> Result<Option<u64>, String> {
+        let fenced = blocking(move || -> Result<(Option<u64>, u64), String> {
             let mut cur = e2.epoch.lock();
+            let prev = cur.0;
             if epoch < cur.0 || (epoch == cur.0 && epoch != 0 && instance != cur.1) {
-                return Ok(Some(cur.0));
+                return Ok((Some(cur.0), prev));
             }
             if epoch > cur.0 || instance != cur.1 {
                 e2.vol
@@ -398,13 +408,16 @@ impl Inner {
                     .map_err(|e| e.to_string())?;
                 *cur = (epoch, instance);
             }
-            // Drops every other session; from here only the new generation replies.
+            // Drops every other session; from here only the new generation replies and
+            // no write of an older one applies (the gate waits for those applying now).
+            let _gate = e2.apply_gate.write();
             e2.gen.fetch_add(1, Ordering::SeqCst);
-            Ok(None)
+            Ok((None, prev))
         })
         .await
         .ok_or_else(|| Frame::reply(f, Status::Error, 0, err_body("open task failed")))?
         .map_err(|e| Frame::reply(f, Status::Error, 0, err_body(e)))?;
+        let (fenced, prev_epoch) = fenced;
         if let Some(stored) = fenced {
             return Err(Frame::reply(f, Status::Fenced, stored, Bytes::new()));
         }
@@ -431,6 +444,7 @@ impl Inner {
                 size: e3.vol.size(),
                 block_size: e3.vol.block_size(),
                 created,
+                prev_epoch,
             })
         })
         .await
@@ -560,7 +574,9 @@ fn ordered_write(
         let e = entry.clone();
         let live = sess.clone();
         let res = blocking(move || {
-            // Re-checked before apply: a dropped session's writes never reach the pool.
+            // Re-checked before apply, under the gate an OPEN takes to drop sessions: a
+            // dropped session's writes never reach the pool once that OPEN is answered.
+            let _gate = e.apply_gate.read();
             if !live.live() {
                 return Ok(None);
             }

@@ -372,7 +372,7 @@ impl ReplicatedVolume {
 
     /// Makes the intact Current replicas identical (§2.8 step 6): every block changed
     /// above L = min C on any of them is rewritten from the source as a new write.
-    async fn reconcile(
+    pub(crate) async fn reconcile(
         &self,
         intact: &[(String, Arc<ReplicaConn>, OpenReply)],
     ) -> Result<u64, VolumeError> {

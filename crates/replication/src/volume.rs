@@ -11,7 +11,9 @@
 //! - A write completes when every Current replica in the send set at its send acked it,
 //!   or the failing ones were demoted by a recorded CAS after a flush barrier on the
 //!   survivors (S6). Stale/New sessions receive writes; their acks never count.
-//! - Below max(1, minCurrent) Current replicas an eviction is refused and IO answers BUSY.
+//! - Below max(1, minCurrent) Current replicas an eviction is refused and IO answers BUSY;
+//!   when the refused members are unreachable (not erring), `away` is raised and
+//!   rejoin.rs re-opens them: nothing is sent while it is raised.
 //! - With one Current replica it writes through (stable before ack).
 //! - A higher epoch in the record or any reply fences this instance: every later call
 //!   fails and [`ReplicatedVolume::fenced`] completes.
@@ -97,6 +99,11 @@ impl VolumeConfig {
             rebuild_rate: None,
             readmit_delay: Duration::from_secs(1),
         }
+    }
+
+    /// max(1, minCurrent): the fewest Current replicas the volume may run with.
+    pub(crate) fn min_current_n(&self) -> usize {
+        self.min_current().max(1) as usize
     }
 
     fn min_current(&self) -> u32 {
@@ -298,13 +305,17 @@ pub(crate) struct Inner {
     /// who raised it.
     hold: Hold,
     holders: Mutex<usize>,
+    /// Raised while Current members are away and their eviction cannot be recorded
+    /// (rejoin.rs): no command is sent, IO answers BUSY, the LU holds.
+    pub(crate) away: AtomicBool,
+    pub(crate) outage: Mutex<Option<crate::rejoin::Outage>>,
 }
 
 /// A raised [`Inner::hold`], lowered on drop when nobody else holds it.
 pub(crate) struct HoldGuard(Arc<Inner>);
 
 impl Inner {
-    fn hold_enter(self: &Arc<Self>) -> HoldGuard {
+    pub(crate) fn hold_enter(self: &Arc<Self>) -> HoldGuard {
         let mut n = self.holders.lock();
         *n += 1;
         self.hold.hold();
@@ -439,6 +450,8 @@ impl ReplicatedVolume {
             evictions: Mutex::new(Vec::new()),
             hold: Hold::new(),
             holders: Mutex::new(0),
+            away: AtomicBool::new(false),
+            outage: Mutex::new(None),
             cfg,
             store,
         });
@@ -819,7 +832,7 @@ impl ReplicatedVolume {
             let rec = self.inner.state.lock().record.clone();
             let q = self.inner.seq.lock();
             let cur = q.targets.iter().filter(|t| t.current).count();
-            if cur == 0 {
+            if cur == 0 || self.inner.away.load(Ordering::SeqCst) {
                 Phase::Offline
             } else if rec.members.iter().all(|m| m.state == MemberState::Current)
                 && cur == rec.members.len()
@@ -846,7 +859,9 @@ impl ReplicatedVolume {
                 let q = inner.seq.lock();
                 (q.targets.clone(), q.checkpoint())
             };
-            for t in targets {
+            let away = self.is_away();
+            // While away the Current sessions are closed; rejoin.rs re-opens them.
+            for t in targets.into_iter().filter(|t| !(away && t.current)) {
                 let me = self.clone();
                 tokio::spawn(async move {
                     let sent = me.now_ms();
@@ -934,6 +949,11 @@ impl ReplicatedVolume {
         if inner.stopping.load(Ordering::SeqCst) {
             return Err(VolumeError::Refused("the target is stopping".into()));
         }
+        if self.is_away() {
+            return Err(VolumeError::Refused(
+                "Current replicas are away; waiting for them to answer".into(),
+            ));
+        }
         // New commands wait in the LU while the eviction is recorded.
         let _held = inner.hold_enter();
         let start = Instant::now();
@@ -961,6 +981,13 @@ impl ReplicatedVolume {
             }
             let min = inner.cfg.min_current().max(1) as usize;
             if survivors.len() < min {
+                // Unreachable, not erring: wait for them to answer again (rejoin.rs).
+                let away = cur
+                    .iter()
+                    .any(|t| gone.contains(&t.id) && self.unreachable(t));
+                if away {
+                    self.enter_outage(since, &gone);
+                }
                 return Err(VolumeError::Refused(format!(
                     "evicting {gone:?} would leave {} Current replicas (minimum {min})",
                     survivors.len()
@@ -1095,7 +1122,8 @@ impl ReplicatedVolume {
         if inner.state.lock().phase == Phase::Init {
             return Err(BackendError::NotStarted);
         }
-        if !self.lease_held().await {
+        if self.is_away() || !self.lease_held().await {
+            self.give_up_io(ctx.io);
             return Err(BackendError::Busy);
         }
         let io = match ctx.io {
@@ -1112,6 +1140,13 @@ impl ReplicatedVolume {
                 let mut q = inner.seq.lock();
                 if q.expired.remove(&io) {
                     return Err(BackendError::NotStarted);
+                }
+                if inner.away.load(Ordering::SeqCst) {
+                    // Nothing goes out while Current members are away (rejoin.rs).
+                    q.issued.remove(&io);
+                    drop(q);
+                    inner.seq_wake.notify_waiters();
+                    return Err(BackendError::Busy);
                 }
                 let held = q.paused || q.cut.is_some_and(|c| c < io);
                 let blocked = held || q.issued.range(..io).next().is_some();
@@ -1248,6 +1283,22 @@ impl ReplicatedVolume {
         outcome
     }
 
+    /// Releases an io number drawn for a write that will not be sent, so later ones do
+    /// not wait for it in the sequencer.
+    fn give_up_io(&self, io: Option<u64>) {
+        if let Some(io) = io {
+            let removed = self.inner.seq.lock().issued.remove(&io);
+            if removed {
+                self.inner.seq_wake.notify_waiters();
+            }
+        }
+    }
+
+    /// Whether Current members are away (IO answers BUSY until they are re-opened).
+    pub(crate) fn is_away(&self) -> bool {
+        self.inner.away.load(Ordering::SeqCst)
+    }
+
     fn draw_io(&self) -> Option<u64> {
         let mut q = self.inner.seq.lock();
         if q.next > q.reserved {
@@ -1264,6 +1315,9 @@ impl ReplicatedVolume {
         let inner = &self.inner;
         if self.is_fenced() {
             return Err(other("fenced by a newer target instance"));
+        }
+        if self.is_away() {
+            return Err(BackendError::Busy);
         }
         let targets: Vec<Target> = inner
             .seq
@@ -1306,7 +1360,7 @@ impl ReplicatedVolume {
             if inner.state.lock().phase == Phase::Init {
                 return Err(BackendError::NotStarted);
             }
-            if !self.lease_held().await {
+            if self.is_away() || !self.lease_held().await {
                 return Err(BackendError::Busy);
             }
             let pick = {

@@ -356,6 +356,11 @@ pub struct OpenReply {
     pub block_size: u32,
     /// The volume was created by this OPEN.
     pub created: bool,
+    /// Epoch the replica stored before this OPEN (0 from a replica that does not say).
+    /// A target re-opening a member it opened before expects its own epoch here; a lower
+    /// one means the replica's pool went back in time (restored, or another copy).
+    #[serde(default)]
+    pub prev_epoch: u64,
 }
 
 /// A range listed by CHANGED.

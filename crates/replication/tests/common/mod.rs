@@ -39,6 +39,15 @@ fn pool_opts(boot: Option<&str>) -> PoolOptions {
 
 /// The pool `name` of `dir`, imported again (after a power cut) under boot id `boot`.
 pub fn import_pool(dir: &std::path::Path, name: &str, boot: &str) -> Arc<Pool> {
+    import_pool_booted(dir, name, Some(boot))
+}
+
+/// The pool `name` of `dir`, imported again under this host's boot id (no power cut).
+pub fn import_pool_host(dir: &std::path::Path, name: &str) -> Arc<Pool> {
+    import_pool_booted(dir, name, None)
+}
+
+fn import_pool_booted(dir: &std::path::Path, name: &str, boot: Option<&str>) -> Arc<Pool> {
     let p = dir.join(format!("{name}.img"));
     let spa = Spa::import(
         name,
@@ -46,7 +55,7 @@ pub fn import_pool(dir: &std::path::Path, name: &str, boot: &str) -> Arc<Pool> {
         SpaOptions::default(),
     )
     .unwrap();
-    Arc::new(Pool::open(Arc::new(spa), pool_opts(Some(boot))).unwrap())
+    Arc::new(Pool::open(Arc::new(spa), pool_opts(boot)).unwrap())
 }
 
 /// A pool on a sparse file in `dir`, opened under boot id `boot` (None: the host's).
