@@ -66,7 +66,8 @@ async fn outstanding_writes_complete_after_target_restart() {
         writers.iter().all(|w| !w.is_finished()),
         "a write finished while the target was stopped"
     );
-    target.signal(libc::SIGCONT);
+    // SIGKILL while still stopped: the old process never runs again, so it cannot
+    // answer (and then lose, being killed before a commit) any of those writes.
     target.signal(libc::SIGKILL);
     target.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -271,7 +271,8 @@ pub fn mounts_of(dev: &Path) -> Result<Vec<PathBuf>, ToolError> {
         .collect())
 }
 
-/// Whether `dir` is a mount point of the LUN file system (fstype `fuse.cstor`).
+/// Whether `dir` is a mount point of the LUN file system (fstype `fuse`, or
+/// `fuse.cstor` when mounted through fusermount3, with source `cstor-initiator`).
 pub fn is_lun_mount(dir: &Path) -> bool {
     // A dead FUSE connection cannot be stat'ed (ENOTCONN): compare the path as given.
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
@@ -285,7 +286,10 @@ pub fn is_lun_mount(dir: &Path) -> bool {
         };
         f.len() > 4
             && Path::new(&unescape(f[4])) == dir
-            && f.get(sep + 1).is_some_and(|t| *t == "fuse.cstor")
+            && f
+                .get(sep + 1)
+                .is_some_and(|t| *t == "fuse" || *t == "fuse.cstor")
+            && f.get(sep + 2).is_some_and(|src| *src == "cstor-initiator")
     })
 }
 

@@ -371,51 +371,47 @@ impl FuseExport {
         self.mountpoint.join(LUN_FILE)
     }
 
-    /// False once the filesystem was unmounted from outside (`umount`, `cstor initiator
-    /// detach`) and its threads ended.
+    /// False once the filesystem was unmounted (`umount`, `cstor initiator detach`).
     pub fn is_mounted(&self) -> bool {
+        // After an outside unmount the FUSE threads may stay blocked on the device for a
+        // while, so the mount table decides.
         self.session
             .as_ref()
             .is_some_and(|s| !s.guard.is_finished())
+            && crate::blockdev::is_lun_mount(&self.mountpoint)
     }
 
-    /// Unmounts cleanly and waits for the FUSE threads; fails (and stays mounted) while
-    /// the file is in use (a loop device on it: detach that first).
+    /// Unmounts cleanly; fails (and stays mounted) while the file is in use (a loop
+    /// device on it: detach that first). The FUSE threads end on their own afterwards.
     pub fn unmount(&mut self) -> Result<(), FuseError> {
-        let Some(s) = self.session.take() else {
-            return Ok(());
-        };
-        if !s.guard.is_finished() {
+        if self.is_mounted() {
             if let Err(source) = crate::blockdev::unmount(&self.mountpoint) {
-                self.session = Some(s);
                 return Err(FuseError::Unmount {
                     path: self.mountpoint.clone(),
                     source,
                 });
             }
         }
-        s.join().map_err(|source| FuseError::Unmount {
-            path: self.mountpoint.clone(),
-            source,
-        })
+        // Not joined: a thread still blocked reading the dead connection must not hold
+        // up the caller; dropping the handle detaches the threads.
+        self.session = None;
+        Ok(())
     }
 }
 
 impl Drop for FuseExport {
     fn drop(&mut self) {
-        let Some(s) = self.session.take() else {
-            return;
-        };
-        if s.guard.is_finished() {
+        if !self.is_mounted() {
             return;
         }
         // Abort the connection first so a file still held open (a loop device left by a
-        // failed caller) cannot make the unmount and the thread join wait forever.
+        // failed caller) cannot keep the mount busy, then detach the mount.
         if let Some(conn) = self.conn.take() {
             let _ = std::fs::write(format!("/sys/fs/fuse/connections/{conn}/abort"), b"1");
         }
-        if s.umount_and_join().is_err() {
+        if crate::blockdev::unmount(&self.mountpoint).is_err() {
             let _ = crate::blockdev::unmount_lazy(&self.mountpoint);
         }
+        self.session = None;
     }
 }
