@@ -286,8 +286,7 @@ pub fn is_lun_mount(dir: &Path) -> bool {
         };
         f.len() > 4
             && Path::new(&unescape(f[4])) == dir
-            && f
-                .get(sep + 1)
+            && f.get(sep + 1)
                 .is_some_and(|t| *t == "fuse" || *t == "fuse.cstor")
             && f.get(sep + 2).is_some_and(|src| *src == "cstor-initiator")
     })

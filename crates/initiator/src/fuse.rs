@@ -141,7 +141,7 @@ impl LunFs {
             return Err(Errno::ENOSPC);
         }
         let bs = u64::from(cap.block_size);
-        if offset % bs == 0 && end % bs == 0 {
+        if offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
             let _shared = self.rmw.read();
             return self
                 .rt

@@ -318,7 +318,7 @@ impl Session {
         for attempt in 0..2 {
             let cap = self.capacity();
             let bs = cap.block_size as usize;
-            if len % bs != 0 {
+            if !len.is_multiple_of(bs) {
                 return Err(Error::Invalid(format!(
                     "{len} bytes is not a whole number of {bs}-byte blocks"
                 )));
