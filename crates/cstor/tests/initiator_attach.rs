@@ -5,13 +5,15 @@
 //! with the loop device still set up. Needs root, /dev/fuse, losetup, mkfs.ext4, e2fsck.
 
 mod initiator_support;
+mod target_common;
 
 use cstor_initiator::blockdev::{self, LoopDevice};
-use initiator_support::{free_addr, have, is_root, pattern, wait_for, Pool, INI};
+use initiator_support::{free_addr, is_root, pattern, Pool, INI};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use target_common::{have, wait_for};
 
 const IQN: &str = "iqn.2026-12.io.cstor.test:ini-attach";
 

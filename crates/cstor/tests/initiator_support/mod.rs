@@ -4,9 +4,8 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 pub const INI: &str = "iqn.2026-12.io.cstor.test:initiator";
 
@@ -126,39 +125,7 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Polls `cond` until it holds or `limit` passes.
-pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
-}
-
-/// Whether `tool` is on PATH; under CI (env CI set) a missing tool fails the test.
-pub fn have(tool: &str, package: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    if !found {
-        let what = format!("{tool} not installed (Debian package {package})");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set and this test cannot run: {what}"
-        );
-        eprintln!("SKIPPED: {what}");
-    }
-    found
-}
-
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
