@@ -22,14 +22,17 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum InitiatorCommand {
-    /// Log in to a target and serve one LUN as the file DIR/lun through FUSE, in the
-    /// foreground, until SIGTERM/SIGINT or `cstor initiator detach`. Reads, writes and
+    /// Serve a target's LUN as the file DIR/lun through FUSE (foreground).
+    ///
+    /// Logs in and serves the LUN until SIGTERM/SIGINT or `cstor initiator detach`. Reads, writes and
     /// fsync of the file become READ(16), WRITE(16) and SYNCHRONIZE CACHE(16); the
     /// session reconnects after a connection loss and queues I/O up to the replacement
     /// timeout. Put a loop device on the file (`--loop`, or `losetup`) to use it as a disk.
     Attach(Box<AttachArgs>),
-    /// Undo an attach: unmount filesystems on loop devices over DIR/lun, detach those
-    /// loop devices, unmount DIR (the attach process then logs out and exits).
+    /// Undo an attach: unmount what is stacked on DIR/lun, then DIR.
+    ///
+    /// Unmounts filesystems on loop devices over DIR/lun, detaches those loop devices and
+    /// unmounts DIR; the attach process then logs out and exits.
     Detach {
         /// The directory given to attach as --file-dir.
         #[arg(long)]
