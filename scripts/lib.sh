@@ -27,7 +27,7 @@ ensure_rust_tools() {
 # iSCSI -> qemu-nbd -> nbdfuse -> loop -> ext4 chain of ../shared/reference/harness.md §3).
 ensure_test_packages() {
   ensure_commands iscsi-test-cu:libiscsi-bin iscsi-inq:libiscsi-bin mkfs.ext4:e2fsprogs \
-    losetup:mount nbdfuse:libnbd-bin fusermount3:fuse3
+    losetup:mount nbdfuse:libnbd-bin fusermount3:fuse3 blkid:util-linux e2fsck:e2fsprogs
   # promtool (Debian's prometheus package) checks every /metrics endpoint and tests the
   # seed's alert rules (crates/cstor/tests/metrics_cli.rs fails under CI without it).
   if ! command -v promtool >/dev/null 2>&1; then

@@ -40,6 +40,8 @@ enum Command {
     Node(cmd::node::Args),
     /// Run the whole system on this machine: API server, controller, node agents.
     Up(cmd::up::Args),
+    /// Userspace iSCSI initiator: attach a LUN as a file through FUSE, detach, discover.
+    Initiator(cmd::initiator::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Controller(args) => cmd::controller::run(args),
         Command::Node(args) => cmd::node::run(args),
         Command::Up(args) => cmd::up::run(args),
+        Command::Initiator(args) => cmd::initiator::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -97,8 +97,8 @@ impl ChapConfig {
     }
 }
 
-/// MD5(id || secret || challenge).
-pub(crate) fn response(id: u8, secret: &[u8], challenge: &[u8]) -> [u8; 16] {
+/// MD5(id || secret || challenge): the CHAP response (also used by the initiator).
+pub fn response(id: u8, secret: &[u8], challenge: &[u8]) -> [u8; 16] {
     let mut h = Md5::new();
     h.update([id]);
     h.update(secret);
@@ -106,8 +106,8 @@ pub(crate) fn response(id: u8, secret: &[u8], challenge: &[u8]) -> [u8; 16] {
     h.finalize().into()
 }
 
-/// Fills `buf` from the OS random source.
-pub(crate) fn random(buf: &mut [u8]) -> std::io::Result<()> {
+/// Fills `buf` from the OS random source (challenges, identifiers, ISIDs).
+pub fn random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`.
@@ -125,7 +125,7 @@ pub(crate) fn random(buf: &mut [u8]) -> std::io::Result<()> {
 }
 
 /// Hex with the `0x` prefix CHAP uses.
-pub(crate) fn to_hex(b: &[u8]) -> String {
+pub fn to_hex(b: &[u8]) -> String {
     let mut s = String::from("0x");
     for x in b {
         s.push_str(&format!("{x:02x}"));
@@ -134,7 +134,7 @@ pub(crate) fn to_hex(b: &[u8]) -> String {
 }
 
 /// Decodes `0x..` hex or `0b..` base64 binary values (RFC 7143 §6.1).
-pub(crate) fn from_binary(v: &str) -> Option<Vec<u8>> {
+pub fn from_binary(v: &str) -> Option<Vec<u8>> {
     if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
         if h.is_empty() || h.len() > 2048 {
             return None;
@@ -186,7 +186,7 @@ fn base64(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Constant-time equality, so timing does not reveal how much of a response matched.
-pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -1,0 +1,147 @@
+//! The initiator across a target restart: writes outstanding when `cstor target serve` is
+//! killed complete after it comes back on the same port (re-issued on a new session), with
+//! the data intact; with the target gone longer than the replacement timeout, I/O fails
+//! with an error, and works again once the target is back.
+
+mod initiator_support;
+
+use cstor_initiator::{Error, LoginSpec, Session, SessionOptions};
+use initiator_support::{free_addr, pattern, Pool, INI};
+use std::time::{Duration, Instant};
+
+const IQN: &str = "iqn.2026-12.io.cstor.test:ini-reconnect";
+
+fn spec(addr: &str) -> LoginSpec {
+    LoginSpec {
+        portal: addr.to_owned(),
+        target_iqn: IQN.to_owned(),
+        initiator_iqn: INI.to_owned(),
+        chap: None,
+        lun: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outstanding_writes_complete_after_target_restart() {
+    let pool = Pool::new();
+    pool.cstor(&["volume", "create", "ip/v", "--size", "64M"]);
+    let addr = free_addr();
+    let serve_args = ["--iqn", IQN, "--volume", "ip/v"];
+    let target = pool.serve(&addr, &serve_args);
+    let opts = SessionOptions {
+        replacement_timeout: Duration::from_secs(90),
+        ..SessionOptions::default()
+    };
+    let s = Session::login_with(&spec(&addr), opts)
+        .await
+        .expect("login");
+    let bs = u64::from(s.capacity().block_size);
+    // Durable before the crash.
+    let base = pattern(4 << 20, 1);
+    s.write(0, &base).await.expect("write");
+    s.flush().await.expect("flush");
+
+    // The target stops answering (SIGSTOP), so the writes below stay outstanding; then
+    // it dies with them.
+    target.signal(libc::SIGSTOP);
+    let sizes = [
+        4096usize,
+        256 * 1024,
+        1 << 20,
+        (2 << 20) + 4096,
+        3 << 20,
+        65536,
+    ];
+    let mut writers = Vec::new();
+    for (i, len) in sizes.iter().enumerate() {
+        let s = s.clone();
+        let len = *len;
+        writers.push(tokio::spawn(async move {
+            let off = (8u64 << 20) + (i as u64) * (4 << 20);
+            s.write(off / bs, &pattern(len, 10 + i as u64)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        writers.iter().all(|w| !w.is_finished()),
+        "a write finished while the target was stopped"
+    );
+    // SIGKILL while still stopped: the old process never runs again, so it cannot
+    // answer (and then lose, being killed before a commit) any of those writes.
+    target.signal(libc::SIGKILL);
+    target.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _target = pool.serve(&addr, &serve_args);
+
+    for (i, w) in writers.into_iter().enumerate() {
+        let r = tokio::time::timeout(Duration::from_secs(60), w)
+            .await
+            .expect("write did not complete after the restart")
+            .expect("writer task");
+        assert!(r.is_ok(), "write {i} failed: {r:?}");
+    }
+    s.flush().await.expect("flush after the restart");
+    let st = s.stats();
+    assert!(st.reconnects >= 1 && st.reissued >= 1, "{st:?}");
+    let mut back = vec![0u8; 4 << 20];
+    s.read(0, &mut back).await.expect("read");
+    assert!(back == base, "data flushed before the crash changed");
+    for (i, len) in sizes.iter().enumerate() {
+        let off = (8u64 << 20) + (i as u64) * (4 << 20);
+        let mut back = vec![0u8; *len];
+        s.read(off / bs, &mut back).await.expect("read");
+        assert!(back == pattern(*len, 10 + i as u64), "write {i} not intact");
+    }
+    s.logout().await.expect("logout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_fails_after_the_replacement_timeout_and_recovers_later() {
+    let pool = Pool::new();
+    pool.cstor(&["volume", "create", "ip/v", "--size", "16M"]);
+    let addr = free_addr();
+    let serve_args = ["--iqn", IQN, "--volume", "ip/v"];
+    let target = pool.serve(&addr, &serve_args);
+    let timeout = Duration::from_secs(2);
+    let opts = SessionOptions {
+        replacement_timeout: timeout,
+        ..SessionOptions::default()
+    };
+    let s = Session::login_with(&spec(&addr), opts)
+        .await
+        .expect("login");
+    s.write(0, &pattern(4096, 1)).await.expect("write");
+    target.kill();
+
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(60), s.write(0, &pattern(4096, 2)))
+        .await
+        .expect("the write hung past the replacement timeout")
+        .unwrap_err();
+    assert!(matches!(err, Error::ReplacementTimeout { .. }), "{err}");
+    // Not before the timeout: I/O is queued that long.
+    assert!(
+        started.elapsed() >= timeout - Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = s.flush().await.unwrap_err();
+    assert!(matches!(err, Error::ReplacementTimeout { .. }), "{err}");
+
+    // Reconnecting goes on in the background: with the target back, I/O works again.
+    let _target = pool.serve(&addr, &serve_args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match s.write(0, &pattern(4096, 3)).await {
+            Ok(()) => break,
+            Err(Error::ReplacementTimeout { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no recovery: {e}"),
+        }
+    }
+    let mut back = vec![0u8; 4096];
+    s.read(0, &mut back).await.expect("read");
+    assert_eq!(back, pattern(4096, 3));
+    s.logout().await.expect("logout");
+}

@@ -1,0 +1,325 @@
+//! Block-device plumbing on top of the LUN file: loop devices (`losetup`), signature
+//! detection (`blkid`), making a filesystem only on a blank device, mount and unmount.
+//!
+//! Owns: nothing long-lived; [`LoopDevice`] detaches its device when dropped unless
+//! [`LoopDevice::keep`] was called. Invariants: `make_fs_if_blank` never formats a device
+//! on which blkid finds any signature (a filesystem, a partition table, RAID metadata);
+//! every external tool's failure is an error carrying its stderr.
+//! Never: run a tool through a shell (arguments are passed as they are).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tool failed or could not be run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ToolError {
+    /// The program could not be started (not installed?).
+    #[error("cannot run {tool}: {source}")]
+    Spawn {
+        /// Program.
+        tool: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The program exited with an error.
+    #[error("{tool} {args} failed ({status}): {stderr}")]
+    Failed {
+        /// Program.
+        tool: String,
+        /// Its arguments.
+        args: String,
+        /// Exit status.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A system call failed.
+    #[error("{what} {path}: {source}")]
+    Sys {
+        /// Operation.
+        what: &'static str,
+        /// Path it was applied to.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tool printed something we cannot use.
+    #[error("{tool}: unexpected output {output:?}")]
+    Output {
+        /// Program.
+        tool: String,
+        /// What it printed.
+        output: String,
+    },
+}
+
+/// Runs `tool args`, returning stdout; `ok_codes` lists exit codes besides 0 that are
+/// answers rather than failures (blkid's 2: nothing found).
+fn run(tool: &str, args: &[&str], ok_codes: &[i32]) -> Result<(i32, String), ToolError> {
+    let out = Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| ToolError::Spawn {
+            tool: tool.to_owned(),
+            source,
+        })?;
+    let code = out.status.code().unwrap_or(-1);
+    if out.status.success() || ok_codes.contains(&code) {
+        return Ok((code, String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    Err(ToolError::Failed {
+        tool: tool.to_owned(),
+        args: args.join(" "),
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
+}
+
+fn path_str(p: &Path) -> Result<&str, ToolError> {
+    p.to_str().ok_or_else(|| ToolError::Sys {
+        what: "non-UTF-8 path",
+        path: p.to_owned(),
+        source: std::io::ErrorKind::InvalidInput.into(),
+    })
+}
+
+/// A loop device over a file; detached on drop unless kept.
+#[derive(Debug)]
+pub struct LoopDevice {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl LoopDevice {
+    /// `losetup --find --show --direct-io=on FILE`: a free loop device over `file`,
+    /// bypassing the page cache of the file (the LUN file caches nothing anyway). Falls
+    /// back to buffered I/O where direct I/O is refused.
+    pub fn attach(file: &Path) -> Result<LoopDevice, ToolError> {
+        let f = path_str(file)?;
+        let (_, out) = match run("losetup", &["--find", "--show", "--direct-io=on", f], &[]) {
+            Ok(r) => r,
+            Err(ToolError::Failed { .. }) => run("losetup", &["--find", "--show", f], &[])?,
+            Err(e) => return Err(e),
+        };
+        let dev = out.trim();
+        if !dev.starts_with("/dev/") {
+            return Err(ToolError::Output {
+                tool: "losetup".into(),
+                output: out,
+            });
+        }
+        Ok(LoopDevice {
+            path: PathBuf::from(dev),
+            keep: false,
+        })
+    }
+
+    /// The device node, e.g. `/dev/loop3`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-reads the backing file's size (`losetup -c`), after the LUN grew.
+    pub fn refresh_size(&self) -> Result<(), ToolError> {
+        run("losetup", &["-c", path_str(&self.path)?], &[]).map(|_| ())
+    }
+
+    /// Leaves the device attached when this value is dropped.
+    pub fn keep(mut self) -> PathBuf {
+        self.keep = true;
+        self.path.clone()
+    }
+
+    /// Detaches the device now.
+    pub fn detach(mut self) -> Result<(), ToolError> {
+        self.keep = true;
+        detach_loop(&self.path)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = detach_loop(&self.path);
+        }
+    }
+}
+
+/// `losetup -d DEV`.
+pub fn detach_loop(dev: &Path) -> Result<(), ToolError> {
+    run("losetup", &["-d", path_str(dev)?], &[]).map(|_| ())
+}
+
+/// Loop devices whose backing file is `file` (`losetup -j`).
+pub fn loops_of(file: &Path) -> Result<Vec<PathBuf>, ToolError> {
+    let (_, out) = run("losetup", &["-j", path_str(file)?, "-O", "NAME", "-n"], &[])?;
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("/dev/"))
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// The signature blkid finds on `dev` (`ext4`, `xfs`, `dos` for a partition table...), or
+/// `None` for a blank device. Probes the device itself (`-p`), never blkid's cache.
+pub fn signature(dev: &Path) -> Result<Option<String>, ToolError> {
+    let d = path_str(dev)?;
+    let (code, out) = run("blkid", &["-p", "-o", "export", d], &[2])?;
+    if code == 2 {
+        return Ok(None);
+    }
+    let mut found = None;
+    for line in out.lines() {
+        if let Some(v) = line.strip_prefix("TYPE=") {
+            return Ok(Some(v.to_owned()));
+        }
+        if let Some(v) = line.strip_prefix("PTTYPE=") {
+            found = Some(v.to_owned());
+        }
+    }
+    // blkid found something without a TYPE (e.g. only a partition table type).
+    Ok(found.or_else(|| Some("unknown".to_owned())))
+}
+
+/// Makes a filesystem of `fstype` (ext4 or xfs) on `dev` only if blkid finds no
+/// signature; returns whether it made one, or the signature found.
+pub fn make_fs_if_blank(dev: &Path, fstype: &str) -> Result<Result<(), String>, ToolError> {
+    if let Some(sig) = signature(dev)? {
+        return Ok(Err(sig));
+    }
+    let d = path_str(dev)?;
+    match fstype {
+        "ext4" => run("mkfs.ext4", &["-q", "-F", "-E", "nodiscard", d], &[])?,
+        "xfs" => run("mkfs.xfs", &["-q", "-K", d], &[])?,
+        other => {
+            return Err(ToolError::Output {
+                tool: "mkfs".into(),
+                output: format!("unsupported filesystem type {other}"),
+            })
+        }
+    };
+    Ok(Ok(()))
+}
+
+/// `mount [-t TYPE] [-o OPTIONS] DEV DIR`.
+pub fn mount(
+    dev: &Path,
+    dir: &Path,
+    fstype: Option<&str>,
+    options: &[&str],
+) -> Result<(), ToolError> {
+    let mut args: Vec<&str> = Vec::new();
+    if let Some(t) = fstype {
+        args.extend(["-t", t]);
+    }
+    let opts = options.join(",");
+    if !opts.is_empty() {
+        args.extend(["-o", &opts]);
+    }
+    args.push(path_str(dev)?);
+    args.push(path_str(dir)?);
+    run("mount", &args, &[]).map(|_| ())
+}
+
+fn umount2(dir: &Path, flags: i32) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    let r = unsafe { libc::umount2(c.as_ptr(), flags) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Unmounts `dir` (fails with EBUSY while it is in use).
+pub fn unmount(dir: &Path) -> std::io::Result<()> {
+    umount2(dir, 0)
+}
+
+/// Detaches `dir` from the namespace now, the filesystem going away once unused.
+pub fn unmount_lazy(dir: &Path) -> std::io::Result<()> {
+    umount2(dir, libc::MNT_DETACH)
+}
+
+/// Where `dev` (or anything with its major:minor) is mounted, from /proc/self/mountinfo.
+pub fn mounts_of(dev: &Path) -> Result<Vec<PathBuf>, ToolError> {
+    use std::os::unix::fs::MetadataExt;
+    let sys = |what, source| ToolError::Sys {
+        what,
+        path: dev.to_owned(),
+        source,
+    };
+    let rdev = std::fs::metadata(dev).map_err(|e| sys("stat", e))?.rdev();
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    let want = format!("{maj}:{min}");
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| sys("read /proc/self/mountinfo for", e))?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 4 && f[2] == want).then(|| PathBuf::from(unescape(f[4])))
+        })
+        .collect())
+}
+
+/// Whether `dir` is a mount point of the LUN file system (fstype `fuse`, or
+/// `fuse.cstor` when mounted through fusermount3, with source `cstor-initiator`).
+pub fn is_lun_mount(dir: &Path) -> bool {
+    // A dead FUSE connection cannot be stat'ed (ENOTCONN): compare the path as given.
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            return false;
+        };
+        f.len() > 4
+            && Path::new(&unescape(f[4])) == dir
+            && f.get(sep + 1)
+                .is_some_and(|t| *t == "fuse" || *t == "fuse.cstor")
+            && f.get(sep + 2).is_some_and(|src| *src == "cstor-initiator")
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_unescape() {
+        assert_eq!(unescape(r"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(r"/x\\"), r"/x\\");
+    }
+}
