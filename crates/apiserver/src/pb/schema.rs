@@ -54,6 +54,8 @@ pub(super) struct Message {
 pub(super) struct Schema {
     pub(super) messages: Vec<Message>,
     kinds: HashMap<(String, String), usize>,
+    /// Message indexes by name, for the tests' spot checks.
+    #[cfg(test)]
     by_name: HashMap<String, usize>,
 }
 
@@ -180,6 +182,7 @@ impl Schema {
         Ok(Schema {
             messages,
             kinds,
+            #[cfg(test)]
             by_name,
         })
     }

@@ -367,6 +367,10 @@ fn watch_frames_carry_an_enveloped_object() {
                      "metadata": {"name": "c", "namespace": "default", "resourceVersion": "5"},
                      "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
     let frame = watch_frame("MODIFIED", &obj).unwrap();
+    #[allow(
+        clippy::big_endian_bytes,
+        reason = "watch frame lengths are big-endian"
+    )]
     let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
     assert_eq!(len, frame.len() - 4);
     let (kind, back) = decode_watch_event(&frame[4..]).unwrap();
