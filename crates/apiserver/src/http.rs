@@ -454,8 +454,10 @@ async fn resource(
                     version.to_string(),
                     f,
                     &query,
-                    want_table,
-                    media,
+                    Render {
+                        table: want_table,
+                        media,
+                    },
                 );
             }
             let limit = query
@@ -702,6 +704,13 @@ fn access_review(rt: &ResourceType, version: &str, body: Value) -> Result<Value,
     Ok(out)
 }
 
+/// How a watch renders its events: Table rows (always JSON) or objects in `media`.
+#[derive(Debug, Clone, Copy)]
+struct Render {
+    table: bool,
+    media: Media,
+}
+
 /// One watch event in the stream's encoding: a JSON line, or a protobuf frame (an
 /// object that cannot be encoded ends the stream with an ERROR event, as a real server's
 /// encoder failure would).
@@ -732,9 +741,9 @@ fn watch(
     version: String,
     f: Filter,
     query: &Query,
-    want_table: bool,
-    media: Media,
+    render_as: Render,
 ) -> Result<Response, ApiError> {
+    let (want_table, media) = (render_as.table, render_as.media);
     let initial = query.get("sendInitialEvents").is_some_and(|s| s == "true");
     let from: Option<u64> = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,

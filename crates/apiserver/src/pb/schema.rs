@@ -61,6 +61,9 @@ pub(super) struct Schema {
 
 const TABLE: &str = include_str!("schema.txt");
 
+/// A field line before type resolution: number, JSON name, type text.
+type RawField = (u32, Option<String>, String);
+
 impl Schema {
     /// The table compiled into the binary.
     pub(super) fn get() -> Result<&'static Schema, PbError> {
@@ -90,7 +93,7 @@ impl Schema {
 
     fn parse(text: &str) -> Result<Schema, String> {
         let mut leaves = HashMap::new();
-        let mut raw: Vec<(String, Vec<(u32, Option<String>, String)>)> = Vec::new();
+        let mut raw: Vec<(String, Vec<RawField>)> = Vec::new();
         let mut kind_lines = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let bad = || format!("schema.txt line {}: {line}", n + 1);
