@@ -1,7 +1,7 @@
 //! The API server's one error type and its one mapping to a Kubernetes `Status` object
 //! (the HTTP edge of style.md §4): 400 BadRequest, 401 Unauthorized, 403 Forbidden,
 //! 404 NotFound, 405 MethodNotAllowed, 409 AlreadyExists/Conflict, 410 Expired,
-//! 413 RequestEntityTooLarge, 429 TooManyRequests, 415 UnsupportedMediaType, 422 Invalid, 500 InternalError.
+//! 413 RequestEntityTooLarge, 429 TooManyRequests, 415 UnsupportedMediaType, 406 NotAcceptable, 422 Invalid, 500 InternalError.
 
 use serde_json::{json, Value};
 
@@ -100,6 +100,9 @@ pub enum ApiError {
         "the body of the request was in an unknown format - accepted media types include: {0}"
     )]
     UnsupportedMediaType(String),
+    /// No media type in Accept can be served.
+    #[error("only the following media types are accepted: {0}")]
+    NotAcceptable(String),
     /// Schema or metadata validation failed.
     #[error("{}", invalid_text(.kind, .group, .name, .causes))]
     Invalid {
@@ -183,6 +186,7 @@ impl ApiError {
             ApiError::TooLarge => 413,
             ApiError::TooManyRequests(_) => 429,
             ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::NotAcceptable(_) => 406,
             ApiError::Invalid { .. } => 422,
             ApiError::Store(_) | ApiError::Internal(_) => 500,
             ApiError::Admission { code, .. } => *code,
@@ -203,6 +207,7 @@ impl ApiError {
             ApiError::TooLarge => "RequestEntityTooLarge",
             ApiError::TooManyRequests(_) => "TooManyRequests",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            ApiError::NotAcceptable(_) => "NotAcceptable",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::Store(_) | ApiError::Internal(_) => "InternalError",
             ApiError::Admission { code, .. } => match code {

@@ -24,6 +24,7 @@ use crate::core::{
 };
 use crate::error::ApiError;
 use crate::fields::Part;
+use crate::pb::{self, Media};
 use crate::registry::{ResourceType, Special};
 use crate::select::{FieldSelector, LabelSelector};
 use crate::{discovery, limits, table, time};
@@ -53,6 +54,26 @@ fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Respons
         }
     }
     resp
+}
+
+/// Answers in the negotiated encoding; a body with no protobuf form (a Table, an
+/// unexpected kind) falls back to JSON, which every client that accepts protobuf also
+/// accepts.
+fn send(media: Media, code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    if media == Media::Protobuf {
+        match pb::encode_object(body) {
+            Ok(bytes) => {
+                let mut resp = json_response(code, &Value::Null, warnings);
+                *resp.body_mut() = Body::from(bytes);
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(pb::PROTOBUF));
+                return resp;
+            }
+            Err(pb::PbError::NotServed { .. }) => {}
+            Err(e) => return error_response(&ApiError::from(e)),
+        }
+    }
+    json_response(code, body, warnings)
 }
 
 fn error_response(e: &ApiError) -> Response {
@@ -104,9 +125,9 @@ fn parse_query(q: Option<&str>) -> Query {
         .unwrap_or_default()
 }
 
-/// Reads a JSON body, or the protobuf body kubectl's typed clients send for a few
-/// built-in kinds (decoded to JSON).
-async fn read_object(req: Request, rt: &ResourceType) -> Result<Value, ApiError> {
+/// Reads a JSON body, or the protobuf body client-go and kubectl send for built-in kinds
+/// (decoded to JSON; custom resources are JSON only, as on kube-apiserver).
+async fn read_object(req: Request, rt: &ResourceType, version: &str) -> Result<Value, ApiError> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -114,14 +135,25 @@ async fn read_object(req: Request, rt: &ResourceType) -> Result<Value, ApiError>
         .unwrap_or("")
         .to_string();
     let bytes = read_body(req).await?;
-    if ct.contains("protobuf") {
-        let core_or_review = rt.group.is_empty() || rt.special == Special::AccessReview;
-        if core_or_review && crate::pb::supported(&rt.kind) {
-            return crate::pb::decode(&bytes, &rt.kind);
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media == pb::PROTOBUF {
+        if !protobuf_served(rt, version) {
+            return Err(ApiError::UnsupportedMediaType(
+                "application/json, application/yaml".into(),
+            ));
         }
-        return Err(ApiError::UnsupportedMediaType("application/json".into()));
+        return pb::decode_body(&bytes);
     }
     parse_json(&bytes)
+}
+
+fn protobuf_served(rt: &ResourceType, version: &str) -> bool {
+    !rt.is_crd && pb::served(&rt.api_version(version), &rt.kind)
 }
 
 async fn read_body(req: Request) -> Result<Bytes, ApiError> {
@@ -387,6 +419,11 @@ async fn resource(
         validation: validation(&query),
     };
     let want_table = accept.contains("as=Table");
+    let media = if want_table {
+        Media::Json
+    } else {
+        pb::negotiate(accept, protobuf_served(&t.rt, version))?
+    };
     let include = query
         .get("includeObject")
         .cloned()
@@ -399,7 +436,7 @@ async fn resource(
             has_status: t.rt.has_status,
         }
     };
-    match (&method, &t.name) {
+    let result: Result<Response, ApiError> = async { match (&method, &t.name) {
         (&Method::GET, None) => {
             let f = filter(&query, t.namespace.clone(), &t.rt, version)?;
             let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
@@ -417,7 +454,10 @@ async fn resource(
                     version.to_string(),
                     f,
                     &query,
-                    want_table,
+                    Render {
+                        table: want_table,
+                        media,
+                    },
                 );
             }
             let limit = query
@@ -454,11 +494,12 @@ async fn resource(
                 meta["remainingItemCount"] = json!(r);
             }
             let list = json!({"kind": t.rt.list_kind, "apiVersion": t.rt.api_version(version), "metadata": meta, "items": items});
-            Ok(json_response(StatusCode::OK, &list, &[]))
+            Ok(send(media, StatusCode::OK, &list, &[]))
         }
         (&Method::POST, None) if t.rt.special == Special::AccessReview => {
-            let body = read_object(req, &t.rt).await?;
-            Ok(json_response(
+            let body = read_object(req, &t.rt, version).await?;
+            Ok(send(
+                media,
                 StatusCode::CREATED,
                 &access_review(&t.rt, version, body)?,
                 &[],
@@ -466,9 +507,9 @@ async fn resource(
         }
         (_, _) if t.rt.special == Special::AccessReview => Err(ApiError::MethodNotAllowed),
         (&Method::POST, None) => {
-            let body = read_object(req, &t.rt).await?;
+            let body = read_object(req, &t.rt, version).await?;
             let w = tokio::task::block_in_place(|| core.create(&ctx, body))?;
-            Ok(json_response(StatusCode::CREATED, &w.object, &w.warnings))
+            Ok(send(media, StatusCode::CREATED, &w.object, &w.warnings))
         }
         (&Method::DELETE, None) => {
             let f = filter(&query, t.namespace.clone(), &t.rt, version)?;
@@ -490,7 +531,7 @@ async fn resource(
             }
             let list = json!({"kind": t.rt.list_kind, "apiVersion": t.rt.api_version(version),
                               "metadata": {"resourceVersion": core.resource_version().to_string()}, "items": deleted});
-            Ok(json_response(StatusCode::OK, &list, &[]))
+            Ok(send(media, StatusCode::OK, &list, &[]))
         }
         (&Method::GET, Some(name)) => {
             let o = core.get(&t.rt, &ctx.namespace, name)?;
@@ -506,12 +547,12 @@ async fn resource(
                 );
                 return Ok(json_response(StatusCode::OK, &tb, &[]));
             }
-            Ok(json_response(StatusCode::OK, &ext, &[]))
+            Ok(send(media, StatusCode::OK, &ext, &[]))
         }
         (&Method::PUT, Some(name)) => {
-            let body = read_object(req, &t.rt).await?;
+            let body = read_object(req, &t.rt, version).await?;
             let w = tokio::task::block_in_place(|| core.update(&ctx, name, body, part))?;
-            Ok(json_response(StatusCode::OK, &w.object, &w.warnings))
+            Ok(send(media, StatusCode::OK, &w.object, &w.warnings))
         }
         (&Method::PATCH, Some(name)) => {
             let ct = headers
@@ -550,12 +591,19 @@ async fn resource(
             } else {
                 StatusCode::OK
             };
-            Ok(json_response(code, &w.object, &w.warnings))
+            Ok(send(media, code, &w.object, &w.warnings))
         }
         (&Method::DELETE, Some(name)) => {
+            let is_protobuf = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.trim_start().starts_with(pb::PROTOBUF));
             let bytes = read_body(req).await?;
+            // client-go sends its DeleteOptions in the client's encoding.
             let body = if bytes.is_empty() {
                 json!({})
+            } else if is_protobuf {
+                pb::decode_body(&bytes)?
             } else {
                 parse_json(&bytes)?
             };
@@ -573,10 +621,16 @@ async fn resource(
                 foreground: policy == "Foreground",
             };
             let o = tokio::task::block_in_place(|| core.delete(&ctx, name, &opts))?;
-            Ok(json_response(StatusCode::OK, &o, &[]))
+            Ok(send(media, StatusCode::OK, &o, &[]))
         }
         _ => Err(ApiError::MethodNotAllowed),
-    }
+    } }
+    .await;
+    // Errors of a resource request are a Status in the negotiated encoding.
+    Ok(result.unwrap_or_else(|e| {
+        let code = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        send(media, code, &e.status(), &[])
+    }))
 }
 
 /// The resourceVersion a list is served at, from `resourceVersion` and
@@ -650,6 +704,29 @@ fn access_review(rt: &ResourceType, version: &str, body: Value) -> Result<Value,
     Ok(out)
 }
 
+/// How a watch renders its events: Table rows (always JSON) or objects in `media`.
+#[derive(Debug, Clone, Copy)]
+struct Render {
+    table: bool,
+    media: Media,
+}
+
+/// One watch event in the stream's encoding: a JSON line, or a protobuf frame (an
+/// object that cannot be encoded ends the stream with an ERROR event, as a real server's
+/// encoder failure would).
+fn event_bytes(media: Media, kind: &str, object: &Value) -> Bytes {
+    if media == Media::Json {
+        return event_line(kind, object);
+    }
+    match pb::watch_frame(kind, object) {
+        Ok(frame) => Bytes::from(frame),
+        Err(e) => {
+            let status = ApiError::from(e).status();
+            Bytes::from(pb::watch_frame("ERROR", &status).unwrap_or_default())
+        }
+    }
+}
+
 /// Serialises one watch event as a JSON line.
 fn event_line(kind: &str, object: &Value) -> Bytes {
     let mut v = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
@@ -664,8 +741,9 @@ fn watch(
     version: String,
     f: Filter,
     query: &Query,
-    want_table: bool,
+    render_as: Render,
 ) -> Result<Response, ApiError> {
+    let (want_table, media) = (render_as.table, render_as.media);
     let initial = query.get("sendInitialEvents").is_some_and(|s| s == "true");
     let from: Option<u64> = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
@@ -699,7 +777,7 @@ fn watch(
         let (replay, mut live, mut last_rv) = match started {
             Ok(x) => x,
             Err(e) => {
-                let _ = tx.send(Ok(event_line("ERROR", &e.status()))).await;
+                let _ = tx.send(Ok(event_bytes(media, "ERROR", &e.status()))).await;
                 return;
             }
         };
@@ -728,7 +806,7 @@ fn watch(
                 Some(c.kind)
             };
             let Some(kind) = kind else { continue };
-            let line = event_line(kind.as_str(), &render(&c.object, &mut first_table));
+            let line = event_bytes(media, kind.as_str(), &render(&c.object, &mut first_table));
             if tx.send(Ok(line)).await.is_err() {
                 return;
             }
@@ -736,7 +814,11 @@ fn watch(
         if initial {
             let bm = json!({"kind": rt.kind, "apiVersion": rt.api_version(&version),
                             "metadata": {"resourceVersion": last_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
-            if tx.send(Ok(event_line("BOOKMARK", &bm))).await.is_err() {
+            if tx
+                .send(Ok(event_bytes(media, "BOOKMARK", &bm)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -753,7 +835,7 @@ fn watch(
                         }
                         last_rv = c.rv;
                         let Some(kind) = watch_event(&rt, &f, &c) else { continue };
-                        let line = event_line(kind.as_str(), &render(&c.object, &mut first_table));
+                        let line = event_bytes(media, kind.as_str(), &render(&c.object, &mut first_table));
                         if tx.send(Ok(line)).await.is_err() {
                             return;
                         }
@@ -764,7 +846,7 @@ fn watch(
                 },
                 _ = ticker.tick(), if bookmarks => {
                     let bm = json!({"kind": rt.kind, "apiVersion": rt.api_version(&version), "metadata": {"resourceVersion": last_rv.to_string()}});
-                    if tx.send(Ok(event_line("BOOKMARK", &bm))).await.is_err() {
+                    if tx.send(Ok(event_bytes(media, "BOOKMARK", &bm))).await.is_err() {
                         return;
                     }
                 }
@@ -774,10 +856,12 @@ fn watch(
         }
     });
     let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let content_type = match media {
+        Media::Json => "application/json",
+        Media::Protobuf => pb::PROTOBUF_WATCH,
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache, private"),

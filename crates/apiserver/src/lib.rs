@@ -24,8 +24,10 @@
 //! - objects of a resource nobody serves any more (a CRD removed without its cleanup
 //!   finalizer, from stores written before it existed) are deleted outright, finalizers
 //!   notwithstanding: nothing could ever reach them again;
-//! - protobuf bodies are decoded only for the kinds kubectl sends that way (pb.rs);
-//!   responses are always JSON;
+//! - protobuf (pb/) is served for the built-in kinds with a Kubernetes proto, transcoded
+//!   from the JSON model; `0`/`false` fields a Go client sent are kept as sent where
+//!   kube-apiserver's JSON would omit them, and CRD objects are JSON only
+//!   (docs/apiserver-compat.md, "Protobuf");
 //! - a list newer than the server's resourceVersion is 504 at once (no wait for the
 //!   watch cache to catch up: there is no cache lag here).
 //!
