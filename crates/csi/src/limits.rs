@@ -40,6 +40,6 @@ pub const MAX_SIZE_BYTES: u64 = 64 << 40;
 /// volume's name is also a label value (at most 63 characters).
 pub const NAME_MAX: usize = 63;
 
-const _: () = assert!(DEFAULT_SIZE_BYTES % SIZE_STEP_BYTES == 0);
-const _: () = assert!(MAX_SIZE_BYTES % SIZE_STEP_BYTES == 0);
-const _: () = assert!(SIZE_STEP_BYTES % 512 == 0);
+const _: () = assert!(DEFAULT_SIZE_BYTES.is_multiple_of(SIZE_STEP_BYTES));
+const _: () = assert!(MAX_SIZE_BYTES.is_multiple_of(SIZE_STEP_BYTES));
+const _: () = assert!(SIZE_STEP_BYTES.is_multiple_of(512));

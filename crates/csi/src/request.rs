@@ -200,7 +200,7 @@ pub fn size_for(range: Option<&CapacityRange>) -> Result<u64, Error> {
     if size > MAX_SIZE_BYTES {
         return Err(out("the largest volume is 64 TiB"));
     }
-    debug_assert!(size % SIZE_STEP_BYTES == 0 && size >= required);
+    debug_assert!(size.is_multiple_of(SIZE_STEP_BYTES) && size >= required);
     Ok(size)
 }
 

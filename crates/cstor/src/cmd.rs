@@ -2,6 +2,7 @@
 
 pub mod apiserver;
 pub mod controller;
+pub mod csi;
 pub mod metrics;
 pub mod node;
 pub mod pool;
