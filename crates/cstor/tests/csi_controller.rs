@@ -201,9 +201,10 @@ async fn csi_checks_requests_before_the_api_and_owns_its_socket() {
     let mut types: Vec<i32> = caps
         .capabilities
         .iter()
-        .filter_map(|c| match &c.r#type {
-            Some(controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
-            None => None,
+        .filter_map(|c| {
+            c.r#type
+                .as_ref()
+                .map(|controller_service_capability::Type::Rpc(r)| r.r#type)
         })
         .collect();
     types.sort();
