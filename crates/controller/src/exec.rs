@@ -154,25 +154,13 @@ pub async fn load(client: &Client, namespace: &str) -> Result<World, Error> {
         .unwrap_or_default();
     let vss = list_json(client, Kind::Vs, None).await.unwrap_or_default();
     let vscontents = list_json(client, Kind::Vsc, None).await.unwrap_or_default();
+    let base = load_volumes(client, namespace).await?;
     Ok(World {
-        namespace: namespace.to_owned(),
-        cspcs: list_typed(client, Kind::Cspc, ns).await?,
-        cspis: list_typed(client, Kind::Cspi, ns).await?,
         bds: list_typed(client, Kind::Bd, ns).await?,
         bdcs: list_typed(client, Kind::Bdc, ns).await?,
-        cvcs: list_typed(client, Kind::Cvc, ns).await?,
-        cvs: list_typed(client, Kind::Cv, ns).await?,
-        cvrs: list_typed(client, Kind::Cvr, ns).await?,
-        cvps: list_cvps(client, namespace).await?,
         csnaps: list_typed(client, Kind::Csnap, ns)
             .await
             .unwrap_or_default(),
-        nodes: list_core(Api::<Node>::all(client.clone()), "nodes").await?,
-        leases: list_core(
-            Api::<Lease>::namespaced(client.clone(), namespace),
-            "leases",
-        )
-        .await?,
         scs: list_core(Api::<StorageClass>::all(client.clone()), "storageclasses").await?,
         pvcs: list_core(
             Api::<PersistentVolumeClaim>::all(client.clone()),
@@ -187,7 +175,7 @@ pub async fn load(client: &Client, namespace: &str) -> Result<World, Error> {
         vss,
         vsclasses,
         vscontents,
-        now: Some(Timestamp::now()),
+        ..base
     })
 }
 
