@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use crate::action::{Action, Kind, Regarding};
 use crate::error::Error;
 use crate::world::World;
+use cstor_api::v1::CStorVolumePolicy;
 
 /// Repeats of one event sooner than this are not written again.
 pub const EVENT_REPEAT: Duration = Duration::from_secs(30);
@@ -31,7 +32,8 @@ fn resource(kind: Kind) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, k), plural)
 }
 
-fn api(client: &Client, kind: Kind, namespace: Option<&str>) -> Api<DynamicObject> {
+/// The dynamic API of `kind` (in `namespace` when it is namespaced).
+pub fn api(client: &Client, kind: Kind, namespace: Option<&str>) -> Api<DynamicObject> {
     let ar = resource(kind);
     match (kind.coordinates().4, namespace) {
         (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -87,6 +89,47 @@ where
         .items)
 }
 
+async fn list_cvps(client: &Client, namespace: &str) -> Result<Vec<CStorVolumePolicy>, Error> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cstor.openebs.io", "v1", "CStorVolumePolicy"),
+        "cstorvolumepolicies",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+    api.list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .filter_map(|v| serde_json::from_value(v).ok())
+                .collect()
+        })
+        .map_err(|e| Error::api("list cstorvolumepolicies", e))
+}
+
+/// Lists what volume decisions need (pools, volumes, policies, nodes and their
+/// heartbeats): the part of [`load`] the CSI controller reads on every call.
+pub async fn load_volumes(client: &Client, namespace: &str) -> Result<World, Error> {
+    let ns = Some(namespace);
+    Ok(World {
+        namespace: namespace.to_owned(),
+        cspcs: list_typed(client, Kind::Cspc, ns).await?,
+        cspis: list_typed(client, Kind::Cspi, ns).await?,
+        cvcs: list_typed(client, Kind::Cvc, ns).await?,
+        cvs: list_typed(client, Kind::Cv, ns).await?,
+        cvrs: list_typed(client, Kind::Cvr, ns).await?,
+        cvps: list_cvps(client, namespace).await?,
+        nodes: list_core(Api::<Node>::all(client.clone()), "nodes").await?,
+        leases: list_core(
+            Api::<Lease>::namespaced(client.clone(), namespace),
+            "leases",
+        )
+        .await?,
+        now: Some(Timestamp::now()),
+        ..World::default()
+    })
+}
+
 /// Lists everything a pass needs.
 pub async fn load(client: &Client, namespace: &str) -> Result<World, Error> {
     let ns = Some(namespace);
@@ -111,41 +154,13 @@ pub async fn load(client: &Client, namespace: &str) -> Result<World, Error> {
         .unwrap_or_default();
     let vss = list_json(client, Kind::Vs, None).await.unwrap_or_default();
     let vscontents = list_json(client, Kind::Vsc, None).await.unwrap_or_default();
+    let base = load_volumes(client, namespace).await?;
     Ok(World {
-        namespace: namespace.to_owned(),
-        cspcs: list_typed(client, Kind::Cspc, ns).await?,
-        cspis: list_typed(client, Kind::Cspi, ns).await?,
         bds: list_typed(client, Kind::Bd, ns).await?,
         bdcs: list_typed(client, Kind::Bdc, ns).await?,
-        cvcs: list_typed(client, Kind::Cvc, ns).await?,
-        cvs: list_typed(client, Kind::Cv, ns).await?,
-        cvrs: list_typed(client, Kind::Cvr, ns).await?,
-        cvps: {
-            let ar = ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("cstor.openebs.io", "v1", "CStorVolumePolicy"),
-                "cstorvolumepolicies",
-            );
-            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
-            api.list(&ListParams::default())
-                .await
-                .map(|l| {
-                    l.items
-                        .into_iter()
-                        .filter_map(|o| serde_json::to_value(o).ok())
-                        .filter_map(|v| serde_json::from_value(v).ok())
-                        .collect()
-                })
-                .map_err(|e| Error::api("list cstorvolumepolicies", e))?
-        },
         csnaps: list_typed(client, Kind::Csnap, ns)
             .await
             .unwrap_or_default(),
-        nodes: list_core(Api::<Node>::all(client.clone()), "nodes").await?,
-        leases: list_core(
-            Api::<Lease>::namespaced(client.clone(), namespace),
-            "leases",
-        )
-        .await?,
         scs: list_core(Api::<StorageClass>::all(client.clone()), "storageclasses").await?,
         pvcs: list_core(
             Api::<PersistentVolumeClaim>::all(client.clone()),
@@ -160,7 +175,7 @@ pub async fn load(client: &Client, namespace: &str) -> Result<World, Error> {
         vss,
         vsclasses,
         vscontents,
-        now: Some(Timestamp::now()),
+        ..base
     })
 }
 

@@ -49,6 +49,84 @@ fn requested(pvc: &PersistentVolumeClaim) -> u64 {
         .unwrap_or(0)
 }
 
+/// What a CStorVolumeConfig is made of: the one shape that both the PVC path here and
+/// the CSI driver's CreateVolume build, so the two cannot drift apart.
+#[derive(Debug, Clone)]
+pub struct CvcRequest<'a> {
+    /// CVC (and volume) name: `pvc-<uid>` here, the CSI volume name there.
+    pub name: &'a str,
+    /// Namespace of the cstor objects.
+    pub namespace: &'a str,
+    /// Capacity in bytes.
+    pub size_bytes: u64,
+    /// The CStorPoolCluster to place replicas on.
+    pub cspc: &'a str,
+    /// Replica count (1..=5, checked by the caller).
+    pub replica_count: i32,
+    /// The CStorVolumePolicy's name and spec, if the class names one.
+    pub policy: Option<(&'a str, serde_json::Value)>,
+    /// `cstorVolumeSource`: `<source volume>@<snapshot>` for a restore or clone.
+    pub source: Option<&'a str>,
+    /// `namespace/name` of the claim, when one is known.
+    pub claim: Option<&'a str>,
+    /// The StorageClass name, when known.
+    pub storage_class: Option<&'a str>,
+    /// Filesystem the node service makes (`openebs.io/fstype` annotation).
+    pub fs_type: Option<&'a str>,
+    /// Node the target is asked to run near (CSI accessibility requirements).
+    pub topology_node: Option<&'a str>,
+}
+
+/// The CVC object for `r`, status not included (the caller creates it Pending).
+pub fn cvc_object(r: &CvcRequest<'_>) -> serde_json::Value {
+    let capacity = format_bytes(r.size_bytes);
+    let mut labels = serde_json::Map::new();
+    labels.insert(label::CSPC.to_owned(), json!(r.cspc));
+    if let Some((p, _)) = &r.policy {
+        labels.insert(label::VOLUME_POLICY.to_owned(), json!(p));
+    }
+    let mut spec = json!({
+        "capacity": {"storage": capacity},
+        "provision": {"capacity": {"storage": capacity}, "replicaCount": r.replica_count},
+    });
+    if let Some((_, p)) = &r.policy {
+        spec["policy"] = p.clone();
+    }
+    if let Some(src) = r.source {
+        spec["cstorVolumeSource"] = json!(src);
+    }
+    let mut annotations = serde_json::Map::new();
+    annotations.insert("openebs.io/volumeID".to_owned(), json!(r.name));
+    if let Some(c) = r.claim {
+        annotations.insert(PVC_ANNOTATION.to_owned(), json!(c));
+    }
+    if let Some(sc) = r.storage_class {
+        annotations.insert("cstor.openebs.io/storage-class".to_owned(), json!(sc));
+    }
+    if let Some(fs) = r.fs_type {
+        annotations.insert(FSTYPE_ANNOTATION.to_owned(), json!(fs));
+    }
+    if let Some(n) = r.topology_node {
+        annotations.insert(TOPOLOGY_ANNOTATION.to_owned(), json!(n));
+    }
+    json!({
+        "apiVersion": CSTOR_API_VERSION,
+        "kind": "CStorVolumeConfig",
+        "metadata": {
+            "name": r.name,
+            "namespace": r.namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": spec,
+    })
+}
+
+/// CVC annotation with the filesystem the node service makes (CSI fstype).
+pub const FSTYPE_ANNOTATION: &str = "openebs.io/fstype";
+/// CVC annotation with the node the CSI accessibility requirements asked for.
+pub const TOPOLOGY_ANNOTATION: &str = "cstor.openebs.io/topology-node";
+
 /// Reconciles claims and volumes.
 pub fn reconcile(world: &World) -> Vec<Action> {
     let mut out = Vec::new();
@@ -249,35 +327,22 @@ fn pending_claim(
     let policy_spec = policy
         .and_then(|p| world.cvps.iter().find(|c| name(&c.metadata) == p))
         .map(|c| serde_json::to_value(&c.spec).unwrap_or_default());
-    let capacity = format_bytes(size);
-    let mut labels = serde_json::Map::new();
-    labels.insert(label::CSPC.to_owned(), json!(cspc));
-    if let Some(p) = policy {
-        labels.insert(label::VOLUME_POLICY.to_owned(), json!(p));
-    }
-    let mut spec = json!({
-        "capacity": {"storage": capacity},
-        "provision": {"capacity": {"storage": capacity}, "replicaCount": rc},
+    let object = cvc_object(&CvcRequest {
+        name: &pv,
+        namespace: &world.namespace,
+        size_bytes: size,
+        cspc,
+        replica_count: rc,
+        policy: policy.zip(policy_spec),
+        source: source.as_ref().map(|(s, _)| s.as_str()),
+        claim: Some(&claim),
+        storage_class: Some(name(&sc.metadata)),
+        fs_type: None,
+        topology_node: None,
     });
-    if let Some(p) = policy_spec {
-        spec["policy"] = p;
-    }
-    if let Some((src, _)) = &source {
-        spec["cstorVolumeSource"] = json!(src);
-    }
     out.push(Action::Create {
         kind: Kind::Cvc,
-        object: json!({
-            "apiVersion": CSTOR_API_VERSION,
-            "kind": "CStorVolumeConfig",
-            "metadata": {
-                "name": pv,
-                "namespace": world.namespace,
-                "labels": labels,
-                "annotations": {PVC_ANNOTATION: claim, "openebs.io/volumeID": pv, "cstor.openebs.io/storage-class": name(&sc.metadata)},
-            },
-            "spec": spec,
-        }),
+        object,
         status: Some(json!({"status": {"phase": "Pending"}})),
     });
     out.push(Action::event(

@@ -664,3 +664,36 @@ fn a_volume_snapshot_becomes_a_cstor_snapshot_and_reports_ready() {
         }
     )));
 }
+
+#[test]
+fn a_csi_topology_node_hosts_the_target_when_alive() {
+    let mut w = pools_world();
+    let object = crate::provision::cvc_object(&crate::provision::CvcRequest {
+        name: "vol-t",
+        namespace: "openebs",
+        size_bytes: 1 << 30,
+        cspc: "c",
+        replica_count: 1,
+        policy: None,
+        source: None,
+        claim: None,
+        storage_class: None,
+        fs_type: Some("xfs"),
+        topology_node: Some("worker-03"),
+    });
+    w.cvcs = vec![from(object.clone())];
+    let cv_node = |w: &World| {
+        let actions = crate::volume::reconcile(w, &mut Counter::default());
+        creates(&actions, Kind::Cv)[0]["metadata"]["labels"]["cstor.openebs.io/target-node"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Its replica lands on the pool with the most space (worker-02); the target follows
+    // the topology to worker-03.
+    assert_eq!(cv_node(&w), "worker-03");
+    let mut gone = object;
+    gone["metadata"]["annotations"]["cstor.openebs.io/topology-node"] = json!("worker-09");
+    w.cvcs = vec![from(gone)];
+    assert_eq!(cv_node(&w), "worker-02");
+}

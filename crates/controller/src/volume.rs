@@ -4,7 +4,9 @@
 //!
 //! - A Pending CVC gets replicas on distinct healthy pools ([`crate::placement`]; a
 //!   restore's replicas go on the pools of the source volume, as clones), a CV naming
-//!   them in `spec.replicaDetails.knownReplicas`, a target node, then phase Bound.
+//!   them in `spec.replicaDetails.knownReplicas`, a target node (the one the CSI
+//!   accessibility requirements named in the `cstor.openebs.io/topology-node` annotation
+//!   when it is alive, else [`crate::placement::choose_target_node`]), then phase Bound.
 //!   Creation order is CVRs, CV, CVC status, so a pass cut short is finished by the next
 //!   (existing CVRs of the volume are kept in the placement).
 //! - Scale through `spec.policy.replicaPoolInfo` of a Bound CVC: a new pool gets a CVR
@@ -174,17 +176,25 @@ fn provision(world: &World, cvc: &CStorVolumeConfig, ids: &mut dyn Ids, out: &mu
                 .to_owned(),
             cv.spec.target_ip.clone().unwrap_or_default(),
         ),
-        None => match choose_target_node(world, &pools, None) {
-            Ok(x) => x,
-            Err(why) => {
-                out.push(Action::event(
-                    me,
-                    true,
-                    "ProvisioningFailed",
-                    format!("volume {pv}: {}", why.0),
-                ));
-                return;
-            }
+        None => match annotation_of(&cvc.metadata, crate::provision::TOPOLOGY_ANNOTATION)
+            .filter(|n| world.node_alive(n))
+            .and_then(|n| world.node_ip(n).map(|ip| (n.to_owned(), ip)))
+        {
+            // The CSI accessibility requirements asked for this node (the consumer's,
+            // under WaitForFirstConsumer): its target serves I/O without a network hop.
+            Some(x) => x,
+            None => match choose_target_node(world, &pools, None) {
+                Ok(x) => x,
+                Err(why) => {
+                    out.push(Action::event(
+                        me,
+                        true,
+                        "ProvisioningFailed",
+                        format!("volume {pv}: {}", why.0),
+                    ));
+                    return;
+                }
+            },
         },
     };
     let capacity = format_bytes(size);

@@ -2,6 +2,7 @@
 
 pub mod apiserver;
 pub mod controller;
+pub mod csi;
 pub mod initiator;
 pub mod metrics;
 pub mod node;

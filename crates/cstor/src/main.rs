@@ -38,6 +38,8 @@ enum Command {
     Controller(cmd::controller::Args),
     /// Run the node agent: Node, BlockDevices, pools, replicas and targets of one node.
     Node(cmd::node::Args),
+    /// Serve the CSI driver cstor.csi.openebs.io on a unix socket.
+    Csi(cmd::csi::Args),
     /// Run the whole system on this machine: API server, controller, node agents.
     Up(cmd::up::Args),
     /// Userspace iSCSI initiator: attach a LUN as a file through FUSE, detach, discover.
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Apiserver(args) => cmd::apiserver::run(args),
         Command::Controller(args) => cmd::controller::run(args),
         Command::Node(args) => cmd::node::run(args),
+        Command::Csi(args) => cmd::csi::run(args),
         Command::Up(args) => cmd::up::run(args),
         Command::Initiator(args) => cmd::initiator::run(args),
     };

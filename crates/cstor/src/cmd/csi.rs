@@ -1,0 +1,83 @@
+//! `cstor csi`: the CSI driver cstor.csi.openebs.io (crates/csi) as a process on a unix
+//! socket, in controller, node or all mode (docs/csi.md).
+//!
+//! Owns: argument parsing and the process lifetime (SIGINT/SIGTERM stop it and remove
+//! the socket). Never: CSI logic of its own.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Which CSI services to serve.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Mode {
+    /// Identity + Controller (next to the provisioner, resizer and attacher sidecars).
+    Controller,
+    /// Identity + Node (one per node, next to the node-driver-registrar).
+    Node,
+    /// Identity + Controller + Node.
+    All,
+}
+
+/// Arguments of `cstor csi`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Serves CSI v1.12 on a unix socket. Identity: GetPluginInfo, GetPluginCapabilities, Probe\n(ready once the API server answers). Controller: CreateVolume, DeleteVolume,\nControllerExpandVolume, ValidateVolumeCapabilities, ListVolumes, GetCapacity,\nControllerGetVolume, ControllerGetCapabilities, all through CStorVolumeConfigs.\nNode: NodeGetInfo and NodeGetCapabilities only (the attach path is not built yet).\nSee docs/csi.md."
+)]
+pub struct Args {
+    /// Socket to serve on: unix:///PATH (a stale socket file there is replaced).
+    #[arg(long, env = "CSI_ENDPOINT")]
+    pub endpoint: String,
+    /// Services to serve.
+    #[arg(long, value_enum, default_value = "all")]
+    pub mode: Mode,
+    /// This node's Kubernetes Node name (required in node and all modes).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+    /// Kubeconfig of the API server (default: the in-cluster configuration).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of cstor's objects (pools, volumes).
+    #[arg(long, default_value = cstor_api::names::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+}
+
+/// Runs the driver until SIGINT or SIGTERM.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mode = match args.mode {
+        Mode::Controller => cstor_csi::Mode::Controller,
+        Mode::Node => cstor_csi::Mode::Node,
+        Mode::All => cstor_csi::Mode::All,
+    };
+    let config = cstor_csi::Config {
+        endpoint: args.endpoint.clone(),
+        mode,
+        node_id: args.node_id.clone(),
+        kubeconfig: args.kubeconfig.clone(),
+        namespace: args.namespace.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        eprintln!(
+            "cstor csi: {} on {} ({:?} mode)",
+            cstor_api::names::CSI_DRIVER_NAME,
+            args.endpoint,
+            args.mode
+        );
+        cstor_csi::serve(config, stop)
+            .await
+            .with_context(|| format!("cstor csi on {}", args.endpoint))
+    })
+}

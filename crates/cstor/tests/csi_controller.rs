@@ -1,0 +1,754 @@
+//! `cstor csi` judged by a CSI client (tonic over its unix socket), as the sidecars and
+//! csi-sanity call it.
+//!
+//! - Without an API server: Identity answers (Probe not ready), the capabilities are
+//!   exactly what is implemented, every malformed request is INVALID_ARGUMENT (or the
+//!   spec's own code) before any API call, the Node service's attach RPCs are
+//!   UNIMPLEMENTED, a socket in use is refused and a stale one replaced.
+//! - Against `cstor up` (two nodes, a pool on each): Probe ready, GetCapacity per node,
+//!   CreateVolume (ABORTED until the volume serves I/O, then OK; the repeat idempotent;
+//!   an incompatible repeat ALREADY_EXISTS), the topology node hosting the target,
+//!   ListVolumes paging and a bad token, ValidateVolumeCapabilities, ControllerGetVolume's
+//!   condition, expansion, and DeleteVolume twice.
+
+mod apiserver_support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use apiserver_support::up::Up;
+use apiserver_support::{free_port, have_kubectl, required};
+use cstor_csi::pb::controller_client::ControllerClient;
+use cstor_csi::pb::identity_client::IdentityClient;
+use cstor_csi::pb::node_client::NodeClient;
+use cstor_csi::pb::volume_capability::access_mode::Mode;
+use cstor_csi::pb::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+use cstor_csi::pb::*;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// A running `cstor csi`, stopped (SIGTERM, then SIGKILL) on drop.
+struct Driver {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(socket: &Path, kubeconfig: &Path, log: &Path) -> Child {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let out = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_cstor"))
+        .arg("csi")
+        .arg("--endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .args(["--mode", "all", "--node-id", "node-1", "--kubeconfig"])
+        .arg(kubeconfig)
+        .env("RUST_LOG", "cstor_csi=debug")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
+impl Driver {
+    fn start(socket: &Path, kubeconfig: &Path) -> Driver {
+        let log = socket.with_extension("log");
+        let mut d = Driver {
+            child: spawn(socket, kubeconfig, &log),
+            socket: socket.to_owned(),
+            log,
+        };
+        let t0 = Instant::now();
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("cstor csi exited ({status}): {}", d.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no socket: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("unix://{}", self.socket.display()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+}
+
+fn mount(fs: &str, mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: fs.to_owned(),
+            ..Default::default()
+        })),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+fn block(mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+fn params(cspc: &str, replicas: &str) -> HashMap<String, String> {
+    [
+        ("cas-type", "cstor"),
+        ("cstorPoolCluster", cspc),
+        ("replicaCount", replicas),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn create(name: &str, bytes: i64, replicas: &str) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.to_owned(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![mount("xfs", Mode::SingleNodeWriter)],
+        parameters: params("pools", replicas),
+        ..Default::default()
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => s.code(),
+    }
+}
+
+const MIB: i64 = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_checks_requests_before_the_api_and_owns_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    // An API server that is not there: nothing listens on this port.
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let socket = dir.path().join("plugin/csi.sock");
+    let driver = Driver::start(&socket, &kubeconfig);
+    let ch = driver.channel().await;
+    let mut id = IdentityClient::new(ch.clone());
+    let mut ctl = ControllerClient::new(ch.clone());
+    let mut node = NodeClient::new(ch);
+
+    let info = id
+        .get_plugin_info(GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, "cstor.csi.openebs.io");
+    assert!(!info.vendor_version.is_empty());
+    let caps = id
+        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(caps.capabilities.len(), 3, "{caps:?}");
+    let probe = id.probe(ProbeRequest {}).await.unwrap().into_inner();
+    assert_eq!(probe.ready, Some(false), "no API server: not ready");
+
+    let caps = ctl
+        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut types: Vec<i32> = caps
+        .capabilities
+        .iter()
+        .filter_map(|c| {
+            c.r#type
+                .as_ref()
+                .map(|controller_service_capability::Type::Rpc(r)| r.r#type)
+        })
+        .collect();
+    types.sort();
+    // CREATE_DELETE_VOLUME, LIST_VOLUMES, GET_CAPACITY, EXPAND_VOLUME, VOLUME_CONDITION,
+    // GET_VOLUME: nothing advertised that answers UNIMPLEMENTED.
+    assert_eq!(types, [1, 3, 4, 9, 11, 12]);
+
+    let info = node
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_id, "node-1");
+    assert_eq!(
+        info.accessible_topology.unwrap().segments["topology.cstor.openebs.io/nodeName"],
+        "node-1"
+    );
+    let ncaps = node
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ncaps.capabilities.is_empty(), "{ncaps:?}");
+    let staged = node
+        .node_stage_volume(NodeStageVolumeRequest {
+            volume_id: "v".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(staged.code(), Code::Unimplemented);
+    assert!(
+        staged.message().contains("not built yet"),
+        "{}",
+        staged.message()
+    );
+    assert_eq!(
+        code(ctl.create_snapshot(CreateSnapshotRequest::default()).await),
+        Code::Unimplemented
+    );
+    assert_eq!(
+        code(
+            ctl.controller_publish_volume(ControllerPublishVolumeRequest::default())
+                .await
+        ),
+        Code::Unimplemented
+    );
+
+    // Malformed requests, answered without the API server.
+    let mut no_name = create("", 64 * MIB, "1");
+    no_name.name.clear();
+    assert_eq!(
+        code(ctl.create_volume(no_name).await),
+        Code::InvalidArgument
+    );
+    let mut no_caps = create("v1", 64 * MIB, "1");
+    no_caps.volume_capabilities.clear();
+    assert_eq!(
+        code(ctl.create_volume(no_caps).await),
+        Code::InvalidArgument
+    );
+    let mut rwx = create("v1", 64 * MIB, "1");
+    rwx.volume_capabilities = vec![block(Mode::MultiNodeMultiWriter)];
+    assert_eq!(code(ctl.create_volume(rwx).await), Code::InvalidArgument);
+    let mut btrfs = create("v1", 64 * MIB, "1");
+    btrfs.volume_capabilities = vec![mount("btrfs", Mode::SingleNodeWriter)];
+    assert_eq!(code(ctl.create_volume(btrfs).await), Code::InvalidArgument);
+    let mut no_cspc = create("v1", 64 * MIB, "1");
+    no_cspc.parameters.remove("cstorPoolCluster");
+    assert_eq!(
+        code(ctl.create_volume(no_cspc).await),
+        Code::InvalidArgument
+    );
+    let mut range = create("v1", 64 * MIB, "1");
+    range.capacity_range = Some(CapacityRange {
+        required_bytes: 64 * MIB,
+        limit_bytes: 32 * MIB,
+    });
+    assert_eq!(code(ctl.create_volume(range).await), Code::OutOfRange);
+    assert_eq!(
+        code(ctl.delete_volume(DeleteVolumeRequest::default()).await),
+        Code::InvalidArgument
+    );
+    // An id that names no volume of ours is deleted without asking anyone.
+    ctl.delete_volume(DeleteVolumeRequest {
+        volume_id: "Not/A Volume".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        code(
+            ctl.validate_volume_capabilities(ValidateVolumeCapabilitiesRequest::default())
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            ctl.list_volumes(ListVolumesRequest {
+                max_entries: -1,
+                starting_token: String::new()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            ctl.controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: "v1".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            ctl.controller_get_volume(ControllerGetVolumeRequest {
+                volume_id: "x/y".into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    // A well-formed request needs the API server: unavailable, so the sidecars retry.
+    assert_eq!(
+        code(ctl.create_volume(create("v1", 64 * MIB, "1")).await),
+        Code::Unavailable
+    );
+
+    // A second driver on the same socket is refused; the first keeps serving.
+    let second = Command::new(env!("CARGO_BIN_EXE_cstor"))
+        .arg("csi")
+        .arg(format!("--endpoint=unix://{}", socket.display()))
+        .args(["--mode", "controller", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use"), "{err}");
+    id.get_plugin_info(GetPluginInfoRequest {}).await.unwrap();
+    // A node mode without --node-id is refused before binding.
+    let no_id = Command::new(env!("CARGO_BIN_EXE_cstor"))
+        .arg("csi")
+        .arg(format!(
+            "--endpoint=unix://{}",
+            dir.path().join("n.sock").display()
+        ))
+        .args(["--mode", "node", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert!(!no_id.status.success());
+    assert!(String::from_utf8_lossy(&no_id.stderr).contains("--node-id"));
+
+    // Stopped, the driver removes its socket; a socket left by a killed one is replaced.
+    drop(driver);
+    assert!(!socket.exists(), "the socket outlived a clean stop");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let again = Driver::start(&socket, &kubeconfig);
+    let mut id = IdentityClient::new(again.channel().await);
+    id.get_plugin_info(GetPluginInfoRequest {}).await.unwrap();
+}
+
+/// Retries `f` while it answers ABORTED (the volume is on its way), up to `limit`.
+async fn until_done<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let t0 = Instant::now();
+    loop {
+        match f().await {
+            Ok(r) => return r.into_inner(),
+            Err(s) if s.code() == Code::Aborted && t0.elapsed() < limit => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(s) => panic!("{what}: {s:?}"),
+        }
+    }
+}
+
+fn cspc_yaml(up: &Up) -> String {
+    let mut pools = String::new();
+    for n in ["node-1", "node-2"] {
+        let bd = up.wait_for(
+            "a BlockDevice per node",
+            &[
+                "get",
+                "bd",
+                "-n",
+                "openebs",
+                "-l",
+                &format!("kubernetes.io/hostname={n}"),
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+            |v| v.starts_with("blockdevice-"),
+            Duration::from_secs(60),
+        );
+        pools.push_str(&format!(
+            "  - nodeSelector:\n      kubernetes.io/hostname: \"{n}\"\n    dataRaidGroups:\n    - blockDevices:\n      - blockDeviceName: \"{bd}\"\n    poolConfig:\n      dataRaidGroupType: \"stripe\"\n"
+        ));
+    }
+    format!("apiVersion: cstor.openebs.io/v1\nkind: CStorPoolCluster\nmetadata:\n  name: pools\n  namespace: openebs\nspec:\n  pools:\n{pools}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_controller_provisions_lists_expands_and_deletes_through_cvcs() {
+    if !required(have_kubectl(), "kubectl") {
+        return;
+    }
+    let up = Up::start(2, "256M");
+    let f = up.dir.join("cspc.yaml");
+    std::fs::write(&f, cspc_yaml(&up)).unwrap();
+    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
+    assert!(ok, "apply cspc: {out}");
+    up.wait_for(
+        "2 CSPIs ONLINE with free space",
+        &[
+            "get",
+            "cspi",
+            "-n",
+            "openebs",
+            "-o",
+            "jsonpath={.items[*].status.phase} {.items[*].status.capacity.free}",
+        ],
+        |v| v.matches("ONLINE").count() == 2 && !v.contains(" 0"),
+        Duration::from_secs(90),
+    );
+    let socket = up.dir.join("csi/csi.sock");
+    let driver = Driver::start(&socket, &up.dir.join("kubeconfig"));
+    let ch = driver.channel().await;
+    let mut id = IdentityClient::new(ch.clone());
+    let mut ctl = ControllerClient::new(ch);
+    let t0 = Instant::now();
+    while id.probe(ProbeRequest {}).await.unwrap().into_inner().ready != Some(true) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "never ready: {}",
+            driver.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Capacity: both pools, one node's pool, a node without pools.
+    let cap = |node: Option<&str>, replicas: &str| GetCapacityRequest {
+        volume_capabilities: vec![mount("ext4", Mode::SingleNodeWriter)],
+        parameters: params("pools", replicas),
+        accessible_topology: node.map(|n| Topology {
+            segments: [(
+                "topology.cstor.openebs.io/nodeName".to_owned(),
+                n.to_owned(),
+            )]
+            .into(),
+        }),
+    };
+    let all = ctl.get_capacity(cap(None, "2")).await.unwrap().into_inner();
+    let one = ctl
+        .get_capacity(cap(Some("node-1"), "2"))
+        .await
+        .unwrap()
+        .into_inner();
+    let none = ctl
+        .get_capacity(cap(Some("node-9"), "2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        one.available_capacity > 0 && one.available_capacity < all.available_capacity,
+        "{one:?} {all:?}"
+    );
+    assert_eq!(none.available_capacity, 0);
+    let largest = all.maximum_volume_size.unwrap();
+    assert!(
+        largest > 64 * MIB
+            && largest
+                <= one
+                    .available_capacity
+                    .max(all.available_capacity - one.available_capacity),
+        "{all:?}"
+    );
+
+    // Create: ABORTED until the two replicas serve I/O, then OK, and the target on the
+    // node the topology prefers.
+    let mut a = create("vol-a", 64 * MIB, "2");
+    a.accessibility_requirements = Some(TopologyRequirement {
+        requisite: vec![],
+        preferred: vec![Topology {
+            segments: [(
+                "topology.cstor.openebs.io/nodeName".to_owned(),
+                "node-2".to_owned(),
+            )]
+            .into(),
+        }],
+    });
+    let limit = Duration::from_secs(90);
+    let vol = until_done("create vol-a", limit, || {
+        let (mut c, r) = (ctl.clone(), a.clone());
+        async move { c.create_volume(r).await }
+    })
+    .await
+    .volume
+    .unwrap();
+    assert_eq!(vol.volume_id, "vol-a");
+    assert_eq!(vol.capacity_bytes, 64 * MIB);
+    let (_, node) = up.kubectl(&[
+        "get",
+        "cv",
+        "-n",
+        "openebs",
+        "vol-a",
+        "-o",
+        "jsonpath={.metadata.labels.cstor\\.openebs\\.io/target-node} {.status.phase}",
+    ]);
+    assert!(node.starts_with("node-2 "), "{node}");
+    let again = ctl
+        .create_volume(a.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(again, vol, "a repeat answers the same volume");
+    let mut bigger = a.clone();
+    bigger.capacity_range = Some(CapacityRange {
+        required_bytes: 128 * MIB,
+        limit_bytes: 0,
+    });
+    assert_eq!(code(ctl.create_volume(bigger).await), Code::AlreadyExists);
+    let mut fewer = a.clone();
+    fewer.parameters.insert("replicaCount".into(), "1".into());
+    assert_eq!(code(ctl.create_volume(fewer).await), Code::AlreadyExists);
+    let mut ext4 = a.clone();
+    ext4.volume_capabilities = vec![mount("ext4", Mode::SingleNodeWriter)];
+    assert_eq!(code(ctl.create_volume(ext4).await), Code::AlreadyExists);
+    let mut three = create("vol-c", 64 * MIB, "3");
+    three.volume_capabilities = vec![block(Mode::SingleNodeWriter)];
+    assert_eq!(
+        code(ctl.create_volume(three).await),
+        Code::ResourceExhausted,
+        "3 replicas on 2 pools"
+    );
+
+    // A name that is not an object name gets a stable hashed id.
+    let b = create("Sanity Volume B", 32 * MIB, "1");
+    let vb = until_done("create B", limit, || {
+        let (mut c, r) = (ctl.clone(), b.clone());
+        async move { c.create_volume(r).await }
+    })
+    .await
+    .volume
+    .unwrap();
+    assert!(vb.volume_id.starts_with("csi-"), "{vb:?}");
+
+    // Paging, one entry a page; a token not handed out is ABORTED.
+    let p1 = ctl
+        .list_volumes(ListVolumesRequest {
+            max_entries: 1,
+            starting_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p1.entries.len(), 1);
+    assert_eq!(p1.next_token, "1");
+    let p2 = ctl
+        .list_volumes(ListVolumesRequest {
+            max_entries: 1,
+            starting_token: p1.next_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p2.entries.len(), 1);
+    assert_eq!(p2.next_token, "");
+    let mut ids: Vec<String> = p1
+        .entries
+        .iter()
+        .chain(&p2.entries)
+        .map(|e| e.volume.as_ref().unwrap().volume_id.clone())
+        .collect();
+    ids.sort();
+    let mut want = vec!["vol-a".to_owned(), vb.volume_id.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(p1.entries[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .volume_condition
+        .is_some());
+    for bad in ["invalid-token", "7"] {
+        assert_eq!(
+            code(
+                ctl.list_volumes(ListVolumesRequest {
+                    max_entries: 1,
+                    starting_token: bad.into()
+                })
+                .await
+            ),
+            Code::Aborted,
+            "{bad}"
+        );
+    }
+
+    // Validate.
+    let v = |caps: Vec<VolumeCapability>, vol: &str| ValidateVolumeCapabilitiesRequest {
+        volume_id: vol.into(),
+        volume_capabilities: caps,
+        ..Default::default()
+    };
+    let ok = ctl
+        .validate_volume_capabilities(v(
+            vec![
+                mount("xfs", Mode::SingleNodeWriter),
+                block(Mode::SingleNodeReaderOnly),
+            ],
+            "vol-a",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.confirmed.is_some(), "{ok:?}");
+    let no = ctl
+        .validate_volume_capabilities(v(vec![block(Mode::MultiNodeMultiWriter)], "vol-a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(no.confirmed.is_none() && !no.message.is_empty(), "{no:?}");
+    let wrong_fs = ctl
+        .validate_volume_capabilities(v(vec![mount("ext4", Mode::SingleNodeWriter)], "vol-a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(wrong_fs.confirmed.is_none(), "{wrong_fs:?}");
+    assert_eq!(
+        code(
+            ctl.validate_volume_capabilities(v(vec![block(Mode::SingleNodeWriter)], "vol-zz"))
+                .await
+        ),
+        Code::NotFound
+    );
+
+    // The condition turns normal once both replicas are Healthy.
+    let t0 = Instant::now();
+    loop {
+        let g = ctl
+            .controller_get_volume(ControllerGetVolumeRequest {
+                volume_id: "vol-a".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let c = g.status.unwrap().volume_condition.unwrap();
+        if !c.abnormal {
+            assert!(c.message.contains("2 of 2"), "{c:?}");
+            break;
+        }
+        assert!(t0.elapsed() < limit, "still abnormal: {c:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        code(
+            ctl.controller_get_volume(ControllerGetVolumeRequest {
+                volume_id: "vol-zz".into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+
+    // Expansion: the target reports the new size, then OK (ABORTED meanwhile).
+    let grow = ControllerExpandVolumeRequest {
+        volume_id: "vol-a".into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 128 * MIB,
+            limit_bytes: 0,
+        }),
+        volume_capability: Some(mount("xfs", Mode::SingleNodeWriter)),
+        ..Default::default()
+    };
+    let grown = until_done("expand vol-a", limit, || {
+        let (mut c, r) = (ctl.clone(), grow.clone());
+        async move { c.controller_expand_volume(r).await }
+    })
+    .await;
+    assert_eq!(grown.capacity_bytes, 128 * MIB);
+    assert!(grown.node_expansion_required);
+    let (_, cap_now) = up.kubectl(&[
+        "get",
+        "cv",
+        "-n",
+        "openebs",
+        "vol-a",
+        "-o",
+        "jsonpath={.status.capacity}",
+    ]);
+    assert_eq!(cap_now, "128Mi");
+    let mut smaller = grow.clone();
+    smaller.capacity_range = Some(CapacityRange {
+        required_bytes: 64 * MIB,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        ctl.controller_expand_volume(smaller)
+            .await
+            .unwrap()
+            .into_inner()
+            .capacity_bytes,
+        128 * MIB
+    );
+    let mut gone = grow.clone();
+    gone.volume_id = "vol-zz".into();
+    assert_eq!(
+        code(ctl.controller_expand_volume(gone).await),
+        Code::NotFound
+    );
+
+    // Delete, twice each; the CVCs go.
+    for vid in ["vol-a", vb.volume_id.as_str()] {
+        for _ in 0..2 {
+            ctl.delete_volume(DeleteVolumeRequest {
+                volume_id: vid.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    }
+    up.wait_for(
+        "the CVCs gone",
+        &["get", "cvc", "-n", "openebs", "-o", "name"],
+        |v| v.is_empty(),
+        Duration::from_secs(60),
+    );
+    let empty = ctl
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.entries.is_empty(), "{empty:?}");
+}
