@@ -312,7 +312,14 @@ impl PoolInner {
                     }
                 }
             } else {
-                let whole = frees.iter().rev().find(|f| f.first <= c0 && c1 <= f.end);
+                // The newest free range covering the whole child, unless a newer one
+                // covers part of it: its blocks carry the newer io, so the child is
+                // walked block by block instead of collapsing under the older io.
+                let whole = frees
+                    .iter()
+                    .rposition(|f| f.first <= c0 && c1 <= f.end)
+                    .filter(|&i| !frees[i + 1..].iter().any(|f| f.first < c1 && f.end > c0))
+                    .map(|i| frees[i]);
                 match (child_dirty.is_empty(), whole) {
                     (true, Some(f)) => {
                         self.kill_subtree(meta, &old, level - 1, txg)?;
