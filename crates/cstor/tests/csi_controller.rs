@@ -394,21 +394,7 @@ where
 fn cspc_yaml(up: &Up) -> String {
     let mut pools = String::new();
     for n in ["node-1", "node-2"] {
-        let bd = up.wait_for(
-            "a BlockDevice per node",
-            &[
-                "get",
-                "bd",
-                "-n",
-                "openebs",
-                "-l",
-                &format!("kubernetes.io/hostname={n}"),
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ],
-            |v| v.starts_with("blockdevice-"),
-            Duration::from_secs(60),
-        );
+        let bd = up.block_device(n, Duration::from_secs(60));
         pools.push_str(&format!(
             "  - nodeSelector:\n      kubernetes.io/hostname: \"{n}\"\n    dataRaidGroups:\n    - blockDevices:\n      - blockDeviceName: \"{bd}\"\n    poolConfig:\n      dataRaidGroupType: \"stripe\"\n"
         ));

@@ -82,21 +82,7 @@ fn seed_stripe_pool_3_replica_claim_survives_a_node_loss() {
     assert_eq!(placeholders.len(), 3, "the seed's stripe CSPC changed");
     for (i, old) in placeholders.iter().enumerate() {
         let node = format!("node-{}", i + 1);
-        let bd = up.wait_for(
-            "a BlockDevice per node",
-            &[
-                "get",
-                "bd",
-                "-n",
-                "openebs",
-                "-l",
-                &format!("kubernetes.io/hostname={node}"),
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ],
-            |v| v.starts_with("blockdevice-"),
-            long,
-        );
+        let bd = up.block_device(&node, long);
         cspc = cspc
             .replace(old.as_str(), &bd)
             .replace(&format!("worker-0{}", i + 1), &node);
@@ -212,21 +198,7 @@ fn alpha_seed_expansion_and_replica_scale_down_on_a_running_target() {
     let mut doc = head.to_string();
     for i in 1..=3 {
         let node = format!("node-{i}");
-        let bd = up.wait_for(
-            "a BlockDevice per node",
-            &[
-                "get",
-                "bd",
-                "-n",
-                "openebs",
-                "-l",
-                &format!("kubernetes.io/hostname={node}"),
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            ],
-            |v| v.starts_with("blockdevice-"),
-            long,
-        );
+        let bd = up.block_device(&node, long);
         doc += &pool
             .replace("gke-ranjith-csi-default-pool-a9a13f27-6qv1", &node)
             .replace("blockdevice-936911c5c9b0218ed59e64009cc83c8f", &bd);

@@ -118,6 +118,25 @@ impl Up {
         wait_for(&self.dir, what, args, ok, limit)
     }
 
+    /// The name of node `node`'s BlockDevice, waited for up to `limit`.
+    pub fn block_device(&self, node: &str, limit: Duration) -> String {
+        self.wait_for(
+            "a BlockDevice per node",
+            &[
+                "get",
+                "bd",
+                "-n",
+                "openebs",
+                "-l",
+                &format!("kubernetes.io/hostname={node}"),
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+            |v| v.starts_with("blockdevice-"),
+            limit,
+        )
+    }
+
     /// `cstor up node stop|start NAME`.
     pub fn node(&self, verb: &str, name: &str) {
         let out = Command::new(env!("CARGO_BIN_EXE_cstor"))
