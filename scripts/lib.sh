@@ -35,6 +35,13 @@ ensure_test_packages() {
     apt-get update -q >/dev/null
     apt-get install -y -q --no-install-recommends prometheus >/dev/null
   fi
+  # PostgreSQL 15 (initdb, pgbench, pg_amcheck) runs on a volume attached through the
+  # CSI driver (crates/cstor/tests/csi_attach.rs); xfsprogs for the xfs node tests.
+  if [ ! -x /usr/lib/postgresql/15/bin/pgbench ] || ! command -v mkfs.xfs >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends postgresql-15 postgresql-client-15 xfsprogs >/dev/null
+  fi
   # qemu-block-extra (bookworm 7.2) replaces a backported qemu-utils; install both from
   # bookworm so qemu-img has the iscsi driver (../shared/reference/harness.md §0).
   if [ ! -e /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so ]; then

@@ -1,5 +1,5 @@
 //! The driver's I/O with the API server: a bounded view of the cluster and the few
-//! writes CSI needs (create, delete and resize a CStorVolumeConfig). Everything else
+//! writes CSI needs (create, delete, resize and annotate a CStorVolumeConfig). Everything else
 //! (replicas, targets, expansion of the CV and CVRs) follows from those through the
 //! controller and the node agents, as for a PVC.
 //!
@@ -143,6 +143,31 @@ impl Cluster {
                     Error::api(op.clone(), e)
                 }
             })
+        })
+        .await
+    }
+
+    /// Applies a metadata merge patch to a CVC; the patch carries the resourceVersion
+    /// it was decided on, so a CVC changed meanwhile is answered ABORTED (decide again).
+    pub async fn patch_cvc_metadata(&self, name: &str, patch: Value) -> Result<(), Error> {
+        debug_assert!(patch["metadata"]["resourceVersion"].is_string());
+        let api = exec::api(&self.client, Kind::Cvc, Some(&self.namespace));
+        let op = format!("annotate cstorvolumeconfig {name}");
+        bounded(&op, async {
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Pending {
+                    volume: name.to_owned(),
+                    what: "its CStorVolumeConfig changed meanwhile; retry".to_owned(),
+                }),
+                Err(e) if not_found(&e) => Err(Error::VolumeNotFound {
+                    volume: name.to_owned(),
+                }),
+                Err(e) => Err(Error::api(op.clone(), e)),
+            }
         })
         .await
     }

@@ -8,8 +8,9 @@
 //! answers ABORTED, as the spec allows); every request is checked before the first API
 //! call. Cancellation: a dropped call frees its volume; what it wrote is found again by
 //! the next call (every write is idempotent).
-//! Not served (UNIMPLEMENTED, and not advertised): snapshots, ControllerPublish/
-//! Unpublish, ControllerModifyVolume, GetSnapshot, volume content sources.
+//! ControllerPublish/Unpublish record which node may attach ([`crate::publish`]).
+//! Not served (UNIMPLEMENTED, and not advertised): snapshots, ControllerModifyVolume,
+//! GetSnapshot, volume content sources.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use crate::pb::controller_server::Controller;
 use crate::pb::controller_service_capability::{rpc, Rpc, Type as CapType};
 use crate::pb::volume_capability::AccessType;
 use crate::pb::*;
+use crate::publish::{self, PublishStep};
 use crate::request::{self, existing_id};
 use crate::view::{self, fs_type_of, Wanted};
 use crate::Error;
@@ -52,9 +54,12 @@ impl Drop for Claim {
 }
 
 /// The RPCs advertised; each is implemented below.
-const CAPABILITIES: [rpc::Type; 6] = [
+const CAPABILITIES: [rpc::Type; 9] = [
     rpc::Type::CreateDeleteVolume,
+    rpc::Type::PublishUnpublishVolume,
+    rpc::Type::PublishReadonly,
     rpc::Type::ListVolumes,
+    rpc::Type::ListVolumesPublishedNodes,
     rpc::Type::GetCapacity,
     rpc::Type::ExpandVolume,
     rpc::Type::GetVolume,
@@ -264,7 +269,7 @@ impl ControllerService {
             .map(|cvc| list_volumes_response::Entry {
                 volume: Some(view::volume(cvc)),
                 status: Some(list_volumes_response::VolumeStatus {
-                    published_node_ids: Vec::new(),
+                    published_node_ids: publish::published_nodes(&world, name(&cvc.metadata)),
                     volume_condition: Some(view::condition(&world, name(&cvc.metadata))),
                 }),
             })
@@ -369,6 +374,40 @@ impl ControllerService {
         }
     }
 
+    async fn publish(
+        &self,
+        req: ControllerPublishVolumeRequest,
+    ) -> Result<ControllerPublishVolumeResponse, Error> {
+        let want = publish::check_publish(&req)?;
+        let _claim = self.claim(want.id)?;
+        let world = self.cluster.view().await?;
+        match publish::plan_publish(&world, &want)? {
+            PublishStep::Done(context) => Ok(publish::publish_response(context)),
+            PublishStep::Record(patch, context) => {
+                self.cluster.patch_cvc_metadata(want.id, patch).await?;
+                Ok(publish::publish_response(context))
+            }
+        }
+    }
+
+    async fn unpublish(
+        &self,
+        req: ControllerUnpublishVolumeRequest,
+    ) -> Result<ControllerUnpublishVolumeResponse, Error> {
+        let Some(id) = publish::check_unpublish(&req)? else {
+            return Ok(publish::unpublish_response());
+        };
+        let _claim = self.claim(id)?;
+        let world = self.cluster.view().await?;
+        if let Some(patch) = publish::plan_unpublish(&world, id, &req.node_id) {
+            match self.cluster.patch_cvc_metadata(id, patch).await {
+                Ok(()) | Err(Error::VolumeNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(publish::unpublish_response())
+    }
+
     async fn get(
         &self,
         req: ControllerGetVolumeRequest,
@@ -385,7 +424,7 @@ impl ControllerService {
         Ok(ControllerGetVolumeResponse {
             volume: Some(view::volume(cvc)),
             status: Some(controller_get_volume_response::VolumeStatus {
-                published_node_ids: Vec::new(),
+                published_node_ids: publish::published_nodes(&world, id),
                 volume_condition: Some(view::condition(&world, id)),
             }),
         })
@@ -409,8 +448,6 @@ fn unimplemented<T>(rpc: &'static str, why: &'static str) -> Result<Response<T>,
 }
 
 const NO_SNAPSHOTS: &str = "snapshots are not served by this driver yet (CREATE_DELETE_SNAPSHOT and LIST_SNAPSHOTS are not advertised)";
-const NO_PUBLISH: &str =
-    "attachment is recorded by the node plugin; PUBLISH_UNPUBLISH_VOLUME is not advertised yet";
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
@@ -430,16 +467,16 @@ impl Controller for ControllerService {
 
     async fn controller_publish_volume(
         &self,
-        _: Request<ControllerPublishVolumeRequest>,
+        request: Request<ControllerPublishVolumeRequest>,
     ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
-        unimplemented("ControllerPublishVolume", NO_PUBLISH)
+        answer(self.publish(request.into_inner()).await)
     }
 
     async fn controller_unpublish_volume(
         &self,
-        _: Request<ControllerUnpublishVolumeRequest>,
+        request: Request<ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
-        unimplemented("ControllerUnpublishVolume", NO_PUBLISH)
+        answer(self.unpublish(request.into_inner()).await)
     }
 
     async fn validate_volume_capabilities(

@@ -56,6 +56,21 @@ pub enum Error {
         /// What it waits for.
         what: String,
     },
+    /// The node does not exist (no Node object of that name).
+    #[error("node {node} does not exist")]
+    NodeNotFound {
+        /// Node id.
+        node: String,
+    },
+    /// The volume is published to another node, and a volume is attached by one node at
+    /// a time.
+    #[error("volume {volume} is published to node {node}; unpublish it there first (a volume is attached by one node at a time)")]
+    PublishedElsewhere {
+        /// Volume id.
+        volume: String,
+        /// The node holding it.
+        node: String,
+    },
     /// Another call on the same volume is in flight.
     #[error("an operation on volume {volume} is already in progress")]
     Busy {
@@ -156,7 +171,8 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::VolumeNotFound { .. } => Code::NotFound,
+            Error::VolumeNotFound { .. } | Error::NodeNotFound { .. } => Code::NotFound,
+            Error::PublishedElsewhere { .. } => Code::FailedPrecondition,
             Error::Incompatible { .. } => Code::AlreadyExists,
             Error::OutOfRange { .. } => Code::OutOfRange,
             Error::NoPlacement { .. } => Code::ResourceExhausted,

@@ -28,6 +28,7 @@ mod error;
 pub mod identity;
 pub mod limits;
 pub mod node;
+pub mod publish;
 pub mod request;
 pub mod view;
 
@@ -62,6 +63,8 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// Namespace of cstor's objects.
     pub namespace: String,
+    /// Where the node service keeps its per-volume records and FUSE directories.
+    pub state_dir: PathBuf,
 }
 
 async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, Error> {

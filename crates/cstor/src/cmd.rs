@@ -1,6 +1,7 @@
 //! One module per subcommand family; each exposes an `Args` (clap) and `run`.
 
 pub mod apiserver;
+pub mod attach;
 pub mod controller;
 pub mod csi;
 pub mod initiator;

@@ -44,6 +44,10 @@ enum Command {
     Up(cmd::up::Args),
     /// Userspace iSCSI initiator: attach a LUN as a file through FUSE, detach, discover.
     Initiator(cmd::initiator::Args),
+    /// Use a claim's volume on a node as a pod would: publish, stage and mount it at DIR.
+    Attach(cmd::attach::AttachArgs),
+    /// Undo `cstor attach`: unmount, unstage and unpublish a claim's volume on a node.
+    Detach(cmd::attach::DetachArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +67,8 @@ fn main() -> std::process::ExitCode {
         Command::Csi(args) => cmd::csi::run(args),
         Command::Up(args) => cmd::up::run(args),
         Command::Initiator(args) => cmd::initiator::run(args),
+        Command::Attach(args) => cmd::attach::run_attach(args),
+        Command::Detach(args) => cmd::attach::run_detach(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -76,6 +76,23 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// A duration like `120s`, `1.5s` or `500ms` (positive).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let t = s.trim();
+    let d = if let Some(ms) = t.strip_suffix("ms") {
+        ms.trim().parse::<u64>().ok().map(Duration::from_millis)
+    } else {
+        let secs = t.strip_suffix('s').unwrap_or(t).trim();
+        secs.parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x > 0.0 && *x < 1e9)
+            .map(Duration::from_secs_f64)
+    };
+    d.filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration like 120s or 500ms"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,3 +123,4 @@ mod tests {
         assert_eq!(format_size(500 << 30), "500G");
     }
 }
+

@@ -208,9 +208,10 @@ async fn csi_checks_requests_before_the_api_and_owns_its_socket() {
         })
         .collect();
     types.sort();
-    // CREATE_DELETE_VOLUME, LIST_VOLUMES, GET_CAPACITY, EXPAND_VOLUME, VOLUME_CONDITION,
+    // CREATE_DELETE_VOLUME, PUBLISH_UNPUBLISH_VOLUME, LIST_VOLUMES, GET_CAPACITY,
+    // PUBLISH_READONLY, EXPAND_VOLUME, LIST_VOLUMES_PUBLISHED_NODES, VOLUME_CONDITION,
     // GET_VOLUME: nothing advertised that answers UNIMPLEMENTED.
-    assert_eq!(types, [1, 3, 4, 9, 11, 12]);
+    assert_eq!(types, [1, 2, 3, 4, 8, 9, 10, 11, 12]);
 
     let info = node
         .node_get_info(NodeGetInfoRequest {})
@@ -245,13 +246,42 @@ async fn csi_checks_requests_before_the_api_and_owns_its_socket() {
         code(ctl.create_snapshot(CreateSnapshotRequest::default()).await),
         Code::Unimplemented
     );
+    // Publish requests are checked before the API server is asked.
+    let publish = |id: &str, node: &str, cap: Option<VolumeCapability>| {
+        ControllerPublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: node.into(),
+            volume_capability: cap,
+            ..Default::default()
+        }
+    };
+    let rwo = || Some(mount("ext4", Mode::SingleNodeWriter));
+    for (req, want) in [
+        (publish("", "node-1", rwo()), Code::InvalidArgument),
+        (publish("v", "", rwo()), Code::InvalidArgument),
+        (publish("v", "node-1", None), Code::InvalidArgument),
+        (
+            publish("v", "node-1", Some(mount("ext4", Mode::MultiNodeMultiWriter))),
+            Code::InvalidArgument,
+        ),
+        (publish("Not_A_Volume", "node-1", rwo()), Code::NotFound),
+    ] {
+        assert_eq!(code(ctl.controller_publish_volume(req).await), want);
+    }
     assert_eq!(
         code(
-            ctl.controller_publish_volume(ControllerPublishVolumeRequest::default())
+            ctl.controller_unpublish_volume(ControllerUnpublishVolumeRequest::default())
                 .await
         ),
-        Code::Unimplemented
+        Code::InvalidArgument
     );
+    ctl.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+        volume_id: "Not_A_Volume".into(),
+        node_id: "node-1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("an id that names no volume is unpublished");
 
     // Malformed requests, answered without the API server.
     let mut no_name = create("", 64 * MIB, "1");
@@ -666,6 +696,81 @@ async fn csi_controller_provisions_lists_expands_and_deletes_through_cvcs() {
         ),
         Code::NotFound
     );
+
+    // Publish: one node at a time, recorded on the CVC, the target in the context.
+    let publish = |node: &str, readonly: bool| ControllerPublishVolumeRequest {
+        volume_id: "vol-a".into(),
+        node_id: node.into(),
+        volume_capability: Some(mount("xfs", Mode::SingleNodeWriter)),
+        readonly,
+        ..Default::default()
+    };
+    let unpublish = |node: &str| ControllerUnpublishVolumeRequest {
+        volume_id: "vol-a".into(),
+        node_id: node.into(),
+        ..Default::default()
+    };
+    let ctx = ctl
+        .controller_publish_volume(publish("node-1", false))
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    assert_eq!(ctx["iqn"], "iqn.2016-09.com.openebs.cstor:vol-a", "{ctx:?}");
+    assert_eq!(ctx["lun"], "0");
+    let (ok, portal) = up.kubectl(&[
+        "get", "cv", "vol-a", "-n", "openebs", "-o", "jsonpath={.spec.targetPortal}",
+    ]);
+    assert!(ok && ctx["portal"] == portal, "{ctx:?} vs {portal}");
+    let again = ctl
+        .controller_publish_volume(publish("node-1", false))
+        .await
+        .expect("a repeated publish is idempotent")
+        .into_inner();
+    assert_eq!(again.publish_context, ctx);
+    assert_eq!(
+        code(ctl.controller_publish_volume(publish("node-1", true)).await),
+        Code::AlreadyExists,
+        "same node, readonly differs"
+    );
+    assert_eq!(
+        code(ctl.controller_publish_volume(publish("node-2", false)).await),
+        Code::FailedPrecondition,
+        "a second node while the first holds it"
+    );
+    assert_eq!(
+        code(ctl.controller_publish_volume(publish("node-9", false)).await),
+        Code::NotFound,
+        "no such node"
+    );
+    let published = |g: ControllerGetVolumeResponse| g.status.unwrap().published_node_ids;
+    let get = || ControllerGetVolumeRequest {
+        volume_id: "vol-a".into(),
+    };
+    assert_eq!(
+        published(ctl.controller_get_volume(get()).await.unwrap().into_inner()),
+        ["node-1"]
+    );
+    ctl.controller_unpublish_volume(unpublish("node-2"))
+        .await
+        .expect("unpublishing a node that does not hold it is a no-op");
+    assert_eq!(
+        published(ctl.controller_get_volume(get()).await.unwrap().into_inner()),
+        ["node-1"]
+    );
+    for _ in 0..2 {
+        ctl.controller_unpublish_volume(unpublish("node-1"))
+            .await
+            .expect("unpublish, twice");
+    }
+    assert!(published(ctl.controller_get_volume(get()).await.unwrap().into_inner()).is_empty());
+    ctl.controller_publish_volume(publish("node-2", true))
+        .await
+        .expect("the volume is free again: node-2 takes it, read-only");
+    ctl.controller_unpublish_volume(unpublish(""))
+        .await
+        .expect("an empty node id unpublishes from every node");
+    assert!(published(ctl.controller_get_volume(get()).await.unwrap().into_inner()).is_empty());
 
     // Expansion: the target reports the new size, then OK (ABORTED meanwhile).
     let grow = ControllerExpandVolumeRequest {

@@ -16,10 +16,10 @@ mod apiserver_support;
 use std::process::Command;
 use std::time::Duration;
 
+use apiserver_support::seed::{count, seed_yaml};
 use apiserver_support::up::Up;
 use apiserver_support::{have_kubectl, required};
 
-const SEED: &str = include_str!("../../../docs/seeds/how-to-build-cstor-pools.md");
 const ALPHA_SEED: &str = include_str!("../../../docs/seeds/alpha-features-cstor-csi.md");
 
 /// The alpha seed's example that starts with `start` and ends before `end`.
@@ -30,16 +30,6 @@ fn alpha_block(start: &str, end: &str) -> String {
     let rest = &ALPHA_SEED[from..];
     let to = rest.find(end).unwrap_or(rest.len());
     rest[..to].to_string()
-}
-
-/// The seed's ```yaml block that contains `needle`.
-fn seed_yaml(needle: &str) -> String {
-    SEED.split("```yaml\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .find(|b| b.contains(needle))
-        .unwrap_or_else(|| panic!("no yaml block with {needle:?} in the seed"))
-        .to_string()
 }
 
 fn qemu_io(portal: &str, iqn: &str, cmds: &[&str]) -> (bool, String) {
@@ -57,12 +47,6 @@ fn qemu_io(portal: &str, iqn: &str, cmds: &[&str]) -> (bool, String) {
     (out.status.success() && !failed, text)
 }
 
-fn count(out: &str, word: &str) -> usize {
-    out.lines()
-        .filter(|l| l.split_whitespace().any(|w| w == word))
-        .count()
-}
-
 #[test]
 fn seed_stripe_pool_3_replica_claim_survives_a_node_loss() {
     let have_qemu_io = Command::new("qemu-io").arg("--version").output().is_ok();
@@ -72,31 +56,7 @@ fn seed_stripe_pool_3_replica_claim_survives_a_node_loss() {
     let up = Up::start(3, "256M");
     let long = Duration::from_secs(90);
     // Each node's one BlockDevice replaces the seed's placeholder for worker-0N.
-    let mut cspc = seed_yaml("name: cstor-pool-stripe");
-    let placeholders: Vec<String> = cspc
-        .split("blockDeviceName: \"")
-        .skip(1)
-        .filter_map(|s| s.split('"').next())
-        .map(str::to_string)
-        .collect();
-    assert_eq!(placeholders.len(), 3, "the seed's stripe CSPC changed");
-    for (i, old) in placeholders.iter().enumerate() {
-        let node = format!("node-{}", i + 1);
-        let bd = up.block_device(&node, long);
-        cspc = cspc
-            .replace(old.as_str(), &bd)
-            .replace(&format!("worker-0{}", i + 1), &node);
-    }
-    let f = up.dir.join("cspc.yaml");
-    std::fs::write(&f, &cspc).unwrap();
-    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
-    assert!(ok, "apply cspc: {out}");
-    up.wait_for(
-        "3 CSPIs ONLINE",
-        &["get", "cspi", "-n", "openebs", "--no-headers"],
-        |v| count(v, "ONLINE") == 3,
-        long,
-    );
+    up.seed_stripe_pools(long);
     let (_, cspc_row) = up.kubectl(&["get", "cspc", "-n", "openebs"]);
     assert!(
         cspc_row.contains("HEALTHYINSTANCES") && cspc_row.contains("cstor-pool-stripe"),

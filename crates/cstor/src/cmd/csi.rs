@@ -40,6 +40,10 @@ pub struct Args {
     /// Namespace of cstor's objects (pools, volumes).
     #[arg(long, default_value = cstor_api::names::DEFAULT_NAMESPACE)]
     pub namespace: String,
+    /// Node mode: where the per-volume records and the attach processes' FUSE
+    /// directories live (kept across restarts of the plugin).
+    #[arg(long, default_value = "/var/lib/cstor/csi")]
+    pub state_dir: PathBuf,
 }
 
 /// Runs the driver until SIGINT or SIGTERM.
@@ -55,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         node_id: args.node_id.clone(),
         kubeconfig: args.kubeconfig.clone(),
         namespace: args.namespace.clone(),
+        state_dir: args.state_dir.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

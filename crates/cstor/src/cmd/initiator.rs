@@ -13,6 +13,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::units::parse_duration;
+
 /// `cstor initiator ...`
 #[derive(Debug, ClapArgs)]
 pub struct Args {
@@ -90,21 +92,6 @@ struct AttachArgs {
     /// it on exit.
     #[arg(long = "loop")]
     with_loop: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let d = if let Some(ms) = t.strip_suffix("ms") {
-        ms.trim().parse::<u64>().ok().map(Duration::from_millis)
-    } else {
-        let secs = t.strip_suffix('s').unwrap_or(t).trim();
-        secs.parse::<f64>()
-            .ok()
-            .filter(|x| x.is_finite() && *x > 0.0 && *x < 1e9)
-            .map(Duration::from_secs_f64)
-    };
-    d.filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{s:?} is not a duration like 120s or 500ms"))
 }
 
 fn default_initiator_name() -> String {

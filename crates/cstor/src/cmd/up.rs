@@ -120,6 +120,8 @@ fn node_command(n: &NodeArgs) -> Result<()> {
 enum Probe {
     /// The process runs and this port accepts connections.
     Tcp(SocketAddr),
+    /// The process runs and a connection to this unix socket succeeds.
+    Unix(PathBuf),
     /// The process runs.
     Alive,
 }
@@ -200,7 +202,13 @@ impl Component {
         match self.probe {
             Probe::Alive => true,
             Probe::Tcp(a) => TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok(),
+            Probe::Unix(ref p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
         }
+    }
+
+    /// Whether this is a node agent (`cstor node`), not a node's CSI plugin.
+    fn is_agent(&self) -> bool {
+        self.node.is_some() && self.container == AGENT_CONTAINER
     }
 
     fn signal(&mut self, sig: i32) {
@@ -227,6 +235,90 @@ impl Component {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// Container name of the node agents' Pods (cStor's pool pods' container).
+const AGENT_CONTAINER: &str = "cstor-pool";
+/// Container name of the CSI driver's Pods.
+const CSI_CONTAINER: &str = "cstor-csi-plugin";
+
+/// The CSI controller service's socket in a `cstor up` directory (`cstor attach` finds it
+/// there).
+pub fn csi_controller_socket(dir: &Path) -> PathBuf {
+    dir.join("csi").join("controller.sock")
+}
+
+/// A node's CSI node service socket in a `cstor up` directory.
+pub fn csi_node_socket(dir: &Path, node: &str) -> PathBuf {
+    dir.join("nodes").join(node).join("csi.sock")
+}
+
+fn csi_component(
+    dir: &Path,
+    kubeconfig: &Path,
+    node: Option<(&str, IpAddr)>,
+    log_of: &dyn Fn(&str, &str) -> PathBuf,
+    api_ip: IpAddr,
+) -> Component {
+    let (pod, app, socket, ip) = match node {
+        Some((n, ip)) => (
+            format!("openebs-cstor-csi-node-{n}"),
+            "openebs-cstor-csi-node",
+            csi_node_socket(dir, n),
+            ip,
+        ),
+        None => (
+            "openebs-cstor-csi-controller-0".to_owned(),
+            "openebs-cstor-csi-controller",
+            csi_controller_socket(dir),
+            api_ip,
+        ),
+    };
+    let mut args = vec![
+        "csi".to_string(),
+        "--endpoint".into(),
+        format!("unix://{}", socket.display()),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+    ];
+    match node {
+        Some((n, _)) => args.extend([
+            "--mode".into(),
+            "node".into(),
+            "--node-id".into(),
+            n.to_owned(),
+            "--state-dir".into(),
+            dir.join("nodes").join(n).join("csi").display().to_string(),
+        ]),
+        None => args.extend(["--mode".into(), "controller".into()]),
+    }
+    let mut labels = BTreeMap::from([
+        ("app".to_owned(), app.to_owned()),
+        ("openebs.io/component-name".to_owned(), app.to_owned()),
+    ]);
+    if let Some((n, _)) = node {
+        labels.insert("kubernetes.io/hostname".into(), n.to_owned());
+    }
+    Component {
+        log: log_of(&pod, CSI_CONTAINER),
+        pod,
+        container: CSI_CONTAINER.into(),
+        labels,
+        node: node.map(|(n, _)| n.to_owned()),
+        ip,
+        args,
+        envs: vec![(
+            "RUST_LOG".into(),
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )],
+        probe: Probe::Unix(socket),
+        child: None,
+        enabled: true,
+        restarts: 0,
+        next_start: Instant::now(),
+        ready: None,
+        started: None,
     }
 }
 
@@ -401,7 +493,7 @@ async fn supervise(a: RunArgs) -> Result<()> {
         let pod = format!("cstor-{name}");
         comps.push(Component {
             pod: pod.clone(),
-            container: "cstor-pool".into(),
+            container: AGENT_CONTAINER.into(),
             labels: labels(&[
                 ("app", "cstor-pool"),
                 ("openebs.io/component-name", "cstor-node"),
@@ -423,6 +515,18 @@ async fn supervise(a: RunArgs) -> Result<()> {
             ready: None,
             started: None,
         });
+    }
+    comps.push(csi_component(&dir, &kubeconfig, None, &log_of, api_addr.ip()));
+    for i in 1..=a.nodes {
+        let name = format!("node-{i}");
+        let ip = IpAddr::V4(node_ip(a.base_address, i)?);
+        comps.push(csi_component(
+            &dir,
+            &kubeconfig,
+            Some((&name, ip)),
+            &log_of,
+            api_addr.ip(),
+        ));
     }
     for c in comps.iter_mut().skip(1) {
         c.spawn()?;
@@ -532,7 +636,7 @@ async fn supervise(a: RunArgs) -> Result<()> {
 fn metrics_targets(comps: &[Component]) -> Vec<(String, SocketAddr)> {
     comps
         .iter()
-        .filter(|c| c.enabled)
+        .filter(|c| c.enabled && c.is_agent())
         .filter_map(|c| {
             let node = c.node.clone()?;
             Some((node, SocketAddr::new(c.ip, super::metrics::EXPORTER_PORT)))
@@ -686,7 +790,11 @@ async fn event(
 }
 
 fn print_next(dir: &Path, kubeconfig: &Path, comps: &[Component]) {
-    let nodes: Vec<String> = comps.iter().filter_map(|c| c.node.clone()).collect();
+    let nodes: Vec<String> = comps
+        .iter()
+        .filter(|c| c.is_agent())
+        .filter_map(|c| c.node.clone())
+        .collect();
     println!(
         "cstor up: running in {} ({} nodes: {})",
         dir.display(),
@@ -701,6 +809,11 @@ fn print_next(dir: &Path, kubeconfig: &Path, comps: &[Component]) {
     println!("  kubectl get bd -n openebs");
     println!("  kubectl apply -f cspc.yaml        # docs/seeds/how-to-build-cstor-pools.md");
     println!("  kubectl get cspi -n openebs");
+    println!(
+        "  cstor attach PVC -n NAMESPACE --node {} --mount DIR --dir {}   # use a claim as a pod would",
+        nodes.first().map(String::as_str).unwrap_or("node-1"),
+        dir.display()
+    );
     println!(
         "  cstor up node stop {} --dir {}   # lose a node; start brings it back",
         nodes.last().map(String::as_str).unwrap_or("node-1"),

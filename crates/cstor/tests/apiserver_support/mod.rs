@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod seed;
 pub mod up;
 
 use std::net::{TcpListener, TcpStream};
