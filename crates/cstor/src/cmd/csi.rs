@@ -22,7 +22,7 @@ pub enum Mode {
 /// Arguments of `cstor csi`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Serves CSI v1.12 on a unix socket. Identity: GetPluginInfo, GetPluginCapabilities, Probe\n(ready once the API server answers). Controller: CreateVolume, DeleteVolume,\nControllerExpandVolume, ValidateVolumeCapabilities, ListVolumes, GetCapacity,\nControllerGetVolume, ControllerGetCapabilities, all through CStorVolumeConfigs.\nNode: NodeGetInfo and NodeGetCapabilities only (the attach path is not built yet).\nSee docs/csi.md."
+    after_help = "Serves CSI v1.12 on a unix socket. Identity: GetPluginInfo, GetPluginCapabilities, Probe\n(ready once the API server answers). Controller: CreateVolume, DeleteVolume,\nControllerExpandVolume, ValidateVolumeCapabilities, ListVolumes, GetCapacity,\nControllerGetVolume, ControllerGetCapabilities, all through CStorVolumeConfigs.\nNode: NodeStage/Unstage (userspace iSCSI attach in a process of its own, FUSE, a loop\ndevice, ext4/xfs), NodePublish/Unpublish, NodeGetVolumeStats, NodeExpandVolume,\nNodeGetInfo, NodeGetCapabilities. See docs/csi.md."
 )]
 pub struct Args {
     /// Socket to serve on: unix:///PATH (a stale socket file there is replaced).
@@ -40,6 +40,10 @@ pub struct Args {
     /// Namespace of cstor's objects (pools, volumes).
     #[arg(long, default_value = cstor_api::names::DEFAULT_NAMESPACE)]
     pub namespace: String,
+    /// Node mode: where the per-volume records and the attach processes' FUSE
+    /// directories live (kept across restarts of the plugin).
+    #[arg(long, default_value = "/var/lib/cstor/csi")]
+    pub state_dir: PathBuf,
 }
 
 /// Runs the driver until SIGINT or SIGTERM.
@@ -55,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         node_id: args.node_id.clone(),
         kubeconfig: args.kubeconfig.clone(),
         namespace: args.namespace.clone(),
+        state_dir: args.state_dir.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
