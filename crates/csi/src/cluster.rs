@@ -9,7 +9,7 @@
 
 use std::future::Future;
 
-use cstor_api::v1::CStorVolumeConfig;
+use cstor_api::v1::{CStorVolume, CStorVolumeConfig, CStorVolumeSpec};
 use cstor_controller::action::Kind;
 use cstor_controller::exec;
 use cstor_controller::World;
@@ -163,6 +163,23 @@ impl Cluster {
                     volume: name.to_owned(),
                     what: "its CStorVolumeConfig changed meanwhile; retry".to_owned(),
                 }),
+                Err(e) if not_found(&e) => Err(Error::VolumeNotFound {
+                    volume: name.to_owned(),
+                }),
+                Err(e) => Err(Error::api(op.clone(), e)),
+            }
+        })
+        .await
+    }
+
+    /// The spec of the CStorVolume `name` (the target's IQN and portal), for a node
+    /// stage without a publish_context.
+    pub async fn volume_spec(&self, name: &str) -> Result<CStorVolumeSpec, Error> {
+        let api = kube::Api::<CStorVolume>::namespaced(self.client.clone(), &self.namespace);
+        let op = format!("get cstorvolume {name}");
+        bounded(&op, async {
+            match api.get(name).await {
+                Ok(cv) => Ok(cv.spec),
                 Err(e) if not_found(&e) => Err(Error::VolumeNotFound {
                     volume: name.to_owned(),
                 }),

@@ -150,6 +150,58 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[source] tonic::transport::Error),
+    /// A node call needs the volume in another state first (staged, unpublished).
+    #[error("volume {volume}: {why}")]
+    Precondition {
+        /// Volume id.
+        volume: String,
+        /// What is missing.
+        why: String,
+    },
+    /// A node call names a path that is not the volume's (or does not exist).
+    #[error("volume {volume}: {path} is not a path of this volume on this node ({why})")]
+    PathNotFound {
+        /// Volume id.
+        volume: String,
+        /// The path as given.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// The userspace attach (the `cstor initiator attach` process) failed.
+    #[error("volume {volume}: attach failed: {why}")]
+    Attach {
+        /// Volume id.
+        volume: String,
+        /// What happened (with the tail of the attach log).
+        why: String,
+    },
+    /// A system call or file operation of the node service failed.
+    #[error("{what}: {source}")]
+    NodeIo {
+        /// The operation and its path.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool (losetup, mkfs, mount, resize2fs...) of the node service failed.
+    #[error("{what}: {source}")]
+    NodeTool {
+        /// The operation.
+        what: String,
+        /// The tool's failure.
+        #[source]
+        source: cstor_initiator::blockdev::ToolError,
+    },
+    /// The volume is in a state the node service cannot fix by itself.
+    #[error("volume {volume}: {why}")]
+    NodeState {
+        /// Volume id.
+        volume: String,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 impl Error {
@@ -157,6 +209,23 @@ impl Error {
         Error::InvalidArgument {
             field: field.into(),
             why: why.into(),
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::NodeIo {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn tool(
+        what: impl Into<String>,
+        source: cstor_initiator::blockdev::ToolError,
+    ) -> Error {
+        Error::NodeTool {
+            what: what.into(),
+            source,
         }
     }
 
@@ -193,6 +262,12 @@ impl Error {
             | Error::SocketInUse { .. }
             | Error::Socket { .. }
             | Error::Serve(_) => Code::Internal,
+            Error::Precondition { .. } => Code::FailedPrecondition,
+            Error::PathNotFound { .. } => Code::NotFound,
+            Error::Attach { .. }
+            | Error::NodeIo { .. }
+            | Error::NodeTool { .. }
+            | Error::NodeState { .. } => Code::Internal,
         }
     }
 }

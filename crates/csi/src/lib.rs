@@ -1,6 +1,7 @@
 //! cstor-csi: the CSI driver `cstor.csi.openebs.io` (CSI spec v1.12), served by
 //! `cstor csi` on a unix socket: the Identity service, the Controller service over the
-//! control plane's objects, and the Node service's identity (docs/csi.md).
+//! control plane's objects, and the Node service attaching volumes through the userspace
+//! iSCSI initiator (FUSE and a loop device; docs/csi.md).
 //!
 //! Owns: the CSI wire types and gRPC traits, generated at build time from
 //! `proto/csi.proto` with protox (no `protoc`); the mapping of CSI requests to
@@ -93,13 +94,28 @@ pub async fn serve(config: Config, stop: impl Future<Output = ()>) -> Result<(),
         client(config.kubeconfig.as_deref()).await?,
         config.namespace.clone(),
     );
-    let listener = endpoint::bind(&path)?;
     let controller = matches!(config.mode, Mode::Controller | Mode::All).then(|| {
         pb::controller_server::ControllerServer::new(controller::ControllerService::new(
             cluster.clone(),
         ))
     });
-    let node = node_id.map(|n| pb::node_server::NodeServer::new(node::NodeService::new(n)));
+    let node = match node_id {
+        Some(n) => {
+            let (cluster, state_dir) = (cluster.clone(), config.state_dir.clone());
+            // The start-up sweep blocks (mount table, losetup, unmounts).
+            let service =
+                tokio::task::spawn_blocking(move || node::NodeService::new(n, state_dir, cluster))
+                    .await
+                    .map_err(|e| Error::NodeState {
+                        volume: String::new(),
+                        why: format!("the start-up sweep failed: {e}"),
+                    })??;
+            Some(pb::node_server::NodeServer::new(service))
+        }
+        None => None,
+    };
+    // Bound after the sweep: no node call is taken while leftovers are being removed.
+    let listener = endpoint::bind(&path)?;
     let served = tonic::transport::Server::builder()
         .add_service(pb::identity_server::IdentityServer::new(
             identity::IdentityService::new(cluster),

@@ -22,7 +22,7 @@ pub enum Mode {
 /// Arguments of `cstor csi`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Serves CSI v1.12 on a unix socket. Identity: GetPluginInfo, GetPluginCapabilities, Probe\n(ready once the API server answers). Controller: CreateVolume, DeleteVolume,\nControllerExpandVolume, ValidateVolumeCapabilities, ListVolumes, GetCapacity,\nControllerGetVolume, ControllerGetCapabilities, all through CStorVolumeConfigs.\nNode: NodeGetInfo and NodeGetCapabilities only (the attach path is not built yet).\nSee docs/csi.md."
+    after_help = "Serves CSI v1.12 on a unix socket. Identity: GetPluginInfo, GetPluginCapabilities, Probe\n(ready once the API server answers). Controller: CreateVolume, DeleteVolume,\nControllerExpandVolume, ValidateVolumeCapabilities, ListVolumes, GetCapacity,\nControllerGetVolume, ControllerGetCapabilities, all through CStorVolumeConfigs.\nNode: NodeStage/Unstage (userspace iSCSI attach in a process of its own, FUSE, a loop\ndevice, ext4/xfs), NodePublish/Unpublish, NodeGetVolumeStats, NodeExpandVolume,\nNodeGetInfo, NodeGetCapabilities. See docs/csi.md."
 )]
 pub struct Args {
     /// Socket to serve on: unix:///PATH (a stale socket file there is replaced).

@@ -1,0 +1,302 @@
+//! NodeStageVolume and NodeUnstageVolume.
+//!
+//! Stage: attach (a detached `cstor initiator attach --loop` process), then for mount
+//! access make ext4 or xfs only where blkid finds no signature and mount it at the
+//! staging path. A repeat finds the record and does only what is missing; a record
+//! whose attach process died is cleaned and attached again (the retry a CO makes after
+//! a node problem). Unstage: the staging mount, the loop device, the FUSE mount (the
+//! attach process logs out and exits), the record.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cstor_initiator::blockdev;
+
+use super::state::{Access, Target, VolumeState};
+use super::{attach, blocking, claim, host, required, Inner};
+use crate::pb::volume_capability::AccessType;
+use crate::pb::{
+    NodeStageVolumeRequest, NodeStageVolumeResponse, NodeUnstageVolumeRequest,
+    NodeUnstageVolumeResponse, VolumeCapability,
+};
+use crate::request;
+use crate::Error;
+
+/// What a capability asks of the staging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Want {
+    pub(super) access: Access,
+    pub(super) fstype: Option<String>,
+    pub(super) flags: Vec<String>,
+}
+
+impl Want {
+    /// Checks `cap` (present, supported) and reads it.
+    pub(super) fn of(cap: Option<&VolumeCapability>) -> Result<Want, Error> {
+        let cap = cap.ok_or_else(|| Error::invalid("volume_capability", "is required"))?;
+        if let Some(why) = request::unsupported(cap) {
+            return Err(Error::invalid("volume_capability", why));
+        }
+        Ok(match &cap.access_type {
+            Some(AccessType::Mount(m)) => Want {
+                access: Access::Mount,
+                fstype: Some(if m.fs_type.is_empty() {
+                    "ext4".to_owned()
+                } else {
+                    m.fs_type.clone()
+                }),
+                flags: m.mount_flags.clone(),
+            },
+            _ => Want {
+                access: Access::Block,
+                fstype: None,
+                flags: Vec::new(),
+            },
+        })
+    }
+
+    fn differs(&self, st: &VolumeState) -> Option<String> {
+        if self.access != st.access {
+            return Some(format!("staged for {:?} access", st.access));
+        }
+        if self.fstype != st.fstype {
+            return Some(format!("staged with filesystem {:?}", st.fstype));
+        }
+        if self.flags != st.mount_flags {
+            return Some(format!("staged with mount flags {:?}", st.mount_flags));
+        }
+        None
+    }
+}
+
+pub(super) async fn stage(
+    inner: &Arc<Inner>,
+    req: NodeStageVolumeRequest,
+) -> Result<NodeStageVolumeResponse, Error> {
+    required("volume_id", &req.volume_id)?;
+    required("staging_target_path", &req.staging_target_path)?;
+    let want = Want::of(req.volume_capability.as_ref())?;
+    let from_context = attach::target_from_context(&req.publish_context)?;
+    let claim = claim(inner, &req.volume_id)?;
+    let recorded = inner.state.load(&req.volume_id)?;
+    // A CO without ControllerPublishVolume passes no publish_context: the CStorVolume
+    // names the target.
+    let target = match (from_context, recorded) {
+        (Some(t), _) => t,
+        (None, Some(r)) => r.target,
+        (None, None) => {
+            let spec = inner.cluster.volume_spec(&req.volume_id).await?;
+            attach::target_from_cv(&req.volume_id, &spec)?
+        }
+    };
+    let volume = req.volume_id.clone();
+    let staging = PathBuf::from(&req.staging_target_path);
+    blocking(claim, move |inner| {
+        stage_now(inner, &volume, &staging, &want, target)
+    })
+    .await?;
+    Ok(NodeStageVolumeResponse {})
+}
+
+fn stage_now(
+    inner: &Arc<Inner>,
+    volume: &str,
+    staging: &Path,
+    want: &Want,
+    target: Target,
+) -> Result<(), Error> {
+    inner.children.reap();
+    std::fs::create_dir_all(staging)
+        .map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
+    let staging = host::normal(staging);
+    let mut st = match inner.state.load(volume)? {
+        Some(s) => {
+            if s.staging_path != staging {
+                return Err(Error::Incompatible {
+                    volume: volume.to_owned(),
+                    why: format!("it is staged at {}", s.staging_path.display()),
+                });
+            }
+            if let Some(why) = want.differs(&s) {
+                return Err(Error::Incompatible {
+                    volume: volume.to_owned(),
+                    why,
+                });
+            }
+            let file = s.fuse_dir.join(cstor_initiator::LUN_FILE);
+            let alive = host::attach_alive(s.pid, &s.fuse_dir);
+            if alive && host::loops_backed_by(&file).contains(&s.loop_device) {
+                s
+            } else {
+                tracing::warn!(
+                    volume,
+                    pid = s.pid,
+                    alive,
+                    "attach of a staged volume is gone or broken; attaching again"
+                );
+                if alive {
+                    attach::detach(s.pid, &s.fuse_dir, &inner.children)?;
+                }
+                let mut stale: Vec<PathBuf> = s.published.keys().cloned().collect();
+                stale.push(s.staging_path.clone());
+                attach::clean_dead(&s.fuse_dir, &stale);
+                fresh(inner, volume, &staging, want, target)?
+            }
+        }
+        None => fresh(inner, volume, &staging, want, target)?,
+    };
+    if st.access == Access::Mount {
+        mount_staging(volume, &st)?;
+    }
+    if !st.staged {
+        st.staged = true;
+        inner.state.save(&st)?;
+    }
+    Ok(())
+}
+
+/// A new attach, recorded (not yet staged) before anything is mounted on it.
+fn fresh(
+    inner: &Arc<Inner>,
+    volume: &str,
+    staging: &Path,
+    want: &Want,
+    target: Target,
+) -> Result<VolumeState, Error> {
+    inner.state.create()?;
+    let dir = inner.state.fuse_dir(volume);
+    // A FUSE mount left at our directory by an attach no record knows of.
+    attach::clean_dead(&dir, &[]);
+    let started = attach::start(
+        volume,
+        &inner.exe,
+        &target,
+        &inner.initiator_name(),
+        &dir,
+        &inner.state.log(volume),
+    )?;
+    let pid = started.child.id();
+    inner.children.add(started.child);
+    tracing::info!(volume, pid, loop_device = %started.loop_device.display(), "attached");
+    let st = VolumeState {
+        volume_id: volume.to_owned(),
+        target,
+        pid,
+        fuse_dir: dir.clone(),
+        loop_device: started.loop_device,
+        staging_path: staging.to_owned(),
+        access: want.access,
+        fstype: want.fstype.clone(),
+        mount_flags: want.flags.clone(),
+        staged: false,
+        published: Default::default(),
+    };
+    if let Err(e) = inner.state.save(&st) {
+        let _ = attach::detach(pid, &dir, &inner.children);
+        return Err(e);
+    }
+    Ok(st)
+}
+
+fn mount_staging(volume: &str, st: &VolumeState) -> Result<(), Error> {
+    let fstype = st.fstype.as_deref().unwrap_or("ext4");
+    let staging = &st.staging_path;
+    std::fs::create_dir_all(staging)
+        .map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
+    let dev = host::dev_of(&st.loop_device)
+        .map_err(|e| Error::io(format!("stat {}", st.loop_device.display()), e))?;
+    match host::mount_at(staging).map_err(|e| Error::io("reading the mount table", e))? {
+        Some(m) if m.dev == dev => return Ok(()),
+        Some(m) => {
+            return Err(Error::NodeState {
+                volume: volume.to_owned(),
+                why: format!(
+                    "{} is already a mount point of {} ({})",
+                    staging.display(),
+                    m.source,
+                    m.fstype
+                ),
+            })
+        }
+        None => {}
+    }
+    match blockdev::make_fs_if_blank(&st.loop_device, fstype).map_err(|e| {
+        Error::tool(
+            format!("making {fstype} on {}", st.loop_device.display()),
+            e,
+        )
+    })? {
+        Ok(()) => tracing::info!(volume, fstype, "made a filesystem on the blank volume"),
+        Err(sig) if sig == fstype => {}
+        Err(sig) => {
+            return Err(Error::NodeState {
+                volume: volume.to_owned(),
+                why: format!("the volume holds {sig}, not {fstype}; it is left as it is"),
+            })
+        }
+    }
+    let flags: Vec<&str> = st.mount_flags.iter().map(String::as_str).collect();
+    blockdev::mount(&st.loop_device, staging, Some(fstype), &flags).map_err(|e| {
+        Error::tool(
+            format!(
+                "mounting {} at {}",
+                st.loop_device.display(),
+                staging.display()
+            ),
+            e,
+        )
+    })
+}
+
+pub(super) async fn unstage(
+    inner: &Arc<Inner>,
+    req: NodeUnstageVolumeRequest,
+) -> Result<NodeUnstageVolumeResponse, Error> {
+    required("volume_id", &req.volume_id)?;
+    required("staging_target_path", &req.staging_target_path)?;
+    let claim = claim(inner, &req.volume_id)?;
+    let volume = req.volume_id.clone();
+    let staging = PathBuf::from(&req.staging_target_path);
+    blocking(claim, move |inner| unstage_now(inner, &volume, &staging)).await?;
+    Ok(NodeUnstageVolumeResponse {})
+}
+
+fn unstage_now(inner: &Arc<Inner>, volume: &str, staging: &Path) -> Result<(), Error> {
+    inner.children.reap();
+    let Some(st) = inner.state.load(volume)? else {
+        return Ok(());
+    };
+    if st.staging_path != host::normal(staging) {
+        return Err(Error::invalid(
+            "staging_target_path",
+            format!(
+                "volume {volume} is staged at {}, not {}",
+                st.staging_path.display(),
+                staging.display()
+            ),
+        ));
+    }
+    if host::attach_alive(st.pid, &st.fuse_dir) {
+        let held: Vec<String> = st
+            .published
+            .keys()
+            .filter(|p| host::mount_at(p).ok().flatten().is_some())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !held.is_empty() {
+            return Err(Error::Precondition {
+                volume: volume.to_owned(),
+                why: format!("still published at {}: unpublish first", held.join(", ")),
+            });
+        }
+        attach::detach(st.pid, &st.fuse_dir, &inner.children)?;
+    } else {
+        let mut stale: Vec<PathBuf> = st.published.keys().cloned().collect();
+        stale.push(st.staging_path.clone());
+        attach::clean_dead(&st.fuse_dir, &stale);
+        let _ = std::fs::remove_dir(&st.fuse_dir);
+    }
+    inner.state.remove(volume)?;
+    tracing::info!(volume, "unstaged");
+    Ok(())
+}

@@ -1,0 +1,889 @@
+//! The CSI Node service of `cstor csi --mode node`, judged by a CSI client (tonic over its
+//! unix socket) as kubelet calls it, against a real `cstor target serve` of pool volumes
+//! on 127.0.0.1 and `cstor apiserver` (for a stage without publish_context, which reads
+//! the CStorVolume).
+//!
+//! One scenario, in order: argument checks and the codes of calls on unknown volumes;
+//! concurrent stages (one ABORTED); stage (mkfs ext4), publish rw and ro, files written
+//! through the target path, stats; the plugin SIGKILLed while staged and published (the
+//! attach survives, files readable and writable through a new plugin); online expansion
+//! (`cstor volume resize` of the served volume, NodeExpandVolume, statvfs grows);
+//! unpublish, unstage, stage again (files intact), e2fsck -fn clean through a block
+//! publish; block access from the CStorVolume; the plugin and the attach process both
+//! SIGKILLed: the next plugin sweeps the loop device and mounts, reports the volume
+//! abnormal, and a new NodeStage attaches again. Every call is made twice (idempotent).
+//! Needs root, /dev/fuse, losetup, mkfs.ext4, e2fsck, resize2fs, kubectl.
+
+mod apiserver_support;
+mod initiator_support;
+mod target_common;
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use apiserver_support::{free_port, have_kubectl, required, ApiServer};
+use cstor_csi::pb::node_client::NodeClient;
+use cstor_csi::pb::volume_capability::access_mode::Mode;
+use cstor_csi::pb::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+use cstor_csi::pb::*;
+use initiator_support::{free_addr, is_root, pattern, Pool};
+use target_common::{have, wait_for};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const IQN_V: &str = "iqn.2026-12.io.cstor.test:csi-node-v";
+const IQN_B: &str = "iqn.2026-12.io.cstor.test:csi-node-b";
+
+/// A running `cstor csi --mode node`; SIGKILLed on drop.
+struct Plugin {
+    child: Child,
+}
+
+impl Plugin {
+    fn start(w: &Work) -> Plugin {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(w.root.join("csi.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cstor"))
+            .arg("csi")
+            .arg(format!("--endpoint=unix://{}", w.socket.display()))
+            .args(["--mode", "node", "--node-id", "node-1", "--kubeconfig"])
+            .arg(&w.kubeconfig)
+            .arg("--state-dir")
+            .arg(&w.state)
+            .env("RUST_LOG", "cstor_csi=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut p = Plugin { child };
+        let t0 = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&w.socket).is_err() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("cstor csi exited ({status}): {}", w.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no socket: {}",
+                w.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test's directory; on drop every mount, loop device and attach process under it
+/// is removed, even when the test failed half-way.
+struct Work {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    state: PathBuf,
+    socket: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Work {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("csi.log")).unwrap_or_default()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// The attach pid the record of `volume` names.
+    fn attach_pid(&self, volume: &str) -> i32 {
+        let p = self.state.join("volumes").join(format!("{volume}.json"));
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["pid"].as_i64().unwrap() as i32
+    }
+
+    fn mounts_under(&self) -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.root.display().to_string();
+        info.lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+
+    fn loops_under(&self) -> Vec<String> {
+        let root = self.root.display().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+            if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+                if b.starts_with(&root) {
+                    out.push(format!("{}: {}", e.file_name().to_string_lossy(), b.trim()));
+                }
+            }
+        }
+        out
+    }
+
+    fn attach_pids(&self) -> Vec<i32> {
+        let root = self.root.display().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let zombie = std::fs::read_to_string(e.path().join("stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true);
+            if cmd.contains("initiator attach") && cmd.contains(&root) && !zombie {
+                out.push(pid);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            let mut ms = self.mounts_under();
+            ms.reverse();
+            for m in ms {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
+            for l in self.loops_under() {
+                if let Some(dev) = l.split(':').next() {
+                    let _ = Command::new("losetup")
+                        .arg("-d")
+                        .arg(format!("/dev/{dev}"))
+                        .status();
+                }
+            }
+            for pid in self.attach_pids() {
+                // SAFETY: kill(2) on an attach process this test's plugin started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn mount_cap(fs: &str) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: fs.to_owned(),
+            ..Default::default()
+        })),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+fn block_cap() -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+fn context(iqn: &str, portal: &str) -> HashMap<String, String> {
+    [("iqn", iqn), ("portal", portal), ("lun", "0")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn stage_req(
+    id: &str,
+    staging: &Path,
+    cap: VolumeCapability,
+    ctx: HashMap<String, String>,
+) -> NodeStageVolumeRequest {
+    NodeStageVolumeRequest {
+        volume_id: id.to_owned(),
+        publish_context: ctx,
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap),
+        ..Default::default()
+    }
+}
+
+fn publish_req(
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    cap: VolumeCapability,
+    readonly: bool,
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: id.to_owned(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap),
+        readonly,
+        ..Default::default()
+    }
+}
+
+fn unpublish_req(id: &str, target: &Path) -> NodeUnpublishVolumeRequest {
+    NodeUnpublishVolumeRequest {
+        volume_id: id.to_owned(),
+        target_path: target.display().to_string(),
+    }
+}
+
+fn unstage_req(id: &str, staging: &Path) -> NodeUnstageVolumeRequest {
+    NodeUnstageVolumeRequest {
+        volume_id: id.to_owned(),
+        staging_target_path: staging.display().to_string(),
+    }
+}
+
+fn stats_req(id: &str, path: &Path) -> NodeGetVolumeStatsRequest {
+    NodeGetVolumeStatsRequest {
+        volume_id: id.to_owned(),
+        volume_path: path.display().to_string(),
+        staging_target_path: String::new(),
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => s.code(),
+    }
+}
+
+async fn client(w: &Work) -> NodeClient<Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("unix://{}", w.socket.display()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    NodeClient::new(ch)
+}
+
+fn files() -> Vec<(String, Vec<u8>)> {
+    (0..4u64)
+        .map(|i| {
+            (
+                format!("f{i}.bin"),
+                pattern((i as usize + 1) * 300_000, 70 + i),
+            )
+        })
+        .collect()
+}
+
+fn sync_dir(p: &Path) {
+    assert!(Command::new("sync")
+        .arg("-f")
+        .arg(p)
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn usage(s: &NodeGetVolumeStatsResponse, unit: volume_usage::Unit) -> VolumeUsage {
+    s.usage
+        .iter()
+        .find(|u| u.unit == unit as i32)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {unit:?} usage in {s:?}"))
+}
+
+fn tools_present() -> bool {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set: this test needs root"
+        );
+        eprintln!("SKIPPED: needs root (FUSE mount, loop devices)");
+        return false;
+    }
+    required(have_kubectl(), "kubectl")
+        && have("losetup", "mount")
+        && have("mkfs.ext4", "e2fsprogs")
+        && have("e2fsck", "e2fsprogs")
+        && have("resize2fs", "e2fsprogs")
+        && have("blkid", "util-linux")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_stage_publish_restart_expand_sweep() {
+    if !tools_present() {
+        return;
+    }
+    let t_start = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let api = ApiServer::start(&root.join("api"), free_port());
+    let w = Work {
+        root: root.clone(),
+        state: root.join("state"),
+        socket: root.join("csi.sock"),
+        kubeconfig: api.kubeconfig(),
+        _dir: dir,
+    };
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/crds/cstorvolumes.cstor.openebs.io.yaml"
+    );
+    api.ok(&["apply", "-f", crd]);
+
+    let pool = Pool::new();
+    pool.cstor(&["volume", "create", "ip/v", "--size", "64M"]);
+    pool.cstor(&["volume", "create", "ip/b", "--size", "32M"]);
+    let addr = free_addr();
+    let _target = pool.serve(
+        &addr,
+        &[
+            "--iqn",
+            IQN_V,
+            "--volume",
+            "ip/v",
+            "--target",
+            &format!("{IQN_B},volume=ip/b"),
+        ],
+    );
+    // Volume b is staged without publish_context: the CStorVolume names its target.
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let cv = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: openebs\n---\napiVersion: cstor.openebs.io/v1\nkind: CStorVolume\nmetadata:\n  name: vol-b\n  namespace: openebs\nspec:\n  iqn: {IQN_B}\n  targetIP: \"{host}\"\n  targetPort: \"{port}\"\n  capacity: 32Mi\n"
+    );
+    let cv_file = w.path("cv.yaml");
+    std::fs::write(&cv_file, cv).unwrap();
+    api.ok(&["apply", "-f", cv_file.to_str().unwrap()]);
+
+    let plugin = Plugin::start(&w);
+    let mut node = client(&w).await;
+    let caps = node
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut types: Vec<i32> = caps
+        .capabilities
+        .iter()
+        .filter_map(|c| {
+            c.r#type
+                .as_ref()
+                .map(|node_service_capability::Type::Rpc(r)| r.r#type)
+        })
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [1, 2, 3, 4],
+        "STAGE_UNSTAGE, GET_VOLUME_STATS, EXPAND, VOLUME_CONDITION"
+    );
+
+    let ctx = context(IQN_V, &addr);
+    let staging = w.path("staging/v");
+    let t1 = w.path("pods/p1/v");
+    let t2 = w.path("pods/p2/v");
+
+    // Argument checks and unknown volumes, before anything is attached.
+    let mut r = stage_req("vol-v", &staging, mount_cap("ext4"), ctx.clone());
+    r.volume_id.clear();
+    assert_eq!(code(node.node_stage_volume(r).await), Code::InvalidArgument);
+    let mut r = stage_req("vol-v", &staging, mount_cap("ext4"), ctx.clone());
+    r.staging_target_path.clear();
+    assert_eq!(code(node.node_stage_volume(r).await), Code::InvalidArgument);
+    let mut r = stage_req("vol-v", &staging, mount_cap("ext4"), ctx.clone());
+    r.volume_capability = None;
+    assert_eq!(code(node.node_stage_volume(r).await), Code::InvalidArgument);
+    let r = stage_req("vol-v", &staging, mount_cap("btrfs"), ctx.clone());
+    assert_eq!(code(node.node_stage_volume(r).await), Code::InvalidArgument);
+    let mut bad = ctx.clone();
+    bad.insert("lun".into(), "x".into());
+    let r = stage_req("vol-v", &staging, mount_cap("ext4"), bad);
+    assert_eq!(code(node.node_stage_volume(r).await), Code::InvalidArgument);
+    let r = stage_req("vol-none", &staging, mount_cap("ext4"), HashMap::new());
+    assert_eq!(
+        code(node.node_stage_volume(r).await),
+        Code::NotFound,
+        "no CStorVolume"
+    );
+    let mut r = publish_req("vol-v", &staging, &t1, mount_cap("ext4"), false);
+    r.target_path.clear();
+    assert_eq!(
+        code(node.node_publish_volume(r).await),
+        Code::InvalidArgument
+    );
+    let r = publish_req("vol-v", &staging, &t1, mount_cap("ext4"), false);
+    assert_eq!(
+        code(node.node_publish_volume(r).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(node.node_get_volume_stats(stats_req("vol-v", &t1)).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(node.node_get_volume_stats(stats_req("", &t1)).await),
+        Code::InvalidArgument
+    );
+    let er = NodeExpandVolumeRequest {
+        volume_id: "vol-v".into(),
+        volume_path: t1.display().to_string(),
+        ..Default::default()
+    };
+    assert_eq!(code(node.node_expand_volume(er).await), Code::NotFound);
+    node.node_unstage_volume(unstage_req("vol-v", &staging))
+        .await
+        .unwrap();
+    node.node_unpublish_volume(unpublish_req("vol-v", &t1))
+        .await
+        .unwrap();
+    assert!(
+        !w.state.exists(),
+        "nothing is created before the first stage"
+    );
+
+    // Two stages at once: one works, the other is ABORTED; then the repeat is OK.
+    let (a, b) = tokio::join!(
+        node.clone().node_stage_volume(stage_req(
+            "vol-v",
+            &staging,
+            mount_cap("ext4"),
+            ctx.clone()
+        )),
+        node.clone().node_stage_volume(stage_req(
+            "vol-v",
+            &staging,
+            mount_cap("ext4"),
+            ctx.clone()
+        )),
+    );
+    let codes = [
+        a.as_ref().map(|_| Code::Ok).unwrap_or_else(|s| s.code()),
+        b.as_ref().map(|_| Code::Ok).unwrap_or_else(|s| s.code()),
+    ];
+    assert!(
+        codes.contains(&Code::Ok) && codes.contains(&Code::Aborted),
+        "{a:?} {b:?}: {}",
+        w.log()
+    );
+    node.node_stage_volume(stage_req("vol-v", &staging, mount_cap("ext4"), ctx.clone()))
+        .await
+        .unwrap();
+    // Another filesystem or path for a staged volume: ALREADY_EXISTS.
+    assert_eq!(
+        code(
+            node.node_stage_volume(stage_req("vol-v", &staging, block_cap(), ctx.clone()))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+
+    for _ in 0..2 {
+        node.node_publish_volume(publish_req(
+            "vol-v",
+            &staging,
+            &t1,
+            mount_cap("ext4"),
+            false,
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        code(
+            node.node_publish_volume(publish_req("vol-v", &staging, &t1, mount_cap("ext4"), true))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(
+            node.node_publish_volume(publish_req("vol-v", &staging, &t1, block_cap(), false))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    node.node_publish_volume(publish_req("vol-v", &staging, &t2, mount_cap("ext4"), true))
+        .await
+        .unwrap();
+    for (name, data) in files() {
+        std::fs::write(t1.join(&name), &data).unwrap();
+    }
+    sync_dir(&t1);
+    assert!(
+        std::fs::read(t2.join("f0.bin")).unwrap() == files()[0].1,
+        "ro publish sees the files"
+    );
+    let ro = std::fs::write(t2.join("x"), b"x").unwrap_err();
+    assert_eq!(ro.raw_os_error(), Some(libc::EROFS), "{ro}");
+
+    let s = node
+        .node_get_volume_stats(stats_req("vol-v", &t1))
+        .await
+        .unwrap()
+        .into_inner();
+    let bytes = usage(&s, volume_usage::Unit::Bytes);
+    let inodes = usage(&s, volume_usage::Unit::Inodes);
+    assert!(bytes.total > 40 << 20 && bytes.total <= 64 << 20, "{s:?}");
+    assert!(
+        bytes.used >= 1 << 20 && bytes.available > 0 && bytes.available < bytes.total,
+        "{s:?}"
+    );
+    assert!(
+        inodes.total > 1000 && inodes.used >= 5 && inodes.available > 0,
+        "{s:?}"
+    );
+    assert!(!s.volume_condition.as_ref().unwrap().abnormal, "{s:?}");
+
+    // The plugin dies; the attach process does not, and a new plugin serves the volume.
+    let pid_v = w.attach_pid("vol-v");
+    plugin.kill9();
+    let plugin = Plugin::start(&w);
+    let mut node = client(&w).await;
+    assert_eq!(w.attach_pid("vol-v"), pid_v);
+    for (name, data) in files() {
+        assert!(
+            std::fs::read(t1.join(&name)).unwrap() == data,
+            "{name} after restart"
+        );
+    }
+    std::fs::write(t1.join("after-restart"), b"written through the new plugin").unwrap();
+    sync_dir(&t1);
+    let s = node
+        .node_get_volume_stats(stats_req("vol-v", &staging))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!s.volume_condition.as_ref().unwrap().abnormal, "{s:?}");
+    node.node_stage_volume(stage_req("vol-v", &staging, mount_cap("ext4"), ctx.clone()))
+        .await
+        .unwrap();
+
+    // Online expansion: the served volume grows, the node follows.
+    pool.cstor(&["volume", "resize", "ip/v", "--size", "96M"]);
+    let er = NodeExpandVolumeRequest {
+        volume_id: "vol-v".into(),
+        volume_path: t1.display().to_string(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 96 << 20,
+            limit_bytes: 0,
+        }),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(mount_cap("ext4")),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let got = node
+            .node_expand_volume(er.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.capacity_bytes, 96 << 20);
+    }
+    let s = node
+        .node_get_volume_stats(stats_req("vol-v", &t1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        usage(&s, volume_usage::Unit::Bytes).total > 80 << 20,
+        "filesystem did not grow: {s:?}"
+    );
+    let df = Command::new("df").arg("-B1").arg(&t1).output().unwrap();
+    let df = String::from_utf8_lossy(&df.stdout);
+    let df_total: i64 = df
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(df_total > 80 << 20, "df: {df}");
+
+    // Unstaging while published is refused; unpublish, unstage (twice each).
+    assert_eq!(
+        code(
+            node.node_unstage_volume(unstage_req("vol-v", &staging))
+                .await
+        ),
+        Code::FailedPrecondition
+    );
+    for _ in 0..2 {
+        node.node_unpublish_volume(unpublish_req("vol-v", &t1))
+            .await
+            .unwrap();
+        node.node_unpublish_volume(unpublish_req("vol-v", &t2))
+            .await
+            .unwrap();
+    }
+    assert!(
+        !t1.exists() && !t2.exists(),
+        "unpublish removes the target paths"
+    );
+    for _ in 0..2 {
+        node.node_unstage_volume(unstage_req("vol-v", &staging))
+            .await
+            .unwrap();
+    }
+    assert!(w.mounts_under().is_empty(), "{:?}", w.mounts_under());
+    assert!(
+        wait_for(Duration::from_secs(10), || w.loops_under().is_empty()),
+        "{:?}",
+        w.loops_under()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || w.attach_pids().is_empty()),
+        "attach process left: {:?}",
+        w.attach_pids()
+    );
+
+    // Stage again: no mkfs, the files are there.
+    node.node_stage_volume(stage_req("vol-v", &staging, mount_cap("ext4"), ctx.clone()))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_req(
+        "vol-v",
+        &staging,
+        &t1,
+        mount_cap("ext4"),
+        false,
+    ))
+    .await
+    .unwrap();
+    for (name, data) in files() {
+        assert!(
+            std::fs::read(t1.join(&name)).unwrap() == data,
+            "{name} after re-stage"
+        );
+    }
+    assert_eq!(
+        std::fs::read(t1.join("after-restart")).unwrap(),
+        b"written through the new plugin"
+    );
+    node.node_unpublish_volume(unpublish_req("vol-v", &t1))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_req("vol-v", &staging))
+        .await
+        .unwrap();
+
+    // Block access: e2fsck of volume v through a block publish finds it clean.
+    let bstage = w.path("staging/vb");
+    let bt = w.path("pods/p3/dev");
+    node.node_stage_volume(stage_req("vol-v", &bstage, block_cap(), ctx.clone()))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_req("vol-v", &bstage, &bt, block_cap(), false))
+        .await
+        .unwrap();
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&bt)
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "e2fsck: {fsck:?}");
+    node.node_unpublish_volume(unpublish_req("vol-v", &bt))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_req("vol-v", &bstage))
+        .await
+        .unwrap();
+
+    // Block access to volume b, its target read from the CStorVolume.
+    let bs = w.path("staging/b");
+    let bt = w.path("pods/p4/dev");
+    for _ in 0..2 {
+        node.node_stage_volume(stage_req("vol-b", &bs, block_cap(), HashMap::new()))
+            .await
+            .unwrap();
+        node.node_publish_volume(publish_req("vol-b", &bs, &bt, block_cap(), false))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        code(
+            node.node_publish_volume(publish_req(
+                "vol-b",
+                &bs,
+                &w.path("pods/p5/dev"),
+                block_cap(),
+                true
+            ))
+            .await
+        ),
+        Code::InvalidArgument,
+        "read-only raw block is refused"
+    );
+    let data = pattern(1 << 20, 9);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&bt)
+            .unwrap();
+        let buf = aligned(&data);
+        f.seek(SeekFrom::Start(4 << 20)).unwrap();
+        f.write_all(buf.as_slice()).unwrap();
+        f.sync_all().unwrap();
+        let mut back = aligned(&vec![0u8; data.len()]);
+        f.seek(SeekFrom::Start(4 << 20)).unwrap();
+        f.read_exact(back.as_mut_slice()).unwrap();
+        assert!(back.as_slice() == data.as_slice(), "block data differs");
+    }
+    let s = node
+        .node_get_volume_stats(stats_req("vol-b", &bt))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        usage(&s, volume_usage::Unit::Bytes).total,
+        32 << 20,
+        "{s:?}"
+    );
+    node.node_unpublish_volume(unpublish_req("vol-b", &bt))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_req("vol-b", &bs))
+        .await
+        .unwrap();
+
+    // The plugin and the attach process die; the next plugin sweeps what they left.
+    node.node_stage_volume(stage_req("vol-v", &staging, mount_cap("ext4"), ctx.clone()))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_req(
+        "vol-v",
+        &staging,
+        &t1,
+        mount_cap("ext4"),
+        false,
+    ))
+    .await
+    .unwrap();
+    let pid = w.attach_pid("vol-v");
+    plugin.kill9();
+    // SAFETY: kill(2) on the attach process of this test's plugin.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_for(Duration::from_secs(10), || w
+        .attach_pids()
+        .is_empty()));
+    assert!(
+        !w.loops_under().is_empty(),
+        "the loop device outlives its attach"
+    );
+    let _plugin = Plugin::start(&w);
+    let mut node = client(&w).await;
+    assert!(
+        wait_for(Duration::from_secs(10), || w.loops_under().is_empty()),
+        "loop device over the dead FUSE file: {:?}",
+        w.loops_under()
+    );
+    assert!(
+        w.mounts_under().is_empty(),
+        "stale mounts: {:?}",
+        w.mounts_under()
+    );
+    let s = node
+        .node_get_volume_stats(stats_req("vol-v", &staging))
+        .await
+        .unwrap()
+        .into_inner();
+    let cond = s.volume_condition.unwrap();
+    assert!(cond.abnormal && cond.message.contains("gone"), "{cond:?}");
+    assert_eq!(
+        code(
+            node.node_publish_volume(publish_req(
+                "vol-v",
+                &staging,
+                &t1,
+                mount_cap("ext4"),
+                false
+            ))
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+    // The retried stage attaches again; the files are there.
+    node.node_stage_volume(stage_req("vol-v", &staging, mount_cap("ext4"), ctx.clone()))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_req(
+        "vol-v",
+        &staging,
+        &t1,
+        mount_cap("ext4"),
+        false,
+    ))
+    .await
+    .unwrap();
+    for (name, data) in files() {
+        assert!(
+            std::fs::read(t1.join(&name)).unwrap() == data,
+            "{name} after the sweep"
+        );
+    }
+    node.node_unpublish_volume(unpublish_req("vol-v", &t1))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_req("vol-v", &staging))
+        .await
+        .unwrap();
+    assert!(w.mounts_under().is_empty(), "{:?}", w.mounts_under());
+    assert!(wait_for(Duration::from_secs(10), || w
+        .attach_pids()
+        .is_empty()));
+    eprintln!("csi_node scenario took {:?}", t_start.elapsed());
+}
+
+/// A 4096-aligned copy of `data` for O_DIRECT.
+struct Aligned {
+    buf: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[self.at..self.at + self.len]
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buf[self.at..self.at + self.len]
+    }
+}
+
+fn aligned(data: &[u8]) -> Aligned {
+    let mut buf = vec![0u8; data.len() + 4096];
+    let at = (4096 - (buf.as_ptr() as usize % 4096)) % 4096;
+    buf[at..at + data.len()].copy_from_slice(data);
+    Aligned {
+        buf,
+        at,
+        len: data.len(),
+    }
+}
