@@ -29,6 +29,7 @@ pub mod identity;
 pub mod limits;
 pub mod node;
 pub mod request;
+pub mod snapshot;
 pub mod view;
 
 use std::future::Future;
