@@ -6,6 +6,8 @@
 //! - [`replicas`]: CStorVolumeReplica status of the replicas on those pools;
 //! - [`targets`]: the replicated iSCSI targets of the CStorVolumes placed on this node, one
 //!   portal per node, with the membership record kept in the CStorVolume ([`store`]);
+//! - [`snapshots`]: the CStorSnapshots of those targets' volumes, and the clones restores
+//!   start from;
 //! - [`metrics`]: the Prometheus exporter of those pools and targets.
 //!
 //! Owns: every pool, replica server and target it opened; nothing survives the process
@@ -26,6 +28,7 @@ pub mod metrics;
 pub mod node;
 pub mod pools;
 pub mod replicas;
+pub mod snapshots;
 pub mod store;
 pub mod targets;
 
@@ -157,6 +160,16 @@ impl Agent {
             }
             if let Err(e) = self.targets.sync().await {
                 tracing::warn!(error = %e, "volume targets");
+            }
+            let running = self
+                .targets
+                .running()
+                .await
+                .into_iter()
+                .map(|(name, _, v)| (name, v))
+                .collect();
+            if let Err(e) = snapshots::sync(&ctx, &running).await {
+                tracing::warn!(error = %e, "volume snapshots");
             }
             metrics::sync(&self.metrics, &self.pools, &self.targets).await;
         }

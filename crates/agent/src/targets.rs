@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cstor_api::names::label;
 use cstor_api::v1::CStorPoolInstance;
 use cstor_api::v1::CStorVolume;
 use cstor_api::v1::CStorVolumeReplica;
@@ -376,7 +377,24 @@ impl Targets {
             tracing::debug!(volume = %name, found = endpoints.len(), rf, "waiting for replica endpoints");
             return Ok(None);
         }
-        let mut cfg = VolumeConfig::new(&name, size.div_ceil(4096) * 4096, endpoints);
+        // A restore starts from the clone the source's target makes
+        // ([`crate::snapshots`]): started before, it would open empty replicas.
+        let cloned = replicas
+            .iter()
+            .any(|(cvr, _)| cvr.labels().get(label::CLONED).map(String::as_str) == Some("true"));
+        let rec = crate::store::decode(cv)
+            .map_err(|e| AgentError::Invalid(format!("cstorvolume {name}: {e}")))?;
+        if cloned && rec.as_ref().is_none_or(|r| r.members.is_empty()) {
+            tracing::debug!(volume = %name, "waiting for the restore's clone");
+            return Ok(None);
+        }
+        // The target starts at the recorded size (a restore's is its snapshot's; a start
+        // at another size is refused) and grows online to spec.capacity afterwards.
+        let size = match rec.as_ref().map(|r| r.size) {
+            Some(s) if s != 0 => s,
+            _ => size.div_ceil(4096) * 4096,
+        };
+        let mut cfg = VolumeConfig::new(&name, size, endpoints);
         cfg.key = crate::pools::auth_key(&self.ctx.client).await?;
         cfg.consistency_factor = cv.spec.consistency_factor.unwrap_or(1).max(1) as u32;
         Ok(Some(cfg))

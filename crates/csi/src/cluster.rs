@@ -35,7 +35,10 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-async fn bounded<T>(op: &str, f: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+pub(crate) async fn bounded<T>(
+    op: &str,
+    f: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     tokio::time::timeout(API_TIMEOUT, f)
         .await
         .map_err(|_| Error::ApiTimeout {
@@ -57,6 +60,11 @@ impl Cluster {
     /// Namespace of cstor's objects.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// The API client (for [`crate::snapshot`]'s CStorSnapshot calls).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Pools, volumes, policies and nodes as the controller sees them.

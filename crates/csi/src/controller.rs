@@ -8,9 +8,10 @@
 //! answers ABORTED, as the spec allows); every request is checked before the first API
 //! call. Cancellation: a dropped call frees its volume; what it wrote is found again by
 //! the next call (every write is idempotent).
-//! ControllerPublish/Unpublish record which node may attach ([`crate::publish`]).
-//! Not served (UNIMPLEMENTED, and not advertised): snapshots, ControllerModifyVolume,
-//! GetSnapshot, volume content sources.
+//! ControllerPublish/Unpublish record which node may attach ([`crate::publish`]);
+//! snapshots and the snapshot content source are [`crate::snapshot`]'s.
+//! Not served (UNIMPLEMENTED, and not advertised): ControllerModifyVolume, GetSnapshot,
+//! volume (clone) content sources.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,7 @@ use crate::pb::volume_capability::AccessType;
 use crate::pb::*;
 use crate::publish::{self, PublishStep};
 use crate::request::{self, existing_id};
+use crate::snapshot;
 use crate::view::{self, fs_type_of, Wanted};
 use crate::Error;
 
@@ -54,10 +56,12 @@ impl Drop for Claim {
 }
 
 /// The RPCs advertised; each is implemented below.
-const CAPABILITIES: [rpc::Type; 9] = [
+const CAPABILITIES: [rpc::Type; 11] = [
     rpc::Type::CreateDeleteVolume,
     rpc::Type::PublishUnpublishVolume,
     rpc::Type::PublishReadonly,
+    rpc::Type::CreateDeleteSnapshot,
+    rpc::Type::ListSnapshots,
     rpc::Type::ListVolumes,
     rpc::Type::ListVolumesPublishedNodes,
     rpc::Type::GetCapacity,
@@ -91,12 +95,6 @@ impl ControllerService {
     async fn create(&self, req: CreateVolumeRequest) -> Result<CreateVolumeResponse, Error> {
         let id = request::volume_id(&req.name)?;
         let cap_fs = request::capabilities(&req.volume_capabilities)?;
-        if req.volume_content_source.is_some() {
-            return Err(Error::invalid(
-                "volume_content_source",
-                "creating a volume from a snapshot or another volume is not supported yet",
-            ));
-        }
         let params = request::params(&req.parameters)?;
         if let (Some(a), Some(b)) = (&cap_fs, &params.fs_type) {
             if a != b {
@@ -109,7 +107,17 @@ impl ControllerService {
                 ));
             }
         }
-        let size_bytes = request::size_for(req.capacity_range.as_ref())?;
+        let mut size_bytes = request::size_for(req.capacity_range.as_ref())?;
+        let source = snapshot::content_source(&self.cluster, req.volume_content_source.as_ref())
+            .await?
+            .map(|(id, bytes)| {
+                snapshot::restore_size(req.capacity_range.as_ref(), size_bytes, bytes)
+                    .map(|s| (id, s))
+            })
+            .transpose()?;
+        if let Some((_, s)) = &source {
+            size_bytes = *s;
+        }
         let fs_type = cap_fs
             .or_else(|| params.fs_type.clone())
             .unwrap_or_else(|| "ext4".to_owned());
@@ -119,6 +127,7 @@ impl ControllerService {
             size_bytes,
             params,
             fs_type,
+            source: source.map(|(id, _)| id),
         };
         let range = req.capacity_range.as_ref();
         let _claim = self.claim(&want.id)?;
@@ -223,6 +232,11 @@ impl ControllerService {
                 size_bytes: cvc_size(cvc),
                 fs_type: fs.unwrap_or("ext4").to_owned(),
                 params: p,
+                source: cvc
+                    .spec
+                    .cstor_volume_source
+                    .clone()
+                    .filter(|s| !s.is_empty()),
             };
             if let Some(why) = view::incompatible(cvc, &want, None) {
                 return Ok(refuse(format!(
@@ -447,7 +461,7 @@ fn unimplemented<T>(rpc: &'static str, why: &'static str) -> Result<Response<T>,
     Err(Error::Unimplemented { rpc, why }.into())
 }
 
-const NO_SNAPSHOTS: &str = "snapshots are not served by this driver yet (CREATE_DELETE_SNAPSHOT and LIST_SNAPSHOTS are not advertised)";
+const NO_GET_SNAPSHOT: &str = "use ListSnapshots with snapshot_id (GET_SNAPSHOT is not advertised)";
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
@@ -517,23 +531,23 @@ impl Controller for ControllerService {
 
     async fn create_snapshot(
         &self,
-        _: Request<CreateSnapshotRequest>,
+        request: Request<CreateSnapshotRequest>,
     ) -> Result<Response<CreateSnapshotResponse>, Status> {
-        unimplemented("CreateSnapshot", NO_SNAPSHOTS)
+        answer(snapshot::create(&self.cluster, request.into_inner()).await)
     }
 
     async fn delete_snapshot(
         &self,
-        _: Request<DeleteSnapshotRequest>,
+        request: Request<DeleteSnapshotRequest>,
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        unimplemented("DeleteSnapshot", NO_SNAPSHOTS)
+        answer(snapshot::delete(&self.cluster, request.into_inner()).await)
     }
 
     async fn list_snapshots(
         &self,
-        _: Request<ListSnapshotsRequest>,
+        request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        unimplemented("ListSnapshots", NO_SNAPSHOTS)
+        answer(snapshot::list_snapshots(&self.cluster, request.into_inner()).await)
     }
 
     async fn controller_expand_volume(
@@ -564,6 +578,6 @@ impl Controller for ControllerService {
         &self,
         _: Request<GetSnapshotRequest>,
     ) -> Result<Response<GetSnapshotResponse>, Status> {
-        unimplemented("GetSnapshot", NO_SNAPSHOTS)
+        unimplemented("GetSnapshot", NO_GET_SNAPSHOT)
     }
 }

@@ -30,6 +30,20 @@ pub enum Error {
         /// The first difference found.
         why: String,
     },
+    /// A snapshot of that name exists for another source volume.
+    #[error("snapshot {snapshot} already exists for source volume {volume}")]
+    SnapshotExists {
+        /// The CSI snapshot name.
+        snapshot: String,
+        /// The volume it is a snapshot of.
+        volume: String,
+    },
+    /// The snapshot does not exist.
+    #[error("snapshot {snapshot} does not exist")]
+    SnapshotNotFound {
+        /// Snapshot id.
+        snapshot: String,
+    },
     /// The capacity range cannot be met.
     #[error("capacity range (required {required_bytes}, limit {limit_bytes} bytes): {why}")]
     OutOfRange {
@@ -240,9 +254,11 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::VolumeNotFound { .. } | Error::NodeNotFound { .. } => Code::NotFound,
+            Error::VolumeNotFound { .. }
+            | Error::NodeNotFound { .. }
+            | Error::SnapshotNotFound { .. } => Code::NotFound,
             Error::PublishedElsewhere { .. } => Code::FailedPrecondition,
-            Error::Incompatible { .. } => Code::AlreadyExists,
+            Error::Incompatible { .. } | Error::SnapshotExists { .. } => Code::AlreadyExists,
             Error::OutOfRange { .. } => Code::OutOfRange,
             Error::NoPlacement { .. } => Code::ResourceExhausted,
             Error::Pending { .. } | Error::Busy { .. } | Error::BadToken { .. } => Code::Aborted,

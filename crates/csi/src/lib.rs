@@ -31,6 +31,7 @@ pub mod limits;
 pub mod node;
 pub mod publish;
 pub mod request;
+pub mod snapshot;
 pub mod view;
 
 use std::future::Future;

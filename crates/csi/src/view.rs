@@ -35,6 +35,8 @@ pub struct Wanted {
     pub params: Params,
     /// Filesystem for the node service (capabilities first, then the parameter, ext4).
     pub fs_type: String,
+    /// `<volume>@<snapshot>` of a restore (the content source), when one is asked for.
+    pub source: Option<String>,
 }
 
 /// Why an existing CVC does not fit `want` (None: it does, the call is a repeat).
@@ -77,13 +79,16 @@ pub fn incompatible(
             return Some(format!("its filesystem is {fs}"));
         }
     }
-    if cvc
+    let source = cvc
         .spec
         .cstor_volume_source
         .as_deref()
-        .is_some_and(|s| !s.is_empty())
-    {
-        return Some("it was made from a snapshot, the request names no source".to_owned());
+        .filter(|s| !s.is_empty());
+    if source != want.source.as_deref() {
+        return Some(match source {
+            Some(s) => format!("it was restored from snapshot {s}"),
+            None => "it was not made from a snapshot".to_owned(),
+        });
     }
     None
 }
@@ -180,7 +185,7 @@ pub fn new_cvc(world: &World, want: &Wanted, topology: Option<&str>) -> serde_js
         cspc: &want.params.cspc,
         replica_count: want.params.replica_count,
         policy: want.params.policy.as_deref().zip(policy_spec),
-        source: None,
+        source: want.source.as_deref(),
         claim: None,
         storage_class: None,
         fs_type: Some(&want.fs_type),
@@ -204,7 +209,7 @@ pub fn volume(cvc: &CStorVolumeConfig) -> Volume {
         capacity_bytes: i64::try_from(cvc_size(cvc)).unwrap_or(i64::MAX),
         volume_id: name(&cvc.metadata).to_owned(),
         volume_context: context,
-        content_source: None,
+        content_source: crate::snapshot::source_of(cvc),
         accessible_topology: Vec::new(),
     }
 }
@@ -377,6 +382,7 @@ mod tests {
                 fs_type: None,
             },
             fs_type: "ext4".into(),
+            source: None,
         }
     }
 

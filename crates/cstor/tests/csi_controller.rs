@@ -10,6 +10,11 @@
 //!   an incompatible repeat ALREADY_EXISTS), the topology node hosting the target,
 //!   ListVolumes paging and a bad token, ValidateVolumeCapabilities, ControllerGetVolume's
 //!   condition, expansion, and DeleteVolume twice.
+//! - Snapshots against `cstor up`: CreateSnapshot (INVALID_ARGUMENT, NOT_FOUND for a
+//!   missing source, idempotent by name until ready_to_use, ALREADY_EXISTS for the name on
+//!   another volume), ListSnapshots (by id, by source, paging, ABORTED for a bad token),
+//!   CreateVolume from a snapshot (NOT_FOUND, a volume source refused, the content source
+//!   reported, a repeat without it ALREADY_EXISTS) and DeleteSnapshot (idempotent).
 
 mod apiserver_support;
 
@@ -212,9 +217,10 @@ async fn csi_checks_requests_before_the_api_and_owns_its_socket() {
         .collect();
     types.sort();
     // CREATE_DELETE_VOLUME, PUBLISH_UNPUBLISH_VOLUME, LIST_VOLUMES, GET_CAPACITY,
-    // PUBLISH_READONLY, EXPAND_VOLUME, LIST_VOLUMES_PUBLISHED_NODES, VOLUME_CONDITION,
-    // GET_VOLUME: nothing advertised that answers UNIMPLEMENTED.
-    assert_eq!(types, [1, 2, 3, 4, 8, 9, 10, 11, 12]);
+    // CREATE_DELETE_SNAPSHOT, LIST_SNAPSHOTS, PUBLISH_READONLY, EXPAND_VOLUME,
+    // LIST_VOLUMES_PUBLISHED_NODES, VOLUME_CONDITION, GET_VOLUME: nothing advertised
+    // that answers UNIMPLEMENTED.
+    assert_eq!(types, [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12]);
 
     let info = node
         .node_get_info(NodeGetInfoRequest {})
@@ -244,7 +250,7 @@ async fn csi_checks_requests_before_the_api_and_owns_its_socket() {
     assert_eq!(staged.code(), Code::InvalidArgument, "{staged:?}");
     assert_eq!(
         code(ctl.create_snapshot(CreateSnapshotRequest::default()).await),
-        Code::Unimplemented
+        Code::InvalidArgument
     );
     // Publish requests are checked before the API server is asked.
     let publish = |id: &str, node: &str, cap: Option<VolumeCapability>| {
@@ -842,4 +848,272 @@ async fn csi_controller_provisions_lists_expands_and_deletes_through_cvcs() {
         .unwrap()
         .into_inner();
     assert!(empty.entries.is_empty(), "{empty:?}");
+}
+
+fn snapshot_req(name: &str, source: &str) -> CreateSnapshotRequest {
+    CreateSnapshotRequest {
+        name: name.to_owned(),
+        source_volume_id: source.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn from_snapshot(name: &str, snapshot_id: &str) -> CreateVolumeRequest {
+    let mut r = create(name, 64 * MIB, "2");
+    r.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Snapshot(
+            volume_content_source::SnapshotSource {
+                snapshot_id: snapshot_id.to_owned(),
+            },
+        )),
+    });
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_snapshots_create_list_restore_and_delete() {
+    if !required(have_kubectl(), "kubectl") {
+        return;
+    }
+    let up = Up::start(2, "256M");
+    let f = up.dir.join("cspc.yaml");
+    std::fs::write(&f, cspc_yaml(&up)).unwrap();
+    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
+    assert!(ok, "apply cspc: {out}");
+    up.wait_for(
+        "2 CSPIs ONLINE with free space",
+        &[
+            "get",
+            "cspi",
+            "-n",
+            "openebs",
+            "-o",
+            "jsonpath={.items[*].status.phase} {.items[*].status.capacity.free}",
+        ],
+        |v| v.matches("ONLINE").count() == 2 && !v.contains(" 0"),
+        Duration::from_secs(90),
+    );
+    let socket = up.dir.join("csi/csi.sock");
+    let driver = Driver::start(&socket, &up.dir.join("kubeconfig"));
+    let mut ctl = ControllerClient::new(driver.channel().await);
+    let long = Duration::from_secs(60);
+    until_done("create the source", long, || {
+        let mut c = ctl.clone();
+        async move { c.create_volume(create("snap-src", 64 * MIB, "2")).await }
+    })
+    .await;
+
+    // Requests checked; a missing source volume is NOT_FOUND.
+    assert_eq!(
+        code(ctl.create_snapshot(snapshot_req("", "snap-src")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(ctl.create_snapshot(snapshot_req("s1", "")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(ctl.create_snapshot(snapshot_req("s1", "no-such-vol")).await),
+        Code::NotFound
+    );
+
+    // Idempotent by name: repeated until the agent took it.
+    let first = ctl
+        .create_snapshot(snapshot_req("snap-1", "snap-src"))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(first.snapshot_id, "snap-src@snap-1");
+    assert_eq!(first.source_volume_id, "snap-src");
+    let t0 = Instant::now();
+    let ready = loop {
+        let s = ctl
+            .create_snapshot(snapshot_req("snap-1", "snap-src"))
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert_eq!(s.snapshot_id, first.snapshot_id);
+        if s.ready_to_use {
+            break s;
+        }
+        assert!(t0.elapsed() < long, "never ready: {s:?}\n{}", up.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(ready.size_bytes, 64 * MIB);
+    assert!(ready.creation_time.is_some());
+    assert_eq!(
+        code(
+            ctl.create_snapshot(snapshot_req("snap-1", "other-vol"))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+    ctl.create_snapshot(snapshot_req("snap-2", "snap-src"))
+        .await
+        .unwrap();
+
+    // ListSnapshots: all, by id, by source, paged, bad token.
+    let lister = ctl.clone();
+    let list = move |r: ListSnapshotsRequest| {
+        let mut c = lister.clone();
+        async move { c.list_snapshots(r).await }
+    };
+    let ids = |r: &ListSnapshotsResponse| -> Vec<String> {
+        r.entries
+            .iter()
+            .map(|e| e.snapshot.as_ref().unwrap().snapshot_id.clone())
+            .collect()
+    };
+    let all = list(ListSnapshotsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&all), ["snap-src@snap-1", "snap-src@snap-2"]);
+    let one = list(ListSnapshotsRequest {
+        snapshot_id: "snap-src@snap-1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(ids(&one), ["snap-src@snap-1"]);
+    let none = list(ListSnapshotsRequest {
+        snapshot_id: "snap-src@nope".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert!(none.entries.is_empty());
+    let by_src = list(ListSnapshotsRequest {
+        source_volume_id: "snap-src".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(by_src.entries.len(), 2);
+    let other = list(ListSnapshotsRequest {
+        source_volume_id: "other-vol".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert!(other.entries.is_empty());
+    let p1 = list(ListSnapshotsRequest {
+        max_entries: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(ids(&p1), ["snap-src@snap-1"]);
+    assert!(!p1.next_token.is_empty());
+    let p2 = list(ListSnapshotsRequest {
+        max_entries: 1,
+        starting_token: p1.next_token.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(ids(&p2), ["snap-src@snap-2"]);
+    assert!(p2.next_token.is_empty());
+    assert_eq!(
+        code(
+            list(ListSnapshotsRequest {
+                starting_token: "zz".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::Aborted
+    );
+    assert_eq!(
+        code(
+            list(ListSnapshotsRequest {
+                max_entries: -1,
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+
+    // CreateVolume from a snapshot.
+    assert_eq!(
+        code(
+            ctl.create_volume(from_snapshot("restored", "snap-src@nope"))
+                .await
+        ),
+        Code::NotFound
+    );
+    let mut clone = create("restored", 64 * MIB, "2");
+    clone.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: "snap-src".into(),
+            },
+        )),
+    });
+    assert_eq!(code(ctl.create_volume(clone).await), Code::InvalidArgument);
+    let restored = until_done("restore", long, || {
+        let mut c = ctl.clone();
+        async move {
+            c.create_volume(from_snapshot("restored", "snap-src@snap-1"))
+                .await
+        }
+    })
+    .await
+    .volume
+    .unwrap();
+    assert_eq!(
+        restored.content_source,
+        from_snapshot("x", "snap-src@snap-1").volume_content_source
+    );
+    let again = ctl
+        .create_volume(from_snapshot("restored", "snap-src@snap-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.volume.unwrap().volume_id, restored.volume_id);
+    assert_eq!(
+        code(ctl.create_volume(create("restored", 64 * MIB, "2")).await),
+        Code::AlreadyExists
+    );
+
+    // DeleteSnapshot: idempotent, OK for ids naming nothing.
+    assert_eq!(
+        code(ctl.delete_snapshot(DeleteSnapshotRequest::default()).await),
+        Code::InvalidArgument
+    );
+    for id in [
+        "snap-src@snap-2",
+        "snap-src@snap-2",
+        "not-an-id",
+        "snap-src@nope",
+    ] {
+        ctl.delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    up.wait_for(
+        "snap-2's CStorSnapshot gone",
+        &["get", "cstorsnapshot", "-n", "openebs", "-o", "name"],
+        |v| !v.contains("snap-2") && v.contains("snap-1"),
+        long,
+    );
+    let left = list(ListSnapshotsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&left), ["snap-src@snap-1"]);
 }
