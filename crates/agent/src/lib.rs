@@ -158,7 +158,7 @@ impl Agent {
             if let Err(e) = self.targets.sync().await {
                 tracing::warn!(error = %e, "volume targets");
             }
-            metrics::sync(&self.metrics, &self.pools, &self.targets).await;
+            metrics::sync(&self.metrics, &ctx, &self.pools, &self.targets).await;
         }
     }
 
