@@ -171,7 +171,7 @@ impl Agent {
             if let Err(e) = snapshots::sync(&ctx, &running).await {
                 tracing::warn!(error = %e, "volume snapshots");
             }
-            metrics::sync(&self.metrics, &self.pools, &self.targets).await;
+            metrics::sync(&self.metrics, &ctx, &self.pools, &self.targets).await;
         }
     }
 

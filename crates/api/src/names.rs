@@ -87,6 +87,9 @@ pub mod annotation {
     /// Ours: on a `cstor.openebs.io/v1` CSPC mirrored from an `openebs.io/v1alpha1` CSPC,
     /// the name of that alpha object (the mirror is kept in step with it).
     pub const CONVERTED_FROM_V1ALPHA1: &str = "cstor.openebs.io/converted-from-v1alpha1";
+    /// Ours: on a CVC the provisioner made for a claim, `<namespace>/<name>` of that
+    /// PersistentVolumeClaim (the CSI path may not set it: the PV's claimRef then).
+    pub const PVC: &str = "cstor.openebs.io/pvc";
 }
 
 /// Finalizers.

@@ -39,7 +39,7 @@ use crate::world::{annotation_of, bytes_of, deleting, label_of, name, World};
 use crate::Ids;
 
 /// Annotation on a CVC: `<namespace>/<name>` of the PVC it was made for (ours).
-pub const PVC_ANNOTATION: &str = "cstor.openebs.io/pvc";
+pub const PVC_ANNOTATION: &str = cstor_api::names::annotation::PVC;
 
 /// Reconciles every CVC.
 pub fn reconcile(world: &World, ids: &mut dyn Ids) -> Vec<Action> {

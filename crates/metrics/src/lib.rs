@@ -166,6 +166,20 @@ impl Exporter {
         });
     }
 
+    /// Replace the labels of exported target `iqn` (the Kubernetes names of its volume,
+    /// learnt after it started), keeping its source and uptime; false when `iqn` is not
+    /// exported. Its series change identity: the old ones go stale at the next scrape.
+    pub fn set_target_labels(&self, iqn: &str, labels: VolumeLabels) -> bool {
+        let mut targets = self.inner.targets.lock();
+        match targets.iter_mut().find(|t| t.source.iqn == iqn) {
+            Some(t) => {
+                t.source.labels = labels;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Stop exporting target `iqn`.
     pub fn remove_target(&self, iqn: &str) {
         self.inner.targets.lock().retain(|t| t.source.iqn != iqn);
@@ -232,5 +246,55 @@ mod tests {
         let text = e.render().unwrap();
         assert_eq!(text.trim(), "# EOF");
         assert!(gather(&e.inner).is_empty());
+    }
+
+    #[test]
+    fn labels_learnt_later_replace_the_series_once() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("lu.img");
+        let lu = cstor_iscsi::FileBackend::open(&path, Some(1 << 20), false).unwrap();
+        let server = Server::new();
+        let iqn = "iqn.2016-09.com.openebs.cstor:pvc-1";
+        server
+            .add_target(cstor_iscsi::TargetConfig::new(iqn, Arc::new(lu)))
+            .unwrap();
+        let e = Exporter::new();
+        e.add_target(TargetSource {
+            server,
+            iqn: iqn.to_owned(),
+            labels: VolumeLabels {
+                pv: Some("pvc-1".into()),
+                ..VolumeLabels::named("pvc-1")
+            },
+            backing: Backing::File(path),
+        });
+        let status = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with("openebs_volume_status{"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let before = status(&e.render().unwrap());
+        assert_eq!(
+            before,
+            [format!(
+                "openebs_volume_status{{volume_name=\"pvc-1\",iqn=\"{iqn}\",pv=\"pvc-1\"}} 3.0"
+            )]
+        );
+        let known = VolumeLabels {
+            volume_name: "pvc-1".into(),
+            pv: Some("pvc-1".into()),
+            namespace: Some("database".into()),
+            pvc: Some("postgres-data".into()),
+        };
+        assert!(e.set_target_labels(iqn, known.clone()));
+        assert!(!e.set_target_labels("iqn.2016-09.com.openebs.cstor:other", known));
+        let after = status(&e.render().unwrap());
+        assert_eq!(
+            after,
+            [format!(
+                "openebs_volume_status{{volume_name=\"pvc-1\",iqn=\"{iqn}\",pv=\"pvc-1\",namespace=\"database\",pvc=\"postgres-data\"}} 3.0"
+            )]
+        );
     }
 }

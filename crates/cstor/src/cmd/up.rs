@@ -533,6 +533,9 @@ async fn supervise(a: RunArgs) -> Result<()> {
     }
     super::up_prometheus::write_config(&dir)?;
     super::up_prometheus::write_targets(&dir, &metrics_targets(&comps))?;
+    if let Err(e) = super::up_prometheus::sync_rules(&client, &dir).await {
+        eprintln!("cstor up: prometheus rules: {e:#}");
+    }
     for c in &comps {
         publish_pod(&client, c).await?;
     }
@@ -565,6 +568,9 @@ async fn supervise(a: RunArgs) -> Result<()> {
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // PrometheusRule objects are polled (a list every few seconds is nothing to the API
+    // server; a watch would need re-establishing across its restarts).
+    let mut rules_synced = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -575,6 +581,16 @@ async fn supervise(a: RunArgs) -> Result<()> {
                 if let Err(e) = super::up_prometheus::write_targets(&dir, &metrics_targets(&comps)) {
                     eprintln!("cstor up: prometheus targets: {e:#}");
                 }
+            }
+        }
+        if rules_synced.elapsed() >= Duration::from_secs(2) {
+            rules_synced = Instant::now();
+            match super::up_prometheus::sync_rules(&client, &dir).await {
+                Ok(true) => eprintln!(
+                    "cstor up: prometheus rules rewritten from the PrometheusRule objects (reload Prometheus)"
+                ),
+                Ok(false) => {}
+                Err(e) => eprintln!("cstor up: prometheus rules: {e:#}"),
             }
         }
         for c in comps.iter_mut() {
