@@ -469,19 +469,10 @@ async fn node_stage_publish_restart_expand_sweep() {
     );
 
     // Two stages at once: one works, the other is ABORTED; then the repeat is OK.
+    let (mut n1, mut n2) = (node.clone(), node.clone());
     let (a, b) = tokio::join!(
-        node.clone().node_stage_volume(stage_req(
-            "vol-v",
-            &staging,
-            mount_cap("ext4"),
-            ctx.clone()
-        )),
-        node.clone().node_stage_volume(stage_req(
-            "vol-v",
-            &staging,
-            mount_cap("ext4"),
-            ctx.clone()
-        )),
+        n1.node_stage_volume(stage_req("vol-v", &staging, mount_cap("ext4"), ctx.clone())),
+        n2.node_stage_volume(stage_req("vol-v", &staging, mount_cap("ext4"), ctx.clone())),
     );
     let codes = [
         a.as_ref().map(|_| Code::Ok).unwrap_or_else(|s| s.code()),
