@@ -83,6 +83,36 @@ fn by_kind_name(objs: Vec<Value>) -> BTreeMap<(String, String), Value> {
     out
 }
 
+/// The first path where `a` and `b` differ, with both values there.
+fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            // Each key once (visiting shared keys twice would double the work per level).
+            for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                let here = format!("{at}.{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => {
+                        if let Some(d) = first_difference(p, q, &here) {
+                            return Some(d);
+                        }
+                    }
+                    (p, q) => return Some(format!("{here}: {p:?} vs {q:?}")),
+                }
+            }
+            None
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}[{i}]"))),
+        // kustomize writes the CRDs' `minimum: 0.0` as `0`: the same number.
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => None,
+        _ if a == b => None,
+        _ => Some(format!("{at}: {a} vs {b}")),
+    }
+}
+
 // ---- the chart renderer -------------------------------------------------------------
 
 #[derive(Debug, Clone, PartialEq)]
@@ -406,10 +436,9 @@ fn the_chart_with_the_seeds_flags_declares_what_kustomize_does() {
         let names = |m: &BTreeMap<(String, String), Value>| m.keys().cloned().collect::<Vec<_>>();
         assert_eq!(names(&chart), names(&want), "chart vs kustomize objects");
         for (key, obj) in &want {
-            assert_eq!(
-                &chart[key], obj,
-                "{key:?} differs between chart and kustomize"
-            );
+            if let Some(d) = first_difference(&chart[key], obj, "") {
+                panic!("{key:?} differs between chart and kustomize at {d}");
+            }
         }
         assert_eq!(chart.len(), 24, "{:?}", names(&chart));
     }
@@ -536,11 +565,11 @@ fn kustomize_applies_to_the_embedded_api_server_dry_run_then_for_real() {
         // `kind[.group]/name verb (server dry run)`
         let k = kind.to_lowercase();
         assert!(
-            lines.iter().any(|l| {
+            lines.iter().any(|&l| {
                 let (what, rest) = l.split_once(' ').unwrap_or((l, ""));
                 let (kg, n) = what.split_once('/').unwrap_or((what, ""));
                 (kg == k || kg.starts_with(&format!("{k}.")))
-                    && n == name
+                    && n == name.as_str()
                     && rest.ends_with("(server dry run)")
             }),
             "{kind}/{name} not in the dry run:\n{out}"
