@@ -12,8 +12,18 @@ use serde::Serialize;
 
 use crate::error::{AgentError, Result};
 
-/// A client for the cluster `path` describes (its current context).
-pub async fn client(path: &Path) -> Result<kube::Client> {
+/// A client for the cluster `path` describes (its current context), or without a path
+/// the in-cluster configuration (the pod's ServiceAccount token and
+/// `KUBERNETES_SERVICE_HOST`), as a DaemonSet pod runs the agent.
+pub async fn client(path: Option<&Path>) -> Result<kube::Client> {
+    let Some(path) = path else {
+        return kube::Client::try_default()
+            .await
+            .map_err(|e| AgentError::Kubeconfig {
+                path: "(none: in-cluster configuration)".to_string(),
+                msg: e.to_string(),
+            });
+    };
     let bad = |msg: String| AgentError::Kubeconfig {
         path: path.display().to_string(),
         msg,

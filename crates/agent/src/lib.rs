@@ -59,8 +59,8 @@ pub const AUTH_SECRET: &str = "cstor-replica-auth";
 pub struct AgentConfig {
     /// Node name.
     pub name: String,
-    /// Kubeconfig of the API server.
-    pub kubeconfig: PathBuf,
+    /// Kubeconfig of the API server; None: the in-cluster configuration.
+    pub kubeconfig: Option<PathBuf>,
     /// Disks offered by this node (empty: scan loop devices and whole disks).
     pub disks: Vec<PathBuf>,
     /// The node's InternalIP: portal and replica listeners bind here.
@@ -112,7 +112,7 @@ pub struct Agent {
 impl Agent {
     /// Connects to the API server and binds the node's iSCSI portal.
     pub async fn start(cfg: AgentConfig) -> Result<Agent> {
-        let client = kubeapi::client(&cfg.kubeconfig).await?;
+        let client = kubeapi::client(cfg.kubeconfig.as_deref()).await?;
         let ctx = Arc::new(Ctx { cfg, client });
         let pools = Arc::new(pools::Pools::new(ctx.clone()));
         let targets = Arc::new(targets::Targets::start(ctx.clone()).await?);

@@ -1,7 +1,9 @@
 //! The Node object (label `kubernetes.io/hostname`, InternalIP, Ready) and the heartbeat
 //! Lease `cstor-node-<name>` in namespace `openebs`, renewed every `lease_renew`. Readers
 //! judge a node by its Lease (renewTime + leaseDurationSeconds), never by the last status
-//! a crashed agent wrote.
+//! a crashed agent wrote. A Node whose status a kubelet posts (`status.nodeInfo.
+//! kubeletVersion` set, as on a real cluster) is the kubelet's: the agent writes nothing
+//! to it, since a merge patch of `addresses`/`conditions` would replace the kubelet's lists.
 
 use std::sync::Arc;
 
@@ -23,6 +25,9 @@ pub fn lease_name(node: &str) -> String {
 pub async fn register(ctx: &Ctx) -> Result<()> {
     let api: Api<Node> = Api::all(ctx.client.clone());
     let name = &ctx.cfg.name;
+    if api.get_opt(name).await?.is_some_and(|n| kubelet_owned(&n)) {
+        return Ok(());
+    }
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {HOSTNAME_LABEL: name}},
@@ -54,6 +59,14 @@ pub async fn register(ctx: &Ctx) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// True when a kubelet posts this Node's status.
+fn kubelet_owned(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .is_some_and(|i| !i.kubelet_version.is_empty())
 }
 
 /// Renews the node's Lease forever (creating it first); errors are logged and retried.
@@ -103,4 +116,30 @@ pub async fn alive(client: &kube::Client, node: &str) -> Result<bool> {
     };
     let age = k8s_openapi::jiff::Timestamp::now().duration_since(renew.0);
     Ok(age.as_secs() <= i64::from(dur))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo};
+
+    use super::*;
+
+    #[test]
+    fn a_node_with_a_kubelet_version_is_the_kubelets() {
+        let mut n = Node::default();
+        assert!(!kubelet_owned(&n), "no status: ours to write");
+        n.status = Some(NodeStatus {
+            node_info: Some(NodeSystemInfo::default()),
+            ..NodeStatus::default()
+        });
+        assert!(!kubelet_owned(&n), "an empty nodeInfo is not a kubelet's");
+        n.status = Some(NodeStatus {
+            node_info: Some(NodeSystemInfo {
+                kubelet_version: "v1.33.1".into(),
+                ..NodeSystemInfo::default()
+            }),
+            ..NodeStatus::default()
+        });
+        assert!(kubelet_owned(&n));
+    }
 }

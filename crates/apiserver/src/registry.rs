@@ -596,6 +596,26 @@ fn builtins() -> Vec<ResourceType> {
             Special::None,
         ),
     ];
+    // RBAC objects are stored and served so that manifests carrying them (deploy/) apply;
+    // nothing here authorizes by them (every client is the admin).
+    for (kind, plural, namespaced) in [
+        ("Role", "roles", true),
+        ("ClusterRole", "clusterroles", false),
+        ("RoleBinding", "rolebindings", true),
+        ("ClusterRoleBinding", "clusterrolebindings", false),
+    ] {
+        v.push(builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            kind,
+            plural,
+            &[],
+            namespaced,
+            false,
+            vec![col("Created At", "date", "#created-at", 0)],
+            Special::None,
+        ));
+    }
     v.extend(storage_and_network_builtins());
     for (kind, plural) in [
         (

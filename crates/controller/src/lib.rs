@@ -77,8 +77,8 @@ pub fn reconcile(world: &World, ids: &mut dyn Ids) -> Vec<Action> {
 /// Settings of `cstor controller`.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Kubeconfig file.
-    pub kubeconfig: PathBuf,
+    /// Kubeconfig file; None: the in-cluster configuration (a Deployment's pod).
+    pub kubeconfig: Option<PathBuf>,
     /// Namespace of cstor's objects and the Lease.
     pub namespace: String,
     /// Leader election identity.
@@ -102,9 +102,23 @@ pub async fn client(path: &std::path::Path) -> Result<kube::Client, Error> {
     kube::Client::try_from(cfg).map_err(|e| bad(e.to_string()))
 }
 
+/// A kube client from the in-cluster configuration (the pod's ServiceAccount), falling
+/// back as kube does to `$KUBECONFIG` and `~/.kube/config`.
+pub async fn in_cluster_client() -> Result<kube::Client, Error> {
+    kube::Client::try_default()
+        .await
+        .map_err(|e| Error::Kubeconfig {
+            path: "(none: in-cluster configuration)".to_owned(),
+            why: e.to_string(),
+        })
+}
+
 /// Runs the controller until `stop` resolves.
 pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
-    let client = client(&config.kubeconfig).await?;
+    let client = match config.kubeconfig.as_deref() {
+        Some(path) => client(path).await?,
+        None => in_cluster_client().await?,
+    };
     let mut elector = leader::Elector::new(
         client.clone(),
         &config.namespace,

@@ -13,9 +13,10 @@ use anyhow::Context;
 /// Arguments of `cstor controller`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Kubeconfig of the API server (e.g. the one `cstor apiserver` writes in its data dir).
+    /// Kubeconfig of the API server (e.g. the one `cstor apiserver` writes in its data
+    /// dir). Default: the in-cluster configuration of a pod's ServiceAccount.
     #[arg(long)]
-    pub kubeconfig: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
     /// Namespace of cstor's objects (CSPCs, pool instances, volumes) and of the Lease.
     #[arg(long, default_value = cstor_api::names::DEFAULT_NAMESPACE)]
     pub namespace: String,
@@ -73,11 +74,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "cstor controller: {} in namespace {}",
             config.identity, config.namespace
         );
-        cstor_controller::run(config, stop).await.with_context(|| {
-            format!(
-                "cstor controller (kubeconfig {})",
-                args.kubeconfig.display()
-            )
-        })
+        cstor_controller::run(config, stop)
+            .await
+            .with_context(|| match &args.kubeconfig {
+                Some(k) => format!("cstor controller (kubeconfig {})", k.display()),
+                None => "cstor controller (in-cluster configuration)".to_owned(),
+            })
     })
 }

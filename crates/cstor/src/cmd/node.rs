@@ -23,9 +23,10 @@ pub struct Args {
     /// Node name (the Node object and its `kubernetes.io/hostname` label).
     #[arg(long)]
     pub name: String,
-    /// Kubeconfig of the API server.
+    /// Kubeconfig of the API server (default: $KUBECONFIG, else the in-cluster
+    /// configuration of a pod's ServiceAccount).
     #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
     /// A disk this node offers (file, loop device or whole disk; repeatable). Without
     /// any, loop devices with a backing file and whole disks of the machine are scanned.
     #[arg(long = "disk")]
