@@ -478,7 +478,11 @@ pub(crate) fn attach_plan(
         }
     }
     for a in attachments {
-        let ours = meta(a, "name").starts_with("csi-");
+        // Only the names this loop gives (csi- and 16 hex digits): a VolumeAttachment
+        // another client made (`cstor attach`, an operator) is that client's to delete.
+        let ours = meta(a, "name")
+            .strip_prefix("csi-")
+            .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
         if ours
             && !want.contains_key(meta(a, "name"))
             && a["metadata"].get("deletionTimestamp").is_none()
@@ -707,5 +711,8 @@ mod tests {
         assert!(attach_plan(&pods, &pvcs, &pvs, &[no_attach], &[]).is_empty());
         let plan = attach_plan(&[], &pvcs, &pvs, &[], &existing);
         assert_eq!(plan, [Attach::Delete(meta(va, "name").to_string())]);
+        // One another client named (as Kubernetes names them, sha256) is left alone.
+        let theirs = json!({"metadata": {"name": format!("csi-{}", "ab".repeat(32))}});
+        assert!(attach_plan(&[], &pvcs, &pvs, &[], &[theirs]).is_empty());
     }
 }

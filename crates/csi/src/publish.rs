@@ -116,7 +116,9 @@ pub fn plan_publish(world: &World, want: &PublishWant<'_>) -> Result<PublishStep
         .ok_or_else(|| pending("its CStorVolume (the target) does not exist yet"))?
         .spec;
     let (Some(iqn), Some(portal)) = (spec.iqn.as_deref(), spec.target_portal.as_deref()) else {
-        return Err(pending("its CStorVolume names no target IQN and portal yet"));
+        return Err(pending(
+            "its CStorVolume names no target IQN and portal yet",
+        ));
     };
     let context: HashMap<String, String> = [
         (CONTEXT_IQN, iqn),

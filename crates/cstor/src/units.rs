@@ -123,4 +123,3 @@ mod tests {
         assert_eq!(format_size(500 << 30), "500G");
     }
 }
-

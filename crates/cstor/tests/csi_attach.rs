@@ -6,7 +6,7 @@
 //! attach-detach controller, the external-attacher and the kubelet do it.
 //!
 //! Shown: files written while a replica's node is lost read back after a detach and a
-//! new attach, and fsck finds the filesystem clean; a second node's attach is refused
+//! new attach, and xfs_repair -n finds the filesystem clean; a second node's attach is refused
 //! while node-1 holds the volume; an expanded claim's filesystem grows online; and
 //! PostgreSQL (Debian's) initialised on the mounted volume runs pgbench while a replica's
 //! node is lost, and its consistency checks pass afterwards.
@@ -94,8 +94,9 @@ fn write_files(dir: &Path, from: usize, n: usize) -> Vec<(PathBuf, u64)> {
 }
 
 fn digest(b: &[u8]) -> u64 {
-    b.iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &c| (h ^ c as u64).wrapping_mul(0x100_0000_01b3))
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
+        (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn check_files(files: &[(PathBuf, u64)]) {
@@ -119,7 +120,7 @@ fn fs_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// `fsck -n` of the volume, reached through its target's portal with the userspace
+/// `xfs_repair -n` of the volume, reached through its target's portal with the userspace
 /// initiator and a loop device (the volume is detached everywhere).
 fn fsck_through_portal(up: &Up, work: &Path) {
     let (_, cv) = up.kubectl(&[
@@ -155,7 +156,10 @@ fn fsck_through_portal(up: &Up, work: &Path) {
         }
     }
     let dev = dev.expect("the initiator printed its loop device");
-    let fsck = Command::new("fsck.ext4").args(["-n", "-f", &dev]).output().unwrap();
+    let fsck = Command::new("xfs_repair")
+        .args(["-n", &dev])
+        .output()
+        .unwrap();
     let detach = cstor(&[
         "initiator",
         "detach",
@@ -212,13 +216,22 @@ fn psql(port: &str, sql: &str) -> String {
 #[test]
 fn attached_claim_survives_a_node_loss_grows_online_and_runs_postgres() {
     let have_pg = Path::new(PG_BIN).join("initdb").exists();
-    if !required(have_kubectl() && have_pg, "kubectl or postgresql-15") {
+    let have_xfs = Command::new("mkfs.xfs").arg("-V").output().is_ok();
+    if !required(
+        have_kubectl() && have_pg && have_xfs,
+        "kubectl, postgresql-15 or xfsprogs",
+    ) {
         return;
     }
     let up = Up::start(3, "1G");
     let long = Duration::from_secs(120);
     up.seed_stripe_pools(long);
-    let sc = seed_yaml("name: cstor-csi-3-replicas");
+    // xfs: this machine's sandbox lacks CAP_SYS_RESOURCE, without which the kernel does
+    // not grow a mounted ext4 (xfs_growfs needs only CAP_SYS_ADMIN).
+    let sc = seed_yaml("name: cstor-csi-3-replicas").replace(
+        "parameters:\n",
+        "parameters:\n  csi.storage.k8s.io/fstype: xfs\n",
+    );
     let pvc = seed_yaml("name: postgres-data")
         .split("\n---\n")
         .find(|d| d.contains("kind: PersistentVolumeClaim"))
@@ -264,7 +277,11 @@ fn attached_claim_survives_a_node_loss_grows_online_and_runs_postgres() {
     };
     std::thread::sleep(Duration::from_millis(300));
     up.node("stop", down);
-    files.extend(writer.join().expect("writes go on while a replica's node is down"));
+    files.extend(
+        writer
+            .join()
+            .expect("writes go on while a replica's node is down"),
+    );
     check_files(&files);
 
     // A second node is refused while node-1 holds the volume.
@@ -277,7 +294,11 @@ fn attached_claim_survives_a_node_loss_grows_online_and_runs_postgres() {
         text(&refused)
     );
     let d2 = attach(&up, "node-2", None);
-    assert!(d2.status.success(), "detach of a refused attach: {}", text(&d2));
+    assert!(
+        d2.status.success(),
+        "detach of a refused attach: {}",
+        text(&d2)
+    );
 
     // Detach, bring the node back, attach again: the files are intact; fsck is clean.
     let out = attach(&up, "node-1", None);
@@ -294,7 +315,11 @@ fn attached_claim_survives_a_node_loss_grows_online_and_runs_postgres() {
     assert!(out.status.success(), "attach again: {}", text(&out));
     check_files(&files);
     let again = attach(&up, "node-1", Some(&mnt));
-    assert!(again.status.success(), "a repeated attach: {}", text(&again));
+    assert!(
+        again.status.success(),
+        "a repeated attach: {}",
+        text(&again)
+    );
 
     // Expansion: the claim grows, the filesystem follows on the next attach (as the
     // kubelet's node expansion).
@@ -313,12 +338,21 @@ fn attached_claim_survives_a_node_loss_grows_online_and_runs_postgres() {
     assert!(ok, "patch pvc: {out}");
     up.wait_for(
         "the PV at 2Gi",
-        &["get", "pv", "-o", "jsonpath={.items[0].spec.capacity.storage}"],
+        &[
+            "get",
+            "pv",
+            "-o",
+            "jsonpath={.items[0].spec.capacity.storage}",
+        ],
         |v| v == "2Gi",
         long,
     );
     let out = attach(&up, "node-1", Some(&mnt));
-    assert!(out.status.success(), "attach after expansion: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "attach after expansion: {}",
+        text(&out)
+    );
     let after = fs_bytes(&mnt);
     assert!(
         after > before + (800 << 20),
@@ -341,7 +375,10 @@ fn attached_claim_survives_a_node_loss_grows_online_and_runs_postgres() {
         .unwrap()
         .success());
     let datas = data.display().to_string();
-    let o = pg("initdb", &["-D", &datas, "--data-checksums", "-U", "postgres"]);
+    let o = pg(
+        "initdb",
+        &["-D", &datas, "--data-checksums", "-U", "postgres"],
+    );
     assert!(o.status.success(), "initdb: {}", text(&o));
     let port = apiserver_support::free_port().to_string();
     let opts = format!("-p {port} -k /tmp -c listen_addresses=''");
@@ -350,13 +387,27 @@ fn attached_claim_survives_a_node_loss_grows_online_and_runs_postgres() {
     let _ = Command::new("chown").arg("postgres").arg(&log).status();
     let o = pg(
         "pg_ctl",
-        &["-D", &datas, "-o", &opts, "-l", &log.display().to_string(), "-w", "start"],
+        &[
+            "-D",
+            &datas,
+            "-o",
+            &opts,
+            "-l",
+            &log.display().to_string(),
+            "-w",
+            "start",
+        ],
     );
     assert!(o.status.success(), "pg_ctl start: {}", text(&o));
-    let pg_guard = Postgres { data: datas.clone() };
+    let pg_guard = Postgres {
+        data: datas.clone(),
+    };
     let o = pg("createdb", &["-h", "/tmp", "-p", &port, "bench"]);
     assert!(o.status.success(), "createdb: {}", text(&o));
-    let o = pg("pgbench", &["-h", "/tmp", "-p", &port, "-i", "-s", "4", "bench"]);
+    let o = pg(
+        "pgbench",
+        &["-h", "/tmp", "-p", &port, "-i", "-s", "4", "bench"],
+    );
     assert!(o.status.success(), "pgbench -i: {}", text(&o));
     let secs: u64 = std::env::var("CSTOR_PGBENCH_SECS")
         .ok()
@@ -367,7 +418,19 @@ fn attached_claim_survives_a_node_loss_grows_online_and_runs_postgres() {
         std::thread::spawn(move || {
             pg(
                 "pgbench",
-                &["-h", "/tmp", "-p", &port, "-c", "4", "-j", "2", "-T", &secs.to_string(), "bench"],
+                &[
+                    "-h",
+                    "/tmp",
+                    "-p",
+                    &port,
+                    "-c",
+                    "4",
+                    "-j",
+                    "2",
+                    "-T",
+                    &secs.to_string(),
+                    "bench",
+                ],
             )
         })
     };
@@ -389,7 +452,18 @@ fn attached_claim_survives_a_node_loss_grows_online_and_runs_postgres() {
         let sum = psql(&port, &format!("select sum({col}) from {table}"));
         assert_eq!(sum, hist, "{table} balance vs history");
     }
-    let o = pg("pg_amcheck", &["-h", "/tmp", "-p", &port, "--install-missing", "-d", "bench"]);
+    let o = pg(
+        "pg_amcheck",
+        &[
+            "-h",
+            "/tmp",
+            "-p",
+            &port,
+            "--install-missing",
+            "-d",
+            "bench",
+        ],
+    );
     assert!(o.status.success(), "pg_amcheck: {}", text(&o));
     drop(pg_guard);
     up.node("start", down);

@@ -253,21 +253,24 @@ async fn csi_checks_requests_before_the_api_and_owns_its_socket() {
         Code::InvalidArgument
     );
     // Publish requests are checked before the API server is asked.
-    let publish = |id: &str, node: &str, cap: Option<VolumeCapability>| {
-        ControllerPublishVolumeRequest {
+    let publish =
+        |id: &str, node: &str, cap: Option<VolumeCapability>| ControllerPublishVolumeRequest {
             volume_id: id.into(),
             node_id: node.into(),
             volume_capability: cap,
             ..Default::default()
-        }
-    };
+        };
     let rwo = || Some(mount("ext4", Mode::SingleNodeWriter));
     for (req, want) in [
         (publish("", "node-1", rwo()), Code::InvalidArgument),
         (publish("v", "", rwo()), Code::InvalidArgument),
         (publish("v", "node-1", None), Code::InvalidArgument),
         (
-            publish("v", "node-1", Some(mount("ext4", Mode::MultiNodeMultiWriter))),
+            publish(
+                "v",
+                "node-1",
+                Some(mount("ext4", Mode::MultiNodeMultiWriter)),
+            ),
             Code::InvalidArgument,
         ),
         (publish("Not_A_Volume", "node-1", rwo()), Code::NotFound),
@@ -725,7 +728,13 @@ async fn csi_controller_provisions_lists_expands_and_deletes_through_cvcs() {
     assert_eq!(ctx["iqn"], "iqn.2016-09.com.openebs.cstor:vol-a", "{ctx:?}");
     assert_eq!(ctx["lun"], "0");
     let (ok, portal) = up.kubectl(&[
-        "get", "cv", "vol-a", "-n", "openebs", "-o", "jsonpath={.spec.targetPortal}",
+        "get",
+        "cv",
+        "vol-a",
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.spec.targetPortal}",
     ]);
     assert!(ok && ctx["portal"] == portal, "{ctx:?} vs {portal}");
     let again = ctl
@@ -740,12 +749,18 @@ async fn csi_controller_provisions_lists_expands_and_deletes_through_cvcs() {
         "same node, readonly differs"
     );
     assert_eq!(
-        code(ctl.controller_publish_volume(publish("node-2", false)).await),
+        code(
+            ctl.controller_publish_volume(publish("node-2", false))
+                .await
+        ),
         Code::FailedPrecondition,
         "a second node while the first holds it"
     );
     assert_eq!(
-        code(ctl.controller_publish_volume(publish("node-9", false)).await),
+        code(
+            ctl.controller_publish_volume(publish("node-9", false))
+                .await
+        ),
         Code::NotFound,
         "no such node"
     );

@@ -152,7 +152,7 @@ async fn context(at: &Where, node: &str) -> Result<Ctx> {
         .kubeconfig
         .clone()
         .unwrap_or_else(|| at.dir.join("kubeconfig"));
-    let client = cstor_agent::kubeapi::client(&kubeconfig)
+    let client = cstor_agent::kubeapi::client(Some(&kubeconfig))
         .await
         .with_context(|| format!("kubeconfig {}", kubeconfig.display()))?;
     let sock = |p: PathBuf| format!("unix://{}", p.display());
@@ -193,7 +193,10 @@ fn sha256_hex(s: &str) -> String {
 
 /// The VolumeAttachment name the attach-detach controller gives (PV, driver, node).
 fn attachment_name(handle: &str, node: &str) -> String {
-    format!("csi-{}", sha256_hex(&format!("{handle}{CSI_DRIVER_NAME}{node}")))
+    format!(
+        "csi-{}",
+        sha256_hex(&format!("{handle}{CSI_DRIVER_NAME}{node}"))
+    )
 }
 
 /// Retries `call` while it answers ABORTED or UNAVAILABLE, until the deadline.
@@ -208,7 +211,11 @@ where
             Ok(r) => return Ok(r.into_inner()),
             Err(s) if matches!(s.code(), Code::Aborted | Code::Unavailable) => {
                 if Instant::now() >= deadline {
-                    bail!("{what}: still {:?} at the timeout: {}", s.code(), s.message());
+                    bail!(
+                        "{what}: still {:?} at the timeout: {}",
+                        s.code(),
+                        s.message()
+                    );
                 }
                 if !told {
                     eprintln!("{what}: {} (retrying)", s.message());
@@ -285,7 +292,11 @@ async fn bound_volume(ctx: &Ctx, ns: &str, pvc: &str) -> Result<Volume> {
             access_type: Some(access_type),
             access_mode: Some(AccessMode { mode: mode as i32 }),
         },
-        context: csi.volume_attributes.unwrap_or_default().into_iter().collect(),
+        context: csi
+            .volume_attributes
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         block,
     })
 }
@@ -368,7 +379,9 @@ async fn attach(a: AttachArgs) -> Result<()> {
     })
     .await;
     let status = match &published {
-        Ok(p) => json!({"status": {"attached": true, "attachmentMetadata": p.publish_context, "attachError": null}}),
+        Ok(p) => {
+            json!({"status": {"attached": true, "attachmentMetadata": p.publish_context, "attachError": null}})
+        }
         Err(e) => json!({"status": {"attached": false, "attachError": {
             "message": e.to_string(), "time": cstor_agent::kubeapi::now(),
         }}}),
@@ -377,8 +390,7 @@ async fn attach(a: AttachArgs) -> Result<()> {
         .await
         .context("writing the VolumeAttachment's status")?;
     let publish_context = published?.publish_context;
-    std::fs::create_dir_all(&staging)
-        .with_context(|| format!("creating {}", staging.display()))?;
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let node = &mut ctx.node;
     retry("NodeStageVolume", ctx.deadline, || {
         let mut n = node.clone();
@@ -450,9 +462,9 @@ async fn node_can_expand(node: &mut NodeClient<Channel>) -> Result<bool> {
         .await
         .map_err(|s| anyhow!("NodeGetCapabilities: {:?}: {}", s.code(), s.message()))?
         .into_inner();
-    Ok(caps.capabilities.iter().any(|c| {
-        matches!(&c.r#type, Some(Type::Rpc(r)) if r.r#type == rpc::Type::ExpandVolume as i32)
-    }))
+    Ok(caps.capabilities.iter().any(
+        |c| matches!(&c.r#type, Some(Type::Rpc(r)) if r.r#type == rpc::Type::ExpandVolume as i32),
+    ))
 }
 
 /// Runs `cstor detach`.
@@ -466,10 +478,7 @@ async fn detach(a: DetachArgs) -> Result<()> {
     let vas: Api<VolumeAttachment> = Api::all(ctx.client.clone());
     let va_name = attachment_name(&vol.handle, &a.node);
     let Some(va) = vas.get_opt(&va_name).await? else {
-        println!(
-            "{}/{} is not attached to {}",
-            a.namespace, a.pvc, a.node
-        );
+        println!("{}/{} is not attached to {}", a.namespace, a.pvc, a.node);
         return Ok(());
     };
     let note = |k: &str| {

@@ -433,7 +433,7 @@ async fn supervise(a: RunArgs) -> Result<()> {
     }
     let kubeconfig = dir.join("kubeconfig");
     std::fs::copy(&kc_src, &kubeconfig).context("writing the kubeconfig")?;
-    let client = cstor_agent::kubeapi::client(&kubeconfig).await?;
+    let client = cstor_agent::kubeapi::client(Some(&kubeconfig)).await?;
     setup_cluster(&client, &dir).await?;
     if has_controller() {
         comps.push(Component {
@@ -516,7 +516,13 @@ async fn supervise(a: RunArgs) -> Result<()> {
             started: None,
         });
     }
-    comps.push(csi_component(&dir, &kubeconfig, None, &log_of, api_addr.ip()));
+    comps.push(csi_component(
+        &dir,
+        &kubeconfig,
+        None,
+        &log_of,
+        api_addr.ip(),
+    ));
     for i in 1..=a.nodes {
         let name = format!("node-{i}");
         let ip = IpAddr::V4(node_ip(a.base_address, i)?);
