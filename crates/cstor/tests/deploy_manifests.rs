@@ -561,7 +561,7 @@ fn kustomize_applies_to_the_embedded_api_server_dry_run_then_for_real() {
     let out = s.ok(&["apply", "--dry-run=server", "-f", &all]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), objs.len(), "{out}");
-    for ((kind, name), _) in &objs {
+    for (kind, name) in objs.keys() {
         // `kind[.group]/name verb (server dry run)`
         let k = kind.to_lowercase();
         assert!(

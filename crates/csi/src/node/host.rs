@@ -206,6 +206,22 @@ pub fn attach_pids_under(root: &Path) -> Vec<(u32, PathBuf)> {
     out
 }
 
+/// CAP_SYS_RESOURCE (capabilities(7)).
+pub(crate) const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process has capability `cap` in its effective set (from
+/// /proc/self/status; false when that cannot be read).
+pub(crate) fn has_capability(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1u64 << cap) != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,20 +250,4 @@ mod tests {
         assert!(!attach_alive(std::process::id(), Path::new("/nowhere")));
         assert!(!attach_alive(0, Path::new("/nowhere")));
     }
-}
-
-/// CAP_SYS_RESOURCE (capabilities(7)).
-pub(crate) const CAP_SYS_RESOURCE: u32 = 24;
-
-/// Whether this process has capability `cap` in its effective set (from
-/// /proc/self/status; false when that cannot be read).
-pub(crate) fn has_capability(cap: u32) -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|mask| mask & (1u64 << cap) != 0)
 }
