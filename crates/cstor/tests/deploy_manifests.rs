@@ -649,20 +649,7 @@ impl Drop for Driver {
 /// needs is not advertised yet on this branch, and the reason it is deployed anyway.
 /// The test fails when a capability arrives (remove the entry) or when a sidecar needs a
 /// capability that is neither advertised nor listed here.
-const AHEAD_OF_THE_DRIVER: &[(&str, Rpc, &str)] = &[
-    (
-        "csi-attacher",
-        Rpc::PublishUnpublishVolume,
-        "ControllerPublish is being built (issue 13); until then csi-attacher marks \
-         VolumeAttachments attached without calling the driver",
-    ),
-    (
-        "csi-snapshotter",
-        Rpc::CreateDeleteSnapshot,
-        "CreateSnapshot is being built (issue 13); until then csi-snapshotter exits \
-         at start and restarts, and cstor controller binds VolumeSnapshots itself",
-    ),
-];
+const AHEAD_OF_THE_DRIVER: &[(&str, Rpc, &str)] = &[];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_csidriver_and_sidecars_match_what_the_driver_advertises() {
