@@ -177,20 +177,10 @@ fn loaded_rules(addr: &str) -> Option<Vec<(String, f64)>> {
     .then_some(out)
 }
 
+/// qemu-io that must succeed.
 fn qemu_io(portal: &str, iqn: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new("timeout");
-    c.arg("60").arg("qemu-io").args(["-f", "raw"]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    c.arg(format!("iscsi://{portal}/{iqn}/0"));
-    let out = c.output().expect("run qemu-io");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !text.contains("failed"),
-        "qemu-io {cmds:?}: {text}"
-    );
+    let (ok, text) = apiserver_support::seed::qemu_io(portal, iqn, cmds);
+    assert!(ok, "qemu-io {cmds:?}: {text}");
     text
 }
 

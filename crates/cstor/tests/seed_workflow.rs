@@ -16,7 +16,7 @@ mod apiserver_support;
 use std::process::Command;
 use std::time::Duration;
 
-use apiserver_support::seed::{count, seed_yaml};
+use apiserver_support::seed::{count, qemu_io, seed_yaml};
 use apiserver_support::up::Up;
 use apiserver_support::{have_kubectl, required};
 
@@ -30,21 +30,6 @@ fn alpha_block(start: &str, end: &str) -> String {
     let rest = &ALPHA_SEED[from..];
     let to = rest.find(end).unwrap_or(rest.len());
     rest[..to].to_string()
-}
-
-fn qemu_io(portal: &str, iqn: &str, cmds: &[&str]) -> (bool, String) {
-    let mut c = Command::new("timeout");
-    c.arg("60").arg("qemu-io").args(["-f", "raw"]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    c.arg(format!("iscsi://{portal}/{iqn}/0"));
-    let out = c.output().expect("run qemu-io");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    // qemu-io exits 0 even when a command fails; its failures say so.
-    let failed = text.contains("failed") || text.contains("Pattern verification");
-    (out.status.success() && !failed, text)
 }
 
 #[test]

@@ -13,35 +13,9 @@ mod apiserver_support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use apiserver_support::seed::{qemu_io, seed_yaml};
 use apiserver_support::up::Up;
 use apiserver_support::{have_kubectl, required};
-
-const SEED: &str = include_str!("../../../docs/seeds/how-to-build-cstor-pools.md");
-
-/// The seed's ```yaml block that contains `needle`.
-fn seed_yaml(needle: &str) -> String {
-    SEED.split("```yaml\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .find(|b| b.contains(needle))
-        .unwrap_or_else(|| panic!("no yaml block with {needle:?} in the seed"))
-        .to_string()
-}
-
-fn qemu_io(portal: &str, iqn: &str, cmds: &[&str]) -> (bool, String) {
-    let mut c = Command::new("timeout");
-    c.arg("60").arg("qemu-io").args(["-f", "raw"]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    c.arg(format!("iscsi://{portal}/{iqn}/0"));
-    let out = c.output().expect("run qemu-io");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    // qemu-io exits 0 even when a command fails; its failures say so.
-    let failed = text.contains("failed") || text.contains("Pattern verification");
-    (out.status.success() && !failed, text)
-}
 
 fn apply(up: &Up, name: &str, yaml: &str) {
     let f = up.dir.join(name);
@@ -127,22 +101,7 @@ fn seed_snapshot_is_ready_restores_its_data_and_deletes() {
     let t0 = Instant::now();
     let up = Up::start(3, "256M");
     let long = Duration::from_secs(60);
-    let mut cspc = seed_yaml("name: cstor-pool-stripe");
-    let placeholders: Vec<String> = cspc
-        .split("blockDeviceName: \"")
-        .skip(1)
-        .filter_map(|s| s.split('"').next())
-        .map(str::to_string)
-        .collect();
-    assert_eq!(placeholders.len(), 3, "the seed's stripe CSPC changed");
-    for (i, old) in placeholders.iter().enumerate() {
-        let node = format!("node-{}", i + 1);
-        let bd = up.block_device(&node, long);
-        cspc = cspc
-            .replace(old.as_str(), &bd)
-            .replace(&format!("worker-0{}", i + 1), &node);
-    }
-    apply(&up, "cspc.yaml", &cspc);
+    up.seed_stripe_pools(long);
     up.kubectl(&["create", "namespace", "database"]);
     apply(&up, "sc.yaml", &seed_yaml("name: cstor-csi-3-replicas"));
     let pvc = seed_yaml("name: postgres-data")

@@ -249,47 +249,29 @@ pub fn unmount_lazy(dir: &Path) -> std::io::Result<()> {
     umount2(dir, libc::MNT_DETACH)
 }
 
-/// Where `dev` (or anything with its major:minor) is mounted, from /proc/self/mountinfo.
-pub fn mounts_of(dev: &Path) -> Result<Vec<PathBuf>, ToolError> {
-    use std::os::unix::fs::MetadataExt;
-    let sys = |what, source| ToolError::Sys {
-        what,
-        path: dev.to_owned(),
-        source,
-    };
-    let rdev = std::fs::metadata(dev).map_err(|e| sys("stat", e))?.rdev();
-    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
-    let want = format!("{maj}:{min}");
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| sys("read /proc/self/mountinfo for", e))?;
-    Ok(info
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 4 && f[2] == want).then(|| PathBuf::from(unescape(f[4])))
-        })
-        .collect())
+/// One line of /proc/self/mountinfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// major:minor of the mounted filesystem's device.
+    pub dev: String,
+    /// Mount point.
+    pub mount_point: PathBuf,
+    /// Per-mount options (`rw`/`ro`, ...).
+    pub options: String,
+    /// Filesystem type.
+    pub fstype: String,
+    /// Source (device path or name).
+    pub source: String,
+    /// Superblock options (`ro` when the kernel remounted the filesystem read-only).
+    pub super_options: String,
 }
 
-/// Whether `dir` is a mount point of the LUN file system (fstype `fuse`, or
-/// `fuse.cstor` when mounted through fusermount3, with source `cstor-initiator`).
-pub fn is_lun_mount(dir: &Path) -> bool {
-    // A dead FUSE connection cannot be stat'ed (ENOTCONN): compare the path as given.
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    info.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let Some(sep) = f.iter().position(|x| *x == "-") else {
-            return false;
-        };
-        f.len() > 4
-            && Path::new(&unescape(f[4])) == dir
-            && f.get(sep + 1)
-                .is_some_and(|t| *t == "fuse" || *t == "fuse.cstor")
-            && f.get(sep + 2).is_some_and(|src| *src == "cstor-initiator")
-    })
+impl MountEntry {
+    /// Read-only, per mount or for the whole filesystem.
+    pub fn read_only(&self) -> bool {
+        let has_ro = |o: &str| o.split(',').any(|x| x == "ro");
+        has_ro(&self.options) || has_ro(&self.super_options)
+    }
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -312,9 +294,80 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn parse_line(l: &str) -> Option<MountEntry> {
+    let f: Vec<&str> = l.split(' ').collect();
+    let sep = f.iter().position(|x| *x == "-")?;
+    Some(MountEntry {
+        dev: (*f.get(2)?).to_owned(),
+        mount_point: PathBuf::from(unescape(f.get(4)?)),
+        options: (*f.get(5)?).to_owned(),
+        fstype: (*f.get(sep + 1)?).to_owned(),
+        source: unescape(f.get(sep + 2)?),
+        super_options: f.get(sep + 3).map(|s| (*s).to_owned()).unwrap_or_default(),
+    })
+}
+
+/// The mount table (/proc/self/mountinfo).
+pub fn mount_table() -> std::io::Result<Vec<MountEntry>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(info.lines().filter_map(parse_line).collect())
+}
+
+/// Where `dev` (or anything with its major:minor) is mounted, from /proc/self/mountinfo.
+pub fn mounts_of(dev: &Path) -> Result<Vec<PathBuf>, ToolError> {
+    use std::os::unix::fs::MetadataExt;
+    let sys = |what, source| ToolError::Sys {
+        what,
+        path: dev.to_owned(),
+        source,
+    };
+    let rdev = std::fs::metadata(dev).map_err(|e| sys("stat", e))?.rdev();
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    let want = format!("{maj}:{min}");
+    Ok(mount_table()
+        .map_err(|e| sys("read /proc/self/mountinfo for", e))?
+        .into_iter()
+        .filter(|m| m.dev == want)
+        .map(|m| m.mount_point)
+        .collect())
+}
+
+/// Whether `dir` is a mount point of the LUN file system (fstype `fuse`, or
+/// `fuse.cstor` when mounted through fusermount3, with source `cstor-initiator`).
+pub fn is_lun_mount(dir: &Path) -> bool {
+    // A dead FUSE connection cannot be stat'ed (ENOTCONN): compare the path as given.
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(table) = mount_table() else {
+        return false;
+    };
+    table.iter().any(|m| {
+        m.mount_point == dir
+            && (m.fstype == "fuse" || m.fstype == "fuse.cstor")
+            && m.source == "cstor-initiator"
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_lines() {
+        let l = "36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext4 /dev/loop3 ro,errors=remount-ro";
+        let m = parse_line(l).unwrap();
+        assert_eq!(m.dev, "98:0");
+        assert_eq!(m.mount_point, Path::new("/mnt/a b"));
+        assert_eq!(
+            (m.fstype.as_str(), m.source.as_str()),
+            ("ext4", "/dev/loop3")
+        );
+        assert!(m.read_only(), "superblock ro counts");
+        let l = "40 35 0:50 / /x rw,nosuid - fuse cstor-initiator rw,user_id=0";
+        let m = parse_line(l).unwrap();
+        assert!(!m.read_only());
+        assert_eq!(m.source, "cstor-initiator");
+        assert_eq!(parse_line("garbage"), None);
+    }
 
     #[test]
     fn mountinfo_paths_unescape() {

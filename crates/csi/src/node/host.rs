@@ -1,4 +1,5 @@
-//! What the node service reads from the host: the mount table (/proc/self/mountinfo),
+//! What the node service reads from the host: the mount table (parsed by
+//! `cstor_initiator::blockdev`, the one mountinfo parser),
 //! loop devices and their backing files (/sys/block/loopN), and whether a pid is a live
 //! attach process (/proc/PID).
 //!
@@ -7,68 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-/// One line of /proc/self/mountinfo.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MountEntry {
-    /// major:minor of the mounted filesystem's device.
-    pub dev: String,
-    /// Mount point.
-    pub mount_point: PathBuf,
-    /// Per-mount options (`rw`/`ro`, ...).
-    pub options: String,
-    /// Filesystem type.
-    pub fstype: String,
-    /// Source (device path or name).
-    pub source: String,
-    /// Superblock options (`ro` when the kernel remounted the filesystem read-only).
-    pub super_options: String,
-}
-
-impl MountEntry {
-    /// Read-only, per mount or for the whole filesystem.
-    pub fn read_only(&self) -> bool {
-        let has_ro = |o: &str| o.split(',').any(|x| x == "ro");
-        has_ro(&self.options) || has_ro(&self.super_options)
-    }
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn parse_line(l: &str) -> Option<MountEntry> {
-    let f: Vec<&str> = l.split(' ').collect();
-    let sep = f.iter().position(|x| *x == "-")?;
-    Some(MountEntry {
-        dev: (*f.get(2)?).to_owned(),
-        mount_point: PathBuf::from(unescape(f.get(4)?)),
-        options: (*f.get(5)?).to_owned(),
-        fstype: (*f.get(sep + 1)?).to_owned(),
-        source: unescape(f.get(sep + 2)?),
-        super_options: f.get(sep + 3).map(|s| (*s).to_owned()).unwrap_or_default(),
-    })
-}
+pub use cstor_initiator::blockdev::MountEntry;
 
 /// The mount table.
 pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(info.lines().filter_map(parse_line).collect())
+    cstor_initiator::blockdev::mount_table()
 }
 
 /// `p` made absolute without touching a possibly dead mount below it: the parent is
@@ -225,24 +169,6 @@ pub(crate) fn has_capability(cap: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_lines() {
-        let l = "36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext4 /dev/loop3 ro,errors=remount-ro";
-        let m = parse_line(l).unwrap();
-        assert_eq!(m.dev, "98:0");
-        assert_eq!(m.mount_point, Path::new("/mnt/a b"));
-        assert_eq!(
-            (m.fstype.as_str(), m.source.as_str()),
-            ("ext4", "/dev/loop3")
-        );
-        assert!(m.read_only(), "superblock ro counts");
-        let l = "40 35 0:50 / /x rw,nosuid - fuse cstor-initiator rw,user_id=0";
-        let m = parse_line(l).unwrap();
-        assert!(!m.read_only());
-        assert_eq!(m.source, "cstor-initiator");
-        assert_eq!(parse_line("garbage"), None);
-    }
 
     #[test]
     fn a_dead_or_foreign_pid_is_not_an_attach() {

@@ -334,19 +334,9 @@ struct Common {
 
 /// Parses `--hold-timeout`: `4`, `4s` or `500ms`, from 1 ms to `limits::MAX_HOLD_TIMEOUT`.
 fn parse_hold_timeout(s: &str) -> Result<Duration> {
-    let t = s.trim();
-    let d = if let Some(ms) = t.strip_suffix("ms") {
-        ms.trim().parse::<u64>().ok().map(Duration::from_millis)
-    } else {
-        let secs = t.strip_suffix('s').unwrap_or(t).trim();
-        secs.parse::<f64>()
-            .ok()
-            .filter(|x| x.is_finite() && *x >= 0.0)
-            .map(Duration::from_secs_f64)
-    };
     let max = cstor_iscsi::limits::MAX_HOLD_TIMEOUT;
-    match d {
-        Some(d) if !d.is_zero() && d <= max => Ok(d),
+    match crate::units::parse_duration(s) {
+        Ok(d) if d <= max => Ok(d),
         _ => {
             bail!("--hold-timeout {s:?}: expected a duration from 1ms to {max:?}, e.g. 4s or 500ms")
         }

@@ -1,6 +1,8 @@
 //! The user's seed documents as test input: their YAML blocks verbatim (only the
-//! machine-specific names replaced), and the pool setup several tests start from.
+//! machine-specific names replaced), the pool setup several tests start from, and I/O
+//! through a volume's portal with qemu-io.
 
+use std::process::Command;
 use std::time::Duration;
 
 use super::up::Up;
@@ -16,6 +18,22 @@ pub fn seed_yaml(needle: &str) -> String {
         .find(|b| b.contains(needle))
         .unwrap_or_else(|| panic!("no yaml block with {needle:?} in the seed"))
         .to_string()
+}
+
+/// qemu-io COMMANDS on LUN 0 of `iqn` at `portal` (60 s bound): (success, output).
+/// qemu-io exits 0 even when a command fails; its failures say so, and count.
+pub fn qemu_io(portal: &str, iqn: &str, cmds: &[&str]) -> (bool, String) {
+    let mut c = Command::new("timeout");
+    c.arg("60").arg("qemu-io").args(["-f", "raw"]);
+    for x in cmds {
+        c.args(["-c", x]);
+    }
+    c.arg(format!("iscsi://{portal}/{iqn}/0"));
+    let out = c.output().expect("run qemu-io");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let failed = text.contains("failed") || text.contains("Pattern verification");
+    (out.status.success() && !failed, text)
 }
 
 /// Lines of `out` that have `word` as a whole column.
