@@ -411,10 +411,15 @@ fn controller_drives_the_seed_workflow() {
     );
     assert_eq!(&f[2..4], ["3", "2"]);
     assert!(f[4].starts_with("worker-0"));
-    assert!(
-        get(&s, &["describe", "pvc", "postgres-data", "-n", "database"])
-            .contains("Volume is not ready: Replicas yet to connect to controller")
-    );
+    // The controller's next pass after the CV exists says why it is not ready yet.
+    wait_for("the VolumeNotReady event on the claim", || {
+        let d = get(&s, &["describe", "pvc", "postgres-data", "-n", "database"]);
+        if d.contains("Volume is not ready: Replicas yet to connect to controller") {
+            Ok(())
+        } else {
+            Err(d)
+        }
+    });
     // The agent: target Healthy with all three replicas in its membership.
     let ids: Vec<String> = cvrs
         .iter()
