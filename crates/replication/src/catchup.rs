@@ -218,6 +218,7 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
                 conn: conn.clone(),
                 current: false,
                 stats: stats.clone(),
+                block_size: bs,
             });
             x0
         };

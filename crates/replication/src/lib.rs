@@ -10,11 +10,12 @@
 //! - [`membership`]: the durable record (Current/Stale/New members, epoch, io
 //!   reservation) behind the [`membership::MembershipStore`] compare-and-swap seam.
 //! - [`volume`]: the replicated backend (`BlockBackend`): io numbers, in-sync writes,
-//!   eviction, reads, flushes, start-up fencing and reconcile; [`catchup`]: the
+//!   eviction, flushes, start-up fencing and reconcile; `read`: reads and read repair; [`catchup`]: the
 //!   two-sided diff that brings a Stale or New replica back; [`snapshot`]: snapshots at
 //!   one io cut on every replica, missed-snapshot replay, clones; [`members`]: add and
 //!   remove replicas, the offline force-promotion; `rejoin`: re-opening the Current
-//!   members after all of them were away at once (no eviction could be recorded).
+//!   members after all of them were away at once (no eviction could be recorded);
+//!   `settle`: making the Current replicas agree on writes that failed half-way.
 //!
 //! Invariants (design §1): a write completes only when every Current replica acked it;
 //! a member leaves the Current set only by a recorded CAS made before any write completes
@@ -28,8 +29,10 @@ pub mod client;
 pub mod error;
 pub mod members;
 pub mod membership;
+mod read;
 mod rejoin;
 pub mod server;
+mod settle;
 pub mod snapshot;
 mod start;
 pub mod store;

@@ -6,10 +6,16 @@
 //! - Remove: one CAS drops the member (rf = members); refused if it is the only Current
 //!   one or fewer than max(1, minCurrent) Current replicas would remain. With one Current
 //!   replica left it switches to write-through, as after an eviction.
-//! - Force-current: offline only (no target serving), with `accept_data_loss`, only while
-//!   the takeover gate (§2.8 step 1) finds no live holder; bumps the epoch (any target
-//!   still running with the old one is fenced), marks the member Current and writes the
-//!   `forced` audit entry.
+//! - Force-current offline ([`force_current`], no target serving), with
+//!   `accept_data_loss`, only while the takeover gate (§2.8 step 1) finds no live holder;
+//!   bumps the epoch (any target still running with the old one is fenced), marks the
+//!   member Current and writes the `forced` audit entry.
+//! - Force-current online ([`ReplicatedVolume::force_current`]): the running target
+//!   itself, only while it serves nothing (still gathering at start, or every Current
+//!   replica away): one CAS marks the member Current, demotes the other Current members
+//!   to Stale from the forced one's staleSinceIo (so everything it may lack is suspect
+//!   on them and rebuilt from it), and writes `forced`; the start loop or the re-open
+//!   loop (rejoin.rs) then serves from it. The epoch stays: this instance is the holder.
 //!
 //! Invariants: every change is one CAS of the epoch holder (force: of the CLI with the
 //! gate passed), made under the volume's membership lock, so it never races an eviction
@@ -148,6 +154,101 @@ impl ReplicatedVolume {
         self.refresh_phase();
         tracing::info!(volume = %inner.cfg.name, replica = id, "replica removed");
         Ok(())
+    }
+}
+
+impl ReplicatedVolume {
+    /// Online force-promotion (module docs). Refused without `accept_data_loss`, for a
+    /// member that is Current already, and while Current replicas serve the volume
+    /// (forcing then would serve a copy that missed acknowledged writes).
+    pub async fn force_current(
+        &self,
+        id: &str,
+        by: &str,
+        accept_data_loss: bool,
+    ) -> Result<Record, VolumeError> {
+        let inner = &self.inner;
+        if !accept_data_loss {
+            return Err(VolumeError::Refused(format!(
+                "forcing {id} Current may lose acknowledged writes held only by other replicas (give --accept-data-loss)"
+            )));
+        }
+        let _g = inner.evict.lock().await;
+        let rec = self.record();
+        let m = rec
+            .member(id)
+            .cloned()
+            .ok_or_else(|| VolumeError::Refused(format!("no member {id}")))?;
+        if m.state == MemberState::Current {
+            return Err(VolumeError::Refused(format!("{id} is Current already")));
+        }
+        let serving: Vec<String> = {
+            let q = inner.seq.lock();
+            q.targets
+                .iter()
+                .filter(|t| t.current && !t.conn.is_closed())
+                .map(|t| t.id.clone())
+                .collect()
+        };
+        let phase = inner.state.lock().phase;
+        if !self.is_away()
+            && (!serving.is_empty()
+                || phase != crate::volume::Phase::Init && phase != crate::volume::Phase::Offline)
+        {
+            return Err(VolumeError::Refused(format!(
+                "Current replicas {serving:?} serve the volume: forcing {id} would serve a copy that missed acknowledged writes (wait for its catch-up, or remove the unreachable members)"
+            )));
+        }
+        // Its catch-up session, if one runs, ends: it rejoins as a Current member.
+        let own: Vec<Target> = inner
+            .seq
+            .lock()
+            .targets
+            .iter()
+            .filter(|t| t.id == id)
+            .cloned()
+            .collect();
+        for t in &own {
+            self.end_catch_up(t, "forced Current");
+        }
+        // The forced copy holds every write below its staleSinceIo; above it, anything.
+        // The demoted members must treat all of that as suspect.
+        let since = match (m.state, m.stale_since_io) {
+            (MemberState::Stale, s) if s > 0 => s,
+            _ => 1,
+        };
+        let (idc, byc, was) = (id.to_string(), by.to_string(), m.state);
+        let epoch = inner.epoch;
+        let r = self
+            .change_record(move |r| {
+                let now = unix_now();
+                for x in r.members.iter_mut() {
+                    if x.id == idc {
+                        x.state = MemberState::Current;
+                        x.stale_since_io = 0;
+                        x.reason = format!("forced Current by {byc} (was {was:?})");
+                    } else if x.state == MemberState::Current {
+                        x.state = MemberState::Stale;
+                        x.stale_since_io = since;
+                        x.reason = format!("demoted: {idc} forced Current by {byc}");
+                    } else {
+                        continue;
+                    }
+                    x.at = now;
+                    x.epoch = epoch;
+                }
+                r.clean_shutdown = false;
+                r.forced = Some(Forced {
+                    by: byc.clone(),
+                    at: now,
+                    member: idc.clone(),
+                });
+                Ok(())
+            })
+            .await?;
+        *inner.forced.lock() = Some(id.to_string());
+        tracing::warn!(volume = %inner.cfg.name, member = id, by, "forced Current on the running target");
+        Ok(r)
     }
 }
 

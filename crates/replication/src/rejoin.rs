@@ -190,7 +190,11 @@ impl ReplicatedVolume {
                 }
             };
             let x = (m.address.clone(), conn, o);
-            if x.2.id != m.id || x.2.guid != m.guid {
+            let forced = inner.forced.lock().as_deref() == Some(m.id.as_str());
+            if forced && x.2.id == m.id && x.2.guid == m.guid {
+                // Forced Current by the operator (members.rs): taken as it is.
+                intact.push(x);
+            } else if x.2.id != m.id || x.2.guid != m.guid {
                 other.push((x, "another replica instance answered".into()));
             } else if x.2.prev_epoch != inner.epoch {
                 let why = format!(
@@ -344,6 +348,7 @@ impl ReplicatedVolume {
                     answered_ms: now.into(),
                     ..SessionStats::default()
                 }),
+                block_size: u64::from(o.block_size.max(512)),
             })
             .collect();
         {
@@ -371,6 +376,8 @@ impl ReplicatedVolume {
             *o = None;
             inner.away.store(false, Ordering::SeqCst);
         }
+        // A forced member is Current now; from here it is checked like any other.
+        *inner.forced.lock() = None;
         tracing::warn!(
             volume = %cfg.name,
             members = ?intact_ids,

@@ -355,6 +355,7 @@ impl ReplicatedVolume {
                         answered_ms: self.now_ms().into(),
                         ..SessionStats::default()
                     }),
+                    block_size: u64::from(o.block_size.max(512)),
                 });
             } else {
                 c.close("not Current");
@@ -368,6 +369,8 @@ impl ReplicatedVolume {
                 .await;
         }
         self.inner.seq.lock().targets = q_targets;
+        // A member forced Current while the start gathered is Current like any other now.
+        *self.inner.forced.lock() = None;
     }
 
     /// Makes the intact Current replicas identical (§2.8 step 6): every block changed

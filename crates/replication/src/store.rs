@@ -362,6 +362,7 @@ pub fn status_of(e: &PoolError) -> crate::wire::Status {
     match e {
         PoolError::NoSpace => Status::NoSpace,
         PoolError::ReadOnly { .. } => Status::ReadOnly,
+        PoolError::Io(_) => Status::Medium,
         PoolError::OutOfRange { .. } | PoolError::Unaligned { .. } | PoolError::Invalid(_) => {
             Status::Invalid
         }

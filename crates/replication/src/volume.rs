@@ -21,7 +21,7 @@
 //! Locks: `seq` (sequencer, send set) and `state` are parking_lot mutexes never held
 //! across an await; `evict` (tokio) serialises membership changes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,6 +141,8 @@ pub(crate) struct Target {
     pub(crate) conn: Arc<ReplicaConn>,
     pub(crate) current: bool,
     pub(crate) stats: Arc<SessionStats>,
+    /// The replica volume's block size (its OPEN reply): READ_IO and APPLY work in it.
+    pub(crate) block_size: u64,
 }
 
 #[derive(Debug, Default)]
@@ -159,11 +161,14 @@ pub(crate) struct Seq {
     /// A snapshot's io cut being taken (snapshot.rs): no io above it is sent until it
     /// is cleared, and none of those gives up waiting.
     pub(crate) cut: Option<u64>,
-    /// Lowest io of this instance whose write was sent but not acknowledged (0: none).
-    /// Some replicas may hold it and others not, so no checkpoint may cover it: a
-    /// catch-up from such a checkpoint would not list it as suspect and leave the
-    /// replicas different.
-    first_failed: u64,
+    /// Writes and UNMAPs of this instance sent but not acknowledged: io -> (offset, len).
+    /// Some replicas may hold them and others not, so no checkpoint may cover the lowest
+    /// (a catch-up from such a checkpoint would not list it as suspect and leave the
+    /// replicas different) until settle.rs made the Current replicas agree on its blocks.
+    pub(crate) failed: BTreeMap<u64, (u64, u64)>,
+    /// Lowest failed io that cannot be settled by its range (too many failed writes, or
+    /// one too large to re-read): it holds the checkpoint until a restart reconciles.
+    pub(crate) failed_pinned: u64,
 }
 
 impl Seq {
@@ -187,12 +192,35 @@ impl Seq {
     /// What a replica may record as its checkpoint: every io at or below it was
     /// acknowledged (the completed watermark, held below the first failed write).
     pub(crate) fn checkpoint(&self) -> u64 {
-        match self.first_failed {
+        match self.first_failed() {
             0 => self.watermark(),
             f => self.watermark().min(f - 1),
         }
     }
+
+    /// Lowest io of this instance sent but not acknowledged and not settled (0: none).
+    pub(crate) fn first_failed(&self) -> u64 {
+        let f = self.failed.keys().next().copied().unwrap_or(0);
+        match (f, self.failed_pinned) {
+            (0, p) | (p, 0) => p,
+            (a, b) => a.min(b),
+        }
+    }
+
+    /// Records write `io` over `range` as failed after being sent.
+    fn note_failed(&mut self, io: u64, range: (u64, u64)) {
+        if self.failed.len() >= MAX_FAILED || range.1 > crate::settle::MAX_SETTLE_BYTES {
+            if self.failed_pinned == 0 || io < self.failed_pinned {
+                self.failed_pinned = io;
+            }
+        } else {
+            self.failed.insert(io, range);
+        }
+    }
 }
+
+/// Failed writes remembered by range for settle.rs; more pin the checkpoint.
+const MAX_FAILED: usize = 4096;
 
 /// How the last start went (design §2.8): what it waited for and what it rewrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -252,6 +280,13 @@ pub struct VolumeStatus {
     pub io_checkpoint: u64,
     /// Replicas.
     pub replicas: Vec<ReplicaStatus>,
+    /// Blocks rewritten on a replica by read repair since this instance started.
+    #[serde(default)]
+    pub repaired_blocks: u64,
+    /// What the Current replicas record as their checkpoint: every io at or below it is
+    /// on every one of them (held below a write that failed half-way until it is settled).
+    #[serde(default)]
+    pub checkpoint: u64,
 }
 
 #[derive(Debug)]
@@ -309,6 +344,11 @@ pub(crate) struct Inner {
     /// (rejoin.rs): no command is sent, IO answers BUSY, the LU holds.
     pub(crate) away: AtomicBool,
     pub(crate) outage: Mutex<Option<crate::rejoin::Outage>>,
+    /// Blocks rewritten by read repair (read.rs) since start.
+    pub(crate) repaired_blocks: AtomicU64,
+    /// Member forced Current on this running instance (members.rs): the re-open loop
+    /// takes it whatever epoch or tail it comes back with, as the operator accepted.
+    pub(crate) forced: Mutex<Option<String>>,
 }
 
 /// A raised [`Inner::hold`], lowered on drop when nobody else holds it.
@@ -333,7 +373,7 @@ impl Drop for HoldGuard {
     }
 }
 
-fn other(msg: impl std::fmt::Display) -> BackendError {
+pub(crate) fn other(msg: impl std::fmt::Display) -> BackendError {
     BackendError::Other(std::io::Error::other(msg.to_string()))
 }
 
@@ -452,6 +492,8 @@ impl ReplicatedVolume {
             holders: Mutex::new(0),
             away: AtomicBool::new(false),
             outage: Mutex::new(None),
+            repaired_blocks: AtomicU64::new(0),
+            forced: Mutex::new(None),
             cfg,
             store,
         });
@@ -530,7 +572,7 @@ impl ReplicatedVolume {
     /// True while the lease holds; else the silent Current replicas are evicted first
     /// (held up to T_hold while the store is unreachable), so IO resumes once the store
     /// records it.
-    async fn lease_held(&self) -> bool {
+    pub(crate) async fn lease_held(&self) -> bool {
         let expired = self.lease_expired();
         if expired.is_empty() {
             return true;
@@ -646,9 +688,9 @@ impl ReplicatedVolume {
             let s = inner.state.lock();
             (s.record.clone(), s.phase)
         };
-        let (targets, wm) = {
+        let (targets, wm, checkpoint) = {
             let q = inner.seq.lock();
-            (q.targets.clone(), q.watermark())
+            (q.targets.clone(), q.watermark(), q.checkpoint())
         };
         let progress = inner.progress.lock().clone();
         let mut replicas = Vec::new();
@@ -694,6 +736,8 @@ impl ReplicatedVolume {
             epoch: inner.epoch,
             io_checkpoint: wm,
             replicas,
+            repaired_blocks: inner.repaired_blocks.load(Ordering::Relaxed),
+            checkpoint,
         }
     }
 
@@ -754,7 +798,7 @@ impl ReplicatedVolume {
         }
         // After a write that failed half-way the replicas may differ: the next start
         // must reconcile them, so the stop is not recorded clean.
-        let diverged = inner.seq.lock().first_failed != 0;
+        let diverged = inner.seq.lock().first_failed() != 0;
         if all_flushed && !diverged {
             self.change_record(|r| {
                 r.clean_shutdown = true;
@@ -886,6 +930,9 @@ impl ReplicatedVolume {
                     }
                 });
             }
+            if !away {
+                self.settle_failed().await;
+            }
             // Fencing through the record; a store outage changes nothing (L6).
             if let Ok((rec, _)) = read_store(&inner.store).await {
                 if rec.epoch > inner.epoch {
@@ -930,15 +977,21 @@ impl ReplicatedVolume {
         if t.current {
             self.evict(&t.id, &e.to_string()).await.is_ok()
         } else {
-            t.stats.failed.store(true, Ordering::SeqCst);
-            self.inner
-                .seq
-                .lock()
-                .targets
-                .retain(|x| !Arc::ptr_eq(&x.conn, &t.conn));
-            t.conn.close("catch-up session failed");
+            self.end_catch_up(t, "catch-up session failed");
             true
         }
+    }
+
+    /// Ends catching-up member `t`'s session: it leaves the send set and its catch-up
+    /// restarts later from its own checkpoint.
+    pub(crate) fn end_catch_up(&self, t: &Target, why: &str) {
+        t.stats.failed.store(true, Ordering::SeqCst);
+        self.inner
+            .seq
+            .lock()
+            .targets
+            .retain(|x| !Arc::ptr_eq(&x.conn, &t.conn));
+        t.conn.close(why);
     }
 
     /// Evicts Current member `id` (§2.6): flush barrier on the survivors, CAS to Stale,
@@ -1113,6 +1166,7 @@ impl ReplicatedVolume {
         &self,
         ctx: &IoCtx,
         op: Op,
+        range: (u64, u64),
         body: impl Fn(u64) -> Bytes,
     ) -> Result<(), BackendError> {
         let inner = &self.inner;
@@ -1276,8 +1330,8 @@ impl ReplicatedVolume {
         {
             let mut q = inner.seq.lock();
             q.inflight.remove(&io);
-            if outcome.is_err() && (q.first_failed == 0 || io < q.first_failed) {
-                q.first_failed = io;
+            if outcome.is_err() {
+                q.note_failed(io, range);
             }
         }
         outcome
@@ -1349,53 +1403,6 @@ impl ReplicatedVolume {
         }
         Ok(())
     }
-
-    async fn read_any(&self, offset: u64, len: u32) -> Result<Bytes, BackendError> {
-        let inner = &self.inner;
-        let mut tried: Vec<String> = Vec::new();
-        loop {
-            if self.is_fenced() {
-                return Err(other("fenced by a newer target instance"));
-            }
-            if inner.state.lock().phase == Phase::Init {
-                return Err(BackendError::NotStarted);
-            }
-            if self.is_away() || !self.lease_held().await {
-                return Err(BackendError::Busy);
-            }
-            let pick = {
-                let q = inner.seq.lock();
-                q.targets
-                    .iter()
-                    .filter(|t| t.current && !tried.contains(&t.id) && !t.conn.is_closed())
-                    .min_by_key(|t| t.conn.inflight())
-                    .cloned()
-            };
-            let Some(t) = pick else {
-                return Err(BackendError::Busy);
-            };
-            match t
-                .conn
-                .call(
-                    Op::Read,
-                    wire::enc_u64s(&[offset, u64::from(len)]),
-                    inner.cfg.t_evict,
-                )
-                .await
-            {
-                Ok(b) if b.len() == len as usize => return Ok(b),
-                Ok(_) => {
-                    tried.push(t.id.clone());
-                }
-                Err(e) => {
-                    tried.push(t.id.clone());
-                    if !self.member_failed(&t, &e).await && self.is_fenced() {
-                        return Err(other("fenced by a newer target instance"));
-                    }
-                }
-            }
-        }
-    }
 }
 
 impl BlockBackend for ReplicatedVolume {
@@ -1430,8 +1437,11 @@ impl BlockBackend for ReplicatedVolume {
     fn write(&self, ctx: &IoCtx, offset: u64, data: Bytes) -> BackendFuture<'_, ()> {
         let ctx = ctx.clone();
         Box::pin(async move {
-            self.replicate(&ctx, Op::Write, |io| wire::enc_write(offset, io, &data))
-                .await
+            let range = (offset, data.len() as u64);
+            self.replicate(&ctx, Op::Write, range, |io| {
+                wire::enc_write(offset, io, &data)
+            })
+            .await
         })
     }
 
@@ -1442,8 +1452,10 @@ impl BlockBackend for ReplicatedVolume {
     fn unmap(&self, ctx: &IoCtx, offset: u64, len: u64) -> BackendFuture<'_, ()> {
         let ctx = ctx.clone();
         Box::pin(async move {
-            self.replicate(&ctx, Op::Unmap, |io| wire::enc_u64s(&[offset, len, io]))
-                .await
+            self.replicate(&ctx, Op::Unmap, (offset, len), |io| {
+                wire::enc_u64s(&[offset, len, io])
+            })
+            .await
         })
     }
 }

@@ -146,6 +146,11 @@ pub enum Status {
     NoSpace = 7,
     /// The pool is read-only.
     ReadOnly = 8,
+    /// The pool could not read the bytes (every copy failed verification, or a device
+    /// error): the replica holds the block but not its data, and the session stays
+    /// usable. The target reads the range elsewhere and repairs this replica (read
+    /// repair, docs/replication.md).
+    Medium = 9,
 }
 
 impl Status {
@@ -160,6 +165,7 @@ impl Status {
             6 => Status::Invalid,
             7 => Status::NoSpace,
             8 => Status::ReadOnly,
+            9 => Status::Medium,
             _ => return None,
         })
     }

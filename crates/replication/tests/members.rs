@@ -1,7 +1,8 @@
 //! Membership changes of design §2.10 and the §4 row "Stale R3 returns; target
 //! restarted; only R3 reachable": add a replica under load (New -> full copy -> Current,
-//! rf + 1), remove replicas down to the last Current one, and the offline force-current;
-//! and the LU hold raised while an eviction is being recorded (design §2.6).
+//! rf + 1), remove replicas down to the last Current one, the offline force-current and
+//! the online one (on a running target whose Current replicas are all away); and the LU
+//! hold raised while an eviction is being recorded (design §2.6).
 
 mod common;
 
@@ -136,6 +137,74 @@ async fn only_a_stale_replica_reachable_stays_offline_until_forced() {
     let (r, _) = c.store.read().unwrap();
     assert_eq!(r.member("r0").unwrap().state, MemberState::Stale);
     v3.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_replica_forced_current_on_the_running_target_serves_and_rebuilds_the_rest() {
+    let c = Cluster::start(3).await;
+    let v = c.target().await;
+    for b in 0..32 {
+        v.write(&ctx(&v, false), b * BS, block(0x100 + b))
+            .await
+            .unwrap();
+    }
+    c.proxies[2].set(CUT);
+    v.write(&ctx(&v, false), 40 * BS, block(1)).await.unwrap();
+    wait_for(10, "R2 Stale", || {
+        c.member_state("r2") == Some(MemberState::Stale)
+    })
+    .await;
+    // While R0 and R1 serve, forcing R2 (which missed writes) is refused.
+    let e = v.force_current("r2", "t@h", true).await.unwrap_err();
+    assert!(e.to_string().contains("serve the volume"), "{e}");
+    // Acknowledged on R0 and R1 only; then both are cut off: every IO answers BUSY.
+    v.write(&ctx(&v, true), 0, block(0x999)).await.unwrap();
+    c.proxies[0].set(CUT);
+    c.proxies[1].set(CUT);
+    let r = v.write(&ctx(&v, false), 41 * BS, block(2)).await;
+    assert!(
+        r.is_err(),
+        "a write completed with every Current replica away"
+    );
+    c.proxies[2].set(PASS);
+    let e = v.force_current("r2", "t@h", false).await.unwrap_err();
+    assert!(e.to_string().contains("accept-data-loss"), "{e}");
+    let epoch = v.epoch();
+    let rec = v.force_current("r2", "t@h", true).await.unwrap();
+    assert_eq!(rec.forced.as_ref().unwrap().member, "r2");
+    assert_eq!(rec.member("r0").unwrap().state, MemberState::Stale);
+    assert_eq!(rec.member("r1").unwrap().state, MemberState::Stale);
+    assert_eq!(c.member_state("r2"), Some(MemberState::Current));
+    // The same instance serves from R2 (epoch unchanged); the write R2 missed is lost,
+    // as accepted.
+    let t = Instant::now();
+    let rd = || IoCtx::new(Instant::now() + Duration::from_secs(10));
+    loop {
+        if v.write(&ctx(&v, false), 42 * BS, block(3)).await.is_ok() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "not served from R2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "served from the forced replica {:?} after the force",
+        t.elapsed()
+    );
+    assert_eq!(v.epoch(), epoch);
+    assert!(v.read(&rd(), 0, BS as u32).await.unwrap() == block(0x100));
+    assert!(v.read(&rd(), BS, BS as u32).await.unwrap() == block(0x101));
+    assert!(v.read(&rd(), 42 * BS, BS as u32).await.unwrap() == block(3));
+    // R0 and R1 come back Stale and are rebuilt from R2: identical, 0x999 gone everywhere.
+    c.proxies[0].set(PASS);
+    c.proxies[1].set(PASS);
+    wait_for(30, "R0 and R1 caught up from R2", || {
+        c.member_state("r0") == Some(MemberState::Current)
+            && c.member_state("r1") == Some(MemberState::Current)
+    })
+    .await;
+    v.shutdown().await.unwrap();
+    c.identical();
+    assert!(c.reps[0].image(SIZE)[..BS as usize] == block(0x100)[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,9 @@ async fn rf3_stalled_replica_is_evicted_once_then_caught_up_and_readmitted() {
     })
     .await;
     let evicted_after = stalled_at.elapsed();
+    // The writes held by the eviction complete just after its CAS, which this poll may
+    // see first: they are the one stall, not writes after it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let before = truth.acked.load(Ordering::SeqCst);
     truth.max_latency_ms.store(0, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(700)).await;

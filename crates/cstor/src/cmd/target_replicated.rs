@@ -287,6 +287,7 @@ const MEMBER_OPS: &[&str] = &[
     "clone",
     "add-replica",
     "remove-replica",
+    "force-current",
 ];
 
 /// Runs one snapshot or membership request; the reply body (one line, JSON or text).
@@ -325,6 +326,21 @@ async fn member_op(vol: &ReplicatedVolume, req: &str) -> Result<String> {
             let id = one("replica id")?;
             vol.remove_replica(&id).await?;
             format!("removed replica {id}")
+        }
+        "force-current" => {
+            // `force-current ID accept-data-loss|no BY` (BY may hold spaces).
+            let mut it = rest.splitn(3, ' ');
+            let (Some(id), Some(accept), Some(by)) = (it.next(), it.next(), it.next()) else {
+                bail!("force-current needs ID accept-data-loss|no BY");
+            };
+            let r = vol
+                .force_current(id, by.trim(), accept == "accept-data-loss")
+                .await?;
+            format!(
+                "{id} forced Current by {} on the running target (epoch {}); it serves once it answers",
+                by.trim(),
+                r.epoch
+            )
         }
         _ => bail!("unknown request {op}"),
     })
@@ -397,13 +413,21 @@ pub enum ReplCommand {
         /// Replica id (as `cstor target status` shows it).
         id: String,
     },
-    /// Offline: mark a member Current in the record in --state-dir, bump the epoch and
-    /// record who did it. Only while no target holds the volume (stopped, or dead and
-    /// not renewing for --takeover-secs); may lose acknowledged writes.
+    /// Mark a member Current and record who did it; may lose acknowledged writes.
+    /// With --control: on the running target, only while it serves nothing (gathering
+    /// at start, or every Current replica away); the other Current members become Stale
+    /// and are rebuilt from it. With --state-dir: offline, only while no target holds the
+    /// volume (stopped, or dead and not renewing for --takeover-secs); bumps the epoch.
     ForceCurrent {
-        /// The target's --state-dir.
+        /// The target's --state-dir (offline).
+        #[arg(long, conflicts_with = "control", required_unless_present = "control")]
+        state_dir: Option<PathBuf>,
+        /// Control endpoint of the running target (online).
         #[arg(long)]
-        state_dir: PathBuf,
+        control: Option<String>,
+        /// Shared key file (required for a TCP control endpoint).
+        #[arg(long)]
+        auth_key: Option<PathBuf>,
         /// Member id to mark Current.
         #[arg(long)]
         member: String,
@@ -499,6 +523,8 @@ pub async fn run(c: ReplCommand) -> Result<()> {
         }
         ReplCommand::ForceCurrent {
             state_dir,
+            control,
+            auth_key,
             member,
             accept_data_loss,
             by,
@@ -511,6 +537,22 @@ pub async fn run(c: ReplCommand) -> Result<()> {
                     .unwrap_or_default();
                 format!("{user}@{host}")
             });
+            if let Some(control) = control {
+                if !accept_data_loss {
+                    bail!("forcing {member} Current may lose acknowledged writes held only by other replicas (give --accept-data-loss)");
+                }
+                let ep = Endpoint { control, auth_key };
+                println!(
+                    "{}",
+                    call(ep, format!("force-current {member} accept-data-loss {by}"))
+                        .await?
+                        .trim_end()
+                );
+                return Ok(());
+            }
+            let Some(state_dir) = state_dir else {
+                bail!("force-current needs --control (running target) or --state-dir (offline)");
+            };
             let store = Arc::new(FileStore::new(&state_dir)?);
             let r = cstor_replication::members::force_current(
                 store,
