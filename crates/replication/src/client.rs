@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{self, AuthKey, CLIENT_LABEL, SERVER_LABEL};
 use crate::error::ReplicaError;
+use crate::tls::{server_name, ReplicaTlsClient};
 use crate::wire::{self, Frame, Op, OpenReply, OpenReq, Status, VERSION};
 
 type Reply = Result<Frame, ReplicaError>;
@@ -55,6 +56,17 @@ impl ReplicaConn {
         timeout: Duration,
         version: u16,
     ) -> Result<Arc<ReplicaConn>, ReplicaError> {
+        Self::connect_with(addr, key, None, timeout, version).await
+    }
+
+    /// [`ReplicaConn::connect`], over TLS when `tls` is given (tls.rs).
+    pub async fn connect_with(
+        addr: &str,
+        key: Option<&AuthKey>,
+        tls: Option<&ReplicaTlsClient>,
+        timeout: Duration,
+        version: u16,
+    ) -> Result<Arc<ReplicaConn>, ReplicaError> {
         let disc = |why: String| ReplicaError::Disconnected {
             addr: addr.to_string(),
             why,
@@ -64,7 +76,44 @@ impl ReplicaConn {
             .map_err(|_| disc("connect timed out".into()))?
             .map_err(|e| disc(e.to_string()))?;
         let _ = sock.set_nodelay(true);
-        let (mut rd, mut wr) = sock.into_split();
+        let Some(tls) = tls else {
+            let (rd, wr) = sock.into_split();
+            return Self::handshake(addr, rd, wr, key, timeout, version).await;
+        };
+        let name = server_name(addr).ok_or_else(|| ReplicaError::AuthFailed {
+            addr: addr.to_string(),
+            why: "no host name or IP address to verify the replica's certificate against".into(),
+        })?;
+        let stream = tokio::time::timeout(timeout, tls.0.connect(name, sock))
+            .await
+            .map_err(|_| disc("TLS handshake timed out".into()))?
+            .map_err(|e| ReplicaError::AuthFailed {
+                addr: addr.to_string(),
+                why: format!(
+                    "TLS handshake failed: {e} (does the replica run with --tls-cert, signed by the --replica-ca given?)"
+                ),
+            })?;
+        let (rd, wr) = tokio::io::split(stream);
+        Self::handshake(addr, rd, wr, key, timeout, version).await
+    }
+
+    /// HELLO, AUTH when asked, then the reader and writer tasks.
+    async fn handshake<R, W>(
+        addr: &str,
+        mut rd: R,
+        mut wr: W,
+        key: Option<&AuthKey>,
+        timeout: Duration,
+        version: u16,
+    ) -> Result<Arc<ReplicaConn>, ReplicaError>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let disc = |why: String| ReplicaError::Disconnected {
+            addr: addr.to_string(),
+            why,
+        };
         let hs = async {
             let nonce = auth::nonce();
             let hello = wire::Hello {
@@ -85,6 +134,12 @@ impl ReplicaConn {
                 .await
                 .map_err(|e| disc(e.to_string()))?
                 .ok_or_else(|| disc("closed during handshake".into()))?;
+            if r.status == Status::AuthFailed {
+                return Err(ReplicaError::AuthFailed {
+                    addr: addr.to_string(),
+                    why: String::from_utf8_lossy(&r.body).into_owned(),
+                });
+            }
             if r.status == Status::VersionMismatch {
                 let theirs = serde_json::from_slice::<serde_json::Value>(&r.body)
                     .ok()

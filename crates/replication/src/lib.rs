@@ -3,7 +3,8 @@
 //!
 //! Layers:
 //! - [`wire`]: the framed, versioned, checksummed replica protocol
-//!   (docs/format/replica-protocol.md) and [`auth`], its challenge-response handshake.
+//!   (docs/format/replica-protocol.md), [`auth`], its challenge-response handshake, and
+//!   [`tls`], optional TLS on the replica port.
 //! - [`server`]: the replica side (`cstor replica serve`) over one pool ([`store`] is the
 //!   only code that calls the pool).
 //! - [`client`]: the target's pipelined connection to one replica.
@@ -36,6 +37,7 @@ mod settle;
 pub mod snapshot;
 mod start;
 pub mod store;
+pub mod tls;
 pub mod volume;
 pub mod wire;
 

@@ -51,6 +51,8 @@ struct Inner {
     vols: Mutex<HashMap<String, Arc<VolEntry>>>,
     /// Raised by [`ReplicaServer::stop`]: every connection ends.
     stop: watch::Sender<bool>,
+    /// TLS required on every connection (tls.rs), when set.
+    tls: std::sync::OnceLock<crate::tls::ReplicaTlsServer>,
 }
 
 #[derive(Debug)]
@@ -170,8 +172,15 @@ impl ReplicaServer {
                 replica_id,
                 vols: Mutex::new(HashMap::new()),
                 stop: watch::channel(false).0,
+                tls: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Requires TLS with this certificate on every connection (call before serving; a
+    /// second call is ignored).
+    pub fn require_tls(&self, tls: crate::tls::ReplicaTlsServer) {
+        let _ = self.inner.tls.set(tls);
     }
 
     /// Serves connections from `listener` until it fails.
@@ -228,7 +237,36 @@ fn err_body(msg: impl std::fmt::Display) -> Bytes {
 
 impl Inner {
     async fn connection(self: Arc<Self>, sock: TcpStream) -> Result<(), WireError> {
-        let (mut rd, mut wr) = sock.into_split();
+        let Some(tls) = self.tls.get().cloned() else {
+            let (rd, wr) = sock.into_split();
+            return self.session(rd, wr).await;
+        };
+        // A TLS ClientHello starts with record type 22; a plain target's HELLO with the
+        // frame magic. Tell the plain one why it is refused instead of failing the TLS
+        // handshake on its bytes.
+        let mut first = [0u8; 1];
+        let n = sock.peek(&mut first).await.map_err(WireError::Io)?;
+        if n == 1 && first[0] != 0x16 {
+            let (mut rd, mut wr) = sock.into_split();
+            if let Some(hello) = wire::read_frame(&mut rd).await? {
+                let why = "this replica requires TLS (give the target --replica-ca)";
+                let f = Frame::reply(&hello, Status::AuthFailed, 0, err_body(why));
+                wire::write_frame(&mut wr, &f).await?;
+                let _ = wr.shutdown().await;
+            }
+            return Ok(());
+        }
+        let stream = tls.0.accept(sock).await.map_err(WireError::Io)?;
+        let (rd, wr) = tokio::io::split(stream);
+        self.session(rd, wr).await
+    }
+
+    /// Handshake, then requests until the connection ends.
+    async fn session<R, W>(self: Arc<Self>, mut rd: R, mut wr: W) -> Result<(), WireError>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         // Handshake, synchronously on this task.
         let Some(hello) = wire::read_frame(&mut rd).await? else {
             return Ok(());

@@ -27,10 +27,12 @@ impl ReplicatedVolume {
         x0: u64,
     ) -> Result<(Arc<ReplicaConn>, OpenReply), ReplicaError> {
         let cfg = &self.inner.cfg;
-        let conn = ReplicaConn::connect(
+        let conn = ReplicaConn::connect_with(
             address,
             cfg.key.as_ref(),
+            cfg.tls.as_ref(),
             cfg.t_evict.max(Duration::from_secs(2)),
+            crate::wire::VERSION,
         )
         .await?;
         let req = OpenReq {

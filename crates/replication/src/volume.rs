@@ -54,6 +54,8 @@ pub struct VolumeConfig {
     pub replicas: Vec<String>,
     /// Shared cluster key.
     pub key: Option<AuthKey>,
+    /// TLS to the replicas (their certificates verified against this CA), if set.
+    pub tls: Option<crate::tls::ReplicaTlsClient>,
     /// cStor's consistency factor (recorded; acts only with `strict`).
     pub consistency_factor: u32,
     /// minCurrent = CF.
@@ -87,6 +89,7 @@ impl VolumeConfig {
             size,
             replicas,
             key: None,
+            tls: None,
             consistency_factor: 1,
             strict: false,
             accept_data_loss: false,

@@ -27,6 +27,23 @@ pub struct Args {
 enum ReplicaCommand {
     /// Serve a pool's volumes to replicated targets until SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// Make a CA and a replica certificate for TLS on the replica port: writes ca.crt
+    /// (for targets: --replica-ca), replica.crt and replica.key (for `replica serve
+    /// --tls-cert/--tls-key`) into --out.
+    TlsInit(TlsInitArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+struct TlsInitArgs {
+    /// Directory to write ca.crt, replica.crt and replica.key into (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// IP address or DNS name targets dial the replica at (repeatable).
+    #[arg(long = "name", required = true)]
+    names: Vec<String>,
+    /// Validity, days.
+    #[arg(long, default_value_t = 825)]
+    days: u32,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -47,6 +64,13 @@ struct ServeArgs {
     /// (docs/metrics.md).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<String>,
+    /// Require TLS on the replica port with this certificate chain (PEM; with
+    /// --tls-key). Plain targets are refused with the reason.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// A pool held open by this process, as the replication crate sees it.
@@ -67,7 +91,35 @@ pub fn run(args: Args) -> Result<()> {
         .context("starting the runtime")?;
     match args.command {
         ReplicaCommand::Serve(a) => rt.block_on(serve(a)),
+        ReplicaCommand::TlsInit(a) => tls_init(&a),
     }
+}
+
+fn tls_init(a: &TlsInitArgs) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let g = cstor_replication::tls::generate(&a.names, a.days)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    for (name, body, mode) in [
+        ("ca.crt", &g.ca_cert, 0o644),
+        ("replica.crt", &g.cert, 0o644),
+        ("replica.key", &g.key, 0o600),
+    ] {
+        let p = a.out.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&p)
+            .with_context(|| format!("writing {} (it must not exist yet)", p.display()))?;
+        std::io::Write::write_all(&mut f, body.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!(
+        "wrote {dir}/ca.crt, {dir}/replica.crt, {dir}/replica.key for {}",
+        a.names.join(", "),
+        dir = a.out.display()
+    );
+    Ok(())
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
@@ -77,6 +129,13 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .map(AuthKey::from_file)
         .transpose()
         .map_err(|e| anyhow!("--auth-key: {e}"))?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(k)) => Some(
+            cstor_replication::tls::ReplicaTlsServer::load(cert, k)
+                .context("--tls-cert/--tls-key")?,
+        ),
+        _ => None,
+    };
     let addrs: Vec<_> = a
         .listen
         .to_socket_addrs()
@@ -101,6 +160,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{:016x}", open.engine().guid()));
     let server = ReplicaServer::new(Arc::new(Hosted(open)), id.clone(), key);
+    if let Some(t) = tls {
+        server.require_tls(t);
+    }
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("listening on {}", a.listen))?;

@@ -52,6 +52,10 @@ pub struct ReplArgs {
     /// Eviction bound T_evict, milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub evict_ms: u64,
+    /// Speak TLS to the replicas, trusting the CA certificates in this PEM file (the
+    /// replicas run with --tls-cert; `cstor replica tls-init` makes both).
+    #[arg(long, value_name = "PEM")]
+    pub replica_ca: Option<PathBuf>,
 }
 
 /// What `serve` needs from the common `cstor target serve` options.
@@ -92,6 +96,12 @@ pub async fn serve(c: Common, a: &ReplArgs) -> Result<()> {
     let key = load_key(&a.auth_key)?;
     let mut cfg = VolumeConfig::new(&c.volume, c.size, a.replica.clone());
     cfg.key = key.clone();
+    cfg.tls = a
+        .replica_ca
+        .as_deref()
+        .map(cstor_replication::tls::ReplicaTlsClient::load)
+        .transpose()
+        .context("--replica-ca")?;
     cfg.consistency_factor = a.consistency_factor.unwrap_or(1);
     cfg.strict = a.strict;
     if a.strict && a.consistency_factor.is_none() {
