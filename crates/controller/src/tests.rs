@@ -732,7 +732,7 @@ fn hosted_volume(w1_renewed: &str) -> World {
     w
 }
 
-fn patches_of<'a>(actions: &'a [Action], kind: Kind) -> Vec<&'a Value> {
+fn patches_of(actions: &[Action], kind: Kind) -> Vec<&Value> {
     actions
         .iter()
         .filter_map(|a| match a {

@@ -198,15 +198,23 @@ async fn a_session_follows_its_target_to_an_alternate_portal() {
     s.logout().await.expect("logout");
 
     // A first login at a dead portal goes on to an alternate.
-    let s = Session::login_any(&spec(&first), SessionOptions::default(), &[moved.clone()])
-        .await
-        .expect("login through the alternate");
+    let s = Session::login_any(
+        &spec(&first),
+        SessionOptions::default(),
+        std::slice::from_ref(&moved),
+    )
+    .await
+    .expect("login through the alternate");
     s.logout().await.expect("logout");
     // With every portal refusing, the error is the main portal's (nothing listens there),
     // not the other portal's refusal of an unknown target.
-    let e = Session::login_any(&spec(&first), SessionOptions::default(), &[other.clone()])
-        .await
-        .unwrap_err();
+    let e = Session::login_any(
+        &spec(&first),
+        SessionOptions::default(),
+        std::slice::from_ref(&other),
+    )
+    .await
+    .unwrap_err();
     let alone = Session::login_with(&spec(&first), SessionOptions::default())
         .await
         .unwrap_err();
