@@ -13,6 +13,7 @@ mod apiserver_support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use apiserver_support::claim::wait_healthy;
 use apiserver_support::seed::{count, qemu_io};
 use apiserver_support::up::Up;
 use apiserver_support::{have_kubectl, required};
@@ -28,12 +29,7 @@ fn a_replica_on_a_lost_node_is_replaced_on_another_pool_and_rebuilt() {
     let long = Duration::from_secs(90);
     up.seed_stripe_pools(long);
     apiserver_support::claim::apply_claim(&up);
-    up.wait_for(
-        "the volume Healthy with 3 Healthy replicas",
-        &["get", "cv,cvr", "-n", "openebs", "--no-headers"],
-        |v| count(v, "Healthy") == 4,
-        long,
-    );
+    wait_healthy(&up, long);
     let (_, cv) = up.kubectl(&[
         "get",
         "cv",
@@ -143,12 +139,7 @@ fn a_replica_on_a_lost_node_is_replaced_on_another_pool_and_rebuilt() {
     let rebuilt = t0.elapsed();
     let (ok, gone) = up.kubectl(&["get", "cvr", "-n", "openebs", &lost_cvr]);
     assert!(!ok && gone.contains("NotFound"), "{gone}");
-    up.wait_for(
-        "the volume Healthy with 3 Healthy replicas",
-        &["get", "cv,cvr", "-n", "openebs", "--no-headers"],
-        |v| count(v, "Healthy") == 4,
-        long,
-    );
+    wait_healthy(&up, long);
     let (ok, out) = qemu_io(portal, iqn, &["read -P 0x5a 0 16M", "read -P 0xa5 16M 4M"]);
     assert!(
         ok && !out.contains("Pattern verification failed"),
