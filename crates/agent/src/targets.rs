@@ -14,7 +14,10 @@
 //!
 //! Invariants: one target instance per volume in this process; a target whose CV leaves
 //! this node (or is deleted) is stopped cleanly (initiators logged out, volume drained,
-//! holder released) so the next node takes over without the takeover wait.
+//! holder released) so the next node takes over without the takeover wait. A target the
+//! controller moved here from a dead node (annotation `cstor.openebs.io/takeover-from`
+//! naming the old holder instance) skips the takeover gate for that instance only; a
+//! stopped-then-continued old instance is fenced by the epoch its successor claimed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -397,6 +400,13 @@ impl Targets {
         let mut cfg = VolumeConfig::new(&name, size, endpoints);
         cfg.key = crate::pools::auth_key(&self.ctx.client).await?;
         cfg.consistency_factor = cv.spec.consistency_factor.unwrap_or(1).max(1) as u32;
+        // The controller moved this target here from a node it saw dead: its holder
+        // instance need not age out of the takeover gate (the fence still runs).
+        cfg.takeover_from = cv
+            .annotations()
+            .get(cstor_api::names::annotation::TAKEOVER_FROM)
+            .filter(|i| !i.is_empty())
+            .cloned();
         Ok(Some(cfg))
     }
 

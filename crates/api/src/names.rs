@@ -90,6 +90,10 @@ pub mod annotation {
     /// Ours: on a CVC the provisioner made for a claim, `<namespace>/<name>` of that
     /// PersistentVolumeClaim (the CSI path may not set it: the PV's claimRef then).
     pub const PVC: &str = "cstor.openebs.io/pvc";
+    /// Ours: on a CStorVolume whose target the controller moved off a node it saw dead,
+    /// the membership record's holder instance on that node; the new target skips the
+    /// takeover gate for that instance only (docs/controller.md, "Target move").
+    pub const TAKEOVER_FROM: &str = "cstor.openebs.io/takeover-from";
 }
 
 /// Finalizers.

@@ -4,7 +4,9 @@
 //!
 //! Owns: CSPC -> CStorPoolInstances + BlockDeviceClaims ([`cspc`]); StorageClass + PVC ->
 //! CStorVolumeConfig -> PV ([`provision`]); CVC -> CStorVolume + CStorVolumeReplicas,
-//! scale up/down, expansion ([`volume`], placement in [`placement`]); VolumeSnapshot ->
+//! scale up/down, expansion ([`volume`], placement in [`placement`]); target moves off
+//! dead nodes ([`target_move`]); replacement of replicas on dead nodes ([`replace`]);
+//! VolumeSnapshot ->
 //! CStorSnapshot + VolumeSnapshotContent ([`snapshot`]); leader election ([`leader`]).
 //! The objects are the interface with the agents (`/work/notes/contract5.md`, summarised
 //! in `docs/controller.md`).
@@ -22,7 +24,9 @@ pub mod exec;
 pub mod leader;
 pub mod placement;
 pub mod provision;
+pub mod replace;
 pub mod snapshot;
+pub mod target_move;
 pub mod volume;
 pub mod world;
 
@@ -65,11 +69,42 @@ impl Ids for RandomIds {
     }
 }
 
-/// One whole pass: every reconciler over the same world.
+/// Tunables of the decisions a pass makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// How long a target's node may be silent (no heartbeat renewal) before the target
+    /// moves to another node ([`target_move`]).
+    pub target_move_grace: Duration,
+    /// How long the node of a pool instance holding a replica may be silent before the
+    /// replica is replaced by a new one on another pool instance ([`replace`]).
+    pub replica_replace_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            target_move_grace: Duration::from_secs(15),
+            replica_replace_grace: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One whole pass with the default [`Settings`].
 pub fn reconcile(world: &World, ids: &mut dyn Ids) -> Vec<Action> {
+    reconcile_with(world, ids, &Settings::default())
+}
+
+/// One whole pass: every reconciler over the same world.
+pub fn reconcile_with(world: &World, ids: &mut dyn Ids, settings: &Settings) -> Vec<Action> {
     let mut out = cspc::reconcile(world, ids);
     out.extend(provision::reconcile(world));
     out.extend(volume::reconcile(world, ids));
+    out.extend(target_move::reconcile(world, settings.target_move_grace));
+    out.extend(replace::reconcile(
+        world,
+        ids,
+        settings.replica_replace_grace,
+    ));
     out.extend(snapshot::reconcile(world));
     out
 }
@@ -87,6 +122,8 @@ pub struct Config {
     pub lease_duration: Duration,
     /// Time between passes.
     pub interval: Duration,
+    /// Tunables of the passes.
+    pub settings: Settings,
 }
 
 /// A kube client from a kubeconfig file.
@@ -150,7 +187,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         if leading {
             match exec::load(&client, &config.namespace).await {
                 Ok(world) => {
-                    let actions = reconcile(&world, &mut ids);
+                    let actions = reconcile_with(&world, &mut ids, &config.settings);
                     if elector.leading() {
                         exec.run(&client, actions).await;
                     }

@@ -697,3 +697,263 @@ fn a_csi_topology_node_hosts_the_target_when_alive() {
     w.cvcs = vec![from(gone)];
     assert_eq!(cv_node(&w), "worker-02");
 }
+
+fn lease(node: &str, renewed: &str) -> Value {
+    json!({"metadata": {"name": format!("cstor-node-{node}"), "namespace": "openebs"},
+           "spec": {"holderIdentity": node, "leaseDurationSeconds": 15, "renewTime": renewed}})
+}
+
+/// The bound 3-replica volume with its target on worker-01 (holder instance "i-old"),
+/// at 12:00:00, worker-01 last heard of at `w1_renewed`.
+fn hosted_volume(w1_renewed: &str) -> World {
+    let mut w = bound_volume(json!({"A": "0", "B": "0", "C": "0"}), json!({}), 3, 3);
+    let cv = &mut w.cvs[0];
+    cv.metadata.labels = Some(
+        [(
+            "cstor.openebs.io/target-node".to_owned(),
+            "worker-01".to_owned(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    cv.spec.target_portal = Some("127.0.0.2:3260".into());
+    cv.spec.target_port = Some("3260".into());
+    if let Some(s) = cv.status.as_mut() {
+        s.replication = Some(
+            json!({"record": {"epoch": 3, "holder": {"instance": "i-old", "pid": 7, "node": "h"}}}),
+        );
+    }
+    w.leases = vec![
+        from(lease("worker-01", w1_renewed)),
+        from(lease("worker-02", "2026-12-03T12:00:00Z")),
+        from(lease("worker-03", "2026-12-03T12:00:00Z")),
+    ];
+    w.now = Some("2026-12-03T12:00:00Z".parse().unwrap());
+    w
+}
+
+fn patches_of(actions: &[Action], kind: Kind) -> Vec<&Value> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Patch { kind: k, patch, .. } if *k == kind => Some(patch),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_target_moves_off_a_node_silent_past_the_grace() {
+    let grace = std::time::Duration::from_secs(15);
+    // Silent for 10 s: within the grace, nothing moves.
+    let w = hosted_volume("2026-12-03T11:59:50Z");
+    assert!(crate::target_move::reconcile(&w, grace).is_empty());
+    // Silent for 20 s: the target goes to a replica's live node, by load then name.
+    let w = hosted_volume("2026-12-03T11:59:40Z");
+    let a = crate::target_move::reconcile(&w, grace);
+    let cv = patches_of(&a, Kind::Cv);
+    assert_eq!(cv.len(), 1, "{a:?}");
+    assert_eq!(
+        cv[0]["metadata"]["labels"]["cstor.openebs.io/target-node"],
+        "worker-02"
+    );
+    assert_eq!(
+        cv[0]["metadata"]["annotations"]["cstor.openebs.io/takeover-from"],
+        "i-old"
+    );
+    assert_eq!(cv[0]["spec"]["targetIP"], "127.0.0.3");
+    assert_eq!(cv[0]["spec"]["targetPortal"], "127.0.0.3:3260");
+    let cvrs = patches_of(&a, Kind::Cvr);
+    assert_eq!(cvrs.len(), 3, "every CVR's targetIP follows");
+    assert!(cvrs.iter().all(|p| p["spec"]["targetIP"] == "127.0.0.3"));
+    let ev = events(&a, "TargetMoved");
+    assert_eq!(ev.len(), 1);
+    assert!(
+        ev[0].starts_with(
+            "moved target from worker-01 to worker-02 (127.0.0.2:3260 -> 127.0.0.3:3260)"
+        ),
+        "{}",
+        ev[0]
+    );
+    // The whole pass carries the move too, with its grace from the settings.
+    let all = crate::reconcile_with(
+        &w,
+        &mut Counter::default(),
+        &crate::Settings {
+            target_move_grace: std::time::Duration::from_secs(60),
+            ..crate::Settings::default()
+        },
+    );
+    assert!(
+        events(&all, "TargetMoved").is_empty(),
+        "60 s grace not over"
+    );
+    assert_eq!(
+        events(
+            &crate::reconcile(&w, &mut Counter::default()),
+            "TargetMoved"
+        )
+        .len(),
+        1
+    );
+}
+
+#[test]
+fn a_target_stays_when_no_other_node_could_serve_it() {
+    let grace = std::time::Duration::from_secs(15);
+    // Every other node silent too: no live node to move to.
+    let mut w = hosted_volume("2026-12-03T11:59:00Z");
+    w.leases = vec![
+        from(lease("worker-01", "2026-12-03T11:59:00Z")),
+        from(lease("worker-02", "2026-12-03T11:59:00Z")),
+        from(lease("worker-03", "2026-12-03T11:59:00Z")),
+    ];
+    let a = crate::target_move::reconcile(&w, grace);
+    assert!(patches_of(&a, Kind::Cv).is_empty());
+    let ev = events(&a, "TargetNotMoved");
+    assert!(
+        ev[0].contains("none of its 3 replica(s) is on a live node"),
+        "{}",
+        ev[0]
+    );
+    // Replicas only on the dead node: a target elsewhere could serve nothing.
+    let mut w = hosted_volume("2026-12-03T11:59:00Z");
+    w.cvrs
+        .retain(|r| r.metadata.name.as_deref() == Some("pvc-1-c-aaaa"));
+    let a = crate::target_move::reconcile(&w, grace);
+    assert!(patches_of(&a, Kind::Cv).is_empty());
+    assert_eq!(events(&a, "TargetNotMoved").len(), 1);
+    // A live replica node without an InternalIP and no other: said so.
+    let mut w = hosted_volume("2026-12-03T11:59:00Z");
+    for n in &mut w.nodes {
+        if n.metadata.name.as_deref() != Some("worker-01") {
+            n.status = None;
+        }
+    }
+    let a = crate::target_move::reconcile(&w, grace);
+    assert!(patches_of(&a, Kind::Cv).is_empty());
+    let ev = events(&a, "TargetNotMoved");
+    assert!(
+        ev[0].contains("no live node with an InternalIP"),
+        "{}",
+        ev[0]
+    );
+    // A node without a heartbeat Lease is never judged dead.
+    let mut w = hosted_volume("2026-12-03T11:59:00Z");
+    w.leases.clear();
+    assert!(crate::target_move::reconcile(&w, grace).is_empty());
+}
+
+/// [`hosted_volume`] with a fourth node and pool, worker-03 last heard of at `w3_renewed`.
+fn four_pools(w3_renewed: &str) -> World {
+    let mut w = hosted_volume("2026-12-03T12:00:00Z");
+    w.nodes.push(from(node("worker-04", "127.0.0.5")));
+    w.cspis
+        .push(from(cspi("c-dddd", "c", "worker-04", &[], "ONLINE", "4Gi")));
+    w.leases[2] = from(lease("worker-03", w3_renewed));
+    w.leases
+        .push(from(lease("worker-04", "2026-12-03T12:00:00Z")));
+    w
+}
+
+fn deletes(actions: &[Action], kind: Kind) -> Vec<&str> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Delete { kind: k, name, .. } if *k == kind => Some(name.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_replica_on_a_node_silent_past_the_grace_is_replaced_on_another_pool() {
+    let grace = std::time::Duration::from_secs(600);
+    let w = four_pools("2026-12-03T11:58:20Z");
+    assert!(
+        crate::replace::reconcile(&w, &mut Counter::default(), grace).is_empty(),
+        "100 s silent is within the grace"
+    );
+    let w = four_pools("2026-12-03T11:48:20Z");
+    let a = crate::replace::reconcile(&w, &mut Counter::default(), grace);
+    let cvr = creates(&a, Kind::Cvr);
+    assert_eq!(cvr.len(), 1, "{a:?}");
+    assert_eq!(
+        cvr[0]["metadata"]["labels"]["openebs.io/cstor-pool-instance"],
+        "c-dddd"
+    );
+    let id = cvr[0]["spec"]["replicaid"].as_str().unwrap();
+    let cv = patches_of(&a, Kind::Cv);
+    assert_eq!(
+        cv[0]["spec"]["replicaDetails"]["knownReplicas"],
+        json!({"C": null, id: "0"})
+    );
+    let lost = patches_of(&a, Kind::Cvr);
+    assert_eq!(
+        lost[0]["metadata"]["annotations"]["cstor.openebs.io/replaced-by"],
+        cvr[0]["metadata"]["name"]
+    );
+    assert!(events(&a, "ReplicaReplaced")[0].contains("on pool instance c-cccc"));
+    // The whole pass carries it with the settings' grace.
+    let all = crate::reconcile(&w, &mut Counter::default());
+    assert_eq!(events(&all, "ReplicaReplaced").len(), 1);
+    let all = crate::reconcile_with(
+        &w,
+        &mut Counter::default(),
+        &crate::Settings {
+            replica_replace_grace: std::time::Duration::from_secs(3600),
+            ..crate::Settings::default()
+        },
+    );
+    assert!(events(&all, "ReplicaReplaced").is_empty());
+}
+
+#[test]
+fn a_replacement_waits_for_healthy_peers_and_a_free_pool_then_removes_the_lost_cvr() {
+    let grace = std::time::Duration::from_secs(600);
+    // Another replica not Healthy: one replacement at a time.
+    let mut w = four_pools("2026-12-03T11:48:20Z");
+    w.cvrs[1].status = Some(from(json!({"phase": "ReconstructingNewReplica"})));
+    let a = crate::replace::reconcile(&w, &mut Counter::default(), grace);
+    assert!(creates(&a, Kind::Cvr).is_empty());
+    assert!(events(&a, "ReplicaNotReplaced")[0].contains("one replacement at a time"));
+    // No pool without a replica of the volume on a live node.
+    let mut w = four_pools("2026-12-03T11:48:20Z");
+    w.leases[3] = from(lease("worker-04", "2026-12-03T11:00:00Z"));
+    let a = crate::replace::reconcile(&w, &mut Counter::default(), grace);
+    assert!(creates(&a, Kind::Cvr).is_empty());
+    assert!(events(&a, "ReplicaNotReplaced")[0].contains("no pool instance of c"));
+    // Replaced: the lost CVR goes once the target no longer reports it.
+    let mut w = four_pools("2026-12-03T11:48:20Z");
+    w.cvs[0].spec.replica_details = Some(from(
+        json!({"knownReplicas": {"A": "0", "B": "0", "D": "0"}}),
+    ));
+    w.cvrs[2].metadata.annotations = Some(
+        [(
+            "cstor.openebs.io/replaced-by".to_owned(),
+            "pvc-1-c-dddd".to_owned(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    w.cvrs.push(from(json!({"metadata": {"name": "pvc-1-c-dddd", "namespace": "openebs",
+        "labels": {"openebs.io/persistent-volume": "pvc-1", "openebs.io/cstor-pool-instance": "c-dddd"}},
+        "spec": {"replicaid": "D", "capacity": "1Gi"}, "status": {"phase": "ReconstructingNewReplica"}})));
+    let reported = |ids: &[&str]| -> Value {
+        json!(ids
+            .iter()
+            .map(|i| json!({"replicaId": i}))
+            .collect::<Vec<_>>())
+    };
+    if let Some(s) = w.cvs[0].status.as_mut() {
+        s.replica_statuses = Some(from(reported(&["A", "B", "C", "D"])));
+    }
+    let a = crate::replace::reconcile(&w, &mut Counter::default(), grace);
+    assert!(deletes(&a, Kind::Cvr).is_empty(), "still a member: {a:?}");
+    assert!(creates(&a, Kind::Cvr).is_empty(), "C left the desired set");
+    if let Some(s) = w.cvs[0].status.as_mut() {
+        s.replica_statuses = Some(from(reported(&["A", "B", "D"])));
+    }
+    let a = crate::replace::reconcile(&w, &mut Counter::default(), grace);
+    assert_eq!(deletes(&a, Kind::Cvr), ["pvc-1-c-cccc"]);
+}

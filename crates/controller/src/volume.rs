@@ -277,7 +277,7 @@ fn provision(world: &World, cvc: &CStorVolumeConfig, ids: &mut dyn Ids, out: &mu
 }
 
 #[allow(clippy::too_many_arguments)]
-fn create_cvr(
+pub(crate) fn create_cvr(
     world: &World,
     pv: &str,
     pool: &str,
@@ -490,7 +490,15 @@ fn bound(
         for (pool, r) in &by_pool {
             let id = r.spec.replica_id.as_deref().unwrap_or_default();
             let gone_from_target = status_known.as_ref().is_some_and(|s| !s.contains(id));
-            if !desired.contains(pool) && !spec_known.contains_key(id) && gone_from_target {
+            // A replaced replica goes when the target no longer reports it at all
+            // ([`crate::replace`]): a Stale member is not in status.knownReplicas.
+            let replaced =
+                annotation_of(&r.metadata, crate::replace::REPLACED_BY_ANNOTATION).is_some();
+            if !desired.contains(pool)
+                && !spec_known.contains_key(id)
+                && gone_from_target
+                && !replaced
+            {
                 out.push(Action::delete(Kind::Cvr, nsn, name(&r.metadata)));
             }
         }

@@ -11,6 +11,9 @@
 //!
 //! The answer's publish context names the target: [`CONTEXT_IQN`], [`CONTEXT_PORTAL`]
 //! (HOST:PORT from the CStorVolume) and [`CONTEXT_LUN`]; the node service logs in there.
+//! [`CONTEXT_PORTALS`] lists, comma-separated, the portal of every other node with an
+//! InternalIP (same port): the controller moves a target off a dead node, and the node's
+//! initiator finds it again by trying those in turn.
 //!
 //! Not done here (yet): the target's ACL is not narrowed to the node's initiator name,
 //! and a new node does not preempt a dead node's SCSI reservation key.
@@ -35,6 +38,8 @@ pub const PUBLISHED_READONLY_ANNOTATION: &str = "cstor.openebs.io/published-read
 pub const CONTEXT_IQN: &str = "iqn";
 /// Publish context key: the target's portal, HOST:PORT.
 pub const CONTEXT_PORTAL: &str = "portal";
+/// Publish context key: the portals the target may move to, comma-separated HOST:PORT.
+pub const CONTEXT_PORTALS: &str = "portals";
 /// Publish context key: the LUN (always 0: one volume per target).
 pub const CONTEXT_LUN: &str = "lun";
 
@@ -120,9 +125,11 @@ pub fn plan_publish(world: &World, want: &PublishWant<'_>) -> Result<PublishStep
             "its CStorVolume names no target IQN and portal yet",
         ));
     };
+    let alternates = alternate_portals(world, portal);
     let context: HashMap<String, String> = [
         (CONTEXT_IQN, iqn),
         (CONTEXT_PORTAL, portal),
+        (CONTEXT_PORTALS, alternates.as_str()),
         (CONTEXT_LUN, "0"),
     ]
     .into_iter()
@@ -161,6 +168,29 @@ pub fn plan_publish(world: &World, want: &PublishWant<'_>) -> Result<PublishStep
     }
 }
 
+/// The portals, comma-separated, of every node with an InternalIP but the one of
+/// `portal`, at `portal`'s port, in node name order: where the target may move.
+pub fn alternate_portals(world: &World, portal: &str) -> String {
+    let Some((_, port)) = portal.rsplit_once(':') else {
+        return String::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut nodes: Vec<&str> = world.nodes.iter().map(|n| name(&n.metadata)).collect();
+    nodes.sort_unstable();
+    for n in nodes {
+        let Some(ip) = world.node_ip(n) else { continue };
+        let p = if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        };
+        if p != portal && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out.join(",")
+}
+
 /// Decides an unpublish (pure): the merge patch that removes the record, or None when
 /// there is nothing to remove (a volume or node that is gone counts as unpublished, as
 /// the spec allows).
@@ -192,4 +222,40 @@ pub fn check_unpublish(req: &ControllerUnpublishVolumeRequest) -> Result<Option<
 /// Answer of an unpublish.
 pub fn unpublish_response() -> ControllerUnpublishVolumeResponse {
     ControllerUnpublishVolumeResponse {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Node;
+
+    fn node(name: &str, ip: Option<&str>) -> Node {
+        let addresses: Vec<Value> = ip
+            .map(|ip| json!({"type": "InternalIP", "address": ip}))
+            .into_iter()
+            .collect();
+        serde_json::from_value(
+            json!({"metadata": {"name": name}, "status": {"addresses": addresses}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn alternates_are_every_other_nodes_portal_at_the_targets_port() {
+        let world = World {
+            nodes: vec![
+                node("n3", Some("10.0.0.3")),
+                node("n1", Some("10.0.0.1")),
+                node("n2", Some("10.0.0.2")),
+                node("n4", None),
+                node("n6", Some("fd00::6")),
+            ],
+            ..World::default()
+        };
+        assert_eq!(
+            alternate_portals(&world, "10.0.0.2:3261"),
+            "10.0.0.1:3261,10.0.0.3:3261,[fd00::6]:3261"
+        );
+        assert_eq!(alternate_portals(&world, "no-port"), "");
+    }
 }

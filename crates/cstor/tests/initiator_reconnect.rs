@@ -145,3 +145,78 @@ async fn io_fails_after_the_replacement_timeout_and_recovers_later() {
     assert_eq!(back, pattern(4096, 3));
     s.logout().await.expect("logout");
 }
+
+/// A target that moves to another portal (a replicated volume's target off a dead node):
+/// the session's reconnect tries its alternate portals in turn, one without the target
+/// refuses the login, and the writes queued meanwhile complete at the new portal. A first
+/// login whose main portal is dead goes to an alternate too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_follows_its_target_to_an_alternate_portal() {
+    let pool = Pool::new();
+    pool.cstor(&["volume", "create", "ip/v", "--size", "16M"]);
+    // Another node's pool (one process serves a pool at a time).
+    let elsewhere = Pool::new();
+    elsewhere.cstor(&["volume", "create", "ip/w", "--size", "16M"]);
+    let (first, other, moved) = (free_addr(), free_addr(), free_addr());
+    let serve_args = ["--iqn", IQN, "--volume", "ip/v"];
+    let target = pool.serve(&first, &serve_args);
+    // A portal serving another target only: it refuses our login.
+    let _other = elsewhere.serve(
+        &other,
+        &[
+            "--iqn",
+            "iqn.2026-12.io.cstor.test:other",
+            "--volume",
+            "ip/w",
+        ],
+    );
+    let alternates = [other.clone(), moved.clone()];
+    let s = Session::login_any(&spec(&first), SessionOptions::default(), &alternates)
+        .await
+        .expect("login");
+    s.write(0, &pattern(4096, 1)).await.expect("write");
+    s.flush().await.expect("flush");
+    target.kill();
+    let pending = {
+        let s = s.clone();
+        tokio::spawn(async move { s.write(8, &pattern(4096, 2)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pending.is_finished(), "a write completed with no target");
+    let _moved = pool.serve(&moved, &serve_args);
+    tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .expect("the write did not complete at the new portal")
+        .expect("writer task")
+        .expect("write");
+    let mut back = vec![0u8; 8192];
+    s.read(0, &mut back[..4096]).await.expect("read");
+    s.read(8, &mut back[4096..]).await.expect("read");
+    assert_eq!(&back[..4096], &pattern(4096, 1)[..]);
+    assert_eq!(&back[4096..], &pattern(4096, 2)[..]);
+    assert!(s.stats().reconnects >= 1, "{:?}", s.stats());
+    s.logout().await.expect("logout");
+
+    // A first login at a dead portal goes on to an alternate.
+    let s = Session::login_any(
+        &spec(&first),
+        SessionOptions::default(),
+        std::slice::from_ref(&moved),
+    )
+    .await
+    .expect("login through the alternate");
+    s.logout().await.expect("logout");
+    // With every portal refusing, the error is the main portal's (nothing listens there),
+    // not the other portal's refusal of an unknown target.
+    let e = Session::login_any(
+        &spec(&first),
+        SessionOptions::default(),
+        std::slice::from_ref(&other),
+    )
+    .await
+    .unwrap_err();
+    let alone = Session::login_with(&spec(&first), SessionOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), alone.to_string());
+}

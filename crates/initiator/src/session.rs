@@ -119,6 +119,9 @@ struct State {
 #[derive(Debug)]
 struct Inner {
     spec: LoginSpec,
+    /// Other portals that may serve the target after it moves (tried after the last one
+    /// reached and `spec.portal`; a portal without the target refuses the login).
+    alternates: Vec<String>,
     opts: SessionOptions,
     isid: [u8; 6],
     state: Mutex<State>,
@@ -187,12 +190,50 @@ impl Session {
     /// Logs in, clears the power-on unit attention and reads the capacity. A refused
     /// login (wrong CHAP secret, unknown target, not on the ACL) fails here at once.
     pub async fn login_with(spec: &LoginSpec, opts: SessionOptions) -> Result<Session, Error> {
+        Session::login_any(spec, opts, &[]).await
+    }
+
+    /// As [`Session::login_with`], with `alternates`: portals that may serve the target
+    /// instead of `spec.portal` (every node's portal, when the target can move between
+    /// nodes). The first login tries `spec.portal`, then each alternate in turn; a
+    /// reconnect tries the last portal reached, `spec.portal`, then the alternates. When
+    /// every portal fails the first login, the error is `spec.portal`'s.
+    pub async fn login_any(
+        spec: &LoginSpec,
+        opts: SessionOptions,
+        alternates: &[String],
+    ) -> Result<Session, Error> {
         let mut isid = [0x80u8, 0, 0, 0, 0, 0];
         cstor_iscsi::chap::random(&mut isid[1..])?;
-        let conn = establish(spec, &opts, isid, &spec.portal).await?;
+        let mut others: Vec<String> = Vec::new();
+        for a in alternates {
+            if *a != spec.portal && !others.contains(a) {
+                others.push(a.clone());
+            }
+        }
+        let alternates = others;
+        let conn = match establish(spec, &opts, isid, &spec.portal).await {
+            Ok(c) => c,
+            Err(first) => {
+                let mut found = None;
+                for addr in &alternates {
+                    match establish(spec, &opts, isid, addr).await {
+                        Ok(c) => {
+                            found = Some(c);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(target = %spec.target_iqn, portal = %addr, error = %e, "login failed")
+                        }
+                    }
+                }
+                found.ok_or(first)?
+            }
+        };
         let (changed, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             spec: spec.clone(),
+            alternates,
             opts,
             isid,
             state: Mutex::new(State {
@@ -609,7 +650,7 @@ impl Inner {
 }
 
 /// Logs in again until it works or the session is gone; the last portal reached (a
-/// redirect's) first, then the configured one.
+/// redirect's) first, then the configured one, then the alternates (a moved target).
 async fn reconnect(weak: Weak<Inner>) {
     let mut delay = RECONNECT_DELAY_MIN;
     loop {
@@ -625,8 +666,10 @@ async fn reconnect(weak: Weak<Inner>) {
             return;
         }
         let mut addrs = vec![last];
-        if addrs[0] != inner.spec.portal {
-            addrs.push(inner.spec.portal.clone());
+        for a in std::iter::once(&inner.spec.portal).chain(&inner.alternates) {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
         }
         for addr in addrs {
             match establish(&inner.spec, &inner.opts, inner.isid, &addr).await {

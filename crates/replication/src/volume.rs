@@ -74,6 +74,10 @@ pub struct VolumeConfig {
     pub t_gather: Duration,
     /// Takeover gate (T_takeover).
     pub t_takeover: Duration,
+    /// A holder instance known dead (the cluster controller saw its node stop
+    /// heartbeating and moved the target away): the gate lets this start take over from
+    /// it without waiting for its renewals to age. The fence and the lease wait still run.
+    pub takeover_from: Option<String>,
     /// Catch-up rate limit, bytes/s (None: unlimited).
     pub rebuild_rate: Option<u64>,
     /// Readmission delay after a member's first eviction within 10 min; it doubles per
@@ -99,6 +103,7 @@ impl VolumeConfig {
             t_lease: Duration::from_secs(8),
             t_gather: Duration::from_secs(20),
             t_takeover: Duration::from_secs(60),
+            takeover_from: None,
             rebuild_rate: None,
             readmit_delay: Duration::from_secs(1),
         }
@@ -407,7 +412,8 @@ impl ReplicatedVolume {
                     let dead_local = h.node == host_name() && !pid_alive(h.pid);
                     let expired =
                         unix_now().saturating_sub(rec.renew_time) >= cfg.t_takeover.as_secs();
-                    dead_local || expired
+                    let known_dead = cfg.takeover_from.as_deref() == Some(h.instance.as_str());
+                    dead_local || expired || known_dead
                 }
             };
             if free {

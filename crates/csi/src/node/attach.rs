@@ -33,6 +33,8 @@ const EXIT_WAIT: Duration = Duration::from_secs(10);
 pub const KEY_IQN: &str = "iqn";
 /// `HOST:PORT`.
 pub const KEY_PORTAL: &str = "portal";
+/// Comma-separated `HOST:PORT`s the target may move to.
+pub const KEY_PORTALS: &str = "portals";
 /// Logical unit, default 0.
 pub const KEY_LUN: &str = "lun";
 
@@ -57,9 +59,23 @@ pub fn target_from_context(ctx: &HashMap<String, String>) -> Result<Option<Targe
             .map_err(|_| Error::invalid("publish_context.lun", format!("{l:?} is not a LUN")))?,
     };
     check_portal(portal)?;
+    let alternates: Vec<String> = ctx
+        .get(KEY_PORTALS)
+        .map(|l| {
+            l.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    for p in &alternates {
+        check_portal(p)?;
+    }
     Ok(Some(Target {
         iqn: iqn.clone(),
         portal: portal.clone(),
+        alternates,
         lun,
     }))
 }
@@ -109,6 +125,7 @@ pub fn target_from_cv(
     Ok(Target {
         iqn,
         portal,
+        alternates: Vec::new(),
         lun: 0,
     })
 }
@@ -147,8 +164,11 @@ pub fn start(
         .try_clone()
         .map_err(|e| Error::io(format!("opening {}", log.display()), e))?;
     let mut cmd = Command::new(exe);
-    cmd.args(["initiator", "attach", "--portal", &target.portal])
-        .args(["--target", &target.iqn, "--lun", &target.lun.to_string()])
+    cmd.args(["initiator", "attach", "--portal", &target.portal]);
+    for p in &target.alternates {
+        cmd.args(["--portal", p]);
+    }
+    cmd.args(["--target", &target.iqn, "--lun", &target.lun.to_string()])
         .args(["--initiator-name", initiator_name, "--loop", "--file-dir"])
         .arg(dir)
         .stdin(Stdio::null())
@@ -355,5 +375,40 @@ pub fn probe_io(dir: &Path, limit: Duration) -> Result<u64, String> {
         Err(_) => Err(format!(
             "I/O on the LUN file did not complete within {limit:?}"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_publish_context_names_the_portal_and_where_the_target_may_move() {
+        let t = target_from_context(&ctx(&[
+            (KEY_IQN, "iqn.x:v"),
+            (KEY_PORTAL, "10.0.0.1:3260"),
+            (KEY_PORTALS, "10.0.0.2:3260, 10.0.0.3:3260,"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.portal, "10.0.0.1:3260");
+        assert_eq!(t.alternates, ["10.0.0.2:3260", "10.0.0.3:3260"]);
+        let t = target_from_context(&ctx(&[(KEY_IQN, "iqn.x:v"), (KEY_PORTAL, "h:1")]))
+            .unwrap()
+            .unwrap();
+        assert!(t.alternates.is_empty());
+        let bad = target_from_context(&ctx(&[
+            (KEY_IQN, "iqn.x:v"),
+            (KEY_PORTAL, "h:1"),
+            (KEY_PORTALS, "h:1,nope"),
+        ]));
+        assert!(bad.is_err(), "{bad:?}");
     }
 }

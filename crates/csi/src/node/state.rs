@@ -34,6 +34,9 @@ pub struct Target {
     pub iqn: String,
     /// HOST:PORT.
     pub portal: String,
+    /// Other portals the target may move to (HOST:PORT), tried after `portal`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternates: Vec<String>,
     /// Logical unit.
     pub lun: u64,
 }
@@ -232,6 +235,7 @@ mod tests {
             target: Target {
                 iqn: "iqn.x:v".into(),
                 portal: "127.0.0.1:3260".into(),
+                alternates: vec!["127.0.0.2:3260".into()],
                 lun: 0,
             },
             pid: 42,

@@ -30,6 +30,15 @@ pub struct Args {
     /// Milliseconds between reconcile passes.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
+    /// How long the node hosting a volume's target may go without renewing its heartbeat
+    /// Lease before the target moves to another live node (`15s`, `500ms`).
+    #[arg(long, default_value = "15s", value_parser = crate::units::parse_duration)]
+    pub target_move_grace: Duration,
+    /// How long the node of a pool instance holding a replica may go without renewing its
+    /// heartbeat Lease before the replica is replaced by a new one on another healthy pool
+    /// instance (`600s`, `90s`, `500ms`).
+    #[arg(long, default_value = "600s", value_parser = crate::units::parse_duration)]
+    pub replica_replace_grace: Duration,
 }
 
 /// Runs the controller until SIGINT or SIGTERM.
@@ -49,6 +58,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         identity,
         lease_duration: Duration::from_secs(args.lease_duration),
         interval: Duration::from_millis(args.interval_ms),
+        settings: cstor_controller::Settings {
+            target_move_grace: args.target_move_grace,
+            replica_replace_grace: args.replica_replace_grace,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

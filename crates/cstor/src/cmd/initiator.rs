@@ -56,9 +56,12 @@ enum InitiatorCommand {
 
 #[derive(Debug, ClapArgs)]
 struct AttachArgs {
-    /// Portal HOST:PORT of the target.
-    #[arg(long)]
-    portal: String,
+    /// Portal HOST:PORT of the target. Repeat it to name portals the target may move to
+    /// (every node's, for a volume whose target can move): the first login tries them in
+    /// order, and after a connection loss the session tries the last one reached, then
+    /// each in turn (a portal that does not serve the target refuses the login).
+    #[arg(long, required = true)]
+    portal: Vec<String>,
     /// Target name (IQN).
     #[arg(long)]
     target: String,
@@ -159,8 +162,9 @@ fn attach(a: AttachArgs) -> Result<()> {
         }),
         _ => None,
     };
+    let (first, alternates) = a.portal.split_first().context("--portal is required")?;
     let spec = LoginSpec {
-        portal: a.portal.clone(),
+        portal: first.clone(),
         target_iqn: a.target.clone(),
         initiator_iqn: a
             .initiator_name
@@ -175,8 +179,8 @@ fn attach(a: AttachArgs) -> Result<()> {
     };
     let rt = runtime()?;
     let session = rt
-        .block_on(Session::login_with(&spec, opts))
-        .with_context(|| format!("logging in to {} at {}", a.target, a.portal))?;
+        .block_on(Session::login_any(&spec, opts, alternates))
+        .with_context(|| format!("logging in to {} at {}", a.target, a.portal.join(", ")))?;
     let mut export = FuseExport::mount(session.clone(), rt.handle().clone(), &a.file_dir)?;
     let lo = if a.with_loop {
         Some(blockdev::LoopDevice::attach(&export.file())?)

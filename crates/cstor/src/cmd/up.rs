@@ -74,6 +74,14 @@ struct RunArgs {
     /// Port of the API server.
     #[arg(long, default_value_t = 6443)]
     api_port: u16,
+    /// The controller's `--target-move-grace`: how long a target's node may be silent
+    /// before the target moves to another node.
+    #[arg(long, default_value = "15s", value_parser = crate::units::parse_duration)]
+    target_move_grace: Duration,
+    /// The controller's `--replica-replace-grace`: how long a replica's node may be silent
+    /// before the replica is replaced on another pool instance.
+    #[arg(long, default_value = "600s", value_parser = crate::units::parse_duration)]
+    replica_replace_grace: Duration,
 }
 
 /// Runs `cstor up`.
@@ -450,6 +458,10 @@ async fn supervise(a: RunArgs) -> Result<()> {
                 "controller".into(),
                 "--kubeconfig".into(),
                 kubeconfig.display().to_string(),
+                "--target-move-grace".into(),
+                format!("{}ms", a.target_move_grace.as_millis()),
+                "--replica-replace-grace".into(),
+                format!("{}ms", a.replica_replace_grace.as_millis()),
             ],
             envs: vec![],
             log: log_of("cstor-controller", "cstor-controller"),

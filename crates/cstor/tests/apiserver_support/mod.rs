@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod claim;
 pub mod seed;
 pub mod up;
 

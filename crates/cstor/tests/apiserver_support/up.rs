@@ -39,6 +39,11 @@ impl Up {
     /// `cstor up --nodes N --disks-per-node 1 --disk-size SIZE`, waited for until its
     /// kubeconfig exists and every Pod is Ready.
     pub fn start(nodes: usize, disk_size: &str) -> Up {
+        Up::start_with(nodes, disk_size, &[])
+    }
+
+    /// [`Up::start`] with more arguments of `cstor up` (e.g. the controller's graces).
+    pub fn start_with(nodes: usize, disk_size: &str, extra: &[&str]) -> Up {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("up");
         std::fs::create_dir_all(&dir).unwrap();
@@ -48,6 +53,7 @@ impl Up {
         let child = Command::new(env!("CARGO_BIN_EXE_cstor"))
             .args(["up", "--nodes", &nodes.to_string(), "--disks-per-node", "1"])
             .args(["--disk-size", disk_size, "--base-address", &base])
+            .args(extra)
             .args(["--api-port", &free_port().to_string(), "--dir"])
             .arg(&dir)
             .stdout(log.try_clone().unwrap())
