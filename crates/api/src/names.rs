@@ -90,6 +90,15 @@ pub mod annotation {
     /// Ours: on a CVC the provisioner made for a claim, `<namespace>/<name>` of that
     /// PersistentVolumeClaim (the CSI path may not set it: the PV's claimRef then).
     pub const PVC: &str = "cstor.openebs.io/pvc";
+    /// Ours: on a CVC, the node the CSI driver's ControllerPublish gave the volume to (one
+    /// at a time); the target then admits only that node's initiator ([`node_initiator`]).
+    pub const PUBLISHED_NODE: &str = "cstor.openebs.io/published-node";
+}
+
+/// The iSCSI initiator name of cstor node `node` (its CSI node plugin's and `cstor
+/// attach`'s): `iqn.2026-12.io.cstor:<node, lower case>`, what a target's ACL lists.
+pub fn node_initiator(node: &str) -> String {
+    format!("iqn.2026-12.io.cstor:{}", node.to_ascii_lowercase())
 }
 
 /// Finalizers.
