@@ -865,6 +865,32 @@ async fn csi_controller_provisions_lists_expands_and_deletes_through_cvcs() {
     assert!(empty.entries.is_empty(), "{empty:?}");
 }
 
+/// `cstor up` with 2 nodes, a stripe pool on each (ONLINE with free space), and a
+/// controller-mode driver on its own socket.
+async fn with_pools() -> (Up, Driver) {
+    let up = Up::start(2, "256M");
+    let f = up.dir.join("cspc.yaml");
+    std::fs::write(&f, cspc_yaml(&up)).unwrap();
+    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
+    assert!(ok, "apply cspc: {out}");
+    up.wait_for(
+        "2 CSPIs ONLINE with free space",
+        &[
+            "get",
+            "cspi",
+            "-n",
+            "openebs",
+            "-o",
+            "jsonpath={.items[*].status.phase} {.items[*].status.capacity.free}",
+        ],
+        |v| v.matches("ONLINE").count() == 2 && !v.contains(" 0"),
+        Duration::from_secs(90),
+    );
+    let socket = up.dir.join("csi/csi.sock");
+    let driver = Driver::start(&socket, &up.dir.join("kubeconfig"));
+    (up, driver)
+}
+
 fn snapshot_req(name: &str, source: &str) -> CreateSnapshotRequest {
     CreateSnapshotRequest {
         name: name.to_owned(),
@@ -890,26 +916,7 @@ async fn csi_snapshots_create_list_restore_and_delete() {
     if !required(have_kubectl(), "kubectl") {
         return;
     }
-    let up = Up::start(2, "256M");
-    let f = up.dir.join("cspc.yaml");
-    std::fs::write(&f, cspc_yaml(&up)).unwrap();
-    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
-    assert!(ok, "apply cspc: {out}");
-    up.wait_for(
-        "2 CSPIs ONLINE with free space",
-        &[
-            "get",
-            "cspi",
-            "-n",
-            "openebs",
-            "-o",
-            "jsonpath={.items[*].status.phase} {.items[*].status.capacity.free}",
-        ],
-        |v| v.matches("ONLINE").count() == 2 && !v.contains(" 0"),
-        Duration::from_secs(90),
-    );
-    let socket = up.dir.join("csi/csi.sock");
-    let driver = Driver::start(&socket, &up.dir.join("kubeconfig"));
+    let (up, driver) = with_pools().await;
     let mut ctl = ControllerClient::new(driver.channel().await);
     let long = Duration::from_secs(60);
     until_done("create the source", long, || {
@@ -1198,26 +1205,7 @@ async fn csi_clones_a_volume_and_publish_narrows_the_target_acl() {
     if !required(have_kubectl() && have_qemu, "kubectl or qemu-io") {
         return;
     }
-    let up = Up::start(2, "256M");
-    let f = up.dir.join("cspc.yaml");
-    std::fs::write(&f, cspc_yaml(&up)).unwrap();
-    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
-    assert!(ok, "apply cspc: {out}");
-    up.wait_for(
-        "2 CSPIs ONLINE with free space",
-        &[
-            "get",
-            "cspi",
-            "-n",
-            "openebs",
-            "-o",
-            "jsonpath={.items[*].status.phase} {.items[*].status.capacity.free}",
-        ],
-        |v| v.matches("ONLINE").count() == 2 && !v.contains(" 0"),
-        Duration::from_secs(90),
-    );
-    let socket = up.dir.join("csi/csi.sock");
-    let driver = Driver::start(&socket, &up.dir.join("kubeconfig"));
+    let (up, driver) = with_pools().await;
     let mut ctl = ControllerClient::new(driver.channel().await);
     let long = Duration::from_secs(60);
     until_done("create the source", long, || {

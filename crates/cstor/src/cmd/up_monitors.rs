@@ -296,6 +296,18 @@ fn scrape_labels(m: &Value, ep: &Value, at: &str) -> Result<BTreeMap<String, Str
     Ok(l)
 }
 
+/// [`scrape_labels`] of one monitor endpoint, its unsupported fields reported; None
+/// (reported) when a field cannot be read.
+fn endpoint_labels(
+    m: &Value,
+    ep: &Value,
+    at: &str,
+    warnings: &mut Vec<String>,
+) -> Option<BTreeMap<String, String>> {
+    unsupported(m, ep, at, warnings);
+    scrape_labels(m, ep, at).map_err(|e| warnings.push(e)).ok()
+}
+
 fn unsupported(m: &Value, ep: &Value, at: &str, warnings: &mut Vec<String>) {
     for f in UNSUPPORTED {
         if !ep[*f].is_null() {
@@ -382,13 +394,8 @@ fn service_monitor(
         .enumerate()
     {
         let at = format!("spec.endpoints[{i}]");
-        unsupported(m, ep, &at, warnings);
-        let base = match scrape_labels(m, ep, &at) {
-            Ok(l) => l,
-            Err(e) => {
-                warnings.push(e);
-                continue;
-            }
+        let Some(base) = endpoint_labels(m, ep, &at, warnings) else {
+            continue;
         };
         let port_name = ep["port"].as_str();
         let target_port = &ep["targetPort"];
@@ -529,13 +536,8 @@ fn pod_monitor(c: &Cluster, m: &Value, groups: &mut BTreeSet<String>, warnings: 
     let eps = m["spec"]["podMetricsEndpoints"].as_array();
     for (i, ep) in eps.into_iter().flatten().enumerate() {
         let at = format!("spec.podMetricsEndpoints[{i}]");
-        unsupported(m, ep, &at, warnings);
-        let base = match scrape_labels(m, ep, &at) {
-            Ok(l) => l,
-            Err(e) => {
-                warnings.push(e);
-                continue;
-            }
+        let Some(base) = endpoint_labels(m, ep, &at, warnings) else {
+            continue;
         };
         let (name, number) = match (&ep["port"], &ep["portNumber"], &ep["targetPort"]) {
             (Value::String(n), _, _) => (Some(n.as_str()), None),
