@@ -12,6 +12,11 @@
 //! members follow `spec.replicaDetails.knownReplicas` (scale up and down, one change per
 //! pass), and a CVR scaled out shows Offline.
 //!
+//! Access: while the volume's CVC names a node in `cstor.openebs.io/published-node` (the
+//! CSI driver's ControllerPublish), the target admits only that node's initiator
+//! ([`cstor_api::names::node_initiator`]) and ends the sessions of any other; without
+//! one it admits every initiator (a volume used outside CSI, e.g. through its portal).
+//!
 //! Invariants: one target instance per volume in this process; a target whose CV leaves
 //! this node (or is deleted) is stopped cleanly (initiators logged out, volume drained,
 //! holder released) so the next node takes over without the takeover wait. A target the
@@ -24,9 +29,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cstor_api::names::label;
+use cstor_api::names::{annotation, label, node_initiator};
 use cstor_api::v1::CStorPoolInstance;
 use cstor_api::v1::CStorVolume;
+use cstor_api::v1::CStorVolumeConfig;
 use cstor_api::v1::CStorVolumeReplica;
 use cstor_iscsi::{Server, TargetConfig};
 use cstor_replication::volume::Phase;
@@ -57,6 +63,8 @@ struct Entry {
     slot: Slot,
     /// Last status written, to write only changes.
     last: Option<serde_json::Value>,
+    /// The initiators the target admits (`None`: all), as last applied.
+    acl: Option<Vec<String>>,
 }
 
 /// The targets of this node.
@@ -154,6 +162,17 @@ impl Targets {
         let all_cvrs = cvrs.list(&ListParams::default()).await?.items;
         let cspis: Api<CStorPoolInstance> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
         let all_cspis = cspis.list(&ListParams::default()).await?.items;
+        let cvcs: Api<CStorVolumeConfig> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
+        let published: BTreeMap<String, String> = cvcs
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter_map(|c| {
+                let node = c.annotations().get(annotation::PUBLISHED_NODE)?;
+                (!node.is_empty()).then(|| (c.name_any(), node.clone()))
+            })
+            .collect();
         let endpoint_of = |cspi: &str| {
             all_cspis
                 .iter()
@@ -170,7 +189,8 @@ impl Targets {
                 .filter(|r| r.labels().get(PV_LABEL) == Some(&name))
                 .map(|r| (r, r.labels().get(CSPI_LABEL).and_then(|c| endpoint_of(c))))
                 .collect();
-            self.reconcile(&cvs, &cvrs, cv, &replicas).await?;
+            let acl = published.get(&name).map(|n| vec![node_initiator(n)]);
+            self.reconcile(&cvs, &cvrs, cv, &replicas, acl).await?;
         }
         Ok(())
     }
@@ -181,6 +201,7 @@ impl Targets {
         cvrs: &Api<CStorVolumeReplica>,
         cv: &CStorVolume,
         replicas: &[(&CStorVolumeReplica, Option<String>)],
+        acl: Option<Vec<String>>,
     ) -> Result<()> {
         let name = cv.name_any();
         let mut vols = self.vols.lock().await;
@@ -197,6 +218,8 @@ impl Targets {
                         Ok(Ok(vol)) => {
                             let mut tcfg = TargetConfig::new(&e.iqn, Arc::new(vol.clone()));
                             tcfg.portals = vec![self.portal.to_string()];
+                            tcfg.allowed_initiators = acl.clone();
+                            e.acl = acl.clone();
                             match self.server.add_target(tcfg) {
                                 Ok(()) => {
                                     tracing::info!(volume = %name, iqn = %e.iqn, portal = %self.portal, "target serving");
@@ -244,6 +267,7 @@ impl Targets {
                     iqn,
                     slot: Slot::Starting(h),
                     last: None,
+                    acl: None,
                 },
             );
             return Ok(());
@@ -255,6 +279,15 @@ impl Targets {
             return Ok(());
         };
         let vol = vol.clone();
+        if e.acl != acl {
+            match self.server.set_allowed_initiators(&e.iqn, acl.clone()) {
+                Ok(()) => {
+                    tracing::info!(volume = %name, allowed = ?acl, "target access changed");
+                    e.acl = acl;
+                }
+                Err(err) => tracing::error!(volume = %name, error = %err, "target access"),
+            }
+        }
         if vol.is_fenced() {
             tracing::warn!(volume = %name, "fenced by a newer target instance: stopping");
             let _ = self.server.remove_target(&e.iqn).await;

@@ -94,6 +94,15 @@ pub mod annotation {
     /// the membership record's holder instance on that node; the new target skips the
     /// takeover gate for that instance only (docs/controller.md, "Target move").
     pub const TAKEOVER_FROM: &str = "cstor.openebs.io/takeover-from";
+    /// Ours: on a CVC, the node the CSI driver's ControllerPublish gave the volume to (one
+    /// at a time); the target then admits only that node's initiator ([`node_initiator`]).
+    pub const PUBLISHED_NODE: &str = "cstor.openebs.io/published-node";
+}
+
+/// The iSCSI initiator name of cstor node `node` (its CSI node plugin's and `cstor
+/// attach`'s): `iqn.2026-12.io.cstor:<node, lower case>`, what a target's ACL lists.
+pub fn node_initiator(node: &str) -> String {
+    format!("iqn.2026-12.io.cstor:{}", node.to_ascii_lowercase())
 }
 
 /// Finalizers.

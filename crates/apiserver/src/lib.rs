@@ -69,6 +69,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use error::{ApiError, FieldCause};
+pub use select::LabelSelector;
 pub use store::StoreError;
 
 /// Name of the store file inside the data directory.

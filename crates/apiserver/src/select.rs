@@ -17,9 +17,10 @@ enum Req {
     NotExists(String),
 }
 
-/// A parsed label selector; empty matches everything.
+/// A parsed label selector; empty matches everything. Public for clients that match
+/// objects the way the server does (`cstor up` resolving ServiceMonitors).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct LabelSelector(Vec<Req>);
+pub struct LabelSelector(Vec<Req>);
 
 /// Splits on commas that are not inside parentheses.
 fn split_top(s: &str) -> Vec<String> {
@@ -61,7 +62,8 @@ fn set_values(s: &str, sel: &str) -> Result<Vec<String>, ApiError> {
 }
 
 impl LabelSelector {
-    pub(crate) fn parse(sel: &str) -> Result<LabelSelector, ApiError> {
+    /// Parses the string form (`?labelSelector=`).
+    pub fn parse(sel: &str) -> Result<LabelSelector, ApiError> {
         let mut reqs = Vec::new();
         for part in split_top(sel) {
             let req = if let Some(k) = part.strip_prefix('!') {
@@ -91,7 +93,7 @@ impl LabelSelector {
 
     /// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions` with In,
     /// NotIn, Exists, DoesNotExist); `{}` matches everything.
-    pub(crate) fn from_json(sel: &Value) -> Result<LabelSelector, ApiError> {
+    pub fn from_json(sel: &Value) -> Result<LabelSelector, ApiError> {
         let bad = || ApiError::BadRequest(format!("invalid label selector: {sel}"));
         let mut reqs = Vec::new();
         if let Some(m) = sel["matchLabels"].as_object() {
@@ -118,7 +120,8 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
-    pub(crate) fn matches(&self, obj: &Value) -> bool {
+    /// Whether `obj`'s `metadata.labels` satisfy every requirement.
+    pub fn matches(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];
         let get = |k: &str| labels.get(k).and_then(Value::as_str);
         self.0.iter().all(|r| match r {
@@ -223,7 +226,8 @@ impl FieldSelector {
         Ok(())
     }
 
-    pub(crate) fn matches(&self, obj: &Value) -> bool {
+    /// Whether `obj`'s `metadata.labels` satisfy every requirement.
+    pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, eq, want)| {
             let mut cur = obj;
             for part in path.split('.') {

@@ -9,9 +9,9 @@
 //! call. Cancellation: a dropped call frees its volume; what it wrote is found again by
 //! the next call (every write is idempotent).
 //! ControllerPublish/Unpublish record which node may attach ([`crate::publish`]);
-//! snapshots and the snapshot content source are [`crate::snapshot`]'s.
-//! Not served (UNIMPLEMENTED, and not advertised): ControllerModifyVolume, GetSnapshot,
-//! volume (clone) content sources.
+//! snapshots, GetSnapshot and the content sources (a snapshot, or a volume to clone)
+//! are [`crate::snapshot`]'s.
+//! Not served (UNIMPLEMENTED, and not advertised): ControllerModifyVolume.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -56,12 +56,14 @@ impl Drop for Claim {
 }
 
 /// The RPCs advertised; each is implemented below.
-const CAPABILITIES: [rpc::Type; 11] = [
+const CAPABILITIES: [rpc::Type; 13] = [
     rpc::Type::CreateDeleteVolume,
     rpc::Type::PublishUnpublishVolume,
     rpc::Type::PublishReadonly,
     rpc::Type::CreateDeleteSnapshot,
     rpc::Type::ListSnapshots,
+    rpc::Type::GetSnapshot,
+    rpc::Type::CloneVolume,
     rpc::Type::ListVolumes,
     rpc::Type::ListVolumesPublishedNodes,
     rpc::Type::GetCapacity,
@@ -108,13 +110,13 @@ impl ControllerService {
             }
         }
         let mut size_bytes = request::size_for(req.capacity_range.as_ref())?;
-        let source = snapshot::content_source(&self.cluster, req.volume_content_source.as_ref())
-            .await?
-            .map(|(id, bytes)| {
-                snapshot::restore_size(req.capacity_range.as_ref(), size_bytes, bytes)
-                    .map(|s| (id, s))
-            })
-            .transpose()?;
+        let source = snapshot::content_source(
+            &self.cluster,
+            req.volume_content_source.as_ref(),
+            &id,
+            (req.capacity_range.as_ref(), size_bytes),
+        )
+        .await?;
         if let Some((_, s)) = &source {
             size_bytes = *s;
         }
@@ -183,6 +185,7 @@ impl ControllerService {
         };
         let _claim = self.claim(id)?;
         self.cluster.delete_cvc(id).await?;
+        snapshot::delete_clone_snapshot(&self.cluster, id).await?;
         Ok(DeleteVolumeResponse {})
     }
 
@@ -461,8 +464,6 @@ fn unimplemented<T>(rpc: &'static str, why: &'static str) -> Result<Response<T>,
     Err(Error::Unimplemented { rpc, why }.into())
 }
 
-const NO_GET_SNAPSHOT: &str = "use ListSnapshots with snapshot_id (GET_SNAPSHOT is not advertised)";
-
 #[tonic::async_trait]
 impl Controller for ControllerService {
     async fn create_volume(
@@ -576,8 +577,8 @@ impl Controller for ControllerService {
 
     async fn get_snapshot(
         &self,
-        _: Request<GetSnapshotRequest>,
+        request: Request<GetSnapshotRequest>,
     ) -> Result<Response<GetSnapshotResponse>, Status> {
-        unimplemented("GetSnapshot", NO_GET_SNAPSHOT)
+        answer(snapshot::get(&self.cluster, request.into_inner()).await)
     }
 }

@@ -31,7 +31,7 @@ use crate::request::{self, existing_id};
 use crate::Error;
 
 /// Annotation on a CVC: the node the volume is published to.
-pub const PUBLISHED_NODE_ANNOTATION: &str = "cstor.openebs.io/published-node";
+pub const PUBLISHED_NODE_ANNOTATION: &str = cstor_api::names::annotation::PUBLISHED_NODE;
 /// Annotation on a CVC: `"true"` when that publish is read-only.
 pub const PUBLISHED_READONLY_ANNOTATION: &str = "cstor.openebs.io/published-readonly";
 /// Publish context key: the target's IQN.

@@ -9,10 +9,16 @@
 //! VolumeSnapshotContent `snapshotHandle` the controller writes and a restore's
 //! `cstorVolumeSource`: one format for every path.
 //!
+//! Clones (a volume content source): a restore from an internal snapshot of the source
+//! volume, taken for the clone and named after it ([`clone_snapshot_name`]), annotated
+//! [`CLONE_ANNOTATION`] with the clone's id; ListSnapshots does not show it, and the
+//! clone's DeleteVolume deletes it (the agent keeps it while a pool clone depends on it).
+//! CreateVolume answers ABORTED until that snapshot is ready, so the CO's retries drive
+//! it, as for any volume that is not ready yet.
+//!
 //! Invariants: only CStorSnapshots are written (create, delete); CreateSnapshot answers
 //! at once with the snapshot's state (ready_to_use false until the agent took it; the
 //! sidecar polls by repeating the call, which is idempotent by name).
-//! Not served: volume content sources (CLONE_VOLUME is not advertised); GetSnapshot.
 
 use std::collections::HashMap;
 
@@ -26,13 +32,28 @@ use serde_json::json;
 
 use crate::cluster::{bounded, Cluster};
 use crate::limits::{LIST_PAGE_MAX, SIZE_STEP_BYTES};
-use crate::pb::volume_content_source::{SnapshotSource, Type as SourceType};
+use crate::pb::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use crate::pb::*;
 use crate::request;
 use crate::Error;
 
 /// CStorSnapshot annotation with the name the CO gave CreateSnapshot.
 pub const CSI_NAME_ANNOTATION: &str = "cstor.csi.openebs.io/snapshot-name";
+
+/// CStorSnapshot annotation of a clone's internal snapshot: the clone's volume id.
+pub const CLONE_ANNOTATION: &str = "cstor.csi.openebs.io/clone-for";
+
+/// The name of the internal snapshot the clone `volume` is restored from.
+pub fn clone_snapshot_name(volume: &str) -> Result<String, Error> {
+    request::volume_id(&format!("csi-clone-{volume}"))
+}
+
+fn is_clone_snapshot(c: &CStorSnapshot) -> bool {
+    c.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(CLONE_ANNOTATION))
+}
 
 /// `<volume>@<snapshot>` of a snapshot id; None when the id cannot name one of ours.
 pub fn parse_id(id: &str) -> Option<(&str, &str)> {
@@ -114,7 +135,7 @@ pub async fn create(
     let size = world.cvc(vol).map(cvc_size);
     let existing = list(cluster).await?;
     if let Some(c) = existing.iter().find(|c| name(&c.metadata) == snap) {
-        if c.spec.volume_name != vol {
+        if c.spec.volume_name != vol || is_clone_snapshot(c) {
             return Err(Error::SnapshotExists {
                 snapshot: req.name.clone(),
                 volume: c.spec.volume_name.clone(),
@@ -134,6 +155,24 @@ pub async fn create(
         Some(c) if !deleting(&c.metadata) => {}
         _ => return Err(missing()),
     }
+    let Some(made) = create_object(cluster, &snap, vol, (CSI_NAME_ANNOTATION, &req.name)).await?
+    else {
+        // Created meanwhile by another call: answer as a repeat does.
+        return Box::pin(create(cluster, req)).await;
+    };
+    Ok(CreateSnapshotResponse {
+        snapshot: Some(view(&made, size)),
+    })
+}
+
+/// Creates CStorSnapshot `snap` of volume `vol` (status Pending) with one annotation;
+/// None when one of that name exists already.
+async fn create_object(
+    cluster: &Cluster,
+    snap: &str,
+    vol: &str,
+    (key, value): (&str, &str),
+) -> Result<Option<CStorSnapshot>, Error> {
     let object: CStorSnapshot = serde_json::from_value(json!({
         "apiVersion": CSTOR_API_VERSION,
         "kind": "CStorSnapshot",
@@ -141,7 +180,7 @@ pub async fn create(
             "name": snap,
             "namespace": cluster.namespace(),
             "labels": {label::PERSISTENT_VOLUME: vol},
-            "annotations": {CSI_NAME_ANNOTATION: req.name},
+            "annotations": {key: value},
         },
         "spec": {"volumeName": vol, "snapshotName": snap},
     }))
@@ -159,20 +198,17 @@ pub async fn create(
         }
     })
     .await?;
-    let Some(made) = made else {
-        // Created meanwhile by another call: answer as a repeat does.
-        return Box::pin(create(cluster, req)).await;
-    };
+    if made.is_none() {
+        return Ok(None);
+    }
     let status = json!({"status": {"phase": "Pending", "readyToUse": false}});
     bounded(&op, async {
-        api.patch_status(&snap, &PatchParams::default(), &Patch::Merge(&status))
+        api.patch_status(snap, &PatchParams::default(), &Patch::Merge(&status))
             .await
             .map_err(|e| Error::api(format!("set the status of cstorsnapshot {snap}"), e))
     })
     .await?;
-    Ok(CreateSnapshotResponse {
-        snapshot: Some(view(&made, size)),
-    })
+    Ok(made)
 }
 
 /// DeleteSnapshot: OK when the snapshot is gone or its deletion is under way (the agent
@@ -227,7 +263,7 @@ pub async fn list_snapshots(
         .collect();
     let mut entries: Vec<Snapshot> = all
         .iter()
-        .filter(|c| !deleting(&c.metadata))
+        .filter(|c| !deleting(&c.metadata) && !is_clone_snapshot(c))
         .filter(|c| req.snapshot_id.is_empty() || snapshot_id(c) == req.snapshot_id)
         .filter(|c| req.source_volume_id.is_empty() || c.spec.volume_name == req.source_volume_id)
         .map(|c| view(c, sizes.get(c.spec.volume_name.as_str()).copied()))
@@ -253,21 +289,23 @@ pub async fn list_snapshots(
     })
 }
 
-/// The `cstorVolumeSource` (`<volume>@<snapshot>`) and restore size of a CreateVolume's
-/// content source: None without one. NOT_FOUND when the snapshot does not exist,
-/// ABORTED while it is not ready yet, INVALID_ARGUMENT for a volume source (not served).
+/// The `cstorVolumeSource` (`<volume>@<snapshot>`) and size ([`restore_size`] of
+/// `(range, asked)`) of the content source of CreateVolume `volume`: None without one.
+/// A snapshot: NOT_FOUND when it does not exist, ABORTED while it is not ready yet. A
+/// volume: see [`clone_source`].
 pub async fn content_source(
     cluster: &Cluster,
     source: Option<&VolumeContentSource>,
+    volume: &str,
+    (range, asked): (Option<&CapacityRange>, u64),
 ) -> Result<Option<(String, u64)>, Error> {
     let Some(src) = source else { return Ok(None) };
     let id = match &src.r#type {
         Some(SourceType::Snapshot(SnapshotSource { snapshot_id })) => snapshot_id,
-        Some(SourceType::Volume(_)) => {
-            return Err(Error::invalid(
-                "volume_content_source.volume",
-                "cloning a volume is not supported (CLONE_VOLUME is not advertised): take a snapshot and restore it",
-            ))
+        Some(SourceType::Volume(VolumeSource { volume_id })) => {
+            return clone_source(cluster, volume_id, volume, (range, asked))
+                .await
+                .map(Some)
         }
         None => return Err(Error::invalid("volume_content_source", "names no source")),
     };
@@ -294,10 +332,103 @@ pub async fn content_source(
             what: format!("snapshot {id} is not ready to use yet"),
         });
     }
-    Ok(Some((id.clone(), u64::try_from(v.size_bytes).unwrap_or(0))))
+    let size = restore_size(range, asked, u64::try_from(v.size_bytes).unwrap_or(0))?;
+    Ok(Some((id.clone(), size)))
 }
 
-/// The size of a restore: what the range asks for, at least the snapshot's size (rounded
+/// The source of clone `volume` of volume `source`: its internal snapshot, taken on the
+/// first call; NOT_FOUND when the source does not exist, ABORTED until the snapshot is
+/// ready, ALREADY_EXISTS when an earlier request of this name cloned another volume,
+/// OUT_OF_RANGE (before anything is made) when the range cannot hold the source.
+async fn clone_source(
+    cluster: &Cluster,
+    source: &str,
+    volume: &str,
+    (range, asked): (Option<&CapacityRange>, u64),
+) -> Result<(String, u64), Error> {
+    if source.is_empty() {
+        return Err(Error::invalid(
+            "volume_content_source.volume.volume_id",
+            "is required",
+        ));
+    }
+    let missing = || Error::VolumeNotFound {
+        volume: source.to_owned(),
+    };
+    let src = request::existing_id(source)?.ok_or_else(missing)?;
+    if src == volume {
+        return Err(Error::invalid(
+            "volume_content_source.volume.volume_id",
+            "a volume cannot be cloned into itself",
+        ));
+    }
+    let world = cluster.view().await?;
+    let source_size = world
+        .cvc(src)
+        .filter(|c| !deleting(&c.metadata))
+        .map(cvc_size)
+        .ok_or_else(missing)?;
+    let size = restore_size(range, asked, source_size)?;
+    let snap = clone_snapshot_name(volume)?;
+    let pending = |what: String| Error::Pending {
+        volume: volume.to_owned(),
+        what,
+    };
+    let existing = list(cluster).await?;
+    let Some(c) = existing.iter().find(|c| name(&c.metadata) == snap) else {
+        create_object(cluster, &snap, src, (CLONE_ANNOTATION, volume)).await?;
+        return Err(pending(format!("taking snapshot {snap} of {src} to clone")));
+    };
+    if c.spec.volume_name != src {
+        return Err(Error::Incompatible {
+            volume: volume.to_owned(),
+            why: format!("it is a clone of volume {}", c.spec.volume_name),
+        });
+    }
+    if deleting(&c.metadata) {
+        return Err(pending(format!(
+            "snapshot {snap} of {src} is being deleted"
+        )));
+    }
+    if !view(c, None).ready_to_use {
+        let why = c.status.as_ref().and_then(|s| s.message.as_deref());
+        return Err(pending(format!(
+            "snapshot {snap} of {src} to clone is not ready yet{}",
+            why.map(|w| format!(": {w}")).unwrap_or_default()
+        )));
+    }
+    Ok((format!("{src}@{snap}"), size))
+}
+
+/// Deletes the internal snapshot clone `volume` was made from (when it was one); the
+/// agent deletes the replicated snapshot once no pool clone depends on it.
+pub async fn delete_clone_snapshot(cluster: &Cluster, volume: &str) -> Result<(), Error> {
+    let snap = clone_snapshot_name(volume)?;
+    let ours = list(cluster).await?.into_iter().any(|c| {
+        name(&c.metadata) == snap
+            && !deleting(&c.metadata)
+            && c.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CLONE_ANNOTATION))
+                .is_some_and(|v| v == volume)
+    });
+    if !ours {
+        return Ok(());
+    }
+    let api = api(cluster);
+    let op = format!("delete cstorsnapshot {snap}");
+    bounded(&op, async {
+        match api.delete(&snap, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(Error::api(op.clone(), e)),
+        }
+    })
+    .await
+}
+
+/// The size of a restore or clone: what the range asks for, at least the source's size (rounded
 /// up to whole MiB); OUT_OF_RANGE when the limit is below that.
 pub fn restore_size(
     range: Option<&CapacityRange>,
@@ -318,14 +449,45 @@ pub fn restore_size(
     Ok(size)
 }
 
-/// The content source a volume reports: the snapshot it was restored from.
+/// The content source a volume reports: the snapshot it was restored from, or the
+/// volume it is a clone of (restored from the internal snapshot named after it).
 pub fn source_of(cvc: &cstor_api::v1::CStorVolumeConfig) -> Option<VolumeContentSource> {
     let s = cvc.spec.cstor_volume_source.as_deref()?;
-    parse_id(s)?;
-    Some(VolumeContentSource {
-        r#type: Some(SourceType::Snapshot(SnapshotSource {
+    let (vol, snap) = parse_id(s)?;
+    let r#type = if clone_snapshot_name(name(&cvc.metadata)).is_ok_and(|c| c == snap) {
+        SourceType::Volume(VolumeSource {
+            volume_id: vol.to_owned(),
+        })
+    } else {
+        SourceType::Snapshot(SnapshotSource {
             snapshot_id: s.to_owned(),
-        })),
+        })
+    };
+    Some(VolumeContentSource {
+        r#type: Some(r#type),
+    })
+}
+
+/// GetSnapshot: the snapshot `snapshot_id` names; NOT_FOUND when there is none (a
+/// clone's internal snapshot included: the CO never made it).
+pub async fn get(cluster: &Cluster, req: GetSnapshotRequest) -> Result<GetSnapshotResponse, Error> {
+    if req.snapshot_id.is_empty() {
+        return Err(Error::invalid("snapshot_id", "is required"));
+    }
+    let missing = || Error::SnapshotNotFound {
+        snapshot: req.snapshot_id.clone(),
+    };
+    let (vol, snap) = parse_id(&req.snapshot_id).ok_or_else(missing)?;
+    let c = list(cluster)
+        .await?
+        .into_iter()
+        .find(|c| c.spec.volume_name == vol && c.spec.snapshot_name == snap)
+        .filter(|c| !deleting(&c.metadata) && !is_clone_snapshot(c))
+        .ok_or_else(missing)?;
+    let world = cluster.view().await?;
+    let size = world.cvc(vol).map(cvc_size);
+    Ok(GetSnapshotResponse {
+        snapshot: Some(view(&c, size)),
     })
 }
 

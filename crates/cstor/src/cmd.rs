@@ -12,4 +12,5 @@ pub mod replica;
 pub mod target;
 pub mod target_replicated;
 pub mod up;
+pub mod up_monitors;
 pub mod up_prometheus;

@@ -217,10 +217,10 @@ async fn csi_checks_requests_before_the_api_and_owns_its_socket() {
         .collect();
     types.sort();
     // CREATE_DELETE_VOLUME, PUBLISH_UNPUBLISH_VOLUME, LIST_VOLUMES, GET_CAPACITY,
-    // CREATE_DELETE_SNAPSHOT, LIST_SNAPSHOTS, PUBLISH_READONLY, EXPAND_VOLUME,
-    // LIST_VOLUMES_PUBLISHED_NODES, VOLUME_CONDITION, GET_VOLUME: nothing advertised
-    // that answers UNIMPLEMENTED.
-    assert_eq!(types, [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12]);
+    // CREATE_DELETE_SNAPSHOT, LIST_SNAPSHOTS, CLONE_VOLUME, PUBLISH_READONLY,
+    // EXPAND_VOLUME, LIST_VOLUMES_PUBLISHED_NODES, VOLUME_CONDITION, GET_VOLUME,
+    // GET_SNAPSHOT: nothing advertised that answers UNIMPLEMENTED.
+    assert_eq!(types, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 15]);
 
     let info = node
         .node_get_info(NodeGetInfoRequest {})
@@ -865,6 +865,32 @@ async fn csi_controller_provisions_lists_expands_and_deletes_through_cvcs() {
     assert!(empty.entries.is_empty(), "{empty:?}");
 }
 
+/// `cstor up` with 2 nodes, a stripe pool on each (ONLINE with free space), and a
+/// controller-mode driver on its own socket.
+async fn with_pools() -> (Up, Driver) {
+    let up = Up::start(2, "256M");
+    let f = up.dir.join("cspc.yaml");
+    std::fs::write(&f, cspc_yaml(&up)).unwrap();
+    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
+    assert!(ok, "apply cspc: {out}");
+    up.wait_for(
+        "2 CSPIs ONLINE with free space",
+        &[
+            "get",
+            "cspi",
+            "-n",
+            "openebs",
+            "-o",
+            "jsonpath={.items[*].status.phase} {.items[*].status.capacity.free}",
+        ],
+        |v| v.matches("ONLINE").count() == 2 && !v.contains(" 0"),
+        Duration::from_secs(90),
+    );
+    let socket = up.dir.join("csi/csi.sock");
+    let driver = Driver::start(&socket, &up.dir.join("kubeconfig"));
+    (up, driver)
+}
+
 fn snapshot_req(name: &str, source: &str) -> CreateSnapshotRequest {
     CreateSnapshotRequest {
         name: name.to_owned(),
@@ -890,26 +916,7 @@ async fn csi_snapshots_create_list_restore_and_delete() {
     if !required(have_kubectl(), "kubectl") {
         return;
     }
-    let up = Up::start(2, "256M");
-    let f = up.dir.join("cspc.yaml");
-    std::fs::write(&f, cspc_yaml(&up)).unwrap();
-    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
-    assert!(ok, "apply cspc: {out}");
-    up.wait_for(
-        "2 CSPIs ONLINE with free space",
-        &[
-            "get",
-            "cspi",
-            "-n",
-            "openebs",
-            "-o",
-            "jsonpath={.items[*].status.phase} {.items[*].status.capacity.free}",
-        ],
-        |v| v.matches("ONLINE").count() == 2 && !v.contains(" 0"),
-        Duration::from_secs(90),
-    );
-    let socket = up.dir.join("csi/csi.sock");
-    let driver = Driver::start(&socket, &up.dir.join("kubeconfig"));
+    let (up, driver) = with_pools().await;
     let mut ctl = ControllerClient::new(driver.channel().await);
     let long = Duration::from_secs(60);
     until_done("create the source", long, || {
@@ -1068,15 +1075,6 @@ async fn csi_snapshots_create_list_restore_and_delete() {
         ),
         Code::NotFound
     );
-    let mut clone = create("restored", 64 * MIB, "2");
-    clone.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(volume_content_source::Type::Volume(
-            volume_content_source::VolumeSource {
-                volume_id: "snap-src".into(),
-            },
-        )),
-    });
-    assert_eq!(code(ctl.create_volume(clone).await), Code::InvalidArgument);
     let restored = until_done("restore", long, || {
         let mut c = ctl.clone();
         async move {
@@ -1120,6 +1118,34 @@ async fn csi_snapshots_create_list_restore_and_delete() {
         .await
         .unwrap();
     }
+    // GetSnapshot.
+    assert_eq!(
+        code(ctl.get_snapshot(GetSnapshotRequest::default()).await),
+        Code::InvalidArgument
+    );
+    let got = ctl
+        .get_snapshot(GetSnapshotRequest {
+            snapshot_id: "snap-src@snap-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(got.snapshot_id, "snap-src@snap-1");
+    assert!(got.ready_to_use);
+    assert_eq!(got.size_bytes, 64 * MIB);
+    for id in ["snap-src@nope", "not-an-id"] {
+        let r = ctl
+            .get_snapshot(GetSnapshotRequest {
+                snapshot_id: id.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(r), Code::NotFound, "{id}");
+    }
+
     up.wait_for(
         "snap-2's CStorSnapshot gone",
         &["get", "cstorsnapshot", "-n", "openebs", "-o", "name"],
@@ -1131,4 +1157,254 @@ async fn csi_snapshots_create_list_restore_and_delete() {
         .unwrap()
         .into_inner();
     assert_eq!(ids(&left), ["snap-src@snap-1"]);
+}
+
+fn clone_of(name: &str, source: &str, bytes: i64) -> CreateVolumeRequest {
+    let mut r = create(name, bytes, "2");
+    r.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: source.to_owned(),
+            },
+        )),
+    });
+    r
+}
+
+/// The (iqn, portal) of a volume's CStorVolume.
+fn target_of(up: &Up, vol: &str) -> (String, String) {
+    let (ok, out) = up.kubectl(&[
+        "get",
+        "cv",
+        vol,
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.spec.iqn} {.spec.targetPortal}",
+    ]);
+    let parts: Vec<&str> = out.split_whitespace().collect();
+    assert!(ok && parts.len() == 2, "cv {vol}: {out}");
+    (parts[0].to_owned(), parts[1].to_owned())
+}
+
+/// CreateVolume with a volume content source (CLONE_VOLUME): request checks, NOT_FOUND
+/// and OUT_OF_RANGE, ABORTED until the internal snapshot is taken, then a clone holding
+/// what the source held when it was asked for (read through the clone's own target),
+/// reporting the source volume, idempotent, ALREADY_EXISTS for a repeat with another
+/// source; its internal snapshot is hidden from ListSnapshots/GetSnapshot and deleted
+/// with the clone. Then ControllerPublish narrows the source's target ACL to node-1's
+/// initiator name, and Unpublish widens it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_clones_a_volume_and_publish_narrows_the_target_acl() {
+    let have_qemu = Command::new("qemu-io")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !required(have_kubectl() && have_qemu, "kubectl or qemu-io") {
+        return;
+    }
+    let (up, driver) = with_pools().await;
+    let mut ctl = ControllerClient::new(driver.channel().await);
+    let long = Duration::from_secs(60);
+    until_done("create the source", long, || {
+        let mut c = ctl.clone();
+        async move { c.create_volume(create("clone-src", 64 * MIB, "2")).await }
+    })
+    .await;
+    let (iqn, portal) = target_of(&up, "clone-src");
+    let io = |portal: &str, iqn: &str, cmds: &[&str]| {
+        let (ok, text) = apiserver_support::seed::qemu_io(portal, iqn, cmds);
+        assert!(ok, "qemu-io {cmds:?}: {text}");
+    };
+    io(&portal, &iqn, &["write -P 0x77 1M 2M"]);
+
+    // Checked before anything is made.
+    assert_eq!(
+        code(ctl.create_volume(clone_of("cloned", "", 64 * MIB)).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            ctl.create_volume(clone_of("cloned", "cloned", 64 * MIB))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            ctl.create_volume(clone_of("cloned", "no-such-vol", 64 * MIB))
+                .await
+        ),
+        Code::NotFound
+    );
+    let mut small = clone_of("cloned", "clone-src", 32 * MIB);
+    small.capacity_range.as_mut().unwrap().limit_bytes = 32 * MIB;
+    assert_eq!(code(ctl.create_volume(small).await), Code::OutOfRange);
+    let (_, out) = up.kubectl(&["get", "cstorsnapshot", "-n", "openebs", "-o", "name"]);
+    assert!(
+        !out.contains("csi-clone"),
+        "nothing made by refused calls: {out}"
+    );
+
+    // The first call takes the snapshot and answers ABORTED; retries finish the clone.
+    assert_eq!(
+        code(
+            ctl.create_volume(clone_of("cloned", "clone-src", 64 * MIB))
+                .await
+        ),
+        Code::Aborted
+    );
+    let (_, out) = up.kubectl(&[
+        "get",
+        "cstorsnapshot",
+        "csi-clone-cloned",
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.spec.volumeName} {.metadata.annotations.cstor\\.csi\\.openebs\\.io/clone-for}",
+    ]);
+    assert_eq!(out, "clone-src cloned");
+    up.wait_for(
+        "the internal snapshot taken",
+        &[
+            "get",
+            "cstorsnapshot",
+            "csi-clone-cloned",
+            "-n",
+            "openebs",
+            "-o",
+            "jsonpath={.status.readyToUse}",
+        ],
+        |v| v == "true",
+        long,
+    );
+    // Written after the snapshot was taken: not in the clone.
+    io(&portal, &iqn, &["write -P 0x11 4M 1M"]);
+    let cloned = until_done("clone", long, || {
+        let mut c = ctl.clone();
+        async move {
+            c.create_volume(clone_of("cloned", "clone-src", 64 * MIB))
+                .await
+        }
+    })
+    .await
+    .volume
+    .unwrap();
+    assert_eq!(cloned.volume_id, "cloned");
+    assert_eq!(cloned.capacity_bytes, 64 * MIB);
+    assert_eq!(
+        cloned.content_source,
+        clone_of("x", "clone-src", 0).volume_content_source
+    );
+    let again = ctl
+        .create_volume(clone_of("cloned", "clone-src", 64 * MIB))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.volume.unwrap().volume_id, "cloned");
+    assert_eq!(
+        code(ctl.create_volume(create("cloned", 64 * MIB, "2")).await),
+        Code::AlreadyExists
+    );
+    let (ciqn, cportal) = target_of(&up, "cloned");
+    assert_ne!(ciqn, iqn);
+    io(
+        &cportal,
+        &ciqn,
+        &["read -P 0x77 1M 2M", "read -P 0 4M 1M", "read -P 0 0 1M"],
+    );
+    // The source is untouched by the clone's writes.
+    io(&cportal, &ciqn, &["write -P 0x22 1M 1M"]);
+    io(&portal, &iqn, &["read -P 0x77 1M 2M", "read -P 0x11 4M 1M"]);
+
+    // The internal snapshot is not the CO's.
+    let all = ctl
+        .list_snapshots(ListSnapshotsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all.entries.is_empty(), "{all:?}");
+    let r = ctl
+        .get_snapshot(GetSnapshotRequest {
+            snapshot_id: "clone-src@csi-clone-cloned".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(r), Code::NotFound);
+
+    // Published to node-1: the source's target admits only node-1's initiator (a login
+    // under another name is refused, discovery hides it); unpublished: everyone again.
+    let discover = |name: &str| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_cstor"))
+            .args([
+                "initiator",
+                "discover",
+                "--portal",
+                &portal,
+                "--initiator-name",
+                name,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "discover as {name}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(discover("iqn.2026-12.io.cstor:node-2").contains(&iqn));
+    ctl.controller_publish_volume(ControllerPublishVolumeRequest {
+        volume_id: "clone-src".into(),
+        node_id: "node-1".into(),
+        volume_capability: Some(mount("xfs", Mode::SingleNodeWriter)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    while discover("iqn.2026-12.io.cstor:node-2").contains(&iqn) {
+        assert!(t0.elapsed() < long, "the ACL never narrowed\n{}", up.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("ACL narrowed {:?} after ControllerPublish", t0.elapsed());
+    assert!(discover("iqn.2026-12.io.cstor:node-1").contains(&iqn));
+    let (ok, text) = apiserver_support::seed::qemu_io(&portal, &iqn, &["read 0 4k"]);
+    assert!(!ok, "qemu-io's own initiator name must be refused: {text}");
+    ctl.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+        volume_id: "clone-src".into(),
+        node_id: "node-1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    while !discover("iqn.2026-12.io.cstor:node-2").contains(&iqn) {
+        assert!(t0.elapsed() < long, "the ACL never widened\n{}", up.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    io(&portal, &iqn, &["read -P 0x77 1M 1M"]);
+
+    // Deleting the clone deletes its internal snapshot (the agent keeps the replicated
+    // one while the clone's replicas depend on it).
+    ctl.delete_volume(DeleteVolumeRequest {
+        volume_id: "cloned".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    up.wait_for(
+        "the internal snapshot deleted",
+        &[
+            "get",
+            "cstorsnapshot",
+            "csi-clone-cloned",
+            "-n",
+            "openebs",
+            "--ignore-not-found",
+            "-o",
+            "jsonpath={.metadata.name} {.metadata.deletionTimestamp}",
+        ],
+        // Gone (empty), or being deleted (name and deletion time).
+        |v| v.is_empty() || v.split_whitespace().count() == 2,
+        long,
+    );
 }

@@ -24,6 +24,7 @@ fn seed_servicemonitor_and_prometheusrule_apply_and_select_the_exporter_service(
         "wait",
         "--for=condition=Established",
         "crd/servicemonitors.monitoring.coreos.com",
+        "crd/podmonitors.monitoring.coreos.com",
         "crd/prometheusrules.monitoring.coreos.com",
         "--timeout=20s",
     ]);

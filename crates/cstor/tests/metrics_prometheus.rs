@@ -1,15 +1,21 @@
 //! A real Prometheus (Debian's package) pointed at `cstor up`'s DIR/prometheus/: the
-//! written prometheus.yml loads the seed's built-in rules without errors, and the seed's
+//! written prometheus.yml loads the seed's built-in rules without errors; the
+//! monitoring CRDs are served without installing anything, and the seed's
 //! PrometheusRule applied with kubectl (its `for:` shortened to 2 s, its expressions the
-//! seed's) replaces them once Prometheus reloads; the file_sd targets.json names every
-//! node agent's metrics endpoint (labels `node`, `job`) and each is scraped `up`. Then,
+//! seed's) replaces the built-in rules once Prometheus reloads; the file_sd targets.json
+//! follows the ServiceMonitors: the seed's one standing in, then the seed's applied
+//! verbatim (its 30 s interval), then with `interval: 1s`, each node agent's endpoint
+//! with the operator's labels (`job` = the Service, `service`, `endpoint`, `pod`,
+//! `namespace`) plus `node`, scraped `up` at that interval. Then,
 //! queried through Prometheus' HTTP API against what kubectl shows: the pools'
 //! `openebs_pool_status` (Online 1) and capacity by `pool_name`; a 2-replica claim's
 //! volume series (Healthy 3, labels `pv`, `namespace`, `pvc` from the claim) and replicas
 //! (Healthy 1); the typed counters and histogram grown by the I/O qemu-io did; a
 //! replica's node stopped makes the target's host export that member 0 and the seed's
 //! `CStorVolumeReplicaDegraded` fire, resolved once the node is back and caught up; the
-//! target moved to the other node keeps one series per volume with the same labels.
+//! target moved to the other node keeps one series per volume with the same labels; that
+//! node's agent killed and restarted by `cstor up` in place: the same pool and volume
+//! series (same labels) get samples again, Healthy.
 //! Every process (Prometheus, `cstor up` and its children) is stopped on failure too.
 
 mod apiserver_support;
@@ -75,7 +81,7 @@ fn active_up(addr: &str) -> Option<Vec<(String, String)>> {
     let list = v["data"]["activeTargets"].as_array()?;
     Some(
         list.iter()
-            .filter(|t| t["health"] == "up" && t["labels"]["job"] == "cstor-pool")
+            .filter(|t| t["health"] == "up" && t["labels"]["job"] == JOB)
             .map(|t| {
                 (
                     t["labels"]["node"].as_str().unwrap_or("").to_string(),
@@ -124,16 +130,61 @@ fn alerts(addr: &str, name: &str, state: &str) -> Option<Vec<serde_json::Value>>
 
 const SEED: &str = include_str!("../../../docs/seeds/how-to-build-cstor-pools.md");
 
+/// The `job` of the seed's ServiceMonitor's targets: the name of the Service it selects.
+const JOB: &str = "cstor-pool-metrics";
+
+/// The seed's ```yaml block holding `kind`.
+fn seed_yaml(kind: &str) -> &'static str {
+    SEED.split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains(&format!("kind: {kind}")))
+        .unwrap_or_else(|| panic!("the seed's {kind}"))
+}
+
+/// targets.json once it holds `n` groups whose `__scrape_interval__` is `interval`.
+fn targets_json(dir: &Path, n: usize, interval: &str) -> serde_json::Value {
+    let path = dir.join("prometheus").join("targets.json");
+    wait_until(
+        &format!("targets.json: {n} targets at {interval}"),
+        Duration::from_secs(30),
+        dir,
+        || {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+            let list = v.as_array()?;
+            (list.len() == n
+                && list
+                    .iter()
+                    .all(|t| t["labels"]["__scrape_interval__"] == interval))
+            .then_some(v)
+        },
+    )
+}
+
+/// The pid of `node`'s agent (`cstor node --name NODE`) under `dir`, from /proc.
+fn agent_pid(dir: &Path, node: &str) -> Option<i32> {
+    let home = dir.join("nodes").join(node).join("home");
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let hit = args.get(1) == Some(&&b"node"[..])
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"--name" && w[1] == node.as_bytes())
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"--home" && w[1] == home.as_os_str().as_encoded_bytes());
+        hit.then_some(pid)
+    })
+}
+
 /// The seed's PrometheusRule (its ```yaml block) with every `for:` shortened to 2 s, so
 /// an alert fires within a test; the expressions stay the seed's (checked).
 fn seed_rule_fast() -> String {
-    let block = SEED
-        .split("```yaml\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .find(|b| b.contains("kind: PrometheusRule"))
-        .expect("the seed's PrometheusRule");
-    let out: String = block
+    let out: String = seed_yaml("PrometheusRule")
         .lines()
         .map(|l| match l.trim_start().strip_prefix("for: ") {
             Some(_) => format!("{}for: 2s\n", &l[..l.len() - l.trim_start().len()]),
@@ -262,13 +313,49 @@ fn prometheus_scrapes_cstor_up_queries_pools_and_volumes_and_fires_the_seed_aler
     let long = Duration::from_secs(90);
     let tmp = tempfile::tempdir().unwrap();
     let pdir = dir.join("prometheus");
-    let targets = wait_until("targets.json", Duration::from_secs(60), &dir, || {
-        let t = std::fs::read_to_string(pdir.join("targets.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&t).ok()?;
-        (v.as_array()?.len() == 2).then_some(v)
-    });
-    assert_eq!(targets[0]["labels"]["node"], "node-1", "{targets}");
-    assert_eq!(targets[0]["labels"]["job"], "cstor-pool", "{targets}");
+
+    // The monitoring CRDs are served by `cstor up` itself.
+    let (ok, out) = cluster.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/podmonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
+        "--timeout=20s",
+    ]);
+    assert!(ok, "monitoring CRDs established: {out}");
+
+    // No ServiceMonitor yet: the seed's stands in (30 s, its interval); applied verbatim
+    // it gives the same targets; with `interval: 1s` (for the test) they follow.
+    let fallback = targets_json(&dir, 2, "30s");
+    let f = dir.join("servicemonitor-cstor.yaml");
+    std::fs::write(&f, seed_yaml("ServiceMonitor")).unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", &f.display().to_string()]);
+    assert!(ok, "apply the seed's ServiceMonitor: {out}");
+    let (ok, out) = cluster.kubectl(&[
+        "get",
+        "servicemonitor",
+        "-n",
+        "openebs",
+        "cstor-pool-metrics",
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(targets_json(&dir, 2, "30s"), fallback);
+    std::fs::write(
+        &f,
+        seed_yaml("ServiceMonitor").replace("interval: 30s", "interval: 1s"),
+    )
+    .unwrap();
+    let (ok, out) = cluster.kubectl(&["apply", "-f", &f.display().to_string()]);
+    assert!(ok, "apply the ServiceMonitor at 1s: {out}");
+    let targets = targets_json(&dir, 2, "1s");
+    let l = &targets[0]["labels"];
+    assert_eq!(l["node"], "node-1", "{targets}");
+    assert_eq!(l["job"], JOB, "{targets}");
+    assert_eq!(l["service"], JOB, "{targets}");
+    assert_eq!(l["endpoint"], "exporter", "{targets}");
+    assert_eq!(l["pod"], "cstor-node-1", "{targets}");
+    assert_eq!(l["namespace"], "openebs", "{targets}");
     let node_ip = |node: &str| -> String {
         let t = targets
             .as_array()
@@ -321,19 +408,6 @@ fn prometheus_scrapes_cstor_up_queries_pools_and_volumes_and_fires_the_seed_aler
 
     // The user's PrometheusRule (the seed's, `for:` shortened) applied with kubectl
     // replaces them: cstor up rewrites rules/, and Prometheus evaluates it once reloaded.
-    let crds = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/monitoring/crds.yaml"
-    );
-    let (ok, out) = cluster.kubectl(&["apply", "-f", crds]);
-    assert!(ok, "monitoring CRDs: {out}");
-    let (ok, out) = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/prometheusrules.monitoring.coreos.com",
-        "--timeout=20s",
-    ]);
-    assert!(ok, "monitoring CRDs established: {out}");
     let f = dir.join("alerts-cstor.yaml");
     std::fs::write(&f, seed_rule_fast()).unwrap();
     let (ok, out) = cluster.kubectl(&["apply", "-f", &f.display().to_string()]);
@@ -401,7 +475,8 @@ fn prometheus_scrapes_cstor_up_queries_pools_and_volumes_and_fires_the_seed_aler
     assert_eq!(pool_names, cspi_names, "{pools:?}");
     for (l, _) in &pools {
         assert_eq!(l["pool"], l["pool_name"], "{l}");
-        assert_eq!(l["job"], "cstor-pool", "{l}");
+        assert_eq!(l["job"], JOB, "{l}");
+        assert_eq!(l["service"], JOB, "{l}");
     }
     let used = query(&addr, "openebs_pool_used_capacity_percent").unwrap();
     assert_eq!(used.len(), 2, "{used:?}");
@@ -468,7 +543,10 @@ fn prometheus_scrapes_cstor_up_queries_pools_and_volumes_and_fires_the_seed_aler
         &vq("openebs_volume_status"),
         |l, v| v == 3.0 && l["pvc"] == "orders",
     );
-    assert_eq!(vl["namespace"], "shop", "{vl}");
+    // The target's `namespace` (the Service's, as prometheus-operator labels it) wins
+    // over the exporter's: the claim's namespace is kept as `exported_namespace`.
+    assert_eq!(vl["exported_namespace"], "shop", "{vl}");
+    assert_eq!(vl["namespace"], "openebs", "{vl}");
     assert_eq!(vl["pv"], pv.as_str(), "{vl}");
     assert_eq!(vl["iqn"], iqn, "{vl}");
     assert_eq!(vl["node"], target_node, "{vl}");
@@ -592,12 +670,79 @@ fn prometheus_scrapes_cstor_up_queries_pools_and_volumes_and_fires_the_seed_aler
         &vq("openebs_volume_status"),
         |l, v| v == 3.0 && l["node"] == other,
     );
-    for k in ["pv", "namespace", "pvc", "iqn", "volume_name"] {
+    for k in ["pv", "exported_namespace", "pvc", "iqn", "volume_name"] {
         assert_eq!(moved[k], vl[k], "{k}: {moved} vs {vl}");
     }
     let r = query(&addr, &vq("openebs_volume_replica_status")).unwrap();
     assert_eq!(r.len(), 2, "{r:?}");
     assert!(r.iter().all(|(l, _)| l["node"] == other), "{r:?}");
+
+    // Restart in place: `other`'s agent (the target's host now) killed; `cstor up`
+    // restarts it, and the same series (identical labels) get samples again.
+    let pool_on = |node: &str| -> (serde_json::Value, f64) {
+        let r = query(&addr, "openebs_pool_status").unwrap();
+        r.into_iter().find(|(l, _)| l["node"] == node).unwrap()
+    };
+    let (pool_labels, _) = pool_on(other);
+    let pq = format!(
+        "timestamp(openebs_pool_status{{pool_name=\"{}\"}})",
+        pool_labels["pool_name"].as_str().unwrap()
+    );
+    let pid = agent_pid(&dir, other).expect("the agent's pid");
+    let killed = Instant::now();
+    // SAFETY: SIGKILL to a process of the `cstor up` this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let t_kill = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    cluster.wait_for(
+        "the agent restarted in place",
+        &[
+            "get",
+            "pod",
+            "-n",
+            "openebs",
+            &format!("cstor-{other}"),
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}",
+        ],
+        |v| v == "1 true",
+        long,
+    );
+    assert!(agent_pid(&dir, other).is_some_and(|p| p != pid));
+    let (back, _) = one_series(
+        &addr,
+        &dir,
+        "the volume served Healthy again after the restart",
+        &format!(
+            "{} and timestamp({}) > {t_kill}",
+            vq("openebs_volume_status"),
+            vq("openebs_volume_status")
+        ),
+        |_, v| v == 3.0,
+    );
+    assert_eq!(
+        back, moved,
+        "the volume's series continues with the same labels"
+    );
+    let r = one_series(
+        &addr,
+        &dir,
+        "the pool sampled after the restart",
+        &pq,
+        |_, t| t > t_kill,
+    );
+    let (pool_after, _) = pool_on(other);
+    assert_eq!(pool_after, pool_labels, "{r:?}");
+    wait_until("2 replicas Healthy after the restart", long, &dir, || {
+        let r = query(&addr, &vq("openebs_volume_replica_status"))?;
+        (r.len() == 2 && r.iter().all(|(_, v)| *v == 1.0)).then_some(())
+    });
+    eprintln!(
+        "restart in place: series back {:?} after the kill",
+        killed.elapsed()
+    );
 
     // A stopped node leaves targets.json and Prometheus' active targets.
     cluster.node("stop", target_node);

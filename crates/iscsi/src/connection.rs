@@ -287,6 +287,10 @@ async fn full_feature(
         if t.redirect().is_some() {
             request_logout.notify_one();
         }
+        // Likewise an ACL narrowed meanwhile: this initiator is no longer allowed.
+        if !t.allows(&o.initiator) {
+            shutdown.notify_one();
+        }
     }
     let (out_tx, out_rx) = mpsc::channel(limits::WRITER_QUEUE);
     let win = Arc::new(Window {
@@ -1201,10 +1205,8 @@ fn text_answer(sess: &Session, p: &Pdu) -> Vec<(String, String)> {
                 if v != "All" && v != &t.iqn && !(v.is_empty() && sess.target.is_some()) {
                     continue;
                 }
-                if let Some(allowed) = &t.allowed {
-                    if !allowed.iter().any(|a| a == initiator) {
-                        continue;
-                    }
+                if !t.allows(initiator) {
+                    continue;
                 }
                 out.push(("TargetName".to_owned(), t.iqn.clone()));
                 // A moved target is announced at its new portal only: an initiator that

@@ -193,13 +193,11 @@ impl State<'_> {
                 let Some(t) = self.server.target(name) else {
                     return fail(status::NOT_FOUND, format!("no target {name}"));
                 };
-                if let Some(allowed) = &t.allowed {
-                    if !allowed.iter().any(|a| a == initiator) {
-                        return fail(
-                            status::FORBIDDEN,
-                            format!("{initiator} not allowed on {name}"),
-                        );
-                    }
+                if !t.allows(initiator) {
+                    return fail(
+                        status::FORBIDDEN,
+                        format!("{initiator} not allowed on {name}"),
+                    );
                 }
                 if let Some(to) = t.redirect() {
                     return Err(LoginError::Redirected {

@@ -109,7 +109,9 @@ pub struct Target {
     pub(crate) iqn: String,
     pub(crate) lu: LogicalUnit,
     pub(crate) chap: Option<ChapConfig>,
-    pub(crate) allowed: Option<Vec<String>>,
+    /// Initiator names allowed to log in; `None` allows all. Changeable with
+    /// `Server::set_allowed_initiators`.
+    allowed: Mutex<Option<Vec<String>>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) sessions: Mutex<HashMap<(String, [u8; 6]), SessionHandle>>,
     pub(crate) portals: Vec<String>,
@@ -118,6 +120,14 @@ pub struct Target {
 }
 
 impl Target {
+    /// Whether `initiator` may log in to (and discover) this target.
+    pub(crate) fn allows(&self, initiator: &str) -> bool {
+        self.allowed
+            .lock()
+            .as_ref()
+            .is_none_or(|a| a.iter().any(|x| x == initiator))
+    }
+
     /// Where logins to this target are redirected, if anywhere.
     pub(crate) fn redirect(&self) -> Option<String> {
         self.redirect.lock().clone()
@@ -385,7 +395,7 @@ impl Server {
             iqn: cfg.iqn.clone(),
             lu,
             chap: cfg.chap,
-            allowed: cfg.allowed_initiators,
+            allowed: Mutex::new(cfg.allowed_initiators),
             counters,
             sessions: Mutex::new(HashMap::new()),
             portals: cfg.portals,
@@ -423,6 +433,33 @@ impl Server {
         if moved {
             for h in t.sessions.lock().values() {
                 h.request_logout.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the initiator names allowed on target `iqn` (`None` allows all). The
+    /// sessions of initiators no longer allowed are ended at once (not asked to log out:
+    /// an initiator that lost its right to the volume must not write another command);
+    /// their logins are refused from now on.
+    pub fn set_allowed_initiators(
+        &self,
+        iqn: &str,
+        allowed: Option<Vec<String>>,
+    ) -> Result<(), TargetError> {
+        let t = self
+            .target(iqn)
+            .ok_or_else(|| TargetError::NotFound(iqn.to_owned()))?;
+        *t.allowed.lock() = allowed;
+        let mut sessions = t.sessions.lock();
+        let refused: Vec<(String, [u8; 6])> = sessions
+            .keys()
+            .filter(|(initiator, _)| !t.allows(initiator))
+            .cloned()
+            .collect();
+        for k in refused {
+            if let Some(h) = sessions.remove(&k) {
+                h.shutdown.notify_one();
             }
         }
         Ok(())

@@ -218,6 +218,39 @@ async fn initiators_outside_the_allow_list_are_refused() {
     assert_eq!(refused.err(), Some((2, 2)), "authorization failure");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowed_allow_list_ends_the_sessions_it_no_longer_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr, _b) = start(dir.path(), IQN, |_| {}).await;
+    const OTHER: &str = "iqn.2024-01.io.cstor.test:other-node";
+    let mut old = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 11], false)
+        .await
+        .unwrap();
+    assert_eq!(old.scsi(&[0u8; 6], 0, &[]).await.status, 0);
+    server
+        .set_allowed_initiators(IQN, Some(vec![OTHER.to_owned()]))
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), old.read())
+        .await
+        .unwrap();
+    assert!(closed.is_err(), "the session no longer allowed is ended");
+    let refused = login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 12], false).await;
+    assert_eq!(refused.err(), Some((2, 2)), "authorization failure");
+    let mut new = login(&addr, IQN, OTHER, [0x80, 0, 0, 0, 0, 13], false)
+        .await
+        .unwrap();
+    assert_eq!(new.scsi(&[0u8; 6], 0, &[]).await.status, 0);
+    // Widened again: everyone; the allowed session was never touched.
+    server.set_allowed_initiators(IQN, None).unwrap();
+    assert!(login(&addr, IQN, INI, [0x80, 0, 0, 0, 0, 14], false)
+        .await
+        .is_ok());
+    assert_eq!(new.scsi(&[0u8; 6], 0, &[]).await.status, 0);
+    assert!(server
+        .set_allowed_initiators("iqn.2024-01.io.cstor.test:none", None)
+        .is_err());
+}
+
 /// One login request/response in the security stage; returns the response keys.
 async fn login_step(
     s: &mut tokio::net::TcpStream,

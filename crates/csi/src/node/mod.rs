@@ -114,7 +114,7 @@ impl Inner {
     /// The initiator name of this node: `iqn.2026-12.io.cstor:<node id>`, what a target
     /// ACL lists for it.
     pub(crate) fn initiator_name(&self) -> String {
-        format!("iqn.2026-12.io.cstor:{}", self.node_id.to_ascii_lowercase())
+        cstor_api::names::node_initiator(&self.node_id)
     }
 }
 

@@ -550,7 +550,6 @@ async fn supervise(a: RunArgs) -> Result<()> {
         c.spawn()?;
     }
     super::up_prometheus::write_config(&dir)?;
-    super::up_prometheus::write_targets(&dir, &metrics_targets(&comps))?;
     if let Err(e) = super::up_prometheus::sync_rules(&client, &dir).await {
         eprintln!("cstor up: prometheus rules: {e:#}");
     }
@@ -586,9 +585,12 @@ async fn supervise(a: RunArgs) -> Result<()> {
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // PrometheusRule objects are polled (a list every few seconds is nothing to the API
-    // server; a watch would need re-establishing across its restarts).
+    // Monitors, PrometheusRules and the Pods they select are polled (a few lists every
+    // 2 s are nothing to the API server; a watch would need re-establishing across its
+    // restarts). The first pass comes at once; each warning is printed once.
     let mut rules_synced = Instant::now();
+    let mut sync_soon = true;
+    let mut warned = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -596,13 +598,23 @@ async fn supervise(a: RunArgs) -> Result<()> {
             _ = term.recv() => break,
             Some((req, reply)) = rx.recv() => {
                 let _ = reply.send(control(&mut comps, &req));
-                if let Err(e) = super::up_prometheus::write_targets(&dir, &metrics_targets(&comps)) {
-                    eprintln!("cstor up: prometheus targets: {e:#}");
-                }
+                // The Pods' status changes below; the targets follow at the next tick.
+                sync_soon = true;
             }
         }
-        if rules_synced.elapsed() >= Duration::from_secs(2) {
+        if sync_soon || rules_synced.elapsed() >= Duration::from_secs(2) {
             rules_synced = Instant::now();
+            sync_soon = false;
+            match super::up_prometheus::sync_targets(&client, &dir).await {
+                Ok((_, warnings)) => {
+                    for w in warnings {
+                        if warned.insert(w.clone()) {
+                            eprintln!("cstor up: prometheus targets: {w}");
+                        }
+                    }
+                }
+                Err(e) => eprintln!("cstor up: prometheus targets: {e:#}"),
+            }
             match super::up_prometheus::sync_rules(&client, &dir).await {
                 Ok(true) => eprintln!(
                     "cstor up: prometheus rules rewritten from the PrometheusRule objects (reload Prometheus)"
@@ -664,18 +676,6 @@ async fn supervise(a: RunArgs) -> Result<()> {
         dir.display()
     );
     Ok(())
-}
-
-/// The metrics endpoints of the nodes not stopped (`cstor up node stop`).
-fn metrics_targets(comps: &[Component]) -> Vec<(String, SocketAddr)> {
-    comps
-        .iter()
-        .filter(|c| c.enabled && c.is_agent())
-        .filter_map(|c| {
-            let node = c.node.clone()?;
-            Some((node, SocketAddr::new(c.ip, super::metrics::EXPORTER_PORT)))
-        })
-        .collect()
 }
 
 fn control(comps: &mut [Component], req: &str) -> String {
@@ -751,17 +751,49 @@ async fn setup_cluster(client: &kube::Client, dir: &Path) -> Result<()> {
         "data": {"key": k8s_openapi::ByteString(key.into_bytes())},
     }))?;
     cstor_agent::kubeapi::create_if_missing(&secrets, &s).await?;
+    install_monitoring(client).await
+}
+
+/// The monitoring.coreos.com CRDs (ServiceMonitor, PodMonitor, PrometheusRule) and the
+/// node agents' metrics Service, from deploy/monitoring, so the seed's ServiceMonitor and
+/// PrometheusRule apply unchanged. Objects that exist are left alone (a user may have
+/// installed prometheus-operator's own CRDs).
+async fn install_monitoring(client: &kube::Client) -> Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    const CRDS: &str = include_str!("../../../../deploy/monitoring/crds.yaml");
+    const SERVICE: &str = include_str!("../../../../deploy/monitoring/service-cstor-pool.yaml");
+    let crds: Vec<CustomResourceDefinition> =
+        serde_saphyr::from_multiple(CRDS).context("the built-in monitoring CRDs")?;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in &crds {
+        cstor_agent::kubeapi::create_if_missing(&api, crd)
+            .await
+            .with_context(|| format!("installing CRD {:?}", crd.metadata.name))?;
+    }
+    let svc: Service = serde_saphyr::from_str(SERVICE).context("the built-in metrics Service")?;
+    let api: Api<Service> = Api::namespaced(client.clone(), "openebs");
+    cstor_agent::kubeapi::create_if_missing(&api, &svc)
+        .await
+        .context("creating the metrics Service")?;
     Ok(())
 }
 
 async fn publish_pod(client: &kube::Client, c: &Component) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "openebs");
+    // The agent's metrics port, named as the metrics Service's port (a PodMonitor names it).
+    let ports = if c.is_agent() {
+        json!([{"name": "exporter", "containerPort": super::metrics::EXPORTER_PORT, "protocol": "TCP"}])
+    } else {
+        json!([])
+    };
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": c.pod, "namespace": "openebs", "labels": c.labels},
         "spec": {
             "nodeName": c.node,
-            "containers": [{"name": c.container, "image": "cstor", "command": ["cstor"], "args": c.args}],
+            "containers": [{"name": c.container, "image": "cstor", "command": ["cstor"],
+                            "args": c.args, "ports": ports}],
         },
     }))?;
     if !cstor_agent::kubeapi::create_if_missing(&pods, &pod).await? {
@@ -843,6 +875,17 @@ fn print_next(dir: &Path, kubeconfig: &Path, comps: &[Component]) {
     println!("  kubectl get bd -n openebs");
     println!("  kubectl apply -f cspc.yaml        # docs/seeds/how-to-build-cstor-pools.md");
     println!("  kubectl get cspi -n openebs");
+    for c in comps.iter().filter(|c| c.is_agent()) {
+        println!(
+            "  curl http://{}/metrics   # {} metrics",
+            SocketAddr::new(c.ip, super::metrics::EXPORTER_PORT),
+            c.node.as_deref().unwrap_or("")
+        );
+    }
+    println!(
+        "  prometheus --config.file={} --storage.tsdb.path=/tmp/prom   # scrapes what the ServiceMonitors select",
+        dir.join("prometheus").join("prometheus.yml").display()
+    );
     println!(
         "  cstor attach PVC -n NAMESPACE --node {} --mount DIR --dir {}   # use a claim as a pod would",
         nodes.first().map(String::as_str).unwrap_or("node-1"),
