@@ -190,9 +190,7 @@ impl BlockBackend for PoolVolumeBackend {
             }
         }
         Box::pin(blocking(offset, move || {
-            let mut buf = vec![0u8; len as usize];
-            vol.read(offset, &mut buf)?;
-            Ok(Bytes::from(buf))
+            vol.read_vec(offset, len as usize).map(Bytes::from)
         }))
     }
 

@@ -83,10 +83,14 @@ pub const COMMIT_WRITES_IN_FLIGHT: usize = 32;
 /// store merges neighbours into one vectored device write; the runs in flight pin at most
 /// [`COMMIT_WRITES_IN_FLIGHT`] times this (most of it shared with the dirty data).
 pub const COMMIT_RUN_BYTES: u64 = 1 << 20;
-/// Reads a commit keeps in flight for the old blocks under partial writes: a random 4 KiB
-/// write into a bigger block needs the old block, and one read at a time leaves the
-/// devices idle.
-pub const COMMIT_READERS: usize = 4;
+/// Blocks from which a volume read counts as streaming and leaves the data blocks it read
+/// out of the block cache (see `blocks_contents`): 128 KiB of 16 KiB blocks; smaller
+/// reads are the random ones the cache is for.
+pub const STREAM_READ_BLOCKS: usize = 8;
+/// Old blocks under partial writes a commit reads in one batch (a random 4 KiB write into
+/// a bigger block needs the old block): neighbours merge into one request and the rest are
+/// all in flight at once; the batch bounds the requests queued before the first wait.
+pub const COMMIT_PREFETCH_BATCH: usize = 256;
 /// io numbers a volume reserves durably at a time ([`crate::VolumeHandle::next_io`]): one
 /// commit per million modifying commands; a restart skips at most this many numbers.
 pub const IO_RESERVE_CHUNK: u64 = 1 << 20;

@@ -189,17 +189,18 @@ fn engine_on_raidz_survives_power_cuts() {
 /// A commit keeps block writes in flight: when they fail, the commit fails, the pool
 /// latches failed, and no root points at the unwritten blocks, so the reopened pool holds
 /// the last committed data exactly.
+/// `n` fault-injecting devices over memory, named `prefix0`, `prefix1`, ...
+fn faulty_devices(prefix: &str, n: usize) -> Vec<Arc<FaultyDevice>> {
+    (0..n)
+        .map(|i| FaultyDevice::new(MemDevice::new(&format!("{prefix}{i}"), DEV) as Arc<dyn Device>))
+        .collect()
+}
+
 #[test]
 fn failed_in_flight_commit_writes_fail_the_commit_and_keep_the_last_root() {
     for kind in [GroupKind::Stripe, GroupKind::Raidz] {
         let n = if kind == GroupKind::Stripe { 1 } else { 3 };
-        let mems: Vec<Arc<MemDevice>> = (0..n)
-            .map(|i| MemDevice::new(&format!("f{i}"), DEV))
-            .collect();
-        let faulty: Vec<Arc<FaultyDevice>> = mems
-            .iter()
-            .map(|m| FaultyDevice::new(m.clone() as Arc<dyn Device>))
-            .collect();
+        let faulty = faulty_devices("f", n);
         let dyns = |v: &[Arc<FaultyDevice>]| -> Vec<Arc<dyn Device>> {
             v.iter().map(|d| d.clone() as Arc<dyn Device>).collect()
         };
@@ -248,6 +249,59 @@ fn failed_in_flight_commit_writes_fail_the_commit_and_keep_the_last_root() {
         let mut got = vec![0u8; 2 << 20];
         pool.volume("v").unwrap().read(0, &mut got).unwrap();
         assert!(got == a, "{kind:?}: the last committed data, exactly");
+    }
+}
+
+/// A commit reads the old blocks under partial writes in batches, unverified; a batch
+/// read that returns bad bytes (one raidz column corrupt on read) must not end up in the
+/// new block: each is checked and read again through the healing path.
+#[test]
+fn partial_writes_over_corrupt_reads_commit_the_true_old_bytes() {
+    // Each device in turn: which one holds data columns depends on the allocation.
+    for bad in 0..3 {
+        let faulty = faulty_devices("c", 3);
+        let spa = Arc::new(
+            Spa::create_on(
+                "tank",
+                vec![GroupSpec {
+                    kind: GroupKind::Raidz,
+                    devices: faulty
+                        .iter()
+                        .map(|d| d.clone() as Arc<dyn Device>)
+                        .collect(),
+                    log: false,
+                }],
+                common::spa_opts(),
+            )
+            .unwrap(),
+        );
+        // The indirect blocks stay cached (the commit caches those it writes), so the old
+        // data blocks are the only reads: a corrupt one is first met by the batch read.
+        let pool = Pool::create(spa.clone(), popts()).unwrap();
+        let v = pool
+            .create_volume("v", 4 << 20, Some(16384), Some(Compression::Off))
+            .unwrap();
+        let mut model = vec![0u8; 1 << 20];
+        SeededRng::new(3).fill(&mut model);
+        v.write(0, &model, None).unwrap();
+        pool.sync().unwrap();
+        faulty[bad].set_corrupt_reads(true);
+        let mut piece = vec![0u8; 4096];
+        SeededRng::new(4).fill(&mut piece);
+        // One 4 KiB piece into each of 64 blocks: all partial, one batch.
+        for b in 0..64u64 {
+            let off = b * 16384 + (b % 4) * 4096;
+            v.write(off, &piece, None).unwrap();
+            model[off as usize..off as usize + 4096].copy_from_slice(&piece);
+        }
+        pool.sync().unwrap();
+        faulty[bad].set_corrupt_reads(false);
+        let mut got = vec![0u8; 1 << 20];
+        v.read(0, &mut got).unwrap();
+        assert!(
+            got == model,
+            "device {bad} corrupt: a block holds bytes the old block never had"
+        );
     }
 }
 

@@ -499,6 +499,12 @@ impl PoolInner {
     /// flight at once) and verified once each; blocks under a dirty layer or an UNMAP of
     /// an open txg go through [`Self::block_contents`].
     ///
+    /// A read of [`STREAM_READ_BLOCKS`] blocks or more leaves the data blocks it read out of
+    /// the block cache. Why: such reads stream (128 KiB and 1 MiB sequential reads), a
+    /// working set larger than the cache only evicted and reinserted entries on every
+    /// call (allocator and hash-map work was about a tenth of a 128 KiB read's CPU, perf,
+    /// session 9), and the devices' page cache already holds those bytes.
+    ///
     /// With `nowait`, `None` as soon as a block would need device I/O (it is in neither
     /// the block cache, nor the page cache, nor a dirty layer that covers it whole):
     /// never waits for a device, so an async thread may call it.
@@ -581,7 +587,9 @@ impl PoolInner {
                         _ => self.read_stored(bp)?,
                     };
                     let d = Arc::new(d);
-                    self.cache.insert(Key::of(bp), Cached::Bytes(d.clone()));
+                    if n < STREAM_READ_BLOCKS {
+                        self.cache.insert(Key::of(bp), Cached::Bytes(d.clone()));
+                    }
                     out[*i] = Some(d);
                 }
             }

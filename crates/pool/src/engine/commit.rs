@@ -169,10 +169,18 @@ impl PoolInner {
         Ok(())
     }
 
-    /// Read the old blocks under partial writes (sector overlays) with several reads in
-    /// flight, before the commit walks the tree one block at a time. Bounded by the dirty
-    /// data (each overlay is charged a whole block). A failed read is left out: the walk
-    /// reads the block again and reports the error.
+    /// Read the old blocks under partial writes (sector overlays) before the commit walks
+    /// the tree one block at a time. Bounded by the dirty data (each overlay is charged a
+    /// whole block). A block whose read or check fails is left out: the walk reads it
+    /// again through [`Self::read_data`] (every copy, healing) and reports the error.
+    ///
+    /// Why batches through [`BlockStore::read_unverified`] and no reader threads: four
+    /// reader threads each read one block at a time through the device threads, so every
+    /// old block cost a hand-off to a device thread and back plus a spin; on 4 KiB random
+    /// writes to raidz the readers, the device threads and their wake-ups took over half
+    /// the target's CPU (perf, session 9) and the commit, which writers wait on, ran at
+    /// that pace. A batch reads what the page cache holds on this thread, merges
+    /// neighbours into one request and queues the rest all at once.
     pub(super) fn prefetch_partials(
         &self,
         v: &Volume,
@@ -180,40 +188,38 @@ impl PoolInner {
         dirty: &[(u64, &Dirty)],
         frees: &[FreeRange],
     ) -> Prefetched {
-        let wanted: Vec<(u64, Bp)> = dirty
-            .iter()
-            .filter(|(b, d)| {
-                matches!(d, Dirty::Partial { .. }) && range_covers(frees, *b).is_none()
-            })
-            .filter_map(|(b, _)| {
-                let bp = self.lookup(root, v.levels, *b).ok()?;
-                (!bp.is_hole()).then_some((*b, bp))
-            })
-            .collect();
-        if wanted.len() < 2 {
-            return Prefetched::new();
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let out = Mutex::new(Prefetched::with_capacity(wanted.len()));
-        std::thread::scope(|s| {
-            for i in 0..COMMIT_READERS.min(wanted.len()) {
-                // A reader that cannot start only means fewer reads in flight.
-                let _ = std::thread::Builder::new()
-                    .name(format!("commit-read-{i}"))
-                    .spawn_scoped(s, || {
-                        while let Some((b, bp)) = wanted.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            let d = match self.cache.get(&Key::of(bp)) {
-                                Some(Cached::Bytes(c)) => Ok(c.to_vec()),
-                                _ => self.read_stored(bp),
-                            };
-                            if let Ok(d) = d {
-                                out.lock().insert(*b, (*bp, d));
-                            }
-                        }
-                    });
+        let mut out = Prefetched::new();
+        let mut wanted: Vec<(u64, Bp)> = Vec::new();
+        for (b, d) in dirty {
+            if !matches!(d, Dirty::Partial { .. }) || range_covers(frees, *b).is_some() {
+                continue;
             }
-        });
-        out.into_inner()
+            let Ok(bp) = self.lookup(root, v.levels, *b) else {
+                continue;
+            };
+            if bp.is_hole() {
+                continue;
+            }
+            match self.cache.get(&Key::of(&bp)) {
+                Some(Cached::Bytes(c)) => {
+                    out.insert(*b, (bp, c.to_vec()));
+                }
+                _ => wanted.push((*b, bp)),
+            }
+        }
+        for batch in wanted.chunks(COMMIT_PREFETCH_BATCH) {
+            let reqs: Vec<(Dva, u32)> = batch.iter().map(|(_, bp)| (bp.dva, bp.psize)).collect();
+            for ((b, bp), stored) in batch.iter().zip(self.store.read_unverified(&reqs)) {
+                let Some(stored) = stored else { continue };
+                if stored.len() != bp.psize as usize || checksum(&stored) != bp.cksum {
+                    continue;
+                }
+                if let Ok(d) = decode_payload_owned(bp, stored) {
+                    out.insert(*b, (*bp, d));
+                }
+            }
+        }
+        out
     }
 
     pub(super) fn born(meta: &mut VolRec, bp: &Bp) {
