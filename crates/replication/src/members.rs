@@ -88,11 +88,7 @@ impl ReplicatedVolume {
     pub async fn remove_replica(&self, id: &str) -> Result<(), VolumeError> {
         let inner = &self.inner;
         let _g = inner.evict.lock().await;
-        let rec = self.record();
-        let m = rec
-            .member(id)
-            .cloned()
-            .ok_or_else(|| VolumeError::Refused(format!("no member {id}")))?;
+        let (rec, m) = self.record_and_member(id)?;
         if m.state == MemberState::Current {
             let left = rec.current_ids().len() - 1;
             let min = rec.min_current.max(1) as usize;
@@ -158,6 +154,16 @@ impl ReplicatedVolume {
 }
 
 impl ReplicatedVolume {
+    /// The record as this instance holds it and member `id` of it.
+    fn record_and_member(&self, id: &str) -> Result<(Record, Member), VolumeError> {
+        let rec = self.record();
+        let m = rec
+            .member(id)
+            .cloned()
+            .ok_or_else(|| VolumeError::Refused(format!("no member {id}")))?;
+        Ok((rec, m))
+    }
+
     /// Online force-promotion (module docs). Refused without `accept_data_loss`, for a
     /// member that is Current already, and while Current replicas serve the volume
     /// (forcing then would serve a copy that missed acknowledged writes).
@@ -174,11 +180,7 @@ impl ReplicatedVolume {
             )));
         }
         let _g = inner.evict.lock().await;
-        let rec = self.record();
-        let m = rec
-            .member(id)
-            .cloned()
-            .ok_or_else(|| VolumeError::Refused(format!("no member {id}")))?;
+        let (_, m) = self.record_and_member(id)?;
         if m.state == MemberState::Current {
             return Err(VolumeError::Refused(format!("{id} is Current already")));
         }

@@ -15,7 +15,7 @@ use cstor_iscsi::backend::{BackendError, BlockBackend, IoCtx};
 use cstor_replication::members::force_current;
 use cstor_replication::membership::MembershipStore;
 use cstor_replication::volume::Phase;
-use cstor_replication::{FileStore, MemberState, ReplicatedVolume};
+use cstor_replication::{MemberState, ReplicatedVolume};
 
 const SIZE: u64 = 16 << 20;
 const BLOCKS: u64 = 512;
@@ -210,10 +210,7 @@ async fn a_stale_replica_forced_current_on_the_running_target_serves_and_rebuild
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lu_hold_is_raised_while_an_eviction_waits_for_the_store() {
     let c = Cluster::start(2).await;
-    let store = Arc::new(FaultyStore {
-        inner: FileStore::new(&c.state).unwrap(),
-        down: AtomicBool::new(false),
-    });
+    let store = FaultyStore::over(&c.state);
     let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), store.clone())
         .await
         .unwrap();

@@ -13,14 +13,13 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use cstor_iscsi::backend::{BackendError, BlockBackend, IoCtx};
-use cstor_replication::{FileStore, MemberState, ReplicatedVolume};
+use cstor_replication::{MemberState, ReplicatedVolume};
 
 /// First block of the damaged range and its length in blocks.
 const AT: u64 = 100;
@@ -170,10 +169,7 @@ async fn a_block_no_replica_can_read_is_a_medium_error_not_busy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_failed_half_way_holds_the_checkpoint_only_until_settled() {
     let c = cluster(2).await;
-    let store = Arc::new(FaultyStore {
-        inner: FileStore::new(&c.state).unwrap(),
-        down: AtomicBool::new(false),
-    });
+    let store = FaultyStore::over(&c.state);
     let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), store.clone())
         .await
         .unwrap();

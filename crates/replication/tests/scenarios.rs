@@ -204,10 +204,7 @@ async fn restart_refusals_new_replica_full_copy_and_last_replica_refusal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_unreachable_during_eviction_holds_then_busy_and_resumes_when_back() {
     let c = cluster(2).await;
-    let store = Arc::new(FaultyStore {
-        inner: FileStore::new(&c.state).unwrap(),
-        down: AtomicBool::new(false),
-    });
+    let store = FaultyStore::over(&c.state);
     let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), store.clone())
         .await
         .unwrap();

@@ -308,6 +308,16 @@ pub struct FaultyStore {
     pub down: AtomicBool,
 }
 
+impl FaultyStore {
+    /// Over the membership file in `state`, up.
+    pub fn over(state: &std::path::Path) -> Arc<FaultyStore> {
+        Arc::new(FaultyStore {
+            inner: FileStore::new(state).unwrap(),
+            down: AtomicBool::new(false),
+        })
+    }
+}
+
 impl MembershipStore for FaultyStore {
     fn read(&self) -> Result<(Record, Version), StoreError> {
         if self.down.load(Ordering::SeqCst) {
