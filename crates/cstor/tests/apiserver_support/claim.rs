@@ -145,6 +145,22 @@ pub fn fsck_through_portal(up: &Up, work: &Path) {
     let [iqn, portal] = parts[..] else {
         panic!("CV iqn/portal: {cv:?}");
     };
+    // Detached just now: the target admits other initiators again within a pass of its
+    // agent (its ACL follows ControllerPublish), and SendTargets lists it to us once it
+    // does. Logging in before would be refused.
+    let t0 = std::time::Instant::now();
+    loop {
+        let d = cstor(&["initiator", "discover", "--portal", portal]);
+        if d.status.success() && String::from_utf8_lossy(&d.stdout).contains(iqn) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the target did not admit other initiators after the detach: {}",
+            text(&d)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let fdir = work.join("fsck-lun");
     std::fs::create_dir_all(&fdir).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cstor"))
