@@ -667,3 +667,89 @@ spec:
     );
     assert_eq!(clean, "true");
 }
+
+/// The failure table's "CAS 409: a controller updated spec concurrently" on the store the
+/// agents use (the CStorVolume's status): a spec edit between the target's read and its
+/// CAS moves the resourceVersion, the CAS answers Conflict, the retry on a fresh read
+/// stores the record, and both the edit and the record are in the object.
+#[test]
+fn membership_cas_after_a_concurrent_spec_edit_conflicts_then_keeps_both() {
+    use cstor_replication::membership::{Cas, MembershipStore};
+    if !required(have_kubectl(), "kubectl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = ApiServer::start(&dir.path().join("data"), free_port());
+    s.ok(&["create", "namespace", "openebs"]);
+    apply(
+        &s,
+        dir.path(),
+        "cv-cas",
+        "apiVersion: cstor.openebs.io/v1
+kind: CStorVolume
+metadata:
+  name: pvc-cas
+  namespace: openebs
+spec:
+  capacity: 64Mi
+  targetIP: 127.0.0.1
+  targetPort: \"3260\"
+  targetPortal: 127.0.0.1:3260
+  iqn: iqn.2016-09.com.openebs.cstor:pvc-cas
+  replicationFactor: 3
+  consistencyFactor: 2
+  desiredReplicationFactor: 3
+",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let kc = kube::config::Kubeconfig::read_from(s.kubeconfig()).unwrap();
+    let client = rt.block_on(async {
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    });
+    let store = cstor_agent::store::KubeStore::new(client, "pvc-cas", rt.handle().clone());
+    let (mut rec, v0) = store.read().unwrap();
+    assert_eq!(v0, 0, "no record yet");
+    rec.epoch = 1;
+    rec.rf = 3;
+    let v1 = match store.cas(0, &rec).unwrap() {
+        Cas::Ok(v) => v,
+        Cas::Conflict => panic!("first CAS conflicted"),
+    };
+    // The user's edit (the alpha seed's `kubectl edit cstorvolume`).
+    s.ok(&[
+        "-n",
+        "openebs",
+        "patch",
+        "cstorvolume",
+        "pvc-cas",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"desiredReplicationFactor":2}}"#,
+    ]);
+    let mut next = rec.clone();
+    next.epoch = 2;
+    assert_eq!(store.cas(v1, &next).unwrap(), Cas::Conflict);
+    let (fresh, v2) = store.read().unwrap();
+    assert_eq!(fresh, rec, "the edit changed the record");
+    assert!(v2 != v1);
+    assert!(matches!(store.cas(v2, &next).unwrap(), Cas::Ok(_)));
+    let out = get(
+        &s,
+        &[
+            "-n",
+            "openebs",
+            "get",
+            "cstorvolume",
+            "pvc-cas",
+            "-o",
+            "jsonpath={.spec.desiredReplicationFactor} {.status.replication.record.epoch}",
+        ],
+    );
+    assert_eq!(out.trim(), "2 2", "both the edit and the record");
+    drop(rt);
+}

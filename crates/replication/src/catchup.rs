@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::client::ReplicaConn;
-use crate::error::{ReplicaError, VolumeError};
+use crate::error::{ReplicaError, StoreError, VolumeError};
 use crate::membership::{unix_now, Member, MemberState};
 use crate::volume::{Progress, ReplicatedVolume, SessionStats, Target};
 use crate::wire::{self, Op, Range, Role};
@@ -406,7 +406,7 @@ fn pick_source(v: &ReplicatedVolume, not: &[String]) -> Option<Target> {
         .lock()
         .targets
         .iter()
-        .filter(|t| t.current && !t.conn.is_closed() && !not.contains(&t.id))
+        .filter(|t| v.serves(t) && !t.conn.is_closed() && !not.contains(&t.id))
         .min_by_key(|t| t.conn.inflight())
         .cloned()
 }
@@ -424,7 +424,14 @@ async fn readmit(
     let inner = &v.inner;
     let t = inner.cfg.t_evict;
     let _g = inner.evict.lock().await;
-    inner.seq.lock().paused = true;
+    let session: Option<Target> = {
+        let mut q = inner.seq.lock();
+        q.paused = true;
+        q.targets
+            .iter()
+            .find(|x| Arc::ptr_eq(&x.conn, conn))
+            .cloned()
+    };
     let r = async {
         let w0 = Instant::now();
         while stats.outstanding.load(Ordering::SeqCst) > 0 {
@@ -456,29 +463,52 @@ async fn readmit(
         }
         let epoch = inner.epoch;
         let idc = id.to_string();
-        v.change_record(|r| {
-            if let Some(m) = r.member_mut(&idc) {
-                m.state = MemberState::Current;
-                m.stale_since_io = 0;
-                m.reason = String::new();
-                m.at = unix_now();
-                m.epoch = epoch;
+        let r = v
+            .change_record(|r| {
+                if let Some(m) = r.member_mut(&idc) {
+                    m.state = MemberState::Current;
+                    m.stale_since_io = 0;
+                    m.reason = String::new();
+                    m.at = unix_now();
+                    m.epoch = epoch;
+                }
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(VolumeError::Store(StoreError::Unavailable(m))) => {
+                // Unknown outcome: the record may already say Current. The member counts
+                // for completion from now on, so a failure of it is recorded before any
+                // write completes without it; it serves no read until a stored change
+                // confirms it (volume.rs `change_record`).
+                tracing::warn!(volume = %inner.cfg.name, replica = %id, "readmission outcome unknown, the store did not answer ({m}): Current, confirmed by the next stored change");
+                inner.unconfirmed.lock().push(id.to_string());
+                Ok(())
             }
-            Ok(())
-        })
-        .await?;
-        Ok(())
+            Err(e) => Err(e),
+        }
     }
     .await;
     let previously_single = {
         let mut q = inner.seq.lock();
         let prev: Vec<Target> = q.targets.iter().filter(|t| t.current).cloned().collect();
         if r.is_ok() {
+            let mut found = false;
             for x in q.targets.iter_mut() {
                 if Arc::ptr_eq(&x.conn, conn) {
                     x.current = true;
                     x.stats.answered_ms.store(v.now_ms(), Ordering::SeqCst);
+                    found = true;
                 }
+            }
+            if let (false, Some(mut t)) = (found, session) {
+                // The session ended while the CAS was under way (its failure only ended a
+                // catch-up then): the record may say Current, so it goes back as a
+                // Current member with its closed connection, and the next write or ping
+                // evicts it by CAS before anything completes without it.
+                t.current = true;
+                q.targets.push(t);
             }
         }
         q.paused = false;

@@ -7,6 +7,11 @@
 //! (which removes it). A reply carrying an epoch above ours, or FENCED, yields
 //! [`ReplicaError::Fenced`]. Requests are written in the order `call` is entered.
 //! Cancellation: dropping a `call` future forgets its reply; the request may still apply.
+//! A request whose caller timed out stays in a table of late requests until its reply
+//! comes: a late reply that is not OK, or a connection that ends with late requests
+//! unanswered, marks the connection tainted. [`ReplicaConn::answered_all`] (no late
+//! request left, never tainted, open) is what lets a target cancel an eviction of a
+//! member that was only slow (design §2.6: "if the member answers everything first").
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -37,6 +42,10 @@ pub struct ReplicaConn {
     closed: AtomicBool,
     close_why: Mutex<String>,
     inflight: AtomicUsize,
+    /// Requests whose caller timed out, by id, still waiting for their reply.
+    late: Mutex<HashMap<u64, Op>>,
+    /// A reply was not OK (MEDIUM of a read aside), or late requests were never answered.
+    tainted: AtomicBool,
 }
 
 impl ReplicaConn {
@@ -214,6 +223,8 @@ impl ReplicaConn {
             closed: AtomicBool::new(false),
             close_why: Mutex::new(String::new()),
             inflight: AtomicUsize::new(0),
+            late: Mutex::new(HashMap::new()),
+            tainted: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&conn);
         tokio::spawn(async move {
@@ -242,7 +253,16 @@ impl ReplicaConn {
                 match wire::read_frame(&mut rd).await {
                     Ok(Some(f)) => {
                         let Some(c) = weak.upgrade() else { return };
-                        let w = c.pending.lock().remove(&f.id);
+                        let w = {
+                            let mut p = c.pending.lock();
+                            match p.remove(&f.id) {
+                                Some(w) => Some(w),
+                                None => {
+                                    c.late_reply(&f);
+                                    None
+                                }
+                            }
+                        };
                         if let Some(w) = w {
                             let _ = w.send(Ok(f));
                         }
@@ -258,8 +278,32 @@ impl ReplicaConn {
         Ok(conn)
     }
 
+    /// A reply to a request whose caller gave up: its outcome decides whether the
+    /// connection still holds everything it was sent.
+    fn late_reply(&self, f: &Frame) {
+        let Some(op) = self.late.lock().remove(&f.id) else {
+            return;
+        };
+        if !reply_harmless(op, f.status) || f.epoch > self.epoch.load(Ordering::SeqCst) {
+            self.tainted.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether every request sent on this connection was answered OK (late replies
+    /// included) and it is still open: the replica holds every write it was sent.
+    pub fn answered_all(&self) -> bool {
+        !self.is_closed() && !self.tainted.load(Ordering::SeqCst) && self.late.lock().is_empty()
+    }
+
     fn fail_all(&self, why: String) {
         self.closed.store(true, Ordering::SeqCst);
+        {
+            let mut late = self.late.lock();
+            if !late.is_empty() {
+                self.tainted.store(true, Ordering::SeqCst);
+                late.clear();
+            }
+        }
         {
             let mut w = self.close_why.lock();
             if w.is_empty() {
@@ -341,24 +385,35 @@ impl ReplicaConn {
 
     /// Waits up to `timeout` (from now) for the reply of a started request.
     pub async fn finish(&self, s: Started, timeout: Duration) -> Result<Bytes, ReplicaError> {
-        let got = tokio::time::timeout(timeout, s.rx).await;
+        let mut rx = s.rx;
+        let got = tokio::time::timeout(timeout, &mut rx).await;
         self.inflight.fetch_sub(1, Ordering::SeqCst);
-        let f = match got {
-            Err(_) => {
-                self.pending.lock().remove(&s.id);
-                return Err(ReplicaError::Timeout {
-                    addr: self.addr.clone(),
-                    ms: timeout.as_millis() as u64,
-                });
-            }
-            Ok(Err(_)) => {
-                return Err(ReplicaError::Disconnected {
-                    addr: self.addr.clone(),
-                    why: "reply lost".into(),
-                })
-            }
-            Ok(Ok(r)) => r?,
+        let lost = || ReplicaError::Disconnected {
+            addr: self.addr.clone(),
+            why: "reply lost".into(),
         };
+        let reply = match got {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => return Err(lost()),
+            Err(_) => {
+                let mut p = self.pending.lock();
+                if p.remove(&s.id).is_some() {
+                    // Still unanswered: keep its id so the late reply is judged.
+                    self.late.lock().insert(s.id, s.op);
+                    return Err(ReplicaError::Timeout {
+                        addr: self.addr.clone(),
+                        ms: timeout.as_millis() as u64,
+                    });
+                }
+                drop(p);
+                // The reply came as the timer fired: it is in the channel.
+                rx.try_recv().map_err(|_| lost())?
+            }
+        };
+        let f = reply?;
+        if !reply_harmless(s.op, f.status) {
+            self.tainted.store(true, Ordering::SeqCst);
+        }
         if f.status == Status::Fenced || (s.op != Op::Open && f.epoch > s.epoch) {
             return Err(ReplicaError::Fenced {
                 addr: self.addr.clone(),
@@ -386,6 +441,24 @@ impl ReplicaConn {
         let s = self.start(op, body)?;
         self.finish(s, timeout).await
     }
+}
+
+/// Whether a reply leaves the replica holding everything it was sent: OK, or a failed
+/// request that changes nothing there.
+fn reply_harmless(op: Op, status: Status) -> bool {
+    let read_only = matches!(
+        op,
+        Op::Read
+            | Op::Ping
+            | Op::Changed
+            | Op::ReadIo
+            | Op::Partial
+            | Op::Snapshots
+            | Op::SnapBlocks
+            | Op::SnapRead
+    );
+    status == Status::Ok
+        || (read_only && matches!(status, Status::Error | Status::Medium | Status::Invalid))
 }
 
 /// A request queued by [`ReplicaConn::start`].

@@ -11,7 +11,7 @@
 //! - [`membership`]: the durable record (Current/Stale/New members, epoch, io
 //!   reservation) behind the [`membership::MembershipStore`] compare-and-swap seam.
 //! - [`volume`]: the replicated backend (`BlockBackend`): io numbers, in-sync writes,
-//!   eviction, flushes, start-up fencing and reconcile; `read`: reads and read repair; [`catchup`]: the
+//!   flushes, start-up fencing and reconcile; `evict`: eviction and its cancellation; `read`: reads and read repair; [`catchup`]: the
 //!   two-sided diff that brings a Stale or New replica back; [`snapshot`]: snapshots at
 //!   one io cut on every replica, missed-snapshot replay, clones; [`members`]: add and
 //!   remove replicas, the offline force-promotion; `rejoin`: re-opening the Current
@@ -28,6 +28,7 @@ pub mod auth;
 pub mod catchup;
 pub mod client;
 pub mod error;
+mod evict;
 pub mod members;
 pub mod membership;
 mod read;

@@ -101,7 +101,7 @@ impl ReplicatedVolume {
                 let q = inner.seq.lock();
                 q.targets
                     .iter()
-                    .filter(|t| t.current && !tried.contains(&t.id) && !t.conn.is_closed())
+                    .filter(|t| self.serves(t) && !tried.contains(&t.id) && !t.conn.is_closed())
                     .min_by_key(|t| t.conn.inflight())
                     .cloned()
             };

@@ -40,6 +40,17 @@ use crate::error::{ReplicaError, StoreError, VolumeError};
 use crate::membership::{unix_now, Cas, Holder, MemberState, MembershipStore, Record, Version};
 use crate::wire::{self, Op, Status};
 
+/// CAS attempts after unknown outcomes the store showed were not applied.
+const UNKNOWN_RETRIES: u32 = 3;
+
+/// Whether two records are equal apart from `renew_time` (which a store may keep
+/// elsewhere, e.g. the agent's Lease).
+fn same_record(a: &Record, b: &Record) -> bool {
+    let mut a = a.clone();
+    a.renew_time = b.renew_time;
+    a == *b
+}
+
 /// io numbers reserved per claim (design §2.11).
 pub const IO_CHUNK: u64 = 1 << 32;
 
@@ -295,6 +306,10 @@ pub struct VolumeStatus {
     /// on every one of them (held below a write that failed half-way until it is settled).
     #[serde(default)]
     pub checkpoint: u64,
+    /// Evictions cancelled since start: the store was unreachable and the member answered
+    /// every request before it came back.
+    #[serde(default)]
+    pub evictions_cancelled: u64,
 }
 
 #[derive(Debug)]
@@ -354,6 +369,11 @@ pub(crate) struct Inner {
     pub(crate) outage: Mutex<Option<crate::rejoin::Outage>>,
     /// Blocks rewritten by read repair (read.rs) since start.
     pub(crate) repaired_blocks: AtomicU64,
+    /// Evictions cancelled because the member answered before the store (evict.rs).
+    pub(crate) evictions_cancelled: AtomicU64,
+    /// Members readmitted while the store could not tell whether the CAS was applied
+    /// (catchup.rs): Current here, confirmed by the next stored change.
+    pub(crate) unconfirmed: Mutex<Vec<String>>,
     /// Member forced Current on this running instance (members.rs): the re-open loop
     /// takes it whatever epoch or tail it comes back with, as the operator accepted.
     pub(crate) forced: Mutex<Option<String>>,
@@ -502,6 +522,8 @@ impl ReplicatedVolume {
             away: AtomicBool::new(false),
             outage: Mutex::new(None),
             repaired_blocks: AtomicU64::new(0),
+            evictions_cancelled: AtomicU64::new(0),
+            unconfirmed: Mutex::new(Vec::new()),
             forced: Mutex::new(None),
             cfg,
             store,
@@ -746,6 +768,7 @@ impl ReplicatedVolume {
             io_checkpoint: wm,
             replicas,
             repaired_blocks: inner.repaired_blocks.load(Ordering::Relaxed),
+            evictions_cancelled: inner.evictions_cancelled.load(Ordering::Relaxed),
             checkpoint,
         }
     }
@@ -822,7 +845,13 @@ impl ReplicatedVolume {
         Ok(())
     }
 
-    /// Changes the record by CAS (re-reading on conflict), failing when fenced.
+    /// Changes the record by CAS (re-reading on conflict), failing when fenced. A CAS
+    /// whose outcome is unknown (the store timed out, perhaps after applying it) is
+    /// resolved by re-reading (design §2.2): the record as we wrote it means applied,
+    /// the old version means not applied (and the CAS is tried again, at most
+    /// [`UNKNOWN_RETRIES`] times); a store that cannot be read leaves it unknown and
+    /// the error goes to the caller. Members readmitted with an unknown outcome
+    /// (`unconfirmed`) are written Current again by every change until one is stored.
     pub(crate) async fn change_record(
         &self,
         f: impl Fn(&mut Record) -> Result<(), VolumeError>,
@@ -832,6 +861,7 @@ impl ReplicatedVolume {
             let s = inner.state.lock();
             (s.record.clone(), s.version)
         };
+        let mut unknown = 0u32;
         loop {
             if rec.epoch != inner.epoch {
                 self.fence(rec.epoch);
@@ -841,17 +871,94 @@ impl ReplicatedVolume {
                 });
             }
             let mut r = rec.clone();
+            let confirming = self.confirm_unconfirmed(&mut r);
             f(&mut r)?;
-            match cas_store(&inner.store, ver, &r).await? {
+            let outcome = match cas_store(&inner.store, ver, &r).await {
+                Ok(c) => c,
+                Err(StoreError::Unavailable(m)) => match self.resolve_unknown(&r).await {
+                    Some((stored, v, true)) => {
+                        tracing::warn!(volume = %inner.cfg.name, "the store answered late but the change was applied: {m}");
+                        debug_assert!(same_record(&stored, &r));
+                        Cas::Ok(v)
+                    }
+                    Some((stored, v, false)) if unknown < UNKNOWN_RETRIES => {
+                        unknown += 1;
+                        (rec, ver) = (stored, v);
+                        continue;
+                    }
+                    _ => return Err(VolumeError::Store(StoreError::Unavailable(m))),
+                },
+                Err(e) => return Err(e.into()),
+            };
+            match outcome {
                 Cas::Ok(v) => {
-                    let mut s = inner.state.lock();
-                    s.record = r.clone();
-                    s.version = v;
+                    {
+                        let mut s = inner.state.lock();
+                        s.record = r.clone();
+                        s.version = v;
+                    }
+                    if !confirming.is_empty() {
+                        inner
+                            .unconfirmed
+                            .lock()
+                            .retain(|id| !confirming.contains(id));
+                        tracing::info!(volume = %inner.cfg.name, members = ?confirming, "readmission recorded");
+                    }
                     return Ok(r);
                 }
                 Cas::Conflict => (rec, ver) = read_store(&inner.store).await?,
             }
         }
+    }
+
+    /// After a CAS with an unknown outcome: the stored record and version, and whether
+    /// it is the one we tried to write. None while the store cannot be read.
+    async fn resolve_unknown(&self, ours: &Record) -> Option<(Record, Version, bool)> {
+        for _ in 0..3 {
+            if let Ok((stored, v)) = read_store(&self.inner.store).await {
+                let applied = same_record(&stored, ours);
+                return Some((stored, v, applied));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// Writes the members readmitted with an unknown outcome, still Current here, as
+    /// Current into `r`; returns their ids.
+    fn confirm_unconfirmed(&self, r: &mut Record) -> Vec<String> {
+        let ids: Vec<String> = self.inner.unconfirmed.lock().clone();
+        if ids.is_empty() {
+            return ids;
+        }
+        let current: Vec<String> = {
+            let q = self.inner.seq.lock();
+            q.targets
+                .iter()
+                .filter(|t| t.current && ids.contains(&t.id))
+                .map(|t| t.id.clone())
+                .collect()
+        };
+        for id in &current {
+            if let Some(m) = r.member_mut(id) {
+                if m.state != MemberState::Current {
+                    m.state = MemberState::Current;
+                    m.stale_since_io = 0;
+                    m.reason = String::new();
+                    m.at = unix_now();
+                    m.epoch = self.inner.epoch;
+                }
+            }
+        }
+        // Ones no longer Current here (evicted meanwhile) need no confirmation.
+        ids
+    }
+
+    /// Whether member `t` may serve reads and be a catch-up source: Current, and not
+    /// readmitted with an unknown outcome (it counts for completion meanwhile, so its
+    /// failure is recorded, but a change counts only once stored).
+    pub(crate) fn serves(&self, t: &Target) -> bool {
+        t.current && !self.inner.unconfirmed.lock().contains(&t.id)
     }
 
     pub(crate) fn fence(&self, by: u64) {
@@ -973,199 +1080,6 @@ impl ReplicatedVolume {
                     inner.seq.lock().reserved = r.io_reserved;
                 }
             }
-        }
-    }
-
-    /// A member's request failed: a Current one is evicted; a catching-up one leaves
-    /// the send set (its catch-up restarts later).
-    pub(crate) async fn member_failed(&self, t: &Target, e: &ReplicaError) -> bool {
-        if let ReplicaError::Fenced { stored, .. } = e {
-            self.fence(*stored);
-            return false;
-        }
-        if t.current {
-            self.evict(&t.id, &e.to_string()).await.is_ok()
-        } else {
-            self.end_catch_up(t, "catch-up session failed");
-            true
-        }
-    }
-
-    /// Ends catching-up member `t`'s session: it leaves the send set and its catch-up
-    /// restarts later from its own checkpoint.
-    pub(crate) fn end_catch_up(&self, t: &Target, why: &str) {
-        t.stats.failed.store(true, Ordering::SeqCst);
-        self.inner
-            .seq
-            .lock()
-            .targets
-            .retain(|x| !Arc::ptr_eq(&x.conn, &t.conn));
-        t.conn.close(why);
-    }
-
-    /// Evicts Current member `id` (§2.6): flush barrier on the survivors, CAS to Stale,
-    /// close its session; refused below max(1, minCurrent). Ok once it is not Current.
-    pub(crate) async fn evict(&self, id: &str, why: &str) -> Result<(), VolumeError> {
-        let inner = &self.inner;
-        let _g = inner.evict.lock().await;
-        if inner.stopping.load(Ordering::SeqCst) {
-            return Err(VolumeError::Refused("the target is stopping".into()));
-        }
-        if self.is_away() {
-            return Err(VolumeError::Refused(
-                "Current replicas are away; waiting for them to answer".into(),
-            ));
-        }
-        // New commands wait in the LU while the eviction is recorded.
-        let _held = inner.hold_enter();
-        let start = Instant::now();
-        let mut gone: Vec<String> = vec![id.to_string()];
-        loop {
-            let (cur, survivors, since) = {
-                let q = inner.seq.lock();
-                let cur: Vec<Target> = q.targets.iter().filter(|t| t.current).cloned().collect();
-                let surv: Vec<Target> = cur
-                    .iter()
-                    .filter(|t| !gone.contains(&t.id))
-                    .cloned()
-                    .collect();
-                let since = [q.issued.first(), q.inflight.first()]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .copied()
-                    .unwrap_or(q.next);
-                (cur, surv, since)
-            };
-            gone.retain(|g| cur.iter().any(|t| t.id == *g));
-            if gone.is_empty() {
-                return Ok(());
-            }
-            let min = inner.cfg.min_current().max(1) as usize;
-            if survivors.len() < min {
-                // Unreachable, not erring: wait for them to answer again (rejoin.rs).
-                let away = cur
-                    .iter()
-                    .any(|t| gone.contains(&t.id) && self.unreachable(t));
-                if away {
-                    self.enter_outage(since, &gone);
-                }
-                return Err(VolumeError::Refused(format!(
-                    "evicting {gone:?} would leave {} Current replicas (minimum {min})",
-                    survivors.len()
-                )));
-            }
-            // Flush barrier: survivors' stable data covers whatever the evicted hold.
-            let flushes = survivors.iter().map(|t| {
-                let t = t.clone();
-                async move {
-                    (
-                        t.id.clone(),
-                        t.conn
-                            .call(Op::Flush, Bytes::new(), inner.cfg.t_evict)
-                            .await,
-                    )
-                }
-            });
-            let mut more = Vec::new();
-            for (sid, r) in join_all(flushes).await {
-                match r {
-                    Ok(_) => {}
-                    Err(ReplicaError::Fenced { stored, .. }) => {
-                        self.fence(stored);
-                        return Err(VolumeError::Fenced {
-                            record: stored,
-                            ours: inner.epoch,
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(replica = %sid, error = %e, "flush barrier failed");
-                        more.push(sid);
-                    }
-                }
-            }
-            if !more.is_empty() {
-                gone.extend(more);
-                continue;
-            }
-            // The CAS; with the store unreachable keep trying while IO is held.
-            let epoch = inner.epoch;
-            let why = why.to_string();
-            let ids = gone.clone();
-            let r = loop {
-                let r = self
-                    .change_record(|r| {
-                        let now = unix_now();
-                        for m in r.members.iter_mut() {
-                            if ids.contains(&m.id) && m.state == MemberState::Current {
-                                m.state = MemberState::Stale;
-                                m.stale_since_io = since;
-                                m.reason = why.clone();
-                                m.at = now;
-                                m.epoch = epoch;
-                            }
-                        }
-                        Ok(())
-                    })
-                    .await;
-                match r {
-                    Err(VolumeError::Store(StoreError::Unavailable(m)))
-                        if start.elapsed() < inner.cfg.t_hold =>
-                    {
-                        tracing::warn!("eviction waits for the store: {m}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    r => break r,
-                }
-            };
-            r?;
-            tracing::warn!(volume = %inner.cfg.name, members = ?gone, since, "evicted (recorded Stale)");
-            let (closed, single) = {
-                let mut q = inner.seq.lock();
-                let closed: Vec<Target> = q
-                    .targets
-                    .iter()
-                    .filter(|t| gone.contains(&t.id))
-                    .cloned()
-                    .collect();
-                q.targets.retain(|t| !gone.contains(&t.id));
-                let cur: Vec<Target> = q.targets.iter().filter(|t| t.current).cloned().collect();
-                let single = (cur.len() == 1).then(|| cur[0].clone());
-                if single.is_some() {
-                    q.wt_from = q.max_sent + 1;
-                }
-                (closed, single)
-            };
-            {
-                let mut ev = inner.evictions.lock();
-                for t in &closed {
-                    ev.push((t.address.clone(), Instant::now()));
-                }
-            }
-            for t in closed {
-                t.conn.close("evicted");
-            }
-            if let Some(t) = single {
-                // Single-copy write-through; the flush covers writes acked before it.
-                let r = t
-                    .conn
-                    .call(Op::SetMode, wire::enc_u64s(&[1]), inner.cfg.t_evict)
-                    .await;
-                let r = match r {
-                    Ok(_) => {
-                        t.conn
-                            .call(Op::Flush, Bytes::new(), inner.cfg.t_evict)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "switching the last Current replica to write-through");
-                }
-            }
-            drop(_g);
-            self.set_phase();
-            return Ok(());
         }
     }
 

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use common::*;
 use cstor_iscsi::backend::{BlockBackend, IoCtx};
 use cstor_replication::volume::Phase;
-use cstor_replication::{FileStore, MemberState, ReplicatedVolume};
+use cstor_replication::{MemberState, ReplicatedVolume};
 
 fn rd_ctx() -> IoCtx {
     IoCtx::new(Instant::now() + Duration::from_secs(10))
@@ -270,10 +270,7 @@ async fn source_dies_mid_catch_up_then_target_restart_resumes_from_cursor() {
 async fn double_target_partition_old_target_stops_within_lease() {
     use cstor_replication::MembershipStore;
     let c = cluster(3).await;
-    let store1 = Arc::new(FaultyStore {
-        inner: FileStore::new(&c.state).unwrap(),
-        down: AtomicBool::new(false),
-    });
+    let store1 = FaultyStore::over(&c.state);
     let t1 = ReplicatedVolume::start(cfg(SIZE, c.addrs()), store1.clone())
         .await
         .unwrap();

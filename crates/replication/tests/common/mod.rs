@@ -301,11 +301,32 @@ async fn pump(
     }
 }
 
-/// A file store whose operations can be made to fail (store unreachable).
-#[derive(Debug)]
+/// Predicate on the record a CAS is about to store.
+pub type RecordPred = Box<dyn Fn(&Record) -> bool + Send + Sync>;
+/// A change another writer makes to the stored record.
+pub type RecordChange = Box<dyn FnOnce(&mut Record) + Send>;
+
+/// A file store whose operations can be made to fail: unreachable (`down`), a CAS that
+/// is applied but answered as a timeout (`lose_reply_when`, once, optionally with the
+/// store unreachable for `down_after_loss` afterwards), and another writer's change
+/// stored just before our next CAS (`interleave`, once). `history` keeps every record
+/// stored through it.
 pub struct FaultyStore {
     pub inner: FileStore,
-    pub down: AtomicBool,
+    pub down: Arc<AtomicBool>,
+    pub lose_reply_when: parking_lot::Mutex<Option<RecordPred>>,
+    pub down_after_loss: parking_lot::Mutex<Option<Duration>>,
+    pub interleave: parking_lot::Mutex<Option<RecordChange>>,
+    pub history: parking_lot::Mutex<Vec<Record>>,
+    pub lost_replies: AtomicU64,
+}
+
+impl std::fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyStore")
+            .field("down", &self.down)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FaultyStore {
@@ -313,7 +334,12 @@ impl FaultyStore {
     pub fn over(state: &std::path::Path) -> Arc<FaultyStore> {
         Arc::new(FaultyStore {
             inner: FileStore::new(state).unwrap(),
-            down: AtomicBool::new(false),
+            down: Arc::new(AtomicBool::new(false)),
+            lose_reply_when: parking_lot::Mutex::new(None),
+            down_after_loss: parking_lot::Mutex::new(None),
+            interleave: parking_lot::Mutex::new(None),
+            history: parking_lot::Mutex::new(Vec::new()),
+            lost_replies: AtomicU64::new(0),
         })
     }
 }
@@ -329,7 +355,39 @@ impl MembershipStore for FaultyStore {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected".into()));
         }
-        self.inner.cas(v, r)
+        if let Some(change) = self.interleave.lock().take() {
+            let (mut other, ov) = self.inner.read()?;
+            change(&mut other);
+            assert!(matches!(self.inner.cas(ov, &other)?, Cas::Ok(_)));
+            self.history.lock().push(other);
+        }
+        let lose = {
+            let mut p = self.lose_reply_when.lock();
+            let hit = p.as_ref().is_some_and(|f| f(r));
+            if hit {
+                *p = None;
+            }
+            hit
+        };
+        let out = self.inner.cas(v, r)?;
+        if matches!(out, Cas::Ok(_)) {
+            self.history.lock().push(r.clone());
+        }
+        if lose && matches!(out, Cas::Ok(_)) {
+            self.lost_replies.fetch_add(1, Ordering::SeqCst);
+            if let Some(d) = *self.down_after_loss.lock() {
+                self.down.store(true, Ordering::SeqCst);
+                let down = self.down.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(d);
+                    down.store(false, Ordering::SeqCst);
+                });
+            }
+            return Err(StoreError::Unavailable(
+                "injected: timed out after applying".into(),
+            ));
+        }
+        Ok(out)
     }
 }
 
