@@ -3,7 +3,6 @@
 //! ControllerExpandVolume and reclaimed through DeleteVolume, and with the sidecars
 //! stopped nothing provisions it (the controller no longer does).
 
-#[allow(dead_code)]
 mod apiserver_support;
 
 use std::time::{Duration, Instant};
