@@ -3,7 +3,9 @@
 //! and -snapshotter that decides; the node agents (`cstor node`) act on its objects.
 //!
 //! Owns: CSPC -> CStorPoolInstances + BlockDeviceClaims ([`cspc`]); StorageClass + PVC ->
-//! CStorVolumeConfig -> PV ([`provision`]); CVC -> CStorVolume + CStorVolumeReplicas,
+//! CStorVolumeConfig -> PV ([`provision`], only with
+//! [`Settings::provision_without_csi`]: normally the CSI driver's CreateVolume makes the
+//! CVC, called by the external-provisioner or `cstor sidecars`); CVC -> CStorVolume + CStorVolumeReplicas,
 //! scale up/down, expansion ([`volume`], placement in [`placement`]); target moves off
 //! dead nodes ([`target_move`]); replacement of replicas on dead nodes ([`replace`]);
 //! VolumeSnapshot ->
@@ -78,6 +80,12 @@ pub struct Settings {
     /// How long the node of a pool instance holding a replica may be silent before the
     /// replica is replaced by a new one on another pool instance ([`replace`]).
     pub replica_replace_grace: Duration,
+    /// Whether the controller itself turns claims into CVCs and PVs, expands them and
+    /// reclaims released PVs ([`provision`]): only for a controller running without the
+    /// CSI driver and its sidecars (tests of the controller alone). Off by default: the
+    /// external-provisioner and -resizer (or `cstor sidecars`) do it through the driver,
+    /// and two writers of one PV must never run.
+    pub provision_without_csi: bool,
 }
 
 impl Default for Settings {
@@ -85,6 +93,7 @@ impl Default for Settings {
         Settings {
             target_move_grace: Duration::from_secs(15),
             replica_replace_grace: Duration::from_secs(600),
+            provision_without_csi: false,
         }
     }
 }
@@ -97,7 +106,9 @@ pub fn reconcile(world: &World, ids: &mut dyn Ids) -> Vec<Action> {
 /// One whole pass: every reconciler over the same world.
 pub fn reconcile_with(world: &World, ids: &mut dyn Ids, settings: &Settings) -> Vec<Action> {
     let mut out = cspc::reconcile(world, ids);
-    out.extend(provision::reconcile(world));
+    if settings.provision_without_csi {
+        out.extend(provision::reconcile(world));
+    }
     out.extend(volume::reconcile(world, ids));
     out.extend(target_move::reconcile(world, settings.target_move_grace));
     out.extend(replace::reconcile(

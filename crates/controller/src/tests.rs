@@ -369,12 +369,26 @@ fn pvc() -> Value {
            "status": {"phase": "Pending"}})
 }
 
+/// A whole pass of a controller running without the CSI driver (it provisions itself).
+fn reconcile_provisioning(w: &World) -> Vec<Action> {
+    crate::reconcile_with(
+        w,
+        &mut Counter::default(),
+        &crate::Settings {
+            provision_without_csi: true,
+            ..crate::Settings::default()
+        },
+    )
+}
+
 #[test]
 fn a_claim_becomes_a_cvc_then_a_volume_then_a_pv() {
     let mut w = pools_world();
     w.scs = vec![from(sc())];
     w.pvcs = vec![from(pvc())];
-    let a = crate::reconcile(&w, &mut Counter::default());
+    // By default the CSI driver's CreateVolume makes the CVC, not the controller.
+    assert!(creates(&crate::reconcile(&w, &mut Counter::default()), Kind::Cvc).is_empty());
+    let a = reconcile_provisioning(&w);
     let cvc = creates(&a, Kind::Cvc);
     assert_eq!(cvc.len(), 1);
     assert_eq!(cvc[0]["metadata"]["name"], "pvc-1234");
@@ -387,7 +401,7 @@ fn a_claim_becomes_a_cvc_then_a_volume_then_a_pv() {
     let mut obj = cvc[0].clone();
     obj["status"] = json!({"phase": "Pending"});
     w.cvcs = vec![from(obj)];
-    let a = crate::reconcile(&w, &mut Counter::default());
+    let a = reconcile_provisioning(&w);
     assert_eq!(events(&a, "Provisioning"), ["Waiting for CVC to be bound"]);
     let cvrs = creates(&a, Kind::Cvr);
     assert_eq!(cvrs.len(), 3);
@@ -443,7 +457,7 @@ fn a_claim_becomes_a_cvc_then_a_volume_then_a_pv() {
     w2.pvcs = vec![from(pvc())];
     w2.cvcs = w.cvcs.clone();
     w2.cvcs[0].status = Some(from(json!({"phase": "Pending"})));
-    let a = crate::reconcile(&w2, &mut Counter::default());
+    let a = reconcile_provisioning(&w2);
     assert!(creates(&a, Kind::Cv).is_empty());
     let failed = events(&a, "ProvisioningFailed");
     assert_eq!(failed.len(), 2, "on the claim and on the CVC");

@@ -374,9 +374,12 @@ impl ControllerService {
             let cvc = world.cvc(id).ok_or_else(missing)?;
             let done = storage_bytes(cvc.status.as_ref().and_then(|s| s.capacity.as_ref()));
             if done >= target {
+                // A filesystem staged nowhere grows when it is next staged (NodeStage
+                // grows it to the LUN), so only a published one needs NodeExpandVolume.
+                let published = !publish::published_nodes(&world, id).is_empty();
                 return Ok(ControllerExpandVolumeResponse {
                     capacity_bytes: i64::try_from(done).unwrap_or(i64::MAX),
-                    node_expansion_required: !block,
+                    node_expansion_required: !block && published,
                 });
             }
             if Instant::now() >= deadline {

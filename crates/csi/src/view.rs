@@ -238,9 +238,10 @@ pub fn ready(world: &World, id: &str) -> Result<Volume, Error> {
             })
         }
         _ => {
+            // cstor-csi's words, which the provisioner's events carry to the claim.
             return Err(pending(
-                "waiting for the CStorVolumeConfig to be bound (replicas placed)".to_owned(),
-            ))
+                "Waiting for CVC to be bound (replicas placed)".to_owned(),
+            ));
         }
     }
     match world
@@ -250,7 +251,7 @@ pub fn ready(world: &World, id: &str) -> Result<Volume, Error> {
     {
         Some(CStorVolumePhase::Healthy | CStorVolumePhase::Degraded) => Ok(volume(cvc)),
         phase => Err(pending(format!(
-            "not serving I/O yet: the target reports {}; replicas yet to connect",
+            "Volume is not ready: Replicas yet to connect to controller (the target reports {})",
             phase.map_or("nothing".to_owned(), |p| format!("{p:?}"))
         ))),
     }

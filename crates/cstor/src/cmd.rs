@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod node;
 pub mod pool;
 pub mod replica;
+pub mod sidecars;
 pub mod target;
 pub mod target_replicated;
 pub mod up;

@@ -40,6 +40,8 @@ enum Command {
     Node(cmd::node::Args),
     /// Serve the CSI driver cstor.csi.openebs.io on a unix socket.
     Csi(cmd::csi::Args),
+    /// Run the embedded CSI sidecars (provisioner) against the driver's socket.
+    Sidecars(cmd::sidecars::Args),
     /// Run the whole system on this machine: API server, controller, node agents.
     Up(cmd::up::Args),
     /// Userspace iSCSI initiator: attach a LUN as a file through FUSE, detach, discover.
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Controller(args) => cmd::controller::run(args),
         Command::Node(args) => cmd::node::run(args),
         Command::Csi(args) => cmd::csi::run(args),
+        Command::Sidecars(args) => cmd::sidecars::run(args),
         Command::Up(args) => cmd::up::run(args),
         Command::Initiator(args) => cmd::initiator::run(args),
         Command::Attach(args) => cmd::attach::run_attach(args),

@@ -30,6 +30,8 @@ impl Controller {
                 "3",
                 "--interval-ms",
                 "250",
+                // No CSI driver runs here: the controller provisions claims itself.
+                "--provision-without-csi",
             ])
             .env("RUST_LOG", "cstor_controller=info")
             .stdout(Stdio::null())

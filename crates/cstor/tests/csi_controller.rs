@@ -809,7 +809,8 @@ async fn csi_controller_provisions_lists_expands_and_deletes_through_cvcs() {
     })
     .await;
     assert_eq!(grown.capacity_bytes, 128 * MIB);
-    assert!(grown.node_expansion_required);
+    // Published nowhere: the next NodeStage grows the filesystem, no node call needed.
+    assert!(!grown.node_expansion_required);
     let (_, cap_now) = up.kubectl(&[
         "get",
         "cv",

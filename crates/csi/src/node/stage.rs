@@ -145,8 +145,14 @@ fn stage_now(
         }
         None => fresh(inner, volume, &staging, want, target)?,
     };
-    if st.access == Access::Mount {
-        mount_staging(volume, &st)?;
+    if st.access == Access::Mount && mount_staging(volume, &st)? {
+        // A volume expanded while staged nowhere (ControllerExpandVolume then says no
+        // node expansion is needed): its filesystem grows to the LUN here, as it is
+        // mounted. Not fatal: the volume works at its old size, and NodeExpandVolume
+        // tries again.
+        if let Err(e) = super::stats::grow_filesystem(volume, &st) {
+            tracing::warn!(volume, "growing the filesystem to the volume's size: {e}");
+        }
     }
     if !st.staged {
         st.staged = true;
@@ -198,7 +204,9 @@ fn fresh(
     Ok(st)
 }
 
-fn mount_staging(volume: &str, st: &VolumeState) -> Result<(), Error> {
+/// Mounts the volume's filesystem (made if blank) at its staging path; true when it was
+/// mounted now, false when it was mounted already.
+fn mount_staging(volume: &str, st: &VolumeState) -> Result<bool, Error> {
     let fstype = st.fstype.as_deref().unwrap_or("ext4");
     let staging = &st.staging_path;
     std::fs::create_dir_all(staging)
@@ -206,7 +214,7 @@ fn mount_staging(volume: &str, st: &VolumeState) -> Result<(), Error> {
     let dev = host::dev_of(&st.loop_device)
         .map_err(|e| Error::io(format!("stat {}", st.loop_device.display()), e))?;
     match host::mount_at(staging).map_err(|e| Error::io("reading the mount table", e))? {
-        Some(m) if m.dev == dev => return Ok(()),
+        Some(m) if m.dev == dev => return Ok(false),
         Some(m) => {
             return Err(Error::NodeState {
                 volume: volume.to_owned(),
@@ -245,7 +253,8 @@ fn mount_staging(volume: &str, st: &VolumeState) -> Result<(), Error> {
             ),
             e,
         )
-    })
+    })?;
+    Ok(true)
 }
 
 pub(super) async fn unstage(

@@ -272,21 +272,26 @@ fn grow(volume: &str, st: &VolumeState, required_bytes: u64) -> Result<u64, Erro
     }
     let dev = host::device_bytes(&st.loop_device).map_err(dev_io)?;
     if st.access == Access::Mount {
-        let loopdev = st.loop_device.display().to_string();
-        match st.fstype.as_deref() {
-            Some("xfs") => run("xfs_growfs", &[&st.staging_path.display().to_string()])?,
-            _ => {
-                // The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE (resize2fs
-                // would say only "Permission denied"); some sandboxes drop it.
-                if !host::has_capability(host::CAP_SYS_RESOURCE) {
-                    return Err(Error::Precondition {
-                        volume: volume.to_owned(),
-                        why: "growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this node plugin lacks (the device has grown; give the plugin that capability)".to_owned(),
-                    });
-                }
-                run("resize2fs", &[&loopdev])?
-            }
-        }
+        grow_filesystem(volume, st)?;
     }
     Ok(dev)
+}
+
+/// Grows the mounted filesystem at the staging path to its device's size (a no-op when
+/// it fills it already).
+pub(super) fn grow_filesystem(volume: &str, st: &VolumeState) -> Result<(), Error> {
+    match st.fstype.as_deref() {
+        Some("xfs") => run("xfs_growfs", &[&st.staging_path.display().to_string()]),
+        _ => {
+            // The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE (resize2fs
+            // would say only "Permission denied"); some sandboxes drop it.
+            if !host::has_capability(host::CAP_SYS_RESOURCE) {
+                return Err(Error::Precondition {
+                    volume: volume.to_owned(),
+                    why: "growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this node plugin lacks (the device has grown; give the plugin that capability)".to_owned(),
+                });
+            }
+            run("resize2fs", &[&st.loop_device.display().to_string()])
+        }
+    }
 }

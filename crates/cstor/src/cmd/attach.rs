@@ -442,6 +442,7 @@ async fn attach(a: AttachArgs) -> Result<()> {
         if grown.capacity_bytes > 0 {
             eprintln!("filesystem size: {} bytes", grown.capacity_bytes);
         }
+        finish_node_resize(&ctx.client, &a.namespace, &a.pvc, vol.capacity).await?;
     }
     println!(
         "attached {}/{} ({}) on {} at {}{}",
@@ -452,6 +453,32 @@ async fn attach(a: AttachArgs) -> Result<()> {
         target.display(),
         if vol.block { " (block device)" } else { "" }
     );
+    Ok(())
+}
+
+/// As the kubelet does after a node expansion: a claim waiting on it
+/// (`FileSystemResizePending`, set by the resizer) gets the PV's size as its
+/// `status.capacity` and loses the condition.
+async fn finish_node_resize(client: &kube::Client, ns: &str, pvc: &str, bytes: u64) -> Result<()> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let claim = pvcs
+        .get(pvc)
+        .await
+        .with_context(|| format!("reading PersistentVolumeClaim {ns}/{pvc}"))?;
+    let pending = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "FileSystemResizePending"));
+    if !pending || bytes == 0 {
+        return Ok(());
+    }
+    let patch = json!({"status": {
+        "capacity": {"storage": cstor_api::quantity::format_bytes(bytes)},
+        "conditions": null, "allocatedResourceStatuses": null}});
+    pvcs.patch_status(pvc, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .with_context(|| format!("finishing the resize of {ns}/{pvc}"))?;
     Ok(())
 }
 

@@ -39,6 +39,12 @@ pub struct Args {
     /// instance (`600s`, `90s`, `500ms`).
     #[arg(long, default_value = "600s", value_parser = crate::units::parse_duration)]
     pub replica_replace_grace: Duration,
+    /// Provision claims (CVC and PV), expand them and reclaim released PVs in the
+    /// controller itself, without the CSI driver: only for running the controller alone
+    /// (tests). Never together with the CSI provisioner and resizer sidecars (`cstor
+    /// sidecars`, or the real ones): they would be two writers of the same PV.
+    #[arg(long)]
+    pub provision_without_csi: bool,
 }
 
 /// Runs the controller until SIGINT or SIGTERM.
@@ -61,6 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         settings: cstor_controller::Settings {
             target_move_grace: args.target_move_grace,
             replica_replace_grace: args.replica_replace_grace,
+            provision_without_csi: args.provision_without_csi,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -330,6 +330,49 @@ fn csi_component(
     }
 }
 
+/// Pod of the embedded CSI sidecars (`cstor sidecars`), beside the CSI controller's.
+const SIDECARS_POD: &str = "openebs-cstor-csi-sidecars-0";
+
+/// `cstor sidecars` on the CSI controller's socket: the provisioner the real
+/// external-provisioner container replaces on a real cluster.
+fn sidecars_component(
+    dir: &Path,
+    kubeconfig: &Path,
+    log_of: &dyn Fn(&str, &str) -> PathBuf,
+    ip: IpAddr,
+) -> Component {
+    let app = "openebs-cstor-csi-sidecars";
+    Component {
+        log: log_of(SIDECARS_POD, "csi-sidecars"),
+        pod: SIDECARS_POD.into(),
+        container: "csi-sidecars".into(),
+        labels: BTreeMap::from([
+            ("app".to_owned(), app.to_owned()),
+            ("openebs.io/component-name".to_owned(), app.to_owned()),
+        ]),
+        node: None,
+        ip,
+        args: vec![
+            "sidecars".into(),
+            "--csi-endpoint".into(),
+            format!("unix://{}", csi_controller_socket(dir).display()),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+        ],
+        envs: vec![(
+            "RUST_LOG".into(),
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )],
+        probe: Probe::Alive,
+        child: None,
+        enabled: true,
+        restarts: 0,
+        next_start: Instant::now(),
+        ready: None,
+        started: None,
+    }
+}
+
 fn node_ip(base: Ipv4Addr, i: u32) -> Result<Ipv4Addr> {
     let v = u32::from(base)
         .checked_add(i)
@@ -532,6 +575,12 @@ async fn supervise(a: RunArgs) -> Result<()> {
         &dir,
         &kubeconfig,
         None,
+        &log_of,
+        api_addr.ip(),
+    ));
+    comps.push(sidecars_component(
+        &dir,
+        &kubeconfig,
         &log_of,
         api_addr.ip(),
     ));

@@ -1,0 +1,425 @@
+//! cstor-sidecars: the CSI sidecars of the controller Deployment, embedded (`cstor
+//! sidecars`, run by `cstor up` next to `cstor csi --mode controller`): gRPC clients of
+//! the driver's socket and Kubernetes API clients with the documented semantics of
+//! kubernetes-csi's external-provisioner ([`provisioner`]) and external-resizer
+//! ([`resizer`]), so that on a real cluster
+//! the real sidecar replaces it and nothing else changes (docs/csi.md § Sidecars).
+//!
+//! Owns: the decisions (pure functions of a listed [`World`], unit-tested) and the loop
+//! that carries them out ([`run`]): each pass lists the objects, plans, writes what needs
+//! no call and starts the CSI calls that are due, one per object at a time, each retried
+//! with exponential backoff while it fails (the sidecars' `--retry-interval-start` 1 s
+//! doubling to `--retry-interval-max`). A call's answer is turned into writes by the
+//! same pure functions.
+//!
+//! Invariants: only the driver creates or deletes volumes (through its gRPC interface);
+//! the objects written here are the ones the real sidecars write (PVs, finalizers,
+//! events). Never: reads or writes cstor's own objects (CVCs and friends are the
+//! driver's and the controller's). Shutdown: [`run`] returns when `stop` resolves; calls
+//! in flight are dropped (the driver's RPCs are idempotent, the next start repeats them).
+
+pub mod provisioner;
+pub mod resizer;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cstor_controller::exec::Executor;
+use cstor_controller::{Action, World};
+use cstor_csi::pb::controller_client::ControllerClient;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::Client;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+/// What can stop the sidecars.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The kubeconfig could not be used.
+    #[error(transparent)]
+    Kubeconfig(#[from] cstor_controller::Error),
+    /// The in-cluster configuration could not be used.
+    #[error("in-cluster configuration: {0}")]
+    InferConfig(#[source] kube::config::InferConfigError),
+    /// The CSI endpoint is not a usable URI.
+    #[error("--csi-endpoint {endpoint}: {why}")]
+    Endpoint {
+        /// The endpoint given.
+        endpoint: String,
+        /// Why it cannot be used.
+        why: String,
+    },
+    /// A call to the API server failed.
+    #[error("{op}: {source}")]
+    Api {
+        /// The call.
+        op: String,
+        /// kube's error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Settings of `cstor sidecars`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The driver's controller socket: `unix:///PATH`.
+    pub csi_endpoint: String,
+    /// Kubeconfig; None: the in-cluster configuration.
+    pub kubeconfig: Option<PathBuf>,
+    /// Time between passes.
+    pub interval: Duration,
+    /// First delay after a failed call (doubles per failure).
+    pub retry_start: Duration,
+    /// Longest delay between attempts.
+    pub retry_max: Duration,
+    /// How long one CSI call may take (the sidecars' `--timeout`).
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// The defaults for `endpoint`.
+    pub fn new(csi_endpoint: String) -> Config {
+        Config {
+            csi_endpoint,
+            kubeconfig: None,
+            interval: Duration::from_secs(1),
+            retry_start: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A gRPC status as the Go sidecars print it (their events carry this text).
+pub fn rpc_error(s: &tonic::Status) -> String {
+    format!("rpc error: code = {:?} desc = {}", s.code(), s.message())
+}
+
+/// Backoff bookkeeping of the calls: one in flight per key, and after a failure the next
+/// attempt only once its delay passed.
+#[derive(Debug, Default)]
+pub struct Calls {
+    inflight: HashSet<String>,
+    failures: HashMap<String, (u32, Instant)>,
+}
+
+impl Calls {
+    /// Whether a call for `key` may start now.
+    pub fn due(&self, key: &str, now: Instant) -> bool {
+        !self.inflight.contains(key) && self.failures.get(key).is_none_or(|(_, at)| now >= *at)
+    }
+
+    /// Records that a call for `key` started.
+    pub fn start(&mut self, key: &str) {
+        self.inflight.insert(key.to_owned());
+    }
+
+    /// Records the end of the call for `key`: success forgets it, a failure delays the
+    /// next attempt by `start * 2^(failures-1)`, at most `max`.
+    pub fn finish(&mut self, key: &str, ok: bool, now: Instant, start: Duration, max: Duration) {
+        self.inflight.remove(key);
+        if ok {
+            self.failures.remove(key);
+            return;
+        }
+        let n = self.failures.get(key).map_or(0, |(n, _)| *n);
+        let delay = start.checked_mul(1u32 << n.min(20)).unwrap_or(max).min(max);
+        self.failures.insert(key.to_owned(), (n + 1, now + delay));
+    }
+
+    /// Forgets keys no pass asks for any more (their objects are gone or done).
+    pub fn retain(&mut self, wanted: &HashSet<String>) {
+        self.failures.retain(|k, _| wanted.contains(k));
+    }
+}
+
+/// The end of a call: its key, whether it succeeded, and the writes it asks for.
+struct Done {
+    key: String,
+    ok: bool,
+    actions: Vec<Action>,
+}
+
+async fn list<K>(client: &Client, what: &str) -> Result<Vec<K>, Error>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|e| Error::Api {
+            op: format!("list {what}"),
+            source: e,
+        })
+}
+
+/// The snapshot kinds as JSON; none when they are not served (no snapshot CRDs).
+async fn list_json(client: &Client, group: &str, kind: &str, plural: &str) -> Vec<Value> {
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), plural);
+    Api::<DynamicObject>::all_with(client.clone(), &ar)
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The Kubernetes objects the sidecars look at (no cstor objects).
+pub async fn load(client: &Client) -> Result<World, Error> {
+    let pvcs = Api::<PersistentVolumeClaim>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::Api {
+            op: "list persistentvolumeclaims".into(),
+            source: e,
+        })?
+        .items;
+    let snap = "snapshot.storage.k8s.io";
+    Ok(World {
+        pvcs,
+        pvs: list::<PersistentVolume>(client, "persistentvolumes").await?,
+        scs: list::<StorageClass>(client, "storageclasses").await?,
+        vss: list_json(client, snap, "VolumeSnapshot", "volumesnapshots").await,
+        vscontents: list_json(
+            client,
+            snap,
+            "VolumeSnapshotContent",
+            "volumesnapshotcontents",
+        )
+        .await,
+        vsclasses: list_json(client, snap, "VolumeSnapshotClass", "volumesnapshotclasses").await,
+        now: Some(k8s_openapi::jiff::Timestamp::now()),
+        ..World::default()
+    })
+}
+
+async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Error> {
+    match kubeconfig {
+        Some(p) => Ok(cstor_controller::client(p).await?),
+        None => Client::try_default().await.map_err(|e| match e {
+            kube::Error::InferConfig(e) => Error::InferConfig(e),
+            other => Error::Api {
+                op: "in-cluster client".into(),
+                source: other,
+            },
+        }),
+    }
+}
+
+/// The driver's controller service (connected lazily: a driver starting after us is
+/// found by the first call, which answers UNAVAILABLE until then).
+pub fn csi_client(endpoint: &str) -> Result<ControllerClient<Channel>, Error> {
+    let bad = |why: String| Error::Endpoint {
+        endpoint: endpoint.to_owned(),
+        why,
+    };
+    if !endpoint.starts_with("unix://") {
+        return Err(bad("must be unix:///PATH".into()));
+    }
+    let ep = Endpoint::from_shared(endpoint.to_owned()).map_err(|e| bad(e.to_string()))?;
+    Ok(ControllerClient::new(ep.connect_lazy()))
+}
+
+/// The loop's state: the clients, the event bookkeeping, the calls.
+struct Runner {
+    config: Config,
+    client: Client,
+    csi: ControllerClient<Channel>,
+    exec: Executor,
+    calls: Calls,
+    identity: String,
+    /// Volumes whose CreateVolume was sent and has not succeeded yet: volume -> claim uid.
+    started: HashMap<String, String>,
+    tx: mpsc::UnboundedSender<Done>,
+}
+
+impl Runner {
+    /// Starts `call` under `key` unless one is in flight or backing off.
+    fn spawn<F>(&mut self, key: String, wanted: &mut HashSet<String>, call: F) -> bool
+    where
+        F: Future<Output = (bool, Vec<Action>)> + Send + 'static,
+    {
+        wanted.insert(key.clone());
+        if !self.calls.due(&key, Instant::now()) {
+            return false;
+        }
+        self.calls.start(&key);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let (ok, actions) = call.await;
+            let _ = tx.send(Done { key, ok, actions });
+        });
+        true
+    }
+
+    fn finish(&mut self, d: &Done) {
+        if d.ok {
+            if let Some(v) = d
+                .key
+                .strip_prefix("create/")
+                .or_else(|| d.key.strip_prefix("abandon/"))
+            {
+                self.started.remove(v);
+            }
+        }
+        let c = &self.config;
+        self.calls
+            .finish(&d.key, d.ok, Instant::now(), c.retry_start, c.retry_max);
+    }
+
+    async fn pass(&mut self) -> Result<(), Error> {
+        let world = load(&self.client).await?;
+        let mut wanted = HashSet::new();
+        let plan = provisioner::plan(&world);
+        self.exec.run(&self.client, plan.actions).await;
+        for req in provisioner::abandoned(&world, &self.started) {
+            let key = format!("abandon/{}", req.volume_id);
+            if self
+                .calls
+                .inflight
+                .contains(&format!("create/{}", req.volume_id))
+            {
+                continue; // its CreateVolume answers first
+            }
+            let (mut csi, timeout) = (self.csi.clone(), self.config.timeout);
+            self.spawn(key, &mut wanted, async move {
+                let answer = bounded(timeout, csi.delete_volume(req.clone())).await;
+                if let Err(s) = &answer {
+                    tracing::warn!(
+                        "deleting volume {} of a deleted claim: {}",
+                        req.volume_id,
+                        crate::rpc_error(s)
+                    );
+                }
+                (answer.is_ok(), Vec::new())
+            });
+        }
+        for p in plan.provisions {
+            let key = format!("create/{}", p.request.name);
+            self.started.insert(
+                p.request.name.clone(),
+                p.claim.metadata.uid.clone().unwrap_or_default(),
+            );
+            let (mut csi, timeout, identity) =
+                (self.csi.clone(), self.config.timeout, self.identity.clone());
+            let event = provisioner::provisioning(&p.claim);
+            let started = self.spawn(key, &mut wanted, async move {
+                let answer = bounded(timeout, csi.create_volume(p.request.clone()))
+                    .await
+                    .and_then(|r| {
+                        r.volume.ok_or_else(|| {
+                            tonic::Status::internal("CreateVolume returned no volume")
+                        })
+                    });
+                let ok = answer.is_ok();
+                (ok, provisioner::provisioned(&p, answer, &identity))
+            });
+            if started {
+                self.exec.run(&self.client, vec![event]).await;
+            }
+        }
+        for r in plan.reclaims {
+            let key = format!("delete/{}", r.request.volume_id);
+            let (mut csi, timeout) = (self.csi.clone(), self.config.timeout);
+            self.spawn(key, &mut wanted, async move {
+                let answer = bounded(timeout, csi.delete_volume(r.request.clone()))
+                    .await
+                    .map(|_| ());
+                let ok = answer.is_ok();
+                (ok, provisioner::reclaimed(&r, answer))
+            });
+        }
+        let plan = resizer::plan(&world);
+        self.exec.run(&self.client, plan.actions).await;
+        for e in plan.expansions {
+            let key = format!("expand/{}", e.request.volume_id);
+            let (mut csi, timeout) = (self.csi.clone(), self.config.timeout);
+            let before = resizer::resizing(&e);
+            let started = self.spawn(key, &mut wanted, async move {
+                let answer =
+                    bounded(timeout, csi.controller_expand_volume(e.request.clone())).await;
+                let ok = answer.is_ok();
+                (ok, resizer::expanded(&e, answer))
+            });
+            if started {
+                self.exec.run(&self.client, before).await;
+            }
+        }
+        self.calls.retain(&wanted);
+        Ok(())
+    }
+}
+
+/// One CSI call, bounded by `timeout` (DEADLINE_EXCEEDED after it).
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no answer within {} s",
+            timeout.as_secs()
+        ))),
+    }
+}
+
+/// Runs the sidecars until `stop` resolves.
+pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), Error> {
+    let csi = csi_client(&config.csi_endpoint)?;
+    let client = client(config.kubeconfig.as_deref()).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut r = Runner {
+        identity: format!(
+            "{started}-{}-{}",
+            uuid::Uuid::new_v4().as_u128() % 10_000,
+            cstor_api::names::CSI_DRIVER_NAME
+        ),
+        config,
+        client,
+        csi,
+        exec: Executor::default(),
+        calls: Calls::default(),
+        started: HashMap::new(),
+        tx,
+    };
+    tokio::pin!(stop);
+    loop {
+        if let Err(e) = r.pass().await {
+            tracing::warn!("{e}");
+        }
+        let interval = r.config.interval;
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(interval) => {}
+            Some(d) = rx.recv() => {
+                r.finish(&d);
+                r.exec.run(&r.client, d.actions).await;
+            }
+        }
+        while let Ok(d) = rx.try_recv() {
+            r.finish(&d);
+            r.exec.run(&r.client, d.actions).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
