@@ -1,6 +1,6 @@
 //! The agent's few ways of talking to the API server: a client from a kubeconfig file,
-//! create-if-missing, JSON merge patches of metadata and of the status subresource, and
-//! RFC 3339 timestamps. Merge patches carry no resourceVersion: each writer owns disjoint
+//! create-if-missing, JSON merge patches of metadata and of the status subresource, Events
+//! about the cStor objects it serves, and RFC 3339 timestamps. Merge patches carry no resourceVersion: each writer owns disjoint
 //! fields, so they never conflict with a user's `kubectl edit`.
 
 use std::path::Path;
@@ -81,4 +81,47 @@ where
 /// Now, as Kubernetes writes times.
 pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// The cStor object (`cstor.openebs.io/v1`, namespace `openebs`) an Event is about.
+#[derive(Clone, Copy, Debug)]
+pub struct About<'a> {
+    /// Its kind, e.g. `CStorPoolInstance`.
+    pub kind: &'a str,
+    /// Its name.
+    pub name: &'a str,
+    /// Its uid, when known.
+    pub uid: Option<&'a str>,
+}
+
+/// A core/v1 Event about `about`; failing to write one is logged, never fatal.
+pub async fn event(ctx: &crate::Ctx, about: About<'_>, warning: bool, reason: &str, msg: &str) {
+    use k8s_openapi::api::core::v1::Event;
+    let ns = crate::NAMESPACE;
+    let api: Api<Event> = Api::namespaced(ctx.client.clone(), ns);
+    let ev: Event = match serde_json::from_value(serde_json::json!({
+        "metadata": {"generateName": format!("{}.", about.name), "namespace": ns},
+        "involvedObject": {
+            "apiVersion": "cstor.openebs.io/v1", "kind": about.kind,
+            "namespace": ns, "name": about.name, "uid": about.uid,
+        },
+        "reason": reason,
+        "message": msg,
+        "type": if warning { "Warning" } else { "Normal" },
+        "source": {"component": "cstor-node", "host": ctx.cfg.name},
+        "reportingComponent": "cstor-node",
+        "reportingInstance": ctx.cfg.name,
+        "firstTimestamp": now(),
+        "lastTimestamp": now(),
+        "count": 1,
+    })) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "building an event");
+            return;
+        }
+    };
+    if let Err(e) = api.create(&PostParams::default(), &ev).await {
+        tracing::warn!(error = %e, reason, "writing an event");
+    }
 }

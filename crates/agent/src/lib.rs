@@ -3,6 +3,8 @@
 //! - [`node`]: the Node object and its heartbeat Lease `cstor-node-<name>`;
 //! - [`disks`]: block device discovery and the node's BlockDevices;
 //! - [`pools`]: one pool per CStorPoolInstance on this node, its replica listener and status;
+//! - [`pool_edit`]: edits of a running pool's CSPI spec (raid groups and devices added, a
+//!   device replaced with a resilver) applied to its pool, with the CSPI's conditions;
 //! - [`replicas`]: CStorVolumeReplica status of the replicas on those pools;
 //! - [`targets`]: the replicated iSCSI targets of the CStorVolumes placed on this node, one
 //!   portal per node, with the membership record kept in the CStorVolume ([`store`]);
@@ -26,6 +28,7 @@ pub mod error;
 pub mod kubeapi;
 pub mod metrics;
 pub mod node;
+pub mod pool_edit;
 pub mod pools;
 pub mod replicas;
 pub mod snapshots;

@@ -65,6 +65,8 @@ pub struct Pools {
     hosted: Mutex<BTreeMap<String, Arc<Hosted>>>,
     /// Last error per CSPI, so each is reported once.
     failed: Mutex<BTreeMap<String, String>>,
+    /// Spec edits being applied, per CSPI.
+    edits: Mutex<BTreeMap<String, crate::pool_edit::EditState>>,
 }
 
 /// The replica auth key from Secret `cstor-replica-auth` (None: no Secret, loopback only).
@@ -81,7 +83,8 @@ pub async fn auth_key(client: &kube::Client) -> Result<Option<AuthKey>> {
         .map_err(|e| AgentError::Invalid(format!("secret {AUTH_SECRET}: {e}")))
 }
 
-fn group_kind(t: RaidGroupType) -> GroupKind {
+/// The engine's group kind of a raid type.
+pub(crate) fn group_kind(t: RaidGroupType) -> GroupKind {
     match t {
         RaidGroupType::Stripe => GroupKind::Stripe,
         RaidGroupType::Mirror => GroupKind::Mirror,
@@ -105,6 +108,7 @@ impl Pools {
             ctx,
             hosted: Mutex::new(BTreeMap::new()),
             failed: Mutex::new(BTreeMap::new()),
+            edits: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -140,6 +144,8 @@ impl Pools {
         let cvrs: Api<CStorVolumeReplica> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
         let all_cvrs = cvrs.list(&ListParams::default()).await?.items;
         let wanted: Vec<String> = list.items.iter().map(|c| c.name_any()).collect();
+        let bd_api: Api<BlockDevice> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
+        let bds = bd_api.list(&ListParams::default().labels(&sel)).await?.items;
         for cspi in &list.items {
             let name = cspi.name_any();
             if cspi.metadata.deletion_timestamp.is_some() {
@@ -148,7 +154,7 @@ impl Pools {
             let hosted = self.hosted.lock().await.get(&name).cloned();
             let hosted = match hosted {
                 Some(h) => h,
-                None => match self.open(cspi).await {
+                None => match self.open(cspi, &bds).await {
                     Ok(h) => {
                         self.failed.lock().await.remove(&name);
                         h
@@ -177,7 +183,13 @@ impl Pools {
                 )
                 .await?;
             }
-            self.write_status(&api, cspi, &hosted, &all_cvrs).await?;
+            let mut edits = self.edits.lock().await;
+            let state = edits.entry(name.clone()).or_default();
+            crate::pool_edit::apply(&self.ctx, cspi, &hosted.open, &bds, state).await;
+            let conditions = crate::pool_edit::merged_conditions(cspi, state);
+            drop(edits);
+            self.write_status(&api, cspi, &hosted, &all_cvrs, conditions)
+                .await?;
         }
         // CSPIs gone (or being deleted): stop serving and destroy their pools.
         let gone: Vec<(String, Arc<Hosted>)> = {
@@ -198,6 +210,7 @@ impl Pools {
                 .collect()
         };
         for (name, h) in gone {
+            self.edits.lock().await.remove(&name);
             tracing::info!(cspi = %name, "pool instance deleted: destroying its pool");
             close(h, true).await;
         }
@@ -210,6 +223,7 @@ impl Pools {
         cspi: &CStorPoolInstance,
         h: &Hosted,
         cvrs: &[CStorVolumeReplica],
+        conditions: Option<serde_json::Value>,
     ) -> Result<()> {
         let name = cspi.name_any();
         let open = h.open.clone();
@@ -229,7 +243,7 @@ impl Pools {
             })
             .count();
         let fmt = cstor_api::quantity::format_bytes_short;
-        let status = json!({
+        let mut status = json!({
             "phase": phase_of(health),
             "capacity": {
                 "used": fmt(space.allocated),
@@ -245,9 +259,13 @@ impl Pools {
             .as_ref()
             .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or(json!({}));
-        let changed = status
+        let mut changed = status
             .as_object()
             .is_some_and(|o| o.iter().any(|(k, v)| current.get(k) != Some(v)));
+        if let Some(c) = conditions {
+            status["conditions"] = c;
+            changed = true;
+        }
         if changed {
             merge_status(api, &name, status).await?;
         }
@@ -258,57 +276,19 @@ impl Pools {
     async fn open(
         &self,
         cspi: &CStorPoolInstance,
+        bds: &[BlockDevice],
     ) -> Result<Arc<Hosted>, (CStorPoolInstancePhase, AgentError)> {
         let name = cspi.name_any();
         let bad = |e: AgentError| (CStorPoolInstancePhase::Error, e);
-        let bds: Api<BlockDevice> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
-        let resolve = |g: &cstor_api::v1::RaidGroup| {
-            let bds = bds.clone();
-            let refs = g.block_devices.clone();
-            async move {
-                let mut paths = Vec::new();
-                for r in refs {
-                    let bd = bds.get_opt(&r.block_device_name).await?.ok_or_else(|| {
-                        AgentError::Invalid(format!(
-                            "blockdevice {} not found",
-                            r.block_device_name
-                        ))
-                    })?;
-                    let path = bd.spec.path.clone().or(r.dev_link.clone()).ok_or_else(|| {
-                        AgentError::Invalid(format!(
-                            "blockdevice {} has no path",
-                            r.block_device_name
-                        ))
-                    })?;
-                    paths.push(path);
-                }
-                Ok::<_, AgentError>(paths)
-            }
-        };
-        let kind = group_kind(cspi.spec.pool_config.data_raid_group_type);
-        let mut groups = Vec::new();
-        for g in &cspi.spec.data_raid_groups {
-            groups.push(GroupSpec {
-                kind,
-                devices: resolve(g).await.map_err(bad)?,
-                log: false,
-            });
-        }
-        if let Some(wc) = &cspi.spec.write_cache_raid_groups {
-            let kind = cspi
-                .spec
-                .pool_config
-                .write_cache_group_type
-                .map(group_kind)
-                .unwrap_or(GroupKind::Stripe);
-            for g in wc {
-                groups.push(GroupSpec {
-                    kind,
-                    devices: resolve(g).await.map_err(bad)?,
-                    log: true,
-                });
-            }
-        }
+        let groups: Vec<GroupSpec<String>> = crate::pool_edit::spec_groups(cspi, bds)
+            .map_err(|e| bad(AgentError::Invalid(e)))?
+            .into_iter()
+            .map(|g| GroupSpec {
+                kind: g.kind,
+                devices: g.devices.into_iter().map(|(_, p)| p).collect(),
+                log: g.log,
+            })
+            .collect();
         if groups.is_empty() {
             return Err((
                 CStorPoolInstancePhase::Invalid,

@@ -34,13 +34,12 @@ use cstor_api::names::label;
 use cstor_api::v1::{CStorSnapshot, CStorSnapshotPhase, CStorVolume, CStorVolumeReplica};
 use cstor_replication::membership::SnapshotRec;
 use cstor_replication::{ReplicatedVolume, VolumeError};
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use crate::error::Result;
-use crate::kubeapi::{merge, merge_status, now};
+use crate::kubeapi::{merge, merge_status};
 use crate::store::{decode, KubeStore};
 use crate::{Ctx, NAMESPACE, PV_LABEL};
 
@@ -226,32 +225,12 @@ async fn drop_finalizer(api: &Api<CStorSnapshot>, s: &CStorSnapshot) -> Result<(
 
 /// A core/v1 Event about `s`; failing to write one is logged, never fatal.
 async fn event(ctx: &Arc<Ctx>, s: &CStorSnapshot, warning: bool, reason: &str, msg: &str) {
-    let api: Api<Event> = Api::namespaced(ctx.client.clone(), NAMESPACE);
-    let ev: Event = match serde_json::from_value(json!({
-        "metadata": {"generateName": format!("{}.", s.name_any()), "namespace": NAMESPACE},
-        "involvedObject": {
-            "apiVersion": "cstor.openebs.io/v1", "kind": "CStorSnapshot",
-            "namespace": NAMESPACE, "name": s.name_any(), "uid": s.metadata.uid,
-        },
-        "reason": reason,
-        "message": msg,
-        "type": if warning { "Warning" } else { "Normal" },
-        "source": {"component": "cstor-node", "host": ctx.cfg.name},
-        "reportingComponent": "cstor-node",
-        "reportingInstance": ctx.cfg.name,
-        "firstTimestamp": now(),
-        "lastTimestamp": now(),
-        "count": 1,
-    })) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "building an event");
-            return;
-        }
+    let about = crate::kubeapi::About {
+        kind: "CStorSnapshot",
+        name: &s.name_any(),
+        uid: s.metadata.uid.as_deref(),
     };
-    if let Err(e) = api.create(&PostParams::default(), &ev).await {
-        tracing::warn!(error = %e, reason, "writing an event");
-    }
+    crate::kubeapi::event(ctx, about, warning, reason, msg).await;
 }
 
 /// Makes the clones of snapshots of `running` volumes that restores wait for.

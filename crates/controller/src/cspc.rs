@@ -235,10 +235,14 @@ fn reconcile_one(world: &World, cspc: &CStorPoolCluster, ids: &mut dyn Ids, out:
                     );
                 }
                 // A device being replaced stays claimed until the pool manager reports
-                // the replacement done (condition DiskReplacement no longer True).
+                // the replacement done: condition DiskReplacement no longer True and the
+                // new device's claim without `openebs.io/bd-predecessor` (the agent
+                // clears it when the resilver finished; the condition alone is not True
+                // yet in the passes between this spec patch and the agent's replace).
                 if replacing(cspi) {
                     wanted_devices.extend(old.iter().filter(|d| !devices.contains(d)).cloned());
                 }
+                wanted_devices.extend(pending_predecessors(world, cname, &devices));
             }
         }
     }
@@ -313,6 +317,29 @@ fn reconcile_one(world: &World, cspc: &CStorPoolCluster, ids: &mut dyn Ids, out:
             }}),
         ));
     }
+}
+
+/// Devices that live claims of `cspc` on `devices` name as their predecessor: replacements
+/// the pool manager has not finished.
+fn pending_predecessors(world: &World, cspc: &str, devices: &[String]) -> Vec<String> {
+    world
+        .bdcs
+        .iter()
+        .filter(|c| label_of(&c.metadata, label::CSPC) == Some(cspc) && !deleting(&c.metadata))
+        .filter(|c| {
+            c.spec
+                .block_device_name
+                .as_ref()
+                .is_some_and(|d| devices.contains(d))
+        })
+        .filter_map(|c| {
+            c.metadata
+                .annotations
+                .as_ref()?
+                .get(annotation::BD_PREDECESSOR)
+                .cloned()
+        })
+        .collect()
 }
 
 /// Whether the pool manager reports a disk replacement in progress on `cspi`.

@@ -267,6 +267,49 @@ fn editing_the_cspc_adds_devices_and_replaces_a_disk() {
 }
 
 #[test]
+fn a_replaced_device_stays_claimed_until_its_successor_claim_drops_the_predecessor() {
+    let mut w = three_nodes();
+    w.bds.push(from(bd("blockdevice-a3", "worker-01")));
+    // The CSPI already follows the edit; the agent has not reported DiskReplacement yet.
+    let mut mirror = cspi(
+        "c-aaaa",
+        "c",
+        "worker-01",
+        &["blockdevice-a1", "blockdevice-a3"],
+        "ONLINE",
+        "1Gi",
+    );
+    mirror["spec"]["poolConfig"]["dataRaidGroupType"] = json!("mirror");
+    w.cspis = vec![from(mirror)];
+    w.cspcs = vec![from(cspc(
+        "c",
+        vec![pool(
+            "worker-01",
+            &["blockdevice-a1", "blockdevice-a3"],
+            "mirror",
+        )],
+    ))];
+    let claim = |d: &str, predecessor: Option<&str>| -> cstor_api::v1alpha1::BlockDeviceClaim {
+        let mut c = json!({"metadata": {"name": format!("bdc-cstor-uid-{d}"), "namespace": "openebs", "labels": {"openebs.io/cstor-pool-cluster": "c"}}, "spec": {"blockDeviceName": d}});
+        if let Some(p) = predecessor {
+            c["metadata"]["annotations"] = json!({"openebs.io/bd-predecessor": p});
+        }
+        from(c)
+    };
+    w.bdcs = vec![
+        claim("blockdevice-a1", None),
+        claim("blockdevice-a2", None),
+        claim("blockdevice-a3", Some("blockdevice-a2")),
+    ];
+    let a = crate::cspc::reconcile(&w, &mut Counter::default());
+    assert!(deletes(&a, Kind::Bdc).is_empty(), "{a:?}");
+    // The resilver finished: the agent cleared the annotation, the old claim goes.
+    w.bdcs[2] = claim("blockdevice-a3", None);
+    let a = crate::cspc::reconcile(&w, &mut Counter::default());
+    assert_eq!(deletes(&a, Kind::Bdc), ["bdc-cstor-uid-blockdevice-a2"]);
+}
+
+#[test]
 fn deleting_a_cspc_with_volumes_is_refused() {
     let mut w = three_nodes();
     let mut c = cspc("c", vec![pool("worker-01", &["blockdevice-a1"], "stripe")]);

@@ -44,6 +44,11 @@ impl Up {
 
     /// [`Up::start`] with more arguments of `cstor up` (e.g. the controller's graces).
     pub fn start_with(nodes: usize, disk_size: &str, extra: &[&str]) -> Up {
+        Up::start_disks(nodes, 1, disk_size, extra)
+    }
+
+    /// [`Up::start_with`] with `disks` disks per node.
+    pub fn start_disks(nodes: usize, disks: usize, disk_size: &str, extra: &[&str]) -> Up {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("up");
         std::fs::create_dir_all(&dir).unwrap();
@@ -51,7 +56,8 @@ impl Up {
         let base = format!("127.{}.{}.1", 10 + n % 200, 1 + (n / 200) % 250);
         let log = std::fs::File::create(dir.join("up.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cstor"))
-            .args(["up", "--nodes", &nodes.to_string(), "--disks-per-node", "1"])
+            .args(["up", "--nodes", &nodes.to_string()])
+            .args(["--disks-per-node", &disks.to_string()])
             .args(["--disk-size", disk_size, "--base-address", &base])
             .args(extra)
             .args(["--api-port", &free_port().to_string(), "--dir"])
