@@ -6,6 +6,7 @@
 //! - [`pool_edit`]: edits of a running pool's CSPI spec (raid groups and devices added, a
 //!   device replaced with a resilver) applied to its pool, with the CSPI's conditions;
 //! - [`replicas`]: CStorVolumeReplica status of the replicas on those pools;
+//! - [`reclaim`]: the pool volumes of deleted CStorVolumeReplicas destroyed;
 //! - [`targets`]: the replicated iSCSI targets of the CStorVolumes placed on this node, one
 //!   portal per node, with the membership record kept in the CStorVolume ([`store`]);
 //! - [`snapshots`]: the CStorSnapshots of those targets' volumes, and the clones restores
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod node;
 pub mod pool_edit;
 pub mod pools;
+pub mod reclaim;
 pub mod replicas;
 pub mod snapshots;
 pub mod store;
@@ -110,6 +112,7 @@ pub struct Agent {
     pools: Arc<pools::Pools>,
     targets: Arc<targets::Targets>,
     metrics: Arc<metrics::AgentMetrics>,
+    reclaim: reclaim::Reclaim,
 }
 
 impl Agent {
@@ -124,6 +127,7 @@ impl Agent {
             pools,
             targets,
             metrics: Arc::default(),
+            reclaim: reclaim::Reclaim::default(),
         })
     }
 
@@ -160,6 +164,9 @@ impl Agent {
             }
             if let Err(e) = replicas::sync(&ctx, &self.pools).await {
                 tracing::warn!(error = %e, "volume replicas");
+            }
+            if let Err(e) = self.reclaim.sync(&ctx, &self.pools).await {
+                tracing::warn!(error = %e, "replica data of deleted replicas");
             }
             if let Err(e) = self.targets.sync().await {
                 tracing::warn!(error = %e, "volume targets");

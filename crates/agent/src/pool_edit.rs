@@ -281,12 +281,10 @@ pub fn spec_groups(
                     .iter()
                     .find(|b| b.name_any() == r.block_device_name)
                     .ok_or_else(|| format!("blockdevice {} not found", r.block_device_name))?;
-                let path = bd
-                    .spec
-                    .path
-                    .clone()
-                    .or(r.dev_link.clone())
-                    .ok_or_else(|| format!("blockdevice {} has no path", r.block_device_name))?;
+                let path =
+                    bd.spec.path.clone().or(r.dev_link.clone()).ok_or_else(|| {
+                        format!("blockdevice {} has no path", r.block_device_name)
+                    })?;
                 Ok((r.block_device_name.clone(), path))
             })
             .collect()
@@ -401,9 +399,7 @@ pub async fn apply(
                         let space = open.engine().space();
                         let msg = format!(
                             "Pool expanded by a {what}: {} total",
-                            cstor_api::quantity::format_bytes_short(
-                                space.allocated + space.free
-                            )
+                            cstor_api::quantity::format_bytes_short(space.allocated + space.free)
                         );
                         tracing::info!(cspi = %name, "{msg}");
                         event(ctx, about, false, "PoolExpansionSuccessful", &msg).await;
@@ -593,7 +589,11 @@ pub fn merged_conditions(cspi: &CStorPoolInstance, state: &EditState) -> Option<
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .map(|cs| cs.iter().filter_map(|c| serde_json::to_value(c).ok()).collect())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| serde_json::to_value(c).ok())
+                .collect()
+        })
         .unwrap_or_default();
     let mut changed = false;
     let mut out: Vec<Value> = current

@@ -58,6 +58,13 @@ pub struct Hosted {
     admin: Option<AdminServer>,
 }
 
+impl Hosted {
+    /// Stops serving volume `name` (its sessions end) before the pool destroys it.
+    pub fn release(&self, name: &str) {
+        self.server.release(name);
+    }
+}
+
 /// The pools of this node.
 #[derive(Debug)]
 pub struct Pools {
@@ -145,7 +152,10 @@ impl Pools {
         let all_cvrs = cvrs.list(&ListParams::default()).await?.items;
         let wanted: Vec<String> = list.items.iter().map(|c| c.name_any()).collect();
         let bd_api: Api<BlockDevice> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
-        let bds = bd_api.list(&ListParams::default().labels(&sel)).await?.items;
+        let bds = bd_api
+            .list(&ListParams::default().labels(&sel))
+            .await?
+            .items;
         for cspi in &list.items {
             let name = cspi.name_any();
             if cspi.metadata.deletion_timestamp.is_some() {

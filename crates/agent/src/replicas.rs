@@ -6,7 +6,8 @@
 //! rebuild progress ([`crate::targets`]); the two writers own disjoint cases.
 //!
 //! The replica volume itself is created by the replica server when the target first
-//! opens it, so a fresh replica is known to be New (no history) and is rebuilt in full.
+//! opens it, so a fresh replica is known to be New (no history) and is rebuilt in full;
+//! it is destroyed once its CVR is gone ([`crate::reclaim`]).
 
 use std::sync::Arc;
 
@@ -20,6 +21,15 @@ use crate::error::Result;
 use crate::kubeapi::{merge_status, now};
 use crate::pools::Pools;
 use crate::{Ctx, CSPI_LABEL, NAMESPACE, PV_LABEL, TARGET_NODE_LABEL};
+
+/// The volume of `cvr` on pool instance `cspi`: its label, else its name less `-<cspi>`.
+pub(crate) fn pv_of(cvr: &CStorVolumeReplica, cspi: &str) -> String {
+    cvr.labels().get(PV_LABEL).cloned().unwrap_or_else(|| {
+        cvr.name_any()
+            .trim_end_matches(&format!("-{cspi}"))
+            .to_string()
+    })
+}
 
 /// One pass over the CVRs of this node's pools.
 pub async fn sync(ctx: &Arc<Ctx>, pools: &Pools) -> Result<()> {
@@ -37,11 +47,7 @@ pub async fn sync(ctx: &Arc<Ctx>, pools: &Pools) -> Result<()> {
         let Some(h) = pools.get(&cspi).await else {
             continue;
         };
-        let pv = cvr.labels().get(PV_LABEL).cloned().unwrap_or_else(|| {
-            cvr.name_any()
-                .trim_end_matches(&format!("-{cspi}"))
-                .to_string()
-        });
+        let pv = pv_of(&cvr, &cspi);
         let open = h.open.clone();
         let pv2 = pv.clone();
         let info = tokio::task::spawn_blocking(move || open.engine().volume_info(&pv2).ok())

@@ -128,7 +128,14 @@ fn reconcile_one(world: &World, cspc: &CStorPoolCluster, ids: &mut dyn Ids, out:
         .filter(|c| label_of(&c.metadata, label::CSPC) == Some(cname) && !deleting(&c.metadata))
         .filter_map(|c| c.spec.block_device_name.as_deref())
         .collect();
-    let problems = device_problems(world, cspc, &held);
+    let mut problems = device_problems(world, cspc, &held);
+    // No admission webhook runs the update rules (a real cluster may have none either):
+    // judge the edit against what the pool instances run now.
+    for e in cstor_api::validation::validate_cspc_update(&as_applied(world, cspc), cspc) {
+        problems.push(e.message());
+    }
+    problems.sort();
+    problems.dedup();
     if !problems.is_empty() {
         out.push(Action::event(
             me.clone(),
@@ -340,6 +347,22 @@ fn pending_predecessors(world: &World, cspc: &str, devices: &[String]) -> Vec<St
                 .cloned()
         })
         .collect()
+}
+
+/// `cspc` with each pool entry that has a CSPI replaced by what that CSPI's spec holds
+/// (its raid groups and raid type), the "old" object of an update check.
+fn as_applied(world: &World, cspc: &CStorPoolCluster) -> CStorPoolCluster {
+    let mut old = cspc.clone();
+    let cname = name(&cspc.metadata);
+    for pool in &mut old.spec.pools {
+        if let Some(cspi) = cspi_for(world, cname, pool) {
+            pool.data_raid_groups = cspi.spec.data_raid_groups.clone();
+            pool.write_cache_raid_groups = cspi.spec.write_cache_raid_groups.clone();
+            pool.pool_config.data_raid_group_type = cspi.spec.pool_config.data_raid_group_type;
+            pool.pool_config.write_cache_group_type = cspi.spec.pool_config.write_cache_group_type;
+        }
+    }
+    old
 }
 
 /// Whether the pool manager reports a disk replacement in progress on `cspi`.

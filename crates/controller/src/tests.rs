@@ -310,6 +310,35 @@ fn a_replaced_device_stays_claimed_until_its_successor_claim_drops_the_predecess
 }
 
 #[test]
+fn an_edit_the_pool_cannot_apply_is_refused_against_the_running_instance() {
+    let mut w = three_nodes();
+    w.cspis = vec![from(cspi(
+        "c-aaaa",
+        "c",
+        "worker-01",
+        &["blockdevice-a1"],
+        "ONLINE",
+        "1Gi",
+    ))];
+    // The stripe device swapped for another: nothing could rebuild it.
+    w.cspcs = vec![from(cspc(
+        "c",
+        vec![pool("worker-01", &["blockdevice-a2"], "stripe")],
+    ))];
+    w.bdcs = vec![from(
+        json!({"metadata": {"name": "bdc-cstor-uid-blockdevice-a1", "namespace": "openebs", "labels": {"openebs.io/cstor-pool-cluster": "c"}}, "spec": {"blockDeviceName": "blockdevice-a1"}}),
+    )];
+    let a = crate::cspc::reconcile(&w, &mut Counter::default());
+    let refused = events(&a, "FailedValidation");
+    assert!(
+        refused[0].contains("cannot be removed or replaced"),
+        "{refused:?}"
+    );
+    assert!(patches_of(&a, Kind::Cspi).is_empty() && creates(&a, Kind::Bdc).is_empty());
+    assert!(deletes(&a, Kind::Bdc).is_empty());
+}
+
+#[test]
 fn deleting_a_cspc_with_volumes_is_refused() {
     let mut w = three_nodes();
     let mut c = cspc("c", vec![pool("worker-01", &["blockdevice-a1"], "stripe")]);

@@ -3,12 +3,14 @@
 //! - the seed's stripe CSPC, "Adding Devices to an Existing Pool": a block device appended
 //!   to the stripe raid group of the pool holding a 1-replica volume's replica; the pool's
 //!   capacity grows, the data written before reads back and new data goes in;
-//! - replacing a device of the stripe pool is refused (no redundancy to rebuild from);
+//! - replacing a device of the stripe pool is refused with an event, nothing changed (no
+//!   redundancy to rebuild from);
 //! - the seed's mirror CSPC (its worker-02 pool): a new mirror raid group added (capacity
 //!   grows), then "Replacing a Failed Disk": a disk whose BlockDevice went Inactive (its
 //!   file deleted) is swapped for another in the CSPC; the node agent replaces it in the
 //!   pool and resilvers the live data, the CSPI shows DiskReplacement and ends ONLINE, the
-//!   old device's claim is released, and the volume's data reads back through its portal.
+//!   old device's claim is released, and the volume's data reads back through its portal;
+//! - the claim deleted (reclaim Delete): its replica's volume goes from the pool.
 
 mod apiserver_support;
 
@@ -77,7 +79,10 @@ fn one_replica_class(name: &str, cspc: &str) -> String {
         .next()
         .unwrap()
         .replace("name: cstor-csi-1-replica", &format!("name: {name}"))
-        .replace("cstorPoolCluster: cstor-pool-stripe", &format!("cstorPoolCluster: {cspc}"))
+        .replace(
+            "cstorPoolCluster: cstor-pool-stripe",
+            &format!("cstorPoolCluster: {cspc}"),
+        )
 }
 
 /// A claim of class `class` in `default`, waited for Bound: (iqn, portal, cspi of its replica).
@@ -219,7 +224,11 @@ fn seed_pool_maintenance_adds_devices_and_raid_groups_and_replaces_a_failed_disk
         |v| count(v, "ONLINE") == 3,
         long,
     );
-    apply(&up, "sc1.yaml", &one_replica_class("stripe-1", "cstor-pool-stripe"));
+    apply(
+        &up,
+        "sc1.yaml",
+        &one_replica_class("stripe-1", "cstor-pool-stripe"),
+    );
     let (iqn, portal, cspi) = volume(&up, "on-stripe", "stripe-1");
     let (ok, out) = qemu_io(&portal, &iqn, &["write -P 0xab 0 16M"]);
     assert!(ok, "write: {out}\n{}", up.log());
@@ -239,12 +248,24 @@ fn seed_pool_maintenance_adds_devices_and_raid_groups_and_replaces_a_failed_disk
     let (ok, out) = qemu_io(
         &portal,
         &iqn,
-        &["read -P 0xab 0 16M", "write -P 0xcd 16M 64M", "read -P 0xcd 16M 64M"],
+        &[
+            "read -P 0xab 0 16M",
+            "write -P 0xcd 16M 64M",
+            "read -P 0xcd 16M 64M",
+        ],
     );
     assert!(ok, "I/O on the grown stripe pool: {out}\n{}", up.log());
     up.wait_for(
         "the appended device claimed",
-        &["get", "bd", &bds[i][1].0, "-n", "openebs", "-o", "jsonpath={.status.claimState}"],
+        &[
+            "get",
+            "bd",
+            &bds[i][1].0,
+            "-n",
+            "openebs",
+            "-o",
+            "jsonpath={.status.claimState}",
+        ],
         |v| v == "Claimed",
         long,
     );
@@ -256,10 +277,38 @@ fn seed_pool_maintenance_adds_devices_and_raid_groups_and_replaces_a_failed_disk
         bds[j][6].0
     );
     let (ok, out) = json_patch(&up, "cspc", "cstor-pool-stripe", &patch);
-    assert!(
-        !ok && out.contains("cannot be removed or replaced"),
-        "stripe replace: {ok} {out}"
+    assert!(ok, "{out}");
+    up.wait_for(
+        "the stripe replace refused",
+        &[
+            "get",
+            "events",
+            "-n",
+            "openebs",
+            "--field-selector",
+            "involvedObject.name=cstor-pool-stripe,reason=FailedValidation",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        |v| v.contains("cannot be removed or replaced"),
+        long,
     );
+    let (_, claim) = up.kubectl(&[
+        "get",
+        "bd",
+        &bds[j][0].0,
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.status.claimState}",
+    ]);
+    assert_eq!(
+        claim, "Claimed",
+        "the refused edit released the stripe device"
+    );
+    let patch = patch.replace(&bds[j][6].0, &bds[j][0].0);
+    let (ok, out) = json_patch(&up, "cspc", "cstor-pool-stripe", &patch);
+    assert!(ok, "undo: {out}");
 
     // The seed's mirror CSPC, its worker-02 pool on node-2's disk-3 and disk-4.
     let mirror = seed_yaml("name: cstor-pool-mirror");
@@ -295,7 +344,11 @@ fn seed_pool_maintenance_adds_devices_and_raid_groups_and_replaces_a_failed_disk
         long,
     );
     let mcspi = mcspi.split_whitespace().next().unwrap().to_string();
-    apply(&up, "sc2.yaml", &one_replica_class("mirror-1", "cstor-pool-mirror"));
+    apply(
+        &up,
+        "sc2.yaml",
+        &one_replica_class("mirror-1", "cstor-pool-mirror"),
+    );
     let (iqn, portal, on) = volume(&up, "on-mirror", "mirror-1");
     assert_eq!(on, mcspi);
     let (ok, out) = qemu_io(&portal, &iqn, &["write -P 0x5a 0 96M"]);
@@ -316,7 +369,15 @@ fn seed_pool_maintenance_adds_devices_and_raid_groups_and_replaces_a_failed_disk
     std::fs::remove_file(&n2[2].1).unwrap();
     up.wait_for(
         "the failed disk's BlockDevice Inactive",
-        &["get", "bd", &n2[2].0, "-n", "openebs", "-o", "jsonpath={.status.state}"],
+        &[
+            "get",
+            "bd",
+            &n2[2].0,
+            "-n",
+            "openebs",
+            "-o",
+            "jsonpath={.status.state}",
+        ],
         |v| v == "Inactive",
         long,
     );
@@ -350,7 +411,10 @@ fn seed_pool_maintenance_adds_devices_and_raid_groups_and_replaces_a_failed_disk
     ]);
     assert!(
         events.contains("BlockDeviceReplacementInprogress")
-            && events.contains(&format!("Resilvering blockdevice {} replacing {}", n2[6].0, n2[2].0)),
+            && events.contains(&format!(
+                "Resilvering blockdevice {} replacing {}",
+                n2[6].0, n2[2].0
+            )),
         "{events}"
     );
     up.wait_for(
@@ -370,4 +434,38 @@ fn seed_pool_maintenance_adds_devices_and_raid_groups_and_replaces_a_failed_disk
     );
     let (ok, out) = qemu_io(&portal, &iqn, &["read -P 0x5a 0 96M"]);
     assert!(ok, "read back after the replacement: {out}\n{}", up.log());
+
+    // Reclaim Delete: the claim deleted, its replica's pool volume goes from the pool.
+    assert_eq!(pool_volumes(&up, "node-2", &mcspi).len(), 1);
+    let (ok, out) = up.kubectl(&["delete", "pvc", "on-mirror"]);
+    assert!(ok, "{out}");
+    let t0 = std::time::Instant::now();
+    while !pool_volumes(&up, "node-2", &mcspi).is_empty() {
+        assert!(
+            t0.elapsed() < long,
+            "pool volume left after the claim's delete\n{}",
+            up.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Volume names on pool `cspi` of `node`, through its agent's admin socket.
+fn pool_volumes(up: &Up, node: &str, cspi: &str) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_cstor"))
+        .env("CSTOR_HOME", up.dir.join("nodes").join(node).join("home"))
+        .args(["volume", "list", cspi, "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["name"].as_str().map(str::to_string))
+        .collect()
 }

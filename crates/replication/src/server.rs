@@ -207,6 +207,17 @@ impl ReplicaServer {
         self.inner.stop.send_replace(true);
     }
 
+    /// Stops serving volume `name`: every session of it ends (no later write or reply of
+    /// theirs) and the server lets go of its handle, so the pool may destroy it. A later
+    /// OPEN opens (or creates) it afresh.
+    pub fn release(&self, name: &str) {
+        let entry = self.inner.vols.lock().remove(name);
+        if let Some(v) = entry {
+            let _gate = v.apply_gate.write();
+            v.gen.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     /// Ends every session and flushes every opened volume (call after serving stopped;
     /// closing the pool then writes its clean-shutdown marker).
     pub fn mark_clean(&self) {
