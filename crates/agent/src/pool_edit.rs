@@ -636,7 +636,7 @@ pub fn merged_conditions(cspi: &CStorPoolInstance, state: &EditState) -> Option<
             "lastTransitionTime": transition,
         }));
     }
-    changed.then(|| Value::Array(out))
+    changed.then_some(Value::Array(out))
 }
 
 #[cfg(test)]

@@ -31,10 +31,13 @@ use crate::pools::Pools;
 use crate::replicas::pv_of;
 use crate::{Ctx, CSPI_LABEL, NAMESPACE};
 
-/// Orphaned pool volumes seen so far: (cspi, volume) -> (passes, last message reported).
+/// A pool volume: (cspi, volume).
+type PoolVolume = (String, String);
+
+/// Orphaned pool volumes seen so far: passes in a row, and the last message reported.
 #[derive(Debug, Default)]
 pub struct Reclaim {
-    seen: Mutex<BTreeMap<(String, String), (u32, Option<String>)>>,
+    seen: Mutex<BTreeMap<PoolVolume, (u32, Option<String>)>>,
 }
 
 impl Reclaim {
@@ -55,7 +58,7 @@ impl Reclaim {
             return Ok(());
         }
         let api: Api<CStorVolumeReplica> = Api::namespaced(ctx.client.clone(), NAMESPACE);
-        let live: BTreeSet<(String, String)> = api
+        let live: BTreeSet<PoolVolume> = api
             .list(&ListParams::default())
             .await?
             .items
