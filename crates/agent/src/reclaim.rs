@@ -11,6 +11,9 @@
 //! after its node returns), because each pass compares the pool's volumes with the CVRs
 //! that exist rather than remembering deletions.
 //!
+//! Only replica data is reclaimed: volumes a target opened (epoch set) and clones made by
+//! restores; a volume made by hand on the pool (`cstor volume create`) is left alone.
+//!
 //! Invariants: a pool's volumes are listed BEFORE the CVRs. A pool volume is only made for
 //! a CVR that exists already (the replica server creates it when a target opens the
 //! replica of a CVR it found; a restore's clone is made for the restore's CVRs), so a
@@ -74,7 +77,9 @@ impl Reclaim {
         for (cspi, h, vols) in listed {
             for v in vols {
                 let key = (cspi.clone(), v.name.clone());
-                if live.contains(&key) {
+                // Only replica data: a volume a target opened (its epoch is set) or a
+                // restore's clone. One an operator made by hand is never touched.
+                if live.contains(&key) || (v.epoch == 0 && v.origin.is_none()) {
                     continue;
                 }
                 orphans.insert(key.clone());
