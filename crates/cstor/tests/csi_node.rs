@@ -108,6 +108,21 @@ struct Work {
 }
 
 impl Work {
+    /// A temporary directory with an API server, the first plugin's state dir and socket.
+    fn new(state: &str, socket: &str) -> (ApiServer, Work) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let api = ApiServer::start(&root.join("api"), free_port());
+        let w = Work {
+            state: root.join(state),
+            socket: root.join(socket),
+            kubeconfig: api.kubeconfig(),
+            root,
+            _dir: dir,
+        };
+        (api, w)
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("csi.log")).unwrap_or_default()
     }
@@ -351,16 +366,7 @@ async fn node_stage_publish_restart_expand_sweep() {
         return;
     }
     let t_start = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().canonicalize().unwrap();
-    let api = ApiServer::start(&root.join("api"), free_port());
-    let w = Work {
-        root: root.clone(),
-        state: root.join("state"),
-        socket: root.join("csi.sock"),
-        kubeconfig: api.kubeconfig(),
-        _dir: dir,
-    };
+    let (api, w) = Work::new("state", "csi.sock");
     let crd = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/crds/cstorvolumes.cstor.openebs.io.yaml"
@@ -948,16 +954,8 @@ async fn a_lost_nodes_writes_are_fenced_by_the_next_nodes_stage() {
         return;
     }
     let t_start = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().canonicalize().unwrap();
-    let api = ApiServer::start(&root.join("api"), free_port());
-    let w = Work {
-        root: root.clone(),
-        state: root.join("state-a"),
-        socket: root.join("a.sock"),
-        kubeconfig: api.kubeconfig(),
-        _dir: dir,
-    };
+    let (_api, w) = Work::new("state-a", "a.sock");
+    let root = w.root.clone();
     let pool = Pool::new();
     pool.cstor(&["volume", "create", "ip/blk", "--size", "32M"]);
     pool.cstor(&["volume", "create", "ip/fs", "--size", "64M"]);

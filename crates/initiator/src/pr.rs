@@ -266,14 +266,16 @@ mod tests {
         let c = pr_in(1);
         assert_eq!((c[0], c[1], be::u16_at(&c, 7)), (0x5e, 1, PR_IN_LEN));
         let mut d = vec![0, 0, 0, 9, 0, 0, 0, 16];
-        d.extend_from_slice(&1u64.to_be_bytes());
-        d.extend_from_slice(&2u64.to_be_bytes());
+        d.resize(24, 0);
+        be::put_u64(&mut d, 8, 1);
+        be::put_u64(&mut d, 16, 2);
         let r = Registrations::parse(&d).unwrap();
         assert_eq!((r.generation, r.keys), (9, vec![1, 2]));
         assert_eq!(Registrations::parse(&d[..4]), None);
         let mut res = vec![0, 0, 0, 9, 0, 0, 0, 16];
-        res.extend_from_slice(&7u64.to_be_bytes());
-        res.extend_from_slice(&[0, 0, 0, 0, 0, 5, 0, 0]);
+        res.resize(24, 0);
+        be::put_u64(&mut res, 8, 7);
+        res[21] = 5;
         assert_eq!(
             parse_reservation(&res),
             Some(Some(Holder { key: 7, kind: 5 }))
