@@ -15,8 +15,8 @@
 //! InternalIP (same port): the controller moves a target off a dead node, and the node's
 //! initiator finds it again by trying those in turn.
 //!
-//! Not done here (yet): the target's ACL is not narrowed to the node's initiator name,
-//! and a new node does not preempt a dead node's SCSI reservation key.
+//! The target's ACL follows the record (the node agent); a new node fences a lost one by
+//! preempting its SCSI reservation key at NodeStage (docs/csi.md "Fencing").
 
 use std::collections::HashMap;
 

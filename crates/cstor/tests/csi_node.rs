@@ -45,6 +45,11 @@ struct Plugin {
 
 impl Plugin {
     fn start(w: &Work) -> Plugin {
+        Plugin::start_node(w, "node-1", &w.socket, &w.state)
+    }
+
+    /// The node plugin of `node` on its own socket and state dir, logging to csi.log.
+    fn start_node(w: &Work, node: &str, socket: &Path, state: &Path) -> Plugin {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -52,11 +57,11 @@ impl Plugin {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cstor"))
             .arg("csi")
-            .arg(format!("--endpoint=unix://{}", w.socket.display()))
-            .args(["--mode", "node", "--node-id", "node-1", "--kubeconfig"])
+            .arg(format!("--endpoint=unix://{}", socket.display()))
+            .args(["--mode", "node", "--node-id", node, "--kubeconfig"])
             .arg(&w.kubeconfig)
             .arg("--state-dir")
-            .arg(&w.state)
+            .arg(state)
             .env("RUST_LOG", "cstor_csi=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -65,7 +70,7 @@ impl Plugin {
             .unwrap();
         let mut p = Plugin { child };
         let t0 = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&w.socket).is_err() {
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
             if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("cstor csi exited ({status}): {}", w.log());
             }
@@ -103,6 +108,21 @@ struct Work {
 }
 
 impl Work {
+    /// A temporary directory with an API server, the first plugin's state dir and socket.
+    fn new(state: &str, socket: &str) -> (ApiServer, Work) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let api = ApiServer::start(&root.join("api"), free_port());
+        let w = Work {
+            state: root.join(state),
+            socket: root.join(socket),
+            kubeconfig: api.kubeconfig(),
+            root,
+            _dir: dir,
+        };
+        (api, w)
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("csi.log")).unwrap_or_default()
     }
@@ -283,7 +303,11 @@ fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> Cod
 }
 
 async fn client(w: &Work) -> NodeClient<Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("unix://{}", w.socket.display()))
+    client_at(&w.socket).await
+}
+
+async fn client_at(socket: &Path) -> NodeClient<Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))
         .unwrap()
         .connect()
         .await
@@ -342,16 +366,7 @@ async fn node_stage_publish_restart_expand_sweep() {
         return;
     }
     let t_start = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().canonicalize().unwrap();
-    let api = ApiServer::start(&root.join("api"), free_port());
-    let w = Work {
-        root: root.clone(),
-        state: root.join("state"),
-        socket: root.join("csi.sock"),
-        kubeconfig: api.kubeconfig(),
-        _dir: dir,
-    };
+    let (api, w) = Work::new("state", "csi.sock");
     let crd = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/crds/cstorvolumes.cstor.openebs.io.yaml"
@@ -897,4 +912,156 @@ fn has_cap_sys_resource() -> bool {
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
         .is_some_and(|m| m & (1 << 24) != 0)
+}
+
+/// The node record of `volume` in the state dir `state`.
+fn record(state: &Path, volume: &str) -> serde_json::Value {
+    let p = state.join("volumes").join(format!("{volume}.json"));
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+/// Writes `data` at `offset` of `dev` with O_DIRECT and fsyncs (the write's error, if any).
+fn write_direct(dev: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dev)?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(aligned(data).as_slice())?;
+    f.sync_all()
+}
+
+fn read_direct(dev: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dev)?;
+    let mut back = aligned(&vec![0u8; len]);
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(back.as_mut_slice())?;
+    Ok(back.as_slice().to_vec())
+}
+
+/// Node A has the volume staged and writes; A is "lost" (nothing unstages it, its attach
+/// keeps its session) and node B stages the volume, as after a ControllerPublish that
+/// forced A's attachment away. B's stage preempts A's reservation key: A's writes fail
+/// (RESERVATION CONFLICT, EIO through its loop device) and none of A's data lands, A may
+/// still read, B reads and writes; with a filesystem, A's fsync fails. A's unstage then
+/// leaves B's reservation alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_nodes_writes_are_fenced_by_the_next_nodes_stage() {
+    if !tools_present() {
+        return;
+    }
+    let t_start = Instant::now();
+    let (_api, w) = Work::new("state-a", "a.sock");
+    let root = w.root.clone();
+    let pool = Pool::new();
+    pool.cstor(&["volume", "create", "ip/blk", "--size", "32M"]);
+    pool.cstor(&["volume", "create", "ip/fs", "--size", "64M"]);
+    let addr = free_addr();
+    let (iqn_blk, iqn_fs) = (
+        "iqn.2026-12.io.cstor.test:fence-blk",
+        "iqn.2026-12.io.cstor.test:fence-fs",
+    );
+    let _target = pool.serve(
+        &addr,
+        &[
+            "--iqn",
+            iqn_blk,
+            "--volume",
+            "ip/blk",
+            "--target",
+            &format!("{iqn_fs},volume=ip/fs"),
+        ],
+    );
+    let (state_b, socket_b) = (root.join("state-b"), root.join("b.sock"));
+    let _plugin_a = Plugin::start_node(&w, "node-a", &w.socket, &w.state);
+    let _plugin_b = Plugin::start_node(&w, "node-b", &socket_b, &state_b);
+    let mut a = client_at(&w.socket).await;
+    let mut b = client_at(&socket_b).await;
+
+    // Raw block: exactly which writes land.
+    let ctx = context(iqn_blk, &addr);
+    let (sa, sb) = (w.path("a/blk"), w.path("b/blk"));
+    a.node_stage_volume(stage_req("vol-blk", &sa, block_cap(), ctx.clone()))
+        .await
+        .unwrap();
+    let dev_a = PathBuf::from(record(&w.state, "vol-blk")["loop_device"].as_str().unwrap());
+    let before = pattern(256 << 10, 31);
+    write_direct(&dev_a, 0, &before).unwrap();
+    for _ in 0..2 {
+        b.node_stage_volume(stage_req("vol-blk", &sb, block_cap(), ctx.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("B's stage: {e}: {}", w.log()));
+    }
+    let dev_b = PathBuf::from(record(&state_b, "vol-blk")["loop_device"].as_str().unwrap());
+    let after = pattern(256 << 10, 32);
+    let e = write_direct(&dev_a, 1 << 20, &after).expect_err("A's write after B's stage");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(
+        read_direct(&dev_a, 0, before.len()).unwrap() == before,
+        "a fenced node may still read (Write Exclusive - Registrants Only)"
+    );
+    assert!(
+        read_direct(&dev_b, 1 << 20, after.len()).unwrap() != after,
+        "A's write after the preempt landed"
+    );
+    assert!(read_direct(&dev_b, 0, before.len()).unwrap() == before);
+    let mine = pattern(256 << 10, 33);
+    write_direct(&dev_b, 2 << 20, &mine).unwrap();
+    assert!(read_direct(&dev_b, 2 << 20, mine.len()).unwrap() == mine);
+    // A comes back and unstages: its fenced session leaves B's reservation alone.
+    a.node_unstage_volume(unstage_req("vol-blk", &sa))
+        .await
+        .unwrap();
+    write_direct(&dev_b, 3 << 20, &mine).unwrap();
+    // B's own unstage and a new stage of B (same key): idempotent, B writes again.
+    b.node_unstage_volume(unstage_req("vol-blk", &sb))
+        .await
+        .unwrap();
+    b.node_stage_volume(stage_req("vol-blk", &sb, block_cap(), ctx.clone()))
+        .await
+        .unwrap();
+    let dev_b = PathBuf::from(record(&state_b, "vol-blk")["loop_device"].as_str().unwrap());
+    write_direct(&dev_b, 4 << 20, &mine).unwrap();
+    b.node_unstage_volume(unstage_req("vol-blk", &sb))
+        .await
+        .unwrap();
+
+    // A filesystem: A's fsync after B's stage fails, B has A's earlier files and writes.
+    let ctx = context(iqn_fs, &addr);
+    let (sa, sb) = (w.path("a/fs"), w.path("b/fs"));
+    a.node_stage_volume(stage_req("vol-fs", &sa, mount_cap("ext4"), ctx.clone()))
+        .await
+        .unwrap();
+    std::fs::write(sa.join("before"), &before).unwrap();
+    sync_dir(&sa);
+    b.node_stage_volume(stage_req("vol-fs", &sb, mount_cap("ext4"), ctx.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("B's stage: {e}: {}", w.log()));
+    assert!(std::fs::read(sb.join("before")).unwrap() == before);
+    let late = (|| {
+        let mut f = std::fs::File::create(sa.join("after"))?;
+        f.write_all(&after)?;
+        f.sync_all()
+    })();
+    assert!(late.is_err(), "A's fsync after B's stage succeeded");
+    std::fs::write(sb.join("mine"), &mine).unwrap();
+    sync_dir(&sb);
+    let ro = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(sa.to_str().unwrap()) && l.contains(" ro,"));
+    eprintln!("A's fsync: {late:?}; A's filesystem read-only afterwards: {ro}");
+    a.node_unstage_volume(unstage_req("vol-fs", &sa))
+        .await
+        .unwrap();
+    b.node_unstage_volume(unstage_req("vol-fs", &sb))
+        .await
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || w
+        .attach_pids()
+        .is_empty()));
+    eprintln!("fencing scenario took {:?}", t_start.elapsed());
 }

@@ -20,11 +20,13 @@ mod conn;
 mod error;
 mod fuse;
 mod login;
+mod pr;
 mod scsi;
 mod session;
 
 pub use error::{Error, ScsiError, Sense, SenseKey};
 pub use fuse::{FuseError, FuseExport, LUN_FILE};
 pub use login::{discover, Chap, DiscoveredTarget, LoginSpec};
+pub use pr::{Fenced, Holder, Registrations, WRITE_EXCLUSIVE_REGISTRANTS_ONLY};
 pub use scsi::Capacity;
 pub use session::{Session, SessionOptions, SessionStats};

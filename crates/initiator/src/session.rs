@@ -131,6 +131,11 @@ struct Inner {
     limits: Mutex<BlockLimits>,
     capacity_stale: AtomicBool,
     counters: Counters,
+    /// The reservation key this session fences others with and the PR generation after
+    /// its last change (crate::pr), if it registered one.
+    fence: Mutex<Option<(u64, u32)>>,
+    /// Another initiator preempted our key: writes are refused, never registered again.
+    fenced: AtomicBool,
 }
 
 /// A logged-in session to one LUN. Cheap to clone; all clones share the connection.
@@ -254,6 +259,8 @@ impl Session {
             limits: Mutex::new(BlockLimits::default()),
             capacity_stale: AtomicBool::new(false),
             counters: Counters::default(),
+            fence: Mutex::new(None),
+            fenced: AtomicBool::new(false),
         });
         inner.install(conn);
         let s = Session { inner };
@@ -297,6 +304,41 @@ impl Session {
             unit_attentions: c.unit_attentions.load(Ordering::Relaxed),
             capacity_changes: c.capacity_changes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether another initiator removed the registration this session fenced others
+    /// with ([`Session::fence_others`]): its writes are refused by the target from then on.
+    pub fn fenced(&self) -> bool {
+        self.inner.fenced.load(Ordering::Acquire)
+    }
+
+    /// Runs one command to GOOD with the retry rules; the data it returned.
+    pub(crate) async fn command(
+        &self,
+        cdb: scsi::Cdb,
+        read_len: u32,
+        data: Vec<u8>,
+    ) -> Result<bytes::BytesMut, Error> {
+        let cmd = Command {
+            cdb,
+            read_len,
+            data: Bytes::from(data),
+        };
+        Ok(self.inner.run(&cmd).await?.data)
+    }
+
+    pub(crate) fn remember_fence(&self, key: u64, generation: u32) {
+        *self.inner.fence.lock() = Some((key, generation));
+    }
+
+    /// Forgets the fence key; true when it was set and not fenced off (so it is still
+    /// ours to unregister).
+    pub(crate) fn forget_fence(&self) -> bool {
+        self.inner.fence.lock().take().is_some() && !self.fenced()
+    }
+
+    pub(crate) fn latch_fenced(&self, why: &str) {
+        self.inner.latch_fenced(why);
     }
 
     /// Whether a live connection exists right now.
@@ -489,6 +531,13 @@ impl Session {
 }
 
 impl Inner {
+    /// Latches "fenced off" (once, logged) when this session holds a fence key.
+    fn latch_fenced(&self, why: &str) {
+        if self.fence.lock().is_some() && !self.fenced.swap(true, Ordering::AcqRel) {
+            tracing::error!(target = %self.spec.target_iqn, reason = why, "another node preempted our reservation key: this initiator is fenced off, its writes are refused (RESERVATION CONFLICT)");
+        }
+    }
+
     /// Makes `conn` the session's connection and watches it for its end.
     fn install(self: &Arc<Self>, conn: Conn) {
         let conn = Arc::new(conn);
@@ -605,7 +654,12 @@ impl Inner {
             let retry_busy = match reply.status {
                 status::GOOD => return Ok(reply),
                 status::BUSY | status::TASK_SET_FULL => true,
-                status::RESERVATION_CONFLICT => return Err(ScsiError::ReservationConflict.into()),
+                status::RESERVATION_CONFLICT => {
+                    if !matches!(cmd.cdb[0], crate::pr::PR_IN | crate::pr::PR_OUT) {
+                        self.latch_fenced("a command got RESERVATION CONFLICT");
+                    }
+                    return Err(ScsiError::ReservationConflict.into());
+                }
                 status::CHECK_CONDITION => {
                     let Some(sense) = Sense::parse(&reply.sense) else {
                         return Err(ScsiError::NoSense.into());
@@ -615,8 +669,10 @@ impl Inner {
                             self.counters
                                 .unit_attentions
                                 .fetch_add(1, Ordering::Relaxed);
-                            if (asc, ascq) == (0x2a, 0x09) {
-                                self.capacity_stale.store(true, Ordering::Release);
+                            match (asc, ascq) {
+                                (0x2a, 0x09) => self.capacity_stale.store(true, Ordering::Release),
+                                (0x2a, 0x05) => self.latch_fenced("REGISTRATIONS PREEMPTED"),
+                                _ => {}
                             }
                             unit_attentions += 1;
                             if unit_attentions > MAX_UNIT_ATTENTIONS {
@@ -682,6 +738,13 @@ async fn reconnect(weak: Weak<Inner>) {
                     tracing::info!(target = %inner.spec.target_iqn, portal = %c.addr, "reconnected");
                     inner.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                     inner.install(c);
+                    let fence = *inner.fence.lock();
+                    if let Some((key, generation)) = fence {
+                        if !inner.fenced.load(Ordering::Acquire) {
+                            let s = Session { inner };
+                            tokio::spawn(async move { s.recheck_fence(key, generation).await });
+                        }
+                    }
                     return;
                 }
                 Err(e) => {

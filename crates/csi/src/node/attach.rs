@@ -38,6 +38,37 @@ pub const KEY_PORTALS: &str = "portals";
 /// Logical unit, default 0.
 pub const KEY_LUN: &str = "lun";
 
+/// The SCSI-3 persistent reservation key of a node (docs/csi.md "Fencing"): the first 8
+/// bytes, big-endian, of MD5(`cstor.csi.openebs.io/reservation-key/` + the node id in
+/// lower case), 1 if that is 0 (0 is not a key). The same node always has the same key,
+/// so its own re-stage after a restart finds its key and is idempotent; distinct nodes
+/// collide with probability 2^-64.
+pub fn reservation_key(node_id: &str) -> u64 {
+    use md5::{Digest, Md5};
+    let d = Md5::digest(
+        format!(
+            "cstor.csi.openebs.io/reservation-key/{}",
+            node_id.to_ascii_lowercase()
+        )
+        .as_bytes(),
+    );
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    // A wire-format key (SPC-4 keys are 8-byte big-endian fields), not an on-disk one.
+    #[allow(clippy::big_endian_bytes)]
+    let k = u64::from_be_bytes(b);
+    k.max(1)
+}
+
+/// How this node logs in to a target and what it holds there.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// Our initiator name (what the target's ACL lists).
+    pub initiator_name: String,
+    /// Our persistent reservation key ([`reservation_key`]).
+    pub pr_key: u64,
+}
+
 /// The target named by a publish_context, if it names one.
 pub fn target_from_context(ctx: &HashMap<String, String>) -> Result<Option<Target>, Error> {
     let iqn = ctx.get(KEY_IQN).filter(|s| !s.is_empty());
@@ -151,7 +182,7 @@ pub fn start(
     volume: &str,
     exe: &Path,
     target: &Target,
-    initiator_name: &str,
+    login: &Login,
     dir: &Path,
     log: &Path,
 ) -> Result<Started, Error> {
@@ -169,7 +200,9 @@ pub fn start(
         cmd.args(["--portal", p]);
     }
     cmd.args(["--target", &target.iqn, "--lun", &target.lun.to_string()])
-        .args(["--initiator-name", initiator_name, "--loop", "--file-dir"])
+        .args(["--initiator-name", &login.initiator_name])
+        .args(["--pr-key", &format!("{:#018x}", login.pr_key)])
+        .args(["--loop", "--file-dir"])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(out)
@@ -387,6 +420,14 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn a_node_has_one_reservation_key_and_nodes_differ() {
+        let a = reservation_key("node-a");
+        assert_eq!(a, reservation_key("Node-A"));
+        assert_ne!(a, reservation_key("node-b"));
+        assert_ne!(a, 0);
     }
 
     #[test]

@@ -116,6 +116,14 @@ impl Inner {
     pub(crate) fn initiator_name(&self) -> String {
         cstor_api::names::node_initiator(&self.node_id)
     }
+
+    /// How this node logs in: its initiator name and reservation key.
+    pub(crate) fn login(&self) -> attach::Login {
+        attach::Login {
+            initiator_name: self.initiator_name(),
+            pr_key: attach::reservation_key(&self.node_id),
+        }
+    }
 }
 
 fn claim(inner: &Arc<Inner>, id: &str) -> Result<Claim, Error> {

@@ -177,7 +177,7 @@ fn fresh(
         volume,
         &inner.exe,
         &target,
-        &inner.initiator_name(),
+        &inner.login(),
         &dir,
         &inner.state.log(volume),
     )?;

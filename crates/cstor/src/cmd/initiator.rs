@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::units::parse_duration;
 
+/// How long a clean exit waits to unregister its reservation key.
+const UNFENCE_WAIT: Duration = Duration::from_secs(5);
+
 /// `cstor initiator ...`
 #[derive(Debug, ClapArgs)]
 pub struct Args {
@@ -91,10 +94,29 @@ struct AttachArgs {
     /// `500ms`).
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     replacement_timeout: Duration,
+    /// Fence other initiators with this SCSI-3 persistent reservation key (hex, e.g.
+    /// 0x1234abcd, not 0): register it and hold a Write Exclusive – Registrants Only
+    /// reservation, preempting (PREEMPT AND ABORT) the holder's key and every other key
+    /// registered, so their writes get RESERVATION CONFLICT. Given up (unregistered) on a
+    /// clean exit. The CSI node service passes its node's key (docs/csi.md).
+    #[arg(long, value_parser = parse_pr_key)]
+    pr_key: Option<u64>,
     /// Also set up a loop device on the file (printed as `loop /dev/loopN`) and detach
     /// it on exit.
     #[arg(long = "loop")]
     with_loop: bool,
+}
+
+fn parse_pr_key(s: &str) -> Result<u64, String> {
+    let hex = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    match u64::from_str_radix(hex, 16) {
+        Ok(0) => Err("a reservation key must not be 0".into()),
+        Ok(k) => Ok(k),
+        Err(e) => Err(format!("{s:?} is not a hexadecimal 64-bit key: {e}")),
+    }
 }
 
 fn default_initiator_name() -> String {
@@ -181,6 +203,17 @@ fn attach(a: AttachArgs) -> Result<()> {
     let session = rt
         .block_on(Session::login_any(&spec, opts, alternates))
         .with_context(|| format!("logging in to {} at {}", a.target, a.portal.join(", ")))?;
+    if let Some(key) = a.pr_key {
+        let f = rt.block_on(session.fence_others(key)).with_context(|| {
+            format!(
+                "taking the persistent reservation of {} with key {key:#018x}",
+                a.target
+            )
+        })?;
+        if !f.preempted.is_empty() {
+            tracing::warn!(key = %format_args!("{key:#018x}"), preempted = ?f.preempted.iter().map(|k| format!("{k:#018x}")).collect::<Vec<_>>(), "preempted the reservation keys of other initiators (their writes are refused now)");
+        }
+    }
     let mut export = FuseExport::mount(session.clone(), rt.handle().clone(), &a.file_dir)?;
     let lo = if a.with_loop {
         Some(blockdev::LoopDevice::attach(&export.file())?)
@@ -244,6 +277,18 @@ fn attach(a: AttachArgs) -> Result<()> {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if a.pr_key.is_some() {
+        // A fenced-off session has nothing to give up (and must not touch the new holder's).
+        // Bounded: a target that is down must not hold the exit for the replacement
+        // timeout (the next stage preempts the key left behind anyway).
+        match rt.block_on(tokio::time::timeout(UNFENCE_WAIT, session.unfence())) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "unregistering the reservation key failed"),
+            Err(_) => {
+                tracing::warn!("unregistering the reservation key timed out; left registered")
+            }
         }
     }
     rt.block_on(session.logout())?;
