@@ -13,10 +13,25 @@ use std::time::{Duration, Instant};
 use common::*;
 use cstor_iscsi::backend::{BackendError, BlockBackend, IoCtx};
 use cstor_replication::volume::Phase;
-use cstor_replication::{MemberState, MembershipStore, Record, ReplicatedVolume};
+use cstor_replication::{MemberState, MembershipStore, Record, ReplicatedVolume, VolumeConfig};
 
 fn state_in(r: &Record, id: &str) -> Option<MemberState> {
     r.member(id).map(|m| m.state)
+}
+
+/// `n` replicas behind a [`FaultyStore`] and a Healthy target over them (`tune` adjusts
+/// the test configuration).
+async fn healthy(
+    n: usize,
+    tune: impl FnOnce(&mut VolumeConfig),
+) -> (Cluster, Arc<FaultyStore>, ReplicatedVolume) {
+    let c = cluster(n).await;
+    let store = FaultyStore::over(&c.state);
+    let mut conf = cfg(SIZE, c.addrs());
+    tune(&mut conf);
+    let v = ReplicatedVolume::start(conf, store.clone()).await.unwrap();
+    assert_eq!(v.ready().await, Phase::Healthy);
+    (c, store, v)
 }
 
 async fn read_block(v: &ReplicatedVolume, b: u64) -> bytes::Bytes {
@@ -35,12 +50,7 @@ async fn read_block(v: &ReplicatedVolume, b: u64) -> bytes::Bytes {
 /// never shows the member Stale. Before the cancel this write was answered BUSY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_replica_back_before_the_store_cancels_its_eviction() {
-    let c = cluster(2).await;
-    let store = FaultyStore::over(&c.state);
-    let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), store.clone())
-        .await
-        .unwrap();
-    assert_eq!(v.ready().await, Phase::Healthy);
+    let (c, store, v) = healthy(2, |_| {}).await;
     v.write(&ctx(&v, false), 0, block(1)).await.unwrap();
     store.down.store(true, Ordering::SeqCst);
     c.proxies[1].set(STALL);
@@ -89,12 +99,7 @@ async fn store_unreachable_without_a_fault_changes_nothing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
-    let c = cluster(3).await;
-    let store = FaultyStore::over(&c.state);
-    let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), store.clone())
-        .await
-        .unwrap();
-    assert_eq!(v.ready().await, Phase::Healthy);
+    let (c, store, v) = healthy(3, |_| {}).await;
     let epoch = v.epoch();
     let truth = Arc::new(Truth::default());
     run_writers(&v, &truth, 0.5).await;
@@ -153,12 +158,7 @@ async fn store_unreachable_without_a_fault_changes_nothing() {
 /// sees it applied and goes on at once (no wait for T_hold, no second eviction record).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_applied_but_answered_as_a_timeout_is_known_by_re_reading() {
-    let c = cluster(2).await;
-    let store = FaultyStore::over(&c.state);
-    let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), store.clone())
-        .await
-        .unwrap();
-    assert_eq!(v.ready().await, Phase::Healthy);
+    let (c, store, v) = healthy(2, |_| {}).await;
     *store.lose_reply_when.lock() = Some(Box::new(|r: &Record| {
         state_in(r, "r1") == Some(MemberState::Stale)
     }));
@@ -200,14 +200,9 @@ async fn eviction_applied_but_answered_as_a_timeout_is_known_by_re_reading() {
 /// never claims a Current replica that missed an acknowledged write (before re-reading,
 /// the target took the readmission as failed and completed writes without it).
 async fn readmission_reply_lost(store_away: bool) {
-    let c = cluster(2).await;
-    let store = FaultyStore::over(&c.state);
-    let mut conf = cfg(SIZE, c.addrs());
     // Renewals (every 10 pings) 10 s apart: only re-reading can show the readmission
     // within the 2 s waited for below.
-    conf.ping = Duration::from_secs(1);
-    let v = ReplicatedVolume::start(conf, store.clone()).await.unwrap();
-    assert_eq!(v.ready().await, Phase::Healthy);
+    let (c, store, v) = healthy(2, |conf| conf.ping = Duration::from_secs(1)).await;
     c.proxies[1].set(CUT);
     v.write(&ctx(&v, false), 0, block(1)).await.unwrap();
     assert_eq!(c.state_of("r1"), MemberState::Stale);
@@ -273,12 +268,7 @@ async fn readmission_with_an_unknown_outcome_counts_until_confirmed() {
 /// conflicts, is retried on the new version, and both changes are in the record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_conflict_with_a_concurrent_change_is_retried_and_keeps_both() {
-    let c = cluster(2).await;
-    let store = FaultyStore::over(&c.state);
-    let v = ReplicatedVolume::start(cfg(SIZE, c.addrs()), store.clone())
-        .await
-        .unwrap();
-    assert_eq!(v.ready().await, Phase::Healthy);
+    let (c, store, v) = healthy(2, |_| {}).await;
     let drf0 = c.store.read().unwrap().0.drf;
     *store.interleave.lock() = Some(Box::new(move |r: &mut Record| r.drf = drf0 + 1));
     c.proxies[1].set(CUT);

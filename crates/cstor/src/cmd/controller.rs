@@ -70,26 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             provision_without_csi: args.provision_without_csi,
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let stop = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
+    super::run_until_signal(|stop| async move {
         eprintln!(
             "cstor controller: {} in namespace {}",
             config.identity, config.namespace

@@ -61,20 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         state_dir: args.state_dir.clone(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        let stop = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
+    super::run_until_signal(|stop| async move {
         eprintln!(
             "cstor csi: {} on {} ({:?} mode)",
             cstor_api::names::CSI_DRIVER_NAME,

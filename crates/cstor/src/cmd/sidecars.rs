@@ -45,20 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         timeout: args.timeout,
         ..cstor_sidecars::Config::new(args.csi_endpoint.clone())
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        let stop = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
+    super::run_until_signal(|stop| async move {
         eprintln!("cstor sidecars: driver at {}", args.csi_endpoint);
         cstor_sidecars::run(config, stop)
             .await
