@@ -7,13 +7,21 @@
 # 1,000 writes of the target and replica processes (4 KiB random write QD16), to project
 # to clusters where each replica has its own node. Never runs in CI.
 #
+# Then two rebuilds of the RF=3 volume: incremental (replica c SIGKILLed, REBUILD_MB MiB
+# written while it is away, then restarted: bytes the catch-up sent vs bytes written)
+# and full (a fourth pool added as a New replica: MB/s vs the disk's sequential write
+# rate measured by dd with fdatasync beside the pools).
+#
 # Aims (issue 11, on this 2-core machine where target, replicas and fio share the
-# cores): RF=3 at QD16 >= 0.5x tgt's IOPS; QD1 write latency with RF=3 <= 2x RF=1.
+# cores): RF=3 at QD16 >= 0.5x tgt's IOPS; QD1 write latency with RF=3 <= 2x RF=1;
+# incremental rebuild sends <= 1.2x the bytes written while away; a full rebuild
+# >= 0.5x the disk's sequential write rate.
 #
 # Needs root (tgtd), tgt, libiscsi-bin, python3 and a libiscsi-enabled fio: FIO (default
 # /work/fio-build/fio if present, else the one bench/iscsi.sh builds into
 # $CSTOR_BENCH_CACHE). Env: RUNTIME (seconds per job, default 8), SIZE (working set,
-# default 128m), REPEAT (runs per job, default 1), JOBS (rw:bs:qd list), CSTOR_BIN.
+# default 128m), REPEAT (runs per job, default 1), JOBS (rw:bs:qd list), REBUILD_MB
+# (default 64; 0 skips the rebuilds), CSTOR_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -50,12 +58,14 @@ echo "tgt $(url "$TP" "$IQN:tgt" 1)" > "$W/targets"
 
 # Replica servers: the first stdout line is "... listening on ADDR".
 REPS=()
+declare -A RPID
 for p in a b c; do
   truncate -s 4G "$W/$p.img"
   "$CSTOR_BIN" pool create "p$p" stripe "$W/$p.img" >/dev/null
   "$CSTOR_BIN" replica serve --pool "p$p" --listen 127.0.0.1:0 >"$W/rep-$p.out" 2>"$W/rep-$p.log" &
   PIDS="${PIDS:-} $!"
   REP_PIDS="${REP_PIDS:-} $!"
+  RPID[$p]=$!
   for _ in $(seq 100); do grep -q "listening on" "$W/rep-$p.out" 2>/dev/null && break; sleep 0.1; done
   REPS+=("$(sed -n 's/.*listening on //p' "$W/rep-$p.out" | head -1)")
 done
@@ -65,7 +75,7 @@ for rf in 1 2 3; do
   args=()
   for i in $(seq 0 $((rf - 1))); do args+=(--replica "${REPS[$i]}"); done
   "$CSTOR_BIN" target serve --listen "127.0.0.1:$port" --iqn "$IQN:rf$rf" --volume "r$rf" --size 1G \
-    "${args[@]}" --state-dir "$W/state-$rf" >"$W/t$rf.out" 2>"$W/t$rf.log" &
+    "${args[@]}" --state-dir "$W/state-$rf" --control "$W/t$rf.sock" >"$W/t$rf.out" 2>"$W/t$rf.log" &
   PIDS="${PIDS:-} $!"
   TPIDS[rf$rf]=$!
   wait_portal "$port"
@@ -151,3 +161,61 @@ for line in open(sys.argv[2]):
     writes = d["write"]["total_ios"]
     print(f"  {t}: {int(ticks) / int(hz) / max(writes, 1) * 1000:.3f} s ({writes} writes)")
 PY
+
+REBUILD_MB=${REBUILD_MB:-64}
+[ "$REBUILD_MB" -gt 0 ] || exit 0
+# watch_rebuild ADDR: polls the RF=3 target until every member is Healthy again; prints
+# the seconds it took and the most catch-up bytes the member at ADDR was shown sending.
+watch_rebuild() {
+  python3 - "$CSTOR_BIN" "$W/t3.sock" "$1" <<'PY'
+import json, subprocess, sys, time
+cstor, sock, addr = sys.argv[1:4]
+t0, sent, seen_away = time.time(), 0, False
+while time.time() - t0 < 600:
+    out = subprocess.run([cstor, "target", "status", "--control", sock, "-o", "json"],
+                         capture_output=True, text=True)
+    if out.returncode == 0:
+        st = json.loads(out.stdout)
+        reps = st["replicas"]
+        for r in reps:
+            if r["address"] == addr:
+                sent = max(sent, r["rebuild_bytes_done"])
+        mine = [r for r in reps if r["address"] == addr]
+        if mine and mine[0]["mode"] != "Healthy":
+            seen_away = True
+        if seen_away and st["phase"] == "Healthy" and all(r["mode"] == "Healthy" for r in reps):
+            print(f"{time.time() - t0:.2f} {sent}")
+            sys.exit(0)
+    time.sleep(0.2)
+print("timeout", file=sys.stderr)
+sys.exit(1)
+PY
+}
+U3=$(sed -n 's/^rf3 //p' "$W/targets")
+echo
+echo "rebuilds of the RF=3 volume, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+# Incremental: replica c away while REBUILD_MB MiB are written, then back.
+kill -9 "${RPID[c]}"
+"$FIO" --name=away --ioengine=libiscsi --filename="$U3" --rw=write --bs=1m --iodepth=8 \
+  --offset=0 --size="${REBUILD_MB}m" >/dev/null 2>"$W/away.err" || { echo "fio away failed: $(tail -3 "$W/away.err")" >&2; }
+"$CSTOR_BIN" replica serve --pool pc --listen "${REPS[2]}" >"$W/rep-c2.out" 2>"$W/rep-c2.log" &
+PIDS="${PIDS:-} $!"
+read -r secs sent < <(watch_rebuild "${REPS[2]}")
+written=$((REBUILD_MB * 1048576))
+python3 -c "import sys; s,b,w=float(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3]); print(f'incremental: {w/1048576:.0f} MiB written while away, {b/1048576:.1f} MiB sent by the catch-up ({b/w:.2f}x; aim <= 1.2x), back Healthy in {s:.1f} s')" "$secs" "$sent" "$written"
+# Full: a New replica on a fourth pool.
+truncate -s 4G "$W/d.img"
+"$CSTOR_BIN" pool create pd stripe "$W/d.img" >/dev/null
+"$CSTOR_BIN" replica serve --pool pd --listen 127.0.0.1:0 >"$W/rep-d.out" 2>"$W/rep-d.log" &
+PIDS="${PIDS:-} $!"
+for _ in $(seq 100); do grep -q "listening on" "$W/rep-d.out" 2>/dev/null && break; sleep 0.1; done
+RD=$(sed -n 's/.*listening on //p' "$W/rep-d.out" | head -1)
+"$CSTOR_BIN" target add-replica --control "$W/t3.sock" "$RD" >/dev/null
+read -r secs sent < <(watch_rebuild "$RD")
+disk=$(dd if=/dev/zero of="$W/dd.img" bs=1M count=256 conv=fdatasync 2>&1 | python3 -c "
+import re, sys
+t = sys.stdin.read()
+m = re.search(r'copied, ([0-9.]+) s', t)
+print(f'{256 * 1048576 / float(m.group(1)) / 1e6:.1f}' if m else 'nan')")
+rm -f "$W/dd.img"
+python3 -c "import sys; s,b,d=float(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3]); r=b/s/1e6; print(f'full: {b/1048576:.1f} MiB copied in {s:.1f} s = {r:.1f} MB/s; disk sequential write {d:.1f} MB/s ({r/d:.2f}x; aim >= 0.5x)')" "$secs" "$sent" "$disk"
