@@ -15,10 +15,12 @@ use crate::bp::{Bp, Compression, BP_BYTES};
 use crate::error::{PoolError, Result};
 use crate::store::Dva;
 
-/// Directory format version this build writes; versions 1 (no io reservations) and 2 (no
-/// volume records) are still read. An older build refuses version 3: it would drop the
-/// epochs and checkpoints (and version 2 the io reservations) and hand out old values.
-pub const DIR_VERSION: u32 = 3;
+/// Directory format version this build writes; versions 1 (no io reservations), 2 (no
+/// volume records) and 3 (no checkpoint records in the intent log) are still read. An
+/// older build refuses version 4: it would stop at the log's checkpoint records (version
+/// 3 would drop the epochs and checkpoints, version 2 the io reservations, and hand out
+/// old values).
+pub const DIR_VERSION: u32 = 4;
 
 /// One snapshot as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -23,6 +23,7 @@ const REC_WRITE: u8 = 1;
 const REC_UNMAP: u8 = 2;
 const REC_EPOCH: u8 = 3;
 const REC_CURSOR: u8 = 4;
+const REC_CHECKPOINT: u8 = 5;
 
 /// A volume record set through the log (durable at the flush, before a commit).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +32,9 @@ pub(crate) enum VolSet {
     Epoch(u64),
     /// The catch-up cursor (the record's data; `data: None` clears it).
     Cursor,
+    /// The volume's checkpoint (in the io field): written without a flush of its own, so
+    /// it is durable with the log block that carries it, after every record before it.
+    Checkpoint(u64),
 }
 
 /// One logged operation.
@@ -95,6 +99,7 @@ pub(crate) fn encode_block(
         let (kind, io, flag) = match (&r.set, &r.data) {
             (Some(VolSet::Epoch(e)), _) => (REC_EPOCH, *e, 1),
             (Some(VolSet::Cursor), d) => (REC_CURSOR, 0, u8::from(d.is_some())),
+            (Some(VolSet::Checkpoint(c)), _) => (REC_CHECKPOINT, *c, 1),
             (None, Some(_)) => (REC_WRITE, r.io_number.unwrap_or(0), 0),
             (None, None) => (REC_UNMAP, r.io_number.unwrap_or(0), 0),
         };
@@ -212,6 +217,10 @@ pub(crate) fn decode_block(b: &[u8]) -> Result<LogBlock> {
             REC_EPOCH => {
                 r.io_number = None;
                 r.set = Some(VolSet::Epoch(io));
+            }
+            REC_CHECKPOINT => {
+                r.io_number = None;
+                r.set = Some(VolSet::Checkpoint(io));
             }
             REC_CURSOR => {
                 let n = data_len(pos)?;

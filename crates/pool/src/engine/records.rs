@@ -6,7 +6,11 @@
 //! stable. Invariants:
 //! - The checkpoint reaches the directory in the txg it was set in, with every write
 //!   applied before the call, and is reported only once that root is durable: it never
-//!   claims data not on disk.
+//!   claims data not on disk. It is also an intent-log record (no flush of its own), so
+//!   a replay after a crash restores the latest one whose block reached the device, with
+//!   every write logged before it: a replica killed between commits comes back with a
+//!   checkpoint seconds fresher than its last commit, and a catch-up re-sends only what
+//!   it may really lack (bench/replication.sh, incremental rebuild).
 //! - An epoch or cursor is in a flushed intent-log record before its setter returns (no
 //!   txg commit); the value is in the volume's directory record from the moment the log
 //!   record is pushed, so a commit that trims the log record carries it. Replay applies
@@ -265,7 +269,7 @@ impl VolumeHandle {
     /// durable (background, or [`Pool::sync`]).
     pub fn set_checkpoint(&self, checkpoint: u64) -> Result<()> {
         self.pool.check_usable()?;
-        let _txg = self.pool.txg.read();
+        let txg_guard = self.pool.txg.read();
         let mut st = self.vol.state.lock();
         if st.destroyed {
             return Err(PoolError::UnknownVolume {
@@ -274,6 +278,19 @@ impl VolumeHandle {
         }
         st.open_checkpoint = Some(checkpoint);
         self.pool.meta_dirty.store(true, Ordering::SeqCst);
+        // Behind every write applied before this call in the log's order: the log block
+        // that carries it is written after theirs (replay stops at the first missing one).
+        let mut l = self.pool.log.lock();
+        l.records.push(LogRecord {
+            vol_guid: self.vol.guid,
+            txg: *txg_guard,
+            offset: 0,
+            data: None,
+            unmap_len: 0,
+            io_number: None,
+            set: Some(VolSet::Checkpoint(checkpoint)),
+        });
+        l.pushed += 1;
         Ok(())
     }
 
@@ -331,6 +348,13 @@ impl VolumeHandle {
             VolSet::Cursor => {
                 meta.cursor = data.map(to_hex);
                 acked.cursor = data.map(<[u8]>::to_vec);
+            }
+            VolSet::Checkpoint(c) => {
+                // Committed with the replayed writes by the replay's commit.
+                drop((meta, acked));
+                self.vol.state.lock().open_checkpoint = Some(*c);
+                self.pool.meta_dirty.store(true, Ordering::SeqCst);
+                return;
             }
         }
         self.pool.meta_dirty.store(true, Ordering::SeqCst);
