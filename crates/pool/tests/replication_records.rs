@@ -193,10 +193,17 @@ fn a_checkpoint_in_the_log_comes_back_with_the_writes_before_it() {
         let mut b = vec![0u8; BS as usize];
         for io in 1..=c {
             v2.read(io * BS, &mut b).unwrap();
-            assert_eq!(io_of(&b), io, "seed {seed}: checkpoint {c} but io {io} missing");
+            assert_eq!(
+                io_of(&b),
+                io,
+                "seed {seed}: checkpoint {c} but io {io} missing"
+            );
         }
     }
-    assert!(seen.len() > 1, "the cuts never varied the outcome: {seen:?}");
+    assert!(
+        seen.len() > 1,
+        "the cuts never varied the outcome: {seen:?}"
+    );
 }
 
 #[test]

@@ -750,11 +750,17 @@ async fn other_op(op: Op, body: Bytes, e: Arc<VolEntry>, sess: Arc<Session>) -> 
                             e.vol.write(*off, &local, lio).map_err(pe)?;
                         }
                         applied += 1;
-                    } else if e.vol.apply_block_if(*off, d, *io, x0).map_err(pe)? {
+                    } else if e
+                        .vol
+                        .apply_block_if_unsettled(*off, d, *io, x0)
+                        .map_err(pe)?
+                    {
                         applied += 1;
                     }
                     drop(g.take());
                 }
+                // One log write for the chunk (not one per block) before the reply.
+                e.vol.settle_applies().map_err(pe)?;
                 Ok(wire::enc_u64s(&[applied]))
             }
             Op::Resize => {

@@ -162,6 +162,23 @@ impl ReplicaVolume {
         self.vol.apply_block_if(offset, data, io, x0)
     }
 
+    /// [`ReplicaVolume::apply_block_if`] of a batch: acknowledge none of them before
+    /// [`ReplicaVolume::settle_applies`] returned.
+    pub fn apply_block_if_unsettled(
+        &self,
+        offset: u64,
+        data: &[u8],
+        io: u64,
+        x0: u64,
+    ) -> Result<bool, PoolError> {
+        self.vol.apply_block_if_unsettled(offset, data, io, x0)
+    }
+
+    /// Makes a batch of applies as safe as a write (one log write for all of them).
+    pub fn settle_applies(&self) -> Result<(), PoolError> {
+        self.vol.settle_applies()
+    }
+
     /// Up to `max` ranges with io in `(since, until]`, starting at byte `from`.
     pub fn changed(
         &self,

@@ -291,6 +291,21 @@ impl VolumeHandle {
         incoming_io: u64,
         session_start_io: u64,
     ) -> Result<bool> {
+        let applied = self.apply_block_if_unsettled(offset, data, incoming_io, session_start_io)?;
+        self.settle()?;
+        Ok(applied)
+    }
+
+    /// [`VolumeHandle::apply_block_if`] without waiting for its log record: a batch of
+    /// applies waits once, in [`VolumeHandle::settle_applies`], which must return before
+    /// any of them is acknowledged (one log write per batch instead of one per block).
+    pub fn apply_block_if_unsettled(
+        &self,
+        offset: u64,
+        data: &[u8],
+        incoming_io: u64,
+        session_start_io: u64,
+    ) -> Result<bool> {
         let p = &self.pool;
         p.check_usable()?;
         p.admit_write()?;
@@ -336,10 +351,13 @@ impl VolumeHandle {
             self.vol.note_unstable(p, Some(incoming_io), l.pushed, txg);
         }
         p.dirty_bytes.fetch_add(bs, Ordering::SeqCst);
-        drop(st);
-        drop(txg_guard);
-        self.settle()?;
         Ok(true)
+    }
+
+    /// Waits as the write mode asks for the applies made by
+    /// [`VolumeHandle::apply_block_if_unsettled`] (and every earlier write).
+    pub fn settle_applies(&self) -> Result<()> {
+        self.settle()
     }
 
     /// The io of block `blk` now: that of its dirty entry or the UNMAP covering it in the
