@@ -40,29 +40,38 @@ fn get(up: &Up, args: &[&str]) -> String {
     up.kubectl(args).1.trim().to_owned()
 }
 
+/// Writes `yaml` to `name` in the run's dir and applies it.
+fn apply(up: &Up, name: &str, yaml: &str) {
+    let f = up.dir.join(name);
+    std::fs::write(&f, yaml).unwrap();
+    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
+    assert!(ok, "apply {name}: {out}");
+}
+
+/// `cstor up` with the seed's stripe pools, namespace `database` and the seed's
+/// 3-replica class applied; the seed's claim at 1Gi, not applied yet.
+fn up_with_class() -> (Up, String) {
+    let up = Up::start(3, "256M");
+    up.seed_stripe_pools(Duration::from_secs(90));
+    up.kubectl(&["create", "namespace", "database"]);
+    apply(&up, "sc.yaml", &seed_yaml("name: cstor-csi-3-replicas"));
+    let pvc = seed_yaml("name: postgres-data")
+        .split("\n---\n")
+        .find(|d| d.contains("kind: PersistentVolumeClaim"))
+        .unwrap()
+        .replace("storage: 50Gi", "storage: 1Gi");
+    (up, pvc)
+}
+
 #[test]
 fn claims_are_provisioned_expanded_and_reclaimed_through_the_driver() {
     if !required(have_kubectl(), "kubectl") {
         return;
     }
     let t0 = Instant::now();
-    let up = Up::start(3, "256M");
+    let (up, pvc) = up_with_class();
     let long = Duration::from_secs(90);
-    up.seed_stripe_pools(long);
-    up.kubectl(&["create", "namespace", "database"]);
-    let sc = seed_yaml("name: cstor-csi-3-replicas");
-    let pvc = seed_yaml("name: postgres-data")
-        .split("\n---\n")
-        .find(|d| d.contains("kind: PersistentVolumeClaim"))
-        .unwrap()
-        .replace("storage: 50Gi", "storage: 1Gi");
-    let apply = |name: &str, y: &str| {
-        let f = up.dir.join(name);
-        std::fs::write(&f, y).unwrap();
-        let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
-        assert!(ok, "apply {name}: {out}");
-    };
-    apply("sc.yaml", &sc);
+    let apply = |name: &str, y: &str| apply(&up, name, y);
 
     // The sidecars stopped (SIGSTOP: `cstor up` sees it alive and does not restart it):
     // the claim stays Pending and no CVC is made; the controller does not provision.
@@ -236,22 +245,9 @@ fn snapshots_are_bound_taken_and_deleted_through_the_driver() {
         return;
     }
     let t0 = Instant::now();
-    let up = Up::start(3, "256M");
+    let (up, pvc) = up_with_class();
     let long = Duration::from_secs(90);
-    up.seed_stripe_pools(long);
-    up.kubectl(&["create", "namespace", "database"]);
-    let apply = |name: &str, y: &str| {
-        let f = up.dir.join(name);
-        std::fs::write(&f, y).unwrap();
-        let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
-        assert!(ok, "apply {name}: {out}");
-    };
-    apply("sc.yaml", &seed_yaml("name: cstor-csi-3-replicas"));
-    let pvc = seed_yaml("name: postgres-data")
-        .split("\n---\n")
-        .find(|d| d.contains("kind: PersistentVolumeClaim"))
-        .unwrap()
-        .replace("storage: 50Gi", "storage: 1Gi");
+    let apply = |name: &str, y: &str| apply(&up, name, y);
     apply("pvc.yaml", &pvc);
     let classes = |policy: &str| {
         format!(

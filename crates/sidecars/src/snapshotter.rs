@@ -454,7 +454,7 @@ pub fn answered(world: &World, call: &Call, answer: Result<Answer, tonic::Status
             if marked && !retriable(status.code()) {
                 out.push(annotate_content(name, ANN_BEING_CREATED, None));
             }
-            let first = !c.get("status").is_some_and(|s| !s.is_null());
+            let first = c.get("status").is_none_or(Value::is_null);
             let (reason, prefix) = if first {
                 ("SnapshotCreationFailed", "Failed to create snapshot")
             } else {
