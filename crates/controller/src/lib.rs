@@ -8,8 +8,10 @@
 //! CVC, called by the external-provisioner or `cstor sidecars`); CVC -> CStorVolume + CStorVolumeReplicas,
 //! scale up/down, expansion ([`volume`], placement in [`placement`]); target moves off
 //! dead nodes ([`target_move`]); replacement of replicas on dead nodes ([`replace`]);
-//! VolumeSnapshot ->
-//! CStorSnapshot + VolumeSnapshotContent ([`snapshot`]); leader election ([`leader`]).
+//! VolumeSnapshot -> CStorSnapshot + VolumeSnapshotContent ([`snapshot`], also only with
+//! [`Settings::provision_without_csi`]: normally the snapshot controller and
+//! csi-snapshotter, or `cstor sidecars`, bind VolumeSnapshots and the CSI driver's
+//! CreateSnapshot makes the CStorSnapshot); leader election ([`leader`]).
 //! The objects are the interface with the agents (`/work/notes/contract5.md`, summarised
 //! in `docs/controller.md`).
 //!
@@ -80,11 +82,13 @@ pub struct Settings {
     /// How long the node of a pool instance holding a replica may be silent before the
     /// replica is replaced by a new one on another pool instance ([`replace`]).
     pub replica_replace_grace: Duration,
-    /// Whether the controller itself turns claims into CVCs and PVs, expands them and
-    /// reclaims released PVs ([`provision`]): only for a controller running without the
-    /// CSI driver and its sidecars (tests of the controller alone). Off by default: the
-    /// external-provisioner and -resizer (or `cstor sidecars`) do it through the driver,
-    /// and two writers of one PV must never run.
+    /// Whether the controller itself does what the CSI sidecars do: turns claims into
+    /// CVCs and PVs, expands them and reclaims released PVs ([`provision`]), and binds
+    /// VolumeSnapshots to CStorSnapshots and VolumeSnapshotContents ([`snapshot`]).
+    /// Only for a controller running without the CSI driver and its sidecars (tests of
+    /// the controller alone). Off by default: the external-provisioner, -resizer,
+    /// -snapshotter and the snapshot controller (or `cstor sidecars`) do it through the
+    /// driver, and two writers of one PV or VolumeSnapshotContent must never run.
     pub provision_without_csi: bool,
 }
 
@@ -116,7 +120,9 @@ pub fn reconcile_with(world: &World, ids: &mut dyn Ids, settings: &Settings) -> 
         ids,
         settings.replica_replace_grace,
     ));
-    out.extend(snapshot::reconcile(world));
+    if settings.provision_without_csi {
+        out.extend(snapshot::reconcile(world));
+    }
     out
 }
 

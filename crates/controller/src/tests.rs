@@ -694,6 +694,13 @@ fn a_volume_snapshot_becomes_a_cstor_snapshot_and_reports_ready() {
         json!({"metadata": {"name": "postgres-snapshot-daily", "namespace": "database", "uid": "vs1"},
         "spec": {"volumeSnapshotClassName": "cstor-snapshot-class", "source": {"persistentVolumeClaimName": "postgres-data"}}}),
     ];
+    // By default the snapshot controller and the CSI driver take it, not the controller.
+    let all = crate::reconcile(&w, &mut Counter::default());
+    assert!(creates(&all, Kind::Csnap).is_empty() && creates(&all, Kind::Vsc).is_empty());
+    assert!(!all
+        .iter()
+        .any(|x| matches!(x, Action::Patch { kind: Kind::Vs, .. })));
+    assert_eq!(creates(&reconcile_provisioning(&w), Kind::Csnap).len(), 1);
     let a = crate::snapshot::reconcile(&w);
     let cs = creates(&a, Kind::Csnap);
     assert_eq!(cs[0]["metadata"]["name"], "snapshot-vs1");

@@ -1,7 +1,10 @@
 //! The embedded CSI sidecars of `cstor up` (`cstor sidecars`, docs/csi.md § Sidecars):
 //! a claim is provisioned through the driver's CreateVolume, expanded through
 //! ControllerExpandVolume and reclaimed through DeleteVolume, and with the sidecars
-//! stopped nothing provisions it (the controller no longer does).
+//! stopped nothing provisions it (the controller no longer does). VolumeSnapshots are
+//! bound by the embedded snapshot controller and taken through CreateSnapshot (with the
+//! sidecars stopped a VolumeSnapshot stays unbound and no CStorSnapshot appears), and
+//! deleted through DeleteSnapshot under deletionPolicy Delete, kept under Retain.
 
 mod apiserver_support;
 
@@ -37,29 +40,38 @@ fn get(up: &Up, args: &[&str]) -> String {
     up.kubectl(args).1.trim().to_owned()
 }
 
+/// Writes `yaml` to `name` in the run's dir and applies it.
+fn apply(up: &Up, name: &str, yaml: &str) {
+    let f = up.dir.join(name);
+    std::fs::write(&f, yaml).unwrap();
+    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
+    assert!(ok, "apply {name}: {out}");
+}
+
+/// `cstor up` with the seed's stripe pools, namespace `database` and the seed's
+/// 3-replica class applied; the seed's claim at 1Gi, not applied yet.
+fn up_with_class() -> (Up, String) {
+    let up = Up::start(3, "256M");
+    up.seed_stripe_pools(Duration::from_secs(90));
+    up.kubectl(&["create", "namespace", "database"]);
+    apply(&up, "sc.yaml", &seed_yaml("name: cstor-csi-3-replicas"));
+    let pvc = seed_yaml("name: postgres-data")
+        .split("\n---\n")
+        .find(|d| d.contains("kind: PersistentVolumeClaim"))
+        .unwrap()
+        .replace("storage: 50Gi", "storage: 1Gi");
+    (up, pvc)
+}
+
 #[test]
 fn claims_are_provisioned_expanded_and_reclaimed_through_the_driver() {
     if !required(have_kubectl(), "kubectl") {
         return;
     }
     let t0 = Instant::now();
-    let up = Up::start(3, "256M");
+    let (up, pvc) = up_with_class();
     let long = Duration::from_secs(90);
-    up.seed_stripe_pools(long);
-    up.kubectl(&["create", "namespace", "database"]);
-    let sc = seed_yaml("name: cstor-csi-3-replicas");
-    let pvc = seed_yaml("name: postgres-data")
-        .split("\n---\n")
-        .find(|d| d.contains("kind: PersistentVolumeClaim"))
-        .unwrap()
-        .replace("storage: 50Gi", "storage: 1Gi");
-    let apply = |name: &str, y: &str| {
-        let f = up.dir.join(name);
-        std::fs::write(&f, y).unwrap();
-        let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
-        assert!(ok, "apply {name}: {out}");
-    };
-    apply("sc.yaml", &sc);
+    let apply = |name: &str, y: &str| apply(&up, name, y);
 
     // The sidecars stopped (SIGSTOP: `cstor up` sees it alive and does not restart it):
     // the claim stays Pending and no CVC is made; the controller does not provision.
@@ -220,4 +232,219 @@ fn claims_are_provisioned_expanded_and_reclaimed_through_the_driver() {
         long,
     );
     eprintln!("csi_sidecars: {:?}", t0.elapsed());
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: signalling a process of this test's own `cstor up`.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+#[test]
+fn snapshots_are_bound_taken_and_deleted_through_the_driver() {
+    if !required(have_kubectl(), "kubectl") {
+        return;
+    }
+    let t0 = Instant::now();
+    let (up, pvc) = up_with_class();
+    let long = Duration::from_secs(90);
+    let apply = |name: &str, y: &str| apply(&up, name, y);
+    apply("pvc.yaml", &pvc);
+    let classes = |policy: &str| {
+        format!(
+            "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshotClass\nmetadata:\n  name: snap-{}\ndriver: cstor.csi.openebs.io\ndeletionPolicy: {policy}\n",
+            policy.to_lowercase()
+        )
+    };
+    apply("delete-class.yaml", &classes("Delete"));
+    apply("retain-class.yaml", &classes("Retain"));
+    let snapshot = |name: &str, class: &str| {
+        format!(
+            "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshot\nmetadata:\n  name: {name}\n  namespace: database\nspec:\n  volumeSnapshotClassName: {class}\n  source:\n    persistentVolumeClaimName: postgres-data\n"
+        )
+    };
+    let v = up.wait_for(
+        "the claim Bound",
+        &[
+            "get",
+            "pvc",
+            "-n",
+            "database",
+            "postgres-data",
+            "-o",
+            "jsonpath={.status.phase} {.spec.volumeName}",
+        ],
+        |v| v.starts_with("Bound pvc-"),
+        long,
+    );
+    let pv = v.split_whitespace().nth(1).unwrap().to_owned();
+    up.wait_for(
+        "the volume Healthy",
+        &["get", "cv", "-n", "openebs", &pv, "--no-headers"],
+        |v| v.contains(" Healthy"),
+        long,
+    );
+
+    // The sidecars stopped: the snapshot stays unbound and not ready, and nothing makes
+    // a CStorSnapshot or a content (the controller no longer does).
+    let pid = sidecars_pid(&up);
+    signal(pid, libc::SIGSTOP);
+    apply("vs1.yaml", &snapshot("daily", "snap-delete"));
+    std::thread::sleep(Duration::from_secs(6));
+    let st = get(
+        &up,
+        &[
+            "get",
+            "volumesnapshot",
+            "-n",
+            "database",
+            "daily",
+            "-o",
+            "jsonpath={.status.readyToUse}/{.status.boundVolumeSnapshotContentName}",
+        ],
+    );
+    let csnaps = get(
+        &up,
+        &["get", "cstorsnapshot", "-n", "openebs", "-o", "name"],
+    );
+    let contents = get(&up, &["get", "volumesnapshotcontent", "-o", "name"]);
+    signal(pid, libc::SIGCONT);
+    assert_eq!(st, "/", "a status without the snapshot controller");
+    assert!(
+        csnaps.is_empty(),
+        "a CStorSnapshot without the sidecars: {csnaps}"
+    );
+    assert!(
+        contents.is_empty(),
+        "a content without the sidecars: {contents}"
+    );
+
+    // Resumed: bound, taken through CreateSnapshot, ready with its restore size.
+    let v = up.wait_for(
+        "the snapshot readyToUse",
+        &[
+            "get",
+            "volumesnapshot",
+            "-n",
+            "database",
+            "daily",
+            "-o",
+            "jsonpath={.status.readyToUse} {.status.restoreSize} {.status.boundVolumeSnapshotContentName} {.metadata.uid} {.metadata.finalizers}",
+        ],
+        |v| v.starts_with("true "),
+        long,
+    );
+    let f: Vec<&str> = v.split_whitespace().collect();
+    let (size, content, uid) = (f[1], f[2], f[3]);
+    assert_eq!(size, "1Gi", "{v}");
+    assert_eq!(content, format!("snapcontent-{uid}"));
+    assert!(
+        v.contains("volumesnapshot-as-source-protection")
+            && v.contains("volumesnapshot-bound-protection"),
+        "{v}"
+    );
+    let c = get(
+        &up,
+        &[
+            "get",
+            "volumesnapshotcontent",
+            content,
+            "-o",
+            "jsonpath={.spec.source.volumeHandle} {.status.snapshotHandle} {.status.readyToUse} {.status.restoreSize} {.metadata.finalizers}",
+        ],
+    );
+    assert!(
+        c.starts_with(&format!("{pv} {pv}@snapshot-{uid} true 1073741824 "))
+            && c.contains("volumesnapshotcontent-bound-protection"),
+        "{c}"
+    );
+    let csnap = format!("snapshot-{uid}");
+    let made_by = get(
+        &up,
+        &[
+            "get",
+            "cstorsnapshot",
+            "-n",
+            "openebs",
+            &csnap,
+            "-o",
+            "jsonpath={.status.phase} {.metadata.annotations.cstor\\.csi\\.openebs\\.io/snapshot-name}",
+        ],
+    );
+    assert_eq!(made_by, format!("Ready {csnap}"), "made by CreateSnapshot");
+    up.wait_for(
+        "the claim's snapshot finalizer gone once the snapshot is ready",
+        &[
+            "get",
+            "pvc",
+            "-n",
+            "database",
+            "postgres-data",
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ],
+        |v| !v.contains("pvc-as-source-protection"),
+        Duration::from_secs(10),
+    );
+
+    // A Retain snapshot, taken the same way.
+    apply("vs2.yaml", &snapshot("kept", "snap-retain"));
+    let v = up.wait_for(
+        "the Retain snapshot readyToUse",
+        &[
+            "get",
+            "volumesnapshot",
+            "-n",
+            "database",
+            "kept",
+            "-o",
+            "jsonpath={.status.readyToUse} {.status.boundVolumeSnapshotContentName} {.metadata.uid}",
+        ],
+        |v| v.starts_with("true "),
+        long,
+    );
+    let kept_content = v.split_whitespace().nth(1).unwrap().to_owned();
+    let kept_csnap = format!("snapshot-{}", v.split_whitespace().nth(2).unwrap());
+
+    // Delete under Delete: the content and the CStorSnapshot go, then the snapshot.
+    let (ok, out) = up.kubectl(&[
+        "delete",
+        "volumesnapshot",
+        "-n",
+        "database",
+        "daily",
+        "--wait=false",
+    ]);
+    assert!(ok, "{out}");
+    up.wait_for(
+        "the Delete snapshot, its content and its CStorSnapshot gone",
+        &[
+            "get",
+            "volumesnapshot,volumesnapshotcontent,cstorsnapshot",
+            "-A",
+            "-o",
+            "name",
+        ],
+        |v| !v.contains(content) && !v.contains(&format!("/{csnap}")) && !v.contains("/daily"),
+        long,
+    );
+    // Delete under Retain: the snapshot goes, its content and CStorSnapshot stay.
+    let (ok, out) = up.kubectl(&["delete", "volumesnapshot", "-n", "database", "kept"]);
+    assert!(ok, "{out}");
+    let c = get(
+        &up,
+        &[
+            "get",
+            "volumesnapshotcontent",
+            &kept_content,
+            "-o",
+            "jsonpath={.spec.deletionPolicy} {.status.readyToUse} {.status.snapshotHandle}",
+        ],
+    );
+    assert_eq!(c, format!("Retain true {pv}@{kept_csnap}"));
+    let left = get(
+        &up,
+        &["get", "cstorsnapshot", "-n", "openebs", "-o", "name"],
+    );
+    assert!(left.contains(&kept_csnap), "{left}");
+    eprintln!("csi_sidecars snapshots: {:?}", t0.elapsed());
 }

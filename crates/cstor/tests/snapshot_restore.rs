@@ -7,6 +7,10 @@
 //! through its own target while the source reads the new one. A snapshot with a restore
 //! made from it refuses deletion (Event, finalizer kept); a second one without clones is
 //! deleted: the VolumeSnapshot, the CStorSnapshot and the replicated snapshot all go.
+//! All of it through the CSI interface: the embedded snapshot controller binds the
+//! VolumeSnapshot to a VolumeSnapshotContent, the snapshotter's CreateSnapshot makes the
+//! CStorSnapshot, the provisioner's CreateVolume from the content's snapshotHandle makes
+//! the restore, DeleteSnapshot deletes (`cstor sidecars`; the controller does none of it).
 
 mod apiserver_support;
 
@@ -147,6 +151,24 @@ fn seed_snapshot_is_ready_restores_its_data_and_deletes() {
         "{st}"
     );
     assert!(recorded_snapshots(&up, &pv).contains(&csnap));
+    let (_, via) = up.kubectl(&[
+        "get",
+        "cstorsnapshot",
+        &csnap,
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.metadata.annotations.cstor\\.csi\\.openebs\\.io/snapshot-name}",
+    ]);
+    assert_eq!(via, csnap, "the CStorSnapshot was made by CreateSnapshot");
+    let (_, handle) = up.kubectl(&[
+        "get",
+        "volumesnapshotcontent",
+        &format!("snapcontent-{uid}"),
+        "-o",
+        "jsonpath={.status.snapshotHandle}",
+    ]);
+    assert_eq!(handle, format!("{pv}@{csnap}"));
 
     // Overwritten after the snapshot: the restore must not see this.
     let (ok, out) = qemu_io(&portal, &iqn, &["write -P 0x77 0 4M"]);
@@ -239,6 +261,11 @@ fn seed_snapshot_is_ready_restores_its_data_and_deletes() {
         &["get", "cstorsnapshot", "-n", "openebs", "-o", "name"],
         |v| !v.contains(&csnap2) && v.contains(&csnap),
         long,
+    );
+    let (_, contents) = up.kubectl(&["get", "volumesnapshotcontent", "-o", "name"]);
+    assert!(
+        !contents.contains(&csnap2.replace("snapshot-", "snapcontent-")),
+        "{contents}"
     );
     let left = recorded_snapshots(&up, &pv);
     assert!(!left.contains(&csnap2) && left.contains(&csnap), "{left}");

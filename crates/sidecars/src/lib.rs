@@ -1,9 +1,10 @@
 //! cstor-sidecars: the CSI sidecars of the controller Deployment, embedded (`cstor
 //! sidecars`, run by `cstor up` next to `cstor csi --mode controller`): gRPC clients of
 //! the driver's socket and Kubernetes API clients with the documented semantics of
-//! kubernetes-csi's external-provisioner ([`provisioner`]) and external-resizer
-//! ([`resizer`]), so that on a real cluster
-//! the real sidecar replaces it and nothing else changes (docs/csi.md § Sidecars).
+//! kubernetes-csi's external-provisioner ([`provisioner`]), external-resizer
+//! ([`resizer`]), external-snapshotter's csi-snapshotter ([`snapshotter`]) and its
+//! common snapshot-controller ([`snapshot_controller`]), so that on a real cluster the
+//! real components replace it and nothing else changes (docs/csi.md § Sidecars).
 //!
 //! Owns: the decisions (pure functions of a listed [`World`], unit-tested) and the loop
 //! that carries them out ([`run`]): each pass lists the objects, plans, writes what needs
@@ -14,12 +15,14 @@
 //!
 //! Invariants: only the driver creates or deletes volumes (through its gRPC interface);
 //! the objects written here are the ones the real sidecars write (PVs, finalizers,
-//! events). Never: reads or writes cstor's own objects (CVCs and friends are the
+//! events, VolumeSnapshotContents and the VolumeSnapshots' status). Never: reads or writes cstor's own objects (CVCs and friends are the
 //! driver's and the controller's). Shutdown: [`run`] returns when `stop` resolves; calls
 //! in flight are dropped (the driver's RPCs are idempotent, the next start repeats them).
 
 pub mod provisioner;
 pub mod resizer;
+pub mod snapshot_controller;
+pub mod snapshotter;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -29,7 +32,7 @@ use std::time::{Duration, Instant};
 use cstor_controller::exec::Executor;
 use cstor_controller::{Action, World};
 use cstor_csi::pb::controller_client::ControllerClient;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::Client;
@@ -359,8 +362,100 @@ impl Runner {
                 self.exec.run(&self.client, before).await;
             }
         }
+        self.exec
+            .run(&self.client, snapshot_controller::plan(&world))
+            .await;
+        let plan = snapshotter::plan(&world);
+        self.exec.run(&self.client, plan.actions).await;
+        let at = World {
+            now: world.now,
+            ..World::default()
+        };
+        for call in plan.calls {
+            let (client, mut csi, timeout, at) = (
+                self.client.clone(),
+                self.csi.clone(),
+                self.config.timeout,
+                at.clone(),
+            );
+            self.spawn(call.key(), &mut wanted, async move {
+                let answer = snapshot_call(&client, &mut csi, timeout, &call).await;
+                if let Err(s) = &answer {
+                    tracing::warn!("{}: {}", call.key(), crate::rpc_error(s));
+                }
+                let ok = snapshotter::settled(&answer);
+                (ok, snapshotter::answered(&at, &call, answer))
+            });
+        }
         self.calls.retain(&wanted);
         Ok(())
+    }
+}
+
+/// The data of Secret `namespace/name` as the sidecars pass secrets to the driver.
+async fn read_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<HashMap<String, String>, tonic::Status> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .map_err(|e| {
+            tonic::Status::unavailable(format!(
+                "error getting secret {name} in namespace {namespace}: {e}"
+            ))
+        })?;
+    Ok(secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
+}
+
+/// One snapshotter call: its secrets read, its mark written, then the RPC.
+async fn snapshot_call(
+    client: &Client,
+    csi: &mut ControllerClient<Channel>,
+    timeout: Duration,
+    call: &snapshotter::Call,
+) -> Result<snapshotter::Answer, tonic::Status> {
+    use snapshotter::{Answer, Request};
+    let call = match &call.secret {
+        Some((ns, name)) => call
+            .clone()
+            .with_secrets(read_secret(client, ns, name).await?),
+        None => call.clone(),
+    };
+    if let Some(mark) = &call.before {
+        if Executor::default().run(client, vec![mark.clone()]).await > 0 {
+            return Err(tonic::Status::unavailable(
+                "failed to add the VolumeSnapshotBeingCreated annotation on the content",
+            ));
+        }
+    }
+    match call.request {
+        Request::Create(r) => bounded(timeout, csi.create_snapshot(r))
+            .await?
+            .snapshot
+            .map(Answer::Snapshot)
+            .ok_or_else(|| tonic::Status::internal("CreateSnapshot returned no snapshot")),
+        Request::Status(r) => {
+            let id = r.snapshot_id.clone();
+            bounded(timeout, csi.list_snapshots(r))
+                .await?
+                .entries
+                .into_iter()
+                .find_map(|e| e.snapshot)
+                .map(Answer::Snapshot)
+                .ok_or_else(|| {
+                    tonic::Status::not_found(format!("can not find snapshot for snapshotID {id}"))
+                })
+        }
+        Request::Delete(r) => bounded(timeout, csi.delete_snapshot(r))
+            .await
+            .map(|_| Answer::Deleted),
     }
 }
 
@@ -421,5 +516,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), E
     }
 }
 
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

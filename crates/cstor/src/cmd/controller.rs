@@ -39,10 +39,11 @@ pub struct Args {
     /// instance (`600s`, `90s`, `500ms`).
     #[arg(long, default_value = "600s", value_parser = crate::units::parse_duration)]
     pub replica_replace_grace: Duration,
-    /// Provision claims (CVC and PV), expand them and reclaim released PVs in the
-    /// controller itself, without the CSI driver: only for running the controller alone
-    /// (tests). Never together with the CSI provisioner and resizer sidecars (`cstor
-    /// sidecars`, or the real ones): they would be two writers of the same PV.
+    /// Provision claims (CVC and PV), expand them, reclaim released PVs and bind
+    /// VolumeSnapshots (CStorSnapshot and VolumeSnapshotContent) in the controller
+    /// itself, without the CSI driver: only for running the controller alone (tests).
+    /// Never together with the CSI sidecars and snapshot controller (`cstor sidecars`,
+    /// or the real ones): they would be two writers of the same PV or content.
     #[arg(long)]
     pub provision_without_csi: bool,
 }
