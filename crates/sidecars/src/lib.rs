@@ -1,8 +1,8 @@
 //! cstor-sidecars: the CSI sidecars of the controller Deployment, embedded (`cstor
 //! sidecars`, run by `cstor up` next to `cstor csi --mode controller`): gRPC clients of
 //! the driver's socket and Kubernetes API clients with the documented semantics of
-//! kubernetes-csi's external-provisioner ([`provisioner`]) and external-resizer
-//! ([`resizer`]), so that on a real cluster
+//! kubernetes-csi's external-provisioner ([`provisioner`]), external-resizer
+//! ([`resizer`]) and external-attacher ([`attacher`]), so that on a real cluster
 //! the real sidecar replaces it and nothing else changes (docs/csi.md § Sidecars).
 //!
 //! Owns: the decisions (pure functions of a listed [`World`], unit-tested) and the loop
@@ -18,6 +18,7 @@
 //! driver's and the controller's). Shutdown: [`run`] returns when `stop` resolves; calls
 //! in flight are dropped (the driver's RPCs are idempotent, the next start repeats them).
 
+pub mod attacher;
 pub mod provisioner;
 pub mod resizer;
 
@@ -359,6 +360,7 @@ impl Runner {
                 self.exec.run(&self.client, before).await;
             }
         }
+        self.attach_pass(&world, &mut wanted).await?;
         self.calls.retain(&wanted);
         Ok(())
     }
