@@ -23,6 +23,24 @@ use apiserver_support::{have_kubectl, required};
 const PASSWORD: &str = "s3cret-of-16-ch";
 const FINALIZER: &str = "external-attacher/cstor-csi-openebs-io";
 
+fn b64(s: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in s.as_bytes().chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn get(up: &Up, args: &[&str]) -> String {
     up.kubectl(args).1.trim().to_owned()
 }
@@ -149,21 +167,26 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
         return;
     }
     let t0 = Instant::now();
-    let up = Up::start(3, "256M");
+    let up = Up::start(3, "1G");
     let long = Duration::from_secs(90);
     up.seed_stripe_pools(long);
     up.kubectl(&["create", "namespace", "database"]);
+    // `data` (base64), not `stringData`: the embedded API server keeps `stringData` as
+    // given instead of folding it into `data`.
     let secret = |name: &str, pass: &str| {
         format!(
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: database\n\
-             stringData:\n  node.session.auth.username: app\n  node.session.auth.password: {pass}\n"
+             data:\n  node.session.auth.username: {}\n  node.session.auth.password: {}\n",
+            b64("app"),
+            b64(pass)
         )
     };
     apply(&up, "publish.yaml", &secret("chap-publish", PASSWORD));
     apply(&up, "stage.yaml", &secret("chap-stage", PASSWORD));
     let sc = seed_yaml("name: cstor-csi-1-replica").replace(
         "parameters:\n",
-        "parameters:\n  csi.storage.k8s.io/controller-publish-secret-name: chap-publish\n  \
+        "parameters:\n  csi.storage.k8s.io/fstype: xfs\n  \
+         csi.storage.k8s.io/controller-publish-secret-name: chap-publish\n  \
          csi.storage.k8s.io/controller-publish-secret-namespace: ${pvc.namespace}\n  \
          csi.storage.k8s.io/node-stage-secret-name: chap-stage\n  \
          csi.storage.k8s.io/node-stage-secret-namespace: ${pvc.namespace}\n",
@@ -174,7 +197,7 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
         "pvc.yaml",
         "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  namespace: database\n\
          spec:\n  storageClassName: cstor-csi-1-replica\n  accessModes: [ReadWriteOnce]\n  \
-         resources:\n    requests:\n      storage: 256Mi\n",
+         resources:\n    requests:\n      storage: 512Mi\n",
     );
     let v = up.wait_for(
         "the claim Bound",
@@ -217,15 +240,6 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
     let t1 = Instant::now();
     let out = attach(&up, "node-1", Some(&mnt), &["--timeout", "4s"]);
     let waited = t1.elapsed();
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("no attacher has taken it"),
-        "{}",
-        text(&out)
-    );
-    assert!(waited < Duration::from_secs(30), "{waited:?}");
     let va = get(
         &up,
         &[
@@ -235,7 +249,16 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
             "jsonpath={.items[0].spec.nodeName} {.items[0].metadata.finalizers}",
         ],
     );
-    assert_eq!(va, "node-1 ", "created, not taken: {va}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert_eq!(va, "node-1", "created, not taken: {va}");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("no attacher has taken it"),
+        "{}",
+        text(&out)
+    );
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
 
     // Resumed: the attacher takes it; attach goes on to stage and publish.
     let out = attach(&up, "node-1", Some(&mnt), &[]);
@@ -326,7 +349,10 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
         "chap-stage",
         "--type=merge",
         "-p",
-        r#"{"stringData":{"node.session.auth.password":"not-the-password"}}"#,
+        &format!(
+            r#"{{"data":{{"node.session.auth.password":"{}"}}}}"#,
+            b64("not-the-password")
+        ),
     ]);
     assert!(ok, "{out}");
     let out = attach(&up, "node-1", Some(&mnt), &["--timeout", "60s"]);
