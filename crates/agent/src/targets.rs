@@ -16,6 +16,10 @@
 //! CSI driver's ControllerPublish), the target admits only that node's initiator
 //! ([`cstor_api::names::node_initiator`]) and ends the sessions of any other; without
 //! one it admits every initiator (a volume used outside CSI, e.g. through its portal).
+//! While the CVC names a CHAP Secret (`cstor.openebs.io/chap-secret`, the driver's copy of
+//! the credentials ControllerPublish was given), the target requires them (new secrets
+//! end the sessions admitted before), and the CV's `cstor.openebs.io/chap-applied` says
+//! which Secret version it requires, so ControllerPublish answers only once it does.
 //!
 //! Invariants: one target instance per volume in this process; a target whose CV leaves
 //! this node (or is deleted) is stopped cleanly (initiators logged out, volume drained,
@@ -65,6 +69,40 @@ struct Entry {
     last: Option<serde_json::Value>,
     /// The initiators the target admits (`None`: all), as last applied.
     acl: Option<Vec<String>>,
+    /// `<secret>/<resourceVersion>` of the CHAP secrets it requires (`None`: none).
+    chap: Option<String>,
+}
+
+/// The CHAP a target should require: `Some(None)` none, `Some(Some((secrets,
+/// version)))` those; `None` unknown (the Secret unreadable: left as it is).
+type WantChap = Option<Option<(cstor_iscsi::ChapConfig, String)>>;
+
+/// The CHAP Secret `name` of the driver as the target's secrets and their version.
+async fn chap_secret(
+    client: &kube::Client,
+    name: &str,
+) -> std::result::Result<(cstor_iscsi::ChapConfig, String), String> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let s = api
+        .get_opt(name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "not found".to_owned())?;
+    let data: BTreeMap<String, String> = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    let c =
+        cstor_api::chap::Credentials::from_map(&data)?.ok_or_else(|| "names no user".to_owned())?;
+    let cfg = cstor_iscsi::ChapConfig {
+        user: c.user,
+        secret: c.secret.into_bytes(),
+        mutual: c.mutual.map(|(u, p)| (u, p.into_bytes())),
+    };
+    let version = format!("{name}/{}", s.metadata.resource_version.unwrap_or_default());
+    Ok((cfg, version))
 }
 
 /// The targets of this node.
@@ -163,10 +201,8 @@ impl Targets {
         let cspis: Api<CStorPoolInstance> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
         let all_cspis = cspis.list(&ListParams::default()).await?.items;
         let cvcs: Api<CStorVolumeConfig> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
-        let published: BTreeMap<String, String> = cvcs
-            .list(&ListParams::default())
-            .await?
-            .items
+        let all_cvcs = cvcs.list(&ListParams::default()).await?.items;
+        let published: BTreeMap<String, String> = all_cvcs
             .iter()
             .filter_map(|c| {
                 let node = c.annotations().get(annotation::PUBLISHED_NODE)?;
@@ -190,7 +226,23 @@ impl Targets {
                 .map(|r| (r, r.labels().get(CSPI_LABEL).and_then(|c| endpoint_of(c))))
                 .collect();
             let acl = published.get(&name).map(|n| vec![node_initiator(n)]);
-            self.reconcile(&cvs, &cvrs, cv, &replicas, acl).await?;
+            let secret = all_cvcs
+                .iter()
+                .find(|c| c.name_any() == name)
+                .and_then(|c| c.annotations().get(annotation::CHAP_SECRET))
+                .filter(|s| !s.is_empty());
+            let chap = match secret {
+                None => Some(None),
+                Some(s) => match chap_secret(&self.ctx.client, s).await {
+                    Ok(c) => Some(Some(c)),
+                    Err(e) => {
+                        tracing::warn!(volume = %name, secret = %s, "CHAP secret: {e}");
+                        None
+                    }
+                },
+            };
+            self.reconcile(&cvs, &cvrs, cv, &replicas, acl, chap)
+                .await?;
         }
         Ok(())
     }
@@ -202,6 +254,7 @@ impl Targets {
         cv: &CStorVolume,
         replicas: &[(&CStorVolumeReplica, Option<String>)],
         acl: Option<Vec<String>>,
+        chap: WantChap,
     ) -> Result<()> {
         let name = cv.name_any();
         let mut vols = self.vols.lock().await;
@@ -220,6 +273,10 @@ impl Targets {
                             tcfg.portals = vec![self.portal.to_string()];
                             tcfg.allowed_initiators = acl.clone();
                             e.acl = acl.clone();
+                            if let Some(Some((c, version))) = &chap {
+                                tcfg.chap = Some(c.clone());
+                                e.chap = Some(version.clone());
+                            }
                             match self.server.add_target(tcfg) {
                                 Ok(()) => {
                                     tracing::info!(volume = %name, iqn = %e.iqn, portal = %self.portal, "target serving");
@@ -268,6 +325,7 @@ impl Targets {
                     slot: Slot::Starting(h),
                     last: None,
                     acl: None,
+                    chap: None,
                 },
             );
             return Ok(());
@@ -286,6 +344,30 @@ impl Targets {
                     e.acl = acl;
                 }
                 Err(err) => tracing::error!(volume = %name, error = %err, "target access"),
+            }
+        }
+        if let Some(want) = chap {
+            let version = want.as_ref().map(|(_, v)| v.clone());
+            if e.chap != version {
+                match self.server.set_chap(&e.iqn, want.map(|(c, _)| c)) {
+                    Ok(()) => {
+                        tracing::info!(volume = %name, chap = ?version, "target CHAP changed");
+                        e.chap = version.clone();
+                    }
+                    Err(err) => tracing::error!(volume = %name, error = %err, "target CHAP"),
+                }
+            }
+            if e.chap == version
+                && cv.annotations().get(annotation::CHAP_APPLIED) != version.as_ref()
+            {
+                let patch =
+                    json!({"metadata": {"annotations": {annotation::CHAP_APPLIED: version}}});
+                cvs.patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(patch),
+                )
+                .await?;
             }
         }
         if vol.is_fenced() {

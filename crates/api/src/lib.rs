@@ -23,6 +23,7 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod chap;
 pub mod conversion;
 mod crds;
 pub mod field;

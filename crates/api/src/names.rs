@@ -97,6 +97,13 @@ pub mod annotation {
     /// Ours: on a CVC, the node the CSI driver's ControllerPublish gave the volume to (one
     /// at a time); the target then admits only that node's initiator ([`node_initiator`]).
     pub const PUBLISHED_NODE: &str = "cstor.openebs.io/published-node";
+    /// Ours: on a CVC, the driver-owned Secret (in the driver's namespace, keys of
+    /// [`crate::chap`]) with the CHAP credentials ControllerPublish was given; the target then
+    /// requires them.
+    pub const CHAP_SECRET: &str = "cstor.openebs.io/chap-secret";
+    /// Ours: on a CStorVolume, `<secret>/<resourceVersion>` of the CHAP Secret its target
+    /// requires now (written by the node agent hosting it once applied).
+    pub const CHAP_APPLIED: &str = "cstor.openebs.io/chap-applied";
 }
 
 /// The iSCSI initiator name of cstor node `node` (its CSI node plugin's and `cstor

@@ -31,6 +31,8 @@ pub enum Kind {
     Vs,
     /// snapshot.storage.k8s.io/v1 VolumeSnapshotContent (cluster-scoped).
     Vsc,
+    /// storage.k8s.io/v1 VolumeAttachment (cluster-scoped; the CSI attacher's).
+    Va,
 }
 
 impl Kind {
@@ -113,6 +115,13 @@ impl Kind {
                 "v1",
                 "VolumeSnapshotContent",
                 "volumesnapshotcontents",
+                false,
+            ),
+            Kind::Va => (
+                "storage.k8s.io",
+                "v1",
+                "VolumeAttachment",
+                "volumeattachments",
                 false,
             ),
         }

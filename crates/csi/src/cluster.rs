@@ -1,5 +1,6 @@
 //! The driver's I/O with the API server: a bounded view of the cluster and the few
-//! writes CSI needs (create, delete, resize and annotate a CStorVolumeConfig). Everything else
+//! writes CSI needs (create, delete, resize and annotate a CStorVolumeConfig; a volume's
+//! driver-owned CHAP Secret, [`crate::chap`]). Everything else
 //! (replicas, targets, expansion of the CV and CVRs) follows from those through the
 //! controller and the node agents, as for a PVC.
 //!
@@ -13,6 +14,8 @@ use cstor_api::v1::{CStorVolume, CStorVolumeConfig, CStorVolumeSpec};
 use cstor_controller::action::Kind;
 use cstor_controller::exec;
 use cstor_controller::World;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
@@ -191,6 +194,101 @@ impl Cluster {
                 Err(e) if not_found(&e) => Err(Error::VolumeNotFound {
                     volume: name.to_owned(),
                 }),
+                Err(e) => Err(Error::api(op.clone(), e)),
+            }
+        })
+        .await
+    }
+
+    /// Sets or removes (`None`) one annotation of a CVC (no resourceVersion: an
+    /// annotation of its own, which no other write decides on).
+    pub async fn annotate_cvc(
+        &self,
+        name: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), Error> {
+        let api = exec::api(&self.client, Kind::Cvc, Some(&self.namespace));
+        let op = format!("annotate cstorvolumeconfig {name}");
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        bounded(&op, async {
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if not_found(&e) => Err(Error::VolumeNotFound {
+                    volume: name.to_owned(),
+                }),
+                Err(e) => Err(Error::api(op.clone(), e)),
+            }
+        })
+        .await
+    }
+
+    /// Makes Secret `name` in the driver's namespace hold `data` (created owned by the
+    /// CVC `owner`, so it goes with the volume); returns its resourceVersion.
+    pub async fn put_secret(
+        &self,
+        name: &str,
+        owner: &CStorVolumeConfig,
+        data: std::collections::BTreeMap<String, String>,
+    ) -> Result<String, Error> {
+        let api = kube::Api::<Secret>::namespaced(self.client.clone(), &self.namespace);
+        let op = format!("write secret {name}");
+        let bytes: std::collections::BTreeMap<String, ByteString> = data
+            .into_iter()
+            .map(|(k, v)| (k, ByteString(v.into_bytes())))
+            .collect();
+        bounded(&op, async {
+            let err = |e| Error::api(op.clone(), e);
+            let existing = api.get_opt(name).await.map_err(err)?;
+            if let Some(s) = &existing {
+                if s.data.as_ref() == Some(&bytes) {
+                    return Ok(s.metadata.resource_version.clone().unwrap_or_default());
+                }
+            }
+            let mut secret: Secret = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": self.namespace,
+                             "labels": {"app.kubernetes.io/managed-by": cstor_api::names::CSI_DRIVER_NAME},
+                             "ownerReferences": [{"apiVersion": cstor_api::names::CSTOR_API_VERSION,
+                                 "kind": "CStorVolumeConfig", "name": owner.metadata.name,
+                                 "uid": owner.metadata.uid}]},
+                "type": "Opaque",
+            }))
+            .map_err(|e| Error::Decode {
+                what: format!("Secret {name}"),
+                why: e.to_string(),
+            })?;
+            secret.data = Some(bytes);
+            let written = match existing {
+                None => api.create(&PostParams::default(), &secret).await,
+                Some(s) => {
+                    secret.metadata.resource_version = s.metadata.resource_version;
+                    api.replace(name, &PostParams::default(), &secret).await
+                }
+            };
+            match written {
+                Ok(s) => Ok(s.metadata.resource_version.unwrap_or_default()),
+                Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Pending {
+                    volume: owner.metadata.name.clone().unwrap_or_default(),
+                    what: format!("its Secret {name} changed meanwhile; retry"),
+                }),
+                Err(e) => Err(err(e)),
+            }
+        })
+        .await
+    }
+
+    /// Deletes Secret `name` of the driver's namespace; Ok when there is none.
+    pub async fn delete_secret(&self, name: &str) -> Result<(), Error> {
+        let api = kube::Api::<Secret>::namespaced(self.client.clone(), &self.namespace);
+        let op = format!("delete secret {name}");
+        bounded(&op, async {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(e) if not_found(&e) => Ok(()),
                 Err(e) => Err(Error::api(op.clone(), e)),
             }
         })

@@ -22,6 +22,7 @@ use cstor_controller::volume::cvc_size;
 use cstor_controller::world::{deleting, name, storage_bytes};
 use tonic::{Request, Response, Status};
 
+use crate::chap;
 use crate::cluster::Cluster;
 use crate::limits::{CREATE_WAIT, EXPAND_WAIT, LIST_PAGE_MAX, POLL_INTERVAL, SIZE_STEP_BYTES};
 use crate::pb::controller_server::Controller;
@@ -185,6 +186,9 @@ impl ControllerService {
         };
         let _claim = self.claim(id)?;
         self.cluster.delete_cvc(id).await?;
+        self.cluster
+            .delete_secret(&cstor_api::chap::secret_name(id))
+            .await?;
         snapshot::delete_clone_snapshot(&self.cluster, id).await?;
         Ok(DeleteVolumeResponse {})
     }
@@ -399,15 +403,20 @@ impl ControllerService {
         req: ControllerPublishVolumeRequest,
     ) -> Result<ControllerPublishVolumeResponse, Error> {
         let want = publish::check_publish(&req)?;
+        let creds = chap::credentials(&req.secrets)?;
         let _claim = self.claim(want.id)?;
         let world = self.cluster.view().await?;
-        match publish::plan_publish(&world, &want)? {
-            PublishStep::Done(context) => Ok(publish::publish_response(context)),
+        let context = match publish::plan_publish(&world, &want)? {
+            PublishStep::Done(context) => context,
             PublishStep::Record(patch, context) => {
                 self.cluster.patch_cvc_metadata(want.id, patch).await?;
-                Ok(publish::publish_response(context))
+                context
             }
-        }
+        };
+        // Only the holder's publish gets here (another node's is refused above), so it
+        // never changes the credentials of a volume someone else holds.
+        chap::apply(&self.cluster, world, want.id, creds).await?;
+        Ok(publish::publish_response(context))
     }
 
     async fn unpublish(
@@ -423,6 +432,9 @@ impl ControllerService {
             match self.cluster.patch_cvc_metadata(id, patch).await {
                 Ok(()) | Err(Error::VolumeNotFound { .. }) => {}
                 Err(e) => return Err(e),
+            }
+            if chap::named(&world, id) {
+                chap::remove(&self.cluster, id).await?;
             }
         }
         Ok(publish::unpublish_response())

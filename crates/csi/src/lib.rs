@@ -22,6 +22,7 @@ pub mod pb {
     tonic::include_proto!("csi.v1");
 }
 
+pub mod chap;
 pub mod cluster;
 pub mod controller;
 pub mod endpoint;

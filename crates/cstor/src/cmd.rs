@@ -13,6 +13,7 @@ pub mod sidecars;
 pub mod target;
 pub mod target_replicated;
 pub mod up;
+pub mod up_csinode;
 pub mod up_monitors;
 pub mod up_prometheus;
 

@@ -291,6 +291,10 @@ async fn full_feature(
         if !t.allows(&o.initiator) {
             shutdown.notify_one();
         }
+        // And CHAP secrets set meanwhile that this login did not prove.
+        if t.chap().is_some_and(|c| o.chap.as_ref() != Some(&c)) {
+            shutdown.notify_one();
+        }
     }
     let (out_tx, out_rx) = mpsc::channel(limits::WRITER_QUEUE);
     let win = Arc::new(Window {

@@ -72,6 +72,8 @@ pub(crate) struct LoginOutcome {
     pub stat_sn: u32,
     /// The initiator's first CmdSN of the full feature phase.
     pub cmd_sn: u32,
+    /// The CHAP secrets the initiator proved (`None`: it logged in without CHAP).
+    pub chap: Option<crate::ChapConfig>,
 }
 
 /// Why a login failed.
@@ -137,6 +139,8 @@ struct State<'a> {
     initiator: Option<String>,
     kind: Option<SessionKind>,
     auth: Auth,
+    /// The CHAP secrets the initiator proved.
+    proved: Option<crate::ChapConfig>,
     params: Negotiated,
     tpgt_sent: bool,
     mrdsl_sent: bool,
@@ -168,7 +172,7 @@ fn yn(b: bool) -> String {
 
 impl State<'_> {
     fn chap_required(&self) -> bool {
-        matches!(&self.kind, Some(SessionKind::Normal(t)) if t.chap.is_some())
+        matches!(&self.kind, Some(SessionKind::Normal(t)) if t.chap().is_some())
     }
 
     /// Keys valid in the first PDU only, which decide the session kind and target.
@@ -273,7 +277,7 @@ impl State<'_> {
             let Some(SessionKind::Normal(t)) = &self.kind else {
                 return fail(status::AUTH_FAILED, "CHAP on a discovery session");
             };
-            let Some(cfg) = t.chap.clone() else {
+            let Some(cfg) = t.chap() else {
                 return fail(status::AUTH_FAILED, "CHAP not configured");
             };
             let expected = chap::response(id, &cfg.secret, &challenge);
@@ -301,6 +305,7 @@ impl State<'_> {
                 ));
             }
             self.auth = Auth::Done;
+            self.proved = Some(cfg);
         }
         Ok(())
     }
@@ -413,6 +418,7 @@ where
         initiator: None,
         kind: None,
         auth: Auth::Idle,
+        proved: None,
         params: Negotiated::default(),
         tpgt_sent: false,
         mrdsl_sent: false,
@@ -492,6 +498,7 @@ where
                 params: st.params,
                 stat_sn,
                 cmd_sn,
+                chap: st.proved,
             });
         }
     }

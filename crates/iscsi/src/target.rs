@@ -108,7 +108,9 @@ pub(crate) struct SessionHandle {
 pub struct Target {
     pub(crate) iqn: String,
     pub(crate) lu: LogicalUnit,
-    pub(crate) chap: Option<ChapConfig>,
+    /// CHAP secrets a login must prove (`None`: no authentication). Changeable with
+    /// `Server::set_chap`.
+    chap: Mutex<Option<ChapConfig>>,
     /// Initiator names allowed to log in; `None` allows all. Changeable with
     /// `Server::set_allowed_initiators`.
     allowed: Mutex<Option<Vec<String>>>,
@@ -120,6 +122,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// The CHAP secrets a login must prove now.
+    pub(crate) fn chap(&self) -> Option<ChapConfig> {
+        self.chap.lock().clone()
+    }
+
     /// Whether `initiator` may log in to (and discover) this target.
     pub(crate) fn allows(&self, initiator: &str) -> bool {
         self.allowed
@@ -394,7 +401,7 @@ impl Server {
         let t = Target {
             iqn: cfg.iqn.clone(),
             lu,
-            chap: cfg.chap,
+            chap: Mutex::new(cfg.chap),
             allowed: Mutex::new(cfg.allowed_initiators),
             counters,
             sessions: Mutex::new(HashMap::new()),
@@ -465,6 +472,29 @@ impl Server {
         Ok(())
     }
 
+    /// Replaces the CHAP secrets of target `iqn` (`None`: no authentication). New
+    /// secrets end the target's sessions at once, as they were admitted under the old
+    /// ones (or none): their initiators must log in again and prove the new ones. Taking
+    /// CHAP away ends nothing. Other targets are untouched.
+    pub fn set_chap(&self, iqn: &str, chap: Option<ChapConfig>) -> Result<(), TargetError> {
+        let t = self
+            .target(iqn)
+            .ok_or_else(|| TargetError::NotFound(iqn.to_owned()))?;
+        let mut cur = t.chap.lock();
+        if *cur == chap {
+            return Ok(());
+        }
+        let tighter = chap.is_some();
+        *cur = chap;
+        drop(cur);
+        if tighter {
+            for (_, h) in t.sessions.lock().drain() {
+                h.shutdown.notify_one();
+            }
+        }
+        Ok(())
+    }
+
     /// Ends every session of every target (shutdown).
     pub async fn close_all(&self) {
         let all: Vec<Arc<Target>> = self.targets.lock().values().cloned().collect();
@@ -482,7 +512,7 @@ impl Server {
                 iqn: t.iqn.clone(),
                 size_bytes: t.lu.backend.size_bytes(),
                 sessions: t.sessions.lock().len(),
-                chap: t.chap.is_some(),
+                chap: t.chap().is_some(),
                 counters: t.counters.snapshot(),
             })
             .collect()

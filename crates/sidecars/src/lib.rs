@@ -2,9 +2,10 @@
 //! sidecars`, run by `cstor up` next to `cstor csi --mode controller`): gRPC clients of
 //! the driver's socket and Kubernetes API clients with the documented semantics of
 //! kubernetes-csi's external-provisioner ([`provisioner`]), external-resizer
-//! ([`resizer`]), external-snapshotter's csi-snapshotter ([`snapshotter`]) and its
-//! common snapshot-controller ([`snapshot_controller`]), so that on a real cluster the
-//! real components replace it and nothing else changes (docs/csi.md § Sidecars).
+//! ([`resizer`]), external-attacher ([`attacher`]), external-snapshotter's
+//! csi-snapshotter ([`snapshotter`]) and its common snapshot-controller
+//! ([`snapshot_controller`]), so that on a real cluster the real components replace it
+//! and nothing else changes (docs/csi.md § Sidecars).
 //!
 //! Owns: the decisions (pure functions of a listed [`World`], unit-tested) and the loop
 //! that carries them out ([`run`]): each pass lists the objects, plans, writes what needs
@@ -19,6 +20,7 @@
 //! driver's and the controller's). Shutdown: [`run`] returns when `stop` resolves; calls
 //! in flight are dropped (the driver's RPCs are idempotent, the next start repeats them).
 
+pub mod attacher;
 pub mod provisioner;
 pub mod resizer;
 pub mod snapshot_controller;
@@ -387,6 +389,7 @@ impl Runner {
                 (ok, snapshotter::answered(&at, &call, answer))
             });
         }
+        self.attach_pass(&world, &mut wanted).await?;
         self.calls.retain(&wanted);
         Ok(())
     }

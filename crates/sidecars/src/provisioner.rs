@@ -16,6 +16,12 @@
 //! volume's handle); accessibility requirements from the selected node or the class's
 //! allowedTopologies.
 //!
+//! The class's `csi.storage.k8s.io/controller-publish-secret-name`/`-namespace` and
+//! `node-stage-secret-name`/`-namespace` become the PV's `controllerPublishSecretRef` and
+//! `nodeStageSecretRef`, their templates resolved as the external-provisioner does
+//! (`${pv.name}`, `${pvc.namespace}`, and in names also `${pvc.name}` and
+//! `${pvc.annotations['KEY']}`); a malformed pair fails the provisioning before any call.
+//!
 //! Invariants: never two PVs for one claim (the PV's name is the volume's, and a claim
 //! whose PV exists is skipped); a PV is only deleted after DeleteVolume succeeded.
 
@@ -32,6 +38,7 @@ use cstor_csi::pb::{
     CapacityRange, CreateVolumeRequest, DeleteVolumeRequest, Topology, TopologyRequirement, Volume,
     VolumeCapability, VolumeContentSource,
 };
+use cstor_csi::request::dns_label;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use serde_json::{json, Value};
@@ -132,6 +139,10 @@ pub fn plan(world: &World) -> Plan {
         }
         if world.pv(&pv_name(pvc)).is_some() {
             continue; // written; the PV controller binds it
+        }
+        if let Err(why) = secret_refs(pvc, sc) {
+            out.actions.push(failed(pvc, sc, &why));
+            continue;
         }
         match create_request(world, pvc, sc) {
             Ok(request) => out.provisions.push(Provision {
@@ -410,6 +421,80 @@ fn content_source(
     }
 }
 
+/// The per-volume Secret parameters of a class, and the PV field each fills.
+const SECRET_PARAMS: [(&str, &str); 2] = [
+    ("controller-publish", "controllerPublishSecretRef"),
+    ("node-stage", "nodeStageSecretRef"),
+];
+
+/// Resolves a secret parameter's template for `pvc`: `${pv.name}` and `${pvc.namespace}`
+/// anywhere, `${pvc.name}` and `${pvc.annotations['KEY']}` in names only.
+fn resolve(template: &str, pvc: &PersistentVolumeClaim, is_name: bool) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let Some(end) = rest[at..].find('}') else {
+            return Err(format!("{template:?}: unclosed ${{"));
+        };
+        let token = &rest[at + 2..at + end];
+        let value = match token {
+            "pv.name" => pv_name(pvc),
+            "pvc.namespace" => pvc.metadata.namespace.clone().unwrap_or_default(),
+            "pvc.name" if is_name => name(&pvc.metadata).to_owned(),
+            t if is_name && t.starts_with("pvc.annotations['") && t.ends_with("']") => {
+                let key = &t["pvc.annotations['".len()..t.len() - 2];
+                annotation_of(&pvc.metadata, key)
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+            other => return Err(format!("{template:?}: invalid token ${{{other}}}")),
+        };
+        out.push_str(&value);
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The PV secret references a class asks for (field name, reference), resolved for
+/// `pvc`; Err when a name comes without its namespace (or the reverse), or a resolved
+/// value is no valid name, as the external-provisioner refuses them.
+pub fn secret_refs(
+    pvc: &PersistentVolumeClaim,
+    sc: &StorageClass,
+) -> Result<Vec<(&'static str, crate::attacher::SecretRef)>, String> {
+    let params = sc.parameters.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for (kind, field) in SECRET_PARAMS {
+        let n = params.get(&format!("{SIDECAR_PREFIX}{kind}-secret-name"));
+        let ns = params.get(&format!("{SIDECAR_PREFIX}{kind}-secret-namespace"));
+        let (n, ns) = match (n, ns) {
+            (None, None) => continue,
+            (Some(n), Some(ns)) => (n, ns),
+            _ => {
+                return Err(format!(
+                    "{kind} secret: either name or namespace is specified; both must be"
+                ))
+            }
+        };
+        let name = resolve(n, pvc, true)?;
+        let namespace = resolve(ns, pvc, false)?;
+        if name.len() > 253 || !name.split('.').all(dns_label) {
+            return Err(format!(
+                "{kind} secret name {name:?} is not a valid Secret name"
+            ));
+        }
+        if !dns_label(&namespace) {
+            return Err(format!(
+                "{kind} secret namespace {namespace:?} is not a valid namespace"
+            ));
+        }
+        out.push((field, crate::attacher::SecretRef { namespace, name }));
+    }
+    Ok(out)
+}
+
 /// The PV for a volume CreateVolume returned for `claim`; `identity` is the
 /// provisioner's (recorded in the volume attributes, as the external-provisioner does).
 pub fn pv_object(
@@ -440,6 +525,9 @@ pub fn pv_object(
         "volumeHandle": volume.volume_id,
         "volumeAttributes": attributes,
     });
+    for (field, r) in secret_refs(claim, class).unwrap_or_default() {
+        csi[field] = json!({"name": r.name, "namespace": r.namespace});
+    }
     if !block {
         csi["fsType"] = json!(class
             .parameters

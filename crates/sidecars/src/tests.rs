@@ -374,3 +374,64 @@ fn a_grown_request_is_expanded_through_the_driver_then_the_claim_follows() {
     assert!(plan.expansions.is_empty());
     assert_eq!(events(&plan.actions, "VolumeResizeFailed").len(), 1);
 }
+
+#[test]
+fn secret_parameters_become_the_pvs_secret_references_with_templates_resolved() {
+    let mut sc = class("Delete");
+    let p = &mut sc["parameters"];
+    p["csi.storage.k8s.io/controller-publish-secret-name"] = json!("chap-${pvc.name}");
+    p["csi.storage.k8s.io/controller-publish-secret-namespace"] = json!("${pvc.namespace}");
+    p["csi.storage.k8s.io/node-stage-secret-name"] = json!("${pvc.annotations['team/secret']}");
+    p["csi.storage.k8s.io/node-stage-secret-namespace"] = json!("shared");
+    let mut c = claim(true);
+    c["metadata"]["annotations"]["team/secret"] = json!("stage-creds");
+    let w = World {
+        scs: vec![from(sc.clone())],
+        pvcs: vec![from(c.clone())],
+        ..World::default()
+    };
+    let plan = provisioner::plan(&w);
+    let prov = &plan.provisions[0];
+    // Not passed to CreateVolume: they are the sidecars'.
+    assert!(!prov.request.parameters.keys().any(|k| k.contains("secret")));
+    let pv = provisioner::pv_object(&prov.claim, &prov.class, &Volume::default(), "i", 1);
+    assert_eq!(
+        pv["spec"]["csi"]["controllerPublishSecretRef"],
+        json!({"name": "chap-data", "namespace": "db"})
+    );
+    assert_eq!(
+        pv["spec"]["csi"]["nodeStageSecretRef"],
+        json!({"name": "stage-creds", "namespace": "shared"})
+    );
+    // A name without its namespace, or a token the namespace may not use: refused
+    // before any call.
+    for (k, v) in [
+        (
+            "csi.storage.k8s.io/node-stage-secret-namespace",
+            Value::Null,
+        ),
+        (
+            "csi.storage.k8s.io/node-stage-secret-namespace",
+            json!("${pvc.name}"),
+        ),
+        (
+            "csi.storage.k8s.io/node-stage-secret-name",
+            json!("Not_A_Name"),
+        ),
+    ] {
+        let mut bad = sc.clone();
+        if v.is_null() {
+            bad["parameters"].as_object_mut().unwrap().remove(k);
+        } else {
+            bad["parameters"][k] = v;
+        }
+        let w = World {
+            scs: vec![from(bad)],
+            pvcs: vec![from(c.clone())],
+            ..World::default()
+        };
+        let plan = provisioner::plan(&w);
+        assert!(plan.provisions.is_empty(), "{k}");
+        assert_eq!(events(&plan.actions, "ProvisioningFailed").len(), 1, "{k}");
+    }
+}

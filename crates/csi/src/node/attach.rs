@@ -67,6 +67,36 @@ pub struct Login {
     pub initiator_name: String,
     /// Our persistent reservation key ([`reservation_key`]).
     pub pr_key: u64,
+    /// The volume's CHAP credentials (NodeStageVolume's `secrets`).
+    pub chap: Option<cstor_api::chap::Credentials>,
+}
+
+/// Writes `secret` to a new file `path` readable by its owner only (0600), for the
+/// attach process to read: a secret never goes on a command line, where every user
+/// sees it.
+fn secret_file(path: &Path, secret: &str) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    f.write_all(format!("{secret}\n").as_bytes())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Removes the secret files of an attach once its process read them (or failed).
+struct SecretFiles(Vec<PathBuf>);
+
+impl Drop for SecretFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// The target named by a publish_context, if it names one.
@@ -201,8 +231,26 @@ pub fn start(
     }
     cmd.args(["--target", &target.iqn, "--lun", &target.lun.to_string()])
         .args(["--initiator-name", &login.initiator_name])
-        .args(["--pr-key", &format!("{:#018x}", login.pr_key)])
-        .args(["--loop", "--file-dir"])
+        .args(["--pr-key", &format!("{:#018x}", login.pr_key)]);
+    // The files go when this function returns: the process read them at its start.
+    let mut files = SecretFiles(Vec::new());
+    if let Some(c) = &login.chap {
+        let f = PathBuf::from(format!("{}.chap", dir.display()));
+        secret_file(&f, &c.secret)?;
+        files.0.push(f.clone());
+        cmd.args(["--chap-user", &c.user])
+            .arg("--chap-secret-file")
+            .arg(&f);
+        if let Some((user, secret)) = &c.mutual {
+            let f = PathBuf::from(format!("{}.chap-target", dir.display()));
+            secret_file(&f, secret)?;
+            files.0.push(f.clone());
+            cmd.args(["--chap-target-user", user])
+                .arg("--chap-target-secret-file")
+                .arg(&f);
+        }
+    }
+    cmd.args(["--loop", "--file-dir"])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(out)

@@ -117,11 +117,13 @@ impl Inner {
         cstor_api::names::node_initiator(&self.node_id)
     }
 
-    /// How this node logs in: its initiator name and reservation key.
+    /// How this node logs in: its initiator name and reservation key (no CHAP: a stage
+    /// adds its volume's).
     pub(crate) fn login(&self) -> attach::Login {
         attach::Login {
             initiator_name: self.initiator_name(),
             pr_key: attach::reservation_key(&self.node_id),
+            chap: None,
         }
     }
 }

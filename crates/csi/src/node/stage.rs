@@ -76,6 +76,9 @@ pub(super) async fn stage(
     required("volume_id", &req.volume_id)?;
     required("staging_target_path", &req.staging_target_path)?;
     let want = Want::of(req.volume_capability.as_ref())?;
+    // The PV's nodeStageSecretRef: the CHAP credentials of the login.
+    let chap = cstor_api::chap::Credentials::from_map(&req.secrets)
+        .map_err(|why| Error::invalid("secrets", why))?;
     let from_context = attach::target_from_context(&req.publish_context)?;
     let claim = claim(inner, &req.volume_id)?;
     let recorded = inner.state.load(&req.volume_id)?;
@@ -92,7 +95,7 @@ pub(super) async fn stage(
     let volume = req.volume_id.clone();
     let staging = PathBuf::from(&req.staging_target_path);
     blocking(claim, move |inner| {
-        stage_now(inner, &volume, &staging, &want, target)
+        stage_now(inner, &volume, &staging, &want, target, chap)
     })
     .await?;
     Ok(NodeStageVolumeResponse {})
@@ -104,6 +107,7 @@ fn stage_now(
     staging: &Path,
     want: &Want,
     target: Target,
+    chap: Option<cstor_api::chap::Credentials>,
 ) -> Result<(), Error> {
     inner.children.reap();
     std::fs::create_dir_all(staging)
@@ -140,10 +144,10 @@ fn stage_now(
                 let mut stale: Vec<PathBuf> = s.published.keys().cloned().collect();
                 stale.push(s.staging_path.clone());
                 attach::clean_dead(&s.fuse_dir, &stale);
-                fresh(inner, volume, &staging, want, target)?
+                fresh(inner, volume, &staging, want, target, chap)?
             }
         }
-        None => fresh(inner, volume, &staging, want, target)?,
+        None => fresh(inner, volume, &staging, want, target, chap)?,
     };
     if st.access == Access::Mount && mount_staging(volume, &st)? {
         // A volume expanded while staged nowhere (ControllerExpandVolume then says no
@@ -168,16 +172,21 @@ fn fresh(
     staging: &Path,
     want: &Want,
     target: Target,
+    chap: Option<cstor_api::chap::Credentials>,
 ) -> Result<VolumeState, Error> {
     inner.state.create()?;
     let dir = inner.state.fuse_dir(volume);
     // A FUSE mount left at our directory by an attach no record knows of.
     attach::clean_dead(&dir, &[]);
+    let login = attach::Login {
+        chap,
+        ..inner.login()
+    };
     let started = attach::start(
         volume,
         &inner.exe,
         &target,
-        &inner.login(),
+        &login,
         &dir,
         &inner.state.log(volume),
     )?;

@@ -1,17 +1,20 @@
 //! `cstor attach` / `cstor detach`: a claim used on a node as a pod would use it, through
-//! the CSI driver's controller and node services (docs/csi.md § cstor attach).
+//! the CSI driver's node service and the attacher (docs/csi.md § cstor attach).
 //!
-//! `attach` does what the attach-detach controller, the external-attacher and the
-//! kubelet do for a pod: a VolumeAttachment for (PV, node), ControllerPublishVolume and
-//! the VolumeAttachment's status from its answer, then NodeStageVolume at the kubelet's
-//! global mount path and NodePublishVolume at the user's directory. `detach` undoes it in
-//! reverse order. The volume is reached only through its target's portal (the node
-//! service logs in there).
+//! `attach` does what the attach-detach controller and the kubelet do for a pod: a
+//! VolumeAttachment for (PV, node), which the external-attacher (`cstor sidecars`, or
+//! the real sidecar) acts on with ControllerPublishVolume; once its `status.attached`
+//! is true, NodeStageVolume at the kubelet's global mount path with the publish context
+//! from `status.attachmentMetadata` (and the PV's nodeStageSecretRef Secret as
+//! `secrets`) and NodePublishVolume at the user's directory. `detach` undoes the node's
+//! part, deletes the VolumeAttachment and waits until the attacher let it go. The volume
+//! is reached only through its target's portal (the node service logs in there).
 //!
 //! Owns: that sequence and its retries (ABORTED and UNAVAILABLE are retried until the
-//! timeout; any other error stops it with the driver's message). State lives in the
-//! VolumeAttachment (annotations name the staging and target paths), so `detach` needs
-//! only the claim and the node. Never: CSI logic of its own.
+//! timeout; any other error stops it with the driver's message, the attacher's included,
+//! read from `status.attachError`). State lives in the VolumeAttachment (annotations name
+//! the staging and target paths), so `detach` needs only the claim and the node. Never:
+//! CSI logic of its own, or a controller call (the attacher's).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,12 +24,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args as ClapArgs;
 use cstor_api::names::CSI_DRIVER_NAME;
-use cstor_csi::pb::controller_client::ControllerClient;
 use cstor_csi::pb::node_client::NodeClient;
 use cstor_csi::pb::volume_capability::access_mode::Mode;
 use cstor_csi::pb::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use cstor_csi::pb::*;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -43,16 +45,13 @@ const STAGING_PATH_ANNOTATION: &str = "cstor.openebs.io/staging-path";
 /// Where the cluster and the driver's sockets are.
 #[derive(Debug, ClapArgs)]
 pub struct Where {
-    /// A `cstor up` directory: its kubeconfig and its driver sockets (DIR/csi/controller.sock,
-    /// DIR/nodes/NODE/csi.sock) are used unless given below.
+    /// A `cstor up` directory: its kubeconfig and its node driver sockets
+    /// (DIR/nodes/NODE/csi.sock) are used unless given below.
     #[arg(long, default_value = "cstor-up")]
     dir: PathBuf,
     /// Kubeconfig (default DIR/kubeconfig).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// The CSI controller service (default unix://DIR/csi/controller.sock).
-    #[arg(long)]
-    controller_endpoint: Option<String>,
     /// The node's CSI node service (default unix://DIR/nodes/NODE/csi.sock).
     #[arg(long)]
     node_endpoint: Option<String>,
@@ -60,7 +59,8 @@ pub struct Where {
     /// DIR/nodes/NODE/kubelet with the default sockets, else /var/lib/kubelet).
     #[arg(long)]
     kubelet_dir: Option<PathBuf>,
-    /// How long to keep retrying while the driver answers ABORTED or UNAVAILABLE.
+    /// How long to wait for the attacher and to keep retrying while the driver answers
+    /// ABORTED or UNAVAILABLE.
     #[arg(long, default_value = "180s", value_parser = parse_duration)]
     timeout: Duration,
 }
@@ -68,7 +68,7 @@ pub struct Where {
 /// `cstor attach PVC ...`
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "Creates the VolumeAttachment, publishes the volume to NODE through the CSI controller\nservice, stages it on the node (iSCSI login through the target's portal, mkfs when blank,\nmount) and publishes it at DIR, as the kubelet does for a pod. Idempotent. See docs/csi.md."
+    after_help = "Creates the VolumeAttachment, waits for the attacher to publish the volume to NODE\n(ControllerPublishVolume), stages it on the node (iSCSI login through the target's portal, mkfs when blank,\nmount) and publishes it at DIR, as the kubelet does for a pod. Idempotent. See docs/csi.md."
 )]
 pub struct AttachArgs {
     /// The PersistentVolumeClaim.
@@ -93,7 +93,7 @@ pub struct AttachArgs {
 /// `cstor detach PVC ...`
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "Unpublishes and unstages the volume on NODE, unpublishes it in the controller service\nand deletes the VolumeAttachment. Detaching a claim that is not attached succeeds."
+    after_help = "Unpublishes and unstages the volume on NODE, deletes the VolumeAttachment and waits\nuntil the attacher unpublished it and let it go. Detaching a claim that is not attached succeeds."
 )]
 pub struct DetachArgs {
     /// The PersistentVolumeClaim.
@@ -117,14 +117,17 @@ struct Volume {
     capability: VolumeCapability,
     context: HashMap<String, String>,
     block: bool,
+    /// The PV's nodeStageSecretRef: (namespace, name).
+    stage_secret: Option<(String, String)>,
 }
 
 struct Ctx {
     client: kube::Client,
-    controller: ControllerClient<Channel>,
     node: NodeClient<Channel>,
     staging_root: PathBuf,
     deadline: Instant,
+    /// When this command started: an attachError older than that is another run's.
+    started: k8s_openapi::jiff::Timestamp,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -157,10 +160,6 @@ async fn context(at: &Where, node: &str) -> Result<Ctx> {
         .with_context(|| format!("kubeconfig {}", kubeconfig.display()))?;
     let sock = |p: PathBuf| format!("unix://{}", p.display());
     let dir = std::path::absolute(&at.dir).context("--dir")?;
-    let controller_ep = at
-        .controller_endpoint
-        .clone()
-        .unwrap_or_else(|| sock(dir.join("csi").join("controller.sock")));
     let node_ep = at
         .node_endpoint
         .clone()
@@ -174,12 +173,12 @@ async fn context(at: &Where, node: &str) -> Result<Ctx> {
     });
     Ok(Ctx {
         client,
-        controller: ControllerClient::new(channel(&controller_ep, "controller").await?),
         node: NodeClient::new(channel(&node_ep, "node").await?),
         staging_root: kubelet
             .join("plugins/kubernetes.io/csi")
             .join(CSI_DRIVER_NAME),
         deadline: Instant::now() + at.timeout,
+        started: k8s_openapi::jiff::Timestamp::now(),
     })
 }
 
@@ -226,6 +225,134 @@ where
             Err(s) => bail!("{what}: {:?}: {}", s.code(), s.message()),
         }
     }
+}
+
+/// Whether an attacher's error message carries a gRPC code the attacher retries and
+/// that may clear by itself (the volume not ready yet, the driver restarting).
+fn transient(message: &str) -> bool {
+    [
+        "Aborted",
+        "Unavailable",
+        "DeadlineExceeded",
+        "ResourceExhausted",
+    ]
+    .iter()
+    .any(|c| message.contains(&format!("code = {c} ")))
+}
+
+/// Waits for the attacher to attach VolumeAttachment `name` (as the kubelet does before
+/// it stages) and returns its `attachmentMetadata`, the publish context. A refusal of
+/// the driver (an `attachError` of this run with a final gRPC code) stops it at once;
+/// other errors are shown and waited on until the deadline.
+async fn wait_attached(
+    vas: &Api<VolumeAttachment>,
+    name: &str,
+    deadline: Instant,
+    started: k8s_openapi::jiff::Timestamp,
+) -> Result<HashMap<String, String>> {
+    let mut last: Option<String> = None;
+    let finalizer = cstor_sidecars::attacher::finalizer_name(CSI_DRIVER_NAME);
+    loop {
+        let va = vas
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading VolumeAttachment {name}"))?
+            .ok_or_else(|| anyhow!("VolumeAttachment {name} was deleted while waiting for it"))?;
+        let status = va.status.clone().unwrap_or_default();
+        if status.attached {
+            return Ok(status
+                .attachment_metadata
+                .unwrap_or_default()
+                .into_iter()
+                .collect());
+        }
+        let error = status
+            .attach_error
+            .filter(|e| {
+                e.time
+                    .as_ref()
+                    .is_some_and(|t| t.0.as_second() >= started.as_second())
+            })
+            .and_then(|e| e.message);
+        if let Some(m) = error {
+            if m.contains("rpc error: code = ") && !transient(&m) {
+                bail!("the attacher could not attach the volume: {m}");
+            }
+            if last.as_deref() != Some(m.as_str()) {
+                eprintln!("waiting for the attacher: {m}");
+                last = Some(m);
+            }
+        }
+        if Instant::now() >= deadline {
+            let seen = va
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| *f == finalizer);
+            let why = match (last, seen) {
+                (Some(m), _) => format!("its last attach error: {m}"),
+                (None, true) => "the attacher took it but ControllerPublishVolume has not answered".to_owned(),
+                (None, false) => format!(
+                    "no attacher has taken it (no finalizer {finalizer}): is the external-attacher (`cstor sidecars`) running?"
+                ),
+            };
+            bail!("VolumeAttachment {name} is not attached at the timeout; {why}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until VolumeAttachment `name` is gone (the attacher unpublished the volume and
+/// took its finalizer off).
+async fn wait_gone(vas: &Api<VolumeAttachment>, name: &str, deadline: Instant) -> Result<()> {
+    let mut last: Option<String> = None;
+    loop {
+        let Some(va) = vas
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading VolumeAttachment {name}"))?
+        else {
+            return Ok(());
+        };
+        let error = va
+            .status
+            .and_then(|s| s.detach_error)
+            .and_then(|e| e.message);
+        if let Some(m) = error {
+            if last.as_deref() != Some(m.as_str()) {
+                eprintln!("waiting for the attacher: {m}");
+                last = Some(m);
+            }
+        }
+        if Instant::now() >= deadline {
+            let finalizers = va.metadata.finalizers.unwrap_or_default();
+            bail!(
+                "VolumeAttachment {name} is still there at the timeout (finalizers {finalizers:?}){}",
+                last.map(|m| format!("; its last detach error: {m}"))
+                    .unwrap_or_else(|| ": is the external-attacher (`cstor sidecars`) running?".to_owned())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A Secret's data as CSI `secrets`, read as the kubelet reads a PV's nodeStageSecretRef.
+async fn secret_data(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Result<HashMap<String, String>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let s = api
+        .get(name)
+        .await
+        .with_context(|| format!("reading the node-stage Secret {ns}/{name} of the volume"))?;
+    Ok(s.data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
 }
 
 async fn bound_volume(ctx: &Ctx, ns: &str, pvc: &str) -> Result<Volume> {
@@ -298,6 +425,9 @@ async fn bound_volume(ctx: &Ctx, ns: &str, pvc: &str) -> Result<Volume> {
             .into_iter()
             .collect(),
         block,
+        stage_secret: csi
+            .node_stage_secret_ref
+            .and_then(|r| Some((r.namespace.unwrap_or_default(), r.name?))),
     })
 }
 
@@ -341,6 +471,11 @@ async fn attach(a: AttachArgs) -> Result<()> {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let existing = vas.get(&va_name).await?;
+            if existing.metadata.deletion_timestamp.is_some() {
+                bail!(
+                    "VolumeAttachment {va_name} is being deleted (a detach is in progress); attach again once it is gone"
+                );
+            }
             let same = |k: &str, v: &Path| {
                 existing
                     .metadata
@@ -365,31 +500,11 @@ async fn attach(a: AttachArgs) -> Result<()> {
         }
         Err(e) => return Err(e).context("creating the VolumeAttachment"),
     }
-    let published = retry("ControllerPublishVolume", ctx.deadline, || {
-        let mut c = ctx.controller.clone();
-        let req = ControllerPublishVolumeRequest {
-            volume_id: vol.handle.clone(),
-            node_id: a.node.clone(),
-            volume_capability: Some(vol.capability.clone()),
-            readonly: a.read_only,
-            volume_context: vol.context.clone(),
-            ..Default::default()
-        };
-        async move { c.controller_publish_volume(req).await }
-    })
-    .await;
-    let status = match &published {
-        Ok(p) => {
-            json!({"status": {"attached": true, "attachmentMetadata": p.publish_context, "attachError": null}})
-        }
-        Err(e) => json!({"status": {"attached": false, "attachError": {
-            "message": e.to_string(), "time": cstor_agent::kubeapi::now(),
-        }}}),
+    let publish_context = wait_attached(&vas, &va_name, ctx.deadline, ctx.started).await?;
+    let secrets = match &vol.stage_secret {
+        Some((ns, name)) => secret_data(&ctx.client, ns, name).await?,
+        None => HashMap::new(),
     };
-    vas.patch_status(&va_name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .context("writing the VolumeAttachment's status")?;
-    let publish_context = published?.publish_context;
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let node = &mut ctx.node;
     retry("NodeStageVolume", ctx.deadline, || {
@@ -400,7 +515,7 @@ async fn attach(a: AttachArgs) -> Result<()> {
             staging_target_path: staging.display().to_string(),
             volume_capability: Some(vol.capability.clone()),
             volume_context: vol.context.clone(),
-            ..Default::default()
+            secrets: secrets.clone(),
         };
         async move { n.node_stage_volume(req).await }
     })
@@ -542,21 +657,12 @@ async fn detach(a: DetachArgs) -> Result<()> {
         async move { n.node_unstage_volume(req).await }
     })
     .await?;
-    retry("ControllerUnpublishVolume", ctx.deadline, || {
-        let mut c = ctx.controller.clone();
-        let req = ControllerUnpublishVolumeRequest {
-            volume_id: vol.handle.clone(),
-            node_id: a.node.clone(),
-            ..Default::default()
-        };
-        async move { c.controller_unpublish_volume(req).await }
-    })
-    .await?;
     match vas.delete(&va_name, &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(e) => return Err(e).context("deleting the VolumeAttachment"),
     }
+    wait_gone(&vas, &va_name, ctx.deadline).await?;
     println!(
         "detached {}/{} ({}) from {}",
         a.namespace, a.pvc, vol.pv, a.node

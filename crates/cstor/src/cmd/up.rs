@@ -664,6 +664,11 @@ async fn supervise(a: RunArgs) -> Result<()> {
                 }
                 Err(e) => eprintln!("cstor up: prometheus targets: {e:#}"),
             }
+            // The kubelet's plugin registration: the attacher reads node ids there.
+            let nodes: Vec<String> = (1..=a.nodes).map(|i| format!("node-{i}")).collect();
+            if let Err(e) = super::up_csinode::register(&client, &dir, &nodes).await {
+                eprintln!("cstor up: CSINode registration: {e:#}");
+            }
             match super::up_prometheus::sync_rules(&client, &dir).await {
                 Ok(true) => eprintln!(
                     "cstor up: prometheus rules rewritten from the PrometheusRule objects (reload Prometheus)"

@@ -1,0 +1,368 @@
+//! The embedded external-attacher and per-volume CHAP from Secrets, against `cstor up`
+//! (docs/csi.md § Sidecars, § Security, § cstor attach): a class with the standard
+//! `csi.storage.k8s.io/controller-publish-secret-*` and `node-stage-secret-*`
+//! parameters; its PV names both Secrets; `cstor attach` only creates the
+//! VolumeAttachment and waits (with the sidecars stopped it times out saying no attacher
+//! took it); the attacher puts its finalizers on, publishes with the Secret, records the
+//! publish context; the target then refuses a login without the credentials, or with
+//! wrong ones, even from the published node's initiator name; a node-stage Secret with a
+//! wrong password fails the stage with the target's refusal; `cstor detach` waits until
+//! the attacher let the VolumeAttachment go, and CHAP goes with the publish.
+
+mod apiserver_support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use apiserver_support::claim::{cstor, text};
+use apiserver_support::seed::seed_yaml;
+use apiserver_support::up::Up;
+use apiserver_support::{have_kubectl, required};
+
+const PASSWORD: &str = "s3cret-of-16-ch";
+const FINALIZER: &str = "external-attacher/cstor-csi-openebs-io";
+
+fn b64(s: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in s.as_bytes().chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn get(up: &Up, args: &[&str]) -> String {
+    up.kubectl(args).1.trim().to_owned()
+}
+
+fn apply(up: &Up, name: &str, yaml: &str) {
+    let f = up.dir.join(name);
+    std::fs::write(&f, yaml).unwrap();
+    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
+    assert!(ok, "apply {name}: {out}");
+}
+
+/// `cstor attach|detach data -n database --node NODE [--mount DIR] EXTRA...`.
+fn attach(up: &Up, node: &str, mount: Option<&Path>, extra: &[&str]) -> Output {
+    let dir = up.dir.display().to_string();
+    let m = mount.map(|m| m.display().to_string());
+    let mut args = vec![
+        if m.is_some() { "attach" } else { "detach" },
+        "data",
+        "-n",
+        "database",
+        "--node",
+        node,
+        "--dir",
+        &dir,
+    ];
+    if let Some(m) = &m {
+        args.extend(["--mount", m]);
+    }
+    args.extend(extra);
+    cstor(&args)
+}
+
+/// The pid of this `cstor up`'s sidecars process.
+fn sidecars_pid(up: &Up) -> i32 {
+    let want = format!(
+        "unix://{}",
+        up.dir.join("csi").join("controller.sock").display()
+    );
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let args: Vec<String> = std::fs::read(e.path().join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.get(1).map(String::as_str) == Some("sidecars") && args.contains(&want) {
+            return pid;
+        }
+    }
+    panic!("no sidecars process for {want}\n{}", up.log());
+}
+
+/// A normal-session login to the volume's target as node-1's initiator, with optional
+/// CHAP `(user, secret)`: `cstor initiator attach`, stopped at once if it got in.
+fn login(up: &Up, chap: Option<(&str, &str)>) -> (bool, String) {
+    let (_, cv) = up.kubectl(&[
+        "get",
+        "cv",
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.items[0].spec.iqn} {.items[0].spec.targetPortal}",
+    ]);
+    let parts: Vec<&str> = cv.split_whitespace().collect();
+    let [iqn, portal] = parts[..] else {
+        panic!("CV iqn/portal: {cv:?}");
+    };
+    let work = up.dir.join("login");
+    let _ = std::fs::create_dir_all(&work);
+    let secret = up.dir.join("login-secret");
+    let mut args = vec![
+        "initiator".to_owned(),
+        "attach".into(),
+        "--portal".into(),
+        portal.into(),
+        "--target".into(),
+        iqn.into(),
+        "--initiator-name".into(),
+        "iqn.2026-12.io.cstor:node-1".into(),
+        "--file-dir".into(),
+        work.display().to_string(),
+    ];
+    if let Some((user, pass)) = chap {
+        std::fs::write(&secret, format!("{pass}\n")).unwrap();
+        args.extend([
+            "--chap-user".into(),
+            user.into(),
+            "--chap-secret-file".into(),
+            secret.display().to_string(),
+        ]);
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cstor"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            return (false, text(&out));
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            // Logged in and serving: take it down again.
+            let _ = cstor(&[
+                "initiator",
+                "detach",
+                "--file-dir",
+                &work.display().to_string(),
+            ]);
+            let out = child.wait_with_output().unwrap();
+            return (true, text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_it() {
+    if !required(have_kubectl(), "kubectl") {
+        return;
+    }
+    let t0 = Instant::now();
+    let up = Up::start(3, "1G");
+    let long = Duration::from_secs(90);
+    up.seed_stripe_pools(long);
+    up.kubectl(&["create", "namespace", "database"]);
+    // `data` (base64), not `stringData`: the embedded API server keeps `stringData` as
+    // given instead of folding it into `data`.
+    let secret = |name: &str, pass: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: database\n\
+             data:\n  node.session.auth.username: {}\n  node.session.auth.password: {}\n",
+            b64("app"),
+            b64(pass)
+        )
+    };
+    apply(&up, "publish.yaml", &secret("chap-publish", PASSWORD));
+    apply(&up, "stage.yaml", &secret("chap-stage", PASSWORD));
+    let sc = seed_yaml("name: cstor-csi-1-replica").replace(
+        "parameters:\n",
+        "parameters:\n  csi.storage.k8s.io/fstype: xfs\n  \
+         csi.storage.k8s.io/controller-publish-secret-name: chap-publish\n  \
+         csi.storage.k8s.io/controller-publish-secret-namespace: ${pvc.namespace}\n  \
+         csi.storage.k8s.io/node-stage-secret-name: chap-stage\n  \
+         csi.storage.k8s.io/node-stage-secret-namespace: ${pvc.namespace}\n",
+    );
+    apply(&up, "sc.yaml", &sc);
+    apply(
+        &up,
+        "pvc.yaml",
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  namespace: database\n\
+         spec:\n  storageClassName: cstor-csi-1-replica\n  accessModes: [ReadWriteOnce]\n  \
+         resources:\n    requests:\n      storage: 512Mi\n",
+    );
+    let v = up.wait_for(
+        "the claim Bound",
+        &[
+            "get",
+            "pvc",
+            "-n",
+            "database",
+            "data",
+            "-o",
+            "jsonpath={.status.phase} {.spec.volumeName}",
+        ],
+        |v| v.starts_with("Bound pvc-"),
+        long,
+    );
+    let pv = v.split_whitespace().nth(1).unwrap().to_owned();
+    let refs = get(&up, &["get", "pv", &pv, "-o", "jsonpath={.spec.csi.controllerPublishSecretRef.namespace}/{.spec.csi.controllerPublishSecretRef.name} {.spec.csi.nodeStageSecretRef.namespace}/{.spec.csi.nodeStageSecretRef.name}"]);
+    assert_eq!(refs, "database/chap-publish database/chap-stage");
+    // The kubelet's plugin registration (cstor up plays it): node-1's CSINode.
+    up.wait_for(
+        "node-1's CSINode",
+        &[
+            "get",
+            "csinode",
+            "node-1",
+            "-o",
+            "jsonpath={.spec.drivers[0].name} {.spec.drivers[0].nodeID}",
+        ],
+        |v| v == "cstor.csi.openebs.io node-1",
+        long,
+    );
+
+    // The sidecars stopped: `cstor attach` creates the VolumeAttachment and waits, then
+    // says nobody took it.
+    let work = up.dir.join("work");
+    let mnt = work.join("mnt");
+    let pid = sidecars_pid(&up);
+    // SAFETY: signalling a process of this test's own `cstor up`.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let t1 = Instant::now();
+    let out = attach(&up, "node-1", Some(&mnt), &["--timeout", "4s"]);
+    let waited = t1.elapsed();
+    let va = get(
+        &up,
+        &[
+            "get",
+            "volumeattachment",
+            "-o",
+            "jsonpath={.items[0].spec.nodeName} {.items[0].metadata.finalizers}",
+        ],
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert_eq!(va, "node-1", "created, not taken: {va}");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("no attacher has taken it"),
+        "{}",
+        text(&out)
+    );
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+
+    // Resumed: the attacher takes it; attach goes on to stage and publish.
+    let out = attach(&up, "node-1", Some(&mnt), &[]);
+    assert!(out.status.success(), "attach: {}\n{}", text(&out), up.log());
+    let va = get(&up, &["get", "volumeattachment", "-o", "jsonpath={.items[0].metadata.finalizers} {.items[0].metadata.annotations.csi\\.alpha\\.kubernetes\\.io/node-id} {.items[0].status.attached} {.items[0].status.attachmentMetadata.iqn}"]);
+    assert!(
+        va.starts_with(&format!("[\"{FINALIZER}\"] node-1 true iqn.")),
+        "{va}"
+    );
+    let pvf = get(
+        &up,
+        &["get", "pv", &pv, "-o", "jsonpath={.metadata.finalizers}"],
+    );
+    assert!(pvf.contains(FINALIZER), "{pvf}");
+    std::fs::write(mnt.join("hello"), b"through CHAP").unwrap();
+    let applied = get(
+        &up,
+        &[
+            "get",
+            "cv",
+            "-n",
+            "openebs",
+            &pv,
+            "-o",
+            "jsonpath={.metadata.annotations.cstor\\.openebs\\.io/chap-applied}",
+        ],
+    );
+    assert!(
+        applied.starts_with(&format!("cstor-chap-{pv}/")),
+        "{applied}"
+    );
+    let copy = get(
+        &up,
+        &[
+            "get",
+            "secret",
+            "-n",
+            "openebs",
+            &format!("cstor-chap-{pv}"),
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].kind}",
+        ],
+    );
+    assert_eq!(copy, "CStorVolumeConfig");
+
+    // The target requires the credentials, even from the published node's name.
+    let (ok, out) = login(&up, None);
+    assert!(!ok && out.contains("authentication failed"), "{out}");
+    let (ok, out) = login(&up, Some(("app", "wrong-password-16")));
+    assert!(!ok && out.contains("authentication failed"), "{out}");
+    // The attached volume is untouched by those attempts.
+    assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"through CHAP");
+
+    // Detach: the VolumeAttachment goes once the attacher unpublished it, and CHAP with
+    // the publish (the driver's copy of the Secret too).
+    let out = attach(&up, "node-1", None, &[]);
+    assert!(out.status.success(), "detach: {}", text(&out));
+    assert_eq!(get(&up, &["get", "volumeattachment", "-o", "name"]), "");
+    up.wait_for(
+        "CHAP gone with the publish",
+        &[
+            "get",
+            "cv",
+            "-n",
+            "openebs",
+            &pv,
+            "-o",
+            "jsonpath={.metadata.annotations.cstor\\.openebs\\.io/chap-applied}",
+        ],
+        |v| v.is_empty(),
+        long,
+    );
+    let (ok, _) = up.kubectl(&[
+        "get",
+        "secret",
+        "-n",
+        "openebs",
+        &format!("cstor-chap-{pv}"),
+    ]);
+    assert!(!ok, "the driver's copy of the Secret is deleted");
+
+    // A wrong node-stage Secret: the stage fails with the target's refusal.
+    let (ok, out) = up.kubectl(&[
+        "patch",
+        "secret",
+        "-n",
+        "database",
+        "chap-stage",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"data":{{"node.session.auth.password":"{}"}}}}"#,
+            b64("not-the-password")
+        ),
+    ]);
+    assert!(ok, "{out}");
+    let out = attach(&up, "node-1", Some(&mnt), &["--timeout", "60s"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("NodeStageVolume") && text(&out).contains("authentication failed"),
+        "{}",
+        text(&out)
+    );
+    let out = attach(&up, "node-1", None, &[]);
+    assert!(out.status.success(), "detach: {}", text(&out));
+    eprintln!("csi_attacher: {:?}", t0.elapsed());
+}
