@@ -68,6 +68,8 @@ pub struct Config {
     pub namespace: String,
     /// Where the node service keeps its per-volume records and FUSE directories.
     pub state_dir: PathBuf,
+    /// The node service's attach method, REMOUNT and replacement timeout.
+    pub node: node::NodeOptions,
 }
 
 async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, Error> {
@@ -104,14 +106,16 @@ pub async fn serve(config: Config, stop: impl Future<Output = ()>) -> Result<(),
     let node = match node_id {
         Some(n) => {
             let (cluster, state_dir) = (cluster.clone(), config.state_dir.clone());
+            let options = config.node.clone();
             // The start-up sweep blocks (mount table, losetup, unmounts).
-            let service =
-                tokio::task::spawn_blocking(move || node::NodeService::new(n, state_dir, cluster))
-                    .await
-                    .map_err(|e| Error::NodeState {
-                        volume: String::new(),
-                        why: format!("the start-up sweep failed: {e}"),
-                    })??;
+            let service = tokio::task::spawn_blocking(move || {
+                node::NodeService::new(n, state_dir, cluster, options)
+            })
+            .await
+            .map_err(|e| Error::NodeState {
+                volume: String::new(),
+                why: format!("the start-up sweep failed: {e}"),
+            })??;
             Some(pb::node_server::NodeServer::new(service))
         }
         None => None,

@@ -12,6 +12,8 @@
 //! publish; block access from the CStorVolume; the plugin and the attach process both
 //! SIGKILLed: the next plugin sweeps the loop device and mounts, reports the volume
 //! abnormal, and a new NodeStage attaches again. Every call is made twice (idempotent).
+//! Further scenarios: fencing of a lost node, REMOUNT after a path outage, a forced
+//! iscsiadm attach where open-iscsi cannot work.
 //! Needs root, /dev/fuse, losetup, mkfs.ext4, e2fsck, resize2fs, kubectl.
 
 mod apiserver_support;
@@ -50,6 +52,11 @@ impl Plugin {
 
     /// The node plugin of `node` on its own socket and state dir, logging to csi.log.
     fn start_node(w: &Work, node: &str, socket: &Path, state: &Path) -> Plugin {
+        Plugin::start_with(w, node, socket, state, &[])
+    }
+
+    /// [`Plugin::start_node`] with more flags.
+    fn start_with(w: &Work, node: &str, socket: &Path, state: &Path, extra: &[&str]) -> Plugin {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -62,6 +69,7 @@ impl Plugin {
             .arg(&w.kubeconfig)
             .arg("--state-dir")
             .arg(state)
+            .args(extra)
             .env("RUST_LOG", "cstor_csi=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -1064,4 +1072,319 @@ async fn a_lost_nodes_writes_are_fenced_by_the_next_nodes_stage() {
         .attach_pids()
         .is_empty()));
     eprintln!("fencing scenario took {:?}", t_start.elapsed());
+}
+
+/// The staging mount's line of /proc/self/mountinfo: (per-mount options, superblock
+/// options).
+fn mount_options(p: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = p.to_str().unwrap();
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.get(4) != Some(&p) {
+            return None;
+        }
+        let sep = f.iter().position(|x| *x == "-")?;
+        Some((
+            f[5].to_owned(),
+            f.get(sep + 3).copied().unwrap_or("").to_owned(),
+        ))
+    })
+}
+
+/// Whether writes to the filesystem at `p` are stopped: `ro`, or ext4's `emergency_ro`
+/// (Linux 6.18's errors=remount-ro keeps the mount `rw`) or `shutdown`.
+fn read_only(p: &Path) -> bool {
+    mount_options(p).is_some_and(|(o, so)| {
+        o.split(',').any(|x| x == "ro")
+            || so
+                .split(',')
+                .any(|x| x == "ro" || x == "emergency_ro" || x == "shutdown")
+    })
+}
+
+/// Whether open-iscsi could work here (the test expects `auto` to choose userspace
+/// where it cannot).
+fn host_has_iscsi_tcp() -> bool {
+    Path::new("/sys/module/iscsi_tcp").exists()
+        || std::fs::read_to_string("/proc/sys/kernel/osrelease").is_ok_and(|r| {
+            std::fs::read_to_string(format!("/lib/modules/{}/modules.dep", r.trim()))
+                .is_ok_and(|d| d.contains("iscsi_tcp.ko"))
+        })
+}
+
+/// Kills the target and writes through `dir` (files, fsync, syncfs) until the kernel
+/// makes the filesystem at `staging` read-only: the initiator fails queued I/O after
+/// its replacement timeout, a failed data write only fails its fsync, and the failed
+/// journal commit makes ext4 (errors=remount-ro) read-only at its next change. The
+/// time that took.
+fn outage(target: initiator_support::Target, dir: &Path, staging: &Path, w: &Work) -> Duration {
+    let t0 = Instant::now();
+    target.kill();
+    let mut failed = None;
+    for i in 0.. {
+        if read_only(staging) {
+            break;
+        }
+        let r = (|| {
+            let mut f = std::fs::File::create(dir.join(format!("during-{i}")))?;
+            f.write_all(&pattern(64 << 10, 900 + i))?;
+            f.sync_all()
+        })();
+        if let Err(e) = r {
+            failed.get_or_insert(e);
+            let _ = Command::new("sync").arg("-f").arg(dir).status();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{} did not turn read-only (first failure: {failed:?}): {:?}: {}",
+            staging.display(),
+            mount_options(staging),
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(failed.is_some(), "no write failed, yet read-only");
+    t0.elapsed()
+}
+
+/// REMOUNT: an ext4 volume staged (with `errors=remount-ro`) and published; the target
+/// dies, the initiator fails I/O after its replacement timeout (2 s here), ext4 turns
+/// read-only, NodeGetVolumeStats says abnormal and the mount stays read-only while the
+/// target is down; the target comes back and, without any CSI call, the staging mount
+/// and the publish are read-write again, the files written before the outage intact,
+/// and e2fsck finds the volume clean. Then the same outage on a volume staged with
+/// volume_context `cstor.openebs.io/remount: "false"`: it stays read-only. And `auto`
+/// chose the userspace attach on a host without iscsi_tcp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remount_brings_a_read_only_filesystem_back_after_a_path_outage() {
+    if !tools_present() {
+        return;
+    }
+    let t_start = Instant::now();
+    let (_api, w) = Work::new("state", "csi.sock");
+    let pool = Pool::new();
+    pool.cstor(&["volume", "create", "ip/r", "--size", "64M"]);
+    let iqn = "iqn.2026-12.io.cstor.test:remount";
+    let addr = free_addr();
+    let serve = || pool.serve(&addr, &["--iqn", iqn, "--volume", "ip/r"]);
+    let target = serve();
+    let _plugin = Plugin::start_with(
+        &w,
+        "node-1",
+        &w.socket,
+        &w.state,
+        &["--replacement-timeout=2s"],
+    );
+    let mut node = client(&w).await;
+    let ctx = context(iqn, &addr);
+    let (staging, t1) = (w.path("staging/r"), w.path("pods/p1/r"));
+    node.node_stage_volume(stage_req("vol-r", &staging, mount_cap("ext4"), ctx.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("stage: {e}: {}", w.log()));
+    if !host_has_iscsi_tcp() {
+        assert!(
+            w.log()
+                .contains("attach method userspace (auto: open-iscsi is not usable here"),
+            "{}",
+            w.log()
+        );
+    }
+    let (_, sopts) = mount_options(&staging).unwrap();
+    assert!(sopts.contains("errors=remount-ro"), "{sopts}");
+    node.node_publish_volume(publish_req(
+        "vol-r",
+        &staging,
+        &t1,
+        mount_cap("ext4"),
+        false,
+    ))
+    .await
+    .unwrap();
+    for (name, data) in files() {
+        std::fs::write(t1.join(&name), &data).unwrap();
+    }
+    sync_dir(&t1);
+
+    let took = outage(target, &t1, &staging, &w);
+    let s = node
+        .node_get_volume_stats(stats_req("vol-r", &t1))
+        .await
+        .unwrap()
+        .into_inner();
+    let cond = s.volume_condition.unwrap();
+    assert!(cond.abnormal, "{cond:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(read_only(&staging), "remounted while the target is down");
+    let target = serve();
+    let t_back = Instant::now();
+    let writable = |p: &Path| mount_options(p).is_some() && !read_only(p);
+    assert!(
+        wait_for(Duration::from_secs(20), || w
+            .log()
+            .contains("is read-write again")
+            && writable(&staging)
+            && writable(&t1)),
+        "still read-only {:?} after the target came back: {}",
+        mount_options(&staging),
+        w.log()
+    );
+    let back = t_back.elapsed();
+    assert!(
+        w.log().contains("REMOUNT: the filesystem at"),
+        "{}",
+        w.log()
+    );
+    for (name, data) in files() {
+        assert!(
+            std::fs::read(t1.join(&name)).unwrap() == data,
+            "{name} after REMOUNT"
+        );
+    }
+    std::fs::write(t1.join("after"), b"written after REMOUNT").unwrap();
+    sync_dir(&t1);
+    let s = node
+        .node_get_volume_stats(stats_req("vol-r", &t1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!s.volume_condition.as_ref().unwrap().abnormal, "{s:?}");
+    node.node_unpublish_volume(unpublish_req("vol-r", &t1))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_req("vol-r", &staging))
+        .await
+        .unwrap();
+    // fsck of the volume through a block publish: clean.
+    let (bs, bt) = (w.path("staging/rb"), w.path("pods/p2/dev"));
+    node.node_stage_volume(stage_req("vol-r", &bs, block_cap(), ctx.clone()))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_req("vol-r", &bs, &bt, block_cap(), false))
+        .await
+        .unwrap();
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&bt)
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "e2fsck after REMOUNT: {fsck:?}");
+    node.node_unpublish_volume(unpublish_req("vol-r", &bt))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_req("vol-r", &bs))
+        .await
+        .unwrap();
+
+    // REMOUNT off for this volume: it stays read-only after the target is back.
+    let mut req = stage_req("vol-r", &staging, mount_cap("ext4"), ctx.clone());
+    req.volume_context
+        .insert("cstor.openebs.io/remount".into(), "false".into());
+    node.node_stage_volume(req).await.unwrap();
+    node.node_publish_volume(publish_req(
+        "vol-r",
+        &staging,
+        &t1,
+        mount_cap("ext4"),
+        false,
+    ))
+    .await
+    .unwrap();
+    outage(target, &t1, &staging, &w);
+    let _target = serve();
+    // The path answers again (the stats' read of the LUN), yet nothing remounts it.
+    let t0 = Instant::now();
+    loop {
+        let s = node
+            .node_get_volume_stats(stats_req("vol-r", &t1))
+            .await
+            .unwrap()
+            .into_inner();
+        let cond = s.volume_condition.unwrap();
+        if cond.message.contains("REMOUNT is off") {
+            assert!(cond.abnormal, "{cond:?}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{cond:?}: {}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(read_only(&staging), "REMOUNT off, yet remounted");
+    node.node_unpublish_volume(unpublish_req("vol-r", &t1))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_req("vol-r", &staging))
+        .await
+        .unwrap();
+    // Which repair the kernel allowed (docs/csi.md "REMOUNT").
+    for l in w
+        .log()
+        .lines()
+        .filter(|l| l.contains("REMOUNT") || l.contains("remount,rw"))
+    {
+        eprintln!("{l}");
+    }
+    eprintln!(
+        "REMOUNT scenario took {:?} (read-only {took:?} after the target died, read-write {back:?} after it came back)",
+        t_start.elapsed()
+    );
+}
+
+/// `--attach-method=iscsiadm` on a host where open-iscsi cannot work (no iscsi_tcp, as
+/// where this was built): NodeStageVolume fails at once with FAILED_PRECONDITION naming
+/// what is missing, nothing is attached, and NodeGetInfo logs the choice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_iscsiadm_attach_without_open_iscsi_fails_at_once() {
+    if !tools_present() {
+        return;
+    }
+    if host_has_iscsi_tcp() {
+        eprintln!("iscsi_tcp is there: open-iscsi may work on this host, nothing to check");
+        return;
+    }
+    let (_api, w) = Work::new("state", "csi.sock");
+    let _plugin = Plugin::start_with(
+        &w,
+        "node-1",
+        &w.socket,
+        &w.state,
+        &["--attach-method=iscsiadm"],
+    );
+    let mut node = client(&w).await;
+    let t0 = Instant::now();
+    let ctx = context("iqn.2026-12.io.cstor.test:nowhere", "127.0.0.1:9");
+    for _ in 0..2 {
+        let e = node
+            .node_stage_volume(stage_req(
+                "vol-x",
+                &w.path("staging/x"),
+                mount_cap("ext4"),
+                ctx.clone(),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        let m = e.message();
+        assert!(
+            m.contains("--attach-method=iscsiadm") && m.contains("iscsi_tcp"),
+            "{m}"
+        );
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(w.attach_pids().is_empty() && w.loops_under().is_empty());
+    assert!(
+        !w.state.join("volumes").exists(),
+        "no record of a failed stage"
+    );
+    node.node_get_info(NodeGetInfoRequest {}).await.unwrap();
+    assert!(
+        w.log()
+            .contains("NodeGetInfo: --attach-method=iscsiadm, but open-iscsi is not usable"),
+        "{}",
+        w.log()
+    );
 }

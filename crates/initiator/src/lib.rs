@@ -29,4 +29,4 @@ pub use fuse::{FuseError, FuseExport, LUN_FILE};
 pub use login::{discover, Chap, DiscoveredTarget, LoginSpec};
 pub use pr::{Fenced, Holder, Registrations, WRITE_EXCLUSIVE_REGISTRANTS_ONLY};
 pub use scsi::Capacity;
-pub use session::{Session, SessionOptions, SessionStats};
+pub use session::{Session, SessionOptions, SessionStats, FENCED_MESSAGE};

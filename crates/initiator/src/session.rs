@@ -25,6 +25,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// Logged (once) when a session is fenced off; the CSI node plugin reads an attach's log
+/// for it (a fenced-off volume is never remounted read-write).
+pub const FENCED_MESSAGE: &str =
+    "this initiator is fenced off, its writes are refused (RESERVATION CONFLICT)";
+
 /// Redirects followed in one login.
 const MAX_REDIRECTS: usize = 5;
 /// Unit attentions in a row after which a command fails (each is reported once per
@@ -534,7 +539,7 @@ impl Inner {
     /// Latches "fenced off" (once, logged) when this session holds a fence key.
     fn latch_fenced(&self, why: &str) {
         if self.fence.lock().is_some() && !self.fenced.swap(true, Ordering::AcqRel) {
-            tracing::error!(target = %self.spec.target_iqn, reason = why, "another node preempted our reservation key: this initiator is fenced off, its writes are refused (RESERVATION CONFLICT)");
+            tracing::error!(target = %self.spec.target_iqn, reason = why, "another node preempted our reservation key: {FENCED_MESSAGE}");
         }
     }
 

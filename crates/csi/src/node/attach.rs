@@ -6,8 +6,8 @@
 //! Invariants: a started attach either reported both its `attached ...` and
 //! `loop /dev/loopN` lines within [`ATTACH_WAIT`] or was killed and its leftovers
 //! removed; teardown goes top-down (filesystems on the loop device, the loop device,
-//! the FUSE mount) and ends with the process gone. Never: runs iscsiadm (open-iscsi is
-//! not used by this driver yet).
+//! the FUSE mount) and ends with the process gone. [`alive`] and [`probe`] answer for
+//! either attach method (open-iscsi's in [`super::iscsiadm`]).
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use cstor_initiator::blockdev;
 
 use super::host;
-use super::state::Target;
+use super::state::{Target, Via, VolumeState};
 use crate::Error;
 
 /// How long a new attach may take to log in and set up its loop device (the
@@ -215,6 +215,7 @@ pub fn start(
     login: &Login,
     dir: &Path,
     log: &Path,
+    replacement_timeout: Duration,
 ) -> Result<Started, Error> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(dir)
@@ -250,11 +251,15 @@ pub fn start(
                 .arg(&f);
         }
     }
-    cmd.args(["--loop", "--file-dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+    cmd.arg(format!(
+        "--replacement-timeout={}ms",
+        replacement_timeout.as_millis()
+    ))
+    .args(["--loop", "--file-dir"])
+    .arg(dir)
+    .stdin(Stdio::null())
+    .stdout(out)
+    .stderr(err);
     // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent; a
     // fresh child is never a process group leader, so it cannot fail with EPERM.
     unsafe {
@@ -433,29 +438,65 @@ pub fn clean_dead(dir: &Path, mounts: &[PathBuf]) {
     }
 }
 
+/// Whether the volume's attach is there: its attach process runs (userspace) or its
+/// open-iscsi session's disk is (iscsiadm).
+pub fn alive(st: &VolumeState) -> bool {
+    match st.via {
+        Via::Userspace => host::attach_alive(st.pid, &st.fuse_dir),
+        Via::Iscsiadm => super::iscsiadm::attached(st),
+    }
+}
+
+/// One block read through the volume's path ([`probe_io`], or the SCSI disk of an
+/// open-iscsi session with O_DIRECT, past the page cache), bounded by `limit`.
+pub fn probe(st: &VolumeState, limit: Duration) -> Result<u64, String> {
+    match st.via {
+        Via::Userspace => probe_io(&st.fuse_dir, limit),
+        Via::Iscsiadm => read_one_block(st.loop_device.clone(), true, limit, "the disk"),
+    }
+}
+
 /// Reads one block of the LUN file, bounded by `limit`: the I/O check of a volume, and
 /// the way a pending CAPACITY DATA HAS CHANGED unit attention reaches the attach process
 /// (it re-reads the capacity before answering, so the file's size follows).
 pub fn probe_io(dir: &Path, limit: Duration) -> Result<u64, String> {
-    let file = dir.join(cstor_initiator::LUN_FILE);
+    read_one_block(
+        dir.join(cstor_initiator::LUN_FILE),
+        false,
+        limit,
+        "the LUN file",
+    )
+}
+
+/// Reads the first 4 KiB of `file` (with O_DIRECT when `direct`); its size.
+fn read_one_block(file: PathBuf, direct: bool, limit: Duration, what: &str) -> Result<u64, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let (tx, rx) = std::sync::mpsc::channel();
-    // A hung FUSE read (the session waiting for a reconnect) must not hold the caller:
-    // the thread is left to finish on its own.
+    // A hung read (the session waiting for a reconnect) must not hold the caller: the
+    // thread is left to finish on its own.
     std::thread::spawn(move || {
         let r = (|| -> std::io::Result<u64> {
-            let mut f = std::fs::File::open(&file)?;
-            let mut b = vec![0u8; 4096];
-            let _ = f.read(&mut b)?;
-            Ok(f.metadata()?.len())
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(if direct { libc::O_DIRECT } else { 0 })
+                .open(&file)?;
+            // O_DIRECT wants a buffer aligned to the logical block: 4 KiB inside 8 KiB.
+            let mut b = vec![0u8; 8192];
+            let at = (4096 - (b.as_ptr() as usize % 4096)) % 4096;
+            let _ = f.read(&mut b[at..at + 4096])?;
+            // A device node's size is where it ends; a file's (FUSE: fetched afresh) its length.
+            if direct {
+                Ok(f.seek(std::io::SeekFrom::End(0))?)
+            } else {
+                Ok(f.metadata()?.len())
+            }
         })();
         let _ = tx.send(r);
     });
     match rx.recv_timeout(limit) {
         Ok(Ok(len)) => Ok(len),
-        Ok(Err(e)) => Err(format!("I/O on the LUN file failed: {e}")),
-        Err(_) => Err(format!(
-            "I/O on the LUN file did not complete within {limit:?}"
-        )),
+        Ok(Err(e)) => Err(format!("I/O on {what} failed: {e}")),
+        Err(_) => Err(format!("I/O on {what} did not complete within {limit:?}")),
     }
 }
 

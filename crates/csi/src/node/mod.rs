@@ -2,19 +2,22 @@
 //! userspace initiator: NodeStage/Unstage ([`stage`]), NodePublish/Unpublish
 //! ([`publish`]), NodeGetVolumeStats and NodeExpandVolume ([`stats`]), the start-up
 //! sweep of leftovers ([`sweep`]); the per-volume records in `--state-dir` ([`state`]),
-//! the attach process ([`attach`]) and what is read from the host ([`host`]).
+//! the attach process ([`attach`]) or open-iscsi's session ([`iscsiadm`]), the REMOUNT
+//! monitor ([`remount`]) and what is read from the host ([`host`]).
 //!
 //! Invariants: every request is checked (INVALID_ARGUMENT) before anything is done; at
 //! most one call per volume runs at a time (a second answers ABORTED), and the claim is
 //! held by the blocking work itself, so a call the CO gave up on still finishes before
 //! the next one starts; every call is idempotent. A volume's attach runs as a process
 //! of its own that outlives this one: a plugin restart keeps every staged volume
-//! working. Never: iscsiadm (not available where this was built; the userspace
-//! initiator is the one attach path).
+//! working. The attach method (`--attach-method`) is chosen per stage: open-iscsi where
+//! it is usable, else the userspace initiator ([`iscsiadm::choose`]).
 
 mod attach;
 mod host;
+pub mod iscsiadm;
 mod publish;
+mod remount;
 mod stage;
 pub mod state;
 mod stats;
@@ -24,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -67,8 +71,32 @@ impl Children {
     }
 }
 
+/// How the node service attaches and watches volumes (`cstor csi` flags).
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// REMOUNT: bring a staged filesystem the kernel made read-only back read-write
+    /// once the volume is healthy again (`--remount`, default on).
+    pub remount: bool,
+    /// open-iscsi, the userspace initiator, or whichever works (`--attach-method`).
+    pub attach_method: iscsiadm::Method,
+    /// How long an attach queues I/O while its connection is down before failing it
+    /// (open-iscsi's `replacement_timeout`, `--replacement-timeout`).
+    pub replacement_timeout: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> NodeOptions {
+        NodeOptions {
+            remount: true,
+            attach_method: iscsiadm::Method::Auto,
+            replacement_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
 pub(crate) struct Inner {
     node_id: String,
+    options: NodeOptions,
     state: StateDir,
     cluster: Cluster,
     /// The binary to run `initiator attach` with (this one).
@@ -82,6 +110,7 @@ impl std::fmt::Debug for Inner {
         f.debug_struct("Inner")
             .field("node_id", &self.node_id)
             .field("state", &self.state)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -168,17 +197,20 @@ async fn blocking<T: Send + 'static>(
 
 impl NodeService {
     /// The node plugin of node `node_id` (its Kubernetes Node name), keeping its records
-    /// in `state_dir`. Sweeps what dead attaches left behind first (blocking).
+    /// in `state_dir`. Sweeps what dead attaches left behind first (blocking), then
+    /// starts the REMOUNT monitor (when `options.remount`).
     pub fn new(
         node_id: String,
         state_dir: PathBuf,
         cluster: Cluster,
+        options: NodeOptions,
     ) -> Result<NodeService, Error> {
         assert!(!node_id.is_empty(), "the node id is checked at start-up");
         let exe = std::env::current_exe()
             .map_err(|e| Error::io("finding this program's path (for initiator attach)", e))?;
         let inner = Arc::new(Inner {
             node_id,
+            options,
             state: StateDir::new(state_dir),
             cluster,
             exe,
@@ -186,6 +218,15 @@ impl NodeService {
             children: Children::default(),
         });
         sweep::sweep(&inner)?;
+        let (method, why) = iscsiadm::describe(inner.options.attach_method);
+        tracing::info!(attach_method = ?inner.options.attach_method, now = method, "{why}");
+        if inner.options.remount {
+            remount::spawn(Arc::downgrade(&inner));
+        } else {
+            tracing::info!(
+                "REMOUNT is off (--remount=false): a filesystem the kernel made read-only stays so"
+            );
+        }
         Ok(NodeService { inner })
     }
 }
@@ -258,6 +299,8 @@ impl Node for NodeService {
     ) -> Result<Response<NodeGetInfoResponse>, Status> {
         let mut segments = HashMap::new();
         segments.insert(TOPOLOGY_KEY.to_owned(), self.inner.node_id.clone());
+        let (method, why) = iscsiadm::describe(self.inner.options.attach_method);
+        tracing::info!(node = %self.inner.node_id, attach_method = ?self.inner.options.attach_method, now = method, remount = self.inner.options.remount, "NodeGetInfo: {why}");
         Ok(Response::new(NodeGetInfoResponse {
             node_id: self.inner.node_id.clone(),
             max_volumes_per_node: 0,

@@ -72,7 +72,7 @@ fn publish_now(
             staging.display()
         )));
     }
-    if !host::attach_alive(st.pid, &st.fuse_dir) {
+    if !super::attach::alive(&st) {
         return Err(not_staged(
             "its attach process is gone: stage it again".to_owned(),
         ));
@@ -133,29 +133,41 @@ fn publish_now(
             st.loop_device.clone()
         }
     };
+    bind(volume, &source, &target, readonly)?;
+    st.published.insert(target, Published { readonly });
+    inner.state.save(&st)
+}
+
+/// Binds `source` at `target` (read-only on request, checked in the mount table): a
+/// publish, or REMOUNT binding a target path again.
+pub(super) fn bind(
+    volume: &str,
+    source: &Path,
+    target: &Path,
+    readonly: bool,
+) -> Result<(), Error> {
     // util-linux applies `ro` with `bind` as a bind followed by a read-only remount.
     let opts: &[&str] = if readonly { &["bind", "ro"] } else { &["bind"] };
-    blockdev::mount(&source, &target, None, opts).map_err(|e| {
+    blockdev::mount(source, target, None, opts).map_err(|e| {
         Error::tool(
             format!("bind mounting {} at {}", source.display(), target.display()),
             e,
         )
     })?;
     if readonly {
-        let ro = host::mount_at(&target)
+        let ro = host::mount_at(target)
             .ok()
             .flatten()
             .is_some_and(|m| m.read_only());
         if !ro {
-            let _ = blockdev::unmount(&target);
+            let _ = blockdev::unmount(target);
             return Err(Error::NodeState {
                 volume: volume.to_owned(),
                 why: format!("the bind at {} did not become read-only", target.display()),
             });
         }
     }
-    st.published.insert(target, Published { readonly });
-    inner.state.save(&st)
+    Ok(())
 }
 
 pub(super) async fn unpublish(

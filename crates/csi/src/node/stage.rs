@@ -1,19 +1,21 @@
 //! NodeStageVolume and NodeUnstageVolume.
 //!
-//! Stage: attach (a detached `cstor initiator attach --loop` process), then for mount
-//! access make ext4 or xfs only where blkid finds no signature and mount it at the
-//! staging path. A repeat finds the record and does only what is missing; a record
-//! whose attach process died is cleaned and attached again (the retry a CO makes after
-//! a node problem). Unstage: the staging mount, the loop device, the FUSE mount (the
-//! attach process logs out and exits), the record.
+//! Stage: attach (open-iscsi where [`iscsiadm::choose`] says so, else a detached
+//! `cstor initiator attach --loop` process), then for mount access make ext4 or xfs
+//! only where blkid finds no signature and mount it at the staging path (ext4 with
+//! `errors=remount-ro`, which REMOUNT undoes once the path is back). A repeat finds the
+//! record and does only what is missing; a record whose attach died is cleaned and
+//! attached again (the retry a CO makes after a node problem). Unstage: the staging
+//! mount, the loop device, the FUSE mount (the attach process logs out and exits) or
+//! the open-iscsi session, the record.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cstor_initiator::blockdev;
 
-use super::state::{Access, Target, VolumeState};
-use super::{attach, blocking, claim, host, required, Inner};
+use super::state::{Access, Target, Via, VolumeState};
+use super::{attach, blocking, claim, host, iscsiadm, remount, required, Inner};
 use crate::pb::volume_capability::AccessType;
 use crate::pb::{
     NodeStageVolumeRequest, NodeStageVolumeResponse, NodeUnstageVolumeRequest,
@@ -80,6 +82,7 @@ pub(super) async fn stage(
     let chap = cstor_api::chap::Credentials::from_map(&req.secrets)
         .map_err(|why| Error::invalid("secrets", why))?;
     let from_context = attach::target_from_context(&req.publish_context)?;
+    let remount = remount::of_context(&req.volume_context)?;
     let claim = claim(inner, &req.volume_id)?;
     let recorded = inner.state.load(&req.volume_id)?;
     // A CO without ControllerPublishVolume passes no publish_context: the CStorVolume
@@ -95,7 +98,7 @@ pub(super) async fn stage(
     let volume = req.volume_id.clone();
     let staging = PathBuf::from(&req.staging_target_path);
     blocking(claim, move |inner| {
-        stage_now(inner, &volume, &staging, &want, target, chap)
+        stage_now(inner, &volume, &staging, &want, target, chap, remount)
     })
     .await?;
     Ok(NodeStageVolumeResponse {})
@@ -108,6 +111,7 @@ fn stage_now(
     want: &Want,
     target: Target,
     chap: Option<cstor_api::chap::Credentials>,
+    remount: bool,
 ) -> Result<(), Error> {
     inner.children.reap();
     std::fs::create_dir_all(staging)
@@ -128,9 +132,20 @@ fn stage_now(
                 });
             }
             let file = s.fuse_dir.join(cstor_initiator::LUN_FILE);
-            let alive = host::attach_alive(s.pid, &s.fuse_dir);
-            if alive && host::loops_backed_by(&file).contains(&s.loop_device) {
+            let alive = attach::alive(&s);
+            let whole =
+                s.via == Via::Iscsiadm || host::loops_backed_by(&file).contains(&s.loop_device);
+            if alive && whole {
                 s
+            } else if s.via == Via::Iscsiadm {
+                tracing::warn!(
+                    volume,
+                    "the open-iscsi session of a staged volume is gone; logging in again"
+                );
+                let stale: Vec<PathBuf> = s.published.keys().cloned().collect();
+                lazy_unmount(&stale, &s.staging_path);
+                iscsiadm::detach_session(&s.target)?;
+                fresh(inner, volume, &staging, want, target, remount)?
             } else {
                 tracing::warn!(
                     volume,
@@ -144,11 +159,15 @@ fn stage_now(
                 let mut stale: Vec<PathBuf> = s.published.keys().cloned().collect();
                 stale.push(s.staging_path.clone());
                 attach::clean_dead(&s.fuse_dir, &stale);
-                fresh(inner, volume, &staging, want, target, chap)?
+                fresh(inner, volume, &staging, want, target, chap, remount)?
             }
         }
-        None => fresh(inner, volume, &staging, want, target, chap)?,
+        None => fresh(inner, volume, &staging, want, target, chap, remount)?,
     };
+    if st.remount != remount {
+        st.remount = remount;
+        inner.state.save(&st)?;
+    }
     if st.access == Access::Mount && mount_staging(volume, &st)? {
         // A volume expanded while staged nowhere (ControllerExpandVolume then says no
         // node expansion is needed): its filesystem grows to the LUN here, as it is
@@ -173,44 +192,102 @@ fn fresh(
     want: &Want,
     target: Target,
     chap: Option<cstor_api::chap::Credentials>,
+    remount: bool,
 ) -> Result<VolumeState, Error> {
+    let (via, why) = iscsiadm::choose(inner.options.attach_method, volume)?;
+    tracing::info!(volume, "NodeStageVolume: {why}");
     inner.state.create()?;
-    let dir = inner.state.fuse_dir(volume);
-    // A FUSE mount left at our directory by an attach no record knows of.
-    attach::clean_dead(&dir, &[]);
-    let login = attach::Login {
-        chap,
-        ..inner.login()
+    let (pid, dir, device) = match via {
+        Via::Iscsiadm => {
+            let dev = iscsiadm::attach(
+                volume,
+                &target,
+                &inner.login(),
+                chap.as_ref(),
+                inner.options.replacement_timeout,
+            )?;
+            (0, PathBuf::new(), dev)
+        }
+        Via::Userspace => {
+            let dir = inner.state.fuse_dir(volume);
+            // A FUSE mount left at our directory by an attach no record knows of.
+            attach::clean_dead(&dir, &[]);
+            let login = attach::Login {
+                chap,
+                ..inner.login()
+            };
+            let started = attach::start(
+                volume,
+                &inner.exe,
+                &target,
+                &login,
+                &dir,
+                &inner.state.log(volume),
+                inner.options.replacement_timeout,
+            )?;
+            let pid = started.child.id();
+            inner.children.add(started.child);
+            tracing::info!(volume, pid, loop_device = %started.loop_device.display(), "attached");
+            (pid, dir, started.loop_device)
+        }
     };
-    let started = attach::start(
-        volume,
-        &inner.exe,
-        &target,
-        &login,
-        &dir,
-        &inner.state.log(volume),
-    )?;
-    let pid = started.child.id();
-    inner.children.add(started.child);
-    tracing::info!(volume, pid, loop_device = %started.loop_device.display(), "attached");
     let st = VolumeState {
         volume_id: volume.to_owned(),
         target,
+        via,
         pid,
         fuse_dir: dir.clone(),
-        loop_device: started.loop_device,
+        loop_device: device,
         staging_path: staging.to_owned(),
         access: want.access,
         fstype: want.fstype.clone(),
         mount_flags: want.flags.clone(),
         staged: false,
         published: Default::default(),
+        remount,
     };
     if let Err(e) = inner.state.save(&st) {
-        let _ = attach::detach(pid, &dir, &inner.children);
+        let _ = match via {
+            Via::Iscsiadm => iscsiadm::detach_session(&st.target),
+            Via::Userspace => attach::detach(pid, &dir, &inner.children),
+        };
         return Err(e);
     }
     Ok(st)
+}
+
+/// Lazily unmounts what is left of a lost attach (the filesystem below is unreachable).
+fn lazy_unmount(publishes: &[PathBuf], staging: &Path) {
+    for m in publishes.iter().chain([&staging.to_path_buf()]) {
+        if host::mount_at(m).ok().flatten().is_some() {
+            let _ = blockdev::unmount_lazy(m);
+        }
+    }
+}
+
+/// Mounts the volume's device at its staging path with the stage's flags, plus
+/// `errors=remount-ro` for ext4 unless they name an `errors=` behaviour (the kernel
+/// default may be `continue`, which would write on over I/O errors), and `ro` when
+/// asked (REMOUNT after a failed check).
+pub(super) fn mount_device(st: &VolumeState, ro: bool) -> Result<(), Error> {
+    let fstype = st.fstype.as_deref().unwrap_or("ext4");
+    let mut flags: Vec<&str> = st.mount_flags.iter().map(String::as_str).collect();
+    if fstype == "ext4" && !flags.iter().any(|f| f.starts_with("errors=")) {
+        flags.push("errors=remount-ro");
+    }
+    if ro {
+        flags.push("ro");
+    }
+    blockdev::mount(&st.loop_device, &st.staging_path, Some(fstype), &flags).map_err(|e| {
+        Error::tool(
+            format!(
+                "mounting {} at {}",
+                st.loop_device.display(),
+                st.staging_path.display()
+            ),
+            e,
+        )
+    })
 }
 
 /// Mounts the volume's filesystem (made if blank) at its staging path; true when it was
@@ -252,17 +329,7 @@ fn mount_staging(volume: &str, st: &VolumeState) -> Result<bool, Error> {
             })
         }
     }
-    let flags: Vec<&str> = st.mount_flags.iter().map(String::as_str).collect();
-    blockdev::mount(&st.loop_device, staging, Some(fstype), &flags).map_err(|e| {
-        Error::tool(
-            format!(
-                "mounting {} at {}",
-                st.loop_device.display(),
-                staging.display()
-            ),
-            e,
-        )
-    })?;
+    mount_device(st, false)?;
     Ok(true)
 }
 
@@ -294,7 +361,8 @@ fn unstage_now(inner: &Arc<Inner>, volume: &str, staging: &Path) -> Result<(), E
             ),
         ));
     }
-    if host::attach_alive(st.pid, &st.fuse_dir) {
+    let alive = attach::alive(&st);
+    if alive || st.via == Via::Iscsiadm {
         let held: Vec<String> = st
             .published
             .keys()
@@ -307,6 +375,16 @@ fn unstage_now(inner: &Arc<Inner>, volume: &str, staging: &Path) -> Result<(), E
                 why: format!("still published at {}: unpublish first", held.join(", ")),
             });
         }
+    }
+    if st.via == Via::Iscsiadm {
+        let stale: Vec<PathBuf> = st.published.keys().cloned().collect();
+        if host::mount_at(&st.staging_path).ok().flatten().is_some() {
+            blockdev::unmount(&st.staging_path)
+                .map_err(|e| Error::io(format!("unmounting {}", st.staging_path.display()), e))?;
+        }
+        lazy_unmount(&stale, &st.staging_path);
+        iscsiadm::detach_session(&st.target)?;
+    } else if alive {
         attach::detach(st.pid, &st.fuse_dir, &inner.children)?;
     } else {
         let mut stale: Vec<PathBuf> = st.published.keys().cloned().collect();

@@ -41,6 +41,21 @@ pub struct Target {
     pub lun: u64,
 }
 
+/// How a volume's LUN is attached to this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// A `cstor initiator attach --loop` process: FUSE file and loop device.
+    #[default]
+    Userspace,
+    /// An open-iscsi session (`iscsiadm`): the kernel's SCSI disk.
+    Iscsiadm,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// One NodePublishVolume that holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {
@@ -55,11 +70,14 @@ pub struct VolumeState {
     pub volume_id: String,
     /// Where the LUN comes from.
     pub target: Target,
-    /// Pid of the `cstor initiator attach` process (in its own session).
+    /// How the LUN is attached (a record without it: userspace).
+    #[serde(default)]
+    pub via: Via,
+    /// Pid of the `cstor initiator attach` process (in its own session); 0 for iscsiadm.
     pub pid: u32,
-    /// Its FUSE directory (holds the file `lun`).
+    /// Its FUSE directory (holds the file `lun`); empty for iscsiadm.
     pub fuse_dir: PathBuf,
-    /// The loop device over `fuse_dir/lun`.
+    /// The loop device over `fuse_dir/lun`, or the SCSI disk of the open-iscsi session.
     pub loop_device: PathBuf,
     /// NodeStageVolume's staging_target_path.
     pub staging_path: PathBuf,
@@ -73,6 +91,10 @@ pub struct VolumeState {
     pub staged: bool,
     /// Target paths of the publishes that hold.
     pub published: BTreeMap<PathBuf, Published>,
+    /// REMOUNT for this volume (volume_context `cstor.openebs.io/remount`, default on;
+    /// the plugin's `--remount=false` turns it off for every volume).
+    #[serde(default = "yes")]
+    pub remount: bool,
 }
 
 /// The plugin's state directory.
@@ -238,6 +260,7 @@ mod tests {
                 alternates: vec!["127.0.0.2:3260".into()],
                 lun: 0,
             },
+            via: Via::Userspace,
             pid: 42,
             fuse_dir: sd.fuse_dir("v"),
             loop_device: "/dev/loop7".into(),
@@ -247,12 +270,20 @@ mod tests {
             mount_flags: vec![],
             staged: true,
             published: BTreeMap::new(),
+            remount: true,
         };
         st.published
             .insert("/t".into(), Published { readonly: true });
         sd.save(&st).unwrap();
         assert_eq!(sd.load("v").unwrap(), Some(st.clone()));
-        assert_eq!(sd.all().unwrap(), vec![st]);
+        assert_eq!(sd.all().unwrap(), vec![st.clone()]);
+        // A record of an older plugin (no `via`, no `remount`) reads as userspace, REMOUNT on.
+        let mut old = serde_json::to_value(&st).unwrap();
+        let o = old.as_object_mut().unwrap();
+        o.remove("via");
+        o.remove("remount");
+        let back: VolumeState = serde_json::from_value(old).unwrap();
+        assert_eq!((back.via, back.remount), (Via::Userspace, true));
         sd.remove("v").unwrap();
         sd.remove("v").unwrap();
         assert_eq!(sd.load("v").unwrap(), None);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cstor_initiator::blockdev;
 
-use super::state::{Access, VolumeState};
+use super::state::{Access, Via, VolumeState};
 use super::{attach, blocking, claim, host, required, Inner};
 use crate::pb::volume_usage::Unit;
 use crate::pb::{
@@ -43,29 +43,40 @@ fn find(inner: &Arc<Inner>, volume: &str, path: &Path) -> Result<VolumeState, Er
     if p != st.staging_path && !st.published.contains_key(&p) {
         return Err(missing("neither its staging path nor a target path"));
     }
-    if !path.exists() && host::attach_alive(st.pid, &st.fuse_dir) {
+    if !path.exists() && attach::alive(&st) {
         return Err(missing("the path does not exist"));
     }
     Ok(st)
 }
 
-fn condition(st: &VolumeState, path: &Path) -> VolumeCondition {
+fn condition(inner: &Inner, st: &VolumeState, path: &Path) -> VolumeCondition {
     let abnormal = |message: String| VolumeCondition {
         abnormal: true,
         message,
     };
-    if !host::attach_alive(st.pid, &st.fuse_dir) {
-        return abnormal(format!(
-            "the attach process (pid {}) is gone; stage the volume again",
-            st.pid
-        ));
+    if !attach::alive(st) {
+        return abnormal(match st.via {
+            Via::Userspace => format!(
+                "the attach process (pid {}) is gone; stage the volume again",
+                st.pid
+            ),
+            Via::Iscsiadm => format!(
+                "the open-iscsi session's disk {} is gone; stage the volume again",
+                st.loop_device.display()
+            ),
+        });
     }
-    if !blockdev::is_lun_mount(&st.fuse_dir) {
+    if st.via == Via::Userspace && !blockdev::is_lun_mount(&st.fuse_dir) {
         return abnormal(format!("the FUSE mount {} is gone", st.fuse_dir.display()));
     }
-    if let Err(why) = attach::probe_io(&st.fuse_dir, IO_PROBE) {
+    if let Err(why) = attach::probe(st, IO_PROBE) {
         return abnormal(why);
     }
+    let remount = if inner.options.remount && st.remount {
+        "; REMOUNT brings it back read-write once the volume is healthy"
+    } else {
+        "; REMOUNT is off for it"
+    };
     if st.access == Access::Mount {
         if let Ok(Some(m)) = host::mount_at(path) {
             let published_ro = st
@@ -73,9 +84,15 @@ fn condition(st: &VolumeState, path: &Path) -> VolumeCondition {
                 .get(&host::normal(path))
                 .is_some_and(|p| p.readonly);
             let asked_ro = st.mount_flags.iter().any(|f| f == "ro");
-            if m.read_only() && !published_ro && !asked_ro {
+            if super::remount::stopped(&m) && !published_ro && !asked_ro {
                 return abnormal(format!(
-                    "the filesystem at {} is read-only (the kernel remounted it after I/O errors)",
+                    "the filesystem at {} is read-only (the kernel stopped writes to it after I/O errors){remount}",
+                    path.display()
+                ));
+            }
+            if super::remount::shut_down(path) {
+                return abnormal(format!(
+                    "the filesystem at {} was shut down (every access fails with EIO){remount}",
                     path.display()
                 ));
             }
@@ -157,10 +174,10 @@ pub(super) async fn stats(
     let path = PathBuf::from(&req.volume_path);
     blocking(claim, move |inner| {
         let st = find(inner, &volume, &path)?;
-        let cond = condition(&st, &path);
+        let cond = condition(inner, &st, &path);
         // A volume whose attach is gone has no numbers to give (its path is a plain
         // directory again), only its condition.
-        let usage = if !host::attach_alive(st.pid, &st.fuse_dir) {
+        let usage = if !attach::alive(&st) {
             Vec::new()
         } else if cond.abnormal {
             usage(&st, &path).unwrap_or_default()
@@ -240,17 +257,21 @@ fn run(tool: &str, args: &[&str]) -> Result<(), Error> {
 /// Brings the LUN file, the loop device and the filesystem to the LUN's size; the
 /// device's size after it.
 fn grow(volume: &str, st: &VolumeState, required_bytes: u64) -> Result<u64, Error> {
-    if !host::attach_alive(st.pid, &st.fuse_dir) {
+    if !attach::alive(st) {
         return Err(Error::Precondition {
             volume: volume.to_owned(),
-            why: "its attach process is gone: stage it again".to_owned(),
+            why: "its attach is gone: stage it again".to_owned(),
         });
+    }
+    if st.via == Via::Iscsiadm {
+        // The kernel reads the capacity again on a rescan of the session.
+        super::iscsiadm::rescan(&st.target)?;
     }
     // One read makes a pending CAPACITY DATA HAS CHANGED reach the attach process, which
     // then reads the capacity again; the file's size follows.
     let t0 = Instant::now();
     let lun = loop {
-        let lun = attach::probe_io(&st.fuse_dir, IO_PROBE).map_err(|why| Error::NodeState {
+        let lun = attach::probe(st, IO_PROBE).map_err(|why| Error::NodeState {
             volume: volume.to_owned(),
             why,
         })?;
@@ -266,7 +287,7 @@ fn grow(volume: &str, st: &VolumeState, required_bytes: u64) -> Result<u64, Erro
         });
     }
     let dev_io = |e| Error::io(format!("size of {}", st.loop_device.display()), e);
-    if host::device_bytes(&st.loop_device).map_err(dev_io)? < lun {
+    if st.via == Via::Userspace && host::device_bytes(&st.loop_device).map_err(dev_io)? < lun {
         // LoopDevice::refresh_size's `losetup -c`, on a device this process did not set up.
         run("losetup", &["-c", &st.loop_device.display().to_string()])?;
     }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use cstor_initiator::blockdev;
 
+use super::state::Via;
 use super::{attach, host, Inner};
 use crate::Error;
 
@@ -28,6 +29,11 @@ pub(super) fn sweep(inner: &Arc<Inner>) -> Result<(), Error> {
     let mut kept: HashSet<PathBuf> = HashSet::new();
     for r in inner.state.all()? {
         let dir = host::normal(&r.fuse_dir);
+        if r.via == Via::Iscsiadm {
+            // The kernel's session outlives the plugin; a lost one is NodeStage's to redo.
+            tracing::info!(volume = %r.volume_id, attached = attach::alive(&r), "staged volume of an open-iscsi session kept");
+            continue;
+        }
         if host::attach_alive(r.pid, &r.fuse_dir) && blockdev::is_lun_mount(&r.fuse_dir) {
             tracing::info!(volume = %r.volume_id, pid = r.pid, "staged volume kept: its attach process runs");
             kept.insert(dir);

@@ -5,6 +5,9 @@
 //! the socket). Never: CSI logic of its own.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::units::parse_duration;
 
 use anyhow::Context;
 
@@ -19,10 +22,21 @@ pub enum Mode {
     All,
 }
 
+/// How the node service attaches a volume.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum AttachMethod {
+    /// open-iscsi where it is usable (iscsiadm, iscsid, iscsi_tcp), else userspace.
+    Auto,
+    /// open-iscsi only; a stage fails, saying what is missing, where it is not usable.
+    Iscsiadm,
+    /// The userspace initiator (FUSE file and loop device) only.
+    Userspace,
+}
+
 /// Arguments of `cstor csi`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Serves CSI v1.12 on a unix socket. Identity: GetPluginInfo, GetPluginCapabilities, Probe\n(ready once the API server answers). Controller: CreateVolume, DeleteVolume,\nControllerExpandVolume, ValidateVolumeCapabilities, ListVolumes, GetCapacity,\nControllerGetVolume, ControllerGetCapabilities, all through CStorVolumeConfigs.\nNode: NodeStage/Unstage (userspace iSCSI attach in a process of its own, FUSE, a loop\ndevice, ext4/xfs), NodePublish/Unpublish, NodeGetVolumeStats, NodeExpandVolume,\nNodeGetInfo, NodeGetCapabilities. See docs/csi.md."
+    after_help = "Serves CSI v1.12 on a unix socket. Identity: GetPluginInfo, GetPluginCapabilities, Probe\n(ready once the API server answers). Controller: CreateVolume, DeleteVolume,\nControllerExpandVolume, ValidateVolumeCapabilities, ListVolumes, GetCapacity,\nControllerGetVolume, ControllerGetCapabilities, all through CStorVolumeConfigs.\nNode: NodeStage/Unstage (open-iscsi where it works, else a userspace iSCSI attach in a\nprocess of its own, FUSE, a loop device; ext4/xfs), NodePublish/Unpublish,\nNodeGetVolumeStats, NodeExpandVolume, NodeGetInfo, NodeGetCapabilities; REMOUNT of a\nfilesystem the kernel made read-only. See docs/csi.md."
 )]
 pub struct Args {
     /// Socket to serve on: unix:///PATH (a stale socket file there is replaced).
@@ -44,6 +58,19 @@ pub struct Args {
     /// directories live (kept across restarts of the plugin).
     #[arg(long, default_value = "/var/lib/cstor/csi")]
     pub state_dir: PathBuf,
+    /// Node mode: attach volumes with open-iscsi (iscsiadm), the userspace initiator, or
+    /// whichever works on this node (auto: open-iscsi when iscsiadm, iscsid and the
+    /// iscsi_tcp module are there).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attach_method: AttachMethod,
+    /// Node mode: REMOUNT, bring a staged filesystem the kernel made read-only (after a
+    /// path outage) back read-write once the volume is healthy again.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub remount: bool,
+    /// Node mode: how long an attach queues I/O while its connection to the target is
+    /// down before failing it (open-iscsi's replacement_timeout).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub replacement_timeout: Duration,
 }
 
 /// Runs the driver until SIGINT or SIGTERM.
@@ -60,6 +87,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         kubeconfig: args.kubeconfig.clone(),
         namespace: args.namespace.clone(),
         state_dir: args.state_dir.clone(),
+        node: cstor_csi::node::NodeOptions {
+            remount: args.remount,
+            attach_method: match args.attach_method {
+                AttachMethod::Auto => cstor_csi::node::iscsiadm::Method::Auto,
+                AttachMethod::Iscsiadm => cstor_csi::node::iscsiadm::Method::Iscsiadm,
+                AttachMethod::Userspace => cstor_csi::node::iscsiadm::Method::Userspace,
+            },
+            replacement_timeout: args.replacement_timeout,
+        },
     };
     super::run_until_signal(|stop| async move {
         eprintln!(
