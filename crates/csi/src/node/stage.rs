@@ -145,7 +145,7 @@ fn stage_now(
                 let stale: Vec<PathBuf> = s.published.keys().cloned().collect();
                 lazy_unmount(&stale, &s.staging_path);
                 iscsiadm::detach_session(&s.target)?;
-                fresh(inner, volume, &staging, want, target, remount)?
+                fresh(inner, volume, &staging, want, target, chap, remount)?
             } else {
                 tracing::warn!(
                     volume,
