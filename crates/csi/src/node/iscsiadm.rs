@@ -488,6 +488,7 @@ mod tests {
         let login = Login {
             initiator_name: "iqn.2026-12.io.cstor:node-1".into(),
             pr_key: 1,
+            chap: None,
         };
         let plain = settings(&login, None, Duration::from_secs(120));
         let get = |v: &[(String, String)], k: &str| {
