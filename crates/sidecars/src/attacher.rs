@@ -429,17 +429,9 @@ async fn secrets(
     let Some(r) = r else {
         return Ok(HashMap::new());
     };
-    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(client.clone(), &r.namespace);
-    let s = api
-        .get(&r.name)
+    crate::secret_data(client, &r.namespace, &r.name)
         .await
-        .map_err(|e| format!("failed to load secret \"{}/{}\": {e}", r.namespace, r.name))?;
-    Ok(s.data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-        .collect())
+        .map_err(|e| format!("failed to load secret \"{}/{}\": {e}", r.namespace, r.name))
 }
 
 impl crate::Runner {

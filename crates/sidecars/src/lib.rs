@@ -395,26 +395,35 @@ impl Runner {
     }
 }
 
-/// The data of Secret `namespace/name` as the sidecars pass secrets to the driver.
-async fn read_secret(
+/// The data of Secret `namespace/name` as the sidecars pass secrets to the driver
+/// (values as UTF-8 text); each sidecar words a failure as its real counterpart does.
+pub(crate) async fn secret_data(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<HashMap<String, String>, tonic::Status> {
+) -> Result<HashMap<String, String>, kube::Error> {
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get(name)
-        .await
-        .map_err(|e| {
-            tonic::Status::unavailable(format!(
-                "error getting secret {name} in namespace {namespace}: {e}"
-            ))
-        })?;
+        .await?;
     Ok(secret
         .data
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
         .collect())
+}
+
+/// [`secret_data`] as the snapshotter reports a failure.
+async fn read_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<HashMap<String, String>, tonic::Status> {
+    secret_data(client, namespace, name).await.map_err(|e| {
+        tonic::Status::unavailable(format!(
+            "error getting secret {name} in namespace {namespace}: {e}"
+        ))
+    })
 }
 
 /// One snapshotter call: its secrets read, its mark written, then the RPC.
