@@ -440,7 +440,7 @@ fn the_chart_with_the_seeds_flags_declares_what_kustomize_does() {
                 panic!("{key:?} differs between chart and kustomize at {d}");
             }
         }
-        assert_eq!(chart.len(), 24, "{:?}", names(&chart));
+        assert_eq!(chart.len(), 26, "{:?}", names(&chart));
     }
 
     // cstor.enabled=false renders no templates (only crds/, which helm always installs).

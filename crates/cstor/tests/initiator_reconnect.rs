@@ -220,3 +220,55 @@ async fn a_session_follows_its_target_to_an_alternate_portal() {
         .unwrap_err();
     assert_eq!(e.to_string(), alone.to_string());
 }
+
+/// A target that hangs rather than dies (its node stopped or cut off: TCP is accepted, or
+/// SYNs dropped, and nothing answers) while it moves to another portal: the reconnect
+/// tries the next portal after a short stagger instead of sitting out the whole login
+/// timeout on the hung one, and the write queued meanwhile completes at the new portal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_portal_costs_a_reconnect_seconds_not_the_login_timeout() {
+    let pool = Pool::new();
+    pool.cstor(&["volume", "create", "ip/v", "--size", "16M"]);
+    let (first, moved) = (free_addr(), free_addr());
+    let serve_args = ["--iqn", IQN, "--volume", "ip/v"];
+    let target = pool.serve(&first, &serve_args);
+    let opts = SessionOptions {
+        command_timeout: Duration::from_secs(2),
+        ..SessionOptions::default()
+    };
+    assert!(opts.login_timeout >= Duration::from_secs(10));
+    let s = Session::login_any(&spec(&first), opts, std::slice::from_ref(&moved))
+        .await
+        .expect("login");
+    s.write(0, &pattern(4096, 1)).await.expect("write");
+    s.flush().await.expect("flush");
+    // Stopped, not killed: its socket still accepts connections and never answers. The
+    // pool is taken over by the moved target (the old process can never run again).
+    target.signal(libc::SIGSTOP);
+    let hung = Instant::now();
+    let pending = {
+        let s = s.clone();
+        tokio::spawn(async move { s.write(8, &pattern(4096, 2)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    target.signal(libc::SIGKILL);
+    target.kill();
+    let listener = std::net::TcpListener::bind(&first).expect("hold the old portal");
+    let _moved = pool.serve(&moved, &serve_args);
+    tokio::time::timeout(Duration::from_secs(60), pending)
+        .await
+        .expect("the write did not complete at the new portal")
+        .expect("writer task")
+        .expect("write");
+    let took = hung.elapsed();
+    eprintln!("write completed {took:?} after the target hung");
+    assert!(
+        took < opts.login_timeout,
+        "the reconnect sat out the hung portal's login timeout: {took:?}"
+    );
+    let mut back = vec![0u8; 4096];
+    s.read(8, &mut back).await.expect("read");
+    assert_eq!(back, pattern(4096, 2));
+    s.logout().await.expect("logout");
+    drop(listener);
+}

@@ -42,6 +42,11 @@ const DEFAULT_MAX_TRANSFER_BYTES: u64 = 8 << 20;
 /// Reconnect back-off bounds.
 const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+/// How long a reconnect's login on a preferred portal runs alone before the next portal
+/// is tried beside it: a hung portal (a stopped or cut-off node accepts TCP, or drops
+/// SYNs, and never answers) costs this much, not the whole login timeout, when the
+/// target moved to another portal.
+const PORTAL_STAGGER: Duration = Duration::from_secs(2);
 
 /// Tunables of a session; `Default` gives open-iscsi's behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -710,6 +715,50 @@ impl Inner {
     }
 }
 
+/// One login over `addrs` in their order of preference: each portal's attempt starts
+/// when the one before it failed or has run [`PORTAL_STAGGER`] without an answer, and
+/// the first login that succeeds wins (the attempts still running are dropped, which
+/// closes their connections before any command went over them). None when all failed.
+async fn establish_first(
+    spec: &LoginSpec,
+    opts: &SessionOptions,
+    isid: [u8; 6],
+    addrs: &[String],
+) -> Option<Conn> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let attempt = |addr: &String| {
+        let addr = addr.clone();
+        async move {
+            let r = establish(spec, opts, isid, &addr).await;
+            (addr, r)
+        }
+    };
+    let mut queue = addrs.iter();
+    let mut running = FuturesUnordered::new();
+    loop {
+        if running.is_empty() {
+            running.push(attempt(queue.next()?));
+        }
+        tokio::select! {
+            done = running.next() => match done {
+                Some((_, Ok(c))) => return Some(c),
+                Some((addr, Err(e))) => {
+                    tracing::debug!(target = %spec.target_iqn, portal = %addr, error = %e, "reconnect failed");
+                    if let Some(a) = queue.next() {
+                        running.push(attempt(a));
+                    }
+                }
+                None => {}
+            },
+            _ = tokio::time::sleep(PORTAL_STAGGER) => {
+                if let Some(a) = queue.next() {
+                    running.push(attempt(a));
+                }
+            }
+        }
+    }
+}
+
 /// Logs in again until it works or the session is gone; the last portal reached (a
 /// redirect's) first, then the configured one, then the alternates (a moved target).
 async fn reconnect(weak: Weak<Inner>) {
@@ -732,30 +781,23 @@ async fn reconnect(weak: Weak<Inner>) {
                 addrs.push(a.clone());
             }
         }
-        for addr in addrs {
-            match establish(&inner.spec, &inner.opts, inner.isid, &addr).await {
-                Ok(c) => {
-                    if inner.state.lock().closed {
-                        c.kill("session closed");
-                        inner.state.lock().reconnecting = false;
-                        return;
-                    }
-                    tracing::info!(target = %inner.spec.target_iqn, portal = %c.addr, "reconnected");
-                    inner.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                    inner.install(c);
-                    let fence = *inner.fence.lock();
-                    if let Some((key, generation)) = fence {
-                        if !inner.fenced.load(Ordering::Acquire) {
-                            let s = Session { inner };
-                            tokio::spawn(async move { s.recheck_fence(key, generation).await });
-                        }
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(target = %inner.spec.target_iqn, portal = %addr, error = %e, "reconnect failed");
+        if let Some(c) = establish_first(&inner.spec, &inner.opts, inner.isid, &addrs).await {
+            if inner.state.lock().closed {
+                c.kill("session closed");
+                inner.state.lock().reconnecting = false;
+                return;
+            }
+            tracing::info!(target = %inner.spec.target_iqn, portal = %c.addr, "reconnected");
+            inner.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+            inner.install(c);
+            let fence = *inner.fence.lock();
+            if let Some((key, generation)) = fence {
+                if !inner.fenced.load(Ordering::Acquire) {
+                    let s = Session { inner };
+                    tokio::spawn(async move { s.recheck_fence(key, generation).await });
                 }
             }
+            return;
         }
         drop(inner);
         tokio::time::sleep(delay).await;

@@ -77,7 +77,7 @@ impl ReplicatedVolume {
             }
             {
                 let mut s = inner.state.lock();
-                if started.elapsed() > inner.cfg.t_gather && s.phase == Phase::Init {
+                if started.elapsed() > inner.cfg.gather_bound() && s.phase == Phase::Init {
                     s.phase = Phase::Offline;
                     inner.ready_wake.notify_waiters();
                 }
@@ -161,7 +161,7 @@ impl ReplicatedVolume {
                     "the membership record is empty but replicas already hold data of this volume (give --accept-data-loss to start over them)".into(),
                 ));
             }
-            if answered.len() < cfg.replicas.len() && started.elapsed() < cfg.t_gather {
+            if answered.len() < cfg.replicas.len() && started.elapsed() < cfg.gather_bound() {
                 close_all(&answered);
                 return Ok(false);
             }
@@ -239,7 +239,7 @@ impl ReplicatedVolume {
             intact = std::mem::take(&mut lost);
         }
         let all_current_answered = intact.len() + lost.len() == current_n;
-        if intact.is_empty() || (!all_current_answered && started.elapsed() < cfg.t_gather) {
+        if intact.is_empty() || (!all_current_answered && started.elapsed() < cfg.gather_bound()) {
             close_all(&intact);
             close_all(&lost);
             close_all(&others);
@@ -248,7 +248,7 @@ impl ReplicatedVolume {
         let mut waited = Duration::ZERO;
         if lease_wait {
             if let Some(t0) = first_fenced {
-                let wait = cfg.t_lease + cfg.t_lease / 10 + Duration::from_secs(1);
+                let wait = cfg.lease_wait();
                 let left = wait.saturating_sub(t0.elapsed());
                 waited = left;
                 tokio::time::sleep(left).await;

@@ -120,6 +120,25 @@ impl VolumeConfig {
         }
     }
 
+    /// How long a start waits after its first fence before serving: an older instance
+    /// stops serving within T_lease of its last renewal (L2), plus a tenth for clock rate
+    /// and a second for its in-flight replies.
+    pub(crate) fn lease_wait(&self) -> Duration {
+        self.t_lease + self.t_lease / 10 + Duration::from_secs(1)
+    }
+
+    /// How long a start waits for every Current replica to answer. T_gather only spares
+    /// needless evictions (any intact Current replica it fenced holds every acknowledged
+    /// write: design §2.1 (5)). When the controller moved the target off a node it saw
+    /// dead ([`Self::takeover_from`]), that node's replica is most likely gone with it, so
+    /// the start waits no longer than the lease wait it must sit out anyway.
+    pub(crate) fn gather_bound(&self) -> Duration {
+        match self.takeover_from {
+            Some(_) => self.t_gather.min(self.lease_wait()),
+            None => self.t_gather,
+        }
+    }
+
     /// max(1, minCurrent): the fewest Current replicas the volume may run with.
     pub(crate) fn min_current_n(&self) -> usize {
         self.min_current().max(1) as usize
@@ -412,7 +431,7 @@ impl ReplicatedVolume {
     /// Claims the volume (epoch + 1 by CAS), then fences, gathers and reconciles in the
     /// background; IO is answered BUSY until [`ReplicatedVolume::ready`].
     pub async fn start(
-        cfg: VolumeConfig,
+        mut cfg: VolumeConfig,
         store: Arc<dyn MembershipStore>,
     ) -> Result<ReplicatedVolume, VolumeError> {
         let instance = wire::hex(&crate::auth::nonce()[..8]);
@@ -450,6 +469,12 @@ impl ReplicatedVolume {
         }
         let prev_clean = rec.clean_shutdown;
         let prev_holder = rec.holder.clone();
+        // A dead holder named by the controller that is not this record's holder (an
+        // annotation left from an earlier move) says nothing about this start's replicas:
+        // keep the full gather bound.
+        if cfg.takeover_from.as_deref() != prev_holder.as_ref().map(|h| h.instance.as_str()) {
+            cfg.takeover_from = None;
+        }
         // Claim (design §2.8 step 2).
         let (rec, ver, io_base) = loop {
             let mut r = rec.clone();

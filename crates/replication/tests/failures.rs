@@ -15,7 +15,7 @@ use bytes::Bytes;
 use common::*;
 use cstor_iscsi::backend::{BlockBackend, IoCtx};
 use cstor_replication::volume::Phase;
-use cstor_replication::{MemberState, ReplicatedVolume};
+use cstor_replication::{MemberState, MembershipStore, ReplicatedVolume};
 
 fn rd_ctx() -> IoCtx {
     IoCtx::new(Instant::now() + Duration::from_secs(10))
@@ -71,6 +71,56 @@ async fn clean_stop_then_start_skips_reconcile_and_lease_wait() {
     verify(&v3, &truth, BLOCKS).await;
     v3.shutdown().await.unwrap();
     c.identical();
+}
+
+/// A move off a node the controller saw dead (`takeover_from` names the crashed holder)
+/// loses that node's replica too: the new target waits for it no longer than the lease
+/// wait it sits out anyway, demotes it, and serves every acknowledged write. A name that
+/// is not the record's holder (an annotation left from an earlier move) keeps the full
+/// gather bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_off_a_dead_node_gathers_no_longer_than_the_lease_wait() {
+    let c = cluster(3).await;
+    let v = c.target().await;
+    let truth = Arc::new(Truth::default());
+    run_writers(&v, &truth, 0.3).await;
+    let holder = |c: &Cluster| {
+        let (r, _) = c.store.read().unwrap();
+        r.holder.map(|h| h.instance).unwrap()
+    };
+    let dead = holder(&c);
+    v.crash();
+    c.proxies[2].set(CUT);
+    let mut moved = cfg(SIZE, c.addrs());
+    moved.t_gather = Duration::from_secs(9);
+    let lease_wait = moved.t_lease + moved.t_lease / 10 + Duration::from_secs(1);
+    moved.takeover_from = Some(dead);
+    let t = Instant::now();
+    let v2 = c.target_with(moved.clone()).await;
+    let took = t.elapsed();
+    eprintln!("start after a move off a dead node: {took:?}");
+    assert!(
+        took >= lease_wait && took < moved.t_gather,
+        "took {took:?}: lease wait {lease_wait:?}, T_gather {:?}",
+        moved.t_gather
+    );
+    assert_eq!(c.state_of("r2"), MemberState::Stale);
+    verify(&v2, &truth, BLOCKS).await;
+    run_writers(&v2, &truth, 0.3).await;
+
+    // The same start naming an instance that is not the holder waits out T_gather.
+    let stale_name = holder(&c);
+    v2.crash();
+    moved.takeover_from = Some(format!("not-{stale_name}"));
+    moved.t_takeover = Duration::ZERO;
+    c.proxies[1].set(CUT);
+    let t = Instant::now();
+    let v3 = c.target_with(moved.clone()).await;
+    let took = t.elapsed();
+    assert!(took >= moved.t_gather, "took {took:?} with a stale name");
+    assert_eq!(c.state_of("r1"), MemberState::Stale);
+    verify(&v3, &truth, BLOCKS).await;
+    v3.shutdown().await.unwrap();
 }
 
 /// R2 stops for 1.5 s every 4.5 s (the SIGSTOP/SIGCONT flap of §4, in-process): each
