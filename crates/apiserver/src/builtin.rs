@@ -1,10 +1,12 @@
 //! Validation of built-in kinds that have no OpenAPI schema here, with kube-apiserver's
 //! messages: PersistentVolumeClaim (access modes, storage request, immutable spec, no
-//! shrinking) and StorageClass (provisioner, enums, immutable parameters).
+//! shrinking) and StorageClass (provisioner, enums, immutable parameters); and the one
+//! decoding rule of a built-in kind that changes what is stored: a Secret's write-only
+//! `stringData` ([`fold_string_data`]).
 
 use serde_json::Value;
 
-use crate::error::FieldCause;
+use crate::error::{ApiError, FieldCause};
 use crate::quantity;
 use crate::registry::{ResourceType, Special};
 
@@ -44,6 +46,68 @@ pub(crate) fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> V
         (_, "StorageClass") if rt.group == "storage.k8s.io" => storage_class(obj, old),
         _ => Vec::new(),
     }
+}
+
+/// Go's name of a JSON value's type in a decoding error.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// kube-apiserver's v1 -> internal conversion of a Secret, which every create, update,
+/// patch and apply body goes through before admission: each `stringData` entry
+/// replaces `data`'s key with its base64 form, and `stringData` (write-only) is neither
+/// stored nor returned. A body Go could not decode is a 400, in its words.
+pub(crate) fn fold_string_data(
+    rt: &ResourceType,
+    version: &str,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
+    if rt.special != Special::Secret {
+        return Ok(());
+    }
+    let Some(m) = obj.as_object_mut() else {
+        return Ok(());
+    };
+    let string_data = match m.remove("stringData") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(v) => v,
+    };
+    let undecodable = |got: &Value, field: &str, go_type: &str| {
+        ApiError::BadRequest(format!(
+            "Secret in version \"{version}\" cannot be handled as a Secret: json: cannot unmarshal {} into Go struct field Secret.{field} of type {go_type}",
+            json_type(got)
+        ))
+    };
+    let Value::Object(entries) = string_data else {
+        return Err(undecodable(
+            &string_data,
+            "stringData",
+            "map[string]string",
+        ));
+    };
+    let data = m
+        .entry("data")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if data.is_null() {
+        *data = Value::Object(serde_json::Map::new());
+    }
+    let Value::Object(data) = data else {
+        return Err(undecodable(data, "data", "map[string][]uint8"));
+    };
+    for (k, v) in entries {
+        let Value::String(text) = &v else {
+            return Err(undecodable(&v, "stringData", "string"));
+        };
+        data.insert(k, Value::String(crate::tls::base64_encode(text.as_bytes())));
+    }
+    Ok(())
 }
 
 fn pvc(o: &Value, old: Option<&Value>) -> Vec<FieldCause> {
@@ -206,6 +270,30 @@ mod tests {
         let mut moved = pvc_obj("1Gi");
         moved["spec"]["storageClassName"] = json!("other");
         assert_eq!(pvc(&moved, Some(&pvc_obj("1Gi")))[0].field, "spec");
+    }
+
+    #[test]
+    fn string_data_is_folded_into_data_and_dropped() {
+        let rt = crate::registry::Registry::build(&[], &[])
+            .find("", "v1", "secrets")
+            .expect("secrets are served");
+        let mut s = json!({"data": {"a": "b2xk", "keep": "eA=="},
+                           "stringData": {"a": "new", "b": "two"}});
+        fold_string_data(&rt, "v1", &mut s).unwrap();
+        assert_eq!(
+            s,
+            json!({"data": {"a": "bmV3", "keep": "eA==", "b": "dHdv"}})
+        );
+        let mut s = json!({"data": null, "stringData": {"u": "x"}});
+        fold_string_data(&rt, "v1", &mut s).unwrap();
+        assert_eq!(s, json!({"data": {"u": "eA=="}}));
+        let e = fold_string_data(&rt, "v1", &mut json!({"stringData": {"n": 1}})).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::BadRequest(m) if m.ends_with("cannot unmarshal number into Go struct field Secret.stringData of type string")),
+            "{e:?}"
+        );
+        let e = fold_string_data(&rt, "v1", &mut json!({"stringData": ["x"]})).unwrap_err();
+        assert!(matches!(&e, ApiError::BadRequest(m) if m.contains("array into Go struct field Secret.stringData of type map[string]string")), "{e:?}");
     }
 
     #[test]

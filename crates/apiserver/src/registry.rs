@@ -41,6 +41,8 @@ pub(crate) enum Special {
     EventsV1,
     /// SelfSubjectAccessReview: answered, never stored.
     AccessReview,
+    /// core/v1 Secret: `stringData` folded into `data` ([`crate::builtin::fold_string_data`]).
+    Secret,
 }
 
 /// A served resource type.
@@ -298,7 +300,7 @@ fn builtins() -> Vec<ResourceType> {
                 col("Data", "integer", "#data-count", 0),
                 age(),
             ],
-            Special::None,
+            Special::Secret,
         ),
         builtin(
             "",

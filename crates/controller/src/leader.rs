@@ -1,14 +1,15 @@
-//! Leader election on a coordination.k8s.io/v1 Lease (`cstor-controller` in the
-//! controller's namespace), as client-go's leaderelection does it: the holder renews
+//! Leader election on a coordination.k8s.io/v1 Lease ([`LEASE_NAME`] in the controller's
+//! namespace; the embedded CSI sidecars elect on their own Leases with the same
+//! [`Elector`]), as client-go's leaderelection does it: the holder renews
 //! `renewTime` every [`LeaderConfig::renew_every`]; another candidate takes the lease over
 //! only after it has seen the lease's resourceVersion unchanged for a whole
 //! `leaseDurationSeconds` on its own clock (so clock skew between machines does not
 //! matter); every write carries the resourceVersion it read, so two candidates racing for
 //! a lease cannot both win.
 //!
-//! Invariant: [`Elector::leading`] is true only until `lease_duration` after the last
-//! successful renewal, so a leader cut off from the API server stops acting before
-//! another can take over.
+//! Invariant: [`Elector::leading`] is true only until `renew_deadline` (at most
+//! `lease_duration`) after the start of the last successful renewal, so a leader cut off
+//! from the API server stops acting before another can take over.
 
 use std::time::{Duration, Instant};
 
@@ -24,12 +25,17 @@ pub const LEASE_NAME: &str = "cstor-controller";
 /// Leader election settings.
 #[derive(Clone, Debug)]
 pub struct LeaderConfig {
+    /// The Lease's name.
+    pub lease: String,
     /// This candidate's identity (holderIdentity).
     pub identity: String,
     /// leaseDurationSeconds written on the Lease.
     pub lease_duration: Duration,
-    /// How often the holder renews.
+    /// How often the holder renews (and a candidate retries: client-go's RetryPeriod).
     pub renew_every: Duration,
+    /// How long the holder keeps acting after the start of its last successful renewal
+    /// (client-go's RenewDeadline); never longer than `lease_duration`.
+    pub renew_deadline: Duration,
 }
 
 /// One candidate's view of the election.
@@ -57,6 +63,16 @@ impl Elector {
         self.valid_until.is_some_and(|t| Instant::now() < t)
     }
 
+    /// Until when this candidate may act (None: it does not lead).
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.valid_until.filter(|t| Instant::now() < *t)
+    }
+
+    /// The settings it elects with.
+    pub fn config(&self) -> &LeaderConfig {
+        &self.config
+    }
+
     fn spec(&self, transitions: i32, acquire: Option<MicroTime>) -> LeaseSpec {
         let now = MicroTime(Timestamp::now());
         LeaseSpec {
@@ -73,11 +89,12 @@ impl Elector {
     /// leads afterwards; API errors count as not renewed.
     pub async fn tick(&mut self) -> bool {
         let started = Instant::now();
-        let ok = match self.api.get_opt(LEASE_NAME).await {
+        let lease_name = self.config.lease.clone();
+        let ok = match self.api.get_opt(&lease_name).await {
             Ok(None) => {
                 let lease = Lease {
                     metadata: ObjectMeta {
-                        name: Some(LEASE_NAME.to_owned()),
+                        name: Some(lease_name.clone()),
                         ..ObjectMeta::default()
                     },
                     spec: Some(self.spec(0, None)),
@@ -114,13 +131,13 @@ impl Elector {
                     next.spec = Some(self.spec(transitions, acquire));
                     match self
                         .api
-                        .replace(LEASE_NAME, &PostParams::default(), &next)
+                        .replace(&lease_name, &PostParams::default(), &next)
                         .await
                     {
                         Ok(written) => {
                             if !mine {
                                 tracing::info!(
-                                    "{} took the lease {LEASE_NAME} over from {holder:?}",
+                                    "{} took the lease {lease_name} over from {holder:?}",
                                     self.config.identity
                                 );
                             }
@@ -137,12 +154,13 @@ impl Elector {
                 }
             }
             Err(e) => {
-                tracing::warn!("lease {LEASE_NAME}: {e}");
+                tracing::warn!("lease {lease_name}: {e}");
                 false
             }
         };
         if ok {
-            self.valid_until = Some(started + self.config.lease_duration);
+            let deadline = self.config.renew_deadline.min(self.config.lease_duration);
+            self.valid_until = Some(started + deadline);
         } else if self.leading() {
             // Not renewed: keep acting only while the last renewal holds.
         } else {

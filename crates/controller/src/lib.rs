@@ -177,9 +177,11 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         client.clone(),
         &config.namespace,
         leader::LeaderConfig {
+            lease: leader::LEASE_NAME.to_owned(),
             identity: config.identity.clone(),
             lease_duration: config.lease_duration,
             renew_every: config.lease_duration / 3,
+            renew_deadline: config.lease_duration,
         },
     );
     let mut exec = exec::Executor::default();

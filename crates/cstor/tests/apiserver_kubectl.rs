@@ -1111,3 +1111,79 @@ fn kubectl_server_side_apply_merges_map_lists_and_selects_crd_fields() {
         "{err}"
     );
 }
+
+/// A CHAP Secret as users write one (docs/csi.md § Security): `stringData` over `data`.
+fn chap_secret(data: &str, string_data: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: chap\n  namespace: default\n{data}{string_data}"
+    )
+}
+
+#[test]
+fn kubectl_secret_string_data_is_folded_into_data_on_every_write() {
+    let Some((dir, s)) = setup() else { return };
+    // Each key decoded, and whether stringData is anywhere in the object.
+    let shown = || {
+        let t = "{{range $k, $v := .data}}{{$k}}={{$v | base64decode}} {{end}}{{if .stringData}}stringData{{end}}";
+        s.ok(&["get", "secret", "chap", "-o", &format!("go-template={t}")])
+            .trim()
+            .to_owned()
+    };
+    // "b2xk" is "old": stringData's key wins over data's, data's others stay.
+    let first = chap_secret(
+        "data:\n  node.session.auth.username: b2xk\n  keep: b2xk\n",
+        "stringData:\n  node.session.auth.username: app\n  node.session.auth.password: p1\n",
+    );
+    let dry = s.ok(&[
+        "create",
+        "--dry-run=server",
+        "-o",
+        "jsonpath={.data.node\\.session\\.auth\\.username} {.stringData}",
+        "-f",
+        &write(&dir, "dry.yaml", &first),
+    ]);
+    assert_eq!(dry.trim(), "YXBw", "a dry run answers folded too");
+    s.ok(&["apply", "-f", &write(&dir, "s1.yaml", &first)]);
+    assert_eq!(
+        shown(),
+        "keep=old node.session.auth.password=p1 node.session.auth.username=app"
+    );
+    // Client-side apply again (a three-way strategic patch), a merge patch, a replace
+    // and a server-side apply: each folds, and nothing keeps stringData.
+    let second = first.replace("password: p1", "password: p2");
+    s.ok(&["apply", "-f", &write(&dir, "s2.yaml", &second)]);
+    assert!(shown().contains("password=p2"), "{}", shown());
+    s.ok(&[
+        "patch",
+        "secret",
+        "chap",
+        "--type=merge",
+        "-p",
+        r#"{"stringData":{"node.session.auth.password":"p3"}}"#,
+    ]);
+    assert!(shown().contains("password=p3"), "{}", shown());
+    let replaced = chap_secret("", "stringData:\n  node.session.auth.password: p4\n");
+    s.ok(&["replace", "-f", &write(&dir, "s3.yaml", &replaced)]);
+    assert_eq!(
+        shown(),
+        "node.session.auth.password=p4",
+        "a replace's data is its own"
+    );
+    let applied = chap_secret("", "stringData:\n  node.session.auth.username: ssa\n");
+    s.ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &write(&dir, "s4.yaml", &applied),
+    ]);
+    assert!(shown().contains("username=ssa"), "{}", shown());
+    // A value Go cannot decode as a string is refused as kube-apiserver refuses it.
+    let bad = chap_secret("", "stringData:\n  port: 3260\n").replace("name: chap", "name: bad");
+    let err = s.fails(&["create", "-f", &write(&dir, "bad.yaml", &bad)]);
+    assert!(
+        err.contains("BadRequest")
+            && err.contains("cannot unmarshal number into Go struct field Secret.stringData of type string"),
+        "{err}"
+    );
+}

@@ -23,35 +23,6 @@ use apiserver_support::{have_kubectl, required};
 const PASSWORD: &str = "s3cret-of-16-ch";
 const FINALIZER: &str = "external-attacher/cstor-csi-openebs-io";
 
-fn b64(s: &str) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in s.as_bytes().chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn get(up: &Up, args: &[&str]) -> String {
-    up.kubectl(args).1.trim().to_owned()
-}
-
-fn apply(up: &Up, name: &str, yaml: &str) {
-    let f = up.dir.join(name);
-    std::fs::write(&f, yaml).unwrap();
-    let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
-    assert!(ok, "apply {name}: {out}");
-}
-
 /// `cstor attach|detach data -n database --node NODE [--mount DIR] EXTRA...`.
 fn attach(up: &Up, node: &str, mount: Option<&Path>, extra: &[&str]) -> Output {
     let dir = up.dir.display().to_string();
@@ -71,28 +42,6 @@ fn attach(up: &Up, node: &str, mount: Option<&Path>, extra: &[&str]) -> Output {
     }
     args.extend(extra);
     cstor(&args)
-}
-
-/// The pid of this `cstor up`'s sidecars process.
-fn sidecars_pid(up: &Up) -> i32 {
-    let want = format!(
-        "unix://{}",
-        up.dir.join("csi").join("controller.sock").display()
-    );
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let args: Vec<String> = std::fs::read(e.path().join("cmdline"))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.get(1).map(String::as_str) == Some("sidecars") && args.contains(&want) {
-            return pid;
-        }
-    }
-    panic!("no sidecars process for {want}\n{}", up.log());
 }
 
 /// A normal-session login to the volume's target as node-1's initiator, with optional
@@ -167,22 +116,20 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
         return;
     }
     let t0 = Instant::now();
-    let up = Up::start(3, "1G");
+    let up = Up::start_with(3, "1G", &["--attacher-reconcile-sync", "1s"]);
     let long = Duration::from_secs(90);
     up.seed_stripe_pools(long);
     up.kubectl(&["create", "namespace", "database"]);
-    // `data` (base64), not `stringData`: the embedded API server keeps `stringData` as
-    // given instead of folding it into `data`.
+    // `stringData`, as users write CHAP Secrets: the API server folds it into `data`,
+    // which is what the attacher and the node stage read.
     let secret = |name: &str, pass: &str| {
         format!(
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: database\n\
-             data:\n  node.session.auth.username: {}\n  node.session.auth.password: {}\n",
-            b64("app"),
-            b64(pass)
+             stringData:\n  node.session.auth.username: app\n  node.session.auth.password: {pass}\n"
         )
     };
-    apply(&up, "publish.yaml", &secret("chap-publish", PASSWORD));
-    apply(&up, "stage.yaml", &secret("chap-stage", PASSWORD));
+    up.apply("publish.yaml", &secret("chap-publish", PASSWORD));
+    up.apply("stage.yaml", &secret("chap-stage", PASSWORD));
     let sc = seed_yaml("name: cstor-csi-1-replica").replace(
         "parameters:\n",
         "parameters:\n  csi.storage.k8s.io/fstype: xfs\n  \
@@ -191,9 +138,8 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
          csi.storage.k8s.io/node-stage-secret-name: chap-stage\n  \
          csi.storage.k8s.io/node-stage-secret-namespace: ${pvc.namespace}\n",
     );
-    apply(&up, "sc.yaml", &sc);
-    apply(
-        &up,
+    up.apply("sc.yaml", &sc);
+    up.apply(
         "pvc.yaml",
         "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  namespace: database\n\
          spec:\n  storageClassName: cstor-csi-1-replica\n  accessModes: [ReadWriteOnce]\n  \
@@ -214,7 +160,7 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
         long,
     );
     let pv = v.split_whitespace().nth(1).unwrap().to_owned();
-    let refs = get(&up, &["get", "pv", &pv, "-o", "jsonpath={.spec.csi.controllerPublishSecretRef.namespace}/{.spec.csi.controllerPublishSecretRef.name} {.spec.csi.nodeStageSecretRef.namespace}/{.spec.csi.nodeStageSecretRef.name}"]);
+    let refs = up.get(&["get", "pv", &pv, "-o", "jsonpath={.spec.csi.controllerPublishSecretRef.namespace}/{.spec.csi.controllerPublishSecretRef.name} {.spec.csi.nodeStageSecretRef.namespace}/{.spec.csi.nodeStageSecretRef.name}"]);
     assert_eq!(refs, "database/chap-publish database/chap-stage");
     // The kubelet's plugin registration (cstor up plays it): node-1's CSINode.
     up.wait_for(
@@ -234,15 +180,13 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
     // says nobody took it.
     let work = up.dir.join("work");
     let mnt = work.join("mnt");
-    let pid = sidecars_pid(&up);
+    let pid = up.sidecars_pid();
     // SAFETY: signalling a process of this test's own `cstor up`.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let t1 = Instant::now();
     let out = attach(&up, "node-1", Some(&mnt), &["--timeout", "4s"]);
     let waited = t1.elapsed();
-    let va = get(
-        &up,
-        &[
+    let va = up.get(&[
             "get",
             "volumeattachment",
             "-o",
@@ -263,20 +207,16 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
     // Resumed: the attacher takes it; attach goes on to stage and publish.
     let out = attach(&up, "node-1", Some(&mnt), &[]);
     assert!(out.status.success(), "attach: {}\n{}", text(&out), up.log());
-    let va = get(&up, &["get", "volumeattachment", "-o", "jsonpath={.items[0].metadata.finalizers} {.items[0].metadata.annotations.csi\\.alpha\\.kubernetes\\.io/node-id} {.items[0].status.attached} {.items[0].status.attachmentMetadata.iqn}"]);
+    let va = up.get(&["get", "volumeattachment", "-o", "jsonpath={.items[0].metadata.finalizers} {.items[0].metadata.annotations.csi\\.alpha\\.kubernetes\\.io/node-id} {.items[0].status.attached} {.items[0].status.attachmentMetadata.iqn}"]);
     assert!(
         va.starts_with(&format!("[\"{FINALIZER}\"] node-1 true iqn.")),
         "{va}"
     );
-    let pvf = get(
-        &up,
-        &["get", "pv", &pv, "-o", "jsonpath={.metadata.finalizers}"],
+    let pvf = up.get(&["get", "pv", &pv, "-o", "jsonpath={.metadata.finalizers}"],
     );
     assert!(pvf.contains(FINALIZER), "{pvf}");
     std::fs::write(mnt.join("hello"), b"through CHAP").unwrap();
-    let applied = get(
-        &up,
-        &[
+    let applied = up.get(&[
             "get",
             "cv",
             "-n",
@@ -290,9 +230,7 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
         applied.starts_with(&format!("cstor-chap-{pv}/")),
         "{applied}"
     );
-    let copy = get(
-        &up,
-        &[
+    let copy = up.get(&[
             "get",
             "secret",
             "-n",
@@ -312,11 +250,58 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
     // The attached volume is untouched by those attempts.
     assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"through CHAP");
 
-    // Detach: the VolumeAttachment goes once the attacher unpublished it, and CHAP with
-    // the publish (the driver's copy of the Secret too).
-    let out = attach(&up, "node-1", None, &[]);
-    assert!(out.status.success(), "detach: {}", text(&out));
-    assert_eq!(get(&up, &["get", "volumeattachment", "-o", "name"]), "");
+    // The publish record lost (the VA still says attached): the attacher's reconcile
+    // sees ListVolumes disagree and publishes again.
+    let published = [
+        "get",
+        "cvc",
+        "-n",
+        "openebs",
+        &pv,
+        "-o",
+        "jsonpath={.metadata.annotations.cstor\\.openebs\\.io/published-node}",
+    ];
+    let (ok, out) = up.kubectl(&[
+        "annotate",
+        "cvc",
+        "-n",
+        "openebs",
+        &pv,
+        "cstor.openebs.io/published-node-",
+    ]);
+    assert!(ok, "{out}");
+    let t1 = Instant::now();
+    up.wait_for("published again", &published, |v| v == "node-1", long);
+    eprintln!("csi_attacher: re-published {:?} after the record went", t1.elapsed());
+    assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"through CHAP");
+
+    // Detach with the attacher stopped: the VolumeAttachment stays, deleted with the
+    // attacher's finalizer; the attacher killed and restarted (by `cstor up`) unpublishes
+    // it and lets it go, and CHAP goes with the publish (the driver's copy of the Secret
+    // too).
+    let pid = up.sidecars_pid();
+    // SAFETY: signalling a process of this test's own `cstor up`.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let out = attach(&up, "node-1", None, &["--timeout", "3s"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("still there at the timeout"), "{}", text(&out));
+    let va = up.get(&[
+        "get",
+        "volumeattachment",
+        "-o",
+        "jsonpath={.items[0].metadata.deletionTimestamp} {.items[0].metadata.finalizers}",
+    ]);
+    assert!(va.ends_with(&format!("[\"{FINALIZER}\"]")), "{va}");
+    // SAFETY: as above; a stopped process dies of SIGKILL too.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    up.wait_for(
+        "the VolumeAttachment let go after the restart",
+        &["get", "volumeattachment", "-o", "name"],
+        str::is_empty,
+        long,
+    );
+    assert_ne!(up.sidecars_pid(), pid, "restarted");
+    up.wait_for("unpublished", &published, str::is_empty, long);
     up.wait_for(
         "CHAP gone with the publish",
         &[
@@ -349,10 +334,7 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
         "chap-stage",
         "--type=merge",
         "-p",
-        &format!(
-            r#"{{"data":{{"node.session.auth.password":"{}"}}}}"#,
-            b64("not-the-password")
-        ),
+        r#"{"stringData":{"node.session.auth.password":"not-the-password"}}"#,
     ]);
     assert!(ok, "{out}");
     let out = attach(&up, "node-1", Some(&mnt), &["--timeout", "60s"]);

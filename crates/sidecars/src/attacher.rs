@@ -13,7 +13,16 @@
 //! - detach (being deleted, our finalizer on it): ControllerUnpublishVolume (node id
 //!   from the CSINode, else the VA's annotation), then `attached: false` and the
 //!   finalizer off; failure is `status.detachError` and a retry;
-//! - a PV being deleted loses our finalizer once no VolumeAttachment names it.
+//! - a PV being deleted loses our finalizer once no VolumeAttachment names it;
+//! - reconcile (every `--reconcile-sync`, when the driver lists published nodes): a VA
+//!   whose `status.attached` disagrees with the driver's ListVolumes for its node is
+//!   processed once as if it were new, whatever its status says ([`out_of_sync`]): an
+//!   attached one whose publish record was lost is published again, a deleted one the
+//!   driver still publishes is unpublished even without our finalizer.
+//!
+//! Every pass lists all VolumeAttachments, so one deleted while no attacher ran (or
+//! before a restart) is unpublished by the next pass, as the informer's initial list
+//! does it for the real sidecar.
 //!
 //! Invariants: the finalizers are on before ControllerPublishVolume is sent, so a
 //! published volume is never forgotten; a VA's finalizer comes off only after
@@ -21,16 +30,22 @@
 //! (theirs), or decides which node may attach (the driver does: its refusal is the
 //! attachError).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cstor_api::names::CSI_DRIVER_NAME;
 use cstor_controller::action::{Action, Kind};
 use cstor_controller::world::{deleting, name, World};
 use cstor_csi::pb::volume_capability::access_mode::Mode;
 use cstor_csi::pb::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+use cstor_csi::pb::controller_client::ControllerClient;
 use cstor_csi::pb::{
-    ControllerPublishVolumeRequest, ControllerUnpublishVolumeRequest, VolumeCapability,
+    ControllerGetCapabilitiesRequest, ControllerPublishVolumeRequest,
+    ControllerUnpublishVolumeRequest, ListVolumesRequest, VolumeCapability,
 };
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+use crate::leader::Part;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeSpec};
 use k8s_openapi::api::storage::v1::{CSINode, VolumeAttachment};
 use serde_json::{json, Value};
@@ -45,20 +60,7 @@ const DEFAULT_FSTYPE: &str = "ext4";
 /// `external-attacher/` and the name with every character but `[a-zA-Z0-9-]` made `-`
 /// (and an `X` after a trailing `-`).
 pub fn finalizer_name(driver: &str) -> String {
-    let mut s: String = driver
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if s.ends_with('-') {
-        s.push('X');
-    }
-    format!("external-attacher/{s}")
+    format!("external-attacher/{}", crate::sanitize_name(driver))
 }
 
 /// Where a Secret is (a PV's `*SecretRef`).
@@ -222,12 +224,42 @@ fn secret_ref(r: Option<&k8s_openapi::api::core::v1::SecretReference>) -> Option
     })
 }
 
-/// One pass over the VolumeAttachments, CSINodes and PVs.
-pub fn plan(vas: &[VolumeAttachment], csinodes: &[CSINode], world: &World) -> Plan {
+/// The reconcile: the VAs (by name) whose `status.attached` is not what the driver's
+/// `published` (volume id -> node ids, from ListVolumes) says for their node. A VA whose
+/// node id or volume cannot be found is left to the normal pass, as the
+/// external-attacher leaves it.
+pub fn out_of_sync(
+    vas: &[VolumeAttachment],
+    csinodes: &[CSINode],
+    world: &World,
+    published: &HashMap<String, Vec<String>>,
+) -> HashSet<String> {
+    vas.iter()
+        .filter(|v| v.spec.attacher == CSI_DRIVER_NAME)
+        .filter_map(|va| {
+            let node = node_id(csinodes, &va.spec.node_name, Some(va)).ok()?;
+            let pv = pv_of(world, va).ok()?;
+            let handle = &pv.spec.as_ref()?.csi.as_ref()?.volume_handle;
+            let found = published.get(handle).is_some_and(|n| n.contains(&node));
+            let attached = va.status.as_ref().is_some_and(|s| s.attached);
+            (attached != found).then(|| name(&va.metadata).to_owned())
+        })
+        .collect()
+}
+
+/// One pass over the VolumeAttachments, CSINodes and PVs; `force` names the VAs the
+/// reconcile found out of sync.
+pub fn plan(
+    vas: &[VolumeAttachment],
+    csinodes: &[CSINode],
+    world: &World,
+    force: &HashSet<String>,
+) -> Plan {
     let mut out = Plan::default();
     for va in vas.iter().filter(|v| v.spec.attacher == CSI_DRIVER_NAME) {
+        let forced = force.contains(name(&va.metadata));
         if deleting(&va.metadata) {
-            if !has_finalizer(&va.metadata) {
+            if !has_finalizer(&va.metadata) && !forced {
                 continue; // detached already (or never attached by us)
             }
             match detach_request(world, csinodes, va) {
@@ -236,7 +268,7 @@ pub fn plan(vas: &[VolumeAttachment], csinodes: &[CSINode], world: &World) -> Pl
             }
             continue;
         }
-        if va.status.as_ref().is_some_and(|s| s.attached) {
+        if va.status.as_ref().is_some_and(|s| s.attached) && !forced {
             continue;
         }
         match attach_request(world, csinodes, va) {
@@ -444,7 +476,15 @@ impl crate::Runner {
     ) -> Result<(), crate::Error> {
         let vas = crate::list::<VolumeAttachment>(&self.client, "volumeattachments").await?;
         let csinodes = crate::list::<CSINode>(&self.client, "csinodes").await?;
-        let p = plan(&vas, &csinodes, world);
+        let force = match self.published.take() {
+            Some(published) => out_of_sync(&vas, &csinodes, world, &published),
+            None => HashSet::new(),
+        };
+        for va in &force {
+            tracing::warn!("VolumeAttachment {va}: attached status and the driver's ListVolumes disagree; processing it again");
+        }
+        self.reconcile();
+        let p = plan(&vas, &csinodes, world, &force);
         self.exec.run(&self.client, p.actions).await;
         for (va, detach, why) in p.refused {
             let key = format!(
@@ -452,7 +492,7 @@ impl crate::Runner {
                 if detach { "detach" } else { "attach" },
                 name(&va.metadata)
             );
-            self.spawn(key, wanted, async move {
+            self.spawn(key, wanted, Part::Attacher, async move {
                 tracing::warn!("VolumeAttachment {}: {why}", name(&va.metadata));
                 (false, vec![failed(&va, detach, &why)])
             });
@@ -461,7 +501,7 @@ impl crate::Runner {
             let key = format!("attach/{}", name(&a.va.metadata));
             let (mut csi, timeout, client) =
                 (self.csi.clone(), self.config.timeout, self.client.clone());
-            self.spawn(key, wanted, async move {
+            self.spawn(key, wanted, Part::Attacher, async move {
                 if cstor_controller::exec::Executor::default()
                     .run(&client, a.before.clone())
                     .await
@@ -485,7 +525,7 @@ impl crate::Runner {
             let key = format!("detach/{}", name(&d.va.metadata));
             let (mut csi, timeout, client) =
                 (self.csi.clone(), self.config.timeout, self.client.clone());
-            self.spawn(key, wanted, async move {
+            self.spawn(key, wanted, Part::Attacher, async move {
                 let mut req = d.request.clone();
                 req.secrets = match secrets(&client, d.secret.as_ref()).await {
                     Ok(s) => s,
@@ -498,6 +538,78 @@ impl crate::Runner {
             });
         }
         Ok(())
+    }
+
+    /// Starts the reconcile's ListVolumes when `--reconcile-sync` has passed since the
+    /// last; its answer comes back as a [`crate::Done`] the next pass uses.
+    fn reconcile(&mut self) {
+        let key = "reconcile".to_owned();
+        if self
+            .reconciled
+            .is_some_and(|at| at.elapsed() < self.config.reconcile_sync)
+            || !self.calls.due(&key, Instant::now())
+        {
+            return;
+        }
+        self.reconciled = Some(Instant::now());
+        self.calls.start(&key);
+        let (mut csi, timeout, tx) = (self.csi.clone(), self.config.timeout, self.tx.clone());
+        tokio::spawn(async move {
+            let answer = published(&mut csi, timeout).await;
+            if let Err(s) = &answer {
+                tracing::warn!("reconcile: ListVolumes: {}", crate::rpc_error(s));
+            }
+            let _ = tx.send(crate::Done {
+                key,
+                part: Part::Attacher,
+                ok: answer.is_ok(),
+                actions: Vec::new(),
+                published: answer.ok().flatten(),
+            });
+        });
+    }
+}
+
+/// Every volume's published nodes from ListVolumes (all pages); None when the driver
+/// does not report them (no LIST_VOLUMES_PUBLISHED_NODES: no reconcile, as upstream).
+async fn published(
+    csi: &mut ControllerClient<Channel>,
+    timeout: Duration,
+) -> Result<Option<HashMap<String, Vec<String>>>, tonic::Status> {
+    use cstor_csi::pb::controller_service_capability::{rpc, Type};
+    let caps = crate::bounded(
+        timeout,
+        csi.controller_get_capabilities(ControllerGetCapabilitiesRequest {}),
+    )
+    .await?;
+    let has = |want: rpc::Type| {
+        caps.capabilities
+            .iter()
+            .any(|c| matches!(&c.r#type, Some(Type::Rpc(r)) if r.r#type == want as i32))
+    };
+    if !has(rpc::Type::ListVolumes) || !has(rpc::Type::ListVolumesPublishedNodes) {
+        return Ok(None);
+    }
+    let mut out = HashMap::new();
+    let mut token = String::new();
+    loop {
+        let page = crate::bounded(
+            timeout,
+            csi.list_volumes(ListVolumesRequest {
+                max_entries: 0,
+                starting_token: token,
+            }),
+        )
+        .await?;
+        for e in page.entries {
+            if let (Some(v), Some(st)) = (e.volume, e.status) {
+                out.insert(v.volume_id, st.published_node_ids);
+            }
+        }
+        if page.next_token.is_empty() {
+            return Ok(Some(out));
+        }
+        token = page.next_token;
     }
 }
 
@@ -532,6 +644,10 @@ mod tests {
                     "spec": {"drivers": [{"name": driver, "nodeID": "id-of-node-1"}]}}))
     }
 
+    fn none() -> HashSet<String> {
+        HashSet::new()
+    }
+
     fn world(pv: Value) -> World {
         World {
             pvs: vec![from(pv)],
@@ -561,12 +677,13 @@ mod tests {
     fn an_attach_takes_the_finalizers_and_the_csinode_id_then_publishes_as_the_pv_says() {
         let w = world(pv());
         // Another driver's VolumeAttachment is not ours.
-        let p = plan(&[from(va("other.csi"))], &[csinode(CSI_DRIVER_NAME)], &w);
+        let p = plan(&[from(va("other.csi"))], &[csinode(CSI_DRIVER_NAME)], &w, &none());
         assert!(p.attaches.is_empty() && p.refused.is_empty());
         let p = plan(
             &[from(va(CSI_DRIVER_NAME))],
             &[csinode(CSI_DRIVER_NAME)],
             &w,
+            &none(),
         );
         assert_eq!(p.attaches.len(), 1, "{p:?}");
         let a = &p.attaches[0];
@@ -648,13 +765,13 @@ mod tests {
     fn no_node_id_no_pv_or_a_deleted_pv_is_an_attach_error_and_attached_vas_are_left_alone() {
         let w = world(pv());
         let v: VolumeAttachment = from(va(CSI_DRIVER_NAME));
-        let p = plan(std::slice::from_ref(&v), &[], &w);
+        let p = plan(std::slice::from_ref(&v), &[], &w, &none());
         assert!(p.attaches.is_empty());
         assert_eq!(
             p.refused[0].2,
             "csinode.storage.k8s.io \"node-1\" not found"
         );
-        let p = plan(std::slice::from_ref(&v), &[csinode("other.csi")], &w);
+        let p = plan(std::slice::from_ref(&v), &[csinode("other.csi")], &w, &none());
         assert!(p.refused[0]
             .2
             .contains("does not contain driver cstor.csi.openebs.io"));
@@ -662,6 +779,7 @@ mod tests {
             std::slice::from_ref(&v),
             &[csinode(CSI_DRIVER_NAME)],
             &World::default(),
+            &none(),
         );
         assert!(p.refused[0].2.contains("not found"), "{p:?}");
         let mut gone = pv();
@@ -670,12 +788,13 @@ mod tests {
             std::slice::from_ref(&v),
             &[csinode(CSI_DRIVER_NAME)],
             &world(gone),
+            &none(),
         );
         assert!(p.refused[0].2.contains("marked for deletion"));
         assert!(!p.refused[0].1, "an attach error, not a detach error");
         let mut done = va(CSI_DRIVER_NAME);
         done["status"] = json!({"attached": true});
-        let p = plan(&[from(done)], &[csinode(CSI_DRIVER_NAME)], &w);
+        let p = plan(&[from(done)], &[csinode(CSI_DRIVER_NAME)], &w, &none());
         assert!(p.attaches.is_empty() && p.refused.is_empty() && p.actions.is_empty());
     }
 
@@ -692,7 +811,7 @@ mod tests {
         let w = world(pv);
         // The CSINode is gone (node down): the id recorded at the attach.
         let vas = [from::<VolumeAttachment>(v.clone())];
-        let p = plan(&vas, &[], &w);
+        let p = plan(&vas, &[], &w, &none());
         assert_eq!(p.detaches.len(), 1);
         let d = &p.detaches[0];
         assert_eq!(d.request.node_id, "recorded-id");
@@ -712,15 +831,64 @@ mod tests {
             .unwrap()
             .contains("code = Unavailable"));
         // Gone: the PV's finalizer comes off.
-        let p = plan(&[], &[], &w);
+        let p = plan(&[], &[], &w, &none());
         assert!(
             matches!(&p.actions[..], [Action::Patch { kind: Kind::Pv, patch, .. }]
             if patch["metadata"]["finalizers"] == json!([]))
         );
         // Deleted without our finalizer: detached already, nothing to do.
         v["metadata"]["finalizers"] = json!(["other/keep"]);
-        let p = plan(&[from(v)], &[], &w);
+        let p = plan(&[from(v)], &[], &w, &none());
         assert!(p.detaches.is_empty() && p.refused.is_empty());
+    }
+
+    #[test]
+    fn the_reconcile_processes_again_a_va_whose_status_disagrees_with_list_volumes() {
+        let w = world(pv());
+        let nodes = [csinode(CSI_DRIVER_NAME)];
+        let mut attached = va(CSI_DRIVER_NAME);
+        attached["metadata"]["finalizers"] = json!([FIN]);
+        attached["metadata"]["annotations"] = json!({NODE_ID_ANNOTATION: "id-of-node-1"});
+        attached["status"] = json!({"attached": true});
+        let vas = [from::<VolumeAttachment>(attached.clone())];
+        let published = |on: &[&str]| {
+            HashMap::from([(
+                "pvc-u1".to_owned(),
+                on.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )])
+        };
+        assert!(out_of_sync(&vas, &nodes, &w, &published(&["id-of-node-1"])).is_empty());
+        // Its publish record lost, or naming another node: published again.
+        let force = out_of_sync(&vas, &nodes, &w, &published(&[]));
+        assert_eq!(force, HashSet::from(["csi-1".to_owned()]));
+        assert_eq!(out_of_sync(&vas, &nodes, &w, &published(&["other"])), force);
+        assert!(plan(&vas, &nodes, &w, &none()).attaches.is_empty());
+        let p = plan(&vas, &nodes, &w, &force);
+        assert_eq!(p.attaches.len(), 1, "{p:?}");
+        assert_eq!(p.attaches[0].request.node_id, "id-of-node-1");
+        assert!(
+            !p.attaches[0]
+                .before
+                .iter()
+                .any(|a| matches!(a, Action::Patch { kind: Kind::Va, .. })),
+            "its finalizer and node id are there already"
+        );
+        // Deleted, detached by its status and without our finalizer, yet still
+        // published (its CSINode gone: the recorded id): unpublished.
+        let mut gone = attached;
+        gone["metadata"]["deletionTimestamp"] = json!("2026-12-03T10:00:00Z");
+        gone["metadata"]["finalizers"] = json!(["other/keep"]);
+        gone["status"] = json!({"attached": false});
+        let gone = [from::<VolumeAttachment>(gone)];
+        let force = out_of_sync(&gone, &[], &w, &published(&["id-of-node-1"]));
+        assert_eq!(force.len(), 1);
+        assert!(plan(&gone, &[], &w, &none()).detaches.is_empty());
+        let p = plan(&gone, &[], &w, &force);
+        assert_eq!(p.detaches[0].request.node_id, "id-of-node-1");
+        // Another driver's VA, or one whose PV is gone, is not the reconcile's.
+        let other = [from::<VolumeAttachment>(va("other.csi"))];
+        assert!(out_of_sync(&other, &nodes, &w, &published(&["id-of-node-1"])).is_empty());
+        assert!(out_of_sync(&vas, &nodes, &World::default(), &HashMap::new()).is_empty());
     }
 
     #[test]

@@ -14,13 +14,19 @@
 //! doubling to `--retry-interval-max`). A call's answer is turned into writes by the
 //! same pure functions.
 //!
+//! With `--leader-election` each sidecar acts only while this process holds its Lease
+//! ([`leader`]), so two processes can run.
+//!
 //! Invariants: only the driver creates or deletes volumes (through its gRPC interface);
 //! the objects written here are the ones the real sidecars write (PVs, finalizers,
-//! events, VolumeSnapshotContents and the VolumeSnapshots' status). Never: reads or writes cstor's own objects (CVCs and friends are the
-//! driver's and the controller's). Shutdown: [`run`] returns when `stop` resolves; calls
-//! in flight are dropped (the driver's RPCs are idempotent, the next start repeats them).
+//! events, VolumeSnapshotContents and the VolumeSnapshots' status). Never: reads or
+//! writes cstor's own objects (CVCs and friends are the driver's and the controller's);
+//! writes the answer of a call made as a sidecar whose Lease it no longer holds.
+//! Shutdown: [`run`] returns when `stop` resolves; calls in flight are dropped (the
+//! driver's RPCs are idempotent, the next start repeats them).
 
 pub mod attacher;
+pub mod leader;
 pub mod provisioner;
 pub mod resizer;
 pub mod snapshot_controller;
@@ -38,6 +44,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::Client;
+use leader::{Leadership, Part};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -87,6 +94,11 @@ pub struct Config {
     pub retry_max: Duration,
     /// How long one CSI call may take (the sidecars' `--timeout`).
     pub timeout: Duration,
+    /// How often the attacher compares the VolumeAttachments with the driver's
+    /// ListVolumes (the external-attacher's `--reconcile-sync`).
+    pub reconcile_sync: Duration,
+    /// `--leader-election`; None: this process acts as every sidecar.
+    pub leader_election: Option<leader::Settings>,
 }
 
 impl Config {
@@ -99,8 +111,30 @@ impl Config {
             retry_start: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
             timeout: Duration::from_secs(60),
+            reconcile_sync: Duration::from_secs(60),
+            leader_election: None,
         }
     }
+}
+
+/// csi-lib-utils' sanitizeName, which the sidecars' Lease names and the attacher's
+/// finalizer go through: every character but `[a-zA-Z0-9-]` becomes `-`, and a trailing
+/// `-` gets an `X`.
+pub fn sanitize_name(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if s.ends_with('-') {
+        s.push('X');
+    }
+    s
 }
 
 /// A gRPC status as the Go sidecars print it (their events carry this text).
@@ -146,11 +180,14 @@ impl Calls {
     }
 }
 
-/// The end of a call: its key, whether it succeeded, and the writes it asks for.
+/// The end of a call: its key, the sidecar that made it, whether it succeeded, and the
+/// writes it asks for (or the attacher's view of the driver's publishes).
 struct Done {
     key: String,
+    part: Part,
     ok: bool,
     actions: Vec<Action>,
+    published: Option<HashMap<String, Vec<String>>>,
 }
 
 async fn list<K>(client: &Client, what: &str) -> Result<Vec<K>, Error>
@@ -250,11 +287,16 @@ struct Runner {
     /// Volumes whose CreateVolume was sent and has not succeeded yet: volume -> claim uid.
     started: HashMap<String, String>,
     tx: mpsc::UnboundedSender<Done>,
+    leadership: Leadership,
+    /// The attacher's reconcile: when ListVolumes was last asked for, and its answer
+    /// (volume -> nodes) until the next pass uses it once.
+    reconciled: Option<Instant>,
+    published: Option<HashMap<String, Vec<String>>>,
 }
 
 impl Runner {
-    /// Starts `call` under `key` unless one is in flight or backing off.
-    fn spawn<F>(&mut self, key: String, wanted: &mut HashSet<String>, call: F) -> bool
+    /// Starts `call` of sidecar `part` under `key` unless one is in flight or backing off.
+    fn spawn<F>(&mut self, key: String, wanted: &mut HashSet<String>, part: Part, call: F) -> bool
     where
         F: Future<Output = (bool, Vec<Action>)> + Send + 'static,
     {
@@ -266,9 +308,29 @@ impl Runner {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let (ok, actions) = call.await;
-            let _ = tx.send(Done { key, ok, actions });
+            let _ = tx.send(Done {
+                key,
+                part,
+                ok,
+                actions,
+                published: None,
+            });
         });
         true
+    }
+
+    /// A call ended: its bookkeeping, then its writes, unless this process stopped
+    /// acting as its sidecar meanwhile (the new holder decides afresh).
+    async fn done(&mut self, d: Done) {
+        self.finish(&d);
+        if !self.leadership.leads(d.part) {
+            tracing::info!("{}: not the {:?} any more, its answer is dropped", d.key, d.part);
+            return;
+        }
+        if d.published.is_some() {
+            self.published = d.published;
+        }
+        self.exec.run(&self.client, d.actions).await;
     }
 
     fn finish(&mut self, d: &Done) {
@@ -287,11 +349,47 @@ impl Runner {
     }
 
     async fn pass(&mut self) -> Result<(), Error> {
-        let world = load(&self.client).await?;
         let mut wanted = HashSet::new();
-        let plan = provisioner::plan(&world);
+        if !self.leadership.any() {
+            self.calls.retain(&wanted);
+            return Ok(());
+        }
+        let world = load(&self.client).await?;
+        let leads = |p: Part| self.leadership.leads(p);
+        let (provision, resize, bind, snapshot, attach) = (
+            leads(Part::Provisioner),
+            leads(Part::Resizer),
+            leads(Part::SnapshotController),
+            leads(Part::Snapshotter),
+            leads(Part::Attacher),
+        );
+        if provision {
+            self.provision_pass(&world, &mut wanted).await;
+        }
+        if resize {
+            self.resize_pass(&world, &mut wanted).await;
+        }
+        if bind {
+            self.exec
+                .run(&self.client, snapshot_controller::plan(&world))
+                .await;
+        }
+        if snapshot {
+            self.snapshot_pass(&world, &mut wanted).await;
+        }
+        if attach {
+            self.attach_pass(&world, &mut wanted).await?;
+        }
+        self.calls.retain(&wanted);
+        Ok(())
+    }
+
+    /// The external-provisioner's part of a pass.
+    async fn provision_pass(&mut self, world: &World, wanted: &mut HashSet<String>) {
+        let part = Part::Provisioner;
+        let plan = provisioner::plan(world);
         self.exec.run(&self.client, plan.actions).await;
-        for req in provisioner::abandoned(&world, &self.started) {
+        for req in provisioner::abandoned(world, &self.started) {
             let key = format!("abandon/{}", req.volume_id);
             if self
                 .calls
@@ -301,7 +399,7 @@ impl Runner {
                 continue; // its CreateVolume answers first
             }
             let (mut csi, timeout) = (self.csi.clone(), self.config.timeout);
-            self.spawn(key, &mut wanted, async move {
+            self.spawn(key, wanted, part, async move {
                 let answer = bounded(timeout, csi.delete_volume(req.clone())).await;
                 if let Err(s) = &answer {
                     tracing::warn!(
@@ -322,7 +420,7 @@ impl Runner {
             let (mut csi, timeout, identity) =
                 (self.csi.clone(), self.config.timeout, self.identity.clone());
             let event = provisioner::provisioning(&p.claim);
-            let started = self.spawn(key, &mut wanted, async move {
+            let started = self.spawn(key, wanted, part, async move {
                 let answer = bounded(timeout, csi.create_volume(p.request.clone()))
                     .await
                     .and_then(|r| {
@@ -340,7 +438,7 @@ impl Runner {
         for r in plan.reclaims {
             let key = format!("delete/{}", r.request.volume_id);
             let (mut csi, timeout) = (self.csi.clone(), self.config.timeout);
-            self.spawn(key, &mut wanted, async move {
+            self.spawn(key, wanted, part, async move {
                 let answer = bounded(timeout, csi.delete_volume(r.request.clone()))
                     .await
                     .map(|_| ());
@@ -348,13 +446,17 @@ impl Runner {
                 (ok, provisioner::reclaimed(&r, answer))
             });
         }
-        let plan = resizer::plan(&world);
+    }
+
+    /// The external-resizer's part of a pass.
+    async fn resize_pass(&mut self, world: &World, wanted: &mut HashSet<String>) {
+        let plan = resizer::plan(world);
         self.exec.run(&self.client, plan.actions).await;
         for e in plan.expansions {
             let key = format!("expand/{}", e.request.volume_id);
             let (mut csi, timeout) = (self.csi.clone(), self.config.timeout);
             let before = resizer::resizing(&e);
-            let started = self.spawn(key, &mut wanted, async move {
+            let started = self.spawn(key, wanted, Part::Resizer, async move {
                 let answer =
                     bounded(timeout, csi.controller_expand_volume(e.request.clone())).await;
                 let ok = answer.is_ok();
@@ -364,10 +466,11 @@ impl Runner {
                 self.exec.run(&self.client, before).await;
             }
         }
-        self.exec
-            .run(&self.client, snapshot_controller::plan(&world))
-            .await;
-        let plan = snapshotter::plan(&world);
+    }
+
+    /// The csi-snapshotter's part of a pass.
+    async fn snapshot_pass(&mut self, world: &World, wanted: &mut HashSet<String>) {
+        let plan = snapshotter::plan(world);
         self.exec.run(&self.client, plan.actions).await;
         let at = World {
             now: world.now,
@@ -380,7 +483,7 @@ impl Runner {
                 self.config.timeout,
                 at.clone(),
             );
-            self.spawn(call.key(), &mut wanted, async move {
+            self.spawn(call.key(), wanted, Part::Snapshotter, async move {
                 let answer = snapshot_call(&client, &mut csi, timeout, &call).await;
                 if let Err(s) = &answer {
                     tracing::warn!("{}: {}", call.key(), crate::rpc_error(s));
@@ -389,9 +492,6 @@ impl Runner {
                 (ok, snapshotter::answered(&at, &call, answer))
             });
         }
-        self.attach_pass(&world, &mut wanted).await?;
-        self.calls.retain(&wanted);
-        Ok(())
     }
 }
 
@@ -489,6 +589,10 @@ async fn bounded<T>(
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), Error> {
     let csi = csi_client(&config.csi_endpoint)?;
     let client = client(config.kubeconfig.as_deref()).await?;
+    let leadership = match &config.leader_election {
+        Some(settings) => Leadership::start(&client, settings),
+        None => Leadership::always(),
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -506,6 +610,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), E
         calls: Calls::default(),
         started: HashMap::new(),
         tx,
+        leadership,
+        reconciled: None,
+        published: None,
     };
     tokio::pin!(stop);
     loop {
@@ -516,14 +623,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), E
         tokio::select! {
             _ = &mut stop => return Ok(()),
             _ = tokio::time::sleep(interval) => {}
-            Some(d) = rx.recv() => {
-                r.finish(&d);
-                r.exec.run(&r.client, d.actions).await;
-            }
+            Some(d) = rx.recv() => r.done(d).await,
         }
         while let Ok(d) = rx.try_recv() {
-            r.finish(&d);
-            r.exec.run(&r.client, d.actions).await;
+            r.done(d).await;
         }
     }
 }

@@ -301,9 +301,7 @@ impl Core {
                 "{} is stored only: no workload runs on the embedded cstor control plane",
                 ctx.rt.kind
             )),
-            Special::None
-                if ctx.rt.kind == "Secret" && obj["type"].as_str().is_none_or(str::is_empty) =>
-            {
+            Special::Secret if obj["type"].as_str().is_none_or(str::is_empty) => {
                 obj["type"] = json!("Opaque");
             }
             Special::EventsV1 if obj["eventTime"].is_null() => {

@@ -24,6 +24,7 @@ impl Core {
             ));
         }
         self.check_kind(ctx, &obj)?;
+        crate::builtin::fold_string_data(&ctx.rt, &ctx.version, &mut obj)?;
         obj["apiVersion"] = json!(ctx.rt.api_version(&ctx.version));
         obj["kind"] = json!(ctx.rt.kind);
         if !obj["metadata"].is_object() {
@@ -305,6 +306,7 @@ impl Core {
         if !body.is_object() {
             return Err(ApiError::BadRequest("body must be a JSON object".into()));
         }
+        crate::builtin::fold_string_data(rt, &ctx.version, &mut body)?;
         self.call_webhooks(
             Hooks::Mutating,
             ctx,

@@ -82,6 +82,10 @@ struct RunArgs {
     /// before the replica is replaced on another pool instance.
     #[arg(long, default_value = "600s", value_parser = crate::units::parse_duration)]
     replica_replace_grace: Duration,
+    /// The attacher's `--reconcile-sync`: how often the embedded attacher compares
+    /// VolumeAttachments with the driver's publishes.
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
+    attacher_reconcile_sync: Duration,
 }
 
 /// Runs `cstor up`.
@@ -333,13 +337,16 @@ fn csi_component(
 /// Pod of the embedded CSI sidecars (`cstor sidecars`), beside the CSI controller's.
 const SIDECARS_POD: &str = "openebs-cstor-csi-sidecars-0";
 
-/// `cstor sidecars` on the CSI controller's socket: the provisioner the real
-/// external-provisioner container replaces on a real cluster.
+/// `cstor sidecars` on the CSI controller's socket: the sidecars the real containers
+/// replace on a real cluster, leader-elected as they are there, with the pod's name as
+/// its identity (so a restarted process takes its Leases back at once, as a restarted
+/// container does).
 fn sidecars_component(
     dir: &Path,
     kubeconfig: &Path,
     log_of: &dyn Fn(&str, &str) -> PathBuf,
     ip: IpAddr,
+    reconcile_sync: Duration,
 ) -> Component {
     let app = "openebs-cstor-csi-sidecars";
     Component {
@@ -358,6 +365,13 @@ fn sidecars_component(
             format!("unix://{}", csi_controller_socket(dir).display()),
             "--kubeconfig".into(),
             kubeconfig.display().to_string(),
+            "--reconcile-sync".into(),
+            format!("{}ms", reconcile_sync.as_millis()),
+            "--leader-election".into(),
+            "--leader-election-namespace".into(),
+            cstor_api::names::DEFAULT_NAMESPACE.into(),
+            "--leader-election-identity".into(),
+            SIDECARS_POD.into(),
         ],
         envs: vec![(
             "RUST_LOG".into(),
@@ -583,6 +597,7 @@ async fn supervise(a: RunArgs) -> Result<()> {
         &kubeconfig,
         &log_of,
         api_addr.ip(),
+        a.attacher_reconcile_sync,
     ));
     for i in 1..=a.nodes {
         let name = format!("node-{i}");

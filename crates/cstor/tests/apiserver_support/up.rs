@@ -149,6 +149,44 @@ impl Up {
         )
     }
 
+    /// kubectl's output (stdout then stderr), trimmed, whether it succeeded or not.
+    pub fn get(&self, args: &[&str]) -> String {
+        self.kubectl(args).1.trim().to_owned()
+    }
+
+    /// Writes `yaml` to `name` in the run's dir and applies it.
+    pub fn apply(&self, name: &str, yaml: &str) {
+        let f = self.dir.join(name);
+        std::fs::write(&f, yaml).unwrap();
+        let (ok, out) = self.kubectl(&["apply", "-f", &f.display().to_string()]);
+        assert!(ok, "apply {name}: {out}");
+    }
+
+    /// The pid of this run's `cstor sidecars` process (its arguments name this run's
+    /// CSI controller socket).
+    pub fn sidecars_pid(&self) -> i32 {
+        let want = format!(
+            "unix://{}",
+            self.dir.join("csi").join("controller.sock").display()
+        );
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.get(1).map(String::as_str) == Some("sidecars") && args.contains(&want) {
+                return pid;
+            }
+        }
+        panic!("no sidecars process for {want}\n{}", self.log());
+    }
+
     /// `cstor up node stop|start NAME`.
     pub fn node(&self, verb: &str, name: &str) {
         let out = Command::new(env!("CARGO_BIN_EXE_cstor"))
