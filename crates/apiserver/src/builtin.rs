@@ -86,11 +86,7 @@ pub(crate) fn fold_string_data(
         ))
     };
     let Value::Object(entries) = string_data else {
-        return Err(undecodable(
-            &string_data,
-            "stringData",
-            "map[string]string",
-        ));
+        return Err(undecodable(&string_data, "stringData", "map[string]string"));
     };
     let data = m
         .entry("data")
@@ -293,7 +289,10 @@ mod tests {
             "{e:?}"
         );
         let e = fold_string_data(&rt, "v1", &mut json!({"stringData": ["x"]})).unwrap_err();
-        assert!(matches!(&e, ApiError::BadRequest(m) if m.contains("array into Go struct field Secret.stringData of type map[string]string")), "{e:?}");
+        assert!(
+            matches!(&e, ApiError::BadRequest(m) if m.contains("array into Go struct field Secret.stringData of type map[string]string")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -1183,7 +1183,9 @@ fn kubectl_secret_string_data_is_folded_into_data_on_every_write() {
     let err = s.fails(&["create", "-f", &write(&dir, "bad.yaml", &bad)]);
     assert!(
         err.contains("BadRequest")
-            && err.contains("cannot unmarshal number into Go struct field Secret.stringData of type string"),
+            && err.contains(
+                "cannot unmarshal number into Go struct field Secret.stringData of type string"
+            ),
         "{err}"
     );
 }

@@ -187,12 +187,11 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
     let out = attach(&up, "node-1", Some(&mnt), &["--timeout", "4s"]);
     let waited = t1.elapsed();
     let va = up.get(&[
-            "get",
-            "volumeattachment",
-            "-o",
-            "jsonpath={.items[0].spec.nodeName} {.items[0].metadata.finalizers}",
-        ],
-    );
+        "get",
+        "volumeattachment",
+        "-o",
+        "jsonpath={.items[0].spec.nodeName} {.items[0].metadata.finalizers}",
+    ]);
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     assert_eq!(va, "node-1", "created, not taken: {va}");
@@ -212,34 +211,31 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
         va.starts_with(&format!("[\"{FINALIZER}\"] node-1 true iqn.")),
         "{va}"
     );
-    let pvf = up.get(&["get", "pv", &pv, "-o", "jsonpath={.metadata.finalizers}"],
-    );
+    let pvf = up.get(&["get", "pv", &pv, "-o", "jsonpath={.metadata.finalizers}"]);
     assert!(pvf.contains(FINALIZER), "{pvf}");
     std::fs::write(mnt.join("hello"), b"through CHAP").unwrap();
     let applied = up.get(&[
-            "get",
-            "cv",
-            "-n",
-            "openebs",
-            &pv,
-            "-o",
-            "jsonpath={.metadata.annotations.cstor\\.openebs\\.io/chap-applied}",
-        ],
-    );
+        "get",
+        "cv",
+        "-n",
+        "openebs",
+        &pv,
+        "-o",
+        "jsonpath={.metadata.annotations.cstor\\.openebs\\.io/chap-applied}",
+    ]);
     assert!(
         applied.starts_with(&format!("cstor-chap-{pv}/")),
         "{applied}"
     );
     let copy = up.get(&[
-            "get",
-            "secret",
-            "-n",
-            "openebs",
-            &format!("cstor-chap-{pv}"),
-            "-o",
-            "jsonpath={.metadata.ownerReferences[0].kind}",
-        ],
-    );
+        "get",
+        "secret",
+        "-n",
+        "openebs",
+        &format!("cstor-chap-{pv}"),
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}",
+    ]);
     assert_eq!(copy, "CStorVolumeConfig");
 
     // The target requires the credentials, even from the published node's name.
@@ -252,27 +248,17 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
 
     // The publish record lost (the VA still says attached): the attacher's reconcile
     // sees ListVolumes disagree and publishes again.
-    let published = [
-        "get",
-        "cvc",
-        "-n",
-        "openebs",
-        &pv,
-        "-o",
-        "jsonpath={.metadata.annotations.cstor\\.openebs\\.io/published-node}",
-    ];
-    let (ok, out) = up.kubectl(&[
-        "annotate",
-        "cvc",
-        "-n",
-        "openebs",
-        &pv,
-        "cstor.openebs.io/published-node-",
-    ]);
+    let record = "jsonpath={.metadata.annotations.cstor\\.openebs\\.io/published-node}";
+    let published = ["get", "cvc", "-n", "openebs", &pv, "-o", record];
+    let unset = "cstor.openebs.io/published-node-";
+    let (ok, out) = up.kubectl(&["annotate", "cvc", "-n", "openebs", &pv, unset]);
     assert!(ok, "{out}");
     let t1 = Instant::now();
     up.wait_for("published again", &published, |v| v == "node-1", long);
-    eprintln!("csi_attacher: re-published {:?} after the record went", t1.elapsed());
+    eprintln!(
+        "csi_attacher: re-published {:?} after the record went",
+        t1.elapsed()
+    );
     assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"through CHAP");
 
     // Detach with the attacher stopped: the VolumeAttachment stays, deleted with the
@@ -284,7 +270,11 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let out = attach(&up, "node-1", None, &["--timeout", "3s"]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("still there at the timeout"), "{}", text(&out));
+    assert!(
+        text(&out).contains("still there at the timeout"),
+        "{}",
+        text(&out)
+    );
     let va = up.get(&[
         "get",
         "volumeattachment",

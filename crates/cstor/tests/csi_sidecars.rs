@@ -49,15 +49,14 @@ fn claims_are_provisioned_expanded_and_reclaimed_through_the_driver() {
     apply("pvc.yaml", &pvc);
     std::thread::sleep(Duration::from_secs(6));
     let phase = up.get(&[
-            "get",
-            "pvc",
-            "-n",
-            "database",
-            "postgres-data",
-            "-o",
-            "jsonpath={.status.phase}",
-        ],
-    );
+        "get",
+        "pvc",
+        "-n",
+        "database",
+        "postgres-data",
+        "-o",
+        "jsonpath={.status.phase}",
+    ]);
     let cvcs = up.get(&["get", "cvc", "-n", "openebs", "-o", "name"]);
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
@@ -92,25 +91,23 @@ fn claims_are_provisioned_expanded_and_reclaimed_through_the_driver() {
         "{made}"
     );
     let csi_name = up.get(&[
-            "get",
-            "cvc",
-            "-n",
-            "openebs",
-            &pv,
-            "-o",
-            "jsonpath={.metadata.annotations.cstor\\.csi\\.openebs\\.io/name}",
-        ],
-    );
+        "get",
+        "cvc",
+        "-n",
+        "openebs",
+        &pv,
+        "-o",
+        "jsonpath={.metadata.annotations.cstor\\.csi\\.openebs\\.io/name}",
+    ]);
     assert_eq!(csi_name, pv, "the CVC was made by CreateVolume");
     let events = up.get(&[
-            "get",
-            "events",
-            "-n",
-            "database",
-            "-o",
-            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-        ],
-    );
+        "get",
+        "events",
+        "-n",
+        "database",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
     assert!(
         events.contains("ProvisioningSucceeded: Successfully provisioned volume"),
         "{events}"
@@ -135,37 +132,34 @@ fn claims_are_provisioned_expanded_and_reclaimed_through_the_driver() {
         |v| {
             v == "2Gi"
                 && up.get(&[
-                        "get",
-                        "pvc",
-                        "-n",
-                        "database",
-                        "postgres-data",
-                        "-o",
-                        "jsonpath={.status.capacity.storage}",
-                    ],
-                ) == "2Gi"
+                    "get",
+                    "pvc",
+                    "-n",
+                    "database",
+                    "postgres-data",
+                    "-o",
+                    "jsonpath={.status.capacity.storage}",
+                ]) == "2Gi"
                 && up.get(&[
-                        "get",
-                        "cvc",
-                        "-n",
-                        "openebs",
-                        &pv,
-                        "-o",
-                        "jsonpath={.status.capacity.storage}",
-                    ],
-                ) == "2Gi"
+                    "get",
+                    "cvc",
+                    "-n",
+                    "openebs",
+                    &pv,
+                    "-o",
+                    "jsonpath={.status.capacity.storage}",
+                ]) == "2Gi"
         },
         long,
     );
     let events = up.get(&[
-            "get",
-            "events",
-            "-n",
-            "database",
-            "-o",
-            "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
-        ],
-    );
+        "get",
+        "events",
+        "-n",
+        "database",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ]);
     assert!(
         events.contains("Resizing") && events.contains("VolumeResizeSuccessful"),
         "{events}"
@@ -247,17 +241,15 @@ fn snapshots_are_bound_taken_and_deleted_through_the_driver() {
     apply("vs1.yaml", &snapshot("daily", "snap-delete"));
     std::thread::sleep(Duration::from_secs(6));
     let st = up.get(&[
-            "get",
-            "volumesnapshot",
-            "-n",
-            "database",
-            "daily",
-            "-o",
-            "jsonpath={.status.readyToUse}/{.status.boundVolumeSnapshotContentName}",
-        ],
-    );
-    let csnaps = up.get(&["get", "cstorsnapshot", "-n", "openebs", "-o", "name"],
-    );
+        "get",
+        "volumesnapshot",
+        "-n",
+        "database",
+        "daily",
+        "-o",
+        "jsonpath={.status.readyToUse}/{.status.boundVolumeSnapshotContentName}",
+    ]);
+    let csnaps = up.get(&["get", "cstorsnapshot", "-n", "openebs", "-o", "name"]);
     let contents = up.get(&["get", "volumesnapshotcontent", "-o", "name"]);
     signal(pid, libc::SIGCONT);
     assert_eq!(st, "/", "a status without the snapshot controller");
@@ -309,15 +301,14 @@ fn snapshots_are_bound_taken_and_deleted_through_the_driver() {
     );
     let csnap = format!("snapshot-{uid}");
     let made_by = up.get(&[
-            "get",
-            "cstorsnapshot",
-            "-n",
-            "openebs",
-            &csnap,
-            "-o",
-            "jsonpath={.status.phase} {.metadata.annotations.cstor\\.csi\\.openebs\\.io/snapshot-name}",
-        ],
-    );
+        "get",
+        "cstorsnapshot",
+        "-n",
+        "openebs",
+        &csnap,
+        "-o",
+        "jsonpath={.status.phase} {.metadata.annotations.cstor\\.csi\\.openebs\\.io/snapshot-name}",
+    ]);
     assert_eq!(made_by, format!("Ready {csnap}"), "made by CreateSnapshot");
     up.wait_for(
         "the claim's snapshot finalizer gone once the snapshot is ready",
@@ -379,16 +370,14 @@ fn snapshots_are_bound_taken_and_deleted_through_the_driver() {
     let (ok, out) = up.kubectl(&["delete", "volumesnapshot", "-n", "database", "kept"]);
     assert!(ok, "{out}");
     let c = up.get(&[
-            "get",
-            "volumesnapshotcontent",
-            &kept_content,
-            "-o",
-            "jsonpath={.spec.deletionPolicy} {.status.readyToUse} {.status.snapshotHandle}",
-        ],
-    );
+        "get",
+        "volumesnapshotcontent",
+        &kept_content,
+        "-o",
+        "jsonpath={.spec.deletionPolicy} {.status.readyToUse} {.status.snapshotHandle}",
+    ]);
     assert_eq!(c, format!("Retain true {pv}@{kept_csnap}"));
-    let left = up.get(&["get", "cstorsnapshot", "-n", "openebs", "-o", "name"],
-    );
+    let left = up.get(&["get", "cstorsnapshot", "-n", "openebs", "-o", "name"]);
     assert!(left.contains(&kept_csnap), "{left}");
     eprintln!("csi_sidecars snapshots: {:?}", t0.elapsed());
 }
@@ -516,7 +505,11 @@ fn two_sidecars_with_leader_election_only_the_lease_holder_acts_and_a_standby_ta
     let killed = Instant::now();
     apply("va2.yaml", &volume_attachment("va-2"));
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(finalizers("va-2"), "", "nobody acts before the Lease expires");
+    assert_eq!(
+        finalizers("va-2"),
+        "",
+        "nobody acts before the Lease expires"
+    );
     wait("b takes va-2", Duration::from_secs(20), &|| {
         finalizers("va-2").contains("external-attacher/cstor-csi-openebs-io")
     });

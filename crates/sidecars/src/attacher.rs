@@ -35,9 +35,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use cstor_api::names::CSI_DRIVER_NAME;
 use cstor_controller::action::{Action, Kind};
 use cstor_controller::world::{deleting, name, World};
+use cstor_csi::pb::controller_client::ControllerClient;
 use cstor_csi::pb::volume_capability::access_mode::Mode;
 use cstor_csi::pb::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
-use cstor_csi::pb::controller_client::ControllerClient;
 use cstor_csi::pb::{
     ControllerGetCapabilitiesRequest, ControllerPublishVolumeRequest,
     ControllerUnpublishVolumeRequest, ListVolumesRequest, VolumeCapability,
@@ -677,7 +677,12 @@ mod tests {
     fn an_attach_takes_the_finalizers_and_the_csinode_id_then_publishes_as_the_pv_says() {
         let w = world(pv());
         // Another driver's VolumeAttachment is not ours.
-        let p = plan(&[from(va("other.csi"))], &[csinode(CSI_DRIVER_NAME)], &w, &none());
+        let p = plan(
+            &[from(va("other.csi"))],
+            &[csinode(CSI_DRIVER_NAME)],
+            &w,
+            &none(),
+        );
         assert!(p.attaches.is_empty() && p.refused.is_empty());
         let p = plan(
             &[from(va(CSI_DRIVER_NAME))],
@@ -771,7 +776,12 @@ mod tests {
             p.refused[0].2,
             "csinode.storage.k8s.io \"node-1\" not found"
         );
-        let p = plan(std::slice::from_ref(&v), &[csinode("other.csi")], &w, &none());
+        let p = plan(
+            std::slice::from_ref(&v),
+            &[csinode("other.csi")],
+            &w,
+            &none(),
+        );
         assert!(p.refused[0]
             .2
             .contains("does not contain driver cstor.csi.openebs.io"));

@@ -324,7 +324,11 @@ impl Runner {
     async fn done(&mut self, d: Done) {
         self.finish(&d);
         if !self.leadership.leads(d.part) {
-            tracing::info!("{}: not the {:?} any more, its answer is dropped", d.key, d.part);
+            tracing::info!(
+                "{}: not the {:?} any more, its answer is dropped",
+                d.key,
+                d.part
+            );
             return;
         }
         if d.published.is_some() {
