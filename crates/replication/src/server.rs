@@ -630,8 +630,11 @@ fn queue_write(
 /// batches of what arrived while the previous batch was applied. A batch is settled once
 /// (group commit: one intent-log write, in write-through mode one device flush too)
 /// before any of its requests is acknowledged, so an ack still means crash-safe, or
-/// stable with one Current replica left, exactly as for a single write.
+/// stable with one Current replica left, exactly as for a single write. The settle of a
+/// batch runs beside the apply of the next ([`LANE_SETTLES`] at most): any settle that
+/// returns covers every record applied before it started, so acks may go out of order.
 async fn run_lane(mut rx: mpsc::UnboundedReceiver<Queued>) {
+    let settles = Arc::new(tokio::sync::Semaphore::new(LANE_SETTLES));
     while let Some(first) = rx.recv().await {
         let mut bytes = first.w.range().1;
         let mut batch = vec![first];
@@ -650,34 +653,61 @@ async fn run_lane(mut rx: mpsc::UnboundedReceiver<Queued>) {
             sends.push((q.send, q.sess.entry.clone()));
             items.push((q.w, q.sess));
         }
-        let results = blocking(move || apply_batch(items)).await;
-        match results {
-            Some(results) => {
-                for ((send, entry), r) in sends.into_iter().zip(results) {
-                    match r {
-                        Ok(Some(io)) => {
-                            entry.acked_max.fetch_max(io, Ordering::SeqCst);
-                            send(Status::Ok, Bytes::new());
-                        }
-                        // A dropped session's write: never applied, never answered.
-                        Ok(None) => {}
-                        Err((st, msg)) => send(st, err_body(msg)),
+        let Some((results, applied)) = blocking(move || apply_batch(items)).await else {
+            for (send, _) in sends {
+                send(Status::Error, err_body("write task failed"));
+            }
+            continue;
+        };
+        let Ok(permit) = settles.clone().acquire_owned().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let settled = if applied.is_empty() {
+                Some(Ok(()))
+            } else {
+                blocking(move || {
+                    applied
+                        .iter()
+                        .try_for_each(|e| e.vol.settle_writes())
+                        .map_err(|e| (status_of(&e), e.to_string()))
+                })
+                .await
+            };
+            drop(permit);
+            let settled =
+                settled.unwrap_or_else(|| Err((Status::Error, "settle task failed".into())));
+            for ((send, entry), r) in sends.into_iter().zip(results) {
+                match (r, &settled) {
+                    (Ok(Some(io)), Ok(())) => {
+                        entry.acked_max.fetch_max(io, Ordering::SeqCst);
+                        send(Status::Ok, Bytes::new());
                     }
+                    (Ok(Some(_)), Err((st, msg))) => send(*st, err_body(msg)),
+                    // A dropped session's write: never applied, never answered.
+                    (Ok(None), _) => {}
+                    (Err((st, msg)), _) => send(st, err_body(msg)),
                 }
             }
-            None => {
-                for (send, _) in sends {
-                    send(Status::Error, err_body("write task failed"));
-                }
-            }
-        }
+        });
     }
 }
 
-/// Applies a lane batch in order and settles it; one result per request (`Ok(None)`: its
-/// session was dropped, nothing applied). Runs on a blocking thread.
-fn apply_batch(items: Vec<(W, Arc<Session>)>) -> Vec<Result<Option<u64>, (Status, String)>> {
+/// Settles a lane may run at once beside its next apply.
+const LANE_SETTLES: usize = 2;
+
+/// Applies a lane batch in order without settling it; one result per request (`Ok(None)`:
+/// its session was dropped, nothing applied) and the volumes that got writes, to settle
+/// before any ack. Runs on a blocking thread.
+#[allow(clippy::type_complexity)]
+fn apply_batch(
+    items: Vec<(W, Arc<Session>)>,
+) -> (
+    Vec<Result<Option<u64>, (Status, String)>>,
+    Vec<Arc<VolEntry>>,
+) {
     let mut out = Vec::with_capacity(items.len());
+    let mut applied: Vec<Arc<VolEntry>> = Vec::new();
     let mut i = 0;
     while i < items.len() {
         // A run of one volume (a connection re-OPENed on another volume changes it).
@@ -686,27 +716,22 @@ fn apply_batch(items: Vec<(W, Arc<Session>)>) -> Vec<Result<Option<u64>, (Status
         while j < items.len() && Arc::ptr_eq(&items[j].1.entry, &entry) {
             j += 1;
         }
-        // Held across the generation checks, the applies and the settle, once per run (a
-        // second shared lock on this thread could wait behind an OPEN's exclusive one):
-        // a dropped session's writes never reach the pool once that OPEN is answered.
+        // Held across the generation checks and the applies, once per run (a second
+        // shared lock on this thread could wait behind an OPEN's exclusive one): a dropped
+        // session's writes never reach the pool once that OPEN is answered.
         let _gate = entry.apply_gate.read();
         let start = out.len();
         for (w, sess) in &items[i..j] {
             out.push(apply_one(w, sess).map_err(|e| (status_of(&e), e.to_string())));
         }
-        if out[start..].iter().any(|r| matches!(r, Ok(Some(_)))) {
-            if let Err(e) = entry.vol.settle_writes() {
-                let why = (status_of(&e), e.to_string());
-                for r in &mut out[start..] {
-                    if matches!(r, Ok(Some(_))) {
-                        *r = Err(why.clone());
-                    }
-                }
-            }
+        if out[start..].iter().any(|r| matches!(r, Ok(Some(_))))
+            && !applied.iter().any(|e| Arc::ptr_eq(e, &entry))
+        {
+            applied.push(entry.clone());
         }
         i = j;
     }
-    out
+    (out, applied)
 }
 
 /// Applies one WRITE or UNMAP without settling it (the caller holds the apply gate).
