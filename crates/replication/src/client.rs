@@ -249,6 +249,8 @@ impl ReplicaConn {
         });
         let weak = Arc::downgrade(&conn);
         tokio::spawn(async move {
+            // Replies of pipelined requests arrive together: one read syscall for many.
+            let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
             let why = loop {
                 match wire::read_frame(&mut rd).await {
                     Ok(Some(f)) => {

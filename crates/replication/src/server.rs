@@ -11,11 +11,11 @@
 //!   other session of the volume is dropped: its pending replies are never sent, and its
 //!   later requests get NOT_OPEN (the generation is re-checked before apply and before
 //!   each reply).
-//! - Writes and UNMAPs of one session are applied in arrival order where their block
-//!   ranges overlap (the target sends them in io order, so the higher io wins per block
-//!   on every replica); non-overlapping ones run concurrently (group commit).
-//! - A write is acknowledged after the pool's crash-safe (or, in write-through mode,
-//!   stable) return.
+//! - Writes and UNMAPs of one connection are applied in arrival order by its lane (the
+//!   target sends them in io order, so the higher io wins per block on every replica),
+//!   in batches of what arrived meanwhile, each batch settled once (group commit).
+//! - A write is acknowledged only after its batch is crash-safe in the pool's intent log
+//!   (in write-through mode: stable, the log flushed).
 //!
 //! Never: block the runtime (pool calls run on blocking threads).
 
@@ -33,6 +33,9 @@ use crate::auth::{self, AuthKey, CLIENT_LABEL, SERVER_LABEL};
 use crate::error::WireError;
 use crate::store::{status_of, PoolAccess, ReplicaVolume};
 use crate::wire::{self, Frame, Op, OpenReply, OpenReq, Role, Status, VERSION};
+
+/// Read buffer of a connection after the handshake.
+const READ_BUF: usize = 256 << 10;
 
 /// Page size of CHANGED replies (ranges).
 const CHANGED_PAGE_MAX: usize = 65_536;
@@ -153,13 +156,6 @@ impl Session {
     fn live(&self) -> bool {
         self.entry.gen.load(Ordering::SeqCst) == self.gen
     }
-}
-
-struct Pending {
-    id: u64,
-    start: u64,
-    end: u64,
-    done: watch::Receiver<bool>,
 }
 
 impl ReplicaServer {
@@ -345,9 +341,14 @@ impl Inner {
                 }
             }
         });
-        let pending: Arc<Mutex<Vec<Pending>>> = Arc::new(Mutex::new(Vec::new()));
+        // WRITEs and UNMAPs go through one lane per connection (see `run_lane`).
+        let (lane, lane_rx) = mpsc::unbounded_channel::<Queued>();
+        tokio::spawn(run_lane(lane_rx));
         let mut session: Option<Arc<Session>> = None;
         let mut stop = self.stop.subscribe();
+        // Buffered after the handshake (which is strictly request-reply): the frames a
+        // pipelining target sent together are read with one syscall, not two each.
+        let mut rd = tokio::io::BufReader::with_capacity(READ_BUF, rd);
         let result = loop {
             let r = tokio::select! {
                 r = wire::read_frame(&mut rd) => r,
@@ -390,7 +391,7 @@ impl Inner {
                             let _ = tx.send(Frame::reply(&f, Status::Fenced, e, Bytes::new()));
                             continue;
                         }
-                        self.request(op, f, s.clone(), &pending, tx.clone());
+                        self.request(op, f, s.clone(), &lane, tx.clone());
                     }
                 },
                 None => {
@@ -524,7 +525,7 @@ impl Inner {
         op: Op,
         f: Frame,
         s: Arc<Session>,
-        pending: &Arc<Mutex<Vec<Pending>>>,
+        lane: &mpsc::UnboundedSender<Queued>,
         tx: mpsc::UnboundedSender<Frame>,
     ) {
         let entry = s.entry.clone();
@@ -537,7 +538,7 @@ impl Inner {
             }
         };
         match op {
-            Op::Write | Op::Unmap => ordered_write(op, f, sess, pending, send),
+            Op::Write | Op::Unmap => queue_write(op, f, sess, lane, send),
             Op::Ping => {
                 let body = wire::enc_u64s(&[
                     entry.acked_max.load(Ordering::SeqCst),
@@ -562,108 +563,207 @@ impl Inner {
     }
 }
 
-/// Applies a WRITE or UNMAP after every earlier overlapping one of the session.
-fn ordered_write(
+/// A WRITE or UNMAP waiting on its connection's lane.
+struct Queued {
+    w: W,
+    sess: Arc<Session>,
+    send: Box<dyn FnOnce(Status, Bytes) + Send>,
+}
+
+enum W {
+    /// offset, io, data
+    Write(u64, u64, Bytes),
+    /// offset, length, io
+    Unmap(u64, u64, u64),
+}
+
+impl W {
+    /// (offset, length, io)
+    fn range(&self) -> (u64, u64, u64) {
+        match self {
+            W::Write(o, io, d) => (*o, d.len() as u64, *io),
+            W::Unmap(o, l, io) => (*o, *l, *io),
+        }
+    }
+}
+
+/// Most requests one lane batch applies before it settles (bounds an ack's wait).
+const LANE_BATCH_MAX: usize = 256;
+/// Most data bytes one lane batch applies before it settles.
+const LANE_BATCH_BYTES: u64 = 8 << 20;
+
+/// Parses a WRITE or UNMAP and queues it on the connection's lane.
+fn queue_write(
     op: Op,
     f: Frame,
     sess: Arc<Session>,
-    pending: &Arc<Mutex<Vec<Pending>>>,
+    lane: &mpsc::UnboundedSender<Queued>,
     send: impl FnOnce(Status, Bytes) + Send + 'static,
 ) {
-    enum W {
-        Write(u64, u64, Bytes),
-        Unmap(u64, u64, u64),
-    }
     let parsed = match op {
         Op::Write => wire::dec_write(f.body).map(|(o, io, d)| W::Write(o, io, d)),
         _ => wire::dec_u64s::<3>(f.body).map(|[o, l, io]| W::Unmap(o, l, io)),
     };
-    let entry = sess.entry.clone();
     let w = match parsed {
         Ok(w) => w,
         Err(e) => return send(Status::Invalid, err_body(e)),
-    };
-    let (off, len, wio) = match &w {
-        W::Write(o, io, d) => (*o, d.len() as u64, *io),
-        W::Unmap(o, l, io) => (*o, *l, *io),
     };
     if let Some(p) = &sess.partial {
         // In arrival (= io) order, before any later frame is parsed.
         let mut g = p.lock();
         if g.live_min == 0 {
-            g.live_min = wio;
+            g.live_min = w.range().2;
         }
     }
-    let bs = u64::from(entry.vol.block_size());
-    let start = off / bs * bs;
-    let end = off.saturating_add(len).div_ceil(bs) * bs;
-    let (done_tx, done_rx) = watch::channel(false);
-    let waits: Vec<watch::Receiver<bool>> = {
-        let mut p = pending.lock();
-        let w = p
-            .iter()
-            .filter(|x| x.start < end && start < x.end)
-            .map(|x| x.done.clone())
-            .collect();
-        p.push(Pending {
-            id: f.id,
-            start,
-            end,
-            done: done_rx,
-        });
-        w
+    let q = Queued {
+        w,
+        sess,
+        send: Box::new(send),
     };
-    let pending = pending.clone();
-    let id = f.id;
-    tokio::spawn(async move {
-        for mut r in waits {
-            // A finished (or dropped) predecessor both end the wait.
-            let _ = r.wait_for(|d| *d).await;
+    if let Err(mpsc::error::SendError(q)) = lane.send(q) {
+        (q.send)(Status::Error, err_body("write lane ended"));
+    }
+}
+
+/// A connection's lane: applies its WRITEs and UNMAPs one after another in arrival order
+/// (so where ranges overlap the higher io, sent later, wins on every replica), in
+/// batches of what arrived while the previous batch was applied. A batch is settled once
+/// (group commit: one intent-log write, in write-through mode one device flush too)
+/// before any of its requests is acknowledged, so an ack still means crash-safe, or
+/// stable with one Current replica left, exactly as for a single write. The settle of a
+/// batch runs beside the apply of the next ([`LANE_SETTLES`] at most): any settle that
+/// returns covers every record applied before it started, so acks may go out of order.
+async fn run_lane(mut rx: mpsc::UnboundedReceiver<Queued>) {
+    let settles = Arc::new(tokio::sync::Semaphore::new(LANE_SETTLES));
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.w.range().1;
+        let mut batch = vec![first];
+        while batch.len() < LANE_BATCH_MAX && bytes < LANE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(q) => {
+                    bytes += q.w.range().1;
+                    batch.push(q);
+                }
+                Err(_) => break,
+            }
         }
-        let e = entry.clone();
-        let live = sess.clone();
-        let res = blocking(move || {
-            // Re-checked before apply, under the gate an OPEN takes to drop sessions: a
-            // dropped session's writes never reach the pool once that OPEN is answered.
-            let _gate = e.apply_gate.read();
-            if !live.live() {
-                return Ok(None);
-            }
-            // A catch-up session notes sub-block writes under its lock, held across a
-            // sub-block write so a merging APPLY of the block cannot interleave.
-            let mut guard = live.partial.as_ref().map(|p| p.lock());
-            if let Some(g) = guard.as_mut() {
-                let v = &e.vol;
-                g.note(off, len, bs, |at| {
-                    let mut buf = vec![0u8; bs as usize];
-                    Ok(v.read_with_io(at, &mut buf)?
-                        .and_then(|ios| ios.first().copied())
-                        .unwrap_or(0))
-                })?;
-            }
-            if off.is_multiple_of(bs) && len.is_multiple_of(bs) {
-                // Whole blocks only: `note` unlisted them, so no merging APPLY can touch
-                // them; a later sub-block write of them waits for this one (overlap order).
-                drop(guard.take());
-            }
-            match w {
-                W::Write(o, io, d) => e.vol.write(o, &d, io).map(|_| Some(io)),
-                W::Unmap(o, l, io) => e.vol.unmap(o, l, io).map(|_| Some(io)),
-            }
-        })
-        .await;
-        let _ = done_tx.send(true);
-        pending.lock().retain(|x| x.id != id);
-        match res {
-            Some(Ok(Some(io))) => {
-                entry.acked_max.fetch_max(io, Ordering::SeqCst);
-                send(Status::Ok, Bytes::new());
-            }
-            Some(Ok(None)) => {}
-            Some(Err(e)) => send(status_of(&e), err_body(e)),
-            None => send(Status::Error, err_body("write task failed")),
+        let mut sends = Vec::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
+        for q in batch {
+            sends.push((q.send, q.sess.entry.clone()));
+            items.push((q.w, q.sess));
         }
-    });
+        let Some((results, applied)) = blocking(move || apply_batch(items)).await else {
+            for (send, _) in sends {
+                send(Status::Error, err_body("write task failed"));
+            }
+            continue;
+        };
+        let Ok(permit) = settles.clone().acquire_owned().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let settled = if applied.is_empty() {
+                Some(Ok(()))
+            } else {
+                blocking(move || {
+                    applied
+                        .iter()
+                        .try_for_each(|e| e.vol.settle_writes())
+                        .map_err(|e| (status_of(&e), e.to_string()))
+                })
+                .await
+            };
+            drop(permit);
+            let settled =
+                settled.unwrap_or_else(|| Err((Status::Error, "settle task failed".into())));
+            for ((send, entry), r) in sends.into_iter().zip(results) {
+                match (r, &settled) {
+                    (Ok(Some(io)), Ok(())) => {
+                        entry.acked_max.fetch_max(io, Ordering::SeqCst);
+                        send(Status::Ok, Bytes::new());
+                    }
+                    (Ok(Some(_)), Err((st, msg))) => send(*st, err_body(msg)),
+                    // A dropped session's write: never applied, never answered.
+                    (Ok(None), _) => {}
+                    (Err((st, msg)), _) => send(st, err_body(msg)),
+                }
+            }
+        });
+    }
+}
+
+/// Settles a lane may run at once beside its next apply.
+const LANE_SETTLES: usize = 2;
+
+/// Applies a lane batch in order without settling it; one result per request (`Ok(None)`:
+/// its session was dropped, nothing applied) and the volumes that got writes, to settle
+/// before any ack. Runs on a blocking thread.
+#[allow(clippy::type_complexity)]
+fn apply_batch(
+    items: Vec<(W, Arc<Session>)>,
+) -> (
+    Vec<Result<Option<u64>, (Status, String)>>,
+    Vec<Arc<VolEntry>>,
+) {
+    let mut out = Vec::with_capacity(items.len());
+    let mut applied: Vec<Arc<VolEntry>> = Vec::new();
+    let mut i = 0;
+    while i < items.len() {
+        // A run of one volume (a connection re-OPENed on another volume changes it).
+        let entry = items[i].1.entry.clone();
+        let mut j = i;
+        while j < items.len() && Arc::ptr_eq(&items[j].1.entry, &entry) {
+            j += 1;
+        }
+        // Held across the generation checks and the applies, once per run (a second
+        // shared lock on this thread could wait behind an OPEN's exclusive one): a dropped
+        // session's writes never reach the pool once that OPEN is answered.
+        let _gate = entry.apply_gate.read();
+        let start = out.len();
+        for (w, sess) in &items[i..j] {
+            out.push(apply_one(w, sess).map_err(|e| (status_of(&e), e.to_string())));
+        }
+        if out[start..].iter().any(|r| matches!(r, Ok(Some(_))))
+            && !applied.iter().any(|e| Arc::ptr_eq(e, &entry))
+        {
+            applied.push(entry.clone());
+        }
+        i = j;
+    }
+    (out, applied)
+}
+
+/// Applies one WRITE or UNMAP without settling it (the caller holds the apply gate).
+fn apply_one(w: &W, sess: &Session) -> Result<Option<u64>, cstor_pool::PoolError> {
+    if !sess.live() {
+        return Ok(None);
+    }
+    let e = &sess.entry;
+    let bs = u64::from(e.vol.block_size());
+    let (off, len, io) = w.range();
+    // A catch-up session notes sub-block writes under its lock, held across a sub-block
+    // write so a merging APPLY of the block cannot interleave.
+    let mut guard = sess.partial.as_ref().map(|p| p.lock());
+    if let Some(g) = guard.as_mut() {
+        let v = &e.vol;
+        g.note(off, len, bs, |at| {
+            let mut buf = vec![0u8; bs as usize];
+            Ok(v.read_with_io(at, &mut buf)?
+                .and_then(|ios| ios.first().copied())
+                .unwrap_or(0))
+        })?;
+    }
+    if off.is_multiple_of(bs) && len.is_multiple_of(bs) {
+        // Whole blocks only: `note` unlisted them, so no merging APPLY can touch them; a
+        // later sub-block write of them comes later on this lane.
+        drop(guard.take());
+    }
+    match w {
+        W::Write(o, io, d) => e.vol.write_unsettled(*o, d, *io)?,
+        W::Unmap(o, l, io) => e.vol.unmap_unsettled(*o, *l, *io)?,
+    }
+    Ok(Some(io))
 }
 
 /// The requests that need no ordering: FLUSH, READ, CHECKPOINT, CHANGED, READ_IO, APPLY,

@@ -137,6 +137,24 @@ impl ReplicaVolume {
         self.vol.unmap(offset, len, Some(io))
     }
 
+    /// [`ReplicaVolume::write`] without waiting for its log record: acknowledge it only
+    /// after [`ReplicaVolume::settle_writes`] returned (group commit).
+    pub fn write_unsettled(&self, offset: u64, data: &[u8], io: u64) -> Result<(), PoolError> {
+        self.vol.write_unsettled(offset, data, Some(io))
+    }
+
+    /// [`ReplicaVolume::unmap`] without waiting for its log record (as
+    /// [`ReplicaVolume::write_unsettled`]).
+    pub fn unmap_unsettled(&self, offset: u64, len: u64, io: u64) -> Result<(), PoolError> {
+        self.vol.unmap_unsettled(offset, len, Some(io))
+    }
+
+    /// Makes every earlier write and UNMAP as safe as the write mode asks (crash-safe, or
+    /// stable in write-through mode): one log write (and flush) for all of them.
+    pub fn settle_writes(&self) -> Result<(), PoolError> {
+        self.vol.settle_writes()
+    }
+
     /// Makes every earlier write stable.
     pub fn flush(&self) -> Result<(), PoolError> {
         self.vol.flush()

@@ -334,13 +334,17 @@ async fn double_target_partition_old_target_stops_within_lease() {
     let base = Instant::now();
     let last_read = Arc::new(AtomicU64::new(0));
     let last_write = Arc::new(AtomicU64::new(0));
+    // When the last acknowledged write was sent: one in flight across the cut may still
+    // complete (R2 answered before the cut), one sent after it never may.
+    let last_write_sent = Arc::new(AtomicU64::new(0));
     let stale_seen = Arc::new(AtomicBool::new(false));
     let bg = {
-        let (t1, stop, lr, lw, stale) = (
+        let (t1, stop, lr, lw, lws, stale) = (
             t1.clone(),
             stop.clone(),
             last_read.clone(),
             last_write.clone(),
+            last_write_sent.clone(),
             stale_seen.clone(),
         );
         let (t1b, stopb) = (t1.clone(), stop.clone());
@@ -359,12 +363,14 @@ async fn double_target_partition_old_target_stops_within_lease() {
             let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 n += 1;
+                let sent = base.elapsed().as_millis() as u64;
                 if t1
                     .write(&ctx(&t1, false), (8 + n % 8) * BS, block(n))
                     .await
                     .is_ok()
                 {
                     lw.store(base.elapsed().as_millis() as u64, Ordering::SeqCst);
+                    lws.store(sent, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }
@@ -373,6 +379,7 @@ async fn double_target_partition_old_target_stops_within_lease() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The partition.
+    let cut_start_ms = base.elapsed().as_millis() as u64;
     c.proxies[2].cut_group(0, true);
     store1.down.store(true, Ordering::SeqCst);
     c.proxies[0].cut_group(1, true);
@@ -395,7 +402,15 @@ async fn double_target_partition_old_target_stops_within_lease() {
     eprintln!(
         "cut at {cut_ms} ms, T2 serving at {t2_ms} ms, T1's last read {lr} ms, last write {lw} ms"
     );
-    assert!(lw < cut_ms, "T1 acknowledged a write after the cut");
+    let lws = last_write_sent.load(Ordering::SeqCst);
+    assert!(
+        lws < cut_start_ms,
+        "T1 acknowledged a write sent after the cut (sent at {lws} ms)"
+    );
+    assert!(
+        lw < t2_ms,
+        "T1 acknowledged a write after T2 started serving"
+    );
     assert!(lr < t2_ms, "T1 served a read after T2 started serving");
     assert!(lr <= cut_ms + lease, "T1 read past its lease");
     assert!(

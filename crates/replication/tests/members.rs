@@ -43,7 +43,11 @@ async fn add_replica_under_load_then_remove_down_to_the_last_current() {
         c.member_state("r2") == Some(MemberState::Current)
     })
     .await;
-    assert_eq!(v.status().phase, Phase::Healthy);
+    // The status follows the recorded readmission once the target applied it.
+    wait_for(5, "the volume Healthy", || {
+        v.status().phase == Phase::Healthy
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::SeqCst);
     for h in hs {

@@ -278,6 +278,29 @@ impl VolumeHandle {
         self.settle()
     }
 
+    /// [`VolumeHandle::write`] without waiting for its log record: a batch of writes and
+    /// UNMAPs waits once, in [`VolumeHandle::settle_writes`], which must return before
+    /// any of them is acknowledged (group commit: one log write, and in write-through
+    /// one device flush, for the whole batch). Readers see the data at once.
+    pub fn write_unsettled(&self, offset: u64, data: &[u8], io_number: Option<u64>) -> Result<()> {
+        self.pool.check_usable()?;
+        self.pool.admit_write()?;
+        self.write_inner(offset, data, io_number, true)
+    }
+
+    /// [`VolumeHandle::unmap`] without waiting for its log record (see
+    /// [`VolumeHandle::write_unsettled`]).
+    pub fn unmap_unsettled(&self, offset: u64, len: u64, io_number: Option<u64>) -> Result<()> {
+        self.pool.check_usable()?;
+        self.unmap_inner(offset, len, io_number, true)
+    }
+
+    /// Waits as the write mode asks for every earlier write, UNMAP and apply of the pool
+    /// (the `_unsettled` calls included): crash-safe, or stable in write-through mode.
+    pub fn settle_writes(&self) -> Result<()> {
+        self.settle()
+    }
+
     /// Catch-up apply of one whole block (`data` of the block size; all zeros applies a
     /// hole) carrying `incoming_io`, atomic against every other write to the block: it is
     /// applied when the block's io is below `session_start_io` (content from before the
