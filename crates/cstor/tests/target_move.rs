@@ -22,7 +22,7 @@ use apiserver_support::claim::{
     apply_claim, attach, check_files, fsck_through_portal, target_node, text, wait_healthy,
     write_files, Attached,
 };
-use apiserver_support::up::Up;
+use apiserver_support::up::{processes_where, Up};
 use apiserver_support::{have_kubectl, required};
 
 /// When a file was written (fsync returned), its path and digest.
@@ -212,24 +212,15 @@ fn target_moves_off_a_lost_node_and_writes_resume_at_the_new_portal() {
 /// DIR/nodes/NODE/home ...`), found in /proc.
 fn agent_pid(up: &Up, node: &str) -> i32 {
     let home = up.dir.join("nodes").join(node).join("home");
-    let home = home.to_str().unwrap();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        let is_agent = args.get(1) == Some(&&b"node"[..])
-            && args
-                .windows(2)
-                .any(|w| w[0] == b"--home" && w[1] == home.as_bytes());
-        if is_agent {
-            return pid;
-        }
+    let home = home.display().to_string();
+    let agents = processes_where(|a| {
+        a.get(1).map(String::as_str) == Some("node")
+            && a.windows(2).any(|w| w[0] == "--home" && w[1] == home)
+    });
+    match agents.first() {
+        Some(pid) => *pid,
+        None => panic!("no agent process of {node}"),
     }
-    panic!("no agent process of {node}");
 }
 
 /// The old target is not dead but stopped (SIGSTOP of its whole agent: no heartbeat, no

@@ -26,12 +26,58 @@ impl Drop for Up {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(60) {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        sweep_attachments(&self.dir);
+    }
+}
+
+/// Process ids whose command line (arguments split) `matches`.
+pub fn processes_where(matches: impl Fn(&[String]) -> bool) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if matches(&args) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Stops the `cstor initiator attach` processes of attachments under `dir` that outlived
+/// their `cstor up` (they run in their own session, to survive a restart of the node
+/// plugin; a test that failed before its detach leaves them): SIGTERM unmounts their
+/// FUSE file and detaches their loop device.
+fn sweep_attachments(dir: &Path) {
+    let dir = dir.display().to_string();
+    let attach = |a: &[String]| {
+        a.get(1).map(String::as_str) == Some("initiator") && a.iter().any(|x| x.starts_with(&dir))
+    };
+    let left = processes_where(attach);
+    for pid in &left {
+        // SAFETY: kill(2) on a process of this test's own attachments.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    let t0 = Instant::now();
+    while !processes_where(attach).is_empty() && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pid in processes_where(attach) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
@@ -169,22 +215,13 @@ impl Up {
             "unix://{}",
             self.dir.join("csi").join("controller.sock").display()
         );
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmd
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if args.get(1).map(String::as_str) == Some("sidecars") && args.contains(&want) {
-                return pid;
-            }
+        let found = processes_where(|a| {
+            a.get(1).map(String::as_str) == Some("sidecars") && a.contains(&want)
+        });
+        match found.first() {
+            Some(pid) => *pid,
+            None => panic!("no sidecars process for {want}\n{}", self.log()),
         }
-        panic!("no sidecars process for {want}\n{}", self.log());
     }
 
     /// `cstor up node stop|start NAME`.
