@@ -214,15 +214,9 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
     let pvf = up.get(&["get", "pv", &pv, "-o", "jsonpath={.metadata.finalizers}"]);
     assert!(pvf.contains(FINALIZER), "{pvf}");
     std::fs::write(mnt.join("hello"), b"through CHAP").unwrap();
-    let applied = up.get(&[
-        "get",
-        "cv",
-        "-n",
-        "openebs",
-        &pv,
-        "-o",
-        "jsonpath={.metadata.annotations.cstor\\.openebs\\.io/chap-applied}",
-    ]);
+    let chap_applied_of = "jsonpath={.metadata.annotations.cstor\\.openebs\\.io/chap-applied}";
+    let chap_applied = ["get", "cv", "-n", "openebs", &pv, "-o", chap_applied_of];
+    let applied = up.get(&chap_applied);
     assert!(
         applied.starts_with(&format!("cstor-chap-{pv}/")),
         "{applied}"
@@ -294,15 +288,7 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
     up.wait_for("unpublished", &published, str::is_empty, long);
     up.wait_for(
         "CHAP gone with the publish",
-        &[
-            "get",
-            "cv",
-            "-n",
-            "openebs",
-            &pv,
-            "-o",
-            "jsonpath={.metadata.annotations.cstor\\.openebs\\.io/chap-applied}",
-        ],
+        &chap_applied,
         |v| v.is_empty(),
         long,
     );
