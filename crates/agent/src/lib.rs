@@ -58,6 +58,9 @@ pub const PV_LABEL: &str = "openebs.io/persistent-volume";
 pub const ENDPOINT_ANNOTATION: &str = "cstor.openebs.io/replica-endpoint";
 /// Secret holding the replica auth key (data key `key`).
 pub const AUTH_SECRET: &str = "cstor-replica-auth";
+/// Secret turning on TLS between targets and replicas (data keys `ca.crt`, `tls.crt`,
+/// `tls.key`: the CA targets trust, the replicas' certificate and its key). Optional.
+pub const TLS_SECRET: &str = "cstor-replica-tls";
 
 /// How the agent was started (`cstor node` flags).
 #[derive(Debug, Clone)]

@@ -34,7 +34,9 @@ use tokio::sync::Mutex;
 
 use crate::error::{AgentError, Result};
 use crate::kubeapi::{merge, merge_status};
-use crate::{Ctx, AUTH_SECRET, CSPI_LABEL, ENDPOINT_ANNOTATION, HOSTNAME_LABEL, NAMESPACE};
+use crate::{
+    Ctx, AUTH_SECRET, CSPI_LABEL, ENDPOINT_ANNOTATION, HOSTNAME_LABEL, NAMESPACE, TLS_SECRET,
+};
 
 /// A pool held open by the agent, as the replication crate sees it.
 #[derive(Debug)]
@@ -88,6 +90,38 @@ pub async fn auth_key(client: &kube::Client) -> Result<Option<AuthKey>> {
     AuthKey::from_bytes(&raw.0)
         .map(Some)
         .map_err(|e| AgentError::Invalid(format!("secret {AUTH_SECRET}: {e}")))
+}
+
+/// Both ends of replica TLS from Secret `cstor-replica-tls`, when it exists: what the
+/// replica servers of this node present, what its targets trust. A Secret that is there
+/// but unusable is an error, never a silent fall back to plain TCP.
+pub async fn replica_tls(client: &kube::Client) -> Result<Option<ReplicaTls>> {
+    use cstor_replication::tls::{ReplicaTlsClient, ReplicaTlsServer};
+    let api: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let Some(s) = api.get_opt(TLS_SECRET).await? else {
+        return Ok(None);
+    };
+    let data = s.data.unwrap_or_default();
+    let get = |k: &str| {
+        data.get(k).map(|v| v.0.as_slice()).ok_or_else(|| {
+            AgentError::Invalid(format!("secret {TLS_SECRET} has no data key '{k}'"))
+        })
+    };
+    let what = format!("secret {TLS_SECRET}");
+    let bad = |e: cstor_replication::tls::TlsError| AgentError::Invalid(e.to_string());
+    Ok(Some(ReplicaTls {
+        server: ReplicaTlsServer::from_pem(get("tls.crt")?, get("tls.key")?, &what).map_err(bad)?,
+        client: ReplicaTlsClient::from_pem(get("ca.crt")?, &what).map_err(bad)?,
+    }))
+}
+
+/// [`replica_tls`]'s two ends.
+#[derive(Debug, Clone)]
+pub struct ReplicaTls {
+    /// For this node's replica servers.
+    pub server: cstor_replication::tls::ReplicaTlsServer,
+    /// For this node's targets.
+    pub client: cstor_replication::tls::ReplicaTlsClient,
 }
 
 /// The engine's group kind of a raid type.
@@ -365,6 +399,13 @@ impl Pools {
             Err(_) => None,
         };
         let key = auth_key(&self.ctx.client).await.map_err(bad)?;
+        let tls = match replica_tls(&self.ctx.client).await {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = close_open(open, admin, false).await;
+                return Err(bad(e));
+            }
+        };
         let addr = self.ctx.cfg.address;
         if key.is_none() && !addr.is_loopback() {
             let _ = close_open(open, admin, false).await;
@@ -391,6 +432,9 @@ impl Pools {
             .map_err(|e| bad(AgentError::io("replica listener", e)))?;
         let id = format!("{:016x}", open.engine().guid());
         let server = Arc::new(ReplicaServer::new(Arc::new(Access(open.clone())), id, key));
+        if let Some(t) = tls {
+            server.require_tls(t.server);
+        }
         let s2 = server.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = s2.serve(listener).await {

@@ -514,6 +514,9 @@ impl Targets {
         };
         let mut cfg = VolumeConfig::new(&name, size, endpoints);
         cfg.key = crate::pools::auth_key(&self.ctx.client).await?;
+        cfg.tls = crate::pools::replica_tls(&self.ctx.client)
+            .await?
+            .map(|t| t.client);
         cfg.consistency_factor = cv.spec.consistency_factor.unwrap_or(1).max(1) as u32;
         // The controller moved this target here from a node it saw dead: its holder
         // instance need not age out of the takeover gate (the fence still runs).

@@ -9,7 +9,9 @@
 //! new attach, and xfs_repair -n finds the filesystem clean; a second node's attach is refused
 //! while node-1 holds the volume; an expanded claim's filesystem grows online; and
 //! PostgreSQL (Debian's) initialised on the mounted volume runs pgbench while a replica's
-//! node is lost, and its consistency checks pass afterwards.
+//! node is lost, and its consistency checks pass afterwards. Targets and replicas speak
+//! TLS (`cstor up --replica-tls`): a plain connection to a replica port is refused, and
+//! the rebuilds after each node loss run over TLS.
 
 mod apiserver_support;
 
@@ -46,6 +48,39 @@ fn psql(port: &str, sql: &str) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
+/// Every pool's replica port (the CSPI's endpoint annotation) answers a plain-TCP
+/// target that it requires TLS: the Healthy replicas were reached over TLS.
+fn plain_replica_connections_are_refused(up: &Up) {
+    let eps = up.get(&[
+        "get",
+        "cspi",
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.items[*].metadata.annotations.cstor\\.openebs\\.io/replica-endpoint}",
+    ]);
+    let eps: Vec<&str> = eps.split_whitespace().collect();
+    assert_eq!(eps.len(), 3, "replica endpoints: {eps:?}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for ep in eps {
+        let r = rt.block_on(cstor_replication::client::ReplicaConn::connect(
+            ep,
+            None,
+            Duration::from_secs(5),
+        ));
+        match r {
+            Err(cstor_replication::ReplicaError::AuthFailed { why, .. }) => {
+                assert!(why.contains("requires TLS"), "{ep}: {why}")
+            }
+            Err(e) => panic!("{ep}: a plain connection failed otherwise: {e}"),
+            Ok(_) => panic!("{ep}: a plain connection was served"),
+        }
+    }
+}
+
 #[test]
 fn attached_claim_survives_a_node_loss_grows_online_and_runs_postgres() {
     let have_pg = Path::new(PG_BIN).join("initdb").exists();
@@ -56,11 +91,12 @@ fn attached_claim_survives_a_node_loss_grows_online_and_runs_postgres() {
     ) {
         return;
     }
-    let up = Up::start(3, "1G");
+    let up = Up::start_with(3, "1G", &["--replica-tls"]);
     let long = Duration::from_secs(120);
     up.seed_stripe_pools(long);
     apply_claim(&up);
     wait_healthy(&up, long);
+    plain_replica_connections_are_refused(&up);
     let tnode = target_node(&up);
     // The replica's node to lose: not the target's (a target move is target_move.rs').
     let down = ["node-3", "node-2"]

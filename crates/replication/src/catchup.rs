@@ -208,7 +208,7 @@ pub(crate) async fn catch_up(v: &ReplicatedVolume, m: &Member) -> Result<(), Vol
         let (base, known_snaps) = crate::snapshot::replay_missed(v, &conn, base, bs, t).await?;
         let prog = progress_of(v, &id);
         prog.running.store(true, Ordering::SeqCst);
-        let stats = Arc::new(SessionStats::default());
+        let stats = Arc::new(SessionStats::opened_at(v.now_ms()));
         // From X0 on the member receives every write.
         let x0 = {
             let mut q = inner.seq.lock();

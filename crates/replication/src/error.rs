@@ -78,6 +78,17 @@ pub enum ReplicaError {
         /// Message.
         msg: String,
     },
+    /// Too much write data sent and unanswered beyond the quickest Current replica's
+    /// (the backlog eviction trigger).
+    #[error("replica {addr}: {bytes} bytes of writes unanswered, more than {limit} beyond the quickest Current replica")]
+    Backlog {
+        /// Replica address.
+        addr: String,
+        /// Its backlog, bytes.
+        bytes: u64,
+        /// The bound, bytes.
+        limit: u64,
+    },
     /// No reply within the time allowed.
     #[error("replica {addr}: no reply within {ms} ms")]
     Timeout {

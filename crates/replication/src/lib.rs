@@ -33,6 +33,7 @@ pub mod members;
 pub mod membership;
 mod read;
 mod rejoin;
+mod seq;
 pub mod server;
 mod settle;
 pub mod snapshot;

@@ -346,7 +346,7 @@ impl ReplicatedVolume {
                 current: true,
                 stats: Arc::new(SessionStats {
                     answered_ms: now.into(),
-                    ..SessionStats::default()
+                    ..SessionStats::opened_at(now)
                 }),
                 block_size: u64::from(o.block_size.max(512)),
             })

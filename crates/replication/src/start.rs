@@ -355,7 +355,7 @@ impl ReplicatedVolume {
                     current: true,
                     stats: Arc::new(SessionStats {
                         answered_ms: self.now_ms().into(),
-                        ..SessionStats::default()
+                        ..SessionStats::opened_at(self.now_ms())
                     }),
                     block_size: u64::from(o.block_size.max(512)),
                 });

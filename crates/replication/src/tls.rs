@@ -74,6 +74,23 @@ impl ReplicaTlsServer {
     pub fn load(cert: &Path, key: &Path) -> Result<ReplicaTlsServer, TlsError> {
         let chain = certs(cert)?;
         let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
+        Self::new(chain, key)
+    }
+
+    /// From PEM text held elsewhere (a Kubernetes Secret); `what` names it in errors.
+    pub fn from_pem(cert: &[u8], key: &[u8], what: &str) -> Result<ReplicaTlsServer, TlsError> {
+        let chain = pem_certs(cert, what)?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::File {
+            path: what.to_string(),
+            why: format!("private key: {e}"),
+        })?;
+        Self::new(chain, key)
+    }
+
+    fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<ReplicaTlsServer, TlsError> {
         let cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -99,9 +116,22 @@ impl std::fmt::Debug for ReplicaTlsClient {
 impl ReplicaTlsClient {
     /// Trusts every certificate in the PEM file `ca`.
     pub fn load(ca: &Path) -> Result<ReplicaTlsClient, TlsError> {
+        Self::new(certs(ca)?, &ca.display().to_string())
+    }
+
+    /// Trusts every certificate in PEM text held elsewhere (a Kubernetes Secret); `what`
+    /// names it in errors.
+    pub fn from_pem(ca: &[u8], what: &str) -> Result<ReplicaTlsClient, TlsError> {
+        Self::new(pem_certs(ca, what)?, what)
+    }
+
+    fn new(cas: Vec<CertificateDer<'static>>, what: &str) -> Result<ReplicaTlsClient, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
-        for c in certs(ca)? {
-            roots.add(c).map_err(|e| file_err(ca, e))?;
+        for c in cas {
+            roots.add(c).map_err(|e| TlsError::File {
+                path: what.to_string(),
+                why: e.to_string(),
+            })?;
         }
         let cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -112,6 +142,20 @@ impl ReplicaTlsClient {
             Arc::new(cfg),
         )))
     }
+}
+
+fn pem_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |why: String| TlsError::File {
+        path: what.to_string(),
+        why,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE in the PEM text".into()));
+    }
+    Ok(certs)
 }
 
 /// The name a replica's certificate must carry for `addr` (`IP:PORT` or `HOST:PORT`).

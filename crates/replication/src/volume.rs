@@ -21,7 +21,6 @@
 //! Locks: `seq` (sequencer, send set) and `state` are parking_lot mutexes never held
 //! across an await; `evict` (tokio) serialises membership changes.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +37,7 @@ use crate::auth::AuthKey;
 use crate::client::ReplicaConn;
 use crate::error::{ReplicaError, StoreError, VolumeError};
 use crate::membership::{unix_now, Cas, Holder, MemberState, MembershipStore, Record, Version};
+pub(crate) use crate::seq::Seq;
 use crate::wire::{self, Op, Status};
 
 /// CAS attempts after unknown outcomes the store showed were not applied.
@@ -75,6 +75,11 @@ pub struct VolumeConfig {
     pub accept_data_loss: bool,
     /// Eviction lag bound (T_evict).
     pub t_evict: Duration,
+    /// Eviction backlog bound (design §2.6): the most write data, in bytes, a member may
+    /// have sent and unacknowledged beyond what the quickest Current member has; above
+    /// it the member is evicted (a catching-up one leaves the send set) at once instead
+    /// of after T_evict. 0 turns the trigger off.
+    pub evict_backlog: u64,
     /// Ping interval.
     pub ping: Duration,
     /// Longest a command is held before BUSY (T_hold).
@@ -109,6 +114,7 @@ impl VolumeConfig {
             strict: false,
             accept_data_loss: false,
             t_evict: Duration::from_secs(2),
+            evict_backlog: DEFAULT_EVICT_BACKLOG,
             ping: Duration::from_secs(1),
             t_hold: Duration::from_secs(4),
             t_lease: Duration::from_secs(8),
@@ -162,14 +168,36 @@ pub(crate) struct Progress {
     pub(crate) running: AtomicBool,
 }
 
+/// Default [`VolumeConfig::evict_backlog`]. Why relative to the quickest Current member
+/// and this large: a Current member's backlog is bounded by the iSCSI target's command
+/// data budget (512 MiB by default) and every Current member gets the same writes, so
+/// only a lag behind its peers says it is slow; a catching-up member's writes are not
+/// waited for, so without the bound its backlog grows at the write rate for T_evict.
+pub const DEFAULT_EVICT_BACKLOG: u64 = 128 << 20;
+
 /// Per-session counters of writes to a member.
 #[derive(Debug, Default)]
 pub(crate) struct SessionStats {
     pub(crate) outstanding: AtomicUsize,
+    /// Bytes of request bodies of writes sent to it and not yet answered.
+    pub(crate) backlog: AtomicU64,
+    /// Send time (ms since the instance started) of the latest answered write, or when
+    /// the session opened: how long it has made no progress on writes.
+    pub(crate) write_answered_ms: AtomicU64,
     pub(crate) failed: AtomicBool,
     /// Send time (ms since the instance started) of the latest answered request: the
     /// lease (design §2.5) runs from it.
     pub(crate) answered_ms: AtomicU64,
+}
+
+impl SessionStats {
+    /// The counters of a session opened at `now_ms` (ms since the instance started).
+    pub(crate) fn opened_at(now_ms: u64) -> SessionStats {
+        SessionStats {
+            write_answered_ms: now_ms.into(),
+            ..SessionStats::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -182,83 +210,6 @@ pub(crate) struct Target {
     /// The replica volume's block size (its OPEN reply): READ_IO and APPLY work in it.
     pub(crate) block_size: u64,
 }
-
-#[derive(Debug, Default)]
-pub(crate) struct Seq {
-    pub(crate) next: u64,
-    pub(crate) reserved: u64,
-    pub(crate) issued: BTreeSet<u64>,
-    pub(crate) inflight: BTreeSet<u64>,
-    pub(crate) expired: BTreeSet<u64>,
-    pub(crate) max_sent: u64,
-    pub(crate) paused: bool,
-    pub(crate) targets: Vec<Target>,
-    /// Writes below this io were sent before the last Current replica switched to
-    /// write-through; they flush before completing.
-    pub(crate) wt_from: u64,
-    /// A snapshot's io cut being taken (snapshot.rs): no io above it is sent until it
-    /// is cleared, and none of those gives up waiting.
-    pub(crate) cut: Option<u64>,
-    /// Writes and UNMAPs of this instance sent but not acknowledged: io -> (offset, len).
-    /// Some replicas may hold them and others not, so no checkpoint may cover the lowest
-    /// (a catch-up from such a checkpoint would not list it as suspect and leave the
-    /// replicas different) until settle.rs made the Current replicas agree on its blocks.
-    pub(crate) failed: BTreeMap<u64, (u64, u64)>,
-    /// Lowest failed io that cannot be settled by its range (too many failed writes, or
-    /// one too large to re-read): it holds the checkpoint until a restart reconciles.
-    pub(crate) failed_pinned: u64,
-}
-
-impl Seq {
-    /// Every io at or below this completed (or failed).
-    pub(crate) fn watermark(&self) -> u64 {
-        let lo = [
-            self.issued.first(),
-            self.inflight.first(),
-            self.cut.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .copied();
-        match lo {
-            Some(n) => n - 1,
-            None => self.next - 1,
-        }
-    }
-
-    /// What a replica may record as its checkpoint: every io at or below it was
-    /// acknowledged (the completed watermark, held below the first failed write).
-    pub(crate) fn checkpoint(&self) -> u64 {
-        match self.first_failed() {
-            0 => self.watermark(),
-            f => self.watermark().min(f - 1),
-        }
-    }
-
-    /// Lowest io of this instance sent but not acknowledged and not settled (0: none).
-    pub(crate) fn first_failed(&self) -> u64 {
-        let f = self.failed.keys().next().copied().unwrap_or(0);
-        match (f, self.failed_pinned) {
-            (0, p) | (p, 0) => p,
-            (a, b) => a.min(b),
-        }
-    }
-
-    /// Records write `io` over `range` as failed after being sent.
-    fn note_failed(&mut self, io: u64, range: (u64, u64)) {
-        if self.failed.len() >= MAX_FAILED || range.1 > crate::settle::MAX_SETTLE_BYTES {
-            if self.failed_pinned == 0 || io < self.failed_pinned {
-                self.failed_pinned = io;
-            }
-        } else {
-            self.failed.insert(io, range);
-        }
-    }
-}
-
-/// Failed writes remembered by range for settle.rs; more pin the checkpoint.
-const MAX_FAILED: usize = 4096;
 
 /// How the last start went (design §2.8): what it waited for and what it rewrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -1040,10 +991,24 @@ impl ReplicatedVolume {
                 return;
             }
             tick += 1;
-            let (targets, wm) = {
+            let (targets, wm, lagging) = {
                 let q = inner.seq.lock();
-                (q.targets.clone(), q.checkpoint())
+                let lagging = q.lagging(
+                    inner.cfg.evict_backlog,
+                    inner.cfg.min_current_n(),
+                    self.now_ms(),
+                );
+                (q.targets.clone(), q.checkpoint(), lagging)
             };
+            // The backlog trigger for members whose writers all wait on them (no new
+            // write comes to find them over the bound).
+            for (t, e) in lagging {
+                t.conn.close(&e.to_string());
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.member_failed(&t, &e).await;
+                });
+            }
             let away = self.is_away();
             // While away the Current sessions are closed; rejoin.rs re-opens them.
             for t in targets.into_iter().filter(|t| !(away && t.current)) {
@@ -1134,7 +1099,7 @@ impl ReplicatedVolume {
         };
         // The sequencer: wait for every earlier issued io to be sent.
         let t0 = Instant::now();
-        let (started, sent_at) = loop {
+        let (started, sent_at, len) = loop {
             let wait = inner.seq_wake.notified();
             tokio::pin!(wait);
             wait.as_mut().enable();
@@ -1176,18 +1141,37 @@ impl ReplicatedVolume {
                     q.inflight.insert(io);
                     q.max_sent = q.max_sent.max(io);
                     let b = body(io);
+                    let len = b.len() as u64;
+                    let lagging = q.lagging(
+                        inner.cfg.evict_backlog,
+                        inner.cfg.min_current_n(),
+                        self.now_ms(),
+                    );
                     let mut started = Vec::new();
                     for t in q.targets.iter() {
+                        if let Some(e) = lagging
+                            .iter()
+                            .find(|(l, _)| Arc::ptr_eq(&l.conn, &t.conn))
+                            .map(|(_, e)| e.clone())
+                        {
+                            // As a lost connection: its session ends (no eviction
+                            // cancel: it misses this write) and the write does not
+                            // complete before its eviction is recorded.
+                            t.conn.close(&e.to_string());
+                            started.push((t.clone(), Err(e)));
+                            continue;
+                        }
                         match t.conn.start(op, b.clone()) {
                             Ok(s) => {
                                 t.stats.outstanding.fetch_add(1, Ordering::SeqCst);
+                                t.stats.backlog.fetch_add(len, Ordering::SeqCst);
                                 started.push((t.clone(), Ok(s)));
                             }
                             Err(e) => started.push((t.clone(), Err(e))),
                         }
                     }
                     let wt = q.wt_from;
-                    break (started, (Instant::now(), wt));
+                    break (started, (Instant::now(), wt), len);
                 }
             }
             tokio::time::timeout(SEQ_GAP, wait).await.ok();
@@ -1199,6 +1183,7 @@ impl ReplicatedVolume {
         for (t, s) in started {
             let me = self.clone();
             let is_current = t.current;
+            let sent = s.is_ok();
             let fut = async move {
                 let r = match s {
                     Ok(s) => {
@@ -1209,8 +1194,14 @@ impl ReplicatedVolume {
                 };
                 if r.is_ok() {
                     t.stats.answered_ms.fetch_max(sent_ms, Ordering::SeqCst);
+                    t.stats
+                        .write_answered_ms
+                        .fetch_max(sent_ms, Ordering::SeqCst);
                 }
-                t.stats.outstanding.fetch_sub(1, Ordering::SeqCst);
+                if sent {
+                    t.stats.backlog.fetch_sub(len, Ordering::SeqCst);
+                    t.stats.outstanding.fetch_sub(1, Ordering::SeqCst);
+                }
                 (t, r, me)
             };
             if is_current {

@@ -434,3 +434,65 @@ async fn the_largest_iscsi_transfer_replicates_and_reads_back_whole() {
     v.shutdown().await.unwrap();
     c.identical();
 }
+
+/// Design §2.6's backlog trigger: a Current replica that stops answering while its
+/// backlog grows past the bound is evicted at once, long before T_evict or the lease
+/// would notice; the reason says why. The write that found it over the bound was never
+/// sent to it, and its catch-up makes it identical again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_backlog_passes_the_bound_is_evicted_before_t_evict() {
+    let c = cluster(2).await;
+    let mut conf = cfg(c.size, c.addrs());
+    // Neither time trigger fires within the test's bound: only the backlog one can.
+    conf.t_evict = Duration::from_secs(20);
+    conf.t_lease = Duration::from_secs(40);
+    // 16 writers of one block each, no FUA (a writer waiting in a flush has no write
+    // out): a stalled replica holds up to 16 writes unanswered, the other a few at most.
+    conf.evict_backlog = 6 * BS;
+    let v = c.target_with(conf).await;
+    let truth = Arc::new(Truth::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs = spawn_writers_fua(&v, BLOCKS, 16, truth.clone(), stop.clone(), 0);
+    wait_for(10, "writes flowing", || {
+        truth.acked.load(Ordering::SeqCst) > 200
+    })
+    .await;
+    c.proxies[1].set(STALL);
+    let stalled_at = Instant::now();
+    wait_for(10, "r1 recorded Stale", || {
+        c.state_of("r1") == MemberState::Stale
+    })
+    .await;
+    let evicted_after = stalled_at.elapsed();
+    assert!(
+        evicted_after < Duration::from_secs(3),
+        "evicted after {evicted_after:?}: the backlog bound did not act"
+    );
+    let (rec, _) = c.store.read().unwrap();
+    let reason = rec.member("r1").unwrap().reason.clone();
+    assert!(reason.contains("unanswered"), "reason: {reason}");
+    assert_eq!(c.state_of("r0"), MemberState::Current);
+    let before = truth.acked.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        truth.acked.load(Ordering::SeqCst) > before + 20,
+        "writes did not resume after the eviction"
+    );
+    // The writers stop first: with a bound this small, live writes beside the catch-up
+    // would end it again and again (as designed for a slow member).
+    stop.store(true, Ordering::SeqCst);
+    for h in hs {
+        h.await.unwrap();
+    }
+    assert_eq!(truth.failed.load(Ordering::SeqCst), 0, "a write failed");
+    c.proxies[1].set(CUT);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.proxies[1].set(PASS);
+    wait_for(30, "r1 readmitted Current", || {
+        c.state_of("r1") == MemberState::Current
+    })
+    .await;
+    verify(&v, &truth, BLOCKS).await;
+    v.shutdown().await.unwrap();
+    c.identical();
+}

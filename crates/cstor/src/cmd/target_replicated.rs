@@ -52,6 +52,11 @@ pub struct ReplArgs {
     /// Eviction bound T_evict, milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub evict_ms: u64,
+    /// Eviction backlog bound: a replica with more write data unanswered than this beyond
+    /// the quickest Current replica is evicted without waiting for --evict-ms (e.g.
+    /// 128M, the default; 0 turns it off).
+    #[arg(long, default_value = "128M")]
+    pub evict_backlog: String,
     /// Speak TLS to the replicas, trusting the CA certificates in this PEM file (the
     /// replicas run with --tls-cert; `cstor replica tls-init` makes both).
     #[arg(long, value_name = "PEM")]
@@ -109,6 +114,8 @@ pub async fn serve(c: Common, a: &ReplArgs) -> Result<()> {
     }
     cfg.accept_data_loss = a.accept_data_loss;
     cfg.t_evict = Duration::from_millis(a.evict_ms.max(100));
+    cfg.evict_backlog =
+        crate::units::parse_size(&a.evict_backlog).map_err(|e| anyhow!("--evict-backlog: {e}"))?;
     cfg.rebuild_rate = a
         .rebuild_rate
         .as_deref()

@@ -86,6 +86,12 @@ struct RunArgs {
     /// VolumeAttachments with the driver's publishes.
     #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
     attacher_reconcile_sync: Duration,
+    /// TLS between targets and replicas: a CA and a replica certificate for every node's
+    /// address (DIR/replica-tls), handed to the nodes as Secret `cstor-replica-tls`.
+    /// Without it a rerun removes that Secret and replicas speak plain TCP (frames
+    /// checksummed, targets authenticated by the shared key either way).
+    #[arg(long)]
+    replica_tls: bool,
 }
 
 /// Runs `cstor up`.
@@ -500,6 +506,15 @@ async fn supervise(a: RunArgs) -> Result<()> {
     std::fs::copy(&kc_src, &kubeconfig).context("writing the kubeconfig")?;
     let client = cstor_agent::kubeapi::client(Some(&kubeconfig)).await?;
     setup_cluster(&client, &dir).await?;
+    let tls_names = match a.replica_tls {
+        true => Some(
+            (1..=a.nodes)
+                .map(|i| node_ip(a.base_address, i).map(|ip| ip.to_string()))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        false => None,
+    };
+    setup_replica_tls(&client, &dir, tls_names).await?;
     if has_controller() {
         comps.push(Component {
             pod: "cstor-controller".into(),
@@ -821,6 +836,68 @@ async fn setup_cluster(client: &kube::Client, dir: &Path) -> Result<()> {
     }))?;
     cstor_agent::kubeapi::create_if_missing(&secrets, &s).await?;
     install_monitoring(client).await
+}
+
+/// Secret `cstor-replica-tls` from DIR/replica-tls, made once for `names` (the nodes'
+/// addresses) and again when they change; `None` removes the Secret. Agents read it when
+/// they open a pool or start a target, so it is in place before they start.
+async fn setup_replica_tls(
+    client: &kube::Client,
+    dir: &Path,
+    names: Option<Vec<String>>,
+) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "openebs");
+    let name = cstor_agent::TLS_SECRET;
+    let Some(names) = names else {
+        if secrets.get_opt(name).await?.is_some() {
+            secrets
+                .delete(name, &Default::default())
+                .await
+                .with_context(|| format!("removing Secret {name} (no --replica-tls)"))?;
+            eprintln!("cstor up: replica TLS off: Secret {name} removed");
+        }
+        return Ok(());
+    };
+    let tdir = dir.join("replica-tls");
+    std::fs::create_dir_all(&tdir)?;
+    let want = names.join(",");
+    let files = ["ca.crt", "tls.crt", "tls.key"];
+    let read = |f: &str| std::fs::read(tdir.join(f));
+    let have = std::fs::read_to_string(tdir.join("names")).unwrap_or_default();
+    if have.trim() != want || files.iter().any(|f| read(f).is_err()) {
+        let g = cstor_replication::tls::generate(&names, 3650)?;
+        for (f, text) in files.iter().zip([&g.ca_cert, &g.cert, &g.key]) {
+            let path = tdir.join(f);
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        }
+        std::fs::write(tdir.join("names"), &want)?;
+    }
+    let mut data = serde_json::Map::new();
+    for f in files {
+        let bytes = read(f).with_context(|| format!("{}", tdir.join(f).display()))?;
+        data.insert(
+            f.to_string(),
+            serde_json::to_value(k8s_openapi::ByteString(bytes))?,
+        );
+    }
+    let mut s: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "openebs"},
+        "type": "Opaque",
+        "data": data,
+    }))?;
+    match secrets.get_opt(name).await? {
+        Some(old) if old.data == s.data => {}
+        Some(old) => {
+            s.metadata.resource_version = old.metadata.resource_version;
+            secrets.replace(name, &Default::default(), &s).await?;
+        }
+        None => {
+            secrets.create(&Default::default(), &s).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The monitoring.coreos.com CRDs (ServiceMonitor, PodMonitor, PrometheusRule) and the

@@ -459,6 +459,18 @@ pub fn spawn_writers(
     truth: Arc<Truth>,
     stop: Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    spawn_writers_fua(v, blocks, writers, truth, stop, 50)
+}
+
+/// [`spawn_writers`] with every `fua_every`-th write of each writer FUA (0: none).
+pub fn spawn_writers_fua(
+    v: &ReplicatedVolume,
+    blocks: u64,
+    writers: u64,
+    truth: Arc<Truth>,
+    stop: Arc<AtomicBool>,
+    fua_every: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..writers)
         .map(|w| {
             let v = v.clone();
@@ -474,7 +486,7 @@ pub fn spawn_writers(
                     let b = (x % (blocks / writers)) * writers + w;
                     n += 1;
                     let tag = (w << 48) | n;
-                    let c = ctx(&v, n.is_multiple_of(50));
+                    let c = ctx(&v, fua_every != 0 && n.is_multiple_of(fua_every));
                     let t = Instant::now();
                     let r = v.write(&c, b * BS, block(tag)).await;
                     let ms = t.elapsed().as_millis() as u64;
