@@ -878,8 +878,8 @@ mod tests {
         let none = BTreeMap::new();
         let claims = BTreeMap::from([("bd-n".to_owned(), "bd-a".to_owned())]);
         let mut p = pool(&[("mirror", &["n", "b"]), ("mirror", &["c"])]);
-        // Nothing resilvers: no replace.
-        assert_eq!(replace_in_pool(&p, &bds, &claims), None);
+        // Nothing resilvers and no claim names a predecessor: no replace.
+        assert_eq!(replace_in_pool(&p, &bds, &none), None);
         p.groups[0].devices[0].resilvering = true;
         let want = Some(Replacement {
             old: "bd-a".into(),

@@ -1063,7 +1063,7 @@ fn a_cvc_without_claim_and_pv_is_deleted_only_if_its_pv_was_never_written() {
         "spec": {"capacity": {"storage": "1Gi"}, "provision": {"replicaCount": 3}},
         "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}}))];
     w.cvcs[0].metadata.annotations.as_mut().unwrap().insert(
-        PVC_ANNOTATION.to_owned(),
+        crate::volume::PVC_ANNOTATION.to_owned(),
         "database/postgres-data".to_owned(),
     );
     // The PV written marks the CVC.
