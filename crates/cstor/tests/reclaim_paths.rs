@@ -20,7 +20,7 @@ mod apiserver_support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use apiserver_support::seed::{qemu_io, seed_yaml};
+use apiserver_support::seed::{bound_pv, healthy_target, pool_volumes, qemu_io, seed_yaml};
 use apiserver_support::up::Up;
 use apiserver_support::{have_kubectl, required};
 
@@ -39,56 +39,6 @@ fn pvc(name: &str, class: &str, source: Option<&str>) -> String {
          spec:\n  storageClassName: {class}\n{data_source}  accessModes: [ReadWriteOnce]\n  \
          resources:\n    requests:\n      storage: 1Gi\n"
     )
-}
-
-fn bound_pv(up: &Up, claim: &str) -> String {
-    let v = up.wait_for(
-        &format!("claim {claim} Bound"),
-        &[
-            "get",
-            "pvc",
-            "-n",
-            "database",
-            claim,
-            "-o",
-            "jsonpath={.status.phase} {.spec.volumeName}",
-        ],
-        |v| v.starts_with("Bound pvc-"),
-        LONG,
-    );
-    v.split_whitespace().nth(1).unwrap().to_owned()
-}
-
-/// The iqn and portal of volume `pv` once it is Healthy with `n` Healthy replicas.
-fn healthy_target(up: &Up, pv: &str, n: usize) -> (String, String) {
-    up.wait_for(
-        &format!("volume {pv} Healthy with {n} Healthy replicas"),
-        &[
-            "get",
-            "cv,cvr",
-            "-n",
-            "openebs",
-            "-l",
-            &format!("openebs.io/persistent-volume={pv}"),
-            "--no-headers",
-        ],
-        |v| v.lines().count() == n + 1 && v.matches(" Healthy").count() == n + 1,
-        LONG,
-    );
-    let cv = up.get(&[
-        "get",
-        "cv",
-        pv,
-        "-n",
-        "openebs",
-        "-o",
-        "jsonpath={.spec.iqn} {.spec.targetPortal}",
-    ]);
-    let parts: Vec<&str> = cv.split_whitespace().collect();
-    let [iqn, portal] = parts[..] else {
-        panic!("CV iqn/portal: {cv:?}")
-    };
-    (iqn.to_owned(), portal.to_owned())
 }
 
 /// The pool instances holding a CVR of `pv`, sorted.
@@ -125,26 +75,6 @@ fn cspis(up: &Up) -> Vec<(String, String)> {
         .collect();
     v.sort();
     v
-}
-
-/// Volume names on pool `cspi` of `node`, through its agent's admin socket.
-fn pool_volumes(up: &Up, node: &str, cspi: &str) -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_cstor"))
-        .env("CSTOR_HOME", up.dir.join("nodes").join(node).join("home"))
-        .args(["volume", "list", cspi, "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|x| x["name"].as_str().map(str::to_string))
-        .collect()
 }
 
 /// The pools (of `all`) whose volumes include `volume`.
@@ -212,10 +142,10 @@ fn retained_volumes_keep_their_data_and_restores_keep_the_source_data_they_need(
     up.apply("sc-more.yaml", &seed_yaml("name: cstor-csi-retain"));
     up.apply("kept.yaml", &pvc("kept", "cstor-csi-retain", None));
     up.apply("source.yaml", &pvc("source", "cstor-csi-3-replicas", None));
-    let kept = bound_pv(&up, "kept");
-    let source = bound_pv(&up, "source");
-    let (kiqn, kportal) = healthy_target(&up, &kept, 3);
-    let (siqn, sportal) = healthy_target(&up, &source, 3);
+    let kept = bound_pv(&up, "kept", LONG);
+    let source = bound_pv(&up, "source", LONG);
+    let (kiqn, kportal) = healthy_target(&up, &kept, 3, LONG);
+    let (siqn, sportal) = healthy_target(&up, &source, 3, LONG);
     let (ok, out) = qemu_io(&kportal, &kiqn, &["write -P 0x4b 0 2M"]);
     assert!(ok, "write the kept volume: {out}\n{}", up.log());
     let (ok, out) = qemu_io(&sportal, &siqn, &["write -P 0x5a 0 2M"]);
@@ -261,8 +191,8 @@ fn retained_volumes_keep_their_data_and_restores_keep_the_source_data_they_need(
         "restored.yaml",
         &pvc("restored", "cstor-csi-1-replica", Some("source-snap")),
     );
-    let restored = bound_pv(&up, "restored");
-    let (riqn, rportal) = healthy_target(&up, &restored, 1);
+    let restored = bound_pv(&up, "restored", LONG);
+    let (riqn, rportal) = healthy_target(&up, &restored, 1, LONG);
     let rpool = pools_of(&up, &restored);
     assert_eq!(rpool.len(), 1, "{rpool:?}");
     let rpool = rpool[0].clone();
