@@ -266,6 +266,8 @@ pub struct EditState {
     replacing: Option<Replacement>,
     /// Last refusal or failure reported (each distinct one once).
     reported: Option<String>,
+    /// The claims were read once for a replace this process did not start.
+    looked: bool,
 }
 
 /// `spec` resolved against the node's BlockDevices: (name, path) per device.
@@ -476,23 +478,30 @@ async fn follow_replace(
     bds: &[BlockDevice],
     state: &mut EditState,
 ) {
-    let in_group = status.groups.iter().find_map(|g| {
-        let old = g.devices.iter().find(|d| d.being_replaced)?;
-        let new = g.devices.iter().find(|d| d.resilvering)?;
-        Some((old.path.clone(), new.path.clone()))
-    });
     let running = status
         .groups
         .iter()
         .any(|g| g.devices.iter().any(|d| d.being_replaced || d.resilvering));
     if state.replacing.is_none() {
-        let Some((old, new)) = in_group else { return };
-        let show = |p: &str| bd_of(bds, p).unwrap_or_else(|| p.to_string());
-        state.replacing = Some(Replacement {
-            old: show(&old),
-            new: show(&new),
-            new_bd: bd_of(bds, &new),
-        });
+        // A replace this process did not start (it restarted): the pool and the claims
+        // say which, while a resilver runs, and once after the start for one that ended
+        // while no agent ran.
+        if !running && state.looked {
+            return;
+        }
+        let predecessors = match predecessors(ctx).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(cspi = %about.name, error = %e, "listing block device claims");
+                return;
+            }
+        };
+        state.looked = true;
+        let Some(r) = replace_in_pool(status, bds, &predecessors) else {
+            return;
+        };
+        tracing::info!(cspi = %about.name, new = %r.new, old = %r.old, "following a replace in progress");
+        state.replacing = Some(r);
     }
     let Some(r) = state.replacing.clone() else {
         return;
@@ -563,6 +572,75 @@ async fn follow_replace(
             tracing::warn!(blockdevice = %bd, error = %e, "clearing bd-predecessor");
         }
     }
+}
+
+/// The replace a pool is in the middle of, as an agent that did not start it (after a
+/// restart; the engine resumes the resilver at import) finds it: a group with a
+/// resilvering device and either the device it replaces still in the group
+/// (`being_replaced`: it kept serving) or, when that one had failed and left the pool,
+/// the predecessor its BlockDeviceClaim names (`predecessors`: new BlockDevice -> old,
+/// the controller's `openebs.io/bd-predecessor`, cleared when the replace ends). A
+/// resilvering device with neither came back after missing writes: not a replace. Also
+/// one that ended while no agent ran: a device of the pool whose claim still names a
+/// predecessor the pool no longer holds.
+fn replace_in_pool(
+    status: &PoolStatus,
+    bds: &[BlockDevice],
+    predecessors: &BTreeMap<String, String>,
+) -> Option<Replacement> {
+    let show = |p: &str| bd_of(bds, p).unwrap_or_else(|| p.to_string());
+    let in_pool = |bd: &str| {
+        status
+            .groups
+            .iter()
+            .flat_map(|g| &g.devices)
+            .any(|d| bd_of(bds, &d.path).as_deref() == Some(bd))
+    };
+    let running = status.groups.iter().find_map(|g| {
+        let new = g.devices.iter().find(|d| d.resilvering)?;
+        let new_bd = bd_of(bds, &new.path);
+        let old = match g.devices.iter().find(|d| d.being_replaced) {
+            Some(o) => show(&o.path),
+            None => predecessors.get(new_bd.as_deref()?)?.clone(),
+        };
+        Some(Replacement {
+            old,
+            new: show(&new.path),
+            new_bd,
+        })
+    });
+    running.or_else(|| {
+        status
+            .groups
+            .iter()
+            .flat_map(|g| &g.devices)
+            .filter(|d| !d.resilvering)
+            .find_map(|d| {
+                let bd = bd_of(bds, &d.path)?;
+                let old = predecessors.get(&bd).filter(|o| !in_pool(o))?;
+                Some(Replacement {
+                    old: old.clone(),
+                    new: bd.clone(),
+                    new_bd: Some(bd),
+                })
+            })
+    })
+}
+
+/// BlockDevice -> its predecessor, from the claims annotated `openebs.io/bd-predecessor`.
+async fn predecessors(ctx: &Ctx) -> crate::Result<BTreeMap<String, String>> {
+    let api: Api<BlockDeviceClaim> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|c| {
+            let old = c.annotations().get(annotation::BD_PREDECESSOR)?;
+            Some((c.spec.block_device_name.clone()?, old.clone()))
+        })
+        .filter(|(_, old)| !old.is_empty())
+        .collect())
 }
 
 async fn clear_predecessor(ctx: &Ctx, bd: &str) -> crate::Result<()> {
@@ -782,5 +860,45 @@ mod tests {
                 plan(&r, &m)
             );
         }
+    }
+
+    #[test]
+    fn a_replace_in_progress_is_found_after_a_restart_even_when_the_old_device_left() {
+        let bds: Vec<BlockDevice> = ["a", "b", "c", "n"]
+            .iter()
+            .map(|d| {
+                serde_json::from_value(json!({
+                    "apiVersion": "openebs.io/v1alpha1", "kind": "BlockDevice",
+                    "metadata": {"name": format!("bd-{d}")},
+                    "spec": {"path": d}
+                }))
+                .unwrap()
+            })
+            .collect();
+        let none = BTreeMap::new();
+        let claims = BTreeMap::from([("bd-n".to_owned(), "bd-a".to_owned())]);
+        let mut p = pool(&[("mirror", &["n", "b"]), ("mirror", &["c"])]);
+        // Nothing resilvers and no claim names a predecessor: no replace.
+        assert_eq!(replace_in_pool(&p, &bds, &none), None);
+        p.groups[0].devices[0].resilvering = true;
+        let want = Some(Replacement {
+            old: "bd-a".into(),
+            new: "bd-n".into(),
+            new_bd: Some("bd-n".into()),
+        });
+        // The failed old device left the pool: its successor's claim names it.
+        assert_eq!(replace_in_pool(&p, &bds, &claims), want);
+        // Without that annotation it is a device back after missing writes.
+        assert_eq!(replace_in_pool(&p, &bds, &none), None);
+        // The old device still serving is in the group, being replaced.
+        p.groups[0].devices.push(dev("a", true));
+        assert_eq!(replace_in_pool(&p, &bds, &none), want);
+        // Ended while no agent ran: the claim still names the predecessor, gone now.
+        p.groups[0].devices.pop();
+        p.groups[0].devices[0].resilvering = false;
+        assert_eq!(replace_in_pool(&p, &bds, &claims), want);
+        // A predecessor still in the pool (the replace not started): nothing.
+        p.groups[1].devices.push(dev("a", false));
+        assert_eq!(replace_in_pool(&p, &bds, &claims), None);
     }
 }

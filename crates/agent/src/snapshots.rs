@@ -18,9 +18,10 @@
 //!
 //! Restores: a volume whose CVRs carry `openebs.io/cloned=true` with
 //! `openebs.io/source-volume=S` and `openebs.io/snapshot=N` starts as a clone of S@N.
-//! The agent whose target runs S makes it: `ReplicatedVolume::clone_snapshot` takes a
-//! pool clone on every Current replica of S (the controller places a restore's replicas
-//! on S's pools, so they are the same replica servers) and writes the clone's membership
+//! The agent whose target runs S makes it: `ReplicatedVolume::clone_snapshot_on` takes a
+//! pool clone on the Current replicas of S on the pools of the restore's CVRs (the
+//! controller places a restore's replicas on S's pools, so they are the same replica
+//! servers; a restore may have fewer replicas than S) and writes the clone's membership
 //! record into the clone's CStorVolume; the clone's target ([`crate::targets`]) waits for
 //! that record before its first start, so it never opens empty replicas.
 //!
@@ -31,7 +32,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cstor_api::names::label;
-use cstor_api::v1::{CStorSnapshot, CStorSnapshotPhase, CStorVolume, CStorVolumeReplica};
+use cstor_api::v1::{
+    CStorPoolInstance, CStorSnapshot, CStorSnapshotPhase, CStorVolume, CStorVolumeReplica,
+};
 use cstor_replication::membership::SnapshotRec;
 use cstor_replication::{ReplicatedVolume, VolumeError};
 use kube::api::{Api, ListParams};
@@ -41,7 +44,7 @@ use serde_json::{json, Value};
 use crate::error::Result;
 use crate::kubeapi::{merge, merge_status};
 use crate::store::{decode, KubeStore};
-use crate::{Ctx, NAMESPACE, PV_LABEL};
+use crate::{Ctx, CSPI_LABEL, ENDPOINT_ANNOTATION, NAMESPACE, PV_LABEL};
 
 /// Finalizer of a CStorSnapshot whose replicated snapshot the agent still has to delete.
 pub const FINALIZER: &str = "cstor.openebs.io/snapshot-protection";
@@ -242,20 +245,45 @@ async fn clones(
 ) -> Result<()> {
     let cvrs: Api<CStorVolumeReplica> = Api::namespaced(ctx.client.clone(), NAMESPACE);
     let sel = format!("{}=true", label::CLONED);
-    let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new();
+    // Each restore and the pool instances of its replicas: the clone is made on those
+    // only (a restore may ask for fewer replicas than its source has).
+    let mut wanted: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
     for r in cvrs.list(&ListParams::default().labels(&sel)).await?.items {
         let l = r.labels();
-        if let (Some(pv), Some(src), Some(snap)) = (
+        if let (Some(pv), Some(src), Some(snap), Some(cspi)) = (
             l.get(PV_LABEL),
             l.get(label::SOURCE_VOLUME),
             l.get(label::SNAPSHOT),
+            l.get(CSPI_LABEL),
         ) {
-            if running.contains_key(src) {
-                wanted.insert((pv.clone(), src.clone(), snap.clone()));
+            if running.contains_key(src) && r.metadata.deletion_timestamp.is_none() {
+                wanted
+                    .entry((pv.clone(), src.clone(), snap.clone()))
+                    .or_default()
+                    .insert(cspi.clone());
             }
         }
     }
-    for (pv, src, snap) in wanted {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let cspis: Api<CStorPoolInstance> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+    let all_cspis = cspis.list(&ListParams::default()).await?.items;
+    for ((pv, src, snap), pools) in wanted {
+        // The replica servers of the restore's pools; one not serving yet: next pass.
+        let on: Option<Vec<String>> = pools
+            .iter()
+            .map(|p| {
+                all_cspis
+                    .iter()
+                    .find(|c| c.name_any() == *p)
+                    .and_then(|c| c.annotations().get(ENDPOINT_ANNOTATION).cloned())
+            })
+            .collect();
+        let Some(on) = on else {
+            tracing::debug!(volume = %pv, "restore: a replica's pool has no endpoint yet");
+            continue;
+        };
         let Some(cv) = all_cvs
             .iter()
             .find(|c| c.name_any() == pv && c.metadata.deletion_timestamp.is_none())
@@ -286,7 +314,10 @@ async fn clones(
             &pv,
             tokio::runtime::Handle::current(),
         ));
-        match v.clone_snapshot(&snap, &pv, store).await {
+        match v
+            .clone_snapshot_on(&snap, &pv, store, Some(on.as_slice()))
+            .await
+        {
             Ok(rec) => {
                 tracing::info!(volume = %pv, source = %src, snapshot = %snap, members = rec.members.len(), "restore cloned")
             }

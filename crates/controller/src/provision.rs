@@ -126,6 +126,10 @@ pub fn cvc_object(r: &CvcRequest<'_>) -> serde_json::Value {
 pub const FSTYPE_ANNOTATION: &str = "openebs.io/fstype";
 /// CVC annotation with the node the CSI accessibility requirements asked for.
 pub const TOPOLOGY_ANNOTATION: &str = "cstor.openebs.io/topology-node";
+/// CVC annotation (`"true"`) once its PV was written: from then on the PV's reclaim
+/// policy decides the volume's fate, so a CVC without claim and PV is an orphan only
+/// without it (under Retain the administrator may delete the PV and keep the volume).
+pub const PV_WRITTEN_ANNOTATION: &str = "cstor.openebs.io/pv-written";
 
 /// Reconciles claims and volumes.
 pub fn reconcile(world: &World) -> Vec<Action> {
@@ -269,6 +273,12 @@ fn pending_claim(
         Some(CStorVolumeConfigPhase::Bound) => {
             if let Some(cvc) = cvc {
                 out.push(create_pv(world, pvc, sc, &pv, cvc));
+                out.push(Action::patch(
+                    Kind::Cvc,
+                    Some(world.namespace.as_str()),
+                    &pv,
+                    json!({"metadata": {"annotations": {PV_WRITTEN_ANNOTATION: "true"}}}),
+                ));
                 out.push(Action::event(
                     me,
                     false,
@@ -527,11 +537,17 @@ fn reclaim(world: &World, pv: &PersistentVolume, out: &mut Vec<Action>) {
     ));
 }
 
-/// A CVC whose claim went away before its PV was written is deleted.
+/// A CVC whose claim went away before its PV was written is deleted (as the
+/// external-provisioner deletes a volume it made for a claim that is gone). One whose PV
+/// was written is the reclaim policy's: never deleted here, so a Retain PV deleted by
+/// hand leaves the volume.
 fn orphan_cvcs(world: &World, out: &mut Vec<Action>) {
     for cvc in &world.cvcs {
         let n = name(&cvc.metadata);
-        if deleting(&cvc.metadata) || world.pv(n).is_some() {
+        if deleting(&cvc.metadata)
+            || world.pv(n).is_some()
+            || annotation_of(&cvc.metadata, PV_WRITTEN_ANNOTATION).is_some()
+        {
             continue;
         }
         let Some((ns, claim)) =

@@ -1050,3 +1050,49 @@ fn a_replacement_waits_for_healthy_peers_and_a_free_pool_then_removes_the_lost_c
     let a = crate::replace::reconcile(&w, &mut Counter::default(), grace);
     assert_eq!(deletes(&a, Kind::Cvr), ["pvc-1-c-cccc"]);
 }
+
+#[test]
+fn a_cvc_without_claim_and_pv_is_deleted_only_if_its_pv_was_never_written() {
+    let mut w = pools_world();
+    w.scs = vec![from(sc())];
+    w.pvcs = vec![from(pvc())];
+    w.cvcs = vec![from(json!({
+        "metadata": {"name": "pvc-1234", "namespace": "openebs",
+                     "annotations": {},
+                     "labels": {"openebs.io/cstor-pool-cluster": "c"}},
+        "spec": {"capacity": {"storage": "1Gi"}, "provision": {"replicaCount": 3}},
+        "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}}))];
+    w.cvcs[0].metadata.annotations.as_mut().unwrap().insert(
+        crate::volume::PVC_ANNOTATION.to_owned(),
+        "database/postgres-data".to_owned(),
+    );
+    // The PV written marks the CVC.
+    let a = crate::provision::reconcile(&w);
+    assert_eq!(creates(&a, Kind::Pv).len(), 1);
+    let marked = a.iter().any(|x| {
+        matches!(x, Action::Patch { kind: Kind::Cvc, name, patch, .. }
+        if name == "pvc-1234"
+            && patch["metadata"]["annotations"][crate::provision::PV_WRITTEN_ANNOTATION] == "true")
+    });
+    assert!(marked, "{a:?}");
+    let deletes_cvc = |w: &World| {
+        crate::provision::reconcile(w).iter().any(|x| {
+            matches!(
+                x,
+                Action::Delete {
+                    kind: Kind::Cvc,
+                    ..
+                }
+            )
+        })
+    };
+    // The claim gone before its PV was written: the CVC goes.
+    w.pvcs.clear();
+    assert!(deletes_cvc(&w));
+    // Its PV was written (then deleted by hand under Retain): the volume stays.
+    w.cvcs[0].metadata.annotations.as_mut().unwrap().insert(
+        crate::provision::PV_WRITTEN_ANNOTATION.to_owned(),
+        "true".to_owned(),
+    );
+    assert!(!deletes_cvc(&w));
+}

@@ -17,7 +17,7 @@ mod apiserver_support;
 use std::process::Command;
 use std::time::Duration;
 
-use apiserver_support::seed::{count, qemu_io, seed_yaml};
+use apiserver_support::seed::{count, pool_volumes, qemu_io, seed_yaml};
 use apiserver_support::up::Up;
 use apiserver_support::{have_kubectl, required};
 
@@ -448,24 +448,4 @@ fn seed_pool_maintenance_adds_devices_and_raid_groups_and_replaces_a_failed_disk
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// Volume names on pool `cspi` of `node`, through its agent's admin socket.
-fn pool_volumes(up: &Up, node: &str, cspi: &str) -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_cstor"))
-        .env("CSTOR_HOME", up.dir.join("nodes").join(node).join("home"))
-        .args(["volume", "list", cspi, "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|x| x["name"].as_str().map(str::to_string))
-        .collect()
 }

@@ -17,7 +17,7 @@ mod apiserver_support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use apiserver_support::seed::{qemu_io, seed_yaml};
+use apiserver_support::seed::{bound_pv, healthy_target, qemu_io, seed_yaml};
 use apiserver_support::up::Up;
 use apiserver_support::{have_kubectl, required};
 
@@ -26,56 +26,6 @@ fn apply(up: &Up, name: &str, yaml: &str) {
     std::fs::write(&f, yaml).unwrap();
     let (ok, out) = up.kubectl(&["apply", "-f", &f.display().to_string()]);
     assert!(ok, "apply {name}: {out}\n{yaml}");
-}
-
-/// The iqn and portal of volume `pv`, once its target serves with 3 Healthy replicas.
-fn healthy_target(up: &Up, pv: &str, limit: Duration) -> (String, String) {
-    up.wait_for(
-        &format!("volume {pv} Healthy with 3 Healthy replicas"),
-        &[
-            "get",
-            "cv,cvr",
-            "-n",
-            "openebs",
-            "-l",
-            &format!("openebs.io/persistent-volume={pv}"),
-            "--no-headers",
-        ],
-        |v| v.matches(" Healthy").count() == 4,
-        limit,
-    );
-    let (_, cv) = up.kubectl(&[
-        "get",
-        "cv",
-        pv,
-        "-n",
-        "openebs",
-        "-o",
-        "jsonpath={.spec.iqn} {.spec.targetPortal}",
-    ]);
-    let parts: Vec<&str> = cv.split_whitespace().collect();
-    let [iqn, portal] = parts[..] else {
-        panic!("CV iqn/portal: {cv:?}")
-    };
-    (iqn.to_owned(), portal.to_owned())
-}
-
-fn bound_pv(up: &Up, claim: &str, limit: Duration) -> String {
-    let v = up.wait_for(
-        &format!("claim {claim} Bound"),
-        &[
-            "get",
-            "pvc",
-            "-n",
-            "database",
-            claim,
-            "-o",
-            "jsonpath={.status.phase} {.spec.volumeName}",
-        ],
-        |v| v.starts_with("Bound pvc-"),
-        limit,
-    );
-    v.split_whitespace().nth(1).unwrap().to_owned()
 }
 
 /// The replicated snapshots the source's membership record lists.
@@ -115,7 +65,7 @@ fn seed_snapshot_is_ready_restores_its_data_and_deletes() {
         .to_string();
     apply(&up, "pvc.yaml", &pvc);
     let pv = bound_pv(&up, "postgres-data", long);
-    let (iqn, portal) = healthy_target(&up, &pv, long);
+    let (iqn, portal) = healthy_target(&up, &pv, 3, long);
     let (ok, out) = qemu_io(&portal, &iqn, &["write -P 0x5a 0 4M"]);
     assert!(ok, "write the original pattern: {out}\n{}", up.log());
 
@@ -185,7 +135,7 @@ fn seed_snapshot_is_ready_restores_its_data_and_deletes() {
         "--no-headers",
     ]);
     assert_eq!(labels.lines().count(), 3, "cloned CVRs: {labels}");
-    let (riqn, rportal) = healthy_target(&up, &restored, long);
+    let (riqn, rportal) = healthy_target(&up, &restored, 3, long);
     let (ok, out) = qemu_io(&rportal, &riqn, &["read -P 0x5a 0 4M"]);
     assert!(
         ok,

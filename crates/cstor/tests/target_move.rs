@@ -6,7 +6,8 @@
 //! target from X to Y"), the initiator finds it at the new portal (one of the portals the
 //! publish context listed) and the writes resume well within the 120 s replacement
 //! timeout; every file written reads back as written; after the old node starts again the
-//! target stays on the new node, the volume is Healthy with 3 Healthy replicas, and
+//! target stays on the new node (the VolumeAttachment's `attachmentMetadata` names its
+//! new portal), the volume is Healthy with 3 Healthy replicas, and
 //! `xfs_repair -n` through the new portal finds the filesystem clean. The same with the
 //! old target's agent SIGSTOPped instead, then continued: it is fenced and breaks nothing.
 
@@ -183,11 +184,24 @@ fn target_moves_off_a_lost_node_and_writes_resume_at_the_new_portal() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t_test = Instant::now();
-    let up = Up::start(3, "1G");
+    // A short attacher reconcile: it refreshes the VolumeAttachment's publish context.
+    let up = Up::start_with(3, "1G", &["--attacher-reconcile-sync", "3s"]);
     let s = setup(&up);
     let (files, ..) = write_through_a_move(&up, &s, || up.node("stop", &s.from));
     let to = target_node(&up);
     let portal1 = cv_field(&up, "spec.targetPortal");
+    // The attach's metadata (what a node stages with) follows the moved target.
+    up.wait_for(
+        "the VolumeAttachment's portal following the target",
+        &[
+            "get",
+            "volumeattachment",
+            "-o",
+            "jsonpath={.items[0].status.attachmentMetadata.portal}",
+        ],
+        |v| v == portal1,
+        Duration::from_secs(15),
+    );
 
     // The old node comes back: the target stays where it is, its replica catches up.
     let (on, mnt) = (s.on, s.mnt.clone());

@@ -337,6 +337,20 @@ impl ReplicatedVolume {
         new_volume: &str,
         store: Arc<dyn MembershipStore>,
     ) -> Result<Record, VolumeError> {
+        self.clone_snapshot_on(snap, new_volume, store, None).await
+    }
+
+    /// [`Self::clone_snapshot`] on the replicas at `on` only (their addresses, as the
+    /// volume's config names them), e.g. a restore with fewer replicas than its source:
+    /// a clone on a replica the new volume does not use would be a member it never
+    /// opens. Each of `on` must be a Current replica now (else Refused, nothing made).
+    pub async fn clone_snapshot_on(
+        &self,
+        snap: &str,
+        new_volume: &str,
+        store: Arc<dyn MembershipStore>,
+        on: Option<&[String]>,
+    ) -> Result<Record, VolumeError> {
         check_name(new_volume, "volume")?;
         let inner = &self.inner;
         let t = inner.cfg.t_evict * 5;
@@ -364,8 +378,21 @@ impl ReplicatedVolume {
             snapshot: snap.into(),
             clone: new_volume.into(),
         });
+        let mut targets = self.current_targets();
+        if let Some(on) = on {
+            if let Some(a) = on
+                .iter()
+                .find(|a| !targets.iter().any(|t| &t.address == *a))
+            {
+                return Err(VolumeError::Refused(format!(
+                    "replica {a} is not a Current replica of {}",
+                    inner.cfg.name
+                )));
+            }
+            targets.retain(|t| on.contains(&t.address));
+        }
         let mut members = Vec::new();
-        for x in self.current_targets() {
+        for x in targets {
             let b = x
                 .conn
                 .call(Op::Clone, req.clone(), t)

@@ -83,6 +83,9 @@ pub struct Attach {
     pub request: ControllerPublishVolumeRequest,
     /// The PV's controllerPublishSecretRef.
     pub secret: Option<SecretRef>,
+    /// A refresh of an attached VA's `attachmentMetadata` ([`to_refresh`]): a failure
+    /// is not an attach error, and an unchanged answer writes nothing.
+    pub refresh: bool,
 }
 
 /// A detach to carry out.
@@ -247,8 +250,23 @@ pub fn out_of_sync(
         .collect()
 }
 
+/// The VAs (by name) whose publish context is asked for again at a reconcile: the
+/// attached ones of this driver not being deleted and not in `force` (out of sync). The
+/// driver's answer for a volume published already can change while it stays attached (a
+/// target moved to another node's portal, docs/controller.md "Target move"), and a node
+/// stages with the VA's `attachmentMetadata`, so it must follow. The external-attacher
+/// writes it only at attach; a re-publish of an attached volume is idempotent (CSI spec).
+pub fn to_refresh(vas: &[VolumeAttachment], force: &HashSet<String>) -> HashSet<String> {
+    vas.iter()
+        .filter(|v| v.spec.attacher == CSI_DRIVER_NAME && !deleting(&v.metadata))
+        .filter(|v| v.status.as_ref().is_some_and(|s| s.attached))
+        .map(|v| name(&v.metadata).to_owned())
+        .filter(|n| !force.contains(n))
+        .collect()
+}
+
 /// One pass over the VolumeAttachments, CSINodes and PVs; `force` names the VAs the
-/// reconcile found out of sync.
+/// reconcile found out of sync (or whose publish context is refreshed).
 pub fn plan(
     vas: &[VolumeAttachment],
     csinodes: &[CSINode],
@@ -360,6 +378,7 @@ fn attach_request(
             ..Default::default()
         },
         secret: secret_ref(csi.controller_publish_secret_ref.as_ref()),
+        refresh: false,
     })
 }
 
@@ -407,8 +426,36 @@ pub fn failed(va: &VolumeAttachment, detach: bool, message: &str) -> Action {
 pub fn attached(a: &Attach, answer: Result<HashMap<String, String>, tonic::Status>) -> Vec<Action> {
     let context = match answer {
         Ok(c) => c,
+        Err(s) if a.refresh => {
+            // Still attached as before; the next reconcile asks again.
+            tracing::warn!(
+                "VolumeAttachment {}: refreshing its publish context: {}",
+                name(&a.va.metadata),
+                crate::rpc_error(&s)
+            );
+            return Vec::new();
+        }
         Err(s) => return vec![failed(&a.va, false, &crate::rpc_error(&s))],
     };
+    let st = a.va.status.as_ref();
+    let same = st.is_some_and(|s| {
+        s.attached
+            && s.attach_error.is_none()
+            && s.attachment_metadata.clone().unwrap_or_default()
+                == context
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<BTreeMap<String, String>>()
+    });
+    if a.refresh && same {
+        return Vec::new();
+    }
+    if a.refresh {
+        tracing::info!(
+            "VolumeAttachment {}: publish context changed: {context:?}",
+            name(&a.va.metadata)
+        );
+    }
     // A merge patch keeps keys it does not name: stale ones are named with null.
     let mut metadata: BTreeMap<String, Value> =
         context.into_iter().map(|(k, v)| (k, json!(v))).collect();
@@ -476,15 +523,23 @@ impl crate::Runner {
     ) -> Result<(), crate::Error> {
         let vas = crate::list::<VolumeAttachment>(&self.client, "volumeattachments").await?;
         let csinodes = crate::list::<CSINode>(&self.client, "csinodes").await?;
-        let force = match self.published.take() {
-            Some(published) => out_of_sync(&vas, &csinodes, world, &published),
-            None => HashSet::new(),
+        let (force, refresh) = match self.published.take() {
+            Some(published) => {
+                let force = out_of_sync(&vas, &csinodes, world, &published);
+                let refresh = to_refresh(&vas, &force);
+                (force, refresh)
+            }
+            None => (HashSet::new(), HashSet::new()),
         };
         for va in &force {
             tracing::warn!("VolumeAttachment {va}: attached status and the driver's ListVolumes disagree; processing it again");
         }
         self.reconcile();
-        let p = plan(&vas, &csinodes, world, &force);
+        let again: HashSet<String> = force.union(&refresh).cloned().collect();
+        let mut p = plan(&vas, &csinodes, world, &again);
+        for a in &mut p.attaches {
+            a.refresh = refresh.contains(name(&a.va.metadata));
+        }
         self.exec.run(&self.client, p.actions).await;
         for (va, detach, why) in p.refused {
             let key = format!(
@@ -922,5 +977,44 @@ mod tests {
         assert!(capability(&spec(json!(["ReadOnlyMany", "ReadWriteOnce"]), false)).is_err());
         assert!(capability(&spec(json!(["ReadWriteOncePod", "ReadWriteOnce"]), false)).is_err());
         assert!(capability(&spec(json!([]), false)).is_err());
+    }
+
+    #[test]
+    fn a_reconcile_refreshes_the_publish_context_of_an_attached_va_when_it_changed() {
+        let w = world(pv());
+        let nodes = [csinode(CSI_DRIVER_NAME)];
+        let mut v = va(CSI_DRIVER_NAME);
+        v["metadata"]["finalizers"] = json!([FIN]);
+        v["metadata"]["annotations"] = json!({NODE_ID_ANNOTATION: "id-of-node-1"});
+        v["status"] = json!({"attached": true,
+                             "attachmentMetadata": {"portal": "127.0.0.2:3260", "iqn": "q"}});
+        let vas = [from::<VolumeAttachment>(v.clone())];
+        // Out of sync ones are processed as new, not refreshed; deleted ones never.
+        let out = HashSet::from(["csi-1".to_owned()]);
+        assert!(to_refresh(&vas, &out).is_empty());
+        let refresh = to_refresh(&vas, &none());
+        assert_eq!(refresh, out);
+        let mut deleted = v.clone();
+        deleted["metadata"]["deletionTimestamp"] = json!("2026-12-03T10:00:00Z");
+        assert!(to_refresh(&[from(deleted)], &none()).is_empty());
+        let mut p = plan(&vas, &nodes, &w, &refresh);
+        assert_eq!(p.attaches.len(), 1);
+        p.attaches[0].refresh = true;
+        let a = &p.attaches[0];
+        let ctx = |portal: &str| {
+            HashMap::from([
+                ("portal".to_owned(), portal.to_owned()),
+                ("iqn".to_owned(), "q".to_owned()),
+            ])
+        };
+        // The target moved: the new portal is written.
+        let w1 = attached(a, Ok(ctx("127.0.0.3:3260")));
+        assert_eq!(
+            status_patch(&w1[0])["status"]["attachmentMetadata"]["portal"],
+            "127.0.0.3:3260"
+        );
+        // Unchanged: nothing written; a failed refresh is no attach error.
+        assert!(attached(a, Ok(ctx("127.0.0.2:3260"))).is_empty());
+        assert!(attached(a, Err(tonic::Status::unavailable("down"))).is_empty());
     }
 }

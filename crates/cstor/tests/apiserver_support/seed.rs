@@ -75,3 +75,74 @@ impl Up {
         );
     }
 }
+
+/// The volume claim `claim` (namespace `database`) is bound to, waited for.
+pub fn bound_pv(up: &Up, claim: &str, limit: Duration) -> String {
+    let v = up.wait_for(
+        &format!("claim {claim} Bound"),
+        &[
+            "get",
+            "pvc",
+            "-n",
+            "database",
+            claim,
+            "-o",
+            "jsonpath={.status.phase} {.spec.volumeName}",
+        ],
+        |v| v.starts_with("Bound pvc-"),
+        limit,
+    );
+    v.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+/// The iqn and portal of volume `pv` once it is Healthy with `n` Healthy replicas.
+pub fn healthy_target(up: &Up, pv: &str, n: usize, limit: Duration) -> (String, String) {
+    up.wait_for(
+        &format!("volume {pv} Healthy with {n} Healthy replicas"),
+        &[
+            "get",
+            "cv,cvr",
+            "-n",
+            "openebs",
+            "-l",
+            &format!("openebs.io/persistent-volume={pv}"),
+            "--no-headers",
+        ],
+        |v| v.lines().count() == n + 1 && v.matches(" Healthy").count() == n + 1,
+        limit,
+    );
+    let cv = up.get(&[
+        "get",
+        "cv",
+        pv,
+        "-n",
+        "openebs",
+        "-o",
+        "jsonpath={.spec.iqn} {.spec.targetPortal}",
+    ]);
+    let parts: Vec<&str> = cv.split_whitespace().collect();
+    let [iqn, portal] = parts[..] else {
+        panic!("CV iqn/portal: {cv:?}")
+    };
+    (iqn.to_owned(), portal.to_owned())
+}
+
+/// Volume names on pool `cspi` of `node`, through its agent's admin socket.
+pub fn pool_volumes(up: &Up, node: &str, cspi: &str) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_cstor"))
+        .env("CSTOR_HOME", up.dir.join("nodes").join(node).join("home"))
+        .args(["volume", "list", cspi, "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["name"].as_str().map(str::to_string))
+        .collect()
+}
