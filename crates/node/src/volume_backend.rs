@@ -126,8 +126,8 @@ async fn queued(
     match reply.await {
         Ok(Some(r)) => r.map_err(|e| map_err(offset, e))?,
         Ok(None) => return Err(BackendError::NotStarted),
-        // The writer thread could not start or died before it took the job up: the job
-        // never reached the engine.
+        // The writer thread could not start, or died (a panic, maybe in this job's engine
+        // call): a failure, never `NotStarted`, which would promise nothing was written.
         Err(_) => {
             return Err(BackendError::Other(std::io::Error::other(
                 "the volume's writer thread is gone",

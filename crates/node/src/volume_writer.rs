@@ -102,7 +102,7 @@ impl VolumeWriter {
     /// Queue `op` behind every job queued before it. Call it in the LU's dispatch order
     /// (inside `BlockBackend::write`/`unmap`, not in their futures): that is the order
     /// the engine sees. The receiver yields the [`WriteReply`]; it errs only when the
-    /// writer thread could not start or died, and then the job never ran.
+    /// writer thread could not start or died (then the job may have been under way).
     pub fn submit(&self, ctx: &IoCtx, op: WriteOp) -> oneshot::Receiver<WriteReply> {
         let (tx, rx) = oneshot::channel();
         let job = Job {
