@@ -22,6 +22,23 @@ fn ctx() -> IoCtx {
     IoCtx::new(Instant::now() + Duration::from_secs(30))
 }
 
+/// Write 4 KiB of `byte` at 0 and wait for it.
+async fn fill(b: &PoolVolumeBackend, byte: u8) {
+    b.write(&ctx(), 0, Bytes::from(vec![byte; 4096]))
+        .await
+        .unwrap();
+}
+
+/// The first 4 KiB hold `byte` only.
+async fn assert_holds(b: &PoolVolumeBackend, byte: u8) {
+    let back = b.read(&ctx(), 0, 4096).await.unwrap();
+    assert!(
+        back.iter().all(|&x| x == byte),
+        "block 0 holds {} instead of {byte}",
+        back[0]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_one_block_land_in_the_order_they_were_issued() {
     let b = backend();
@@ -47,41 +64,35 @@ async fn writes_to_one_block_land_in_the_order_they_were_issued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_write_or_unmap_never_reaches_the_engine() {
     let b = backend();
-    b.write(&ctx(), 0, Bytes::from(vec![5u8; 4096]))
-        .await
-        .unwrap();
-    let c = ctx();
-    c.cancel.raise();
-    let r = b.write(&c, 0, Bytes::from(vec![9u8; 4096])).await;
-    assert!(matches!(r, Err(BackendError::NotStarted)), "{r:?}");
-    let r = b.unmap(&c, 0, 4096).await;
-    assert!(matches!(r, Err(BackendError::NotStarted)), "{r:?}");
+    fill(&b, 5).await;
+    let cancelled = ctx();
+    cancelled.cancel.raise();
     // Past its deadline before the writer took it up: refused the same way.
     let late = IoCtx::new(Instant::now());
-    let r = b.write(&late, 0, Bytes::from(vec![7u8; 4096])).await;
-    assert!(matches!(r, Err(BackendError::NotStarted)), "{r:?}");
-    let back = b.read(&ctx(), 0, 4096).await.unwrap();
-    assert!(
-        back.iter().all(|&x| x == 5),
-        "a refused call wrote {}",
-        back[0]
-    );
+    let refused = [
+        b.write(&cancelled, 0, Bytes::from(vec![9u8; 4096])).await,
+        b.unmap(&cancelled, 0, 4096).await,
+        b.write(&late, 0, Bytes::from(vec![7u8; 4096])).await,
+        b.unmap(&late, 0, 4096).await,
+    ];
+    for (i, r) in refused.iter().enumerate() {
+        assert!(
+            matches!(r, Err(BackendError::NotStarted)),
+            "call {i}: {r:?}"
+        );
+    }
+    assert_holds(&b, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_ends_when_idle_and_the_next_write_starts_it_again() {
     let b = backend();
-    b.write(&ctx(), 0, Bytes::from(vec![1u8; 4096]))
-        .await
-        .unwrap();
+    fill(&b, 1).await;
     tokio::time::sleep(WRITER_IDLE + Duration::from_millis(500)).await;
     assert!(
         format!("{b:?}").contains("running false"),
         "the writer thread did not end: {b:?}"
     );
-    b.write(&ctx(), 0, Bytes::from(vec![2u8; 4096]))
-        .await
-        .unwrap();
-    let back = b.read(&ctx(), 0, 4096).await.unwrap();
-    assert!(back.iter().all(|&x| x == 2));
+    fill(&b, 2).await;
+    assert_holds(&b, 2).await;
 }
