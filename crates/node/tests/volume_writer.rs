@@ -44,9 +44,10 @@ async fn writes_to_one_block_land_in_the_order_they_were_issued() {
     let b = backend();
     // Issued back to back before any is awaited, as the LU issues a queue of commands:
     // each write is queued in the call, so the last issued is the one that stays.
+    let byte = |i: u32| (i % 251) as u8 + 1;
     let futs: Vec<_> = (0..200u32)
         .map(|i| {
-            let data = Bytes::from(vec![(i % 251) as u8 + 1; 4096]);
+            let data = Bytes::from(vec![byte(i); 4096]);
             b.write(&ctx(), 8192, data)
         })
         .collect();
@@ -55,7 +56,7 @@ async fn writes_to_one_block_land_in_the_order_they_were_issued() {
     }
     let back = b.read(&ctx(), 8192, 4096).await.unwrap();
     assert!(
-        back.iter().all(|&x| x == (199 % 251) as u8 + 1),
+        back.iter().all(|&x| x == byte(199)),
         "block holds {} instead of the last write's bytes",
         back[0]
     );
