@@ -20,6 +20,7 @@ pub mod limits;
 pub mod registry;
 pub mod socket;
 pub mod volume_backend;
+pub mod volume_writer;
 
 pub use error::{NodeError, Result};
 pub use host::{OpenPool, PoolHost};
