@@ -16,7 +16,7 @@ mod apiserver_support;
 use std::process::Command;
 use std::time::Duration;
 
-use apiserver_support::seed::{count, qemu_io, seed_yaml};
+use apiserver_support::seed::{count, qemu_io, seed_yaml, target_of};
 use apiserver_support::up::Up;
 use apiserver_support::{have_kubectl, required};
 
@@ -191,19 +191,8 @@ fn alpha_seed_expansion_and_replica_scale_down_on_a_running_target() {
         |v| count(v, "Healthy") == 4,
         long,
     );
-    let (_, cv) = up.kubectl(&[
-        "get",
-        "cv",
-        &pv,
-        "-n",
-        "openebs",
-        "-o",
-        "jsonpath={.spec.iqn} {.spec.targetPortal}",
-    ]);
-    let parts: Vec<&str> = cv.split_whitespace().collect();
-    let [iqn, portal] = parts[..] else {
-        panic!("CV iqn/portal: {cv:?}")
-    };
+    let (iqn, portal) = target_of(&up, &pv);
+    let (iqn, portal) = (iqn.as_str(), portal.as_str());
     let (ok, out) = qemu_io(portal, iqn, &["write -P 0xa1 0 4M"]);
     assert!(ok, "first write: {out}\n{}", up.log());
 

@@ -111,6 +111,11 @@ pub fn healthy_target(up: &Up, pv: &str, n: usize, limit: Duration) -> (String, 
         |v| v.lines().count() == n + 1 && v.matches(" Healthy").count() == n + 1,
         limit,
     );
+    target_of(up, pv)
+}
+
+/// The iqn and portal the CStorVolume of `pv` names.
+pub fn target_of(up: &Up, pv: &str) -> (String, String) {
     let cv = up.get(&[
         "get",
         "cv",
