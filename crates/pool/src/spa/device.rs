@@ -135,6 +135,31 @@ fn lock_exclusive(file: &File, path: &str) -> Result<(), SpaError> {
     }
 }
 
+/// Runs at least this long (a commit's gathered data writes, not log blocks or
+/// labels) start their writeback as soon as they are in the page cache.
+const WRITEBACK_HINT_BYTES: usize = 256 * 1024;
+
+/// Ask the kernel to start writing `len` bytes at `offset` back to the disk now, without
+/// waiting. Why: a txg ends with `fdatasync`, and without the hint the whole txg's dirty
+/// pages start their writeback only there, so the disk idles while the commit fills the
+/// page cache and the commit idles while the disk writes (poolbench: sequential writes at
+/// about half the raw file's rate, whose writeback the kernel starts in the background).
+/// A hint only: durability still comes from `flush`, and a writeback error it meets is
+/// reported by that `fdatasync` (`SYNC_FILE_RANGE_WRITE` alone neither waits nor consumes
+/// the file's error state), so its own result is not needed.
+fn start_writeback(file: &File, offset: u64, len: usize) {
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: a plain syscall on an open descriptor this device owns; no memory is passed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 fn check_aligned(len: usize, offset: u64) {
     assert!(
         offset.is_multiple_of(SECTOR_BYTES),
@@ -280,6 +305,9 @@ impl Device for FileDevice {
                 first += 1;
             }
             skip = left;
+        }
+        if total >= WRITEBACK_HINT_BYTES {
+            start_writeback(&self.file, offset, total);
         }
         Ok(())
     }
