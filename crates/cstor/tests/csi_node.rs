@@ -1566,7 +1566,9 @@ async fn xfs_is_made_on_a_blank_lun_grown_online_and_kept_across_stages() {
     std::fs::write(t.join("kept.bin"), &data).unwrap();
     sync_dir(&t);
     let before = fs_total(&t);
-    assert!(before > 280 << 20 && before <= 320 << 20, "{before}");
+    // statvfs leaves out the internal log (64 MiB here).
+    assert!(before > 200 << 20 && before <= 320 << 20, "{before}");
+    eprintln!("xfs: staged, published, written after {:?}", t_start.elapsed());
 
     // Online growth: the served volume grows, NodeExpandVolume runs xfs_growfs.
     pool.cstor(&["volume", "resize", "ip/x", "--size", "416M"]);
