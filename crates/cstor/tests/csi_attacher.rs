@@ -358,6 +358,9 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
         up.log()
     );
     let log = up.log();
+    for l in log.lines().filter(|l| l.contains("attach taken down")) {
+        eprintln!("{l}");
+    }
     assert!(
         log.contains(&format!(
             "node-1: attach taken down: volume {pv}: unmounted"
