@@ -202,11 +202,15 @@ impl Work {
 impl Drop for Work {
     fn drop(&mut self) {
         for _ in 0..3 {
-            let mut ms = self.mounts_under();
-            ms.reverse();
-            for m in ms {
-                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            // The attach processes first: a dead FUSE server fails the I/O that a live
+            // one would hold for its replacement timeout (the target is gone by now).
+            for pid in self.attach_pids() {
+                // SAFETY: kill(2) on an attach process this test's plugin started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+            // Then the loop devices: once the FUSE mount under them is lazily unmounted
+            // their backing file reads `/lun`, no longer under this directory. A busy
+            // one is detached when the filesystems on it go (autoclear).
             for l in self.loops_under() {
                 if let Some(dev) = l.split(':').next() {
                     let _ = Command::new("losetup")
@@ -215,9 +219,10 @@ impl Drop for Work {
                         .status();
                 }
             }
-            for pid in self.attach_pids() {
-                // SAFETY: kill(2) on an attach process this test's plugin started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            let mut ms = self.mounts_under();
+            ms.reverse();
+            for m in ms {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
             }
             std::thread::sleep(Duration::from_millis(200));
         }
