@@ -16,6 +16,10 @@ use crate::Error;
 
 /// StorageClass parameter with the filesystem (ext4 or xfs).
 pub const FSTYPE_PARAMETER: &str = "csi.storage.k8s.io/fstype";
+/// StorageClass parameter turning REMOUNT on or off for the class's volumes (`"true"`,
+/// `"false"`): cStor has only the node plugin's `REMOUNT` environment variable, so the
+/// parameter takes its name, in the lower case of the other parameters.
+pub const REMOUNT_PARAMETER: &str = "remount";
 /// Prefix of the parameters the Kubernetes sidecars add (claim name, namespace...).
 const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
 /// Filesystems the node service can make.
@@ -32,6 +36,9 @@ pub struct Params {
     pub policy: Option<String>,
     /// `csi.storage.k8s.io/fstype`, when given.
     pub fs_type: Option<String>,
+    /// `remount`, when given: REMOUNT for the volume (the node plugin's default
+    /// otherwise, on).
+    pub remount: Option<bool>,
 }
 
 /// Checks the parameters: `cas-type: cstor` and `cstorPoolCluster` are required, every
@@ -44,13 +51,14 @@ pub fn params(map: &HashMap<String, String>) -> Result<Params, Error> {
             value::SC_PARAM_CSPC,
             value::SC_PARAM_REPLICA_COUNT,
             value::SC_PARAM_VOLUME_POLICY,
+            REMOUNT_PARAMETER,
         ]
         .contains(&key.as_str())
             || key.starts_with(SIDECAR_PREFIX);
         if !known {
             return Err(Error::invalid(
                 format!("parameters.{key}"),
-                "unknown parameter (known: cas-type, cstorPoolCluster, replicaCount, cstorVolumePolicy, csi.storage.k8s.io/fstype)",
+                "unknown parameter (known: cas-type, cstorPoolCluster, replicaCount, cstorVolumePolicy, remount, csi.storage.k8s.io/fstype)",
             ));
         }
     }
@@ -109,11 +117,23 @@ pub fn params(map: &HashMap<String, String>) -> Result<Params, Error> {
             ));
         }
     }
+    let remount = match map.get(REMOUNT_PARAMETER).map(|s| s.trim()) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(v) => {
+            return Err(Error::invalid(
+                format!("parameters.{REMOUNT_PARAMETER}"),
+                format!("{v:?} must be \"true\" or \"false\""),
+            ))
+        }
+    };
     Ok(Params {
         cspc: cspc.to_owned(),
         replica_count,
         policy,
         fs_type,
+        remount,
     })
 }
 
@@ -325,6 +345,16 @@ mod tests {
         assert_eq!(p.fs_type.as_deref(), Some("xfs"));
         let one = params(&map(&[("cas-type", "cstor"), ("cstorPoolCluster", "c")])).unwrap();
         assert_eq!(one.replica_count, 1);
+        assert_eq!(one.remount, None, "REMOUNT: the node's default");
+        for (v, want) in [("true", true), ("false", false), (" false ", false)] {
+            let p = params(&map(&[
+                ("cas-type", "cstor"),
+                ("cstorPoolCluster", "c"),
+                ("remount", v),
+            ]))
+            .unwrap();
+            assert_eq!(p.remount, Some(want), "{v:?}");
+        }
         for bad in [
             map(&[("cas-type", "cstor")]),
             map(&[("cstorPoolCluster", "c")]),
@@ -345,6 +375,21 @@ mod tests {
                 (FSTYPE_PARAMETER, "btrfs"),
             ]),
             map(&[("cas-type", "cstor"), ("cstorPoolCluster", "C/../x")]),
+            map(&[
+                ("cas-type", "cstor"),
+                ("cstorPoolCluster", "c"),
+                ("remount", "yes"),
+            ]),
+            map(&[
+                ("cas-type", "cstor"),
+                ("cstorPoolCluster", "c"),
+                ("remount", ""),
+            ]),
+            map(&[
+                ("cas-type", "cstor"),
+                ("cstorPoolCluster", "c"),
+                ("REMOUNT", "true"),
+            ]),
         ] {
             let e = params(&bad).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e}");

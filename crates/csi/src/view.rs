@@ -19,6 +19,10 @@ use crate::Error;
 
 /// CVC annotation with the name the CO gave CreateVolume (the id may be its hash).
 pub const CSI_NAME_ANNOTATION: &str = "cstor.csi.openebs.io/name";
+/// CVC annotation and volume_context key with a volume's REMOUNT (`"true"`/`"false"`,
+/// from the StorageClass parameter `remount`); NodeStageVolume reads it from the
+/// volume_context (the PV's volumeAttributes). Absent: the node plugin's `--remount`.
+pub const REMOUNT_KEY: &str = "cstor.openebs.io/remount";
 /// Key of the topology segment the driver publishes and reads: the node's name.
 pub const TOPOLOGY_KEY: &str = value::TOPOLOGY_NODE_KEY;
 
@@ -79,6 +83,14 @@ pub fn incompatible(
             return Some(format!("its filesystem is {fs}"));
         }
     }
+    let remount = annotation_of(&cvc.metadata, REMOUNT_KEY);
+    let wanted = want.params.remount.map(bool_str);
+    if remount != wanted {
+        return Some(match remount {
+            Some(r) => format!("its remount is {r:?}"),
+            None => "it has no remount parameter".to_owned(),
+        });
+    }
     let source = cvc
         .spec
         .cstor_volume_source
@@ -91,6 +103,14 @@ pub fn incompatible(
         });
     }
     None
+}
+
+fn bool_str(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
 }
 
 /// The node the accessibility requirements ask the target to run on: the first preferred
@@ -192,6 +212,9 @@ pub fn new_cvc(world: &World, want: &Wanted, topology: Option<&str>) -> serde_js
         topology_node: topology,
     });
     object["metadata"]["annotations"][CSI_NAME_ANNOTATION] = json!(want.name);
+    if let Some(r) = want.params.remount {
+        object["metadata"]["annotations"][REMOUNT_KEY] = json!(bool_str(r));
+    }
     debug_assert_eq!(object["apiVersion"], CSTOR_API_VERSION);
     object
 }
@@ -205,6 +228,12 @@ pub fn volume(cvc: &CStorVolumeConfig) -> Volume {
         "openebs.io/cas-type".to_owned(),
         value::CAS_TYPE_CSTOR.to_owned(),
     );
+    // The class's REMOUNT travels to NodeStageVolume in the PV's volumeAttributes.
+    if let Some(r) =
+        annotation_of(&cvc.metadata, REMOUNT_KEY).filter(|r| matches!(*r, "true" | "false"))
+    {
+        context.insert(REMOUNT_KEY.to_owned(), r.to_owned());
+    }
     Volume {
         capacity_bytes: i64::try_from(cvc_size(cvc)).unwrap_or(i64::MAX),
         volume_id: name(&cvc.metadata).to_owned(),
@@ -381,6 +410,7 @@ mod tests {
                 replica_count,
                 policy: None,
                 fs_type: None,
+                remount: None,
             },
             fs_type: "ext4".into(),
             source: None,
@@ -416,6 +446,32 @@ mod tests {
         let mut other = want(1 << 30, 2);
         other.name = "Other Name".into();
         assert!(incompatible(&cvc, &other, None).is_some());
+        let mut off = want(1 << 30, 2);
+        off.params.remount = Some(false);
+        assert!(incompatible(&cvc, &off, None).unwrap().contains("remount"));
+    }
+
+    #[test]
+    fn the_remount_parameter_is_kept_on_the_cvc_and_given_in_the_volume_context() {
+        let w = world();
+        let plain: CStorVolumeConfig = from(new_cvc(&w, &want(1 << 30, 1), None));
+        assert!(!volume(&plain).volume_context.contains_key(REMOUNT_KEY));
+        for r in [false, true] {
+            let mut wa = want(1 << 30, 1);
+            wa.params.remount = Some(r);
+            let cvc: CStorVolumeConfig = from(new_cvc(&w, &wa, None));
+            let v = volume(&cvc);
+            assert_eq!(
+                v.volume_context.get(REMOUNT_KEY).map(String::as_str),
+                Some(bool_str(r))
+            );
+            assert_eq!(v.volume_context["openebs.io/cas-type"], "cstor");
+            assert_eq!(incompatible(&cvc, &wa, None), None, "a repeat fits");
+            wa.params.remount = Some(!r);
+            assert!(incompatible(&cvc, &wa, None).is_some());
+            wa.params.remount = None;
+            assert!(incompatible(&cvc, &wa, None).is_some());
+        }
     }
 
     #[test]

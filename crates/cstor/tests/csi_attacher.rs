@@ -7,7 +7,9 @@
 //! publish context; the target then refuses a login without the credentials, or with
 //! wrong ones, even from the published node's initiator name; a node-stage Secret with a
 //! wrong password fails the stage with the target's refusal; `cstor detach` waits until
-//! the attacher let the VolumeAttachment go, and CHAP goes with the publish.
+//! the attacher let the VolumeAttachment go, and CHAP goes with the publish. Last, the
+//! volume attached again, `cstor up` stops and takes its attach down: no attach
+//! process, loop device or mount under its directory remains.
 
 mod apiserver_support;
 
@@ -116,7 +118,7 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
         return;
     }
     let t0 = Instant::now();
-    let up = Up::start_with(3, "1G", &["--attacher-reconcile-sync", "1s"]);
+    let mut up = Up::start_with(3, "1G", &["--attacher-reconcile-sync", "1s"]);
     let long = Duration::from_secs(90);
     up.seed_stripe_pools(long);
     up.kubectl(&["create", "namespace", "database"]);
@@ -322,5 +324,74 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
     );
     let out = attach(&up, "node-1", None, &[]);
     assert!(out.status.success(), "detach: {}", text(&out));
+
+    // Attached again with the right Secret, then `cstor up` stops: its stop takes the
+    // attach down (the volume's loop device, FUSE mount and `cstor initiator attach`
+    // process, the publish and staging mounts), says so, and leaves nothing behind.
+    let (ok, out) = up.kubectl(&[
+        "patch",
+        "secret",
+        "-n",
+        "database",
+        "chap-stage",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"stringData":{{"node.session.auth.password":"{PASSWORD}"}}}}"#),
+    ]);
+    assert!(ok, "{out}");
+    let out = attach(&up, "node-1", Some(&mnt), &["--timeout", "60s"]);
+    assert!(out.status.success(), "attach: {}\n{}", text(&out), up.log());
+    assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"through CHAP");
+    let dir = up.dir.clone();
+    let before = leftovers(&dir);
+    assert!(
+        !before.0.is_empty() && !before.1.is_empty() && !before.2.is_empty(),
+        "attached: {before:?}"
+    );
+    let t1 = Instant::now();
+    up.stop();
+    eprintln!("csi_attacher: cstor up stopped in {:?}", t1.elapsed());
+    assert_eq!(
+        leftovers(&dir),
+        (vec![], vec![], vec![]),
+        "after cstor up stopped\n{}",
+        up.log()
+    );
+    let log = up.log();
+    for l in log.lines().filter(|l| l.contains("attach taken down")) {
+        eprintln!("{l}");
+    }
+    assert!(
+        log.contains(&format!(
+            "node-1: attach taken down: volume {pv}: unmounted"
+        )) && log.contains("attach process"),
+        "{log}"
+    );
     eprintln!("csi_attacher: {:?}", t0.elapsed());
+}
+
+/// What attachments under `dir` hold: (`cstor initiator attach` pids, loop devices over
+/// files there, mount points there).
+fn leftovers(dir: &Path) -> (Vec<i32>, Vec<String>, Vec<String>) {
+    let root = dir.display().to_string();
+    let pids = apiserver_support::up::processes_where(|a| {
+        a.get(1).map(String::as_str) == Some("initiator")
+            && a.get(2).map(String::as_str) == Some("attach")
+            && a.iter().any(|x| x.starts_with(&root))
+    });
+    let mut loops = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            if b.starts_with(&root) {
+                loops.push(format!("{}: {}", e.file_name().to_string_lossy(), b.trim()));
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&root))
+        .collect();
+    (pids, loops, mounts)
 }

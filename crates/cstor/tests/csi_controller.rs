@@ -311,6 +311,13 @@ async fn csi_checks_requests_before_the_api_and_owns_its_socket() {
     let mut btrfs = create("v1", 64 * MIB, "1");
     btrfs.volume_capabilities = vec![mount("btrfs", Mode::SingleNodeWriter)];
     assert_eq!(code(ctl.create_volume(btrfs).await), Code::InvalidArgument);
+    for bad in ["yes", "", "False"] {
+        let mut remount = create("v1", 64 * MIB, "1");
+        remount.parameters.insert("remount".into(), bad.into());
+        let e = ctl.create_volume(remount).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "remount {bad:?}: {e:?}");
+        assert!(e.message().contains("remount"), "{e:?}");
+    }
     let mut no_cspc = create("v1", 64 * MIB, "1");
     no_cspc.parameters.remove("cstorPoolCluster");
     assert_eq!(
@@ -520,6 +527,8 @@ async fn csi_controller_provisions_lists_expands_and_deletes_through_cvcs() {
     // Create: ABORTED until the two replicas serve I/O, then OK, and the target on the
     // node the topology prefers.
     let mut a = create("vol-a", 64 * MIB, "2");
+    // The class's REMOUNT (off) goes into the volume context, for NodeStageVolume.
+    a.parameters.insert("remount".into(), "false".into());
     a.accessibility_requirements = Some(TopologyRequirement {
         requisite: vec![],
         preferred: vec![Topology {
@@ -540,6 +549,13 @@ async fn csi_controller_provisions_lists_expands_and_deletes_through_cvcs() {
     .unwrap();
     assert_eq!(vol.volume_id, "vol-a");
     assert_eq!(vol.capacity_bytes, 64 * MIB);
+    assert_eq!(
+        vol.volume_context
+            .get("cstor.openebs.io/remount")
+            .map(String::as_str),
+        Some("false"),
+        "{vol:?}"
+    );
     let (_, node) = up.kubectl(&[
         "get",
         "cv",
@@ -567,6 +583,14 @@ async fn csi_controller_provisions_lists_expands_and_deletes_through_cvcs() {
     let mut fewer = a.clone();
     fewer.parameters.insert("replicaCount".into(), "1".into());
     assert_eq!(code(ctl.create_volume(fewer).await), Code::AlreadyExists);
+    let mut remount_on = a.clone();
+    remount_on
+        .parameters
+        .insert("remount".into(), "true".into());
+    assert_eq!(
+        code(ctl.create_volume(remount_on).await),
+        Code::AlreadyExists
+    );
     let mut ext4 = a.clone();
     ext4.volume_capabilities = vec![mount("ext4", Mode::SingleNodeWriter)];
     assert_eq!(code(ctl.create_volume(ext4).await), Code::AlreadyExists);

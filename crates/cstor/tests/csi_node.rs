@@ -9,12 +9,15 @@
 //! attach survives, files readable and writable through a new plugin); online expansion
 //! (`cstor volume resize` of the served volume, NodeExpandVolume, statvfs grows);
 //! unpublish, unstage, stage again (files intact), e2fsck -fn clean through a block
-//! publish; block access from the CStorVolume; the plugin and the attach process both
-//! SIGKILLed: the next plugin sweeps the loop device and mounts, reports the volume
-//! abnormal, and a new NodeStage attaches again. Every call is made twice (idempotent).
-//! Further scenarios: fencing of a lost node, REMOUNT after a path outage, a forced
-//! iscsiadm attach where open-iscsi cannot work.
-//! Needs root, /dev/fuse, losetup, mkfs.ext4, e2fsck, resize2fs, kubectl.
+//! publish; block access from the CStorVolume, with a read-only block publish (its own
+//! read-only loop device: reads see the data, writes fail); the plugin and the attach
+//! processes SIGKILLed: the next plugin sweeps the loop devices and mounts, reports the
+//! volume abnormal, and a new NodeStage attaches again. Every call is made twice
+//! (idempotent). Further scenarios: xfs (made, grown online, kept across stages),
+//! fencing of a lost node, REMOUNT after a path outage, a forced iscsiadm attach where
+//! open-iscsi cannot work.
+//! Needs root, /dev/fuse, losetup, mkfs.ext4, e2fsck, resize2fs, mkfs.xfs, xfs_growfs,
+//! kubectl.
 
 mod apiserver_support;
 mod initiator_support;
@@ -199,11 +202,15 @@ impl Work {
 impl Drop for Work {
     fn drop(&mut self) {
         for _ in 0..3 {
-            let mut ms = self.mounts_under();
-            ms.reverse();
-            for m in ms {
-                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            // The attach processes first: a dead FUSE server fails the I/O that a live
+            // one would hold for its replacement timeout (the target is gone by now).
+            for pid in self.attach_pids() {
+                // SAFETY: kill(2) on an attach process this test's plugin started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+            // Then the loop devices: once the FUSE mount under them is lazily unmounted
+            // their backing file reads `/lun`, no longer under this directory. A busy
+            // one is detached when the filesystems on it go (autoclear).
             for l in self.loops_under() {
                 if let Some(dev) = l.split(':').next() {
                     let _ = Command::new("losetup")
@@ -212,9 +219,10 @@ impl Drop for Work {
                         .status();
                 }
             }
-            for pid in self.attach_pids() {
-                // SAFETY: kill(2) on an attach process this test's plugin started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            let mut ms = self.mounts_under();
+            ms.reverse();
+            for m in ms {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -747,20 +755,51 @@ async fn node_stage_publish_restart_expand_sweep() {
             .await
             .unwrap();
     }
+    // A read-only block publish: a read-only loop device of its own over the same LUN.
+    let bro = w.path("pods/p5/dev");
+    let loops_rw = w.loops_under();
+    assert_eq!(loops_rw.len(), 1, "{loops_rw:?}");
+    for _ in 0..2 {
+        node.node_publish_volume(publish_req("vol-b", &bs, &bro, block_cap(), true))
+            .await
+            .unwrap();
+    }
     assert_eq!(
         code(
-            node.node_publish_volume(publish_req(
-                "vol-b",
-                &bs,
-                &w.path("pods/p5/dev"),
-                block_cap(),
-                true
-            ))
-            .await
+            node.node_publish_volume(publish_req("vol-b", &bs, &bro, block_cap(), false))
+                .await
         ),
-        Code::InvalidArgument,
-        "read-only raw block is refused"
+        Code::AlreadyExists,
+        "the same target path read-write"
     );
+    assert_eq!(
+        code(
+            node.node_publish_volume(publish_req("vol-b", &bs, &bt, block_cap(), true))
+                .await
+        ),
+        Code::AlreadyExists,
+        "the read-write target path read-only"
+    );
+    let ro_dev = |w: &Work| -> String {
+        record(&w.state, "vol-b")["published"][bro.display().to_string()]["loop_device"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let ro_loop = ro_dev(&w);
+    assert!(
+        ro_loop.starts_with("/dev/loop"),
+        "{}",
+        record(&w.state, "vol-b")
+    );
+    let ro_name = ro_loop.trim_start_matches("/dev/").to_owned();
+    assert_eq!(
+        std::fs::read_to_string(format!("/sys/block/{ro_name}/ro"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    assert_eq!(w.loops_under().len(), 2, "{:?}", w.loops_under());
     let data = pattern(1 << 20, 9);
     {
         let mut f = std::fs::OpenOptions::new()
@@ -778,6 +817,64 @@ async fn node_stage_publish_restart_expand_sweep() {
         f.read_exact(back.as_mut_slice()).unwrap();
         assert!(back.as_slice() == data.as_slice(), "block data differs");
     }
+    // Through the read-only publish: the data reads back, every write is refused.
+    assert!(
+        read_direct(&bro, 4 << 20, data.len()).unwrap() == data,
+        "the read-only publish reads the volume's data"
+    );
+    let refused = write_direct(&bro, 4 << 20, &pattern(64 << 10, 10))
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&bro)?
+                .write_all(b"buffered")
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused.raw_os_error(),
+            Some(libc::EPERM | libc::EROFS | libc::EACCES)
+        ),
+        "write through the read-only publish: {refused}"
+    );
+    eprintln!("write through the read-only block publish: {refused}");
+    assert!(
+        read_direct(&bt, 4 << 20, data.len()).unwrap() == data,
+        "the refused write changed nothing"
+    );
+    let s = node
+        .node_get_volume_stats(stats_req("vol-b", &bro))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        usage(&s, volume_usage::Unit::Bytes).total,
+        32 << 20,
+        "{s:?}"
+    );
+    // Unpublished, its loop device is gone; published again for the sweep below.
+    for _ in 0..2 {
+        node.node_unpublish_volume(unpublish_req("vol-b", &bro))
+            .await
+            .unwrap();
+    }
+    assert!(!bro.exists());
+    assert_eq!(
+        w.loops_under(),
+        loops_rw,
+        "the read-only loop device is detached"
+    );
+    assert!(
+        !Path::new(&format!("/sys/block/{ro_name}/loop/backing_file")).exists()
+            || !std::fs::read_to_string(format!("/sys/block/{ro_name}/loop/backing_file"))
+                .unwrap_or_default()
+                .starts_with(&w.root.display().to_string()),
+        "{ro_loop} still over the volume"
+    );
+    node.node_publish_volume(publish_req("vol-b", &bs, &bro, block_cap(), true))
+        .await
+        .unwrap();
+    assert!(read_direct(&bro, 4 << 20, data.len()).unwrap() == data);
     let s = node
         .node_get_volume_stats(stats_req("vol-b", &bt))
         .await
@@ -791,11 +888,9 @@ async fn node_stage_publish_restart_expand_sweep() {
     node.node_unpublish_volume(unpublish_req("vol-b", &bt))
         .await
         .unwrap();
-    node.node_unstage_volume(unstage_req("vol-b", &bs))
-        .await
-        .unwrap();
 
-    // The plugin and the attach process die; the next plugin sweeps what they left.
+    // The plugin and the attach processes die (vol-b still published read-only); the
+    // next plugin sweeps what they left, the read-only loop device too.
     node.node_stage_volume(stage_req("vol-v", &staging, mount_cap("ext4"), ctx.clone()))
         .await
         .unwrap();
@@ -809,9 +904,14 @@ async fn node_stage_publish_restart_expand_sweep() {
     .await
     .unwrap();
     let pid = w.attach_pid("vol-v");
+    let pid_b = w.attach_pid("vol-b");
+    assert_eq!(w.loops_under().len(), 3, "{:?}", w.loops_under());
     plugin.kill9();
-    // SAFETY: kill(2) on the attach process of this test's plugin.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // SAFETY: kill(2) on the attach processes of this test's plugin.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::kill(pid_b, libc::SIGKILL);
+    }
     assert!(wait_for(Duration::from_secs(10), || w
         .attach_pids()
         .is_empty()));
@@ -876,7 +976,15 @@ async fn node_stage_publish_restart_expand_sweep() {
     node.node_unstage_volume(unstage_req("vol-v", &staging))
         .await
         .unwrap();
+    // vol-b's swept record: unpublish and unstage find nothing left to undo.
+    node.node_unpublish_volume(unpublish_req("vol-b", &bro))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_req("vol-b", &bs))
+        .await
+        .unwrap();
     assert!(w.mounts_under().is_empty(), "{:?}", w.mounts_under());
+    assert!(w.loops_under().is_empty(), "{:?}", w.loops_under());
     assert!(wait_for(Duration::from_secs(10), || w
         .attach_pids()
         .is_empty()));
@@ -1387,4 +1495,157 @@ async fn a_forced_iscsiadm_attach_without_open_iscsi_fails_at_once() {
         "{}",
         w.log()
     );
+}
+
+/// The filesystem type of the mount at `p` (/proc/self/mountinfo).
+fn fstype_at(p: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = p.to_str().unwrap();
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.get(4) != Some(&p) {
+            return None;
+        }
+        let sep = f.iter().position(|x| *x == "-")?;
+        f.get(sep + 1).map(|t| (*t).to_owned())
+    })
+}
+
+/// Total bytes of the filesystem at `p` (statvfs, as df).
+fn fs_total(p: &Path) -> u64 {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs(3) writes into the struct we pass; `c` is NUL-terminated.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    assert_eq!(rc, 0, "statvfs {p:?}");
+    st.f_blocks * st.f_frsize
+}
+
+/// xfs through the node service: NodeStageVolume with fs_type xfs makes it (mkfs.xfs,
+/// only on the blank LUN) and mounts it; a publish takes a file; the served volume
+/// grows and NodeExpandVolume grows the mounted filesystem online (xfs_growfs); unstage
+/// and stage again make no new filesystem and keep the file and the size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfs_is_made_on_a_blank_lun_grown_online_and_kept_across_stages() {
+    let xfs = tools_present() && have("mkfs.xfs", "xfsprogs") && have("xfs_growfs", "xfsprogs");
+    if !xfs {
+        return;
+    }
+    let t_start = Instant::now();
+    let (_api, w) = Work::new("state", "csi.sock");
+    let pool = Pool::new();
+    // xfsprogs 6 makes no filesystem below 300 MiB.
+    pool.cstor(&["volume", "create", "ip/x", "--size", "320M"]);
+    let addr = free_addr();
+    let iqn = "iqn.2026-12.io.cstor.test:csi-node-xfs";
+    let _target = pool.serve(&addr, &["--iqn", iqn, "--volume", "ip/x"]);
+    let _plugin = Plugin::start(&w);
+    let mut node = client(&w).await;
+    let ctx = context(iqn, &addr);
+    let (staging, t) = (w.path("staging/x"), w.path("pods/px/v"));
+    let made = |w: &Work| {
+        w.log()
+            .matches("made a filesystem on the blank volume")
+            .count()
+    };
+
+    for _ in 0..2 {
+        node.node_stage_volume(stage_req("vol-x", &staging, mount_cap("xfs"), ctx.clone()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(fstype_at(&staging).as_deref(), Some("xfs"), "{}", w.log());
+    assert_eq!(made(&w), 1, "{}", w.log());
+    // Another filesystem for the staged volume: ALREADY_EXISTS.
+    assert_eq!(
+        code(
+            node.node_stage_volume(stage_req("vol-x", &staging, mount_cap("ext4"), ctx.clone()))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+    node.node_publish_volume(publish_req("vol-x", &staging, &t, mount_cap("xfs"), false))
+        .await
+        .unwrap();
+    let data = pattern(3 << 20, 77);
+    std::fs::write(t.join("kept.bin"), &data).unwrap();
+    sync_dir(&t);
+    let before = fs_total(&t);
+    // statvfs leaves out the internal log (64 MiB here).
+    assert!(before > 200 << 20 && before <= 320 << 20, "{before}");
+    eprintln!(
+        "xfs: staged, published, written after {:?}",
+        t_start.elapsed()
+    );
+
+    // Online growth: the served volume grows, NodeExpandVolume runs xfs_growfs.
+    pool.cstor(&["volume", "resize", "ip/x", "--size", "416M"]);
+    let er = NodeExpandVolumeRequest {
+        volume_id: "vol-x".into(),
+        volume_path: t.display().to_string(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 416 << 20,
+            limit_bytes: 0,
+        }),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(mount_cap("xfs")),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let got = node
+            .node_expand_volume(er.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", w.log()))
+            .into_inner();
+        assert_eq!(got.capacity_bytes, 416 << 20);
+    }
+    let grown = fs_total(&t);
+    assert!(
+        grown > before + (80 << 20),
+        "xfs did not grow: {before} -> {grown}"
+    );
+    assert_eq!(std::fs::read(t.join("kept.bin")).unwrap(), data);
+
+    // Unstage and stage again: no mkfs, the file and the size are there.
+    node.node_unpublish_volume(unpublish_req("vol-x", &t))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_req("vol-x", &staging))
+        .await
+        .unwrap();
+    assert!(w.mounts_under().is_empty(), "{:?}", w.mounts_under());
+    node.node_stage_volume(stage_req("vol-x", &staging, mount_cap("xfs"), ctx.clone()))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_req("vol-x", &staging, &t, mount_cap("xfs"), false))
+        .await
+        .unwrap();
+    assert_eq!(
+        made(&w),
+        1,
+        "no new filesystem on the second stage: {}",
+        w.log()
+    );
+    assert!(
+        std::fs::read(t.join("kept.bin")).unwrap() == data,
+        "the file after unstage and stage"
+    );
+    assert_eq!(fs_total(&t), grown);
+    node.node_unpublish_volume(unpublish_req("vol-x", &t))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_req("vol-x", &staging))
+        .await
+        .unwrap();
+    assert!(w.mounts_under().is_empty(), "{:?}", w.mounts_under());
+    assert!(
+        wait_for(Duration::from_secs(10), || w.loops_under().is_empty()),
+        "{:?}",
+        w.loops_under()
+    );
+    assert!(wait_for(Duration::from_secs(10), || w
+        .attach_pids()
+        .is_empty()));
+    eprintln!("xfs through the node service took {:?}", t_start.elapsed());
 }

@@ -99,10 +99,31 @@ impl LoopDevice {
     /// bypassing the page cache of the file (the LUN file caches nothing anyway). Falls
     /// back to buffered I/O where direct I/O is refused.
     pub fn attach(file: &Path) -> Result<LoopDevice, ToolError> {
+        LoopDevice::attach_as(file, false)
+    }
+
+    /// [`LoopDevice::attach`] with `--read-only`: a device the kernel refuses every write
+    /// to (EPERM), whatever the mount or the opener asks; what a read-only raw block
+    /// publish hands out.
+    pub fn attach_read_only(file: &Path) -> Result<LoopDevice, ToolError> {
+        LoopDevice::attach_as(file, true)
+    }
+
+    fn attach_as(file: &Path, read_only: bool) -> Result<LoopDevice, ToolError> {
         let f = path_str(file)?;
-        let (_, out) = match run("losetup", &["--find", "--show", "--direct-io=on", f], &[]) {
+        let ro: &[&str] = if read_only { &["--read-only"] } else { &[] };
+        let args = |direct: bool| -> Vec<&str> {
+            let mut a = vec!["--find", "--show"];
+            a.extend_from_slice(ro);
+            if direct {
+                a.push("--direct-io=on");
+            }
+            a.push(f);
+            a
+        };
+        let (_, out) = match run("losetup", &args(true), &[]) {
             Ok(r) => r,
-            Err(ToolError::Failed { .. }) => run("losetup", &["--find", "--show", f], &[])?,
+            Err(ToolError::Failed { .. }) => run("losetup", &args(false), &[])?,
             Err(e) => return Err(e),
         };
         let dev = out.trim();

@@ -23,6 +23,8 @@ pub mod state;
 mod stats;
 mod sweep;
 
+pub use sweep::take_down;
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Child;

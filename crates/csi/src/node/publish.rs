@@ -1,10 +1,12 @@
 //! NodePublishVolume and NodeUnpublishVolume: bind mounts of the staging mount (mount
 //! access, read-only on request) or of the loop device node onto a file (block access)
-//! at the target path, recorded in the volume's record.
+//! at the target path, recorded in the volume's record. A read-only block publish binds
+//! a read-only loop device of its own (`losetup --read-only` over the same LUN file):
+//! a bind cannot make a device node refuse writes, the device can.
 //!
 //! Invariants: a target path holds at most one publish; a repeat with the same
 //! capability and readonly is OK, a different one ALREADY_EXISTS; unpublish removes
-//! what publish created (the mount and the directory or file).
+//! what publish created (the mount, the directory or file, the read-only loop device).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use cstor_initiator::blockdev;
 
 use super::stage::Want;
-use super::state::{Access, Published};
+use super::state::{Access, Published, Via, VolumeState};
 use super::{blocking, claim, host, required, Inner};
 use crate::pb::{
     NodePublishVolumeRequest, NodePublishVolumeResponse, NodeUnpublishVolumeRequest,
@@ -28,12 +30,6 @@ pub(super) async fn publish(
     required("staging_target_path", &req.staging_target_path)?;
     required("target_path", &req.target_path)?;
     let want = Want::of(req.volume_capability.as_ref())?;
-    if want.access == Access::Block && req.readonly {
-        return Err(Error::invalid(
-            "readonly",
-            "a read-only raw block publish is not supported (a bind mount cannot make a device node read-only)",
-        ));
-    }
     let claim = claim(inner, &req.volume_id)?;
     let volume = req.volume_id.clone();
     let staging = PathBuf::from(&req.staging_target_path);
@@ -118,6 +114,7 @@ fn publish_now(
         });
     }
     let io = |what: String| move |e| Error::io(what, e);
+    let mut ro_loop = None;
     let source = match st.access {
         Access::Mount => {
             std::fs::create_dir_all(&target)
@@ -130,12 +127,87 @@ fn publish_now(
                 .append(true)
                 .open(&target)
                 .map_err(io(format!("creating {}", target.display())))?;
-            st.loop_device.clone()
+            if readonly {
+                // A read-only bind does not stop writes through a device node (the
+                // kernel checks a mount's read-only flag for files, not devices): the
+                // device itself must refuse them. A repeat whose bind went away reuses
+                // the loop device it recorded.
+                let recorded = st
+                    .published
+                    .get(&target)
+                    .and_then(|p| p.loop_device.clone())
+                    .filter(|d| ro_loops_of(&st).contains(d));
+                let dev = match recorded {
+                    Some(d) => d,
+                    None => read_only_loop(volume, &st)?,
+                };
+                ro_loop = Some(dev.clone());
+                dev
+            } else {
+                st.loop_device.clone()
+            }
         }
     };
-    bind(volume, &source, &target, readonly)?;
-    st.published.insert(target, Published { readonly });
+    if let Err(e) = bind(volume, &source, &target, readonly) {
+        if let Some(dev) = &ro_loop {
+            let _ = blockdev::detach_loop(dev);
+        }
+        return Err(e);
+    }
+    st.published.insert(
+        target,
+        Published {
+            readonly,
+            loop_device: ro_loop,
+        },
+    );
     inner.state.save(&st)
+}
+
+/// What a read-only loop device of `st` is set up over: the attach's LUN file (so every
+/// teardown of the attach, which takes down the loop devices over that file, takes it
+/// down too), or the open-iscsi disk.
+fn ro_loop_backing(st: &VolumeState) -> PathBuf {
+    match st.via {
+        Via::Userspace => st.fuse_dir.join(cstor_initiator::LUN_FILE),
+        Via::Iscsiadm => st.loop_device.clone(),
+    }
+}
+
+/// The loop devices over the backing of `st`'s read-only publishes, other than the
+/// volume's own device.
+pub(super) fn ro_loops_of(st: &VolumeState) -> Vec<PathBuf> {
+    host::loops_backed_by(&ro_loop_backing(st))
+        .into_iter()
+        .filter(|d| *d != st.loop_device)
+        .collect()
+}
+
+/// A new read-only loop device over the volume (`losetup --read-only`), checked to be
+/// read-only in sysfs.
+fn read_only_loop(volume: &str, st: &VolumeState) -> Result<PathBuf, Error> {
+    let file = ro_loop_backing(st);
+    let dev = blockdev::LoopDevice::attach_read_only(&file)
+        .map_err(|e| {
+            Error::tool(
+                format!("setting up a read-only loop device over {}", file.display()),
+                e,
+            )
+        })?
+        .keep();
+    let ro = dev
+        .file_name()
+        .and_then(|n| std::fs::read_to_string(Path::new("/sys/block").join(n).join("ro")).ok())
+        .is_some_and(|v| v.trim() == "1");
+    if !ro {
+        let _ = blockdev::detach_loop(&dev);
+        return Err(Error::NodeState {
+            volume: volume.to_owned(),
+            why: format!("the loop device {} did not become read-only", dev.display()),
+        });
+    }
+    tracing::info!(volume, loop_device = %dev.display(), "read-only loop device for a read-only raw block publish");
+    Ok(dev)
 }
 
 /// Binds `source` at `target` (read-only on request, checked in the mount table): a
@@ -219,7 +291,19 @@ fn unpublish_now(inner: &Arc<Inner>, volume: &str, target: &Path) -> Result<(), 
         }
     }
     if let Some(mut s) = st {
-        if s.published.remove(&target).is_some() {
+        if let Some(p) = s.published.get(&target) {
+            // Only a loop device still over this volume: a recorded name the kernel
+            // reused for someone else's file is left alone.
+            if let Some(dev) = p
+                .loop_device
+                .as_ref()
+                .filter(|d| ro_loops_of(&s).contains(d))
+            {
+                blockdev::detach_loop(dev)
+                    .map_err(|e| Error::tool(format!("detaching {}", dev.display()), e))?;
+                tracing::info!(volume, loop_device = %dev.display(), "read-only loop device detached");
+            }
+            s.published.remove(&target);
             inner.state.save(&s)?;
         }
     }

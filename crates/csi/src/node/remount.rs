@@ -32,7 +32,7 @@ use crate::Error;
 
 /// volume_context key (a PV's volumeAttributes): `"false"` turns REMOUNT off for the
 /// volume, `"true"` (the default) keeps it on.
-pub const CONTEXT_KEY: &str = "cstor.openebs.io/remount";
+pub const CONTEXT_KEY: &str = crate::view::REMOUNT_KEY;
 
 /// How often the staged mounts are looked at.
 const TICK: Duration = Duration::from_secs(1);

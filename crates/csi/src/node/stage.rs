@@ -144,6 +144,7 @@ fn stage_now(
                 );
                 let stale: Vec<PathBuf> = s.published.keys().cloned().collect();
                 lazy_unmount(&stale, &s.staging_path);
+                detach_ro_loops(&s);
                 iscsiadm::detach_session(&s.target)?;
                 fresh(inner, volume, &staging, want, target, chap, remount)?
             } else {
@@ -254,6 +255,14 @@ fn fresh(
         return Err(e);
     }
     Ok(st)
+}
+
+/// Detaches the read-only loop devices of read-only block publishes over an open-iscsi
+/// disk (a userspace attach's go with the loop devices over its LUN file).
+fn detach_ro_loops(st: &VolumeState) {
+    for dev in super::publish::ro_loops_of(st) {
+        let _ = blockdev::detach_loop(&dev);
+    }
 }
 
 /// Lazily unmounts what is left of a lost attach (the filesystem below is unreachable).
@@ -383,6 +392,7 @@ fn unstage_now(inner: &Arc<Inner>, volume: &str, staging: &Path) -> Result<(), E
                 .map_err(|e| Error::io(format!("unmounting {}", st.staging_path.display()), e))?;
         }
         lazy_unmount(&stale, &st.staging_path);
+        detach_ro_loops(&st);
         iscsiadm::detach_session(&st.target)?;
     } else if alive {
         attach::detach(st.pid, &st.fuse_dir, &inner.children)?;

@@ -1,5 +1,6 @@
 //! The node plugin's per-volume records in `--state-dir` (default /var/lib/cstor/csi):
-//! `volumes/KEY.json` (what is attached, staged and published), `attach/KEY/` (the FUSE
+//! `volumes/KEY.json` (what is attached, staged and published, with the read-only loop
+//! devices of read-only raw block publishes), `attach/KEY/` (the FUSE
 //! directory of the volume's `cstor initiator attach` process) and `logs/KEY.log` (that
 //! process's output).
 //!
@@ -61,6 +62,11 @@ fn yes() -> bool {
 pub struct Published {
     /// Read-only bind.
     pub readonly: bool,
+    /// A read-only raw block publish: the read-only loop device (`losetup --read-only`
+    /// over the volume's LUN file, or over the open-iscsi disk) bound at the target path;
+    /// unpublish detaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_device: Option<PathBuf>,
 }
 
 /// What the plugin did for one volume on this node.
@@ -272,8 +278,20 @@ mod tests {
             published: BTreeMap::new(),
             remount: true,
         };
-        st.published
-            .insert("/t".into(), Published { readonly: true });
+        st.published.insert(
+            "/t".into(),
+            Published {
+                readonly: true,
+                loop_device: None,
+            },
+        );
+        st.published.insert(
+            "/b".into(),
+            Published {
+                readonly: true,
+                loop_device: Some("/dev/loop9".into()),
+            },
+        );
         sd.save(&st).unwrap();
         assert_eq!(sd.load("v").unwrap(), Some(st.clone()));
         assert_eq!(sd.all().unwrap(), vec![st.clone()]);

@@ -291,6 +291,12 @@ fn grow(volume: &str, st: &VolumeState, required_bytes: u64) -> Result<u64, Erro
         // LoopDevice::refresh_size's `losetup -c`, on a device this process did not set up.
         run("losetup", &["-c", &st.loop_device.display().to_string()])?;
     }
+    // The read-only loop devices of read-only block publishes follow as well.
+    for ro in super::publish::ro_loops_of(st) {
+        if host::device_bytes(&ro).map_err(dev_io)? < lun {
+            run("losetup", &["-c", &ro.display().to_string()])?;
+        }
+    }
     let dev = host::device_bytes(&st.loop_device).map_err(dev_io)?;
     if st.access == Access::Mount {
         grow_filesystem(volume, st)?;

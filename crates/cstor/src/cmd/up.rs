@@ -4,9 +4,10 @@
 //! disks, writes `DIR/kubeconfig`, the replica auth key (file and Secret
 //! `cstor-replica-auth`), one Pod per component in namespace `openebs` whose Ready
 //! condition follows a probe (process alive, and its port answering), restarts a crashed
-//! component (Event `Restarted` on its Pod) and stops everything on SIGINT/SIGTERM: node
-//! agents first (targets log initiators out, volumes drain), then the controller, then
-//! the API server. `cstor up node stop|start NAME` talks to the running instance over
+//! component (Event `Restarted` on its Pod) and stops everything on SIGINT/SIGTERM: the
+//! CSI node plugins and the attaches of the volumes they staged (loop devices, FUSE
+//! mounts, `cstor initiator attach` processes), then the node agents (targets log
+//! initiators out, volumes drain), then the controller, then the API server. `cstor up node stop|start NAME` talks to the running instance over
 //! `DIR/up.sock`.
 //!
 //! Invariants: children are spawned from the thread that runs the supervisor loop (the
@@ -272,6 +273,11 @@ pub fn csi_node_socket(dir: &Path, node: &str) -> PathBuf {
     dir.join("nodes").join(node).join("csi.sock")
 }
 
+/// A node's CSI node plugin's `--state-dir` (its records and attach directories).
+fn csi_node_state(dir: &Path, node: &str) -> PathBuf {
+    dir.join("nodes").join(node).join("csi")
+}
+
 fn csi_component(
     dir: &Path,
     kubeconfig: &Path,
@@ -307,7 +313,7 @@ fn csi_component(
             "--node-id".into(),
             n.to_owned(),
             "--state-dir".into(),
-            dir.join("nodes").join(n).join("csi").display().to_string(),
+            csi_node_state(dir, n).display().to_string(),
         ]),
         None => args.extend(["--mode".into(), "controller".into()]),
     }
@@ -737,7 +743,41 @@ async fn supervise(a: RunArgs) -> Result<()> {
             }
         }
     }
-    eprintln!("cstor up: stopping (node agents first)");
+    eprintln!("cstor up: stopping (node plugins and their attaches first, then node agents)");
+    // The node plugins first, so none starts an attach while they are taken down.
+    for c in comps
+        .iter_mut()
+        .filter(|c| c.node.is_some() && !c.is_agent())
+    {
+        c.signal(libc::SIGTERM);
+    }
+    for c in comps
+        .iter_mut()
+        .filter(|c| c.node.is_some() && !c.is_agent())
+    {
+        c.stop(Duration::from_secs(10));
+        let _ = pod_status(&client, c, false).await;
+    }
+    // The attaches of volumes still staged run in sessions of their own, to outlive a
+    // plugin restart; this is the nodes' final stop, so they go too, while the agents
+    // still serve their targets (the initiators log out cleanly).
+    let node_dirs: Vec<(String, PathBuf)> = comps
+        .iter()
+        .filter(|c| c.is_agent())
+        .filter_map(|c| c.node.clone())
+        .map(|n| {
+            let state = csi_node_state(&dir, &n);
+            (n, state)
+        })
+        .collect();
+    for (node, state) in node_dirs {
+        let said = tokio::task::spawn_blocking(move || cstor_csi::node::take_down(&state))
+            .await
+            .unwrap_or_else(|e| vec![format!("the teardown failed: {e}")]);
+        for line in said {
+            eprintln!("cstor up: {node}: attach taken down: {line}");
+        }
+    }
     for c in comps.iter_mut().filter(|c| c.node.is_some()) {
         c.signal(libc::SIGTERM);
     }

@@ -19,20 +19,32 @@ pub struct Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
+        self.stop();
+        sweep_attachments(&self.dir);
+    }
+}
+
+impl Up {
+    /// Stops `cstor up` as a user does and waits for it (at most 60 s, then SIGKILL); a
+    /// second call does nothing. Its attaches are not swept here: that is `cstor up`'s
+    /// own stop's job (the drop sweeps what a failed test left).
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // A SIGKILL would take the API server down together with the agents, whose clean
         // stop then waits on it; SIGTERM lets `cstor up` stop them in order.
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        // SAFETY: kill(2) on our own child's pid (not yet reaped); no memory is involved.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(60) {
             if let Ok(Some(_)) = self.child.try_wait() {
-                break;
+                return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        sweep_attachments(&self.dir);
     }
 }
 
