@@ -26,6 +26,22 @@ const PASSWORD: &str = "s3cret-of-16-ch";
 const FINALIZER: &str = "external-attacher/cstor-csi-openebs-io";
 
 /// `cstor attach|detach data -n database --node NODE [--mount DIR] EXTRA...`.
+/// Sets the node-stage CHAP Secret's password.
+fn set_stage_password(up: &Up, password: &str) {
+    let patch = format!(r#"{{"stringData":{{"node.session.auth.password":"{password}"}}}}"#);
+    let (ok, out) = up.kubectl(&[
+        "patch",
+        "secret",
+        "-n",
+        "database",
+        "chap-stage",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    assert!(ok, "{out}");
+}
+
 fn attach(up: &Up, node: &str, mount: Option<&Path>, extra: &[&str]) -> Output {
     let dir = up.dir.display().to_string();
     let m = mount.map(|m| m.display().to_string());
@@ -304,17 +320,7 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
     assert!(!ok, "the driver's copy of the Secret is deleted");
 
     // A wrong node-stage Secret: the stage fails with the target's refusal.
-    let (ok, out) = up.kubectl(&[
-        "patch",
-        "secret",
-        "-n",
-        "database",
-        "chap-stage",
-        "--type=merge",
-        "-p",
-        r#"{"stringData":{"node.session.auth.password":"not-the-password"}}"#,
-    ]);
-    assert!(ok, "{out}");
+    set_stage_password(&up, "not-the-password");
     let out = attach(&up, "node-1", Some(&mnt), &["--timeout", "60s"]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
@@ -328,17 +334,7 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
     // Attached again with the right Secret, then `cstor up` stops: its stop takes the
     // attach down (the volume's loop device, FUSE mount and `cstor initiator attach`
     // process, the publish and staging mounts), says so, and leaves nothing behind.
-    let (ok, out) = up.kubectl(&[
-        "patch",
-        "secret",
-        "-n",
-        "database",
-        "chap-stage",
-        "--type=merge",
-        "-p",
-        &format!(r#"{{"stringData":{{"node.session.auth.password":"{PASSWORD}"}}}}"#),
-    ]);
-    assert!(ok, "{out}");
+    set_stage_password(&up, PASSWORD);
     let out = attach(&up, "node-1", Some(&mnt), &["--timeout", "60s"]);
     assert!(out.status.success(), "attach: {}\n{}", text(&out), up.log());
     assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"through CHAP");
@@ -366,6 +362,61 @@ fn the_attacher_publishes_with_the_classes_chap_secret_and_the_target_requires_i
             "node-1: attach taken down: volume {pv}: unmounted"
         )) && log.contains("attach process"),
         "{log}"
+    );
+
+    // Resumed, attached again, then `cstor up` is SIGKILLed: it cannot take the attach
+    // down itself; its node plugins, stopped by their parent-death signal, do.
+    up.resume();
+    // The resumed node agent serves the target again after its first passes (the CV's
+    // status may still say Healthy from before the stop): until then the login is refused.
+    let t_resumed = Instant::now();
+    let mut out = attach(&up, "node-1", Some(&mnt), &["--timeout", "60s"]);
+    while !out.status.success()
+        && text(&out).contains("target not found")
+        && t_resumed.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_secs(1));
+        out = attach(&up, "node-1", Some(&mnt), &["--timeout", "60s"]);
+    }
+    eprintln!(
+        "csi_attacher: attached {:?} after the resume",
+        t_resumed.elapsed()
+    );
+    assert!(
+        out.status.success(),
+        "attach after the resume: {}\n{}",
+        text(&out),
+        up.log()
+    );
+    assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"through CHAP");
+    let before = leftovers(&dir);
+    assert!(
+        !before.0.is_empty() && !before.1.is_empty(),
+        "attached: {before:?}"
+    );
+    up.kill();
+    let t2 = Instant::now();
+    let mut left = leftovers(&dir);
+    while left != (vec![], vec![], vec![]) && t2.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+        left = leftovers(&dir);
+    }
+    let plugin_log = std::fs::read_to_string(
+        dir.join("logs/openebs_openebs-cstor-csi-node-node-1_cstor-csi-plugin.log"),
+    )
+    .unwrap_or_default();
+    assert_eq!(
+        left,
+        (vec![], vec![], vec![]),
+        "after a SIGKILL of cstor up\n{plugin_log}"
+    );
+    assert!(
+        plugin_log.contains("cstor csi: attach taken down: volume"),
+        "{plugin_log}"
+    );
+    eprintln!(
+        "csi_attacher: the attach of a SIGKILLed cstor up was gone after {:?}",
+        t2.elapsed()
     );
     eprintln!("csi_attacher: {:?}", t0.elapsed());
 }

@@ -303,6 +303,27 @@ fn unstage_req(id: &str, staging: &Path) -> NodeUnstageVolumeRequest {
     }
 }
 
+/// NodeExpandVolume of `id` at `path` (staged at `staging`) to exactly `bytes`.
+fn expand_req(
+    id: &str,
+    path: &Path,
+    staging: &Path,
+    bytes: i64,
+    fs: &str,
+) -> NodeExpandVolumeRequest {
+    NodeExpandVolumeRequest {
+        volume_id: id.to_owned(),
+        volume_path: path.display().to_string(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(mount_cap(fs)),
+        ..Default::default()
+    }
+}
+
 fn stats_req(id: &str, path: &Path) -> NodeGetVolumeStatsRequest {
     NodeGetVolumeStatsRequest {
         volume_id: id.to_owned(),
@@ -609,17 +630,7 @@ async fn node_stage_publish_restart_expand_sweep() {
 
     // Online expansion: the served volume grows, the node follows.
     pool.cstor(&["volume", "resize", "ip/v", "--size", "96M"]);
-    let er = NodeExpandVolumeRequest {
-        volume_id: "vol-v".into(),
-        volume_path: t1.display().to_string(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: 96 << 20,
-            limit_bytes: 0,
-        }),
-        staging_target_path: staging.display().to_string(),
-        volume_capability: Some(mount_cap("ext4")),
-        ..Default::default()
-    };
+    let er = expand_req("vol-v", &t1, &staging, 96 << 20, "ext4");
     if !has_cap_sys_resource() {
         // This sandbox drops CAP_SYS_RESOURCE, without which the kernel refuses to grow a
         // mounted ext4: the driver says so (FAILED_PRECONDITION), the device has grown.
@@ -1581,17 +1592,7 @@ async fn xfs_is_made_on_a_blank_lun_grown_online_and_kept_across_stages() {
 
     // Online growth: the served volume grows, NodeExpandVolume runs xfs_growfs.
     pool.cstor(&["volume", "resize", "ip/x", "--size", "416M"]);
-    let er = NodeExpandVolumeRequest {
-        volume_id: "vol-x".into(),
-        volume_path: t.display().to_string(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: 416 << 20,
-            limit_bytes: 0,
-        }),
-        staging_target_path: staging.display().to_string(),
-        volume_capability: Some(mount_cap("xfs")),
-        ..Default::default()
-    };
+    let er = expand_req("vol-x", &t, &staging, 416 << 20, "xfs");
     for _ in 0..2 {
         let got = node
             .node_expand_volume(er.clone())

@@ -23,7 +23,7 @@ pub mod state;
 mod stats;
 mod sweep;
 
-pub use sweep::take_down;
+pub use sweep::{take_down, take_down_orphaned};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -91,6 +91,39 @@ fn leftovers(root: &Path, kept: &HashSet<PathBuf>) -> Result<Vec<u32>, Error> {
     Ok(stopped)
 }
 
+/// [`take_down`] for a plugin whose parent died (`cstor csi --take-down-when-orphaned`):
+/// the node's targets are stopping at the same moment, so an attach can no longer write
+/// what the filesystems above it still hold, and the unmounts and loop detaches, which
+/// flush, would wait on its I/O queue (up to the replacement timeout). So each live
+/// userspace attach process is SIGKILLed first: its FUSE connection aborts, the pending
+/// I/O fails at once, and the teardown runs as after a dead attach.
+pub fn take_down_orphaned(state_dir: &Path) -> Vec<String> {
+    let state = StateDir::new(state_dir.to_owned());
+    let mut said = Vec::new();
+    let children = Children::default();
+    for r in state.all().unwrap_or_default() {
+        if r.via != Via::Userspace || !host::attach_alive(r.pid, &r.fuse_dir) {
+            continue;
+        }
+        if let Ok(p) = i32::try_from(r.pid) {
+            // SAFETY: kill(2) on the attach process this plugin's record names (checked
+            // alive and serving its FUSE directory just above).
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        let t0 = Instant::now();
+        while host::attach_alive(r.pid, &r.fuse_dir) && t0.elapsed() < STRAY_WAIT {
+            children.reap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        said.push(format!(
+            "volume {}: attach process {} killed (its target is going away)",
+            r.volume_id, r.pid
+        ));
+    }
+    said.extend(take_down(state_dir));
+    said
+}
+
 /// How long [`take_down`] waits for stray attach processes after SIGTERM.
 const STRAY_WAIT: Duration = Duration::from_secs(10);
 

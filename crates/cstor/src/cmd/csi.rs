@@ -71,6 +71,13 @@ pub struct Args {
     /// down before failing it (open-iscsi's replacement_timeout).
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub replacement_timeout: Duration,
+    /// Node mode: when the process that started this plugin dies while it runs (it is
+    /// then stopped by its parent-death signal and finds another parent), take every
+    /// attach of `--state-dir` down for good before exiting, as a final stop of the node
+    /// does (docs/csi.md). `cstor up` passes it, so a SIGKILLed `cstor up` leaves no
+    /// attach behind. Without it (a DaemonSet) attaches outlive the plugin.
+    #[arg(long)]
+    pub take_down_when_orphaned: bool,
 }
 
 /// Runs the driver until SIGINT or SIGTERM.
@@ -97,7 +104,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             replacement_timeout: args.replacement_timeout,
         },
     };
-    super::run_until_signal(|stop| async move {
+    let parent = std::os::unix::process::parent_id();
+    let state_dir = args.state_dir.clone();
+    let node_mode = !matches!(args.mode, Mode::Controller);
+    let take_down = args.take_down_when_orphaned;
+    let r = super::run_until_signal(|stop| async move {
         eprintln!(
             "cstor csi: {} on {} ({:?} mode)",
             cstor_api::names::CSI_DRIVER_NAME,
@@ -107,5 +118,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cstor_csi::serve(config, stop)
             .await
             .with_context(|| format!("cstor csi on {}", args.endpoint))
-    })
+    });
+    // After the server stopped: the teardown must not race a stage on the same records.
+    if take_down && node_mode && std::os::unix::process::parent_id() != parent {
+        eprintln!(
+            "cstor csi: the process that started this plugin is gone: taking its attaches down"
+        );
+        for line in cstor_csi::node::take_down_orphaned(&state_dir) {
+            eprintln!("cstor csi: attach taken down: {line}");
+        }
+    }
+    r
 }

@@ -314,6 +314,9 @@ fn csi_component(
             n.to_owned(),
             "--state-dir".into(),
             csi_node_state(dir, n).display().to_string(),
+            // A SIGKILLed `cstor up` cannot take the attaches down itself (its clean stop
+            // does): its node plugins do, when their parent-death signal stops them.
+            "--take-down-when-orphaned".into(),
         ]),
         None => args.extend(["--mode".into(), "controller".into()]),
     }

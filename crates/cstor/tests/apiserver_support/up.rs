@@ -14,6 +14,8 @@ pub struct Up {
     pub child: Child,
     pub dir: PathBuf,
     pub base: String,
+    /// The arguments of `cstor up` (for [`Up::resume`]).
+    args: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -46,6 +48,22 @@ impl Up {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `cstor ARGS` with its output appended to `DIR/up.log` (a resumed run adds to it).
+fn spawn_up(dir: &Path, args: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("up.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_cstor"))
+        .args(args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Process ids whose command line (arguments split) `matches`.
@@ -112,23 +130,21 @@ impl Up {
         std::fs::create_dir_all(&dir).unwrap();
         let n = std::process::id() ^ (free_port() as u32);
         let base = format!("127.{}.{}.1", 10 + n % 200, 1 + (n / 200) % 250);
-        let log = std::fs::File::create(dir.join("up.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cstor"))
-            .args(["up", "--nodes", &nodes.to_string()])
-            .args(["--disks-per-node", &disks.to_string()])
-            .args(["--disk-size", disk_size, "--base-address", &base])
-            .args(extra)
-            .args(["--api-port", &free_port().to_string(), "--dir"])
-            .arg(&dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut args: Vec<String> = ["up", "--nodes", &nodes.to_string()]
+            .into_iter()
+            .chain(["--disks-per-node", &disks.to_string()])
+            .chain(["--disk-size", disk_size, "--base-address", &base])
+            .chain(extra.iter().copied())
+            .chain(["--api-port", &free_port().to_string(), "--dir"])
+            .map(str::to_owned)
+            .collect();
+        args.push(dir.display().to_string());
+        let child = spawn_up(&dir, &args);
         let up = Up {
             child,
             dir,
             base,
+            args,
             _tmp: tmp,
         };
         let t0 = Instant::now();
@@ -165,6 +181,41 @@ impl Up {
         ]);
         assert!(ok, "pods not Ready: {out}\n{}", up.log());
         up
+    }
+
+    /// Stops `cstor up` (as [`Up::stop`]) and runs it again on the same directory, as a
+    /// user resumes it; waits until every Pod is Ready again.
+    pub fn resume(&mut self) {
+        self.stop();
+        self.child = spawn_up(&self.dir, &self.args);
+        let t0 = Instant::now();
+        loop {
+            let (ok, out) = self.kubectl(&[
+                "-n",
+                "openebs",
+                "wait",
+                "--for=condition=Ready",
+                "pods",
+                "--all",
+                "--timeout=10s",
+            ]);
+            if ok {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "pods not Ready after the resume: {out}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// SIGKILLs `cstor up` (not its children: they get their parent-death signal) and
+    /// reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// What `cstor up` printed so far.
