@@ -373,7 +373,7 @@ fn backing(dev: &Path) -> Option<String> {
 }
 
 /// Waits up to `limit` for `pid` to stop being an attach of `dir`.
-fn wait_gone(pid: u32, dir: &Path, limit: Duration, children: &super::Children) -> bool {
+pub(super) fn wait_gone(pid: u32, dir: &Path, limit: Duration, children: &super::Children) -> bool {
     let end = Instant::now() + limit;
     loop {
         children.reap();
@@ -387,7 +387,7 @@ fn wait_gone(pid: u32, dir: &Path, limit: Duration, children: &super::Children) 
     }
 }
 
-fn signal(pid: u32, sig: i32) {
+pub(super) fn signal(pid: u32, sig: i32) {
     if let Ok(p) = i32::try_from(pid) {
         if p > 0 {
             // SAFETY: kill(2) on a pid we checked is our attach process.

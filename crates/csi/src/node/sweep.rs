@@ -105,16 +105,8 @@ pub fn take_down_orphaned(state_dir: &Path) -> Vec<String> {
         if r.via != Via::Userspace || !host::attach_alive(r.pid, &r.fuse_dir) {
             continue;
         }
-        if let Ok(p) = i32::try_from(r.pid) {
-            // SAFETY: kill(2) on the attach process this plugin's record names (checked
-            // alive and serving its FUSE directory just above).
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        let t0 = Instant::now();
-        while host::attach_alive(r.pid, &r.fuse_dir) && t0.elapsed() < STRAY_WAIT {
-            children.reap();
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        attach::signal(r.pid, libc::SIGKILL);
+        attach::wait_gone(r.pid, &r.fuse_dir, STRAY_WAIT, &children);
         said.push(format!(
             "volume {}: attach process {} killed (its target is going away)",
             r.volume_id, r.pid

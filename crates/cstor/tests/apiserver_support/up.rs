@@ -170,24 +170,13 @@ impl Up {
             |v| v.contains(&last),
             Duration::from_secs(60),
         );
-        let (ok, out) = up.kubectl(&[
-            "-n",
-            "openebs",
-            "wait",
-            "--for=condition=Ready",
-            "pods",
-            "--all",
-            "--timeout=60s",
-        ]);
-        assert!(ok, "pods not Ready: {out}\n{}", up.log());
+        up.wait_pods_ready("pods not Ready", Duration::from_secs(60));
         up
     }
 
-    /// Stops `cstor up` (as [`Up::stop`]) and runs it again on the same directory, as a
-    /// user resumes it; waits until every Pod is Ready again.
-    pub fn resume(&mut self) {
-        self.stop();
-        self.child = spawn_up(&self.dir, &self.args);
+    /// Polls `kubectl wait --for=condition=Ready pods --all` (it fails at once while the
+    /// API server does not answer yet) until it succeeds; panics with `what` after `limit`.
+    fn wait_pods_ready(&self, what: &str, limit: Duration) {
         let t0 = Instant::now();
         loop {
             let (ok, out) = self.kubectl(&[
@@ -202,13 +191,17 @@ impl Up {
             if ok {
                 return;
             }
-            assert!(
-                t0.elapsed() < Duration::from_secs(90),
-                "pods not Ready after the resume: {out}\n{}",
-                self.log()
-            );
+            assert!(t0.elapsed() < limit, "{what}: {out}\n{}", self.log());
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Stops `cstor up` (as [`Up::stop`]) and runs it again on the same directory, as a
+    /// user resumes it; waits until every Pod is Ready again.
+    pub fn resume(&mut self) {
+        self.stop();
+        self.child = spawn_up(&self.dir, &self.args);
+        self.wait_pods_ready("pods not Ready after the resume", Duration::from_secs(90));
     }
 
     /// SIGKILLs `cstor up` (not its children: they get their parent-death signal) and
